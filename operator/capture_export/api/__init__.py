@@ -1,0 +1,49 @@
+"""The API: pydantic models of each kind's spec and status, the one source of truth for the CRDs."""
+
+from __future__ import annotations
+
+from .common import GROUP, VERSION, ApiModel, Condition, SecretRef, StoreRef
+from .crd import KindInfo, crd_for, render_crd_yaml, write_crds
+from .s3exporter import ExportTotals, RunRecord, S3ExporterSpec, S3ExporterStatus
+
+__all__ = [
+    "GROUP",
+    "KINDS",
+    "S3EXPORTER",
+    "VERSION",
+    "ApiModel",
+    "Condition",
+    "ExportTotals",
+    "KindInfo",
+    "RunRecord",
+    "S3ExporterSpec",
+    "S3ExporterStatus",
+    "SecretRef",
+    "StoreRef",
+    "crd_for",
+    "render_crd_yaml",
+    "write_crds",
+]
+
+S3EXPORTER = KindInfo(
+    kind="S3Exporter",
+    plural="s3exporters",
+    singular="s3exporter",
+    spec=S3ExporterSpec,
+    status=S3ExporterStatus,
+    description="Exports LLM capture records from a capture store to an S3-compatible bucket, exactly once.",
+    short_names=("s3x",),
+    printer_columns=(
+        {"name": "Bucket", "type": "string", "jsonPath": ".spec.bucket"},
+        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "Exported", "type": "integer", "jsonPath": ".status.totals.rows"},
+        {"name": "Backlog", "type": "integer", "jsonPath": ".status.backlog"},
+        {"name": "Last Export", "type": "date", "jsonPath": ".status.lastSuccessfulExport"},
+        {"name": "Reason", "type": "string", "priority": 1,
+         "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+)
+
+# Every kind the operator serves; later kinds append themselves here.
+KINDS: list[KindInfo] = [S3EXPORTER]

@@ -1,0 +1,210 @@
+"""The ``capture-export`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .api.manifests import InvalidManifest, load_manifests
+
+__all__ = ["main"]
+
+DEFAULT_STATE = ".capture-export/state.json"
+DEFAULT_STORE = ".capture-export/store.sqlite"
+
+
+def _default_store() -> str:
+    return os.environ.get("CAPTURE_EXPORT_STORE", DEFAULT_STORE)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .standalone import StandaloneRunner
+
+    manifests = load_manifests(args.file)
+    if not manifests.of_kind("S3Exporter") and not manifests.resources:
+        print("no S3Exporter or RetentionPolicy found in the given files", file=sys.stderr)
+        return 2
+    runner = StandaloneRunner(manifests, state_path=Path(args.state), default_store=args.store)
+    runner.install_signal_handlers()
+    try:
+        if args.once:
+            return 0 if runner.run_once() else 1
+        runner.run_forever()
+        return 0
+    finally:
+        runner.close()
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    import time
+
+    from .seed import seed_store
+    from .store import open_store_url
+
+    store = open_store_url(args.store)
+    started = time.monotonic()
+
+    def progress(done: int) -> None:
+        print(f"\r  seeded {done:,}/{args.count:,} records", end="", flush=True)
+
+    last = seed_store(store, args.count, seed=args.seed, progress=progress)
+    print(f"\nseeded {args.count:,} records into {args.store} in {time.monotonic() - started:.1f}s "
+          f"(last id {last})")
+    store.close()
+    return 0
+
+
+def _object_store_for(args: argparse.Namespace, bucket: str):
+    from .objectstore import Credentials, S3Location, S3ObjectStore
+
+    key_id = os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    credentials = Credentials(key_id, secret, os.environ.get("AWS_SESSION_TOKEN")) if key_id and secret else None
+    return S3ObjectStore(S3Location(bucket, args.region, args.endpoint), credentials)
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    from .audit import decode_object, to_json_line
+
+    source: str = args.source
+    if source.startswith("s3://"):
+        bucket, _, key = source[5:].partition("/")
+        objects = _object_store_for(args, bucket)
+        keys = [key] if key.endswith(".cbor.zstd") else [
+            info.key for info in objects.list(key) if info.key.endswith(".cbor.zstd")
+        ]
+        blobs = ((k, objects.get(k)) for k in keys)
+    else:
+        blobs = iter([(source, Path(source).read_bytes())])
+    out = sys.stdout
+    for _key, data in blobs:
+        if data is None:
+            continue
+        for record in decode_object(data):
+            out.write(to_json_line(record) + "\n")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .audit import verify_export
+    from .export.cycle import credentials_from_secret
+    from .objectstore import S3Location, S3ObjectStore
+    from .store import open_store_url
+
+    store = open_store_url(args.store)
+    if args.file:
+        manifests = load_manifests(args.file)
+        exporters = [r for r in manifests.of_kind("S3Exporter") if args.exporter in (None, r.name)]
+        if not exporters:
+            print("no matching S3Exporter in the given files", file=sys.stderr)
+            return 2
+        targets = []
+        for resource in exporters:
+            spec = resource.spec
+            credentials = None
+            if spec.secret_ref:
+                credentials = credentials_from_secret(
+                    resource.namespace, spec.secret_ref.name, manifests.get(resource.namespace, spec.secret_ref.name)
+                )
+            location = S3Location(spec.bucket, spec.region, spec.endpoint)
+            targets.append((resource.ref, S3ObjectStore(location, credentials), spec.prefix))
+    else:
+        if not args.bucket:
+            print("give -f exporter.yaml or --bucket", file=sys.stderr)
+            return 2
+        targets = [(args.bucket, _object_store_for(args, args.bucket), args.prefix)]
+    ok = True
+    for name, objects, prefix in targets:
+        report = verify_export(store, objects, prefix, up_to=args.up_to)
+        print(f"{name}:\n{report.summary()}")
+        ok &= report.ok
+    return 0 if ok else 1
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from .api import KINDS, render_crd_yaml, write_crds
+
+    directory = Path(args.dir)
+    if args.check:
+        stale = [
+            info.plural for info in KINDS
+            if not (directory / f"{info.plural}.capture.dev.yaml").exists()
+            or (directory / f"{info.plural}.capture.dev.yaml").read_text() != render_crd_yaml(info)
+        ]
+        if stale:
+            print(f"CRDs out of date: {', '.join(stale)}; run `capture-export crds`", file=sys.stderr)
+            return 1
+        return 0
+    for path in write_crds(directory, KINDS):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(records=args.records, manifest=Path(args.file), workdir=Path(args.workdir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="capture-export", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run S3Exporter/RetentionPolicy manifests without a cluster")
+    run.add_argument("-f", "--file", action="append", required=True, help="manifest file (repeatable)")
+    run.add_argument("--once", action="store_true", help="drain every exporter once, then exit")
+    run.add_argument("--state", default=DEFAULT_STATE, help=f"local state file (default {DEFAULT_STATE})")
+    run.add_argument("--store", default=_default_store(),
+                     help="default capture store: SQLite path or postgresql:// DSN (env CAPTURE_EXPORT_STORE)")
+    run.set_defaults(handler=cmd_run)
+
+    seed = sub.add_parser("seed", help="fill a store with realistic synthetic LLM usage records")
+    seed.add_argument("--store", default=_default_store())
+    seed.add_argument("--count", type=int, default=10_000)
+    seed.add_argument("--seed", type=int, default=0)
+    seed.set_defaults(handler=cmd_seed)
+
+    cat = sub.add_parser("cat", help="decode an export (file or s3://bucket/key-or-prefix) to JSON Lines")
+    cat.add_argument("source")
+    cat.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"))
+    cat.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
+    cat.set_defaults(handler=cmd_cat)
+
+    verify = sub.add_parser("verify", help="audit a store against a bucket: missing and duplicated records")
+    verify.add_argument("-f", "--file", action="append", help="manifest file(s) naming the exporter(s)")
+    verify.add_argument("--exporter", help="only this S3Exporter (by name)")
+    verify.add_argument("--store", default=_default_store())
+    verify.add_argument("--bucket")
+    verify.add_argument("--prefix", default="")
+    verify.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"))
+    verify.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
+    verify.add_argument("--up-to", type=int, default=None, help="check ids up to this (default: all)")
+    verify.set_defaults(handler=cmd_verify)
+
+    crds = sub.add_parser("crds", help="write the CRDs generated from the API models")
+    crds.add_argument("--dir", default="crds")
+    crds.add_argument("--check", action="store_true", help="fail if the files differ from the models")
+    crds.set_defaults(handler=cmd_crds)
+
+    demo = sub.add_parser("demo", help="the embedded default: local S3 + SQLite, seed, export, report")
+    demo.add_argument("--records", type=int, default=100_000)
+    demo.add_argument("-f", "--file", default="examples/exporter.yaml")
+    demo.add_argument("--workdir", default=".capture-export/demo")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except InvalidManifest as exc:
+        print(f"error: invalid manifest: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""One S3Exporter's cycle, shared by the kopf handlers and the standalone runner.
+
+Given the spec and the last status, a cycle resolves credentials (re-read every time, so rotation takes
+effect), tests the connection when the destination or credentials changed, recovers the cursor on first
+use, applies a requested reset, runs the export engine and returns the new status, the Events worth
+emitting and when the next cycle is due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..api import S3ExporterSpec, S3ExporterStatus
+from ..clock import Clock, SystemClock
+from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
+from ..status.exporter import Event, StatusUpdate
+from ..store import CaptureStore, StoreError
+from .engine import BatchResult, Cursor, ExportEngine, ExporterId, ExportFailure, RunResult
+
+__all__ = ["CycleOutcome", "ExporterWorker", "SecretSource", "StoreOpener", "credentials_from_secret"]
+
+ACCESS_KEY_ID = "access_key_id"
+ACCESS_SECRET = "access_secret"
+SESSION_TOKEN = "session_token"
+MAX_FAILURE_BACKOFF = 300.0
+
+
+class SecretSource(Protocol):
+    def get(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        """A Secret's decoded data, or None when it does not exist."""
+        ...
+
+
+StoreOpener = Callable[[S3ExporterSpec, str], CaptureStore]
+ObjectStoreFactory = Callable[[S3Location, Credentials | None], ObjectStore]
+
+
+@dataclass
+class CycleOutcome:
+    status: S3ExporterStatus
+    events: list[Event]
+    result: RunResult | None
+    due_in: float  # seconds until the next cycle should start
+
+
+def credentials_from_secret(namespace: str, name: str, data: Mapping[str, str] | None) -> Credentials:
+    if data is None:
+        raise ExportFailure("SecretNotFound", f"Secret {namespace}/{name} not found", domain="Credentials",
+                            transient=False)
+    for key in (ACCESS_KEY_ID, ACCESS_SECRET):
+        if not data.get(key):
+            raise ExportFailure("SecretKeyMissing", f"Secret {namespace}/{name} has no key {key!r}",
+                                domain="Credentials", transient=False)
+    return Credentials(data[ACCESS_KEY_ID], data[ACCESS_SECRET], data.get(SESSION_TOKEN) or None)
+
+
+class ExporterWorker:
+    """Holds what one exporter reuses between cycles: its engine, and whether it has been checked."""
+
+    def __init__(
+        self,
+        exporter: ExporterId,
+        *,
+        open_store: StoreOpener,
+        secrets: SecretSource,
+        clock: Clock | None = None,
+        object_store_factory: ObjectStoreFactory | None = None,
+    ) -> None:
+        self.exporter = exporter
+        self.open_store = open_store
+        self.secrets = secrets
+        self.clock = clock or SystemClock()
+        self.object_store_factory = object_store_factory or (lambda loc, cred: S3ObjectStore(loc, cred))
+        self.engine: ExportEngine | None = None
+        self._engine_key: tuple[object, ...] | None = None
+        self._recovered = False
+        self.consecutive_failures = 0
+
+    def _credentials(self, spec: S3ExporterSpec) -> Credentials | None:
+        if spec.secret_ref is None:
+            return None
+        name = spec.secret_ref.name
+        return credentials_from_secret(self.exporter.namespace, name, self.secrets.get(self.exporter.namespace, name))
+
+    def _engine_for(self, spec: S3ExporterSpec, credentials: Credentials | None, store: CaptureStore) -> bool:
+        """Make or reuse the engine; True when it is new (so the connection must be tested)."""
+        location = S3Location(spec.bucket, spec.region, spec.endpoint)
+        key = (location, credentials, id(store), spec.model_dump_json())
+        if self.engine is not None and key == self._engine_key:
+            return False
+        objects = self.object_store_factory(location, credentials)
+        self.engine = ExportEngine(spec, self.exporter, store, objects, clock=self.clock)
+        self._engine_key = key
+        return True
+
+    def cycle(
+        self,
+        spec: S3ExporterSpec,
+        status: S3ExporterStatus,
+        *,
+        generation: int | None = None,
+        reset_token: str | None = None,
+        run_now_token: str | None = None,
+        max_seconds: float | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> CycleOutcome:
+        update = StatusUpdate(status, now=self.clock.now(), generation=generation)
+        if run_now_token is not None:
+            update.status.last_run_now = run_now_token
+        result: RunResult | None = None
+        try:
+            credentials = self._credentials(spec)
+            try:
+                store = self.open_store(spec, self.exporter.namespace)
+            except StoreError as exc:
+                raise ExportFailure("StoreUnavailable", str(exc), domain="Store", transient=True) from None
+            if self._engine_for(spec, credentials, store):
+                assert self.engine is not None
+                self.engine.check_connection()
+                update.passed("CredentialsValid", "BucketReachable")
+            engine = self.engine
+            assert engine is not None
+            saved = Cursor(update.status.epoch, int(update.status.cursor))
+            if not self._recovered:
+                recovered = engine.recover(saved)
+                update.advance_cursor(recovered.epoch, recovered.position)
+                self._recovered = True
+                saved = recovered
+            if reset_token is not None and reset_token != update.status.last_reset:
+                saved = engine.reset(saved)
+                update.status.epoch, update.status.cursor = saved.epoch, "0"
+                update.status.totals = type(update.status.totals)()
+                update.status.last_reset = reset_token
+                update.events.append(Event("Normal", "CursorReset", f"re-exporting from the beginning "
+                                           f"(epoch {saved.epoch})"))
+            result = engine.run(saved, max_seconds=max_seconds, should_stop=should_stop, on_batch=on_batch)
+            update.record_run(result)
+            failure = result.failure
+        except ExportFailure as exc:
+            failure = exc
+            update.fail(exc)
+            update.events.append(Event("Warning", "ExportFailed", exc.message))
+            if exc.domain in ("Credentials", "Bucket"):
+                # Re-test the connection next time rather than trusting a cached engine.
+                self._engine_key = None
+        new_status, events = update.finish()
+        if failure is not None:
+            self.consecutive_failures += 1
+            due_in = min(float(spec.every), MAX_FAILURE_BACKOFF, 5.0 * 2 ** (self.consecutive_failures - 1))
+        else:
+            self.consecutive_failures = 0
+            backlog = result.backlog if result else None
+            due_in = 0.0 if backlog and result and result.outcome != "Stopped" else float(spec.every)
+        return CycleOutcome(new_status, events, result, due_in)

@@ -1,0 +1,350 @@
+"""The export engine: one run drains the backlog batch by batch, exactly once. No Kubernetes here.
+
+A batch goes read -> strip credentials -> encode -> PUT data object -> PUT checkpoint -> advance cursor.
+The next batch is read and encoded on a helper thread while the current one uploads, but batches are
+committed strictly in order, and nothing advances the cursor before both objects are in the bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TypeVar
+
+from ..api import S3ExporterSpec
+from ..clock import Clock, SystemClock
+from ..objectstore import ObjectStore, ObjectStoreError
+from ..store import CaptureStore, CorruptRecord, StoreError
+from ..store.records import ensure_no_credentials, with_id
+from .formats import BatchEncoder, CborZstdEncoder
+from .layout import ObjectLayout, parse_range
+
+T = TypeVar("T")
+
+__all__ = [
+    "BatchResult",
+    "Cursor",
+    "ExportEngine",
+    "ExportFailure",
+    "ExporterId",
+    "RetryPolicy",
+    "RunResult",
+]
+
+
+@dataclass(frozen=True)
+class ExporterId:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Export progress. ``position`` is the highest committed record id; ``epoch`` counts resets (a reset
+    starts again from 0, so a newer epoch wins over a higher position); ``high_water`` is the highest id
+    ever exported, below which objects from an earlier epoch or a killed run may exist."""
+
+    epoch: int = 0
+    position: int = 0
+    high_water: int = 0
+
+    def order(self) -> tuple[int, int]:
+        return (self.epoch, self.position)
+
+    def newest(self, other: Cursor | None) -> Cursor:
+        if other is None:
+            return self
+        best = self if self.order() >= other.order() else other
+        return replace(best, high_water=max(self.high_water, other.high_water, best.position))
+
+
+class ExportFailure(Exception):
+    """Why a run stopped early. ``domain`` names the condition it speaks to: Bucket, Credentials or Store."""
+
+    def __init__(self, reason: str, message: str, *, domain: str, transient: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.domain = domain
+        self.transient = transient
+
+    @classmethod
+    def from_object_store(cls, exc: ObjectStoreError) -> ExportFailure:
+        return cls(exc.reason, exc.message, domain=exc.domain, transient=exc.transient)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    throttle_delay: float = 2.0
+
+    def delay(self, attempt: int, reason: str) -> float:
+        base = self.throttle_delay if reason == "Throttled" else self.base_delay
+        return min(self.max_delay, base * (2 ** attempt))
+
+
+@dataclass
+class PreparedBatch:
+    first_id: int
+    last_id: int
+    first_timestamp_us: int
+    rows: int
+    raw_bytes: int
+    payload: bytes
+    key: str
+    read_seconds: float
+    encode_seconds: float
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    key: str
+    first_id: int
+    last_id: int
+    rows: int
+    raw_bytes: int
+    bytes: int
+    cursor: Cursor
+    read_seconds: float
+    encode_seconds: float
+    upload_seconds: float
+
+
+@dataclass
+class RunResult:
+    start: datetime
+    end: datetime | None = None
+    outcome: str = "NothingToDo"  # Succeeded, Failed, NothingToDo, Stopped
+    rows: int = 0
+    bytes: int = 0
+    raw_bytes: int = 0
+    objects: int = 0
+    last_key: str | None = None
+    cursor: Cursor = field(default_factory=Cursor)
+    failure: ExportFailure | None = None
+    backlog: int | None = None
+    requests: int = 0
+
+    @property
+    def duration_seconds(self) -> float:
+        return (self.end - self.start).total_seconds() if self.end else 0.0
+
+
+class ExportEngine:
+    """Exports one S3Exporter's records. Holds no state between runs except the need to sweep."""
+
+    def __init__(
+        self,
+        spec: S3ExporterSpec,
+        exporter: ExporterId,
+        store: CaptureStore,
+        objects: ObjectStore,
+        *,
+        encoder: BatchEncoder | None = None,
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.spec = spec
+        self.exporter = exporter
+        self.store = store
+        self.objects = objects
+        self.encoder = encoder or CborZstdEncoder()
+        self.clock = clock or SystemClock()
+        self.retry = retry or RetryPolicy()
+        self.layout = ObjectLayout(spec.prefix, exporter.namespace, exporter.name, self.encoder.extension)
+        # Until one batch has been written cleanly, objects left by a killed or failed attempt may sit
+        # at the cursor with other bounds; the first batch sweeps them away.
+        self._sweep_pending = True
+        self.requests = 0
+
+    # -- checkpoint ---------------------------------------------------------------------------------
+
+    def read_checkpoint(self) -> Cursor | None:
+        raw = self._call(lambda: self.objects.get(self.layout.checkpoint_key()))
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return Cursor(int(data["epoch"]), int(data["cursor"]), int(data.get("highWater", data["cursor"])))
+        except (ValueError, KeyError, TypeError):
+            raise ExportFailure(
+                "CheckpointCorrupt",
+                f"checkpoint object {self.layout.checkpoint_key()} is not valid JSON with epoch and cursor",
+                domain="Bucket",
+                transient=False,
+            ) from None
+
+    def _write_checkpoint(self, cursor: Cursor, last_key: str | None) -> None:
+        body = {
+            "version": 1,
+            "exporter": str(self.exporter),
+            "epoch": cursor.epoch,
+            "cursor": str(cursor.position),
+            "highWater": str(cursor.high_water),
+            "lastKey": last_key,
+            "updated": self.clock.now().isoformat(),
+        }
+        data = json.dumps(body, indent=1).encode()
+        self._call(lambda: self.objects.put(self.layout.checkpoint_key(), data, content_type="application/json"))
+
+    def recover(self, saved: Cursor | None) -> Cursor:
+        """The cursor to resume from: the newest of the saved state and the bucket's checkpoint."""
+        checkpoint = self.read_checkpoint()
+        return (saved or Cursor()).newest(checkpoint)
+
+    def reset(self, current: Cursor) -> Cursor:
+        """Start again from the beginning: a new epoch, recorded in the checkpoint at once so that the
+        retention gate closes and a restart does not jump back to the old position."""
+        cursor = Cursor(epoch=current.epoch + 1, position=0, high_water=max(current.high_water, current.position))
+        self._write_checkpoint(cursor, None)
+        self._sweep_pending = True
+        return cursor
+
+    def check_connection(self) -> None:
+        """Connection test (as OpenRouter's "Test Connection"): bucket exists, credentials work."""
+        self._call(self.objects.check)
+
+    # -- one run ------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        cursor: Cursor,
+        *,
+        max_seconds: float | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> RunResult:
+        """Export batches past ``cursor`` until caught up, stopped, out of time, or failed."""
+        result = RunResult(start=self.clock.now(), cursor=cursor)
+        started = self.clock.monotonic()
+        requests_before = self.requests
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-prepare") as prepare_pool:
+            pending: Future[PreparedBatch | None] | None = prepare_pool.submit(self._prepare, cursor.position)
+            try:
+                while pending is not None:
+                    batch = pending.result()
+                    pending = None
+                    if batch is None:
+                        break
+                    out_of_time = max_seconds is not None and self.clock.monotonic() - started >= max_seconds
+                    if not out_of_time and not should_stop():
+                        pending = prepare_pool.submit(self._prepare, batch.last_id)
+                    done = self._commit(batch, result.cursor)
+                    result.cursor = done.cursor
+                    result.rows += done.rows
+                    result.bytes += done.bytes
+                    result.raw_bytes += done.raw_bytes
+                    result.objects += 1
+                    result.last_key = done.key
+                    result.outcome = "Succeeded"
+                    if on_batch is not None:
+                        on_batch(done)
+                    if pending is None and should_stop():
+                        result.outcome = "Stopped"
+            except ExportFailure as failure:
+                result.outcome = "Failed"
+                result.failure = failure
+                self._sweep_pending = True
+            finally:
+                if pending is not None:
+                    pending.cancel()
+        result.requests = self.requests - requests_before
+        try:
+            result.backlog = self.store.backlog(result.cursor.position)
+        except StoreError:
+            result.backlog = None
+        result.end = self.clock.now()
+        return result
+
+    def _prepare(self, after: int) -> PreparedBatch | None:
+        t0 = time.perf_counter()
+        try:
+            rows = self.store.read_batch(after, self.spec.limit)
+        except StoreError as exc:
+            raise ExportFailure("StoreUnavailable", str(exc), domain="Store", transient=True) from None
+        if not rows:
+            return None
+        t1 = time.perf_counter()
+        try:
+            encoded = [ensure_no_credentials(row.id, with_id(row.id, row.body)) for row in rows]
+        except CorruptRecord as exc:
+            raise ExportFailure("CorruptRecord", f"{exc}; export holds at cursor {after} until it is fixed",
+                                domain="Store", transient=False) from None
+        payload = self.encoder.encode(encoded)
+        t2 = time.perf_counter()
+        first, last = rows[0], rows[-1]
+        return PreparedBatch(
+            first_id=first.id,
+            last_id=last.id,
+            first_timestamp_us=first.timestamp_us,
+            rows=len(rows),
+            raw_bytes=sum(len(r) for r in encoded),
+            payload=payload,
+            key=self.layout.data_key(first.id, last.id, first.timestamp_us),
+            read_seconds=t1 - t0,
+            encode_seconds=t2 - t1,
+        )
+
+    def _commit(self, batch: PreparedBatch, cursor: Cursor) -> BatchResult:
+        t0 = time.perf_counter()
+        self._call(lambda: self.objects.put(batch.key, batch.payload, content_type=self.encoder.content_type))
+        if self._sweep_pending or batch.first_id <= cursor.high_water:
+            self._sweep_overlapping(batch)
+        new_cursor = Cursor(cursor.epoch, batch.last_id, max(cursor.high_water, batch.last_id))
+        self._write_checkpoint(new_cursor, batch.key)
+        self._sweep_pending = False
+        return BatchResult(
+            key=batch.key,
+            first_id=batch.first_id,
+            last_id=batch.last_id,
+            rows=batch.rows,
+            raw_bytes=batch.raw_bytes,
+            bytes=len(batch.payload),
+            cursor=new_cursor,
+            read_seconds=batch.read_seconds,
+            encode_seconds=batch.encode_seconds,
+            upload_seconds=time.perf_counter() - t0,
+        )
+
+    def _sweep_overlapping(self, batch: PreparedBatch) -> None:
+        """Delete data objects other than ``batch.key`` whose range starts inside this batch: written by
+        an attempt that died before its checkpoint, or by an earlier epoch with other batch bounds."""
+        marker = self.layout.batch_start_marker(batch.first_id, batch.first_timestamp_us)
+        directory = self.layout.data_dir(batch.first_timestamp_us)
+
+        def stale_keys() -> list[str]:
+            found = []
+            for info in self.objects.list(directory, start_after=marker):
+                bounds = parse_range(info.key)
+                if bounds is None or "/" in info.key[len(directory):]:
+                    continue
+                if bounds[0] > batch.last_id:
+                    break
+                if info.key != batch.key and self.layout.is_data_key(info.key):
+                    found.append(info.key)
+            return found
+
+        for key in self._call(stale_keys):
+            self._call(lambda key=key: self.objects.delete(key))
+
+    def _call(self, operation: Callable[[], T]) -> T:
+        """One object-store request, retried with backoff while the failure is transient."""
+        attempt = 0
+        while True:
+            self.requests += 1
+            try:
+                return operation()
+            except ObjectStoreError as exc:
+                attempt += 1
+                if not exc.transient or attempt >= self.retry.attempts:
+                    raise ExportFailure.from_object_store(exc) from None
+                self.clock.sleep(self.retry.delay(attempt - 1, exc.reason))

@@ -1,0 +1,19 @@
+"""The object-store seam (put, get, list, delete, check) and its boto3 implementation."""
+
+from __future__ import annotations
+
+from .base import Credentials, ObjectInfo, ObjectStore, ObjectStoreError, S3Location, scrub
+from .memory import MemoryObjectStore
+from .s3 import S3ObjectStore, classify
+
+__all__ = [
+    "Credentials",
+    "MemoryObjectStore",
+    "ObjectInfo",
+    "ObjectStore",
+    "ObjectStoreError",
+    "S3Location",
+    "S3ObjectStore",
+    "classify",
+    "scrub",
+]

@@ -1,0 +1,202 @@
+"""Run the very manifests a user would ``kubectl apply``, without a cluster.
+
+Each S3Exporter in the files gets a worker that runs on its schedule (at once again while a backlog
+remains); Secrets in the same files supply credentials; state (cursor, last run, history) is kept in a
+local JSON file, written after every committed batch. Ctrl-C stops after the batch in flight commits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from .api import S3ExporterStatus
+from .api.manifests import ManifestSet, Resource
+from .clock import SystemClock
+from .export import BatchResult, ExporterId
+from .export.cycle import CycleOutcome, ExporterWorker
+from .store import StoreOpener
+
+__all__ = ["StandaloneRunner", "StateFile"]
+
+
+class StateFile:
+    """Statuses of every resource, keyed ``Kind/namespace/name``, in one JSON file replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.data: dict[str, Any] = {}
+        if path.exists():
+            try:
+                self.data = json.loads(path.read_text())
+            except ValueError:
+                raise SystemExit(f"state file {path} is not valid JSON; move it aside to start afresh") from None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        with self._lock:
+            self.data[key] = value
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            with tmp.open("w") as handle:
+                json.dump(self.data, handle, indent=1, default=str)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(self.path)
+
+
+@dataclass
+class _Scheduled:
+    resource: Resource
+    worker: ExporterWorker
+    due: float = 0.0
+    status: S3ExporterStatus = field(default_factory=S3ExporterStatus)
+
+    @property
+    def state_key(self) -> str:
+        return f"S3Exporter/{self.resource.ref}"
+
+
+class Progress:
+    """Prints a progress line at most once a second while a backlog drains."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.last = 0.0
+
+    def batch(self, ref: str, done: BatchResult, exported: int, started: float) -> None:
+        now = time.monotonic()
+        if now - self.last < 1.0:
+            return
+        self.last = now
+        rate = exported / max(now - started, 1e-6)
+        print(f"  {ref}: {exported:,} records exported this run, cursor {done.cursor.position}, "
+              f"{rate:,.0f} records/s", file=self.out, flush=True)
+
+
+class StandaloneRunner:
+    def __init__(
+        self,
+        manifests: ManifestSet,
+        *,
+        state_path: Path,
+        default_store: str | None,
+        out: TextIO = sys.stdout,
+        extra_kinds: list[Callable[[StandaloneRunner], None]] | None = None,
+    ) -> None:
+        self.manifests = manifests
+        self.state = StateFile(state_path)
+        self.stores = StoreOpener(default_store, manifests.get)
+        self.out = out
+        self.stop_event = threading.Event()
+        self.clock = SystemClock()
+        self.exporters = [
+            _Scheduled(
+                resource,
+                ExporterWorker(ExporterId(resource.namespace, resource.name), open_store=self.stores,
+                               secrets=manifests, clock=self.clock),
+            )
+            for resource in manifests.of_kind("S3Exporter")
+        ]
+        for item in self.exporters:
+            saved = self.state.get(item.state_key)
+            if saved:
+                item.status = S3ExporterStatus.model_validate(saved)
+        self.outcomes: dict[str, CycleOutcome] = {}
+        # Other kinds (RetentionPolicy) hook in here: each callable is run once per loop turn.
+        self.extra_kinds = extra_kinds or []
+
+    def request_stop(self, *_: object) -> None:
+        if not self.stop_event.is_set():
+            print("stopping after the batch in flight commits…", file=self.out, flush=True)
+        self.stop_event.set()
+
+    def _cycle(self, item: _Scheduled) -> CycleOutcome:
+        ref = item.resource.ref
+        spec = item.resource.spec
+        progress = Progress(self.out)
+        started = time.monotonic()
+        exported = 0
+
+        def on_batch(done: BatchResult) -> None:
+            nonlocal exported
+            exported += done.rows
+            # Persist after every committed batch so Ctrl-C or a crash loses nothing already done.
+            item.status.cursor = str(done.cursor.position)
+            item.status.epoch = done.cursor.epoch
+            self.state.put(item.state_key, item.status.model_dump(mode="json", by_alias=True))
+            progress.batch(ref, done, exported, started)
+
+        outcome = item.worker.cycle(
+            spec,
+            item.status,
+            generation=item.resource.generation,
+            reset_token=item.resource.annotations.get("capture.dev/reset-cursor"),
+            should_stop=self.stop_event.is_set,
+            on_batch=on_batch,
+        )
+        item.status = outcome.status
+        self.state.put(item.state_key, outcome.status.model_dump(mode="json", by_alias=True))
+        self._report(ref, outcome)
+        return outcome
+
+    def _report(self, ref: str, outcome: CycleOutcome) -> None:
+        for event in outcome.events:
+            print(f"  {ref}: {event.type} {event.reason}: {event.message}", file=self.out, flush=True)
+        run = outcome.result
+        if run is None:
+            return
+        rate = run.rows / run.duration_seconds if run.duration_seconds > 0 else 0.0
+        line = (f"{ref}: {run.outcome}: {run.rows:,} records in {run.objects} objects, "
+                f"{run.bytes:,} bytes, {run.duration_seconds:.2f}s ({rate:,.0f} records/s), "
+                f"cursor {run.cursor.position}, backlog {run.backlog}")
+        if run.failure is not None:
+            line += f" - {run.failure.reason}: {run.failure.message}"
+        print(line, file=self.out, flush=True)
+
+    def run_once(self) -> bool:
+        """Drain every exporter once. Returns True when all succeeded."""
+        ok = True
+        for item in self.exporters:
+            if self.stop_event.is_set():
+                break
+            if item.resource.spec.suspend:
+                print(f"{item.resource.ref}: suspended", file=self.out)
+                continue
+            outcome = self._cycle(item)
+            self.outcomes[item.resource.ref] = outcome
+            ok &= outcome.result is not None and outcome.result.failure is None
+        for hook in self.extra_kinds:
+            hook(self)
+        return ok
+
+    def run_forever(self) -> None:
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            for item in self.exporters:
+                if self.stop_event.is_set() or item.resource.spec.suspend or item.due > now:
+                    continue
+                outcome = self._cycle(item)
+                item.due = time.monotonic() + outcome.due_in
+            for hook in self.extra_kinds:
+                hook(self)
+            upcoming = [i.due for i in self.exporters if not i.resource.spec.suspend] or [now + 60]
+            self.stop_event.wait(max(0.0, min(upcoming) - time.monotonic()))
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+
+    def close(self) -> None:
+        self.stores.close()

@@ -1,0 +1,160 @@
+"""The export engine against the in-memory object store: exactly once through failures and retries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from capture_export.api import S3ExporterSpec
+from capture_export.audit import decode_object, verify_export
+from capture_export.export import Cursor, ExportEngine, ExporterId, RetryPolicy
+from capture_export.objectstore import MemoryObjectStore, ObjectStoreError
+from capture_export.store import SQLiteStore
+from tests.conftest import make_record
+
+EXPORTER = ExporterId("default", "usage")
+NO_WAIT = RetryPolicy(attempts=3, base_delay=0.0, throttle_delay=0.0)
+
+
+class InstantClock:
+    def __init__(self) -> None:
+        from capture_export.clock import SystemClock
+
+        self._system = SystemClock()
+        self.slept: list[float] = []
+
+    def now(self):
+        return self._system.now()
+
+    def monotonic(self) -> float:
+        return self._system.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+def engine_for(store: SQLiteStore, objects: MemoryObjectStore, limit: int = 10, prefix: str = "p") -> ExportEngine:
+    spec = S3ExporterSpec(bucket="bkt", region="us-east-1", prefix=prefix, limit=limit)
+    return ExportEngine(spec, EXPORTER, store, objects, clock=InstantClock(), retry=NO_WAIT)
+
+
+def data_keys(objects: MemoryObjectStore) -> list[str]:
+    return sorted(k for k in objects.objects if k.endswith(".cbor.zstd"))
+
+
+def test_drains_backlog_into_range_named_objects_and_checkpoints(sqlite_store: SQLiteStore) -> None:
+    sqlite_store.append(make_record(i) for i in range(25))
+    objects = MemoryObjectStore()
+    result = engine_for(sqlite_store, objects).run(Cursor())
+    assert (result.outcome, result.rows, result.objects, result.backlog) == ("Succeeded", 25, 3, 0)
+    assert data_keys(objects) == [
+        "p/00000000000000000001-00000000000000000010.cbor.zstd",
+        "p/00000000000000000011-00000000000000000020.cbor.zstd",
+        "p/00000000000000000021-00000000000000000025.cbor.zstd",
+    ]
+    checkpoint = json.loads(objects.objects["p/_capture-export/checkpoints/default/usage.json"])
+    assert checkpoint["cursor"] == "25" and checkpoint["epoch"] == 0
+    assert [r["id"] for r in decode_object(objects.objects[data_keys(objects)[0]])] == list(range(1, 11))
+
+
+def test_nothing_to_do_writes_nothing(sqlite_store: SQLiteStore) -> None:
+    objects = MemoryObjectStore()
+    result = engine_for(sqlite_store, objects).run(Cursor())
+    assert result.outcome == "NothingToDo" and objects.objects == {}
+
+
+def test_failed_checkpoint_keeps_cursor_and_retry_overwrites_the_same_key(sqlite_store: SQLiteStore) -> None:
+    sqlite_store.append(make_record(i) for i in range(10))
+    objects = MemoryObjectStore()
+    engine = engine_for(sqlite_store, objects)
+    denied = ObjectStoreError("AccessDenied", "denied", transient=False, domain="Credentials")
+    original_put = objects.put
+
+    def put(key: str, data: bytes, **kw: object) -> None:
+        if "checkpoints" in key and denied is not None and not objects.objects.get(key):
+            raise denied
+        original_put(key, data)
+
+    objects.put = put  # type: ignore[method-assign]
+    first = engine.run(Cursor())
+    assert first.outcome == "Failed" and first.cursor.position == 0 and first.failure.reason == "AccessDenied"
+    assert len(data_keys(objects)) == 1  # the data object landed, its checkpoint did not
+    objects.put = original_put  # type: ignore[method-assign]
+    second = engine.run(first.cursor)
+    assert second.outcome == "Succeeded" and second.cursor.position == 10
+    assert len(data_keys(objects)) == 1  # overwritten, not duplicated
+
+
+def test_transient_failures_are_retried_with_backoff(sqlite_store: SQLiteStore) -> None:
+    sqlite_store.append(make_record(i) for i in range(5))
+    objects = MemoryObjectStore()
+    objects.fail_next = [ObjectStoreError("Throttled", "slow down", transient=True, domain="Bucket")] * 2
+    engine = engine_for(sqlite_store, objects)
+    result = engine.run(Cursor())
+    assert result.outcome == "Succeeded" and result.rows == 5
+    assert len(engine.clock.slept) == 2  # type: ignore[attr-defined]
+
+
+def test_orphan_from_a_killed_run_with_other_bounds_is_swept(sqlite_store: SQLiteStore) -> None:
+    sqlite_store.append(make_record(i) for i in range(20))
+    objects = MemoryObjectStore()
+    # A run with limit 5 died after writing its data object and before its checkpoint.
+    engine_for(sqlite_store, objects, limit=5)._commit  # noqa: B018 - documents the scenario
+    objects.objects["p/00000000000000000001-00000000000000000005.cbor.zstd"] = b"stale"
+    result = engine_for(sqlite_store, objects, limit=10).run(Cursor())
+    assert result.rows == 20
+    report = verify_export(sqlite_store, objects, "p")
+    assert report.ok, report.summary()
+
+
+def test_recover_takes_the_newest_of_saved_state_and_checkpoint(sqlite_store: SQLiteStore) -> None:
+    sqlite_store.append(make_record(i) for i in range(30))
+    objects = MemoryObjectStore()
+    engine_for(sqlite_store, objects).run(Cursor(), max_seconds=0)  # one batch only
+    fresh = engine_for(sqlite_store, objects)
+    assert fresh.recover(Cursor(0, 0)).position == 10  # state file lost: the checkpoint wins
+    assert fresh.recover(Cursor(0, 20)).position == 20  # state ahead of a lagging checkpoint
+
+
+def test_reset_reexports_everything_once_more_under_the_same_keys(sqlite_store: SQLiteStore) -> None:
+    sqlite_store.append(make_record(i) for i in range(25))
+    objects = MemoryObjectStore()
+    engine = engine_for(sqlite_store, objects)
+    done = engine.run(Cursor())
+    keys = data_keys(objects)
+    reset = engine.reset(done.cursor)
+    assert (reset.epoch, reset.position) == (1, 0)
+    assert json.loads(objects.objects["p/_capture-export/checkpoints/default/usage.json"])["cursor"] == "0"
+    again = engine.run(reset)
+    assert again.rows == 25 and data_keys(objects) == keys
+    assert verify_export(sqlite_store, objects, "p").ok
+
+
+def test_reset_with_a_new_limit_leaves_no_duplicates(sqlite_store: SQLiteStore) -> None:
+    sqlite_store.append(make_record(i) for i in range(25))
+    objects = MemoryObjectStore()
+    done = engine_for(sqlite_store, objects, limit=10).run(Cursor())
+    engine = engine_for(sqlite_store, objects, limit=7)
+    engine.run(engine.reset(done.cursor))
+    report = verify_export(sqlite_store, objects, "p")
+    assert report.ok, report.summary()
+
+
+def test_corrupt_record_holds_the_cursor_before_it(sqlite_store: SQLiteStore) -> None:
+    sqlite_store.append(make_record(i) for i in range(5))
+    sqlite_store._conn.execute("UPDATE captures SET body = x'01' WHERE id = 3")
+    objects = MemoryObjectStore()
+    result = engine_for(sqlite_store, objects, limit=2).run(Cursor())
+    assert result.failure is not None and result.failure.reason == "CorruptRecord"
+    assert "record 3" in result.failure.message
+    assert result.cursor.position == 2
+
+
+@pytest.mark.parametrize("prefix", ["", "a/b"])
+def test_keys_honour_prefix(sqlite_store: SQLiteStore, prefix: str) -> None:
+    sqlite_store.append([make_record(1)])
+    objects = MemoryObjectStore()
+    engine_for(sqlite_store, objects, prefix=prefix).run(Cursor())
+    expected = (f"{prefix}/" if prefix else "") + "00000000000000000001-00000000000000000001.cbor.zstd"
+    assert data_keys(objects) == [expected]
