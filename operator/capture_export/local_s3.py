@@ -79,7 +79,8 @@ class LocalS3:
     def start(self, timeout: float = 30.0) -> LocalS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [find_weed(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                f"-s3.port={self.port}", "-webdav=false", "-admin.ui=false", "-master.telemetry=false"]
+                f"-s3.port={self.port}", "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
+                "-s3.autoCreateBucket=false"]
         args += [f"-{flag}={free_port()}" for flag in _PORT_FLAGS]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key_id, AWS_SECRET_ACCESS_KEY=self.secret_access_key)
         log = self.log_path.open("ab")
