@@ -1,0 +1,67 @@
+"""kill -9 the export worker at random moments; the bucket must still hold every record exactly once."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from pathlib import Path
+
+from capture_export.local_s3 import LocalS3
+from capture_export.seed import seed_store
+from capture_export.store import SQLiteStore
+from tests.integration.helpers import CLI, run_cli, write_manifest
+
+KILLS = 24
+
+
+def _wait_for_a_commit(state: Path, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until this run has committed a batch (the state file is rewritten after every commit)."""
+    before = state.stat().st_mtime_ns if state.exists() else 0
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if state.exists() and state.stat().st_mtime_ns != before:
+            return
+        time.sleep(0.01)
+
+
+def test_kill_minus_nine_at_random_moments_then_verify(s3_server: LocalS3, bucket: str, tmp_path: Path) -> None:
+    store_path = tmp_path / "store.sqlite"
+    store = SQLiteStore(store_path)
+    seed_store(store, 40_000, seed=11)
+    store.close()
+    state = tmp_path / "state.json"
+    rng = random.Random(20261125)
+    killed_mid_run = 0
+    for attempt in range(KILLS):
+        # Vary the batch size now and then, as a user editing `limit` between crashes would.
+        manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, limit=rng.choice([150, 200, 333]))
+        if rng.random() < 0.2 and state.exists():
+            state.unlink()  # state file lost too: the bucket's checkpoint must carry the cursor
+        process = subprocess.Popen(
+            [*CLI, "run", "--once", "-f", str(manifest), "--state", str(state), "--store", str(store_path)],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        if rng.random() < 0.25:
+            time.sleep(rng.uniform(0.1, 0.8))  # anywhere, startup included
+        else:
+            _wait_for_a_commit(state, process)  # then somewhere inside the drain
+            time.sleep(rng.uniform(0.0, 0.3))
+        if process.poll() is None:
+            process.kill()
+            killed_mid_run += 1
+        process.wait()
+        if process.returncode not in (0, -9):
+            raise AssertionError(f"attempt {attempt}: exit {process.returncode}: {process.stderr.read().decode()}")
+        # Append between crashes, as the gateway keeps writing.
+        store = SQLiteStore(store_path)
+        seed_store(store, 1500, seed=100 + attempt)
+        store.close()
+    assert killed_mid_run >= 20, f"only {killed_mid_run} kills landed mid-run; slow the kills down"
+
+    finish = run_cli("run", "--once", "-f", manifest, "--state", state, "--store", store_path, cwd=tmp_path)
+    assert finish.returncode == 0, finish.stdout + finish.stderr
+    verify = run_cli("verify", "-f", manifest, "--store", store_path, cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "missing: 0" in verify.stdout and "duplicated: 0" in verify.stdout
+    assert "records in store up to id 76000: 76000" in verify.stdout
