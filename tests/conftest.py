@@ -73,3 +73,7 @@ def make_record(n: int, **overrides: object) -> dict[str, object]:
     }
     record.update(overrides)
     return record
+
+
+# PostgreSQL: pg_cluster (a throwaway cluster per session) and pg_dsn (a fresh database per test); tests/pg.py.
+from tests.pg import pg_cluster, pg_dsn  # noqa: E402, F401

@@ -1,0 +1,495 @@
+"""PostgreSQL capture store: the production store, read below a safe horizon so no record is skipped.
+
+The table (created and migrated here; the gateway just runs ``INSERT INTO captures (ts_us, body) …``)::
+
+    captures (id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY, ts_us bigint, body bytea)
+
+The problem
+-----------
+Ids come from a sequence, and ``nextval`` is not transactional: transaction A takes id 10, B takes
+id 11, B commits, and for a while a reader sees 11 but not 10. An exporter that reads ``id > cursor``
+and advances its cursor to 11 never sees 10, which commits a moment later. Waiting ("only read rows
+older than 5 s") narrows the window but does not close it: a gateway transaction can stay open for
+any length of time. Snapshot xids do not close it either: an ``INSERT`` evaluates its id before it
+writes a tuple, and only then is the transaction given an xid, so a snapshot taken in between does
+not list it as in flight although it already owns id 10; and even with an xid, nothing tells a reader
+*which* ids an invisible transaction owns.
+
+The safe horizon
+----------------
+Every ``nextval`` locks the sequence in ``RowExclusiveLock`` on behalf of the *top-level* transaction
+(``lock_and_open_sequence`` uses the top transaction's resource owner, so even a rolled-back savepoint
+keeps it), the lock is taken before the value is drawn, and it is released only after the transaction
+has left the proc array, that is after its commit (or abort) is visible to any later snapshot. So the
+transactions that may still make an id appear are exactly those holding that lock, and ``pg_locks``
+lists them, each with a virtual transaction id that no other transaction reuses. One *observation*:
+
+1. ``L`` = the sequence's ``last_value``: every id ``<= L`` has been drawn by now;
+2. ``H`` = the virtual transactions holding a lock on the sequence, read after ``L``. A transaction
+   that drew an id ``<= L`` either has ended (its row, if committed, is visible to any snapshot taken
+   from here on) or is in ``H``.
+
+With ``CACHE 1`` (enforced: a per-backend cache hands out old values later) the sequence is monotonic
+in time, so a transaction in ``H_i`` that was not in the previous observation's ``H_{i-1}`` had drawn
+nothing when ``H_{i-1}`` was read: all its ids are ``> L_{i-1}``. Each in-flight transaction thus
+carries a lower bound on the ids it may still commit (set when first seen, inherited while it stays in
+``H``), and the horizon is::
+
+    horizon_i = min(L_i, min over T in H_i of bound(T) - 1)
+
+Every id at or below it is committed or aborted for good; a later snapshot (the read that follows,
+in its own statement) sees all of them. It derives from the oldest in-flight *writer* only: readers,
+purges and other tables' transactions do not hold it back; a writer that stays open holds it at its
+first id, exactly as DESIGN.md §2 asks, and nothing above that is handed out until it ends.
+
+Precision, not correctness, depends on how often observations happen: a transaction first seen by an
+observation long after the previous one gets a stale (lower) bound. When the limiting bound is stale
+the store re-observes for a few milliseconds (``settle_seconds``), by which time ordinary gateway
+transactions have ended. A transaction already in flight at the first observation of this process has
+no bound; the floor then is the last horizon this store proved, persisted (at most every few seconds)
+in ``capture_export_meta``: a proven horizon stays true for ever. A server restart (new
+``pg_postmaster_start_time``) or a sequence that went backwards starts the tracking afresh.
+
+Limits: read the primary (a standby's ``pg_locks`` does not show the primary's writers); writers must
+let the identity draw ids (``GENERATED ALWAYS`` refuses explicit ids unless ``OVERRIDING SYSTEM
+VALUE``, which is unsupported); ``synchronous_commit = off`` can lose a commit that was already
+exported if the server crashes (the record then shows as "in bucket but no longer in store").
+
+Cost: two small autocommit statements per horizon (the sequence tuple, and ``pg_locks`` filtered on
+the sequence); ``benchmarks/postgres_export.py`` measures them. Writers pay nothing.
+
+Connections: a small pool, one connection per concurrent caller (the engine reads on a helper thread
+while the main thread may ask for the backlog), autocommit, TCP keepalives. A read that fails on a
+pooled connection that went stale (server restarted) is retried once on a fresh connection; writes
+are never retried here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import conninfo as pg_conninfo
+
+from .base import StoredRecord, StoreError
+from .records import encode_body
+
+__all__ = ["HorizonTracker", "PostgresStore"]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+TABLE = "captures"
+META = "capture_export_meta"
+# pg_advisory_xact_lock key serialising schema creation between operator replicas and tools.
+MIGRATION_LOCK = 0x63617074757265  # "capture"
+
+META_DDL = f"CREATE TABLE IF NOT EXISTS {META} (key text PRIMARY KEY, value text NOT NULL)"
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+            id    bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
+            ts_us bigint NOT NULL,
+            body  bytea  NOT NULL
+        )""",
+        f"CREATE INDEX IF NOT EXISTS {TABLE}_ts_us ON {TABLE} (ts_us)",
+    ],
+}
+
+DEFAULT_CONNECT_OPTIONS = {
+    "connect_timeout": "10",
+    "application_name": "capture-export",
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The horizon tracker: pure bookkeeping over observations, unit-testable without a server.
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    bound: int  # every id this transaction may still commit is >= bound
+    stale: bool  # the bound comes from an old observation (or none): re-observing may raise it
+
+
+class HorizonTracker:
+    """Turns successive observations ``(L, H)`` into a safe horizon (see the module docstring).
+
+    ``observe`` must be called with observations in the order they were made, each ``L`` read before
+    its ``H``; the caller serialises that.
+    """
+
+    def __init__(self, floor: int = 0, *, precise_within: float = 0.05) -> None:
+        self.floor = floor
+        self.precise_within = precise_within
+        self.proven = floor
+        self._last_value: int | None = None
+        self._last_time = 0.0
+        self._server: object = None
+        self._in_flight: dict[str, _InFlight] = {}
+
+    def observe(self, last_value: int, holders: Iterable[str], now: float, server: object = None) -> tuple[int, bool]:
+        """Record one observation; return ``(horizon, stale)``, ``stale`` meaning that an observation
+        a moment later may well give a higher horizon."""
+        if server != self._server or (self._last_value is not None and last_value < self._last_value):
+            # A restarted server (every old transaction is gone, virtual ids start again) or a sequence
+            # moved backwards: nothing learnt so far can be relied upon, except what is proven.
+            self._server = server
+            self._last_value = None
+            self._in_flight = {}
+            self.floor = self.proven = min(self.proven, last_value)
+        previous, gap = self._last_value, now - self._last_time
+        tracked: dict[str, _InFlight] = {}
+        for vxid in holders:
+            known = self._in_flight.get(vxid)
+            if known is not None:
+                tracked[vxid] = known
+            elif previous is None:
+                tracked[vxid] = _InFlight(min(self.floor, last_value) + 1, True)
+            else:
+                tracked[vxid] = _InFlight(previous + 1, gap > self.precise_within)
+        self._in_flight = tracked
+        self._last_value, self._last_time = last_value, now
+        horizon, stale = last_value, False
+        if tracked:
+            oldest = min(tracked.values(), key=lambda t: t.bound)
+            if oldest.bound - 1 < horizon:
+                horizon, stale = oldest.bound - 1, oldest.stale
+        self.proven = max(self.proven, horizon)
+        return self.proven, stale
+
+    def settled(self) -> None:
+        """The caller has re-observed for as long as it is willing to: stop calling the current
+        in-flight transactions' bounds stale, so that a long transaction is waited for only once."""
+        self._in_flight = {vxid: _InFlight(t.bound, False) for vxid, t in self._in_flight.items()}
+
+    def holders(self) -> dict[str, int]:
+        """In-flight writer transactions (virtual xid) and the lowest id each may still commit."""
+        return {vxid: t.bound for vxid, t in self._in_flight.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _safe_label(dsn: str) -> str:
+    """``host:port/dbname`` for messages: never the password."""
+    try:
+        params = pg_conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "<unparsable DSN>"
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port") or "5432"
+    return f"{host}:{port}/{params.get('dbname') or params.get('user') or ''}"
+
+
+class PostgresStore:
+    """A capture store in PostgreSQL (psycopg 3). Thread-safe."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        settle_seconds: float = 0.05,
+        persist_every: float = 5.0,
+        max_idle: int = 4,
+        **connect_options: Any,
+    ) -> None:
+        self.label = _safe_label(dsn)
+        try:
+            given = pg_conninfo.conninfo_to_dict(dsn)
+        except psycopg.Error as exc:
+            raise StoreError(f"invalid PostgreSQL DSN: {exc.__class__.__name__}") from None
+        defaults = {k: v for k, v in DEFAULT_CONNECT_OPTIONS.items() if k not in given}
+        self._conninfo = pg_conninfo.make_conninfo(dsn, **defaults, **connect_options)
+        self.settle_seconds = settle_seconds
+        self.persist_every = persist_every
+        self.max_idle = max_idle
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._pool_lock = threading.Lock()
+        self._closed = False
+        self._horizon_lock = threading.Lock()
+        self._persisted_at = 0.0
+        self._persisted = 0
+        self.observations = 0
+        self._migrate()
+        self._seq_oid, self._seq_name, self._db_oid, floor = self._run(self._introspect)
+        self._tracker = HorizonTracker(floor)
+        self._persisted = floor
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.label!r})"
+
+    # -- connections ---------------------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to PostgreSQL store {self.label}: {_first_line(exc)}") from None
+
+    def _take(self) -> tuple[psycopg.Connection[Any], bool]:
+        with self._pool_lock:
+            if self._closed:
+                raise StoreError(f"PostgreSQL store {self.label} is closed")
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    return conn, False
+        return self._connect(), True
+
+    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+        healthy = not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with self._pool_lock:
+            if healthy and not self._closed and len(self._idle) < self.max_idle:
+                self._idle.append(conn)
+                return
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def _run(self, work: Callable[[psycopg.Connection[Any]], T], *, retry_stale: bool = True) -> T:
+        """Run ``work`` on a pooled connection, mapping failures to StoreError. A failure on a reused
+        connection that turns out broken is retried once on a fresh one when ``retry_stale``."""
+        attempts = 2 if retry_stale else 1
+        for attempt in range(attempts):
+            conn, fresh = self._take()
+            try:
+                result = work(conn)
+            except psycopg.Error as exc:
+                broken = conn.closed or conn.broken
+                with contextlib.suppress(Exception):
+                    conn.close()
+                if broken and not fresh and attempt + 1 < attempts:
+                    continue
+                raise StoreError(f"PostgreSQL store {self.label}: {_first_line(exc)}") from None
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                raise
+            self._give_back(conn)
+            return result
+        raise AssertionError("unreachable")
+
+    # -- schema --------------------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        def work(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                conn.execute(META_DDL)
+                row = conn.execute(f"SELECT value FROM {META} WHERE key = 'schema_version'").fetchone()
+                current = int(row[0]) if row else 0
+                if current > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"PostgreSQL store {self.label} has schema version {current}, newer than this "
+                        f"operator's {SCHEMA_VERSION}: upgrade the operator"
+                    )
+                for version in sorted(v for v in MIGRATIONS if v > current):
+                    for statement in MIGRATIONS[version]:
+                        conn.execute(statement)
+                if current < SCHEMA_VERSION:
+                    conn.execute(
+                        f"INSERT INTO {META} (key, value) VALUES ('schema_version', %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        (str(SCHEMA_VERSION),),
+                    )
+                # A per-backend sequence cache hands out old ids in later transactions, which would
+                # defeat the safe horizon: keep it at 1 whatever a DBA did.
+                conn.execute(f"ALTER TABLE {TABLE} ALTER COLUMN id SET CACHE 1")
+
+        self._run(work, retry_stale=False)
+
+    def _introspect(self, conn: psycopg.Connection[Any]) -> tuple[int, str, int, int]:
+        row = conn.execute(
+            "SELECT s.oid, s.oid::regclass::text, d.oid FROM pg_class s, pg_database d "
+            "WHERE s.oid = pg_get_serial_sequence(%s, 'id')::regclass AND d.datname = current_database()",
+            (TABLE,),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"PostgreSQL store {self.label}: table {TABLE} has no identity sequence")
+        floor_row = conn.execute(f"SELECT value FROM {META} WHERE key = 'safe_horizon'").fetchone()
+        return int(row[0]), str(row[1]), int(row[2]), int(floor_row[0]) if floor_row else 0
+
+    # -- writes --------------------------------------------------------------------------------------
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> int:
+        return self.append_encoded([encode_body(record) for record in records])
+
+    def append_encoded(self, rows: list[tuple[int, bytes]]) -> int:
+        """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction; return the last id."""
+        if not rows:
+            return self.max_id()
+        stamps = [ts for ts, _ in rows]
+        bodies = [body for _, body in rows]
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(
+                f"WITH added AS (INSERT INTO {TABLE} (ts_us, body) "
+                "SELECT * FROM unnest(%s::bigint[], %b::bytea[]) RETURNING id) SELECT max(id) FROM added",
+                (stamps, bodies),
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return self._run(work, retry_stale=False)
+
+    # -- the safe horizon ----------------------------------------------------------------------------
+
+    def _observe(self, conn: psycopg.Connection[Any]) -> tuple[int, bool]:
+        # Two statements, in this order: L first, then the lock holders. Each is its own snapshot.
+        last_value, is_called, cache, started = conn.execute(
+            f"SELECT s.last_value, s.is_called, p.seqcache, pg_postmaster_start_time() "
+            f"FROM {self._seq_name} s, pg_sequence p WHERE p.seqrelid = %s",
+            (self._seq_oid,),
+        ).fetchone()  # type: ignore[misc]
+        if cache != 1:
+            raise StoreError(
+                f"PostgreSQL store {self.label}: sequence {self._seq_name} has CACHE {cache}; the safe "
+                "horizon needs CACHE 1 (ALTER TABLE captures ALTER COLUMN id SET CACHE 1)"
+            )
+        holders = [
+            vxid
+            for (vxid,) in conn.execute(
+                "SELECT virtualtransaction FROM pg_locks "
+                "WHERE locktype = 'relation' AND database = %s AND relation = %s",
+                (self._db_oid, self._seq_oid),
+            )
+        ]
+        self.observations += 1
+        drawn = int(last_value) if is_called else int(last_value) - 1
+        return self._tracker.observe(drawn, holders, time.monotonic(), started)
+
+    def safe_horizon(self) -> int:
+        def work(conn: psycopg.Connection[Any]) -> int:
+            deadline = time.monotonic() + self.settle_seconds
+            horizon, stale = self._observe(conn)
+            pause = 0.001
+            while stale and time.monotonic() + pause < deadline:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.01)
+                horizon, stale = self._observe(conn)
+            if stale:
+                self._tracker.settled()
+            return horizon
+
+        with self._horizon_lock:
+            horizon = self._run(work)
+            self._persist_floor(horizon)
+        return horizon
+
+    def _persist_floor(self, horizon: int) -> None:
+        """Remember a proven horizon so that a restarted operator need not wait for transactions that
+        were already in flight when it started. Best effort: a read-only role simply does not."""
+        now = time.monotonic()
+        if horizon <= self._persisted or now - self._persisted_at < self.persist_every:
+            return
+        self._persisted_at = now
+
+        def work(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
+                f"INSERT INTO {META} (key, value) VALUES ('safe_horizon', %s) ON CONFLICT (key) DO UPDATE "
+                f"SET value = EXCLUDED.value WHERE {META}.value::bigint < EXCLUDED.value::bigint",
+                (str(horizon),),
+            )
+
+        with contextlib.suppress(StoreError):
+            self._run(work, retry_stale=False)
+            self._persisted = horizon
+
+    def horizon_holders(self) -> dict[str, int]:
+        """Writer transactions in flight at the last observation and the lowest id each may commit."""
+        with self._horizon_lock:
+            return self._tracker.holders()
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    def read_batch(self, after: int, limit: int, horizon: int | None = None) -> list[StoredRecord]:
+        bound = self.safe_horizon() if horizon is None else horizon
+        if bound <= after or limit <= 0:
+            return []
+
+        def work(conn: psycopg.Connection[Any]) -> list[StoredRecord]:
+            with conn.cursor(binary=True) as cur:
+                cur.execute(
+                    f"SELECT id, ts_us, body FROM {TABLE} WHERE id > %s AND id <= %s ORDER BY id LIMIT %s",
+                    (after, bound, limit),
+                )
+                return [StoredRecord(int(i), int(ts), bytes(body)) for i, ts, body in cur]
+
+        return self._run(work)
+
+    def backlog(self, after: int, horizon: int | None = None) -> int:
+        bound = self.safe_horizon() if horizon is None else horizon
+        if bound <= after:
+            return 0
+        return self._scalar(f"SELECT count(*) FROM {TABLE} WHERE id > %s AND id <= %s", (after, bound))
+
+    def max_id(self) -> int:
+        return self._scalar(f"SELECT COALESCE(max(id), 0) FROM {TABLE}")
+
+    def count(self) -> int:
+        return self._scalar(f"SELECT count(*) FROM {TABLE}")
+
+    def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        def work(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(sql, params).fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+        return self._run(work)
+
+    def ids(self) -> Iterator[int]:
+        after = 0
+        while True:
+            chunk = self._run(
+                lambda conn, after=after: [
+                    int(r[0])
+                    for r in conn.execute(f"SELECT id FROM {TABLE} WHERE id > %s ORDER BY id LIMIT 50000", (after,))
+                ]
+            )
+            if not chunk:
+                return
+            yield from chunk
+            after = chunk[-1]
+
+    # -- purge ---------------------------------------------------------------------------------------
+
+    def delete_up_to(self, max_id: int, older_than_us: int, batch_size: int) -> int:
+        """Chunked purge: each chunk scans the next ``batch_size`` ids and deletes the old ones among
+        them in its own short transaction, so writers are never blocked for long."""
+        deleted = 0
+        after = 0
+        sql = (
+            f"WITH scanned AS (SELECT id, ts_us FROM {TABLE} WHERE id > %s AND id <= %s ORDER BY id LIMIT %s), "
+            f"gone AS (DELETE FROM {TABLE} c USING scanned s WHERE c.id = s.id AND s.ts_us < %s RETURNING c.id) "
+            "SELECT (SELECT max(id) FROM scanned), (SELECT count(*) FROM gone)"
+        )
+        while True:
+            last, removed = self._run(
+                lambda conn, after=after: conn.execute(sql, (after, max_id, batch_size, older_than_us)).fetchone(),
+                retry_stale=True,  # idempotent: a retried chunk deletes what is left of the same rows
+            )  # type: ignore[misc]
+            if last is None:
+                return deleted
+            deleted += int(removed)
+            after = int(last)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
+
