@@ -8,8 +8,10 @@ committed strictly in order, and nothing advances the cursor before both objects
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -18,8 +20,8 @@ from typing import TypeVar
 from ..api import S3ExporterSpec
 from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore, ObjectStoreError
-from ..store import CaptureStore, CorruptRecord, StoreError
-from ..store.records import ensure_no_credentials, with_id
+from ..store import CaptureStore, CorruptRecord, StoredRecord, StoreError
+from ..store.records import CREDENTIAL_MARKERS, ensure_no_credentials, with_id
 from .formats import BatchEncoder, CborZstdEncoder
 from .layout import ObjectLayout, parse_range
 
@@ -227,36 +229,32 @@ class ExportEngine:
         result = RunResult(start=self.clock.now(), cursor=cursor)
         started = self.clock.monotonic()
         requests_before = self.requests
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-prepare") as prepare_pool:
-            pending: Future[PreparedBatch | None] | None = prepare_pool.submit(self._prepare, cursor.position)
-            try:
-                while pending is not None:
-                    batch = pending.result()
-                    pending = None
-                    if batch is None:
-                        break
-                    out_of_time = max_seconds is not None and self.clock.monotonic() - started >= max_seconds
-                    if not out_of_time and not should_stop():
-                        pending = prepare_pool.submit(self._prepare, batch.last_id)
-                    done = self._commit(batch, result.cursor)
-                    result.cursor = done.cursor
-                    result.rows += done.rows
-                    result.bytes += done.bytes
-                    result.raw_bytes += done.raw_bytes
-                    result.objects += 1
-                    result.last_key = done.key
-                    result.outcome = "Succeeded"
-                    if on_batch is not None:
-                        on_batch(done)
-                    if pending is None and should_stop():
-                        result.outcome = "Stopped"
-            except ExportFailure as failure:
-                result.outcome = "Failed"
-                result.failure = failure
-                self._sweep_pending = True
-            finally:
-                if pending is not None:
-                    pending.cancel()
+
+        def keep_going() -> bool:
+            out_of_time = max_seconds is not None and self.clock.monotonic() - started >= max_seconds
+            return not out_of_time and not should_stop()
+
+        pipeline = _PreparePipeline(self, cursor.position, keep_going)
+        try:
+            for batch in pipeline:
+                done = self._commit(batch, result.cursor)
+                result.cursor = done.cursor
+                result.rows += done.rows
+                result.bytes += done.bytes
+                result.raw_bytes += done.raw_bytes
+                result.objects += 1
+                result.last_key = done.key
+                result.outcome = "Succeeded"
+                if on_batch is not None:
+                    on_batch(done)
+            if pipeline.interrupted and should_stop():
+                result.outcome = "Stopped"
+        except ExportFailure as failure:
+            result.outcome = "Failed"
+            result.failure = failure
+            self._sweep_pending = True
+        finally:
+            pipeline.close()
         result.requests = self.requests - requests_before
         try:
             result.backlog = self.store.backlog(result.cursor.position)
@@ -265,33 +263,31 @@ class ExportEngine:
         result.end = self.clock.now()
         return result
 
-    def _prepare(self, after: int) -> PreparedBatch | None:
-        t0 = time.perf_counter()
+    def _read(self, after: int) -> list[StoredRecord]:
         try:
-            rows = self.store.read_batch(after, self.spec.limit)
+            return self.store.read_batch(after, self.spec.limit)
         except StoreError as exc:
             raise ExportFailure("StoreUnavailable", str(exc), domain="Store", transient=True) from None
-        if not rows:
-            return None
-        t1 = time.perf_counter()
+
+    def _encode(self, rows: list[StoredRecord], read_seconds: float) -> PreparedBatch:
+        t0 = time.perf_counter()
         try:
-            encoded = [ensure_no_credentials(row.id, with_id(row.id, row.body)) for row in rows]
+            records = encode_batch(rows)
         except CorruptRecord as exc:
-            raise ExportFailure("CorruptRecord", f"{exc}; export holds at cursor {after} until it is fixed",
+            raise ExportFailure("CorruptRecord", f"{exc}; export holds before it until it is fixed",
                                 domain="Store", transient=False) from None
-        payload = self.encoder.encode(encoded)
-        t2 = time.perf_counter()
+        payload = self.encoder.encode(records)
         first, last = rows[0], rows[-1]
         return PreparedBatch(
             first_id=first.id,
             last_id=last.id,
             first_timestamp_us=first.timestamp_us,
             rows=len(rows),
-            raw_bytes=sum(len(r) for r in encoded),
+            raw_bytes=sum(len(r) for r in records),
             payload=payload,
             key=self.layout.data_key(first.id, last.id, first.timestamp_us),
-            read_seconds=t1 - t0,
-            encode_seconds=t2 - t1,
+            read_seconds=read_seconds,
+            encode_seconds=time.perf_counter() - t0,
         )
 
     def _commit(self, batch: PreparedBatch, cursor: Cursor) -> BatchResult:
@@ -348,3 +344,75 @@ class ExportEngine:
                 if not exc.transient or attempt >= self.retry.attempts:
                     raise ExportFailure.from_object_store(exc) from None
                 self.clock.sleep(self.retry.delay(attempt - 1, exc.reason))
+
+
+class _PreparePipeline:
+    """Reads batches in order on one thread and encodes them on two more, so that reading, encoding and
+    compressing (which releases the GIL) overlap with the upload on the caller's thread. Batches come out
+    in id order; at most ``depth`` prepared batches wait, which bounds memory."""
+
+    def __init__(self, engine: ExportEngine, after: int, keep_going: Callable[[], bool], depth: int = 2) -> None:
+        self.engine = engine
+        self.keep_going = keep_going
+        self.interrupted = False
+        self._stop = threading.Event()
+        self._queue: queue.Queue[Future[PreparedBatch] | BaseException | None] = queue.Queue(maxsize=depth)
+        self._encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="export-encode")
+        self._reader = threading.Thread(target=self._read_loop, args=(after,), name="export-read", daemon=True)
+        self._reader.start()
+
+    def _put(self, item: Future[PreparedBatch] | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read_loop(self, after: int) -> None:
+        try:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                rows = self.engine._read(after)
+                if not rows:
+                    break
+                future = self._encoders.submit(self.engine._encode, rows, time.perf_counter() - t0)
+                if not self._put(future):
+                    return
+                after = rows[-1].id
+            self._put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[PreparedBatch]:
+        first = True
+        while True:
+            # At least one batch per run, so that a short time budget still makes progress.
+            if not first and not self.keep_going():
+                self.interrupted = True
+                return
+            first = False
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item.result()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.join()
+        self._encoders.shutdown(wait=True, cancel_futures=True)
+
+
+def encode_batch(rows: list[StoredRecord]) -> list[bytes]:
+    """Stored rows as exported CBOR records: ``id`` spliced in, credential headers stripped.
+
+    The credential check scans the whole batch once and decodes only the records where a credential
+    header name could occur."""
+    records = [with_id(row.id, row.body) for row in rows]
+    lowered = b"".join(records).lower()
+    if not any(marker in lowered for marker in CREDENTIAL_MARKERS):
+        return records
+    return [ensure_no_credentials(row.id, record) for row, record in zip(rows, records, strict=True)]

@@ -17,6 +17,7 @@ import cbor2
 
 __all__ = [
     "CREDENTIAL_HEADERS",
+    "CREDENTIAL_MARKERS",
     "SCHEMA_VERSION",
     "CorruptRecord",
     "decode_sequence",
@@ -35,7 +36,7 @@ CREDENTIAL_HEADERS = frozenset(
 )
 # Every credential header name contains one of these, so a record whose bytes contain none of them
 # (case-insensitively) cannot hold a credential header and need not be decoded.
-_CREDENTIAL_MARKERS = (b"authorization", b"api-key", b"cookie")
+CREDENTIAL_MARKERS = (b"authorization", b"api-key", b"cookie")
 
 # Top-level field order of an exported record (after ``id``), as the Aperture v2 schema lists them.
 FIELD_ORDER = (
@@ -176,7 +177,7 @@ def ensure_no_credentials(record_id: int, record: bytes) -> bytes:
     records whose bytes could hold a credential header name are decoded.
     """
     lowered = record.lower()
-    if not any(marker in lowered for marker in _CREDENTIAL_MARKERS):
+    if not any(marker in lowered for marker in CREDENTIAL_MARKERS):
         return record
     try:
         decoded = cbor2.loads(record)
