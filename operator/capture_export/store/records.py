@@ -128,10 +128,13 @@ def encode_body(record: Mapping[str, Any]) -> tuple[int, bytes]:
     data["timestamp"] = timestamp
     if data.get("estimated_cost") is None:
         data.pop("estimated_cost", None)
-    strip_credentials(data)
     ordered = {k: data[k] for k in FIELD_ORDER if k in data}
     ordered.update({k: v for k, v in data.items() if k not in ordered})
-    return timestamp_micros(timestamp), cbor2.dumps(ordered, timezone=UTC)
+    body = cbor2.dumps(ordered, timezone=UTC)
+    # Walking the whole capture is slow; only records whose bytes could hold a credential header need it.
+    if any(marker in body.lower() for marker in CREDENTIAL_MARKERS) and strip_credentials(ordered):
+        body = cbor2.dumps(ordered, timezone=UTC)
+    return timestamp_micros(timestamp), body
 
 
 def _uint_header(major: int, value: int) -> bytes:
