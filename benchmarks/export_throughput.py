@@ -19,10 +19,10 @@ from pathlib import Path
 
 from capture_export.api import S3ExporterSpec
 from capture_export.export import CborZstdEncoder, Cursor, ExportEngine, ExporterId
+from capture_export.export.engine import encode_batch
 from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import Credentials, S3Location, S3ObjectStore
 from capture_export.store import SQLiteStore
-from capture_export.export.engine import encode_batch
 
 
 def _seed(path: str, count: int) -> None:

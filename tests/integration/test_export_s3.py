@@ -26,7 +26,7 @@ def spec_for(s3: LocalS3, bucket: str, **overrides: object) -> S3ExporterSpec:
 
 
 class Secrets(dict):
-    def get(self, namespace: str, name: str):  # type: ignore[override]  # noqa: ANN201
+    def get(self, namespace: str, name: str):  # type: ignore[override]
         return dict.get(self, (namespace, name))
 
 
@@ -172,7 +172,7 @@ def test_unreachable_endpoint_clear_error_then_recovers(
     assert fixed.status.cursor == "100"
 
 
-def _cycle_fast(worker: ExporterWorker, spec: S3ExporterSpec):  # noqa: ANN202
+def _cycle_fast(worker: ExporterWorker, spec: S3ExporterSpec):
     """A cycle whose retries don't wait (the classification is what is under test)."""
 
     class NoSleepClock:
@@ -180,7 +180,7 @@ def _cycle_fast(worker: ExporterWorker, spec: S3ExporterSpec):  # noqa: ANN202
 
         _system = _S()
 
-        def now(self):  # noqa: ANN202
+        def now(self):
             return self._system.now()
 
         def monotonic(self) -> float:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("info", KINDS, ids=lambda i: i.kind)
-def test_committed_crds_match_the_models(info) -> None:  # noqa: ANN001
+def test_committed_crds_match_the_models(info) -> None:
     path = ROOT / "crds" / f"{info.plural}.capture.dev.yaml"
     assert path.read_text() == render_crd_yaml(info), f"{path.name} drifted: run `capture-export crds`"
 
