@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from .common import GROUP, VERSION, ApiModel, Condition, SecretRef, StoreRef
 from .crd import KindInfo, crd_for, render_crd_yaml, write_crds
+from .retention import RetentionPolicySpec, RetentionPolicyStatus
 from .s3exporter import ExportTotals, RunRecord, S3ExporterSpec, S3ExporterStatus
 
 __all__ = [
     "GROUP",
     "KINDS",
+    "RETENTIONPOLICY",
     "S3EXPORTER",
     "VERSION",
     "ApiModel",
     "Condition",
     "ExportTotals",
     "KindInfo",
+    "RetentionPolicySpec",
+    "RetentionPolicyStatus",
     "RunRecord",
     "S3ExporterSpec",
     "S3ExporterStatus",
@@ -45,5 +49,29 @@ S3EXPORTER = KindInfo(
     ),
 )
 
+RETENTIONPOLICY = KindInfo(
+    kind="RetentionPolicy",
+    plural="retentionpolicies",
+    singular="retentionpolicy",
+    spec=RetentionPolicySpec,
+    status=RetentionPolicyStatus,
+    description="Purges capture records older than maxAge from a capture store, only once every gating "
+    "S3Exporter has committed them to its bucket.",
+    short_names=("rp",),
+    printer_columns=(
+        {"name": "Max Age", "type": "string", "jsonPath": ".spec.maxAge"},
+        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "Gate", "type": "string", "jsonPath": '.status.conditions[?(@.type=="GateOpen")].status'},
+        {"name": "Limited By", "type": "string", "jsonPath": ".status.gate.limitingExporter"},
+        {"name": "Bound", "type": "string", "jsonPath": ".status.gate.bound"},
+        {"name": "Purged", "type": "integer", "jsonPath": ".status.totals.purged"},
+        {"name": "Last Purge", "type": "date", "jsonPath": ".status.lastPurge"},
+        {"name": "Reason", "type": "string", "priority": 1,
+         "jsonPath": '.status.conditions[?(@.type=="GateOpen")].reason'},
+        {"name": "Require Export", "type": "boolean", "priority": 1, "jsonPath": ".spec.requireExport"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+)
+
 # Every kind the operator serves; later kinds append themselves here.
-KINDS: list[KindInfo] = [S3EXPORTER]
+KINDS: list[KindInfo] = [S3EXPORTER, RETENTIONPOLICY]

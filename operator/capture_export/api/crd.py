@@ -57,6 +57,8 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP_KEYS or key == "$defs":
+            if key == "additionalProperties" and isinstance(value, dict):
+                out[key] = _convert(value, defs)  # a map's value schema (e.g. matchLabels) must stay
             continue
         if key == "const":
             out["enum"] = [value]

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .common import GROUP, VERSION
+from .retention import RetentionPolicySpec
 from .s3exporter import S3ExporterSpec
 
 __all__ = ["SPEC_MODELS", "InvalidManifest", "ManifestSet", "Resource", "describe_validation_error",
@@ -24,7 +25,7 @@ __all__ = ["SPEC_MODELS", "InvalidManifest", "ManifestSet", "Resource", "describ
 
 API_VERSION = f"{GROUP}/{VERSION}"
 # Kind -> spec model. Later kinds register themselves here.
-SPEC_MODELS: dict[str, type[BaseModel]] = {"S3Exporter": S3ExporterSpec}
+SPEC_MODELS: dict[str, type[BaseModel]] = {"S3Exporter": S3ExporterSpec, "RetentionPolicy": RetentionPolicySpec}
 
 
 class InvalidManifest(ValueError):
