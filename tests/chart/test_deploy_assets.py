@@ -13,7 +13,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from capture_export.api.manifests import parse_spec
+
 from ..e2e import cluster as e2e
+from ..e2e.test_kind import example_exporter_documents, example_retention_policy
+from .crd_schema import CustomResourceValidator
 from .rendering import CHART_DIR, REPO_ROOT, pod_spec, render
 
 KUBE_VERSION = kubernetes_validate.utils.latest_version()
@@ -114,6 +118,20 @@ def test_minio_manifests_agree_with_the_suite() -> None:
     assert creator["image"] == _makefile_default("E2E_IMAGE"), "`make e2e-minio` substitutes this exact string"
     assert f'"{e2e.BUCKET}"' in creator["command"][-1]
     assert e2e.MINIO_ENDPOINT in creator["command"][-1]
+
+
+def test_resources_the_e2e_suite_applies_are_valid() -> None:
+    """The e2e suite derives its S3Exporter, Secret and RetentionPolicy from examples/: the results must be
+    what the API server accepts, or the suite would fail in CI for a reason visible here."""
+    validator = CustomResourceValidator(REPO_ROOT / "crds")
+    documents = [*example_exporter_documents(), example_retention_policy()]
+    for document in documents:
+        if validator.handles(document):
+            assert validator.errors(document) == []
+            parse_spec(document["kind"], document["spec"])
+        else:
+            kubernetes_validate.validate(document, KUBE_VERSION, strict=True)
+    assert {d["kind"] for d in documents} == {"Secret", "S3Exporter", "RetentionPolicy"}
 
 
 def test_kind_config() -> None:

@@ -122,13 +122,19 @@ def example_exporter_documents() -> list[dict[str, Any]]:
     return documents
 
 
-def retention_policy() -> dict[str, Any]:
-    return {
-        "apiVersion": "capture.dev/v1alpha1",
-        "kind": "RetentionPolicy",
-        "metadata": {"name": POLICY, "namespace": EXPORTS_NAMESPACE},
-        "spec": {"maxAge": f"{MAX_AGE_SECONDS}s", "requireExport": True, "exporters": [EXPORTER], "every": 5},
-    }
+def example_retention_policy() -> dict[str, Any]:
+    """examples/retentionpolicy.yaml with a one-hour maxAge, a short interval and hard deletes."""
+    (policy,) = [d for d in yaml.safe_load_all((REPO_ROOT / "examples" / "retentionpolicy.yaml").read_text()) if d]
+    assert policy["kind"] == "RetentionPolicy" and policy["spec"]["exporters"] == [EXPORTER]
+    policy["metadata"].update(name=POLICY, namespace=EXPORTS_NAMESPACE)
+    policy["spec"].update(maxAge=f"{MAX_AGE_SECONDS // 3600}h", every=5, requireExport=True)
+    policy["spec"].pop("softDelete", None)  # purge for good, so the store shows it at once
+    policy["spec"].pop("dryRun", None)
+    return policy
+
+
+def policy(kube: Kube) -> dict[str, Any]:
+    return kube.get("retentionpolicy", POLICY, "--namespace", EXPORTS_NAMESPACE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,8 +154,8 @@ def test_operator_runs_restricted(kube: Kube) -> None:
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
     service = kube.get("service", f"{RELEASE}-metrics", "--namespace", NAMESPACE)
     assert service["spec"]["ports"][0]["name"] == "metrics"
-    for plural in ("s3exporters.capture.dev",):
-        kube.get("crd", plural)
+    for crd in ("s3exporters.capture.dev", "retentionpolicies.capture.dev"):
+        kube.get("crd", crd)
 
 
 def test_export_to_minio_exactly_once_then_retention_then_cleanup(kube: Kube) -> None:
@@ -186,14 +192,16 @@ def test_export_to_minio_exactly_once_then_retention_then_cleanup(kube: Kube) ->
     time.sleep(5)
     assert int(exporter(kube)["status"]["cursor"]) == first_last, "a suspended exporter must not export"
 
-    kube.apply([retention_policy()])
-    wait_for("the RetentionPolicy's Ready condition",
-             lambda: condition(kube.get("retentionpolicy", POLICY, "--namespace", EXPORTS_NAMESPACE), "Ready"),
-             timeout=120)
+    kube.apply([example_retention_policy()])
+    wait_for("the RetentionPolicy's Ready condition", lambda: condition(policy(kube), "Ready"), timeout=120)
     rows = wait_for("retention to purge the exported records older than maxAge",
                     lambda: purged(kube, up_to=first_last))
     unexported = [row_id for row_id, _ in rows if first_last < row_id <= second_last]
     assert len(unexported) == SECOND_BATCH, "retention purged records that were never exported"
+    gate = policy(kube)["status"]["gate"]
+    assert gate["bound"] == str(first_last), gate
+    assert gate["limitingExporter"] == EXPORTER, gate
+    assert policy(kube)["status"]["totals"]["purged"] > 0
     verify(kube, first_last)  # what was purged from the store is still in the bucket, once
 
     # 5. Resume: the rest is exported, and only then purged.
@@ -225,3 +233,4 @@ def test_uninstall_leaves_nothing_behind(kube: Kube) -> None:
     # Helm keeps CRDs; with no custom resource left they delete at once (no finalizer can hold them).
     kube.kubectl("delete", "-f", "charts/capture-export/crds/", "--wait", "--timeout=120s")
     assert not kube.exists("crd", "s3exporters.capture.dev")
+    assert not kube.exists("crd", "retentionpolicies.capture.dev")
