@@ -1,0 +1,101 @@
+"""The README's "Install on Kubernetes with Helm" commands work as written, as far as they can be run here:
+their chart values render, the files they name exist, and every `sed` they pipe through changes something."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+from ..e2e import cluster as e2e
+from .rendering import CHART_DIR, REPO_ROOT, pod_spec, render
+
+SECTION = "## Install on Kubernetes with Helm"
+
+
+def _section() -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    assert SECTION in text
+    after = text.split(SECTION, 1)[1]
+    return after.split("\n## ", 1)[0]
+
+
+def _commands() -> list[str]:
+    """Shell commands of the section's ```sh blocks, continuation lines joined."""
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", _section(), re.DOTALL):
+        for command in re.sub(r"\\\n\s*", " ", block).splitlines():
+            command = command.split("   #", 1)[0].strip()
+            if command and not command.startswith("#"):
+                commands.append(command)
+    return commands
+
+
+def test_section_has_the_whole_path() -> None:
+    commands = "\n".join(_commands())
+    for step in ("docker build", "helm install capture-export ./charts/capture-export", "kubectl apply",
+                 "capture-export verify", "capture-export cat", "helm uninstall", "kubectl delete -f charts/"):
+        assert step in commands, step
+
+
+@pytest.mark.parametrize("command", [c for c in _commands() if c.startswith(("helm install", "helm upgrade"))])
+def test_helm_commands_render(command: str) -> None:
+    words = shlex.split(command)
+    values: dict[str, Any] = {}
+    for index, word in enumerate(words):
+        if word == "--set":
+            values = _merge(values, helm.parse_set_string(words[index + 1]))
+    assert "./charts/capture-export" in words
+    namespace = words[words.index("--namespace") + 1]
+    with helm.Chart.load(CHART_DIR) as chart:
+        rendered = render(chart, values, namespace=namespace, release=words[2])
+    assert rendered.one("Deployment")["metadata"]["name"] == "capture-export"  # the name the README uses
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def test_files_named_exist() -> None:
+    for command in _commands():
+        for word in shlex.split(command):
+            if re.match(r"^(\./)?(tests|examples|charts)/", word):
+                assert (REPO_ROOT / word).exists(), f"{word} in: {command}"
+
+
+def test_every_sed_changes_its_file() -> None:
+    seds = [c for c in _commands() if c.startswith("sed ")]
+    assert seds
+    for command in seds:
+        words = shlex.split(command)
+        expression, path = words[1], words[2]
+        _, old, _, _ = expression.split("|")
+        assert old in (REPO_ROOT / path).read_text(), f"`{command}` would change nothing: {old!r} not in {path}"
+
+
+def test_example_exporter_matches_the_minio_it_is_pointed_at() -> None:
+    documents = [d for d in yaml.safe_load_all((REPO_ROOT / "examples" / "exporter.yaml").read_text()) if d]
+    (secret,) = [d for d in documents if d["kind"] == "Secret"]
+    (exporter,) = [d for d in documents if d["kind"] == "S3Exporter"]
+    assert secret["stringData"]["access_key_id"] == e2e.MINIO_ACCESS_KEY
+    assert secret["stringData"]["access_secret"] == e2e.MINIO_SECRET_KEY
+    assert exporter["spec"]["bucket"] == e2e.BUCKET
+    section = _section()
+    assert f"--prefix {exporter['spec']['prefix']}" in section
+    assert f"s3exporter/{exporter['metadata']['name']}" in section
+    assert e2e.MINIO_ENDPOINT in section
+
+
+def test_image_tag_is_the_chart_default() -> None:
+    with helm.Chart.load(CHART_DIR) as chart:
+        (container,) = pod_spec(render(chart))["containers"]
+    assert f"docker build -t {container['image']} ." in _commands()
+    assert f"kind load docker-image {container['image']} --name capture" in _commands()
