@@ -95,6 +95,7 @@ class TempPostgres:
             "fsync": "off",  # throwaway data: survive a server crash, not an OS crash
             "full_page_writes": "off",
             "max_connections": "200",
+            "max_prepared_transactions": "10",
             "log_min_messages": "warning",
             **(settings or {}),
         }

@@ -25,7 +25,8 @@ transactions that may still make an id appear are exactly those holding that loc
 lists them, each with a virtual transaction id that no other transaction reuses. One *observation*:
 
 1. ``L`` = the sequence's ``last_value``: every id ``<= L`` has been drawn by now;
-2. ``H`` = the virtual transactions holding a lock on the sequence, read after ``L``. A transaction
+2. ``H`` = the virtual transactions holding (or awaiting) ``RowExclusiveLock`` on the sequence, read
+   after ``L`` (``SELECT … FROM`` the sequence takes a weaker lock: readers are not writers). A transaction
    that drew an id ``<= L`` either has ended (its row, if committed, is visible to any snapshot taken
    from here on) or is in ``H``.
 
@@ -209,7 +210,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise StoreError(f"invalid PostgreSQL DSN: {exc.__class__.__name__}") from None
         defaults = {k: v for k, v in DEFAULT_CONNECT_OPTIONS.items() if k not in given}
-        self._conninfo = pg_conninfo.make_conninfo(dsn, **defaults, **connect_options)
+        self._conninfo = pg_conninfo.make_conninfo(dsn, **{**defaults, **connect_options})
         self.settle_seconds = settle_seconds
         self.persist_every = persist_every
         self.max_idle = max_idle
@@ -302,8 +303,16 @@ class PostgresStore:
                         (str(SCHEMA_VERSION),),
                     )
                 # A per-backend sequence cache hands out old ids in later transactions, which would
-                # defeat the safe horizon: keep it at 1 whatever a DBA did.
-                conn.execute(f"ALTER TABLE {TABLE} ALTER COLUMN id SET CACHE 1")
+                # defeat the safe horizon: put it back to 1 if a DBA changed it. Only then, and never
+                # waiting long: ALTER queues behind every open writer and blocks new ones meanwhile.
+                cache = conn.execute(
+                    "SELECT p.seqcache FROM pg_sequence p "
+                    "WHERE p.seqrelid = pg_get_serial_sequence(%s, 'id')::regclass",
+                    (TABLE,),
+                ).fetchone()
+                if cache is not None and cache[0] != 1:
+                    conn.execute("SET LOCAL lock_timeout = '2s'")
+                    conn.execute(f"ALTER TABLE {TABLE} ALTER COLUMN id SET CACHE 1")
 
         self._run(work, retry_stale=False)
 
@@ -358,7 +367,7 @@ class PostgresStore:
             vxid
             for (vxid,) in conn.execute(
                 "SELECT virtualtransaction FROM pg_locks "
-                "WHERE locktype = 'relation' AND database = %s AND relation = %s",
+                "WHERE locktype = 'relation' AND database = %s AND relation = %s AND mode = 'RowExclusiveLock'",
                 (self._db_oid, self._seq_oid),
             )
         ]

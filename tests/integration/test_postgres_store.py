@@ -1,0 +1,263 @@
+"""The PostgreSQL store against a real server: the protocol, the safe horizon, schema and reconnects."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import psycopg
+import pytest
+
+from capture_export.api import S3ExporterSpec, S3ExporterStatus
+from capture_export.audit import verify_export
+from capture_export.export import ExporterId
+from capture_export.export.cycle import ExporterWorker
+from capture_export.local_s3 import LocalS3
+from capture_export.objectstore import S3ObjectStore
+from capture_export.store import StoreError, StoreOpener, open_store_url
+from capture_export.store.postgres import PostgresStore
+from capture_export.store.records import encode_body
+from tests.conftest import make_record
+from tests.pg import TempPostgres
+
+INSERT = "INSERT INTO captures (ts_us, body) VALUES (%s, %s) RETURNING id"
+
+
+def gateway_insert(conn: psycopg.Connection, n: int) -> int:
+    """What a foreign writer (the gateway) does: a plain INSERT, the id drawn by the identity."""
+    ts, body = encode_body(make_record(n))
+    row = conn.execute(INSERT, (ts, body)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.fixture
+def store(pg_dsn: str):
+    s = PostgresStore(pg_dsn, persist_every=0.0)
+    yield s
+    s.close()
+
+
+# -- the store --------------------------------------------------------------------------------------
+
+
+pytestmark = pytest.mark.postgres
+
+
+def test_protocol_basics(store: PostgresStore) -> None:
+    assert (store.max_id(), store.count(), store.safe_horizon(), store.read_batch(0, 10)) == (0, 0, 0, [])
+    last = store.append(make_record(i) for i in range(25))
+    assert last == 25 and store.max_id() == 25 and store.count() == 25
+    assert store.safe_horizon() == 25
+    batch = store.read_batch(10, 5)
+    assert [r.id for r in batch] == [11, 12, 13, 14, 15]
+    assert isinstance(batch[0].body, bytes) and batch[0].timestamp_us == encode_body(make_record(10))[0]
+    assert batch[0].body == encode_body(make_record(10))[1]
+    assert [r.id for r in store.read_batch(20, 100, horizon=22)] == [21, 22]
+    assert store.backlog(20) == 5 and store.backlog(20, horizon=22) == 2 and store.backlog(30) == 0
+    assert list(store.ids()) == list(range(1, 26))
+    assert store.append_encoded([]) == 25
+
+
+def test_chunked_delete_keeps_young_and_unexported_records(store: PostgresStore) -> None:
+    store.append(make_record(i) for i in range(30))
+    cutoff = encode_body(make_record(10))[0]  # records 0..9 (ids 1..10) are older
+    assert store.delete_up_to(max_id=8, older_than_us=cutoff, batch_size=3) == 8
+    assert list(store.ids())[:3] == [9, 10, 11]
+    assert store.delete_up_to(max_id=100, older_than_us=cutoff, batch_size=4) == 2
+    assert store.count() == 20
+
+
+def test_an_open_writer_holds_the_horizon_below_its_id(store: PostgresStore, pg_dsn: str) -> None:
+    store.append(make_record(i) for i in range(5))
+    assert store.safe_horizon() == 5
+    slow = psycopg.connect(pg_dsn)  # a gateway transaction left open
+    fast = psycopg.connect(pg_dsn, autocommit=True)
+    slow_id = gateway_insert(slow, 100)
+    later = [gateway_insert(fast, 101 + i) for i in range(3)]
+    assert (slow_id, later) == (6, [7, 8, 9])
+    # A naive exporter would read 7..9 now and advance past 6 for ever.
+    assert store.max_id() == 9
+    assert store.safe_horizon() == 5
+    assert [r.id for r in store.read_batch(0, 100)] == [1, 2, 3, 4, 5]
+    assert store.backlog(5) == 0
+    assert set(store.horizon_holders().values()) == {6}
+    slow.commit()
+    assert store.safe_horizon() == 9
+    assert [r.id for r in store.read_batch(5, 100)] == [6, 7, 8, 9]
+    slow.close()
+    fast.close()
+
+
+def test_rolled_back_and_savepoint_writers(store: PostgresStore, pg_dsn: str) -> None:
+    store.append([make_record(0)])
+    assert store.safe_horizon() == 1  # observed before the writer starts: its bound will be known
+    writer = psycopg.connect(pg_dsn)
+    writer.execute("SAVEPOINT s")
+    gateway_insert(writer, 1)  # id 2, rolled back to the savepoint but the transaction goes on
+    writer.execute("ROLLBACK TO SAVEPOINT s")
+    other = psycopg.connect(pg_dsn, autocommit=True)
+    assert gateway_insert(other, 2) == 3
+    assert store.safe_horizon() == 1  # the transaction still holds the sequence: conservative, safe
+    writer.rollback()
+    assert store.safe_horizon() == 3
+    assert [r.id for r in store.read_batch(0, 10)] == [1, 3]  # 2 is a gap for ever: no need to wait
+    writer.close()
+    other.close()
+
+
+def test_readers_purges_and_other_tables_do_not_hold_the_horizon(store: PostgresStore, pg_dsn: str) -> None:
+    store.append(make_record(i) for i in range(10))
+    reader = psycopg.connect(pg_dsn)
+    reader.execute("SELECT count(*) FROM captures").fetchone()
+    reader.execute("SELECT last_value FROM captures_id_seq").fetchone()
+    purger = psycopg.connect(pg_dsn)
+    purger.execute("DELETE FROM captures WHERE id = 1")
+    elsewhere = psycopg.connect(pg_dsn)
+    elsewhere.execute("CREATE TABLE other (id bigint GENERATED ALWAYS AS IDENTITY, v int)")
+    elsewhere.execute("INSERT INTO other (v) VALUES (1)")
+    assert store.safe_horizon() == 10
+    for conn in (reader, purger, elsewhere):
+        conn.rollback()
+        conn.close()
+
+
+def test_a_prepared_transaction_holds_the_horizon(store: PostgresStore, pg_dsn: str) -> None:
+    store.append([make_record(0)])
+    assert store.safe_horizon() == 1
+    with psycopg.connect(pg_dsn, autocommit=True) as writer:
+        writer.execute("BEGIN")
+        gateway_insert(writer, 1)  # id 2
+        writer.execute("PREPARE TRANSACTION 'capture-2pc'")
+    with psycopg.connect(pg_dsn, autocommit=True) as other:
+        gateway_insert(other, 2)  # id 3, committed
+        # The prepared transaction outlives its session and still holds id 2 back.
+        assert store.safe_horizon() == 1
+        other.execute("COMMIT PREPARED 'capture-2pc'")
+    assert store.safe_horizon() == 3
+    assert [r.id for r in store.read_batch(0, 10)] == [1, 2, 3]
+
+
+def test_a_restarted_store_starts_from_the_persisted_horizon(pg_dsn: str) -> None:
+    first = PostgresStore(pg_dsn, persist_every=0.0)
+    first.append(make_record(i) for i in range(20))
+    assert first.safe_horizon() == 20
+    first.close()
+    writer = psycopg.connect(pg_dsn)
+    gateway_insert(writer, 99)  # id 21, open before the next store starts
+    fresh = PostgresStore(pg_dsn, settle_seconds=0.01)
+    # Nothing is known of the open transaction but what the last store proved.
+    assert fresh.safe_horizon() == 20
+    writer.commit()
+    assert fresh.safe_horizon() == 21
+    fresh.close()
+    writer.close()
+
+
+def test_sequence_cache_is_kept_at_one(store: PostgresStore, pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("ALTER TABLE captures ALTER COLUMN id SET CACHE 20")
+    with pytest.raises(StoreError, match="CACHE 20"):
+        store.safe_horizon()
+    again = PostgresStore(pg_dsn)  # opening migrates it back
+    assert again.safe_horizon() == 0
+    again.close()
+
+
+def test_newer_schema_is_refused(pg_dsn: str) -> None:
+    PostgresStore(pg_dsn).close()
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("UPDATE capture_export_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version 99"):
+        PostgresStore(pg_dsn)
+
+
+def test_concurrent_opens_migrate_once(pg_dsn: str) -> None:
+    errors: list[BaseException] = []
+
+    def open_close() -> None:
+        try:
+            PostgresStore(pg_dsn).close()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_close) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_unreachable_server_is_a_store_error_without_the_password() -> None:
+    with pytest.raises(StoreError) as caught:
+        PostgresStore("postgresql://capture:hunter2-secret@127.0.0.1:1/db", connect_timeout=2)
+    assert "hunter2" not in str(caught.value)
+    assert "127.0.0.1:1/db" in str(caught.value)
+
+
+def test_threads_share_the_store(store: PostgresStore) -> None:
+    store.append(make_record(i) for i in range(200))
+    failures: list[BaseException] = []
+
+    def hammer(offset: int) -> None:
+        try:
+            for i in range(30):
+                assert len(store.read_batch((offset + i) % 150, 10)) == 10
+                assert store.backlog(offset) == 200 - offset
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(k * 10,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_survives_a_server_restart(pg_cluster: TempPostgres, pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn)
+    store.append(make_record(i) for i in range(10))
+    assert store.read_batch(0, 3)
+    pg_cluster.restart("fast")
+    # The pooled connection is dead; the read is retried once on a fresh one.
+    assert [r.id for r in store.read_batch(0, 3)] == [1, 2, 3]
+    assert store.safe_horizon() == 10
+    store.close()
+
+
+def test_opener_routes_dsns_and_secrets(pg_dsn: str) -> None:
+    store = open_store_url(pg_dsn)
+    assert isinstance(store, PostgresStore)
+    assert "capture@" not in repr(store)
+    store.close()
+
+
+def test_exporter_reads_postgres_named_by_a_secret(
+    pg_dsn: str, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore
+) -> None:
+    seeded = PostgresStore(pg_dsn)
+    seeded.append(make_record(i) for i in range(2500))
+    secrets = {
+        ("default", "s3"): {"access_key_id": s3_server.access_key_id, "access_secret": s3_server.secret_access_key},
+        ("default", "capture-db"): {"dsn": pg_dsn},
+    }
+    spec = S3ExporterSpec.model_validate({
+        "bucket": bucket, "region": "us-east-1", "endpoint": s3_server.endpoint, "prefix": "pg", "limit": 1000,
+        "secretRef": {"name": "s3"}, "store": {"postgres": {"secretRef": {"name": "capture-db", "key": "dsn"}}},
+    })
+
+    class Secrets:
+        def get(self, namespace: str, name: str):
+            return secrets.get((namespace, name))
+
+    opener = StoreOpener(None, lambda ns, name: secrets.get((ns, name)))
+    worker = ExporterWorker(ExporterId("default", f"pg-{uuid.uuid4().hex[:6]}"), open_store=opener, secrets=Secrets())
+    outcome = worker.cycle(spec, S3ExporterStatus())
+    assert outcome.result is not None and outcome.result.rows == 2500, outcome.result
+    assert outcome.status.cursor == "2500" and outcome.status.backlog == 0
+    report = verify_export(seeded, object_store, "pg")
+    assert report.ok and report.store_records == 2500 and not report.missing and not report.duplicated
+    opener.close()
+    seeded.close()
