@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .common import ApiModel, Condition, SecretRef, StoreRef
 
-__all__ = ["HISTORY_LENGTH", "ExportTotals", "RunRecord", "S3ExporterSpec", "S3ExporterStatus"]
+__all__ = [
+    "HISTORY_LENGTH",
+    "REDACTABLE_FIELDS",
+    "TEMPLATE_VARIABLES",
+    "ExportFilter",
+    "ExportTotals",
+    "RunRecord",
+    "S3ExporterSpec",
+    "S3ExporterStatus",
+    "parse_path_template",
+]
 
 HISTORY_LENGTH = 10
 MAX_LIMIT = 10_000
@@ -28,11 +39,115 @@ DESTINATION_IMMUTABLE = {
     "message": "bucket, endpoint and prefix are immutable: create a new S3Exporter to move the export",
 }
 
+# -- formats, key templates, privacy, filters (issue 7) ----------------------------------------------
+
+Format = Literal["cbor-zstd", "jsonl", "parquet"]
+Compression = Literal["none", "gzip", "zstd"]
+
+# Variables of ``pathTemplate``. The time variables are the UTC date and time of the batch's records.
+TIME_VARIABLES = ("date", "year", "month", "day", "hour")
+TEMPLATE_VARIABLES = ("prefix", *TIME_VARIABLES, "exporter", "namespace")
+DEFAULT_PATH_TEMPLATE = "{prefix}"
+CONTROL_SEGMENT = "_capture-export"
+_VARIABLE = re.compile(r"\{([^{}]*)\}")
+_LITERAL_CHARS = re.compile(r"^[A-Za-z0-9._=+-]*$")
+# The OpenAPI pattern mirrors the pydantic validator (which gives the precise message): known variables
+# and safe literal characters in "/"-separated, non-empty segments, no leading or trailing "/".
+_SEGMENT_PATTERN = r"(?:[A-Za-z0-9._=+-]|\{(?:" + "|".join(TEMPLATE_VARIABLES) + r")\})+"
+PATH_TEMPLATE_PATTERN = rf"^{_SEGMENT_PATTERN}(?:/{_SEGMENT_PATTERN})*$"
+
+# Top-level record fields that ``redactFields`` may name (``id``, ``ver`` and ``timestamp`` stay: the
+# audit and the key layout need them).
+REDACTABLE_FIELDS = (
+    "identity", "model", "api_type", "usage", "estimated_cost", "duration_ms", "capture_id", "session_id",
+    "path", "status_code", "capture",
+)  # fmt: skip
+REDACT_PATH_PATTERN = r"^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)*$"
+_REDACT_PATH = re.compile(REDACT_PATH_PATTERN)
+
+PATH_TEMPLATE_RULES = {
+    "rule": "size(self.prefix) == 0 || self.pathTemplate == '{prefix}' || self.pathTemplate.startsWith('{prefix}/')",
+    "message": "pathTemplate must start with {prefix}/ when prefix is set, so that every object stays under it",
+}
+LAYOUT_IMMUTABLE = {
+    "rule": "self.pathTemplate == oldSelf.pathTemplate && self.hivePartitioning == oldSelf.hivePartitioning",
+    "message": "pathTemplate and hivePartitioning are immutable: create a new S3Exporter to change the key layout",
+}
+COMPRESSION_RULE = {
+    "rule": "!has(self.compression) || self.format != 'cbor-zstd' || self.compression == 'zstd'",
+    "message": "compression: format cbor-zstd is always zstd; compression applies to jsonl and parquet",
+}
+
+
+def parse_path_template(template: str) -> list[tuple[str, bool]]:
+    """Split a path template into ``(text, is_variable)`` parts, or raise ValueError naming the problem.
+
+    Rules: only the variables of TEMPLATE_VARIABLES; literal text of letters, digits and ``._=+-``; "/"
+    separates non-empty segments and may not start or end the template; no "." or ".." segment, no
+    segment named ``_capture-export`` (the exporter's control folder); ``{prefix}`` only at the start.
+    """
+    if template.startswith("/") or template.endswith("/"):
+        raise ValueError("pathTemplate must not start or end with '/'")
+    parts: list[tuple[str, bool]] = []
+    position = 0
+    for match in _VARIABLE.finditer(template):
+        parts.append((template[position:match.start()], False))
+        name = match.group(1)
+        if name not in TEMPLATE_VARIABLES:
+            known = ", ".join("{" + v + "}" for v in TEMPLATE_VARIABLES)
+            raise ValueError(f"pathTemplate: unknown variable {{{name}}} (known: {known})")
+        parts.append((name, True))
+        position = match.end()
+    parts.append((template[position:], False))
+    parts = [(text, var) for text, var in parts if var or text]
+    for text, var in parts:
+        if var:
+            continue
+        if "{" in text or "}" in text:
+            raise ValueError("pathTemplate: unbalanced '{' or '}'")
+        if not _LITERAL_CHARS.match(text.replace("/", "")):
+            raise ValueError("pathTemplate: literal text may only hold letters, digits, '/' and '._=+-'")
+    segments = "".join("{" + t + "}" if v else t for t, v in parts).split("/")
+    for segment in segments:
+        if segment == "":
+            raise ValueError("pathTemplate must not hold an empty segment ('//')")
+        if segment in (".", "..") or segment == CONTROL_SEGMENT:
+            raise ValueError(f"pathTemplate must not hold a {segment!r} segment")
+    if any(var and text == "prefix" for text, var in parts[1:]):
+        raise ValueError("pathTemplate: {prefix} may only appear at the start")
+    return parts
+
+
+class ExportFilter(ApiModel):
+    """Export only records matching every list given (within a list, any entry). Records filtered out
+    still advance the cursor and count as handled for retention; status counts them as ``filtered``."""
+
+    models: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256)]] | None,
+        Field(min_length=1, max_length=256, description="Model names; shell-style patterns such as "
+              "'claude-*' match too."),
+    ] = None
+    api_types: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=64)]] | None,
+        Field(min_length=1, max_length=64, description="API types, e.g. oai_completions, ant_messages."),
+    ] = None
+    tags: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256)]] | None,
+        Field(min_length=1, max_length=256, description="Identity tags, e.g. tag:prod: a record passes if its "
+              "identity has any of them."),
+    ] = None
+    status_codes: Annotated[
+        list[Annotated[int, Field(ge=100, le=599)]] | None,
+        Field(min_length=1, max_length=500, description="HTTP status codes of the LLM response, e.g. 200."),
+    ] = None
+
 
 class S3ExporterSpec(ApiModel):
     """Where and how often to export capture records."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [DESTINATION_IMMUTABLE]})
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        DESTINATION_IMMUTABLE, LAYOUT_IMMUTABLE, PATH_TEMPLATE_RULES, COMPRESSION_RULE,
+    ]})
 
     bucket: Annotated[
         str,
@@ -83,6 +198,43 @@ class S3ExporterSpec(ApiModel):
         StoreRef | None, Field(description="Capture store to read; omit for the operator's default store.")
     ] = None
     suspend: Annotated[bool, Field(description="Pause exporting without deleting the resource.")] = False
+    format: Annotated[
+        Format,
+        Field(description="Object format: cbor-zstd (a zstd-compressed CBOR sequence, as Aperture), jsonl "
+              "(JSON Lines) or parquet (needs the operator's parquet extra, pyarrow)."),
+    ] = "cbor-zstd"
+    compression: Annotated[
+        Compression | None,
+        Field(description="jsonl: none (.jsonl, the default), gzip (.jsonl.gz) or zstd (.jsonl.zst); parquet: "
+              "the column codec (default zstd). cbor-zstd is always zstd."),
+    ] = None
+    path_template: Annotated[
+        str,
+        Field(min_length=1, max_length=512, json_schema_extra={"pattern": PATH_TEMPLATE_PATTERN},
+              description="Folder of each data object: {prefix}, {date} (2026-11-24), {year}, {month}, {day}, "
+              "{hour}, {exporter}, {namespace}; dates are the records' own (UTC) and a batch never spans two "
+              "folders. Must start with {prefix} when prefix is set; no leading or trailing '/'. Immutable."),
+    ] = DEFAULT_PATH_TEMPLATE
+    hive_partitioning: Annotated[
+        bool,
+        Field(description="Write the time variables Hive-style (year=2026/month=11/day=24, date=2026-11-24) "
+              "for partition discovery in DuckDB, Athena, Spark. Immutable."),
+    ] = False
+    privacy_mode: Annotated[
+        bool,
+        Field(description="Drop prompt and completion content, tool payloads and raw bodies; keep usage, cost, "
+              "timing, identity, model and metadata (as OpenRouter's privacy mode)."),
+    ] = False
+    redact_fields: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256, pattern=REDACT_PATH_PATTERN)]],
+        Field(max_length=64, description="More fields to drop, by dotted path, e.g. "
+              "capture.request.body.metadata or identity.login_name; lists are walked element by element and "
+              "'*' matches any key."),
+    ] = []
+    filter: Annotated[
+        ExportFilter | None,
+        Field(description="Export only the records matching it; the others still advance the cursor."),
+    ] = None
 
     @field_validator("bucket")
     @classmethod
@@ -96,6 +248,37 @@ class S3ExporterSpec(ApiModel):
         if ".." in value:
             raise ValueError("bucket must not contain two adjacent periods")
         return value
+
+    @field_validator("path_template")
+    @classmethod
+    def _valid_template(cls, value: str) -> str:
+        parse_path_template(value)
+        return value
+
+    @field_validator("redact_fields")
+    @classmethod
+    def _valid_redactions(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not _REDACT_PATH.match(path):
+                raise ValueError(f"redactFields: {path!r} is not a dotted path such as capture.request.body.metadata")
+            head = path.split(".", 1)[0]
+            if head not in REDACTABLE_FIELDS:
+                raise ValueError(f"redactFields: {path!r} must start with one of {', '.join(REDACTABLE_FIELDS)} "
+                                 "(id, ver and timestamp are always exported)")
+        return value
+
+    @model_validator(mode="after")
+    def _template_under_prefix(self) -> S3ExporterSpec:
+        # Mirrors the CEL rules PATH_TEMPLATE_RULES and COMPRESSION_RULE.
+        template = self.path_template
+        if self.prefix and template != "{prefix}" and not template.startswith("{prefix}/"):
+            raise ValueError(PATH_TEMPLATE_RULES["message"])
+        if self.hive_partitioning and re.search(r"=\{(?:" + "|".join(TIME_VARIABLES) + r")\}", template):
+            raise ValueError("pathTemplate: with hivePartitioning the time variables already render as "
+                             "year=2026; write {year}, not year={year}")
+        if self.format == "cbor-zstd" and self.compression not in (None, "zstd"):
+            raise ValueError(COMPRESSION_RULE["message"])
+        return self
 
 
 Outcome = Literal["Succeeded", "Failed", "NothingToDo", "Stopped"]
@@ -115,12 +298,15 @@ class RunRecord(ApiModel):
     outcome: Annotated[Outcome, Field(description="Succeeded, Failed, NothingToDo or Stopped.")]
     reason: Annotated[str | None, Field(description="CamelCase failure class, when failed.")] = None
     error: Annotated[str | None, Field(description="What went wrong, when failed; never holds a secret.")] = None
+    filtered: Annotated[int, Field(description="Records this run passed over because spec.filter excluded "
+                                   "them (they advance the cursor too).")] = 0
 
 
 class ExportTotals(ApiModel):
     rows: Annotated[int, Field(description="Records exported since creation or the last reset.")] = 0
     objects: Annotated[int, Field(description="Objects written.")] = 0
     bytes: Annotated[int, Field(description="Compressed bytes written.")] = 0
+    filtered: Annotated[int, Field(description="Records excluded by spec.filter (handled, not exported).")] = 0
 
 
 class S3ExporterStatus(ApiModel):
