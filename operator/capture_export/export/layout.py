@@ -1,11 +1,19 @@
 """Where things go in the bucket: the one place that knows the object-key scheme.
 
-Data objects are named by the record-id range they hold, zero-padded so that keys sort in export order:
+Data objects are named by the record-id range their batch handled, zero-padded so that keys sort in
+export order, in the folder that ``pathTemplate`` gives (default ``{prefix}``):
 
     {prefix}/00000000000000000001-00000000000000001000.cbor.zstd
+    {prefix}/2026-11-24/00000000000000000001-00000000000000001000.jsonl.gz     pathTemplate {prefix}/{date}
+    {prefix}/year=2026/month=11/day=24/0000…1-0000…1000.parquet               … + hivePartitioning
 
-A retried batch starts at the same id and so writes the same key. Each exporter's checkpoint lives
-beside the data, outside the ``.cbor.zstd`` namespace that readers consume:
+A retried batch starts at the same id, and so at the same record and the same folder: it writes the same
+key. The time variables are the UTC date and time of the batch's records (every record of a batch lies in
+the same folder: the engine cuts a batch where the folder would change). When ``filter`` excludes records,
+the name still gives the range the batch handled, so an object may hold fewer records than its range.
+Empty template segments collapse, so ``{prefix}/{date}`` with no prefix is ``2026-11-24/``.
+
+Each exporter's checkpoint lives beside the data, outside every template folder and without dates:
 
     {prefix}/_capture-export/checkpoints/{namespace}/{name}.json
 """
@@ -13,13 +21,23 @@ beside the data, outside the ``.cbor.zstd`` namespace that readers consume:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
-__all__ = ["ID_WIDTH", "ObjectLayout", "parse_range"]
+from ..api.s3exporter import CONTROL_SEGMENT, DEFAULT_PATH_TEMPLATE, TIME_VARIABLES, parse_path_template
+
+__all__ = ["DATA_EXTENSIONS", "ID_WIDTH", "ObjectLayout", "data_extension", "parse_range"]
 
 ID_WIDTH = 20  # enough digits for any 64-bit id
-CONTROL_DIR = "_capture-export"
+CONTROL_DIR = CONTROL_SEGMENT
+# Every extension a data object may have (formats.py maps formats to them). Longest first, so that the
+# extension of a key is found unambiguously.
+DATA_EXTENSIONS = (".cbor.zstd", ".jsonl.zst", ".jsonl.gz", ".parquet", ".jsonl")
 _RANGE = re.compile(r"(?:^|/)(\d{20})-(\d{20})\.[^/]+$")
+_TIME_PATTERNS = {"date": r"\d{4}-\d{2}-\d{2}", "year": r"\d{4}", "month": r"\d{2}", "day": r"\d{2}",
+                  "hour": r"\d{2}"}
+_EXTENSIONS_PATTERN = "|".join(re.escape(e) for e in DATA_EXTENSIONS)
+_US = 1_000_000
 
 
 def parse_range(key: str) -> tuple[int, int] | None:
@@ -30,19 +48,109 @@ def parse_range(key: str) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
+def data_extension(key: str) -> str | None:
+    """The data extension a key ends with, or None."""
+    for extension in DATA_EXTENSIONS:
+        if key.endswith(extension):
+            return extension
+    return None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(value: datetime) -> int:
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def _moment(timestamp_us: int) -> datetime:
+    # Integer arithmetic: a float division could round 23:59:59.999999 up into the next day.
+    return _EPOCH + timedelta(microseconds=timestamp_us)
+
+
 @dataclass(frozen=True)
 class ObjectLayout:
     prefix: str
     namespace: str
     name: str
     extension: str = ".cbor.zstd"
+    template: str = DEFAULT_PATH_TEMPLATE
+    hive: bool = False
+    _parts: list[tuple[str, bool]] = field(init=False, repr=False, compare=False)
+    _unit: str | None = field(init=False, repr=False, compare=False)
+    _static_dir: str | None = field(init=False, repr=False, compare=False)
+    _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = parse_path_template(self.template)
+        used = {text for text, var in parts if var}
+        unit = next((u for u in ("hour", "day", "date", "month", "year") if u in used), None)
+        object.__setattr__(self, "_parts", parts)
+        object.__setattr__(self, "_unit", "day" if unit == "date" else unit)
+        static = None if unit else self._join("".join(self._value(t, None) if v else t for t, v in parts))
+        object.__setattr__(self, "_static_dir", static)
+        object.__setattr__(self, "_pattern", self._key_pattern())
+
+    # -- folders ------------------------------------------------------------------------------------
 
     def _root(self) -> str:
         return f"{self.prefix}/" if self.prefix else ""
 
+    def _value(self, variable: str, moment: datetime | None) -> str:
+        if variable == "prefix":
+            return self.prefix
+        if variable == "exporter":
+            return self.name
+        if variable == "namespace":
+            return self.namespace
+        assert moment is not None
+        value = {
+            "date": f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}",
+            "year": f"{moment.year:04d}",
+            "month": f"{moment.month:02d}",
+            "day": f"{moment.day:02d}",
+            "hour": f"{moment.hour:02d}",
+        }[variable]
+        return f"{variable}={value}" if self.hive else value
+
+    @staticmethod
+    def _join(rendered: str) -> str:
+        """Collapse empty segments (an empty prefix) and end with "/" unless empty."""
+        segments = [s for s in rendered.split("/") if s]
+        return "/".join(segments) + "/" if segments else ""
+
+    @property
+    def time_partitioned(self) -> bool:
+        """Whether the folder depends on the records' timestamps (then batches are cut at its bounds)."""
+        return self._unit is not None
+
     def data_dir(self, first_timestamp_us: int) -> str:
         """The folder a batch goes to (the key up to the file name); the same for every record of it."""
-        return self._root()
+        if self._static_dir is not None:
+            return self._static_dir
+        moment = _moment(first_timestamp_us)
+        return self._join("".join(self._value(text, moment) if var else text for text, var in self._parts))
+
+    def partition_span(self, timestamp_us: int) -> tuple[int, int]:
+        """``[start, end)`` in microseconds: the timestamps that share ``timestamp_us``'s folder."""
+        if self._unit is None:
+            return (-(2**63), 2**63)
+        moment = _moment(timestamp_us)
+        if self._unit == "hour":
+            start = moment.replace(minute=0, second=0, microsecond=0)
+            return _micros(start), _micros(start) + 3600 * _US
+        if self._unit == "day":
+            start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+            return _micros(start), _micros(start) + 86400 * _US
+        if self._unit == "month":
+            start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
+                month=start.month + 1)
+            return _micros(start), _micros(end)
+        start = moment.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+        return _micros(start), _micros(start.replace(year=start.year + 1))
+
+    # -- keys ---------------------------------------------------------------------------------------
 
     def data_key(self, first_id: int, last_id: int, first_timestamp_us: int) -> str:
         return f"{self.data_dir(first_timestamp_us)}{first_id:0{ID_WIDTH}d}-{last_id:0{ID_WIDTH}d}{self.extension}"
@@ -55,8 +163,31 @@ class ObjectLayout:
         return f"{self._root()}{CONTROL_DIR}/checkpoints/{self.namespace}/{self.name}.json"
 
     def data_prefix(self) -> str:
-        """Every data object of this exporter lies under this prefix."""
-        return self._root()
+        """Every data object of this exporter lies under this prefix (the template's folders up to its
+        first time variable)."""
+        rendered = ""
+        for text, var in self._parts:
+            if var and text in TIME_VARIABLES:
+                break
+            rendered += self._value(text, None) if var else text
+        else:
+            return self._join(rendered)
+        cut = rendered.rfind("/")
+        return self._join(rendered[: cut + 1] if cut >= 0 else "")
+
+    def _key_pattern(self) -> re.Pattern[str]:
+        pattern = ""
+        for text, var in self._parts:
+            if not var:
+                pattern += re.escape(text)
+            elif text in TIME_VARIABLES:
+                pattern += (re.escape(f"{text}=") if self.hive else "") + _TIME_PATTERNS[text]
+            else:
+                pattern += re.escape(self._value(text, None))
+        # Empty segments collapse when rendered; match the collapsed form ("/" is not a regex metachar).
+        folder = self._join(pattern)
+        return re.compile(rf"^{folder}\d{{{ID_WIDTH}}}-\d{{{ID_WIDTH}}}(?:{_EXTENSIONS_PATTERN})$")
 
     def is_data_key(self, key: str) -> bool:
-        return key.endswith(self.extension) and f"/{CONTROL_DIR}/" not in f"/{key}" and parse_range(key) is not None
+        """A data object of this layout, in any format (a format may change between runs)."""
+        return self._pattern.match(key) is not None
