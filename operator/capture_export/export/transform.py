@@ -1,0 +1,197 @@
+"""What of each record leaves the store: ``filter``, ``privacyMode`` and ``redactFields``. Pure functions on
+decoded records (dicts, as cbor2 decodes them); the engine only decodes when one of them is set.
+
+Privacy mode (as OpenRouter's) drops the content of a conversation and keeps what describes it:
+
+* kept: every top-level field (identity, model, api_type, usage, estimated_cost, duration_ms, ids, path,
+  status_code, timestamp), the request and response headers (credential headers are stripped in every
+  mode anyway), ``raw_content_type``, and of each JSON body only the keys of ``BODY_KEYS_KEPT``:
+  request settings (model, max_tokens, temperature, stream, reasoning effort, …), ``metadata``, ids,
+  ``usage``/``usageMetadata``, stop and finish reasons, ``error``; of ``choices``/``candidates`` only
+  ``index`` and the finish reason;
+* dropped: every other body key, which is where prompts, system prompts, messages, tool definitions,
+  tool calls and results and completions live (``messages``, ``input``, ``instructions``, ``system``,
+  ``contents``, ``content``, ``output``, ``tools``, …), so a provider field we do not know yet is dropped
+  rather than leaked; the arguments and results of ``capture.tool_use`` (its ``id`` and ``name`` stay);
+  ``raw_body`` of request and response.
+
+``redactFields`` then drops more fields by dotted path; lists on the way are walked element by element and
+``*`` matches every key of a map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
+from typing import Any
+
+from ..api.s3exporter import ExportFilter, S3ExporterSpec
+
+__all__ = ["BODY_KEYS_KEPT", "RecordFilter", "RecordTransform", "privacy_scrub", "redact"]
+
+# Keys of a request or response body that describe a call without holding its content.
+BODY_KEYS_KEPT = frozenset({
+    # request settings
+    "model", "max_tokens", "max_completion_tokens", "max_output_tokens", "temperature", "top_p", "top_k",
+    "n", "seed", "stream", "stream_options", "reasoning", "reasoning_effort", "thinking", "store",
+    "service_tier", "parallel_tool_calls", "tool_choice", "generationConfig", "metadata", "user",
+    "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "truncation", "modalities",
+    # response description
+    "id", "object", "type", "role", "created", "created_at", "status", "stop_reason", "stop_sequence",
+    "finish_reason", "system_fingerprint", "usage", "usageMetadata", "modelVersion", "responseId",
+    "request_id", "incomplete_details", "error",
+})  # fmt: skip
+# Lists of per-choice results: only these keys of each item stay.
+CHOICE_KEYS_KEPT = {"choices": ("index", "finish_reason"), "candidates": ("index", "finishReason")}
+TOOL_USE_KEYS_KEPT = ("id", "name", "type")
+
+
+def _scrub_body(body: Any) -> Any:
+    if not isinstance(body, Mapping):
+        # A body that is not a JSON object (a string, a list of events) is content as a whole.
+        return None
+    kept: dict[Any, Any] = {}
+    for key, value in body.items():
+        if key in BODY_KEYS_KEPT:
+            kept[key] = value
+        elif key in CHOICE_KEYS_KEPT and isinstance(value, list):
+            keys = CHOICE_KEYS_KEPT[key]
+            kept[key] = [{k: item[k] for k in keys if k in item} for item in value if isinstance(item, Mapping)]
+    return kept
+
+
+def _scrub_exchange(part: Any) -> Any:
+    """A request or response: headers and raw_content_type kept, body scrubbed, raw_body dropped."""
+    if not isinstance(part, Mapping):
+        return part
+    out: dict[Any, Any] = {}
+    for key, value in part.items():
+        if key == "body":
+            scrubbed = _scrub_body(value)
+            if scrubbed is not None:
+                out[key] = scrubbed
+        elif key == "raw_body":
+            continue
+        elif key == "headers" or key == "raw_content_type" or not isinstance(value, Mapping | list | str | bytes):
+            out[key] = value  # headers, content types, numbers and flags describe the exchange
+    return out
+
+
+def privacy_scrub(record: dict[str, Any]) -> dict[str, Any]:
+    """The record without prompt and completion content, tool payloads and raw bodies (a new dict;
+    the top-level key order is kept)."""
+    capture = record.get("capture")
+    if not isinstance(capture, Mapping):
+        return record
+    scrubbed: dict[Any, Any] = {}
+    for key, value in capture.items():
+        if key in ("request", "response"):
+            scrubbed[key] = _scrub_exchange(value)
+        elif key == "tool_use" and isinstance(value, list):
+            scrubbed[key] = [{k: call[k] for k in TOOL_USE_KEYS_KEPT if k in call}
+                             for call in value if isinstance(call, Mapping)]
+        elif key == "headers":
+            scrubbed[key] = value
+        # Anything else in capture is content we do not know to be safe: dropped.
+    out = dict(record)
+    out["capture"] = scrubbed
+    return out
+
+
+def _drop(node: Any, path: Sequence[str]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _drop(item, path)
+        return
+    if not isinstance(node, dict) or not path:
+        return
+    head, rest = path[0], path[1:]
+    keys = list(node) if head == "*" else [head] if head in node else []
+    for key in keys:
+        if rest:
+            _drop(node[key], rest)
+        else:
+            del node[key]
+
+
+def _copy_path(node: Any, path: Sequence[str]) -> Any:
+    """Copy the containers along ``path`` so that dropping from the copy leaves shared values alone."""
+    if isinstance(node, list):
+        return [_copy_path(item, path) for item in node]
+    if not isinstance(node, dict) or not path:
+        return node
+    out = dict(node)
+    head, rest = path[0], path[1:]
+    if rest:
+        for key in (list(out) if head == "*" else [head] if head in out else []):
+            out[key] = _copy_path(out[key], rest)
+    return out
+
+
+def redact(record: dict[str, Any], paths: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """The record without the fields at ``paths`` (each a list of keys; ``*`` matches any key)."""
+    out = record
+    for path in paths:
+        out = _copy_path(out, path)
+        _drop(out, path)
+    return out
+
+
+class RecordFilter:
+    """``spec.filter`` as a predicate on decoded records."""
+
+    def __init__(self, spec: ExportFilter) -> None:
+        self.models = tuple(spec.models) if spec.models else None
+        self.model_patterns = self.models is not None and any(c in m for m in self.models for c in "*?[")
+        self.api_types = frozenset(spec.api_types) if spec.api_types else None
+        self.tags = frozenset(spec.tags) if spec.tags else None
+        self.status_codes = frozenset(spec.status_codes) if spec.status_codes else None
+
+    def __call__(self, record: Mapping[str, Any]) -> bool:
+        if self.models is not None:
+            model = record.get("model")
+            if not isinstance(model, str):
+                return False
+            if self.model_patterns:
+                if not any(fnmatchcase(model, pattern) for pattern in self.models):
+                    return False
+            elif model not in self.models:
+                return False
+        if self.api_types is not None and record.get("api_type") not in self.api_types:
+            return False
+        if self.status_codes is not None and record.get("status_code") not in self.status_codes:
+            return False
+        if self.tags is not None:
+            identity = record.get("identity")
+            tags = identity.get("tags") if isinstance(identity, Mapping) else None
+            if not isinstance(tags, list) or not any(isinstance(t, str) and t in self.tags for t in tags):
+                return False
+        return True
+
+
+class RecordTransform:
+    """The filter and the rewrites (privacy, redaction) an exporter applies, built from its spec."""
+
+    def __init__(self, spec: S3ExporterSpec) -> None:
+        self.filter = RecordFilter(spec.filter) if spec.filter is not None else None
+        self.privacy = spec.privacy_mode
+        self.redactions = [path.split(".") for path in spec.redact_fields]
+
+    @property
+    def rewrites(self) -> bool:
+        return self.privacy or bool(self.redactions)
+
+    @property
+    def identity(self) -> bool:
+        """Nothing to do: records go out as they are stored (the fast path, no decode)."""
+        return self.filter is None and not self.rewrites
+
+    def accepts(self, record: Mapping[str, Any]) -> bool:
+        return self.filter is None or self.filter(record)
+
+    def rewrite(self, record: dict[str, Any]) -> dict[str, Any]:
+        if self.privacy:
+            record = privacy_scrub(record)
+        if self.redactions:
+            record = redact(record, self.redactions)
+        return record
