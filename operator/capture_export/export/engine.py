@@ -1,8 +1,14 @@
 """The export engine: one run drains the backlog batch by batch, exactly once. No Kubernetes here.
 
-A batch goes read -> strip credentials -> encode -> PUT data object -> PUT checkpoint -> advance cursor.
-The next batch is read and encoded on a helper thread while the current one uploads, but batches are
-committed strictly in order, and nothing advances the cursor before both objects are in the bucket.
+A batch goes read -> strip credentials -> [filter, privacy, redact] -> encode -> PUT data object -> PUT
+checkpoint -> advance cursor. The next batch is read and encoded on a helper thread while the current one
+uploads, but batches are committed strictly in order, and nothing advances the cursor before both objects
+are in the bucket.
+
+Records are decoded only when the spec asks for it (a filter, privacy mode, redactions, or a format other
+than cbor-zstd); the default ships the stored CBOR bytes as they are. A batch whose records the filter
+all excludes writes no data object, but still sweeps and checkpoints: its records are handled. With a
+dated ``pathTemplate``, a batch is cut where the folder of its records would change.
 """
 
 from __future__ import annotations
@@ -14,16 +20,19 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import cbor2
 
 from ..api import S3ExporterSpec
 from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore, ObjectStoreError
 from ..store import CaptureStore, CorruptRecord, StoredRecord, StoreError
 from ..store.records import CREDENTIAL_MARKERS, ensure_no_credentials, with_id
-from .formats import BatchEncoder, CborZstdEncoder
+from .formats import BatchEncoder, FormatUnavailable, encoder_for
 from .layout import ObjectLayout, parse_range
+from .transform import RecordTransform
 
 T = TypeVar("T")
 
@@ -68,7 +77,8 @@ class Cursor:
 
 
 class ExportFailure(Exception):
-    """Why a run stopped early. ``domain`` names the condition it speaks to: Bucket, Credentials or Store."""
+    """Why a run stopped early. ``domain`` names the condition it speaks to: Bucket, Credentials or Store,
+    or Format (the format cannot be written here: a missing package, records it cannot encode)."""
 
     def __init__(self, reason: str, message: str, *, domain: str, transient: bool) -> None:
         super().__init__(message)
@@ -96,20 +106,21 @@ class RetryPolicy:
 
 @dataclass
 class PreparedBatch:
-    first_id: int
+    first_id: int  # the range of ids the batch handled (read), which names its object
     last_id: int
     first_timestamp_us: int
-    rows: int
+    rows: int  # records in the object
     raw_bytes: int
-    payload: bytes
-    key: str
+    payload: bytes | None  # None: the filter excluded every record, no object is written
+    key: str | None
     read_seconds: float
     encode_seconds: float
+    filtered: int = 0
 
 
 @dataclass(frozen=True)
 class BatchResult:
-    key: str
+    key: str | None  # None when the filter excluded every record of the batch (no object written)
     first_id: int
     last_id: int
     rows: int
@@ -119,6 +130,11 @@ class BatchResult:
     read_seconds: float
     encode_seconds: float
     upload_seconds: float
+    filtered: int = 0
+
+    @property
+    def object_written(self) -> bool:
+        return self.key is not None
 
 
 @dataclass
@@ -135,6 +151,7 @@ class RunResult:
     failure: ExportFailure | None = None
     backlog: int | None = None
     requests: int = 0
+    filtered: int = 0  # records the filter excluded: handled (the cursor passed them), not exported
 
     @property
     def duration_seconds(self) -> float:
@@ -159,10 +176,17 @@ class ExportEngine:
         self.exporter = exporter
         self.store = store
         self.objects = objects
-        self.encoder = encoder or CborZstdEncoder()
+        if encoder is None:
+            try:
+                encoder = encoder_for(spec.format, spec.compression)
+            except FormatUnavailable as exc:
+                raise ExportFailure("FormatUnavailable", str(exc), domain="Format", transient=False) from None
+        self.encoder = encoder
+        self.transform = RecordTransform(spec)
         self.clock = clock or SystemClock()
         self.retry = retry or RetryPolicy()
-        self.layout = ObjectLayout(spec.prefix, exporter.namespace, exporter.name, self.encoder.extension)
+        self.layout = ObjectLayout(spec.prefix, exporter.namespace, exporter.name, self.encoder.extension,
+                                   spec.path_template, spec.hive_partitioning)
         # Until one batch has been written cleanly, objects left by a killed or failed attempt may sit
         # at the cursor with other bounds; the first batch sweeps them away.
         self._sweep_pending = True
@@ -242,8 +266,10 @@ class ExportEngine:
                 result.rows += done.rows
                 result.bytes += done.bytes
                 result.raw_bytes += done.raw_bytes
-                result.objects += 1
-                result.last_key = done.key
+                result.filtered += done.filtered
+                if done.key is not None:
+                    result.objects += 1
+                    result.last_key = done.key
                 result.outcome = "Succeeded"
                 if on_batch is not None:
                     on_batch(done)
@@ -263,52 +289,109 @@ class ExportEngine:
         result.end = self.clock.now()
         return result
 
-    def _read(self, after: int) -> list[StoredRecord]:
+    def _read(self, after: int, limit: int | None = None) -> list[StoredRecord]:
         try:
-            return self.store.read_batch(after, self.spec.limit)
+            return self.store.read_batch(after, limit or self.spec.limit)
         except StoreError as exc:
             raise ExportFailure("StoreUnavailable", str(exc), domain="Store", transient=True) from None
+
+    def _cut(self, rows: list[StoredRecord]) -> tuple[list[StoredRecord], list[StoredRecord]]:
+        """Split rows at the first record whose folder differs from the first one's (a batch never spans
+        two folders of a dated ``pathTemplate``): the batch, and the rows the next batch starts with."""
+        if not rows or not self.layout.time_partitioned:
+            return rows, []
+        start, end = self.layout.partition_span(rows[0].timestamp_us)
+        for index, row in enumerate(rows):
+            if not start <= row.timestamp_us < end:
+                return rows[:index], rows[index:]
+        return rows, []
 
     def _encode(self, rows: list[StoredRecord], read_seconds: float) -> PreparedBatch:
         t0 = time.perf_counter()
         try:
             records = encode_batch(rows)
+            kept = self._transform(rows, records)
         except CorruptRecord as exc:
             raise ExportFailure("CorruptRecord", f"{exc}; export holds before it until it is fixed",
                                 domain="Store", transient=False) from None
-        payload = self.encoder.encode(records)
         first, last = rows[0], rows[-1]
+        payload: bytes | None = None
+        try:
+            if kept is None:
+                exported = len(records)
+                payload = self.encoder.encode(records)  # the default: stored bytes as they are
+            else:
+                exported = len(kept)
+                if kept:
+                    if self.encoder.decoded:
+                        payload = self.encoder.encode_records([record for record, _ in kept])
+                    else:
+                        payload = self.encoder.encode(
+                            [raw if raw is not None else cbor2.dumps(record, timezone=UTC) for record, raw in kept]
+                        )
+        except Exception as exc:  # an encoder that cannot represent a record
+            raise ExportFailure("EncodeFailed", f"records {first.id}-{last.id} could not be written as "
+                                f"{self.spec.format}: {exc.__class__.__name__}: {exc}; export holds before them",
+                                domain="Format", transient=False) from None
         return PreparedBatch(
             first_id=first.id,
             last_id=last.id,
             first_timestamp_us=first.timestamp_us,
-            rows=len(rows),
+            rows=exported,
             raw_bytes=sum(len(r) for r in records),
             payload=payload,
-            key=self.layout.data_key(first.id, last.id, first.timestamp_us),
+            key=self.layout.data_key(first.id, last.id, first.timestamp_us) if payload is not None else None,
             read_seconds=read_seconds,
             encode_seconds=time.perf_counter() - t0,
+            filtered=len(records) - exported,
         )
+
+    def _transform(
+        self, rows: list[StoredRecord], records: list[bytes]
+    ) -> list[tuple[dict[str, Any], bytes | None]] | None:
+        """None when records go out as stored (no filter, no rewrite, a CBOR format); else the records
+        that pass the filter, decoded and rewritten, each with its CBOR bytes when they are unchanged."""
+        transform = self.transform
+        if transform.identity and not self.encoder.decoded:
+            return None
+        kept: list[tuple[dict[str, Any], bytes | None]] = []
+        rewrites = transform.rewrites
+        for row, raw in zip(rows, records, strict=True):
+            try:
+                record = cbor2.loads(raw)
+            except Exception as exc:
+                raise CorruptRecord(row.id, f"undecodable CBOR ({exc.__class__.__name__})") from None
+            if not isinstance(record, dict):
+                raise CorruptRecord(row.id, "not a CBOR map")
+            if not transform.accepts(record):
+                continue
+            kept.append((transform.rewrite(record), None) if rewrites else (record, raw))
+        return kept
 
     def _commit(self, batch: PreparedBatch, cursor: Cursor) -> BatchResult:
         t0 = time.perf_counter()
-        self._call(lambda: self.objects.put(batch.key, batch.payload, content_type=self.encoder.content_type))
+        key, payload = batch.key, batch.payload
+        if key is not None and payload is not None:
+            self._call(lambda: self.objects.put(key, payload, content_type=self.encoder.content_type))
+        # Also for a batch the filter emptied: an object an earlier attempt (another filter, another
+        # epoch) left in its range must go, or its records would be exported twice.
         if self._sweep_pending or batch.first_id <= cursor.high_water:
             self._sweep_overlapping(batch)
         new_cursor = Cursor(cursor.epoch, batch.last_id, max(cursor.high_water, batch.last_id))
-        self._write_checkpoint(new_cursor, batch.key)
+        self._write_checkpoint(new_cursor, key)
         self._sweep_pending = False
         return BatchResult(
-            key=batch.key,
+            key=key,
             first_id=batch.first_id,
             last_id=batch.last_id,
             rows=batch.rows,
             raw_bytes=batch.raw_bytes,
-            bytes=len(batch.payload),
+            bytes=len(payload) if payload is not None else 0,
             cursor=new_cursor,
             read_seconds=batch.read_seconds,
             encode_seconds=batch.encode_seconds,
             upload_seconds=time.perf_counter() - t0,
+            filtered=batch.filtered,
         )
 
     def _sweep_overlapping(self, batch: PreparedBatch) -> None:
@@ -371,16 +454,23 @@ class _PreparePipeline:
         return False
 
     def _read_loop(self, after: int) -> None:
+        engine = self.engine
+        limit = engine.spec.limit
+        # Rows read but left for the next batch because their folder differs (dated path templates).
+        pending: list[StoredRecord] = []
         try:
             while not self._stop.is_set():
                 t0 = time.perf_counter()
-                rows = self.engine._read(after)
+                rows, rest = engine._cut(pending)
+                if not rest and len(pending) < limit:
+                    more = engine._read(pending[-1].id if pending else after, limit - len(pending))
+                    rows, rest = engine._cut(pending + more if pending else more)
                 if not rows:
                     break
-                future = self._encoders.submit(self.engine._encode, rows, time.perf_counter() - t0)
+                future = self._encoders.submit(engine._encode, rows, time.perf_counter() - t0)
                 if not self._put(future):
                     return
-                after = rows[-1].id
+                after, pending = rows[-1].id, rest
             self._put(None)
         except BaseException as exc:  # handed to the consumer, which raises it
             self._put(exc)

@@ -37,6 +37,7 @@ class StatusUpdate:
         self.now = now
         self.generation = generation
         self.events: list[Event] = []
+        self._format_failure: ExportFailure | None = None
         self.status.observed_generation = generation
         for type_ in [*READY_INPUTS, "UpToDate"]:
             if not any(c.type == type_ for c in self.status.conditions):
@@ -60,6 +61,11 @@ class StatusUpdate:
         )
 
     def fail(self, failure: ExportFailure) -> None:
+        if failure.domain == "Format":
+            # The spec's format cannot be written here (pyarrow missing, a record it cannot encode): no
+            # failure-domain condition of its own; Ready says it (see finish).
+            self._format_failure = failure
+            return
         self.set(DOMAIN_CONDITIONS.get(failure.domain, "BucketReachable"), "False", failure.reason, failure.message)
 
     def passed(self, *types: str) -> None:
@@ -86,6 +92,7 @@ class StatusUpdate:
             outcome=result.outcome,  # type: ignore[arg-type]
             reason=failure.reason if failure else None,
             error=failure.message if failure else None,
+            filtered=result.filtered,
         )
         status.last_run = run
         status.history = [run, *status.history][:HISTORY_LENGTH]
@@ -94,6 +101,7 @@ class StatusUpdate:
             rows=status.totals.rows + result.rows,
             objects=status.totals.objects + result.objects,
             bytes=status.totals.bytes + result.bytes,
+            filtered=status.totals.filtered + result.filtered,
         )
         if result.rows:
             status.last_successful_export = result.end
@@ -118,5 +126,8 @@ class StatusUpdate:
 
     def finish(self) -> tuple[S3ExporterStatus, list[Event]]:
         ready, reason, message = summarize_ready(self.status.conditions, READY_INPUTS)
+        format_failure = self._format_failure
+        if format_failure is not None and ready != "False":
+            ready, reason, message = "False", format_failure.reason, f"format: {format_failure.message}"
         self.set("Ready", ready, reason, message)
         return self.status, self.events
