@@ -1,45 +1,29 @@
-"""Read exports back and audit a store against a bucket (``capture-export cat`` and ``verify``)."""
+"""Read exports back and audit a store against a bucket (``capture-export cat`` and ``verify``).
+
+Every format is read by its extension (see export/formats.py); objects are found wherever the exporter's
+``pathTemplate`` put them. An exporter with a ``filter`` is verified against the records its filter passes:
+the records it excludes are reported, not counted missing.
+"""
 
 from __future__ import annotations
 
-import base64
-import json
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-import zstandard
+import cbor2
 
-from .export.layout import CONTROL_DIR, parse_range
+from .api import S3ExporterSpec
+from .export.formats import decode_object, record_ids, to_json_line
+from .export.layout import CONTROL_DIR, ObjectLayout, data_extension, parse_range
+from .export.transform import RecordFilter
 from .objectstore import ObjectStore
-from .store import CaptureStore, decode_sequence
+from .store import CaptureStore
 
-__all__ = ["VerifyReport", "decode_object", "to_json_line", "verify_export"]
+__all__ = ["VerifyReport", "decode_object", "is_data_object", "to_json_line", "verify_export", "verify_options"]
 
-
-def decode_object(data: bytes) -> Iterator[dict[str, Any]]:
-    """Records of one ``.cbor.zstd`` object, read exactly as the Aperture docs tell their users."""
-    raw = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    yield from decode_sequence(raw)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"$base64": base64.b64encode(value).decode()}
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def to_json_line(record: dict[str, Any]) -> str:
-    """One record as a JSON line; raw bytes become ``{"$base64": …}``."""
-    return json.dumps(_jsonable(record), ensure_ascii=False, separators=(",", ":"))
+RecordPredicate = Callable[[Mapping[str, Any]], bool]
 
 
 @dataclass
@@ -52,6 +36,8 @@ class VerifyReport:
     not_in_store: int = 0
     mislabelled: list[str] = field(default_factory=list)
     up_to: int = 0
+    filtered: int | None = None  # store records the exporter's filter excludes (None: no filter)
+    filtered_in_bucket: int = 0  # exported records the filter now excludes (the filter changed since)
 
     @property
     def ok(self) -> bool:
@@ -67,6 +53,10 @@ class VerifyReport:
             f"missing: {len(self.missing)}" + (f" ({sample(self.missing)})" if self.missing else ""),
             f"duplicated: {len(self.duplicated)}" + (f" ({sample(self.duplicated)})" if self.duplicated else ""),
         ]
+        if self.filtered is not None:
+            lines.append(f"excluded by the exporter's filter (not expected in the bucket): {self.filtered}")
+        if self.filtered_in_bucket:
+            lines.append(f"in bucket although the current filter excludes them: {self.filtered_in_bucket}")
         if self.not_in_store:
             lines.append(f"in bucket but no longer in store (purged by retention): {self.not_in_store}")
         if self.mislabelled:
@@ -75,25 +65,66 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def is_data_object(key: str) -> bool:
+    """An object in one of the data formats, outside the exporters' control folder."""
+    return data_extension(key) is not None and f"/{CONTROL_DIR}/" not in f"/{key}"
+
+
+def verify_options(spec: S3ExporterSpec, namespace: str, name: str) -> dict[str, Any]:
+    """The ``layout`` and ``accepts`` arguments of verify_export for one S3Exporter."""
+    layout = ObjectLayout(spec.prefix, namespace, name, template=spec.path_template, hive=spec.hive_partitioning)
+    return {"layout": layout, "accepts": RecordFilter(spec.filter) if spec.filter is not None else None}
+
+
+def _store_ids(store: CaptureStore, up_to: int, accepts: RecordPredicate | None) -> Iterator[tuple[int, bool]]:
+    """Every store id up to ``up_to`` in order, with whether the exporter's filter passes its record."""
+    if accepts is None:
+        for record_id in store.ids():
+            if record_id > up_to:
+                return
+            yield record_id, True
+        return
+    after = 0
+    while rows := store.read_batch(after, 5000, up_to):
+        for row in rows:
+            yield row.id, accepts(cbor2.loads(row.body))
+        after = rows[-1].id
+
+
 def verify_export(
-    store: CaptureStore, objects: ObjectStore, prefix: str, *, up_to: int | None = None, extension: str = ".cbor.zstd"
+    store: CaptureStore,
+    objects: ObjectStore,
+    prefix: str,
+    *,
+    up_to: int | None = None,
+    extension: str | None = None,
+    layout: ObjectLayout | None = None,
+    accepts: RecordPredicate | None = None,
 ) -> VerifyReport:
-    """Every store record with id <= ``up_to`` (default: the safe horizon) must be in exactly one object."""
+    """Every store record with id <= ``up_to`` (default: the safe horizon) that ``accepts`` passes (default:
+    all) must be in exactly one object. Every data object under ``prefix`` counts, in any folder and, unless
+    ``extension`` is given, in any format; ``layout`` (the exporter's) narrows the listing to the folders
+    its template can produce."""
     report = VerifyReport()
     report.up_to = store.safe_horizon() if up_to is None else up_to
     exported = array("q")
-    root = f"{prefix}/" if prefix else ""
+    root = layout.data_prefix() if layout is not None else (f"{prefix}/" if prefix else "")
     for info in objects.list(root):
-        if not info.key.endswith(extension) or f"/{CONTROL_DIR}/" in f"/{info.key}":
+        key = info.key
+        # Any object in a data format counts, whatever its name: a stray copy is a duplicate.
+        if not is_data_object(key) or (extension is not None and not key.endswith(extension)):
             continue
-        data = objects.get(info.key)
+        data = objects.get(key)
         if data is None:
             continue
         report.objects += 1
-        ids = [int(record["id"]) for record in decode_object(data)]
-        bounds = parse_range(info.key)
-        if ids and bounds and (ids[0], ids[-1]) != bounds:
-            report.mislabelled.append(info.key)
+        ids = record_ids(data, key)
+        bounds = parse_range(key)
+        if ids and bounds:
+            # A filtered batch holds a subset of the range its name gives; never an id outside it.
+            outside = min(ids) < bounds[0] or max(ids) > bounds[1]
+            if outside or (accepts is None and (ids[0], ids[-1]) != bounds):
+                report.mislabelled.append(key)
         exported.extend(ids)
     report.exported_records = len(exported)
     ordered = sorted(exported)
@@ -106,18 +137,22 @@ def verify_export(
     position = 0
     total = len(ordered)
     in_store = 0
-    for record_id in store.ids():
-        if record_id > report.up_to:
-            break
+    excluded = 0
+    for record_id, expected in _store_ids(store, report.up_to, accepts):
         in_store += 1
         while position < total and ordered[position] < record_id:
             report.not_in_store += 1
             position += 1
-        if position < total and ordered[position] == record_id:
-            while position < total and ordered[position] == record_id:
-                position += 1
-        else:
+        found = 0
+        while position < total and ordered[position] == record_id:
+            position += 1
+            found += 1
+        if not expected:
+            excluded += 1
+            report.filtered_in_bucket += found
+        elif not found:
             report.missing.append(record_id)
     report.store_records = in_store
+    report.filtered = excluded if accepts is not None else None
     report.not_in_store += sum(1 for i in ordered[position:] if i <= report.up_to)
     return report

@@ -67,29 +67,29 @@ def _object_store_for(args: argparse.Namespace, bucket: str):
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    from .audit import decode_object, to_json_line
+    from .audit import decode_object, is_data_object, to_json_line
+    from .export.layout import data_extension
 
     source: str = args.source
     if source.startswith("s3://"):
         bucket, _, key = source[5:].partition("/")
         objects = _object_store_for(args, bucket)
-        keys = [key] if key.endswith(".cbor.zstd") else [
-            info.key for info in objects.list(key) if info.key.endswith(".cbor.zstd")
-        ]
+        # A key, or a prefix: every data object under it, in any format and any template folder.
+        keys = [key] if data_extension(key) else [info.key for info in objects.list(key) if is_data_object(info.key)]
         blobs = ((k, objects.get(k)) for k in keys)
     else:
         blobs = iter([(source, Path(source).read_bytes())])
     out = sys.stdout
-    for _key, data in blobs:
+    for key, data in blobs:
         if data is None:
             continue
-        for record in decode_object(data):
+        for record in decode_object(data, key if data_extension(key) else ".cbor.zstd"):
             out.write(to_json_line(record) + "\n")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .audit import verify_export
+    from .audit import verify_export, verify_options
     from .export.cycle import credentials_from_secret
     from .objectstore import S3Location, S3ObjectStore
     from .store import open_store_url
@@ -110,15 +110,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     resource.namespace, spec.secret_ref.name, manifests.get(resource.namespace, spec.secret_ref.name)
                 )
             location = S3Location(spec.bucket, spec.region, spec.endpoint)
-            targets.append((resource.ref, S3ObjectStore(location, credentials), spec.prefix))
+            # The exporter's key layout (pathTemplate) and filter: excluded records are not missing.
+            options = verify_options(spec, resource.namespace, resource.name)
+            targets.append((resource.ref, S3ObjectStore(location, credentials), spec.prefix, options))
     else:
         if not args.bucket:
             print("give -f exporter.yaml or --bucket", file=sys.stderr)
             return 2
-        targets = [(args.bucket, _object_store_for(args, args.bucket), args.prefix)]
+        targets = [(args.bucket, _object_store_for(args, args.bucket), args.prefix, {})]
     ok = True
-    for name, objects, prefix in targets:
-        report = verify_export(store, objects, prefix, up_to=args.up_to)
+    for name, objects, prefix, options in targets:
+        report = verify_export(store, objects, prefix, up_to=args.up_to, **options)
         print(f"{name}:\n{report.summary()}")
         ok &= report.ok
     return 0 if ok else 1
