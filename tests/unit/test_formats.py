@@ -1,0 +1,247 @@
+"""Formats, path templates and their validation: encoders, readers, the key layout, the spec fields."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import cbor2
+import pytest
+import yaml
+import zstandard
+from pydantic import ValidationError
+
+from capture_export.api import S3ExporterSpec
+from capture_export.audit import decode_object
+from capture_export.export.formats import (
+    CborZstdEncoder,
+    JsonLinesEncoder,
+    ParquetEncoder,
+    encoder_for,
+    parquet_schema,
+    record_ids,
+    to_json_line,
+)
+from capture_export.export.layout import DATA_EXTENSIONS, ObjectLayout
+from capture_export.seed import generate_records
+from capture_export.store.records import encode_body, with_id
+from tests.conftest import make_record
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def exported(records: list[dict]) -> list[dict]:
+    """Records as the engine hands them to an encoder: stored, then id spliced in, then decoded."""
+    return [cbor2.loads(with_id(i, encode_body(r)[1])) for i, r in enumerate(records, start=1)]
+
+
+def spec(**fields: object) -> S3ExporterSpec:
+    return S3ExporterSpec.model_validate({"bucket": "exports", "region": "us-east-1", **fields})
+
+
+# -- the spec -------------------------------------------------------------------------------------------
+
+
+def test_defaults_keep_the_aperture_format_and_flat_keys() -> None:
+    s = spec()
+    assert (s.format, s.compression, s.path_template, s.hive_partitioning) == ("cbor-zstd", None, "{prefix}", False)
+    assert (s.privacy_mode, s.redact_fields, s.filter) == (False, [], None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"pathTemplate": "{prefix}/{apiKeyName}"}, r"pathTemplate[\s\S]*unknown variable \{apiKeyName\}"),
+        ({"pathTemplate": "{prefix}/{date}/"}, "must not start or end with '/'"),
+        ({"pathTemplate": "/{prefix}"}, "must not start or end with '/'"),
+        ({"pathTemplate": "{prefix}//{date}"}, "empty segment"),
+        ({"pathTemplate": "{prefix}/../{date}"}, "'..' segment"),
+        ({"pathTemplate": "{prefix}/_capture-export"}, "'_capture-export' segment"),
+        ({"pathTemplate": "{prefix}/{date"}, "unbalanced"),
+        ({"pathTemplate": "{prefix}/a b"}, "literal text"),
+        ({"pathTemplate": "{date}/{prefix}", "prefix": ""}, r"\{prefix\} may only appear at the start"),
+        ({"pathTemplate": "{date}", "prefix": "llm"}, r"must start with \{prefix\}/ when prefix is set"),
+        ({"pathTemplate": "{prefix}x/{date}", "prefix": "llm"}, r"must start with \{prefix\}/"),
+        ({"pathTemplate": "{prefix}/year={year}", "hivePartitioning": True}, "write {year}, not year={year}"),
+        ({"format": "avro"}, "format"),
+        ({"compression": "gzip"}, "cbor-zstd is always zstd"),
+        ({"format": "jsonl", "compression": "brotli"}, "compression"),
+        ({"redactFields": ["id"]}, r"redactFields[\s\S]*must start with one of"),
+        ({"redactFields": ["timestamp"]}, "id, ver and timestamp are always exported"),
+        ({"redactFields": ["capture..body"]}, "redactFields"),
+        ({"filter": {"models": []}}, r"filter.models[\s\S]*at least 1 item"),
+        ({"filter": {"statusCodes": [42]}}, r"filter.statusCodes[\s\S]*greater than or equal to 100"),
+        ({"filter": {"model": ["gpt-4o"]}}, "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_new_fields_are_refused_naming_the_field(fields: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        spec(**fields)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"pathTemplate": "{prefix}/{date}", "prefix": "llm"},
+        {"pathTemplate": "{prefix}", "prefix": "llm"},
+        {"pathTemplate": "{exporter}/{namespace}/{year}/{month}/{day}/{hour}"},
+        {"pathTemplate": "archive/{date}", "prefix": ""},
+        {"pathTemplate": "{prefix}/year={year}/m{month}", "prefix": "llm"},
+        {"format": "jsonl", "compression": "gzip"},
+        {"format": "parquet", "compression": "none"},
+        {"format": "cbor-zstd", "compression": "zstd"},
+        {"redactFields": ["capture.request.body.metadata", "identity.login_name", "capture.*.headers.x-forwarded-for"]},
+        {"filter": {"models": ["claude-*"], "apiTypes": ["ant_messages"], "tags": ["tag:prod"], "statusCodes": [200]}},
+    ],
+)
+def test_valid_new_fields_are_accepted(fields: dict) -> None:
+    spec(**fields)
+
+
+def test_crd_carries_the_template_pattern_and_cel_mirrors() -> None:
+    crd = yaml.safe_load((ROOT / "crds" / "s3exporters.capture.dev.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    import re
+
+    pattern = re.compile(schema["properties"]["pathTemplate"]["pattern"])
+    assert pattern.match("{prefix}/{year}/{month}/{day}") and pattern.match("{prefix}")
+    assert not pattern.match("{prefix}/{apiKeyName}") and not pattern.match("{prefix}/") and not pattern.match("/a")
+    rules = " ".join(rule["rule"] for rule in schema["x-kubernetes-validations"])
+    assert "oldSelf.pathTemplate" in rules and "startsWith('{prefix}/')" in rules and "self.compression" in rules
+    assert schema["properties"]["format"]["enum"] == ["cbor-zstd", "jsonl", "parquet"]
+
+
+# -- the key layout -------------------------------------------------------------------------------------
+
+
+def micros(*args: int) -> int:
+    return (datetime(*args, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def test_default_layout_is_unchanged() -> None:
+    layout = ObjectLayout("llm", "default", "usage")
+    assert layout.data_key(1, 1000, micros(2026, 11, 24)) == "llm/00000000000000000001-00000000000000001000.cbor.zstd"
+    assert layout.data_prefix() == "llm/" and not layout.time_partitioned
+    assert layout.checkpoint_key() == "llm/_capture-export/checkpoints/default/usage.json"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "template", "hive", "folder", "listing"),
+    [
+        ("llm", "{prefix}/{date}", False, "llm/2026-11-24/", "llm/"),
+        ("", "{prefix}/{date}", False, "2026-11-24/", ""),
+        ("llm", "{prefix}/{year}/{month}/{day}", True, "llm/year=2026/month=11/day=24/", "llm/"),
+        ("llm", "{prefix}/{date}", True, "llm/date=2026-11-24/", "llm/"),
+        ("a/b", "{prefix}/{exporter}/{namespace}/{year}/{hour}", False, "a/b/usage/team-a/2026/07/",
+         "a/b/usage/team-a/"),
+        ("", "archive/{exporter}", False, "archive/usage/", "archive/usage/"),
+        ("", "archive-{year}/{exporter}", False, "archive-2026/usage/", ""),
+    ],
+)
+def test_templates_render_from_the_records_time(prefix, template, hive, folder, listing) -> None:
+    layout = ObjectLayout(prefix, "team-a", "usage", ".jsonl", template, hive)
+    key = layout.data_key(7, 9, micros(2026, 11, 24, 7, 30))
+    assert key == f"{folder}00000000000000000007-00000000000000000009.jsonl"
+    assert layout.data_prefix() == listing and key.startswith(listing)
+    assert layout.is_data_key(key) and layout.is_data_key(key.replace(".jsonl", ".parquet"))
+    assert not layout.is_data_key("elsewhere/" + key) and not layout.is_data_key(key + ".tmp")
+    # The checkpoint never depends on dates or the template.
+    assert layout.checkpoint_key() == ObjectLayout(prefix, "team-a", "usage").checkpoint_key()
+
+
+def test_partition_spans_are_exact_at_the_boundaries() -> None:
+    day = ObjectLayout("", "ns", "n", template="{date}")
+    last_of_day = micros(2026, 11, 24) + 86_400_000_000 - 1
+    assert day.data_dir(last_of_day) == "2026-11-24/" and day.data_dir(last_of_day + 1) == "2026-11-25/"
+    assert day.partition_span(last_of_day) == (micros(2026, 11, 24), micros(2026, 11, 25))
+    month = ObjectLayout("", "ns", "n", template="{year}/{month}")
+    assert month.partition_span(micros(2026, 12, 31, 23)) == (micros(2026, 12, 1), micros(2027, 1, 1))
+    hour = ObjectLayout("", "ns", "n", template="{date}/{hour}")
+    assert hour.partition_span(micros(2026, 11, 24, 7, 59)) == (micros(2026, 11, 24, 7), micros(2026, 11, 24, 8))
+    year = ObjectLayout("", "ns", "n", template="{year}")
+    assert year.partition_span(micros(2026, 6, 1)) == (micros(2026, 1, 1), micros(2027, 1, 1))
+
+
+def test_every_format_extension_is_a_data_extension() -> None:
+    extensions = {encoder_for("cbor-zstd").extension, encoder_for("parquet").extension}
+    extensions |= {encoder_for("jsonl", c).extension for c in ("none", "gzip", "zstd")}
+    assert extensions == set(DATA_EXTENSIONS)
+
+
+# -- encoders and readers -------------------------------------------------------------------------------
+
+
+def test_cbor_zstd_reads_as_aperture_documents() -> None:
+    records = exported([make_record(i) for i in range(5)])
+    payload = CborZstdEncoder().encode_records(records)
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(payload)
+    decoder = cbor2.CBORDecoder(io.BytesIO(raw))
+    assert [decoder.decode() for _ in records] == records
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+def test_json_lines_conventions_and_round_trip(compression: str) -> None:
+    records = exported([make_record(i) for i in range(3)])
+    encoder = JsonLinesEncoder(compression)
+    payload = encoder.encode_records(records)
+    raw = {"none": lambda b: b, "gzip": gzip.decompress,
+           "zstd": lambda b: zstandard.ZstdDecompressor().decompressobj().decompress(b)}[compression](payload)
+    lines = raw.decode().splitlines()
+    first = json.loads(lines[0])
+    assert list(first)[:3] == ["id", "ver", "timestamp"] and first["id"] == 1
+    assert first["timestamp"] == "2026-11-24T12:00:00.000000Z"
+    assert first["capture"]["response"]["raw_body"] == {"$base64": "AAAAAAAAAAA="}
+    back = list(decode_object(payload, "x/00000000000000000001-00000000000000000003" + encoder.extension))
+    assert [r["id"] for r in back] == [1, 2, 3] and back[0] == first
+    assert encoder.encode([with_id(1, encode_body(make_record(0))[1])]) == encoder.encode_records(records[:1])
+
+
+def test_json_lines_survive_what_json_lacks() -> None:
+    record = {"id": 1, "nan": float("nan"), "tag": cbor2.CBORTag(99, "x"), "when": datetime(2026, 1, 2, tzinfo=UTC)}
+    line = to_json_line(record)
+    assert json.loads(line) == {"id": 1, "nan": None, "tag": {"$tag": 99, "value": "x"},
+                                "when": "2026-01-02T00:00:00.000000Z"}
+
+
+def test_parquet_schema_is_fixed_whatever_the_batch_holds() -> None:
+    import pyarrow.parquet as pq
+
+    encoder = ParquetEncoder()
+    full = exported(list(generate_records(300, seed=3)))
+    sparse = exported([{"timestamp": datetime(2026, 11, 24, tzinfo=UTC), "model": "m", "ver": 2}])
+    schemas = [pq.read_schema(io.BytesIO(encoder.encode_records(batch))) for batch in (full, sparse)]
+    assert schemas[0] == schemas[1] == parquet_schema()
+    assert schemas[0].metadata[b"capture_export.schema"] == b"1"
+    assert [f.name for f in schemas[0]][:3] == ["id", "ver", "timestamp"]
+
+
+def test_parquet_round_trips_every_field_including_raw_bodies_and_unknown_ones() -> None:
+    records = exported(list(generate_records(400, seed=5)))
+    records[0]["usage"]["audio_tokens"] = 12  # unknown nested field
+    records[1]["gateway"] = {"region": "eu"}  # unknown top-level field
+    records[2]["status_code"] = "200"  # a value of an unexpected type
+    payload = ParquetEncoder().encode_records(records)
+    back = list(decode_object(payload, "k/00000000000000000001-00000000000000000400.parquet"))
+    assert back == records
+    assert any("raw_body" in r["capture"].get("request", {}) for r in records)
+    assert record_ids(payload, "x.parquet") == list(range(1, 401))
+
+
+def test_parquet_needs_pyarrow_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from capture_export.export.formats import FormatUnavailable
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name: str, *args: object, **kwargs: object):
+        if name.startswith("pyarrow"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    with pytest.raises(FormatUnavailable, match=r"capture-export\[parquet\]"):
+        encoder_for("parquet")

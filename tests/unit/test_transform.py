@@ -1,0 +1,147 @@
+"""Privacy mode, redactFields and filter, on realistic records of every API type the seed generates."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import cbor2
+import pytest
+
+from capture_export.api import S3ExporterSpec
+from capture_export.api.s3exporter import ExportFilter
+from capture_export.export.transform import RecordFilter, RecordTransform, privacy_scrub, redact
+from capture_export.seed import generate_records
+from capture_export.store.records import encode_body, with_id
+from tests.conftest import make_record
+
+KEPT_TOP_LEVEL = ("id", "ver", "timestamp", "identity", "model", "api_type", "usage", "estimated_cost",
+                  "duration_ms", "capture_id", "session_id", "path", "status_code")
+
+
+def records(count: int = 1500, seed: int = 9) -> list[dict[str, Any]]:
+    return [cbor2.loads(with_id(i, encode_body(r)[1])) for i, r in enumerate(generate_records(count, seed=seed), 1)]
+
+
+def strings(node: Any) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in strings(v)]
+    return []
+
+
+def content_of(record: dict[str, Any]) -> list[str]:
+    """Prompt and completion text, tool arguments and results of a record, as the seed builds them."""
+    capture = record["capture"]
+    found: list[str] = []
+    request, response = capture["request"].get("body", {}), capture["response"].get("body", {})
+    for key in ("messages", "input", "instructions", "system", "contents", "systemInstruction", "tools"):
+        found += strings(request.get(key))
+    for key in ("choices", "content", "output", "candidates"):
+        found += [s for s in strings(response.get(key)) if len(s) > 30]
+    for call in capture.get("tool_use", []):
+        found += strings(call.get("input"))
+    tool_names = {call["name"] for call in capture.get("tool_use", [])}  # kept by design: which tool was called
+    return [s for s in found if len(s) > 12 and s not in tool_names]
+
+
+def test_privacy_mode_drops_content_and_keeps_what_describes_the_call() -> None:
+    sample = records()
+    assert {r["api_type"] for r in sample} == {"oai_completions", "oai_responses", "ant_messages", "gemini_generate"}
+    assert any("tool_use" in r["capture"] for r in sample) and any("raw_body" in r["capture"]["request"]
+                                                                   for r in sample)
+    for record in sample:
+        original = copy.deepcopy(record)
+        scrubbed = privacy_scrub(record)
+        assert record == original, "the input record is not modified"
+        for key in KEPT_TOP_LEVEL:
+            assert scrubbed.get(key) == original.get(key), key
+        capture = scrubbed["capture"]
+        text = set(strings(capture))
+        leaked = [s for s in content_of(original) if s in text]
+        assert not leaked, (original["api_type"], leaked[:2])
+        for side in ("request", "response"):
+            assert "raw_body" not in capture[side]
+            assert capture[side]["headers"] == original["capture"][side]["headers"]
+            if "raw_content_type" in original["capture"][side]:
+                assert capture[side]["raw_content_type"] == original["capture"][side]["raw_content_type"]
+        for call in capture.get("tool_use", []):
+            assert set(call) <= {"id", "name", "type"} and call["name"]
+        request, response = capture["request"]["body"], capture["response"]["body"]
+        assert request.get("model", original["model"]) == original["capture"]["request"]["body"].get(
+            "model", original["model"])
+        if "usage" in original["capture"]["response"]["body"]:
+            assert response["usage"] == original["capture"]["response"]["body"]["usage"]
+        for choice in response.get("choices", []):
+            assert set(choice) <= {"index", "finish_reason"}
+
+
+def test_privacy_mode_keeps_request_metadata_and_unknown_bodies_go() -> None:
+    record = make_record(1)
+    record["capture"]["request"]["body"]["metadata"] = {"user_id": "u-1", "team": "search"}
+    record["capture"]["request"]["body"]["prompt"] = "secret legacy completion prompt"
+    record["capture"]["response"]["body"] = "a plain-text streamed completion"
+    record["capture"]["notes"] = "free text the gateway added"
+    scrubbed = privacy_scrub(record)
+    assert scrubbed["capture"]["request"]["body"] == {"metadata": {"user_id": "u-1", "team": "search"}}
+    assert "body" not in scrubbed["capture"]["response"] and "notes" not in scrubbed["capture"]
+
+
+def test_redact_fields_by_path_through_lists_and_wildcards() -> None:
+    record = make_record(2)
+    record["capture"]["request"]["body"]["metadata"] = {"user_id": "u-2"}
+    record["capture"]["tool_use"] = [{"id": "t1", "name": "get_weather", "input": {"city": "Oslo"}},
+                                     {"id": "t2", "name": "run_sql", "input": {"sql": "select 1"}}]
+    original = copy.deepcopy(record)
+    out = redact(record, [p.split(".") for p in (
+        "capture.request.body.metadata", "identity.login_name", "capture.tool_use.input",
+        "capture.*.headers.content-type", "capture.request.body.messages.content", "estimated_cost",
+        "capture.no.such.path",
+    )])
+    assert record == original
+    assert "metadata" not in out["capture"]["request"]["body"] and "login_name" not in out["identity"]
+    assert out["capture"]["tool_use"] == [{"id": "t1", "name": "get_weather"}, {"id": "t2", "name": "run_sql"}]
+    assert "content-type" not in out["capture"]["request"]["headers"]
+    assert out["capture"]["request"]["body"]["messages"] == [{"role": "user"}]
+    assert "estimated_cost" not in out and out["usage"] == original["usage"]
+
+
+def test_transform_from_spec_runs_privacy_then_redaction() -> None:
+    spec = S3ExporterSpec(bucket="exports", region="r", privacy_mode=True,
+                          redact_fields=["capture.request.body.metadata", "identity.login_name"])
+    transform = RecordTransform(spec)
+    assert transform.rewrites and not transform.identity
+    record = make_record(3)
+    record["capture"]["request"]["body"]["metadata"] = {"user_id": "u-3"}
+    out = transform.rewrite(record)
+    assert out["capture"]["request"]["body"] == {} and "login_name" not in out["identity"]
+    assert RecordTransform(S3ExporterSpec(bucket="exports", region="r")).identity
+
+
+@pytest.mark.parametrize(
+    ("filter_", "passes"),
+    [
+        ({"models": ["gpt-4o"]}, True),
+        ({"models": ["claude-*"]}, False),
+        ({"models": ["gpt-?o"]}, True),
+        ({"apiTypes": ["oai_completions", "ant_messages"]}, True),
+        ({"apiTypes": ["ant_messages"]}, False),
+        ({"tags": ["tag:dev", "tag:prod"]}, True),
+        ({"tags": ["tag:dev"]}, False),
+        ({"statusCodes": [200, 429]}, True),
+        ({"statusCodes": [500]}, False),
+        ({"models": ["gpt-4o"], "statusCodes": [500]}, False),  # every list must match
+        ({"models": ["gpt-4o"], "tags": ["tag:prod"], "apiTypes": ["oai_completions"], "statusCodes": [200]}, True),
+    ],
+)
+def test_filter_matches_every_list_given(filter_: dict, passes: bool) -> None:
+    assert RecordFilter(ExportFilter.model_validate(filter_))(make_record(1)) is passes
+
+
+def test_filter_tolerates_records_without_the_fields() -> None:
+    accepts = RecordFilter(ExportFilter(models=["gpt-4o"], tags=["tag:prod"], status_codes=[200]))
+    assert not accepts({"id": 1})
+    assert not accepts({"model": 3, "identity": "x", "status_code": "200"})
