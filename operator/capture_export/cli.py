@@ -151,6 +151,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(records=args.records, manifest=Path(args.file), workdir=Path(args.workdir))
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from .handlers import OperatorConfig, run
+
+    kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
+    config = OperatorConfig(
+        store=args.store,
+        namespaces=tuple(args.namespace or ()),
+        liveness_port=args.liveness_port or None,
+        metrics_port=args.metrics_port or None,
+        concurrency=args.concurrency,
+    )
+    run(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capture-export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--dir", default="crds")
     crds.add_argument("--check", action="store_true", help="fail if the files differ from the models")
     crds.set_defaults(handler=cmd_crds)
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator (kopf) in this process")
+    scope = op.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", metavar="NS",
+                       help="serve only this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="serve every namespace (the default)")
+    op.add_argument("--store", default=os.environ.get("CAPTURE_EXPORT_STORE") or None,
+                    help="default capture store for specs that name none (env CAPTURE_EXPORT_STORE)")
+    op.add_argument("--liveness-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
+    op.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (0: off)")
+    op.add_argument("--concurrency", type=int, default=8, help="export cycles running at once")
+    op.add_argument("-v", "--verbose", action="store_true")
+    op.add_argument("--debug", action="store_true")
+    op.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
+    op.set_defaults(handler=cmd_operator)
 
     demo = sub.add_parser("demo", help="the embedded default: local S3 + SQLite, seed, export, report")
     demo.add_argument("--records", type=int, default=100_000)
