@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from capture_export.export.layout import parse_range
 from capture_export.local_s3 import LocalS3
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
 from tests.integration.helpers import CLI, run_cli, write_manifest
 
 KILLS = 24
+# The templated variant: dated Hive folders, a filter, and the format switching between crashes as a user
+# editing the spec would (the sweep must find an orphan of the other format).
+TEMPLATED = """\
+  pathTemplate: '{{prefix}}/{{year}}/{{month}}/{{day}}'
+  hivePartitioning: true
+  format: {format}
+  compression: zstd
+  filter: {{statusCodes: [200, 429]}}
+"""
+TEMPLATED_KEY = re.compile(r"^llm/year=(\d{4})/month=(\d\d)/day=(\d\d)/\d{20}-\d{20}\.(cbor\.zstd|jsonl\.zst)$")
 
 
 def _wait_for_a_commit(state: Path, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -25,17 +40,22 @@ def _wait_for_a_commit(state: Path, process: subprocess.Popen[bytes], timeout: f
         time.sleep(0.01)
 
 
-def test_kill_minus_nine_at_random_moments_then_verify(s3_server: LocalS3, bucket: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("layout", "seeded"), [("flat", 40_000), ("templated", 10_000)])
+def test_kill_minus_nine_at_random_moments_then_verify(
+    s3_server: LocalS3, bucket: str, tmp_path: Path, layout: str, seeded: int
+) -> None:
     store_path = tmp_path / "store.sqlite"
     store = SQLiteStore(store_path)
-    seed_store(store, 40_000, seed=11)
+    seed_store(store, seeded, seed=11)
     store.close()
     state = tmp_path / "state.json"
     rng = random.Random(20261125)
     killed_mid_run = 0
     for attempt in range(KILLS):
         # Vary the batch size now and then, as a user editing `limit` between crashes would.
-        manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, limit=rng.choice([150, 200, 333]))
+        limit = rng.choice([150, 200, 333])
+        extra = TEMPLATED.format(format=rng.choice(["cbor-zstd", "jsonl"])) if layout == "templated" else ""
+        manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, limit=limit, extra_spec=extra)
         if rng.random() < 0.2 and state.exists():
             state.unlink()  # state file lost too: the bucket's checkpoint must carry the cursor
         process = subprocess.Popen(
@@ -64,4 +84,31 @@ def test_kill_minus_nine_at_random_moments_then_verify(s3_server: LocalS3, bucke
     verify = run_cli("verify", "-f", manifest, "--store", store_path, cwd=tmp_path)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "missing: 0" in verify.stdout and "duplicated: 0" in verify.stdout
-    assert "records in store up to id 76000: 76000" in verify.stdout
+    total = seeded + KILLS * 1500
+    assert f"records in store up to id {total}: {total}" in verify.stdout
+    if layout == "templated":
+        assert "excluded by the exporter's filter" in verify.stdout
+        _assert_every_object_in_its_records_day(s3_server, bucket, store_path)
+
+
+def _assert_every_object_in_its_records_day(s3: LocalS3, bucket: str, store_path: Path) -> None:
+    """Every data object lies in the folder of the day of every record its range handled (exported or
+    filtered): a batch never spans two days, through all the crashes and format switches."""
+    store = SQLiteStore(store_path)
+    stamps: dict[int, int] = {}
+    after = 0
+    while rows := store.read_batch(after, 10_000):
+        stamps.update((row.id, row.timestamp_us) for row in rows)
+        after = rows[-1].id
+    store.close()
+    client = s3.client()
+    keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="llm/")
+            for item in page.get("Contents", []) if "/_capture-export/" not in item["Key"]]
+    assert keys
+    for key in keys:
+        match = TEMPLATED_KEY.match(key)
+        assert match, key
+        first, last = parse_range(key)  # type: ignore[misc]
+        days = {datetime.fromtimestamp(stamps[i] // 1_000_000, UTC).strftime("%Y-%m-%d")
+                for i in range(first, last + 1) if i in stamps}
+        assert days == {"-".join(match.groups()[:3])}, key
