@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import CaptureStore, StoredRecord, StoreError
+from .base import CaptureStore, ExpiredChunk, StoredRecord, StoreError
 from .opener import StoreOpener, open_store_url
 from .records import CREDENTIAL_HEADERS, SCHEMA_VERSION, CorruptRecord, decode_sequence, with_id
 from .sqlite import SQLiteStore
@@ -12,6 +12,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CaptureStore",
     "CorruptRecord",
+    "ExpiredChunk",
     "SQLiteStore",
     "StoreError",
     "StoreOpener",

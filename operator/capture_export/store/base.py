@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["CaptureStore", "StoreError", "StoredRecord"]
+__all__ = ["CaptureStore", "ExpiredChunk", "StoreError", "StoredRecord"]
 
 
 class StoreError(RuntimeError):
@@ -18,8 +18,41 @@ class StoredRecord(NamedTuple):
     body: bytes  # CBOR map without ``id``; see records.with_id
 
 
+class ExpiredChunk(NamedTuple):
+    """What one ``expire_chunk`` transaction did."""
+
+    count: int  # records deleted (or soft-deleted) by this transaction
+    # ``(ts_us, id)`` of the last record this chunk took, to pass as ``after`` to the next call; None when
+    # fewer than ``limit`` records qualified, i.e. nothing is left to expire below the bound.
+    resume_after: tuple[int, int] | None
+
+
 class CaptureStore(Protocol):
-    """A capture store. Ids grow with insertion; reads are keyset reads below a safe horizon."""
+    """A capture store. Ids grow with insertion; reads are keyset reads below a safe horizon.
+
+    Soft deletion (schema version 2; used by RetentionPolicy ``softDelete``): a record may carry a
+    soft-delete mark, ``deleted_at_us`` (microseconds since the epoch, UTC; NULL when not deleted).
+    A soft-deleted record is *hidden from the store's inventory*: ``count`` and ``ids`` leave it out (so
+    ``verify`` counts it as purged), and stores offer a view of the live records for other readers
+    (SQLite: ``captures_live``). It is NOT hidden from the export stream: ``read_batch`` and ``backlog``
+    still return and count it, exactly as before. That is what keeps the retention gate safe: a committed
+    cursor must mean "every record at or below it that exists is in this exporter's bucket". If exports
+    skipped hidden records, an exporter created (or reset) during the grace period would pass over them,
+    and after a restore they would sit below its cursor without being in its bucket, and the next purge
+    would remove records that exporter never exported. ``max_id`` and ``safe_horizon`` count soft-deleted
+    records too. A record stays restorable (``restore_chunk``) until ``purge_soft_deleted_chunk`` removes
+    it. ``delete_up_to`` ignores the mark (it deletes marked and unmarked records alike), as before.
+
+    The retention methods below each run ONE short write transaction and return, so the caller (the
+    purge loop in retention/purge.py) decides how many to run, pauses between them so that the gateway's
+    writers get the table, and can stop at any chunk boundary. Each is safe to retry after a failure.
+    Timestamps are always passed in by the caller (its injected clock), never read from the server.
+    Suggested indexes (what sqlite.py does): one on ``(deleted_at_us, ts_us)`` (SQLite's index also
+    carries the rowid ``id``), which serves every query below; PostgreSQL: a partial index
+    ``(ts_us, id) WHERE deleted_at_us IS NULL`` and a partial index ``(deleted_at_us) WHERE deleted_at_us
+    IS NOT NULL``. The ``deleted_at_us`` column must be nullable with no default, so the gateway's
+    ``INSERT INTO captures (ts_us, body)`` is unaffected.
+    """
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Insert records (credentials stripped); return the last id assigned."""
@@ -49,6 +82,62 @@ class CaptureStore(Protocol):
     def delete_up_to(self, max_id: int, older_than_us: int, batch_size: int) -> int:
         """Delete records with ``id <= max_id`` and timestamp older than ``older_than_us``, in short
         transactions of ``batch_size`` rows; return how many were deleted."""
+        ...
+
+    # -- retention (schema version 2) -------------------------------------------------------------
+
+    def expire_chunk(
+        self,
+        max_id: int,
+        older_than_us: int,
+        limit: int,
+        *,
+        after: tuple[int, int] | None = None,
+        mark_at_us: int | None = None,
+    ) -> ExpiredChunk:
+        """One transaction of the purge. Candidates are the *visible* (not soft-deleted) records with
+        ``id <= max_id`` and ``ts_us < older_than_us`` (strictly older), taken in ``(ts_us, id)`` order,
+        strictly after the keyset position ``after`` when given (``(ts_us, id) > after``).
+
+        Take the first ``limit`` candidates and, in the same transaction, either delete them for good
+        (``mark_at_us`` None) or soft-delete them (set ``deleted_at_us = mark_at_us``, which hides them).
+        Return how many were taken and the ``(ts_us, id)`` of the last one taken as ``resume_after``;
+        ``resume_after`` is None when fewer than ``limit`` were taken (no candidate remains).
+
+        ``max_id`` is the retention gate's bound: nothing above it may be touched, whatever its age.
+        The keyset lets a chunk skip candidates a previous chunk passed over, so a run costs O(old
+        records), not O(records) per chunk. Records that became candidates behind the keyset during a
+        run (inserted with an old timestamp) are taken by the next run.
+        """
+        ...
+
+    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int) -> int:
+        """One transaction: delete for good up to ``limit`` soft-deleted records whose mark is
+        ``deleted_at_us <= deleted_before_us`` (their grace period is over), in any order. Return how
+        many were deleted; fewer than ``limit`` means none is left. Visible records are never touched."""
+        ...
+
+    def restore_chunk(self, limit: int, *, deleted_since_us: int | None = None) -> int:
+        """One transaction: clear the soft-delete mark of up to ``limit`` soft-deleted records (only those
+        with ``deleted_at_us >= deleted_since_us`` when given), making them visible again. Return how
+        many were restored; fewer than ``limit`` means none is left to restore."""
+        ...
+
+    def count_expired(self, max_id: int, older_than_us: int) -> int:
+        """How many records ``expire_chunk(max_id, older_than_us, ...)`` would take in a whole run
+        (visible, ``id <= max_id``, ``ts_us < older_than_us``). Read-only (dry runs, status)."""
+        ...
+
+    def highest_assigned_id(self) -> int:
+        """The highest id this store has ever assigned (0 if none), which deletes never lower (unlike
+        ``max_id``, the highest id present). SQLite: ``sqlite_sequence``; PostgreSQL: the identity
+        sequence's ``last_value`` (0 when ``is_called`` is false). The gate closes when an exporter's
+        committed cursor is above it: the store was recreated under the exporter (ids start again)."""
+        ...
+
+    def soft_deleted_count(self, deleted_before_us: int | None = None) -> int:
+        """How many records are soft-deleted (only those with ``deleted_at_us <= deleted_before_us`` when
+        given). Read-only."""
         ...
 
     def close(self) -> None: ...

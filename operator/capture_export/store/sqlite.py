@@ -2,17 +2,26 @@
 
 SQLite serialises writers and assigns ``AUTOINCREMENT`` ids inside the write transaction, so ids are
 visible in commit order and the safe horizon is simply the highest committed id.
+
+Schema version 2 adds soft deletion (RetentionPolicy ``softDelete``): a nullable ``deleted_at_us``
+column and an index on ``(deleted_at_us, ts_us)``, which also serves the purge (visible records by age:
+the ``deleted_at_us IS NULL`` part of the index) and the grace-period purge and restore (the marked
+part), and a view ``captures_live`` of the records that are not soft-deleted, for anyone else who reads
+the store. A store of version 1 is migrated when opened; the gateway's ``INSERT INTO captures (ts_us,
+body)`` is unaffected. Soft-deleted rows are left out of ``count`` and ``ids`` but stay in the export
+stream (``read_batch``, ``backlog``): see store/base.py for why.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .base import StoredRecord, StoreError
+from .base import ExpiredChunk, StoredRecord, StoreError
 from .records import encode_body
 
 __all__ = ["SQLiteStore"]
@@ -27,6 +36,17 @@ CREATE INDEX IF NOT EXISTS captures_ts_us ON captures (ts_us);
 CREATE TABLE IF NOT EXISTS capture_export_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES ('schema_version', '1');
 """
+SCHEMA_VERSION = 2
+# Migrations from version N-1 to N, each run in one write transaction.
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        "ALTER TABLE captures ADD COLUMN deleted_at_us INTEGER",
+        "CREATE INDEX IF NOT EXISTS captures_deleted_ts ON captures (deleted_at_us, ts_us)",
+        "CREATE VIEW IF NOT EXISTS captures_live AS SELECT id, ts_us, body FROM captures WHERE deleted_at_us IS NULL",
+    ],
+}
+# json_each (to pass a chunk's ids as one parameter) is built in from SQLite 3.38.
+_HAS_JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
 
 
 class SQLiteStore:
@@ -41,8 +61,29 @@ class SQLiteStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(SCHEMA)
+            self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from None
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")  # one migrator at a time, however many processes open the file
+        try:
+            current = int(conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'")
+                          .fetchone()[0])
+            if current > SCHEMA_VERSION:
+                raise StoreError(f"SQLite store {self.path} has schema version {current}, newer than this "
+                                 f"operator's {SCHEMA_VERSION}: upgrade the operator")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+            if current < SCHEMA_VERSION:
+                conn.execute("UPDATE capture_export_meta SET value = ? WHERE key = 'schema_version'",
+                             (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -93,7 +134,8 @@ class SQLiteStore:
         return int(self._query("SELECT COUNT(*) FROM captures WHERE id > ? AND id <= ?", (after, bound))[0][0])
 
     def count(self) -> int:
-        return int(self._query("SELECT COUNT(*) FROM captures")[0][0])
+        total = int(self._query("SELECT COUNT(*) FROM captures")[0][0])
+        return total - self.soft_deleted_count() if total else 0
 
     def ids(self) -> Iterator[int]:
         after = 0
@@ -101,9 +143,15 @@ class SQLiteStore:
             chunk = self._query("SELECT id FROM captures WHERE id > ? ORDER BY id LIMIT 50000", (after,))
             if not chunk:
                 return
+            last = chunk[-1][0]
+            hidden = {row[0] for row in self._query(
+                "SELECT id FROM captures INDEXED BY captures_deleted_ts "
+                "WHERE deleted_at_us IS NOT NULL AND id > ? AND id <= ?", (after, last)
+            )}
             for (record_id,) in chunk:
-                yield record_id
-            after = chunk[-1][0]
+                if record_id not in hidden:
+                    yield record_id
+            after = last
 
     def delete_up_to(self, max_id: int, older_than_us: int, batch_size: int) -> int:
         deleted = 0
@@ -129,6 +177,94 @@ class SQLiteStore:
                 return deleted
             deleted += len(doomed)
             after = scanned[-1][0]
+
+    # -- retention: one short write transaction per call (see store/base.py) ----------------------------
+
+    def _write(self, work: Any) -> Any:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(self._conn)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self.path}: {exc}") from None
+        return result
+
+    def expire_chunk(
+        self,
+        max_id: int,
+        older_than_us: int,
+        limit: int,
+        *,
+        after: tuple[int, int] | None = None,
+        mark_at_us: int | None = None,
+    ) -> ExpiredChunk:
+        # A covering scan of the (deleted_at_us IS NULL, ts_us) part of captures_deleted_ts: old rows only.
+        sql = ("SELECT ts_us, id FROM captures INDEXED BY captures_deleted_ts "
+               "WHERE deleted_at_us IS NULL AND ts_us < ? AND id <= ?")
+        params: tuple[Any, ...] = (older_than_us, max_id)
+        if after is not None:
+            sql += " AND (ts_us, id) > (?, ?)"
+            params += (after[0], after[1])
+        sql += " ORDER BY ts_us, id LIMIT ?"
+        params += (limit,)
+
+        def work(conn: sqlite3.Connection) -> ExpiredChunk:
+            taken = conn.execute(sql, params).fetchall()
+            if taken:
+                ids = [row[1] for row in taken]
+                if mark_at_us is None:
+                    self._by_ids(conn, "DELETE FROM captures WHERE id", ids, ())
+                else:
+                    self._by_ids(conn, "UPDATE captures SET deleted_at_us = ? WHERE id", ids, (mark_at_us,))
+            resume = (int(taken[-1][0]), int(taken[-1][1])) if len(taken) >= limit else None
+            return ExpiredChunk(len(taken), resume)
+
+        return self._write(work)
+
+    @staticmethod
+    def _by_ids(conn: sqlite3.Connection, statement: str, ids: list[int], leading: tuple[Any, ...]) -> None:
+        """Run ``statement`` (ending in ``WHERE id``) for all ``ids`` at once."""
+        if _HAS_JSON:
+            conn.execute(f"{statement} IN (SELECT value FROM json_each(?))", (*leading, json.dumps(ids)))
+        else:
+            conn.executemany(f"{statement} = ?", [(*leading, record_id) for record_id in ids])
+
+    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int) -> int:
+        return int(self._write(lambda conn: conn.execute(
+            "DELETE FROM captures WHERE id IN (SELECT id FROM captures INDEXED BY captures_deleted_ts "
+            "WHERE deleted_at_us <= ? LIMIT ?)", (deleted_before_us, limit)
+        ).rowcount))
+
+    def restore_chunk(self, limit: int, *, deleted_since_us: int | None = None) -> int:
+        since = -(2**63) if deleted_since_us is None else deleted_since_us
+        return int(self._write(lambda conn: conn.execute(
+            "UPDATE captures SET deleted_at_us = NULL WHERE id IN (SELECT id FROM captures INDEXED BY "
+            "captures_deleted_ts WHERE deleted_at_us >= ? LIMIT ?)", (since, limit)
+        ).rowcount))
+
+    def count_expired(self, max_id: int, older_than_us: int) -> int:
+        return int(self._query(
+            "SELECT COUNT(*) FROM captures INDEXED BY captures_deleted_ts "
+            "WHERE deleted_at_us IS NULL AND ts_us < ? AND id <= ?", (older_than_us, max_id)
+        )[0][0])
+
+    def highest_assigned_id(self) -> int:
+        rows = self._query("SELECT seq FROM sqlite_sequence WHERE name = 'captures'")
+        return max(int(rows[0][0]) if rows else 0, self.max_id())
+
+    def soft_deleted_count(self, deleted_before_us: int | None = None) -> int:
+        if deleted_before_us is None:
+            sql = "SELECT COUNT(*) FROM captures INDEXED BY captures_deleted_ts WHERE deleted_at_us IS NOT NULL"
+            params: tuple[Any, ...] = ()
+        else:
+            sql, params = ("SELECT COUNT(*) FROM captures INDEXED BY captures_deleted_ts WHERE deleted_at_us <= ?",
+                           (deleted_before_us,))
+        return int(self._query(sql, params)[0][0])
 
     def close(self) -> None:
         with self._lock:
