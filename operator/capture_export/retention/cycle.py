@@ -1,0 +1,325 @@
+"""One RetentionPolicy's cycle, shared by the kopf handler and the standalone runner.
+
+Given the spec, the last status and the S3Exporters of the policy's namespace (a name -> ``ExporterRef``
+mapping the caller builds: the standalone runner from the manifests, the kopf handler from the
+cluster), a cycle reads each gating exporter's checkpoint object from its bucket, evaluates the gate
+(retention/gate.py), purges what it allows (retention/purge.py) and returns the new status, the Events
+worth emitting and when the next cycle is due. No Kubernetes here.
+
+Order within a cycle: first soft-deleted records whose grace period is over are removed for good (they
+were exported when they were marked), then old records at or below the bound are deleted, or marked
+and hidden with ``softDelete``. ``dryRun`` counts both and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api import RetentionPolicySpec, RetentionPolicyStatus, S3ExporterSpec, S3ExporterStatus
+from ..api.retention import RetentionRun
+from ..clock import Clock, SystemClock
+from ..export.cycle import ObjectStoreFactory, SecretSource, credentials_from_secret
+from ..export.engine import ExportEngine, ExporterId, ExportFailure, RetryPolicy
+from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
+from ..status.conditions import get_condition
+from ..status.exporter import Event
+from ..status.retention import RetentionStatusUpdate
+from ..store import CaptureStore, StoreError
+from .gate import ExporterObservation, Gate, evaluate_gate, gating_exporters, micros
+from .purge import Purger, PurgeStats
+
+__all__ = ["ExporterRef", "RetentionOutcome", "RetentionWorker"]
+
+MAX_FAILURE_BACKOFF = 300.0
+RETENTION_METHODS = ("expire_chunk", "purge_soft_deleted_chunk", "restore_chunk", "count_expired",
+                     "soft_deleted_count", "highest_assigned_id")
+
+StoreOpener = Callable[[Any, str], CaptureStore]
+
+
+@dataclass(frozen=True)
+class ExporterRef:
+    """An S3Exporter in the policy's namespace, as the caller knows it. ``status`` is optional and only
+    used to say that a limiting exporter is failing; the gate trusts the checkpoint in the bucket."""
+
+    name: str
+    spec: S3ExporterSpec
+    labels: Mapping[str, str] = field(default_factory=dict)
+    status: S3ExporterStatus | None = None
+
+
+@dataclass
+class RetentionOutcome:
+    status: RetentionPolicyStatus
+    events: list[Event]
+    gate: Gate | None
+    stats: PurgeStats | None
+    due_in: float  # seconds until the next cycle should start (0: at once, the run was cut short)
+
+    @property
+    def failed(self) -> bool:
+        return self.status.last_run is not None and self.status.last_run.outcome == "Failed"
+
+
+class _Failure(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _describe_store(ref: Any) -> str:
+    if ref is None or (ref.sqlite is None and ref.postgres is None):
+        return "the default store"
+    if ref.sqlite is not None:
+        return f"sqlite {ref.sqlite.path}"
+    return f"postgres from Secret {ref.postgres.secret_ref.name}"
+
+
+def _failing(status: S3ExporterStatus | None) -> str | None:
+    if status is None:
+        return None
+    ready = get_condition(status.conditions, "Ready")
+    if ready is not None and ready.status == "False":
+        return ready.reason
+    return None
+
+
+class RetentionWorker:
+    """Holds what one policy reuses between cycles: object-store clients for the exporters' buckets."""
+
+    def __init__(
+        self,
+        policy: ExporterId,
+        *,
+        open_store: StoreOpener,
+        secrets: SecretSource,
+        clock: Clock | None = None,
+        object_store_factory: ObjectStoreFactory | None = None,
+        retry: RetryPolicy | None = None,
+        pause_seconds: float | None = None,
+        max_chunk_seconds: float = 0.05,
+        recheck_seconds: float = 10.0,
+    ) -> None:
+        self.policy = policy
+        self.open_store = open_store
+        self.secrets = secrets
+        self.clock = clock or SystemClock()
+        self.object_store_factory = object_store_factory or (lambda loc, cred: S3ObjectStore(loc, cred))
+        self.retry = retry or RetryPolicy(attempts=3)
+        self.pause_seconds = pause_seconds
+        self.max_chunk_seconds = max_chunk_seconds
+        self.recheck_seconds = recheck_seconds
+        self._objects: dict[tuple[S3Location, Credentials | None], ObjectStore] = {}
+        self._engines: dict[tuple[object, ...], ExportEngine] = {}
+        self.consecutive_failures = 0
+
+    # -- the gate's inputs ---------------------------------------------------------------------------
+
+    def _object_store(self, spec: S3ExporterSpec, credentials: Credentials | None) -> ObjectStore:
+        key = (S3Location(spec.bucket, spec.region, spec.endpoint), credentials)
+        objects = self._objects.get(key)
+        if objects is None:
+            objects = self._objects[key] = self.object_store_factory(key[0], credentials)
+        return objects
+
+    def observe(self, spec: RetentionPolicySpec, ref: ExporterRef | None, name: str,
+                store: CaptureStore) -> ExporterObservation:
+        """Read one gating exporter's committed cursor from the checkpoint object in its bucket."""
+        if ref is None:
+            return ExporterObservation(name, "NotFound")
+        if ref.spec.store != spec.store:
+            return ExporterObservation(name, "StoreMismatch", detail=f"{_describe_store(ref.spec.store)}, "
+                                       f"the policy purges {_describe_store(spec.store)}")
+        namespace = self.policy.namespace
+        try:
+            credentials = None
+            if ref.spec.secret_ref is not None:
+                secret = ref.spec.secret_ref.name
+                credentials = credentials_from_secret(namespace, secret, self.secrets.get(namespace, secret))
+            objects = self._object_store(ref.spec, credentials)
+            key = (name, ref.spec.model_dump_json(), id(objects), id(store))
+            engine = self._engines.get(key)
+            if engine is None:  # only its checkpoint reader is used: read_checkpoint knows the key and format
+                if len(self._engines) > 64:
+                    self._engines.clear()
+                engine = self._engines[key] = ExportEngine(ref.spec, ExporterId(namespace, name), store, objects,
+                                                           clock=self.clock, retry=self.retry)
+            cursor = engine.read_checkpoint()
+        except ExportFailure as exc:
+            return ExporterObservation(name, "Unreadable", detail=f"{exc.reason}: {exc.message}",
+                                       failing=_failing(ref.status))
+        except Exception as exc:  # a client that cannot even be built: never echo its text (secrets)
+            return ExporterObservation(name, "Unreadable", detail=exc.__class__.__name__, failing=_failing(ref.status))
+        return ExporterObservation(name, "Committed", cursor=cursor, failing=_failing(ref.status))
+
+    def evaluate(self, spec: RetentionPolicySpec, exporters: Mapping[str, ExporterRef], store: CaptureStore) -> Gate:
+        """The gate now. Raises StoreError when the store cannot be read."""
+        now = self.clock.now()
+        observations: list[ExporterObservation] = []
+        selector = ""
+        if spec.require_export:
+            match = spec.exporter_selector.match_labels if spec.exporter_selector else None
+            names = gating_exporters(spec.exporters, match, {n: r.labels for n, r in exporters.items()})
+            observations = [self.observe(spec, exporters.get(name), name, store) for name in names]
+            if match is not None:
+                selector = "matchLabels " + ",".join(f"{k}={v}" for k, v in sorted(match.items()))
+        return evaluate_gate(
+            require_export=spec.require_export,
+            max_age=spec.max_age_delta,
+            now=now,
+            observations=observations,
+            store_high_id=store.highest_assigned_id(),
+            horizon=store.safe_horizon() if not spec.require_export else 0,
+            selector=selector,
+        )
+
+    # -- one cycle -----------------------------------------------------------------------------------
+
+    def _store(self, spec: RetentionPolicySpec) -> CaptureStore:
+        try:
+            store = self.open_store(spec, self.policy.namespace)
+        except StoreError as exc:
+            raise _Failure("StoreUnavailable", str(exc)) from None
+        missing = [m for m in RETENTION_METHODS if not callable(getattr(store, m, None))]
+        if missing:
+            raise _Failure("StoreUnsupported", f"{store!r} does not implement retention ({', '.join(missing)})")
+        return store
+
+    def cycle(
+        self,
+        spec: RetentionPolicySpec,
+        status: RetentionPolicyStatus,
+        exporters: Mapping[str, ExporterRef],
+        *,
+        generation: int | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        max_seconds: float | None = None,
+    ) -> RetentionOutcome:
+        """One purge run. ``exporters``: every S3Exporter in the policy's namespace, by name (or at least
+        the gating ones; a gating name that is absent closes the gate). ``max_seconds`` bounds the run;
+        a run cut short ends ``Stopped`` with ``due_in`` 0 so the caller continues at once."""
+        now = self.clock.now()
+        started = self.clock.monotonic()
+        deadline = started + max_seconds if max_seconds is not None else None
+        update = RetentionStatusUpdate(status, now=now, generation=generation)
+        run = RetentionRun(start=now, outcome="NothingToDo")
+        stats = PurgeStats()
+        gate: Gate | None = None
+        failure: _Failure | None = None
+        try:
+            store = self._store(spec)
+            try:
+                gate = self.evaluate(spec, exporters, store)
+                update.store_ok()
+                update.gate(gate)
+                run.bound, run.cutoff, run.limiting_exporter = str(gate.bound), gate.cutoff, gate.limiting
+                stats = self._purge(spec, store, gate, run, should_stop=should_stop, deadline=deadline,
+                                    exporters=exporters)
+                update.status.soft_deleted_pending = store.soft_deleted_count()
+            except StoreError as exc:
+                raise _Failure("StoreUnavailable", str(exc)) from None
+        except _Failure as exc:
+            failure = exc
+            update.store_failed(exc.reason, exc.message)
+        run.end = self.clock.now()
+        run.duration_seconds = round(self.clock.monotonic() - started, 3)
+        run.purged, run.soft_deleted = stats.purged, stats.soft_deleted
+        run.chunks, run.longest_chunk_seconds = stats.chunks, round(stats.longest_chunk_seconds, 4)
+        run.outcome = self._outcome(spec, gate, stats, failure)
+        if failure is not None:
+            run.reason, run.error = failure.reason, failure.message
+            update.events.append(Event("Warning", "PurgeFailed", f"{failure.reason}: {failure.message}"))
+        elif run.outcome == "GateClosed" and gate is not None:
+            run.reason = gate.reason
+        update.record_run(run)
+        self._announce(update, spec, gate, stats, run)
+        new_status, events = update.finish()
+        if failure is not None:
+            self.consecutive_failures += 1
+            due_in = min(float(spec.every), MAX_FAILURE_BACKOFF, 5.0 * 2 ** (self.consecutive_failures - 1))
+        else:
+            self.consecutive_failures = 0
+            due_in = 0.0 if stats.stopped and not should_stop() else float(spec.every)
+        return RetentionOutcome(new_status, events, gate, stats, due_in)
+
+    def _purge(
+        self,
+        spec: RetentionPolicySpec,
+        store: CaptureStore,
+        gate: Gate,
+        run: RetentionRun,
+        *,
+        should_stop: Callable[[], bool],
+        deadline: float | None,
+        exporters: Mapping[str, ExporterRef],
+    ) -> PurgeStats:
+        now_us = micros(self.clock.now())
+        grace_cutoff_us = now_us - int(spec.soft_delete.grace.total_seconds() * 1_000_000) if spec.soft_delete else None
+        if spec.dry_run:
+            would = store.count_expired(gate.bound, gate.cutoff_us) if gate.open else 0
+            if grace_cutoff_us is not None:
+                would += store.soft_deleted_count(grace_cutoff_us)
+            run.would_purge = would
+            return PurgeStats(bound=gate.bound)
+        purger = Purger(store, batch_size=spec.batch_size, clock=self.clock, max_chunk_seconds=self.max_chunk_seconds,
+                        pause_seconds=self.pause_seconds, recheck_seconds=self.recheck_seconds)
+        stats = PurgeStats(bound=gate.bound)
+        if grace_cutoff_us is not None:
+            stats.add(purger.purge_soft_deleted(grace_cutoff_us, should_stop=should_stop, deadline=deadline))
+        if gate.open and not stats.stopped:
+
+            def recheck() -> int:
+                try:
+                    current = self.evaluate(spec, exporters, store)
+                except Exception:
+                    return 0
+                return current.bound if current.open else 0
+
+            expired = purger.expire(
+                gate.bound, gate.cutoff_us,
+                mark_at_us=now_us if spec.soft_delete else None,
+                should_stop=should_stop, deadline=deadline,
+                recheck=recheck if spec.require_export else None,
+            )
+            stats.add(expired)
+            stats.bound = expired.bound
+            if expired.bound < gate.bound:
+                run.bound = str(expired.bound)
+        return stats
+
+    @staticmethod
+    def _outcome(spec: RetentionPolicySpec, gate: Gate | None, stats: PurgeStats, failure: _Failure | None) -> str:
+        if failure is not None:
+            return "Failed"
+        if spec.dry_run:
+            return "DryRun"
+        if stats.stopped:
+            return "Stopped"
+        if stats.purged or stats.soft_deleted:
+            return "Succeeded"
+        if gate is not None and not gate.open:
+            return "GateClosed"
+        return "NothingToDo"
+
+    @staticmethod
+    def _announce(update: RetentionStatusUpdate, spec: RetentionPolicySpec, gate: Gate | None, stats: PurgeStats,
+                  run: RetentionRun) -> None:
+        if not (stats.purged or stats.soft_deleted) or gate is None:
+            return
+        limited = f"; bound set by {gate.limiting}" if gate.limiting else ""
+        parts = []
+        if stats.expired:
+            parts.append(f"deleted {stats.expired}")
+        if stats.soft_deleted:
+            parts.append(f"soft-deleted {stats.soft_deleted}")
+        if stats.purged_soft:
+            parts.append(f"removed {stats.purged_soft} soft-deleted past their grace period")
+        cutoff = gate.cutoff.isoformat().replace("+00:00", "Z")
+        update.events.append(Event("Normal", "Purged", f"{', '.join(parts)} (records up to id {run.bound}, older "
+                                   f"than {cutoff}){limited}"))
+        if gate.mode == "AgeOnly" and (stats.expired or stats.soft_deleted):
+            update.events.append(Event("Warning", "PurgingUnexported", "requireExport is false: records were "
+                                       "purged by age alone, whether exported or not"))

@@ -1,0 +1,97 @@
+"""How a RetentionPolicy's status follows from what a purge run did. Pure: no I/O, time passed in."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from ..api.retention import (
+    RETENTION_HISTORY_LENGTH,
+    GateExporter,
+    GateStatus,
+    RetentionPolicyStatus,
+    RetentionRun,
+    RetentionTotals,
+)
+from .conditions import set_condition, summarize_ready
+from .exporter import Event
+
+if TYPE_CHECKING:
+    from ..retention.gate import Gate
+
+__all__ = ["RETENTION_READY_INPUTS", "RetentionStatusUpdate"]
+
+RETENTION_READY_INPUTS = ["StoreReachable", "GateOpen"]
+
+
+class RetentionStatusUpdate:
+    """Accumulates changes to one RetentionPolicy status and the Events they deserve."""
+
+    def __init__(self, status: RetentionPolicyStatus, *, now: datetime, generation: int | None) -> None:
+        # Nested values are only ever replaced here, never changed in place: a shallow copy (with fresh
+        # lists) leaves the caller's status untouched, at a fraction of a deep copy's cost.
+        self.status = status.model_copy(update={"conditions": list(status.conditions),
+                                                "history": list(status.history)})
+        self.now = now
+        self.generation = generation
+        self.events: list[Event] = []
+        self.status.observed_generation = generation
+        for type_ in RETENTION_READY_INPUTS:
+            if not any(c.type == type_ for c in self.status.conditions):
+                self.set(type_, "Unknown", "Pending", "not yet checked", quiet=True)
+
+    def set(self, type_: str, status: str, reason: str, message: str, *, quiet: bool = False) -> None:
+        self.status.conditions, change = set_condition(
+            self.status.conditions, type_, status, reason, message, now=self.now, generation=self.generation
+        )
+        if change is None or quiet or change.condition.status == "Unknown":
+            return
+        condition = change.condition
+        self.events.append(Event("Warning" if condition.status == "False" else "Normal", condition.reason,
+                                 f"{condition.type}={condition.status}: {condition.message}"))
+
+    def store_ok(self) -> None:
+        self.set("StoreReachable", "True", "Reachable", "capture store reachable")
+
+    def store_failed(self, reason: str, message: str) -> None:
+        self.set("StoreReachable", "False", reason, message)
+
+    def gate(self, gate: Gate) -> None:
+        """Publish the gate: the GateOpen condition (naming the limiting exporter) and ``status.gate``."""
+        self.status.gate = GateStatus(
+            open=gate.open,
+            mode=gate.mode,
+            bound=str(gate.bound),
+            cutoff=gate.cutoff,
+            limiting_exporter=gate.limiting,
+            reason=gate.reason,
+            message=gate.message,
+            exporters=[
+                GateExporter(
+                    name=v.name,
+                    state=v.state,  # type: ignore[arg-type]
+                    cursor=str(v.cursor.position) if v.cursor is not None else None,
+                    epoch=v.cursor.epoch if v.cursor is not None else None,
+                    message=v.message,
+                )
+                for v in gate.exporters
+            ],
+        )
+        self.set("GateOpen", "True" if gate.open else "False", gate.reason, gate.message)
+
+    def record_run(self, run: RetentionRun) -> None:
+        status = self.status
+        status.last_run = run
+        status.history = [run, *status.history][:RETENTION_HISTORY_LENGTH]
+        status.totals = RetentionTotals(
+            purged=status.totals.purged + run.purged,
+            soft_deleted=status.totals.soft_deleted + run.soft_deleted,
+            runs=status.totals.runs + 1,
+        )
+        if run.purged or run.soft_deleted:
+            status.last_purge = run.end
+
+    def finish(self) -> tuple[RetentionPolicyStatus, list[Event]]:
+        ready, reason, message = summarize_ready(self.status.conditions, RETENTION_READY_INPUTS)
+        self.set("Ready", ready, reason, message)
+        return self.status, self.events
