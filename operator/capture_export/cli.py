@@ -126,6 +126,65 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _restore_since(text: str | None) -> int | None:
+    """``--since``: a duration back from now (``2h``, ``7d``) or an ISO timestamp; None for all."""
+    from datetime import UTC, datetime
+
+    from .api.retention import parse_duration
+    from .retention.gate import micros
+
+    if text is None:
+        return None
+    try:
+        return micros(datetime.now(UTC) - parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(f"error: --since {text!r} is neither a duration (2h, 7d) nor an ISO timestamp") from None
+    return micros(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .retention import Purger
+    from .store import StoreError, StoreOpener, open_store_url
+
+    since_us = _restore_since(args.since)
+    try:
+        if args.file:
+            manifests = load_manifests(args.file)
+            policies = [r for r in manifests.of_kind("RetentionPolicy") if args.policy in (None, r.name)]
+            if len(policies) != 1:
+                print(f"give exactly one RetentionPolicy (found {len(policies)}; use --policy NAME)", file=sys.stderr)
+                return 2
+            opener = StoreOpener(args.store, manifests.get)
+            store = opener(policies[0].spec, policies[0].namespace)
+            where = f"the store of RetentionPolicy {policies[0].ref}"
+        else:
+            store = open_store_url(args.store)
+            where = args.store
+        if not callable(getattr(store, "restore_chunk", None)):
+            print(f"error: {store!r} does not support soft deletion", file=sys.stderr)
+            return 2
+        pending = store.soft_deleted_count()
+        if since_us is not None:
+            pending -= store.soft_deleted_count(since_us - 1)
+        if args.dry_run:
+            print(f"{pending:,} soft-deleted records in {where} would be restored")
+            return 0
+        restored = Purger(store, batch_size=args.batch_size).restore(deleted_since_us=since_us)
+        left = store.soft_deleted_count()
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored {restored:,} soft-deleted records in {where}; {left:,} remain soft-deleted")
+    if restored:
+        print("note: a RetentionPolicy that still selects them soft-deletes them again on its next run: raise its "
+              "maxAge, set dryRun, or delete it first")
+    return 0
+
+
 def cmd_crds(args: argparse.Namespace) -> int:
     from .api import KINDS, render_crd_yaml, write_crds
 
@@ -202,6 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
     verify.add_argument("--up-to", type=int, default=None, help="check ids up to this (default: all)")
     verify.set_defaults(handler=cmd_verify)
+
+    restore = sub.add_parser("restore", help="bring back records a RetentionPolicy soft-deleted (softDelete), "
+                             "within their grace period")
+    restore.add_argument("--store", default=_default_store(), help="capture store (default store with -f)")
+    restore.add_argument("-f", "--file", action="append", help="manifest file(s): restore in the policy's store")
+    restore.add_argument("--policy", help="the RetentionPolicy (by name) when the files hold several")
+    restore.add_argument("--since", help="only records soft-deleted in the last DURATION (2h, 7d) or since an "
+                         "ISO timestamp (default: all)")
+    restore.add_argument("--batch-size", type=int, default=5000, help="records restored per transaction")
+    restore.add_argument("--dry-run", action="store_true", help="only count what would be restored")
+    restore.set_defaults(handler=cmd_restore)
 
     crds = sub.add_parser("crds", help="write the CRDs generated from the API models")
     crds.add_argument("--dir", default="crds")

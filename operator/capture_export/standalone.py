@@ -93,7 +93,7 @@ class StandaloneRunner:
         state_path: Path,
         default_store: str | None,
         out: TextIO = sys.stdout,
-        extra_kinds: list[Callable[[StandaloneRunner], None]] | None = None,
+        extra_kinds: list[Callable[[StandaloneRunner], float | None]] | None = None,
     ) -> None:
         self.manifests = manifests
         self.state = StateFile(state_path)
@@ -114,8 +114,14 @@ class StandaloneRunner:
             if saved:
                 item.status = S3ExporterStatus.model_validate(saved)
         self.outcomes: dict[str, CycleOutcome] = {}
-        # Other kinds (RetentionPolicy) hook in here: each callable is run once per loop turn.
+        # Other kinds (RetentionPolicy) hook in here: each callable is run once per loop turn (after the
+        # exporters) and may return the monotonic time it next wants a turn; a hook with an ``ok``
+        # attribute that is False makes run_once report failure.
         self.extra_kinds = extra_kinds or []
+        if manifests.of_kind("RetentionPolicy"):
+            from .retention.standalone import RetentionScheduler
+
+            self.extra_kinds.append(RetentionScheduler(self))
 
     def request_stop(self, *_: object) -> None:
         if not self.stop_event.is_set():
@@ -179,6 +185,7 @@ class StandaloneRunner:
             ok &= outcome.result is not None and outcome.result.failure is None
         for hook in self.extra_kinds:
             hook(self)
+            ok &= getattr(hook, "ok", True)
         return ok
 
     def run_forever(self) -> None:
@@ -189,9 +196,8 @@ class StandaloneRunner:
                     continue
                 outcome = self._cycle(item)
                 item.due = time.monotonic() + outcome.due_in
-            for hook in self.extra_kinds:
-                hook(self)
-            upcoming = [i.due for i in self.exporters if not i.resource.spec.suspend] or [now + 60]
+            hook_dues = [due for hook in self.extra_kinds if (due := hook(self)) is not None]
+            upcoming = [i.due for i in self.exporters if not i.resource.spec.suspend] + hook_dues or [now + 60]
             self.stop_event.wait(max(0.0, min(upcoming) - time.monotonic()))
 
     def install_signal_handlers(self) -> None:
