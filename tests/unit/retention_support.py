@@ -1,0 +1,201 @@
+"""Shared pieces for the retention unit tests: a controllable clock, tiny records, a flaky bucket, and a
+small world of one SQLite store and a few exporters with their buckets and a policy worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import cbor2
+
+from capture_export.api import RetentionPolicySpec, RetentionPolicyStatus, S3ExporterSpec
+from capture_export.audit import decode_object
+from capture_export.export import Cursor, ExportEngine, ExporterId, RetryPolicy
+from capture_export.export import engine as engine_module
+from capture_export.export.layout import ObjectLayout
+from capture_export.objectstore import MemoryObjectStore, ObjectStoreError
+from capture_export.retention import ExporterRef, RetentionOutcome, RetentionWorker
+from capture_export.retention.gate import micros
+from capture_export.store import SQLiteStore
+
+NAMESPACE = "ns"
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+BODY = cbor2.dumps({"ver": 2, "model": "m"})
+NO_WAIT = RetryPolicy(attempts=2, base_delay=0.0, throttle_delay=0.0)
+HOUR_US = 3_600_000_000
+
+
+class FakeClock:
+    def __init__(self, start: datetime = T0) -> None:
+        self.current = start
+        self.mono = 0.0
+        self.slept = 0.0
+
+    def now(self) -> datetime:
+        return self.current
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+
+    def advance(self, delta: timedelta) -> None:
+        self.current += delta
+        self.mono += delta.total_seconds()
+
+
+class FlakyBucket(MemoryObjectStore):
+    """A bucket that can be down (every request fails, transiently) or fail one matching PUT."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.fail_put_containing: str | None = None
+        self._decoded: dict[tuple[str, bytes], list[int]] = {}
+
+    def _maybe_fail(self) -> None:
+        if self.down:
+            raise ObjectStoreError("EndpointUnreachable", "bucket unreachable", transient=True, domain="Bucket")
+        super()._maybe_fail()
+
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+        if self.fail_put_containing is not None and self.fail_put_containing in key:
+            self.fail_put_containing = None
+            raise ObjectStoreError("AccessDenied", "denied once", transient=False, domain="Credentials")
+        super().put(key, data, content_type=content_type)
+
+    def data_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for key, data in self.objects.items():
+            if key.endswith(".cbor.zstd"):
+                decoded = self._decoded.get((key, data))
+                if decoded is None:
+                    decoded = self._decoded[(key, data)] = [int(r["id"]) for r in decode_object(data)]
+                ids.update(decoded)
+        return ids
+
+
+class SyncPipeline:
+    """The engine's read-ahead pipeline, without threads (same interface): the commit, checkpoint and
+    sweep logic under test stay the engine's own, and a run costs microseconds instead of milliseconds."""
+
+    def __init__(self, engine: ExportEngine, after: int, keep_going: Callable[[], bool], depth: int = 2) -> None:
+        self.engine, self.after, self.keep_going, self.interrupted = engine, after, keep_going, False
+
+    def __iter__(self) -> Iterator[Any]:
+        first = True
+        while True:
+            if not first and not self.keep_going():
+                self.interrupted = True
+                return
+            first = False
+            rows = self.engine._read(self.after)
+            if not rows:
+                return
+            self.after = rows[-1].id
+            yield self.engine._encode(rows, 0.0)
+
+    def close(self) -> None:
+        pass
+
+
+def sync_pipeline() -> Any:
+    from unittest import mock
+
+    return mock.patch.object(engine_module, "_PreparePipeline", SyncPipeline)
+
+
+@dataclass
+class Exporter:
+    name: str
+    spec: S3ExporterSpec
+    bucket: FlakyBucket
+    engine: ExportEngine
+    cursor: Cursor = field(default_factory=Cursor)
+    labels: dict[str, str] = field(default_factory=dict)
+    present: bool = True
+
+    def export(self) -> Any:
+        result = self.engine.run(self.cursor)
+        self.cursor = result.cursor
+        return result
+
+    def reset(self) -> bool:
+        try:
+            self.cursor = self.engine.reset(self.cursor)
+        except engine_module.ExportFailure:
+            return False
+        return True
+
+    def checkpoint(self) -> Cursor | None:
+        """Read back independently of the engine: the JSON object at the layout's checkpoint key."""
+        raw = self.bucket.objects.get(ObjectLayout(self.spec.prefix, NAMESPACE, self.name).checkpoint_key())
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return Cursor(int(data["epoch"]), int(data["cursor"]))
+
+
+class World:
+    """One SQLite store, some exporters (each with its own bucket) and one policy worker."""
+
+    def __init__(self, *, limits: list[int], store: SQLiteStore | None = None, clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
+        self.store = store or SQLiteStore(":memory:")
+        self.exporters: dict[str, Exporter] = {}
+        for index, limit in enumerate(limits):
+            name = f"x{index}"
+            spec = S3ExporterSpec(bucket=f"bucket-{index}", region="r", prefix="p", limit=limit)
+            bucket = FlakyBucket()
+            engine = ExportEngine(spec, ExporterId(NAMESPACE, name), self.store, bucket, clock=self.clock,
+                                  retry=NO_WAIT)
+            self.exporters[name] = Exporter(name, spec, bucket, engine)
+        buckets = {e.spec.bucket: e.bucket for e in self.exporters.values()}
+        self.worker = RetentionWorker(ExporterId(NAMESPACE, "policy"), open_store=lambda spec, ns: self.store,
+                                      secrets={}, clock=self.clock, retry=NO_WAIT, pause_seconds=0.0,
+                                      object_store_factory=lambda loc, cred: buckets[loc.bucket])
+        self.status = RetentionPolicyStatus()
+        self.inserted: dict[int, int] = {}  # id -> ts_us
+
+    def now_us(self) -> int:
+        return micros(self.clock.now())
+
+    def insert(self, ages_minutes: list[int]) -> list[int]:
+        now = self.now_us()
+        rows = [(now - age * 60_000_000, BODY) for age in ages_minutes]
+        last = self.store.append_encoded(rows)
+        ids = list(range(last - len(rows) + 1, last + 1))
+        self.inserted.update(zip(ids, (ts for ts, _ in rows), strict=True))
+        return ids
+
+    def refs(self) -> dict[str, ExporterRef]:
+        return {e.name: ExporterRef(e.name, e.spec, e.labels) for e in self.exporters.values() if e.present}
+
+    def purge(self, spec: RetentionPolicySpec, **kwargs: Any) -> RetentionOutcome:
+        outcome = self.worker.cycle(spec, self.status, self.refs(), **kwargs)
+        self.status = outcome.status
+        return outcome
+
+    def visible(self) -> set[int]:
+        return set(self.store.ids())
+
+
+_SCRATCH: list[SQLiteStore] = []
+
+
+def scratch_store() -> SQLiteStore:
+    """An empty in-memory store, reused between hypothesis examples (making one costs a millisecond)."""
+    if not _SCRATCH:
+        _SCRATCH.append(SQLiteStore(":memory:"))
+    store = _SCRATCH[0]
+    store._conn.execute("DELETE FROM captures")
+    store._conn.execute("DELETE FROM sqlite_sequence")
+    return store
+
+
+def policy(**spec: Any) -> RetentionPolicySpec:
+    return RetentionPolicySpec.model_validate(spec)
