@@ -17,7 +17,8 @@ from capture_export.objectstore import S3ObjectStore
 from capture_export.store import SQLiteStore
 from tests.conftest import make_record
 
-from .harness import Kube, OperatorThread, wait_for
+from .conftest import SECRET
+from .harness import EmulatedCluster, Kube, OperatorThread, wait_for
 
 PREFIX = "exports"
 CHECKPOINT = f"{PREFIX}/_capture-export/checkpoints/default/usage.json"
@@ -306,3 +307,43 @@ def test_restart_mid_backlog_resumes_from_the_checkpoint_without_duplicates(
     exported_after_restart = second.runtime.metrics.registry.get_sample_value(
         "capture_export_records_exported_total", {"namespace": "default", "name": "usage"})
     assert exported_after_restart == 3000 - saved
+
+
+def test_suspend_pauses_exporting_and_unsuspend_resumes(
+    kube: Kube, start_operator: Callable[..., OperatorThread], exporter_spec: Callable[..., dict],
+    s3_secret: str, sqlite_store: SQLiteStore, object_store: S3ObjectStore,
+) -> None:
+    sqlite_store.append(make_record(i) for i in range(10))
+    start_operator()
+    kube.apply_exporter("usage", exporter_spec(suspend=True))
+    kube.wait_condition("usage", "Ready", "False", "Suspended")
+    wait_for(lambda: ("Normal", "Suspended", "spec.suspend is true: exporting is paused") in kube.events("usage"),
+             what="event")
+    assert data_keys(object_store) == []
+
+    kube.patch("usage", {"spec": {"suspend": False}})
+    kube.wait_status("usage", lambda s: s.get("cursor") == "10" and s.get("observedGeneration") == 2,
+                     what="export after resuming")
+    kube.wait_condition("usage", "Ready", "True")
+
+
+def test_namespaced_operator_serves_only_its_namespaces(
+    cluster: EmulatedCluster, kube: Kube, start_operator: Callable[..., OperatorThread],
+    exporter_spec: Callable[..., dict], s3_server: LocalS3, sqlite_store: SQLiteStore,
+) -> None:
+    sqlite_store.append(make_record(i) for i in range(10))
+    teams = {}
+    for namespace in ("team-a", "team-b"):
+        teams[namespace] = Kube(cluster, namespace)
+        teams[namespace].create_secret(SECRET, {"access_key_id": s3_server.access_key_id,
+                                                "access_secret": s3_server.secret_access_key})
+    try:
+        start_operator(namespaces=("team-a",))
+        teams["team-b"].apply_exporter("usage", exporter_spec(prefix="b"))
+        teams["team-a"].apply_exporter("usage", exporter_spec(prefix="a"))
+        teams["team-a"].wait_status("usage", lambda s: s.get("cursor") == "10", what="team-a exported")
+        ignored = teams["team-b"].get("usage")
+        assert ignored is not None and "finalizers" not in ignored["metadata"] and "status" not in ignored
+    finally:
+        for client in teams.values():
+            client.close()

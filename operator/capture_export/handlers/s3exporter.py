@@ -254,8 +254,11 @@ class ExporterState:
         failed = outcome.result is None or outcome.result.failure is not None
         if failed and config.retry_cap is not None:
             due_in = min(due_in, config.retry_cap)
+        cycled = time.monotonic()
         if not await self.write(body, status, events):
             due_in = min(due_in, STATUS_RETRY)
+        log.debug("%s: cycle (generation %s) %.3fs, status write %.3fs, next in %.0fs", self.id, desired.generation,
+                  cycled - started, time.monotonic() - cycled, due_in)
         return due_in
 
 

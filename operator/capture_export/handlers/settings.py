@@ -167,6 +167,9 @@ def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
     settings.peering.standalone = config.standalone
+    # Namespaces named exactly need no namespace list/watch (nor the RBAC for it); CRDs are scanned once.
+    if config.namespaces and not any(set(ns) & set("*?[!") for ns in config.namespaces):
+        settings.scanning.disabled = True
 
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
