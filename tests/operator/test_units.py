@@ -160,3 +160,23 @@ def test_operator_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
         (), "postgresql://x", 9090, "http://0.0.0.0:18080/healthz")
     with pytest.raises(SystemExit):
         cli.main(["operator", "-n", "a", "-A"])
+
+
+def test_client_libraries_never_log_secrets_even_when_verbose() -> None:
+    import logging
+
+    from capture_export.handlers.settings import CLIENT_LOGGERS, apply_settings
+
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.DEBUG)  # what --verbose does
+        apply_settings(kopf.OperatorSettings(), OperatorConfig())
+        # The kubernetes client logs response bodies (a Secret's data) at DEBUG.
+        assert not logging.getLogger("kubernetes.client.rest").isEnabledFor(logging.DEBUG)
+        assert all(not logging.getLogger(name).isEnabledFor(logging.DEBUG) for name in CLIENT_LOGGERS)
+        assert logging.getLogger("capture_export.handlers").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(level)
+        for name in CLIENT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)

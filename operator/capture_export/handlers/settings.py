@@ -30,7 +30,7 @@ from ..status.writer import ApiSecrets, KubeApi, StatusWriter
 from ..store import StoreOpener
 
 __all__ = ["FINALIZER", "RESET_CURSOR", "RUN_NOW", "USER_ANNOTATIONS", "OperatorConfig", "ProgressStorage", "Runtime",
-           "SharedObjectStores", "apply_settings", "register"]
+           "SharedObjectStores", "apply_settings", "quiet_client_loggers", "register"]
 
 FINALIZER = f"{GROUP}/finalizer"
 # Manual actions, set by users; any new value is acted on once.
@@ -146,7 +146,20 @@ class ProgressStorage(kopf.AnnotationsProgressStorage):
         return essence
 
 
+# Client libraries log whole responses at DEBUG (a Secret's data, by the kubernetes client) and request
+# headers (botocore): whatever the operator's verbosity, they log at INFO and above only.
+CLIENT_LOGGERS = ("kubernetes", "urllib3", "botocore", "boto3", "s3transfer")
+
+
+def quiet_client_loggers() -> None:
+    for name in CLIENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
 def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    quiet_client_loggers()
     settings.persistence.progress_storage = ProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
