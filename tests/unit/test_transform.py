@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import UTC
 from typing import Any
 
 import cbor2
@@ -10,7 +11,7 @@ import pytest
 
 from capture_export.api import S3ExporterSpec
 from capture_export.api.s3exporter import ExportFilter
-from capture_export.export.transform import RecordFilter, RecordTransform, privacy_scrub, redact
+from capture_export.export.transform import RecordFilter, RecordTransform, peek_fields, privacy_scrub, redact
 from capture_export.seed import generate_records
 from capture_export.store.records import encode_body, with_id
 from tests.conftest import make_record
@@ -145,3 +146,20 @@ def test_filter_tolerates_records_without_the_fields() -> None:
     accepts = RecordFilter(ExportFilter(models=["gpt-4o"], tags=["tag:prod"], status_codes=[200]))
     assert not accepts({"id": 1})
     assert not accepts({"model": 3, "identity": "x", "status_code": "200"})
+
+
+def test_peek_reads_the_filters_fields_without_decoding_the_rest() -> None:
+    wanted = frozenset({"model", "api_type", "status_code", "identity"})
+    for record in records(200, seed=4):
+        raw = cbor2.dumps(record, timezone=UTC)
+        assert peek_fields(raw, wanted) == {k: record[k] for k in wanted}
+        assert peek_fields(raw, frozenset({"timestamp", "model"})) == {"timestamp": record["timestamp"],
+                                                                     "model": record["model"]}
+    # Another writer's field order, capture first: still right (it just decodes more).
+    shuffled = {"capture": {"x": 1}, "status_code": 500, "model": "m"}
+    assert peek_fields(cbor2.dumps(shuffled), frozenset({"model", "status_code"})) == {"model": "m",
+                                                                                      "status_code": 500}
+    indefinite = b"\xbf" + cbor2.dumps("model") + cbor2.dumps("m") + b"\xff"
+    assert peek_fields(indefinite, frozenset({"model"})) == {"model": "m"}
+    assert peek_fields(cbor2.dumps({"model": "m"}), frozenset({"model", "api_type"})) == {"model": "m"}
+    assert RecordFilter(ExportFilter(models=["a"], tags=["t"])).fields == {"model", "identity"}

@@ -32,7 +32,7 @@ from ..store import CaptureStore, CorruptRecord, StoredRecord, StoreError
 from ..store.records import CREDENTIAL_MARKERS, ensure_no_credentials, with_id
 from .formats import BatchEncoder, FormatUnavailable, encoder_for
 from .layout import ObjectLayout, parse_range
-from .transform import RecordTransform
+from .transform import RecordTransform, peek_fields
 
 T = TypeVar("T")
 
@@ -356,9 +356,12 @@ class ExportEngine:
             return None
         kept: list[tuple[dict[str, Any], bytes | None]] = []
         rewrites = transform.rewrites
+        # Only a filter, and a CBOR format: read just the fields the filter needs, ship the bytes as stored.
+        peek = transform.filter.fields if transform.filter is not None and not rewrites and not \
+            self.encoder.decoded else None
         for row, raw in zip(rows, records, strict=True):
             try:
-                record = cbor2.loads(raw)
+                record = cbor2.loads(raw) if peek is None else peek_fields(raw, peek)
             except Exception as exc:
                 raise CorruptRecord(row.id, f"undecodable CBOR ({exc.__class__.__name__})") from None
             if not isinstance(record, dict):

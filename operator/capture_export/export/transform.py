@@ -21,13 +21,17 @@ Privacy mode (as OpenRouter's) drops the content of a conversation and keeps wha
 
 from __future__ import annotations
 
+import io
+import struct
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
+import cbor2
+
 from ..api.s3exporter import ExportFilter, S3ExporterSpec
 
-__all__ = ["BODY_KEYS_KEPT", "RecordFilter", "RecordTransform", "privacy_scrub", "redact"]
+__all__ = ["BODY_KEYS_KEPT", "RecordFilter", "RecordTransform", "peek_fields", "privacy_scrub", "redact"]
 
 # Keys of a request or response body that describe a call without holding its content.
 BODY_KEYS_KEPT = frozenset({
@@ -137,8 +141,56 @@ def redact(record: dict[str, Any], paths: Sequence[Sequence[str]]) -> dict[str, 
     return out
 
 
+def _argument(raw: bytes, position: int) -> tuple[int, int] | None:
+    """The argument (length or count) of the CBOR item head at ``position`` and where its content starts."""
+    info = raw[position] & 0x1F
+    if info < 24:
+        return info, position + 1
+    if info == 24:
+        return raw[position + 1], position + 2
+    if info == 25:
+        return struct.unpack_from(">H", raw, position + 1)[0], position + 3
+    if info == 26:
+        return struct.unpack_from(">I", raw, position + 1)[0], position + 5
+    if info == 27:
+        return struct.unpack_from(">Q", raw, position + 1)[0], position + 9
+    return None  # indefinite length
+
+
+def peek_fields(raw: bytes, wanted: frozenset[str]) -> dict[str, Any]:
+    """The top-level fields ``wanted`` of a CBOR-encoded record, decoding as little as possible.
+
+    A stored record keeps the schema's field order, with the bulky ``capture`` last, so a filter on model,
+    api type, status code or identity stops before it; a timestamp (tag 0) is skipped undecoded. Anything
+    unusual (an indefinite-length map, a record in another order) is simply decoded further or in full.
+    """
+    head = _argument(raw, 0) if raw and raw[0] >> 5 == 5 else None
+    if head is None:
+        record = cbor2.loads(raw)
+        return {k: record[k] for k in wanted if k in record} if isinstance(record, dict) else record
+    count, position = head
+    stream = io.BytesIO(raw)
+    stream.seek(position)
+    decoder = cbor2.CBORDecoder(stream)
+    found: dict[str, Any] = {}
+    for _ in range(count):
+        key = decoder.decode()
+        if key in wanted:
+            found[key] = decoder.decode()
+            if len(found) == len(wanted):
+                break
+            continue
+        position = stream.tell()
+        text = _argument(raw, position + 1) if raw[position] == 0xC0 and raw[position + 1] >> 5 == 3 else None
+        if text is not None:
+            stream.seek(text[1] + text[0])  # a tag-0 date/time string: skipped, not parsed
+        else:
+            decoder.decode()
+    return found
+
+
 class RecordFilter:
-    """``spec.filter`` as a predicate on decoded records."""
+    """``spec.filter`` as a predicate on decoded records (``fields``: the top-level fields it reads)."""
 
     def __init__(self, spec: ExportFilter) -> None:
         self.models = tuple(spec.models) if spec.models else None
@@ -146,6 +198,9 @@ class RecordFilter:
         self.api_types = frozenset(spec.api_types) if spec.api_types else None
         self.tags = frozenset(spec.tags) if spec.tags else None
         self.status_codes = frozenset(spec.status_codes) if spec.status_codes else None
+        used = (("model", self.models), ("api_type", self.api_types), ("identity", self.tags),
+                ("status_code", self.status_codes))
+        self.fields = frozenset(name for name, given in used if given is not None)
 
     def __call__(self, record: Mapping[str, Any]) -> bool:
         if self.models is not None:
