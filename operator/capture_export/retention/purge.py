@@ -4,7 +4,7 @@ Each chunk is one store transaction of at most ``batch_size`` records (``Capture
 friends). Two things keep a concurrent writer's stall short:
 
 * Chunk length. A chunk that takes longer than ``max_chunk_seconds`` halves the next chunk (records with
-  large bodies delete slowly); quick chunks grow back up to ``batch_size``.
+  large bodies delete slowly); chunks under half of it grow back up to ``batch_size``.
 * A pause between chunks. SQLite has one writer at a time and no queue: a writer that finds the table
   locked sleeps in its busy handler, polling after 1, 2, 5, 10, 15, 20 and then every 25 ms. If the purge
   took the lock again at once, the writer would wake to find it taken, again and again. So the purge
@@ -91,7 +91,7 @@ class Purger:
         stats.longest_chunk_seconds = max(stats.longest_chunk_seconds, seconds)
         if seconds > self.max_chunk_seconds:
             self._size = max(min(MIN_CHUNK, self.batch_size), self._size // 2)
-        elif seconds < self.max_chunk_seconds / 4:
+        elif seconds < self.max_chunk_seconds / 2:
             self._size = min(self.batch_size, self._size * 2)
         pause = self.pause_seconds
         if pause is None:
