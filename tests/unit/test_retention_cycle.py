@@ -133,6 +133,13 @@ def test_an_exporter_of_another_store_cannot_vouch(world: World) -> None:
     assert "sqlite /elsewhere.sqlite" in outcome.status.gate.message and world.store.count() == 1
 
 
+def test_an_empty_store_reference_is_the_default_store(world: World) -> None:
+    spec = policy(maxAge="24h", exporters=["x0"], store={})
+    world.insert([OLD])
+    world.exporters["x0"].export()
+    assert world.purge(spec).status.last_run.purged == 1
+
+
 def test_selector_picks_labelled_exporters(world: World) -> None:
     spec = policy(maxAge="24h", exporterSelector={"matchLabels": {"gate": "yes"}})
     world.insert([OLD] * 4)

@@ -70,6 +70,13 @@ class _Failure(Exception):
         self.message = message
 
 
+def _store_key(ref: Any) -> Any:
+    """A store reference, with ``store: {}`` and no ``store`` both meaning the default store."""
+    if ref is None or (ref.sqlite is None and ref.postgres is None):
+        return None
+    return ref.model_dump(by_alias=True)
+
+
 def _describe_store(ref: Any) -> str:
     if ref is None or (ref.sqlite is None and ref.postgres is None):
         return "the default store"
@@ -122,6 +129,9 @@ class RetentionWorker:
         key = (S3Location(spec.bucket, spec.region, spec.endpoint), credentials)
         objects = self._objects.get(key)
         if objects is None:
+            if len(self._objects) > 64:  # rotated credentials leave old clients behind
+                self._objects.clear()
+                self._engines.clear()
             objects = self._objects[key] = self.object_store_factory(key[0], credentials)
         return objects
 
@@ -130,7 +140,7 @@ class RetentionWorker:
         """Read one gating exporter's committed cursor from the checkpoint object in its bucket."""
         if ref is None:
             return ExporterObservation(name, "NotFound")
-        if ref.spec.store != spec.store:
+        if _store_key(ref.spec.store) != _store_key(spec.store):
             return ExporterObservation(name, "StoreMismatch", detail=f"{_describe_store(ref.spec.store)}, "
                                        f"the policy purges {_describe_store(spec.store)}")
         namespace = self.policy.namespace
