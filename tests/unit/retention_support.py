@@ -4,7 +4,6 @@ small world of one SQLite store and a few exporters with their buckets and a pol
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -79,34 +78,10 @@ class FlakyBucket(MemoryObjectStore):
         return ids
 
 
-class SyncPipeline:
-    """The engine's read-ahead pipeline, without threads (same interface): the commit, checkpoint and
-    sweep logic under test stay the engine's own, and a run costs microseconds instead of milliseconds."""
-
-    def __init__(self, engine: ExportEngine, after: int, keep_going: Callable[[], bool], depth: int = 2) -> None:
-        self.engine, self.after, self.keep_going, self.interrupted = engine, after, keep_going, False
-
-    def __iter__(self) -> Iterator[Any]:
-        first = True
-        while True:
-            if not first and not self.keep_going():
-                self.interrupted = True
-                return
-            first = False
-            rows = self.engine._read(self.after)
-            if not rows:
-                return
-            self.after = rows[-1].id
-            yield self.engine._encode(rows, 0.0)
-
-    def close(self) -> None:
-        pass
-
-
 def sync_pipeline() -> Any:
     from unittest import mock
 
-    return mock.patch.object(engine_module, "_PreparePipeline", SyncPipeline)
+    return mock.patch.object(engine_module, "_PreparePipeline", engine_module.SynchronousPipeline)
 
 
 @dataclass

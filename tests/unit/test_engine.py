@@ -158,3 +158,18 @@ def test_keys_honour_prefix(sqlite_store: SQLiteStore, prefix: str) -> None:
     engine_for(sqlite_store, objects, prefix=prefix).run(Cursor())
     expected = (f"{prefix}/" if prefix else "") + "00000000000000000001-00000000000000000001.cbor.zstd"
     assert data_keys(objects) == [expected]
+
+
+def test_reset_after_a_purge_keeps_the_only_copy_of_purged_records_and_duplicates_nothing(
+    sqlite_store: SQLiteStore,
+) -> None:
+    sqlite_store.append(make_record(i) for i in range(40))
+    objects = MemoryObjectStore()
+    done = engine_for(sqlite_store, objects, limit=10).run(Cursor())
+    # Retention purged 5..24 after they were exported (committed cursor 40).
+    sqlite_store._conn.execute("DELETE FROM captures WHERE id BETWEEN 5 AND 24")
+    engine = engine_for(sqlite_store, objects, limit=7)  # and the user changed the batch size
+    again = engine.run(engine.reset(done.cursor))
+    assert again.failure is None and again.cursor.position == 40
+    ids = sorted(r["id"] for key in data_keys(objects) for r in decode_object(objects.objects[key]))
+    assert ids == list(range(1, 41)), "every record exactly once, purged ones from the objects kept"

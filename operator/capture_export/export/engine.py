@@ -30,7 +30,7 @@ from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore, ObjectStoreError
 from ..store import CaptureStore, CorruptRecord, StoredRecord, StoreError
 from ..store.records import CREDENTIAL_MARKERS, ensure_no_credentials, with_id
-from .formats import BatchEncoder, FormatUnavailable, encoder_for
+from .formats import BatchEncoder, FormatUnavailable, encoder_for, record_ids
 from .layout import ObjectLayout, parse_range
 from .transform import RecordTransform, peek_fields
 
@@ -190,6 +190,8 @@ class ExportEngine:
         # Until one batch has been written cleanly, objects left by a killed or failed attempt may sit
         # at the cursor with other bounds; the first batch sweeps them away.
         self._sweep_pending = True
+        # Keys of objects found to hold records the store no longer has: kept through re-exports.
+        self._preserved: set[str] = set()
         self.requests = 0
 
     # -- checkpoint ---------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ class ExportEngine:
             out_of_time = max_seconds is not None and self.clock.monotonic() - started >= max_seconds
             return not out_of_time and not should_stop()
 
-        pipeline = _PreparePipeline(self, cursor.position, keep_going)
+        pipeline = _PreparePipeline(self, cursor, keep_going)
         try:
             for batch in pipeline:
                 done = self._commit(batch, result.cursor)
@@ -379,7 +381,7 @@ class ExportEngine:
         # Also for a batch the filter emptied: an object an earlier attempt (another filter, another
         # epoch) left in its range must go, or its records would be exported twice.
         if self._sweep_pending or batch.first_id <= cursor.high_water:
-            self._sweep_overlapping(batch)
+            self._sweep_overlapping(batch, cursor.high_water)
         new_cursor = Cursor(cursor.epoch, batch.last_id, max(cursor.high_water, batch.last_id))
         self._write_checkpoint(new_cursor, key)
         self._sweep_pending = False
@@ -397,13 +399,13 @@ class ExportEngine:
             filtered=batch.filtered,
         )
 
-    def _sweep_overlapping(self, batch: PreparedBatch) -> None:
+    def _sweep_overlapping(self, batch: PreparedBatch, high_water: int) -> None:
         """Delete data objects other than ``batch.key`` whose range starts inside this batch: written by
         an attempt that died before its checkpoint, or by an earlier epoch with other batch bounds."""
         marker = self.layout.batch_start_marker(batch.first_id, batch.first_timestamp_us)
         directory = self.layout.data_dir(batch.first_timestamp_us)
 
-        def stale_keys() -> list[str]:
+        def stale_keys() -> list[tuple[str, tuple[int, int]]]:
             found = []
             for info in self.objects.list(directory, start_after=marker):
                 bounds = parse_range(info.key)
@@ -412,11 +414,65 @@ class ExportEngine:
                 if bounds[0] > batch.last_id:
                     break
                 if info.key != batch.key and self.layout.is_data_key(info.key):
-                    found.append(info.key)
+                    found.append((info.key, bounds))
             return found
 
-        for key in self._call(stale_keys):
+        for key, (first, last) in self._call(stale_keys):
+            if first <= high_water and self._holds_records_gone_from_store(key, first, last):
+                continue  # the only copy of records purged since: never delete it
             self._call(lambda key=key: self.objects.delete(key))
+
+    def _holds_records_gone_from_store(self, key: str, first: int, last: int) -> bool:
+        """Whether an object written earlier holds records the store no longer has (purged by retention
+        since, or soft-deleted). Such an object is the only copy of them: a re-export after a reset must
+        neither delete nor overwrite it. Cheap when the store still has every id of the range."""
+        if key in self._preserved:
+            return True
+        try:
+            if self.store.backlog(first - 1, last) == last - first + 1:
+                return False
+            data = self._call(lambda: self.objects.get(key))
+            if data is None:
+                return False
+            live = {row.id for row in self.store.read_batch(first - 1, last - first + 1, last)}
+        except StoreError as exc:
+            raise ExportFailure("StoreUnavailable", str(exc), domain="Store", transient=True) from None
+        try:
+            ids = record_ids(data, key)
+        except Exception:
+            return True  # unreadable: keep it rather than guess
+        if all(record_id in live for record_id in ids):
+            return False
+        self._preserved.add(key)
+        return True
+
+    def _first_preserved_object(self, after: int, rows: list[StoredRecord]) -> tuple[int, int] | None:
+        """In a re-export (ids at or below the high-water mark), the first object whose range starts in
+        ``(after, last row]`` and that holds records gone from the store, as ``(first, last)``."""
+        directory = self.layout.data_dir(rows[0].timestamp_us)
+        marker = self.layout.batch_start_marker(after + 1, rows[0].timestamp_us)
+
+        def overlapping() -> list[tuple[str, tuple[int, int]]]:
+            found = []
+            for info in self.objects.list(directory, start_after=marker):
+                bounds = parse_range(info.key)
+                if bounds is None or "/" in info.key[len(directory):]:
+                    continue
+                if bounds[0] > rows[-1].id:
+                    break
+                if self.layout.is_data_key(info.key):
+                    found.append((info.key, bounds))
+            return found
+
+        for key, bounds in self._call(overlapping):
+            if self._holds_records_gone_from_store(key, *bounds):
+                return bounds
+        return None
+
+    def _skip_batch(self, after: int, last: int, timestamp_us: int) -> PreparedBatch:
+        """A batch that writes nothing and moves the cursor past an object that is kept as it is."""
+        return PreparedBatch(first_id=after + 1, last_id=last, first_timestamp_us=timestamp_us, rows=0,
+                             raw_bytes=0, payload=None, key=None, read_seconds=0.0, encode_seconds=0.0)
 
     def _call(self, operation: Callable[[], T]) -> T:
         """One object-store request, retried with backoff while the failure is transient."""
@@ -432,19 +488,47 @@ class ExportEngine:
                 self.clock.sleep(self.retry.delay(attempt - 1, exc.reason))
 
 
+def _plan_batches(engine: ExportEngine, cursor: Cursor, stop: threading.Event) -> Iterator[
+        list[StoredRecord] | PreparedBatch]:
+    """The batches of one run, in id order: rows to encode, or a ready batch that only moves the cursor
+    past an object kept as it is (see ExportEngine._first_preserved_object)."""
+    limit = engine.spec.limit
+    after = cursor.position
+    # Rows read but left for the next batch because their folder differs (dated path templates).
+    pending: list[StoredRecord] = []
+    while not stop.is_set():
+        rows, rest = engine._cut(pending)
+        if not rest and len(pending) < limit:
+            more = engine._read(pending[-1].id if pending else after, limit - len(pending))
+            rows, rest = engine._cut(pending + more if pending else more)
+        if not rows:
+            return
+        if rows[0].id <= cursor.high_water and (kept := engine._first_preserved_object(after, rows)):
+            first, last = kept
+            if first <= rows[0].id:
+                # The kept object already holds every live record of its range: move past it.
+                yield engine._skip_batch(after, last, rows[0].timestamp_us)
+                after, pending = last, [row for row in rows + rest if row.id > last]
+                continue
+            rest = [row for row in rows if row.id >= first] + rest
+            rows = [row for row in rows if row.id < first]
+        yield rows
+        after, pending = rows[-1].id, rest
+
+
 class _PreparePipeline:
     """Reads batches in order on one thread and encodes them on two more, so that reading, encoding and
     compressing (which releases the GIL) overlap with the upload on the caller's thread. Batches come out
     in id order; at most ``depth`` prepared batches wait, which bounds memory."""
 
-    def __init__(self, engine: ExportEngine, after: int, keep_going: Callable[[], bool], depth: int = 2) -> None:
+    def __init__(self, engine: ExportEngine, cursor: Cursor, keep_going: Callable[[], bool], depth: int = 2) -> None:
         self.engine = engine
         self.keep_going = keep_going
         self.interrupted = False
         self._stop = threading.Event()
         self._queue: queue.Queue[Future[PreparedBatch] | BaseException | None] = queue.Queue(maxsize=depth)
         self._encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="export-encode")
-        self._reader = threading.Thread(target=self._read_loop, args=(after,), name="export-read", daemon=True)
+        self._reader = threading.Thread(target=self._read_loop, args=(cursor,), name="export-read", daemon=True)
         self._reader.start()
 
     def _put(self, item: Future[PreparedBatch] | BaseException | None) -> bool:
@@ -456,24 +540,18 @@ class _PreparePipeline:
                 continue
         return False
 
-    def _read_loop(self, after: int) -> None:
-        engine = self.engine
-        limit = engine.spec.limit
-        # Rows read but left for the next batch because their folder differs (dated path templates).
-        pending: list[StoredRecord] = []
+    def _read_loop(self, cursor: Cursor) -> None:
         try:
-            while not self._stop.is_set():
-                t0 = time.perf_counter()
-                rows, rest = engine._cut(pending)
-                if not rest and len(pending) < limit:
-                    more = engine._read(pending[-1].id if pending else after, limit - len(pending))
-                    rows, rest = engine._cut(pending + more if pending else more)
-                if not rows:
-                    break
-                future = self._encoders.submit(engine._encode, rows, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for item in _plan_batches(self.engine, cursor, self._stop):
+                if isinstance(item, PreparedBatch):
+                    future: Future[PreparedBatch] = Future()
+                    future.set_result(item)
+                else:
+                    future = self._encoders.submit(self.engine._encode, item, time.perf_counter() - t0)
                 if not self._put(future):
                     return
-                after, pending = rows[-1].id, rest
+                t0 = time.perf_counter()
             self._put(None)
         except BaseException as exc:  # handed to the consumer, which raises it
             self._put(exc)
@@ -497,6 +575,25 @@ class _PreparePipeline:
         self._stop.set()
         self._reader.join()
         self._encoders.shutdown(wait=True, cancel_futures=True)
+
+
+class SynchronousPipeline:
+    """The same batches as _PreparePipeline, prepared on the caller's thread: for tests that run
+    thousands of tiny exports, where threads would cost more than the work."""
+
+    def __init__(self, engine: ExportEngine, cursor: Cursor, keep_going: Callable[[], bool], depth: int = 2) -> None:
+        self.engine, self.cursor, self.keep_going, self.interrupted = engine, cursor, keep_going, False
+        self._stop = threading.Event()
+
+    def __iter__(self) -> Iterator[PreparedBatch]:
+        for index, item in enumerate(_plan_batches(self.engine, self.cursor, self._stop)):
+            if index and not self.keep_going():
+                self.interrupted = True
+                return
+            yield item if isinstance(item, PreparedBatch) else self.engine._encode(item, 0.0)
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def encode_batch(rows: list[StoredRecord]) -> list[bytes]:
