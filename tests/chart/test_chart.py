@@ -362,7 +362,6 @@ NAMESPACED_PERMISSIONS = {
     ("events.k8s.io", "events"): {"create"},
 }
 CRD_DISCOVERY = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
-NAMESPACE_SCANNING = {("", "namespaces"): {"list", "watch"}}
 
 
 def permissions(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -407,16 +406,30 @@ def test_cluster_wide_rbac_is_least_privilege(chart: helm.Chart) -> None:
 def test_namespaced_rbac_is_least_privilege(chart: helm.Chart, name: str, namespaces: list[str]) -> None:
     rendered = render(chart, SCENARIOS[name])
     assert_no_wildcards(rendered)
-    cluster_role = rendered.one("ClusterRole")
-    # Only what cannot be namespaced: CRD discovery and kopf's namespace scanning. No Secrets cluster-wide.
-    assert permissions(cluster_role) == {**CRD_DISCOVERY, **NAMESPACE_SCANNING}
-    assert_bound(rendered, rendered.one("ClusterRoleBinding"), cluster_role)
+    # Nothing cluster-wide: with exact namespace names the operator turns kopf's scanning off, so it
+    # neither lists/watches Namespaces nor watches CRDs.
+    assert not rendered.of_kind("ClusterRole") and not rendered.of_kind("ClusterRoleBinding")
     roles = {role["metadata"]["namespace"]: role for role in rendered.of_kind("Role")}
     bindings = {binding["metadata"]["namespace"]: binding for binding in rendered.of_kind("RoleBinding")}
     assert sorted(roles) == sorted(bindings) == sorted(namespaces)
     for namespace in namespaces:
         assert permissions(roles[namespace]) == NAMESPACED_PERMISSIONS
         assert_bound(rendered, bindings[namespace], roles[namespace])
+
+
+def test_namespaced_mode_disables_kopf_scanning() -> None:
+    """The namespaced RBAC above relies on it: kopf scans namespaces and CRDs unless scanning is off."""
+    import kopf
+
+    from capture_export.handlers.settings import OperatorConfig, apply_settings
+
+    settings = kopf.OperatorSettings()
+    apply_settings(settings, OperatorConfig(namespaces=("team-a", "team-b")))
+    assert settings.scanning.disabled is True
+    assert settings.peering.standalone is True, "peering would need kopfpeerings RBAC"
+    settings = kopf.OperatorSettings()
+    apply_settings(settings, OperatorConfig())
+    assert settings.peering.standalone is True
 
 
 def test_rbac_covers_every_kind_in_the_crds() -> None:
