@@ -15,10 +15,13 @@ from capture_export.export.cycle import ExporterWorker
 from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import S3ObjectStore
 from capture_export.store import StoreError, StoreOpener, open_store_url
+from capture_export.store.base import ExpiredChunk
 from capture_export.store.postgres import PostgresStore
 from capture_export.store.records import encode_body
 from tests.conftest import make_record
 from tests.pg import TempPostgres
+from tests.unit import test_store_retention as store_retention
+from tests.unit.retention_support import BODY
 
 INSERT = "INSERT INTO captures (ts_us, body) VALUES (%s, %s) RETURNING id"
 
@@ -261,3 +264,86 @@ def test_exporter_reads_postgres_named_by_a_secret(
     assert report.ok and report.store_records == 2500 and not report.missing and not report.duplicated
     opener.close()
     seeded.close()
+
+
+# -- retention (schema version 2): the same contract as the SQLite store ------------------------------
+
+HOUR = 3_600_000_000
+RETENTION_CONTRACT = [
+    store_retention.test_expire_takes_old_records_at_or_below_the_bound_in_chunks,
+    store_retention.test_expire_keyset_skips_what_earlier_chunks_passed,
+    store_retention.test_strictly_older_and_exact_limit,
+    store_retention.test_purge_soft_deleted_after_grace_and_restore,
+    store_retention.test_never_above_the_bound_whatever_the_age,
+    store_retention.test_highest_assigned_id_survives_deletes,
+]
+
+
+@pytest.mark.parametrize("case", RETENTION_CONTRACT, ids=lambda case: case.__name__.removeprefix("test_"))
+def test_retention_contract(case, store: PostgresStore) -> None:
+    case(store)
+
+
+def test_soft_delete_hides_from_inventory_not_from_the_export_stream(store: PostgresStore, pg_dsn: str) -> None:
+    store.append_encoded([(HOUR, BODY), (HOUR, BODY), (9 * HOUR, BODY)])
+    assert store.expire_chunk(10, 5 * HOUR, 10, mark_at_us=100) == ExpiredChunk(2, None)
+    assert list(store.ids()) == [3] and store.count() == 1
+    assert store.soft_deleted_count() == 2 and store.soft_deleted_count(99) == 0
+    assert [r.id for r in store.read_batch(0, 10)] == [1, 2, 3] and store.backlog(0) == 3
+    assert (store.max_id(), store.safe_horizon(), store.highest_assigned_id()) == (3, 3, 3)
+    assert store.count_expired(10, 5 * HOUR) == 0
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT id FROM captures_live").fetchall() == [(3,)]
+
+
+def test_expire_uses_the_partial_index(store: PostgresStore, pg_dsn: str) -> None:
+    store.append_encoded([(i * 1000, BODY) for i in range(20_000)])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE captures")
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN SELECT id, ts_us FROM captures WHERE deleted_at_us IS NULL AND ts_us < 5000 AND id <= 100 "
+            "AND (ts_us, id) > (10, 2) ORDER BY ts_us, id LIMIT 500"))
+    assert "captures_live_ts_id" in plan, plan
+
+
+def test_migrates_a_version_1_store(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE capture_export_meta (key text PRIMARY KEY, value text NOT NULL)")
+        conn.execute("INSERT INTO capture_export_meta VALUES ('schema_version', '1')")
+        conn.execute("CREATE TABLE captures (id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY, "
+                     "ts_us bigint NOT NULL, body bytea NOT NULL)")
+        conn.execute("CREATE INDEX captures_ts_us ON captures (ts_us)")
+        conn.execute("INSERT INTO captures (ts_us, body) VALUES (1, '\\xa0'), (2, '\\xa0')")
+    store = PostgresStore(pg_dsn)
+    assert [r.id for r in store.read_batch(0, 10)] == [1, 2]
+    assert store.expire_chunk(10, 2, 10, mark_at_us=5).count == 1
+    assert list(store.ids()) == [2]
+    store.close()
+    again = PostgresStore(pg_dsn)  # a no-op now; the gateway's plain INSERT still works
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        conn.execute("INSERT INTO captures (ts_us, body) VALUES (3, '\\xa0')")
+    assert list(again.ids()) == [2, 3] and again.soft_deleted_count() == 1
+    again.close()
+
+
+def test_gateway_keeps_writing_during_a_purge(store: PostgresStore, pg_dsn: str) -> None:
+    """Short transactions: a gateway connection inserts between chunks, and nothing it adds is lost."""
+    from capture_export.retention import Purger
+
+    store.append_encoded([(HOUR, BODY)] * 20_000)
+    written: list[int] = []
+    done = threading.Event()
+
+    def write() -> None:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            while not done.is_set():
+                written.append(int(conn.execute(INSERT, (100 * HOUR, BODY)).fetchone()[0]))  # type: ignore[index]
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    stats = Purger(store, batch_size=500).expire(20_000, 2 * HOUR)
+    done.set()
+    writer.join()
+    assert stats.expired == 20_000 and stats.chunks >= 40
+    assert written and list(store.ids()) == written

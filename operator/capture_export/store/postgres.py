@@ -77,20 +77,23 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import conninfo as pg_conninfo
 
-from .base import StoredRecord, StoreError
+from .base import ExpiredChunk, StoredRecord, StoreError
 from .records import encode_body
 
 __all__ = ["HorizonTracker", "PostgresStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TABLE = "captures"
 META = "capture_export_meta"
-# pg_advisory_xact_lock key serialising schema creation between operator replicas and tools.
+# pg_advisory_lock key serialising migrations between operator replicas and tools.
 MIGRATION_LOCK = 0x63617074757265  # "capture"
 
 META_DDL = f"CREATE TABLE IF NOT EXISTS {META} (key text PRIMARY KEY, value text NOT NULL)"
+# Migrations from version N-1 to N. Each statement runs in its own transaction (so that indexes can be
+# built CONCURRENTLY, without blocking the gateway's inserts on a large table) and is idempotent: a
+# migration cut short is simply run again.
 MIGRATIONS: dict[int, list[str]] = {
     1: [
         f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -98,7 +101,18 @@ MIGRATIONS: dict[int, list[str]] = {
             ts_us bigint NOT NULL,
             body  bytea  NOT NULL
         )""",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_ts_us ON {TABLE} (ts_us)",
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {TABLE}_ts_us ON {TABLE} (ts_us)",
+    ],
+    # Soft deletion (store/base.py): a nullable mark without default (adding it rewrites nothing and
+    # leaves the gateway's INSERT as it is), partial indexes for the purge by age of live records and
+    # for the grace-period purge and restore, and a view of the live records for other readers.
+    2: [
+        f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS deleted_at_us bigint",
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {TABLE}_live_ts_id ON {TABLE} (ts_us, id) "
+        "WHERE deleted_at_us IS NULL",
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {TABLE}_deleted_at ON {TABLE} (deleted_at_us) "
+        "WHERE deleted_at_us IS NOT NULL",
+        f"CREATE OR REPLACE VIEW {TABLE}_live AS SELECT id, ts_us, body FROM {TABLE} WHERE deleted_at_us IS NULL",
     ],
 }
 
@@ -283,38 +297,66 @@ class PostgresStore:
 
     def _migrate(self) -> None:
         def work(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                conn.execute(META_DDL)
-                row = conn.execute(f"SELECT value FROM {META} WHERE key = 'schema_version'").fetchone()
-                current = int(row[0]) if row else 0
-                if current > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"PostgreSQL store {self.label} has schema version {current}, newer than this "
-                        f"operator's {SCHEMA_VERSION}: upgrade the operator"
-                    )
-                for version in sorted(v for v in MIGRATIONS if v > current):
-                    for statement in MIGRATIONS[version]:
-                        conn.execute(statement)
-                if current < SCHEMA_VERSION:
-                    conn.execute(
-                        f"INSERT INTO {META} (key, value) VALUES ('schema_version', %s) "
-                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                        (str(SCHEMA_VERSION),),
-                    )
-                # A per-backend sequence cache hands out old ids in later transactions, which would
-                # defeat the safe horizon: put it back to 1 if a DBA changed it. Only then, and never
-                # waiting long: ALTER queues behind every open writer and blocks new ones meanwhile.
-                cache = conn.execute(
-                    "SELECT p.seqcache FROM pg_sequence p "
-                    "WHERE p.seqrelid = pg_get_serial_sequence(%s, 'id')::regclass",
-                    (TABLE,),
-                ).fetchone()
-                if cache is not None and cache[0] != 1:
-                    conn.execute("SET LOCAL lock_timeout = '2s'")
-                    conn.execute(f"ALTER TABLE {TABLE} ALTER COLUMN id SET CACHE 1")
+            # Wait for another migrator without sitting in a transaction: CREATE INDEX CONCURRENTLY
+            # waits for every open transaction, a blocked pg_advisory_lock() call included (deadlock).
+            deadline = time.monotonic() + 120
+            while not conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK,)).fetchone()[0]:  # type: ignore[index]
+                if time.monotonic() > deadline:
+                    raise StoreError(f"PostgreSQL store {self.label}: another process has held the schema "
+                                     "migration lock for 2 minutes")
+                time.sleep(0.05)
+            try:
+                self._migrate_locked(conn)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
         self._run(work, retry_stale=False)
+
+    def _migrate_locked(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(META_DDL)
+        row = conn.execute(f"SELECT value FROM {META} WHERE key = 'schema_version'").fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"PostgreSQL store {self.label} has schema version {current}, newer than this "
+                f"operator's {SCHEMA_VERSION}: upgrade the operator"
+            )
+        # Statements that need a table lock queue behind open writers and block new ones meanwhile:
+        # never wait long for one (a migration that gives up is retried on the next open).
+        conn.execute("SET lock_timeout = '5s'")
+        try:
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    if "CONCURRENTLY" in statement:
+                        self._drop_invalid_index(conn, statement)
+                    conn.execute(statement)
+                conn.execute(
+                    f"INSERT INTO {META} (key, value) VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    (str(version),),
+                )
+            # A per-backend sequence cache hands out old ids in later transactions, which would defeat
+            # the safe horizon: put it back to 1 if a DBA changed it (only then: ALTER takes a lock).
+            cache = conn.execute(
+                "SELECT p.seqcache FROM pg_sequence p WHERE p.seqrelid = pg_get_serial_sequence(%s, 'id')::regclass",
+                (TABLE,),
+            ).fetchone()
+            if cache is not None and cache[0] != 1:
+                conn.execute(f"ALTER TABLE {TABLE} ALTER COLUMN id SET CACHE 1")
+        finally:
+            conn.execute("RESET lock_timeout")
+
+    @staticmethod
+    def _drop_invalid_index(conn: psycopg.Connection[Any], statement: str) -> None:
+        """A CREATE INDEX CONCURRENTLY cut short leaves an invalid index that IF NOT EXISTS would keep."""
+        name = statement.split("IF NOT EXISTS", 1)[1].split()[0]
+        invalid = conn.execute(
+            "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = %s AND c.relnamespace = current_schema()::regnamespace AND NOT i.indisvalid",
+            (name,),
+        ).fetchone()
+        if invalid:
+            conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
 
     def _introspect(self, conn: psycopg.Connection[Any]) -> tuple[int, str, int, int]:
         row = conn.execute(
@@ -444,7 +486,8 @@ class PostgresStore:
         return self._scalar(f"SELECT COALESCE(max(id), 0) FROM {TABLE}")
 
     def count(self) -> int:
-        return self._scalar(f"SELECT count(*) FROM {TABLE}")
+        """Records in the inventory: soft-deleted ones are left out (store/base.py)."""
+        return self._scalar(f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us IS NULL")
 
     def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         def work(conn: psycopg.Connection[Any]) -> int:
@@ -454,18 +497,22 @@ class PostgresStore:
         return self._run(work)
 
     def ids(self) -> Iterator[int]:
+        """Every live record id, in order (soft-deleted ones are left out)."""
         after = 0
         while True:
             chunk = self._run(
                 lambda conn, after=after: [
-                    int(r[0])
-                    for r in conn.execute(f"SELECT id FROM {TABLE} WHERE id > %s ORDER BY id LIMIT 50000", (after,))
+                    (int(r[0]), bool(r[1]))
+                    for r in conn.execute(
+                        f"SELECT id, deleted_at_us IS NULL FROM {TABLE} WHERE id > %s ORDER BY id LIMIT 50000",
+                        (after,),
+                    )
                 ]
             )
             if not chunk:
                 return
-            yield from chunk
-            after = chunk[-1]
+            yield from (record_id for record_id, live in chunk if live)
+            after = chunk[-1][0]
 
     # -- purge ---------------------------------------------------------------------------------------
 
@@ -488,6 +535,82 @@ class PostgresStore:
                 return deleted
             deleted += int(removed)
             after = int(last)
+
+    # -- retention: one short transaction per call (store/base.py) ----------------------------------
+
+    def expire_chunk(
+        self,
+        max_id: int,
+        older_than_us: int,
+        limit: int,
+        *,
+        after: tuple[int, int] | None = None,
+        mark_at_us: int | None = None,
+    ) -> ExpiredChunk:
+        # Candidates come from the partial index (ts_us, id) WHERE deleted_at_us IS NULL, in its order.
+        keyset = "AND (ts_us, id) > (%s, %s) " if after is not None else ""
+        if mark_at_us is None:
+            action = f"DELETE FROM {TABLE} c USING taken t WHERE c.id = t.id"
+            action_params: tuple[Any, ...] = ()
+        else:
+            action = f"UPDATE {TABLE} c SET deleted_at_us = %s FROM taken t WHERE c.id = t.id"
+            action_params = (mark_at_us,)
+        sql = (
+            f"WITH taken AS (SELECT id, ts_us FROM {TABLE} WHERE deleted_at_us IS NULL AND ts_us < %s AND id <= %s "
+            f"{keyset}ORDER BY ts_us, id LIMIT %s), "
+            f"done AS ({action} RETURNING c.id) "
+            "SELECT (SELECT count(*) FROM taken), "
+            "(SELECT ARRAY[ts_us, id] FROM taken ORDER BY ts_us DESC, id DESC LIMIT 1), (SELECT count(*) FROM done)"
+        )
+        params: tuple[Any, ...] = (older_than_us, max_id, *(after or ()), limit, *action_params)
+
+        def work(conn: psycopg.Connection[Any]) -> ExpiredChunk:
+            taken, last, _done = conn.execute(sql, params).fetchone()  # type: ignore[misc]
+            resume = (int(last[0]), int(last[1])) if taken >= limit and last else None
+            return ExpiredChunk(int(taken), resume)
+
+        # Retrying after a lost connection is harmless: what was done is no longer a candidate.
+        return self._run(work)
+
+    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int) -> int:
+        return self._rowcount(
+            f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} WHERE deleted_at_us <= %s LIMIT %s)",
+            (deleted_before_us, limit),
+        )
+
+    def restore_chunk(self, limit: int, *, deleted_since_us: int | None = None) -> int:
+        since = -(2**63) if deleted_since_us is None else deleted_since_us
+        return self._rowcount(
+            f"UPDATE {TABLE} SET deleted_at_us = NULL WHERE id IN "
+            f"(SELECT id FROM {TABLE} WHERE deleted_at_us IS NOT NULL AND deleted_at_us >= %s LIMIT %s)",
+            (since, limit),
+        )
+
+    def _rowcount(self, sql: str, params: tuple[Any, ...]) -> int:
+        def work(conn: psycopg.Connection[Any]) -> int:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return max(cur.rowcount, 0)
+
+        return self._run(work)
+
+    def count_expired(self, max_id: int, older_than_us: int) -> int:
+        return self._scalar(
+            f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us IS NULL AND ts_us < %s AND id <= %s",
+            (older_than_us, max_id),
+        )
+
+    def highest_assigned_id(self) -> int:
+        def work(conn: psycopg.Connection[Any]) -> int:
+            last_value, is_called = conn.execute(f"SELECT last_value, is_called FROM {self._seq_name}").fetchone()  # type: ignore[misc]
+            return int(last_value) if is_called else 0
+
+        return self._run(work)
+
+    def soft_deleted_count(self, deleted_before_us: int | None = None) -> int:
+        if deleted_before_us is None:
+            return self._scalar(f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us IS NOT NULL")
+        return self._scalar(f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us <= %s", (deleted_before_us,))
 
     def close(self) -> None:
         with self._pool_lock:
