@@ -30,9 +30,10 @@ COPY operator ./operator
 
 # Build our pure-Python wheel, then install it and its dependencies from binary wheels only, so a
 # dependency that would need compiling fails the build instead of dragging a toolchain in.
+# The parquet extra (pyarrow) is included so that `format: parquet` works in the shipped image.
 # pip byte-compiles the installed modules here, so nothing needs writing at run time.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
- && pip install --only-binary=:all: /wheels/*.whl \
+ && pip install --only-binary=:all: "$(ls /wheels/*.whl)[parquet]" \
  && pip check \
  && capture-export --help >/dev/null
 

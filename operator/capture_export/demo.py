@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .api.manifests import load_manifests
-from .audit import verify_export
+from .audit import verify_export, verify_options
 from .export.cycle import credentials_from_secret
 from .local_s3 import LocalS3
 from .objectstore import S3Location, S3ObjectStore
@@ -61,7 +61,7 @@ def run_demo(*, records: int, manifest: Path, workdir: Path) -> int:
             return 1
         run = outcome.result
         objects = S3ObjectStore(S3Location(spec.bucket, spec.region, spec.endpoint), credentials)
-        report = verify_export(store, objects, spec.prefix)
+        report = verify_export(store, objects, spec.prefix, **verify_options(spec, exporter.namespace, exporter.name))
         store.close()
         ratio = run.raw_bytes / run.bytes if run.bytes else 0.0
         rate = run.rows / run.duration_seconds if run.duration_seconds else 0.0
