@@ -70,6 +70,8 @@ class EmulatedCluster:
         async with ClusterEmulator() as emulator, Server(emulator) as server:
             emulator.declare(f"{GROUP}/{VERSION}/{PLURAL}", kind="S3Exporter", status=True,
                              shortnames={"s3x"}, categories={"capture"})
+            emulator.declare(f"{GROUP}/{VERSION}/retentionpolicies", kind="RetentionPolicy", status=True,
+                             categories={"capture"})
             emulator.declare("v1/secrets", kind="Secret")
             emulator.declare("v1/events", kind="Event")
             emulator.declare("v1/namespaces", kind="Namespace", namespaced=False)

@@ -24,7 +24,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = ["DESTINATION", "KIND", "RESET_CURSOR", "RUN_NOW", "Desired", "Exporte
 KIND = S3EXPORTER.kind
 PLURAL = S3EXPORTER.plural
 DESTINATION = f"{GROUP}/destination"
+StatusChange = Callable[[S3ExporterStatus], "tuple[S3ExporterStatus, list[Event]] | None"]
 CRASH_BACKOFF = 30.0
 STATUS_RETRY = 5.0
 log = logging.getLogger(__name__)
@@ -155,11 +156,16 @@ class ExporterState:
 
     # -- status --------------------------------------------------------------------------------------
 
-    async def write(self, body: Mapping[str, Any], status: S3ExporterStatus, events: list[Event]) -> bool:
+    async def write(self, body: Mapping[str, Any], change: StatusChange) -> bool:
+        """Apply ``change`` to the current status and write the result; one writer at a time."""
         async with self.lock:
-            self.status = status
+            changed = change(self.status)
+            if changed is None:
+                return True
+            status, events = changed
+            self.status = self.runtime.writer.not_behind(status, self.status)
             try:
-                return await self.runtime.writer.write_exporter(body, PLURAL, status, events)
+                return await self.runtime.writer.write_exporter(body, PLURAL, self.status, events)
             except Exception as exc:  # the API is down or refuses: keep the status, write it next time
                 log.warning("%s: status not written: %s", self.id, exc)
                 return False
@@ -179,14 +185,14 @@ class ExporterState:
 
     async def configure(self, body: Mapping[str, Any], desired: Desired) -> None:
         """Accept a handler's decision: write the hold or the first-visit conditions, wake the worker."""
-        if desired.hold is not None:
-            status, events = self.held(self.status, desired)
-            await self.write(body, status, events)
-        elif not self.status.conditions:
-            status, events = StatusUpdate(self.status, now=self.runtime.clock.now(), generation=None).finish()
-            await self.write(body, status, events)
-        self.desired = desired
+        self.desired = desired  # first: a cycle running with an older spec stops after its batch in flight
         self.wake.set()
+        if desired.hold is not None:
+            await self.write(body, lambda current: self.held(current, desired))
+        else:
+            now = self.runtime.clock.now()
+            await self.write(body, lambda current: None if current.conditions else
+                             StatusUpdate(current, now=now, generation=None).finish())
 
     # -- the worker loop ------------------------------------------------------------------------------
 
@@ -246,16 +252,19 @@ class ExporterState:
         finally:
             runtime.metrics.cycles_in_flight.dec()
         runtime.metrics.cycle(namespace, name, outcome.result, time.monotonic() - started)
-        status, events = outcome.status, outcome.events
-        latest = self.desired
-        if latest is not None and latest is not desired and latest.hold is not None:
-            status, _ = self.held(status, latest)  # refused while this cycle ran: keep the refusal visible
+        def result(current: S3ExporterStatus) -> tuple[S3ExporterStatus, list[Event]]:
+            latest = self.desired
+            if latest is not None and latest is not desired and latest.hold is not None:
+                # Refused while this cycle ran: keep the refusal visible.
+                return self.held(outcome.status, latest)[0], outcome.events
+            return outcome.status, outcome.events
+
         due_in = outcome.due_in
         failed = outcome.result is None or outcome.result.failure is not None
         if failed and config.retry_cap is not None:
             due_in = min(due_in, config.retry_cap)
         cycled = time.monotonic()
-        if not await self.write(body, status, events):
+        if not await self.write(body, result):
             due_in = min(due_in, STATUS_RETRY)
         log.debug("%s: cycle (generation %s) %.3fs, status write %.3fs, next in %.0fs", self.id, desired.generation,
                   cycled - started, time.monotonic() - cycled, due_in)

@@ -174,6 +174,15 @@ class StatusWriter:
             except LookupError:  # outside an operator context (no event poster): log only
                 log.info("event %s %s: %s", event.type, event.reason, event.message)
 
+    @staticmethod
+    def not_behind(status: S3ExporterStatus, floor: S3ExporterStatus) -> S3ExporterStatus:
+        """``status``, with ``floor``'s (epoch, cursor) if that is newer."""
+        if (status.epoch, int(status.cursor)) >= (floor.epoch, int(floor.cursor)):
+            return status
+        log.error("refusing to move the cursor back from %s/%s to %s/%s", floor.epoch, floor.cursor, status.epoch,
+                  status.cursor)
+        return status.model_copy(update={"epoch": floor.epoch, "cursor": floor.cursor})
+
     async def write_exporter(
         self, body: Mapping[str, Any], plural: str, status: S3ExporterStatus, events: Sequence[Event] = ()
     ) -> bool:
