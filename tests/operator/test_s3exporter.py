@@ -347,3 +347,32 @@ def test_namespaced_operator_serves_only_its_namespaces(
     finally:
         for client in teams.values():
             client.close()
+
+
+def test_rotated_credentials_take_effect_without_a_restart(
+    kube: Kube, start_operator: Callable[..., OperatorThread], exporter_spec: Callable[..., dict],
+    s3_secret: str, sqlite_store: SQLiteStore, object_store: S3ObjectStore, s3_server: LocalS3,
+) -> None:
+    sqlite_store.append(make_record(i) for i in range(10))
+    start_operator()
+    kube.apply_exporter("usage", exporter_spec())
+    kube.wait_status("usage", lambda s: s.get("cursor") == "10", what="first export")
+
+    def rotate(secret: str) -> None:
+        kube.core.replace_namespaced_secret(SECRET, "default", {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET},
+            "stringData": {"access_key_id": s3_server.access_key_id, "access_secret": secret}})
+
+    rotate("rotated-but-wrong")
+    sqlite_store.append(make_record(i) for i in range(10, 20))
+    kube.annotate("usage", **{"capture.dev/run-now": "after-rotation"})
+    cond = kube.wait_condition("usage", "CredentialsValid", "False")
+    assert cond["reason"] in ("InvalidCredentials", "AccessDenied")
+    assert kube.status("usage")["cursor"] == "10"
+    assert "rotated-but-wrong" not in json.dumps(kube.status("usage"))
+    assert not any("rotated-but-wrong" in e[2] for e in kube.events("usage"))
+
+    rotate(s3_server.secret_access_key)  # fixed: the retry picks it up, no restart, no annotation
+    kube.wait_condition("usage", "CredentialsValid", "True")
+    kube.wait_status("usage", lambda s: s.get("cursor") == "20", what="export with the rotated key")
+    assert_exported_exactly_once(sqlite_store, object_store)
