@@ -2,7 +2,8 @@
 
 The table (created and migrated here; the gateway just runs ``INSERT INTO captures (ts_us, body) …``)::
 
-    captures (id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY, ts_us bigint, body bytea)
+    captures (id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY, ts_us bigint, body bytea,
+              deleted_at_us bigint)   -- schema version 2: soft deletion, see store/base.py
 
 The problem
 -----------
@@ -215,7 +216,7 @@ class PostgresStore:
         *,
         settle_seconds: float = 0.05,
         persist_every: float = 5.0,
-        max_idle: int = 4,
+        max_idle: int = 8,
         **connect_options: Any,
     ) -> None:
         self.label = _safe_label(dsn)
