@@ -449,7 +449,7 @@ def test_postgres_connection_cut_mid_result_and_unreachable(
         assert "PostgreSQL store" in failure.message and "refused" in failure.message
         assert harness.condition("StoreReachable", down) == ("False", "StoreUnavailable")
         assert harness.condition("Ready", down)[0] == "False"
-        threading.Timer(8.0, proxy.restore).start()
+        threading.Timer(3.0, proxy.restore).start()
         harness.drain()
         gateway.stop()
         harness.drain()

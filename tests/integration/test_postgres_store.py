@@ -347,3 +347,42 @@ def test_gateway_keeps_writing_during_a_purge(store: PostgresStore, pg_dsn: str)
     writer.join()
     assert stats.expired == 20_000 and stats.chunks >= 40
     assert written and list(store.ids()) == written
+
+
+def test_cli_exports_then_soft_deletes_purges_and_restores_on_postgres(
+    pg_dsn: str, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path
+) -> None:
+    """`capture-export run -f` with an S3Exporter and a RetentionPolicy on a PostgreSQL store: export,
+    soft-delete only what the bucket holds, restore with the CLI, then purge for good."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.integration.helpers import run_cli, write_manifest
+
+    now = datetime.now(UTC)
+    seeded = PostgresStore(pg_dsn)
+    seeded.append(make_record(i, timestamp=now - (timedelta(days=40) if i % 5 < 3 else timedelta(hours=1)))
+                  for i in range(500))
+    manifest = write_manifest(tmp_path / "all.yaml", s3_server, bucket, limit=128)
+    manifest.write_text(manifest.read_text() + """
+---
+apiVersion: capture.dev/v1alpha1
+kind: RetentionPolicy
+metadata: {name: keep-30d, namespace: default}
+spec:
+  maxAge: 30d
+  exporters: [usage]
+  batchSize: 50
+  softDelete: {gracePeriod: 7d}
+""")
+    state = tmp_path / "state.json"
+    result = run_cli("run", "--once", "-f", manifest, "--state", state, "--store", pg_dsn, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "default/usage: Succeeded: 500 records" in result.stdout and "soft-deleted 300" in result.stdout
+    assert seeded.count() == 200 and seeded.soft_deleted_count() == 300
+    report = verify_export(seeded, object_store, "llm")
+    assert report.ok and report.exported_records == 500 and report.not_in_store == 300
+    restored = run_cli("restore", "-f", manifest, "--store", pg_dsn, "--since", "1h", cwd=tmp_path)
+    assert restored.returncode == 0 and "restored 300 soft-deleted records" in restored.stdout, restored.stdout
+    assert seeded.count() == 500 and seeded.soft_deleted_count() == 0
+    assert seeded.purge_soft_deleted_chunk(2**62, 1000) == 0
+    seeded.close()
