@@ -229,18 +229,10 @@ def _http_attempts_per_call(s3_server: LocalS3, bucket: str) -> int:
 
 @pytest.fixture
 def attempts_per_call(s3_server: LocalS3, bucket: str) -> int:
-    """1 as the engine intends (it alone retries, with its RetryPolicy); 2 while objectstore/s3.py lets
-    botocore retry once more (see the xfail test below). The fault tests hold either way."""
+    """HTTP attempts per object-store call: 1, the engine alone retries (see the test below)."""
     return _http_attempts_per_call(s3_server, bucket)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="objectstore/s3.py configures retries={'max_attempts': 1}, which botocore reads as one RETRY "
-    "(total_max_attempts = 2): every failed request is retried once inside botocore, with botocore's jitter "
-    "instead of the engine's RetryPolicy (SlowDown backoff), doubling the engine's attempts. "
-    "{'total_max_attempts': 1} gives the single attempt the comment there intends.",
-)
 def test_object_store_makes_one_http_attempt_per_call(s3_server: LocalS3, bucket: str) -> None:
     assert _http_attempts_per_call(s3_server, bucket) == 1
 

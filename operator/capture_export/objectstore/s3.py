@@ -86,7 +86,9 @@ class S3ObjectStore:
             region_name=location.region,
             signature_version="s3v4",
             s3={"addressing_style": "path" if location.endpoint else "auto"},
-            retries={"max_attempts": 1, "mode": "standard"},  # the export engine retries with backoff
+            # One HTTP attempt per call: the export engine alone retries, with its backoff (botocore reads
+            # "max_attempts" as retries, so a total of 1 is spelled "total_max_attempts").
+            retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
