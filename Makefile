@@ -45,7 +45,7 @@ image: ## build the operator image (tag: E2E_IMAGE, default capture-export:e2e)
 e2e: ## the kind e2e suite, from nothing to nothing (KEEP=1 keeps the cluster)
 	@$(MAKE) e2e-tools
 	@status=0; \
-	$(MAKE) e2e-up && CAPTURE_EXPORT_E2E_READY=1 $(PYTEST) -m e2e tests/e2e -v || status=$$?; \
+	$(MAKE) e2e-up && CAPTURE_EXPORT_E2E_READY=1 $(PYTEST) -m e2e tests/e2e -v --timeout=3600 || status=$$?; \
 	if [ $$status -ne 0 ]; then $(MAKE) e2e-logs || true; fi; \
 	if [ "$(KEEP)" != 1 ]; then $(MAKE) e2e-down; fi; \
 	exit $$status
