@@ -16,13 +16,14 @@ from typing import Any
 
 import kopf
 
-from . import s3exporter
+from . import retentionpolicy, s3exporter
 from .settings import OperatorConfig, Runtime
 
 __all__ = ["KIND_MODULES", "OperatorConfig", "Runtime", "build_registry", "operate", "run"]
 
 # Every kind the operator serves: each module's register(registry, runtime) adds its handlers.
-KIND_MODULES: list[Callable[[kopf.OperatorRegistry, Runtime], None]] = [s3exporter.register]
+KIND_MODULES: list[Callable[[kopf.OperatorRegistry, Runtime], None]] = [s3exporter.register,
+                                                                      retentionpolicy.register]
 
 
 def build_registry(runtime: Runtime, registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:

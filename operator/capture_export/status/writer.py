@@ -118,6 +118,19 @@ class KubeApi:
                                f"{exc.__class__.__name__}") from None
         return True
 
+    def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        """Every object of one of our kinds in ``namespace`` (raw bodies, status included)."""
+        try:
+            listed = kubernetes.client.CustomObjectsApi(self.client).list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural
+            )
+        except ApiException as exc:
+            raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.status} {exc.reason}",
+                               exc.status) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.__class__.__name__}") from None
+        return list(listed.get("items") or [])
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -151,7 +164,9 @@ def cursor_of(status: Mapping[str, Any] | None) -> tuple[int, int]:
 
 
 class StatusWriter:
-    """Patches statuses and emits Events; guarantees an S3Exporter's cursor never goes backwards."""
+    """Patches statuses and emits Events; guarantees an S3Exporter's cursor never goes backwards.
+
+    :meth:`write_exporter` is the S3Exporter's write; :meth:`write_status` writes any other kind's."""
 
     def __init__(self, api: KubeApi, executor: Executor | None = None,
                  emit: Callable[[Mapping[str, Any], Event], None] = kopf_event) -> None:
@@ -198,6 +213,14 @@ class StatusWriter:
         written = await self.patch(body, plural, raw)
         if written:
             self._written[key] = (status.epoch, int(status.cursor))
+            self.emit(body, events)
+        return written
+
+    async def write_status(self, body: Mapping[str, Any], plural: str, status: Mapping[str, Any],
+                           events: Sequence[Event] = ()) -> bool:
+        """Any kind's status in one merge-patch, then its Events; False when the resource is gone."""
+        written = await self.patch(body, plural, status)
+        if written:
             self.emit(body, events)
         return written
 
