@@ -41,7 +41,8 @@ class KubeApiError(RuntimeError):
 
 
 class KubeApi:
-    """The few API calls the operator makes itself (kopf makes the rest): read a Secret, patch a status.
+    """The few API calls the operator makes itself (kopf makes the rest): read a Secret, patch a status, list
+    a namespace's S3Exporters (for a RetentionPolicy's gate).
 
     Credentials come from ``configuration`` when given (tests, or an explicit kubeconfig); otherwise the
     login handler loads them in-cluster or from ``$KUBECONFIG`` exactly as kopf does, so that kopf and
