@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,6 +30,17 @@ import pytest
 __all__ = ["PostgresNotFound", "TempPostgres", "find_pg_bindir", "pg_cluster", "pg_dsn"]
 
 REQUIRED = ("initdb", "pg_ctl", "postgres")
+
+# Runs beside the cluster and outlives the test process if it is killed (a timeout, kill -9, a crash):
+# stdin reaches EOF when the test process is gone, however it went, and the cluster is stopped and its
+# directory removed, instead of a postmaster left running for ever.
+_WATCHDOG = """
+import shutil, subprocess, sys
+sys.stdin.read()
+user = {"user": sys.argv[4]} if sys.argv[4] else {}
+subprocess.run([sys.argv[1], "-D", sys.argv[2], "-m", "immediate", "-w", "stop"], capture_output=True, **user)
+shutil.rmtree(sys.argv[3], ignore_errors=True)
+"""
 
 
 class PostgresNotFound(RuntimeError):
@@ -104,15 +116,17 @@ class TempPostgres:
         self.log = self.root / "postgres.log"
         self.role = "capture"
         self._started = False
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     # -- process control -----------------------------------------------------------------------------
 
+    def _as_user(self) -> dict[str, object]:
+        if not self.user:
+            return {}
+        return {"user": self.user, "group": pwd.getpwnam(self.user).pw_gid, "extra_groups": []}
+
     def _cmd(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        kwargs: dict[str, object] = {}
-        if self.user:
-            kwargs["user"] = self.user
-            kwargs["group"] = pwd.getpwnam(self.user).pw_gid
-            kwargs["extra_groups"] = []
+        kwargs = self._as_user()
         result = subprocess.run(
             list(args), capture_output=True, text=True, timeout=timeout, cwd=self.root,
             env={**os.environ, "LC_ALL": "C"}, **kwargs,  # type: ignore[arg-type]
@@ -143,12 +157,22 @@ class TempPostgres:
                                "-t", "60", "-o", self._options(), "start", check=False)
             if result.returncode == 0:
                 self._started = True
+                self._start_watchdog()
                 return self
             if attempt < 2 and "could not bind" in self._log_tail():
                 self.port = _free_port()  # lost a race for the port
                 continue
             raise RuntimeError(f"pg_ctl start failed: {result.stderr.strip()}\n{self._log_tail()}")
         raise AssertionError("unreachable")
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-c", _WATCHDOG, str(self.bindir / "pg_ctl"), str(self.data), str(self.root),
+                 self.user or ""],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.root,
+                start_new_session=True,
+            )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``fast``, ``smart`` or ``immediate``: a crash as far as data goes)."""
@@ -180,6 +204,12 @@ class TempPostgres:
     def remove(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            with contextlib.suppress(OSError):
+                watchdog.stdin.close()  # type: ignore[union-attr]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watchdog.wait(timeout=30)
 
     def __enter__(self) -> TempPostgres:
         try:
