@@ -35,7 +35,7 @@ from ..status.exporter import Event
 from ..status.retention import RetentionStatusUpdate
 from ..status.writer import KubeApiError
 from .s3exporter import load_status as load_exporter_status
-from .settings import Runtime
+from .settings import Runtime, sleep_until_woken
 
 __all__ = ["KIND", "Desired", "PolicyState", "exporters_from", "judge", "load_status", "register"]
 
@@ -187,15 +187,7 @@ class PolicyState:
                     self.due = loop.time() + due_in
                     continue
                 timeout = self.due - loop.time()
-            await self._sleep(timeout, stopped)
-
-    async def _sleep(self, timeout: float | None, stopped: kopf.DaemonStopped) -> None:
-        waits = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stopped.wait())]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waits:
-                waiter.cancel()
+            await sleep_until_woken(self.wake, stopped, timeout)
 
     def _run(self, desired: Desired, should_stop: Callable[[], bool]) -> RetentionOutcome:
         """One cycle, on a thread: list the namespace's S3Exporters, then gate and purge."""

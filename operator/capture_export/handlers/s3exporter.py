@@ -37,7 +37,7 @@ from ..export import BatchResult, ExporterId
 from ..export.cycle import ExporterWorker
 from ..status.conditions import get_condition, set_condition
 from ..status.exporter import Event, StatusUpdate
-from .settings import RESET_CURSOR, RUN_NOW, Runtime
+from .settings import RESET_CURSOR, RUN_NOW, Runtime, sleep_until_woken
 
 __all__ = ["DESTINATION", "KIND", "RESET_CURSOR", "RUN_NOW", "Desired", "ExporterState", "Hold", "judge",
            "load_status", "register"]
@@ -213,15 +213,7 @@ class ExporterState:
                     self.due = loop.time() + due_in
                     continue
                 timeout = self.due - loop.time()
-            await self._sleep(timeout, stopped)
-
-    async def _sleep(self, timeout: float | None, stopped: kopf.DaemonStopped) -> None:
-        waits = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stopped.wait())]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waits:
-                waiter.cancel()
+            await sleep_until_woken(self.wake, stopped, timeout)
 
     async def _cycle(self, body: Mapping[str, Any], desired: Desired, stopped: kopf.DaemonStopped) -> float:
         runtime, config = self.runtime, self.runtime.config

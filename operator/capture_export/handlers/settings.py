@@ -30,7 +30,8 @@ from ..status.writer import ApiSecrets, KubeApi, StatusWriter
 from ..store import StoreOpener
 
 __all__ = ["FINALIZER", "RESET_CURSOR", "RUN_NOW", "USER_ANNOTATIONS", "OperatorConfig", "ProgressStorage", "Runtime",
-           "SharedObjectStores", "apply_settings", "quiet_client_loggers", "register"]
+           "SharedObjectStores", "apply_settings", "quiet_client_loggers", "register",
+           "sleep_until_woken"]
 
 FINALIZER = f"{GROUP}/finalizer"
 # Manual actions, set by users; any new value is acted on once.
@@ -202,3 +203,13 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.on.probe(id="workers", registry=registry)
     def workers(**_: Any) -> int:
         return len(runtime.workers)
+
+
+async def sleep_until_woken(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float | None) -> None:
+    """A daemon's idle wait: until its resource changes (``wake``), the daemon is stopped, or ``timeout``."""
+    waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()
