@@ -74,8 +74,12 @@ def run_demo(*, records: int, manifest: Path, workdir: Path) -> int:
         print(f"  throughput:   {rate:,.0f} records/s end to end ({run.duration_seconds:.2f}s)")
         print(f"  verify:       {len(report.missing)} missing, {len(report.duplicated)} duplicated")
         print()
-        print("read it back (while a server runs; this one stops now):")
-        print(f"  capture-export cat s3://{spec.bucket}/{run.last_key} --endpoint {spec.endpoint} | head -1")
+        sample = workdir / Path(run.last_key or "sample.cbor.zstd").name
+        if run.last_key:
+            sample.write_bytes(objects.get(run.last_key) or b"")
+        print("read it back (a copy of the last object is kept, since this S3 server stops now):")
+        print(f"  .venv/bin/capture-export cat {sample} | head -1")
+        print(f"  with a server running: capture-export cat s3://{spec.bucket}/{prefix} --endpoint {spec.endpoint}")
         print("  python: zstandard.ZstdDecompressor().decompressobj().decompress(data), then")
         print("          cbor2.CBORDecoder over the bytes until the end (a CBOR sequence)")
         print(f"  the S3 data stays in {workdir / 's3'}; state in {workdir / 'state.json'}")
