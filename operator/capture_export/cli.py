@@ -308,6 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidManifest as exc:
         print(f"error: invalid manifest: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`capture-export cat … | head`): not an error. Keep Python from
+        # complaining again while flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
