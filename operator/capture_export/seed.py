@@ -35,7 +35,7 @@ __all__ = ["MODELS", "SeedTarget", "generate_records", "seed_store"]
 
 
 class SeedTarget(Protocol):
-    def append_encoded(self, rows: list[tuple[int, bytes]]) -> int: ...
+    def append_encoded(self, rows: list[tuple[int, bytes]], *, stripped: bool = False) -> int: ...
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1060,13 +1060,13 @@ def seed_store(
     for record in generate_records(count, seed=seed, start=start, span=span):
         batch.append(encode(record))
         if len(batch) >= batch_size:
-            last = store.append_encoded(batch)
+            last = store.append_encoded(batch, stripped=strip)
             done += len(batch)
             batch = []
             if progress is not None:
                 progress(done)
     if batch:
-        last = store.append_encoded(batch)
+        last = store.append_encoded(batch, stripped=strip)
         done += len(batch)
         if progress is not None:
             progress(done)

@@ -68,3 +68,20 @@ def test_credential_header_list_matches_design() -> None:
     assert {"authorization", "x-api-key", "api-key", "cookie", "set-cookie", "proxy-authorization"} == set(
         CREDENTIAL_HEADERS
     )
+
+
+def test_rows_from_our_append_skip_the_scan_and_foreign_rows_are_stripped(tmp_path) -> None:
+    from capture_export.export.engine import encode_batch
+    from capture_export.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    store.append([make_record(1)])
+    foreign = {k: v for k, v in make_record(2).items()}
+    store._conn.execute("INSERT INTO captures (ts_us, body) VALUES (?, ?)", (0, cbor2.dumps(foreign)))
+    rows = store.read_batch(0, 10)
+    assert [row.stripped for row in rows] == [True, False]
+    exported = [cbor2.loads(record) for record in encode_batch(rows)]
+    for record in exported:
+        assert "Authorization" not in record["capture"]["request"]["headers"]
+        assert "Set-Cookie" not in record["capture"]["response"]["headers"]
+    store.close()

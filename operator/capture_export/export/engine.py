@@ -599,10 +599,15 @@ class SynchronousPipeline:
 def encode_batch(rows: list[StoredRecord]) -> list[bytes]:
     """Stored rows as exported CBOR records: ``id`` spliced in, credential headers stripped.
 
-    The credential check scans the whole batch once and decodes only the records where a credential
-    header name could occur."""
+    The credential check skips rows our own append stripped, scans the others' bytes once per batch, and
+    decodes only the records where a credential header name could occur."""
     records = [with_id(row.id, row.body) for row in rows]
-    lowered = b"".join(records).lower()
+    unchecked = [index for index, row in enumerate(rows) if not row.stripped]
+    if not unchecked:
+        return records
+    lowered = b"".join(records[index] for index in unchecked).lower()
     if not any(marker in lowered for marker in CREDENTIAL_MARKERS):
         return records
-    return [ensure_no_credentials(row.id, record) for row, record in zip(rows, records, strict=True)]
+    for index in unchecked:
+        records[index] = ensure_no_credentials(rows[index].id, records[index])
+    return records

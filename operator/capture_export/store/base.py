@@ -16,6 +16,9 @@ class StoredRecord(NamedTuple):
     id: int
     timestamp_us: int
     body: bytes  # CBOR map without ``id``; see records.with_id
+    # True when our own append wrote it (credentials already stripped), so the export may skip its
+    # credential scan; rows from other writers are always scanned.
+    stripped: bool = False
 
 
 class ExpiredChunk(NamedTuple):

@@ -382,8 +382,10 @@ class PostgresStore:
     def append(self, records: Iterable[Mapping[str, Any]]) -> int:
         return self.append_encoded([encode_body(record) for record in records])
 
-    def append_encoded(self, rows: list[tuple[int, bytes]]) -> int:
-        """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction; return the last id."""
+    def append_encoded(self, rows: list[tuple[int, bytes]], *, stripped: bool = False) -> int:
+        """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction; return the last id.
+        ``stripped`` is accepted for the protocol's sake: this store keeps no such flag yet, so the
+        export scans every PostgreSQL record for credential headers."""
         if not rows:
             return self.max_id()
         stamps = [ts for ts, _ in rows]

@@ -36,7 +36,7 @@ CREATE INDEX IF NOT EXISTS captures_ts_us ON captures (ts_us);
 CREATE TABLE IF NOT EXISTS capture_export_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES ('schema_version', '1');
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Migrations from version N-1 to N, each run in one write transaction.
 MIGRATIONS: dict[int, list[str]] = {
     2: [
@@ -44,6 +44,8 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS captures_deleted_ts ON captures (deleted_at_us, ts_us)",
         "CREATE VIEW IF NOT EXISTS captures_live AS SELECT id, ts_us, body FROM captures WHERE deleted_at_us IS NULL",
     ],
+    # Rows our own append wrote are stripped of credentials already; the gateway's own INSERTs get 0.
+    3: ["ALTER TABLE captures ADD COLUMN stripped INTEGER NOT NULL DEFAULT 0"],
 }
 # json_each (to pass a chunk's ids as one parameter) is built in from SQLite 3.38.
 _HAS_JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
@@ -97,15 +99,17 @@ class SQLiteStore:
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> int:
         rows = [encode_body(record) for record in records]
-        return self.append_encoded(rows)
+        return self.append_encoded(rows, stripped=True)
 
-    def append_encoded(self, rows: list[tuple[int, bytes]]) -> int:
-        """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction."""
+    def append_encoded(self, rows: list[tuple[int, bytes]], *, stripped: bool = False) -> int:
+        """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction. ``stripped``: the bodies
+        come from ``encode_body`` (credential headers removed), so the export need not scan them again."""
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    self._conn.executemany("INSERT INTO captures (ts_us, body) VALUES (?, ?)", rows)
+                    self._conn.executemany("INSERT INTO captures (ts_us, body, stripped) VALUES (?, ?, ?)",
+                                           [(ts, body, int(stripped)) for ts, body in rows])
                     last = self._conn.execute("SELECT last_insert_rowid()").fetchone()[0]
                     self._conn.execute("COMMIT")
                 except BaseException:
@@ -124,10 +128,10 @@ class SQLiteStore:
     def read_batch(self, after: int, limit: int, horizon: int | None = None) -> list[StoredRecord]:
         bound = self.safe_horizon() if horizon is None else horizon
         rows = self._query(
-            "SELECT id, ts_us, body FROM captures WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+            "SELECT id, ts_us, body, stripped FROM captures WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
             (after, bound, limit),
         )
-        return [StoredRecord(*row) for row in rows]
+        return [StoredRecord(record_id, ts, body, stripped == 1) for record_id, ts, body, stripped in rows]
 
     def backlog(self, after: int, horizon: int | None = None) -> int:
         bound = self.safe_horizon() if horizon is None else horizon
