@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from capture_export.local_s3 import LocalS3
@@ -36,3 +38,39 @@ spec:
 
 def run_cli(*args: str | Path, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _wait_for_a_commit(state: Path, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until this run has committed a batch (the state file is rewritten after every commit)."""
+    before = state.stat().st_mtime_ns if state.exists() else 0
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if state.exists() and state.stat().st_mtime_ns != before:
+            return
+        time.sleep(0.01)
+
+
+def run_and_kill_at_random(
+    manifest: Path, state: Path, store: str | Path, *, cwd: Path, rng: random.Random,
+    anywhere: float, startup_window: tuple[float, float], drain_window: float,
+) -> bool:
+    """Start `capture-export run --once` and SIGKILL it at a random moment: with probability ``anywhere``
+    somewhere in ``startup_window`` seconds (startup included), else up to ``drain_window`` seconds after
+    its first commit. Returns whether the kill landed while it ran; fails on any other exit."""
+    process = subprocess.Popen(
+        [*CLI, "run", "--once", "-f", str(manifest), "--state", str(state), "--store", str(store)],
+        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    if rng.random() < anywhere:
+        time.sleep(rng.uniform(*startup_window))
+    else:
+        _wait_for_a_commit(state, process)
+        time.sleep(rng.uniform(0.0, drain_window))
+    killed = process.poll() is None
+    if killed:
+        process.kill()
+    process.wait()
+    if process.returncode not in (0, -9):
+        assert process.stderr is not None
+        raise AssertionError(f"exit {process.returncode}: {process.stderr.read().decode()}")
+    return killed

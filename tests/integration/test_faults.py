@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from capture_export.store.postgres import PostgresStore
 from capture_export.store.records import encode_body
 from tests.conftest import make_record
 from tests.faultproxy import FaultProxy
-from tests.integration.helpers import CLI, run_cli, write_manifest
+from tests.integration.helpers import run_and_kill_at_random, run_cli, write_manifest
 from tests.pg import TempPostgres
 
 pytestmark = pytest.mark.postgres
@@ -456,15 +455,6 @@ def test_postgres_connection_cut_mid_result_and_unreachable(
 KILLS = 50
 
 
-def _wait_for_commit(state: Path, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    before = state.stat().st_mtime_ns if state.exists() else 0
-    deadline = time.monotonic() + timeout
-    while process.poll() is None and time.monotonic() < deadline:
-        if state.exists() and state.stat().st_mtime_ns != before:
-            return
-        time.sleep(0.01)
-
-
 def test_worker_killed_at_random_points(pg_dsn: str, s3_server: LocalS3, bucket: str, tmp_path: Path) -> None:
     """``capture-export run --once`` on PostgreSQL, SIGKILLed at random moments (50 times mid-run) while
     the gateway writes (with transactions held open); then one clean run, and ``verify``."""
@@ -480,20 +470,8 @@ def test_worker_killed_at_random_points(pg_dsn: str, s3_server: LocalS3, bucket:
             assert attempt <= 3 * KILLS, f"only {killed_mid_run} kills landed mid-run in {attempt} runs"
             manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, prefix="faults",
                                       limit=rng.choice([50, 120, 200]))
-            process = subprocess.Popen(
-                [*CLI, "run", "--once", "-f", str(manifest), "--state", str(state), "--store", pg_dsn],
-                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )
-            if rng.random() < 0.2:
-                time.sleep(rng.uniform(0.05, 1.0))  # anywhere, startup included
-            else:
-                _wait_for_commit(state, process)  # then somewhere inside the drain
-                time.sleep(rng.uniform(0.0, 0.15))
-            if process.poll() is None:
-                process.kill()
-                killed_mid_run += 1
-            process.wait()
-            assert process.returncode in (0, -9), f"attempt {attempt}: {process.stderr.read().decode()}"  # type: ignore[union-attr]
+            killed_mid_run += run_and_kill_at_random(manifest, state, pg_dsn, cwd=tmp_path, rng=rng, anywhere=0.2,
+                                                     startup_window=(0.05, 1.0), drain_window=0.15)
             if state.exists():
                 saved = json.loads(state.read_text())["S3Exporter/default/usage"]  # never torn
                 cursors.append(int(saved["cursor"]))

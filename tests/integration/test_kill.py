@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import random
 import re
-import subprocess
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from capture_export.export.layout import parse_range
 from capture_export.local_s3 import LocalS3
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
-from tests.integration.helpers import CLI, run_cli, write_manifest
+from tests.integration.helpers import run_and_kill_at_random, run_cli, write_manifest
 
 KILLS = 24
 # The templated variant: dated Hive folders, a filter, and the format switching between crashes as a user
@@ -28,16 +26,6 @@ TEMPLATED = """\
   filter: {{statusCodes: [200, 429]}}
 """
 TEMPLATED_KEY = re.compile(r"^llm/year=(\d{4})/month=(\d\d)/day=(\d\d)/\d{20}-\d{20}\.(cbor\.zstd|jsonl\.zst)$")
-
-
-def _wait_for_a_commit(state: Path, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """Until this run has committed a batch (the state file is rewritten after every commit)."""
-    before = state.stat().st_mtime_ns if state.exists() else 0
-    deadline = time.monotonic() + timeout
-    while process.poll() is None and time.monotonic() < deadline:
-        if state.exists() and state.stat().st_mtime_ns != before:
-            return
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize(("layout", "seeded"), [("flat", 40_000), ("templated", 10_000)])
@@ -58,21 +46,8 @@ def test_kill_minus_nine_at_random_moments_then_verify(
         manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, limit=limit, extra_spec=extra)
         if rng.random() < 0.2 and state.exists():
             state.unlink()  # state file lost too: the bucket's checkpoint must carry the cursor
-        process = subprocess.Popen(
-            [*CLI, "run", "--once", "-f", str(manifest), "--state", str(state), "--store", str(store_path)],
-            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        if rng.random() < 0.25:
-            time.sleep(rng.uniform(0.1, 0.8))  # anywhere, startup included
-        else:
-            _wait_for_a_commit(state, process)  # then somewhere inside the drain
-            time.sleep(rng.uniform(0.0, 0.3))
-        if process.poll() is None:
-            process.kill()
-            killed_mid_run += 1
-        process.wait()
-        if process.returncode not in (0, -9):
-            raise AssertionError(f"attempt {attempt}: exit {process.returncode}: {process.stderr.read().decode()}")
+        killed_mid_run += run_and_kill_at_random(manifest, state, store_path, cwd=tmp_path, rng=rng, anywhere=0.25,
+                                                 startup_window=(0.1, 0.8), drain_window=0.3)
         # Append between crashes, as the gateway keeps writing.
         store = SQLiteStore(store_path)
         seed_store(store, 1500, seed=100 + attempt)
