@@ -47,7 +47,7 @@ def test_kill_minus_nine_at_random_moments_then_verify(
         if rng.random() < 0.2 and state.exists():
             state.unlink()  # state file lost too: the bucket's checkpoint must carry the cursor
         killed_mid_run += run_and_kill_at_random(manifest, state, store_path, cwd=tmp_path, rng=rng, anywhere=0.25,
-                                                 startup_window=(0.1, 0.8), drain_window=0.3)
+                                                 startup_window=(0.1, 0.5), drain_window=0.3)
         # Append between crashes, as the gateway keeps writing.
         store = SQLiteStore(store_path)
         seed_store(store, 1500, seed=100 + attempt)
