@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from .engine import BatchResult, Cursor, ExportEngine, ExporterId, ExportFailure, RetryPolicy, RunResult
+from .checkpoint import Checkpoints
+from .engine import ExportEngine
 from .formats import BatchEncoder, CborZstdEncoder
 from .layout import ObjectLayout, parse_range
+from .model import BatchResult, Cursor, ExporterId, ExportFailure, RetryPolicy, RunResult
 
 __all__ = [
     "BatchEncoder",
     "BatchResult",
     "CborZstdEncoder",
+    "Checkpoints",
     "Cursor",
     "ExportEngine",
     "ExportFailure",

@@ -20,8 +20,10 @@ from typing import Any
 from ..api import RetentionPolicySpec, RetentionPolicyStatus, S3ExporterSpec, S3ExporterStatus
 from ..api.retention import RetentionRun
 from ..clock import Clock, SystemClock
+from ..export.checkpoint import Checkpoints
 from ..export.cycle import ObjectStoreFactory, SecretSource, credentials_from_secret
-from ..export.engine import ExportEngine, ExporterId, ExportFailure, RetryPolicy
+from ..export.layout import ObjectLayout
+from ..export.model import ExporterId, ExportFailure, RetryPolicy
 from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
 from ..status.conditions import get_condition
 from ..status.exporter import Event
@@ -120,7 +122,6 @@ class RetentionWorker:
         self.max_chunk_seconds = max_chunk_seconds
         self.recheck_seconds = recheck_seconds
         self._objects: dict[tuple[S3Location, Credentials | None], ObjectStore] = {}
-        self._engines: dict[tuple[object, ...], ExportEngine] = {}
         self.consecutive_failures = 0
 
     # -- the gate's inputs ---------------------------------------------------------------------------
@@ -131,7 +132,6 @@ class RetentionWorker:
         if objects is None:
             if len(self._objects) > 64:  # rotated credentials leave old clients behind
                 self._objects.clear()
-                self._engines.clear()
             objects = self._objects[key] = self.object_store_factory(key[0], credentials)
         return objects
 
@@ -150,14 +150,8 @@ class RetentionWorker:
                 secret = ref.spec.secret_ref.name
                 credentials = credentials_from_secret(namespace, secret, self.secrets.get(namespace, secret))
             objects = self._object_store(ref.spec, credentials)
-            key = (name, ref.spec.model_dump_json(), id(objects), id(store))
-            engine = self._engines.get(key)
-            if engine is None:  # only its checkpoint reader is used: read_checkpoint knows the key and format
-                if len(self._engines) > 64:
-                    self._engines.clear()
-                engine = self._engines[key] = ExportEngine(ref.spec, ExporterId(namespace, name), store, objects,
-                                                           clock=self.clock, retry=self.retry)
-            cursor = engine.read_checkpoint()
+            layout = ObjectLayout(ref.spec.prefix, namespace, name)
+            cursor = Checkpoints(objects, layout, ExporterId(namespace, name), self.clock, retry=self.retry).read()
         except ExportFailure as exc:
             return ExporterObservation(name, "Unreadable", detail=f"{exc.reason}: {exc.message}",
                                        failing=_failing(ref.status))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from ..export.engine import Cursor
+from ..export.model import Cursor
 
 __all__ = ["ExporterObservation", "Gate", "evaluate_gate", "from_micros", "gating_exporters", "micros"]
 
