@@ -8,29 +8,21 @@ emitting and when the next cycle is due.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from ..api import S3ExporterSpec, S3ExporterStatus
 from ..clock import Clock, SystemClock
-from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
+from ..objectstore import Credentials, ObjectStore, ObjectStoreError, S3Location, S3ObjectStore
+from ..objectstore.credentials import CredentialResolver, SecretSource
 from ..status.exporter import Event, StatusUpdate
 from ..store import CaptureStore, StoreError
-from .engine import BatchResult, Cursor, ExportEngine, ExporterId, ExportFailure, RunResult
+from .engine import ExportEngine
+from .model import BatchResult, Cursor, ExporterId, ExportFailure, RunResult
 
-__all__ = ["CycleOutcome", "ExporterWorker", "SecretSource", "StoreOpener", "credentials_from_secret"]
+__all__ = ["CycleOutcome", "ExporterWorker", "ObjectStoreFactory", "StoreOpener"]
 
-ACCESS_KEY_ID = "access_key_id"
-ACCESS_SECRET = "access_secret"
-SESSION_TOKEN = "session_token"
 MAX_FAILURE_BACKOFF = 300.0
-
-
-class SecretSource(Protocol):
-    def get(self, namespace: str, name: str) -> Mapping[str, str] | None:
-        """A Secret's decoded data, or None when it does not exist."""
-        ...
 
 
 StoreOpener = Callable[[S3ExporterSpec, str], CaptureStore]
@@ -43,17 +35,6 @@ class CycleOutcome:
     events: list[Event]
     result: RunResult | None
     due_in: float  # seconds until the next cycle should start
-
-
-def credentials_from_secret(namespace: str, name: str, data: Mapping[str, str] | None) -> Credentials:
-    if data is None:
-        raise ExportFailure("SecretNotFound", f"Secret {namespace}/{name} not found", domain="Credentials",
-                            transient=False)
-    for key in (ACCESS_KEY_ID, ACCESS_SECRET):
-        if not data.get(key):
-            raise ExportFailure("SecretKeyMissing", f"Secret {namespace}/{name} has no key {key!r}",
-                                domain="Credentials", transient=False)
-    return Credentials(data[ACCESS_KEY_ID], data[ACCESS_SECRET], data.get(SESSION_TOKEN) or None)
 
 
 class ExporterWorker:
@@ -71,6 +52,7 @@ class ExporterWorker:
         self.exporter = exporter
         self.open_store = open_store
         self.secrets = secrets
+        self.credentials = CredentialResolver(secrets)
         self.clock = clock or SystemClock()
         self.object_store_factory = object_store_factory or (lambda loc, cred: S3ObjectStore(loc, cred))
         self.engine: ExportEngine | None = None
@@ -79,10 +61,10 @@ class ExporterWorker:
         self.consecutive_failures = 0
 
     def _credentials(self, spec: S3ExporterSpec) -> Credentials | None:
-        if spec.secret_ref is None:
-            return None
-        name = spec.secret_ref.name
-        return credentials_from_secret(self.exporter.namespace, name, self.secrets.get(self.exporter.namespace, name))
+        try:
+            return self.credentials.resolve(self.exporter.namespace, spec.secret_ref)
+        except ObjectStoreError as exc:
+            raise ExportFailure.from_object_store(exc) from None
 
     def _engine_for(self, spec: S3ExporterSpec, credentials: Credentials | None, store: CaptureStore) -> bool:
         """Make or reuse the engine; True when it is new (so the connection must be tested)."""

@@ -21,10 +21,11 @@ from ..api import RetentionPolicySpec, RetentionPolicyStatus, S3ExporterSpec, S3
 from ..api.retention import RetentionRun
 from ..clock import Clock, SystemClock
 from ..export.checkpoint import Checkpoints
-from ..export.cycle import ObjectStoreFactory, SecretSource, credentials_from_secret
+from ..export.cycle import ObjectStoreFactory
 from ..export.layout import ObjectLayout
 from ..export.model import ExporterId, ExportFailure, RetryPolicy
-from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
+from ..objectstore import Credentials, ObjectStore, ObjectStoreError, S3Location, S3ObjectStore
+from ..objectstore.credentials import CredentialResolver, SecretSource
 from ..status.conditions import get_condition
 from ..status.exporter import Event
 from ..status.retention import RetentionStatusUpdate
@@ -115,6 +116,7 @@ class RetentionWorker:
         self.policy = policy
         self.open_store = open_store
         self.secrets = secrets
+        self.credentials = CredentialResolver(secrets)
         self.clock = clock or SystemClock()
         self.object_store_factory = object_store_factory or (lambda loc, cred: S3ObjectStore(loc, cred))
         self.retry = retry or RetryPolicy(attempts=3)
@@ -145,14 +147,11 @@ class RetentionWorker:
                                        f"the policy purges {_describe_store(spec.store)}")
         namespace = self.policy.namespace
         try:
-            credentials = None
-            if ref.spec.secret_ref is not None:
-                secret = ref.spec.secret_ref.name
-                credentials = credentials_from_secret(namespace, secret, self.secrets.get(namespace, secret))
+            credentials = self.credentials.resolve(namespace, ref.spec.secret_ref)
             objects = self._object_store(ref.spec, credentials)
             layout = ObjectLayout(ref.spec.prefix, namespace, name)
             cursor = Checkpoints(objects, layout, ExporterId(namespace, name), self.clock, retry=self.retry).read()
-        except ExportFailure as exc:
+        except (ExportFailure, ObjectStoreError) as exc:
             return ExporterObservation(name, "Unreadable", detail=f"{exc.reason}: {exc.message}",
                                        failing=_failing(ref.status))
         except Exception as exc:  # a client that cannot even be built: never echo its text (secrets)
