@@ -15,8 +15,8 @@ from typing import Any
 import cbor2
 
 from .api import S3ExporterSpec
-from .export.formats import decode_object, record_ids, to_json_line
-from .export.layout import CONTROL_DIR, ObjectLayout, data_extension, parse_range
+from .export.formats import data_extension, decode_object, record_ids, to_json_line
+from .export.layout import CONTROL_DIR, ObjectLayout, parse_range
 from .export.transform import RecordFilter
 from .objectstore import ObjectStore
 from .store import CaptureStore

@@ -66,7 +66,7 @@ def _object_store_for(args: argparse.Namespace, bucket: str):
 
 def cmd_cat(args: argparse.Namespace) -> int:
     from .audit import decode_object, is_data_object, to_json_line
-    from .export.layout import data_extension
+    from .export.formats import data_extension
 
     source: str = args.source
     if source.startswith("s3://"):
