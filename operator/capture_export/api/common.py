@@ -84,7 +84,7 @@ class StoreRef(ApiModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> StoreRef:
-        if self.sqlite is not None and self.postgres is not None:
+        if sum(getattr(self, name) is not None for name in type(self).model_fields) > 1:
             raise ValueError("store: set at most one of sqlite and postgres")
         return self
 

@@ -92,9 +92,6 @@ class ExporterSelector(ApiModel):
                 raise ValueError(LABEL_KEYS_VALID["message"])
         return value
 
-    def matches(self, labels: dict[str, str]) -> bool:
-        return all(labels.get(key) == wanted for key, wanted in self.match_labels.items())
-
 
 class SoftDelete(ApiModel):
     """Hide purged records first, and remove them for good only after a grace period."""

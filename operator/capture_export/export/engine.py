@@ -26,7 +26,7 @@ import cbor2
 from ..api import S3ExporterSpec
 from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore
-from ..store import CaptureStore, CorruptRecord, StoredRecord, StoreError
+from ..store import CorruptRecord, RecordReader, StoredRecord, StoreError
 from ..store.records import CREDENTIAL_MARKERS, ensure_no_credentials, with_id
 from .checkpoint import Checkpoints
 from .formats import BatchEncoder, FormatUnavailable, encoder_for, record_ids
@@ -44,7 +44,7 @@ class ExportEngine:
         self,
         spec: S3ExporterSpec,
         exporter: ExporterId,
-        store: CaptureStore,
+        store: RecordReader,
         objects: ObjectStore,
         *,
         encoder: BatchEncoder | None = None,

@@ -29,15 +29,13 @@ from ..objectstore.credentials import CredentialResolver, SecretSource
 from ..status.conditions import get_condition
 from ..status.exporter import Event
 from ..status.retention import RetentionStatusUpdate
-from ..store import CaptureStore, StoreError
+from ..store import RETENTION_METHODS, CaptureStore, StoreError, describe_store, store_identity
 from .gate import ExporterObservation, Gate, evaluate_gate, gating_exporters, micros
 from .purge import Purger, PurgeStats
 
 __all__ = ["ExporterRef", "RetentionOutcome", "RetentionWorker"]
 
 MAX_FAILURE_BACKOFF = 300.0
-RETENTION_METHODS = ("expire_chunk", "purge_soft_deleted_chunk", "restore_chunk", "count_expired",
-                     "soft_deleted_count", "highest_assigned_id")
 
 StoreOpener = Callable[[Any, str], CaptureStore]
 
@@ -71,21 +69,6 @@ class _Failure(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-def _store_key(ref: Any) -> Any:
-    """A store reference, with ``store: {}`` and no ``store`` both meaning the default store."""
-    if ref is None or (ref.sqlite is None and ref.postgres is None):
-        return None
-    return ref.model_dump(by_alias=True)
-
-
-def _describe_store(ref: Any) -> str:
-    if ref is None or (ref.sqlite is None and ref.postgres is None):
-        return "the default store"
-    if ref.sqlite is not None:
-        return f"sqlite {ref.sqlite.path}"
-    return f"postgres from Secret {ref.postgres.secret_ref.name}"
 
 
 def _failing(status: S3ExporterStatus | None) -> str | None:
@@ -142,9 +125,9 @@ class RetentionWorker:
         """Read one gating exporter's committed cursor from the checkpoint object in its bucket."""
         if ref is None:
             return ExporterObservation(name, "NotFound")
-        if _store_key(ref.spec.store) != _store_key(spec.store):
-            return ExporterObservation(name, "StoreMismatch", detail=f"{_describe_store(ref.spec.store)}, "
-                                       f"the policy purges {_describe_store(spec.store)}")
+        if store_identity(ref.spec.store) != store_identity(spec.store):
+            return ExporterObservation(name, "StoreMismatch", detail=f"{describe_store(ref.spec.store)}, "
+                                       f"the policy purges {describe_store(spec.store)}")
         namespace = self.policy.namespace
         try:
             credentials = self.credentials.resolve(namespace, ref.spec.secret_ref)
