@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from .vocabulary import Truth
+
 __all__ = [
     "GROUP",
     "VERSION",
@@ -89,7 +91,7 @@ class StoreRef(ApiModel):
         return self
 
 
-ConditionStatus = Literal["True", "False", "Unknown"]
+ConditionStatus = Literal[tuple(t.value for t in Truth)]  # type: ignore[valid-type]
 
 
 class Condition(ApiModel):

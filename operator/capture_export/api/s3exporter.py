@@ -11,6 +11,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ..export.formats import COMPRESSIONS, FORMAT_NAMES, FORMATS
 from .common import ApiModel, Condition, SecretRef, StoreRef
+from .vocabulary import ExportOutcome
 
 __all__ = [
     "HISTORY_LENGTH",
@@ -293,7 +294,7 @@ class S3ExporterSpec(ApiModel):
         return self
 
 
-Outcome = Literal["Succeeded", "Failed", "NothingToDo", "Stopped"]
+Outcome = Literal[tuple(o.value for o in ExportOutcome)]  # type: ignore[valid-type]
 
 
 class RunRecord(ApiModel):

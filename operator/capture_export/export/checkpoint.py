@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+from ..api.vocabulary import Domain, Reason
 from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore
 from .layout import ObjectLayout
@@ -83,9 +84,9 @@ class Checkpoints:
             return decode_checkpoint(raw)
         except ValueError:
             raise ExportFailure(
-                "CheckpointCorrupt",
+                Reason.CHECKPOINT_CORRUPT,
                 f"checkpoint object {key} is not valid JSON with epoch and cursor",
-                domain="Bucket",
+                domain=Domain.BUCKET,
                 transient=False,
             ) from None
 

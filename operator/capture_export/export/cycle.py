@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..api import S3ExporterSpec, S3ExporterStatus
+from ..api.vocabulary import ConditionType, Domain, EventType, ExportOutcome, Reason
 from ..clock import Clock, SystemClock
 from ..objectstore import Credentials, ObjectStore, ObjectStoreError, S3Location, S3ObjectStore
 from ..objectstore.credentials import CredentialResolver, SecretSource
@@ -98,11 +99,11 @@ class ExporterWorker:
             try:
                 store = self.open_store(spec, self.exporter.namespace)
             except StoreError as exc:
-                raise ExportFailure("StoreUnavailable", str(exc), domain="Store", transient=True) from None
+                raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
             if self._engine_for(spec, credentials, store):
                 assert self.engine is not None
                 self.engine.check_connection()
-                update.passed("CredentialsValid", "BucketReachable")
+                update.passed(ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE)
             engine = self.engine
             assert engine is not None
             saved = Cursor(update.status.epoch, int(update.status.cursor))
@@ -116,7 +117,7 @@ class ExporterWorker:
                 update.status.epoch, update.status.cursor = saved.epoch, "0"
                 update.status.totals = type(update.status.totals)()
                 update.status.last_reset = reset_token
-                update.events.append(Event("Normal", "CursorReset", f"re-exporting from the beginning "
+                update.events.append(Event(EventType.NORMAL, Reason.CURSOR_RESET, f"re-exporting from the beginning "
                                            f"(epoch {saved.epoch})"))
             result = engine.run(saved, max_seconds=max_seconds, should_stop=should_stop, on_batch=on_batch)
             update.record_run(result)
@@ -124,8 +125,8 @@ class ExporterWorker:
         except ExportFailure as exc:
             failure = exc
             update.fail(exc)
-            update.events.append(Event("Warning", "ExportFailed", exc.message))
-            if exc.domain in ("Credentials", "Bucket"):
+            update.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, exc.message))
+            if exc.domain in (Domain.CREDENTIALS, Domain.BUCKET):
                 # Re-test the connection next time rather than trusting a cached engine.
                 self._engine_key = None
         new_status, events = update.finish()
@@ -135,5 +136,5 @@ class ExporterWorker:
         else:
             self.consecutive_failures = 0
             backlog = result.backlog if result else None
-            due_in = 0.0 if backlog and result and result.outcome != "Stopped" else float(spec.every)
+            due_in = 0.0 if backlog and result and result.outcome != ExportOutcome.STOPPED else float(spec.every)
         return CycleOutcome(new_status, events, result, due_in)

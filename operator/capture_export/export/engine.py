@@ -24,6 +24,7 @@ from typing import Any
 import cbor2
 
 from ..api import S3ExporterSpec
+from ..api.vocabulary import Domain, ExportOutcome, Reason
 from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore
 from ..store import CorruptRecord, RecordReader, StoredRecord, StoreError
@@ -59,7 +60,8 @@ class ExportEngine:
             try:
                 encoder = encoder_for(spec.format, spec.compression)
             except FormatUnavailable as exc:
-                raise ExportFailure("FormatUnavailable", str(exc), domain="Format", transient=False) from None
+                raise ExportFailure(Reason.FORMAT_UNAVAILABLE, str(exc), domain=Domain.FORMAT,
+                                    transient=False) from None
         self.encoder = encoder
         self.transform = RecordTransform(spec)
         self.clock = clock or SystemClock()
@@ -129,13 +131,13 @@ class ExportEngine:
                 if done.key is not None:
                     result.objects += 1
                     result.last_key = done.key
-                result.outcome = "Succeeded"
+                result.outcome = ExportOutcome.SUCCEEDED
                 if on_batch is not None:
                     on_batch(done)
             if pipeline.interrupted and should_stop():
-                result.outcome = "Stopped"
+                result.outcome = ExportOutcome.STOPPED
         except ExportFailure as failure:
-            result.outcome = "Failed"
+            result.outcome = ExportOutcome.FAILED
             result.failure = failure
             self._sweep_pending = True
         finally:
@@ -152,7 +154,7 @@ class ExportEngine:
         try:
             return self.store.read_batch(after, limit or self.spec.limit)
         except StoreError as exc:
-            raise ExportFailure("StoreUnavailable", str(exc), domain="Store", transient=True) from None
+            raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
 
     def _cut(self, rows: list[StoredRecord]) -> tuple[list[StoredRecord], list[StoredRecord]]:
         """Split rows at the first record whose folder differs from the first one's (a batch never spans
@@ -171,8 +173,8 @@ class ExportEngine:
             records = encode_batch(rows)
             kept = self._transform(rows, records)
         except CorruptRecord as exc:
-            raise ExportFailure("CorruptRecord", f"{exc}; export holds before it until it is fixed",
-                                domain="Store", transient=False) from None
+            raise ExportFailure(Reason.CORRUPT_RECORD, f"{exc}; export holds before it until it is fixed",
+                                domain=Domain.STORE, transient=False) from None
         first, last = rows[0], rows[-1]
         payload: bytes | None = None
         try:
@@ -189,9 +191,9 @@ class ExportEngine:
                             [raw if raw is not None else cbor2.dumps(record, timezone=UTC) for record, raw in kept]
                         )
         except Exception as exc:  # an encoder that cannot represent a record
-            raise ExportFailure("EncodeFailed", f"records {first.id}-{last.id} could not be written as "
+            raise ExportFailure(Reason.ENCODE_FAILED, f"records {first.id}-{last.id} could not be written as "
                                 f"{self.spec.format}: {exc.__class__.__name__}: {exc}; export holds before them",
-                                domain="Format", transient=False) from None
+                                domain=Domain.FORMAT, transient=False) from None
         return PreparedBatch(
             first_id=first.id,
             last_id=last.id,
@@ -293,7 +295,7 @@ class ExportEngine:
                 return False
             live = {row.id for row in self.store.read_batch(first - 1, last - first + 1, last)}
         except StoreError as exc:
-            raise ExportFailure("StoreUnavailable", str(exc), domain="Store", transient=True) from None
+            raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
         try:
             ids = record_ids(data, key)
         except Exception:

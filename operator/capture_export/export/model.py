@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TypeVar
 
+from ..api.vocabulary import ExportOutcome, Reason
 from ..clock import Clock
 from ..objectstore.base import ObjectStoreError
 
@@ -80,7 +81,7 @@ class RetryPolicy:
     throttle_delay: float = 2.0
 
     def delay(self, attempt: int, reason: str) -> float:
-        base = self.throttle_delay if reason == "Throttled" else self.base_delay
+        base = self.throttle_delay if reason == Reason.THROTTLED else self.base_delay
         return min(self.max_delay, base * (2 ** attempt))
 
 
@@ -143,7 +144,7 @@ class BatchResult:
 class RunResult:
     start: datetime
     end: datetime | None = None
-    outcome: str = "NothingToDo"  # Succeeded, Failed, NothingToDo, Stopped
+    outcome: str = ExportOutcome.NOTHING_TO_DO  # see ExportOutcome
     rows: int = 0
     bytes: int = 0
     raw_bytes: int = 0

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
+from ..api.vocabulary import Domain, Reason
 from .base import Credentials, ObjectStoreError
 
 if TYPE_CHECKING:
@@ -48,16 +49,16 @@ class CredentialsError(ObjectStoreError):
     """The credentials cannot be had (no such Secret, a key missing): never transient, someone must fix it."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(reason, message, transient=False, domain="Credentials")
+        super().__init__(reason, message, transient=False, domain=Domain.CREDENTIALS)
 
 
 def credentials_from_secret(namespace: str, name: str, data: Mapping[str, str] | None) -> Credentials:
     """The credentials in one Secret's data (None: the Secret does not exist)."""
     if data is None:
-        raise CredentialsError("SecretNotFound", f"Secret {namespace}/{name} not found")
+        raise CredentialsError(Reason.SECRET_NOT_FOUND, f"Secret {namespace}/{name} not found")
     for key in (ACCESS_KEY_ID, ACCESS_SECRET):
         if not data.get(key):
-            raise CredentialsError("SecretKeyMissing", f"Secret {namespace}/{name} has no key {key!r}")
+            raise CredentialsError(Reason.SECRET_KEY_MISSING, f"Secret {namespace}/{name} has no key {key!r}")
     return Credentials(data[ACCESS_KEY_ID], data[ACCESS_SECRET], data.get(SESSION_TOKEN) or None)
 
 

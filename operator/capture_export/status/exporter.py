@@ -7,6 +7,7 @@ from datetime import datetime
 
 from ..api import Condition, ExportTotals, RunRecord, S3ExporterStatus
 from ..api.s3exporter import HISTORY_LENGTH
+from ..api.vocabulary import ConditionType, Domain, EventType, Reason, Truth
 from ..export import ExportFailure, RunResult
 from .conditions import ConditionChange, set_condition, summarize_ready
 
@@ -18,8 +19,9 @@ __all__ = [
 ]
 
 # Which condition each failure domain speaks to.
-DOMAIN_CONDITIONS = {"Bucket": "BucketReachable", "Credentials": "CredentialsValid", "Store": "StoreReachable"}
-READY_INPUTS = ["CredentialsValid", "StoreReachable", "BucketReachable"]
+DOMAIN_CONDITIONS = {Domain.BUCKET: ConditionType.BUCKET_REACHABLE, Domain.CREDENTIALS: ConditionType.CREDENTIALS_VALID,
+                     Domain.STORE: ConditionType.STORE_REACHABLE}
+READY_INPUTS = [ConditionType.CREDENTIALS_VALID, ConditionType.STORE_REACHABLE, ConditionType.BUCKET_REACHABLE]
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,9 @@ class StatusUpdate:
         self.events: list[Event] = []
         self._format_failure: ExportFailure | None = None
         self.status.observed_generation = generation
-        for type_ in [*READY_INPUTS, "UpToDate"]:
+        for type_ in [*READY_INPUTS, ConditionType.UP_TO_DATE]:
             if not any(c.type == type_ for c in self.status.conditions):
-                self.set(type_, "Unknown", "Pending", "not yet checked", quiet=True)
+                self.set(type_, Truth.UNKNOWN, Reason.PENDING, "not yet checked", quiet=True)
 
     def set(self, type_: str, status: str, reason: str, message: str, *, quiet: bool = False) -> None:
         self.status.conditions, change = set_condition(
@@ -52,30 +54,30 @@ class StatusUpdate:
 
     def _event_for(self, change: ConditionChange) -> None:
         condition: Condition = change.condition
-        if condition.status == "Unknown":
+        if condition.status == Truth.UNKNOWN:
             return
-        bad = condition.status == "False" and condition.type != "UpToDate"
-        self.events.append(
-            Event("Warning" if bad else "Normal", condition.reason, f"{condition.type}={condition.status}: "
-                  f"{condition.message}")
-        )
+        bad = condition.status == Truth.FALSE and condition.type != ConditionType.UP_TO_DATE
+        kind = EventType.WARNING if bad else EventType.NORMAL
+        self.events.append(Event(kind, condition.reason, f"{condition.type}={condition.status}: {condition.message}"))
 
     def fail(self, failure: ExportFailure) -> None:
-        if failure.domain == "Format":
+        if failure.domain == Domain.FORMAT:
             # The spec's format cannot be written here (pyarrow missing, a record it cannot encode): no
             # failure-domain condition of its own; Ready says it (see finish).
             self._format_failure = failure
             return
-        self.set(DOMAIN_CONDITIONS.get(failure.domain, "BucketReachable"), "False", failure.reason, failure.message)
+        self.set(DOMAIN_CONDITIONS.get(failure.domain, ConditionType.BUCKET_REACHABLE), Truth.FALSE, failure.reason,
+                 failure.message)
 
     def passed(self, *types: str) -> None:
         messages = {
-            "CredentialsValid": "credentials accepted",
-            "StoreReachable": "capture store readable",
-            "BucketReachable": "bucket reachable and writable",
+            ConditionType.CREDENTIALS_VALID: "credentials accepted",
+            ConditionType.STORE_REACHABLE: "capture store readable",
+            ConditionType.BUCKET_REACHABLE: "bucket reachable and writable",
         }
         for type_ in types:
-            self.set(type_, "True", "Verified" if type_ != "StoreReachable" else "Reachable", messages[type_])
+            reason = Reason.REACHABLE if type_ == ConditionType.STORE_REACHABLE else Reason.VERIFIED
+            self.set(type_, Truth.TRUE, reason, messages[type_])
 
     def record_run(self, result: RunResult) -> None:
         status = self.status
@@ -109,14 +111,17 @@ class StatusUpdate:
             status.backlog = result.backlog
         if failure is not None:
             self.fail(failure)
-            self.events.append(Event("Warning", "ExportFailed", failure.message))
+            self.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, failure.message))
         else:
             # A run that wrote objects proves store, credentials and bucket at once.
-            self.passed("StoreReachable", *(["CredentialsValid", "BucketReachable"] if result.objects else []))
+            proven = [ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE] if result.objects else []
+            self.passed(ConditionType.STORE_REACHABLE, *proven)
         if result.backlog == 0:
-            self.set("UpToDate", "True", "CaughtUp", f"all records up to id {result.cursor.position} exported")
+            self.set(ConditionType.UP_TO_DATE, Truth.TRUE, Reason.CAUGHT_UP,
+                     f"all records up to id {result.cursor.position} exported")
         elif result.backlog is not None:
-            self.set("UpToDate", "False", "BacklogRemaining", f"{result.backlog} records waiting", quiet=True)
+            self.set(ConditionType.UP_TO_DATE, Truth.FALSE, Reason.BACKLOG_REMAINING,
+                     f"{result.backlog} records waiting", quiet=True)
 
     def advance_cursor(self, epoch: int, position: int) -> None:
         """Never move the cursor backwards, except into a newer epoch (a reset)."""
@@ -127,7 +132,7 @@ class StatusUpdate:
     def finish(self) -> tuple[S3ExporterStatus, list[Event]]:
         ready, reason, message = summarize_ready(self.status.conditions, READY_INPUTS)
         format_failure = self._format_failure
-        if format_failure is not None and ready != "False":
-            ready, reason, message = "False", format_failure.reason, f"format: {format_failure.message}"
-        self.set("Ready", ready, reason, message)
+        if format_failure is not None and ready != Truth.FALSE:
+            ready, reason, message = Truth.FALSE, format_failure.reason, f"format: {format_failure.message}"
+        self.set(ConditionType.READY, ready, reason, message)
         return self.status, self.events

@@ -24,6 +24,7 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from ..api import GROUP, VERSION, S3ExporterStatus
+from ..api.vocabulary import Domain, Reason
 from ..export import ExportFailure
 from .exporter import Event
 
@@ -148,7 +149,8 @@ class ApiSecrets:
         try:
             return self.api.read_secret(namespace, name)
         except KubeApiError as exc:
-            raise ExportFailure("SecretUnreadable", str(exc), domain="Credentials", transient=True) from None
+            raise ExportFailure(Reason.SECRET_UNREADABLE, str(exc), domain=Domain.CREDENTIALS,
+                                transient=True) from None
 
 
 def kopf_event(body: Mapping[str, Any], event: Event) -> None:
