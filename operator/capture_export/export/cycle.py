@@ -114,7 +114,7 @@ class ExporterWorker:
                 saved = recovered
             if reset_token is not None and reset_token != update.status.last_reset:
                 saved = engine.reset(saved)
-                update.status.epoch, update.status.cursor = saved.epoch, "0"
+                update.advance_cursor(saved.epoch, saved.position)  # a newer epoch: the guard lets it in
                 update.status.totals = type(update.status.totals)()
                 update.status.last_reset = reset_token
                 update.events.append(Event(EventType.NORMAL, Reason.CURSOR_RESET, f"re-exporting from the beginning "

@@ -34,7 +34,7 @@ from ..retention import ExporterRef, RetentionOutcome, RetentionWorker
 from ..status.conditions import get_condition, set_condition
 from ..status.exporter import Event
 from ..status.retention import RetentionStatusUpdate
-from ..status.writer import KubeApiError
+from .kube import KubeApiError
 from .s3exporter import load_status as load_exporter_status
 from .settings import Runtime, sleep_until_woken
 

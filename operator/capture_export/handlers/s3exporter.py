@@ -37,7 +37,7 @@ from ..api.vocabulary import ConditionType, EventType, Reason, Truth
 from ..export import BatchResult, ExporterId
 from ..export.cycle import ExporterWorker
 from ..status.conditions import get_condition, set_condition
-from ..status.exporter import Event, StatusUpdate
+from ..status.exporter import Event, StatusUpdate, cursor_position, not_behind
 from .settings import RESET_CURSOR, RUN_NOW, Runtime, sleep_until_woken
 
 __all__ = ["DESTINATION", "KIND", "RESET_CURSOR", "RUN_NOW", "Desired", "ExporterState", "Hold", "judge",
@@ -164,7 +164,7 @@ class ExporterState:
             if changed is None:
                 return True
             status, events = changed
-            self.status = self.runtime.writer.not_behind(status, self.status)
+            self.status = not_behind(status, cursor_position(self.status), what=str(self.id))
             try:
                 return await self.runtime.writer.write_exporter(body, PLURAL, self.status, events)
             except Exception as exc:  # the API is down or refuses: keep the status, write it next time

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,7 +17,12 @@ __all__ = [
     "READY_INPUTS",
     "Event",
     "StatusUpdate",
+    "cursor_position",
+    "guard_cursor",
+    "not_behind",
 ]
+
+log = logging.getLogger(__name__)
 
 # Which condition each failure domain speaks to.
 DOMAIN_CONDITIONS = {Domain.BUCKET: ConditionType.BUCKET_REACHABLE, Domain.CREDENTIALS: ConditionType.CREDENTIALS_VALID,
@@ -29,6 +35,31 @@ class Event:
     type: str  # Normal or Warning
     reason: str
     message: str
+
+
+# -- the cursor guard: every write of an S3Exporter's (epoch, cursor) goes through guard_cursor -------------
+
+
+def cursor_position(status: S3ExporterStatus) -> tuple[int, int]:
+    return status.epoch, int(status.cursor)
+
+
+def guard_cursor(current: tuple[int, int], proposed: tuple[int, int], *, what: str = "") -> tuple[int, int]:
+    """The (epoch, cursor) to keep: ``proposed``, unless it would move the cursor back. A newer epoch (a
+    reset starts again from 0) wins over a higher position. A refusal is logged: it means a stale writer."""
+    if proposed >= current:
+        return proposed
+    log.error("refusing to move %scursor back from %s to %s; keeping the newer one", f"{what} " if what else "",
+              current, proposed)
+    return current
+
+
+def not_behind(status: S3ExporterStatus, floor: tuple[int, int], *, what: str = "") -> S3ExporterStatus:
+    """``status``, with ``floor``'s (epoch, cursor) if that is newer (see guard_cursor)."""
+    kept = guard_cursor(floor, cursor_position(status), what=what)
+    if kept == cursor_position(status):
+        return status
+    return status.model_copy(update={"epoch": kept[0], "cursor": str(kept[1])})
 
 
 class StatusUpdate:
@@ -126,8 +157,8 @@ class StatusUpdate:
     def advance_cursor(self, epoch: int, position: int) -> None:
         """Never move the cursor backwards, except into a newer epoch (a reset)."""
         status = self.status
-        if (epoch, position) >= (status.epoch, int(status.cursor)):
-            status.epoch, status.cursor = epoch, str(position)
+        epoch, position = guard_cursor(cursor_position(status), (epoch, position))
+        status.epoch, status.cursor = epoch, str(position)
 
     def finish(self) -> tuple[S3ExporterStatus, list[Event]]:
         ready, reason, message = summarize_ready(self.status.conditions, READY_INPUTS)
