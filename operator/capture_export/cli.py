@@ -20,9 +20,30 @@ def _default_store() -> str:
     return os.environ.get("CAPTURE_EXPORT_STORE", DEFAULT_STORE)
 
 
+def _configure_export_resources(args: argparse.Namespace) -> None:
+    """The encode pool's size and the memory budget of batches in flight (export/pool.py, export/budget.py)."""
+    from .export.budget import configure_memory_budget, parse_size
+    from .export.pool import configure_encode_pool
+
+    configure_encode_pool(args.encode_workers)
+    configure_memory_budget(parse_size(args.memory_budget) if args.memory_budget else None)
+
+
+def _add_export_resource_arguments(parser: argparse.ArgumentParser) -> None:
+    workers = os.environ.get("CAPTURE_EXPORT_ENCODE_WORKERS")
+    parser.add_argument("--encode-workers", type=int, default=int(workers) if workers else None, metavar="N",
+                        help="processes that decode and encode JSON Lines and Parquet batches (0: in this "
+                        "process; default: one per CPU the process may use; env CAPTURE_EXPORT_ENCODE_WORKERS)")
+    parser.add_argument("--memory-budget", default=os.environ.get("CAPTURE_EXPORT_MEMORY_BUDGET"), metavar="SIZE",
+                        help="memory for batches in flight across all exporters, e.g. 256Mi (default: the "
+                        "container's memory limit less 224Mi, or 256Mi without one; env "
+                        "CAPTURE_EXPORT_MEMORY_BUDGET)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .standalone import StandaloneRunner
 
+    _configure_export_resources(args)
     manifests = load_manifests(args.file)
     if not manifests.of_kind("S3Exporter") and not manifests.resources:
         print("no S3Exporter or RetentionPolicy found in the given files", file=sys.stderr)
@@ -210,6 +231,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     from .handlers import OperatorConfig, run
 
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
+    _configure_export_resources(args)
     config = OperatorConfig(
         store=args.store,
         namespaces=tuple(args.namespace or ()),
@@ -231,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state", default=DEFAULT_STATE, help=f"local state file (default {DEFAULT_STATE})")
     run.add_argument("--store", default=_default_store(),
                      help="default capture store: SQLite path or postgresql:// DSN (env CAPTURE_EXPORT_STORE)")
+    _add_export_resource_arguments(run)
     run.set_defaults(handler=cmd_run)
 
     seed = sub.add_parser("seed", help="fill a store with realistic synthetic LLM usage records")
@@ -282,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
     op.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (0: off)")
     op.add_argument("--concurrency", type=int, default=8, help="export cycles running at once")
+    _add_export_resource_arguments(op)
     op.add_argument("-v", "--verbose", action="store_true")
     op.add_argument("--debug", action="store_true")
     op.add_argument("--log-format", choices=["plain", "full", "json"], default="full")

@@ -119,6 +119,10 @@ class PreparedBatch:
     read_seconds: float
     encode_seconds: float
     filtered: int = 0
+    # CPU time spent on the batch by the thread that read it and the thread or worker process that encoded
+    # it (benchmarks/format_throughput.py breaks the exporter's CPU down by stage with them).
+    read_cpu_seconds: float = 0.0
+    encode_cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,9 @@ class BatchResult:
     encode_seconds: float
     upload_seconds: float
     filtered: int = 0
+    read_cpu_seconds: float = 0.0
+    encode_cpu_seconds: float = 0.0
+    commit_cpu_seconds: float = 0.0  # the upload, the sweep and the checkpoint, on the run's own thread
 
     @property
     def object_written(self) -> bool:

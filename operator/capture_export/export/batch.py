@@ -1,0 +1,228 @@
+"""One batch's rows to one object's payload: the per-row checks, the filter and rewrites, the encoding.
+
+``encode_rows(recipe, rows)`` is a pure function of the batch, run in the exporting process for the
+default pass-through path and in a worker of the encode pool (export/pool.py) for everything that decodes.
+It is the one place a row is checked before it leaves: a row that is not a CBOR map stops the batch
+(``CorruptRecord``, the export holds before it) and credential headers are stripped from every row our own
+append did not write. So this module imports only what encoding needs (cbor2, orjson, zstandard and, for
+Parquet, pyarrow): no API models, no S3 or Kubernetes clients, which keeps the workers small.
+
+Each record is decoded at most once. The default path never decodes: ids are spliced into the stored CBOR
+(``with_id``). A filter on a CBOR format reads only the fields it needs (``peek_fields``). Anything else
+decodes each row once (``decoded_records``), strips credentials on the decoded map, then filters, rewrites
+(privacy mode, redactions) and encodes record by record, so a batch of 10,000 records never holds 10,000
+decoded records at once.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+import cbor2
+
+from ..store.base import StoredRecord
+from ..store.records import CREDENTIAL_MARKERS, CorruptRecord, ensure_no_credentials, strip_credentials, with_id
+from .formats import FORMATS, FormatUnavailable, encoder_for
+from .transform import RecordTransform, peek_fields
+
+__all__ = [
+    "BatchFailure",
+    "BatchRecipe",
+    "EncodedBatch",
+    "FilterOptions",
+    "decoded_records",
+    "encode_batch",
+    "encode_in_worker",
+    "encode_rows",
+]
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """``spec.filter`` as plain values (what transform.RecordFilter reads)."""
+
+    models: tuple[str, ...] | None = None
+    api_types: tuple[str, ...] | None = None
+    tags: tuple[str, ...] | None = None
+    status_codes: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class BatchRecipe:
+    """What an exporter's spec says about turning rows into an object: plain values, so that a worker
+    process receives it with each batch (the attributes transform.RecordTransform reads)."""
+
+    format: str
+    compression: str
+    filter: FilterOptions | None = None
+    privacy_mode: bool = False
+    redact_fields: tuple[str, ...] = ()
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> BatchRecipe:
+        chosen = spec.filter
+        return cls(
+            format=spec.format,
+            compression=spec.compression or FORMATS[spec.format].default_compression,
+            filter=None if chosen is None else FilterOptions(
+                *(tuple(values) if values else None
+                  for values in (chosen.models, chosen.api_types, chosen.tags, chosen.status_codes))),
+            privacy_mode=spec.privacy_mode,
+            redact_fields=tuple(spec.redact_fields),
+        )
+
+    @property
+    def decodes(self) -> bool:
+        """Whether records are decoded (a format that is not CBOR, privacy mode or redactions): the work
+        worth sending to another process. The default, and a filter alone on CBOR, are not."""
+        return FORMATS[self.format].decoded or self.privacy_mode or bool(self.redact_fields)
+
+
+class BatchFailure(Exception):
+    """Why a batch cannot be written; the engine turns it into an ExportFailure (export/engine.py).
+    ``kind`` is one of CORRUPT (a row that is not a record), UNAVAILABLE (the format's package is missing
+    here) and UNENCODABLE (a record the format cannot represent); all hold the export before the batch."""
+
+    CORRUPT = "corrupt"
+    UNAVAILABLE = "unavailable"
+    UNENCODABLE = "unencodable"
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(kind, message)
+        self.kind = kind
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class EncodedBatch:
+    payload: bytes | None  # None: the filter excluded every record, no object is written
+    rows: int  # records in the payload
+    filtered: int  # records the filter excluded
+    raw_bytes: int  # stored bytes of the batch's rows
+    seconds: float
+    cpu_seconds: float
+
+
+def encode_batch(rows: Sequence[StoredRecord]) -> list[bytes]:
+    """Stored rows as exported CBOR records: ``id`` spliced in, credential headers stripped.
+
+    The credential check skips rows our own append stripped, scans the others' bytes once per batch, and
+    decodes only the records where a credential header name could occur."""
+    records = [with_id(row.id, row.body) for row in rows]
+    unchecked = [index for index, row in enumerate(rows) if not row.stripped]
+    if not unchecked:
+        return records
+    lowered = b"".join(records[index] for index in unchecked).lower()
+    if not any(marker in lowered for marker in CREDENTIAL_MARKERS):
+        return records
+    for index in unchecked:
+        records[index] = ensure_no_credentials(rows[index].id, records[index])
+    return records
+
+
+def _check_map_head(row: StoredRecord) -> None:
+    """What ``with_id`` refuses, refused the same way when a row is decoded instead."""
+    body = row.body
+    if not body:
+        raise CorruptRecord(row.id, "empty")
+    if body[0] >> 5 != 5:
+        raise CorruptRecord(row.id, "not a CBOR map")
+    if body[0] & 0x1F > 26:
+        raise CorruptRecord(row.id, "unsupported map header")
+
+
+def decoded_records(rows: Iterable[StoredRecord]) -> Iterator[dict[str, Any]]:
+    """Each row's record, decoded once: ``id`` first, credential headers stripped (unless our own append
+    wrote the row, which stripped them before storing it)."""
+    for row in rows:
+        _check_map_head(row)
+        try:
+            body = cbor2.loads(row.body)
+        except Exception as exc:
+            raise CorruptRecord(row.id, f"undecodable CBOR ({exc.__class__.__name__})") from None
+        if not isinstance(body, dict):
+            raise CorruptRecord(row.id, "not a CBOR map")
+        if not row.stripped:
+            lowered = row.body.lower()
+            if any(marker in lowered for marker in CREDENTIAL_MARKERS):
+                strip_credentials(body)
+        record = {"id": row.id}
+        record.update(body)
+        yield record
+
+
+def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBatch:
+    """The batch's payload. Raises BatchFailure: a row that is not a CBOR map, the format missing here, or
+    an encoder that cannot represent a record."""
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    first, last = rows[0], rows[-1]
+    try:
+        encoder = encoder_for(recipe.format, recipe.compression)
+    except FormatUnavailable as exc:
+        raise BatchFailure(BatchFailure.UNAVAILABLE, str(exc)) from None
+    transform = RecordTransform(recipe)
+    exported = 0
+    try:
+        if not encoder.decoded and not transform.rewrites:
+            records = encode_batch(rows)
+            if transform.filter is not None:  # read just the fields the filter needs; ship the bytes as stored
+                records = [raw for row, raw in zip(rows, records, strict=True)
+                           if transform.accepts(_peek(row.id, raw, transform.filter.fields))]
+            exported = len(records)
+            payload = encoder.encode(records) if records else None
+        else:
+            def kept() -> Iterator[dict[str, Any]]:
+                nonlocal exported
+                for record in decoded_records(rows):
+                    if transform.accepts(record):
+                        exported += 1
+                        yield transform.rewrite(record)
+
+            if encoder.decoded:
+                payload = encoder.encode_records(kept())
+            else:
+                payload = encoder.encode([cbor2.dumps(record, timezone=UTC) for record in kept()])
+            if not exported:
+                payload = None
+    except CorruptRecord as exc:
+        raise BatchFailure(BatchFailure.CORRUPT, f"{exc}; export holds before it until it is fixed") from None
+    except Exception as exc:  # an encoder that cannot represent a record
+        raise BatchFailure(BatchFailure.UNENCODABLE, f"records {first.id}-{last.id} could not be written as "
+                           f"{recipe.format}: {exc.__class__.__name__}: {exc}; export holds before them") from None
+    return EncodedBatch(
+        payload=payload,
+        rows=exported,
+        filtered=len(rows) - exported,
+        raw_bytes=sum(len(row.body) for row in rows),
+        seconds=time.perf_counter() - started,
+        cpu_seconds=time.thread_time() - cpu_started,
+    )
+
+
+def _peek(record_id: int, raw: bytes, fields: frozenset[str]) -> dict[str, Any]:
+    try:
+        record = peek_fields(raw, fields)
+    except Exception as exc:
+        raise CorruptRecord(record_id, f"undecodable CBOR ({exc.__class__.__name__})") from None
+    if not isinstance(record, dict):
+        raise CorruptRecord(record_id, "not a CBOR map")
+    return record
+
+
+def encode_in_worker(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBatch:
+    """``encode_rows`` in a worker of the encode pool. The cyclic garbage collector is off meanwhile:
+    decoded records hold no cycles, and a batch allocates millions of containers that it would otherwise
+    walk again and again (it costs a third of the decoding time)."""
+    gc.disable()
+    try:
+        return encode_rows(recipe, rows)
+    finally:
+        gc.enable()
