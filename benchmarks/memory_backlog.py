@@ -61,6 +61,7 @@ class TreeSampler(threading.Thread):
         self.peak_pss = 0
         self.peak_rss = 0
         self.peak_processes = 1
+        self.peak_own_pss = 0  # this process alone (the pool's processes are the rest)
 
     def sample(self) -> None:
         import psutil
@@ -74,6 +75,8 @@ class TreeSampler(threading.Thread):
                 continue
             pss += info.pss
             rss += info.rss
+            if process is self.me:
+                self.peak_own_pss = max(self.peak_own_pss, info.pss)
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_processes = max(self.peak_processes, len(processes))
@@ -91,9 +94,10 @@ def _catch_up(store_path: str, endpoint: str, keys: tuple[str, str], buckets: li
     from capture_export.handlers.settings import SharedObjectStores
     from capture_export.store import StoreOpener
 
-    try:  # the operator's own sizing of the batch memory budget from the container's memory limit
-        from capture_export.export.budget import configure_memory_budget
+    try:  # the operator's own settings: the batch memory budget sized from the container's memory limit
+        from capture_export.export.budget import configure_memory_budget, share_fewer_malloc_arenas
 
+        share_fewer_malloc_arenas()
         budget = configure_memory_budget(memory_limit=memory_limit)
     except ImportError:  # code from before the budget existed
         budget = None
@@ -139,7 +143,7 @@ def _catch_up(store_path: str, endpoint: str, keys: tuple[str, str], buckets: li
     stores.close()
     out.send({
         "results": results, "seconds": elapsed, "peak_pss": sampler.peak_pss, "peak_rss": sampler.peak_rss,
-        "processes": sampler.peak_processes,
+        "processes": sampler.peak_processes, "own_pss": sampler.peak_own_pss,
         "budget": None if budget is None else {"total": budget.total, "high_water": budget.high_water},
     })
 
@@ -183,7 +187,8 @@ def main() -> int:
     print(f"exported {exported:,} records in {figures['seconds']:.1f}s; load average {os.getloadavg()[0]:.2f}")
     print(f"peak memory of the exporting process and its {figures['processes'] - 1} children: "
           f"PSS {figures['peak_pss'] / 2**20:.0f} MiB, RSS {figures['peak_rss'] / 2**20:.0f} MiB "
-          f"(limit {memory_limit / 2**20:.0f} MiB)")
+          f"(limit {memory_limit / 2**20:.0f} MiB); the exporting process alone: PSS "
+          f"{figures['own_pss'] / 2**20:.0f} MiB")
     if figures["budget"]:
         print(f"batch memory budget {figures['budget']['total'] / 2**20:.0f} MiB, high-water "
               f"{figures['budget']['high_water'] / 2**20:.0f} MiB")

@@ -22,9 +22,10 @@ def _default_store() -> str:
 
 def _configure_export_resources(args: argparse.Namespace) -> None:
     """The encode pool's size and the memory budget of batches in flight (export/pool.py, export/budget.py)."""
-    from .export.budget import configure_memory_budget, parse_size
+    from .export.budget import configure_memory_budget, parse_size, share_fewer_malloc_arenas
     from .export.pool import configure_encode_pool
 
+    share_fewer_malloc_arenas()
     configure_encode_pool(args.encode_workers)
     configure_memory_budget(parse_size(args.memory_budget) if args.memory_budget else None)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import time
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC
@@ -26,7 +27,8 @@ from typing import Any
 import cbor2
 
 from ..store.base import StoredRecord
-from ..store.records import CREDENTIAL_MARKERS, CorruptRecord, ensure_no_credentials, strip_credentials, with_id
+from ..store.records import CREDENTIAL_MARKERS, CorruptRecord, id_head, strip_credentials, with_id
+from .budget import release_freed_memory
 from .formats import FORMATS, FormatUnavailable, encoder_for
 from .transform import RecordTransform, peek_fields
 
@@ -35,10 +37,13 @@ __all__ = [
     "BatchRecipe",
     "EncodedBatch",
     "FilterOptions",
+    "PackedRows",
     "decoded_records",
     "encode_batch",
     "encode_in_worker",
     "encode_rows",
+    "exported_body",
+    "record_pieces",
 ]
 
 
@@ -111,49 +116,61 @@ class EncodedBatch:
     cpu_seconds: float
 
 
-def encode_batch(rows: Sequence[StoredRecord]) -> list[bytes]:
-    """Stored rows as exported CBOR records: ``id`` spliced in, credential headers stripped.
-
-    The credential check skips rows our own append stripped, scans the others' bytes once per batch, and
-    decodes only the records where a credential header name could occur."""
-    records = [with_id(row.id, row.body) for row in rows]
-    unchecked = [index for index, row in enumerate(rows) if not row.stripped]
-    if not unchecked:
-        return records
-    lowered = b"".join(records[index] for index in unchecked).lower()
-    if not any(marker in lowered for marker in CREDENTIAL_MARKERS):
-        return records
-    for index in unchecked:
-        records[index] = ensure_no_credentials(rows[index].id, records[index])
-    return records
-
-
-def _check_map_head(row: StoredRecord) -> None:
-    """What ``with_id`` refuses, refused the same way when a row is decoded instead."""
+def exported_body(row: StoredRecord) -> bytes:
+    """The row's stored map as it may leave the store (still without ``id``): a row our own append wrote as
+    stored; another writer's with any credential header stripped, decoded and re-encoded only when the name
+    of one could occur in its bytes. Raises CorruptRecord for a row that cannot be read."""
     body = row.body
-    if not body:
-        raise CorruptRecord(row.id, "empty")
-    if body[0] >> 5 != 5:
+    if row.stripped:
+        return body
+    if not _might_hold_credentials(body):
+        return body
+    record = _decode(row)
+    if not strip_credentials(record):
+        return body
+    return cbor2.dumps(record, timezone=UTC)
+
+
+def _might_hold_credentials(body: bytes | memoryview) -> bool:
+    lowered = (body if isinstance(body, bytes) else bytes(body)).lower()
+    return any(marker in lowered for marker in CREDENTIAL_MARKERS)
+
+
+def record_pieces(rows: Iterable[StoredRecord]) -> list[bytes | memoryview]:
+    """The rows as exported CBOR records (``id`` spliced in, credentials stripped), as pieces to write one
+    after the other: each record's new map head, then its stored bytes after the old head, not copied."""
+    pieces: list[bytes | memoryview] = []
+    for row in rows:
+        body = exported_body(row)
+        head, offset = id_head(row.id, body)
+        pieces.append(head)
+        pieces.append(memoryview(body)[offset:])
+    return pieces
+
+
+def encode_batch(rows: Sequence[StoredRecord]) -> list[bytes]:
+    """Stored rows as exported CBOR records: ``id`` spliced in, credential headers stripped."""
+    return [with_id(row.id, exported_body(row)) for row in rows]
+
+
+def _decode(row: StoredRecord) -> dict[str, Any]:
+    id_head(row.id, row.body)  # refuses what with_id would: empty, not a map, an indefinite-length map
+    try:
+        record = cbor2.loads(row.body)
+    except Exception as exc:
+        raise CorruptRecord(row.id, f"undecodable CBOR ({exc.__class__.__name__})") from None
+    if not isinstance(record, dict):
         raise CorruptRecord(row.id, "not a CBOR map")
-    if body[0] & 0x1F > 26:
-        raise CorruptRecord(row.id, "unsupported map header")
+    return record
 
 
 def decoded_records(rows: Iterable[StoredRecord]) -> Iterator[dict[str, Any]]:
     """Each row's record, decoded once: ``id`` first, credential headers stripped (unless our own append
     wrote the row, which stripped them before storing it)."""
     for row in rows:
-        _check_map_head(row)
-        try:
-            body = cbor2.loads(row.body)
-        except Exception as exc:
-            raise CorruptRecord(row.id, f"undecodable CBOR ({exc.__class__.__name__})") from None
-        if not isinstance(body, dict):
-            raise CorruptRecord(row.id, "not a CBOR map")
-        if not row.stripped:
-            lowered = row.body.lower()
-            if any(marker in lowered for marker in CREDENTIAL_MARKERS):
-                strip_credentials(body)
+        body = _decode(row)
+        if not row.stripped and _might_hold_credentials(row.body):
+            strip_credentials(body)
         record = {"id": row.id}
         record.update(body)
         yield record
@@ -164,6 +181,7 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
     an encoder that cannot represent a record."""
     started, cpu_started = time.perf_counter(), time.thread_time()
     first, last = rows[0], rows[-1]
+    raw_bytes, handled = sum(len(row.body) for row in rows), len(rows)
     try:
         encoder = encoder_for(recipe.format, recipe.compression)
     except FormatUnavailable as exc:
@@ -172,12 +190,10 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
     exported = 0
     try:
         if not encoder.decoded and not transform.rewrites:
-            records = encode_batch(rows)
             if transform.filter is not None:  # read just the fields the filter needs; ship the bytes as stored
-                records = [raw for row, raw in zip(rows, records, strict=True)
-                           if transform.accepts(_peek(row.id, raw, transform.filter.fields))]
-            exported = len(records)
-            payload = encoder.encode(records) if records else None
+                rows = [row for row in rows if transform.accepts(_peek(row, transform.filter.fields))]
+            exported = len(rows)
+            payload = encoder.encode(record_pieces(rows)) if rows else None
         else:
             def kept() -> Iterator[dict[str, Any]]:
                 nonlocal exported
@@ -200,29 +216,65 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
     return EncodedBatch(
         payload=payload,
         rows=exported,
-        filtered=len(rows) - exported,
-        raw_bytes=sum(len(row.body) for row in rows),
+        filtered=handled - exported,
+        raw_bytes=raw_bytes,
         seconds=time.perf_counter() - started,
         cpu_seconds=time.thread_time() - cpu_started,
     )
 
 
-def _peek(record_id: int, raw: bytes, fields: frozenset[str]) -> dict[str, Any]:
+def _peek(row: StoredRecord, fields: frozenset[str]) -> dict[str, Any]:
+    id_head(row.id, row.body)  # refuses what with_id would
     try:
-        record = peek_fields(raw, fields)
+        record = peek_fields(row.body, fields)
     except Exception as exc:
-        raise CorruptRecord(record_id, f"undecodable CBOR ({exc.__class__.__name__})") from None
+        raise CorruptRecord(row.id, f"undecodable CBOR ({exc.__class__.__name__})") from None
     if not isinstance(record, dict):
-        raise CorruptRecord(record_id, "not a CBOR map")
+        raise CorruptRecord(row.id, "not a CBOR map")
     return record
 
 
-def encode_in_worker(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBatch:
+@dataclass
+class PackedRows:
+    """A batch's rows as a few flat objects, for the trip to an encode worker: ids, timestamps and flags as
+    arrays, every body in one bytes object. Pickling it is a copy of a few buffers rather than of thousands
+    of objects, and while the worker encodes, the exporting process holds this one object instead of the
+    rows. The worker's rows are views into it (nothing copied again)."""
+
+    ids: array
+    timestamps: array
+    stripped: bytes
+    ends: array
+    bodies: bytes
+
+    @classmethod
+    def pack(cls, rows: Sequence[StoredRecord]) -> PackedRows:
+        ends = array("Q")
+        end = 0
+        for row in rows:
+            end += len(row.body)
+            ends.append(end)
+        return cls(ids=array("q", [row.id for row in rows]), timestamps=array("q", [row.timestamp_us for row in rows]),
+                   stripped=bytes(row.stripped for row in rows), ends=ends, bodies=b"".join(row.body for row in rows))
+
+    def unpack(self) -> list[StoredRecord]:
+        view = memoryview(self.bodies)
+        rows, start = [], 0
+        for record_id, timestamp_us, stripped, end in zip(self.ids, self.timestamps, self.stripped, self.ends,
+                                                           strict=True):
+            rows.append(StoredRecord(record_id, timestamp_us, view[start:end], bool(stripped)))  # type: ignore[arg-type]
+            start = end
+        return rows
+
+
+def encode_in_worker(recipe: BatchRecipe, packed: PackedRows) -> EncodedBatch:
     """``encode_rows`` in a worker of the encode pool. The cyclic garbage collector is off meanwhile:
     decoded records hold no cycles, and a batch allocates millions of containers that it would otherwise
-    walk again and again (it costs a third of the decoding time)."""
+    walk again and again (it costs a third of the decoding time). What the batch freed goes back to the
+    operating system before the worker waits for the next one."""
     gc.disable()
     try:
-        return encode_rows(recipe, rows)
+        return encode_rows(recipe, packed.unpack())
     finally:
         gc.enable()
+        release_freed_memory()

@@ -17,6 +17,9 @@ engine reads fewer records than ``limit`` when the records are so large that a b
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -35,27 +38,33 @@ __all__ = [
     "container_memory_limit",
     "memory_budget",
     "parse_size",
+    "release_freed_memory",
+    "share_fewer_malloc_arenas",
 ]
 
 MiB = 1 << 20
-# What the operator needs besides its batches: Python with kopf, the Kubernetes and S3 clients, the API
-# models, and the encode pool's fork server and workers with their libraries (pyarrow for Parquet).
-RESERVED_BYTES = 224 * MiB
+# What the operator needs besides its batches (measured): Python with kopf, the Kubernetes client and the
+# API models (~110 MiB), an S3 client per bucket (~12.5 MiB each: 100 MiB for eight), and the encode pool's
+# fork server and two workers with their libraries, pyarrow for Parquet (~100 MiB), and some headroom.
+RESERVED_BYTES = 336 * MiB
 MIN_BUDGET_BYTES = 64 * MiB
 # Without a container memory limit (a laptop, `capture-export run`): enough for a few full batches.
 DEFAULT_BUDGET_BYTES = 256 * MiB
 
-# Memory a batch takes, per byte of its stored records, while it is in flight (measured with
-# benchmarks/memory_backlog.py): the rows themselves, then for the default format the compressed frame
-# (the stored bytes are streamed into the compressor, never copied whole); for the formats that decode, the
-# rows' copy sent to an encode worker, the encoded text or columns there, and the payload sent back.
-PASS_THROUGH_FACTOR = 1.5
-DECODED_FACTOR = 4.0
+# Memory a batch takes, per byte of its stored records, from its read to its encoding (calibrated with
+# benchmarks/memory_backlog.py, allocator overhead included): the default format holds its rows and the
+# compressed frame (the stored bytes are streamed into the compressor, never copied); a format that decodes
+# holds the rows packed for the encode pool here, the pickled copy on its way and the copy in a worker, plus
+# what the encoder builds there (FormatInfo.working_memory). Once encoded, a batch holds only its payload
+# until it is committed (Reservation.resize).
+PASS_THROUGH_FACTOR = 2.0
+POOLED_FACTOR = 3.0
 
 
-def batch_cost(stored_bytes: int, *, decoded: bool) -> int:
-    """The budget a batch of ``stored_bytes`` of stored records reserves."""
-    return int(stored_bytes * (DECODED_FACTOR if decoded else PASS_THROUGH_FACTOR))
+def batch_cost(stored_bytes: int, *, decoded: bool, working: float = 1.0) -> int:
+    """The budget a batch of ``stored_bytes`` of stored records reserves until it is encoded; ``working``:
+    what the encoder of a format that decodes builds per stored byte."""
+    return int(stored_bytes * (POOLED_FACTOR + working if decoded else PASS_THROUGH_FACTOR))
 
 
 class Reservation:
@@ -178,3 +187,49 @@ def memory_budget() -> MemoryBudget:
         if _budget is None:
             _budget = MemoryBudget(budget_for_memory_limit(container_memory_limit()))
         return _budget
+
+
+# -- giving freed memory back ---------------------------------------------------------------------------
+#
+# A batch's rows are thousands of small objects that glibc's malloc carves from its arenas; once freed, the
+# memory stays in the arena for reuse. With a dozen threads (cycles, readers, encoders) each filling its own
+# arena, the process's RSS grows to the sum of every arena's high-water mark, far above what the batches in
+# flight hold. Two glibc calls keep the RSS near what is live: fewer arenas, and trimming after each batch.
+# Elsewhere (musl, macOS) both do nothing.
+
+_M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
+_libc: ctypes.CDLL | bool | None = None
+
+
+def _glibc() -> ctypes.CDLL | None:
+    global _libc
+    if _libc is None:
+        _libc = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                libc.malloc_trim  # noqa: B018 - glibc only
+                libc.mallopt  # noqa: B018
+                _libc = libc
+            except (OSError, AttributeError):
+                pass
+    return _libc or None
+
+
+def share_fewer_malloc_arenas(arenas: int = 2) -> None:
+    """Let the process's threads share ``arenas`` malloc arenas (glibc's default is 8 per CPU); call it
+    before the export threads start."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_ARENA_MAX, arenas)
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by a finished batch back to the operating system (malloc's arenas, and Arrow's
+    memory pool in a worker that wrote Parquet)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+    pyarrow = sys.modules.get("pyarrow")
+    if pyarrow is not None:
+        pyarrow.default_memory_pool().release_unused()

@@ -24,7 +24,7 @@ from ..api.vocabulary import Domain, ExportOutcome, Reason
 from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore
 from ..store import RecordReader, StoredRecord, StoreError
-from .batch import BatchFailure, BatchRecipe, EncodedBatch, encode_batch, encode_in_worker, encode_rows
+from .batch import BatchFailure, BatchRecipe, EncodedBatch, PackedRows, encode_batch, encode_in_worker, encode_rows
 from .budget import MemoryBudget, batch_cost, memory_budget
 from .checkpoint import Checkpoints
 from .formats import FORMATS, FormatUnavailable, record_ids
@@ -75,6 +75,7 @@ class ExportEngine:
         except FormatUnavailable as exc:
             raise ExportFailure(Reason.FORMAT_UNAVAILABLE, str(exc), domain=Domain.FORMAT, transient=False) from None
         self.extension, self.content_type = info.object_type(self.recipe.compression)
+        self._working = info.working_memory
         # The formats that decode go to the encode pool (the process's, unless one is given); None: in-process.
         self.pool = (encode_pool() if pool == "shared" else pool) if self.recipe.decodes else None
         self.budget = budget or memory_budget()
@@ -192,12 +193,13 @@ class ExportEngine:
             size = stored / len(rows)
             # An average that follows larger records at once and smaller ones slowly.
             self._record_bytes = size if size > self._record_bytes else 0.8 * self._record_bytes + 0.2 * size
-        return batch_cost(stored, decoded=self.recipe.decodes)
+        return batch_cost(stored, decoded=self.recipe.decodes, working=self._working)
 
     def estimated_cost(self, records: int) -> int:
         """The budget to reserve before reading a batch of up to ``records`` records: a quarter more than
         the records read so far suggest, so that a batch of larger records than usual still fits."""
-        return batch_cost(int(records * self._record_bytes * ESTIMATE_MARGIN), decoded=self.recipe.decodes)
+        return batch_cost(int(records * self._record_bytes * ESTIMATE_MARGIN), decoded=self.recipe.decodes,
+                          working=self._working)
 
     def batch_limit(self) -> int:
         """Records per batch: ``limit``, or fewer when records are so large that one batch would take more
@@ -214,15 +216,26 @@ class ExportEngine:
         return self._prepared(rows[0], rows[-1], encoded, read_seconds, 0.0)
 
     def _start_encode(self, rows: list[StoredRecord], read_seconds: float, read_cpu_seconds: float,
-                      threads: Executor) -> tuple[Callable[[], PreparedBatch], Callable[[], object]]:
+                      threads: Executor, on_encoded: Callable[[int], None] = lambda size: None,
+                      ) -> tuple[Callable[[], PreparedBatch], Callable[[], object]]:
         """Start encoding a batch (in the pool, or on one of ``threads``): a function that waits for it and
-        returns the prepared batch, and one that cancels it. Only the batch's bounds are kept here, so that
-        its rows are let go as soon as the encoder has them."""
+        returns the prepared batch, and one that cancels it. ``on_encoded`` is told the payload's size as soon
+        as it is ready. Only the batch's bounds are kept here, so that its rows are let go as soon as the
+        encoder has them."""
         first, last = rows[0], rows[-1]
-        in_pool = self.pool is not None and len(rows) >= POOL_MIN_ROWS
-        future: Future[EncodedBatch] = (self.pool.submit(encode_in_worker, self.recipe, rows) if in_pool  # type: ignore[union-attr]
-                                        else threads.submit(encode_rows, self.recipe, rows))
+        future: Future[EncodedBatch]
+        if self.pool is not None and len(rows) >= POOL_MIN_ROWS:
+            future = self.pool.submit(encode_in_worker, self.recipe, PackedRows.pack(rows))
+        else:
+            future = threads.submit(encode_rows, self.recipe, rows)
         del rows
+
+        def encoded(done: Future[EncodedBatch]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                payload = done.result().payload
+                on_encoded(len(payload) if payload is not None else 0)
+
+        future.add_done_callback(encoded)
 
         def finish() -> PreparedBatch:
             try:

@@ -17,7 +17,7 @@ Aperture writes them. The encoder gets the stored CBOR bytes (with ``id`` splice
   as ``capture-export cat`` (in DuckDB: ``from_base64(capture.request.raw_body."$base64")``);
 * other CBOR types: decimals and UUIDs as strings, unknown tags as ``{"$tag": n, "value": …}``.
 
-``parquet`` (``.parquet``, needs pyarrow: the ``parquet`` extra): one row group per object with a fixed
+``parquet`` (``.parquet``, needs pyarrow: the ``parquet`` extra): row groups of 1,000 records with a fixed
 schema (``PARQUET_SCHEMA``) whatever the batch holds, so that files of different batches and days read
 as one table:
 
@@ -44,6 +44,7 @@ import importlib.util
 import io
 import json
 import math
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -192,13 +193,21 @@ def to_json_line(record: Mapping[str, Any]) -> str:
     return to_json(record)
 
 
-def _compress(data: bytes, compression: str, level: int | None) -> bytes:
+def _compress(chunks: list[bytes], compression: str, level: int | None) -> bytes:
+    """The chunks one after the other, compressed as they come (never joined first, but for "none")."""
     if compression == "gzip":
-        # Level 5: within 2% of the size of zlib's default 6, half again as fast.
-        return gzip.compress(data, compresslevel=level or 5, mtime=0)
+        # Level 5: within 2% of the size of zlib's default 6, half again as fast. wbits 31: a gzip member.
+        stream = zlib.compressobj(level or 5, zlib.DEFLATED, 31)
+        out = [stream.compress(chunk) for chunk in chunks]
+        out.append(stream.flush())
+        return b"".join(out)
     if compression == "zstd":
-        return zstandard.ZstdCompressor(level=level or 3, write_content_size=True).compress(data)
-    return data
+        frame = zstandard.ZstdCompressor(level=level or 3, write_content_size=True).compressobj(
+            size=sum(len(chunk) for chunk in chunks))
+        out = [frame.compress(chunk) for chunk in chunks]
+        out.append(frame.flush())
+        return b"".join(out)
+    return b"".join(chunks)
 
 
 class JsonLinesEncoder:
@@ -214,10 +223,8 @@ class JsonLinesEncoder:
 
     def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
         """The records as JSON lines; ``records`` may be a generator (each is encoded as it comes)."""
-        lines = [json_bytes(record) for record in records]
-        if lines:
-            lines.append(b"")  # every line, the last one too, ends with a newline
-        return _compress(b"\n".join(lines), self.compression, self.level)
+        lines = [json_bytes(record) + b"\n" for record in records]
+        return _compress(lines, self.compression, self.level)
 
 
 # -- Parquet ------------------------------------------------------------------------------------------
@@ -333,8 +340,8 @@ _CLEAN_TYPES: dict[type, frozenset[type]] = {
     list: frozenset({list, _NONE}),
 }
 _KNOWN_FIELDS = frozenset({"id", "timestamp", "capture", *_SCALARS, *_STRUCTS})
-# Records per Arrow record batch: the decoded records of one chunk are let go once it is built, so a
-# batch of 10,000 records never holds more than this many decoded at once.
+# Records per row group: a chunk is decoded, built into Arrow arrays and written before the next, so a batch
+# of 10,000 records never holds more than this many records decoded or uncompressed.
 PARQUET_CHUNK = 1000
 
 
@@ -352,8 +359,8 @@ class _Extras:
 
 
 class ParquetEncoder:
-    """Records to one Parquet row group, column by column: each column's values are gathered and handed
-    to Arrow whole; only a column holding a value of an unexpected type is checked value by value."""
+    """Records to Parquet column by column: each column's values are gathered and handed to Arrow whole;
+    only a column holding a value of an unexpected type is checked value by value."""
 
     decoded = True
 
@@ -367,23 +374,21 @@ class ParquetEncoder:
         return self.encode_records(cbor2.loads(record) for record in records)
 
     def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
-        """The records as one Parquet row group; ``records`` may be a generator, taken a chunk at a time."""
+        """The records as Parquet, one row group per ``PARQUET_CHUNK`` records; ``records`` may be a
+        generator, taken a chunk at a time: each chunk's columns are written (encoded and compressed) before
+        the next chunk is decoded, so a batch never holds more than one chunk uncompressed."""
         import pyarrow.parquet as pq
 
-        batches = []
-        chunk: list[Mapping[str, Any]] = []
-        for record in records:
-            chunk.append(record)
-            if len(chunk) == PARQUET_CHUNK:
-                batches.append(self.record_batch(chunk))
-                chunk = []
-        if chunk or not batches:
-            batches.append(self.record_batch(chunk))
-        table = self.pa.Table.from_batches(batches, schema=self.schema)
-        del batches
         sink = self.pa.BufferOutputStream()
-        pq.write_table(table, sink, compression=self.compression, write_statistics=True,
-                       row_group_size=max(1, table.num_rows))
+        with pq.ParquetWriter(sink, self.schema, compression=self.compression, write_statistics=True) as writer:
+            chunk: list[Mapping[str, Any]] = []
+            for record in records:
+                chunk.append(record)
+                if len(chunk) == PARQUET_CHUNK:
+                    writer.write_batch(self.record_batch(chunk), row_group_size=PARQUET_CHUNK)
+                    chunk = []
+            if chunk:
+                writer.write_batch(self.record_batch(chunk), row_group_size=PARQUET_CHUNK)
         return sink.getvalue().to_pybytes()
 
     def record_batch(self, records: Sequence[Mapping[str, Any]]) -> Any:
@@ -566,6 +571,9 @@ class FormatInfo:
     reader: Reader
     ids: Callable[[bytes], list[int]] | None = None
     decoded: bool = True  # whether its encoder needs the records decoded (see BatchEncoder.decoded)
+    # Memory its encoder builds, per stored byte of a batch, when the records are decoded (export/budget.py):
+    # JSON text as long as the records, Parquet's decoded chunk, Arrow arrays and output buffers.
+    working_memory: float = 1.2
     requires: Callable[[], None] | None = None  # raises FormatUnavailable when a package it needs is missing
 
     def check_available(self) -> None:
@@ -611,6 +619,7 @@ FORMATS: dict[str, FormatInfo] = {
             reader=lambda data, extension: _parquet_records(data),
             ids=_parquet_ids,
             requires=lambda: _require_pyarrow(),
+            working_memory=2.5,
         ),
     )
 }

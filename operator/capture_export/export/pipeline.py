@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..store import StoredRecord
-from .budget import Reservation
+from .budget import Reservation, release_freed_memory
 from .model import Cursor, PreparedBatch
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ def plan_batches(engine: ExportEngine, cursor: Cursor, stop: threading.Event,
             rows = [row for row in rows if row.id < first]
         yield rows
         after, pending = rows[-1].id, rest
+        del rows  # the batch is on its way: do not hold its rows while waiting to admit the next one
 
 
 @dataclass
@@ -138,8 +139,11 @@ class PreparePipeline:
                 else:
                     if reservation is not None:
                         reservation.resize(self.engine.batch_cost(item))
+                    # Once encoded, the batch holds only its payload until it is committed.
+                    on_encoded = reservation.resize if reservation is not None else (lambda size: None)
                     finish, cancel = self.engine._start_encode(item, time.perf_counter() - started,
-                                                               time.thread_time() - cpu_started, self._threads)
+                                                               time.thread_time() - cpu_started, self._threads,
+                                                               on_encoded)
                     in_flight = _InFlight(finish, reservation, cancel)
                 del item
                 self._queue.put(in_flight)
@@ -179,6 +183,7 @@ class PreparePipeline:
         if item.reservation is not None:
             item.reservation.release()
         self._slots.release()
+        release_freed_memory()
 
     def close(self) -> None:
         self._stop.set()

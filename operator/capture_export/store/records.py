@@ -23,6 +23,7 @@ __all__ = [
     "decode_sequence",
     "encode_body",
     "ensure_no_credentials",
+    "id_head",
     "strip_credentials",
     "timestamp_micros",
     "with_id",
@@ -152,8 +153,9 @@ def _uint_header(major: int, value: int) -> bytes:
 _ID_KEY = b"\x62id"  # CBOR text string "id"
 
 
-def with_id(record_id: int, body: bytes) -> bytes:
-    """Splice ``id`` in as the first key of the stored CBOR map, without decoding the rest."""
+def id_head(record_id: int, body: bytes) -> tuple[bytes, int]:
+    """What splicing ``id`` into the stored CBOR map takes: the new map head with the ``id`` pair, and the
+    offset in ``body`` where the old head ends (the record is ``head + body[offset:]``)."""
     if not body:
         raise CorruptRecord(record_id, "empty")
     initial = body[0]
@@ -170,7 +172,13 @@ def with_id(record_id: int, body: bytes) -> bytes:
         count, header_len = struct.unpack_from(">I", body, 1)[0], 5
     else:
         raise CorruptRecord(record_id, "unsupported map header")
-    return _uint_header(5, count + 1) + _ID_KEY + _uint_header(0, record_id) + body[header_len:]
+    return _uint_header(5, count + 1) + _ID_KEY + _uint_header(0, record_id), header_len
+
+
+def with_id(record_id: int, body: bytes) -> bytes:
+    """Splice ``id`` in as the first key of the stored CBOR map, without decoding the rest."""
+    head, offset = id_head(record_id, body)
+    return head + body[offset:]
 
 
 def ensure_no_credentials(record_id: int, record: bytes) -> bytes:
