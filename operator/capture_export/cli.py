@@ -223,7 +223,17 @@ def cmd_operator(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port or None,
         concurrency=args.concurrency,
     )
-    run(config)
+    try:
+        run(config)
+    except Exception as exc:
+        # A startup handler that refused to start (missing RBAC): one line saying why, not kopf's traceback.
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, kopf.PermanentError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"capture-export operator: not started: {cause}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import kopf
 import kubernetes.client
+import kubernetes.config
 
 from ..api import GROUP
 from ..clock import Clock, SystemClock
@@ -28,9 +29,10 @@ from ..metrics import OperatorMetrics
 from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
 from ..status.writer import ApiSecrets, KubeApi, StatusWriter
 from ..store import StoreOpener
+from .permissions import MissingPermissions, check_permissions
 
 __all__ = ["FINALIZER", "RESET_CURSOR", "RUN_NOW", "USER_ANNOTATIONS", "OperatorConfig", "ProgressStorage", "Runtime",
-           "SharedObjectStores", "apply_settings", "quiet_client_loggers", "register",
+           "SharedObjectStores", "apply_settings", "check_rbac", "quiet_client_loggers", "register",
            "sleep_until_woken"]
 
 FINALIZER = f"{GROUP}/finalizer"
@@ -186,10 +188,35 @@ def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
         settings.scanning.disabled = True
 
 
+def check_rbac(config: OperatorConfig) -> None:
+    """Raise MissingPermissions unless this identity may do all the operator does where it serves.
+
+    Uses its own client: in a pod, kopf's login handler has not run yet when startup handlers do."""
+    configuration = config.kube
+    if configuration is None:
+        configuration = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)
+    api = KubeApi(configuration)
+    try:
+        if check_permissions(api, config.namespaces):
+            log.info("RBAC: every permission the operator needs is granted")
+    finally:
+        api.close()
+
+
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.on.startup(id="capture-export-startup", registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         apply_settings(settings, runtime.config)
+        try:
+            await asyncio.to_thread(check_rbac, runtime.config)
+        except MissingPermissions as exc:
+            raise kopf.PermanentError(str(exc)) from None  # the operator stops here, saying why
+        except Exception as exc:  # a check that cannot run must not keep the operator from starting
+            log.warning("RBAC not checked: %s", exc)
         runtime.start()
 
     @kopf.on.cleanup(id="capture-export-cleanup", registry=registry)

@@ -132,6 +132,22 @@ class KubeApi:
             raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.__class__.__name__}") from None
         return list(listed.get("items") or [])
 
+    def access_allowed(self, verb: str, resource: str, *, group: str = "", subresource: str = "",
+                       namespace: str = "") -> bool | None:
+        """May this identity do ``verb`` on ``resource`` (in ``namespace``; "" is all namespaces)? Asked with a
+        SelfSubjectAccessReview; None when the API server gives no answer (no such API, an error)."""
+        attributes = kubernetes.client.V1ResourceAttributes(verb=verb, resource=resource, group=group,
+                                                           subresource=subresource, namespace=namespace)
+        review = kubernetes.client.V1SelfSubjectAccessReview(
+            spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes))
+        try:
+            answer = kubernetes.client.AuthorizationV1Api(self.client).create_self_subject_access_review(review)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            log.warning("cannot check RBAC (SelfSubjectAccessReview): %s", getattr(exc, "status", None) or exc)
+            return None
+        allowed = answer.status.allowed if answer is not None and answer.status is not None else None
+        return allowed if isinstance(allowed, bool) else None
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
