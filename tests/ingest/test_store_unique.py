@@ -61,7 +61,8 @@ def test_a_failed_group_commits_nothing(tmp_path: Path) -> None:
         store.close()
 
 
-def test_a_version_3_store_gains_the_column_and_keeps_its_rows(tmp_path: Path) -> None:
+def test_a_version_3_store_gains_the_column_and_keeps_its_rows(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path)
     conn.executescript("""
@@ -88,3 +89,13 @@ def test_a_version_3_store_gains_the_column_and_keeps_its_rows(tmp_path: Path) -
     # Version 4 is reserved for a change not merged yet: the recorded version stays below the gap, so
     # that change's migration still runs on this store once it arrives.
     assert version == "3"
+    # When the reserved migration arrives, it runs on this store, and the version moves past the gap.
+    from capture_export.store import sqlite as sqlite_module
+
+    monkeypatch.setitem(sqlite_module.MIGRATIONS, 4, ["CREATE TABLE reserved_change (x INTEGER)"])
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    meta = dict(conn.execute("SELECT key, value FROM capture_export_meta").fetchall())
+    conn.execute("SELECT count(*) FROM reserved_change").fetchone()
+    conn.close()
+    assert meta["schema_version"] == "5" and "migrated_5" not in meta

@@ -340,25 +340,32 @@ class PostgresStore:
         ).fetchone()
         compression = "COMPRESSION lz4 " if lz4 else ""
         try:
-            # The recorded version is the highest one reached without a gap; migrations past a gap are
-            # applied too (each statement is idempotent) and re-run on every open until the gap is filled.
+            # The recorded version is the highest one reached without a gap (a version with no migration
+            # here, reserved for a change on its way). A migration past a gap is applied and marked
+            # ('migrated_N'), so it runs once, and the gap's own migration still runs when it arrives.
+            past_gap = {key for (key,) in conn.execute(f"SELECT key FROM {META} WHERE key LIKE 'migrated%%'")}
             reached = current
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 if version not in MIGRATIONS:
                     continue
-                for template in MIGRATIONS[version]:
-                    statement = template.replace("{compression}", compression)
-                    if "CONCURRENTLY" in statement:
-                        self._drop_invalid_index(conn, statement)
-                    conn.execute(statement)
-                if reached != version - 1:
-                    continue
-                reached = version
-                conn.execute(
-                    f"INSERT INTO {META} (key, value) VALUES ('schema_version', %s) "
-                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                    (str(version),),
-                )
+                marker = f"migrated_{version}"
+                if marker not in past_gap:
+                    for template in MIGRATIONS[version]:
+                        statement = template.replace("{compression}", compression)
+                        if "CONCURRENTLY" in statement:
+                            self._drop_invalid_index(conn, statement)
+                        conn.execute(statement)
+                if reached == version - 1:
+                    reached = version
+                    conn.execute(
+                        f"INSERT INTO {META} (key, value) VALUES ('schema_version', %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        (str(version),),
+                    )
+                    conn.execute(f"DELETE FROM {META} WHERE key = %s", (marker,))
+                elif marker not in past_gap:
+                    conn.execute(f"INSERT INTO {META} (key, value) VALUES (%s, '1') ON CONFLICT DO NOTHING",
+                                 (marker,))
             # A per-backend sequence cache hands out old ids in later transactions, which would defeat
             # the safe horizon: put it back to 1 if a DBA changed it (only then: ALTER takes a lock).
             cache = conn.execute(

@@ -86,17 +86,24 @@ class SQLiteStore:
             if current > SCHEMA_VERSION:
                 raise StoreError(f"SQLite store {self.path} has schema version {current}, newer than this "
                                  f"operator's {SCHEMA_VERSION}: upgrade the operator")
-            # The recorded version is the highest one reached without a gap. Migrations past a gap are
-            # applied too (idempotently: a column that exists is not added again) and re-run on every
-            # open until the gap is filled, so a store opened here never misses the gap's migration later.
+            # The recorded version is the highest one reached without a gap (a version with no migration
+            # here, reserved for a change on its way). A migration past a gap is applied and marked
+            # ('migrated_N'), so it runs once, and the gap's own migration still runs when it arrives.
+            past_gap = {row[0] for row in conn.execute(
+                "SELECT key FROM capture_export_meta WHERE key LIKE 'migrated%'")}
             reached = current
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 if version not in MIGRATIONS:
                     continue
-                for statement in MIGRATIONS[version]:
-                    self._apply(statement)
+                marker = f"migrated_{version}"
+                if marker not in past_gap:
+                    for statement in MIGRATIONS[version]:
+                        self._apply(statement)
                 if reached == version - 1:
                     reached = version
+                    conn.execute("DELETE FROM capture_export_meta WHERE key = ?", (marker,))
+                elif marker not in past_gap:
+                    conn.execute("INSERT INTO capture_export_meta (key, value) VALUES (?, '1')", (marker,))
             if reached != current:
                 conn.execute("UPDATE capture_export_meta SET value = ? WHERE key = 'schema_version'",
                              (str(reached),))
