@@ -35,6 +35,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from .errors import BadInput, IngestRefused, TooLarge, UnsupportedMediaType
+from .litellm import API_TYPES as LITELLM_API_TYPES
 from .server import Outcome, Parsed, Source
 
 __all__ = ["SEMCONV_VERSION", "OtlpSource", "otlp_source", "parse_otlp", "span_record"]
@@ -151,6 +152,10 @@ def _api_type(operation: str | None, provider: str | None) -> str:
     family = _FAMILIES.get((provider or "").lower(), "")
     if operation and (operation, family) in _API_TYPES:
         return _API_TYPES[(operation, family)]
+    if operation:  # LiteLLM's otel callback names the operation by its call type (``acompletion``)
+        call_type = operation[1:] if operation not in LITELLM_API_TYPES and operation.startswith("a") else operation
+        if call_type in LITELLM_API_TYPES:
+            return LITELLM_API_TYPES[call_type][0]
     return f"genai_{operation}" if operation else "genai"
 
 
@@ -185,9 +190,27 @@ def _usage(attrs: dict[str, Any]) -> dict[str, int]:
     }
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _cost(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """Not in the conventions: LiteLLM's ``gen_ai.cost.*`` and OpenLIT's ``gen_ai.usage.cost`` (USD)."""
+    total = _number(_first(attrs, "gen_ai.cost.total_cost", "gen_ai.usage.cost"))
+    if total is None:
+        return None
+    cost: dict[str, Any] = {}
+    for field, key in (("input", "gen_ai.cost.input_cost"), ("output", "gen_ai.cost.output_cost")):
+        part = _number(attrs.get(key))
+        if part is not None:
+            cost[field] = part
+    cost.update(total=total, currency="USD")
+    return cost
+
+
 def _identity(attrs: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
     identity: dict[str, Any] = {}
-    login = _first(attrs, "user.id", "enduser.id") or _first(resource, "user.id", "enduser.id")
+    login = _first(attrs, "user.id", "enduser.id", "llm.user") or _first(resource, "user.id", "enduser.id")
     if login is not None:
         identity["login_name"] = str(login)
     node = _first(resource, "service.instance.id", "host.id", "host.name")
@@ -235,7 +258,7 @@ def span_record(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scop
     if system_instructions is not None:
         request_body["system_instructions"] = _maybe_json(system_instructions)
     response_body: dict[str, Any] = {"id": _first(attrs, "gen_ai.response.id"), "model": model,
-                                     "finish_reasons": attrs.get("gen_ai.response.finish_reasons"),
+                                     "finish_reasons": _maybe_json(attrs.get("gen_ai.response.finish_reasons")),
                                      "messages": outputs}
     otel: dict[str, Any] = {
         "trace_id": _hex(span.trace_id), "span_id": _hex(span.span_id),
@@ -269,9 +292,7 @@ def span_record(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scop
                     "response": {"body": {k: v for k, v in response_body.items() if v is not None}},
                     "otel": {k: v for k, v in otel.items() if v is not None}},
     }
-    cost = attrs.get("gen_ai.usage.cost")
-    if isinstance(cost, int | float) and not isinstance(cost, bool):
-        record["estimated_cost"] = {"total": float(cost), "currency": "USD"}
+    record["estimated_cost"] = _cost(attrs)
     return {k: v for k, v in record.items() if v is not None}
 
 
