@@ -25,6 +25,9 @@ import psutil
 
 from capture_export.local_s3 import free_port
 
+sys.path.insert(0, str(Path(__file__).parent))
+from ingest_throughput import rss_with_children
+
 CLI = [sys.executable, "-m", "capture_export.cli"]
 TOKEN = "bench-token"
 
@@ -113,7 +116,7 @@ def main() -> None:
         for thread in threads:
             thread.start()
         while any(t.is_alive() for t in threads):
-            peak = max(peak, process.memory_info().rss)
+            peak = max(peak, rss_with_children(process))
             time.sleep(0.1)
         elapsed = time.monotonic() - started
         load = os.getloadavg()
@@ -127,14 +130,14 @@ def main() -> None:
         print(f"{genai:,} GenAI spans committed in {elapsed:.1f}s: {genai / elapsed:,.0f} spans/s "
               f"({len(spans) / elapsed:,.0f} spans/s received; {args.exporters} exporters, batches of {args.batch}; "
               f"export p50 {pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms)")
-        print(f"ingest server peak RSS {peak / 2**20:.0f} MB; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        print(f"ingest peak RSS (with parsers) {peak / 2**20:.0f} MB; "
+              f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     finally:
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
-    sys.path.insert(0, str(Path(__file__).parent))
     from ingest_throughput import machine_speed
 
     print(machine_speed())

@@ -189,7 +189,8 @@ def _ingest_limits(args: argparse.Namespace):
     from .ingest import IngestLimits
 
     return IngestLimits(max_body_bytes=args.max_body_bytes, max_decoded_bytes=args.max_decoded_bytes,
-                        max_records=args.max_records, max_pending_records=args.max_pending_records)
+                        max_records=args.max_records, max_pending_records=args.max_pending_records,
+                        parse_workers=args.parse_workers)
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -249,6 +250,8 @@ def _add_ingest_limits(parser: argparse.ArgumentParser, prefix: str = "") -> Non
     parser.add_argument(f"--{prefix}max-pending-records", dest="max_pending_records", type=int,
                         default=defaults.max_pending_records,
                         help="records waiting for the commit before requests get 503 + Retry-After")
+    parser.add_argument(f"--{prefix}parse-workers", dest="parse_workers", type=int, default=defaults.parse_workers,
+                        help="processes that decode and encode request bodies (0: in the server's own thread)")
 
 
 def cmd_crds(args: argparse.Namespace) -> int:

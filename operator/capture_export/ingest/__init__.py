@@ -7,13 +7,22 @@ capture_id), and one module per input: ``native.py`` (schema-v2 records), ``lite
 
 from __future__ import annotations
 
-from .auth import TokenFile
+import importlib
+from typing import Any
+
 from .errors import BadInput, IngestRefused, Overloaded, StoreUnavailable, TooLarge
-from .litellm import litellm_record, parse_litellm
-from .metrics import IngestMetrics
-from .native import parse_records
-from .server import IngestLimits, IngestServer, serve, store_opener
-from .writer import GroupCommitter
+from .parsing import IngestLimits
+
+# Imported on first use: a parsing process imports only the parsers (no aiohttp, no metrics).
+_LAZY = {"TokenFile": ".auth", "litellm_record": ".litellm", "parse_litellm": ".litellm",
+         "IngestMetrics": ".metrics", "parse_records": ".native", "IngestServer": ".server", "serve": ".server",
+         "store_opener": ".server", "GroupCommitter": ".writer"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BadInput",

@@ -30,8 +30,12 @@ class BadInput(IngestRefused):
         if field:
             where.append(f"field {field!r}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        self.message = message
         self.index = index
         self.field = field
+
+    def __reduce__(self) -> Any:  # crosses from a parsing process intact
+        return (_bad_input, (self.message, self.index, self.field))
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"error": str(self)}
@@ -66,3 +70,7 @@ class StoreUnavailable(IngestRefused):
 
     status = 503
     retry_after = 5
+
+
+def _bad_input(message: str, index: int | None, field: str | None) -> BadInput:
+    return BadInput(message, index=index, field=field)

@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import BadInput
-from .native import MAX_CAPTURE_ID, iter_json_values, parse_timestamp
+from .native import MAX_CAPTURE_ID, json_values, parse_timestamp
 
 __all__ = ["API_TYPES", "litellm_record", "parse_litellm"]
 
@@ -282,11 +282,7 @@ def litellm_record(payload: Any, index: int) -> dict[str, Any]:
 
 def parse_litellm(body: bytes, max_records: int) -> list[dict[str, Any]]:
     """Records of a ``/v1/litellm`` body in any of the callback's ``log_format``s."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"body is not UTF-8 (byte {exc.start})") from None
-    records = [litellm_record(payload, index) for index, payload in enumerate(iter_json_values(text, max_records))]
+    records = [litellm_record(payload, index) for index, payload in enumerate(json_values(body, max_records))]
     if not records:
         raise BadInput("no payloads in the body")
     return records

@@ -24,10 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import cbor2
+import orjson
 
 from .errors import BadInput, TooLarge, UnsupportedMediaType
 
-__all__ = ["CBOR_TYPES", "JSON_TYPES", "MAX_CAPTURE_ID", "check_record", "iter_json_values", "parse_records",
+__all__ = ["CBOR_TYPES", "JSON_TYPES", "MAX_CAPTURE_ID", "check_record", "json_values", "parse_records",
            "parse_timestamp"]
 
 CBOR_TYPES = frozenset({"application/cbor-seq", "application/cbor"})
@@ -148,8 +149,28 @@ _DECODER = json.JSONDecoder()
 _WHITESPACE = " \t\n\r"
 
 
-def iter_json_values(text: str, max_records: int) -> Iterator[Any]:
-    """A JSON array's items, or a stream of JSON values (JSON Lines, or values simply concatenated)."""
+def json_values(body: bytes, max_records: int) -> list[Any]:
+    """A JSON array's items, or a stream of JSON values (JSON Lines, or values simply concatenated).
+
+    The common shapes (one array, one value per line) are parsed with orjson; anything it refuses (a
+    pretty-printed stream, NaN, a huge integer, a syntax error) goes through the standard library, which
+    also finds the bad record's index and position for the 400."""
+    stripped = body.lstrip()
+    try:
+        if stripped.startswith(b"["):
+            values = orjson.loads(body)
+            if not isinstance(values, list):
+                raise orjson.JSONDecodeError("not an array", "", 0)
+        else:
+            values = [orjson.loads(line) for line in body.splitlines() if line.strip()]
+    except orjson.JSONDecodeError:
+        values = list(_slow_json_values(_decode_text(body), max_records))
+    if len(values) > max_records:
+        raise TooLarge(f"more than {max_records} records in one request")
+    return values
+
+
+def _slow_json_values(text: str, max_records: int) -> Iterator[Any]:
     position = len(text) - len(text.lstrip(_WHITESPACE))
     if text.startswith("[", position):
         try:
@@ -186,7 +207,7 @@ def _decode_text(body: bytes) -> str:
 
 def _json_records(body: bytes, max_records: int) -> list[dict[str, Any]]:
     records = []
-    for index, value in enumerate(iter_json_values(_decode_text(body), max_records)):
+    for index, value in enumerate(json_values(body, max_records)):
         try:
             value = _from_json(value)
         except ValueError as exc:

@@ -25,7 +25,6 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -34,11 +33,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from .errors import BadInput, IngestRefused, TooLarge, UnsupportedMediaType
+from .errors import BadInput, TooLarge, UnsupportedMediaType
 from .litellm import API_TYPES as LITELLM_API_TYPES
-from .server import Outcome, Parsed, Source
+from .parsing import Parsed
 
-__all__ = ["SEMCONV_VERSION", "OtlpSource", "otlp_source", "parse_otlp", "span_record"]
+__all__ = ["JSON_TYPES", "SEMCONV_VERSION", "export_response", "parse_otlp", "span_record", "status_body"]
 
 SEMCONV_VERSION = "1.37.0"
 PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf"})
@@ -389,33 +388,23 @@ def _varint(value: int) -> bytes:
 _GRPC_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 429: 8, 503: 14}
 
 
-class OtlpSource(Source):
-    def _wants_json(self, request: web.Request) -> bool:
-        return request.content_type in JSON_TYPES
-
-    def ok(self, request: web.Request, parsed: Parsed, outcome: Outcome) -> web.Response:
-        rejected, error = parsed.extra.get("rejected", 0), parsed.extra.get("error", "")
-        if self._wants_json(request):
-            body: dict[str, Any] = {}
-            if rejected:
-                body["partialSuccess"] = {"rejectedSpans": str(rejected), "errorMessage": error}
-            return web.json_response(body)
-        response = ExportTraceServiceResponse()
+def export_response(rejected: int, error: str, *, as_json: bool) -> bytes:
+    """An ExportTraceServiceResponse: empty, or a partial success with the rejected spans' count."""
+    if as_json:
+        body: dict[str, Any] = {}
         if rejected:
-            response.partial_success.rejected_spans = rejected
-            response.partial_success.error_message = error
-        return web.Response(body=response.SerializeToString(), content_type="application/x-protobuf")
-
-    def refused(self, request: web.Request, error: IngestRefused) -> web.Response:
-        headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else {}
-        if error.status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="capture-export ingest"'
-        code = _GRPC_CODES.get(error.status, 2)
-        if self._wants_json(request):
-            return web.json_response({"code": code, "message": str(error)}, status=error.status, headers=headers)
-        return web.Response(body=_status_message(code, str(error)), status=error.status, headers=headers,
-                            content_type="application/x-protobuf")
+            body["partialSuccess"] = {"rejectedSpans": str(rejected), "errorMessage": error}
+        return json.dumps(body).encode()
+    response = ExportTraceServiceResponse()
+    if rejected:
+        response.partial_success.rejected_spans = rejected
+        response.partial_success.error_message = error
+    return response.SerializeToString()
 
 
-def otlp_source() -> Source:
-    return OtlpSource("otlp", "/v1/traces", parse_otlp, allow_empty=True)
+def status_body(http_status: int, message: str, *, as_json: bool) -> bytes:
+    """A google.rpc.Status for a refused export."""
+    code = _GRPC_CODES.get(http_status, 2)
+    if as_json:
+        return json.dumps({"code": code, "message": message}).encode()
+    return _status_message(code, message)

@@ -17,47 +17,27 @@ the commit: ``200 {"received": n, "new": a, "duplicates": d}``. Nothing of a ref
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
-import zlib
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import get_context
 from typing import Any
 
-import zstandard
 from aiohttp import web
 
-from ..store.records import encode_body
 from .auth import TokenFile
-from .errors import BadInput, IngestRefused, StoreUnavailable, TooLarge, Unauthorized, UnsupportedMediaType
-from .litellm import parse_litellm
+from .errors import IngestRefused, StoreUnavailable, TooLarge, Unauthorized
 from .metrics import IngestMetrics
-from .native import parse_records
-from .writer import GroupCommitter, Row, UniqueAppender
+from .parsing import PARSERS, IngestLimits, Parsed, Row, prepare, prepare_by_name, warm
+from .writer import GroupCommitter, UniqueAppender
 
-__all__ = ["IngestLimits", "IngestServer", "Outcome", "Parsed", "Source", "default_sources", "serve", "store_opener"]
+__all__ = ["IngestLimits", "IngestServer", "OtlpSource", "Outcome", "Parsed", "Source", "default_sources", "serve",
+           "store_opener"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IngestLimits:
-    max_body_bytes: int = 16 << 20  # as received (compressed)
-    max_decoded_bytes: int = 64 << 20  # after Content-Encoding is undone
-    max_records: int = 10_000  # per request
-    max_pending_records: int = 50_000  # waiting for the group commit; past it: 503
-    max_group_records: int = 5_000  # per transaction
-
-
-@dataclass
-class Parsed:
-    """What a request's body holds: records to store, and items that are not records (ignored)."""
-
-    records: list[dict[str, Any]]
-    ignored: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)  # source-specific facts for its answer
 
 
 @dataclass
@@ -93,15 +73,30 @@ class Source:
         return web.json_response(error.body(), status=error.status, headers=headers)
 
 
-def _records_source() -> Source:
-    return Source("records", "/v1/records", lambda body, ctype, limit: Parsed(parse_records(body, ctype, limit)))
+class OtlpSource(Source):
+    """OTLP/HTTP answers: an ExportTraceServiceResponse (partial success) or a google.rpc.Status, in the
+    request's encoding."""
+
+    def ok(self, request: web.Request, parsed: Parsed, outcome: Outcome) -> web.Response:
+        from .otlp import JSON_TYPES, export_response
+
+        as_json = request.content_type in JSON_TYPES
+        body = export_response(parsed.extra.get("rejected", 0), parsed.extra.get("error", ""), as_json=as_json)
+        return web.Response(body=body, content_type="application/json" if as_json else "application/x-protobuf")
+
+    def refused(self, request: web.Request, error: IngestRefused) -> web.Response:
+        from .otlp import JSON_TYPES, status_body
+
+        headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else {}
+        if isinstance(error, Unauthorized):
+            headers["WWW-Authenticate"] = 'Bearer realm="capture-export ingest"'
+        as_json = request.content_type in JSON_TYPES
+        content_type = "application/json" if as_json else "application/x-protobuf"
+        return web.Response(body=status_body(error.status, str(error), as_json=as_json), status=error.status,
+                            headers=headers, content_type=content_type)
 
 
-def _litellm_source() -> Source:
-    return Source("litellm", "/v1/litellm", lambda body, ctype, limit: Parsed(parse_litellm(body, limit)))
-
-
-# -- bodies --------------------------------------------------------------------------------------------
+# -- bodies ---------------------------------------------------------------------------------------------
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
@@ -112,48 +107,6 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         if len(buffer) > limit:
             raise TooLarge(f"body larger than the limit of {limit} bytes")
     return bytes(buffer)
-
-
-def _decode(body: bytes, encoding: str, limit: int) -> bytes:
-    """Undo ``Content-Encoding`` without ever holding more than ``limit`` decoded bytes (zip bombs)."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    too_large = TooLarge(f"body larger than the limit of {limit} bytes once decompressed")
-    try:
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            out = bytearray()
-            data = body
-            while data:
-                wbits = 47 if encoding != "deflate" else 15  # gzip or zlib header (47: either, auto)
-                decompressor = zlib.decompressobj(wbits)
-                out += decompressor.decompress(data, limit + 1 - len(out))
-                if len(out) > limit or decompressor.unconsumed_tail:
-                    raise too_large
-                if not decompressor.eof:
-                    raise BadInput(f"truncated {encoding} body")
-                data = decompressor.unused_data  # a concatenated gzip member follows
-            return bytes(out)
-        if encoding == "zstd":
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True)
-            out = reader.read(limit + 1)
-            if len(out) > limit:
-                raise too_large
-            return out
-    except (zlib.error, zstandard.ZstdError) as exc:
-        raise BadInput(f"body is not valid {encoding}: {exc}") from None
-    raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported (gzip, deflate, zstd are)")
-
-
-def _encode_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
-    rows: list[Row] = []
-    for index, record in enumerate(records):
-        try:
-            ts, body = encode_body(record)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise BadInput(f"cannot be stored: {exc}", index=index) from None
-        rows.append((ts, body, record["capture_id"]))
-    return rows
 
 
 # -- the server ----------------------------------------------------------------------------------------
@@ -169,18 +122,16 @@ class IngestServer:
         limits: IngestLimits | None = None,
         metrics: IngestMetrics | None = None,
         serve_metrics: bool = False,
-        sources: Sequence[Source] | None = None,
     ) -> None:
         self.limits = limits or IngestLimits()
         self.tokens = tokens
         self.metrics = metrics or IngestMetrics()
         self.serve_metrics = serve_metrics
-        self.sources = list(sources) if sources is not None else default_sources()
+        self.sources = default_sources()
         self.writer = GroupCommitter(open_store, max_pending_records=self.limits.max_pending_records,
                                      max_group_records=self.limits.max_group_records,
                                      on_commit=lambda *_: self.metrics.commits.inc())
-        # Parsing and encoding run off the event loop, so a large body does not stall other requests.
-        self._parsers = ThreadPoolExecutor(2, thread_name_prefix="ingest-parse")
+        self._parsers: ProcessPoolExecutor | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -193,7 +144,19 @@ class IngestServer:
             app.router.add_get("/metrics", self._metrics)
         return app
 
+    def _start_parsers(self) -> None:
+        if self.limits.parse_workers > 0:
+            # spawn, not fork: the operator's process has threads (kopf, export cycles) a fork would copy
+            # mid-flight.
+            self._parsers = ProcessPoolExecutor(self.limits.parse_workers, mp_context=get_context("spawn"),
+                                                initializer=warm)
+
     async def start(self, host: str = "0.0.0.0", port: int = 8090) -> int:
+        self._start_parsers()
+        if self._parsers is not None:  # take requests only once the processes have imported what they need
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(self._parsers, warm)
+                                   for _ in range(self.limits.parse_workers)))
         # auto_decompress off: Content-Encoding is undone here, within the decoded-size limit.
         self._runner = web.AppRunner(self.app(), access_log=None, auto_decompress=False, handle_signals=False)
         await self._runner.setup()
@@ -210,7 +173,9 @@ class IngestServer:
             await self._runner.cleanup()
             self._runner = None
         await asyncio.to_thread(self.writer.close)
-        self._parsers.shutdown(wait=False)
+        if self._parsers is not None:
+            self._parsers.shutdown(wait=False, cancel_futures=True)
+            self._parsers = None
 
     # -- handlers --
 
@@ -233,18 +198,16 @@ class IngestServer:
                 body = await _read_body(request, self.limits.max_body_bytes)
                 encoding = request.headers.get("Content-Encoding", "")
                 content_type = request.content_type
-                loop = asyncio.get_running_loop()
-                parsed, rows = await loop.run_in_executor(
-                    self._parsers, self._prepare, source, body, encoding, content_type
-                )
+                ignored, extra, rows = await self._prepare(source, body, encoding, content_type)
+                del body
                 received = len(rows)
                 self.metrics.pending.set(self.writer.pending_records + received)
                 new = await self.writer.commit(rows) if rows else 0
-                outcome = Outcome(received, new, parsed.ignored)
-                response = source.ok(request, parsed, outcome)
+                outcome = Outcome(received, new, ignored)
+                response = source.ok(request, Parsed([], ignored, extra), outcome)
                 self.metrics.duplicates.labels(source.name).inc(outcome.duplicates)
-                if parsed.ignored:
-                    self.metrics.ignored.labels(source.name).inc(parsed.ignored)
+                if ignored:
+                    self.metrics.ignored.labels(source.name).inc(ignored)
             except IngestRefused as refusal:
                 response = source.refused(request, refusal)
             except Exception:
@@ -260,22 +223,30 @@ class IngestServer:
 
         return handle
 
-    def _prepare(self, source: Source, body: bytes, encoding: str, content_type: str) -> tuple[Parsed, list[Row]]:
-        decoded = _decode(body, encoding, self.limits.max_decoded_bytes)
-        del body
-        parsed = source.parse(decoded, content_type, self.limits.max_records)
-        if not parsed.records and not source.allow_empty:
-            raise BadInput("no records in the body")
-        return parsed, _encode_rows(parsed.records)
+    async def _prepare(self, source: Source, body: bytes, encoding: str,
+                       content_type: str) -> tuple[int, dict[str, Any], list[Row]]:
+        if self._parsers is None:
+            return prepare(source.parse, source.allow_empty, body, encoding, content_type, self.limits)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._parsers, prepare_by_name, source.name, body, encoding,
+                                              content_type, self.limits)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): start new ones; the client retries this request.
+            log.warning("ingest: a parsing process died; starting new ones")
+            broken, self._parsers = self._parsers, None
+            if broken is not None:
+                broken.shutdown(wait=False, cancel_futures=True)
+            self._start_parsers()
+            raise StoreUnavailable("a parsing process died; nothing was stored, retry") from None
 
 
 def default_sources() -> list[Source]:
-    sources = [_records_source(), _litellm_source()]
-    try:
-        from .otlp import otlp_source
-    except ImportError:  # the OTLP receiver needs opentelemetry-proto
-        return sources
-    return [*sources, otlp_source()]
+    routes: dict[str, tuple[str, type[Source]]] = {
+        "records": ("/v1/records", Source), "litellm": ("/v1/litellm", Source), "otlp": ("/v1/traces", OtlpSource),
+    }
+    return [routes[name][1](name, routes[name][0], parse, allow_empty)
+            for name, (parse, allow_empty) in PARSERS.items()]
 
 
 def store_opener(url: str) -> Callable[[], UniqueAppender]:

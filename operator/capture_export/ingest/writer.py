@@ -27,12 +27,12 @@ from typing import Any, Protocol
 
 from ..store import StoreError
 from .errors import Overloaded, StoreUnavailable
+from .parsing import Row
 
 __all__ = ["GroupCommitter", "Row", "UniqueAppender"]
 
 log = logging.getLogger(__name__)
 
-Row = tuple[int, bytes, str]  # (timestamp_us, CBOR body from encode_body, capture_id)
 
 
 class UniqueAppender(Protocol):
