@@ -28,11 +28,12 @@ from typing import Any
 
 from aiohttp import web
 
+from ..store import IngestStore
 from .auth import TokenFile
 from .errors import IngestRefused, StoreUnavailable, TooLarge, Unauthorized
 from .metrics import IngestMetrics
 from .parsing import PARSERS, IngestLimits, Parsed, Row, prepare, prepare_by_name, warm
-from .writer import GroupCommitter, UniqueAppender
+from .writer import GroupCommitter
 
 __all__ = ["IngestLimits", "IngestServer", "OtlpSource", "Outcome", "Parsed", "Source", "default_sources", "serve",
            "store_opener"]
@@ -116,7 +117,7 @@ class IngestServer:
 
     def __init__(
         self,
-        open_store: Callable[[], UniqueAppender],
+        open_store: Callable[[], IngestStore],
         tokens: TokenFile,
         *,
         limits: IngestLimits | None = None,
@@ -249,10 +250,10 @@ def default_sources() -> list[Source]:
             for name, (parse, allow_empty) in PARSERS.items()]
 
 
-def store_opener(url: str) -> Callable[[], UniqueAppender]:
+def store_opener(url: str) -> Callable[[], IngestStore]:
     """Open the store the ingest server writes to (created when missing: the ingest server is a writer)."""
 
-    def open_store() -> UniqueAppender:
+    def open_store() -> IngestStore:
         from ..store import open_store_url
 
         store = open_store_url(url)

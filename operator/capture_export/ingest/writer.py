@@ -23,22 +23,16 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from ..store import StoreError
+from ..store import IngestStore, StoreError
 from .errors import Overloaded, StoreUnavailable
 from .parsing import Row
 
-__all__ = ["GroupCommitter", "Row", "UniqueAppender"]
+__all__ = ["GroupCommitter"]
 
 log = logging.getLogger(__name__)
 
-
-
-class UniqueAppender(Protocol):
-    def append_unique(self, groups: Sequence[Sequence[Row]]) -> list[int]: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -60,7 +54,7 @@ def _settle(future: asyncio.Future[int], result: int | BaseException) -> None:
 class GroupCommitter:
     def __init__(
         self,
-        open_store: Callable[[], UniqueAppender],
+        open_store: Callable[[], IngestStore],
         *,
         max_pending_records: int = 50_000,
         max_group_records: int = 5_000,
@@ -70,7 +64,7 @@ class GroupCommitter:
         self.max_pending_records = max_pending_records
         self.max_group_records = max_group_records
         self.on_commit = on_commit  # (requests, rows, seconds) after each successful transaction
-        self._store: UniqueAppender | None = None
+        self._store: IngestStore | None = None
         self._queue: deque[_Waiting] = deque()
         self._pending = 0
         self._cond = threading.Condition()
