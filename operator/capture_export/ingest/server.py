@@ -4,14 +4,16 @@ Routes (every POST needs ``Authorization: Bearer <token>``):
 
 * ``POST /v1/records``  native schema-v2 records (native.py)
 * ``POST /v1/litellm``  LiteLLM ``generic_api`` payloads (litellm.py)
+* ``POST /v1/traces``   OpenTelemetry GenAI spans over OTLP/HTTP (otlp.py), answered the OTLP way
 * ``GET /healthz``      liveness; ``GET /metrics`` Prometheus (standalone only; inside the operator its
   metrics are on the operator's port)
 
-A request goes: token check, body read within ``max_body_bytes`` (413 past it), ``Content-Encoding``
-undone (gzip, deflate, zstd) within ``max_decoded_bytes``, parsed and checked (400 naming the first bad
-record and field, 413 past ``max_records``), encoded as the store keeps records (credential headers
-stripped), then committed with other requests in one transaction (writer.py). The answer comes after
-the commit: ``200 {"received": n, "new": a, "duplicates": d}``. Nothing of a refused request is stored.
+A request goes: token check, body read within ``max_body_bytes`` (413 past it); then, in a parsing
+process (parsing.py), ``Content-Encoding`` undone (gzip, deflate, zstd) within ``max_decoded_bytes``,
+parsed and checked (400 naming the first bad record and field, 413 past ``max_records``) and encoded as
+the store keeps records (credential headers stripped); then committed with other requests in one
+transaction (writer.py). The answer comes after the commit: ``200 {"received": n, "new": a,
+"duplicates": d}``. Nothing of a refused request is stored.
 """
 
 from __future__ import annotations
