@@ -59,3 +59,17 @@ def test_a_json_array_of_exported_lines_is_accepted_too(seeded: Path, tmp_path: 
         assert response.json() == {"received": RECORDS, "new": RECORDS, "duplicates": 0}
     second, _ = export_all(s3_server, bucket, rebuilt, tmp_path, fmt="jsonl", prefix="second", limit=500)
     assert second == first
+
+
+@pytest.mark.postgres
+def test_posted_back_into_postgresql_the_same_records(seeded: Path, tmp_path: Path, s3_server: LocalS3, bucket: str,
+                                                      pg_dsn: str) -> None:
+    first, objects = export_all(s3_server, bucket, seeded, tmp_path, fmt="jsonl", prefix="first", limit=500)
+    with ingest_server(pg_dsn, tmp_path) as ingest:
+        for key in sorted(objects):
+            response = ingest.post("/v1/records", objects[key], content_type="application/x-ndjson")
+            assert response.status_code == 200, response.text
+        again = ingest.post("/v1/records", objects[sorted(objects)[-1]], content_type="application/x-ndjson")
+        assert again.json()["new"] == 0
+    second, _ = export_all(s3_server, bucket, pg_dsn, tmp_path, fmt="jsonl", prefix="second", limit=500)
+    assert second == first
