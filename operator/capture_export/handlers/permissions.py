@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..api import GROUP
-from ..status.writer import KubeApi
+from .kube import KubeApi
 
 __all__ = ["MissingPermissions", "Permission", "check_permissions", "missing_permissions", "required_permissions"]
 
