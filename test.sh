@@ -9,7 +9,7 @@ if [ -x scripts/ensure-postgres.sh ]; then
     scripts/ensure-postgres.sh
 fi
 # The real Kubernetes API tier (tests/kube) runs kube-apiserver and etcd, built once per version from the Go
-# modules pinned in tests/apiserver/go.mod (a cold build takes 10-20 minutes; later runs reuse it). In CI a
+# modules pinned in tests/apiserver/go.mod (a cold build takes up to half an hour; later runs reuse it). In CI a
 # failed build fails the run; elsewhere the tier is skipped, naming the reason.
 if kube_bin="$(scripts/build-apiserver.sh)"; then
     export CAPTURE_EXPORT_KUBE_BIN="$kube_bin"

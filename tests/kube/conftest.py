@@ -133,14 +133,14 @@ def namespace(apiserver: TempApiServer, crds: list[dict[str, Any]]) -> Iterator[
 
 @pytest.fixture
 def kube(apiserver: TempApiServer, namespace: str) -> Iterator[Kube]:
-    client = Kube(apiserver, namespace)  # type: ignore[arg-type]  # the harness needs only .configuration()
+    client = Kube(apiserver, namespace)
     yield client
     client.close()
 
 
 @pytest.fixture
 def policies(apiserver: TempApiServer, namespace: str) -> Iterator[Policies]:
-    client = Policies(apiserver, namespace)  # type: ignore[arg-type]
+    client = Policies(apiserver, namespace)
     yield client
     client.close()
 
@@ -159,7 +159,7 @@ def start_operator(apiserver: TempApiServer, namespace: str,
 
     def start(**overrides: Any) -> OperatorThread:
         overrides.setdefault("namespaces", (namespace,))
-        operator = OperatorThread(operator_config(apiserver, store_path, **overrides)).start()  # type: ignore[arg-type]
+        operator = OperatorThread(operator_config(apiserver, store_path, **overrides)).start()
         started.append(operator)
         return operator
 

@@ -55,13 +55,13 @@ def installed(apiserver: TempApiServer, chart: helm.Chart) -> Iterator[Callable[
 
 
 def run_as_chart(apiserver: TempApiServer, rbac: ChartRbac, store: Path) -> OperatorThread:
-    config = operator_config(apiserver, store, namespaces=rbac.watched_namespaces,  # type: ignore[arg-type]
+    config = operator_config(apiserver, store, namespaces=rbac.watched_namespaces,
                              kube=apiserver.configuration(token=rbac.token))
     return OperatorThread(config)
 
 
 def exporter_in(apiserver: TempApiServer, namespace: str, s3_server: LocalS3, bucket: str) -> Kube:
-    kube = Kube(apiserver, namespace)  # type: ignore[arg-type]
+    kube = Kube(apiserver, namespace)
     kube.create_secret(SECRET, {"access_key_id": s3_server.access_key_id,
                                 "access_secret": s3_server.secret_access_key})
     kube.apply_exporter("usage", {"bucket": bucket, "region": "us-east-1", "endpoint": s3_server.endpoint,
