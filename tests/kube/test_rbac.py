@@ -5,6 +5,7 @@ one verb stops it at startup with an error naming what is missing, instead of a 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -69,8 +70,15 @@ def exporter_in(apiserver: TempApiServer, namespace: str, s3_server: LocalS3, bu
     return kube
 
 
+def forbidden_calls(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Log lines of API calls the grant refused (kopf retries a 403 and logs each attempt)."""
+    return [r.getMessage() for r in caplog.records if "Forbidden" in r.getMessage() or " 403" in r.getMessage()]
+
+
 def test_cluster_wide_rbac_is_enough(apiserver: TempApiServer, installed: Callable[..., ChartRbac], namespace: str,
-                                     s3_server: LocalS3, bucket: str, sqlite_store: SQLiteStore) -> None:
+                                     s3_server: LocalS3, bucket: str, sqlite_store: SQLiteStore,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     sqlite_store.append(make_record(i) for i in range(40))
     rbac = installed({})  # the chart's defaults: watch.allNamespaces
     assert rbac.watched_namespaces == ()
@@ -88,12 +96,14 @@ def test_cluster_wide_rbac_is_enough(apiserver: TempApiServer, installed: Callab
         operator.stop()
         kube.close()
     assert operator.error is None
+    assert forbidden_calls(caplog) == []
 
 
 def test_namespaced_rbac_is_enough_and_serves_only_its_namespaces(
     apiserver: TempApiServer, installed: Callable[..., ChartRbac], s3_server: LocalS3, bucket: str,
-    sqlite_store: SQLiteStore,
+    sqlite_store: SQLiteStore, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     sqlite_store.append(make_record(i) for i in range(25))
     n = next(_releases)
     team_a, team_b, elsewhere = f"team-a-{n}", f"team-b-{n}", f"elsewhere-{n}"
@@ -116,6 +126,7 @@ def test_namespaced_rbac_is_enough_and_serves_only_its_namespaces(
         for ns in (team_a, team_b, elsewhere):
             clean_namespace(apiserver, ns)
     assert operator.error is None
+    assert forbidden_calls(caplog) == []
 
 
 MISSING_ONE_VERB = [
