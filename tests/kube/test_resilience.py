@@ -38,10 +38,10 @@ def test_a_spec_change_made_during_an_api_server_restart_is_not_missed(
     kube.wait_status("usage", lambda s: s.get("cursor") == "50", timeout=60, what="first export")
     kube.wait_condition("usage", "Ready", "True")
 
-    # A write elsewhere moves etcd's revision past the last one the operator's watch has seen, so the
-    # restarted API server's fresh watch cache no longer holds it: the operator's resumed watch gets 410.
-    kube.core.create_namespaced_config_map(kube.namespace, {"metadata": {"name": "tick"}})
     operator_route.outage()
+    # Once the operator is cut off, a write elsewhere moves etcd's revision past the last one its watch has
+    # seen, so the restarted API server's fresh watch cache starts after it: the resumed watch gets 410.
+    kube.core.create_namespaced_config_map(kube.namespace, {"metadata": {"name": "tick"}})
     apiserver.restart_apiserver()
     kube.patch("usage", {"spec": {"limit": 7, "every": 1}})
     sqlite_store.append(make_record(i) for i in range(50, 71))
