@@ -90,7 +90,7 @@ def test_objects_are_named_labelled_and_unique(scenario: tuple[str, Rendered]) -
 
 def test_notes_render(scenario: tuple[str, Rendered]) -> None:
     _, rendered = scenario
-    assert "kubectl apply -f examples/exporter.yaml" in rendered.notes
+    assert "examples/exporter.yaml | kubectl apply -f -" in rendered.notes
     assert "<no value>" not in rendered.notes
     for text in rendered.sources.values():
         assert "<no value>" not in text
@@ -113,7 +113,7 @@ def test_one_operator_replica_recreated_on_upgrade(scenario: tuple[str, Rendered
 def test_operator_container(chart: helm.Chart) -> None:
     rendered = render(chart)
     (container,) = pod_spec(rendered)["containers"]
-    assert container["image"] == f"capture-export:{chart.metadata['appVersion']}"
+    assert container["image"] == f"ghcr.io/capture-dev/capture-export:{chart.metadata['appVersion']}"
     assert container["imagePullPolicy"] == "IfNotPresent"
     assert container["args"] == ["operator", "--all-namespaces"]
     assert "command" not in container, "the image's entrypoint is capture-export"
@@ -359,7 +359,6 @@ NAMESPACED_PERMISSIONS = {
     ("capture.dev", "retentionpolicies/status"): {"patch"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
-    ("events.k8s.io", "events"): {"create"},
 }
 CRD_DISCOVERY = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
 
