@@ -116,11 +116,12 @@ def test_update_of_limit_and_every_takes_effect(
 
 
 def test_invalid_spec_is_refused_with_the_field_named_until_fixed(
-    kube: Kube, start_operator: Callable[..., OperatorThread], exporter_spec: Callable[..., dict],
-    s3_secret: str, sqlite_store: SQLiteStore, object_store: S3ObjectStore,
+    cluster: EmulatedCluster, kube: Kube, start_operator: Callable[..., OperatorThread],
+    exporter_spec: Callable[..., dict], s3_secret: str, sqlite_store: SQLiteStore, object_store: S3ObjectStore,
 ) -> None:
-    # The emulator has no OpenAPI validation, like a cluster whose CRD is missing or old: the operator
-    # must refuse on its own.
+    # A cluster whose CRD is old or carries no schema lets the spec through: the operator must refuse on
+    # its own.
+    cluster.without_crd_validation()
     sqlite_store.append(make_record(i) for i in range(20))
     start_operator()
     kube.apply_exporter("usage", exporter_spec(limit=20_000, prefix="exports/"))
