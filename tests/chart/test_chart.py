@@ -115,10 +115,10 @@ def test_operator_container(chart: helm.Chart) -> None:
     (container,) = pod_spec(rendered)["containers"]
     assert container["image"] == f"ghcr.io/capture-dev/capture-export:{chart.metadata['appVersion']}"
     assert container["imagePullPolicy"] == "IfNotPresent"
-    assert container["args"] == ["operator", "--all-namespaces"]
+    assert container["args"] == ["operator", "--all-namespaces", "--stop-timeout", "50"]
     assert "command" not in container, "the image's entrypoint is capture-export"
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"health": 8080, "metrics": 9090}
+    assert ports == {"health": 8080, "metrics": 9090, "ready": 8081}
     probe = container["livenessProbe"]
     assert probe["httpGet"] == {"path": "/healthz", "port": "health"}
     assert probe["periodSeconds"] > 0 and probe["failureThreshold"] >= 1
@@ -131,10 +131,10 @@ def test_operator_container(chart: helm.Chart) -> None:
 def test_namespaced_mode_passes_each_namespace(chart: helm.Chart) -> None:
     rendered = render(chart, SCENARIOS["namespaced"])
     (container,) = pod_spec(rendered)["containers"]
-    assert container["args"] == ["operator", "--namespace", "team-a", "--namespace", "team-b"]
+    assert container["args"][:5] == ["operator", "--namespace", "team-a", "--namespace", "team-b"]
     rendered = render(chart, SCENARIOS["namespaced-release-namespace"])
     (container,) = pod_spec(rendered)["containers"]
-    assert container["args"] == ["operator", "--namespace", NAMESPACE]
+    assert container["args"][:3] == ["operator", "--namespace", NAMESPACE]
 
 
 @pytest.mark.parametrize("name", ["defaults", "namespaced", "namespaced-release-namespace", "postgres-inline-dsn"])
@@ -165,7 +165,7 @@ def test_everything_knob_reaches_the_pod(chart: helm.Chart) -> None:
     assert spec["priorityClassName"] == "platform-critical"
     assert spec["terminationGracePeriodSeconds"] == 120
     assert container["resources"] == values["resources"]
-    assert container["args"] == ["operator", "--namespace", "gateway", "--verbose"]
+    assert container["args"] == ["operator", "--namespace", "gateway", "--stop-timeout", "110", "--verbose"]
     for item in values["extraEnv"]:
         assert item in container["env"]
     assert container["envFrom"] == values["extraEnvFrom"]

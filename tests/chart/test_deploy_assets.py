@@ -64,7 +64,7 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     assert "PYTHONDONTWRITEBYTECODE=1" in final
     assert 'ENTRYPOINT ["capture-export"]' in final
     assert re.search(r'^CMD \["operator"', final, re.MULTILINE)
-    assert re.search(r"^EXPOSE 8080 9090$", final, re.MULTILINE)
+    assert re.search(r"^EXPOSE 8080 8081 9090$", final, re.MULTILINE)
 
 
 def test_image_matches_the_chart() -> None:
@@ -148,7 +148,7 @@ def test_namespaced_e2e_release_renders_with_the_chart_defaults() -> None:
                           release=namespaced_e2e.NS_RELEASE)
         defaults = chart.values
     (container,) = pod_spec(rendered)["containers"]
-    assert container["args"] == ["operator", "--namespace", namespaced_e2e.OPERATOR_NAMESPACE, *container["args"][3:]]
+    assert container["args"][:3] == ["operator", "--namespace", namespaced_e2e.OPERATOR_NAMESPACE]
     assert container["resources"] == defaults["resources"]
     assert container["image"] == e2e.IMAGE and container["imagePullPolicy"] == "Never"
     assert rendered.one("Secret")["stringData"]["dsn"] == namespaced_e2e.DSN

@@ -223,6 +223,49 @@ def test_operator_names_itself_after_the_pod(chart: helm.Chart) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# 4. Probes and shutdown
+
+
+def _operator_config(container: dict[str, Any]) -> Any:
+    """The OperatorConfig `capture-export <args>` builds, parsed with the real CLI."""
+    from capture_export.cli import build_parser, operator_config
+
+    return operator_config(build_parser().parse_args(container["args"]))
+
+
+def test_readiness_probe_asks_the_operator_whether_it_serves(chart: helm.Chart) -> None:
+    (container,) = pod_spec(render(chart))["containers"]
+    probe = container["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/readyz", "port": "ready"}
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    config = _operator_config(container)
+    assert ports["ready"] == config.readiness_port, "the probe must reach the port the operator serves /readyz on"
+    assert ports["health"] == config.liveness_port
+    assert probe["httpGet"]["path"] != container["livenessProbe"]["httpGet"]["path"], (
+        "kopf's /healthz answers 200 before the operator ever reached the API: it cannot mean Ready")
+    (container,) = pod_spec(render(chart, {"readinessProbe": {"enabled": False}}))["containers"]
+    assert "readinessProbe" not in container
+
+
+@pytest.mark.parametrize("grace", [None, 15, 120, 600])
+def test_grace_period_covers_the_operator_own_stop(chart: helm.Chart, grace: int | None) -> None:
+    """Kubernetes kills the pod terminationGracePeriodSeconds after SIGTERM: the operator's own stop (the
+    batches in flight, then its last status writes and exit) must fit in it, or the kill wastes them."""
+    values = {} if grace is None else {"terminationGracePeriodSeconds": grace}
+    spec = pod_spec(render(chart, values))
+    config = _operator_config(spec["containers"][0])
+    assert config.shutdown_seconds <= spec["terminationGracePeriodSeconds"]
+    assert config.stop_timeout >= spec["terminationGracePeriodSeconds"] - 10, "and it uses the time it has"
+
+
+def test_grace_period_too_short_for_a_batch_is_refused(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmError) as caught:
+        chart.render({"terminationGracePeriodSeconds": 5}, name="capture-export", namespace="capture-export",
+                     is_install=True)
+    assert "/terminationGracePeriodSeconds" in str(caught.value)
+
+
+# --------------------------------------------------------------------------------------------------
 # 5. Chart edges
 
 

@@ -209,8 +209,11 @@ class OperatorThread:
         except BaseException as exc:
             self.error = exc
 
-    def start(self) -> OperatorThread:
+    def start(self, *, wait: bool = True) -> OperatorThread:
+        """Start the operator's thread; unless ``wait`` is false, return once kopf says it started."""
         self._thread.start()
+        if not wait:
+            return self
         wait_for(lambda: self.ready_flag.is_set() or self.error, 30, what="operator ready")
         if self.error is not None:
             raise self.error
@@ -224,8 +227,9 @@ class OperatorThread:
 
 
 def operator_config(cluster: EmulatedCluster, store: Path, **overrides: Any) -> OperatorConfig:
-    values: dict[str, Any] = dict(store=str(store), liveness_port=free_port(), metrics_port=0, concurrency=4,
-                                  cycle_max_seconds=5.0, retry_cap=0.5, kube=cluster.configuration())
+    values: dict[str, Any] = dict(store=str(store), liveness_port=free_port(), readiness_port=free_port(),
+                                  metrics_port=0, concurrency=4, cycle_max_seconds=5.0, retry_cap=0.5,
+                                  kube=cluster.configuration())
     values.update(overrides)
     return OperatorConfig(**values)
 

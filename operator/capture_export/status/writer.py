@@ -49,8 +49,12 @@ class KubeApi:
     these calls always talk to the same API server with the same identity.
     """
 
-    def __init__(self, configuration: kubernetes.client.Configuration | None = None) -> None:
+    def __init__(self, configuration: kubernetes.client.Configuration | None = None, *,
+                 request_timeout: tuple[float, float] = (10.0, 30.0)) -> None:
         self.configuration = configuration
+        # (connect, read) seconds on every call: without them a dropped connection (a request sent, no
+        # answer ever) holds the call until TCP gives up, ~15 minutes of no status writes.
+        self.request_timeout = request_timeout
         self._client: kubernetes.client.ApiClient | None = None
 
     def login(self, *, logger: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
@@ -87,7 +91,8 @@ class KubeApi:
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's decoded data, or None when it does not exist."""
         try:
-            secret = kubernetes.client.CoreV1Api(self.client).read_namespaced_secret(name, namespace)
+            secret = kubernetes.client.CoreV1Api(self.client).read_namespaced_secret(
+                name, namespace, _request_timeout=self.request_timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -107,7 +112,8 @@ class KubeApi:
         """Merge-patch ``status``; False when the resource is gone."""
         try:
             kubernetes.client.CustomObjectsApi(self.client).patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": dict(status)}
+                GROUP, VERSION, namespace, plural, name, {"status": dict(status)},
+                _request_timeout=self.request_timeout,
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -123,7 +129,7 @@ class KubeApi:
         """Every object of one of our kinds in ``namespace`` (raw bodies, status included)."""
         try:
             listed = kubernetes.client.CustomObjectsApi(self.client).list_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural
+                GROUP, VERSION, namespace, plural, _request_timeout=self.request_timeout
             )
         except ApiException as exc:
             raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.status} {exc.reason}",
