@@ -13,8 +13,8 @@ from pathlib import Path
 import kubernetes.client
 import pytest
 
+from capture_export.handlers.kube import KubeApi, KubeApiError
 from capture_export.local_s3 import free_port
-from capture_export.status.writer import KubeApi, KubeApiError
 from capture_export.store import SQLiteStore
 from tests.conftest import make_record
 from tests.faultproxy import FaultProxy

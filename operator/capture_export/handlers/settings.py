@@ -28,8 +28,9 @@ from ..api import GROUP
 from ..clock import Clock, SystemClock
 from ..metrics import OperatorMetrics
 from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
-from ..status.writer import ApiSecrets, KubeApi, StatusWriter
+from ..status.writer import StatusWriter
 from ..store import StoreOpener
+from .kube import ApiSecrets, KubeApi, kopf_event
 from .readiness import Readiness, check_api
 
 __all__ = ["EXIT_SECONDS", "FINALIZER", "RESET_CURSOR", "RUN_NOW", "USER_ANNOTATIONS", "CycleExecutor",
@@ -155,7 +156,7 @@ class Runtime:
         self.metrics = OperatorMetrics()
         self.cycles = CycleExecutor(max(1, config.concurrency), thread_name_prefix="export-cycle")
         self.api_calls = ThreadPoolExecutor(4, thread_name_prefix="kube-api")
-        self.writer = StatusWriter(self.kube, self.api_calls)
+        self.writer = StatusWriter(self.kube, self.api_calls, emit=kopf_event)
         self.workers: dict[tuple[str, str, str], Any] = {}  # (kind, namespace, name) -> that kind's worker
         self.metrics_port: int | None = None
         self.readiness = Readiness(lambda: check_api(self.kube, config.namespaces, config.api_timeout),
