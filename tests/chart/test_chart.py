@@ -442,6 +442,9 @@ def test_rbac_covers_every_kind_in_the_crds() -> None:
     assert "s3exporters" in plurals
     served = {resource for group, resource in NAMESPACED_PERMISSIONS if group == "capture.dev" and "/" not in resource}
     assert plurals <= served, f"kinds without RBAC in the chart: {sorted(plurals - served)}"
+    from capture_export.handlers.settings import SERVED_PLURALS
+
+    assert set(SERVED_PLURALS) == plurals, "readiness lists every kind the operator serves"
 
 
 # --------------------------------------------------------------------------------------------------

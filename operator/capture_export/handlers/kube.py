@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -132,6 +132,29 @@ class KubeApi:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.__class__.__name__}") from None
         return list(listed.get("items") or [])
+
+    def check_served(self, plurals: Sequence[str], namespaces: Sequence[str]) -> None:
+        """List one item of each of ``plurals`` where the operator watches them (every namespace when
+        ``namespaces`` is empty): raises KubeApiError unless the API server, the CRDs and the RBAC all
+        work. Namespace patterns (kopf's globs) cannot be listed one by one: the group's discovery
+        stands in for them."""
+        api = kubernetes.client.CustomObjectsApi(self.client)
+        patterns = [ns for ns in namespaces if set(ns) & set("*?[!")]
+        try:
+            if patterns:
+                api.get_api_resources(GROUP, VERSION, _request_timeout=self.request_timeout)
+            for plural in plurals:
+                if not namespaces:
+                    api.list_cluster_custom_object(GROUP, VERSION, plural, limit=1,
+                                                   _request_timeout=self.request_timeout)
+                for namespace in namespaces:
+                    if namespace not in patterns:
+                        api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, limit=1,
+                                                          _request_timeout=self.request_timeout)
+        except ApiException as exc:
+            raise KubeApiError(f"listing {GROUP} resources failed: {exc.status} {exc.reason}", exc.status) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeApiError(f"listing {GROUP} resources failed: {exc.__class__.__name__}") from None
 
     def close(self) -> None:
         if self._client is not None:

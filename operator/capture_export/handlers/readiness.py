@@ -15,19 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp.web
-import kubernetes.client
-import urllib3.exceptions
-from kubernetes.client.exceptions import ApiException
 
-from ..api import GROUP, VERSION
-
-__all__ = ["SERVED_PLURALS", "Readiness", "check_api"]
-
-SERVED_PLURALS = ("s3exporters", "retentionpolicies")
+__all__ = ["Readiness"]
 
 log = logging.getLogger(__name__)
 
@@ -91,26 +83,3 @@ class Readiness:
             await self._runner.cleanup()
             self._runner = None
 
-
-def check_api(kube: Any, namespaces: Sequence[str], timeout: tuple[float, float]) -> None:
-    """List one item of each kind the operator serves, where it watches them: raises (with a message that
-    names the call and the answer, nothing else) unless the API server, the CRDs and the RBAC all work.
-
-    ``kube`` is the operator's KubeApi (its ``client`` raises until the login handler ran). Namespace
-    patterns (kopf's globs) cannot be listed one by one: the kinds' discovery stands in for them."""
-    api = kubernetes.client.CustomObjectsApi(kube.client)
-    patterns = [ns for ns in namespaces if set(ns) & set("*?[!")]
-    try:
-        if patterns:
-            api.get_api_resources(GROUP, VERSION, _request_timeout=timeout)
-        for plural in SERVED_PLURALS:
-            if not namespaces:
-                api.list_cluster_custom_object(GROUP, VERSION, plural, limit=1, _request_timeout=timeout)
-            for namespace in namespaces:
-                if namespace not in patterns:
-                    api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, limit=1,
-                                                      _request_timeout=timeout)
-    except ApiException as exc:
-        raise RuntimeError(f"listing {GROUP} resources: {exc.status} {exc.reason}") from None
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise RuntimeError(f"listing {GROUP} resources: {exc.__class__.__name__}") from None

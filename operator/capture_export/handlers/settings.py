@@ -31,12 +31,14 @@ from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
 from ..status.writer import StatusWriter
 from ..store import StoreOpener
 from .kube import ApiSecrets, KubeApi, kopf_event
-from .readiness import Readiness, check_api
+from .readiness import Readiness
 
-__all__ = ["EXIT_SECONDS", "FINALIZER", "RESET_CURSOR", "RUN_NOW", "USER_ANNOTATIONS", "CycleExecutor",
-           "OperatorConfig", "ProgressStorage", "Runtime", "SharedObjectStores", "apply_settings",
+__all__ = ["EXIT_SECONDS", "FINALIZER", "RESET_CURSOR", "RUN_NOW", "SERVED_PLURALS", "USER_ANNOTATIONS",
+           "CycleExecutor", "OperatorConfig", "ProgressStorage", "Runtime", "SharedObjectStores", "apply_settings",
            "quiet_client_loggers", "register", "sleep_until_woken"]
 
+# The plurals of the kinds the operator serves (what readiness lists and the chart's RBAC grants).
+SERVED_PLURALS = ("s3exporters", "retentionpolicies")
 FINALIZER = f"{GROUP}/finalizer"
 # Manual actions, set by users; any new value is acted on once.
 RUN_NOW = f"{GROUP}/run-now"
@@ -159,7 +161,7 @@ class Runtime:
         self.writer = StatusWriter(self.kube, self.api_calls, emit=kopf_event)
         self.workers: dict[tuple[str, str, str], Any] = {}  # (kind, namespace, name) -> that kind's worker
         self.metrics_port: int | None = None
-        self.readiness = Readiness(lambda: check_api(self.kube, config.namespaces, config.api_timeout),
+        self.readiness = Readiness(lambda: self.kube.check_served(SERVED_PLURALS, config.namespaces),
                                    interval=config.readiness_interval)
 
     def start(self) -> None:
