@@ -17,9 +17,10 @@ Get and discovery are kmock's own.
 
 Custom resources go through their CRD (``crds/``) as through the API server's admission: unknown fields
 and non-nullable nulls are pruned (refused with ``?fieldValidation=Strict``), defaults filled in, the
-result validated against the structural schema (and the CEL rules, given an evaluator) and refused with
-422 ``Invalid`` naming each field; the operator's status writes included. Deleting an object that has
-finalizers bumps its ``generation`` with its ``deletionTimestamp``, as the API server does. And
+result validated against the structural schema and its CEL rules (``x-kubernetes-validations``,
+transition rules against the stored object) and refused with 422 ``Invalid`` naming each field; the
+operator's status writes included. Deleting an object that has finalizers bumps its ``generation``
+with its ``deletionTimestamp``, as the API server does. And
 :attr:`ClusterEmulator.faults` makes it answer a share of requests with 429 (``Retry-After``) or 500, so
 that the operator's retries run.
 """
@@ -34,7 +35,7 @@ import itertools
 import random
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,14 +48,29 @@ import yaml
 from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, action, resource
 from kmock._internal import dicts
 
+from ..support import cel
 from ..support.structural import CustomResourceSchema, RuleEvaluator
 
-__all__ = ["ApiFaults", "ClusterEmulator", "crd_schemas"]
+__all__ = ["ApiFaults", "ClusterEmulator", "cel_rule_failures", "crd_schemas"]
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 
 
-def crd_schemas(crd_dir: Path = CRD_DIR, cel_failures: RuleEvaluator | None = None
+def cel_rule_failures(schema: Mapping[str, Any], obj: Any, old: Any) -> list[str]:
+    """The CRD's CEL rules (``x-kubernetes-validations``) that ``obj`` breaks, evaluated with the CEL library
+    of tests/support/cel.py; ``old`` is the stored object on an update (transition rules), None on create."""
+    failures = []
+    for part in ("spec", "status"):
+        node = (schema.get("properties") or {}).get(part)
+        if node is None or obj.get(part) is None:
+            continue
+        previous = None if old is None else old.get(part)
+        failures += [f"{failure.path}: Invalid value: {failure.message}"
+                     for failure in cel.rule_failures(node, obj[part], previous, path=part)]
+    return failures
+
+
+def crd_schemas(crd_dir: Path = CRD_DIR, cel_failures: RuleEvaluator | None = cel_rule_failures
                 ) -> dict[tuple[str, str, str], CustomResourceSchema]:
     """(group, version, plural) -> the admission of that served version, for every CRD in ``crd_dir``."""
     schemas = {}

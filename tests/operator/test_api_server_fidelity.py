@@ -1,5 +1,5 @@
 """The emulated API server behaves as kube-apiserver where the operator could tell the difference: writes
-go through the CRD (pruning, defaults, validation, for spec and status alike), deletion bumps
+go through the CRD (pruning, defaults, validation and CEL rules, for spec and status alike), deletion bumps
 ``generation``, and a loaded server's 429s and 500s do not keep the operator from converging."""
 
 from __future__ import annotations
@@ -56,6 +56,27 @@ def test_invalid_specs_are_refused_naming_the_field(kube: Kube, change: dict[str
         kube.patch("usage", {"spec": change})
     assert caught.value.status == 422 and field in caught.value.body
     assert (kube.get("usage") or {})["metadata"]["generation"] == 1, "a refused patch changes nothing"
+
+
+def test_cel_rules_refuse_at_apply(kube: Kube) -> None:
+    """A rule that spans fields (x-kubernetes-validations) is the API server's to enforce, as kubectl shows."""
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RetentionPolicy", "metadata": {"name": "retain"},
+            "spec": {"maxAge": "24h", "exporters": ["usage"], "exporterSelector": {"matchLabels": {"a": "b"}}}}
+    with pytest.raises(ApiException) as caught:
+        kube.custom.create_namespaced_custom_object(GROUP, VERSION, kube.namespace, "retentionpolicies", body)
+    assert caught.value.status == 422
+    assert "set exporters or exporterSelector, not both" in caught.value.body
+    body["spec"].pop("exporterSelector")
+    kube.custom.create_namespaced_custom_object(GROUP, VERSION, kube.namespace, "retentionpolicies", body)
+
+
+def test_transition_rules_see_the_stored_object(kube: Kube) -> None:
+    kube.apply_exporter("usage", spec())
+    with pytest.raises(ApiException) as caught:
+        kube.patch("usage", {"spec": {"bucket": "another-bucket"}})
+    assert caught.value.status == 422 and "immutable" in caught.value.body
+    kube.patch("usage", {"spec": {"limit": 50}})  # what may change, changes
+    assert (kube.get("usage") or {})["spec"]["limit"] == 50
 
 
 def test_status_writes_are_validated_too(kube: Kube) -> None:
