@@ -68,6 +68,9 @@ class OperatorConfig:
     api_timeout: tuple[float, float] = (10.0, 30.0)  # (connect, answer) of each of our own API calls
     kube: kubernetes.client.Configuration | None = None  # None: in-cluster, else $KUBECONFIG
     standalone: bool = True  # one replica (Recreate): no kopf peering
+    ingest_port: int | None = None  # also run the ingest server (writing to ``store``) on this port
+    ingest_token_file: str | None = None
+    ingest_limits: Any = None  # ingest.IngestLimits; None: its defaults
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -163,6 +166,7 @@ class Runtime:
         self.metrics_port: int | None = None
         self.readiness = Readiness(lambda: self.kube.check_served(SERVED_PLURALS, config.namespaces),
                                    interval=config.readiness_interval)
+        self.ingest: Any = None  # the ingest server when config.ingest_port is set
 
     def start(self) -> None:
         if self.config.metrics_port is not None and self.metrics_port is None:
@@ -175,11 +179,25 @@ class Runtime:
             log.info("readiness at http://0.0.0.0:%s/readyz", port)
         self.readiness.started()
 
+    async def start_ingest(self) -> None:
+        """The ingest server in the operator's loop, with its own connection to the default store (with
+        SQLite the operator pod is then the only process that opens the store)."""
+        if not self.config.ingest_port or self.ingest is not None or not self.config.store:
+            return
+        from ..ingest import IngestMetrics, IngestServer, TokenFile, store_opener
+
+        self.ingest = IngestServer(store_opener(self.config.store), TokenFile(self.config.ingest_token_file or ""),
+                                   limits=self.config.ingest_limits, metrics=IngestMetrics(self.metrics.registry))
+        await self.ingest.start("0.0.0.0", self.config.ingest_port)
+
     async def stop(self, timeout: float | None = None) -> None:
         """Let the batches in flight commit (their threads finish whatever happens) for at most
         ``timeout`` seconds (the configured stop timeout), then close."""
         timeout = self.config.stop_timeout if timeout is None else timeout
         await self.readiness.stop()
+        if self.ingest is not None:
+            await self.ingest.stop()
+            self.ingest = None
         self.cycles.shutdown(wait=False, cancel_futures=True)  # no new cycle; those in flight go on
         deadline = time.monotonic() + timeout
         while self.cycles.busy and time.monotonic() < deadline:
@@ -260,6 +278,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         apply_settings(settings, runtime.config)
         runtime.start()
         await runtime.serve_readiness()
+        await runtime.start_ingest()
 
     @kopf.on.cleanup(id="capture-export-cleanup", registry=registry)
     async def cleanup(**_: Any) -> None:
