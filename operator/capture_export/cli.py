@@ -331,7 +331,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
         if cause is None:
             raise
         print(f"capture-export operator: not started: {cause}", file=sys.stderr)
-        return 1
+        # Threads the runtime made before the refusal would hold the interpreter's exit; nothing is in flight.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(1)
     if runtime.cycles.busy:
         # Cycles hung past the stop timeout (an upload that never answers): their threads would hold the
         # interpreter's exit until the pod is killed. What they had not committed is exported again.
