@@ -56,7 +56,8 @@ def run_connection_test(objects: ObjectStore, bucket: str, key: str, *, encrypti
     folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
 
     def read() -> None:
-        if objects.get(key) is None:  # written a moment ago: a store that lost it is not usable
+        written = not denied  # (the write is the first step)
+        if objects.get(key) is None and written:  # written a moment ago: a store that lost it is not usable
             raise ObjectStoreError("ProbeNotReadBack", f"the probe object s3://{bucket}/{key} was written but "
                                    "could not be read back", transient=False, domain=Domain.BUCKET)
 
@@ -64,13 +65,13 @@ def run_connection_test(objects: ObjectStore, bucket: str, key: str, *, encrypti
         for _ in objects.list(folder):
             break
 
+    denied: list[tuple[str, str, str, str]] = []  # (step, permission, reason, detail)
     operations: dict[str, Callable[[], object]] = {
         "write": lambda: objects.put(key, PROBE_BODY, content_type="text/plain"),
         "read": read,
         "list": listing,
         "delete": lambda: objects.delete(key),
     }
-    denied: list[tuple[str, str, str, str]] = []  # (step, permission, reason, detail)
     for step, permission, reason in _STEPS:
         try:
             call(operations[step])
