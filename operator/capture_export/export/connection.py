@@ -41,16 +41,19 @@ class ConnectionReport:
     bucket: str
     key: str
     encryption: str | None = None
+    tls_unverified: bool = False
 
     @property
     def message(self) -> str:
         sse = f" with server-side encryption {self.encryption}" if self.encryption else ""
+        warning = "; TLS certificate NOT verified (insecureSkipTLSVerify)" if self.tls_unverified else ""
         return (f"connection test passed: wrote{sse}, read, listed and deleted s3://{self.bucket}/{self.key} "
-                "(s3:PutObject, s3:GetObject, s3:ListBucket, s3:DeleteObject)")
+                f"(s3:PutObject, s3:GetObject, s3:ListBucket, s3:DeleteObject){warning}")
 
 
 def run_connection_test(objects: ObjectStore, bucket: str, key: str, *, encryption: str | None = None,
-                    call: Callable[[Callable[[], object]], object] = lambda op: op()) -> ConnectionReport:
+                        tls_unverified: bool = False,
+                        call: Callable[[Callable[[], object]], object] = lambda op: op()) -> ConnectionReport:
     """Run the probe; ExportFailure when the bucket cannot be used. ``call`` wraps each request (the
     engine's retrying request counter)."""
     folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
@@ -95,4 +98,4 @@ def run_connection_test(objects: ObjectStore, bucket: str, key: str, *, encrypti
             domain=Domain.BUCKET,
             transient=False,
         )
-    return ConnectionReport(bucket, key, encryption)
+    return ConnectionReport(bucket, key, encryption, tls_unverified)

@@ -103,7 +103,7 @@ class ExportEngine:
         sse = self.spec.server_side_encryption
         encryption = (sse.algorithm + (f" (key {sse.kms_key_id})" if sse.kms_key_id else "")) if sse else None
         return run_connection_test(self.objects, self.spec.bucket, self.layout.probe_key(), encryption=encryption,
-                                   call=self._call)
+                                   tls_unverified=self.spec.insecure_skip_tls_verify, call=self._call)
 
     # -- one run ------------------------------------------------------------------------------------
 

@@ -52,6 +52,9 @@ def _classify_sts(exc: botocore.exceptions.ClientError, role: str | None, secret
         return ObjectStoreError(Reason.EXPIRED_TOKEN, f"the base credentials' session token has expired ({code}), "
                                 f"so STS cannot assume {role}: rotate the Secret", transient=False,
                                 domain=Domain.CREDENTIALS)
+    elif code in _CREDENTIAL_CODES:
+        return ObjectStoreError("InvalidCredentials", f"STS rejected the base credentials used to assume {role}: "
+                                f"{code}: {detail}", transient=False, domain=Domain.CREDENTIALS)
     elif code == "AccessDenied" or status == 403:
         # AWS answers AccessDenied alike for a trust policy that does not name the caller, a wrong or
         # missing sts:ExternalId, and a caller without sts:AssumeRole: say all three.
@@ -59,9 +62,6 @@ def _classify_sts(exc: botocore.exceptions.ClientError, role: str | None, secret
                                 "trust policy must allow this identity (and require exactly spec.externalId, when "
                                 "it checks sts:ExternalId), and the identity needs sts:AssumeRole on the role",
                                 transient=False, domain=Domain.CREDENTIALS)
-    elif code in _CREDENTIAL_CODES:
-        return ObjectStoreError("InvalidCredentials", f"STS rejected the base credentials used to assume {role}: "
-                                f"{code}: {detail}", transient=False, domain=Domain.CREDENTIALS)
     transient = code in _THROTTLE_CODES or status >= 500 or status in (429, 503)
     return ObjectStoreError(Reason.ASSUME_ROLE_FAILED, f"{operation} of {role or 'the web identity role'} failed: "
                             f"{code}: {detail}", transient=transient, domain=Domain.CREDENTIALS)
