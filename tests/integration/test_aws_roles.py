@@ -338,6 +338,22 @@ def test_the_retention_gate_needs_only_the_readme_retention_policy(aws: MotoAws,
         aws.client("s3", gate_keys).put_object(Bucket=BUCKET, Key=f"{PREFIX}/x", Body=b"x")
 
 
+def test_the_retention_gate_reads_checkpoints_through_the_exporters_role(aws: MotoAws, store: SQLiteStore) -> None:
+    base, role = _role_setup(aws)
+    secrets = {("default", "s3"): base.secret()}
+    with_role = spec(aws, secretRef={"name": "s3"}, roleArn=role, externalId="ext-3f1c9a7e")
+    assert worker(store, secrets).cycle(with_role, S3ExporterStatus(), generation=1).status.cursor == "120"
+    gate = RetentionWorker(ExporterId("default", "purge"), open_store=lambda s, ns: store, secrets=_Secrets(secrets))
+    policy = RetentionPolicySpec(max_age="1h", exporters=["usage"])
+    seen = gate.observe(policy, ExporterRef("usage", with_role), "usage", store)
+    assert seen.state == "Committed" and seen.cursor is not None and seen.cursor.position == 120, seen
+    assert len(aws.sessions(role)) == 2  # the exporter's session and the gate's own
+    # A role STS refuses closes the gate, naming why.
+    denied = gate.observe(policy, ExporterRef("usage", with_role.model_copy(update={"external_id": "wrong-id"})),
+                          "usage", store)
+    assert denied.state == "Unreadable" and "AssumeRoleDenied" in denied.detail and "wrong-id" not in denied.detail
+
+
 # -- 6. SSE-KMS (SeaweedFS has no KMS; moto's S3 records it) ------------------------------------------------
 
 
