@@ -112,3 +112,15 @@ def test_an_untrusted_certificate_is_its_own_reason() -> None:
     error = botocore.exceptions.SSLError(endpoint_url="https://s3.internal:9000", error="CERTIFICATE_VERIFY_FAILED")
     failure = classify(error, LOCATION, [])
     assert (failure.reason, failure.domain, failure.transient) == ("TLSVerificationFailed", "Bucket", False)
+
+
+def test_the_standalone_runner_reads_configmaps_for_ca_bundles() -> None:
+    from pathlib import Path
+
+    from capture_export.api.manifests import load_manifests
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "exporter-aws-role.yaml"
+    manifests = load_manifests([example])
+    (private,) = [r for r in manifests.of_kind("S3Exporter") if r.name == "usage-private"]
+    pem = CredentialResolver(manifests).ca_bundle("default", private.spec.ca_bundle_ref)
+    assert pem is not None and pem.startswith("-----BEGIN CERTIFICATE-----")
