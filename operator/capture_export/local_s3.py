@@ -57,11 +57,13 @@ class LocalS3:
         log_path: str | Path | None = None,
         identities: list[dict[str, object]] | None = None,
         tls: tuple[str | Path, str | Path] | None = None,
+        iam_config: dict[str, object] | None = None,
     ) -> None:
         """``identities``: more SeaweedFS identities besides the admin one, each ``{"name", "credentials":
         [{"accessKey", "secretKey"}], "actions": ["Read", "Write", "List", "Tagging", "Admin", ...]}``
         (an action may be bucket-scoped: ``"Write:bucket"``). ``tls``: (certificate, key) PEM files to
-        serve S3 over HTTPS too, at :attr:`https_endpoint`."""
+        serve S3 over HTTPS too, at :attr:`https_endpoint`. ``iam_config``: SeaweedFS's advanced IAM
+        configuration (``sts``, ``roles``, ``policies``): its STS then serves AssumeRole at the S3 endpoint."""
         self.data_dir = Path(data_dir)
         self.access_key_id = access_key_id
         self.secret_access_key = secret_access_key
@@ -69,6 +71,7 @@ class LocalS3:
         self.log_path = Path(log_path) if log_path else self.data_dir / "weed.log"
         self.identities = list(identities or [])
         self.tls = tls
+        self.iam_config = iam_config
         self.https_port = free_port() if tls else None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -108,6 +111,11 @@ class LocalS3:
         args += [f"-{flag}={free_port()}" for flag in _PORT_FLAGS]
         if self.identities:
             args.append(f"-s3.config={self._identity_config()}")
+        if self.iam_config is not None:
+            iam = self.data_dir / "iam.json"
+            iam.write_text(json.dumps(self.iam_config, indent=1))
+            iam.chmod(0o600)
+            args.append(f"-s3.iam.config={iam}")
         if self.tls:
             certificate, key = self.tls
             args += [f"-s3.cert.file={certificate}", f"-s3.key.file={key}", f"-s3.port.https={self.https_port}"]

@@ -199,3 +199,71 @@ def test_a_missing_or_empty_ca_bundle_is_named(seaweed: LocalS3, store: SQLiteSt
                        status=missing.status, caBundleRef={"configMapKeyRef": {"name": "internal-ca"}})
     assert condition(invalid, "BucketReachable")[:2] == ("False", "CABundleInvalid")
     assert invalid.status.cursor == "0"
+
+
+# -- 3. session tokens that expire: SeaweedFS's own STS ----------------------------------------------------
+
+SESSION_SECONDS = 10  # long enough for one cycle on a loaded machine, short enough to wait out
+STS_ROLE = "arn:aws:iam::000000000000:role/Exporter"
+
+
+@pytest.fixture(scope="module")
+def seaweed_sts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """SeaweedFS whose STS serves AssumeRole with sessions of SESSION_SECONDS, enforced on S3 requests."""
+    allow_all = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:*"], "Resource": ["*"]},
+        {"Effect": "Allow", "Action": ["sts:ValidateSession"], "Resource": ["*"]}]}
+    iam = {
+        "sts": {"tokenDuration": f"{SESSION_SECONDS}s", "maxSessionLength": "1h", "issuer": "capture-export-tests",
+                "signingKey": "Y2FwdHVyZS1leHBvcnQtdGVzdHMtc2lnbmluZy1rZXktMzI="},
+        "policy": {"defaultEffect": "Deny", "storeType": "memory"},
+        "roles": [{"roleName": "Exporter", "roleArn": STS_ROLE, "attachedPolicies": ["ReadWrite"],
+                   "trustPolicy": {"Version": "2012-10-17", "Statement": [
+                       {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": ["sts:AssumeRole"]}]}}],
+        "policies": [{"name": "ReadWrite", "document": allow_all}],
+    }
+    with LocalS3(tmp_path_factory.mktemp("seaweedfs-sts"), iam_config=iam) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+def _temporary_keys(server: LocalS3) -> dict[str, str]:
+    """What `aws sts assume-role` prints, as a user would paste it into the Secret."""
+    import boto3
+
+    sts = boto3.session.Session().client("sts", endpoint_url=server.endpoint, region_name="us-east-1",
+                                         aws_access_key_id=server.access_key_id,
+                                         aws_secret_access_key=server.secret_access_key)
+    issued = sts.assume_role(RoleArn=STS_ROLE, RoleSessionName="pasted")["Credentials"]
+    return {"access_key_id": issued["AccessKeyId"], "access_secret": issued["SecretAccessKey"],
+            "session_token": issued["SessionToken"]}
+
+
+def test_an_expired_session_token_stops_the_export_until_the_secret_is_rotated(seaweed_sts: LocalS3,
+                                                                                store: SQLiteStore) -> None:
+    import time
+
+    manifests = ManifestSet()
+    issued_at = time.monotonic()
+    manifests.secrets[("default", "s3")] = _temporary_keys(seaweed_sts)
+    spec = S3ExporterSpec.model_validate({"bucket": BUCKET, "region": "us-east-1", "prefix": "llm", "limit": 25,
+                                          "endpoint": seaweed_sts.endpoint, "secretRef": {"name": "s3"}})
+    worker = ExporterWorker(EXPORTER, open_store=lambda s, ns: store, secrets=manifests)
+    fresh = worker.cycle(spec, S3ExporterStatus(), generation=1)
+    assert fresh.status.cursor == "60", fresh.status.conditions
+    assert "session token" in condition(fresh, "CredentialsValid")[2]
+
+    time.sleep(max(0.0, issued_at + SESSION_SECONDS + 1.5 - time.monotonic()))
+    store.append(generate_records(10, seed=24))
+    expired = worker.cycle(spec, fresh.status, generation=1)
+    status, reason, message = condition(expired, "CredentialsValid")
+    # AWS answers ExpiredToken (classed as reason ExpiredToken); SeaweedFS says it no longer knows the key.
+    assert status == "False" and reason in ("ExpiredToken", "InvalidCredentials"), message
+    assert "session" in message and "Secret" in message
+    assert expired.status.cursor == "60" and condition(expired, "Ready")[0] == "False"
+    token = manifests.secrets[("default", "s3")]["session_token"]
+    assert token not in expired.status.model_dump_json() and all(token not in e.message for e in expired.events)
+
+    manifests.secrets[("default", "s3")] = _temporary_keys(seaweed_sts)  # rotated
+    rotated = worker.cycle(spec, expired.status, generation=1)
+    assert rotated.status.cursor == "70" and condition(rotated, "CredentialsValid")[:2] == ("True", "Verified")

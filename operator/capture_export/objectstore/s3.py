@@ -68,9 +68,11 @@ def _classify_sts(exc: botocore.exceptions.ClientError, role: str | None, secret
 
 
 def classify(exc: BaseException, location: S3Location, secrets: list[str], *,
-             role: str | None = None) -> ObjectStoreError:
+             role: str | None = None, temporary: bool = False) -> ObjectStoreError:
     """Turn a botocore failure into an ObjectStoreError with a clear, secret-free message. ``role``: the
-    role being assumed, if any (STS failures surface in the S3 call that needed credentials)."""
+    role being assumed, if any (STS failures surface in the S3 call that needed credentials);
+    ``temporary``: the Secret's credentials carry a session token (which may have expired: AWS then says
+    ExpiredToken, some S3-compatible services only that the key is unknown)."""
     where = f"bucket {location.bucket!r}" + (f" at {location.endpoint}" if location.endpoint else "")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return ObjectStoreError("CredentialsMissing", "no S3 credentials were found (set spec.secretRef, or give "
@@ -92,7 +94,9 @@ def classify(exc: BaseException, location: S3Location, secrets: list[str], *,
                                     f"expired ({code}); put fresh keys and session_token in the Secret",
                                     transient=False, domain=Domain.CREDENTIALS)
         if code in _CREDENTIAL_CODES:
-            return ObjectStoreError("InvalidCredentials", f"{where} rejected the credentials: {code}: {detail}",
+            hint = ("; these are temporary credentials (with a session token): if the session expired, put fresh "
+                    "keys and session_token in the Secret" if temporary else "")
+            return ObjectStoreError("InvalidCredentials", f"{where} rejected the credentials: {code}: {detail}{hint}",
                                     transient=False, domain=Domain.CREDENTIALS)
         if code in ("NoSuchBucket",) or (code == "404" and status == 404):
             return ObjectStoreError("BucketNotFound", f"{where} does not exist", transient=False, domain=Domain.BUCKET)
@@ -156,6 +160,7 @@ class S3ObjectStore:
         self.access = access
         self._secrets = access.secrets()
         self._role = access.role.role_arn if access.role else None
+        self._temporary = bool(access.role is None and access.credentials and access.credentials.session_token)
         self._put_arguments = access.encryption.put_arguments() if access.encryption else {}
         config = Config(
             region_name=location.region,
@@ -184,7 +189,7 @@ class S3ObjectStore:
             self._client = self.session.client("s3", config=config, endpoint_url=location.endpoint, verify=verify)
 
     def _fail(self, exc: BaseException) -> ObjectStoreError:
-        return classify(exc, self.location, self._secrets, role=self._role)
+        return classify(exc, self.location, self._secrets, role=self._role, temporary=self._temporary)
 
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         try:
