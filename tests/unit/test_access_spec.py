@@ -124,3 +124,35 @@ def test_the_standalone_runner_reads_configmaps_for_ca_bundles() -> None:
     (private,) = [r for r in manifests.of_kind("S3Exporter") if r.name == "usage-private"]
     pem = CredentialResolver(manifests).ca_bundle("default", private.spec.ca_bundle_ref)
     assert pem is not None and pem.startswith("-----BEGIN CERTIFICATE-----")
+
+
+CEL_CASES = [
+    ({"externalId": "abc-123"}, "set roleArn"),
+    ({"sessionName": "mine"}, "set roleArn"),
+    ({"serverSideEncryption": {"algorithm": "AES256", "kmsKeyId": "alias/x"}}, "kmsKeyId needs algorithm aws:kms"),
+    ({"caBundleRef": {}}, "exactly one of secretKeyRef and configMapKeyRef"),
+    ({"insecureSkipTLSVerify": True}, "https:// endpoint only"),
+    ({"endpoint": "https://minio:9000", "insecureSkipTLSVerify": True,
+      "caBundleRef": {"configMapKeyRef": {"name": "ca"}}}, "not together with caBundleRef"),
+    ({"endpoint": "http://minio:9000", "caBundleRef": {"configMapKeyRef": {"name": "ca"}}},
+     "caBundleRef applies to an https:// endpoint"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), CEL_CASES)
+def test_the_crds_cel_rules_refuse_what_the_models_refuse(fields: dict[str, Any], message: str) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from tests.support.cel import crd_schema, rule_failures, uncompilable_rules
+
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "s3exporters.capture.dev.yaml").read_text())
+    schema = crd_schema(crd)
+    assert uncompilable_rules(schema) == []
+    spec_schema = schema["properties"]["spec"]
+    base = {"bucket": "exports", "region": "us-east-1"}
+    assert rule_failures(spec_schema, {**base, "endpoint": "https://minio:9000", "roleArn": ROLE,
+                                       "externalId": "abc-123", "insecureSkipTLSVerify": True}) == []
+    failures = rule_failures(spec_schema, {**base, **fields})
+    assert any(message in failure.message for failure in failures), failures
