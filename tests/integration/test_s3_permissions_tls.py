@@ -203,7 +203,7 @@ def test_a_missing_or_empty_ca_bundle_is_named(seaweed: LocalS3, store: SQLiteSt
 
 # -- 3. session tokens that expire: SeaweedFS's own STS ----------------------------------------------------
 
-SESSION_SECONDS = 10  # long enough for one cycle on a loaded machine, short enough to wait out
+SESSION_SECONDS = 30  # long enough for one cycle on a loaded machine (load 15 took >10 s), short enough to wait out
 STS_ROLE = "arn:aws:iam::000000000000:role/Exporter"
 
 
