@@ -106,11 +106,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         resolver = CredentialResolver(manifests)
         for resource in exporters:
             spec = resource.spec
-            credentials = resolver.resolve(resource.namespace, spec.secret_ref)
+            access = resolver.access(resource.namespace, resource.name, spec)
             location = S3Location(spec.bucket, spec.region, spec.endpoint)
             # The exporter's key layout (pathTemplate) and filter: excluded records are not missing.
             options = verify_options(spec, resource.namespace, resource.name)
-            targets.append((resource.ref, S3ObjectStore(location, credentials), spec.prefix, options))
+            targets.append((resource.ref, S3ObjectStore(location, access), spec.prefix, options))
     else:
         if not args.bucket:
             print("give -f exporter.yaml or --bucket", file=sys.stderr)
