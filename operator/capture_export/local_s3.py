@@ -107,7 +107,11 @@ class LocalS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [find_weed(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-s3.port={self.port}", "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
-                "-s3.autoCreateBucket=false"]
+                "-s3.autoCreateBucket=false",
+                # Every bucket is a SeaweedFS collection with volumes of its own; left to itself mini sizes
+                # the volume count from free disk (44 on a 44 GB disk), and bucket 45 then fails with 500.
+                # Volumes are sparse files, so many small ones cost nothing.
+                "-volume.max=2000", "-master.volumeSizeLimitMB=64"]
         args += [f"-{flag}={free_port()}" for flag in _PORT_FLAGS]
         if self.identities:
             args.append(f"-s3.config={self._identity_config()}")
