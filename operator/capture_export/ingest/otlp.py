@@ -230,7 +230,8 @@ def is_genai(attrs: dict[str, Any]) -> bool:
 
 
 def span_record(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scope: Any) -> dict[str, Any]:
-    """One GenAI span (``attrs`` its decoded attributes, consumed) as a schema-v2 record."""
+    """One GenAI span (``attrs`` its decoded attributes, consumed) as a schema-v2 record in its stored
+    shape (``records.encode_ordered``)."""
     if len(span.trace_id) != 16 or not any(span.trace_id):
         raise SpanRejected("a span without a valid 16-byte trace id")
     if len(span.span_id) != 8 or not any(span.span_id):
@@ -275,24 +276,27 @@ def span_record(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scop
         otel["trace_state"] = span.trace_state
     session = _first(attrs, "gen_ai.conversation.id", "session.id")
     path = _first(attrs, "url.path", "http.route")
-    record: dict[str, Any] = {
-        "ver": 2,
-        "timestamp": timestamp,
-        "identity": _identity(attrs, resource),
-        "model": str(model) if model is not None else None,
-        "api_type": _api_type(str(operation) if operation else None, str(provider) if provider else None),
-        "usage": _usage(attrs),
-        "duration_ms": max(0, round((end - start) / 1_000_000)) if end else None,
-        "capture_id": f"{otel['trace_id']}-{otel['span_id']}",
-        "session_id": str(session) if session is not None else None,
-        "path": str(path) if path is not None else None,
-        "status_code": _status_code(span, attrs),
-        "capture": {"request": {"body": {k: v for k, v in request_body.items() if v is not None}},
-                    "response": {"body": {k: v for k, v in response_body.items() if v is not None}},
-                    "otel": {k: v for k, v in otel.items() if v is not None}},
-    }
-    record["estimated_cost"] = _cost(attrs)
-    return {k: v for k, v in record.items() if v is not None}
+    # Built in the stored field order (records.FIELD_ORDER), leaving out what is unknown.
+    record: dict[str, Any] = {"ver": 2, "timestamp": timestamp, "identity": _identity(attrs, resource)}
+    if model is not None:
+        record["model"] = str(model)
+    record["api_type"] = _api_type(str(operation) if operation else None, str(provider) if provider else None)
+    record["usage"] = _usage(attrs)
+    cost = _cost(attrs)
+    if cost is not None:
+        record["estimated_cost"] = cost
+    if end:
+        record["duration_ms"] = max(0, round((end - start) / 1_000_000))
+    record["capture_id"] = f"{otel['trace_id']}-{otel['span_id']}"
+    if session is not None:
+        record["session_id"] = str(session)
+    if path is not None:
+        record["path"] = str(path)
+    record["status_code"] = _status_code(span, attrs)
+    record["capture"] = {"request": {"body": {k: v for k, v in request_body.items() if v is not None}},
+                         "response": {"body": {k: v for k, v in response_body.items() if v is not None}},
+                         "otel": {k: v for k, v in otel.items() if v is not None}}
+    return record
 
 
 # -- requests ------------------------------------------------------------------------------------------

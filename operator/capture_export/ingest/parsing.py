@@ -12,12 +12,12 @@ from typing import Any
 
 import zstandard
 
-from ..store.records import encode_body
+from ..store.records import encode_ordered
 from .errors import BadInput, TooLarge, UnsupportedMediaType
 
 __all__ = ["PARSERS", "IngestLimits", "Parsed", "Row", "prepare", "prepare_by_name", "warm"]
 
-Row = tuple[int, bytes, str]  # (timestamp_us, CBOR body from encode_body, capture_id)
+Row = tuple[int, bytes, str]  # (timestamp_us, CBOR body as encode_body makes it, capture_id)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class IngestLimits:
 class Parsed:
     """What a request's body holds: records to store, and items that are not records (ignored)."""
 
-    records: list[dict[str, Any]]
+    records: list[dict[str, Any]]  # in their stored shape (records.encode_ordered), the parser's to give up
     ignored: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # source-specific facts for its answer
 
@@ -78,7 +78,7 @@ def _encode_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
     rows: list[Row] = []
     for index, record in enumerate(records):
         try:
-            ts, body = encode_body(record)
+            ts, body = encode_ordered(record)
         except (ValueError, TypeError, OverflowError) as exc:
             raise BadInput(f"cannot be stored: {exc}", index=index) from None
         rows.append((ts, body, record["capture_id"]))
