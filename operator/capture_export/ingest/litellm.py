@@ -42,13 +42,12 @@ Nothing of the payload is dropped: what is not moved into the record's own field
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from datetime import UTC, datetime
 from typing import Any
 
 from .errors import BadInput
-from .native import MAX_CAPTURE_ID, json_values, parse_timestamp
+from .native import MAX_CAPTURE_ID, json_values, loads_json, parse_timestamp
 
 __all__ = ["API_TYPES", "litellm_record", "parse_litellm"]
 
@@ -204,7 +203,7 @@ def _tool_use(response: Any) -> list[dict[str, Any]]:
             arguments = function.get("arguments") if isinstance(function, dict) else None
             if isinstance(arguments, str):
                 with contextlib.suppress(ValueError):
-                    arguments = json.loads(arguments)
+                    arguments = loads_json(arguments)
             calls.append({"id": _get(call, "id"), "name": _get(function, "name"), "input": arguments})
     return calls
 
