@@ -7,10 +7,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .api.manifests import InvalidManifest, load_manifests
 
-__all__ = ["main"]
+if TYPE_CHECKING:  # kopf is heavy: the operator's modules load only for `capture-export operator`
+    from .handlers import OperatorConfig
+
+__all__ = ["build_parser", "main", "operator_config"]
 
 DEFAULT_STATE = ".capture-export/state.json"
 DEFAULT_STORE = ".capture-export/store.sqlite"
@@ -102,11 +106,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         resolver = CredentialResolver(manifests)
         for resource in exporters:
             spec = resource.spec
-            credentials = resolver.resolve(resource.namespace, spec.secret_ref)
+            access = resolver.access(resource.namespace, resource.name, spec)
             location = S3Location(spec.bucket, spec.region, spec.endpoint)
             # The exporter's key layout (pathTemplate) and filter: excluded records are not missing.
             options = verify_options(spec, resource.namespace, resource.name)
-            targets.append((resource.ref, S3ObjectStore(location, credentials), spec.prefix, options))
+            targets.append((resource.ref, S3ObjectStore(location, access), spec.prefix, options))
     else:
         if not args.bucket:
             print("give -f exporter.yaml or --bucket", file=sys.stderr)
@@ -273,19 +277,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(records=args.records, manifest=Path(args.file), workdir=Path(args.workdir))
 
 
-def cmd_operator(args: argparse.Namespace) -> int:
-    import kopf
+def operator_config(args: argparse.Namespace) -> OperatorConfig:
+    """The operator's configuration from `capture-export operator` arguments (checked by cmd_operator)."""
+    from .handlers import OperatorConfig
 
-    from .handlers import OperatorConfig, run
-
-    kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
     config = OperatorConfig(
         store=args.store,
         namespaces=tuple(args.namespace or ()),
         liveness_port=args.liveness_port or None,
+        readiness_port=args.readiness_port or None,
         metrics_port=args.metrics_port or None,
         concurrency=args.concurrency,
+        stop_timeout=args.stop_timeout,
     )
+    if args.ingest_port:
+        config.ingest_port = args.ingest_port
+        config.ingest_token_file = args.ingest_token_file
+        config.ingest_limits = _ingest_limits(args)
+    return config
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    import logging
+
+    import kopf
+
+    from .handlers import Runtime, run
+
+    kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
     if args.ingest_port:
         if not args.ingest_token_file:
             print("error: --ingest-port needs --ingest-token-file", file=sys.stderr)
@@ -300,10 +319,29 @@ def cmd_operator(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        config.ingest_port = args.ingest_port
-        config.ingest_token_file = args.ingest_token_file
-        config.ingest_limits = _ingest_limits(args)
-    run(config)
+    config = operator_config(args)
+    runtime = Runtime(config)
+    try:
+        run(config, runtime=runtime)
+    except Exception as exc:
+        # A startup handler that refused to start (missing RBAC): one line saying why, not kopf's traceback.
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, kopf.PermanentError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"capture-export operator: not started: {cause}", file=sys.stderr)
+        # Threads the runtime made before the refusal would hold the interpreter's exit; nothing is in flight.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(1)
+    if runtime.cycles.busy:
+        # Cycles hung past the stop timeout (an upload that never answers): their threads would hold the
+        # interpreter's exit until the pod is killed. What they had not committed is exported again.
+        logging.getLogger(__name__).warning("exiting with %d cycles still in flight", runtime.cycles.busy)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 
@@ -381,8 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--store", default=os.environ.get("CAPTURE_EXPORT_STORE") or None,
                     help="default capture store for specs that name none (env CAPTURE_EXPORT_STORE)")
     op.add_argument("--liveness-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
+    op.add_argument("--readiness-port", type=int, default=8081,
+                    help="readiness endpoint /readyz: started and the Kubernetes API answers (0: off)")
     op.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (0: off)")
     op.add_argument("--concurrency", type=int, default=8, help="export cycles running at once")
+    op.add_argument("--stop-timeout", type=float, default=50.0, metavar="SECONDS",
+                    help="on SIGTERM, how long the batches in flight get to commit (keep it under the pod's "
+                    "terminationGracePeriodSeconds; the chart passes that less 10)")
     op.add_argument("--ingest-port", type=int, default=0,
                     help="also run the ingest server on this port, writing to the default store (0: off)")
     op.add_argument("--ingest-token-file", default=os.environ.get("CAPTURE_EXPORT_INGEST_TOKEN_FILE"),
