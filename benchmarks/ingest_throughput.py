@@ -165,6 +165,18 @@ def machine_speed() -> str:
     return f"machine speed now: zstd-3 {3000 / (time.perf_counter() - started):,.0f} records/s (116k at load 0.9)"
 
 
+def postgres_server_pid(dsn: str) -> int | None:
+    """The postmaster of the PostgreSQL server behind ``dsn`` (its children are the backends, the WAL writer,
+    the checkpointer…), to count the server's CPU too; None when it is not on this machine."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(backend).ppid()
+    return None
+
+
 def exported_rows(workdir: Path) -> int:
     """Rows the standalone exporter has exported so far (its state file's totals)."""
     path = workdir / "state.json"
@@ -189,14 +201,17 @@ def print_cpu_budget(cpu: dict[str, float], client_cpu: float, committed: int, e
     exporter = per(cpu["exporter"], exported)
     s3 = per(cpu["s3"], exported)
     client = per(client_cpu, committed)
+    postgres = per(cpu["postgres"], committed)
     print(f"CPU µs per record (measured now; {probe.describe()}; quiet estimate in brackets):")
     for name, micros in (("ingest server", server), ("  main process (HTTP, hand-offs, SQLite/PostgreSQL client)",
                                                       main),
                          ("  parsing processes", server - main), ("exporter (per record exported)", exporter),
-                         ("SeaweedFS (per record exported)", s3), ("the 8 clients (this process)", client)):
+                         ("SeaweedFS (per record exported)", s3), ("the 8 clients (this process)", client),
+                         *([("the PostgreSQL server (all its processes)", postgres)] if postgres else [])):
         print(f"  {name:<60} {micros:7.1f}  [{micros * probe.factor:6.1f}]")
-    ingest_and_export = server + exporter
-    print(f"idle 2-core estimate from the CPU budget (not a measurement): ingest + exporter "
+    ingest_and_export = server + exporter + postgres
+    parts = "ingest + exporter" + (" + PostgreSQL" if postgres else "")
+    print(f"idle 2-core estimate from the CPU budget (not a measurement): {parts} "
           f"{ingest_and_export * probe.factor:.1f} µs quiet -> "
           f"{idle_estimate(ingest_and_export, probe):,.0f} records/s; "
           f"with SeaweedFS and the clients on the same cores "
@@ -296,8 +311,13 @@ def stages(args: argparse.Namespace) -> None:
                 store.append_unique(groups[i:i + 8])
 
         kind = "SQLite" if args.store == "sqlite" else "PostgreSQL"
+        server = postgres_server_pid(url) if kind == "PostgreSQL" else None
+        server_before = cpu_seconds(server) if server else 0.0
         results.append((f"{kind} insert-or-ignore, 8 requests a transaction (append_unique)",
                         measure_stage(insert, records, rounds=5, setup=prepared)))
+        if server:
+            results.append(("  the PostgreSQL server's CPU meanwhile (its processes)",
+                            (cpu_seconds(server) - server_before) / (5 * records) * 1e6))
     finally:
         store.close()
     probe.sample()
@@ -305,10 +325,9 @@ def stages(args: argparse.Namespace) -> None:
     print(f"stages, CPU µs per LiteLLM record (~{size:,.0f} bytes of JSON, {args.batch} payloads a request; median "
           f"of rounds; the store held {args.prefill:,} records first); load {load()}; {probe.describe()}:")
     print(stage_table(results, probe))
-    parse_total = results[3][1]
-    print(f"parsing process and insert alone: {parse_total + results[4][1] + results[5][1]:.1f} µs now, "
-          f"{(parse_total + results[4][1] + results[5][1]) * probe.factor:.1f} µs quiet (est.); "
-          "the end-to-end run adds HTTP, the group commit's hand-offs and the exporter")
+    alone = sum(micros for _, micros in results[3:])
+    print(f"parsing process, hand-off and insert alone: {alone:.1f} µs now, {alone * probe.factor:.1f} µs quiet "
+          "(est.); the end-to-end run adds HTTP, the group commit's hand-offs and the exporter")
     print(f"work directory: {workdir}")
 
 
@@ -382,7 +401,9 @@ spec: {{bucket: bench, region: us-east-1, endpoint: "{s3.endpoint}", secretRef: 
             probe.sample()
             exporter_pid = exporter.pid if exporter is not None else None
             s3_pid = s3._process.pid if s3._process is not None else None
-            cpu_before = {"main": cpu_seconds(ingest.pid, children=False), "server": cpu_seconds(ingest.pid),
+            pg_pid = postgres_server_pid(store) if args.store != "sqlite" else None
+            cpu_before = {"postgres": cpu_seconds(pg_pid) if pg_pid else 0.0,
+                          "main": cpu_seconds(ingest.pid, children=False), "server": cpu_seconds(ingest.pid),
                           "exporter": cpu_seconds(exporter_pid) if exporter_pid else 0.0,
                           "s3": cpu_seconds(s3_pid) if s3_pid else 0.0}
             exported_before = exported_rows(workdir)
@@ -408,7 +429,8 @@ spec: {{bucket: bench, region: us-east-1, endpoint: "{s3.endpoint}", secretRef: 
             cpu = {"main": cpu_seconds(ingest.pid, children=False) - cpu_before["main"],
                    "server": cpu_seconds(ingest.pid) - cpu_before["server"],
                    "exporter": (cpu_seconds(exporter_pid) if exporter_pid else 0.0) - cpu_before["exporter"],
-                   "s3": (cpu_seconds(s3_pid) if s3_pid else 0.0) - cpu_before["s3"]}
+                   "s3": (cpu_seconds(s3_pid) if s3_pid else 0.0) - cpu_before["s3"],
+                   "postgres": (cpu_seconds(pg_pid) if pg_pid else 0.0) - cpu_before["postgres"]}
             exported = exported_rows(workdir) - exported_before
             load_now = load()
             latencies.sort()
