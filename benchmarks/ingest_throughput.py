@@ -9,6 +9,10 @@ then runs ``--clients`` concurrent HTTP clients in this process, each posting ba
 LiteLLM StandardLoggingPayloads (json_array, ~3.5-4 KB each, every id new) to /v1/litellm as fast as
 they are answered. Prints records/s committed, request latency (p50, p99, max), the ingest server's
 peak RSS, how far the exporter got, the load average and a machine-speed figure.
+
+Needs SeaweedFS and psutil (the test extra: `scripts/bootstrap.sh test`); ``--store postgres`` also
+PostgreSQL (scripts/ensure-postgres.sh). They are checked up front. The work directory is deleted at the
+end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench_support import add_keep_argument, require, work_directory
+
+if __name__ == "__main__":
+    require("weed", "psutil", *(["pytest", "postgres"] if "postgres" in sys.argv else []))
 
 import aiohttp
 import psutil
@@ -165,6 +173,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--no-exporter", action="store_true")
+    add_keep_argument(parser)
     args = parser.parse_args()
     if args.store == "postgres":
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pg
@@ -178,7 +187,11 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="capture-export-ingest-bench-"))
+    with work_directory("capture-export-ingest-bench-", keep=args.keep) as workdir:
+        measure(args, workdir)
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> None:
     store = str(workdir / "store.sqlite") if args.store == "sqlite" else args.store
     (workdir / "token").write_text(TOKEN + "\n")
     port = free_port()
@@ -258,7 +271,6 @@ spec: {{bucket: bench, region: us-east-1, endpoint: "{s3.endpoint}", secretRef: 
                     except subprocess.TimeoutExpired:
                         proc.kill()
     print(machine_speed())
-    print(f"work directory: {workdir}")
 
 
 if __name__ == "__main__":

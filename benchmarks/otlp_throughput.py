@@ -7,6 +7,9 @@ models, usage, conversation id, input and output messages; one plain HTTP span p
 ``--exporters`` OTLP/HTTP protobuf exporters of the SDK (``OTLPSpanExporter``), each in its own thread,
 exporting its share in batches of ``--batch`` (the BatchSpanProcessor's default) to `capture-export
 ingest`. Prints GenAI spans/s committed, export call latency (p50, p99), the server's peak RSS, the load.
+
+Needs the OpenTelemetry SDK and its OTLP/HTTP exporter and psutil (the test extra: `scripts/bootstrap.sh
+test`), checked up front. The work directory is deleted at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
+
+from bench_support import add_keep_argument, require, work_directory
+
+if __name__ == "__main__":
+    require("psutil", "opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
 
 import psutil
 
@@ -69,8 +76,13 @@ def main() -> None:
     parser.add_argument("--exporters", type=int, default=4)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--spans", type=int, default=80_000)
+    add_keep_argument(parser)
     args = parser.parse_args()
+    with work_directory("capture-export-otlp-bench-", keep=args.keep) as workdir:
+        measure(args, workdir)
 
+
+def measure(args: argparse.Namespace, workdir: Path) -> None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import SpanExportResult
 
@@ -79,7 +91,6 @@ def main() -> None:
     genai = sum(1 for s in spans if s.attributes and "gen_ai.operation.name" in s.attributes)
     print(f"built {len(spans):,} spans ({genai:,} GenAI) in {time.monotonic() - started:.1f}s", flush=True)
 
-    workdir = Path(tempfile.mkdtemp(prefix="capture-export-otlp-bench-"))
     (workdir / "token").write_text(TOKEN + "\n")
     port = free_port()
     log = (workdir / "ingest.log").open("ab")
