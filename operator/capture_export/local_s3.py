@@ -79,11 +79,18 @@ def _listening_inodes(port: int) -> set[str] | None:
 
 
 def _socket_inodes_of(pid: int) -> set[str] | None:
+    """Socket inodes a process holds (Linux /proc), or None where /proc does not tell."""
     try:
-        links = [os.readlink(entry) for entry in Path(f"/proc/{pid}/fd").iterdir()]
+        entries = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
         return None
-    return {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+    inodes = set()
+    for entry in entries:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            link = os.readlink(entry)
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:["):-1])
+    return inodes
 
 
 def _die_with_parent() -> None:
@@ -152,6 +159,7 @@ class LocalS3:
                 f"-s3.port={self.port}", "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
                 "-s3.autoCreateBucket=false"]
         args += [f"-{flag}={free_port()}" for flag in _PORT_FLAGS]
+        args.insert(1, "-logtostderr")  # into weed.log; glog's files would otherwise pile up in $TMPDIR
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key_id, AWS_SECRET_ACCESS_KEY=self.secret_access_key)
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(
