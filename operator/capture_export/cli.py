@@ -161,11 +161,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         resolver = CredentialResolver(manifests)
         for resource in exporters:
             spec = resource.spec
-            credentials = resolver.resolve(resource.namespace, spec.secret_ref)
+            access = resolver.access(resource.namespace, resource.name, spec)
             location = S3Location(spec.bucket, spec.region, spec.endpoint)
             # The exporter's key layout (pathTemplate) and filter: excluded records are not missing.
             options = verify_options(spec, resource.namespace, resource.name)
-            targets.append((resource.ref, S3ObjectStore(location, credentials), spec.prefix, options))
+            targets.append((resource.ref, S3ObjectStore(location, access), spec.prefix, options))
     else:
         if not args.bucket:
             print("give -f exporter.yaml or --bucket", file=sys.stderr)
@@ -388,7 +388,20 @@ def cmd_operator(args: argparse.Namespace) -> int:
             return 2
     config = operator_config(args)
     runtime = Runtime(config)
-    run(config, runtime=runtime)
+    try:
+        run(config, runtime=runtime)
+    except Exception as exc:
+        # A startup handler that refused to start (missing RBAC): one line saying why, not kopf's traceback.
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, kopf.PermanentError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"capture-export operator: not started: {cause}", file=sys.stderr)
+        # Threads the runtime made before the refusal would hold the interpreter's exit; nothing is in flight.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(1)
     if runtime.cycles.busy:
         # Cycles hung past the stop timeout (an upload that never answers): their threads would hold the
         # interpreter's exit until the pod is killed. What they had not committed is exported again.

@@ -71,7 +71,7 @@ def _pointed_at(manifests: ManifestSet, endpoint: str) -> ManifestSet:
         dataclasses.replace(r, spec=r.spec.model_copy(update={"endpoint": endpoint})) if r.kind == "S3Exporter" else r
         for r in manifests.resources
     ]
-    return ManifestSet(resources=resources, secrets=dict(manifests.secrets))
+    return dataclasses.replace(manifests, resources=resources)
 
 
 def run_demo(*, records: int, manifest: Path, workdir: Path, port: int | None = None) -> int:
@@ -144,8 +144,8 @@ def _seed_export_report(s3: LocalS3, manifests: ManifestSet, records: int, manif
             print("export failed; see the messages above")
             return 1
         run = outcome.result
-        credentials = CredentialResolver(manifests).resolve(exporter.namespace, spec.secret_ref)
-        objects = S3ObjectStore(S3Location(spec.bucket, spec.region, s3.endpoint), credentials)
+        access = CredentialResolver(manifests).access(exporter.namespace, exporter.name, spec)
+        objects = S3ObjectStore(S3Location(spec.bucket, spec.region, s3.endpoint), access)
         report = verify_export(store, objects, spec.prefix, **verify_options(spec, exporter.namespace, exporter.name))
         stop.check()
     finally:

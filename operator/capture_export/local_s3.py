@@ -10,6 +10,7 @@ earlier demo's left-over ``weed``) is never written to.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -122,11 +123,19 @@ class LocalS3:
         secret_access_key: str = "capture-export-secret",
         port: int | None = None,
         log_path: str | Path | None = None,
+        identities: list[dict[str, object]] | None = None,
+        tls: tuple[str | Path, str | Path] | None = None,
+        iam_config: dict[str, object] | None = None,
         die_with_parent: bool = False,
     ) -> None:
         """``port``: the S3 port; None picks a free one, a given one must be free (else ``PortInUse``).
         ``die_with_parent``: the server is stopped by the kernel when the thread that started it ends
-        (Linux), even when this process is killed with SIGKILL; for a process's main thread only."""
+        (Linux), even when this process is killed with SIGKILL; for a process's main thread only.
+        ``identities``: more SeaweedFS identities besides the admin one, each ``{"name", "credentials":
+        [{"accessKey", "secretKey"}], "actions": ["Read", "Write", "List", "Tagging", "Admin", ...]}``
+        (an action may be bucket-scoped: ``"Write:bucket"``). ``tls``: (certificate, key) PEM files to
+        serve S3 over HTTPS too, at :attr:`https_endpoint`. ``iam_config``: SeaweedFS's advanced IAM
+        configuration (``sts``, ``roles``, ``policies``): its STS then serves AssumeRole at the S3 endpoint."""
         self.data_dir = Path(data_dir)
         self.port_requested = port is not None
         self.access_key_id = access_key_id
@@ -134,11 +143,29 @@ class LocalS3:
         self.port = port or free_port()
         self.log_path = Path(log_path) if log_path else self.data_dir / "weed.log"
         self.die_with_parent = die_with_parent
+        self.identities = list(identities or [])
+        self.tls = tls
+        self.iam_config = iam_config
+        self.https_port = free_port() if tls else None
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def https_endpoint(self) -> str:
+        if self.https_port is None:
+            raise RuntimeError("this LocalS3 was started without tls")
+        return f"https://localhost:{self.https_port}"
+
+    def _identity_config(self) -> Path:
+        admin = {"name": "admin", "credentials": [{"accessKey": self.access_key_id,
+                                                    "secretKey": self.secret_access_key}], "actions": ["Admin"]}
+        path = self.data_dir / "s3-identities.json"
+        path.write_text(json.dumps({"identities": [admin, *self.identities]}, indent=1))
+        path.chmod(0o600)
+        return path
 
     def client(self):
         return boto3.session.Session().client(
@@ -160,6 +187,16 @@ class LocalS3:
                 "-s3.autoCreateBucket=false"]
         args += [f"-{flag}={free_port()}" for flag in _PORT_FLAGS]
         args.insert(1, "-logtostderr")  # into weed.log; glog's files would otherwise pile up in $TMPDIR
+        if self.identities:
+            args.append(f"-s3.config={self._identity_config()}")
+        if self.iam_config is not None:
+            iam = self.data_dir / "iam.json"
+            iam.write_text(json.dumps(self.iam_config, indent=1))
+            iam.chmod(0o600)
+            args.append(f"-s3.iam.config={iam}")
+        if self.tls:
+            certificate, key = self.tls
+            args += [f"-s3.cert.file={certificate}", f"-s3.key.file={key}", f"-s3.port.https={self.https_port}"]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key_id, AWS_SECRET_ACCESS_KEY=self.secret_access_key)
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(

@@ -53,6 +53,7 @@ class Resource:
 class ManifestSet:
     resources: list[Resource] = field(default_factory=list)
     secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    config_maps: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> list[Resource]:
         return [r for r in self.resources if r.kind == kind]
@@ -60,6 +61,10 @@ class ManifestSet:
     def get(self, namespace: str, name: str) -> dict[str, str] | None:
         """SecretSource over the Secrets found in the manifests."""
         return self.secrets.get((namespace, name))
+
+    def get_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        """ConfigMapSource over the ConfigMaps found in the manifests (a caBundleRef's CA)."""
+        return self.config_maps.get((namespace, name))
 
 
 def describe_validation_error(error: ValidationError, root: str = "spec") -> str:
@@ -148,9 +153,12 @@ def load_manifests(paths: Iterable[str | Path], *, default_namespace: str = "def
             if kind == "Secret":
                 result.secrets[(namespace, name)] = _secret_data(doc, f"{where} Secret {namespace}/{name}")
                 continue
+            if kind == "ConfigMap":
+                result.config_maps[(namespace, name)] = {str(k): str(v) for k, v in (doc.get("data") or {}).items()}
+                continue
             if kind not in SPEC_MODELS:
                 raise InvalidManifest(f"{where}: unsupported kind {kind!r} (expected one of "
-                                      f"{', '.join(sorted(SPEC_MODELS))} or Secret)")
+                                      f"{', '.join(sorted(SPEC_MODELS))}, Secret or ConfigMap)")
             if doc.get("apiVersion") != API_VERSION:
                 raise InvalidManifest(f"{where}: {kind} {name}: apiVersion must be {API_VERSION}")
             if (kind, namespace, name) in seen:

@@ -1,5 +1,6 @@
 """The operator's own calls to the Kubernetes API (kopf makes the rest): read a Secret, patch a status,
-list a namespace's S3Exporters, post an Event.
+list a namespace's S3Exporters, post an Event, ask whether this identity may do something (the startup
+RBAC check).
 
 The calls are made with the official ``kubernetes`` client, which blocks: callers run them on threads
 (the status writer on a small pool of its own, apart from the export cycles, so that a long backfill
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +27,8 @@ from ..export.model import ExportFailure
 from ..status.exporter import Event
 
 __all__ = ["ApiSecrets", "KubeApi", "KubeApiError", "kopf_event"]
+
+log = logging.getLogger(__name__)
 
 
 class KubeApiError(RuntimeError):
@@ -103,6 +107,19 @@ class KubeApi:
                 continue  # not text: treated as a missing key, which the condition names
         return data
 
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's data, or None when it does not exist (a caBundleRef's CA certificates)."""
+        try:
+            config_map = kubernetes.client.CoreV1Api(self.client).read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeApiError(f"reading ConfigMap {namespace}/{name} failed: {exc.status} {exc.reason}",
+                               exc.status) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeApiError(f"reading ConfigMap {namespace}/{name} failed: {exc.__class__.__name__}") from None
+        return dict(config_map.data or {})
+
     def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Merge-patch ``status``; False when the resource is gone."""
         try:
@@ -132,6 +149,22 @@ class KubeApi:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.__class__.__name__}") from None
         return list(listed.get("items") or [])
+
+    def access_allowed(self, verb: str, resource: str, *, group: str = "", subresource: str = "",
+                       namespace: str = "") -> bool | None:
+        """May this identity do ``verb`` on ``resource`` (in ``namespace``; "" is all namespaces)? Asked with a
+        SelfSubjectAccessReview; None when the API server gives no answer (no such API, an error)."""
+        attributes = kubernetes.client.V1ResourceAttributes(verb=verb, resource=resource, group=group,
+                                                           subresource=subresource, namespace=namespace)
+        review = kubernetes.client.V1SelfSubjectAccessReview(
+            spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes))
+        try:
+            answer = kubernetes.client.AuthorizationV1Api(self.client).create_self_subject_access_review(review)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            log.warning("cannot check RBAC (SelfSubjectAccessReview): %s", getattr(exc, "status", None) or exc)
+            return None
+        allowed = answer.status.allowed if answer is not None and answer.status is not None else None
+        return allowed if isinstance(allowed, bool) else None
 
     def check_served(self, plurals: Sequence[str], namespaces: Sequence[str]) -> None:
         """List one item of each of ``plurals`` where the operator watches them (every namespace when
@@ -163,7 +196,8 @@ class KubeApi:
 
 
 class ApiSecrets:
-    """The export cycle's SecretSource, over the API (called from worker threads, so blocking is fine)."""
+    """The export cycle's SecretSource (and ConfigMapSource, for caBundleRef), over the API (called from
+    worker threads, so blocking is fine)."""
 
     def __init__(self, api: KubeApi) -> None:
         self.api = api
@@ -174,6 +208,12 @@ class ApiSecrets:
         except KubeApiError as exc:
             raise ExportFailure(Reason.SECRET_UNREADABLE, str(exc), domain=Domain.CREDENTIALS,
                                 transient=True) from None
+
+    def get_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            return self.api.read_config_map(namespace, name)
+        except KubeApiError as exc:
+            raise ExportFailure(Reason.CA_BUNDLE_NOT_FOUND, str(exc), domain=Domain.BUCKET, transient=True) from None
 
 
 def kopf_event(body: Mapping[str, Any], event: Event) -> None:

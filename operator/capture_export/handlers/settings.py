@@ -23,19 +23,21 @@ from typing import Any
 
 import kopf
 import kubernetes.client
+import kubernetes.config
 
 from ..api import GROUP
 from ..clock import Clock, SystemClock
 from ..metrics import OperatorMetrics
-from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
+from ..objectstore import ObjectStore, S3Access, S3Location, S3ObjectStore
 from ..status.writer import StatusWriter
 from ..store import StoreOpener
 from .kube import ApiSecrets, KubeApi, kopf_event
+from .permissions import MissingPermissions, check_permissions
 from .readiness import Readiness
 
 __all__ = ["EXIT_SECONDS", "FINALIZER", "RESET_CURSOR", "RUN_NOW", "SERVED_PLURALS", "USER_ANNOTATIONS",
            "CycleExecutor", "OperatorConfig", "ProgressStorage", "Runtime", "SharedObjectStores", "apply_settings",
-           "quiet_client_loggers", "register", "sleep_until_woken"]
+           "check_rbac", "quiet_client_loggers", "register", "sleep_until_woken"]
 
 # The plurals of the kinds the operator serves (what readiness lists and the chart's RBAC grants).
 SERVED_PLURALS = ("s3exporters", "retentionpolicies")
@@ -94,27 +96,27 @@ class OperatorConfig:
 
 
 class SharedObjectStores:
-    """Object-store factory that shares one client per (bucket, endpoint, credentials).
+    """Object-store factory that shares one client per (bucket, endpoint, access: credentials, role, encryption, TLS).
 
     A boto3 client built from its own session costs ~13 MB; two hundred exporters writing to one
     bucket need one client, not two hundred. Clients are thread-safe. Rotated credentials make a new
     key; the least recently used clients are dropped beyond ``size``.
     """
 
-    def __init__(self, size: int = 64, factory: Callable[[S3Location, Credentials | None], ObjectStore] | None = None):
+    def __init__(self, size: int = 64, factory: Callable[[S3Location, S3Access], ObjectStore] | None = None):
         self.size = size
-        self.factory = factory or (lambda location, credentials: S3ObjectStore(location, credentials))
-        self._clients: OrderedDict[tuple[S3Location, Credentials | None], ObjectStore] = OrderedDict()
+        self.factory = factory or (lambda location, access: S3ObjectStore(location, access))
+        self._clients: OrderedDict[tuple[S3Location, S3Access], ObjectStore] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, location: S3Location, credentials: Credentials | None) -> ObjectStore:
-        key = (location, credentials)
+    def __call__(self, location: S3Location, access: S3Access) -> ObjectStore:
+        key = (location, access)
         with self._lock:
             client = self._clients.get(key)
             if client is not None:
                 self._clients.move_to_end(key)
                 return client
-        client = self.factory(location, credentials)
+        client = self.factory(location, access)
         with self._lock:
             client = self._clients.setdefault(key, client)
             while len(self._clients) > self.size:
@@ -272,10 +274,35 @@ def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
         settings.scanning.disabled = True
 
 
+def check_rbac(config: OperatorConfig) -> None:
+    """Raise MissingPermissions unless this identity may do all the operator does where it serves.
+
+    Uses its own client: in a pod, kopf's login handler has not run yet when startup handlers do."""
+    configuration = config.kube
+    if configuration is None:
+        configuration = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)
+    api = KubeApi(configuration)
+    try:
+        if check_permissions(api, config.namespaces):
+            log.info("RBAC: every permission the operator needs is granted")
+    finally:
+        api.close()
+
+
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.on.startup(id="capture-export-startup", registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         apply_settings(settings, runtime.config)
+        try:
+            await asyncio.to_thread(check_rbac, runtime.config)
+        except MissingPermissions as exc:
+            raise kopf.PermanentError(str(exc)) from None  # the operator stops here, saying why
+        except Exception as exc:  # a check that cannot run must not keep the operator from starting
+            log.warning("RBAC not checked: %s", exc)
         runtime.start()
         await runtime.serve_readiness()
         await runtime.start_ingest()
