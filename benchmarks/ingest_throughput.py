@@ -14,6 +14,10 @@ process spent per record (the ingest server's main process and its parsing proce
 SeaweedFS, the clients), with what an idle 2-core machine would sustain within that CPU budget (an
 estimate: see cpu_budget.py).
 
+Needs SeaweedFS and psutil (the test extra: `scripts/bootstrap.sh test`); ``--store postgres`` also
+PostgreSQL (scripts/ensure-postgres.sh). They are checked up front. The work directory is deleted at the
+end unless ``--keep``.
+
 ``--stages`` runs no server: it times each stage of a LiteLLM record's way into the store on its own, in
 CPU µs per record (JSON parse, mapping, CBOR encoding, the parsing process's whole work, the hand-off to
 and from a parsing process, the insert-or-ignore into a store already holding ``--prefill`` records), so
@@ -34,6 +38,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from bench_support import add_keep_argument, require, work_directory
+
+if __name__ == "__main__":
+    require("weed", "psutil", *(["pytest", "postgres"] if "postgres" in sys.argv else []))
 
 import aiohttp
 import psutil
@@ -344,6 +353,7 @@ def main() -> None:
     parser.add_argument("--stages", action="store_true", help="time each stage on its own, in CPU µs per record")
     parser.add_argument("--prefill", type=int, default=50_000, help="--stages: records in the store before the "
                         "insert is timed")
+    add_keep_argument(parser)
     args = parser.parse_args()
     go = stages if args.stages else run
     if args.store == "postgres":
@@ -358,7 +368,11 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="capture-export-ingest-bench-"))
+    with work_directory("capture-export-ingest-bench-", keep=args.keep) as workdir:
+        measure(args, workdir)
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> None:
     store = str(workdir / "store.sqlite") if args.store == "sqlite" else args.store
     (workdir / "token").write_text(TOKEN + "\n")
     port = free_port()
@@ -455,7 +469,6 @@ spec: {{bucket: bench, region: us-east-1, endpoint: "{s3.endpoint}", secretRef: 
                     except subprocess.TimeoutExpired:
                         proc.kill()
     print(machine_speed())
-    print(f"work directory: {workdir}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ the same two cores).
 ``--stages`` runs no server: CPU µs per GenAI span of the SDK's encoding (the client's cost), and of the
 server's protobuf decoding, mapping and CBOR encoding, its parsing process's whole work and the SQLite
 insert-or-ignore, each on its own (see cpu_budget.py).
+
+Needs the OpenTelemetry SDK and its OTLP/HTTP exporter and psutil (the test extra: `scripts/bootstrap.sh
+test`), checked up front. The work directory is deleted at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from bench_support import add_keep_argument, require, work_directory
+
+if __name__ == "__main__":
+    require("psutil", "opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
 
 import psutil
 
@@ -156,11 +164,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--spans", type=int, default=80_000)
     parser.add_argument("--stages", action="store_true", help="time each stage on its own, in CPU µs per span")
+    add_keep_argument(parser)
     args = parser.parse_args()
     if args.stages:
         stages(args)
         return
+    with work_directory("capture-export-otlp-bench-", keep=args.keep) as workdir:
+        measure(args, workdir)
 
+
+def measure(args: argparse.Namespace, workdir: Path) -> None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import SpanExportResult
 
@@ -169,7 +182,6 @@ def main() -> None:
     genai = sum(1 for s in spans if s.attributes and "gen_ai.operation.name" in s.attributes)
     print(f"built {len(spans):,} spans ({genai:,} GenAI) in {time.monotonic() - started:.1f}s", flush=True)
 
-    workdir = Path(tempfile.mkdtemp(prefix="capture-export-otlp-bench-"))
     (workdir / "token").write_text(TOKEN + "\n")
     port = free_port()
     log = (workdir / "ingest.log").open("ab")
