@@ -1,7 +1,7 @@
 """Memory of the operator's export cycles catching up a backlog: 8 exporters at ``limit: 10000`` at once.
 
     .venv/bin/python benchmarks/memory_backlog.py [--records 40000] [--exporters 8] [--formats cbor-zstd,parquet]
-                                                 [--limit 10000] [--memory-limit 512Mi]
+                                                 [--limit 10000] [--memory-limit 512Mi] [--keep]
 
 The situation of issue 14: the operator comes back after an outage and every exporter has a backlog.
 The store is seeded once (SQLite, the standard ~3.5 KB records); each exporter has its own bucket on
@@ -14,7 +14,8 @@ container memory limit of ``--memory-limit`` (the chart's default ``resources.li
 A sampler reads the memory of the exporting process and its children (the encode pool) every 0.1 s:
 the sum of their PSS (what the pod's cgroup is charged: pages shared between the processes are
 counted once) and the sum of their RSS (shared pages counted in every process). The run fails (exit 1)
-when the peak PSS passes the memory limit.
+when the peak PSS passes the memory limit. Needs SeaweedFS, psutil and, for Parquet, pyarrow (checked
+first); the work directory is deleted at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import argparse
 import multiprocessing
 import os
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
+
+from bench_support import ChildDied, add_keep_argument, receive, require, work_directory
 
 
 def parse_size(text: str) -> int:
@@ -156,31 +157,43 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--memory-limit", default="512Mi", help="the container memory limit (chart default)")
+    add_keep_argument(parser)
     args = parser.parse_args()
     memory_limit = parse_size(args.memory_limit)
     formats = args.formats.split(",")
+    require("weed", "psutil", *(["pyarrow"] if "parquet" in formats else []))
 
     from capture_export.local_s3 import LocalS3
 
     spawn = multiprocessing.get_context("spawn")
-    workdir = Path(tempfile.mkdtemp(prefix="capture-export-memory-"))
-    store_path = str(workdir / "store.sqlite")
-    seeder = spawn.Process(target=_seed, args=(store_path, args.records))
-    seeder.start()
-    seeder.join()
-    buckets = [(f"backlog-{index}", formats[index % len(formats)]) for index in range(args.exporters)]
-    print(f"{args.exporters} exporters ({', '.join(f for _, f in buckets)}) at limit {args.limit:,}, "
-          f"{args.records:,} records each behind, concurrency {args.concurrency}, memory limit "
-          f"{memory_limit / 2**20:.0f} MiB; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
-    with LocalS3(workdir / "s3") as s3:
-        for bucket, _ in buckets:
-            s3.create_bucket(bucket)
-        receive, send = spawn.Pipe(duplex=False)
-        child = spawn.Process(target=_catch_up, args=(store_path, s3.endpoint, (s3.access_key_id,
-                              s3.secret_access_key), buckets, args.limit, args.concurrency, memory_limit, send))
-        child.start()
-        figures = receive.recv()
-        child.join()
+    with work_directory("capture-export-memory-", keep=args.keep) as workdir:
+        store_path = str(workdir / "store.sqlite")
+        seeder = spawn.Process(target=_seed, args=(store_path, args.records))
+        seeder.start()
+        seeder.join()
+        if seeder.exitcode != 0:
+            raise SystemExit(f"seeding failed (exit code {seeder.exitcode})")
+        buckets = [(f"backlog-{index}", formats[index % len(formats)]) for index in range(args.exporters)]
+        print(f"{args.exporters} exporters ({', '.join(f for _, f in buckets)}) at limit {args.limit:,}, "
+              f"{args.records:,} records each behind, concurrency {args.concurrency}, memory limit "
+              f"{memory_limit / 2**20:.0f} MiB; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
+              flush=True)
+        with LocalS3(workdir / "s3") as s3:
+            for bucket, _ in buckets:
+                s3.create_bucket(bucket)
+            receiving, sending = spawn.Pipe(duplex=False)
+            child = spawn.Process(target=_catch_up, args=(store_path, s3.endpoint, (s3.access_key_id,
+                                  s3.secret_access_key), buckets, args.limit, args.concurrency, memory_limit,
+                                  sending))
+            child.start()
+            sending.close()  # the child's end: once it dies, nothing can still write
+            try:
+                figures = receive(receiving, child, "catch-up")
+            except ChildDied as exc:
+                print(f"FAILED: {exc}")
+                return 1
+            finally:
+                child.join()
     failures = [f"{bucket}: {failure}" for (bucket, _), (_, _, failure) in zip(buckets, figures["results"],
                                                                                strict=True) if failure]
     exported = sum(rows for rows, _, _ in figures["results"])
@@ -194,7 +207,6 @@ def main() -> int:
               f"{figures['budget']['high_water'] / 2**20:.0f} MiB")
     for failure in failures:
         print(f"FAILED {failure}")
-    print(f"(work dir {workdir}; delete it when done)", file=sys.stderr)
     return 1 if failures or exported != args.records * args.exporters or figures["peak_pss"] > memory_limit else 0
 
 

@@ -44,7 +44,7 @@ def _add_export_resource_arguments(parser: argparse.ArgumentParser) -> None:
                         "process; default: one per CPU the process may use; $CAPTURE_EXPORT_ENCODE_WORKERS)")
     parser.add_argument("--memory-budget", default=os.environ.get("CAPTURE_EXPORT_MEMORY_BUDGET"), metavar="SIZE",
                         help="memory for batches in flight across all exporters, e.g. 256Mi (default: the "
-                        "container's memory limit less 224Mi, or 256Mi without one; "
+                        "container's memory limit less 336Mi, or 256Mi without one; "
                         "$CAPTURE_EXPORT_MEMORY_BUDGET)")
 
 
