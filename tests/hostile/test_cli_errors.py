@@ -20,6 +20,7 @@ from tests.pg import TempPostgres
 
 DSN_PASSWORD = "pw-Hunter2-never-printed"
 YAML_SECRET = "yaml-secret-never-printed"
+AWS_SECRET = "aws-secret-key-never-printed"
 
 
 def _closed_port() -> int:
@@ -43,19 +44,35 @@ def assert_one_line(result: subprocess.CompletedProcess[str], *names: str, secre
     return line
 
 
+def run_with_keys(*args: str | Path, cwd: Path, key_id: str, secret: str) -> subprocess.CompletedProcess[str]:
+    """The command with S3 credentials in the environment, as the README tells a user to set them."""
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
+    return subprocess.run([*CLI, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
 def test_cat_from_an_endpoint_that_does_not_answer(tmp_path: Path) -> None:
     endpoint = f"http://127.0.0.1:{_closed_port()}"
-    result = run_cli("cat", "s3://capture-exports/llm/", "--endpoint", endpoint, cwd=tmp_path)
-    assert_one_line(result, endpoint)
+    result = run_with_keys("cat", "s3://capture-exports/llm/", "--endpoint", endpoint, cwd=tmp_path,
+                           key_id="AKIAEXAMPLE", secret=AWS_SECRET)
+    assert_one_line(result, endpoint, secrets=(AWS_SECRET,))
+
+
+def test_cat_and_verify_without_credentials_say_which_variables_to_set(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["HOME"] = str(tmp_path)  # no ~/.aws either
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    for command in (["cat", "s3://capture-exports/llm/"], ["verify", "--bucket", "capture-exports", "--store",
+                                                             "store.sqlite"]):
+        result = subprocess.run([*CLI, *command, "--endpoint", endpoint], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        line = assert_one_line(result, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        assert "spec.secretRef" not in line  # there is no spec here
 
 
 def test_cat_from_a_missing_bucket(s3_server: LocalS3, tmp_path: Path) -> None:
-    env_result = subprocess.run(
-        [*CLI, "cat", "s3://no-such-bucket-here/llm/", "--endpoint", s3_server.endpoint], cwd=tmp_path,
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
-             "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key})
-    assert_one_line(env_result, "no-such-bucket-here", secrets=(s3_server.secret_access_key,))
+    result = run_with_keys("cat", "s3://no-such-bucket-here/llm/", "--endpoint", s3_server.endpoint, cwd=tmp_path,
+                           key_id=s3_server.access_key_id, secret=s3_server.secret_access_key)
+    assert_one_line(result, "no-such-bucket-here", secrets=(s3_server.secret_access_key,))
 
 
 def test_cat_of_a_missing_file_and_of_a_directory(tmp_path: Path) -> None:
