@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.util
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from ..lifetime import end_with
 from .cgroup import available_cpus
 
 __all__ = ["BrokenProcessPool", "EncodePool", "available_cpus", "configure_encode_pool", "encode_pool"]
@@ -49,7 +51,9 @@ class EncodePool:
     def _start(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
-        executor = ProcessPoolExecutor(self.workers, mp_context=context)
+        # The workers' parent is the fork server, which lives as long as they do: each watches this process.
+        executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=end_with,
+                                       initargs=(os.getpid(),))
         # Stop the workers when the process exits, also when it is itself a multiprocessing child (which
         # exits without the interpreter's shutdown hooks, and would wait for its idle workers for ever);
         # before the finalizers of the pool's own queues (priority 10), which it still needs.
