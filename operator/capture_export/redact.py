@@ -17,8 +17,8 @@ import re
 import urllib.parse
 from collections.abc import Iterable
 
-__all__ = ["REDACTED", "LogRedactor", "control_characters", "install_log_redaction", "redact", "scrub",
-           "secret_forms"]
+__all__ = ["CLIENT_LOGGERS", "REDACTED", "LogRedactor", "control_characters", "describe_exception",
+           "install_log_redaction", "quiet_client_loggers", "redact", "scrub", "secret_forms"]
 
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4  # shorter values are too likely to occur by chance in ordinary text
@@ -93,6 +93,18 @@ class LogRedactor(logging.Filter):
         return True
 
 
+# Client libraries log whole responses at DEBUG (a Secret's data, by the kubernetes client) and request
+# headers (botocore): whatever the verbosity, they log at INFO and above only.
+CLIENT_LOGGERS = ("kubernetes", "urllib3", "botocore", "boto3", "s3transfer")
+
+
+def quiet_client_loggers() -> None:
+    for name in CLIENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
 def install_log_redaction(logger: logging.Logger | None = None) -> None:
     """Add a LogRedactor to every handler of ``logger`` (the root logger by default) that has none.
 
@@ -101,3 +113,18 @@ def install_log_redaction(logger: logging.Logger | None = None) -> None:
     for handler in (logger or logging.getLogger()).handlers:
         if not any(isinstance(existing, LogRedactor) for existing in handler.filters):
             handler.addFilter(LogRedactor())
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An exception by its class and where it was raised (``ZeroDivisionError at export/engine.py:412 in
+    run``), never by its text, which can quote anything it was handed, a credential included."""
+    frame = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if "capture_export" in tb.tb_frame.f_code.co_filename:
+            frame = tb
+        tb = tb.tb_next
+    if frame is None:
+        return exc.__class__.__name__
+    filename = frame.tb_frame.f_code.co_filename.replace("\\", "/").rsplit("capture_export/", 1)[-1]
+    return f"{exc.__class__.__name__} at {filename}:{frame.tb_lineno} in {frame.tb_frame.f_code.co_name}"
