@@ -20,14 +20,36 @@ def _default_store() -> str:
     return os.environ.get("CAPTURE_EXPORT_STORE", DEFAULT_STORE)
 
 
+def _env_list(name: str, separator: str) -> list[str] | None:
+    """A list from an environment variable (None when unset or empty)."""
+    items = [item.strip() for item in os.environ.get(name, "").split(separator) if item.strip()]
+    return items or None
+
+
+def _configure_logging(debug: bool) -> None:
+    """``--debug``: every log record to stderr, client libraries kept at INFO (their DEBUG output holds
+    request headers), every record redacted."""
+    import logging
+
+    from .redact import install_log_redaction, quiet_client_loggers
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_client_loggers()
+    install_log_redaction()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .standalone import StandaloneRunner
+    from .store import check_store_url
 
+    _configure_logging(args.debug)
     manifests = load_manifests(args.file)
     if not manifests.of_kind("S3Exporter") and not manifests.resources:
         print("no S3Exporter or RetentionPolicy found in the given files", file=sys.stderr)
         return 2
-    runner = StandaloneRunner(manifests, state_path=Path(args.state), default_store=args.store)
+    runner = StandaloneRunner(manifests, state_path=Path(args.state), default_store=check_store_url(args.store),
+                              default_namespaces=args.default_store_namespace, sqlite_directories=args.sqlite_dir)
     runner.install_signal_handlers()
     try:
         if args.once:
@@ -41,17 +63,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_seed(args: argparse.Namespace) -> int:
     import time
 
+    from .redact import redact
     from .seed import seed_store
-    from .store import open_store_url
+    from .store import check_store_url, open_store_url
 
-    store = open_store_url(args.store)
+    store = open_store_url(check_store_url(args.store))
     started = time.monotonic()
 
     def progress(done: int) -> None:
         print(f"\r  seeded {done:,}/{args.count:,} records", end="", flush=True)
 
     last = seed_store(store, args.count, seed=args.seed, progress=progress)
-    print(f"\nseeded {args.count:,} records into {args.store} in {time.monotonic() - started:.1f}s "
+    print(f"\nseeded {args.count:,} records into {redact(args.store)} in {time.monotonic() - started:.1f}s "
           f"(last id {last})")
     store.close()
     return 0
@@ -89,9 +112,9 @@ def cmd_cat(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .audit import verify_export, verify_options
     from .objectstore import CredentialResolver, S3Location, S3ObjectStore
-    from .store import open_store_url
+    from .store import check_store_url, open_store_url
 
-    store = open_store_url(args.store)
+    store = open_store_url(check_store_url(args.store))
     if args.file:
         manifests = load_manifests(args.file)
         exporters = [r for r in manifests.of_kind("S3Exporter") if args.exporter in (None, r.name)]
@@ -141,8 +164,9 @@ def _restore_since(text: str | None) -> int | None:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from .redact import redact
     from .retention import Purger
-    from .store import StoreError, StoreOpener, open_store_url
+    from .store import StoreError, StoreOpener, check_store_url, open_store_url
 
     since_us = _restore_since(args.since)
     try:
@@ -152,12 +176,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if len(policies) != 1:
                 print(f"give exactly one RetentionPolicy (found {len(policies)}; use --policy NAME)", file=sys.stderr)
                 return 2
-            opener = StoreOpener(args.store, manifests.get)
+            opener = StoreOpener(check_store_url(args.store), manifests.get)
             store = opener(policies[0].spec, policies[0].namespace)
             where = f"the store of RetentionPolicy {policies[0].ref}"
         else:
-            store = open_store_url(args.store)
-            where = args.store
+            store = open_store_url(check_store_url(args.store))
+            where = redact(args.store)
         if not callable(getattr(store, "restore_chunk", None)):
             print(f"error: {store!r} does not support soft deletion", file=sys.stderr)
             return 2
@@ -208,17 +232,40 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from .handlers import OperatorConfig, run
+    from .redact import install_log_redaction
+    from .store import check_store_url
 
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
+    install_log_redaction()
+    # Without --default-store-namespace, the default store serves the operator's own namespace when it is
+    # known (the chart sets POD_NAMESPACE), every namespace otherwise.
+    own = os.environ.get("POD_NAMESPACE")
+    default_namespaces = args.default_store_namespace or (
+        _env_list("CAPTURE_EXPORT_DEFAULT_STORE_NAMESPACES", ",") or ([own] if own else None))
     config = OperatorConfig(
-        store=args.store,
+        store=check_store_url(args.store) if args.store else None,
         namespaces=tuple(args.namespace or ()),
         liveness_port=args.liveness_port or None,
         metrics_port=args.metrics_port or None,
         concurrency=args.concurrency,
+        default_store_namespaces=tuple(default_namespaces) if default_namespaces is not None else None,
+        sqlite_directories=tuple(args.sqlite_dir or _env_list("CAPTURE_EXPORT_SQLITE_DIRS", os.pathsep) or ())
+        or None,
     )
     run(config)
     return 0
+
+
+def _tenancy_arguments(parser: argparse.ArgumentParser, *, operator: bool) -> None:
+    default_ns = ("default: $CAPTURE_EXPORT_DEFAULT_STORE_NAMESPACES (comma-separated), else the operator's "
+                  "namespace ($POD_NAMESPACE), else every namespace") if operator else "default: every namespace"
+    parser.add_argument("--default-store-namespace", action="append", metavar="NS",
+                        help=f"a namespace whose resources may use the default store (repeatable; '*': every "
+                        f"one; {default_ns})")
+    default_dirs = ("default: $CAPTURE_EXPORT_SQLITE_DIRS, else the default store's directory when it is SQLite"
+                    if operator else "default: anywhere")
+    parser.add_argument("--sqlite-dir", action="append", metavar="DIR",
+                        help=f"a directory a spec's store.sqlite.path may be in (repeatable; {default_dirs})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state", default=DEFAULT_STATE, help=f"local state file (default {DEFAULT_STATE})")
     run.add_argument("--store", default=_default_store(),
                      help="default capture store: SQLite path or postgresql:// DSN (env CAPTURE_EXPORT_STORE)")
+    run.add_argument("--debug", action="store_true", help="log at DEBUG to stderr (secrets redacted)")
+    _tenancy_arguments(run, operator=False)
     run.set_defaults(handler=cmd_run)
 
     seed = sub.add_parser("seed", help="fill a store with realistic synthetic LLM usage records")
@@ -282,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
     op.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (0: off)")
     op.add_argument("--concurrency", type=int, default=8, help="export cycles running at once")
+    _tenancy_arguments(op, operator=True)
     op.add_argument("-v", "--verbose", action="store_true")
     op.add_argument("--debug", action="store_true")
     op.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
@@ -296,17 +346,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .objectstore import ObjectStoreError
+    from .redact import describe_exception, redact
+    from .store import StoreError, StoreRefused
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
     except InvalidManifest as exc:
         print(f"error: invalid manifest: {exc}", file=sys.stderr)
         return 2
+    except StoreRefused as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except ObjectStoreError as exc:  # its message is secret-free by construction
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # The reader went away (`capture-export cat … | head`): not an error. Keep Python from
         # complaining again while flushing stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # never a traceback, whose text could quote a credential: the class and the place
+        print(f"error: unexpected {describe_exception(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from ..api.vocabulary import Domain
+from ..redact import redact
 from .base import Credentials, ObjectInfo, ObjectStoreError, S3Location, scrub
 
 __all__ = ["S3ObjectStore", "classify"]
@@ -28,15 +29,24 @@ _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimi
                    "503", "429"}
 
 
+def _where(location: S3Location) -> str:
+    endpoint = f" at {redact(location.endpoint)}" if location.endpoint else ""
+    return f"bucket {location.bucket!r}{endpoint}"
+
+
 def classify(exc: BaseException, location: S3Location, secrets: list[str]) -> ObjectStoreError:
-    """Turn a botocore failure into an ObjectStoreError with a clear, secret-free message."""
-    where = f"bucket {location.bucket!r}" + (f" at {location.endpoint}" if location.endpoint else "")
+    """Turn a client failure into an ObjectStoreError with a clear, secret-free message.
+
+    Only the server's own error code and message are quoted (scrubbed of the credentials in every form);
+    a failure raised inside the client (botocore's, urllib3's, http.client's) is named by its class alone:
+    its text can quote a request header, credentials included (``Invalid header value b'…'``)."""
+    where = _where(location)
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return ObjectStoreError("CredentialsMissing", "no S3 credentials were found (set spec.secretRef)",
                                 transient=False, domain=Domain.CREDENTIALS)
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
+        code = scrub(str(error.get("Code", "")), secrets)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         detail = scrub(str(error.get("Message") or code), secrets)
         if code in _CREDENTIAL_CODES:
@@ -55,18 +65,19 @@ def classify(exc: BaseException, location: S3Location, secrets: list[str]) -> Ob
                                     transient=True, domain=Domain.BUCKET)
         return ObjectStoreError("S3RequestFailed", f"{where} refused the request: {code} {detail}".strip(),
                                 transient=False, domain=Domain.BUCKET)
+    endpoint = redact(location.endpoint) if location.endpoint else "Amazon S3"
     if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
-        return ObjectStoreError("EndpointUnreachable", f"cannot connect to {location.endpoint or 'Amazon S3'}",
-                                transient=True, domain=Domain.BUCKET)
+        return ObjectStoreError("EndpointUnreachable", f"cannot connect to {endpoint}", transient=True,
+                                domain=Domain.BUCKET)
     if isinstance(exc, botocore.exceptions.ReadTimeoutError | botocore.exceptions.ConnectionClosedError |
                   botocore.exceptions.ResponseStreamingError):
-        return ObjectStoreError("EndpointUnreachable",
-                                f"connection to {location.endpoint or 'Amazon S3'} failed mid-request: "
+        return ObjectStoreError("EndpointUnreachable", f"connection to {endpoint} failed mid-request: "
                                 f"{exc.__class__.__name__}", transient=True, domain=Domain.BUCKET)
     if isinstance(exc, botocore.exceptions.BotoCoreError | OSError):
-        return ObjectStoreError("S3RequestFailed", scrub(f"{where}: {exc}", secrets), transient=True,
-                                domain=Domain.BUCKET)
-    raise exc
+        return ObjectStoreError("S3RequestFailed", f"{where}: the request failed in the S3 client "
+                                f"({exc.__class__.__name__})", transient=True, domain=Domain.BUCKET)
+    return ObjectStoreError("S3RequestFailed", f"{where}: the request could not be made ({exc.__class__.__name__})",
+                            transient=False, domain=Domain.BUCKET)
 
 
 class S3ObjectStore:
@@ -105,8 +116,13 @@ class S3ObjectStore:
                 "aws_session_token": credentials.session_token,
             }
         # boto3's default session is not thread-safe; each store gets its own.
-        with _session_lock:
-            self._client = boto3.session.Session().client("s3", **kwargs)
+        try:
+            with _session_lock:
+                self._client = boto3.session.Session().client("s3", **kwargs)
+        except Exception as exc:  # an invalid region or endpoint: its text may quote the endpoint's userinfo
+            raise ObjectStoreError("InvalidConfiguration", f"{_where(location)}: no S3 client can be made for "
+                                   f"region {location.region!r} ({exc.__class__.__name__})", transient=False,
+                                   domain=Domain.BUCKET) from None
 
     def _fail(self, exc: BaseException) -> ObjectStoreError:
         return classify(exc, self.location, self._secrets)
