@@ -20,11 +20,12 @@ from typing import Any, TextIO
 
 from .api import S3ExporterStatus
 from .api.manifests import ManifestSet, Resource
-from .api.vocabulary import Domain, Reason
+from .api.vocabulary import ConditionType, Domain, Reason, Truth
 from .clock import SystemClock
 from .export import BatchResult, ExporterId
 from .export.cycle import CycleOutcome, ExporterWorker
 from .export.model import ExportFailure, unexpected_failure
+from .status.conditions import get_condition
 from .status.exporter import cursor_position, guard_cursor
 from .store import StoreOpener
 
@@ -199,7 +200,10 @@ class StandaloneRunner:
         for event in outcome.events:
             print(f"  {ref}: {event.type} {event.reason}: {event.message}", file=self.out, flush=True)
         run = outcome.result
-        if run is None:
+        if run is None:  # the cycle failed before it could run: Ready says why
+            ready = get_condition(outcome.status.conditions, ConditionType.READY)
+            if ready is not None and ready.status == Truth.FALSE:
+                print(f"{ref}: Failed - {ready.reason}: {ready.message}", file=self.out, flush=True)
             return
         rate = run.rows / run.duration_seconds if run.duration_seconds > 0 else 0.0
         line = (f"{ref}: {run.outcome}: {run.rows:,} records in {run.objects} objects, "
