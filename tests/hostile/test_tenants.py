@@ -142,13 +142,13 @@ def test_a_tenant_store_inside_the_configured_directories_is_exported(
 
 def test_sqlite_directories_default_to_the_default_store_directory(
     tenant: Kube, start_operator: Callable[..., OperatorThread], s3_server: LocalS3, bucket: str,
-    sqlite_store: SQLiteStore, tmp_path: Path,
+    sqlite_store: SQLiteStore, tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """Without ``--sqlite-dir`` only the default store's own directory holds stores a spec may name."""
     beside = SQLiteStore(Path(sqlite_store.path).parent / "beside.sqlite")
     beside.append(make_record(i) for i in range(3))
     beside.close()
-    elsewhere = SQLiteStore(tmp_path / "elsewhere" / "store.sqlite")
+    elsewhere = SQLiteStore(tmp_path_factory.mktemp("elsewhere") / "store.sqlite")
     elsewhere.close()
     with_credentials(tenant, s3_server)
     start_operator()
