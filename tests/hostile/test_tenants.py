@@ -192,3 +192,46 @@ def test_standalone_refuses_the_default_store_and_foreign_paths_when_confined(
     check = SQLiteStore(default.path)
     assert check.count() == 5
     check.close()
+
+
+# -- the chart: the release namespace by default -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[Any]:
+    import helm_python as helm
+
+    from tests.chart.rendering import CHART_DIR
+
+    with helm.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+def _operator_env(chart: Any, values: dict[str, Any]) -> dict[str, Any]:
+    from tests.chart.rendering import render
+
+    container = render(chart, values).one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {item["name"]: item.get("value") for item in container["env"]}
+
+
+def test_chart_allows_only_the_release_namespace_the_default_store_by_default(chart: Any) -> None:
+    env = _operator_env(chart, {})
+    assert env["CAPTURE_EXPORT_DEFAULT_STORE_NAMESPACES"] == "capture-export"
+    assert "CAPTURE_EXPORT_SQLITE_DIRS" not in env  # the operator takes the default store's directory
+    env = _operator_env(chart, {"store": {"allowedNamespaces": ["team-a", "team-b"],
+                                          "sqliteDirectories": ["/data", "/stores"]}})
+    assert env["CAPTURE_EXPORT_DEFAULT_STORE_NAMESPACES"] == "team-a,team-b"
+    assert env["CAPTURE_EXPORT_SQLITE_DIRS"] == "/data:/stores"
+
+
+def test_operator_configured_from_the_chart_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from capture_export.handlers.settings import OperatorConfig
+
+    monkeypatch.setenv("CAPTURE_EXPORT_STORE", "/data/store.sqlite")
+    monkeypatch.setenv("CAPTURE_EXPORT_DEFAULT_STORE_NAMESPACES", "capture,team-a")
+    monkeypatch.delenv("CAPTURE_EXPORT_SQLITE_DIRS", raising=False)
+    config = OperatorConfig.from_env()
+    assert config.default_store_namespaces == ("capture", "team-a")
+    assert config.allowed_sqlite_directories() == ("/data",)
+    monkeypatch.setenv("CAPTURE_EXPORT_SQLITE_DIRS", "/data:/stores")
+    assert OperatorConfig.from_env().allowed_sqlite_directories() == ("/data", "/stores")
