@@ -370,6 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # complaining again while flushing stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a file that cannot be read or written: its name and the system's reason
+        print(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc.__class__.__name__}",
+              file=sys.stderr)
+        return 1
     except Exception as exc:  # never a traceback, whose text could quote a credential: the class and the place
         print(f"error: unexpected {describe_exception(exc)}", file=sys.stderr)
         return 1

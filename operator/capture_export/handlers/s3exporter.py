@@ -37,6 +37,7 @@ from ..api.vocabulary import ConditionType, EventType, Reason, Truth
 from ..export import BatchResult, ExporterId
 from ..export.cycle import ExporterWorker
 from ..export.model import ExportFailure, unexpected_failure
+from ..redact import redact
 from ..status.conditions import get_condition, set_condition
 from ..status.exporter import Event, StatusUpdate, cursor_position, not_behind
 from .settings import RESET_CURSOR, RUN_NOW, Runtime, sleep_until_woken
@@ -98,7 +99,8 @@ def judge(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> tuple[S3Ex
     current = destination_of(parsed)
     changed = [k for k in current if isinstance(recorded, dict) and k in recorded and recorded[k] != current[k]]
     if changed:
-        detail = ", ".join(f"{k} {recorded[k]!r} -> {current[k]!r}" for k in changed)
+        # redact: a destination recorded before userinfo was refused may hold a password.
+        detail = redact(", ".join(f"{k} {recorded[k]!r} -> {current[k]!r}" for k in changed))
         return parsed, Hold(Reason.DESTINATION_IMMUTABLE, f"the destination is immutable ({detail}); not exporting "
                             "until it is restored: create a new S3Exporter to move the export")
     if parsed.suspend:
