@@ -14,7 +14,7 @@ import pytest
 from capture_export.store import SQLiteStore
 from tests.operator.harness import EmulatedCluster, Kube, OperatorThread, operator_config
 
-__all__ = ["cluster_fixture", "kube_fixture", "start_operator_fixture"]
+__all__ = ["admit_invalid_specs", "cluster_fixture", "kube_fixture", "start_operator_fixture"]
 
 
 @pytest.fixture(name="cluster")
@@ -47,3 +47,12 @@ def start_operator_fixture(cluster: EmulatedCluster, sqlite_store: SQLiteStore) 
     for operator in started:
         if operator.error is None and not operator.stop_flag.is_set():
             operator.stop()
+
+
+def admit_invalid_specs(cluster: EmulatedCluster) -> None:
+    """Play a cluster whose CRDs carry no schema (an old or hand-made CRD): specs the API server would
+    refuse then reach the operator, which must refuse them on its own. A no-op on an emulator that does not
+    validate custom resources at all."""
+    without_validation = getattr(cluster, "without_crd_validation", None)
+    if without_validation is not None:
+        without_validation()

@@ -26,10 +26,15 @@ import zstandard
 from capture_export.local_s3 import LocalS3
 from capture_export.store import SQLiteStore
 from tests.conftest import make_record
-from tests.operator.harness import Kube, OperatorThread
+from tests.operator.harness import EmulatedCluster, Kube, OperatorThread
 
 from .canary_support import Outputs, assert_no_canary, assert_no_traceback, canary, capture_logs, tree_of
-from .operator_support import cluster_fixture, kube_fixture, start_operator_fixture  # noqa: F401
+from .operator_support import (  # noqa: F401 (fixtures)
+    admit_invalid_specs,
+    cluster_fixture,
+    kube_fixture,
+    start_operator_fixture,
+)
 from .runs_support import (
     exporter_document,
     exporter_spec,
@@ -165,9 +170,12 @@ def test_standalone_endpoint_with_userinfo_is_refused_at_the_door(
 
 
 def test_operator_endpoint_with_userinfo_is_refused_and_never_echoed(
-    kube: Kube, start_operator: Callable[..., OperatorThread], s3_server: LocalS3, bucket: str,
-    sqlite_store: SQLiteStore,
+    cluster: EmulatedCluster, kube: Kube, start_operator: Callable[..., OperatorThread], s3_server: LocalS3,
+    bucket: str, sqlite_store: SQLiteStore,
 ) -> None:
+    """The CRD refuses such an endpoint at `kubectl apply` (tests/hostile/test_refused_at_the_door.py); here
+    it reaches the operator as through a CRD without its schema, and the operator must refuse it too."""
+    admit_invalid_specs(cluster)
     secret = canary("endpoint")
     sqlite_store.append(make_record(i) for i in range(20))
     kube.create_secret(SECRET, {"access_key_id": s3_server.access_key_id,

@@ -26,13 +26,18 @@ from capture_export.handlers.s3exporter import DESTINATION, destination_of, judg
 from capture_export.local_s3 import LocalS3
 from capture_export.store import SQLiteStore
 from tests.conftest import make_record
-from tests.operator.harness import Kube, OperatorThread, wait_for
+from tests.operator.harness import EmulatedCluster, Kube, OperatorThread, wait_for
 from tests.support.cel import crd_schema, rule_failures, uncompilable_rules
 from tests.support.spec_cases import CASES, S3EXPORTER_CASES, SpecCase, exporter
 
 from .canary_support import assert_no_traceback, tree_of
 from .door_support import CRD_DIR, ApiServerOffline, names_field
-from .operator_support import cluster_fixture, kube_fixture, start_operator_fixture  # noqa: F401
+from .operator_support import (  # noqa: F401 (fixtures)
+    admit_invalid_specs,
+    cluster_fixture,
+    kube_fixture,
+    start_operator_fixture,
+)
 from .runs_support import exporter_document, secret_document, write_manifest
 
 API_SERVER = ApiServerOffline()
@@ -227,9 +232,11 @@ def test_null_secret_value_is_not_the_string_none(
 
 
 def test_operator_refuses_each_bad_spec_naming_the_field_and_exports_nothing(
-    kube: Kube, start_operator: Callable[..., OperatorThread], s3_server: LocalS3, bucket: str,
-    sqlite_store: SQLiteStore,
+    cluster: EmulatedCluster, kube: Kube, start_operator: Callable[..., OperatorThread], s3_server: LocalS3,
+    bucket: str, sqlite_store: SQLiteStore,
 ) -> None:
+    """As through a CRD without its schema (an old or hand-made one): the operator refuses on its own."""
+    admit_invalid_specs(cluster)
     sqlite_store.append(make_record(i) for i in range(10))
     kube.create_secret("s3-creds", {"access_key_id": s3_server.access_key_id,
                                     "access_secret": s3_server.secret_access_key})

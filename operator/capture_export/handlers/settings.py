@@ -28,14 +28,14 @@ from ..api import GROUP
 from ..clock import Clock, SystemClock
 from ..metrics import OperatorMetrics
 from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
-from ..redact import install_log_redaction, quiet_client_loggers
+from ..redact import CLIENT_LOGGERS, install_log_redaction, quiet_client_loggers
 from ..status.writer import StatusWriter
 from ..store import StoreOpener, StoreRefused
 from ..store.opener import kind_of_url
 from .kube import ApiSecrets, KubeApi, kopf_event
 
-__all__ = ["FINALIZER", "RESET_CURSOR", "RUN_NOW", "USER_ANNOTATIONS", "OperatorConfig", "ProgressStorage", "Runtime",
-           "SharedObjectStores", "apply_settings", "quiet_client_loggers", "register",
+__all__ = ["CLIENT_LOGGERS", "FINALIZER", "RESET_CURSOR", "RUN_NOW", "USER_ANNOTATIONS", "OperatorConfig",
+           "ProgressStorage", "Runtime", "SharedObjectStores", "apply_settings", "quiet_client_loggers", "register",
            "sleep_until_woken"]
 
 FINALIZER = f"{GROUP}/finalizer"
