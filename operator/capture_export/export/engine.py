@@ -45,6 +45,8 @@ from .model import (
 )
 from .transform import RecordTransform, peek_fields
 
+_BLOB_TYPES = (bytes, bytearray, memoryview)
+
 __all__ = ["ExportEngine", "SynchronousPipeline", "encode_batch"]
 
 
@@ -190,10 +192,15 @@ class ExportEngine:
     def _encode(self, rows: list[StoredRecord], read_seconds: float) -> PreparedBatch:
         t0 = time.perf_counter()
         try:
-            for row in rows:
-                if not isinstance(row.body, bytes | bytearray | memoryview):
-                    raise CorruptRecord(row.id, f"stored as {type(row.body).__name__}, not as a CBOR blob")
-            records = encode_batch(rows)
+            try:
+                records = encode_batch(rows)
+            except (TypeError, AttributeError):
+                # A row the store holds as TEXT (or anything but bytes): found only when the batch fails, so
+                # the common path pays nothing for the check.
+                bad = next((row for row in rows if not isinstance(row.body, _BLOB_TYPES)), None)
+                if bad is None:
+                    raise
+                raise CorruptRecord(bad.id, f"stored as {type(bad.body).__name__}, not as a CBOR blob") from None
             kept = self._transform(rows, records)
         except CorruptRecord as exc:
             raise ExportFailure(Reason.CORRUPT_RECORD, f"{exc}; export holds before it until it is fixed",
