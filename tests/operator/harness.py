@@ -24,7 +24,7 @@ from capture_export.api import GROUP, VERSION
 from capture_export.handlers import OperatorConfig, Runtime, operate
 from capture_export.local_s3 import free_port
 
-from .emulator import ClusterEmulator
+from .emulator import ApiFaults, ClusterEmulator
 
 __all__ = ["EmulatedCluster", "Kube", "OperatorThread", "wait_for"]
 
@@ -91,6 +91,21 @@ class EmulatedCluster:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+
+    def without_crd_validation(self) -> None:
+        """From now on, admit our kinds as a cluster whose CRDs carry no schema does (an old or hand-made
+        CRD): whatever the operator must refuse on its own then reaches it."""
+        assert self.emulator is not None
+        self.emulator.schemas = {}
+
+    @property
+    def faults(self) -> ApiFaults | None:
+        return self.emulator.faults if self.emulator is not None else None
+
+    @faults.setter
+    def faults(self, faults: ApiFaults | None) -> None:
+        assert self.emulator is not None
+        self.emulator.faults = faults
 
     def configuration(self) -> kubernetes.client.Configuration:
         config = kubernetes.client.Configuration(host=self.url)
@@ -194,8 +209,11 @@ class OperatorThread:
         except BaseException as exc:
             self.error = exc
 
-    def start(self) -> OperatorThread:
+    def start(self, *, wait: bool = True) -> OperatorThread:
+        """Start the operator's thread; unless ``wait`` is false, return once kopf says it started."""
         self._thread.start()
+        if not wait:
+            return self
         wait_for(lambda: self.ready_flag.is_set() or self.error, 30, what="operator ready")
         if self.error is not None:
             raise self.error
@@ -209,8 +227,9 @@ class OperatorThread:
 
 
 def operator_config(cluster: EmulatedCluster, store: Path, **overrides: Any) -> OperatorConfig:
-    values: dict[str, Any] = dict(store=str(store), liveness_port=free_port(), metrics_port=0, concurrency=4,
-                                  cycle_max_seconds=5.0, retry_cap=0.5, kube=cluster.configuration())
+    values: dict[str, Any] = dict(store=str(store), liveness_port=free_port(), readiness_port=free_port(),
+                                  metrics_port=0, concurrency=4, cycle_max_seconds=5.0, retry_cap=0.5,
+                                  kube=cluster.configuration())
     values.update(overrides)
     return OperatorConfig(**values)
 

@@ -119,11 +119,13 @@ def test_soft_delete_then_restore_after_the_policy_is_deleted(
 
 
 def test_invalid_spec_is_refused_and_nothing_is_purged_until_fixed(
-    policies: Policies, start_operator: Callable[..., OperatorThread], sqlite_store: SQLiteStore,
+    cluster: EmulatedCluster, policies: Policies, start_operator: Callable[..., OperatorThread],
+    sqlite_store: SQLiteStore,
 ) -> None:
     insert(sqlite_store, [OLD] * 3)
     start_operator()
-    # The emulator has no OpenAPI or CEL validation: the operator refuses on its own.
+    # A cluster whose CRD is old or carries no schema lets the spec through: the operator refuses on its own.
+    cluster.without_crd_validation()
     policies.apply_policy("retain", {"maxAge": "24h", "requireExport": False, "batchSize": 0, "every": 1})
 
     ready = policies.wait_condition("retain", "Ready", "False", "InvalidSpec")

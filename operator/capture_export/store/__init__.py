@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .base import RETENTION_METHODS, CaptureStore, ExpiredChunk, RecordReader, RetentionStore, StoredRecord, StoreError
+from .base import (
+    RETENTION_METHODS,
+    CaptureStore,
+    ExpiredChunk,
+    IngestStore,
+    RecordReader,
+    RetentionStore,
+    StoredRecord,
+    StoreError,
+)
 from .opener import StoreOpener, StoreRefused, check_store_url, describe_store, open_store_url, store_identity
 from .records import CREDENTIAL_HEADERS, SCHEMA_VERSION, CorruptRecord, decode_sequence, with_id
 from .sqlite import SQLiteStore
@@ -14,6 +23,7 @@ __all__ = [
     "CaptureStore",
     "CorruptRecord",
     "ExpiredChunk",
+    "IngestStore",
     "RecordReader",
     "RetentionStore",
     "SQLiteStore",
