@@ -104,7 +104,7 @@ def _open_sqlite(url: str) -> CaptureStore:
 class StoreKind:
     """One kind of capture store: ``name`` is its field in ``StoreRef``. ``url`` finds the URL of the store
     a reference of this kind names (``(settings, namespace, secrets)``); ``describe`` names it for messages;
-    ``url_prefixes`` recognise its URLs (an empty tuple: the kind any other URL is); ``open`` opens one."""
+    ``url_prefixes`` recognise its bare URLs (see kind_of_url); ``open`` opens one."""
 
     name: str
     url: Callable[[Any, str, SecretLookup], str]
