@@ -356,7 +356,20 @@ def cmd_operator(args: argparse.Namespace) -> int:
             return 2
     config = operator_config(args)
     runtime = Runtime(config)
-    run(config, runtime=runtime)
+    try:
+        run(config, runtime=runtime)
+    except Exception as exc:
+        # A startup handler that refused to start (missing RBAC): one line saying why, not kopf's traceback.
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, kopf.PermanentError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"capture-export operator: not started: {cause}", file=sys.stderr)
+        # Threads the runtime made before the refusal would hold the interpreter's exit; nothing is in flight.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(1)
     if runtime.cycles.busy:
         # Cycles hung past the stop timeout (an upload that never answers): their threads would hold the
         # interpreter's exit until the pod is killed. What they had not committed is exported again.

@@ -7,42 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
-from capture_export.api import GROUP, VERSION
 from capture_export.cli import main as cli
 from capture_export.store import SQLiteStore
 from tests.conftest import make_record
 
-from .harness import EmulatedCluster, Kube, OperatorThread, wait_for
-
-PLURAL = "retentionpolicies"
-
-
-class Policies(Kube):
-    """The harness's kubectl, pointed at RetentionPolicies (its condition and status waits work as they are)."""
-
-    def apply_policy(self, name: str, spec: dict[str, Any]) -> dict:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RetentionPolicy", "metadata": {"name": name},
-                "spec": spec}
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def patch(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, body)
-
-    def delete(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+from .harness import EmulatedCluster, Kube, OperatorThread, Policies, wait_for
 
 
 @pytest.fixture

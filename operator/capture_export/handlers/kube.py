@@ -1,5 +1,6 @@
 """The operator's own calls to the Kubernetes API (kopf makes the rest): read a Secret, patch a status,
-list a namespace's S3Exporters, post an Event.
+list a namespace's S3Exporters, post an Event, ask whether this identity may do something (the startup
+RBAC check).
 
 The calls are made with the official ``kubernetes`` client, which blocks: callers run them on threads
 (the status writer on a small pool of its own, apart from the export cycles, so that a long backfill
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +27,8 @@ from ..export.model import ExportFailure
 from ..status.exporter import Event
 
 __all__ = ["ApiSecrets", "KubeApi", "KubeApiError", "kopf_event"]
+
+log = logging.getLogger(__name__)
 
 
 class KubeApiError(RuntimeError):
@@ -132,6 +136,22 @@ class KubeApi:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.__class__.__name__}") from None
         return list(listed.get("items") or [])
+
+    def access_allowed(self, verb: str, resource: str, *, group: str = "", subresource: str = "",
+                       namespace: str = "") -> bool | None:
+        """May this identity do ``verb`` on ``resource`` (in ``namespace``; "" is all namespaces)? Asked with a
+        SelfSubjectAccessReview; None when the API server gives no answer (no such API, an error)."""
+        attributes = kubernetes.client.V1ResourceAttributes(verb=verb, resource=resource, group=group,
+                                                           subresource=subresource, namespace=namespace)
+        review = kubernetes.client.V1SelfSubjectAccessReview(
+            spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes))
+        try:
+            answer = kubernetes.client.AuthorizationV1Api(self.client).create_self_subject_access_review(review)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            log.warning("cannot check RBAC (SelfSubjectAccessReview): %s", getattr(exc, "status", None) or exc)
+            return None
+        allowed = answer.status.allowed if answer is not None and answer.status is not None else None
+        return allowed if isinstance(allowed, bool) else None
 
     def check_served(self, plurals: Sequence[str], namespaces: Sequence[str]) -> None:
         """List one item of each of ``plurals`` where the operator watches them (every namespace when

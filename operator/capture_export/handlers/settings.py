@@ -25,6 +25,7 @@ from typing import Any
 
 import kopf
 import kubernetes.client
+import kubernetes.config
 
 from ..api import GROUP
 from ..clock import Clock, SystemClock
@@ -35,11 +36,12 @@ from ..status.writer import StatusWriter
 from ..store import StoreOpener, StoreRefused
 from ..store.opener import kind_of_url
 from .kube import ApiSecrets, KubeApi, kopf_event
+from .permissions import MissingPermissions, check_permissions
 from .readiness import Readiness
 
 __all__ = ["CLIENT_LOGGERS", "EXIT_SECONDS", "FINALIZER", "RESET_CURSOR", "RUN_NOW", "SERVED_PLURALS",
            "USER_ANNOTATIONS", "CycleExecutor", "OperatorConfig", "ProgressStorage", "Runtime", "SharedObjectStores",
-           "apply_settings", "quiet_client_loggers", "register", "sleep_until_woken"]
+           "apply_settings", "check_rbac", "quiet_client_loggers", "register", "sleep_until_woken"]
 
 # The plurals of the kinds the operator serves (what readiness lists and the chart's RBAC grants).
 SERVED_PLURALS = ("s3exporters", "retentionpolicies")
@@ -286,10 +288,35 @@ def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
         settings.scanning.disabled = True
 
 
+def check_rbac(config: OperatorConfig) -> None:
+    """Raise MissingPermissions unless this identity may do all the operator does where it serves.
+
+    Uses its own client: in a pod, kopf's login handler has not run yet when startup handlers do."""
+    configuration = config.kube
+    if configuration is None:
+        configuration = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)
+    api = KubeApi(configuration)
+    try:
+        if check_permissions(api, config.namespaces):
+            log.info("RBAC: every permission the operator needs is granted")
+    finally:
+        api.close()
+
+
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.on.startup(id="capture-export-startup", registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         apply_settings(settings, runtime.config)
+        try:
+            await asyncio.to_thread(check_rbac, runtime.config)
+        except MissingPermissions as exc:
+            raise kopf.PermanentError(str(exc)) from None  # the operator stops here, saying why
+        except Exception as exc:  # a check that cannot run must not keep the operator from starting
+            log.warning("RBAC not checked: %s", exc)
         runtime.start()
         await runtime.serve_readiness()
         await runtime.start_ingest()
