@@ -111,14 +111,19 @@ class StandaloneRunner:
         extra_kinds: list[Callable[[StandaloneRunner], float | None]] | None = None,
         default_namespaces: Collection[str] | None = None,
         sqlite_directories: Sequence[str] | None = None,
+        on_cycle: Callable[[Resource, dict[str, Any]], None] | None = None,
     ) -> None:
+        """``on_cycle(resource, status)`` is called after every cycle of an exporter or policy, with its
+        status as it is written to the state file (``run --output json``)."""
         self.manifests = manifests
         self.state = StateFile(state_path)
         # Tenancy as in the operator: which namespaces may use the default store, where SQLite stores may be.
         self.stores = StoreOpener(default_store, manifests.get, default_namespaces=default_namespaces,
                                   sqlite_directories=sqlite_directories)
         self.out = out
+        self.on_cycle = on_cycle
         self.stop_event = threading.Event()
+        self.stopped_by: int | None = None  # the signal that asked the runner to stop
         self.clock = SystemClock()
         self.exporters = [
             _Scheduled(
@@ -143,7 +148,9 @@ class StandaloneRunner:
 
             self.extra_kinds.append(RetentionScheduler(self))
 
-    def request_stop(self, *_: object) -> None:
+    def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
+        if signum is not None and self.stopped_by is None:
+            self.stopped_by = signum
         if not self.stop_event.is_set():
             print("stopping after the batch in flight commits…", file=self.out, flush=True)
         self.stop_event.set()
@@ -177,6 +184,7 @@ class StandaloneRunner:
         self.save(ref, item.state_key, outcome.status.model_dump(mode="json", by_alias=True),
                   reported=outcome.result is not None and outcome.result.failure is not None and
                   outcome.result.failure.reason == Reason.STATE_NOT_WRITABLE)
+        self.cycle_done(item.resource, self.state.get(item.state_key) or {})
         return outcome
 
     def save(self, ref: str, key: str, status: dict[str, Any], *, reported: bool = False, what: str = "") -> bool:
@@ -196,6 +204,9 @@ class StandaloneRunner:
         failure = unexpected_failure(exc)
         print(f"{ref}: Failed - {failure.reason}: {failure.message}", file=self.out, flush=True)
 
+    def cycle_done(self, resource: Resource, status: dict[str, Any]) -> None:
+        if self.on_cycle is not None:
+            self.on_cycle(resource, status)
     def _report(self, ref: str, outcome: CycleOutcome) -> None:
         for event in outcome.events:
             print(f"  {ref}: {event.type} {event.reason}: {event.message}", file=self.out, flush=True)
@@ -264,8 +275,9 @@ class StandaloneRunner:
             return time.monotonic() + CONTAINED_RETRY
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGINT, self.request_stop)
-        signal.signal(signal.SIGTERM, self.request_stop)
+        """Ctrl-C, SIGTERM and SIGHUP (the terminal closed) stop after the batch in flight commits."""
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self.request_stop)
 
     def close(self) -> None:
         self.stores.close()

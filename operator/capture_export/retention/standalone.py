@@ -91,6 +91,7 @@ class RetentionScheduler:
             self._report(runner, item.resource.ref, outcome)
             self.ok &= runner.save(item.resource.ref, item.state_key,
                                    outcome.status.model_dump(mode="json", by_alias=True), what="retention ")
+            runner.cycle_done(item.resource, runner.state.get(item.state_key) or {})
         return min((item.due for item in self.policies), default=None)
 
     @staticmethod
