@@ -47,6 +47,7 @@ def _spec(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 EXPORTER_BASE = {"bucket": "capture-exports", "region": "us-east-1", "prefix": "llm"}
 POLICY_BASE = {"maxAge": "30d", "exporters": ["usage"]}
+ROLE = "arn:aws:iam::444455556666:role/capture-export-writer"
 
 
 def exporter(**changes: Any) -> dict[str, Any]:
@@ -93,6 +94,14 @@ S3EXPORTER_CASES: list[SpecCase] = [
     _good("store-empty", exporter(store={})),
     _good("store-sqlite-null-postgres", exporter(store={"sqlite": None, "postgres": {"secretRef": {"name": "db"}}})),
     _good("redact-star", exporter(redactFields=["capture.request.headers.*"])),
+    _good("access-everything", exporter(endpoint="https://minio.example:9000", roleArn=ROLE,
+                                        externalId="3f1c9a7e-capture-export", sessionName="usage",
+                                        roleDurationSeconds=900, caBundleRef={"configMapKeyRef": {"name": "ca"}},
+                                        serverSideEncryption={"algorithm": "aws:kms", "kmsKeyId": "alias/exports"})),
+    _good("tls-skip-https", exporter(endpoint="https://minio.example:9000", insecureSkipTLSVerify=True)),
+    _good("ca-bundle-amazon", exporter(caBundleRef={"secretKeyRef": {"name": "ca"}})),
+    _good("sse-aes256", exporter(serverSideEncryption={"algorithm": "AES256"})),
+    _good("role-fields-null", exporter(externalId=None, sessionName=None, caBundleRef=None)),
     # -- refused -------------------------------------------------------------------------------------
     _bad("bucket-ip", "spec.bucket", exporter(bucket="192.168.5.4")),
     _bad("bucket-ip-shaped", "spec.bucket", exporter(bucket="999.1.1.1")),
@@ -142,6 +151,19 @@ S3EXPORTER_CASES: list[SpecCase] = [
     _bad("store-sqlite-path-empty", "spec.store.sqlite.path", exporter(store={"sqlite": {"path": ""}})),
     _bad("store-sqlite-path-newline", "spec.store.sqlite.path", exporter(store={"sqlite": {"path": "/a\n.sqlite"}})),
     _bad("secret-ref-bad-name", "spec.secretRef.name", exporter(secretRef={"name": "../creds"})),
+    _bad("external-id-without-role", "spec", exporter(externalId="3f1c9a7e")),
+    _bad("session-name-without-role", "spec", exporter(sessionName="usage")),
+    _bad("role-arn-not-iam", "spec.roleArn", exporter(roleArn="arn:aws:s3:::capture-exports")),
+    _bad("tls-skip-http", "spec", exporter(endpoint="http://127.0.0.1:9", insecureSkipTLSVerify=True)),
+    _bad("tls-skip-with-ca-bundle", "spec", exporter(endpoint="https://minio.example", insecureSkipTLSVerify=True,
+                                                     caBundleRef={"configMapKeyRef": {"name": "ca"}})),
+    _bad("ca-bundle-http", "spec", exporter(endpoint="http://127.0.0.1:9",
+                                            caBundleRef={"secretKeyRef": {"name": "ca"}})),
+    _bad("ca-bundle-both", "spec.caBundleRef", exporter(caBundleRef={"secretKeyRef": {"name": "a"},
+                                                                     "configMapKeyRef": {"name": "b"}})),
+    _bad("ca-bundle-neither", "spec.caBundleRef", exporter(caBundleRef={})),
+    _bad("sse-kms-key-with-aes256", "spec.serverSideEncryption",
+         exporter(serverSideEncryption={"algorithm": "AES256", "kmsKeyId": "alias/exports"})),
     # -- updates ---------------------------------------------------------------------------------------
     _good("update-limit", exporter(limit=500), old=exporter(limit=100)),
     _good("update-endpoint-null-to-absent", exporter(endpoint=ABSENT), old=exporter(endpoint=None)),
