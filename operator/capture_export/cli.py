@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -88,6 +89,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .status.table import render_tables, state_objects
 
     path = Path(args.state)
+    manifests = load_manifests(args.file) if args.file else None  # a broken -f file is an error either way
     if not path.exists():
         if args.output == "json":
             print(json.dumps(_list([]), indent=2))
@@ -99,8 +101,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"error: state file {path} is not valid JSON", file=sys.stderr)
         return 1
     specs = None
-    if args.file:
-        manifests = load_manifests(args.file)
+    if manifests is not None:
         specs = {f"{r.kind}/{r.ref}": r.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
                  for r in manifests.resources}
         state = {key: value for key, value in state.items() if key in specs}
@@ -421,6 +422,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    problem = _cluster_problem()
+    if problem is not None:
+        print(f"capture-export operator: not started: {problem}", file=sys.stderr)
+        return 1
     config = operator_config(args)
     runtime = Runtime(config)
     try:
@@ -457,6 +462,28 @@ def _tenancy_arguments(parser: argparse.ArgumentParser, *, operator: bool) -> No
                     if operator else "default: anywhere")
     parser.add_argument("--sqlite-dir", action="append", metavar="DIR",
                         help=f"a directory a spec's store.sqlite.path may be in (repeatable; {default_dirs})")
+
+
+def _cluster_problem() -> str | None:
+    """Why the operator has no cluster to serve (None when it has one): the credentials kopf's login would
+    use, in-cluster first, then the kubeconfig. Without this check kopf retries its login for ever,
+    silently."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()
+        return None
+    except kubernetes.config.ConfigException:
+        pass
+    where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    try:
+        kubernetes.config.load_kube_config()
+        return None
+    except Exception as exc:  # ConfigException, OSError, a YAML error: the kubeconfig cannot be used
+        reason = " ".join(str(exc).split()) if isinstance(exc, kubernetes.config.ConfigException) else (
+            getattr(exc, "strerror", None) or exc.__class__.__name__)
+        return (f"no Kubernetes cluster: not in a pod, and no usable kubeconfig ({where}: {reason}); "
+                "to export without a cluster, use `capture-export run -f exporter.yaml`")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -707,38 +734,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int] | None:
+    """One line naming what failed and why, and the exit code, for the ordinary failures of a command (a
+    manifest, a file, the capture store, the bucket); None for anything else, a bug, whose traceback helps.
+    Passwords of the store DSN and the AWS secret key from the environment are masked."""
+    from .api.vocabulary import Reason
     from .objectstore import ObjectStoreError
-    from .redact import describe_exception, redact
+    from .redact import redact
     from .store import StoreError, StoreRefused
+
+    if isinstance(exc, InvalidManifest):
+        text, code = f"invalid manifest: {exc}", 2
+    elif isinstance(exc, ObjectStoreError):
+        text, code = exc.message, 1
+        if exc.reason == Reason.SECRET_NOT_FOUND and getattr(args, "file", None):
+            text += " in the given files: add the file that holds it with another -f"
+        elif exc.reason == "CredentialsMissing" and not getattr(args, "file", None):
+            # cat, verify --bucket: no manifest, so no spec.secretRef to set.
+            text = ("no S3 credentials were found: set $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY"
+                    + (", or give -f with the exporter's manifest and its Secret" if hasattr(args, "file") else ""))
+    elif isinstance(exc, StoreRefused):  # the store a spec names is not allowed to it (tenancy), or no DSN
+        text, code = exc.message, 2
+    elif isinstance(exc, StoreError):
+        text, code = redact(str(exc)), 1
+    elif isinstance(exc, OSError):  # a file that cannot be read or written: its name and the system's reason
+        name = f"{exc.filename}: " if exc.filename is not None else ""
+        text, code = f"{name}{exc.strerror or exc.__class__.__name__}", 1
+    else:
+        return None
+    for secret in _known_secrets(args):
+        text = text.replace(secret, "***")
+    return f"error: {' '.join(text.split())}", code
+
+
+def _known_secrets(args: argparse.Namespace) -> list[str]:
+    from urllib.parse import urlsplit
+
+    found = [os.environ.get("AWS_SECRET_ACCESS_KEY", ""), os.environ.get("AWS_SESSION_TOKEN", "")]
+    store = getattr(args, "store", None) or ""
+    if "://" in store:
+        with contextlib.suppress(ValueError):
+            found.append(urlsplit(store).password or "")
+    found += [part.partition("=")[2] for part in store.split() if part.startswith("password=")]
+    return [secret for secret in found if len(secret) >= 4]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .redact import describe_exception
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except InvalidManifest as exc:
-        print(f"error: invalid manifest: {exc}", file=sys.stderr)
-        return 2
-    except StoreRefused as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    except ObjectStoreError as exc:  # its message is secret-free by construction
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    except StoreError as exc:
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
-        return 1
     except BrokenPipeError:
         # The reader went away (`capture-export cat … | head`): not an error. Keep Python from
         # complaining again while flushing stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as exc:  # a file that cannot be read or written: its name and the system's reason
-        print(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc.__class__.__name__}",
-              file=sys.stderr)
-        return 1
     except Exception as exc:  # never a traceback, whose text could quote a credential: the class and the place
-        print(f"error: unexpected {describe_exception(exc)}", file=sys.stderr)
-        return 1
+        error = _error_line(exc, args)
+        print(error[0] if error is not None else f"error: unexpected {describe_exception(exc)}", file=sys.stderr)
+        return error[1] if error is not None else 1
 
 
 if __name__ == "__main__":

@@ -155,16 +155,6 @@ def _secret_data(doc: Mapping[str, Any], where: str) -> dict[str, str]:
     return data
 
 
-def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
-    """Where the YAML breaks and why, without the offending line (it may hold a secret)."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    problem = getattr(exc, "problem", None) or "cannot be parsed"
-    # A problem can quote a token ("found undefined tag handle '!x'"): keep only short quotes (characters).
-    problem = re.sub(r"'[^']{4,}'|\"[^\"]{4,}\"", "'…'", str(problem))
-    return f"{path}: not valid YAML{where}: {problem}"
-
-
 STDIN = "-"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -191,6 +181,20 @@ def expand_manifest_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 def _read_manifest(path: Path) -> str:
     return sys.stdin.read() if str(path) == STDIN else path.read_text()
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """What the parser found and where, on one line. Never ``str(exc)``: it quotes the offending line, which
+    may be a Secret's value; and a problem can quote a token (``found undefined tag handle '!x'``), so only
+    short quotes (characters) are kept."""
+    parts = []
+    for text, mark in ((getattr(exc, "context", None), getattr(exc, "context_mark", None)),
+                       (getattr(exc, "problem", None), getattr(exc, "problem_mark", None))):
+        if text:
+            text = re.sub(r"'[^']{4,}'|\"[^\"]{4,}\"", "'…'", str(text))
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            parts.append(f"{text}{where}")
+    return f"{path}: not valid YAML: {': '.join(parts) or exc.__class__.__name__}"
 
 
 def load_manifests(paths: Iterable[str | Path], *, default_namespace: str = "default") -> ManifestSet:
