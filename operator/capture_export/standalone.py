@@ -50,9 +50,9 @@ class StateFile:
             try:
                 self.data = json.loads(path.read_text())
             except ValueError:
-                raise SystemExit(f"state file {path} is not valid JSON; move it aside to start afresh") from None
+                raise SystemExit(f"error: state file {path} is not valid JSON; move it aside to start afresh") from None
             except OSError as exc:
-                raise SystemExit(f"state file {path} cannot be read: {exc.strerror}") from None
+                raise SystemExit(f"error: state file {path} cannot be read: {exc.strerror}") from None
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.data.get(key)
