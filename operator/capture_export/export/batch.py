@@ -210,7 +210,13 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
                 payload = None
     except CorruptRecord as exc:
         raise BatchFailure(BatchFailure.CORRUPT, f"{exc}; export holds before it until it is fixed") from None
-    except Exception as exc:  # an encoder that cannot represent a record
+    except Exception as exc:  # an encoder that cannot represent a record, or a row that is not a blob
+        # A row the store holds as TEXT (or anything but bytes) is found only when a batch fails, so the
+        # common path pays nothing for the check.
+        text = next((row for row in rows if not isinstance(row.body, (bytes, bytearray, memoryview))), None)
+        if text is not None:
+            corrupt = CorruptRecord(text.id, f"stored as {type(text.body).__name__}, not as a CBOR blob")
+            raise BatchFailure(BatchFailure.CORRUPT, f"{corrupt}; export holds before it until it is fixed") from None
         raise BatchFailure(BatchFailure.UNENCODABLE, f"records {first.id}-{last.id} could not be written as "
                            f"{recipe.format}: {exc.__class__.__name__}: {exc}; export holds before them") from None
     return EncodedBatch(

@@ -30,7 +30,17 @@ from .checkpoint import Checkpoints
 from .connection import ConnectionReport, run_connection_test
 from .formats import FORMATS, FormatUnavailable, record_ids
 from .layout import ObjectLayout, parse_range
-from .model import BatchResult, Cursor, ExporterId, ExportFailure, PreparedBatch, Requests, RetryPolicy, RunResult
+from .model import (
+    BatchResult,
+    Cursor,
+    ExporterId,
+    ExportFailure,
+    PreparedBatch,
+    Requests,
+    RetryPolicy,
+    RunResult,
+    unexpected_failure,
+)
 from .pipeline import PreparePipeline, SynchronousPipeline
 from .pool import BrokenProcessPool, EncodePool, encode_pool
 
@@ -162,6 +172,10 @@ class ExportEngine:
             result.outcome = ExportOutcome.FAILED
             result.failure = failure
             self._sweep_pending = True
+        except Exception as exc:  # contained: this exporter fails with a reason, the others go on
+            result.outcome = ExportOutcome.FAILED
+            result.failure = unexpected_failure(exc, f"the cursor stays at {result.cursor.position}")
+            self._sweep_pending = True
         finally:
             pipeline.close()
         result.requests = self.requests - requests_before
@@ -183,7 +197,13 @@ class ExportEngine:
         two folders of a dated ``pathTemplate``): the batch, and the rows the next batch starts with."""
         if not rows or not self.layout.time_partitioned:
             return rows, []
-        start, end = self.layout.partition_span(rows[0].timestamp_us)
+        try:
+            start, end = self.layout.partition_span(rows[0].timestamp_us)
+        except (OverflowError, ValueError):
+            raise ExportFailure(Reason.CORRUPT_RECORD, f"record {rows[0].id} is corrupt: its timestamp "
+                                f"({rows[0].timestamp_us} µs since 1970) is outside the years 1-9999 a dated "
+                                "pathTemplate can name; export holds before it until it is fixed",
+                                domain=Domain.STORE, transient=False) from None
         for index, row in enumerate(rows):
             if not start <= row.timestamp_us < end:
                 return rows[:index], rows[index:]

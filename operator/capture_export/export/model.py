@@ -5,16 +5,20 @@ without importing the engine."""
 
 from __future__ import annotations
 
+import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TypeVar
 
-from ..api.vocabulary import ExportOutcome, Reason
+from ..api.vocabulary import Domain, ExportOutcome, Reason
 from ..clock import Clock
 from ..objectstore.base import ObjectStoreError
+from ..redact import describe_exception
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BatchResult",
@@ -25,6 +29,7 @@ __all__ = [
     "Requests",
     "RetryPolicy",
     "RunResult",
+    "unexpected_failure",
 ]
 
 
@@ -71,6 +76,17 @@ class ExportFailure(Exception):
     @classmethod
     def from_object_store(cls, exc: ObjectStoreError) -> ExportFailure:
         return cls(exc.reason, exc.message, domain=exc.domain, transient=exc.transient)
+
+
+def unexpected_failure(exc: BaseException, consequence: str = "") -> ExportFailure:
+    """An exception nobody foresaw, contained as this exporter's failure (``InternalError``): named by its
+    class and place, never by its text. The traceback goes to the log at DEBUG (frames only)."""
+    description = describe_exception(exc)
+    log.warning("contained an unexpected %s", description)
+    log.debug("where: %s", "".join(traceback.format_tb(exc.__traceback__)))
+    tail = f"; {consequence}" if consequence else ""
+    return ExportFailure(Reason.INTERNAL_ERROR, f"unexpected {description}{tail}; it is retried with backoff (see "
+                         "the log at --debug for where)", domain=Domain.INTERNAL, transient=False)
 
 
 @dataclass(frozen=True)
