@@ -7,6 +7,7 @@ local JSON file, written after every committed batch. Ctrl-C stops after the bat
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -25,35 +26,78 @@ from .export import BatchResult, ExporterId
 from .export.cycle import CycleOutcome, ExporterWorker
 from .store import StoreOpener
 
-__all__ = ["StandaloneRunner", "StateFile"]
+__all__ = ["StandaloneRunner", "StateFile", "StateInUse"]
+
+
+class StateInUse(SystemExit):
+    """Another ``capture-export run`` holds the state file: two runners on one state file would overwrite
+    each other's cursors."""
 
 
 class StateFile:
-    """Statuses of every resource, keyed ``Kind/namespace/name``, in one JSON file replaced atomically."""
+    """Statuses of every resource, keyed ``Kind/namespace/name``, in one JSON file replaced atomically.
+
+    One runner per state file: the runner holds an exclusive ``flock`` on ``<state>.lock`` for its whole
+    life (the lock dies with the process, ``kill -9`` included); a second runner exits at once with a
+    message naming the file and the holder's pid."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._lock_file = self._acquire(path)
         self.data: dict[str, Any] = {}
         if path.exists():
             try:
                 self.data = json.loads(path.read_text())
             except ValueError:
+                self.close()
                 raise SystemExit(f"state file {path} is not valid JSON; move it aside to start afresh") from None
+            if not isinstance(self.data, dict):
+                self.close()
+                raise SystemExit(f"state file {path} does not hold a JSON object; move it aside to start afresh")
+
+    @staticmethod
+    def _acquire(path: Path) -> TextIO:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = path.with_name(f"{path.name}.lock")
+        handle = lock_path.open("a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StateInUse(f"error: state file {path} is in use by another capture-export run (pid {holder}); "
+                             "run one runner per state file, or give this one its own --state") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
 
     def get(self, key: str) -> dict[str, Any] | None:
+        value = self.data.get(key)
+        return value if isinstance(value, dict) else None
+
+    def raw(self, key: str) -> Any:
         return self.data.get(key)
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         with self._lock:
             self.data[key] = value
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
+            # Our own temporary file: no other process writes this state file (see _acquire), and a stale
+            # temporary file from a killed run is simply replaced.
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             with tmp.open("w") as handle:
                 json.dump(self.data, handle, indent=1, default=str)
                 handle.flush()
                 os.fsync(handle.fileno())
             tmp.replace(self.path)
+
+    def close(self) -> None:
+        if not self._lock_file.closed:
+            self._lock_file.close()  # releases the flock
 
 
 @dataclass
@@ -206,3 +250,4 @@ class StandaloneRunner:
 
     def close(self) -> None:
         self.stores.close()
+        self.state.close()
