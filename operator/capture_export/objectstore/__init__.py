@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from .base import Credentials, ObjectInfo, ObjectStore, ObjectStoreError, S3Location, scrub
+from .base import (
+    PRECONDITION_FAILED,
+    Credentials,
+    ObjectInfo,
+    ObjectStore,
+    ObjectStoreError,
+    S3Location,
+    StoredObject,
+    scrub,
+)
 from .credentials import CredentialResolver, CredentialsError, SecretSource, credentials_from_secret
 from .memory import MemoryObjectStore
 from .s3 import S3ObjectStore, classify
 
 __all__ = [
+    "PRECONDITION_FAILED",
     "CredentialResolver",
     "Credentials",
     "CredentialsError",
@@ -18,6 +28,7 @@ __all__ = [
     "S3Location",
     "S3ObjectStore",
     "SecretSource",
+    "StoredObject",
     "classify",
     "credentials_from_secret",
     "scrub",

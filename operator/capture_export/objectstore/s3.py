@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import boto3
@@ -11,7 +11,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from ..api.vocabulary import Domain
-from .base import Credentials, ObjectInfo, ObjectStoreError, S3Location, scrub
+from .base import PRECONDITION_FAILED, Credentials, ObjectInfo, ObjectStoreError, S3Location, StoredObject, scrub
 
 __all__ = ["S3ObjectStore", "classify"]
 
@@ -39,6 +39,9 @@ def classify(exc: BaseException, location: S3Location, secrets: list[str]) -> Ob
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         detail = scrub(str(error.get("Message") or code), secrets)
+        if code == PRECONDITION_FAILED or status == 412:
+            return ObjectStoreError(PRECONDITION_FAILED, f"{where}: a conditional write's precondition failed",
+                                    transient=False, domain=Domain.BUCKET)
         if code in _CREDENTIAL_CODES:
             return ObjectStoreError("InvalidCredentials", f"{where} rejected the credentials: {code}: {detail}",
                                     transient=False, domain=Domain.CREDENTIALS)
@@ -111,18 +114,55 @@ class S3ObjectStore:
     def _fail(self, exc: BaseException) -> ObjectStoreError:
         return classify(exc, self.location, self._secrets)
 
-    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
+            metadata: Mapping[str, str] | None = None) -> None:
+        kwargs: dict[str, Any] = {"Metadata": dict(metadata)} if metadata else {}
         try:
-            self._client.put_object(Bucket=self.location.bucket, Key=key, Body=data, ContentType=content_type)
+            self._client.put_object(Bucket=self.location.bucket, Key=key, Body=data, ContentType=content_type,
+                                    **kwargs)
         except Exception as exc:
             raise self._fail(exc) from None
 
+    def put_conditional(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False,
+                        content_type: str = "application/octet-stream") -> str:
+        kwargs: dict[str, Any] = {}
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            response = self._client.put_object(Bucket=self.location.bucket, Key=key, Body=data,
+                                               ContentType=content_type, **kwargs)
+        except Exception as exc:
+            raise self._fail(exc) from None
+        return str(response.get("ETag", ""))
+
+    @staticmethod
+    def _missing(exc: botocore.exceptions.ClientError) -> bool:
+        return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
+
     def get(self, key: str) -> bytes | None:
+        found = self.fetch(key)
+        return None if found is None else found.data
+
+    def fetch(self, key: str) -> StoredObject | None:
         try:
             response = self._client.get_object(Bucket=self.location.bucket, Key=key)
-            return response["Body"].read()
+            return StoredObject(response["Body"].read(), str(response.get("ETag", "")),
+                                dict(response.get("Metadata") or {}))
         except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if self._missing(exc):
+                return None
+            raise self._fail(exc) from None
+        except Exception as exc:
+            raise self._fail(exc) from None
+
+    def head(self, key: str) -> StoredObject | None:
+        try:
+            response = self._client.head_object(Bucket=self.location.bucket, Key=key)
+            return StoredObject(b"", str(response.get("ETag", "")), dict(response.get("Metadata") or {}))
+        except botocore.exceptions.ClientError as exc:
+            if self._missing(exc):
                 return None
             raise self._fail(exc) from None
         except Exception as exc:
@@ -138,7 +178,7 @@ class S3ObjectStore:
             except Exception as exc:
                 raise self._fail(exc) from None
             for item in page.get("Contents", []):
-                yield ObjectInfo(item["Key"], int(item.get("Size", 0)))
+                yield ObjectInfo(item["Key"], int(item.get("Size", 0)), str(item.get("ETag", "")))
             if not page.get("IsTruncated"):
                 return
             kwargs.pop("StartAfter", None)
