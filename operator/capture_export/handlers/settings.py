@@ -27,7 +27,7 @@ from ..clock import Clock, SystemClock
 from ..metrics import OperatorMetrics
 from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
 from ..status.writer import StatusWriter
-from ..store import StoreOpener
+from ..store import StoreError, StoreOpener, open_store_url
 from .kube import ApiSecrets, KubeApi, kopf_event
 
 __all__ = ["FINALIZER", "RESET_CURSOR", "RUN_NOW", "USER_ANNOTATIONS", "OperatorConfig", "ProgressStorage", "Runtime",
@@ -108,6 +108,16 @@ class Runtime:
         self.writer = StatusWriter(self.kube, self.api_calls, emit=kopf_event)
         self.workers: dict[tuple[str, str, str], Any] = {}  # (kind, namespace, name) -> that kind's worker
         self.metrics_port: int | None = None
+
+    def create_default_store(self) -> None:
+        """The operator's own default store (``--store``) is the one store it creates, at start-up; a store
+        a spec names must already exist (StoreNotFound)."""
+        if not self.config.store:
+            return
+        try:
+            open_store_url(self.config.store, create=True).close()
+        except StoreError as exc:  # the message names the store without its password
+            log.warning("the default capture store could not be opened or created: %s", exc)
 
     def start(self) -> None:
         if self.config.metrics_port is not None and self.metrics_port is None:
@@ -191,6 +201,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.on.startup(id="capture-export-startup", registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         apply_settings(settings, runtime.config)
+        await asyncio.to_thread(runtime.create_default_store)
         runtime.start()
 
     @kopf.on.cleanup(id="capture-export-cleanup", registry=registry)

@@ -32,29 +32,30 @@ def _postgres_dsn(ref: Any, namespace: str, secrets: SecretLookup) -> str:
     return data[secret.key]
 
 
-def _open_postgres(url: str) -> CaptureStore:
+def _open_postgres(url: str, create: bool) -> CaptureStore:
     from .postgres import PostgresStore  # optional at import time: needs psycopg
 
-    return PostgresStore(url)
+    return PostgresStore(url, create=create)
 
 
-def _open_sqlite(url: str) -> CaptureStore:
+def _open_sqlite(url: str, create: bool) -> CaptureStore:
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(url.removeprefix("sqlite://"))
+    return SQLiteStore(url.removeprefix("sqlite://"), create=create)
 
 
 @dataclass(frozen=True)
 class StoreKind:
     """One kind of capture store: ``name`` is its field in ``StoreRef``. ``url`` finds the URL of the store
     a reference of this kind names (``(settings, namespace, secrets)``); ``describe`` names it for messages;
-    ``url_prefixes`` recognise its URLs (an empty tuple: the kind any other URL is); ``open`` opens one."""
+    ``url_prefixes`` recognise its URLs (an empty tuple: the kind any other URL is); ``open`` opens one
+    (``(url, create)``: without ``create`` a store that does not exist is StoreNotFound)."""
 
     name: str
     url: Callable[[Any, str, SecretLookup], str]
     describe: Callable[[Any], str]
     url_prefixes: tuple[str, ...]
-    open: Callable[[str], CaptureStore]
+    open: Callable[[str, bool], CaptureStore]
 
 
 STORE_KINDS: dict[str, StoreKind] = {
@@ -92,15 +93,18 @@ def store_identity(store_ref: Any | None) -> Any:
     return None if chosen_kind(store_ref) is None else store_ref.model_dump(by_alias=True)
 
 
-def open_store_url(url: str) -> CaptureStore:
+def open_store_url(url: str, *, create: bool = False) -> CaptureStore:
     """``postgresql://…`` (or ``postgres://…``, or ``host=…``) opens PostgreSQL; anything else is a SQLite
-    file path (``sqlite:///path`` also accepted)."""
+    file path (``sqlite:///path`` also accepted). Never creates a store unless ``create`` (``seed``,
+    ``store init``, the demo, the operator's default store at start-up): a store that does not exist is
+    StoreNotFound."""
     kind = next((k for k in STORE_KINDS.values() if k.url_prefixes and url.startswith(k.url_prefixes)), _FALLBACK)
-    return kind.open(url)
+    return kind.open(url, create)
 
 
 class StoreOpener:
-    """Opens stores on demand and shares one connection per store among exporters and policies."""
+    """Opens stores on demand and shares one connection per store among exporters and policies. It never
+    creates one: an exporter or a policy naming a store that does not exist gets StoreNotFound."""
 
     def __init__(self, default: str | None, secrets: SecretLookup) -> None:
         self.default = default

@@ -69,6 +69,7 @@ are never retried here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -78,7 +79,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import conninfo as pg_conninfo
 
-from .base import ExpiredChunk, StoredRecord, StoreError
+from .base import ExpiredChunk, StoredRecord, StoreError, StoreNotFound, new_store_id
 from .records import encode_body
 
 __all__ = ["HorizonTracker", "PostgresStore"]
@@ -217,6 +218,7 @@ class PostgresStore:
         settle_seconds: float = 0.05,
         persist_every: float = 5.0,
         max_idle: int = 8,
+        create: bool = True,
         **connect_options: Any,
     ) -> None:
         self.label = _safe_label(dsn)
@@ -236,6 +238,8 @@ class PostgresStore:
         self._persisted_at = 0.0
         self._persisted = 0
         self.observations = 0
+        self._create = create
+        self._store_id = ""
         self._migrate()
         self._seq_oid, self._seq_name, self._db_oid, floor = self._run(self._introspect)
         self._tracker = HorizonTracker(floor)
@@ -314,6 +318,9 @@ class PostgresStore:
         self._run(work, retry_stale=False)
 
     def _migrate_locked(self, conn: psycopg.Connection[Any]) -> None:
+        if not self._create and conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()[0] is None:  # type: ignore[index]
+            raise StoreNotFound(f"PostgreSQL database {self.label} holds no capture store (no {TABLE} table): a typo "
+                                "in the DSN? Create one with `capture-export store init --store DSN`")
         conn.execute(META_DDL)
         row = conn.execute(f"SELECT value FROM {META} WHERE key = 'schema_version'").fetchone()
         current = int(row[0]) if row else 0
@@ -351,8 +358,39 @@ class PostgresStore:
             ).fetchone()
             if cache is not None and cache[0] != 1:
                 conn.execute(f"ALTER TABLE {TABLE} ALTER COLUMN id SET CACHE 1")
+            # The store's identity: made with the store, or now for a store from before identities.
+            conn.execute(f"INSERT INTO {META} (key, value) VALUES ('store_id', %s) ON CONFLICT (key) DO NOTHING",
+                         (new_store_id(),))
+            self._store_id = str(conn.execute(f"SELECT value FROM {META} WHERE key = 'store_id'").fetchone()[0])  # type: ignore[index]
         finally:
             conn.execute("RESET lock_timeout")
+
+    def identity(self) -> str:
+        return self._store_id
+
+    def lock_exporter(self, exporter: str) -> _AdvisoryLock | None:
+        """A session-level advisory lock on a connection of its own, keyed by store and exporter; it ends
+        with the session (the process dies, the server restarts)."""
+        digest = hashlib.sha256(f"capture-export:{self._store_id}:{exporter}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        conn = self._connect()
+        try:
+            taken = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]  # type: ignore[index]
+            if not taken:
+                conn.close()
+                return None
+            started, db_oid = conn.execute(
+                "SELECT pg_postmaster_start_time(), oid FROM pg_database WHERE datname = current_database()"
+            ).fetchone()  # type: ignore[misc]
+            try:
+                system = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0]  # type: ignore[index]
+            except psycopg.Error:  # not granted to this role: the postmaster's start time tells servers apart
+                system = started.isoformat()
+        except psycopg.Error as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise StoreError(f"PostgreSQL store {self.label}: {_first_line(exc)}") from None
+        return _AdvisoryLock(conn, f"postgres:{system}:{db_oid}")
 
     @staticmethod
     def _drop_invalid_index(conn: psycopg.Connection[Any], statement: str) -> None:
@@ -607,6 +645,31 @@ class PostgresStore:
         for conn in idle:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+class _AdvisoryLock:
+    """A held ``pg_advisory_lock``: its session is its life."""
+
+    def __init__(self, conn: psycopg.Connection[Any], scope: str) -> None:
+        self._conn = conn
+        self.scope = scope
+        self._mutex = threading.Lock()
+
+    def alive(self) -> bool:
+        with self._mutex:
+            if self._conn.closed:
+                return False
+            try:
+                self._conn.execute("SELECT 1")
+                return True
+            except psycopg.Error:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                return False
+
+    def release(self) -> None:
+        with self._mutex, contextlib.suppress(Exception):
+            self._conn.close()  # the session ends: the server releases its advisory locks
 
 
 def _first_line(exc: BaseException) -> str:
