@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import ValidationError
+
 from .api import S3ExporterStatus
 from .api.manifests import ManifestSet, Resource
+from .api.vocabulary import Domain, EventType, Reason
 from .clock import SystemClock
-from .export import BatchResult, ExporterId
+from .export import BatchResult, ExporterId, ExportFailure
 from .export.cycle import CycleOutcome, ExporterWorker
-from .status.exporter import cursor_position, guard_cursor
+from .status.exporter import Event, StatusUpdate, cursor_position, guard_cursor
 from .store import StoreOpener
 
 __all__ = ["StandaloneRunner", "StateFile", "StateInUse"]
@@ -107,6 +110,7 @@ class _Scheduled:
     worker: ExporterWorker
     due: float = 0.0
     status: S3ExporterStatus = field(default_factory=S3ExporterStatus)
+    state_problem: str | None = None  # why its state file entry could not be read
 
     @property
     def state_key(self) -> str:
@@ -155,9 +159,16 @@ class StandaloneRunner:
             for resource in manifests.of_kind("S3Exporter")
         ]
         for item in self.exporters:
-            saved = self.state.get(item.state_key)
+            saved = self.state.raw(item.state_key)
             if saved:
-                item.status = S3ExporterStatus.model_validate(saved)
+                try:
+                    item.status = S3ExporterStatus.model_validate(saved)
+                except ValidationError as exc:
+                    # A hand-edited or damaged entry: that exporter refuses (CheckpointCorrupt) until it is
+                    # fixed or reset; the entry is kept as it is, and the other exporters run.
+                    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors())
+                    item.state_problem = (f"state file {self.state.path} entry {item.state_key} is not valid "
+                                          f"({problems})")
         self.outcomes: dict[str, CycleOutcome] = {}
         # Other kinds (RetentionPolicy) hook in here: each callable is run once per loop turn (after the
         # exporters) and may return the monotonic time it next wants a turn; a hook with an ``ok``
@@ -173,9 +184,27 @@ class StandaloneRunner:
             print("stopping after the batch in flight commits…", file=self.out, flush=True)
         self.stop_event.set()
 
+    def _refuse_corrupt_state(self, item: _Scheduled) -> CycleOutcome:
+        spec = item.resource.spec
+        update = StatusUpdate(item.status, now=self.clock.now(), generation=item.resource.generation)
+        failure = ExportFailure(Reason.CHECKPOINT_CORRUPT, f"{item.state_problem}; fix or remove the entry, or "
+                                "reset the exporter (annotation capture.dev/reset-cursor)", domain=Domain.BUCKET,
+                                transient=False)
+        update.fail(failure)
+        update.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, failure.message))
+        status, events = update.finish()
+        outcome = CycleOutcome(status, events, None, float(spec.every))
+        self._report(item.resource.ref, outcome)
+        return outcome
+
     def _cycle(self, item: _Scheduled) -> CycleOutcome:
         ref = item.resource.ref
         spec = item.resource.spec
+        reset_token = item.resource.annotations.get("capture.dev/reset-cursor")
+        if item.state_problem is not None:
+            if reset_token is None:
+                return self._refuse_corrupt_state(item)
+            item.state_problem = None  # a reset starts afresh; the entry is replaced below
         progress = Progress(self.out)
         started = time.monotonic()
         exported = 0
@@ -193,7 +222,7 @@ class StandaloneRunner:
             spec,
             item.status,
             generation=item.resource.generation,
-            reset_token=item.resource.annotations.get("capture.dev/reset-cursor"),
+            reset_token=reset_token,
             should_stop=self.stop_event.is_set,
             on_batch=on_batch,
         )
@@ -250,5 +279,7 @@ class StandaloneRunner:
         signal.signal(signal.SIGTERM, self.request_stop)
 
     def close(self) -> None:
+        for item in self.exporters:
+            item.worker.close()
         self.stores.close()
         self.state.close()

@@ -1,9 +1,12 @@
 """One S3Exporter's cycle, shared by the kopf handlers and the standalone runner.
 
 Given the spec and the last status, a cycle resolves credentials (re-read every time, so rotation takes
-effect), tests the connection when the destination or credentials changed, recovers the cursor on first
-use, applies a requested reset, runs the export engine and returns the new status, the Events worth
-emitting and when the next cycle is due.
+effect), opens the store (never creating it: a store that does not exist is ``StoreNotFound``), tests
+the connection when the destination or credentials changed, claims the destination (one writer per
+destination, export/ownership.py), recovers the cursor from the checkpoint and the status (refusing
+another store's checkpoint, a vanished checkpoint and a cursor ahead of the store), applies a requested
+reset, runs the export engine and returns the new status, the Events worth emitting and when the next
+cycle is due.
 """
 
 from __future__ import annotations
@@ -17,13 +20,21 @@ from ..clock import Clock, SystemClock
 from ..objectstore import Credentials, ObjectStore, ObjectStoreError, S3Location, S3ObjectStore
 from ..objectstore.credentials import CredentialResolver, SecretSource
 from ..status.exporter import Event, StatusUpdate
-from ..store import CaptureStore, StoreError
+from ..store import CaptureStore, StoreError, StoreNotFound
+from .checkpoint import parse_id
 from .engine import ExportEngine
 from .model import BatchResult, Cursor, ExporterId, ExportFailure, RunResult
+from .ownership import Ownership
 
 __all__ = ["CycleOutcome", "ExporterWorker", "ObjectStoreFactory", "StoreOpener"]
 
 MAX_FAILURE_BACKOFF = 300.0
+# Failures that say nothing about the connection: the cached engine (and the lease it watches) is kept.
+_KEEP_ENGINE = frozenset({Reason.DESTINATION_IN_USE, Reason.CHECKPOINT_MISSING, Reason.CHECKPOINT_CORRUPT,
+                          Reason.STORE_MISMATCH, Reason.CURSOR_AHEAD_OF_STORE})
+_DEGRADED = ("bucket reachable and writable; this S3 server ignores conditional writes, so one writer per "
+             "destination rests on the store lock and on other exporters' checkpoints only (README: What "
+             "exactly-once assumes)")
 
 
 StoreOpener = Callable[[S3ExporterSpec, str], CaptureStore]
@@ -58,8 +69,13 @@ class ExporterWorker:
         self.object_store_factory = object_store_factory or (lambda loc, cred: S3ObjectStore(loc, cred))
         self.engine: ExportEngine | None = None
         self._engine_key: tuple[object, ...] | None = None
-        self._recovered = False
         self.consecutive_failures = 0
+        # One writer per destination: the store lock and the lease this worker holds between cycles.
+        self.ownership = Ownership(exporter, clock=self.clock)
+
+    def close(self) -> None:
+        """Give up the destination (the store lock, the lease): the worker is done."""
+        self.ownership.release()
 
     def _credentials(self, spec: S3ExporterSpec) -> Credentials | None:
         try:
@@ -74,9 +90,22 @@ class ExporterWorker:
         if self.engine is not None and key == self._engine_key:
             return False
         objects = self.object_store_factory(location, credentials)
-        self.engine = ExportEngine(spec, self.exporter, store, objects, clock=self.clock)
+        self.engine = ExportEngine(spec, self.exporter, store, objects, clock=self.clock, hold=self.ownership.hold)
         self._engine_key = key
         return True
+
+    @staticmethod
+    def _saved_cursor(status: S3ExporterStatus, resetting: bool) -> Cursor:
+        """The cursor the status (or the standalone state file) saved; CheckpointCorrupt when it is not an
+        id (a hand-edited state file), unless a reset is about to start again anyway."""
+        try:
+            return Cursor(parse_id(status.epoch), parse_id(status.cursor))
+        except ValueError as exc:
+            if resetting:
+                return Cursor(max(status.epoch, 0), 0)
+            raise ExportFailure(Reason.CHECKPOINT_CORRUPT, f"the saved cursor is not valid ({exc}); a reset "
+                                "(annotation capture.dev/reset-cursor) re-exports from the beginning",
+                                domain=Domain.BUCKET, transient=False) from None
 
     def cycle(
         self,
@@ -98,21 +127,27 @@ class ExporterWorker:
             credentials = self._credentials(spec)
             try:
                 store = self.open_store(spec, self.exporter.namespace)
+                store_id = store.identity()
+            except StoreNotFound as exc:
+                raise ExportFailure(Reason.STORE_NOT_FOUND, str(exc), domain=Domain.STORE, transient=False) from None
             except StoreError as exc:
                 raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
-            if self._engine_for(spec, credentials, store):
-                assert self.engine is not None
-                self.engine.check_connection()
-                update.passed(ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE)
+            fresh = self._engine_for(spec, credentials, store)
             engine = self.engine
             assert engine is not None
-            saved = Cursor(update.status.epoch, int(update.status.cursor))
-            if not self._recovered:
-                recovered = engine.recover(saved)
-                update.advance_cursor(recovered.epoch, recovered.position)
-                self._recovered = True
-                saved = recovered
-            if reset_token is not None and reset_token != update.status.last_reset:
+            if fresh:
+                engine.check_connection()
+            self.ownership.claim(store, store_id, engine.objects, engine.layout, engine._call)
+            if not self.ownership.conditional_writes:
+                update.notes[ConditionType.BUCKET_REACHABLE] = _DEGRADED
+            if fresh:
+                update.passed(ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE)
+            resetting = reset_token is not None and reset_token != update.status.last_reset
+            saved = engine.recover(self._saved_cursor(update.status, resetting),
+                                   saved_store_id=update.status.store_id, resetting=resetting)
+            update.advance_cursor(saved.epoch, saved.position)
+            update.status.store_id = store_id
+            if resetting:
                 saved = engine.reset(saved)
                 update.advance_cursor(saved.epoch, saved.position)  # a newer epoch: the guard lets it in
                 update.status.totals = type(update.status.totals)()
@@ -121,12 +156,17 @@ class ExporterWorker:
                                            f"(epoch {saved.epoch})"))
             result = engine.run(saved, max_seconds=max_seconds, should_stop=should_stop, on_batch=on_batch)
             update.record_run(result)
+            if result.foreign_objects:
+                shown = ", ".join(result.foreign_objects[:5]) + (" …" if len(result.foreign_objects) > 5 else "")
+                update.events.append(Event(EventType.WARNING, Reason.FOREIGN_OBJECTS, (
+                    f"{len(result.foreign_objects)} object(s) among this exporter's that it did not write, left "
+                    f"alone: {shown}")))
             failure = result.failure
         except ExportFailure as exc:
             failure = exc
             update.fail(exc)
             update.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, exc.message))
-            if exc.domain in (Domain.CREDENTIALS, Domain.BUCKET):
+            if exc.domain in (Domain.CREDENTIALS, Domain.BUCKET) and exc.reason not in _KEEP_ENGINE:
                 # Re-test the connection next time rather than trusting a cached engine.
                 self._engine_key = None
         new_status, events = update.finish()
