@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .api.manifests import InvalidManifest, load_manifests
+from .objectstore.base import ObjectStoreError
 
 __all__ = ["main"]
 
@@ -44,7 +45,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from .seed import seed_store
     from .store import open_store_url
 
-    store = open_store_url(args.store)
+    store = open_store_url(args.store, create=True)  # seed creates the store it fills
     started = time.monotonic()
 
     def progress(done: int) -> None:
@@ -64,34 +65,83 @@ def _object_store_for(args: argparse.Namespace, bucket: str):
     return S3ObjectStore(S3Location(bucket, args.region, args.endpoint), credentials_from_environment())
 
 
-def cmd_cat(args: argparse.Namespace) -> int:
-    from .audit import decode_object, is_data_object, to_json_line
+def cmd_store(args: argparse.Namespace) -> int:
+    """``store init``: create an empty capture store (tables, indexes, identity), or check an existing one.
+    Exporters and policies never create the store they name: a typo must not become an empty store."""
+    from .store import StoreError, open_store_url
+
+    try:
+        store = open_store_url(args.store, create=True)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"capture store ready: {store!r}, identity {store.identity()}, {store.count():,} records")
+    finally:
+        store.close()
+    return 0
+
+
+def _cat_sources(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], bytes | None]]]:
+    """``(key, read)`` for each object (or file) ``cat`` decodes."""
+    from .audit import is_data_object
     from .export.formats import data_extension
 
     source: str = args.source
-    if source.startswith("s3://"):
-        bucket, _, key = source[5:].partition("/")
-        objects = _object_store_for(args, bucket)
-        # A key, or a prefix: every data object under it, in any format and any template folder.
-        keys = [key] if data_extension(key) else [info.key for info in objects.list(key) if is_data_object(info.key)]
-        blobs = ((k, objects.get(k)) for k in keys)
-    else:
-        blobs = iter([(source, Path(source).read_bytes())])
+    if not source.startswith("s3://"):
+        yield source, Path(source).read_bytes
+        return
+    bucket, _, key = source[5:].partition("/")
+    objects = _object_store_for(args, bucket)
+    # A key, or a prefix: every data object under it, in any format and any template folder.
+    keys = [key] if data_extension(key) else [info.key for info in objects.list(key) if is_data_object(info.key)]
+    for name in keys:
+        yield name, lambda name=name: objects.get(name)
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    """Decode objects to JSON Lines. An object that cannot be read is named on stderr and skipped; the
+    others are still printed; the exit code is 1 when any could not be read."""
+    from .audit import decode_object, to_json_line
+    from .export.formats import data_extension
+
     out = sys.stdout
-    for key, data in blobs:
-        if data is None:
-            continue
-        for record in decode_object(data, key if data_extension(key) else ".cbor.zstd"):
-            out.write(to_json_line(record) + "\n")
-    return 0
+    unreadable = 0
+    try:
+        for key, read in _cat_sources(args):
+            try:
+                data = read()
+                if data is None:
+                    continue
+                # Decoded whole before printing: an unreadable object contributes no partial output.
+                lines = [to_json_line(record) for record in decode_object(data, key if data_extension(key)
+                                                                          else ".cbor.zstd")]
+            except (BrokenPipeError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # any decoder's or reader's failure: name it and go on
+                unreadable += 1
+                reason = getattr(exc, "message", None) or f"{exc.__class__.__name__}: {str(exc)[:200]}"
+                print(f"error: {key}: unreadable ({reason})", file=sys.stderr)
+                continue
+            out.write("".join(f"{line}\n" for line in lines))
+    except ObjectStoreError as exc:  # the listing itself failed
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    if unreadable:
+        print(f"{unreadable} object(s) could not be read", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .audit import verify_export, verify_options
     from .objectstore import CredentialResolver, S3Location, S3ObjectStore
-    from .store import open_store_url
+    from .store import StoreError, open_store_url
 
-    store = open_store_url(args.store)
+    try:
+        store = open_store_url(args.store)
+    except StoreError as exc:
+        print(f"error: store not found or unreadable: {exc}", file=sys.stderr)
+        return 1
     if args.file:
         manifests = load_manifests(args.file)
         exporters = [r for r in manifests.of_kind("S3Exporter") if args.exporter in (None, r.name)]
@@ -113,10 +163,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return 2
         targets = [(args.bucket, _object_store_for(args, args.bucket), args.prefix, {})]
     ok = True
-    for name, objects, prefix, options in targets:
-        report = verify_export(store, objects, prefix, up_to=args.up_to, **options)
-        print(f"{name}:\n{report.summary()}")
-        ok &= report.ok
+    try:
+        for name, objects, prefix, options in targets:
+            report = verify_export(store, objects, prefix, up_to=args.up_to, **options)
+            print(f"{name}:\n{report.summary()}")
+            ok &= report.ok
+    except (StoreError, ObjectStoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
     return 0 if ok else 1
 
 
@@ -238,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--count", type=int, default=10_000)
     seed.add_argument("--seed", type=int, default=0)
     seed.set_defaults(handler=cmd_seed)
+
+    store = sub.add_parser("store", help="manage a capture store: `store init` creates an empty one")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    init = store_sub.add_parser("init", help="create an empty capture store (exporters and policies never create "
+                                "the store they name); an existing store is only checked")
+    init.add_argument("--store", default=_default_store(), help="SQLite path or postgresql:// DSN")
+    init.set_defaults(handler=cmd_store)
 
     cat = sub.add_parser("cat", help="decode an export (file or s3://bucket/key-or-prefix) to JSON Lines")
     cat.add_argument("source")
