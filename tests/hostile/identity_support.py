@@ -153,6 +153,13 @@ class HostileExporter:
         return subprocess.Popen(args, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=self._env())
 
+    def cat(self, source: str | Path) -> subprocess.CompletedProcess[str]:
+        """``capture-export cat`` with this bucket's credentials in the environment, as a user runs it."""
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.s3.access_key_id,
+               "AWS_SECRET_ACCESS_KEY": self.s3.secret_access_key}
+        return subprocess.run([*CLI, "cat", str(source), "--endpoint", self.s3.endpoint], cwd=self.workdir,
+                              capture_output=True, text=True, timeout=120, env=env)
+
     def verify(self, *extra: str) -> subprocess.CompletedProcess[str]:
         return run_cli("verify", "-f", self.manifest, "--store", self.store, *extra, cwd=self.workdir)
 
@@ -190,11 +197,8 @@ class HostileExporter:
         return f"{self.prefix}/_capture-export/checkpoints/default/{self.name}.json"
 
     def checkpoint(self) -> dict[str, Any] | None:
-        try:
-            body = self.client().get_object(Bucket=self.bucket, Key=self.checkpoint_key)["Body"].read()
-        except self.client().exceptions.NoSuchKey:
-            return None
-        return json.loads(body)
+        body = self.get_object(self.checkpoint_key)
+        return None if body is None else json.loads(body)
 
     def put_checkpoint(self, body: dict[str, Any] | bytes) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -210,6 +214,13 @@ class HostileExporter:
             return client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except client.exceptions.NoSuchKey:
             return None
+
+    def strip_metadata(self) -> None:
+        """Rewrite every data object without user metadata, as versions before store identity wrote them."""
+        client = self.client()
+        for key in self.data_keys():
+            client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+                               Metadata={}, MetadataDirective="REPLACE")
 
     def wipe(self, prefix: str | None = None) -> int:
         """Delete every object under the prefix, as `aws s3 rm --recursive` would; how many."""

@@ -14,14 +14,6 @@ from capture_export.local_s3 import LocalS3
 from .identity_support import HostileExporter, seed_sqlite
 
 
-def _strip_metadata(exporter: HostileExporter) -> None:
-    """Rewrite every data object without user metadata, as the previous version wrote them."""
-    client = exporter.client()
-    for key in exporter.data_keys():
-        client.copy_object(Bucket=exporter.bucket, Key=key, CopySource={"Bucket": exporter.bucket, "Key": key},
-                           Metadata={}, MetadataDirective="REPLACE")
-
-
 @pytest.mark.parametrize(
     ("template", "written_by"),
     [
@@ -39,7 +31,7 @@ def test_checkpoint_and_state_lost_and_limit_changed(
     exporter = HostileExporter(s3_server, bucket, tmp_path, str(store), limit=1000, extra_spec=template)
     assert exporter.run_once().returncode == 0
     if written_by == "the previous version":
-        _strip_metadata(exporter)
+        exporter.strip_metadata()
 
     client = exporter.client()
     client.delete_object(Bucket=bucket, Key=exporter.checkpoint_key)

@@ -118,7 +118,8 @@ def test_an_existing_export_without_store_identity_keeps_working_and_adopts_it(
     exporter = HostileExporter(s3_server, bucket, tmp_path, str(store), limit=250)
     assert exporter.run_once().returncode == 0
 
-    # Make it look like an install of the previous version.
+    # Make it look like an install of the previous version: no metadata on the objects, no identity.
+    exporter.strip_metadata()
     with sqlite3.connect(store) as conn:
         conn.execute("DELETE FROM capture_export_meta WHERE key = 'store_id'")
     checkpoint = exporter.checkpoint()

@@ -133,13 +133,15 @@ def test_racing_runners_with_a_busy_gateway_export_each_record_once(
     writer.start()
     runners = [one.start(), two.start()]
     try:
-        time.sleep(6)
+        # Both run their cycles while the gateway writes; one of them is told the other holds the destination.
+        wait_until(lambda: any("DestinationInUse" in failed_reasons(x.status()) for x in (one, two)), 90,
+                   "one runner refused while the other exports")
+        time.sleep(3)
     finally:
         stop.set()
         writer.join()
         outputs = [_stop(runner) for runner in runners]
-    refused = [out for out, _ in outputs if "DestinationInUse" in out]
-    assert refused, "neither runner was told that the other one holds the destination"
+    assert any("DestinationInUse" in out for out, _ in outputs)
     _finish_and_verify(one)
 
 
