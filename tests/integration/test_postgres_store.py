@@ -222,7 +222,7 @@ def test_survives_a_server_restart(pg_cluster: TempPostgres, pg_dsn: str) -> Non
 
 
 def test_opener_routes_dsns_and_secrets(pg_dsn: str) -> None:
-    store = open_store_url(pg_dsn)
+    store = open_store_url(pg_dsn, create=True)  # an empty database: only a creator may open it
     assert isinstance(store, PostgresStore)
     assert "capture@" not in repr(store)
     store.close()
