@@ -102,3 +102,31 @@ blockOwnerDeletion on owner references) is not granted.
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{- define "capture-export.ingestTokenSecretName" -}}
+{{- default (printf "%s-ingest-token" (include "capture-export.fullname" .)) .Values.ingest.token.existingSecret }}
+{{- end }}
+
+{{/* The ingest server runs in a Deployment of its own (PostgreSQL) rather than in the operator pod. */}}
+{{- define "capture-export.ingestSeparate" -}}
+{{- if and .Values.ingest.enabled .Values.ingest.deployment.enabled }}true{{- end }}
+{{- end }}
+
+{{/* Pods of the ingest Deployment: a name of their own, so the operator Deployment never selects them. */}}
+{{- define "capture-export.ingestSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "capture-export.name" . }}-ingest
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The ingest server's limits as command-line flags; `prefix` is "ingest-" inside the operator. */}}
+{{- define "capture-export.ingestLimitArgs" -}}
+{{- $limits := .root.Values.ingest.limits }}
+- --{{ .prefix }}max-body-bytes
+- {{ $limits.maxBodyBytes | int64 | quote }}
+- --{{ .prefix }}max-decoded-bytes
+- {{ $limits.maxDecodedBytes | int64 | quote }}
+- --{{ .prefix }}max-records
+- {{ $limits.maxRecords | int64 | quote }}
+- --{{ .prefix }}max-pending-records
+- {{ $limits.maxPendingRecords | int64 | quote }}
+{{- end }}

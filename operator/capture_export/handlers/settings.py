@@ -53,6 +53,9 @@ class OperatorConfig:
     retry_cap: float | None = None  # cap on the failure backoff (the worker's own policy when None)
     kube: kubernetes.client.Configuration | None = None  # None: in-cluster, else $KUBECONFIG
     standalone: bool = True  # one replica (Recreate): no kopf peering
+    ingest_port: int | None = None  # also run the ingest server (writing to ``store``) on this port
+    ingest_token_file: str | None = None
+    ingest_limits: Any = None  # ingest.IngestLimits; None: its defaults
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -108,6 +111,7 @@ class Runtime:
         self.writer = StatusWriter(self.kube, self.api_calls, emit=kopf_event)
         self.workers: dict[tuple[str, str, str], Any] = {}  # (kind, namespace, name) -> that kind's worker
         self.metrics_port: int | None = None
+        self.ingest: Any = None  # the ingest server when config.ingest_port is set
 
     def create_default_store(self) -> None:
         """The operator's own default store (``--store``) is the one store it creates, at start-up; a store
@@ -124,8 +128,22 @@ class Runtime:
             self.metrics_port = self.metrics.serve(self.config.metrics_port)
             log.info("metrics at http://0.0.0.0:%s/metrics", self.metrics_port)
 
+    async def start_ingest(self) -> None:
+        """The ingest server in the operator's loop, with its own connection to the default store (with
+        SQLite the operator pod is then the only process that opens the store)."""
+        if not self.config.ingest_port or self.ingest is not None or not self.config.store:
+            return
+        from ..ingest import IngestMetrics, IngestServer, TokenFile, store_opener
+
+        self.ingest = IngestServer(store_opener(self.config.store), TokenFile(self.config.ingest_token_file or ""),
+                                   limits=self.config.ingest_limits, metrics=IngestMetrics(self.metrics.registry))
+        await self.ingest.start("0.0.0.0", self.config.ingest_port)
+
     async def stop(self, timeout: float = 120.0) -> None:
         """Let the batches in flight commit (their threads finish whatever happens), then close."""
+        if self.ingest is not None:
+            await self.ingest.stop()
+            self.ingest = None
         try:
             await asyncio.wait_for(asyncio.to_thread(self.cycles.shutdown, wait=True), timeout)
         except TimeoutError:
@@ -203,6 +221,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         apply_settings(settings, runtime.config)
         await asyncio.to_thread(runtime.create_default_store)
         runtime.start()
+        await runtime.start_ingest()
 
     @kopf.on.cleanup(id="capture-export-cleanup", registry=registry)
     async def cleanup(**_: Any) -> None:

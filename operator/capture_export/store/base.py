@@ -1,14 +1,15 @@
 """The capture-store protocols: what the export and audit read (``RecordReader``), what retention needs
-(``RetentionStore``), and ``CaptureStore``, a store that is both."""
+(``RetentionStore``), ``CaptureStore``, a store that is both, and what the ingest server writes through
+(``IngestStore``)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["RETENTION_METHODS", "CaptureStore", "ExpiredChunk", "RecordReader", "RetentionStore", "StoreError",
-           "StoreLock", "StoreNotFound", "StoredRecord", "new_store_id"]
+__all__ = ["RETENTION_METHODS", "CaptureStore", "ExpiredChunk", "IngestStore", "RecordReader", "RetentionStore",
+           "StoreError", "StoreLock", "StoreNotFound", "StoredRecord", "new_store_id"]
 
 
 class StoreError(RuntimeError):
@@ -190,6 +191,17 @@ class CaptureStore(RecordReader, RetentionStore, Protocol):
     def append(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Insert records (credentials stripped); return the last id assigned."""
         ...
+
+
+class IngestStore(Protocol):
+    """What the ingest server writes through: insert-or-ignore by capture_id (a unique index), every group
+    of ``(timestamp_us, CBOR body from encode_body, capture_id)`` rows in ONE transaction (a group commit
+    of several requests), returning how many rows of each group were new. The rows are the store's own
+    (credentials stripped by ``encode_body``); rows written any other way carry no capture_id."""
+
+    def append_unique(self, groups: Sequence[Sequence[tuple[int, bytes, str]]]) -> list[int]: ...
+
+    def close(self) -> None: ...
 
 
 # The methods a store needs for retention (a store lacking any is refused by the retention cycle).

@@ -72,7 +72,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -86,7 +86,7 @@ __all__ = ["HorizonTracker", "PostgresStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 TABLE = "captures"
 META = "capture_export_meta"
 # pg_advisory_lock key serialising migrations between operator replicas and tools.
@@ -115,6 +115,14 @@ MIGRATIONS: dict[int, list[str]] = {
         f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {TABLE}_deleted_at ON {TABLE} (deleted_at_us) "
         "WHERE deleted_at_us IS NOT NULL",
         f"CREATE OR REPLACE VIEW {TABLE}_live AS SELECT id, ts_us, body FROM {TABLE} WHERE deleted_at_us IS NULL",
+    ],
+    # Version 3 is reserved for another change still on its way (a gap: see _migrate_locked).
+    # The ingest server's idempotency key: a record whose capture_id is stored already is not stored again.
+    # NULL for rows written any other way (the gateway's own INSERTs), which the partial index leaves out.
+    4: [
+        f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS capture_id text",
+        f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {TABLE}_capture_id ON {TABLE} (capture_id) "
+        "WHERE capture_id IS NOT NULL",
     ],
 }
 
@@ -339,17 +347,32 @@ class PostgresStore:
         ).fetchone()
         compression = "COMPRESSION lz4 " if lz4 else ""
         try:
+            # The recorded version is the highest one reached without a gap (a version with no migration
+            # here, reserved for a change on its way). A migration past a gap is applied and marked
+            # ('migrated_N'), so it runs once, and the gap's own migration still runs when it arrives.
+            past_gap = {key for (key,) in conn.execute(f"SELECT key FROM {META} WHERE key LIKE 'migrated%%'")}
+            reached = current
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                for template in MIGRATIONS[version]:
-                    statement = template.replace("{compression}", compression)
-                    if "CONCURRENTLY" in statement:
-                        self._drop_invalid_index(conn, statement)
-                    conn.execute(statement)
-                conn.execute(
-                    f"INSERT INTO {META} (key, value) VALUES ('schema_version', %s) "
-                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                    (str(version),),
-                )
+                if version not in MIGRATIONS:
+                    continue
+                marker = f"migrated_{version}"
+                if marker not in past_gap:
+                    for template in MIGRATIONS[version]:
+                        statement = template.replace("{compression}", compression)
+                        if "CONCURRENTLY" in statement:
+                            self._drop_invalid_index(conn, statement)
+                        conn.execute(statement)
+                if reached == version - 1:
+                    reached = version
+                    conn.execute(
+                        f"INSERT INTO {META} (key, value) VALUES ('schema_version', %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        (str(version),),
+                    )
+                    conn.execute(f"DELETE FROM {META} WHERE key = %s", (marker,))
+                elif marker not in past_gap:
+                    conn.execute(f"INSERT INTO {META} (key, value) VALUES (%s, '1') ON CONFLICT DO NOTHING",
+                                 (marker,))
             # A per-backend sequence cache hands out old ids in later transactions, which would defeat
             # the safe horizon: put it back to 1 if a DBA changed it (only then: ALTER takes a lock).
             cache = conn.execute(
@@ -436,6 +459,33 @@ class PostgresStore:
                 (stamps, bodies),
             ).fetchone()
             return int(row[0]) if row else 0
+
+        return self._run(work, retry_stale=False)
+
+    def append_unique(self, groups: Sequence[Sequence[tuple[int, bytes, str]]]) -> list[int]:
+        """Insert-or-ignore by capture_id, for the ingest server: every group's ``(timestamp_us, body,
+        capture_id)`` rows in ONE transaction (a group commit), skipping rows whose capture_id is stored
+        already (or came earlier in the same call). Returns how many rows of each group were new. Never
+        retried here: the caller's client retries, and the unique index makes that safe."""
+
+        def work(conn: psycopg.Connection[Any]) -> list[int]:
+            added: list[int] = []
+            with conn.transaction(), conn.cursor() as cur:
+                for rows in groups:
+                    if not rows:
+                        added.append(0)
+                        continue
+                    # Keep the first of repeated ids in this group (ON CONFLICT cannot see its own rows).
+                    seen: set[str] = set()
+                    unique = [row for row in rows if not (row[2] in seen or seen.add(row[2]))]
+                    cur.execute(
+                        f"INSERT INTO {TABLE} (ts_us, body, capture_id) "
+                        "SELECT * FROM unnest(%s::bigint[], %b::bytea[], %s::text[]) "
+                        "ON CONFLICT (capture_id) WHERE capture_id IS NOT NULL DO NOTHING",
+                        ([r[0] for r in unique], [r[1] for r in unique], [r[2] for r in unique]),
+                    )
+                    added.append(max(cur.rowcount, 0))
+            return added
 
         return self._run(work, retry_stale=False)
 
