@@ -15,7 +15,15 @@ import psycopg
 from capture_export.local_s3 import LocalS3
 from tests.integration.helpers import run_cli
 
-from .identity_support import HostileExporter, assert_no_traceback, failed_reasons, seed_sqlite
+from .identity_support import (
+    HostileExporter,
+    assert_no_traceback,
+    create_secret,
+    failed_reasons,
+    operator_cluster,
+    operator_spec,
+    seed_sqlite,
+)
 
 
 def _exists(path: Path) -> bool:
@@ -112,3 +120,19 @@ def test_store_init_creates_a_store_that_an_exporter_may_then_use(
     result = exporter.run_once()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "NothingToDo" in result.stdout
+
+
+def test_operator_creates_only_its_own_default_store(s3_server: LocalS3, bucket: str, tmp_path: Path) -> None:
+    default = tmp_path / "operator" / "default.sqlite"  # the operator's --store: created at start-up
+    typo = tmp_path / "stroe.sqlite"
+    exporter = HostileExporter(s3_server, bucket, tmp_path, str(default))
+    with operator_cluster(default) as (kube, _operator):
+        assert default.exists()
+        create_secret(kube, s3_server)
+        kube.apply_exporter("usage", operator_spec(exporter, store={"sqlite": {"path": str(typo)}}))
+        ready = kube.wait_condition("usage", "Ready", "False", "StoreNotFound", timeout=60)
+        assert str(typo) in ready["message"]
+        assert kube.condition("usage", "StoreReachable")["reason"] == "StoreNotFound"
+        assert any(reason == "StoreNotFound" for _, reason, _ in kube.events("usage"))
+    assert not _exists(typo)
+    assert exporter.keys(prefix="") == []

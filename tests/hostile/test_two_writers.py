@@ -174,6 +174,7 @@ def test_runner_on_a_copy_of_the_store_is_refused(s3_server: LocalS3, bucket: st
     runner = first.start()
     try:
         wait_until(lambda: (first.status() or {}).get("cursor") == "1000", 60, "the first runner's export")
+        seed_sqlite(copy, 100, seed=26)  # the copy's gateway writes: the second runner has something to write
         before = first.snapshot()
         _refused_as_in_use(second.run_once(), second)
         assert first.snapshot() == before

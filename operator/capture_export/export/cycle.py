@@ -137,17 +137,16 @@ class ExporterWorker:
             assert engine is not None
             if fresh:
                 engine.check_connection()
-            self.ownership.claim(store, store_id, engine.objects, engine.layout, engine._call)
-            if not self.ownership.conditional_writes:
-                update.notes[ConditionType.BUCKET_REACHABLE] = _DEGRADED
-            if fresh:
                 update.passed(ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE)
+            # The store lock now; the destination (lease, other exporters) before the first write.
+            self.ownership.begin(store, store_id, engine.objects, engine.layout, engine._call)
             resetting = reset_token is not None and reset_token != update.status.last_reset
             saved = engine.recover(self._saved_cursor(update.status, resetting),
                                    saved_store_id=update.status.store_id, resetting=resetting)
             update.advance_cursor(saved.epoch, saved.position)
             update.status.store_id = store_id
             if resetting:
+                self.ownership.hold()  # the reset writes the checkpoint at once
                 saved = engine.reset(saved)
                 update.advance_cursor(saved.epoch, saved.position)  # a newer epoch: the guard lets it in
                 update.status.totals = type(update.status.totals)()
@@ -155,6 +154,8 @@ class ExporterWorker:
                 update.events.append(Event(EventType.NORMAL, Reason.CURSOR_RESET, f"re-exporting from the beginning "
                                            f"(epoch {saved.epoch})"))
             result = engine.run(saved, max_seconds=max_seconds, should_stop=should_stop, on_batch=on_batch)
+            if not self.ownership.conditional_writes:
+                update.notes[ConditionType.BUCKET_REACHABLE] = _DEGRADED
             update.record_run(result)
             if result.foreign_objects:
                 shown = ", ".join(result.foreign_objects[:5]) + (" …" if len(result.foreign_objects) > 5 else "")

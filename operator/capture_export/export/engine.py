@@ -167,6 +167,7 @@ class ExportEngine:
         if checkpoint is None:
             cursor = Cursor(cursor.epoch, cursor.position, max(cursor.high_water, self.find_high_water()))
         elif checkpoint.store_id is None:
+            self.hold()
             self.checkpoints.write(checkpoint.cursor, None)  # adopt this store's identity (an upgrade)
         return cursor
 

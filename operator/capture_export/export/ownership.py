@@ -10,7 +10,8 @@ its own leftovers, lose and duplicate records. Three layers keep a destination t
 (b) **The lease**: an object in the destination's control folder, written with S3 conditional writes
     (``If-None-Match: *`` to create it, ``If-Match: <etag>`` to renew or take it over), naming the
     exporter, the store identity, the writer instance and the lock scope. It is renewed at most every
-    ``ttl / 3`` while the holder writes (a run checks before each batch: no extra request per record),
+    ``ttl / 3`` while the holder writes (a run checks before each batch: no extra request per record;
+    a cycle with nothing to write never claims),
     and a holder that could not renew within ``ttl`` re-claims before it writes again. A contender takes
     it over only after it has seen the same ETag, unchanged, for a whole ``ttl`` of its own monotonic
     clock (no clock-skew assumption), except when the lease names the same exporter, the same store and
@@ -32,7 +33,6 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,8 +229,8 @@ def probe_conditional_writes(objects: ObjectStore, layout: ObjectLayout, request
 
 
 class Ownership:
-    """The three layers for one exporter's worker. ``claim`` before a run (and after any change of store
-    or destination); ``hold`` before each write of a run."""
+    """The three layers for one exporter's worker: ``begin`` at the start of each cycle (the store lock),
+    ``hold`` before each write (the first one of a cycle claims the destination)."""
 
     def __init__(
         self,
@@ -250,7 +250,9 @@ class Ownership:
         self._neighbours: dict[str, tuple[str, str | None]] = {}
         self.conditional_writes = True
         self._checked_at = float("-inf")
-        self._mutex = threading.Lock()
+        self._target: tuple[str, ObjectStore, ObjectLayout, Requests, StoreLock] | None = None
+        self._claimed = False
+        self._mutex = threading.RLock()
 
     # -- (a) the store lock ---------------------------------------------------------------------------
 
@@ -296,45 +298,64 @@ class Ownership:
                     f"{info.key}); two exporters there would sweep each other's objects. Give this one another "
                     "prefix, or put {exporter} in both pathTemplates before any time variable")
 
-    # -- the claim -------------------------------------------------------------------------------------
+    # -- a cycle: the lock at its start, the claim before its first write ------------------------------
+
+    def begin(self, store: Any, store_id: str, objects: ObjectStore, layout: ObjectLayout,
+              requests: Requests) -> None:
+        """At the start of a cycle: take (or check) the store lock, DestinationInUse if another process
+        holds it, and remember the destination for the claim that ``hold`` makes before the cycle's first
+        write. A cycle with nothing to write makes no request for the destination at all."""
+        with self._mutex:
+            lock = self._lock(store)
+            self._target = (store_id, objects, layout, requests, lock)
+            self._claimed = False
 
     def claim(self, store: Any, store_id: str, objects: ObjectStore, layout: ObjectLayout,
               requests: Requests) -> None:
-        """Make sure this worker may write ``layout``'s destination from ``store``; DestinationInUse if not."""
-        with self._mutex:
-            lock = self._lock(store)
-            self._check_neighbours(objects, layout, requests)
-            holder = Holder(str(self.exporter), store_id, writer_instance(), lock.scope)
-            identity = (layout.lease_key(), holder)
-            if self.lease is None or self._lease_for != identity:
-                self.conditional_writes = probe_conditional_writes(objects, layout, requests)
-                self.lease = DestinationLease(objects, layout.lease_key(), holder, ttl=self.ttl, clock=self.clock,
-                                              requests=requests)
-                self._lease_for = identity
-            # A new client (rotated credentials) for the same destination keeps what the lease has watched.
-            self.lease.objects, self.lease.requests = objects, requests
-            if self.conditional_writes:
-                self.lease.claim()
-            self._checked_at = self.clock.monotonic()
+        """``begin`` and the claim at once: this worker may write ``layout``'s destination from ``store``."""
+        self.begin(store, store_id, objects, layout, requests)
+        self.hold()
+
+    def _claim(self) -> None:
+        if self._target is None:
+            raise AssertionError("Ownership.hold before Ownership.begin")
+        store_id, objects, layout, requests, lock = self._target
+        self._check_neighbours(objects, layout, requests)
+        holder = Holder(str(self.exporter), store_id, writer_instance(), lock.scope)
+        identity = (layout.lease_key(), holder)
+        if self.lease is None or self._lease_for != identity:
+            self.conditional_writes = probe_conditional_writes(objects, layout, requests)
+            self.lease = DestinationLease(objects, layout.lease_key(), holder, ttl=self.ttl, clock=self.clock,
+                                          requests=requests)
+            self._lease_for = identity
+        # A new client (rotated credentials) for the same destination keeps what the lease has watched.
+        self.lease.objects, self.lease.requests = objects, requests
+        if self.conditional_writes:
+            self.lease.claim()
 
     def hold(self) -> None:
-        """Before each write of a run: at most every ttl/3, check that the store lock is still held (a
-        PostgreSQL session may have ended) and renew the lease. Otherwise free: no request per batch."""
+        """Before each write: the first one of a cycle claims the destination (other exporters' checkpoints,
+        the lease); later ones, at most every ttl/3, check that the store lock is still held (a PostgreSQL
+        session may have ended) and renew the lease. Otherwise free: no request per batch."""
         now = self.clock.monotonic()
-        if now - self._checked_at < self.ttl / 3:
-            return
-        self._checked_at = now
-        if self.lock is not None and not self.lock.alive():
-            raise destination_in_use(f"the store lock of S3Exporter {self.exporter} was lost; not writing")
-        if self.lease is not None and self.conditional_writes:
-            self.lease.hold()
+        with self._mutex:
+            if not self._claimed:
+                self._claim()
+                self._claimed, self._checked_at = True, now
+                return
+            if now - self._checked_at < self.ttl / 3:
+                return
+            self._checked_at = now
+            if self.lock is not None and not self.lock.alive():
+                raise destination_in_use(f"the store lock of S3Exporter {self.exporter} was lost; not writing")
+            if self.lease is not None and self.conditional_writes:
+                self.lease.hold()
 
     def release(self) -> None:
         with self._mutex:
             if self.lease is not None:
                 self.lease.release()
-            self.lease = self._lease_for = None
+            self.lease = self._lease_for = self._target = None
+            self._claimed = False
             self.release_lock()
 
-
-HoldCheck = Callable[[], None]
