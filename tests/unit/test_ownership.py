@@ -85,6 +85,22 @@ def test_renewal_happens_at_most_every_third_of_the_ttl() -> None:
     assert objects.puts == puts + 1  # a third of the TTL passed once: one renewal for 100 batches
 
 
+def test_a_cycle_soon_after_the_last_write_claims_its_own_lease_without_a_request() -> None:
+    """Each cycle claims before its first write; a lease written less than a third of its TTL ago is still
+    ours (a contender waits a whole TTL), so a busy exporter pays no lease request per cycle."""
+    objects, clock = MemoryObjectStore(), FakeClock()
+    requests = Requests(clock, NO_WAIT)
+    held = DestinationLease(objects, LAYOUT.lease_key(), holder(), ttl=TTL, clock=clock, requests=requests)
+    held.claim()
+    made = requests.count
+    clock.advance(timedelta(seconds=TTL / 4))
+    held.claim()  # the next cycle's claim
+    assert requests.count == made
+    clock.advance(timedelta(seconds=TTL / 4))
+    held.claim()  # half a TTL since the write: read and renew
+    assert requests.count == made + 2
+
+
 def test_a_server_that_ignores_conditional_writes_is_found_out() -> None:
     clock = FakeClock()
     honest, careless = MemoryObjectStore(), MemoryObjectStore()
