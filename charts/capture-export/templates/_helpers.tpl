@@ -81,7 +81,8 @@ privilege, no wildcards:
   capture.dev and our finalizer capture.dev/finalizer live in metadata).
 - their status subresource: patch (conditions, cursors, last run, totals).
 - Secrets: get only (bucket credentials and store DSNs named by secretRef; never list or watch).
-- Events: create, in both API groups kopf and the operator post to.
+- Events: create, in the core API group (kopf's poster, which the operator's own Events go through too,
+  writes core/v1 Events; nothing writes events.k8s.io).
 The operator creates no objects owned by our resources, so `<kind>/finalizers` (needed only to set
 blockOwnerDeletion on owner references) is not granted.
 */}}
@@ -93,12 +94,9 @@ blockOwnerDeletion on owner references) is not granted.
   resources: ["s3exporters/status", "retentionpolicies/status"]
   verbs: ["patch"]
 - apiGroups: [""]
-  resources: ["secrets"]
+  resources: ["secrets", "configmaps"]
   verbs: ["get"]
 - apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create"]
-- apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
 {{- end }}

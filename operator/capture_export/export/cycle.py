@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..api import S3ExporterSpec, S3ExporterStatus
 from ..api.vocabulary import ConditionType, Domain, EventType, ExportOutcome, Reason
 from ..clock import Clock, SystemClock
-from ..objectstore import Credentials, ObjectStore, ObjectStoreError, S3Location, S3ObjectStore
+from ..objectstore import ObjectStore, ObjectStoreError, S3Access, S3Location, S3ObjectStore
 from ..objectstore.credentials import CredentialResolver, SecretSource
 from ..status.exporter import Event, StatusUpdate
 from ..store import CaptureStore, StoreError, StoreNotFound
@@ -38,7 +38,8 @@ _DEGRADED = ("bucket reachable and writable; this S3 server ignores conditional 
 
 
 StoreOpener = Callable[[S3ExporterSpec, str], CaptureStore]
-ObjectStoreFactory = Callable[[S3Location, Credentials | None], ObjectStore]
+# (where, how: credentials, role, encryption, TLS) -> a client. Called again whenever either changed.
+ObjectStoreFactory = Callable[[S3Location, S3Access], ObjectStore]
 
 
 @dataclass
@@ -47,6 +48,17 @@ class CycleOutcome:
     events: list[Event]
     result: RunResult | None
     due_in: float  # seconds until the next cycle should start
+
+
+def _credentials_message(access: S3Access) -> str:
+    source = "the Secret's keys" if access.credentials is not None else "the pod's default credentials"
+    if access.credentials is not None and access.credentials.session_token:
+        source += " and session token"
+    if access.role is not None:
+        external = " with an external id" if access.role.external_id else ""
+        return (f"assumed role {access.role.role_arn} (session {access.role.session_name}){external} with {source}; "
+                "accepted by the bucket")
+    return f"{source} accepted by the bucket"
 
 
 class ExporterWorker:
@@ -66,7 +78,8 @@ class ExporterWorker:
         self.secrets = secrets
         self.credentials = CredentialResolver(secrets)
         self.clock = clock or SystemClock()
-        self.object_store_factory = object_store_factory or (lambda loc, cred: S3ObjectStore(loc, cred))
+        self.object_store_factory = object_store_factory or (
+            lambda location, access: S3ObjectStore(location, access, now=self.clock.now))
         self.engine: ExportEngine | None = None
         self._engine_key: tuple[object, ...] | None = None
         self.consecutive_failures = 0
@@ -77,19 +90,19 @@ class ExporterWorker:
         """Give up the destination (the store lock, the lease): the worker is done."""
         self.ownership.release()
 
-    def _credentials(self, spec: S3ExporterSpec) -> Credentials | None:
+    def _access(self, spec: S3ExporterSpec) -> S3Access:
         try:
-            return self.credentials.resolve(self.exporter.namespace, spec.secret_ref)
+            return self.credentials.access(self.exporter.namespace, self.exporter.name, spec)
         except ObjectStoreError as exc:
             raise ExportFailure.from_object_store(exc) from None
 
-    def _engine_for(self, spec: S3ExporterSpec, credentials: Credentials | None, store: CaptureStore) -> bool:
+    def _engine_for(self, spec: S3ExporterSpec, access: S3Access, store: CaptureStore) -> bool:
         """Make or reuse the engine; True when it is new (so the connection must be tested)."""
         location = S3Location(spec.bucket, spec.region, spec.endpoint)
-        key = (location, credentials, id(store), spec.model_dump_json())
+        key = (location, access, id(store), spec.model_dump_json())
         if self.engine is not None and key == self._engine_key:
             return False
-        objects = self.object_store_factory(location, credentials)
+        objects = self.object_store_factory(location, access)
         self.engine = ExportEngine(spec, self.exporter, store, objects, clock=self.clock, hold=self.ownership.hold)
         self._engine_key = key
         return True
@@ -124,7 +137,7 @@ class ExporterWorker:
             update.status.last_run_now = run_now_token
         result: RunResult | None = None
         try:
-            credentials = self._credentials(spec)
+            access = self._access(spec)
             try:
                 store = self.open_store(spec, self.exporter.namespace)
                 store_id = store.identity()
@@ -132,12 +145,14 @@ class ExporterWorker:
                 raise ExportFailure(Reason.STORE_NOT_FOUND, str(exc), domain=Domain.STORE, transient=False) from None
             except StoreError as exc:
                 raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
-            fresh = self._engine_for(spec, credentials, store)
+            if self._engine_for(spec, access, store):
+                assert self.engine is not None
+                report = self.engine.check_connection()
+                update.passed(ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE,
+                              messages={ConditionType.CREDENTIALS_VALID: _credentials_message(access),
+                                        ConditionType.BUCKET_REACHABLE: report.message})
             engine = self.engine
             assert engine is not None
-            if fresh:
-                engine.check_connection()
-                update.passed(ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE)
             # The store lock now; the destination (lease, other exporters) before the first write.
             self.ownership.begin(store, store_id, engine.objects, engine.layout, engine._call)
             resetting = reset_token is not None and reset_token != update.status.last_reset

@@ -37,6 +37,7 @@ from ..objectstore import ObjectStore
 from ..store import CorruptRecord, RecordReader, StoredRecord, StoreError
 from ..store.records import CREDENTIAL_MARKERS, ensure_no_credentials, with_id
 from .checkpoint import Checkpoints
+from .connection import ConnectionReport, run_connection_test
 from .formats import BatchEncoder, FormatUnavailable, decode_object, encoder_for, record_ids
 from .layout import ObjectLayout, parse_range
 from .model import BatchResult, Cursor, ExporterId, ExportFailure, PreparedBatch, Requests, RetryPolicy, RunResult
@@ -202,9 +203,13 @@ class ExportEngine:
         self._sweep_pending = True
         return cursor
 
-    def check_connection(self) -> None:
-        """Connection test (as OpenRouter's "Test Connection"): bucket exists, credentials work."""
-        self._call(self.objects.check)
+    def check_connection(self) -> ConnectionReport:
+        """Connection test (as OpenRouter's "Test Connection"): write, read, list and delete a probe object
+        under the control folder (export/connection.py)."""
+        sse = self.spec.server_side_encryption
+        encryption = (sse.algorithm + (f" (key {sse.kms_key_id})" if sse.kms_key_id else "")) if sse else None
+        return run_connection_test(self.objects, self.spec.bucket, self.layout.probe_key(), encryption=encryption,
+                                   tls_unverified=self.spec.insecure_skip_tls_verify, call=self._call)
 
     # -- one run ------------------------------------------------------------------------------------
 

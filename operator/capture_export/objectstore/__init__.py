@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from .base import (
     PRECONDITION_FAILED,
+    AssumeRole,
     Credentials,
     ObjectInfo,
     ObjectStore,
     ObjectStoreError,
+    S3Access,
     S3Location,
+    ServerSideEncryption,
     StoredObject,
     scrub,
 )
@@ -18,6 +21,7 @@ from .s3 import S3ObjectStore, classify
 
 __all__ = [
     "PRECONDITION_FAILED",
+    "AssumeRole",
     "CredentialResolver",
     "Credentials",
     "CredentialsError",
@@ -25,9 +29,11 @@ __all__ = [
     "ObjectInfo",
     "ObjectStore",
     "ObjectStoreError",
+    "S3Access",
     "S3Location",
     "S3ObjectStore",
     "SecretSource",
+    "ServerSideEncryption",
     "StoredObject",
     "classify",
     "credentials_from_secret",

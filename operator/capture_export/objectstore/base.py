@@ -6,8 +6,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["PRECONDITION_FAILED", "Credentials", "ObjectInfo", "ObjectStore", "ObjectStoreError", "S3Location",
-           "StoredObject", "scrub"]
+__all__ = [
+    "PRECONDITION_FAILED",
+    "AssumeRole",
+    "Credentials",
+    "ObjectInfo",
+    "ObjectStore",
+    "ObjectStoreError",
+    "S3Access",
+    "S3Location",
+    "ServerSideEncryption",
+    "StoredObject",
+    "scrub",
+]
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,58 @@ class Credentials:
 
     def secrets(self) -> list[str]:
         return [s for s in (self.secret_access_key, self.session_token) if s]
+
+
+@dataclass(frozen=True)
+class AssumeRole:
+    """An IAM role to assume (STS AssumeRole) on top of the base credentials."""
+
+    role_arn: str
+    session_name: str
+    external_id: str | None = None
+    duration_seconds: int = 3600
+
+    def __repr__(self) -> str:  # the external id is a shared secret of sorts: keep it out of logs
+        return f"AssumeRole(role_arn={self.role_arn!r}, session_name={self.session_name!r})"
+
+
+@dataclass(frozen=True)
+class ServerSideEncryption:
+    """``x-amz-server-side-encryption`` (AES256 or aws:kms) and the KMS key, sent with every PUT."""
+
+    algorithm: str
+    kms_key_id: str | None = None
+
+    def put_arguments(self) -> dict[str, str]:
+        arguments = {"ServerSideEncryption": self.algorithm}
+        if self.kms_key_id:
+            arguments["SSEKMSKeyId"] = self.kms_key_id
+        return arguments
+
+    def describe(self) -> str:
+        return self.algorithm + (f" (key {self.kms_key_id})" if self.kms_key_id else "")
+
+
+@dataclass(frozen=True)
+class S3Access:
+    """How to reach and write a bucket: the base credentials (None: the SDK's default chain, which
+    covers IRSA / web identity and EKS Pod Identity), an optional role assumed on top, server-side
+    encryption for every PUT, and TLS trust (a PEM CA bundle, or verification switched off).
+
+    Hashable and compared by value: a worker builds a new client, and tests the connection again, exactly
+    when any of it changed (a rotated Secret, another role, another CA)."""
+
+    credentials: Credentials | None = None
+    role: AssumeRole | None = None
+    encryption: ServerSideEncryption | None = None
+    ca_bundle: str | None = None
+    verify_tls: bool = True
+
+    def secrets(self) -> list[str]:
+        found = self.credentials.secrets() if self.credentials else []
+        if self.role is not None and self.role.external_id:
+            found.append(self.role.external_id)
+        return found
 
 
 @dataclass(frozen=True)
@@ -76,7 +139,8 @@ def scrub(text: str, secrets: list[str]) -> str:
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
             metadata: Mapping[str, str] | None = None) -> None:
-        """Write an object; ``metadata`` becomes its user metadata (lower-case ASCII keys and values)."""
+        """Write an object (with the store's server-side encryption, when it has one); ``metadata`` becomes
+        its user metadata (lower-case ASCII keys and values)."""
         ...
 
     def put_conditional(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False,
