@@ -23,6 +23,7 @@ from .identity_support import (
     operator_cluster,
     operator_spec,
     seed_sqlite,
+    wait_until,
 )
 
 
@@ -127,12 +128,14 @@ def test_operator_creates_only_its_own_default_store(s3_server: LocalS3, bucket:
     typo = tmp_path / "stroe.sqlite"
     exporter = HostileExporter(s3_server, bucket, tmp_path, str(default))
     with operator_cluster(default) as (kube, _operator):
-        assert default.exists()
+        wait_until(default.exists, timeout=30, what="the operator's default store, made at start-up")
         create_secret(kube, s3_server)
         kube.apply_exporter("usage", operator_spec(exporter, store={"sqlite": {"path": str(typo)}}))
         ready = kube.wait_condition("usage", "Ready", "False", "StoreNotFound", timeout=60)
         assert str(typo) in ready["message"]
         assert kube.condition("usage", "StoreReachable")["reason"] == "StoreNotFound"
-        assert any(reason == "StoreNotFound" for _, reason, _ in kube.events("usage"))
+        # The Event is posted after the status patch: wait for it rather than list once.
+        wait_until(lambda: any(reason == "StoreNotFound" for _, reason, _ in kube.events("usage")), timeout=30,
+                   what="a StoreNotFound Event")
     assert not _exists(typo)
     assert exporter.keys(prefix="") == []

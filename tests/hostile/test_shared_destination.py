@@ -20,6 +20,7 @@ from .identity_support import (
     operator_cluster,
     operator_spec,
     seed_sqlite,
+    wait_until,
 )
 
 
@@ -106,5 +107,7 @@ def test_operator_refuses_a_second_exporter_on_the_same_destination(
         kube.apply_exporter("b", operator_spec(b))
         ready = kube.wait_condition("b", "Ready", "False", "DestinationInUse", timeout=60)
         assert "default/a" in ready["message"]
-        assert any(reason == "DestinationInUse" for _, reason, _ in kube.events("b"))
+        # The Event is posted after the status patch: wait for it rather than list once.
+        wait_until(lambda: any(reason == "DestinationInUse" for _, reason, _ in kube.events("b")), timeout=30,
+                   what="a DestinationInUse Event about b")
     _assert_only_a_wrote(a, b)
