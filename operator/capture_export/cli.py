@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .api.manifests import InvalidManifest, Resource, load_manifests
-from .objectstore.base import ObjectStoreError
 
 if TYPE_CHECKING:  # kopf is heavy: the operator's modules load only for `capture-export operator`
     from .handlers import OperatorConfig
@@ -143,13 +142,15 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def _cat_sources(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], bytes | None]]]:
-    """``(key, read)`` for each object (or file) ``cat`` decodes."""
+    """``(key, read)`` for each object ``cat`` decodes. A local file is read here: a missing file or a
+    directory is an ordinary one-line failure of the command (main's _error_line), as is a failed listing."""
     from .audit import is_data_object
     from .export.formats import data_extension
 
     source: str = args.source
     if not source.startswith("s3://"):
-        yield source, Path(source).read_bytes
+        data = Path(source).read_bytes()
+        yield source, lambda: data
         return
     bucket, _, key = source[5:].partition("/")
     objects = _object_store_for(args, bucket)
@@ -160,48 +161,42 @@ def _cat_sources(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], b
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    """Decode objects to JSON Lines. An object that cannot be read is named on stderr and skipped; the
-    others are still printed; the exit code is 1 when any could not be read."""
+    """Decode objects to JSON Lines. An object that cannot be read or decoded is named on stderr and
+    skipped; the others are still printed; the exit code is 1 when any could not be read."""
     from .audit import decode_object, to_json_line
     from .export.formats import data_extension
 
     out = sys.stdout
-    unreadable = 0
-    try:
-        for key, read in _cat_sources(args):
-            try:
-                data = read()
-                if data is None:
-                    continue
-                # Decoded whole before printing: an unreadable object contributes no partial output.
-                lines = [to_json_line(record) for record in decode_object(data, key if data_extension(key)
-                                                                          else ".cbor.zstd")]
-            except (BrokenPipeError, KeyboardInterrupt):
-                raise
-            except Exception as exc:  # any decoder's or reader's failure: name it and go on
-                unreadable += 1
-                reason = getattr(exc, "message", None) or f"{exc.__class__.__name__}: {str(exc)[:200]}"
-                print(f"error: {key}: unreadable ({reason})", file=sys.stderr)
+    seen = unreadable = 0
+    for key, read in _cat_sources(args):
+        seen += 1
+        try:
+            data = read()
+            if data is None:
                 continue
-            out.write("".join(f"{line}\n" for line in lines))
-    except ObjectStoreError as exc:  # the listing itself failed
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    if unreadable:
-        print(f"{unreadable} object(s) could not be read", file=sys.stderr)
+            # Decoded whole before printing: an unreadable object contributes no partial output.
+            lines = [to_json_line(record) for record in decode_object(data, key if data_extension(key)
+                                                                      else ".cbor.zstd")]
+        except (BrokenPipeError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # any decoder's or reader's failure: name it and go on
+            unreadable += 1
+            reason = getattr(exc, "message", None) or f"{exc.__class__.__name__}: {str(exc)[:200]}"
+            print(f"error: {key}: unreadable ({' '.join(str(reason).split())})", file=sys.stderr)
+            continue
+        out.write("".join(f"{line}\n" for line in lines))
+    if unreadable and seen > 1:
+        print(f"error: {unreadable} of {seen} objects could not be read", file=sys.stderr)
     return 1 if unreadable else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .audit import verify_export, verify_options
     from .objectstore import CredentialResolver, S3Location, S3ObjectStore
-    from .store import StoreError, open_store_url
+    from .store import open_store_url
 
-    try:
-        store = open_store_url(args.store)
-    except StoreError as exc:
-        print(f"error: store not found or unreadable: {exc}", file=sys.stderr)
-        return 1
+    # The manifests first (a local mistake is named before anything is opened), then the store, which
+    # verify never creates (StoreNotFound: main's _error_line says it in one line).
     if args.file:
         manifests = load_manifests(args.file)
         exporters = [r for r in manifests.of_kind("S3Exporter") if args.exporter in (None, r.name)]
@@ -222,15 +217,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print("give -f exporter.yaml or --bucket", file=sys.stderr)
             return 2
         targets = [(args.bucket, _object_store_for(args, args.bucket), args.prefix, {})]
+    store = open_store_url(args.store)
     ok = True
     try:
         for name, objects, prefix, options in targets:
             report = verify_export(store, objects, prefix, up_to=args.up_to, **options)
             print(f"{name}:\n{report.summary()}")
             ok &= report.ok
-    except (StoreError, ObjectStoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     finally:
         store.close()
     return 0 if ok else 1
