@@ -153,11 +153,23 @@ class ExporterWorker:
                                         ConditionType.BUCKET_REACHABLE: report.message})
             engine = self.engine
             assert engine is not None
-            # The store lock now; the destination (lease, other exporters) before the first write.
-            self.ownership.begin(store, store_id, engine.objects, engine.layout, engine._call)
+            started = self.clock.now()
             resetting = reset_token is not None and reset_token != update.status.last_reset
-            saved = engine.recover(self._saved_cursor(update.status, resetting),
-                                   saved_store_id=update.status.store_id, resetting=resetting)
+            saved_cursor = self._saved_cursor(update.status, resetting)
+            try:
+                # The store lock now; the destination (lease, other exporters) before the first write.
+                self.ownership.begin(store, store_id, engine.objects, engine.layout, engine._call)
+                saved = engine.recover(saved_cursor, saved_store_id=update.status.store_id, resetting=resetting)
+            except ExportFailure as exc:
+                if not str(update.status.cursor).isdigit():
+                    raise  # a damaged saved cursor (being reset): a condition only, no run to record
+                # A run that could not start (the bucket down while the checkpoint is read, a refusal) is a
+                # failed run like one that failed mid-way: in lastRun and history, not only in a condition.
+                result = RunResult(start=started, end=self.clock.now(), outcome=ExportOutcome.FAILED,
+                                   cursor=saved_cursor, failure=exc)
+                update.record_run(result)
+                self._forget_engine_after(exc)
+                return self._outcome(spec, update, result, exc)
             update.advance_cursor(saved.epoch, saved.position)
             update.status.store_id = store_id
             if resetting:
@@ -182,9 +194,16 @@ class ExporterWorker:
             failure = exc
             update.fail(exc)
             update.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, exc.message))
-            if exc.domain in (Domain.CREDENTIALS, Domain.BUCKET) and exc.reason not in _KEEP_ENGINE:
-                # Re-test the connection next time rather than trusting a cached engine.
-                self._engine_key = None
+            self._forget_engine_after(exc)
+        return self._outcome(spec, update, result, failure)
+
+    def _forget_engine_after(self, failure: ExportFailure) -> None:
+        if failure.domain in (Domain.CREDENTIALS, Domain.BUCKET) and failure.reason not in _KEEP_ENGINE:
+            # Re-test the connection next time rather than trusting a cached engine.
+            self._engine_key = None
+
+    def _outcome(self, spec: S3ExporterSpec, update: StatusUpdate, result: RunResult | None,
+                 failure: ExportFailure | None) -> CycleOutcome:
         new_status, events = update.finish()
         if failure is not None:
             self.consecutive_failures += 1
