@@ -91,6 +91,11 @@ class StateFile:
         handle.flush()
         return handle
 
+    @property
+    def temporary_path(self) -> Path:
+        """Where a save is written before it replaces the state file."""
+        return self.path.with_name(f".{self.path.name}.tmp")
+
     def get(self, key: str) -> dict[str, Any] | None:
         value = self.data.get(key)
         return value if isinstance(value, dict) else None
@@ -105,9 +110,9 @@ class StateFile:
             self.data[key] = value
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                # Our own temporary file: no other process writes this state file (see _acquire), and a stale
-                # temporary file from a killed run is simply replaced.
-                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+                # No other process writes this state file (see _acquire), and a stale temporary file from a
+                # killed run is simply replaced.
+                tmp = self.temporary_path
                 with tmp.open("w") as handle:
                     json.dump(self.data, handle, indent=1, default=str)
                     handle.flush()

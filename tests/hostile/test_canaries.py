@@ -67,6 +67,9 @@ def seeded(workdir: Path) -> Path:
     store.close()
     return path
 
+# What a standalone run may leave in its directory: the manifest, the state file and its lock.
+STANDALONE_FILES = {"exporter.yaml", "state", "state/state.json", "state/state.json.lock"}
+
 
 def run_twice(workdir: Path, manifest: Path, *args: str | Path, s3: LocalS3, buckets: list[str],
               secrets: list[str], env: dict[str, str] | None = None) -> list[tuple[CompletedProcess[str], Outputs]]:
@@ -249,7 +252,7 @@ def test_standalone_dsn_that_is_not_postgresql_is_refused_and_never_opened_as_sq
     for result, _ in run_twice(workdir, manifest, s3=s3_server, buckets=[bucket], secrets=[secret]):
         assert result.returncode == 1, result.stdout + result.stderr
         assert "StoreReachable" in result.stdout and "Secret default/capture-store" in result.stdout
-    assert set(tree_of(workdir)) <= {"exporter.yaml", "state", "state/state.json"}, tree_of(workdir)
+    assert set(tree_of(workdir)) <= STANDALONE_FILES, tree_of(workdir)
     assert data_objects(s3_server, bucket) == []
 
 
@@ -264,7 +267,7 @@ def test_standalone_dsn_in_every_form_libpq_accepts_is_exported_without_echo(
     (first, _), _ = run_twice(workdir, manifest, s3=s3_server, buckets=[bucket], secrets=[secret])
     assert first.returncode == 0, first.stdout + first.stderr
     assert "default/usage: Succeeded: 10 records" in first.stdout
-    assert set(tree_of(workdir)) <= {"exporter.yaml", "state", "state/state.json"}, tree_of(workdir)
+    assert set(tree_of(workdir)) <= STANDALONE_FILES, tree_of(workdir)
 
 
 @pytest.mark.postgres
@@ -279,7 +282,7 @@ def test_standalone_default_store_dsn_that_is_not_postgresql_is_refused_not_open
                                buckets=[bucket], secrets=[secret]):
         assert result.returncode != 0, result.stdout + result.stderr
         assert "--store" in result.stdout + result.stderr
-    assert set(tree_of(workdir)) <= {"exporter.yaml", "state", "state/state.json"}, tree_of(workdir)
+    assert set(tree_of(workdir)) <= STANDALONE_FILES, tree_of(workdir)
 
 
 @pytest.mark.postgres

@@ -132,7 +132,8 @@ def test_standalone_state_file_that_cannot_be_written_after_the_first_batch_is_a
         store = SQLiteStore(path)
         store.append(make_record(i) for i in range(10, 35))
         store.close()
-    state.with_suffix(".tmp").mkdir()  # every save now fails
+    blocker = state.with_name(f".{state.name}.tmp")  # StateFile.temporary_path
+    blocker.mkdir()  # every save now fails
 
     result = run_cli("run", "--once", "-f", manifest, "--state", state, cwd=tmp_path)
     assert_no_traceback(result.stdout, result.stderr)
@@ -142,7 +143,7 @@ def test_standalone_state_file_that_cannot_be_written_after_the_first_batch_is_a
     assert "default/keep: retention Failed" in result.stdout, result.stdout
     assert str(state) in result.stdout
 
-    state.with_suffix(".tmp").rmdir()  # fixed: the next run finishes, exactly once
+    blocker.rmdir()  # fixed: the next run finishes, exactly once
     again = run_cli("run", "--once", "-f", manifest, "--state", state, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     for path, prefix in ((first, "a"), (second, "b")):

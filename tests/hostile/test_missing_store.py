@@ -101,7 +101,7 @@ def test_verify_and_restore_never_create_a_store(s3_server: LocalS3, bucket: str
     audit = exporter.verify()
     assert audit.returncode != 0
     assert_no_traceback(audit)
-    assert "not found" in audit.stderr.lower()
+    assert "does not exist" in audit.stderr, audit.stderr
     restore = run_cli("restore", "--store", typo, cwd=tmp_path)
     assert restore.returncode != 0
     assert_no_traceback(restore)
@@ -125,7 +125,7 @@ def test_store_init_creates_a_store_that_an_exporter_may_then_use(
 
 def test_operator_creates_only_its_own_default_store(s3_server: LocalS3, bucket: str, tmp_path: Path) -> None:
     default = tmp_path / "operator" / "default.sqlite"  # the operator's --store: created at start-up
-    typo = tmp_path / "stroe.sqlite"
+    typo = tmp_path / "operator" / "stroe.sqlite"  # beside it: inside the directories SQLite stores may be in
     exporter = HostileExporter(s3_server, bucket, tmp_path, str(default))
     with operator_cluster(default) as (kube, _operator):
         wait_until(default.exists, timeout=30, what="the operator's default store, made at start-up")
