@@ -1,0 +1,59 @@
+"""The seal on rows capture-export appended itself: what lets the export trust a row without checking it.
+
+Our own append (``CaptureStore.append``: ``seed``, the ingest server, tests) encodes every record with
+``records.encode_body``: one canonical CBOR map, credentials stripped. Such a row needs no check at
+export, which is what keeps the default export fast. A flag saying so would not do: any writer can set a
+flag (schema version 3's ``stripped`` column was exactly that). So the append stores beside each body a
+**seal**, a keyed MAC of the body (HMAC-SHA-256, truncated to 16 bytes) under a random per-store key kept
+in the store's ``capture_export_meta`` table (``seal_key``), and the export trusts a row only when its
+seal matches its bytes. Any other row, whatever columns it sets, is *foreign* and gets the full check
+(store/check.py).
+
+The trust model:
+
+* **PostgreSQL**: grant the gateway's role ``INSERT`` (and, if it needs them, ``SELECT``) on ``captures``
+  only, not ``SELECT`` on ``capture_export_meta``: it then cannot learn the key, so it cannot forge a seal
+  (copying another row's seal does not help: the seal covers the body). The operator's role owns both.
+* **SQLite**: whoever can open the file can read the key and forge seals. A gateway that writes the file
+  directly is trusted as far as the file is; its rows are checked only when unsealed.
+* The MAC also covers ``SEAL_CONTEXT``, which names the credential rules the append applied: when those
+  rules widen in a later version, the context changes and rows sealed under the old rules are checked
+  again like foreign rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+__all__ = ["SEAL_CONTEXT", "SEAL_KEY_META", "SEAL_SIZE", "RecordSeal", "new_seal_key"]
+
+SEAL_SIZE = 16
+SEAL_CONTEXT = b"capture-export seal v1 / credential rules 2"
+SEAL_KEY_META = "seal_key"  # the key in capture_export_meta, as hex
+
+
+def new_seal_key() -> str:
+    """A fresh per-store key, as stored in ``capture_export_meta`` (hex)."""
+    return secrets.token_hex(32)
+
+
+class RecordSeal:
+    """Seals bodies and checks seals under one store's key."""
+
+    def __init__(self, key_hex: str) -> None:
+        key = bytes.fromhex(key_hex)
+        if len(key) < 16:
+            raise ValueError("seal key too short")
+        # Bind the key to the credential rules once, so that each seal is one plain HMAC over the body.
+        self._key = hashlib.sha256(key + SEAL_CONTEXT).digest()
+
+    def seal(self, body: bytes) -> bytes:
+        return hmac.digest(self._key, body, "sha256")[:SEAL_SIZE]
+
+    def valid(self, body: object, seal: object) -> bool:
+        """Whether ``seal`` is this store's seal of ``body`` (False for anything that is not bytes)."""
+        if not isinstance(seal, bytes) or len(seal) != SEAL_SIZE or not isinstance(body, bytes):
+            return False
+        return hmac.compare_digest(hmac.digest(self._key, body, "sha256")[:SEAL_SIZE], seal)
