@@ -15,11 +15,11 @@ from typing import Any
 import cbor2
 
 from .api import S3ExporterSpec
-from .export.formats import decode_object, record_ids, to_json_line
-from .export.layout import CONTROL_DIR, ObjectLayout, data_extension, parse_range
+from .export.formats import data_extension, decode_object, record_ids, to_json_line
+from .export.layout import CONTROL_DIR, ObjectLayout, parse_range
 from .export.transform import RecordFilter
 from .objectstore import ObjectStore
-from .store import CaptureStore
+from .store import RecordReader
 
 __all__ = ["VerifyReport", "decode_object", "is_data_object", "to_json_line", "verify_export", "verify_options"]
 
@@ -76,7 +76,7 @@ def verify_options(spec: S3ExporterSpec, namespace: str, name: str) -> dict[str,
     return {"layout": layout, "accepts": RecordFilter(spec.filter) if spec.filter is not None else None}
 
 
-def _store_ids(store: CaptureStore, up_to: int, accepts: RecordPredicate | None) -> Iterator[tuple[int, bool]]:
+def _store_ids(store: RecordReader, up_to: int, accepts: RecordPredicate | None) -> Iterator[tuple[int, bool]]:
     """Every store id up to ``up_to`` in order, with whether the exporter's filter passes its record."""
     if accepts is None:
         for record_id in store.ids():
@@ -92,7 +92,7 @@ def _store_ids(store: CaptureStore, up_to: int, accepts: RecordPredicate | None)
 
 
 def verify_export(
-    store: CaptureStore,
+    store: RecordReader,
     objects: ObjectStore,
     prefix: str,
     *,

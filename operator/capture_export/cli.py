@@ -58,17 +58,15 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def _object_store_for(args: argparse.Namespace, bucket: str):
-    from .objectstore import Credentials, S3Location, S3ObjectStore
+    from .objectstore import S3Location, S3ObjectStore
+    from .objectstore.credentials import credentials_from_environment
 
-    key_id = os.environ.get("AWS_ACCESS_KEY_ID")
-    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-    credentials = Credentials(key_id, secret, os.environ.get("AWS_SESSION_TOKEN")) if key_id and secret else None
-    return S3ObjectStore(S3Location(bucket, args.region, args.endpoint), credentials)
+    return S3ObjectStore(S3Location(bucket, args.region, args.endpoint), credentials_from_environment())
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
     from .audit import decode_object, is_data_object, to_json_line
-    from .export.layout import data_extension
+    from .export.formats import data_extension
 
     source: str = args.source
     if source.startswith("s3://"):
@@ -90,8 +88,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .audit import verify_export, verify_options
-    from .export.cycle import credentials_from_secret
-    from .objectstore import S3Location, S3ObjectStore
+    from .objectstore import CredentialResolver, S3Location, S3ObjectStore
     from .store import open_store_url
 
     store = open_store_url(args.store)
@@ -102,13 +99,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print("no matching S3Exporter in the given files", file=sys.stderr)
             return 2
         targets = []
+        resolver = CredentialResolver(manifests)
         for resource in exporters:
             spec = resource.spec
-            credentials = None
-            if spec.secret_ref:
-                credentials = credentials_from_secret(
-                    resource.namespace, spec.secret_ref.name, manifests.get(resource.namespace, spec.secret_ref.name)
-                )
+            credentials = resolver.resolve(resource.namespace, spec.secret_ref)
             location = S3Location(spec.bucket, spec.region, spec.endpoint)
             # The exporter's key layout (pathTemplate) and filter: excluded records are not missing.
             options = verify_options(spec, resource.namespace, resource.name)

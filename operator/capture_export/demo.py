@@ -9,9 +9,8 @@ from urllib.parse import urlparse
 
 from .api.manifests import load_manifests
 from .audit import verify_export, verify_options
-from .export.cycle import credentials_from_secret
 from .local_s3 import LocalS3
-from .objectstore import S3Location, S3ObjectStore
+from .objectstore import CredentialResolver, S3Location, S3ObjectStore
 from .seed import seed_store
 from .standalone import StandaloneRunner
 from .store import SQLiteStore
@@ -27,8 +26,7 @@ def run_demo(*, records: int, manifest: Path, workdir: Path) -> int:
         return 2
     exporter = exporters[0]
     spec = exporter.spec
-    secret = manifests.get(exporter.namespace, spec.secret_ref.name) if spec.secret_ref else None
-    credentials = credentials_from_secret(exporter.namespace, spec.secret_ref.name, secret) if spec.secret_ref else None
+    credentials = CredentialResolver(manifests).resolve(exporter.namespace, spec.secret_ref)
     port = urlparse(spec.endpoint).port if spec.endpoint else None
     if workdir.exists():
         shutil.rmtree(workdir)  # every demo starts from an empty store and bucket

@@ -13,12 +13,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from .api.vocabulary import ExportOutcome
 from .export import BatchResult, RunResult
 
 __all__ = ["OperatorMetrics"]
 
 _LABELS = ("namespace", "name")
-OUTCOMES = ("Succeeded", "Failed", "NothingToDo", "Stopped")
+OUTCOMES = tuple(ExportOutcome)
 _CYCLE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -53,7 +54,7 @@ class OperatorMetrics:
         self.objects.labels(namespace, name).inc()
 
     def cycle(self, namespace: str, name: str, result: RunResult | None, seconds: float) -> None:
-        outcome = result.outcome if result is not None else "Failed"
+        outcome = result.outcome if result is not None else ExportOutcome.FAILED
         self.runs.labels(namespace, name, outcome).inc()
         self.cycle_seconds.labels(namespace, name).observe(seconds)
         if result is not None and result.backlog is not None:

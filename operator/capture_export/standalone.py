@@ -23,6 +23,7 @@ from .api.manifests import ManifestSet, Resource
 from .clock import SystemClock
 from .export import BatchResult, ExporterId
 from .export.cycle import CycleOutcome, ExporterWorker
+from .status.exporter import cursor_position, guard_cursor
 from .store import StoreOpener
 
 __all__ = ["StandaloneRunner", "StateFile"]
@@ -139,8 +140,8 @@ class StandaloneRunner:
             nonlocal exported
             exported += done.rows
             # Persist after every committed batch so Ctrl-C or a crash loses nothing already done.
-            item.status.cursor = str(done.cursor.position)
-            item.status.epoch = done.cursor.epoch
+            epoch, position = guard_cursor(cursor_position(item.status), (done.cursor.epoch, done.cursor.position))
+            item.status.epoch, item.status.cursor = epoch, str(position)
             self.state.put(item.state_key, item.status.model_dump(mode="json", by_alias=True))
             progress.batch(ref, done, exported, started)
 

@@ -62,15 +62,6 @@ def test_protocol_basics(store: PostgresStore) -> None:
     assert store.append_encoded([]) == 25
 
 
-def test_chunked_delete_keeps_young_and_unexported_records(store: PostgresStore) -> None:
-    store.append(make_record(i) for i in range(30))
-    cutoff = encode_body(make_record(10))[0]  # records 0..9 (ids 1..10) are older
-    assert store.delete_up_to(max_id=8, older_than_us=cutoff, batch_size=3) == 8
-    assert list(store.ids())[:3] == [9, 10, 11]
-    assert store.delete_up_to(max_id=100, older_than_us=cutoff, batch_size=4) == 2
-    assert store.count() == 20
-
-
 def test_an_open_writer_holds_the_horizon_below_its_id(store: PostgresStore, pg_dsn: str) -> None:
     store.append(make_record(i) for i in range(5))
     assert store.safe_horizon() == 5

@@ -14,8 +14,7 @@ from capture_export.audit import decode_object, verify_export, verify_options
 from capture_export.export import Cursor, ExportEngine, ExporterId, RetryPolicy
 from capture_export.export import engine as engine_module
 from capture_export.export.cycle import ExporterWorker
-from capture_export.export.formats import CborZstdEncoder
-from capture_export.export.layout import data_extension
+from capture_export.export.formats import CborZstdEncoder, data_extension
 from capture_export.objectstore import MemoryObjectStore
 from capture_export.status.conditions import get_condition
 from capture_export.store import SQLiteStore

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from capture_export.api import S3ExporterSpec
 from capture_export.audit import decode_object
 from capture_export.export.formats import (
+    DATA_EXTENSIONS,
     CborZstdEncoder,
     JsonLinesEncoder,
     ParquetEncoder,
@@ -25,7 +26,7 @@ from capture_export.export.formats import (
     record_ids,
     to_json_line,
 )
-from capture_export.export.layout import DATA_EXTENSIONS, ObjectLayout
+from capture_export.export.layout import ObjectLayout
 from capture_export.seed import generate_records
 from capture_export.store.records import encode_body, with_id
 from tests.conftest import make_record

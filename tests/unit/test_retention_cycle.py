@@ -269,3 +269,26 @@ def test_reset_after_a_purge_keeps_purged_records_in_the_bucket(tmp_path: Path) 
         exporter.export()  # objects 1-5 and 6-10 hold purged records: kept as they are, and skipped
         assert {3, 4, 5, 6, 7, 8} <= exporter.bucket.data_ids()
         assert exporter.cursor.position == 10
+
+
+def test_a_parquet_exporter_gates_where_pyarrow_is_missing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate reads only the checkpoint: an operator without pyarrow still sees a Parquet exporter's
+    committed cursor (it cannot export Parquet, but what was exported elsewhere may be purged)."""
+    from capture_export.export import ExportEngine, formats
+
+    exporter = world.exporters["x0"]
+    exporter.spec = exporter.spec.model_copy(update={"format": "parquet"})
+    exporter.engine = ExportEngine(exporter.spec, exporter.engine.exporter, world.store, exporter.bucket,
+                                   clock=world.clock)
+    world.insert([OLD] * 4 + [YOUNG])
+    exporter.export()
+    assert exporter.checkpoint().position == 5
+
+    def missing() -> None:
+        raise formats.FormatUnavailable("format parquet needs pyarrow, which is not installed here")
+
+    monkeypatch.setattr(formats, "_pyarrow", missing)
+    outcome = world.purge(policy(maxAge="24h", exporters=["x0"]))
+    assert condition(outcome.status, "GateOpen").status == "True"
+    assert outcome.status.gate.bound == "5" and outcome.status.last_run.purged == 4
+    assert list(world.store.ids()) == [5]

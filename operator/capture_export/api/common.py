@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from .vocabulary import Truth
+
 __all__ = [
     "GROUP",
     "VERSION",
@@ -84,12 +86,12 @@ class StoreRef(ApiModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> StoreRef:
-        if self.sqlite is not None and self.postgres is not None:
+        if sum(getattr(self, name) is not None for name in type(self).model_fields) > 1:
             raise ValueError("store: set at most one of sqlite and postgres")
         return self
 
 
-ConditionStatus = Literal["True", "False", "Unknown"]
+ConditionStatus = Literal[tuple(t.value for t in Truth)]  # type: ignore[valid-type]
 
 
 class Condition(ApiModel):

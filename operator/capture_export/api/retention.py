@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .common import DNS_SUBDOMAIN, ApiModel, Condition, StoreRef
+from .vocabulary import GateExporterState, GateMode, PurgeOutcome
 
 __all__ = [
     "DURATION_PATTERN",
@@ -91,9 +92,6 @@ class ExporterSelector(ApiModel):
             if len(key) > 316 or not re.fullmatch(_LABEL_KEY, key):
                 raise ValueError(LABEL_KEYS_VALID["message"])
         return value
-
-    def matches(self, labels: dict[str, str]) -> bool:
-        return all(labels.get(key) == wanted for key, wanted in self.match_labels.items())
 
 
 class SoftDelete(ApiModel):
@@ -198,9 +196,8 @@ class RetentionPolicySpec(ApiModel):
 
 # -- status ----------------------------------------------------------------------------------------
 
-RetentionOutcome = Literal["Succeeded", "Failed", "NothingToDo", "GateClosed", "DryRun", "Stopped"]
-ExporterGateState = Literal["Committed", "NeverRun", "Reset", "NotFound", "Unreadable", "StoreMismatch",
-                            "AheadOfStore"]
+RetentionOutcome = Literal[tuple(o.value for o in PurgeOutcome)]  # type: ignore[valid-type]
+ExporterGateState = Literal[tuple(s.value for s in GateExporterState)]  # type: ignore[valid-type]
 
 
 class GateExporter(ApiModel):
@@ -225,7 +222,7 @@ class GateStatus(ApiModel):
 
     open: Annotated[bool, Field(description="Whether any record may be purged by export.")]
     mode: Annotated[
-        Literal["RequireExport", "AgeOnly"],
+        Literal[tuple(m.value for m in GateMode)],  # type: ignore[valid-type]
         Field(description="RequireExport, or AgeOnly when requireExport is false (unexported records are "
               "purged too)."),
     ]

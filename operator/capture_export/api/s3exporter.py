@@ -9,7 +9,9 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from ..export.formats import COMPRESSIONS, FORMAT_NAMES, FORMATS
 from .common import ApiModel, Condition, SecretRef, StoreRef
+from .vocabulary import ExportOutcome
 
 __all__ = [
     "HISTORY_LENGTH",
@@ -41,8 +43,9 @@ DESTINATION_IMMUTABLE = {
 
 # -- formats, key templates, privacy, filters (issue 7) ----------------------------------------------
 
-Format = Literal["cbor-zstd", "jsonl", "parquet"]
-Compression = Literal["none", "gzip", "zstd"]
+# The allowed values come from the format registry (export/formats.py).
+Format = Literal[FORMAT_NAMES]  # type: ignore[valid-type]
+Compression = Literal[COMPRESSIONS]  # type: ignore[valid-type]
 
 # Variables of ``pathTemplate``. The time variables are the UTC date and time of the batch's records.
 TIME_VARIABLES = ("date", "year", "month", "day", "hour")
@@ -73,10 +76,20 @@ LAYOUT_IMMUTABLE = {
     "rule": "self.pathTemplate == oldSelf.pathTemplate && self.hivePartitioning == oldSelf.hivePartitioning",
     "message": "pathTemplate and hivePartitioning are immutable: create a new S3Exporter to change the key layout",
 }
-COMPRESSION_RULE = {
-    "rule": "!has(self.compression) || self.format != 'cbor-zstd' || self.compression == 'zstd'",
-    "message": "compression: format cbor-zstd is always zstd; compression applies to jsonl and parquet",
-}
+
+
+def _compression_rule() -> dict[str, str]:
+    """The CEL rule refusing a compression a format does not have (formats with a single compression)."""
+    fixed = [info for info in FORMATS.values() if len(info.compressions) == 1]
+    others = [info.name for info in FORMATS.values() if len(info.compressions) > 1]
+    clauses = [f"self.format != '{info.name}' || self.compression == '{info.compressions[0]}'" for info in fixed]
+    rule = " && ".join(clauses if len(clauses) == 1 else [f"({clause})" for clause in clauses])
+    always = ", ".join(f"format {info.name} is always {info.compressions[0]}" for info in fixed)
+    return {"rule": f"!has(self.compression) || {rule}" if clauses else "true",
+            "message": f"compression: {always}; compression applies to {' and '.join(others)}"}
+
+
+COMPRESSION_RULE = _compression_rule()
 
 
 def parse_path_template(template: str) -> list[tuple[str, bool]]:
@@ -276,12 +289,12 @@ class S3ExporterSpec(ApiModel):
         if self.hive_partitioning and re.search(r"=\{(?:" + "|".join(TIME_VARIABLES) + r")\}", template):
             raise ValueError("pathTemplate: with hivePartitioning the time variables already render as "
                              "year=2026; write {year}, not year={year}")
-        if self.format == "cbor-zstd" and self.compression not in (None, "zstd"):
+        if self.compression is not None and self.compression not in FORMATS[self.format].compressions:
             raise ValueError(COMPRESSION_RULE["message"])
         return self
 
 
-Outcome = Literal["Succeeded", "Failed", "NothingToDo", "Stopped"]
+Outcome = Literal[tuple(o.value for o in ExportOutcome)]  # type: ignore[valid-type]
 
 
 class RunRecord(ApiModel):

@@ -1,15 +1,27 @@
-"""Export: one run reads batches, encodes them, writes data and checkpoint objects, advances the cursor."""
+"""Export: one run reads batches, encodes them, writes data and checkpoint objects, advances the cursor.
+
+The names below load on first use: the API models import the format registry (export/formats.py) to
+derive the spec's allowed formats, and the engine imports the API models, so importing this package
+must not import the engine at once.
+"""
 
 from __future__ import annotations
 
-from .engine import BatchResult, Cursor, ExportEngine, ExporterId, ExportFailure, RetryPolicy, RunResult
-from .formats import BatchEncoder, CborZstdEncoder
-from .layout import ObjectLayout, parse_range
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoints
+    from .engine import ExportEngine
+    from .formats import BatchEncoder, CborZstdEncoder
+    from .layout import ObjectLayout, parse_range
+    from .model import BatchResult, Cursor, ExporterId, ExportFailure, RetryPolicy, RunResult
 
 __all__ = [
     "BatchEncoder",
     "BatchResult",
     "CborZstdEncoder",
+    "Checkpoints",
     "Cursor",
     "ExportEngine",
     "ExportFailure",
@@ -19,3 +31,27 @@ __all__ = [
     "RunResult",
     "parse_range",
 ]
+
+_HOMES = {
+    "Checkpoints": "checkpoint",
+    "ExportEngine": "engine",
+    "BatchEncoder": "formats",
+    "CborZstdEncoder": "formats",
+    "ObjectLayout": "layout",
+    "parse_range": "layout",
+    "BatchResult": "model",
+    "Cursor": "model",
+    "ExporterId": "model",
+    "ExportFailure": "model",
+    "RetryPolicy": "model",
+    "RunResult": "model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

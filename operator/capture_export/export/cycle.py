@@ -8,29 +8,22 @@ emitting and when the next cycle is due.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from ..api import S3ExporterSpec, S3ExporterStatus
+from ..api.vocabulary import ConditionType, Domain, EventType, ExportOutcome, Reason
 from ..clock import Clock, SystemClock
-from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
+from ..objectstore import Credentials, ObjectStore, ObjectStoreError, S3Location, S3ObjectStore
+from ..objectstore.credentials import CredentialResolver, SecretSource
 from ..status.exporter import Event, StatusUpdate
 from ..store import CaptureStore, StoreError
-from .engine import BatchResult, Cursor, ExportEngine, ExporterId, ExportFailure, RunResult
+from .engine import ExportEngine
+from .model import BatchResult, Cursor, ExporterId, ExportFailure, RunResult
 
-__all__ = ["CycleOutcome", "ExporterWorker", "SecretSource", "StoreOpener", "credentials_from_secret"]
+__all__ = ["CycleOutcome", "ExporterWorker", "ObjectStoreFactory", "StoreOpener"]
 
-ACCESS_KEY_ID = "access_key_id"
-ACCESS_SECRET = "access_secret"
-SESSION_TOKEN = "session_token"
 MAX_FAILURE_BACKOFF = 300.0
-
-
-class SecretSource(Protocol):
-    def get(self, namespace: str, name: str) -> Mapping[str, str] | None:
-        """A Secret's decoded data, or None when it does not exist."""
-        ...
 
 
 StoreOpener = Callable[[S3ExporterSpec, str], CaptureStore]
@@ -43,17 +36,6 @@ class CycleOutcome:
     events: list[Event]
     result: RunResult | None
     due_in: float  # seconds until the next cycle should start
-
-
-def credentials_from_secret(namespace: str, name: str, data: Mapping[str, str] | None) -> Credentials:
-    if data is None:
-        raise ExportFailure("SecretNotFound", f"Secret {namespace}/{name} not found", domain="Credentials",
-                            transient=False)
-    for key in (ACCESS_KEY_ID, ACCESS_SECRET):
-        if not data.get(key):
-            raise ExportFailure("SecretKeyMissing", f"Secret {namespace}/{name} has no key {key!r}",
-                                domain="Credentials", transient=False)
-    return Credentials(data[ACCESS_KEY_ID], data[ACCESS_SECRET], data.get(SESSION_TOKEN) or None)
 
 
 class ExporterWorker:
@@ -71,6 +53,7 @@ class ExporterWorker:
         self.exporter = exporter
         self.open_store = open_store
         self.secrets = secrets
+        self.credentials = CredentialResolver(secrets)
         self.clock = clock or SystemClock()
         self.object_store_factory = object_store_factory or (lambda loc, cred: S3ObjectStore(loc, cred))
         self.engine: ExportEngine | None = None
@@ -79,10 +62,10 @@ class ExporterWorker:
         self.consecutive_failures = 0
 
     def _credentials(self, spec: S3ExporterSpec) -> Credentials | None:
-        if spec.secret_ref is None:
-            return None
-        name = spec.secret_ref.name
-        return credentials_from_secret(self.exporter.namespace, name, self.secrets.get(self.exporter.namespace, name))
+        try:
+            return self.credentials.resolve(self.exporter.namespace, spec.secret_ref)
+        except ObjectStoreError as exc:
+            raise ExportFailure.from_object_store(exc) from None
 
     def _engine_for(self, spec: S3ExporterSpec, credentials: Credentials | None, store: CaptureStore) -> bool:
         """Make or reuse the engine; True when it is new (so the connection must be tested)."""
@@ -116,11 +99,11 @@ class ExporterWorker:
             try:
                 store = self.open_store(spec, self.exporter.namespace)
             except StoreError as exc:
-                raise ExportFailure("StoreUnavailable", str(exc), domain="Store", transient=True) from None
+                raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
             if self._engine_for(spec, credentials, store):
                 assert self.engine is not None
                 self.engine.check_connection()
-                update.passed("CredentialsValid", "BucketReachable")
+                update.passed(ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE)
             engine = self.engine
             assert engine is not None
             saved = Cursor(update.status.epoch, int(update.status.cursor))
@@ -131,10 +114,10 @@ class ExporterWorker:
                 saved = recovered
             if reset_token is not None and reset_token != update.status.last_reset:
                 saved = engine.reset(saved)
-                update.status.epoch, update.status.cursor = saved.epoch, "0"
+                update.advance_cursor(saved.epoch, saved.position)  # a newer epoch: the guard lets it in
                 update.status.totals = type(update.status.totals)()
                 update.status.last_reset = reset_token
-                update.events.append(Event("Normal", "CursorReset", f"re-exporting from the beginning "
+                update.events.append(Event(EventType.NORMAL, Reason.CURSOR_RESET, f"re-exporting from the beginning "
                                            f"(epoch {saved.epoch})"))
             result = engine.run(saved, max_seconds=max_seconds, should_stop=should_stop, on_batch=on_batch)
             update.record_run(result)
@@ -142,8 +125,8 @@ class ExporterWorker:
         except ExportFailure as exc:
             failure = exc
             update.fail(exc)
-            update.events.append(Event("Warning", "ExportFailed", exc.message))
-            if exc.domain in ("Credentials", "Bucket"):
+            update.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, exc.message))
+            if exc.domain in (Domain.CREDENTIALS, Domain.BUCKET):
                 # Re-test the connection next time rather than trusting a cached engine.
                 self._engine_key = None
         new_status, events = update.finish()
@@ -153,5 +136,5 @@ class ExporterWorker:
         else:
             self.consecutive_failures = 0
             backlog = result.backlog if result else None
-            due_in = 0.0 if backlog and result and result.outcome != "Stopped" else float(spec.every)
+            due_in = 0.0 if backlog and result and result.outcome != ExportOutcome.STOPPED else float(spec.every)
         return CycleOutcome(new_status, events, result, due_in)

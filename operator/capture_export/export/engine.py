@@ -13,149 +13,29 @@ dated ``pathTemplate``, a batch is cut where the folder of its records would cha
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from datetime import UTC
+from typing import Any
 
 import cbor2
 
 from ..api import S3ExporterSpec
+from ..api.vocabulary import Domain, ExportOutcome, Reason
 from ..clock import Clock, SystemClock
-from ..objectstore import ObjectStore, ObjectStoreError
-from ..store import CaptureStore, CorruptRecord, StoredRecord, StoreError
+from ..objectstore import ObjectStore
+from ..store import CorruptRecord, RecordReader, StoredRecord, StoreError
 from ..store.records import CREDENTIAL_MARKERS, ensure_no_credentials, with_id
+from .checkpoint import Checkpoints
 from .formats import BatchEncoder, FormatUnavailable, encoder_for, record_ids
 from .layout import ObjectLayout, parse_range
+from .model import BatchResult, Cursor, ExporterId, ExportFailure, PreparedBatch, Requests, RetryPolicy, RunResult
 from .transform import RecordTransform, peek_fields
 
-T = TypeVar("T")
-
-__all__ = [
-    "BatchResult",
-    "Cursor",
-    "ExportEngine",
-    "ExportFailure",
-    "ExporterId",
-    "RetryPolicy",
-    "RunResult",
-]
-
-
-@dataclass(frozen=True)
-class ExporterId:
-    namespace: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """Export progress. ``position`` is the highest committed record id; ``epoch`` counts resets (a reset
-    starts again from 0, so a newer epoch wins over a higher position); ``high_water`` is the highest id
-    ever exported, below which objects from an earlier epoch or a killed run may exist."""
-
-    epoch: int = 0
-    position: int = 0
-    high_water: int = 0
-
-    def order(self) -> tuple[int, int]:
-        return (self.epoch, self.position)
-
-    def newest(self, other: Cursor | None) -> Cursor:
-        if other is None:
-            return self
-        best = self if self.order() >= other.order() else other
-        return replace(best, high_water=max(self.high_water, other.high_water, best.position))
-
-
-class ExportFailure(Exception):
-    """Why a run stopped early. ``domain`` names the condition it speaks to: Bucket, Credentials or Store,
-    or Format (the format cannot be written here: a missing package, records it cannot encode)."""
-
-    def __init__(self, reason: str, message: str, *, domain: str, transient: bool) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.domain = domain
-        self.transient = transient
-
-    @classmethod
-    def from_object_store(cls, exc: ObjectStoreError) -> ExportFailure:
-        return cls(exc.reason, exc.message, domain=exc.domain, transient=exc.transient)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 4
-    base_delay: float = 0.5
-    max_delay: float = 8.0
-    throttle_delay: float = 2.0
-
-    def delay(self, attempt: int, reason: str) -> float:
-        base = self.throttle_delay if reason == "Throttled" else self.base_delay
-        return min(self.max_delay, base * (2 ** attempt))
-
-
-@dataclass
-class PreparedBatch:
-    first_id: int  # the range of ids the batch handled (read), which names its object
-    last_id: int
-    first_timestamp_us: int
-    rows: int  # records in the object
-    raw_bytes: int
-    payload: bytes | None  # None: the filter excluded every record, no object is written
-    key: str | None
-    read_seconds: float
-    encode_seconds: float
-    filtered: int = 0
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    key: str | None  # None when the filter excluded every record of the batch (no object written)
-    first_id: int
-    last_id: int
-    rows: int
-    raw_bytes: int
-    bytes: int
-    cursor: Cursor
-    read_seconds: float
-    encode_seconds: float
-    upload_seconds: float
-    filtered: int = 0
-
-    @property
-    def object_written(self) -> bool:
-        return self.key is not None
-
-
-@dataclass
-class RunResult:
-    start: datetime
-    end: datetime | None = None
-    outcome: str = "NothingToDo"  # Succeeded, Failed, NothingToDo, Stopped
-    rows: int = 0
-    bytes: int = 0
-    raw_bytes: int = 0
-    objects: int = 0
-    last_key: str | None = None
-    cursor: Cursor = field(default_factory=Cursor)
-    failure: ExportFailure | None = None
-    backlog: int | None = None
-    requests: int = 0
-    filtered: int = 0  # records the filter excluded: handled (the cursor passed them), not exported
-
-    @property
-    def duration_seconds(self) -> float:
-        return (self.end - self.start).total_seconds() if self.end else 0.0
+__all__ = ["ExportEngine", "SynchronousPipeline", "encode_batch"]
 
 
 class ExportEngine:
@@ -165,7 +45,7 @@ class ExportEngine:
         self,
         spec: S3ExporterSpec,
         exporter: ExporterId,
-        store: CaptureStore,
+        store: RecordReader,
         objects: ObjectStore,
         *,
         encoder: BatchEncoder | None = None,
@@ -180,7 +60,8 @@ class ExportEngine:
             try:
                 encoder = encoder_for(spec.format, spec.compression)
             except FormatUnavailable as exc:
-                raise ExportFailure("FormatUnavailable", str(exc), domain="Format", transient=False) from None
+                raise ExportFailure(Reason.FORMAT_UNAVAILABLE, str(exc), domain=Domain.FORMAT,
+                                    transient=False) from None
         self.encoder = encoder
         self.transform = RecordTransform(spec)
         self.clock = clock or SystemClock()
@@ -192,48 +73,26 @@ class ExportEngine:
         self._sweep_pending = True
         # Keys of objects found to hold records the store no longer has: kept through re-exports.
         self._preserved: set[str] = set()
-        self.requests = 0
+        # Every object-store request of this engine, its checkpoint's included, retried and counted here.
+        self._call = Requests(self.clock, self.retry)
+        self.checkpoints = Checkpoints(objects, self.layout, exporter, self.clock, requests=self._call)
+
+    @property
+    def requests(self) -> int:
+        """Object-store requests made so far (every attempt)."""
+        return self._call.count
 
     # -- checkpoint ---------------------------------------------------------------------------------
 
-    def read_checkpoint(self) -> Cursor | None:
-        raw = self._call(lambda: self.objects.get(self.layout.checkpoint_key()))
-        if raw is None:
-            return None
-        try:
-            data = json.loads(raw)
-            return Cursor(int(data["epoch"]), int(data["cursor"]), int(data.get("highWater", data["cursor"])))
-        except (ValueError, KeyError, TypeError):
-            raise ExportFailure(
-                "CheckpointCorrupt",
-                f"checkpoint object {self.layout.checkpoint_key()} is not valid JSON with epoch and cursor",
-                domain="Bucket",
-                transient=False,
-            ) from None
-
-    def _write_checkpoint(self, cursor: Cursor, last_key: str | None) -> None:
-        body = {
-            "version": 1,
-            "exporter": str(self.exporter),
-            "epoch": cursor.epoch,
-            "cursor": str(cursor.position),
-            "highWater": str(cursor.high_water),
-            "lastKey": last_key,
-            "updated": self.clock.now().isoformat(),
-        }
-        data = json.dumps(body, indent=1).encode()
-        self._call(lambda: self.objects.put(self.layout.checkpoint_key(), data, content_type="application/json"))
-
     def recover(self, saved: Cursor | None) -> Cursor:
         """The cursor to resume from: the newest of the saved state and the bucket's checkpoint."""
-        checkpoint = self.read_checkpoint()
-        return (saved or Cursor()).newest(checkpoint)
+        return self.checkpoints.recover(saved)
 
     def reset(self, current: Cursor) -> Cursor:
         """Start again from the beginning: a new epoch, recorded in the checkpoint at once so that the
         retention gate closes and a restart does not jump back to the old position."""
         cursor = Cursor(epoch=current.epoch + 1, position=0, high_water=max(current.high_water, current.position))
-        self._write_checkpoint(cursor, None)
+        self.checkpoints.write(cursor, None)
         self._sweep_pending = True
         return cursor
 
@@ -272,13 +131,13 @@ class ExportEngine:
                 if done.key is not None:
                     result.objects += 1
                     result.last_key = done.key
-                result.outcome = "Succeeded"
+                result.outcome = ExportOutcome.SUCCEEDED
                 if on_batch is not None:
                     on_batch(done)
             if pipeline.interrupted and should_stop():
-                result.outcome = "Stopped"
+                result.outcome = ExportOutcome.STOPPED
         except ExportFailure as failure:
-            result.outcome = "Failed"
+            result.outcome = ExportOutcome.FAILED
             result.failure = failure
             self._sweep_pending = True
         finally:
@@ -295,7 +154,7 @@ class ExportEngine:
         try:
             return self.store.read_batch(after, limit or self.spec.limit)
         except StoreError as exc:
-            raise ExportFailure("StoreUnavailable", str(exc), domain="Store", transient=True) from None
+            raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
 
     def _cut(self, rows: list[StoredRecord]) -> tuple[list[StoredRecord], list[StoredRecord]]:
         """Split rows at the first record whose folder differs from the first one's (a batch never spans
@@ -314,8 +173,8 @@ class ExportEngine:
             records = encode_batch(rows)
             kept = self._transform(rows, records)
         except CorruptRecord as exc:
-            raise ExportFailure("CorruptRecord", f"{exc}; export holds before it until it is fixed",
-                                domain="Store", transient=False) from None
+            raise ExportFailure(Reason.CORRUPT_RECORD, f"{exc}; export holds before it until it is fixed",
+                                domain=Domain.STORE, transient=False) from None
         first, last = rows[0], rows[-1]
         payload: bytes | None = None
         try:
@@ -332,9 +191,9 @@ class ExportEngine:
                             [raw if raw is not None else cbor2.dumps(record, timezone=UTC) for record, raw in kept]
                         )
         except Exception as exc:  # an encoder that cannot represent a record
-            raise ExportFailure("EncodeFailed", f"records {first.id}-{last.id} could not be written as "
+            raise ExportFailure(Reason.ENCODE_FAILED, f"records {first.id}-{last.id} could not be written as "
                                 f"{self.spec.format}: {exc.__class__.__name__}: {exc}; export holds before them",
-                                domain="Format", transient=False) from None
+                                domain=Domain.FORMAT, transient=False) from None
         return PreparedBatch(
             first_id=first.id,
             last_id=last.id,
@@ -383,7 +242,7 @@ class ExportEngine:
         if self._sweep_pending or batch.first_id <= cursor.high_water:
             self._sweep_overlapping(batch, cursor.high_water)
         new_cursor = Cursor(cursor.epoch, batch.last_id, max(cursor.high_water, batch.last_id))
-        self._write_checkpoint(new_cursor, key)
+        self.checkpoints.write(new_cursor, key)
         self._sweep_pending = False
         return BatchResult(
             key=key,
@@ -436,7 +295,7 @@ class ExportEngine:
                 return False
             live = {row.id for row in self.store.read_batch(first - 1, last - first + 1, last)}
         except StoreError as exc:
-            raise ExportFailure("StoreUnavailable", str(exc), domain="Store", transient=True) from None
+            raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
         try:
             ids = record_ids(data, key)
         except Exception:
@@ -473,19 +332,6 @@ class ExportEngine:
         """A batch that writes nothing and moves the cursor past an object that is kept as it is."""
         return PreparedBatch(first_id=after + 1, last_id=last, first_timestamp_us=timestamp_us, rows=0,
                              raw_bytes=0, payload=None, key=None, read_seconds=0.0, encode_seconds=0.0)
-
-    def _call(self, operation: Callable[[], T]) -> T:
-        """One object-store request, retried with backoff while the failure is transient."""
-        attempt = 0
-        while True:
-            self.requests += 1
-            try:
-                return operation()
-            except ObjectStoreError as exc:
-                attempt += 1
-                if not exc.transient or attempt >= self.retry.attempts:
-                    raise ExportFailure.from_object_store(exc) from None
-                self.clock.sleep(self.retry.delay(attempt - 1, exc.reason))
 
 
 def _plan_batches(engine: ExportEngine, cursor: Cursor, stop: threading.Event) -> Iterator[

@@ -1,4 +1,10 @@
-"""Batch encodings (``spec.format``) and how to read each back.
+"""Batch encodings (``spec.format``), how to read each back, and the one registry of formats.
+
+``FORMATS`` is the registry: each format's compressions, object extensions and content types, its encoder
+and its reader. The spec's allowed ``format`` and ``compression`` values (and so the CRD enums), the key
+layout's data extensions, and what ``cat``/``verify`` can read all derive from it: a new format is one
+entry there (plus its encoder and reader here). The module is long (about 500 lines) on purpose: every
+format's encoder, reader and registry entry sit together, so adding one touches this file only.
 
 ``cbor-zstd`` (default, ``.cbor.zstd``): one zstd frame holding a CBOR sequence (RFC 8742) of records, as
 Aperture writes them. The encoder gets the stored CBOR bytes (with ``id`` spliced in) and never decodes.
@@ -37,7 +43,8 @@ import gzip
 import io
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
@@ -47,14 +54,21 @@ import zstandard
 from ..store.records import decode_sequence
 
 __all__ = [
+    "COMPRESSIONS",
+    "DATA_EXTENSIONS",
+    "FORMATS",
+    "FORMAT_NAMES",
     "PARQUET_SCHEMA_VERSION",
     "BatchEncoder",
     "CborZstdEncoder",
+    "FormatInfo",
     "FormatUnavailable",
     "JsonLinesEncoder",
     "ParquetEncoder",
+    "data_extension",
     "decode_object",
     "encoder_for",
+    "format_of",
     "json_default",
     "parquet_schema",
     "record_ids",
@@ -85,12 +99,11 @@ class BatchEncoder(Protocol):
 
 
 class CborZstdEncoder:
-    extension = ".cbor.zstd"
-    content_type = "application/zstd"
     decoded = False
 
     def __init__(self, level: int = 3) -> None:
         self.level = level
+        self.extension, self.content_type = FORMATS["cbor-zstd"].object_type("zstd")
 
     def encode(self, records: Sequence[bytes]) -> bytes:
         # A compressor is cheap to make and not safe to share across threads.
@@ -160,10 +173,7 @@ class JsonLinesEncoder:
     def __init__(self, compression: str = "none", level: int | None = None) -> None:
         self.compression = compression
         self.level = level
-        self.extension = {"none": ".jsonl", "gzip": ".jsonl.gz", "zstd": ".jsonl.zst"}[compression]
-        # No Content-Encoding: clients would then decompress on download and the name would lie.
-        self.content_type = {"none": "application/x-ndjson", "gzip": "application/gzip",
-                             "zstd": "application/zstd"}[compression]
+        self.extension, self.content_type = FORMATS["jsonl"].object_type(compression)
 
     def encode(self, records: Sequence[bytes]) -> bytes:
         return self.encode_records([cbor2.loads(record) for record in records])
@@ -277,14 +287,13 @@ def _split_raw(capture: Any) -> tuple[Any, bytes | None, bytes | None]:
 
 
 class ParquetEncoder:
-    extension = ".parquet"
-    content_type = "application/vnd.apache.parquet"
     decoded = True
 
     def __init__(self, compression: str = "zstd") -> None:
         self.pa = _pyarrow()
         self.schema = parquet_schema()
         self.compression = compression
+        self.extension, self.content_type = FORMATS["parquet"].object_type(compression)
 
     def encode(self, records: Sequence[bytes]) -> bytes:
         return self.encode_records([cbor2.loads(record) for record in records])
@@ -328,17 +337,6 @@ class ParquetEncoder:
         sink = io.BytesIO()
         pq.write_table(table, sink, compression=self.compression, write_statistics=True)
         return sink.getvalue()
-
-
-def encoder_for(format: str, compression: str | None = None) -> BatchEncoder:
-    """The encoder of ``spec.format``; raises FormatUnavailable when its package is missing."""
-    if format == "cbor-zstd":
-        return CborZstdEncoder()
-    if format == "jsonl":
-        return JsonLinesEncoder(compression or "none")
-    if format == "parquet":
-        return ParquetEncoder(compression or "zstd")
-    raise ValueError(f"unknown format {format!r}")
 
 
 # -- reading back (capture-export cat and verify) --------------------------------------------------------
@@ -397,24 +395,119 @@ def _parquet_records(data: bytes) -> Iterator[dict[str, Any]]:
         yield record
 
 
+def _parquet_ids(data: bytes) -> list[int]:
+    _pyarrow()
+    import pyarrow.parquet as pq
+
+    return [int(i) for i in pq.read_table(io.BytesIO(data), columns=["id"]).column("id").to_pylist()]
+
+
+# -- the registry -----------------------------------------------------------------------------------------
+
+Reader = Callable[[bytes, str], Iterator[dict[str, Any]]]  # (object bytes, its extension) -> records
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """One value of ``spec.format``.
+
+    ``compressions``: the values ``spec.compression`` may take with it; ``default_compression`` when it is
+    omitted. ``extensions`` and ``content_types``: the object's extension and Content-Type per compression
+    (no Content-Encoding: clients would decompress on download and the name would lie). ``encoder`` makes
+    the encoder for a compression; ``reader`` reads an object back; ``ids`` reads just the record ids when
+    the format can do that more cheaply than reading whole records."""
+
+    name: str
+    compressions: tuple[str, ...]
+    default_compression: str
+    extensions: Mapping[str, str]
+    content_types: Mapping[str, str]
+    encoder: Callable[[str], BatchEncoder]
+    reader: Reader
+    ids: Callable[[bytes], list[int]] | None = None
+
+    def object_type(self, compression: str) -> tuple[str, str]:
+        """(extension, content type) of this format's objects with ``compression``."""
+        return self.extensions[compression], self.content_types[compression]
+
+
+FORMATS: dict[str, FormatInfo] = {
+    info.name: info
+    for info in (
+        FormatInfo(
+            name="cbor-zstd",
+            compressions=("zstd",),
+            default_compression="zstd",
+            extensions={"zstd": ".cbor.zstd"},
+            content_types={"zstd": "application/zstd"},
+            encoder=lambda compression: CborZstdEncoder(),
+            # Read exactly as the Aperture docs tell their users: zstd, then the CBOR sequence.
+            reader=lambda data, extension: decode_sequence(_decompress(data, ".zstd")),
+        ),
+        FormatInfo(
+            name="jsonl",
+            compressions=("none", "gzip", "zstd"),
+            default_compression="none",
+            extensions={"none": ".jsonl", "gzip": ".jsonl.gz", "zstd": ".jsonl.zst"},
+            content_types={"none": "application/x-ndjson", "gzip": "application/gzip", "zstd": "application/zstd"},
+            encoder=JsonLinesEncoder,
+            reader=lambda data, extension: _json_lines(_decompress(data, extension)),
+        ),
+        FormatInfo(
+            name="parquet",
+            compressions=("none", "gzip", "zstd"),
+            default_compression="zstd",
+            extensions=dict.fromkeys(("none", "gzip", "zstd"), ".parquet"),
+            content_types=dict.fromkeys(("none", "gzip", "zstd"), "application/vnd.apache.parquet"),
+            encoder=ParquetEncoder,
+            reader=lambda data, extension: _parquet_records(data),
+            ids=_parquet_ids,
+        ),
+    )
+}
+FORMAT_NAMES = tuple(FORMATS)
+# Every compression of any format: "none" first, then by name.
+COMPRESSIONS = tuple(sorted({c for info in FORMATS.values() for c in info.compressions},
+                            key=lambda c: (c != "none", c)))
+_EXTENSION_FORMATS = {ext: info for info in FORMATS.values() for ext in info.extensions.values()}
+# Every extension a data object may have, longest first, so that the extension of a key is found
+# unambiguously.
+DATA_EXTENSIONS = tuple(sorted(_EXTENSION_FORMATS, key=len, reverse=True))
+
+
+def data_extension(key: str) -> str | None:
+    """The data extension a key ends with, or None."""
+    for extension in DATA_EXTENSIONS:
+        if key.endswith(extension):
+            return extension
+    return None
+
+
+def format_of(key: str) -> FormatInfo | None:
+    """The format of a data object, told by its key's extension; None for any other key."""
+    extension = data_extension(key)
+    return _EXTENSION_FORMATS[extension] if extension is not None else None
+
+
+def encoder_for(format: str, compression: str | None = None) -> BatchEncoder:
+    """The encoder of ``spec.format``; raises FormatUnavailable when its package is missing."""
+    info = FORMATS.get(format)
+    if info is None:
+        raise ValueError(f"unknown format {format!r}")
+    return info.encoder(compression or info.default_compression)
+
+
 def decode_object(data: bytes, key: str = ".cbor.zstd") -> Iterator[dict[str, Any]]:
-    """Records of one data object, the format told by the key's extension (default ``.cbor.zstd``, read
-    exactly as the Aperture docs tell their users: zstd, then the CBOR sequence)."""
-    if key.endswith(".cbor.zstd"):
-        yield from decode_sequence(_decompress(data, ".zstd"))
-    elif key.endswith(".parquet"):
-        yield from _parquet_records(data)
-    elif key.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
-        yield from _json_lines(_decompress(data, key))
-    else:
+    """Records of one data object, the format told by the key's extension (default ``.cbor.zstd``)."""
+    extension = data_extension(key)
+    if extension is None:
         raise ValueError(f"not a data object (unknown extension): {key}")
+    yield from _EXTENSION_FORMATS[extension].reader(data, extension)
 
 
 def record_ids(data: bytes, key: str) -> list[int]:
     """The record ids of one data object, read as cheaply as its format allows."""
-    if key.endswith(".parquet"):
-        _pyarrow()
-        import pyarrow.parquet as pq
-
-        return [int(i) for i in pq.read_table(io.BytesIO(data), columns=["id"]).column("id").to_pylist()]
+    info = format_of(key)
+    if info is not None and info.ids is not None:
+        return info.ids(data)
     return [int(record["id"]) for record in decode_object(data, key)]

@@ -25,14 +25,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from ..api.s3exporter import CONTROL_SEGMENT, DEFAULT_PATH_TEMPLATE, TIME_VARIABLES, parse_path_template
+from .formats import DATA_EXTENSIONS, FORMATS
 
-__all__ = ["DATA_EXTENSIONS", "ID_WIDTH", "ObjectLayout", "data_extension", "parse_range"]
+__all__ = ["ID_WIDTH", "ObjectLayout", "parse_range"]
 
 ID_WIDTH = 20  # enough digits for any 64-bit id
 CONTROL_DIR = CONTROL_SEGMENT
-# Every extension a data object may have (formats.py maps formats to them). Longest first, so that the
-# extension of a key is found unambiguously.
-DATA_EXTENSIONS = (".cbor.zstd", ".jsonl.zst", ".jsonl.gz", ".parquet", ".jsonl")
+# DATA_EXTENSIONS, every extension a data object may have, comes from the format registry (formats.py).
 _RANGE = re.compile(r"(?:^|/)(\d{20})-(\d{20})\.[^/]+$")
 _TIME_PATTERNS = {"date": r"\d{4}-\d{2}-\d{2}", "year": r"\d{4}", "month": r"\d{2}", "day": r"\d{2}",
                   "hour": r"\d{2}"}
@@ -46,14 +45,6 @@ def parse_range(key: str) -> tuple[int, int] | None:
     if not match:
         return None
     return int(match.group(1)), int(match.group(2))
-
-
-def data_extension(key: str) -> str | None:
-    """The data extension a key ends with, or None."""
-    for extension in DATA_EXTENSIONS:
-        if key.endswith(extension):
-            return extension
-    return None
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -73,7 +64,7 @@ class ObjectLayout:
     prefix: str
     namespace: str
     name: str
-    extension: str = ".cbor.zstd"
+    extension: str = FORMATS["cbor-zstd"].extensions["zstd"]
     template: str = DEFAULT_PATH_TEMPLATE
     hive: bool = False
     _parts: list[tuple[str, bool]] = field(init=False, repr=False, compare=False)

@@ -28,12 +28,13 @@ from pydantic import ValidationError
 from ..api import GROUP, RETENTIONPOLICY, S3EXPORTER, VERSION, RetentionPolicySpec, RetentionPolicyStatus
 from ..api.manifests import InvalidManifest, parse_spec
 from ..api.s3exporter import S3ExporterSpec
+from ..api.vocabulary import ConditionType, EventType, Reason, Truth
 from ..export import ExporterId
 from ..retention import ExporterRef, RetentionOutcome, RetentionWorker
 from ..status.conditions import get_condition, set_condition
 from ..status.exporter import Event
 from ..status.retention import RetentionStatusUpdate
-from ..status.writer import KubeApiError
+from .kube import KubeApiError
 from .s3exporter import load_status as load_exporter_status
 from .settings import Runtime, sleep_until_woken
 
@@ -153,13 +154,14 @@ class PolicyState:
         """``status`` with ``Ready=False InvalidSpec``, and a Warning Event once per new refusal."""
         assert desired.refusal is not None
         update = RetentionStatusUpdate(status, now=self.runtime.clock.now(), generation=desired.generation)
-        before = get_condition(update.status.conditions, "Ready")
-        update.status.conditions, _ = set_condition(update.status.conditions, "Ready", "False", "InvalidSpec",
+        before = get_condition(update.status.conditions, ConditionType.READY)
+        update.status.conditions, _ = set_condition(update.status.conditions, ConditionType.READY, Truth.FALSE,
+                                                    Reason.INVALID_SPEC,
                                                     desired.refusal, now=update.now, generation=desired.generation)
-        if before is not None and (before.status, before.reason, before.message) == ("False", "InvalidSpec",
+        if before is not None and (before.status, before.reason, before.message) == (Truth.FALSE, Reason.INVALID_SPEC,
                                                                                        desired.refusal):
             return update.status, []
-        return update.status, [Event("Warning", "InvalidSpec", desired.refusal)]
+        return update.status, [Event(EventType.WARNING, Reason.INVALID_SPEC, desired.refusal)]
 
     async def configure(self, body: Mapping[str, Any], desired: Desired) -> None:
         """Accept a handler's decision: write the refusal or the first-visit conditions, wake the worker."""

@@ -33,10 +33,11 @@ from pydantic import ValidationError
 
 from ..api import GROUP, S3EXPORTER, VERSION, S3ExporterSpec, S3ExporterStatus
 from ..api.manifests import InvalidManifest, parse_spec
+from ..api.vocabulary import ConditionType, EventType, Reason, Truth
 from ..export import BatchResult, ExporterId
 from ..export.cycle import ExporterWorker
 from ..status.conditions import get_condition, set_condition
-from ..status.exporter import Event, StatusUpdate
+from ..status.exporter import Event, StatusUpdate, cursor_position, not_behind
 from .settings import RESET_CURSOR, RUN_NOW, Runtime, sleep_until_woken
 
 __all__ = ["DESTINATION", "KIND", "RESET_CURSOR", "RUN_NOW", "Desired", "ExporterState", "Hold", "judge",
@@ -87,7 +88,7 @@ def judge(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> tuple[S3Ex
     try:
         parsed = parse_spec(KIND, dict(spec))
     except InvalidManifest as exc:
-        return None, Hold("InvalidSpec", f"spec refused, not exporting: {exc}")
+        return None, Hold(Reason.INVALID_SPEC, f"spec refused, not exporting: {exc}")
     assert isinstance(parsed, S3ExporterSpec)
     try:
         recorded = json.loads(annotations.get(DESTINATION) or "null")
@@ -97,10 +98,10 @@ def judge(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> tuple[S3Ex
     changed = [k for k in current if isinstance(recorded, dict) and k in recorded and recorded[k] != current[k]]
     if changed:
         detail = ", ".join(f"{k} {recorded[k]!r} -> {current[k]!r}" for k in changed)
-        return parsed, Hold("DestinationImmutable", f"the destination is immutable ({detail}); not exporting "
+        return parsed, Hold(Reason.DESTINATION_IMMUTABLE, f"the destination is immutable ({detail}); not exporting "
                             "until it is restored: create a new S3Exporter to move the export")
     if parsed.suspend:
-        return parsed, Hold("Suspended", "spec.suspend is true: exporting is paused", warning=False)
+        return parsed, Hold(Reason.SUSPENDED, "spec.suspend is true: exporting is paused", warning=False)
     return parsed, None
 
 
@@ -163,7 +164,7 @@ class ExporterState:
             if changed is None:
                 return True
             status, events = changed
-            self.status = self.runtime.writer.not_behind(status, self.status)
+            self.status = not_behind(status, cursor_position(self.status), what=str(self.id))
             try:
                 return await self.runtime.writer.write_exporter(body, PLURAL, self.status, events)
             except Exception as exc:  # the API is down or refuses: keep the status, write it next time
@@ -175,13 +176,15 @@ class ExporterState:
         assert desired.hold is not None
         hold = desired.hold
         update = StatusUpdate(status, now=self.runtime.clock.now(), generation=desired.generation)
-        before = get_condition(update.status.conditions, "Ready")
-        update.status.conditions, _ = set_condition(update.status.conditions, "Ready", "False", hold.reason,
-                                                    hold.message, now=update.now, generation=desired.generation)
-        if before is not None and (before.status, before.reason, before.message) == ("False", hold.reason,
+        before = get_condition(update.status.conditions, ConditionType.READY)
+        update.status.conditions, _ = set_condition(update.status.conditions, ConditionType.READY, Truth.FALSE,
+                                                    hold.reason, hold.message, now=update.now,
+                                                    generation=desired.generation)
+        if before is not None and (before.status, before.reason, before.message) == (Truth.FALSE, hold.reason,
                                                                                        hold.message):
             return update.status, []
-        return update.status, [Event("Warning" if hold.warning else "Normal", hold.reason, hold.message)]
+        kind = EventType.WARNING if hold.warning else EventType.NORMAL
+        return update.status, [Event(kind, hold.reason, hold.message)]
 
     async def configure(self, body: Mapping[str, Any], desired: Desired) -> None:
         """Accept a handler's decision: write the hold or the first-visit conditions, wake the worker."""

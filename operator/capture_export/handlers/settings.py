@@ -26,8 +26,9 @@ from ..api import GROUP
 from ..clock import Clock, SystemClock
 from ..metrics import OperatorMetrics
 from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
-from ..status.writer import ApiSecrets, KubeApi, StatusWriter
+from ..status.writer import StatusWriter
 from ..store import StoreOpener
+from .kube import ApiSecrets, KubeApi, kopf_event
 
 __all__ = ["FINALIZER", "RESET_CURSOR", "RUN_NOW", "USER_ANNOTATIONS", "OperatorConfig", "ProgressStorage", "Runtime",
            "SharedObjectStores", "apply_settings", "quiet_client_loggers", "register",
@@ -104,7 +105,7 @@ class Runtime:
         self.metrics = OperatorMetrics()
         self.cycles = ThreadPoolExecutor(max(1, config.concurrency), thread_name_prefix="export-cycle")
         self.api_calls = ThreadPoolExecutor(4, thread_name_prefix="kube-api")
-        self.writer = StatusWriter(self.kube, self.api_calls)
+        self.writer = StatusWriter(self.kube, self.api_calls, emit=kopf_event)
         self.workers: dict[tuple[str, str, str], Any] = {}  # (kind, namespace, name) -> that kind's worker
         self.metrics_port: int | None = None
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from .base import Credentials, ObjectInfo, ObjectStore, ObjectStoreError, S3Location, scrub
+from .credentials import CredentialResolver, CredentialsError, SecretSource, credentials_from_secret
 from .memory import MemoryObjectStore
 from .s3 import S3ObjectStore, classify
 
 __all__ = [
+    "CredentialResolver",
     "Credentials",
+    "CredentialsError",
     "MemoryObjectStore",
     "ObjectInfo",
     "ObjectStore",
     "ObjectStoreError",
     "S3Location",
     "S3ObjectStore",
+    "SecretSource",
     "classify",
+    "credentials_from_secret",
     "scrub",
 ]

@@ -47,7 +47,7 @@ class ObjectStoreError(RuntimeError):
         self.reason = reason
         self.message = message
         self.transient = transient
-        # Which condition this failure speaks to: "Bucket" or "Credentials".
+        # Which condition this failure speaks to: Domain.BUCKET or Domain.CREDENTIALS (api/vocabulary.py).
         self.domain = domain
 
 

@@ -10,6 +10,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
+from ..api.vocabulary import Domain
 from .base import Credentials, ObjectInfo, ObjectStoreError, S3Location, scrub
 
 __all__ = ["S3ObjectStore", "classify"]
@@ -32,7 +33,7 @@ def classify(exc: BaseException, location: S3Location, secrets: list[str]) -> Ob
     where = f"bucket {location.bucket!r}" + (f" at {location.endpoint}" if location.endpoint else "")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return ObjectStoreError("CredentialsMissing", "no S3 credentials were found (set spec.secretRef)",
-                                transient=False, domain="Credentials")
+                                transient=False, domain=Domain.CREDENTIALS)
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -40,31 +41,31 @@ def classify(exc: BaseException, location: S3Location, secrets: list[str]) -> Ob
         detail = scrub(str(error.get("Message") or code), secrets)
         if code in _CREDENTIAL_CODES:
             return ObjectStoreError("InvalidCredentials", f"{where} rejected the credentials: {code}: {detail}",
-                                    transient=False, domain="Credentials")
+                                    transient=False, domain=Domain.CREDENTIALS)
         if code in ("NoSuchBucket",) or (code == "404" and status == 404):
-            return ObjectStoreError("BucketNotFound", f"{where} does not exist", transient=False, domain="Bucket")
+            return ObjectStoreError("BucketNotFound", f"{where} does not exist", transient=False, domain=Domain.BUCKET)
         if code in ("AccessDenied", "403", "AllAccessDisabled") or status == 403:
             return ObjectStoreError("AccessDenied", f"{where} denied access: {detail}", transient=False,
-                                    domain="Credentials")
+                                    domain=Domain.CREDENTIALS)
         if code in _THROTTLE_CODES or status in (429, 503):
             return ObjectStoreError("Throttled", f"{where} is throttling requests ({code or status}); backing off",
-                                    transient=True, domain="Bucket")
+                                    transient=True, domain=Domain.BUCKET)
         if status >= 500:
             return ObjectStoreError("S3ServerError", f"{where} failed with {status} {code}: {detail}",
-                                    transient=True, domain="Bucket")
+                                    transient=True, domain=Domain.BUCKET)
         return ObjectStoreError("S3RequestFailed", f"{where} refused the request: {code} {detail}".strip(),
-                                transient=False, domain="Bucket")
+                                transient=False, domain=Domain.BUCKET)
     if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
         return ObjectStoreError("EndpointUnreachable", f"cannot connect to {location.endpoint or 'Amazon S3'}",
-                                transient=True, domain="Bucket")
+                                transient=True, domain=Domain.BUCKET)
     if isinstance(exc, botocore.exceptions.ReadTimeoutError | botocore.exceptions.ConnectionClosedError |
                   botocore.exceptions.ResponseStreamingError):
         return ObjectStoreError("EndpointUnreachable",
                                 f"connection to {location.endpoint or 'Amazon S3'} failed mid-request: "
-                                f"{exc.__class__.__name__}", transient=True, domain="Bucket")
+                                f"{exc.__class__.__name__}", transient=True, domain=Domain.BUCKET)
     if isinstance(exc, botocore.exceptions.BotoCoreError | OSError):
         return ObjectStoreError("S3RequestFailed", scrub(f"{where}: {exc}", secrets), transient=True,
-                                domain="Bucket")
+                                domain=Domain.BUCKET)
     raise exc
 
 

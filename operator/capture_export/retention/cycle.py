@@ -19,22 +19,24 @@ from typing import Any
 
 from ..api import RetentionPolicySpec, RetentionPolicyStatus, S3ExporterSpec, S3ExporterStatus
 from ..api.retention import RetentionRun
+from ..api.vocabulary import ConditionType, EventType, GateExporterState, GateMode, PurgeOutcome, Reason, Truth
 from ..clock import Clock, SystemClock
-from ..export.cycle import ObjectStoreFactory, SecretSource, credentials_from_secret
-from ..export.engine import ExportEngine, ExporterId, ExportFailure, RetryPolicy
-from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
+from ..export.checkpoint import Checkpoints
+from ..export.cycle import ObjectStoreFactory
+from ..export.layout import ObjectLayout
+from ..export.model import ExporterId, ExportFailure, RetryPolicy
+from ..objectstore import Credentials, ObjectStore, ObjectStoreError, S3Location, S3ObjectStore
+from ..objectstore.credentials import CredentialResolver, SecretSource
 from ..status.conditions import get_condition
 from ..status.exporter import Event
 from ..status.retention import RetentionStatusUpdate
-from ..store import CaptureStore, StoreError
+from ..store import RETENTION_METHODS, CaptureStore, StoreError, describe_store, store_identity
 from .gate import ExporterObservation, Gate, evaluate_gate, gating_exporters, micros
 from .purge import Purger, PurgeStats
 
 __all__ = ["ExporterRef", "RetentionOutcome", "RetentionWorker"]
 
 MAX_FAILURE_BACKOFF = 300.0
-RETENTION_METHODS = ("expire_chunk", "purge_soft_deleted_chunk", "restore_chunk", "count_expired",
-                     "soft_deleted_count", "highest_assigned_id")
 
 StoreOpener = Callable[[Any, str], CaptureStore]
 
@@ -60,7 +62,7 @@ class RetentionOutcome:
 
     @property
     def failed(self) -> bool:
-        return self.status.last_run is not None and self.status.last_run.outcome == "Failed"
+        return self.status.last_run is not None and self.status.last_run.outcome == PurgeOutcome.FAILED
 
 
 class _Failure(Exception):
@@ -70,26 +72,11 @@ class _Failure(Exception):
         self.message = message
 
 
-def _store_key(ref: Any) -> Any:
-    """A store reference, with ``store: {}`` and no ``store`` both meaning the default store."""
-    if ref is None or (ref.sqlite is None and ref.postgres is None):
-        return None
-    return ref.model_dump(by_alias=True)
-
-
-def _describe_store(ref: Any) -> str:
-    if ref is None or (ref.sqlite is None and ref.postgres is None):
-        return "the default store"
-    if ref.sqlite is not None:
-        return f"sqlite {ref.sqlite.path}"
-    return f"postgres from Secret {ref.postgres.secret_ref.name}"
-
-
 def _failing(status: S3ExporterStatus | None) -> str | None:
     if status is None:
         return None
-    ready = get_condition(status.conditions, "Ready")
-    if ready is not None and ready.status == "False":
+    ready = get_condition(status.conditions, ConditionType.READY)
+    if ready is not None and ready.status == Truth.FALSE:
         return ready.reason
     return None
 
@@ -113,6 +100,7 @@ class RetentionWorker:
         self.policy = policy
         self.open_store = open_store
         self.secrets = secrets
+        self.credentials = CredentialResolver(secrets)
         self.clock = clock or SystemClock()
         self.object_store_factory = object_store_factory or (lambda loc, cred: S3ObjectStore(loc, cred))
         self.retry = retry or RetryPolicy(attempts=3)
@@ -120,7 +108,6 @@ class RetentionWorker:
         self.max_chunk_seconds = max_chunk_seconds
         self.recheck_seconds = recheck_seconds
         self._objects: dict[tuple[S3Location, Credentials | None], ObjectStore] = {}
-        self._engines: dict[tuple[object, ...], ExportEngine] = {}
         self.consecutive_failures = 0
 
     # -- the gate's inputs ---------------------------------------------------------------------------
@@ -131,7 +118,6 @@ class RetentionWorker:
         if objects is None:
             if len(self._objects) > 64:  # rotated credentials leave old clients behind
                 self._objects.clear()
-                self._engines.clear()
             objects = self._objects[key] = self.object_store_factory(key[0], credentials)
         return objects
 
@@ -139,31 +125,23 @@ class RetentionWorker:
                 store: CaptureStore) -> ExporterObservation:
         """Read one gating exporter's committed cursor from the checkpoint object in its bucket."""
         if ref is None:
-            return ExporterObservation(name, "NotFound")
-        if _store_key(ref.spec.store) != _store_key(spec.store):
-            return ExporterObservation(name, "StoreMismatch", detail=f"{_describe_store(ref.spec.store)}, "
-                                       f"the policy purges {_describe_store(spec.store)}")
+            return ExporterObservation(name, GateExporterState.NOT_FOUND)
+        if store_identity(ref.spec.store) != store_identity(spec.store):
+            detail = f"{describe_store(ref.spec.store)}, the policy purges {describe_store(spec.store)}"
+            return ExporterObservation(name, GateExporterState.STORE_MISMATCH, detail=detail)
         namespace = self.policy.namespace
         try:
-            credentials = None
-            if ref.spec.secret_ref is not None:
-                secret = ref.spec.secret_ref.name
-                credentials = credentials_from_secret(namespace, secret, self.secrets.get(namespace, secret))
+            credentials = self.credentials.resolve(namespace, ref.spec.secret_ref)
             objects = self._object_store(ref.spec, credentials)
-            key = (name, ref.spec.model_dump_json(), id(objects), id(store))
-            engine = self._engines.get(key)
-            if engine is None:  # only its checkpoint reader is used: read_checkpoint knows the key and format
-                if len(self._engines) > 64:
-                    self._engines.clear()
-                engine = self._engines[key] = ExportEngine(ref.spec, ExporterId(namespace, name), store, objects,
-                                                           clock=self.clock, retry=self.retry)
-            cursor = engine.read_checkpoint()
-        except ExportFailure as exc:
-            return ExporterObservation(name, "Unreadable", detail=f"{exc.reason}: {exc.message}",
+            layout = ObjectLayout(ref.spec.prefix, namespace, name)
+            cursor = Checkpoints(objects, layout, ExporterId(namespace, name), self.clock, retry=self.retry).read()
+        except (ExportFailure, ObjectStoreError) as exc:
+            return ExporterObservation(name, GateExporterState.UNREADABLE, detail=f"{exc.reason}: {exc.message}",
                                        failing=_failing(ref.status))
         except Exception as exc:  # a client that cannot even be built: never echo its text (secrets)
-            return ExporterObservation(name, "Unreadable", detail=exc.__class__.__name__, failing=_failing(ref.status))
-        return ExporterObservation(name, "Committed", cursor=cursor, failing=_failing(ref.status))
+            return ExporterObservation(name, GateExporterState.UNREADABLE, detail=exc.__class__.__name__,
+                                       failing=_failing(ref.status))
+        return ExporterObservation(name, GateExporterState.COMMITTED, cursor=cursor, failing=_failing(ref.status))
 
     def evaluate(self, spec: RetentionPolicySpec, exporters: Mapping[str, ExporterRef], store: CaptureStore) -> Gate:
         """The gate now. Raises StoreError when the store cannot be read."""
@@ -192,10 +170,10 @@ class RetentionWorker:
         try:
             store = self.open_store(spec, self.policy.namespace)
         except StoreError as exc:
-            raise _Failure("StoreUnavailable", str(exc)) from None
+            raise _Failure(Reason.STORE_UNAVAILABLE, str(exc)) from None
         missing = [m for m in RETENTION_METHODS if not callable(getattr(store, m, None))]
         if missing:
-            raise _Failure("StoreUnsupported", f"{store!r} does not implement retention ({', '.join(missing)})")
+            raise _Failure(Reason.STORE_UNSUPPORTED, f"{store!r} does not implement retention ({', '.join(missing)})")
         return store
 
     def cycle(
@@ -215,7 +193,7 @@ class RetentionWorker:
         started = self.clock.monotonic()
         deadline = started + max_seconds if max_seconds is not None else None
         update = RetentionStatusUpdate(status, now=now, generation=generation)
-        run = RetentionRun(start=now, outcome="NothingToDo")
+        run = RetentionRun(start=now, outcome=PurgeOutcome.NOTHING_TO_DO)
         stats = PurgeStats()
         gate: Gate | None = None
         failure: _Failure | None = None
@@ -230,7 +208,7 @@ class RetentionWorker:
                                     exporters=exporters)
                 update.status.soft_deleted_pending = store.soft_deleted_count()
             except StoreError as exc:
-                raise _Failure("StoreUnavailable", str(exc)) from None
+                raise _Failure(Reason.STORE_UNAVAILABLE, str(exc)) from None
         except _Failure as exc:
             failure = exc
             update.store_failed(exc.reason, exc.message)
@@ -241,8 +219,8 @@ class RetentionWorker:
         run.outcome = self._outcome(spec, gate, stats, failure)
         if failure is not None:
             run.reason, run.error = failure.reason, failure.message
-            update.events.append(Event("Warning", "PurgeFailed", f"{failure.reason}: {failure.message}"))
-        elif run.outcome == "GateClosed" and gate is not None:
+            update.events.append(Event(EventType.WARNING, Reason.PURGE_FAILED, f"{failure.reason}: {failure.message}"))
+        elif run.outcome == PurgeOutcome.GATE_CLOSED and gate is not None:
             run.reason = gate.reason
         update.record_run(run)
         self._announce(update, spec, gate, stats, run)
@@ -303,16 +281,16 @@ class RetentionWorker:
     @staticmethod
     def _outcome(spec: RetentionPolicySpec, gate: Gate | None, stats: PurgeStats, failure: _Failure | None) -> str:
         if failure is not None:
-            return "Failed"
+            return PurgeOutcome.FAILED
         if spec.dry_run:
-            return "DryRun"
+            return PurgeOutcome.DRY_RUN
         if stats.stopped:
-            return "Stopped"
+            return PurgeOutcome.STOPPED
         if stats.purged or stats.soft_deleted:
-            return "Succeeded"
+            return PurgeOutcome.SUCCEEDED
         if gate is not None and not gate.open:
-            return "GateClosed"
-        return "NothingToDo"
+            return PurgeOutcome.GATE_CLOSED
+        return PurgeOutcome.NOTHING_TO_DO
 
     @staticmethod
     def _announce(update: RetentionStatusUpdate, spec: RetentionPolicySpec, gate: Gate | None, stats: PurgeStats,
@@ -328,8 +306,8 @@ class RetentionWorker:
         if stats.purged_soft:
             parts.append(f"removed {stats.purged_soft} soft-deleted past their grace period")
         cutoff = gate.cutoff.isoformat().replace("+00:00", "Z")
-        update.events.append(Event("Normal", "Purged", f"{', '.join(parts)} (records up to id {run.bound}, older "
-                                   f"than {cutoff}){limited}"))
-        if gate.mode == "AgeOnly" and (stats.expired or stats.soft_deleted):
-            update.events.append(Event("Warning", "PurgingUnexported", "requireExport is false: records were "
-                                       "purged by age alone, whether exported or not"))
+        update.events.append(Event(EventType.NORMAL, Reason.PURGED, f"{', '.join(parts)} (records up to id "
+                                   f"{run.bound}, older than {cutoff}){limited}"))
+        if gate.mode == GateMode.AGE_ONLY and (stats.expired or stats.soft_deleted):
+            update.events.append(Event(EventType.WARNING, Reason.PURGING_UNEXPORTED, "requireExport is false: records "
+                                       "were purged by age alone, whether exported or not"))

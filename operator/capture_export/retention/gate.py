@@ -20,13 +20,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
-from ..export.engine import Cursor
+from ..api.vocabulary import GateExporterState, GateMode, Reason
+from ..export.model import Cursor
 
 __all__ = ["ExporterObservation", "Gate", "evaluate_gate", "from_micros", "gating_exporters", "micros"]
 
-GateMode = Literal["RequireExport", "AgeOnly"]
 _MIN_MICROS = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 
 
@@ -51,7 +50,7 @@ class ExporterObservation:
     """
 
     name: str
-    state: Literal["Committed", "NotFound", "Unreadable", "StoreMismatch"]
+    state: GateExporterState  # COMMITTED, NOT_FOUND, UNREADABLE or STORE_MISMATCH
     cursor: Cursor | None = None
     detail: str = ""
     failing: str | None = None
@@ -62,10 +61,10 @@ class ExporterVerdict:
     """One exporter as the gate judged it."""
 
     name: str
-    state: str  # Committed, NeverRun, Reset, NotFound, Unreadable, StoreMismatch, AheadOfStore
+    state: GateExporterState
     bound: int  # what this exporter allows: its committed position, or 0
     cursor: Cursor | None
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -76,7 +75,7 @@ class Gate:
     bound: int  # highest id that may be purged (0: none)
     cutoff_us: int  # records with ts_us < cutoff_us are old enough
     limiting: str | None  # the exporter that sets or closes the bound
-    reason: str  # CamelCase
+    reason: Reason
     message: str
     exporters: tuple[ExporterVerdict, ...] = field(default=())
 
@@ -99,34 +98,33 @@ def gating_exporters(
 
 def _judge(observation: ExporterObservation, store_high_id: int) -> ExporterVerdict:
     name, cursor = observation.name, observation.cursor
-    if observation.state == "NotFound":
-        return ExporterVerdict(name, "NotFound", 0, None, "ExporterNotFound",
+    if observation.state == GateExporterState.NOT_FOUND:
+        return ExporterVerdict(name, GateExporterState.NOT_FOUND, 0, None, Reason.EXPORTER_NOT_FOUND,
                                f"S3Exporter {name} does not exist")
-    if observation.state == "StoreMismatch":
-        return ExporterVerdict(name, "StoreMismatch", 0, None, "ExporterStoreMismatch",
+    if observation.state == GateExporterState.STORE_MISMATCH:
+        return ExporterVerdict(name, GateExporterState.STORE_MISMATCH, 0, None, Reason.EXPORTER_STORE_MISMATCH,
                                f"S3Exporter {name} exports another capture store ({observation.detail})")
-    if observation.state == "Unreadable":
-        return ExporterVerdict(name, "Unreadable", 0, None, "CheckpointUnreadable",
+    if observation.state == GateExporterState.UNREADABLE:
+        return ExporterVerdict(name, GateExporterState.UNREADABLE, 0, None, Reason.CHECKPOINT_UNREADABLE,
                                f"cannot read S3Exporter {name}'s checkpoint: {observation.detail}")
     if cursor is None:
-        return ExporterVerdict(name, "NeverRun", 0, None, "ExporterNeverRun",
+        return ExporterVerdict(name, GateExporterState.NEVER_RUN, 0, None, Reason.EXPORTER_NEVER_RUN,
                                f"S3Exporter {name} has not committed any export yet (no checkpoint object)")
     if cursor.position > store_high_id:
-        return ExporterVerdict(name, "AheadOfStore", 0, cursor, "CursorAheadOfStore",
+        return ExporterVerdict(name, GateExporterState.AHEAD_OF_STORE, 0, cursor, Reason.CURSOR_AHEAD_OF_STORE,
                                f"S3Exporter {name}'s committed cursor {cursor.position} is past the highest id the "
                                f"store ever assigned ({store_high_id}): the store was recreated or is not the "
                                "one it exported")
     if cursor.position == 0:
         if cursor.epoch > 0:
-            return ExporterVerdict(name, "Reset", 0, cursor, "ExporterReset",
+            return ExporterVerdict(name, GateExporterState.RESET, 0, cursor, Reason.EXPORTER_RESET,
                                    f"S3Exporter {name} was reset (epoch {cursor.epoch}) and has re-exported "
                                    "nothing yet")
-        return ExporterVerdict(name, "NeverRun", 0, cursor, "ExporterNeverRun",
+        return ExporterVerdict(name, GateExporterState.NEVER_RUN, 0, cursor, Reason.EXPORTER_NEVER_RUN,
                                f"S3Exporter {name} has committed nothing yet (cursor 0)")
     note = f"; exporter failing ({observation.failing}), holding at its last committed cursor" \
         if observation.failing else ""
-    state = "Committed"
-    return ExporterVerdict(name, state, cursor.position, cursor, "Committed",
+    return ExporterVerdict(name, GateExporterState.COMMITTED, cursor.position, cursor, Reason.COMMITTED,
                            f"S3Exporter {name} committed up to id {cursor.position} (epoch {cursor.epoch}){note}")
 
 
@@ -152,27 +150,27 @@ def evaluate_gate(
     cutoff_text = from_micros(cutoff_us).isoformat().replace("+00:00", "Z")
     if not require_export:
         return Gate(
-            open=horizon > 0, mode="AgeOnly", bound=max(horizon, 0), cutoff_us=cutoff_us, limiting=None,
-            reason="ExportNotRequired",
+            open=horizon > 0, mode=GateMode.AGE_ONLY, bound=max(horizon, 0), cutoff_us=cutoff_us, limiting=None,
+            reason=Reason.EXPORT_NOT_REQUIRED,
             message=f"requireExport is false: EVERY record older than {cutoff_text} is purged, EXPORTED OR NOT "
                     f"(up to id {horizon})",
         )
     if not observations:
-        return Gate(open=False, mode="RequireExport", bound=0, cutoff_us=cutoff_us, limiting=None,
-                    reason="NoExportersSelected",
+        return Gate(open=False, mode=GateMode.REQUIRE_EXPORT, bound=0, cutoff_us=cutoff_us, limiting=None,
+                    reason=Reason.NO_EXPORTERS_SELECTED,
                     message=f"no S3Exporter matches {selector or 'the selector'}: nothing is purged")
     verdicts = tuple(_judge(o, store_high_id) for o in observations)
-    limiting = min(verdicts, key=lambda v: (v.bound, v.state == "Committed", v.name))
+    limiting = min(verdicts, key=lambda v: (v.bound, v.state == GateExporterState.COMMITTED, v.name))
     bound = limiting.bound
     if bound <= 0:
         closed = [v for v in verdicts if v.bound <= 0]
         others = f" ({len(closed) - 1} more exporters also hold it shut)" if len(closed) > 1 else ""
-        return Gate(open=False, mode="RequireExport", bound=0, cutoff_us=cutoff_us, limiting=limiting.name,
+        return Gate(open=False, mode=GateMode.REQUIRE_EXPORT, bound=0, cutoff_us=cutoff_us, limiting=limiting.name,
                     reason=limiting.reason, message=f"gate closed by {limiting.message}{others}",
                     exporters=verdicts)
     return Gate(
-        open=True, mode="RequireExport", bound=bound, cutoff_us=cutoff_us, limiting=limiting.name,
-        reason="ExportConfirmed",
+        open=True, mode=GateMode.REQUIRE_EXPORT, bound=bound, cutoff_us=cutoff_us, limiting=limiting.name,
+        reason=Reason.EXPORT_CONFIRMED,
         message=f"records up to id {bound} and older than {cutoff_text} may be purged; bound set by "
                 f"{limiting.message}",
         exporters=verdicts,

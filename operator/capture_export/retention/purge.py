@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..clock import Clock, SystemClock
-from ..store import CaptureStore
+from ..store import RetentionStore
 
 __all__ = ["PurgeStats", "Purger"]
 
@@ -64,7 +64,7 @@ class Purger:
 
     def __init__(
         self,
-        store: CaptureStore,
+        store: RetentionStore,
         *,
         batch_size: int,
         clock: Clock | None = None,

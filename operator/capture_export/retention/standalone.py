@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..api import RetentionPolicyStatus
 from ..api.manifests import Resource
+from ..api.vocabulary import GateMode
 from ..export import ExporterId
 from .cycle import ExporterRef, RetentionOutcome, RetentionWorker
 
@@ -101,7 +102,7 @@ class RetentionScheduler:
             line += f"; gate {'open' if gate.open else 'CLOSED'} at id {gate.bound}"
             if gate.limiting_exporter:
                 line += f" (limited by {gate.limiting_exporter})"
-            if gate.mode == "AgeOnly":
+            if gate.mode == GateMode.AGE_ONLY:
                 line += " - requireExport is false: purging by age alone, EXPORTED OR NOT"
         if outcome.status.soft_deleted_pending:
             line += f"; {outcome.status.soft_deleted_pending:,} soft-deleted records restorable"

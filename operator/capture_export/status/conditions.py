@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..api import Condition
+from ..api.vocabulary import Reason, Truth
 
 __all__ = ["ConditionChange", "get_condition", "set_condition", "summarize_ready"]
 
@@ -56,10 +57,10 @@ def summarize_ready(conditions: list[Condition], domains: list[str]) -> tuple[st
     Unknown if any is still Unknown, else True."""
     for type_ in domains:
         condition = get_condition(conditions, type_)
-        if condition is not None and condition.status == "False":
-            return "False", condition.reason, f"{type_}: {condition.message}"
+        if condition is not None and condition.status == Truth.FALSE:
+            return Truth.FALSE, condition.reason, f"{type_}: {condition.message}"
     for type_ in domains:
         condition = get_condition(conditions, type_)
-        if condition is None or condition.status == "Unknown":
-            return "Unknown", "Pending", f"{type_} not yet checked"
-    return "True", "Ready", "all checks pass"
+        if condition is None or condition.status == Truth.UNKNOWN:
+            return Truth.UNKNOWN, Reason.PENDING, f"{type_} not yet checked"
+    return Truth.TRUE, Reason.READY, "all checks pass"

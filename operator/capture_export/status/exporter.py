@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
 from ..api import Condition, ExportTotals, RunRecord, S3ExporterStatus
 from ..api.s3exporter import HISTORY_LENGTH
+from ..api.vocabulary import ConditionType, Domain, EventType, Reason, Truth
 from ..export import ExportFailure, RunResult
 from .conditions import ConditionChange, set_condition, summarize_ready
 
@@ -15,11 +17,17 @@ __all__ = [
     "READY_INPUTS",
     "Event",
     "StatusUpdate",
+    "cursor_position",
+    "guard_cursor",
+    "not_behind",
 ]
 
+log = logging.getLogger(__name__)
+
 # Which condition each failure domain speaks to.
-DOMAIN_CONDITIONS = {"Bucket": "BucketReachable", "Credentials": "CredentialsValid", "Store": "StoreReachable"}
-READY_INPUTS = ["CredentialsValid", "StoreReachable", "BucketReachable"]
+DOMAIN_CONDITIONS = {Domain.BUCKET: ConditionType.BUCKET_REACHABLE, Domain.CREDENTIALS: ConditionType.CREDENTIALS_VALID,
+                     Domain.STORE: ConditionType.STORE_REACHABLE}
+READY_INPUTS = [ConditionType.CREDENTIALS_VALID, ConditionType.STORE_REACHABLE, ConditionType.BUCKET_REACHABLE]
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,31 @@ class Event:
     type: str  # Normal or Warning
     reason: str
     message: str
+
+
+# -- the cursor guard: every write of an S3Exporter's (epoch, cursor) goes through guard_cursor -------------
+
+
+def cursor_position(status: S3ExporterStatus) -> tuple[int, int]:
+    return status.epoch, int(status.cursor)
+
+
+def guard_cursor(current: tuple[int, int], proposed: tuple[int, int], *, what: str = "") -> tuple[int, int]:
+    """The (epoch, cursor) to keep: ``proposed``, unless it would move the cursor back. A newer epoch (a
+    reset starts again from 0) wins over a higher position. A refusal is logged: it means a stale writer."""
+    if proposed >= current:
+        return proposed
+    log.error("refusing to move %scursor back from %s to %s; keeping the newer one", f"{what} " if what else "",
+              current, proposed)
+    return current
+
+
+def not_behind(status: S3ExporterStatus, floor: tuple[int, int], *, what: str = "") -> S3ExporterStatus:
+    """``status``, with ``floor``'s (epoch, cursor) if that is newer (see guard_cursor)."""
+    kept = guard_cursor(floor, cursor_position(status), what=what)
+    if kept == cursor_position(status):
+        return status
+    return status.model_copy(update={"epoch": kept[0], "cursor": str(kept[1])})
 
 
 class StatusUpdate:
@@ -39,9 +72,9 @@ class StatusUpdate:
         self.events: list[Event] = []
         self._format_failure: ExportFailure | None = None
         self.status.observed_generation = generation
-        for type_ in [*READY_INPUTS, "UpToDate"]:
+        for type_ in [*READY_INPUTS, ConditionType.UP_TO_DATE]:
             if not any(c.type == type_ for c in self.status.conditions):
-                self.set(type_, "Unknown", "Pending", "not yet checked", quiet=True)
+                self.set(type_, Truth.UNKNOWN, Reason.PENDING, "not yet checked", quiet=True)
 
     def set(self, type_: str, status: str, reason: str, message: str, *, quiet: bool = False) -> None:
         self.status.conditions, change = set_condition(
@@ -52,30 +85,30 @@ class StatusUpdate:
 
     def _event_for(self, change: ConditionChange) -> None:
         condition: Condition = change.condition
-        if condition.status == "Unknown":
+        if condition.status == Truth.UNKNOWN:
             return
-        bad = condition.status == "False" and condition.type != "UpToDate"
-        self.events.append(
-            Event("Warning" if bad else "Normal", condition.reason, f"{condition.type}={condition.status}: "
-                  f"{condition.message}")
-        )
+        bad = condition.status == Truth.FALSE and condition.type != ConditionType.UP_TO_DATE
+        kind = EventType.WARNING if bad else EventType.NORMAL
+        self.events.append(Event(kind, condition.reason, f"{condition.type}={condition.status}: {condition.message}"))
 
     def fail(self, failure: ExportFailure) -> None:
-        if failure.domain == "Format":
+        if failure.domain == Domain.FORMAT:
             # The spec's format cannot be written here (pyarrow missing, a record it cannot encode): no
             # failure-domain condition of its own; Ready says it (see finish).
             self._format_failure = failure
             return
-        self.set(DOMAIN_CONDITIONS.get(failure.domain, "BucketReachable"), "False", failure.reason, failure.message)
+        self.set(DOMAIN_CONDITIONS.get(failure.domain, ConditionType.BUCKET_REACHABLE), Truth.FALSE, failure.reason,
+                 failure.message)
 
     def passed(self, *types: str) -> None:
         messages = {
-            "CredentialsValid": "credentials accepted",
-            "StoreReachable": "capture store readable",
-            "BucketReachable": "bucket reachable and writable",
+            ConditionType.CREDENTIALS_VALID: "credentials accepted",
+            ConditionType.STORE_REACHABLE: "capture store readable",
+            ConditionType.BUCKET_REACHABLE: "bucket reachable and writable",
         }
         for type_ in types:
-            self.set(type_, "True", "Verified" if type_ != "StoreReachable" else "Reachable", messages[type_])
+            reason = Reason.REACHABLE if type_ == ConditionType.STORE_REACHABLE else Reason.VERIFIED
+            self.set(type_, Truth.TRUE, reason, messages[type_])
 
     def record_run(self, result: RunResult) -> None:
         status = self.status
@@ -109,25 +142,28 @@ class StatusUpdate:
             status.backlog = result.backlog
         if failure is not None:
             self.fail(failure)
-            self.events.append(Event("Warning", "ExportFailed", failure.message))
+            self.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, failure.message))
         else:
             # A run that wrote objects proves store, credentials and bucket at once.
-            self.passed("StoreReachable", *(["CredentialsValid", "BucketReachable"] if result.objects else []))
+            proven = [ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE] if result.objects else []
+            self.passed(ConditionType.STORE_REACHABLE, *proven)
         if result.backlog == 0:
-            self.set("UpToDate", "True", "CaughtUp", f"all records up to id {result.cursor.position} exported")
+            self.set(ConditionType.UP_TO_DATE, Truth.TRUE, Reason.CAUGHT_UP,
+                     f"all records up to id {result.cursor.position} exported")
         elif result.backlog is not None:
-            self.set("UpToDate", "False", "BacklogRemaining", f"{result.backlog} records waiting", quiet=True)
+            self.set(ConditionType.UP_TO_DATE, Truth.FALSE, Reason.BACKLOG_REMAINING,
+                     f"{result.backlog} records waiting", quiet=True)
 
     def advance_cursor(self, epoch: int, position: int) -> None:
         """Never move the cursor backwards, except into a newer epoch (a reset)."""
         status = self.status
-        if (epoch, position) >= (status.epoch, int(status.cursor)):
-            status.epoch, status.cursor = epoch, str(position)
+        epoch, position = guard_cursor(cursor_position(status), (epoch, position))
+        status.epoch, status.cursor = epoch, str(position)
 
     def finish(self) -> tuple[S3ExporterStatus, list[Event]]:
         ready, reason, message = summarize_ready(self.status.conditions, READY_INPUTS)
         format_failure = self._format_failure
-        if format_failure is not None and ready != "False":
-            ready, reason, message = "False", format_failure.reason, f"format: {format_failure.message}"
-        self.set("Ready", ready, reason, message)
+        if format_failure is not None and ready != Truth.FALSE:
+            ready, reason, message = Truth.FALSE, format_failure.reason, f"format: {format_failure.message}"
+        self.set(ConditionType.READY, ready, reason, message)
         return self.status, self.events

@@ -13,6 +13,7 @@ from ..api.retention import (
     RetentionRun,
     RetentionTotals,
 )
+from ..api.vocabulary import ConditionType, EventType, Reason, Truth
 from .conditions import set_condition, summarize_ready
 from .exporter import Event
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RETENTION_READY_INPUTS", "RetentionStatusUpdate"]
 
-RETENTION_READY_INPUTS = ["StoreReachable", "GateOpen"]
+RETENTION_READY_INPUTS = [ConditionType.STORE_REACHABLE, ConditionType.GATE_OPEN]
 
 
 class RetentionStatusUpdate:
@@ -38,23 +39,24 @@ class RetentionStatusUpdate:
         self.status.observed_generation = generation
         for type_ in RETENTION_READY_INPUTS:
             if not any(c.type == type_ for c in self.status.conditions):
-                self.set(type_, "Unknown", "Pending", "not yet checked", quiet=True)
+                self.set(type_, Truth.UNKNOWN, Reason.PENDING, "not yet checked", quiet=True)
 
     def set(self, type_: str, status: str, reason: str, message: str, *, quiet: bool = False) -> None:
         self.status.conditions, change = set_condition(
             self.status.conditions, type_, status, reason, message, now=self.now, generation=self.generation
         )
-        if change is None or quiet or change.condition.status == "Unknown":
+        if change is None or quiet or change.condition.status == Truth.UNKNOWN:
             return
         condition = change.condition
-        self.events.append(Event("Warning" if condition.status == "False" else "Normal", condition.reason,
+        kind = EventType.WARNING if condition.status == Truth.FALSE else EventType.NORMAL
+        self.events.append(Event(kind, condition.reason,
                                  f"{condition.type}={condition.status}: {condition.message}"))
 
     def store_ok(self) -> None:
-        self.set("StoreReachable", "True", "Reachable", "capture store reachable")
+        self.set(ConditionType.STORE_REACHABLE, Truth.TRUE, Reason.REACHABLE, "capture store reachable")
 
     def store_failed(self, reason: str, message: str) -> None:
-        self.set("StoreReachable", "False", reason, message)
+        self.set(ConditionType.STORE_REACHABLE, Truth.FALSE, reason, message)
 
     def gate(self, gate: Gate) -> None:
         """Publish the gate: the GateOpen condition (naming the limiting exporter) and ``status.gate``."""
@@ -77,7 +79,7 @@ class RetentionStatusUpdate:
                 for v in gate.exporters
             ],
         )
-        self.set("GateOpen", "True" if gate.open else "False", gate.reason, gate.message)
+        self.set(ConditionType.GATE_OPEN, Truth.TRUE if gate.open else Truth.FALSE, gate.reason, gate.message)
 
     def record_run(self, run: RetentionRun) -> None:
         status = self.status
@@ -93,5 +95,5 @@ class RetentionStatusUpdate:
 
     def finish(self) -> tuple[RetentionPolicyStatus, list[Event]]:
         ready, reason, message = summarize_ready(self.status.conditions, RETENTION_READY_INPUTS)
-        self.set("Ready", ready, reason, message)
+        self.set(ConditionType.READY, ready, reason, message)
         return self.status, self.events

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from .base import CaptureStore, ExpiredChunk, StoredRecord, StoreError
-from .opener import StoreOpener, open_store_url
+from .base import RETENTION_METHODS, CaptureStore, ExpiredChunk, RecordReader, RetentionStore, StoredRecord, StoreError
+from .opener import StoreOpener, describe_store, open_store_url, store_identity
 from .records import CREDENTIAL_HEADERS, SCHEMA_VERSION, CorruptRecord, decode_sequence, with_id
 from .sqlite import SQLiteStore
 
 __all__ = [
     "CREDENTIAL_HEADERS",
+    "RETENTION_METHODS",
     "SCHEMA_VERSION",
     "CaptureStore",
     "CorruptRecord",
     "ExpiredChunk",
+    "RecordReader",
+    "RetentionStore",
     "SQLiteStore",
     "StoreError",
     "StoreOpener",
     "StoredRecord",
     "decode_sequence",
+    "describe_store",
     "open_store_url",
+    "store_identity",
     "with_id",
 ]
 

@@ -1,11 +1,13 @@
-"""The capture-store protocol: what the export and retention engines need from a store."""
+"""The capture-store protocols: what the export and audit read (``RecordReader``), what retention needs
+(``RetentionStore``), and ``CaptureStore``, a store that is both."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["CaptureStore", "ExpiredChunk", "StoreError", "StoredRecord"]
+__all__ = ["RETENTION_METHODS", "CaptureStore", "ExpiredChunk", "RecordReader", "RetentionStore", "StoreError",
+           "StoredRecord"]
 
 
 class StoreError(RuntimeError):
@@ -30,8 +32,9 @@ class ExpiredChunk(NamedTuple):
     resume_after: tuple[int, int] | None
 
 
-class CaptureStore(Protocol):
-    """A capture store. Ids grow with insertion; reads are keyset reads below a safe horizon.
+class RecordReader(Protocol):
+    """What exporting and auditing read from a capture store. Ids grow with insertion; reads are keyset
+    reads below a safe horizon.
 
     Soft deletion (schema version 2; used by RetentionPolicy ``softDelete``): a record may carry a
     soft-delete mark, ``deleted_at_us`` (microseconds since the epoch, UTC; NULL when not deleted).
@@ -44,22 +47,8 @@ class CaptureStore(Protocol):
     and after a restore they would sit below its cursor without being in its bucket, and the next purge
     would remove records that exporter never exported. ``max_id`` and ``safe_horizon`` count soft-deleted
     records too. A record stays restorable (``restore_chunk``) until ``purge_soft_deleted_chunk`` removes
-    it. ``delete_up_to`` ignores the mark (it deletes marked and unmarked records alike), as before.
-
-    The retention methods below each run ONE short write transaction and return, so the caller (the
-    purge loop in retention/purge.py) decides how many to run, pauses between them so that the gateway's
-    writers get the table, and can stop at any chunk boundary. Each is safe to retry after a failure.
-    Timestamps are always passed in by the caller (its injected clock), never read from the server.
-    Suggested indexes (what sqlite.py does): one on ``(deleted_at_us, ts_us)`` (SQLite's index also
-    carries the rowid ``id``), which serves every query below; PostgreSQL: a partial index
-    ``(ts_us, id) WHERE deleted_at_us IS NULL`` and a partial index ``(deleted_at_us) WHERE deleted_at_us
-    IS NOT NULL``. The ``deleted_at_us`` column must be nullable with no default, so the gateway's
-    ``INSERT INTO captures (ts_us, body)`` is unaffected.
+    it.
     """
-
-    def append(self, records: Iterable[Mapping[str, Any]]) -> int:
-        """Insert records (credentials stripped); return the last id assigned."""
-        ...
 
     def safe_horizon(self) -> int:
         """Highest id such that every id at or below it is committed and visible: no lower id can
@@ -82,12 +71,22 @@ class CaptureStore(Protocol):
         """Every record id, in order (for audits)."""
         ...
 
-    def delete_up_to(self, max_id: int, older_than_us: int, batch_size: int) -> int:
-        """Delete records with ``id <= max_id`` and timestamp older than ``older_than_us``, in short
-        transactions of ``batch_size`` rows; return how many were deleted."""
-        ...
+    def close(self) -> None: ...
 
-    # -- retention (schema version 2) -------------------------------------------------------------
+
+class RetentionStore(Protocol):
+    """What the retention gate and purge need from a capture store (schema version 2).
+
+    Each method below runs ONE short write transaction and returns, so the caller (the purge loop in
+    retention/purge.py) decides how many to run, pauses between them so that the gateway's writers get
+    the table, and can stop at any chunk boundary. Each is safe to retry after a failure. Timestamps are
+    always passed in by the caller (its injected clock), never read from the server. Suggested indexes
+    (what sqlite.py does): one on ``(deleted_at_us, ts_us)`` (SQLite's index also carries the rowid
+    ``id``), which serves every query below; PostgreSQL: a partial index ``(ts_us, id) WHERE
+    deleted_at_us IS NULL`` and a partial index ``(deleted_at_us) WHERE deleted_at_us IS NOT NULL``. The
+    ``deleted_at_us`` column must be nullable with no default, so the gateway's ``INSERT INTO captures
+    (ts_us, body)`` is unaffected.
+    """
 
     def expire_chunk(
         self,
@@ -131,6 +130,11 @@ class CaptureStore(Protocol):
         (visible, ``id <= max_id``, ``ts_us < older_than_us``). Read-only (dry runs, status)."""
         ...
 
+    def soft_deleted_count(self, deleted_before_us: int | None = None) -> int:
+        """How many records are soft-deleted (only those with ``deleted_at_us <= deleted_before_us`` when
+        given). Read-only."""
+        ...
+
     def highest_assigned_id(self) -> int:
         """The highest id this store has ever assigned (0 if none), which deletes never lower (unlike
         ``max_id``, the highest id present). SQLite: ``sqlite_sequence``; PostgreSQL: the identity
@@ -138,9 +142,16 @@ class CaptureStore(Protocol):
         committed cursor is above it: the store was recreated under the exporter (ids start again)."""
         ...
 
-    def soft_deleted_count(self, deleted_before_us: int | None = None) -> int:
-        """How many records are soft-deleted (only those with ``deleted_at_us <= deleted_before_us`` when
-        given). Read-only."""
+
+class CaptureStore(RecordReader, RetentionStore, Protocol):
+    """A whole capture store: read by the export and the audit, purged by retention, appended to by
+    ``seed`` and the tests (the gateway writes with its own ``INSERT``)."""
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Insert records (credentials stripped); return the last id assigned."""
         ...
 
-    def close(self) -> None: ...
+
+# The methods a store needs for retention (a store lacking any is refused by the retention cycle).
+RETENTION_METHODS = tuple(name for name, value in vars(RetentionStore).items()
+                          if callable(value) and not name.startswith("_"))

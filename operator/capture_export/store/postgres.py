@@ -524,28 +524,6 @@ class PostgresStore:
             yield from (record_id for record_id, live in chunk if live)
             after = chunk[-1][0]
 
-    # -- purge ---------------------------------------------------------------------------------------
-
-    def delete_up_to(self, max_id: int, older_than_us: int, batch_size: int) -> int:
-        """Chunked purge: each chunk scans the next ``batch_size`` ids and deletes the old ones among
-        them in its own short transaction, so writers are never blocked for long."""
-        deleted = 0
-        after = 0
-        sql = (
-            f"WITH scanned AS (SELECT id, ts_us FROM {TABLE} WHERE id > %s AND id <= %s ORDER BY id LIMIT %s), "
-            f"gone AS (DELETE FROM {TABLE} c USING scanned s WHERE c.id = s.id AND s.ts_us < %s RETURNING c.id) "
-            "SELECT (SELECT max(id) FROM scanned), (SELECT count(*) FROM gone)"
-        )
-        while True:
-            last, removed = self._run(
-                lambda conn, after=after: conn.execute(sql, (after, max_id, batch_size, older_than_us)).fetchone(),
-                retry_stale=True,  # idempotent: a retried chunk deletes what is left of the same rows
-            )  # type: ignore[misc]
-            if last is None:
-                return deleted
-            deleted += int(removed)
-            after = int(last)
-
     # -- retention: one short transaction per call (store/base.py) ----------------------------------
 
     def expire_chunk(

@@ -157,31 +157,6 @@ class SQLiteStore:
                     yield record_id
             after = last
 
-    def delete_up_to(self, max_id: int, older_than_us: int, batch_size: int) -> int:
-        deleted = 0
-        after = 0
-        while True:
-            with self._lock:
-                try:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        scanned = self._conn.execute(
-                            "SELECT id, ts_us FROM captures WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
-                            (after, max_id, batch_size),
-                        ).fetchall()
-                        doomed = [(rid,) for rid, ts in scanned if ts < older_than_us]
-                        self._conn.executemany("DELETE FROM captures WHERE id = ?", doomed)
-                        self._conn.execute("COMMIT")
-                    except BaseException:
-                        self._conn.execute("ROLLBACK")
-                        raise
-                except sqlite3.Error as exc:
-                    raise StoreError(f"SQLite store {self.path}: {exc}") from None
-            if not scanned:
-                return deleted
-            deleted += len(doomed)
-            after = scanned[-1][0]
-
     # -- retention: one short write transaction per call (see store/base.py) ----------------------------
 
     def _write(self, work: Any) -> Any:
@@ -190,8 +165,7 @@ class SQLiteStore:
         record nearly a page long then costs a whole page of I/O to delete (measured: 4x slower purges
         of 3.5 KB records, and writers stalled behind it). FAST still zeroes deleted cells inside pages
         that stay in use; pages freed whole keep their bytes until new records reuse them (the gateway
-        fills the freelist first) or a VACUUM. The connection's setting is restored afterwards, so other
-        methods (``delete_up_to``) behave as before."""
+        fills the freelist first) or a VACUUM. The connection's setting is restored afterwards."""
         with self._lock:
             try:
                 previous = self._conn.execute("PRAGMA secure_delete").fetchone()[0]

@@ -1,0 +1,161 @@
+"""The export's shared vocabulary: who exports (``ExporterId``), how far (``Cursor``), why a run stopped
+(``ExportFailure``), how requests are retried (``RetryPolicy``, ``Requests``) and what a run or a batch did
+(``RunResult``, ``BatchResult``, ``PreparedBatch``). The gate, status, metrics and handlers import these
+without importing the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TypeVar
+
+from ..api.vocabulary import ExportOutcome, Reason
+from ..clock import Clock
+from ..objectstore.base import ObjectStoreError
+
+T = TypeVar("T")
+
+__all__ = [
+    "BatchResult",
+    "Cursor",
+    "ExportFailure",
+    "ExporterId",
+    "PreparedBatch",
+    "Requests",
+    "RetryPolicy",
+    "RunResult",
+]
+
+
+@dataclass(frozen=True)
+class ExporterId:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Export progress. ``position`` is the highest committed record id; ``epoch`` counts resets (a reset
+    starts again from 0, so a newer epoch wins over a higher position); ``high_water`` is the highest id
+    ever exported, below which objects from an earlier epoch or a killed run may exist."""
+
+    epoch: int = 0
+    position: int = 0
+    high_water: int = 0
+
+    def order(self) -> tuple[int, int]:
+        return (self.epoch, self.position)
+
+    def newest(self, other: Cursor | None) -> Cursor:
+        if other is None:
+            return self
+        best = self if self.order() >= other.order() else other
+        return replace(best, high_water=max(self.high_water, other.high_water, best.position))
+
+
+class ExportFailure(Exception):
+    """Why a run stopped early. ``domain`` names the condition it speaks to: Bucket, Credentials or Store,
+    or Format (the format cannot be written here: a missing package, records it cannot encode)."""
+
+    def __init__(self, reason: str, message: str, *, domain: str, transient: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.domain = domain
+        self.transient = transient
+
+    @classmethod
+    def from_object_store(cls, exc: ObjectStoreError) -> ExportFailure:
+        return cls(exc.reason, exc.message, domain=exc.domain, transient=exc.transient)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    throttle_delay: float = 2.0
+
+    def delay(self, attempt: int, reason: str) -> float:
+        base = self.throttle_delay if reason == Reason.THROTTLED else self.base_delay
+        return min(self.max_delay, base * (2 ** attempt))
+
+
+class Requests:
+    """Object-store requests, each retried with backoff while its failure is transient; ``count`` counts
+    every attempt (a run reports how many it made)."""
+
+    def __init__(self, clock: Clock, retry: RetryPolicy) -> None:
+        self.clock = clock
+        self.retry = retry
+        self.count = 0
+
+    def __call__(self, operation: Callable[[], T]) -> T:
+        attempt = 0
+        while True:
+            self.count += 1
+            try:
+                return operation()
+            except ObjectStoreError as exc:
+                attempt += 1
+                if not exc.transient or attempt >= self.retry.attempts:
+                    raise ExportFailure.from_object_store(exc) from None
+                self.clock.sleep(self.retry.delay(attempt - 1, exc.reason))
+
+
+@dataclass
+class PreparedBatch:
+    first_id: int  # the range of ids the batch handled (read), which names its object
+    last_id: int
+    first_timestamp_us: int
+    rows: int  # records in the object
+    raw_bytes: int
+    payload: bytes | None  # None: the filter excluded every record, no object is written
+    key: str | None
+    read_seconds: float
+    encode_seconds: float
+    filtered: int = 0
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    key: str | None  # None when the filter excluded every record of the batch (no object written)
+    first_id: int
+    last_id: int
+    rows: int
+    raw_bytes: int
+    bytes: int
+    cursor: Cursor
+    read_seconds: float
+    encode_seconds: float
+    upload_seconds: float
+    filtered: int = 0
+
+    @property
+    def object_written(self) -> bool:
+        return self.key is not None
+
+
+@dataclass
+class RunResult:
+    start: datetime
+    end: datetime | None = None
+    outcome: str = ExportOutcome.NOTHING_TO_DO  # see ExportOutcome
+    rows: int = 0
+    bytes: int = 0
+    raw_bytes: int = 0
+    objects: int = 0
+    last_key: str | None = None
+    cursor: Cursor = field(default_factory=Cursor)
+    failure: ExportFailure | None = None
+    backlog: int | None = None
+    requests: int = 0
+    filtered: int = 0  # records the filter excluded: handled (the cursor passed them), not exported
+
+    @property
+    def duration_seconds(self) -> float:
+        return (self.end - self.start).total_seconds() if self.end else 0.0

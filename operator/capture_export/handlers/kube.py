@@ -1,0 +1,151 @@
+"""The operator's own calls to the Kubernetes API (kopf makes the rest): read a Secret, patch a status,
+list a namespace's S3Exporters, post an Event.
+
+The calls are made with the official ``kubernetes`` client, which blocks: callers run them on threads
+(the status writer on a small pool of its own, apart from the export cycles, so that a long backfill
+never delays a status write). Events go through kopf's poster (``kopf.event``), which posts them in the
+background with retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import kubernetes.client
+import urllib3.exceptions
+from kubernetes.client.exceptions import ApiException
+
+from ..api import GROUP, VERSION
+from ..api.vocabulary import Domain, Reason
+from ..export.model import ExportFailure
+from ..status.exporter import Event
+
+__all__ = ["ApiSecrets", "KubeApi", "KubeApiError", "kopf_event"]
+
+
+class KubeApiError(RuntimeError):
+    """A Kubernetes API call failed for a reason other than "not found"."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class KubeApi:
+    """The few API calls the operator makes itself (kopf makes the rest): read a Secret, patch a status, list
+    a namespace's S3Exporters (for a RetentionPolicy's gate).
+
+    Credentials come from ``configuration`` when given (tests, or an explicit kubeconfig); otherwise the
+    login handler loads them in-cluster or from ``$KUBECONFIG`` exactly as kopf does, so that kopf and
+    these calls always talk to the same API server with the same identity.
+    """
+
+    def __init__(self, configuration: kubernetes.client.Configuration | None = None) -> None:
+        self.configuration = configuration
+        self._client: kubernetes.client.ApiClient | None = None
+
+    def login(self, *, logger: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+        """The ``@kopf.on.login`` handler's body: kopf's connection and ours, from one source."""
+        if self.configuration is None:
+            info = kopf.login_via_client(logger=logger, settings=settings)
+            self.configuration = kubernetes.client.Configuration.get_default_copy()
+            self._client = None
+            return info
+        config = self.configuration
+        header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+        parts = (header or "").split(" ", 1)
+        scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] or None)
+        return kopf.ConnectionInfo(
+            server=config.host,
+            ca_path=config.ssl_ca_cert,
+            insecure=not config.verify_ssl,
+            username=config.username or None,
+            password=config.password or None,
+            scheme=scheme,
+            token=token,
+            certificate_path=config.cert_file,
+            private_key_path=config.key_file,
+        )
+
+    @property
+    def client(self) -> kubernetes.client.ApiClient:
+        if self._client is None:
+            if self.configuration is None:
+                raise KubeApiError("not logged in to the Kubernetes API yet")
+            self._client = kubernetes.client.ApiClient(self.configuration)
+        return self._client
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's decoded data, or None when it does not exist."""
+        try:
+            secret = kubernetes.client.CoreV1Api(self.client).read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeApiError(f"reading Secret {namespace}/{name} failed: {exc.status} {exc.reason}",
+                               exc.status) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeApiError(f"reading Secret {namespace}/{name} failed: {exc.__class__.__name__}") from None
+        data: dict[str, str] = {}
+        for key, value in (secret.data or {}).items():
+            try:
+                data[key] = base64.b64decode(value or "", validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                continue  # not text: treated as a missing key, which the condition names
+        return data
+
+    def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        """Merge-patch ``status``; False when the resource is gone."""
+        try:
+            kubernetes.client.CustomObjectsApi(self.client).patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": dict(status)}
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise KubeApiError(f"patching {plural} {namespace}/{name} status failed: {exc.status} {exc.reason}",
+                               exc.status) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeApiError(f"patching {plural} {namespace}/{name} status failed: "
+                               f"{exc.__class__.__name__}") from None
+        return True
+
+    def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        """Every object of one of our kinds in ``namespace`` (raw bodies, status included)."""
+        try:
+            listed = kubernetes.client.CustomObjectsApi(self.client).list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural
+            )
+        except ApiException as exc:
+            raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.status} {exc.reason}",
+                               exc.status) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.__class__.__name__}") from None
+        return list(listed.get("items") or [])
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class ApiSecrets:
+    """The export cycle's SecretSource, over the API (called from worker threads, so blocking is fine)."""
+
+    def __init__(self, api: KubeApi) -> None:
+        self.api = api
+
+    def get(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            return self.api.read_secret(namespace, name)
+        except KubeApiError as exc:
+            raise ExportFailure(Reason.SECRET_UNREADABLE, str(exc), domain=Domain.CREDENTIALS,
+                                transient=True) from None
+
+
+def kopf_event(body: Mapping[str, Any], event: Event) -> None:
+    kopf.event(body, type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
