@@ -38,6 +38,7 @@ class VerifyReport:
     up_to: int = 0
     filtered: int | None = None  # store records the exporter's filter excludes (None: no filter)
     filtered_in_bucket: int = 0  # exported records the filter now excludes (the filter changed since)
+    quarantined: int = 0  # rows moved to the store's quarantine: out of the store, not expected in the bucket
 
     @property
     def ok(self) -> bool:
@@ -57,6 +58,9 @@ class VerifyReport:
             lines.append(f"excluded by the exporter's filter (not expected in the bucket): {self.filtered}")
         if self.filtered_in_bucket:
             lines.append(f"in bucket although the current filter excludes them: {self.filtered_in_bucket}")
+        if self.quarantined:
+            lines.append(f"in the store's quarantine (not expected in the bucket; capture-export quarantine list): "
+                         f"{self.quarantined}")
         if self.not_in_store:
             lines.append(f"in bucket but no longer in store (purged by retention): {self.not_in_store}")
         if self.mislabelled:
@@ -107,6 +111,8 @@ def verify_export(
     its template can produce."""
     report = VerifyReport()
     report.up_to = store.safe_horizon() if up_to is None else up_to
+    quarantined = getattr(store, "quarantined", None)
+    report.quarantined = len(quarantined()) if callable(quarantined) else 0
     exported = array("q")
     root = layout.data_prefix() if layout is not None else (f"{prefix}/" if prefix else "")
     for info in objects.list(root):

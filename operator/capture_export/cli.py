@@ -179,6 +179,40 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from .store import CorruptRecord, StoreError, open_store_url
+    from .store.quarantine import list_lines, release, show_lines
+
+    if args.action != "list" and args.id is None:
+        print(f"error: quarantine {args.action} needs a record id", file=sys.stderr)
+        return 2
+    try:
+        store = open_store_url(args.store)
+        try:
+            if not callable(getattr(store, "quarantined", None)):
+                print(f"error: {store!r} has no quarantine", file=sys.stderr)
+                return 2
+            if args.action == "list":
+                lines = list_lines(store)
+            elif args.action == "show":
+                lines = show_lines(store, args.id)
+            else:
+                body = Path(args.body).read_bytes() if args.body else None
+                new_id = release(store, args.id, body)
+                lines = [f"released record {args.id} back into the store as record {new_id}"]
+        finally:
+            store.close()
+    except CorruptRecord as exc:
+        print(f"error: {exc}: not released; give the corrected record (one CBOR map without id) with "
+              "--body FILE", file=sys.stderr)
+        return 1
+    except (StoreError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_crds(args: argparse.Namespace) -> int:
     from .api import KINDS, render_crd_yaml, write_crds
 
@@ -266,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--batch-size", type=int, default=5000, help="records restored per transaction")
     restore.add_argument("--dry-run", action="store_true", help="only count what would be restored")
     restore.set_defaults(handler=cmd_restore)
+
+    quarantine = sub.add_parser("quarantine", help="records moved aside by onCorruptRecord: Quarantine: list "
+                                "them, show one (credentials never shown), release one back into the export")
+    quarantine.add_argument("action", choices=["list", "show", "release"])
+    quarantine.add_argument("id", type=int, nargs="?", help="record id (show, release)")
+    quarantine.add_argument("--store", default=_default_store(), help="capture store: SQLite path or DSN")
+    quarantine.add_argument("--body", help="release: the corrected record, a file holding one CBOR map")
+    quarantine.set_defaults(handler=cmd_quarantine)
 
     crds = sub.add_parser("crds", help="write the CRDs generated from the API models")
     crds.add_argument("--dir", default="crds")

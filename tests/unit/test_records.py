@@ -3,12 +3,12 @@ from __future__ import annotations
 import cbor2
 import pytest
 
+from capture_export.store.check import check_foreign
 from capture_export.store.records import (
     CREDENTIAL_HEADERS,
     CorruptRecord,
     decode_sequence,
     encode_body,
-    ensure_no_credentials,
     with_id,
 )
 from tests.conftest import make_record
@@ -42,16 +42,15 @@ def test_credential_headers_are_stripped_on_append_whatever_their_case() -> None
 def test_export_check_strips_credentials_written_by_another_writer() -> None:
     record = make_record(2)
     record["capture"]["request"]["headers"] = [["X-Api-Key", "k"], ["Proxy-Authorization", "p"], ["accept", "*/*"]]
-    raw = cbor2.dumps({"id": 2, **record})  # as a foreign writer would store it, nothing stripped
-    cleaned = cbor2.loads(ensure_no_credentials(2, raw))
+    raw = cbor2.dumps(record)  # as a foreign writer would store it, nothing stripped
+    cleaned = cbor2.loads(check_foreign(2, raw))
     assert cleaned["capture"]["request"]["headers"] == [["accept", "*/*"]]
     assert "Set-Cookie" not in cleaned["capture"]["response"]["headers"]
 
 
 def test_export_check_leaves_clean_records_byte_identical() -> None:
     _, body = encode_body(make_record(3))
-    spliced = with_id(3, body)
-    assert ensure_no_credentials(3, spliced) is spliced
+    assert check_foreign(3, body) is body
 
 
 def test_corrupt_record_is_named() -> None:
@@ -64,13 +63,14 @@ def test_sequence_round_trip() -> None:
     assert list(decode_sequence(b"".join(cbor2.dumps(i) for i in items))) == items
 
 
-def test_credential_header_list_matches_design() -> None:
-    assert {"authorization", "x-api-key", "api-key", "cookie", "set-cookie", "proxy-authorization"} == set(
+def test_credential_header_list_holds_the_design_s_and_issue_11_s() -> None:
+    assert {"authorization", "x-api-key", "api-key", "cookie", "set-cookie", "proxy-authorization",
+            "x-goog-api-key", "ocp-apim-subscription-key", "x-auth-token", "x-amz-security-token"} <= set(
         CREDENTIAL_HEADERS
     )
 
 
-def test_rows_from_our_append_skip_the_scan_and_foreign_rows_are_stripped(tmp_path) -> None:
+def test_rows_from_our_append_are_sealed_and_foreign_rows_are_checked(tmp_path) -> None:
     from capture_export.export.engine import encode_batch
     from capture_export.store import SQLiteStore
 
@@ -78,9 +78,14 @@ def test_rows_from_our_append_skip_the_scan_and_foreign_rows_are_stripped(tmp_pa
     store.append([make_record(1)])
     foreign = {k: v for k, v in make_record(2).items()}
     store._conn.execute("INSERT INTO captures (ts_us, body) VALUES (?, ?)", (0, cbor2.dumps(foreign)))
+    # A writer that copies our row's seal onto its own body gains nothing: the seal covers the body.
+    store._conn.execute("INSERT INTO captures (ts_us, body, seal) SELECT 0, ?, seal FROM captures WHERE id = 1",
+                        (cbor2.dumps(foreign),))
     rows = store.read_batch(0, 10)
-    assert [row.stripped for row in rows] == [True, False]
-    exported = [cbor2.loads(record) for record in encode_batch(rows)]
+    seal = store.record_seal()
+    assert [seal.valid(row.body, row.seal) for row in rows] == [True, False, False]
+    exported = [cbor2.loads(record) for record in encode_batch(rows, seal)]
+    assert [record["id"] for record in exported] == [1, 2, 3]
     for record in exported:
         assert "Authorization" not in record["capture"]["request"]["headers"]
         assert "Set-Cookie" not in record["capture"]["response"]["headers"]

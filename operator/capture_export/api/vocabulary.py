@@ -118,6 +118,7 @@ class Reason(StrEnum):
     SECRET_UNREADABLE = "SecretUnreadable"
     # export Events
     EXPORT_FAILED = "ExportFailed"
+    RECORD_QUARANTINED = "RecordQuarantined"
     CURSOR_RESET = "CursorReset"
     # retention: the store, the gate, the purge
     STORE_UNSUPPORTED = "StoreUnsupported"

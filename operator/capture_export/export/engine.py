@@ -1,9 +1,13 @@
 """The export engine: one run drains the backlog batch by batch, exactly once. No Kubernetes here.
 
-A batch goes read -> strip credentials -> [filter, privacy, redact] -> encode -> PUT data object -> PUT
-checkpoint -> advance cursor. The next batch is read and encoded on a helper thread while the current one
-uploads, but batches are committed strictly in order, and nothing advances the cursor before both objects
-are in the bucket.
+A batch goes read -> check (rows our own append did not seal are checked in full and stripped of
+credentials, store/check.py) -> [filter, privacy, redact] -> encode -> PUT data object -> PUT
+checkpoint -> advance cursor. A row that fails the check is never exported: with ``onCorruptRecord:
+Hold`` the batch ends before it and the run fails naming it (the records before it are committed);
+with ``Quarantine`` it is moved into the store's quarantine and the batch goes on without it.
+
+The next batch is read and encoded on a helper thread while the current one uploads, but batches are
+committed strictly in order, and nothing advances the cursor before both objects are in the bucket.
 
 Records are decoded only when the spec asks for it (a filter, privacy mode, redactions, or a format other
 than cbor-zstd); the default ships the stored CBOR bytes as they are. A batch whose records the filter
@@ -28,7 +32,10 @@ from ..api.vocabulary import Domain, ExportOutcome, Reason
 from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore
 from ..store import CorruptRecord, RecordReader, StoredRecord, StoreError
-from ..store.records import CREDENTIAL_MARKERS, ensure_no_credentials, with_id
+from ..store.check import check_foreign
+from ..store.credentials import DEFAULT_POLICY, CredentialPolicy
+from ..store.records import with_id
+from ..store.seal import RecordSeal
 from .checkpoint import Checkpoints
 from .formats import BatchEncoder, FormatUnavailable, encoder_for, record_ids
 from .layout import ObjectLayout, parse_range
@@ -64,6 +71,9 @@ class ExportEngine:
                                     transient=False) from None
         self.encoder = encoder
         self.transform = RecordTransform(spec)
+        self.policy = CredentialPolicy(spec.strip_headers)
+        # Rows whose seal this checks are our own append's and go out unchecked; the others are checked.
+        self.seal = store.record_seal()
         self.clock = clock or SystemClock()
         self.retry = retry or RetryPolicy()
         self.layout = ObjectLayout(spec.prefix, exporter.namespace, exporter.name, self.encoder.extension,
@@ -128,12 +138,15 @@ class ExportEngine:
                 result.bytes += done.bytes
                 result.raw_bytes += done.raw_bytes
                 result.filtered += done.filtered
+                result.quarantined.extend(done.quarantined)
                 if done.key is not None:
                     result.objects += 1
                     result.last_key = done.key
                 result.outcome = ExportOutcome.SUCCEEDED
                 if on_batch is not None:
                     on_batch(done)
+                if batch.held is not None:
+                    raise batch.held  # the records before the corrupt one are committed; it is not
             if pipeline.interrupted and should_stop():
                 result.outcome = ExportOutcome.STOPPED
         except ExportFailure as failure:
@@ -169,18 +182,40 @@ class ExportEngine:
 
     def _encode(self, rows: list[StoredRecord], read_seconds: float) -> PreparedBatch:
         t0 = time.perf_counter()
+        prepared = encode_batch(rows, self.seal, self.policy)
+        kept_rows: list[StoredRecord] = rows
+        records: list[bytes] = prepared  # type: ignore[assignment]  # no CorruptRecord in it (checked below)
+        quarantined: list[tuple[int, str]] = []
+        held: ExportFailure | None = None
+        bad = [index for index, item in enumerate(prepared) if isinstance(item, CorruptRecord)]
+        if bad and self.spec.on_corrupt_record == "Quarantine":
+            for index in bad:
+                corrupt: CorruptRecord = prepared[index]  # type: ignore[assignment]
+                self._quarantine(corrupt)
+                quarantined.append((corrupt.record_id, corrupt.reason))
+            good = [index for index in range(len(rows)) if index not in set(bad)]
+            kept_rows, records = [rows[i] for i in good], [prepared[i] for i in good]  # type: ignore[misc]
+        elif bad:
+            # Hold: the batch ends before the first corrupt record; the run fails once it is committed.
+            held = ExportFailure(Reason.CORRUPT_RECORD, f"{prepared[bad[0]]}; the export holds before it until "
+                                 "it is fixed in the store (or set onCorruptRecord: Quarantine)",
+                                 domain=Domain.STORE, transient=False)
+            if bad[0] == 0:
+                raise held
+            rows = kept_rows = rows[:bad[0]]
+            records = records[:bad[0]]
         try:
-            records = encode_batch(rows)
-            kept = self._transform(rows, records)
+            kept = self._transform(kept_rows, records)
         except CorruptRecord as exc:
             raise ExportFailure(Reason.CORRUPT_RECORD, f"{exc}; export holds before it until it is fixed",
                                 domain=Domain.STORE, transient=False) from None
-        first, last = rows[0], rows[-1]
+        first, last = rows[0], rows[-1]  # the range handled, quarantined records included
         payload: bytes | None = None
         try:
             if kept is None:
                 exported = len(records)
-                payload = self.encoder.encode(records)  # the default: stored bytes as they are
+                if records:
+                    payload = self.encoder.encode(records)  # the default: stored bytes as they are
             else:
                 exported = len(kept)
                 if kept:
@@ -191,8 +226,10 @@ class ExportEngine:
                             [raw if raw is not None else cbor2.dumps(record, timezone=UTC) for record, raw in kept]
                         )
         except Exception as exc:  # an encoder that cannot represent a record
-            raise ExportFailure(Reason.ENCODE_FAILED, f"records {first.id}-{last.id} could not be written as "
-                                f"{self.spec.format}: {exc.__class__.__name__}: {exc}; export holds before them",
+            culprit = self._first_unencodable(kept) if kept else None
+            which = f"record {culprit}" if culprit is not None else f"records {first.id}-{last.id}"
+            raise ExportFailure(Reason.ENCODE_FAILED, f"{which} could not be written as {self.spec.format}: "
+                                f"{exc.__class__.__name__}: {str(exc)[:200]}; export holds before it",
                                 domain=Domain.FORMAT, transient=False) from None
         return PreparedBatch(
             first_id=first.id,
@@ -201,11 +238,36 @@ class ExportEngine:
             rows=exported,
             raw_bytes=sum(len(r) for r in records),
             payload=payload,
-            key=self.layout.data_key(first.id, last.id, first.timestamp_us) if payload is not None else None,
+            # Named by the range of records it holds: quarantined records at the edges are left out, so
+            # a reader (and verify) sees a name that matches its first and last record.
+            key=self.layout.data_key(kept_rows[0].id, kept_rows[-1].id, first.timestamp_us)
+            if payload is not None else None,
             read_seconds=read_seconds,
             encode_seconds=time.perf_counter() - t0,
             filtered=len(records) - exported,
+            quarantined=quarantined,
+            held=held,
         )
+
+    def _quarantine(self, corrupt: CorruptRecord) -> None:
+        """Move a record that failed the check into the store's quarantine (onCorruptRecord: Quarantine)."""
+        move = getattr(self.store, "quarantine", None)
+        if move is None:
+            raise ExportFailure(Reason.CORRUPT_RECORD, f"{corrupt}; this store has no quarantine, so the export "
+                                "holds before it", domain=Domain.STORE, transient=False)
+        try:
+            move(corrupt.record_id, corrupt.reason, str(self.exporter), int(self.clock.now().timestamp() * 1e6))
+        except StoreError as exc:
+            raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
+
+    def _first_unencodable(self, kept: list[tuple[dict[str, Any], bytes | None]]) -> Any:
+        """The id of the first record the encoder cannot write on its own (to name it in the failure)."""
+        for record, _ in kept:
+            try:
+                self.encoder.encode_records([record])
+            except Exception:
+                return record.get("id")
+        return None
 
     def _transform(
         self, rows: list[StoredRecord], records: list[bytes]
@@ -256,6 +318,7 @@ class ExportEngine:
             encode_seconds=batch.encode_seconds,
             upload_seconds=time.perf_counter() - t0,
             filtered=batch.filtered,
+            quarantined=tuple(batch.quarantined),
         )
 
     def _sweep_overlapping(self, batch: PreparedBatch, high_water: int) -> None:
@@ -442,18 +505,32 @@ class SynchronousPipeline:
         self._stop.set()
 
 
-def encode_batch(rows: list[StoredRecord]) -> list[bytes]:
-    """Stored rows as exported CBOR records: ``id`` spliced in, credential headers stripped.
+def encode_batch(rows: list[StoredRecord], seal: RecordSeal | None = None,
+                 policy: CredentialPolicy = DEFAULT_POLICY) -> list[bytes | CorruptRecord]:
+    """Stored rows as exported CBOR records (``id`` spliced in), or the CorruptRecord of each row that is
+    not one well-formed record.
 
-    The credential check skips rows our own append stripped, scans the others' bytes once per batch, and
-    decodes only the records where a credential header name could occur."""
-    records = [with_id(row.id, row.body) for row in rows]
-    unchecked = [index for index, row in enumerate(rows) if not row.stripped]
-    if not unchecked:
-        return records
-    lowered = b"".join(records[index] for index in unchecked).lower()
-    if not any(marker in lowered for marker in CREDENTIAL_MARKERS):
-        return records
-    for index in unchecked:
-        records[index] = ensure_no_credentials(rows[index].id, records[index])
-    return records
+    A row whose seal is valid was written by our own append (one canonical map, credentials stripped)
+    and goes out as stored, unless the exporter strips more header names (``spec.stripHeaders``), which
+    its bytes are then scanned for. Every other row is foreign and checked in full (store/check.py)."""
+    valid = seal.valid if seal is not None else None
+    rescan = bool(policy.extra_headers)
+    out: list[bytes | CorruptRecord] = []
+    for row in rows:
+        body = row.body
+        if valid is not None and valid(body, row.seal):
+            if rescan and policy.might_hold(body):
+                body = _strip_sealed(body, policy)
+            out.append(with_id(row.id, body))
+            continue
+        try:
+            out.append(with_id(row.id, check_foreign(row.id, body, policy)))
+        except CorruptRecord as exc:
+            out.append(exc)
+    return out
+
+
+def _strip_sealed(body: bytes, policy: CredentialPolicy) -> bytes:
+    """A sealed (canonical, well-formed) body stripped by the exporter's own header names too."""
+    record = cbor2.loads(body)
+    return cbor2.dumps(record, timezone=UTC) if policy.strip(record) else body

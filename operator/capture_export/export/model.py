@@ -119,6 +119,11 @@ class PreparedBatch:
     read_seconds: float
     encode_seconds: float
     filtered: int = 0
+    # Records moved to the store's quarantine while preparing it: (id, reason).
+    quarantined: list[tuple[int, str]] = field(default_factory=list)
+    # onCorruptRecord Hold: the batch stops before a corrupt record; after committing what precedes it,
+    # the run fails with this.
+    held: ExportFailure | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,7 @@ class BatchResult:
     encode_seconds: float
     upload_seconds: float
     filtered: int = 0
+    quarantined: tuple[tuple[int, str], ...] = ()  # (id, reason) of records moved to the quarantine
 
     @property
     def object_written(self) -> bool:
@@ -155,6 +161,8 @@ class RunResult:
     backlog: int | None = None
     requests: int = 0
     filtered: int = 0  # records the filter excluded: handled (the cursor passed them), not exported
+    # (id, reason) of the records this run moved to the store's quarantine (onCorruptRecord: Quarantine).
+    quarantined: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def duration_seconds(self) -> float:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from .base import RETENTION_METHODS, CaptureStore, ExpiredChunk, RecordReader, RetentionStore, StoredRecord, StoreError
+from .base import (
+    RETENTION_METHODS,
+    CaptureStore,
+    ExpiredChunk,
+    QuarantinedRecord,
+    QuarantineStore,
+    RecordReader,
+    RetentionStore,
+    StoredRecord,
+    StoreError,
+)
 from .opener import StoreOpener, describe_store, open_store_url, store_identity
 from .records import CREDENTIAL_HEADERS, SCHEMA_VERSION, CorruptRecord, decode_sequence, with_id
 from .sqlite import SQLiteStore
@@ -14,6 +24,8 @@ __all__ = [
     "CaptureStore",
     "CorruptRecord",
     "ExpiredChunk",
+    "QuarantineStore",
+    "QuarantinedRecord",
     "RecordReader",
     "RetentionStore",
     "SQLiteStore",

@@ -32,18 +32,9 @@ from typing import Any
 import cbor2
 
 from .credentials import DEFAULT_POLICY, CredentialPolicy
+from .records import CorruptRecord
 
 __all__ = ["CorruptRecord", "check_foreign", "outline"]
-
-
-class CorruptRecord(ValueError):
-    """A stored record that is not one well-formed capture record. The message names the record and the
-    reason, never the record's bytes."""
-
-    def __init__(self, record_id: int, reason: str) -> None:
-        super().__init__(f"record {record_id} is corrupt: {reason}")
-        self.record_id = record_id
-        self.reason = reason
 
 
 def _decode_reason(exc: Exception) -> str:
