@@ -307,9 +307,11 @@ def write_exporters(path: Path, s3: LocalS3, bucket: str, exporters: Sequence[Ex
     return path
 
 
-def run_export(manifest: Path, store: GatewayDB, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``capture-export run --once`` on the manifest against the store, state in ``cwd/state.json``."""
-    return run_cli("run", "--once", "-f", manifest, "--store", store.url, "--state", cwd / "state.json", cwd=cwd,
+def run_export(manifest: Path, store: GatewayDB | str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``capture-export run --once`` on the manifest against the store (or its URL), state in
+    ``cwd/state.json``."""
+    url = store.url if isinstance(store, GatewayDB) else str(store)
+    return run_cli("run", "--once", "-f", manifest, "--store", url, "--state", cwd / "state.json", cwd=cwd,
                    timeout=300)
 
 
