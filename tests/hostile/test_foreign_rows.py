@@ -22,6 +22,7 @@ import pytest
 
 from capture_export.local_s3 import LocalS3
 from tests.hostile.trust_support import (
+    AsText,
     ExporterCase,
     GatewayDB,
     PostgresGateway,
@@ -83,8 +84,10 @@ MALFORMED: dict[str, Callable[[int], bytes | str]] = {
     "break-out-of-place": lambda n: head(5, 1) + text("ver") + b"\xff",
     "reserved-additional-info": lambda n: build({**_fields(n), "duration_ms": Raw(b"\x1c")}),
     "indefinite-text-never-ends": lambda n: build({**_fields(n)})[:-1] + b"\x7f" + text(CANARY),
-    # The gateway's driver bound a str: SQLite stores TEXT, not BLOB.
+    # The gateway's driver bound a str: SQLite stores TEXT, not BLOB; or it stored CBOR bytes as TEXT, which
+    # sqlite3 cannot even read back as text (invalid UTF-8).
     "text-not-blob": lambda n: json.dumps({"ver": 2, "model": CANARY}),
+    "text-not-blob-invalid-utf8": lambda n: AsText(build(_with_credential(n)) + b"\xff"),
 }
 POSTGRES_CASES = ["map-claims-more-pairs", "trailing-item", "stored-id-key", "invalid-utf8-value", "date-after-9999"]
 
@@ -103,7 +106,7 @@ def _hold_case(kind: str, case: str, s3_server: LocalS3, bucket: str, tmp_path: 
                request: pytest.FixtureRequest) -> None:
     db = _gateway(kind, tmp_path, request)
     bad = MALFORMED[case](BAD_ROW)
-    if kind == "postgres" and isinstance(bad, str):
+    if kind == "postgres" and isinstance(bad, str | AsText):
         pytest.fail("TEXT rows are a SQLite case")
     rows: list[tuple[int, bytes | str]] = [
         (timestamp_us(n), bad if n == BAD_ROW else build(good_record(n))) for n in range(1, 7)

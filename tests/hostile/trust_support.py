@@ -34,6 +34,7 @@ from tests.integration.helpers import run_cli
 
 __all__ = [
     "BASE_TIME",
+    "AsText",
     "ExporterCase",
     "GatewayDB",
     "PostgresGateway",
@@ -82,6 +83,10 @@ def bstr(value: bytes) -> bytes:
 def text_chunks(*chunks: str) -> bytes:
     """An indefinite-length text string: ``7f``, definite chunks, ``ff`` (RFC 8949 §3.2.3)."""
     return b"\x7f" + b"".join(text(chunk) for chunk in chunks) + b"\xff"
+
+
+class AsText(bytes):
+    """A body a gateway's driver stored as TEXT, byte for byte (SQLite: ``CAST(? AS TEXT)``), UTF-8 or not."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,8 @@ class SQLiteGateway(GatewayDB):
 
     def insert(self, rows: Iterable[tuple[int, bytes | str]]) -> list[int]:
         with self._connect() as conn:
-            return [int(conn.execute("INSERT INTO captures (ts_us, body) VALUES (?, ?)", row).lastrowid or 0)
+            return [int(conn.execute("INSERT INTO captures (ts_us, body) VALUES (?, CAST(? AS TEXT))" if isinstance(
+                row[1], AsText) else "INSERT INTO captures (ts_us, body) VALUES (?, ?)", row).lastrowid or 0)
                     for row in rows]
 
     def insert_with(self, ts_us: int, body: bytes, columns: Mapping[str, Any]) -> int:

@@ -66,6 +66,10 @@ MIGRATIONS: dict[int, list[str]] = {
 _HAS_JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
 
 
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
 class SQLiteStore:
     def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
         self.path = Path(path)
@@ -75,6 +79,10 @@ class SQLiteStore:
             self._conn = sqlite3.connect(
                 str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
             )
+            # A gateway may store a body as TEXT, even TEXT that is not UTF-8: sqlite3 would then fail the
+            # whole read with the row's bytes in its message. Read it as a str (undecodable bytes escaped);
+            # the export's check refuses it as "stored as TEXT".
+            self._conn.text_factory = _lenient_text
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(SCHEMA)
