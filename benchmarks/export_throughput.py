@@ -37,6 +37,11 @@ def _seed(path: str, count: int, foreign: bool) -> None:
     store.close()
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -68,8 +73,10 @@ def main() -> None:
         engine = ExportEngine(spec, ExporterId("bench", "bench"), store, objects)
 
         t0 = time.perf_counter()
+        cpu0 = cpu_seconds()
         result = engine.run(Cursor())
         elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds() - cpu0
         assert result.rows == args.records and result.failure is None, result.failure
         rss_end_to_end = peak_rss_mb()
         print(f"\nend to end: {result.rows:,} records in {elapsed:.2f}s = {result.rows / elapsed:,.0f} records/s, "
@@ -78,6 +85,9 @@ def main() -> None:
         print(f"objects: {result.objects}, S3 requests: {result.requests} "
               f"({result.requests / result.objects:.2f} per batch), compression {result.raw_bytes / result.bytes:.2f}x")
         print(f"peak RSS (exporter process, end to end): {rss_end_to_end:,.0f} MB")
+        # CPU time is far less sensitive than wall time to other load on the machine: compare it when the
+        # load average is high.
+        print(f"exporter CPU (user+sys, all threads): {cpu:.2f}s = {cpu / result.rows * 1e6:.1f} us/record")
         if args.skip_stages:
             return
 

@@ -17,6 +17,7 @@ dated ``pathTemplate``, a batch is cut where the folder of its records would cha
 
 from __future__ import annotations
 
+import hmac
 import queue
 import threading
 import time
@@ -182,18 +183,18 @@ class ExportEngine:
 
     def _encode(self, rows: list[StoredRecord], read_seconds: float) -> PreparedBatch:
         t0 = time.perf_counter()
-        prepared = encode_batch(rows, self.seal, self.policy)
+        prepared, bad = _prepare_rows(rows, self.seal, self.policy)
         kept_rows: list[StoredRecord] = rows
         records: list[bytes] = prepared  # type: ignore[assignment]  # no CorruptRecord in it (checked below)
         quarantined: list[tuple[int, str]] = []
         held: ExportFailure | None = None
-        bad = [index for index, item in enumerate(prepared) if isinstance(item, CorruptRecord)]
         if bad and self.spec.on_corrupt_record == "Quarantine":
             for index in bad:
                 corrupt: CorruptRecord = prepared[index]  # type: ignore[assignment]
                 self._quarantine(corrupt)
                 quarantined.append((corrupt.record_id, corrupt.reason))
-            good = [index for index in range(len(rows)) if index not in set(bad)]
+            moved = set(bad)
+            good = [index for index in range(len(rows)) if index not in moved]
             kept_rows, records = [rows[i] for i in good], [prepared[i] for i in good]  # type: ignore[misc]
         elif bad:
             # Hold: the batch ends before the first corrupt record; the run fails once it is committed.
@@ -236,7 +237,7 @@ class ExportEngine:
             last_id=last.id,
             first_timestamp_us=first.timestamp_us,
             rows=exported,
-            raw_bytes=sum(len(r) for r in records),
+            raw_bytes=sum(map(len, records)),
             payload=payload,
             # Named by the range of records it holds: quarantined records at the edges are left out, so
             # a reader (and verify) sees a name that matches its first and last record.
@@ -508,17 +509,25 @@ class SynchronousPipeline:
 def encode_batch(rows: list[StoredRecord], seal: RecordSeal | None = None,
                  policy: CredentialPolicy = DEFAULT_POLICY) -> list[bytes | CorruptRecord]:
     """Stored rows as exported CBOR records (``id`` spliced in), or the CorruptRecord of each row that is
-    not one well-formed record.
+    not one well-formed record."""
+    return _prepare_rows(rows, seal, policy)[0]
+
+
+def _prepare_rows(rows: list[StoredRecord], seal: RecordSeal | None,
+                  policy: CredentialPolicy) -> tuple[list[bytes | CorruptRecord], list[int]]:
+    """``encode_batch``, and the indexes of the corrupt rows.
 
     A row whose seal is valid was written by our own append (one canonical map, credentials stripped)
     and goes out as stored, unless the exporter strips more header names (``spec.stripHeaders``), which
     its bytes are then scanned for. Every other row is foreign and checked in full (store/check.py)."""
-    valid = seal.valid if seal is not None else None
+    sealed = seal.seal if seal is not None else None
+    same = hmac.compare_digest
     rescan = bool(policy.extra_headers)
     out: list[bytes | CorruptRecord] = []
+    corrupt: list[int] = []
     for row in rows:
-        body = row.body
-        if valid is not None and valid(body, row.seal):
+        body, mark = row.body, row.seal
+        if mark is not None and sealed is not None and type(body) is bytes and same(sealed(body), mark):
             if rescan and policy.might_hold(body):
                 body = _strip_sealed(body, policy)
             out.append(with_id(row.id, body))
@@ -526,8 +535,9 @@ def encode_batch(rows: list[StoredRecord], seal: RecordSeal | None = None,
         try:
             out.append(with_id(row.id, check_foreign(row.id, body, policy)))
         except CorruptRecord as exc:
+            corrupt.append(len(out))
             out.append(exc)
-    return out
+    return out, corrupt
 
 
 def _strip_sealed(body: bytes, policy: CredentialPolicy) -> bytes:

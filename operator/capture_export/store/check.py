@@ -7,12 +7,13 @@ after it. ``check_foreign`` therefore accepts a foreign row only when
 
 * it is a byte string (a BLOB; SQLite also stores TEXT when a driver binds a str);
 * it decodes as exactly one CBOR item, consuming every stored byte (nothing trailing);
-* that item is a map whose keys are all text strings, and none of them is ``id`` (the store assigns ids);
+* that item is a map whose keys are all text strings, none of them repeated, and none of them ``id`` (the
+  store assigns ids);
 * everything in it is valid CBOR that readers can represent: valid UTF-8 in every text string, dates
   within years 1-9999 with a UTC offset, no nesting deeper than cbor2's limit, no cycles (tags 28/29);
 
-and returns the map re-encoded canonically (definite lengths, shortest heads, as cbor2 writes it, which
-also resolves duplicate keys the way every cbor2 reader does: the last one wins) with every credential
+and returns the map re-encoded canonically (definite lengths, shortest heads, as cbor2 writes it; a
+nested map with a repeated key keeps the last value, as cbor2 readers do) with every credential
 removed (store/credentials.py: header names are compared after decoding, so indefinite-length and
 byte-string names are found). Re-encoding is what makes the result safe to splice into a CBOR sequence;
 a row already in canonical form comes out byte for byte the same.

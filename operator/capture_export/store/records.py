@@ -111,8 +111,18 @@ def _uint_header(major: int, value: int) -> bytes:
 _ID_KEY = b"\x62id"  # CBOR text string "id"
 
 
+# The head of a map of n + 1 pairs followed by the key "id", for a stored map of n < 23 pairs (one head
+# byte), and the head of the id itself for the usual widths: the default export's hot path.
+_SMALL_MAP_WITH_ID = {0xA0 + n: bytes([0xA1 + n]) + b"\x62id" for n in range(23)}
+_PACK_U16, _PACK_U32 = struct.Struct(">BH").pack, struct.Struct(">BI").pack
+
+
 def with_id(record_id: int, body: bytes) -> bytes:
     """Splice ``id`` in as the first key of the stored CBOR map, without decoding the rest."""
+    head = _SMALL_MAP_WITH_ID.get(body[0]) if body else None
+    if head is not None and 0x100 <= record_id < 0x100000000:
+        return b"".join((head, _PACK_U16(0x19, record_id) if record_id < 0x10000 else _PACK_U32(0x1A, record_id),
+                         memoryview(body)[1:]))
     if not body:
         raise CorruptRecord(record_id, "empty")
     initial = body[0]

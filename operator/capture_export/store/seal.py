@@ -47,13 +47,23 @@ class RecordSeal:
         if len(key) < 16:
             raise ValueError("seal key too short")
         # Bind the key to the credential rules once, so that each seal is one plain HMAC over the body.
-        self._key = hashlib.sha256(key + SEAL_CONTEXT).digest()
+        mac_key = hashlib.sha256(key + SEAL_CONTEXT).digest().ljust(64, b"\0")
+        # HMAC (RFC 2104) with its two keyed states computed once: checking a seal then costs one SHA-256
+        # pass over the body and a block, a third less than hmac.digest, which sets up OpenSSL's HMAC on
+        # every call. This is the default export's hot path.
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in mac_key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in mac_key))
+        self._mac_key = mac_key
 
     def seal(self, body: bytes) -> bytes:
-        return hmac.digest(self._key, body, "sha256")[:SEAL_SIZE]
+        inner = self._inner.copy()
+        inner.update(body)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:SEAL_SIZE]
 
     def valid(self, body: object, seal: object) -> bool:
         """Whether ``seal`` is this store's seal of ``body`` (False for anything that is not bytes)."""
-        if not isinstance(seal, bytes) or len(seal) != SEAL_SIZE or not isinstance(body, bytes):
+        if type(seal) is not bytes or type(body) is not bytes:
             return False
-        return hmac.compare_digest(hmac.digest(self._key, body, "sha256")[:SEAL_SIZE], seal)
+        return hmac.compare_digest(self.seal(body), seal)

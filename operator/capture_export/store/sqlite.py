@@ -66,6 +66,9 @@ MIGRATIONS: dict[int, list[str]] = {
 _HAS_JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
 
 
+_new_tuple = tuple.__new__
+
+
 def _lenient_text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
@@ -160,7 +163,7 @@ class SQLiteStore:
             "SELECT id, ts_us, body, seal FROM captures WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
             (after, bound, limit),
         )
-        return list(map(StoredRecord._make, rows))
+        return [_new_tuple(StoredRecord, row) for row in rows]  # the columns are the fields, in order
 
     def record_seal(self) -> RecordSeal:
         return self._seal
