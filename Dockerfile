@@ -65,8 +65,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /home/capture
 VOLUME ["/data"]
-# 8080: liveness (GET /healthz); 9090: Prometheus metrics (GET /metrics).
-EXPOSE 8080 9090
+# 8080: liveness (GET /healthz); 8081: readiness (GET /readyz); 9090: Prometheus metrics (GET /metrics).
+EXPOSE 8080 8081 9090
 
 # `capture-export operator` by default; any other subcommand (seed, verify, cat, run) by passing it.
 ENTRYPOINT ["capture-export"]

@@ -65,8 +65,14 @@ e2e-cluster: e2e-tools ## create the kind cluster (kind-config.yaml) unless it e
 	fi
 	$(KUBECTL) wait --for=condition=Ready nodes --all --timeout=180s
 
-e2e-load: e2e-cluster image ## build the image and load it into the kind node
-	$(KIND) load docker-image $(E2E_IMAGE) --name $(E2E_CLUSTER)
+# An archive, not `kind load docker-image`: that fails with Docker's containerd image store ("content
+# digest not found"). Saving only the engine's own platform keeps the archive importable either way.
+e2e-load: e2e-cluster image ## build the image and load it into the kind node (as an image archive)
+	archive=$$(mktemp --suffix=.tar); trap 'rm -f "$$archive"' EXIT; \
+	platform=linux/$$($(DOCKER) version --format '{{.Server.Arch}}'); \
+	$(DOCKER) image save --platform "$$platform" --output "$$archive" $(E2E_IMAGE) 2>/dev/null \
+	  || $(DOCKER) image save --output "$$archive" $(E2E_IMAGE); \
+	$(KIND) load image-archive "$$archive" --name $(E2E_CLUSTER)
 
 e2e-minio: e2e-load ## deploy MinIO (tests/e2e/minio.yaml) and create the bucket
 	$(KUBECTL) apply -f tests/e2e/minio.yaml

@@ -125,10 +125,11 @@ def main() -> None:
         env = dict(os.environ, KUBECONFIG=str(kubeconfig(cluster.url, tmp / "kubeconfig")))
         env.pop("KUBERNETES_SERVICE_HOST", None)
         log = (tmp / "operator.log").open("wb")
-        liveness, metrics = free_port(), free_port()
+        liveness, readiness, metrics = free_port(), free_port(), free_port()
         command = [str(Path(sys.executable).parent / "capture-export"), "operator", "--all-namespaces",
                    "--store", str(tmp / "store.sqlite"), "--liveness-port", str(liveness),
-                   "--metrics-port", str(metrics), "--concurrency", str(args.concurrency)]
+                   "--readiness-port", str(readiness), "--metrics-port", str(metrics),
+                   "--concurrency", str(args.concurrency)]
         command += ["--verbose"] if args.verbose else []
         operator = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         process = psutil.Process(operator.pid)

@@ -7,10 +7,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .api.manifests import InvalidManifest, load_manifests
 
-__all__ = ["main"]
+if TYPE_CHECKING:  # kopf is heavy: the operator's modules load only for `capture-export operator`
+    from .handlers import OperatorConfig
+
+__all__ = ["build_parser", "main", "operator_config"]
 
 DEFAULT_STATE = ".capture-export/state.json"
 DEFAULT_STORE = ".capture-export/store.sqlite"
@@ -213,6 +217,75 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest_limits(args: argparse.Namespace):
+    from .ingest import IngestLimits
+
+    return IngestLimits(max_body_bytes=args.max_body_bytes, max_decoded_bytes=args.max_decoded_bytes,
+                        max_records=args.max_records, max_pending_records=args.max_pending_records,
+                        parse_workers=args.parse_workers)
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SystemExit(f"error: --listen {text!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from .ingest import TokenFile, serve
+
+    host, port = _listen_address(args.listen)
+    try:
+        tokens = TokenFile(args.token_file)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+
+        def announce(bound: int) -> None:
+            print(f"ingest server on http://{host}:{bound} (POST /v1/records, /v1/litellm, /v1/traces), "
+                  f"store {_safe_store_label(args.store)}", flush=True)
+
+        await serve(args.store, host, port, tokens, _ingest_limits(args), stop, announce=announce)
+
+    asyncio.run(main())
+    return 0
+
+
+def _safe_store_label(url: str) -> str:
+    if url.startswith(("postgresql://", "postgres://", "host=")):
+        from .store.postgres import _safe_label
+
+        return f"postgresql {_safe_label(url)}"
+    return url
+
+
+def _add_ingest_limits(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    from .ingest import IngestLimits
+
+    defaults = IngestLimits()
+    parser.add_argument(f"--{prefix}max-body-bytes", dest="max_body_bytes", type=int, default=defaults.max_body_bytes,
+                        help="largest request body as sent (413 past it)")
+    parser.add_argument(f"--{prefix}max-decoded-bytes", dest="max_decoded_bytes", type=int,
+                        default=defaults.max_decoded_bytes, help="largest body once decompressed (413 past it)")
+    parser.add_argument(f"--{prefix}max-records", dest="max_records", type=int, default=defaults.max_records,
+                        help="most records in one request (413 past it)")
+    parser.add_argument(f"--{prefix}max-pending-records", dest="max_pending_records", type=int,
+                        default=defaults.max_pending_records,
+                        help="records waiting for the commit before requests get 503 + Retry-After")
+    parser.add_argument(f"--{prefix}parse-workers", dest="parse_workers", type=int, default=defaults.parse_workers,
+                        help="processes that decode and encode request bodies (0: in the server's own thread)")
+
+
 def cmd_crds(args: argparse.Namespace) -> int:
     from .api import KINDS, render_crd_yaml, write_crds
 
@@ -238,20 +311,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(records=args.records, manifest=Path(args.file), workdir=Path(args.workdir))
 
 
-def cmd_operator(args: argparse.Namespace) -> int:
-    import kopf
+def operator_config(args: argparse.Namespace) -> OperatorConfig:
+    """The operator's configuration from `capture-export operator` arguments (checked by cmd_operator)."""
+    from .handlers import OperatorConfig
 
-    from .handlers import OperatorConfig, run
-
-    kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
     config = OperatorConfig(
         store=args.store,
         namespaces=tuple(args.namespace or ()),
         liveness_port=args.liveness_port or None,
+        readiness_port=args.readiness_port or None,
         metrics_port=args.metrics_port or None,
         concurrency=args.concurrency,
+        stop_timeout=args.stop_timeout,
     )
-    run(config)
+    if args.ingest_port:
+        config.ingest_port = args.ingest_port
+        config.ingest_token_file = args.ingest_token_file
+        config.ingest_limits = _ingest_limits(args)
+    return config
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    import logging
+
+    import kopf
+
+    from .handlers import Runtime, run
+
+    kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
+    if args.ingest_port:
+        if not args.ingest_token_file:
+            print("error: --ingest-port needs --ingest-token-file", file=sys.stderr)
+            return 2
+        if not args.store:
+            print("error: --ingest-port needs the default store (--store or CAPTURE_EXPORT_STORE)", file=sys.stderr)
+            return 2
+        from .ingest import TokenFile
+
+        try:
+            TokenFile(args.ingest_token_file)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    config = operator_config(args)
+    runtime = Runtime(config)
+    try:
+        run(config, runtime=runtime)
+    except Exception as exc:
+        # A startup handler that refused to start (missing RBAC): one line saying why, not kopf's traceback.
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, kopf.PermanentError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"capture-export operator: not started: {cause}", file=sys.stderr)
+        # Threads the runtime made before the refusal would hold the interpreter's exit; nothing is in flight.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(1)
+    if runtime.cycles.busy:
+        # Cycles hung past the stop timeout (an upload that never answers): their threads would hold the
+        # interpreter's exit until the pod is killed. What they had not committed is exported again.
+        logging.getLogger(__name__).warning("exiting with %d cycles still in flight", runtime.cycles.busy)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 
@@ -308,6 +432,20 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--store", default=_default_store(), help="capture store: SQLite path or DSN")
     quarantine.add_argument("--body", help="release: the corrected record, a file holding one CBOR map")
     quarantine.set_defaults(handler=cmd_quarantine)
+    ingest = sub.add_parser(
+        "ingest", help="run the ingest server: gateways POST records, committed before the answer",
+        description="Run the ingest server. Gateways POST native records (/v1/records), LiteLLM generic_api "
+        "payloads (/v1/litellm) and OpenTelemetry GenAI spans (/v1/traces); each request is committed to the "
+        "store before it is answered, and a record whose capture_id is stored already is not stored again. "
+        "The ingest server writes the store: it creates the store (and its schema) when it does not exist.")
+    ingest.add_argument("--store", default=_default_store(),
+                        help="capture store to write (created if missing): SQLite path or postgresql:// DSN "
+                        "(env CAPTURE_EXPORT_STORE)")
+    ingest.add_argument("--listen", default="127.0.0.1:8090", help="HOST:PORT to listen on (default 127.0.0.1:8090)")
+    ingest.add_argument("--token-file", required=True,
+                        help="file of accepted bearer tokens, one per line; re-read when it changes")
+    _add_ingest_limits(ingest)
+    ingest.set_defaults(handler=cmd_ingest)
 
     crds = sub.add_parser("crds", help="write the CRDs generated from the API models")
     crds.add_argument("--dir", default="crds")
@@ -322,8 +460,19 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--store", default=os.environ.get("CAPTURE_EXPORT_STORE") or None,
                     help="default capture store for specs that name none (env CAPTURE_EXPORT_STORE)")
     op.add_argument("--liveness-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
+    op.add_argument("--readiness-port", type=int, default=8081,
+                    help="readiness endpoint /readyz: started and the Kubernetes API answers (0: off)")
     op.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (0: off)")
     op.add_argument("--concurrency", type=int, default=8, help="export cycles running at once")
+    op.add_argument("--stop-timeout", type=float, default=50.0, metavar="SECONDS",
+                    help="on SIGTERM, how long the batches in flight get to commit (keep it under the pod's "
+                    "terminationGracePeriodSeconds; the chart passes that less 10)")
+    op.add_argument("--ingest-port", type=int, default=0,
+                    help="also run the ingest server on this port, writing to the default store (0: off)")
+    op.add_argument("--ingest-token-file", default=os.environ.get("CAPTURE_EXPORT_INGEST_TOKEN_FILE"),
+                    help="file of bearer tokens the ingest server accepts, one per line "
+                    "(env CAPTURE_EXPORT_INGEST_TOKEN_FILE)")
+    _add_ingest_limits(op, "ingest-")
     op.add_argument("-v", "--verbose", action="store_true")
     op.add_argument("--debug", action="store_true")
     op.add_argument("--log-format", choices=["plain", "full", "json"], default="full")

@@ -47,6 +47,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "store": {"sqlite": {"mountPath": "/var/lib/capture", "fileName": "captures.db",
                              "persistence": {"enabled": False}}},
     },
+    "ingest-in-operator-pod": {"ingest": {"enabled": True, "token": {"existingSecret": "ingest-tokens"},
+                                          "limits": {"maxRecords": 2000}}},
     "no-metrics-no-probe": {"metrics": {"service": {"enabled": False}}, "livenessProbe": {"enabled": False}},
     "external-rbac-and-service-account": {"rbac": {"create": False},
                                           "serviceAccount": {"create": False, "name": "platform-operator"}},

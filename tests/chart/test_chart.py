@@ -90,7 +90,7 @@ def test_objects_are_named_labelled_and_unique(scenario: tuple[str, Rendered]) -
 
 def test_notes_render(scenario: tuple[str, Rendered]) -> None:
     _, rendered = scenario
-    assert "kubectl apply -f examples/exporter.yaml" in rendered.notes
+    assert "examples/exporter.yaml | kubectl apply -f -" in rendered.notes
     assert "<no value>" not in rendered.notes
     for text in rendered.sources.values():
         assert "<no value>" not in text
@@ -113,12 +113,12 @@ def test_one_operator_replica_recreated_on_upgrade(scenario: tuple[str, Rendered
 def test_operator_container(chart: helm.Chart) -> None:
     rendered = render(chart)
     (container,) = pod_spec(rendered)["containers"]
-    assert container["image"] == f"capture-export:{chart.metadata['appVersion']}"
+    assert container["image"] == f"ghcr.io/capture-dev/capture-export:{chart.metadata['appVersion']}"
     assert container["imagePullPolicy"] == "IfNotPresent"
-    assert container["args"] == ["operator", "--all-namespaces"]
+    assert container["args"] == ["operator", "--all-namespaces", "--stop-timeout", "50"]
     assert "command" not in container, "the image's entrypoint is capture-export"
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"health": 8080, "metrics": 9090}
+    assert ports == {"health": 8080, "metrics": 9090, "ready": 8081}
     probe = container["livenessProbe"]
     assert probe["httpGet"] == {"path": "/healthz", "port": "health"}
     assert probe["periodSeconds"] > 0 and probe["failureThreshold"] >= 1
@@ -131,10 +131,10 @@ def test_operator_container(chart: helm.Chart) -> None:
 def test_namespaced_mode_passes_each_namespace(chart: helm.Chart) -> None:
     rendered = render(chart, SCENARIOS["namespaced"])
     (container,) = pod_spec(rendered)["containers"]
-    assert container["args"] == ["operator", "--namespace", "team-a", "--namespace", "team-b"]
+    assert container["args"][:5] == ["operator", "--namespace", "team-a", "--namespace", "team-b"]
     rendered = render(chart, SCENARIOS["namespaced-release-namespace"])
     (container,) = pod_spec(rendered)["containers"]
-    assert container["args"] == ["operator", "--namespace", NAMESPACE]
+    assert container["args"][:3] == ["operator", "--namespace", NAMESPACE]
 
 
 @pytest.mark.parametrize("name", ["defaults", "namespaced", "namespaced-release-namespace", "postgres-inline-dsn"])
@@ -165,7 +165,7 @@ def test_everything_knob_reaches_the_pod(chart: helm.Chart) -> None:
     assert spec["priorityClassName"] == "platform-critical"
     assert spec["terminationGracePeriodSeconds"] == 120
     assert container["resources"] == values["resources"]
-    assert container["args"] == ["operator", "--namespace", "gateway", "--verbose"]
+    assert container["args"] == ["operator", "--namespace", "gateway", "--stop-timeout", "110", "--verbose"]
     for item in values["extraEnv"]:
         assert item in container["env"]
     assert container["envFrom"] == values["extraEnvFrom"]
@@ -359,7 +359,6 @@ NAMESPACED_PERMISSIONS = {
     ("capture.dev", "retentionpolicies/status"): {"patch"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
-    ("events.k8s.io", "events"): {"create"},
 }
 CRD_DISCOVERY = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
 
@@ -443,6 +442,9 @@ def test_rbac_covers_every_kind_in_the_crds() -> None:
     assert "s3exporters" in plurals
     served = {resource for group, resource in NAMESPACED_PERMISSIONS if group == "capture.dev" and "/" not in resource}
     assert plurals <= served, f"kinds without RBAC in the chart: {sorted(plurals - served)}"
+    from capture_export.handlers.settings import SERVED_PLURALS
+
+    assert set(SERVED_PLURALS) == plurals, "readiness lists every kind the operator serves"
 
 
 # --------------------------------------------------------------------------------------------------

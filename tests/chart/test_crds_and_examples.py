@@ -160,3 +160,16 @@ def test_validator_accepts_a_status_written_by_the_operator(validator: CustomRes
     assert validator.errors(resource) == []
     resource["status"]["conditions"][0]["status"] = "Maybe"
     assert validator.errors(resource) != []
+
+
+@pytest.mark.parametrize("stamp", ["yesterday", "2026-11-24 12:00", "2026-13-01T00:00:00Z", "2026-11-24T12:00:00"])
+def test_validator_checks_date_time_formats(validator: CustomResourceValidator, stamp: str) -> None:
+    """jsonschema skips `format: date-time` silently unless its RFC 3339 checker is installed (the
+    `format-nongpl` extra of jsonschema, in the test extra): the API server does check it."""
+    resource = _exporter()
+    resource["status"] = {"conditions": [{"type": "Ready", "status": "True", "reason": "UpToDate",
+                                          "lastTransitionTime": "2026-11-24T12:00:00Z"}]}
+    assert validator.errors(resource) == []
+    resource["status"]["conditions"][0]["lastTransitionTime"] = stamp
+    errors = validator.errors(resource)
+    assert any("date-time" in error for error in errors), errors

@@ -16,9 +16,11 @@ import yaml
 from capture_export.api.manifests import parse_spec
 
 from ..e2e import cluster as e2e
+from ..e2e import test_kind_namespaced as namespaced_e2e
 from ..e2e.test_kind import example_exporter_documents, example_retention_policy
 from .crd_schema import CustomResourceValidator
 from .rendering import CHART_DIR, REPO_ROOT, pod_spec, render
+from .test_chart import restricted_violations
 
 KUBE_VERSION = kubernetes_validate.utils.latest_version()
 
@@ -62,7 +64,7 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     assert "PYTHONDONTWRITEBYTECODE=1" in final
     assert 'ENTRYPOINT ["capture-export"]' in final
     assert re.search(r'^CMD \["operator"', final, re.MULTILINE)
-    assert re.search(r"^EXPOSE 8080 9090$", final, re.MULTILINE)
+    assert re.search(r"^EXPOSE 8080 8081 9090$", final, re.MULTILINE)
 
 
 def test_image_matches_the_chart() -> None:
@@ -94,7 +96,7 @@ def test_dockerignore_keeps_only_the_package() -> None:
 # kind e2e assets
 
 
-@pytest.mark.parametrize("name", ["minio.yaml", "minio-bucket.yaml"])
+@pytest.mark.parametrize("name", ["minio.yaml", "minio-bucket.yaml", "postgres.yaml"])
 def test_e2e_manifests_validate_offline(name: str) -> None:
     documents = [d for d in yaml.safe_load_all((REPO_ROOT / "tests" / "e2e" / name).read_text()) if d]
     assert documents
@@ -134,6 +136,56 @@ def test_resources_the_e2e_suite_applies_are_valid() -> None:
     assert {d["kind"] for d in documents} == {"Secret", "S3Exporter", "RetentionPolicy"}
 
 
+def test_namespaced_e2e_release_renders_with_the_chart_defaults() -> None:
+    """The namespaced e2e release: valid values, one namespace watched, PostgreSQL from the chart's Secret,
+    and the chart's default resources (the memory case measures exactly those)."""
+    values: dict[str, Any] = {}
+    for setting in namespaced_e2e.release_settings():
+        values = _merge(values, helm.parse_set_string(setting))
+    with helm.Chart.load(CHART_DIR) as chart:
+        chart.validate_schema(chart.merge_values(values))
+        rendered = render(chart, values, namespace=namespaced_e2e.OPERATOR_NAMESPACE,
+                          release=namespaced_e2e.NS_RELEASE)
+        defaults = chart.values
+    (container,) = pod_spec(rendered)["containers"]
+    assert container["args"][:3] == ["operator", "--namespace", namespaced_e2e.OPERATOR_NAMESPACE]
+    assert container["resources"] == defaults["resources"]
+    assert container["image"] == e2e.IMAGE and container["imagePullPolicy"] == "Never"
+    assert rendered.one("Secret")["stringData"]["dsn"] == namespaced_e2e.DSN
+    assert not rendered.of_kind("ClusterRole")
+
+
+def test_namespaced_e2e_resources_are_admitted() -> None:
+    """What the namespaced e2e module applies: valid custom resources, and a seeding Job the namespace's
+    restricted Pod Security profile admits."""
+    validator = CustomResourceValidator(REPO_ROOT / "crds")
+    for fmt in ("cbor", "parquet"):
+        document = namespaced_e2e.exporter_document("usage", "e2e/x", fmt=fmt)
+        assert validator.errors(document) == []
+        parse_spec(document["kind"], document["spec"])
+    kubernetes_validate.validate(namespaced_e2e.secret_document(), KUBE_VERSION, strict=True)
+    job = namespaced_e2e.seed_job_manifest("seed", 10, seed=1)
+    kubernetes_validate.validate(job, KUBE_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert restricted_violations(pod, pod["containers"]) == []
+    host, port = re.search(r"@([^:/]+):(\d+)/", namespaced_e2e.DSN).groups()  # type: ignore[union-attr]
+    documents = {d["kind"]: d for d in yaml.safe_load_all((REPO_ROOT / "tests" / "e2e" / "postgres.yaml").read_text())}
+    service = documents["Service"]
+    assert host == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    assert int(port) == service["spec"]["ports"][0]["port"]
+    credentials = documents["Secret"]["stringData"]
+    assert f"{credentials['POSTGRES_USER']}:{credentials['POSTGRES_PASSWORD']}@" in namespaced_e2e.DSN
+    assert namespaced_e2e.DSN.endswith(f"/{credentials['POSTGRES_DB']}")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
 def test_kind_config() -> None:
     config = yaml.safe_load((REPO_ROOT / "kind-config.yaml").read_text())
     assert config["kind"] == "Cluster" and config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
@@ -148,6 +200,7 @@ def test_makefile_and_suite_agree() -> None:
         assert re.search(rf"^{target}:", makefile, re.MULTILINE), f"Makefile lacks target {target}"
     assert _makefile_default("E2E_NAMESPACE") == e2e.NAMESPACE
     assert _makefile_default("E2E_RELEASE") == e2e.RELEASE
+    assert _makefile_default("E2E_IMAGE") == e2e.IMAGE
     assert "kind-config.yaml" in makefile and "tests/e2e/minio.yaml" in makefile
     assert "-m e2e tests/e2e" in makefile
     # Recipes are indented with tabs, or make refuses the file: a line may start with spaces only when it

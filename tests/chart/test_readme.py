@@ -94,8 +94,18 @@ def test_example_exporter_matches_the_minio_it_is_pointed_at() -> None:
     assert e2e.MINIO_ENDPOINT in section
 
 
-def test_image_tag_is_the_chart_default() -> None:
+def test_image_is_named_and_the_kind_path_loads_the_local_build() -> None:
     with helm.Chart.load(CHART_DIR) as chart:
         (container,) = pod_spec(render(chart))["containers"]
-    assert f"docker build -t {container['image']} ." in _commands()
-    assert f"kind load docker-image {container['image']} --name capture" in _commands()
+    section = _section()
+    assert f"`{container['image'].rsplit(':', 1)[0]}:<appVersion>`" in section, "say which image runs by default"
+    assert "--set image.repository=<registry>/capture-export --set image.tag=<tag>" in section
+    commands = _commands()
+    (build,) = [c for c in commands if c.startswith("docker build")]
+    local_image = shlex.split(build)[3]
+    assert f"docker image save {local_image} | kind load image-archive /dev/stdin --name capture" in commands
+    (install,) = [c for c in commands if c.startswith("helm install") and "--create-namespace" in c]
+    repository, tag = local_image.split(":")
+    for flag in (f"image.repository={repository}", f"image.tag={tag}", "image.pullPolicy=Never"):
+        assert f"--set {flag}" in install, "the kind install must run the build it loaded"
+    assert not any("kind load docker-image" in c for c in commands), "fails with containerd's image store"

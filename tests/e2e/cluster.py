@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["BUCKET", "CLUSTER", "MINIO_ACCESS_KEY", "MINIO_ENDPOINT", "MINIO_SECRET_KEY", "NAMESPACE", "RELEASE",
-           "REPO_ROOT", "REQUIRED_TOOLS", "CommandFailed", "Kube", "run", "skip_reason", "wait_for"]
+__all__ = ["BUCKET", "CLUSTER", "IMAGE", "MINIO_ACCESS_KEY", "MINIO_ENDPOINT", "MINIO_SECRET_KEY", "NAMESPACE",
+           "RELEASE", "REPO_ROOT", "REQUIRED_TOOLS", "CommandFailed", "Kube", "run", "skip_reason", "wait_for"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_TOOLS = ("docker", "kind", "kubectl", "helm", "make")
@@ -25,6 +25,7 @@ REQUIRED_TOOLS = ("docker", "kind", "kubectl", "helm", "make")
 CLUSTER = os.environ.get("E2E_CLUSTER", "capture-export-e2e")
 NAMESPACE = os.environ.get("E2E_NAMESPACE", "capture-export")
 RELEASE = os.environ.get("E2E_RELEASE", "capture-export")
+IMAGE = os.environ.get("E2E_IMAGE", "capture-export:e2e")  # built and loaded into the node by `make e2e-load`
 # tests/e2e/minio.yaml and tests/e2e/minio-bucket.yaml
 MINIO_ENDPOINT = "http://minio.minio.svc.cluster.local:9000"
 MINIO_ACCESS_KEY = "capture-export"

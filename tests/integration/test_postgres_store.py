@@ -313,7 +313,7 @@ def test_migrates_a_version_1_store(pg_dsn: str) -> None:
     store.close()
     again = PostgresStore(pg_dsn)  # a no-op now; the gateway's plain INSERT still works
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        assert conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        assert conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'").fetchone() == ("4",)
         conn.execute("INSERT INTO captures (ts_us, body) VALUES (3, '\\xa0')")
     assert list(again.ids()) == [2, 3] and again.soft_deleted_count() == 1
     again.close()

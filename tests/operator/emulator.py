@@ -14,6 +14,15 @@ none starts with the existing objects. The watch subscribes to the event bus und
 it replays anything: kmock's own replays every object on every watch (so kopf handled stale duplicates
 and its JSON patches failed) and subscribes only afterwards (so it lost what was created in between).
 Get and discovery are kmock's own.
+
+Custom resources go through their CRD (``crds/``) as through the API server's admission: unknown fields
+and non-nullable nulls are pruned (refused with ``?fieldValidation=Strict``), defaults filled in, the
+result validated against the structural schema and its CEL rules (``x-kubernetes-validations``,
+transition rules against the stored object) and refused with 422 ``Invalid`` naming each field; the
+operator's status writes included. Deleting an object that has finalizers bumps its ``generation``
+with its ``deletionTimestamp``, as the API server does. And
+:attr:`ClusterEmulator.faults` makes it answer a share of requests with 429 (``Retry-After``) or 500, so
+that the operator's retries run.
 """
 
 from __future__ import annotations
@@ -23,19 +32,78 @@ import collections
 import copy
 import datetime
 import itertools
+import random
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
 import attrs
 import jsonpatch
 import jsonpointer
+import yaml
 from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, action, resource
 from kmock._internal import dicts
 
-__all__ = ["ClusterEmulator"]
+from ..support import cel
+from ..support.structural import CustomResourceSchema, RuleEvaluator
+
+__all__ = ["ApiFaults", "ClusterEmulator", "cel_rule_failures", "crd_schemas"]
+
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+
+
+def cel_rule_failures(schema: Mapping[str, Any], obj: Any, old: Any) -> list[str]:
+    """The CRD's CEL rules (``x-kubernetes-validations``) that ``obj`` breaks, evaluated with the CEL library
+    of tests/support/cel.py; ``old`` is the stored object on an update (transition rules), None on create."""
+    failures = []
+    for part in ("spec", "status"):
+        node = (schema.get("properties") or {}).get(part)
+        if node is None or obj.get(part) is None:
+            continue
+        previous = None if old is None else old.get(part)
+        failures += [f"{failure.path}: Invalid value: {failure.message}"
+                     for failure in cel.rule_failures(node, obj[part], previous, path=part)]
+    return failures
+
+
+def crd_schemas(crd_dir: Path = CRD_DIR, cel_failures: RuleEvaluator | None = cel_rule_failures
+                ) -> dict[tuple[str, str, str], CustomResourceSchema]:
+    """(group, version, plural) -> the admission of that served version, for every CRD in ``crd_dir``."""
+    schemas = {}
+    for path in sorted(crd_dir.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            if version.get("served", True):
+                key = (crd["spec"]["group"], version["name"], crd["spec"]["names"]["plural"])
+                schemas[key] = CustomResourceSchema(version["schema"]["openAPIV3Schema"], cel_failures=cel_failures)
+    return schemas
+
+
+@dataclass
+class ApiFaults:
+    """Answer a share of the requests the operator makes with 429 (Retry-After) or 500, as a loaded or
+    restarting API server does. Watches are spared unless ``watches``; only the listed methods fail."""
+
+    rate: float = 0.3
+    statuses: tuple[int, ...] = (429, 500)
+    methods: frozenset[str] = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+    watches: bool = False
+    seed: int = 14
+    injected: collections.Counter[int] = field(default_factory=collections.Counter)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def draw(self, method: str, watch: bool) -> int | None:
+        if method not in self.methods or (watch and not self.watches) or self._random.random() >= self.rate:
+            return None
+        status = self._random.choice(self.statuses)
+        self.injected[status] += 1
+        return status
 
 _HISTORY = 2  # versions kept per object
 _EVENT_HISTORY = 100_000  # watch events kept for watches that resume from a resourceVersion
@@ -46,6 +114,8 @@ class ClusterEmulator(KubernetesEmulator):
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_version: int = attrs.field(default=0, init=False)
     _events: Any = attrs.field(factory=lambda: collections.deque(maxlen=_EVENT_HISTORY), init=False)
+    schemas: dict[tuple[str, str, str], CustomResourceSchema] = attrs.field(factory=crd_schemas)
+    faults: ApiFaults | None = None  # set it (and back to None) while the emulator runs
 
     def declare(self, group_version_plural: str, *, kind: str, namespaced: bool = True,
                 status: bool = False, **extra: Any) -> None:
@@ -68,6 +138,11 @@ class ClusterEmulator(KubernetesEmulator):
         # serve every object verb but watch here, so that a long benchmark does not slow down.
         if len(self._requests) > 1000:
             del self._requests[:-100]
+        faults = self.faults
+        if faults is not None and request.resource is not None:
+            status = faults.draw(request.method, request.action == action.WATCH)
+            if status is not None:
+                return _fault(status)
         if request.resource is not None and request.resource.plural is not None:
             if request.action == action.FETCH and request.name is not None:
                 return aiohttp.web.json_response(await self._fetch(request))
@@ -91,6 +166,26 @@ class ClusterEmulator(KubernetesEmulator):
         history.append(obj)
         if len(history) > _HISTORY:
             del history[:-_HISTORY]
+
+    # -- admission ----------------------------------------------------------------------------------
+
+    def _admit(self, request: Any, res: Any, obj: dict[str, Any],
+               old: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``obj`` as the API server would store it (pruned, defaulted), or 422 naming what is invalid."""
+        schema = self.schemas.get((res.group, res.version, res.plural))
+        if schema is None:
+            return obj
+        strict = request.params.get("fieldValidation", "") == "Strict"
+        admission = schema.admit(obj, old, strict=strict)
+        if admission.errors:
+            kind = self.resources[res].kind if res in self.resources else res.plural
+            name = (obj.get("metadata") or {}).get("name", "")
+            raise KubernetesError(422, "Invalid", f'{kind}.{res.group} "{name}" is invalid: '
+                                  f"[{', '.join(admission.errors)}]",
+                                  {"name": name, "group": res.group, "kind": kind,
+                                   "causes": [{"reason": "FieldValueInvalid", "message": error,
+                                               "field": error.split(":", 1)[0]} for error in admission.errors]})
+        return admission.obj
 
     # -- list and watch ---------------------------------------------------------------------------------
 
@@ -157,10 +252,12 @@ class ClusterEmulator(KubernetesEmulator):
         async with self._lock:
             if key in self._objects and not self._objects[key].deleted:
                 raise KubernetesError(409, "AlreadyExists", f"{res.plural} {meta['name']!r} already exists")
-            meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_version(), generation=1,
-                        creationTimestamp=_now())
             if self._has_status(res):
                 obj.pop("status", None)
+            obj = self._admit(request, res, obj)
+            meta = obj["metadata"]
+            meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_version(), generation=1,
+                        creationTimestamp=_now())
             _string_data(res, obj)
             if key in self._objects:
                 self._store(key, obj)
@@ -208,6 +305,7 @@ class ClusterEmulator(KubernetesEmulator):
                 if "status" in current:
                     new["status"] = current["status"]
             _string_data(res, new)
+            new = self._admit(request, res, new, current)
             meta = new.setdefault("metadata", {})
             for field in ("uid", "creationTimestamp", "namespace", "name", "generation", "resourceVersion"):
                 if field in current["metadata"]:
@@ -240,6 +338,7 @@ class ClusterEmulator(KubernetesEmulator):
             if meta.get("finalizers"):
                 if not meta.get("deletionTimestamp"):
                     meta["deletionTimestamp"] = _now()
+                    meta["generation"] = int(meta.get("generation", 1)) + 1  # as the API server does
                     meta["resourceVersion"] = self._next_version()
                     self._store(key, obj)
                     await self._publish(res, "MODIFIED", obj)
@@ -248,6 +347,13 @@ class ClusterEmulator(KubernetesEmulator):
                 self._store(key, None)
                 await self._publish(res, "DELETED", obj)
         return aiohttp.web.json_response(obj)
+
+
+def _fault(status: int) -> aiohttp.web.StreamResponse:
+    reason = {429: "TooManyRequests", 500: "InternalError"}.get(status, "InternalError")
+    body = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": status,
+            "reason": reason, "message": f"injected fault: {reason}", "details": {"retryAfterSeconds": 1}}
+    return aiohttp.web.json_response(body, status=status, headers={"Retry-After": "1"} if status == 429 else {})
 
 
 def _string_data(res: Any, obj: dict[str, Any]) -> None:

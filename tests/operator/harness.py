@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import kubernetes.client
 from kmock import Server
@@ -24,12 +24,19 @@ from capture_export.api import GROUP, VERSION
 from capture_export.handlers import OperatorConfig, Runtime, operate
 from capture_export.local_s3 import free_port
 
-from .emulator import ClusterEmulator
+from .emulator import ApiFaults, ClusterEmulator
 
-__all__ = ["EmulatedCluster", "Kube", "OperatorThread", "wait_for"]
+__all__ = ["ApiEndpoint", "EmulatedCluster", "Kube", "OperatorThread", "Policies", "wait_for"]
 
 T = TypeVar("T")
 PLURAL = "s3exporters"
+POLICIES = "retentionpolicies"
+
+
+class ApiEndpoint(Protocol):
+    """Where the API server is: the emulator here, the real kube-apiserver in tests/kube."""
+
+    def configuration(self) -> kubernetes.client.Configuration: ...
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
@@ -92,6 +99,21 @@ class EmulatedCluster:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
 
+    def without_crd_validation(self) -> None:
+        """From now on, admit our kinds as a cluster whose CRDs carry no schema does (an old or hand-made
+        CRD): whatever the operator must refuse on its own then reaches it."""
+        assert self.emulator is not None
+        self.emulator.schemas = {}
+
+    @property
+    def faults(self) -> ApiFaults | None:
+        return self.emulator.faults if self.emulator is not None else None
+
+    @faults.setter
+    def faults(self, faults: ApiFaults | None) -> None:
+        assert self.emulator is not None
+        self.emulator.faults = faults
+
     def configuration(self) -> kubernetes.client.Configuration:
         config = kubernetes.client.Configuration(host=self.url)
         config.verify_ssl = False
@@ -101,7 +123,7 @@ class EmulatedCluster:
 class Kube:
     """kubectl, more or less: the official client against the emulator."""
 
-    def __init__(self, cluster: EmulatedCluster, namespace: str = "default") -> None:
+    def __init__(self, cluster: ApiEndpoint, namespace: str = "default") -> None:
         self.namespace = namespace
         self.client = kubernetes.client.ApiClient(cluster.configuration())
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
@@ -176,6 +198,29 @@ class Kube:
         self.client.close()
 
 
+class Policies(Kube):
+    """The harness's kubectl, pointed at RetentionPolicies (its condition and status waits work as they are)."""
+
+    def apply_policy(self, name: str, spec: dict[str, Any]) -> dict:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RetentionPolicy", "metadata": {"name": name},
+                "spec": spec}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, POLICIES, body)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, POLICIES, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, POLICIES, name, body)
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, POLICIES, name)
+
+
 class OperatorThread:
     """The operator, as ``capture-export operator`` runs it, in a thread of its own."""
 
@@ -189,13 +234,25 @@ class OperatorThread:
 
     def _main(self) -> None:
         try:
-            asyncio.run(operate(self.config, runtime=self.runtime, stop_flag=self.stop_flag,
-                                ready_flag=self.ready_flag))
+            asyncio.run(self._operate())
+        except BaseException as exc:
+            self.error = self.error or exc
+
+    async def _operate(self) -> None:
+        # The error is recorded here, inside the loop: once kopf has failed (a startup handler refused), the
+        # loop's shutdown waits for an executor thread parked on stop_flag, so asyncio.run would only return
+        # after stop() and start() could not tell a failure from a slow start.
+        try:
+            await operate(self.config, runtime=self.runtime, stop_flag=self.stop_flag, ready_flag=self.ready_flag)
         except BaseException as exc:
             self.error = exc
+            raise
 
-    def start(self) -> OperatorThread:
+    def start(self, *, wait: bool = True) -> OperatorThread:
+        """Start the operator's thread; unless ``wait`` is false, return once kopf says it started."""
         self._thread.start()
+        if not wait:
+            return self
         wait_for(lambda: self.ready_flag.is_set() or self.error, 30, what="operator ready")
         if self.error is not None:
             raise self.error
@@ -208,9 +265,10 @@ class OperatorThread:
             raise AssertionError("the operator did not stop")
 
 
-def operator_config(cluster: EmulatedCluster, store: Path, **overrides: Any) -> OperatorConfig:
-    values: dict[str, Any] = dict(store=str(store), liveness_port=free_port(), metrics_port=0, concurrency=4,
-                                  cycle_max_seconds=5.0, retry_cap=0.5, kube=cluster.configuration())
+def operator_config(cluster: ApiEndpoint, store: Path, **overrides: Any) -> OperatorConfig:
+    values: dict[str, Any] = dict(store=str(store), liveness_port=free_port(), readiness_port=free_port(),
+                                  metrics_port=0, concurrency=4, cycle_max_seconds=5.0, retry_cap=0.5,
+                                  kube=cluster.configuration())
     values.update(overrides)
     return OperatorConfig(**values)
 

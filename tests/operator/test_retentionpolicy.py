@@ -7,42 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
-from capture_export.api import GROUP, VERSION
 from capture_export.cli import main as cli
 from capture_export.store import SQLiteStore
 from tests.conftest import make_record
 
-from .harness import EmulatedCluster, Kube, OperatorThread, wait_for
-
-PLURAL = "retentionpolicies"
-
-
-class Policies(Kube):
-    """The harness's kubectl, pointed at RetentionPolicies (its condition and status waits work as they are)."""
-
-    def apply_policy(self, name: str, spec: dict[str, Any]) -> dict:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RetentionPolicy", "metadata": {"name": name},
-                "spec": spec}
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def patch(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, body)
-
-    def delete(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+from .harness import EmulatedCluster, Kube, OperatorThread, Policies, wait_for
 
 
 @pytest.fixture
@@ -119,11 +91,13 @@ def test_soft_delete_then_restore_after_the_policy_is_deleted(
 
 
 def test_invalid_spec_is_refused_and_nothing_is_purged_until_fixed(
-    policies: Policies, start_operator: Callable[..., OperatorThread], sqlite_store: SQLiteStore,
+    cluster: EmulatedCluster, policies: Policies, start_operator: Callable[..., OperatorThread],
+    sqlite_store: SQLiteStore,
 ) -> None:
     insert(sqlite_store, [OLD] * 3)
     start_operator()
-    # The emulator has no OpenAPI or CEL validation: the operator refuses on its own.
+    # A cluster whose CRD is old or carries no schema lets the spec through: the operator refuses on its own.
+    cluster.without_crd_validation()
     policies.apply_policy("retain", {"maxAge": "24h", "requireExport": False, "batchSize": 0, "every": 1})
 
     ready = policies.wait_condition("retain", "Ready", "False", "InvalidSpec")

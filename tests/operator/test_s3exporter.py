@@ -116,11 +116,12 @@ def test_update_of_limit_and_every_takes_effect(
 
 
 def test_invalid_spec_is_refused_with_the_field_named_until_fixed(
-    kube: Kube, start_operator: Callable[..., OperatorThread], exporter_spec: Callable[..., dict],
-    s3_secret: str, sqlite_store: SQLiteStore, object_store: S3ObjectStore,
+    cluster: EmulatedCluster, kube: Kube, start_operator: Callable[..., OperatorThread],
+    exporter_spec: Callable[..., dict], s3_secret: str, sqlite_store: SQLiteStore, object_store: S3ObjectStore,
 ) -> None:
-    # The emulator has no OpenAPI validation, like a cluster whose CRD is missing or old: the operator
-    # must refuse on its own.
+    # A cluster whose CRD is old or carries no schema lets the spec through: the operator must refuse on
+    # its own.
+    cluster.without_crd_validation()
     sqlite_store.append(make_record(i) for i in range(20))
     start_operator()
     kube.apply_exporter("usage", exporter_spec(limit=20_000, prefix="exports/"))
@@ -139,14 +140,18 @@ def test_invalid_spec_is_refused_with_the_field_named_until_fixed(
 
 
 def test_destination_is_immutable_and_the_operator_refuses_a_move(
-    kube: Kube, start_operator: Callable[..., OperatorThread], exporter_spec: Callable[..., dict],
-    s3_secret: str, sqlite_store: SQLiteStore, object_store: S3ObjectStore, s3_server: LocalS3,
+    cluster: EmulatedCluster, kube: Kube, start_operator: Callable[..., OperatorThread],
+    exporter_spec: Callable[..., dict], s3_secret: str, sqlite_store: SQLiteStore, object_store: S3ObjectStore,
+    s3_server: LocalS3,
 ) -> None:
     sqlite_store.append(make_record(i) for i in range(10))
     start_operator()
     kube.apply_exporter("usage", exporter_spec())
     kube.wait_status("usage", lambda s: s.get("cursor") == "10", what="first export")
 
+    # The CRD's transition rule refuses the move at the API (tests/operator/test_api_server_fidelity.py); a
+    # cluster whose CRD lacks it lets it through, and the operator must refuse on its own.
+    cluster.without_crd_validation()
     s3_server.create_bucket("elsewhere")
     kube.patch("usage", {"spec": {"bucket": "elsewhere", "every": 1}})
     ready = kube.wait_condition("usage", "Ready", "False", "DestinationImmutable")

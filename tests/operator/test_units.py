@@ -147,12 +147,15 @@ def test_metrics_count_batches_and_runs_and_forget_deleted_exporters() -> None:
 
 def test_operator_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[OperatorConfig] = []
-    monkeypatch.setattr("capture_export.handlers.run", lambda config: started.append(config))
+    monkeypatch.setattr("capture_export.handlers.run", lambda config, **_: started.append(config))
     monkeypatch.setattr(kopf, "configure", lambda **_: None)
     monkeypatch.setenv("CAPTURE_EXPORT_STORE", "/data/store.sqlite")
     assert cli.main(["operator", "--namespace", "a", "-n", "b", "--metrics-port", "0"]) == 0
-    assert cli.main(["operator", "--all-namespaces", "--store", "postgresql://x", "--liveness-port", "18080"]) == 0
+    assert cli.main(["operator", "--all-namespaces", "--store", "postgresql://x", "--liveness-port", "18080",
+                     "--readiness-port", "0", "--stop-timeout", "20"]) == 0
     first, second = started
+    assert (first.readiness_port, first.stop_timeout, second.readiness_port, second.stop_timeout) == (
+        8081, 50.0, None, 20.0)
     assert (first.namespaces, first.store, first.metrics_port, first.liveness_port) == (
         ("a", "b"), "/data/store.sqlite", None, 8080)
     assert first.liveness_endpoint == "http://0.0.0.0:8080/healthz"

@@ -292,3 +292,36 @@ def test_a_parquet_exporter_gates_where_pyarrow_is_missing(world: World, monkeyp
     assert condition(outcome.status, "GateOpen").status == "True"
     assert outcome.status.gate.bound == "5" and outcome.status.last_run.purged == 4
     assert list(world.store.ids()) == [5]
+
+
+def test_a_selector_matching_more_than_64_exporters_still_gates_and_reports() -> None:
+    """Status lists at most 64 gating exporters (the limiting one and the ones holding the gate shut
+    first) and counts them all; the gate itself weighs every one."""
+    from tests.chart.crd_schema import CustomResourceValidator
+
+    with sync_pipeline():
+        world = World(limits=[5] * 70)
+        ids = world.insert([OLD] * 4)
+        for exporter in world.exporters.values():
+            exporter.labels = {"gate": "yes"}
+            if exporter.name != "x63":
+                exporter.export()
+        spec = policy(maxAge="24h", exporterSelector={"matchLabels": {"gate": "yes"}})
+        outcome = world.purge(spec)
+        gate = outcome.status.gate
+        assert outcome.status.last_run.outcome == "GateClosed", outcome.status.last_run
+        assert gate.limiting_exporter == "x63" and not gate.open
+        assert gate.exporter_count == 70 and len(gate.exporters) == 64
+        assert gate.exporters[0].name == "x63" and gate.exporters[0].state == "NeverRun"
+        assert world.visible() == set(ids)
+
+        world.exporters["x63"].export()
+        outcome = world.purge(spec)
+        assert outcome.status.last_run.purged == 4 and outcome.status.gate.exporter_count == 70
+    document = {
+        "apiVersion": "capture.dev/v1alpha1", "kind": "RetentionPolicy",
+        "metadata": {"name": "p", "namespace": "ns"},
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "status": outcome.status.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+    assert CustomResourceValidator(REPO / "crds").errors(document) == []

@@ -81,7 +81,8 @@ privilege, no wildcards:
   capture.dev and our finalizer capture.dev/finalizer live in metadata).
 - their status subresource: patch (conditions, cursors, last run, totals).
 - Secrets: get only (bucket credentials and store DSNs named by secretRef; never list or watch).
-- Events: create, in both API groups kopf and the operator post to.
+- Events: create, in the core API group (kopf's poster, which the operator's own Events go through too,
+  writes core/v1 Events; nothing writes events.k8s.io).
 The operator creates no objects owned by our resources, so `<kind>/finalizers` (needed only to set
 blockOwnerDeletion on owner references) is not granted.
 */}}
@@ -98,7 +99,32 @@ blockOwnerDeletion on owner references) is not granted.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create"]
+{{- end }}
+
+{{- define "capture-export.ingestTokenSecretName" -}}
+{{- default (printf "%s-ingest-token" (include "capture-export.fullname" .)) .Values.ingest.token.existingSecret }}
+{{- end }}
+
+{{/* The ingest server runs in a Deployment of its own (PostgreSQL) rather than in the operator pod. */}}
+{{- define "capture-export.ingestSeparate" -}}
+{{- if and .Values.ingest.enabled .Values.ingest.deployment.enabled }}true{{- end }}
+{{- end }}
+
+{{/* Pods of the ingest Deployment: a name of their own, so the operator Deployment never selects them. */}}
+{{- define "capture-export.ingestSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "capture-export.name" . }}-ingest
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The ingest server's limits as command-line flags; `prefix` is "ingest-" inside the operator. */}}
+{{- define "capture-export.ingestLimitArgs" -}}
+{{- $limits := .root.Values.ingest.limits }}
+- --{{ .prefix }}max-body-bytes
+- {{ $limits.maxBodyBytes | int64 | quote }}
+- --{{ .prefix }}max-decoded-bytes
+- {{ $limits.maxDecodedBytes | int64 | quote }}
+- --{{ .prefix }}max-records
+- {{ $limits.maxRecords | int64 | quote }}
+- --{{ .prefix }}max-pending-records
+- {{ $limits.maxPendingRecords | int64 | quote }}
 {{- end }}

@@ -18,6 +18,7 @@ from .vocabulary import GateExporterState, GateMode, PurgeOutcome
 
 __all__ = [
     "DURATION_PATTERN",
+    "GATE_EXPORTERS_LISTED",
     "RETENTION_HISTORY_LENGTH",
     "ExporterSelector",
     "GateExporter",
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 RETENTION_HISTORY_LENGTH = 10
+# status.gate lists this many gating exporters at most (a selector may match any number; all are weighed).
+GATE_EXPORTERS_LISTED = 64
 MAX_BATCH_SIZE = 100_000
 
 # One to four <digits><unit> groups: "720h", "30d", "90m", "1d12h", "45s".
@@ -233,7 +236,15 @@ class GateStatus(ApiModel):
     ] = None
     reason: Annotated[str, Field(description="CamelCase reason for the bound.")] = ""
     message: Annotated[str, Field(description="Why the bound is what it is.")] = ""
-    exporters: Annotated[list[GateExporter], Field(max_length=64, description="The gating exporters.")] = []
+    exporters: Annotated[
+        list[GateExporter],
+        Field(max_length=GATE_EXPORTERS_LISTED,
+              description="The gating exporters, at most 64: the limiting one first, then those holding the gate "
+              "shut, then the lowest cursors (exporterCount counts them all)."),
+    ] = []
+    exporter_count: Annotated[
+        int | None, Field(ge=0, description="How many S3Exporters gate the purge (all weighed, at most 64 listed).")
+    ] = None
 
 
 class RetentionRun(ApiModel):

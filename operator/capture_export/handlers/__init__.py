@@ -45,6 +45,7 @@ async def operate(config: OperatorConfig, *, runtime: Runtime | None = None, sto
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
         standalone=config.standalone,
+        identity=config.identity,  # type: ignore[arg-type]
         liveness_endpoint=config.liveness_endpoint,
         stop_flag=stop_flag,
         ready_flag=ready_flag,

@@ -1,5 +1,6 @@
 """The operator's own calls to the Kubernetes API (kopf makes the rest): read a Secret, patch a status,
-list a namespace's S3Exporters, post an Event.
+list a namespace's S3Exporters, post an Event, ask whether this identity may do something (the startup
+RBAC check).
 
 The calls are made with the official ``kubernetes`` client, which blocks: callers run them on threads
 (the status writer on a small pool of its own, apart from the export cycles, so that a long backfill
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -25,6 +27,8 @@ from ..export.model import ExportFailure
 from ..status.exporter import Event
 
 __all__ = ["ApiSecrets", "KubeApi", "KubeApiError", "kopf_event"]
+
+log = logging.getLogger(__name__)
 
 
 class KubeApiError(RuntimeError):
@@ -44,8 +48,12 @@ class KubeApi:
     these calls always talk to the same API server with the same identity.
     """
 
-    def __init__(self, configuration: kubernetes.client.Configuration | None = None) -> None:
+    def __init__(self, configuration: kubernetes.client.Configuration | None = None, *,
+                 request_timeout: tuple[float, float] = (10.0, 30.0)) -> None:
         self.configuration = configuration
+        # (connect, read) seconds on every call: without them a dropped connection (a request sent, no
+        # answer ever) holds the call until TCP gives up, ~15 minutes of no status writes.
+        self.request_timeout = request_timeout
         self._client: kubernetes.client.ApiClient | None = None
 
     def login(self, *, logger: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
@@ -82,7 +90,8 @@ class KubeApi:
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's decoded data, or None when it does not exist."""
         try:
-            secret = kubernetes.client.CoreV1Api(self.client).read_namespaced_secret(name, namespace)
+            secret = kubernetes.client.CoreV1Api(self.client).read_namespaced_secret(
+                name, namespace, _request_timeout=self.request_timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -102,7 +111,8 @@ class KubeApi:
         """Merge-patch ``status``; False when the resource is gone."""
         try:
             kubernetes.client.CustomObjectsApi(self.client).patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": dict(status)}
+                GROUP, VERSION, namespace, plural, name, {"status": dict(status)},
+                _request_timeout=self.request_timeout,
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -118,7 +128,7 @@ class KubeApi:
         """Every object of one of our kinds in ``namespace`` (raw bodies, status included)."""
         try:
             listed = kubernetes.client.CustomObjectsApi(self.client).list_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural
+                GROUP, VERSION, namespace, plural, _request_timeout=self.request_timeout
             )
         except ApiException as exc:
             raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.status} {exc.reason}",
@@ -126,6 +136,45 @@ class KubeApi:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.__class__.__name__}") from None
         return list(listed.get("items") or [])
+
+    def access_allowed(self, verb: str, resource: str, *, group: str = "", subresource: str = "",
+                       namespace: str = "") -> bool | None:
+        """May this identity do ``verb`` on ``resource`` (in ``namespace``; "" is all namespaces)? Asked with a
+        SelfSubjectAccessReview; None when the API server gives no answer (no such API, an error)."""
+        attributes = kubernetes.client.V1ResourceAttributes(verb=verb, resource=resource, group=group,
+                                                           subresource=subresource, namespace=namespace)
+        review = kubernetes.client.V1SelfSubjectAccessReview(
+            spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes))
+        try:
+            answer = kubernetes.client.AuthorizationV1Api(self.client).create_self_subject_access_review(review)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            log.warning("cannot check RBAC (SelfSubjectAccessReview): %s", getattr(exc, "status", None) or exc)
+            return None
+        allowed = answer.status.allowed if answer is not None and answer.status is not None else None
+        return allowed if isinstance(allowed, bool) else None
+
+    def check_served(self, plurals: Sequence[str], namespaces: Sequence[str]) -> None:
+        """List one item of each of ``plurals`` where the operator watches them (every namespace when
+        ``namespaces`` is empty): raises KubeApiError unless the API server, the CRDs and the RBAC all
+        work. Namespace patterns (kopf's globs) cannot be listed one by one: the group's discovery
+        stands in for them."""
+        api = kubernetes.client.CustomObjectsApi(self.client)
+        patterns = [ns for ns in namespaces if set(ns) & set("*?[!")]
+        try:
+            if patterns:
+                api.get_api_resources(GROUP, VERSION, _request_timeout=self.request_timeout)
+            for plural in plurals:
+                if not namespaces:
+                    api.list_cluster_custom_object(GROUP, VERSION, plural, limit=1,
+                                                   _request_timeout=self.request_timeout)
+                for namespace in namespaces:
+                    if namespace not in patterns:
+                        api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, limit=1,
+                                                          _request_timeout=self.request_timeout)
+        except ApiException as exc:
+            raise KubeApiError(f"listing {GROUP} resources failed: {exc.status} {exc.reason}", exc.status) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeApiError(f"listing {GROUP} resources failed: {exc.__class__.__name__}") from None
 
     def close(self) -> None:
         if self._client is not None:

@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 import kubernetes.client
+import kubernetes.config
 
 from ..api import GROUP
 from ..clock import Clock, SystemClock
@@ -29,11 +32,15 @@ from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
 from ..status.writer import StatusWriter
 from ..store import StoreOpener
 from .kube import ApiSecrets, KubeApi, kopf_event
+from .permissions import MissingPermissions, check_permissions
+from .readiness import Readiness
 
-__all__ = ["FINALIZER", "RESET_CURSOR", "RUN_NOW", "USER_ANNOTATIONS", "OperatorConfig", "ProgressStorage", "Runtime",
-           "SharedObjectStores", "apply_settings", "quiet_client_loggers", "register",
-           "sleep_until_woken"]
+__all__ = ["EXIT_SECONDS", "FINALIZER", "RESET_CURSOR", "RUN_NOW", "SERVED_PLURALS", "USER_ANNOTATIONS",
+           "CycleExecutor", "OperatorConfig", "ProgressStorage", "Runtime", "SharedObjectStores", "apply_settings",
+           "check_rbac", "quiet_client_loggers", "register", "sleep_until_woken"]
 
+# The plurals of the kinds the operator serves (what readiness lists and the chart's RBAC grants).
+SERVED_PLURALS = ("s3exporters", "retentionpolicies")
 FINALIZER = f"{GROUP}/finalizer"
 # Manual actions, set by users; any new value is acted on once.
 RUN_NOW = f"{GROUP}/run-now"
@@ -42,17 +49,30 @@ USER_ANNOTATIONS = frozenset({RUN_NOW, RESET_CURSOR})
 log = logging.getLogger(__name__)
 
 
+# After the batches in flight (stop_timeout), what the operator's exit takes at most: kopf's teardown gives
+# the tasks still running (a daemon awaiting a cycle that hung past the stop timeout) 5 s before it
+# cancels them; then the last status writes and closing the stores.
+EXIT_SECONDS = 8.0
+
+
 @dataclass
 class OperatorConfig:
     store: str | None = None  # default capture store for specs that name none (SQLite path or DSN)
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     liveness_port: int | None = 8080  # kopf's liveness endpoint at /healthz; None: off
+    readiness_port: int | None = 8081  # /readyz: started and the API answers (handlers/readiness.py); None: off
+    readiness_interval: float = 5.0  # the API is asked at most this often, however often the probe asks
     metrics_port: int | None = 9090  # Prometheus /metrics; None: off
     concurrency: int = 8  # export cycles running at once (each is one thread)
     cycle_max_seconds: float = 30.0  # a backlog drains in slices this long, with a status write after each
     retry_cap: float | None = None  # cap on the failure backoff (the worker's own policy when None)
+    stop_timeout: float = 50.0  # on stop, seconds the batches in flight get to commit
+    api_timeout: tuple[float, float] = (10.0, 30.0)  # (connect, answer) of each of our own API calls
     kube: kubernetes.client.Configuration | None = None  # None: in-cluster, else $KUBECONFIG
     standalone: bool = True  # one replica (Recreate): no kopf peering
+    ingest_port: int | None = None  # also run the ingest server (writing to ``store``) on this port
+    ingest_token_file: str | None = None
+    ingest_limits: Any = None  # ingest.IngestLimits; None: its defaults
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -61,6 +81,18 @@ class OperatorConfig:
     @property
     def liveness_endpoint(self) -> str | None:
         return None if self.liveness_port is None else f"http://0.0.0.0:{self.liveness_port}/healthz"
+
+    @property
+    def shutdown_seconds(self) -> float:
+        """The longest the operator takes to stop once asked: the pod's grace period must cover it."""
+        return self.stop_timeout + EXIT_SECONDS
+
+    @property
+    def identity(self) -> str:
+        """kopf's name for this operator: ``POD_ID``, else the pod's name, else the host. Never kopf's own
+        default, which asks ``getpass.getuser()`` and fails for a uid with no passwd entry (OpenShift)."""
+        return (os.environ.get("POD_ID") or os.environ.get("POD_NAME")
+                or f"capture-export@{socket.gethostname()}")
 
 
 class SharedObjectStores:
@@ -92,34 +124,89 @@ class SharedObjectStores:
             return client
 
 
+class CycleExecutor(ThreadPoolExecutor):
+    """The threads export and retention cycles run on, counting the cycles in flight, so that a stop can
+    wait for them with a deadline and without a thread of its own (a hung upload must not hold the exit)."""
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
+        super().__init__(max_workers, thread_name_prefix=thread_name_prefix)
+        self._in_flight: set[Future[Any]] = set()
+        self._in_flight_lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        with self._in_flight_lock:
+            self._in_flight.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: Future[Any]) -> None:
+        with self._in_flight_lock:
+            self._in_flight.discard(future)
+
+    @property
+    def busy(self) -> int:
+        with self._in_flight_lock:
+            return len(self._in_flight)
+
+
 class Runtime:
     """One operator process's shared parts. Kinds keep their per-resource workers in :attr:`workers`."""
 
     def __init__(self, config: OperatorConfig, *, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.kube = KubeApi(config.kube)
+        self.kube = KubeApi(config.kube, request_timeout=config.api_timeout)
         self.secrets = ApiSecrets(self.kube)
         self.stores = StoreOpener(config.store, self.secrets.get)
         self.object_stores = SharedObjectStores()
         self.metrics = OperatorMetrics()
-        self.cycles = ThreadPoolExecutor(max(1, config.concurrency), thread_name_prefix="export-cycle")
+        self.cycles = CycleExecutor(max(1, config.concurrency), thread_name_prefix="export-cycle")
         self.api_calls = ThreadPoolExecutor(4, thread_name_prefix="kube-api")
         self.writer = StatusWriter(self.kube, self.api_calls, emit=kopf_event)
         self.workers: dict[tuple[str, str, str], Any] = {}  # (kind, namespace, name) -> that kind's worker
         self.metrics_port: int | None = None
+        self.readiness = Readiness(lambda: self.kube.check_served(SERVED_PLURALS, config.namespaces),
+                                   interval=config.readiness_interval)
+        self.ingest: Any = None  # the ingest server when config.ingest_port is set
 
     def start(self) -> None:
         if self.config.metrics_port is not None and self.metrics_port is None:
             self.metrics_port = self.metrics.serve(self.config.metrics_port)
             log.info("metrics at http://0.0.0.0:%s/metrics", self.metrics_port)
 
-    async def stop(self, timeout: float = 120.0) -> None:
-        """Let the batches in flight commit (their threads finish whatever happens), then close."""
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self.cycles.shutdown, wait=True), timeout)
-        except TimeoutError:
-            log.warning("export cycles still running after %.0fs; leaving them", timeout)
+    async def serve_readiness(self) -> None:
+        if self.config.readiness_port is not None:
+            port = await self.readiness.serve(self.config.readiness_port)
+            log.info("readiness at http://0.0.0.0:%s/readyz", port)
+        self.readiness.started()
+
+    async def start_ingest(self) -> None:
+        """The ingest server in the operator's loop, with its own connection to the default store (with
+        SQLite the operator pod is then the only process that opens the store)."""
+        if not self.config.ingest_port or self.ingest is not None or not self.config.store:
+            return
+        from ..ingest import IngestMetrics, IngestServer, TokenFile, store_opener
+
+        self.ingest = IngestServer(store_opener(self.config.store), TokenFile(self.config.ingest_token_file or ""),
+                                   limits=self.config.ingest_limits, metrics=IngestMetrics(self.metrics.registry))
+        await self.ingest.start("0.0.0.0", self.config.ingest_port)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Let the batches in flight commit (their threads finish whatever happens) for at most
+        ``timeout`` seconds (the configured stop timeout), then close."""
+        timeout = self.config.stop_timeout if timeout is None else timeout
+        await self.readiness.stop()
+        if self.ingest is not None:
+            await self.ingest.stop()
+            self.ingest = None
+        self.cycles.shutdown(wait=False, cancel_futures=True)  # no new cycle; those in flight go on
+        deadline = time.monotonic() + timeout
+        while self.cycles.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.cycles.busy:
+            log.warning("%d cycles still running after %.0fs; leaving them (what they had not committed is "
+                        "exported again on the next start)", self.cycles.busy, timeout)
         self.api_calls.shutdown(wait=False)
         self.stores.close()
         self.kube.close()
@@ -187,11 +274,38 @@ def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
         settings.scanning.disabled = True
 
 
+def check_rbac(config: OperatorConfig) -> None:
+    """Raise MissingPermissions unless this identity may do all the operator does where it serves.
+
+    Uses its own client: in a pod, kopf's login handler has not run yet when startup handlers do."""
+    configuration = config.kube
+    if configuration is None:
+        configuration = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)
+    api = KubeApi(configuration)
+    try:
+        if check_permissions(api, config.namespaces):
+            log.info("RBAC: every permission the operator needs is granted")
+    finally:
+        api.close()
+
+
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.on.startup(id="capture-export-startup", registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         apply_settings(settings, runtime.config)
+        try:
+            await asyncio.to_thread(check_rbac, runtime.config)
+        except MissingPermissions as exc:
+            raise kopf.PermanentError(str(exc)) from None  # the operator stops here, saying why
+        except Exception as exc:  # a check that cannot run must not keep the operator from starting
+            log.warning("RBAC not checked: %s", exc)
         runtime.start()
+        await runtime.serve_readiness()
+        await runtime.start_ingest()
 
     @kopf.on.cleanup(id="capture-export-cleanup", registry=registry)
     async def cleanup(**_: Any) -> None:

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ..api.retention import (
+    GATE_EXPORTERS_LISTED,
     RETENTION_HISTORY_LENGTH,
     GateExporter,
     GateStatus,
@@ -18,7 +19,7 @@ from .conditions import set_condition, summarize_ready
 from .exporter import Event
 
 if TYPE_CHECKING:
-    from ..retention.gate import Gate
+    from ..retention.gate import ExporterVerdict, Gate
 
 __all__ = ["RETENTION_READY_INPUTS", "RetentionStatusUpdate"]
 
@@ -76,8 +77,9 @@ class RetentionStatusUpdate:
                     epoch=v.cursor.epoch if v.cursor is not None else None,
                     message=v.message,
                 )
-                for v in gate.exporters
+                for v in _most_telling(gate)
             ],
+            exporter_count=len(gate.exporters) if gate.exporters else None,
         )
         self.set(ConditionType.GATE_OPEN, Truth.TRUE if gate.open else Truth.FALSE, gate.reason, gate.message)
 
@@ -97,3 +99,10 @@ class RetentionStatusUpdate:
         ready, reason, message = summarize_ready(self.status.conditions, RETENTION_READY_INPUTS)
         self.set(ConditionType.READY, ready, reason, message)
         return self.status, self.events
+
+
+def _most_telling(gate: Gate) -> list[ExporterVerdict]:
+    """The gating exporters status has room for: the limiting one, those holding the gate shut, then the
+    lowest bounds; a selector may match any number of exporters, and every one was weighed."""
+    ranked = sorted(gate.exporters, key=lambda v: (v.name != gate.limiting, v.state == "Committed", v.bound, v.name))
+    return ranked[:GATE_EXPORTERS_LISTED]

@@ -1,16 +1,16 @@
 """The capture-store protocols: what the export and audit read (``RecordReader``), what retention needs
-(``RetentionStore``), where malformed rows are moved aside (``QuarantineStore``), and ``CaptureStore``, a
-store that is all three."""
+(``RetentionStore``), where malformed rows are moved aside (``QuarantineStore``), ``CaptureStore``, a
+store that is all three, and what the ingest server writes through (``IngestStore``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from .seal import RecordSeal
 
-__all__ = ["RETENTION_METHODS", "CaptureStore", "ExpiredChunk", "QuarantineStore", "QuarantinedRecord",
-           "RecordReader", "RetentionStore", "StoreError", "StoredRecord"]
+__all__ = ["RETENTION_METHODS", "CaptureStore", "ExpiredChunk", "IngestStore", "QuarantineStore",
+           "QuarantinedRecord", "RecordReader", "RetentionStore", "StoreError", "StoredRecord"]
 
 
 class StoreError(RuntimeError):
@@ -197,6 +197,18 @@ class CaptureStore(RecordReader, RetentionStore, QuarantineStore, Protocol):
     def append(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Insert records (credentials stripped); return the last id assigned."""
         ...
+
+
+class IngestStore(Protocol):
+    """What the ingest server writes through: insert-or-ignore by capture_id (a unique index), every group
+    of ``(timestamp_us, CBOR body from encode_body, capture_id)`` rows in ONE transaction (a group commit
+    of several requests), returning how many rows of each group were new. The rows are the store's own
+    (credentials stripped by ``encode_body``), so they are sealed (store/seal.py); rows written any other
+    way carry no capture_id."""
+
+    def append_unique(self, groups: Sequence[Sequence[tuple[int, bytes, str]]]) -> list[int]: ...
+
+    def close(self) -> None: ...
 
 
 # The methods a store needs for retention (a store lacking any is refused by the retention cycle).

@@ -4,7 +4,8 @@ The table (created and migrated here; the gateway just runs ``INSERT INTO captur
 
     captures (id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY, ts_us bigint, body bytea,
               deleted_at_us bigint,   -- schema version 2: soft deletion, see store/base.py
-              seal bytea)             -- schema version 3: rows our own append wrote, see store/seal.py
+              seal bytea,             -- schema version 3: rows our own append wrote, see store/seal.py
+              capture_id text)        -- schema version 4: the ingest server's idempotency key
     captures_quarantine (id, ts_us, body, reason, exporter, quarantined_at_us)   -- version 3
 
 Rows of a store upgraded to version 3 have no seal: the export checks each of them in full once. The
@@ -80,7 +81,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -95,7 +96,7 @@ __all__ = ["HorizonTracker", "PostgresStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 TABLE = "captures"
 QUARANTINE = "captures_quarantine"
 META = "capture_export_meta"
@@ -133,6 +134,13 @@ MIGRATIONS: dict[int, list[str]] = {
         f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS seal bytea",
         f"CREATE TABLE IF NOT EXISTS {QUARANTINE} (id bigint PRIMARY KEY, ts_us bigint NOT NULL, body bytea, "
         "reason text NOT NULL, exporter text, quarantined_at_us bigint NOT NULL)",
+    ],
+    # The ingest server's idempotency key: a record whose capture_id is stored already is not stored again.
+    # NULL for rows written any other way (the gateway's own INSERTs), which the partial index leaves out.
+    4: [
+        f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS capture_id text",
+        f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {TABLE}_capture_id ON {TABLE} (capture_id) "
+        "WHERE capture_id IS NOT NULL",
     ],
 }
 
@@ -352,17 +360,32 @@ class PostgresStore:
         ).fetchone()
         compression = "COMPRESSION lz4 " if lz4 else ""
         try:
+            # The recorded version is the highest one reached without a gap (a version with no migration
+            # here, reserved for a change on its way). A migration past a gap is applied and marked
+            # ('migrated_N'), so it runs once, and the gap's own migration still runs when it arrives.
+            past_gap = {key for (key,) in conn.execute(f"SELECT key FROM {META} WHERE key LIKE 'migrated%%'")}
+            reached = current
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                for template in MIGRATIONS[version]:
-                    statement = template.replace("{compression}", compression)
-                    if "CONCURRENTLY" in statement:
-                        self._drop_invalid_index(conn, statement)
-                    conn.execute(statement)
-                conn.execute(
-                    f"INSERT INTO {META} (key, value) VALUES ('schema_version', %s) "
-                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                    (str(version),),
-                )
+                if version not in MIGRATIONS:
+                    continue
+                marker = f"migrated_{version}"
+                if marker not in past_gap:
+                    for template in MIGRATIONS[version]:
+                        statement = template.replace("{compression}", compression)
+                        if "CONCURRENTLY" in statement:
+                            self._drop_invalid_index(conn, statement)
+                        conn.execute(statement)
+                if reached == version - 1:
+                    reached = version
+                    conn.execute(
+                        f"INSERT INTO {META} (key, value) VALUES ('schema_version', %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        (str(version),),
+                    )
+                    conn.execute(f"DELETE FROM {META} WHERE key = %s", (marker,))
+                elif marker not in past_gap:
+                    conn.execute(f"INSERT INTO {META} (key, value) VALUES (%s, '1') ON CONFLICT DO NOTHING",
+                                 (marker,))
             conn.execute(f"INSERT INTO {META} (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
                          (SEAL_KEY_META, new_seal_key()))
             # A per-backend sequence cache hands out old ids in later transactions, which would defeat
@@ -424,6 +447,37 @@ class PostgresStore:
                 (stamps, bodies, seals),
             ).fetchone()
             return int(row[0]) if row else 0
+
+        return self._run(work, retry_stale=False)
+
+    def append_unique(self, groups: Sequence[Sequence[tuple[int, bytes, str]]]) -> list[int]:
+        """Insert-or-ignore by capture_id, for the ingest server: every group's ``(timestamp_us, body,
+        capture_id)`` rows in ONE transaction (a group commit), skipping rows whose capture_id is stored
+        already (or came earlier in the same call). Returns how many rows of each group were new. Never
+        retried here: the caller's client retries, and the unique index makes that safe. The bodies come
+        from ``encode_body``: our own rows, sealed."""
+        record_seal = self.record_seal()
+        seal = record_seal.seal if record_seal is not None else (lambda body: None)
+
+        def work(conn: psycopg.Connection[Any]) -> list[int]:
+            added: list[int] = []
+            with conn.transaction(), conn.cursor() as cur:
+                for rows in groups:
+                    if not rows:
+                        added.append(0)
+                        continue
+                    # Keep the first of repeated ids in this group (ON CONFLICT cannot see its own rows).
+                    seen: set[str] = set()
+                    unique = [row for row in rows if not (row[2] in seen or seen.add(row[2]))]
+                    cur.execute(
+                        f"INSERT INTO {TABLE} (ts_us, body, seal, capture_id) "
+                        "SELECT * FROM unnest(%s::bigint[], %b::bytea[], %b::bytea[], %s::text[]) "
+                        "ON CONFLICT (capture_id) WHERE capture_id IS NOT NULL DO NOTHING",
+                        ([r[0] for r in unique], [r[1] for r in unique], [seal(r[1]) for r in unique],
+                         [r[2] for r in unique]),
+                    )
+                    added.append(max(cur.rowcount, 0))
+            return added
 
         return self._run(work, retry_stale=False)
 

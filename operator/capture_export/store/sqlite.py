@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,9 @@ CREATE INDEX IF NOT EXISTS captures_ts_us ON captures (ts_us);
 CREATE TABLE IF NOT EXISTS capture_export_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES ('schema_version', '1');
 """
-SCHEMA_VERSION = 4
-# Migrations from version N-1 to N, each run in one write transaction.
+SCHEMA_VERSION = 5
+# Migrations from version N-1 to N, each run in one write transaction. A version with no entry here is a
+# gap (reserved for a change on its way): see _migrate.
 MIGRATIONS: dict[int, list[str]] = {
     2: [
         "ALTER TABLE captures ADD COLUMN deleted_at_us INTEGER",
@@ -61,7 +62,16 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE TABLE IF NOT EXISTS captures_quarantine (id INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, body BLOB, "
         "reason TEXT NOT NULL, exporter TEXT, quarantined_at_us INTEGER NOT NULL)",
     ],
+    # The ingest server's idempotency key: a record whose capture_id is stored already is not stored
+    # again. NULL for rows written any other way (the gateway's own INSERTs, seed), which the partial
+    # unique index leaves out.
+    5: [
+        "ALTER TABLE captures ADD COLUMN capture_id TEXT",
+        "CREATE UNIQUE INDEX IF NOT EXISTS captures_capture_id ON captures (capture_id) WHERE capture_id IS NOT NULL",
+    ],
 }
+_INSERT_UNIQUE = ("INSERT INTO captures (ts_us, body, seal, capture_id) VALUES (?, ?, ?, ?) "
+                  "ON CONFLICT (capture_id) WHERE capture_id IS NOT NULL DO NOTHING")
 # json_each (to pass a chunk's ids as one parameter) is built in from SQLite 3.38.
 _HAS_JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
 
@@ -102,12 +112,27 @@ class SQLiteStore:
             if current > SCHEMA_VERSION:
                 raise StoreError(f"SQLite store {self.path} has schema version {current}, newer than this "
                                  f"operator's {SCHEMA_VERSION}: upgrade the operator")
+            # The recorded version is the highest one reached without a gap (a version with no migration
+            # here, reserved for a change on its way). A migration past a gap is applied and marked
+            # ('migrated_N'), so it runs once, and the gap's own migration still runs when it arrives.
+            past_gap = {row[0] for row in conn.execute(
+                "SELECT key FROM capture_export_meta WHERE key LIKE 'migrated%'")}
+            reached = current
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version]:
-                    conn.execute(statement)
-            if current < SCHEMA_VERSION:
+                if version not in MIGRATIONS:
+                    continue
+                marker = f"migrated_{version}"
+                if marker not in past_gap:
+                    for statement in MIGRATIONS[version]:
+                        self._apply(statement)
+                if reached == version - 1:
+                    reached = version
+                    conn.execute("DELETE FROM capture_export_meta WHERE key = ?", (marker,))
+                elif marker not in past_gap:
+                    conn.execute("INSERT INTO capture_export_meta (key, value) VALUES (?, '1')", (marker,))
+            if reached != current:
                 conn.execute("UPDATE capture_export_meta SET value = ? WHERE key = 'schema_version'",
-                             (str(SCHEMA_VERSION),))
+                             (str(reached),))
             conn.execute("INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES (?, ?)",
                          (SEAL_KEY_META, new_seal_key()))
             key = conn.execute("SELECT value FROM capture_export_meta WHERE key = ?", (SEAL_KEY_META,)).fetchone()[0]
@@ -116,6 +141,14 @@ class SQLiteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _apply(self, statement: str) -> None:
+        words = statement.split()
+        if words[:5] == ["ALTER", "TABLE", "captures", "ADD", "COLUMN"]:
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(captures)")}
+            if words[5] in columns:
+                return
+        self._conn.execute(statement)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -150,6 +183,30 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite store {self.path}: {exc}") from None
         return int(last)
+
+    def append_unique(self, groups: Sequence[Sequence[tuple[int, bytes, str]]]) -> list[int]:
+        """Insert-or-ignore by capture_id, for the ingest server: every group's ``(timestamp_us, body,
+        capture_id)`` rows in ONE transaction (a group commit), skipping rows whose capture_id is stored
+        already (or came earlier in the same call). Bodies come from ``encode_body`` (credential headers
+        removed), so they are our own rows, and sealed. Returns how many rows of each group were new."""
+        seal = self._seal.seal
+        added: list[int] = []
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for rows in groups:
+                        before = self._conn.total_changes
+                        self._conn.executemany(_INSERT_UNIQUE, [(ts, body, seal(body), capture_id)
+                                                                for ts, body, capture_id in rows])
+                        added.append(self._conn.total_changes - before)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self.path}: {exc}") from None
+        return added
 
     def safe_horizon(self) -> int:
         return self.max_id()

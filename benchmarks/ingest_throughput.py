@@ -1,0 +1,265 @@
+"""Ingest throughput: concurrent LiteLLM clients -> `capture-export ingest` -> store, while an exporter drains it.
+
+    .venv/bin/python benchmarks/ingest_throughput.py [--store sqlite|postgres|postgresql://…] [--clients 8]
+        [--batch 100] [--seconds 20] [--no-exporter]
+
+Starts SeaweedFS, `capture-export ingest` (its own process) and `capture-export run` (the exporter, its
+own process, every 1 s, limit 1000) on the same store (``postgres``: a throwaway cluster, tests/pg.py),
+then runs ``--clients`` concurrent HTTP clients in this process, each posting batches of ``--batch``
+LiteLLM StandardLoggingPayloads (json_array, ~3.5-4 KB each, every id new) to /v1/litellm as fast as
+they are answered. Prints records/s committed, request latency (p50, p99, max), the ingest server's
+peak RSS, how far the exporter got, the load average and a machine-speed figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from capture_export.local_s3 import LocalS3, free_port
+
+CLI = [sys.executable, "-m", "capture_export.cli"]
+TOKEN = "bench-token"
+PLACEHOLDER = b"@@ID@@"
+
+_TEXT = ("the export of each batch writes one object and a checkpoint so that a retried run overwrites its own "
+         "object rather than a second one while the gateway keeps writing records into the store at its own "
+         "pace and the operator drains the backlog")
+_WORDS = _TEXT.split(" ")
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(words))
+
+
+def litellm_payload(rng: random.Random, n: int) -> dict:
+    """A StandardLoggingPayload shaped as LiteLLM's proxy sends it (~3.5 KB as JSON)."""
+    start = 1_796_000_000 + n * 0.01
+    prompt, completion = rng.randint(200, 2000), rng.randint(20, 600)
+    model = rng.choice(["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-flash"])
+    metadata = {k: None for k in (
+        "user_api_key_spend", "user_api_key_max_budget", "user_api_key_budget_reset_at", "user_api_key_user_spend",
+        "user_api_key_user_max_budget", "user_api_key_team_spend", "user_api_key_team_max_budget",
+        "user_api_key_org_alias", "user_api_key_project_id", "user_api_key_project_alias", "spend_logs_metadata",
+        "requester_metadata", "prompt_management_metadata", "mcp_tool_call_metadata",
+        "vector_store_request_metadata", "routing_decision", "cold_storage_object_key", "kubernetes_pod_routing",
+        "used_client_oauth_token", "user_api_key_auth_metadata")}
+    metadata.update({
+        "user_api_key_hash": f"{rng.getrandbits(128):032x}", "user_api_key_alias": f"key-{n % 40}",
+        "user_api_key_team_id": f"team-{n % 7}", "user_api_key_team_alias": f"team {n % 7}",
+        "user_api_key_user_id": f"user-{n % 160}", "user_api_key_user_email": f"user{n % 160}@example.com",
+        "user_api_key_org_id": "org-1", "user_api_key_end_user_id": None,
+        "user_api_key_request_route": "/chat/completions", "requester_ip_address": "10.0.0.7",
+        "user_agent": "OpenAI/Python 1.109.1", "applied_guardrails": [],
+        "requester_custom_headers": {"x-request-source": "bench"},
+        "usage_object": {"completion_tokens": completion, "prompt_tokens": prompt,
+                         "total_tokens": prompt + completion,
+                         "prompt_tokens_details": {"cached_tokens": prompt // 3, "audio_tokens": None},
+                         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": None}},
+    })
+    answer = _text(rng, rng.randint(30, 70))
+    return {
+        "id": PLACEHOLDER.decode(), "litellm_call_id": f"{rng.getrandbits(128):032x}",
+        "trace_id": f"{rng.getrandbits(128):032x}", "session_id": f"sess-{n // 6}", "call_type": "acompletion",
+        "cache_hit": False, "stream": False, "status": "success",
+        "status_fields": {"llm_api_status": "success", "guardrail_status": "not_run"},
+        "custom_llm_provider": "openai", "saved_cache_cost": 0.0, "startTime": start,
+        "endTime": start + rng.uniform(0.3, 4), "completionStartTime": start + 0.2, "response_time": 1.2,
+        "model": model, "metadata": metadata, "cache_key": None, "response_cost": prompt * 2.5e-6 + completion * 1e-5,
+        "cost_breakdown": {"input_cost": prompt * 2.5e-6, "output_cost": completion * 1e-5, "tool_usage_cost": 0.0,
+                           "total_cost": prompt * 2.5e-6 + completion * 1e-5},
+        "total_tokens": prompt + completion, "prompt_tokens": prompt, "completion_tokens": completion,
+        "request_tags": ["prod", "bench"], "end_user": None, "api_base": "https://api.openai.com",
+        "model_group": model, "model_id": f"{rng.getrandbits(64):016x}", "requester_ip_address": "10.0.0.7",
+        "user_agent": "OpenAI/Python 1.109.1",
+        "messages": [{"role": "system", "content": "You are a helpful assistant. " + _text(rng, 30)},
+                     {"role": "user", "content": _text(rng, rng.randint(20, 50))}],
+        "response": {"id": f"chatcmpl-{rng.getrandbits(96):024x}", "created": int(start), "model": model,
+                     "object": "chat.completion",
+                     "choices": [{"finish_reason": "stop", "index": 0,
+                                  "message": {"content": answer, "role": "assistant", "tool_calls": None}}],
+                     "usage": metadata["usage_object"]},
+        "model_parameters": {"temperature": 0.2, "max_tokens": 1024},
+        "hidden_params": {"model_id": None, "cache_key": None, "api_base": "https://api.openai.com",
+                          "response_cost": prompt * 2.5e-6, "additional_headers": {"x-ratelimit-remaining": "99"},
+                          "litellm_overhead_time_ms": 2.1, "litellm_model_name": model},
+        "model_map_information": {"model_map_key": model, "model_map_value": None},
+        "error_str": None, "error_information": None, "response_cost_failure_debug_info": None,
+        "guardrail_information": None, "standard_built_in_tools_params": None,
+    }
+
+
+def batch_templates(count: int, batch: int) -> list[list[bytes]]:
+    """JSON array bodies split at each payload's id, so that every request gets fresh ids cheaply."""
+    rng = random.Random(7)
+    templates = []
+    for t in range(count):
+        body = json.dumps([litellm_payload(rng, t * batch + i) for i in range(batch)]).encode()
+        templates.append(body.split(PLACEHOLDER))
+    return templates
+
+
+async def client(url: str, templates: list[list[bytes]], number: int, stop_at: float, latencies: list[float],
+                 counts: list[int]) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    sequence = 0
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < stop_at:
+            parts = templates[sequence % len(templates)]
+            ids = [f"c{number}-{sequence}-{i}".encode() for i in range(len(parts) - 1)]
+            body = b"".join(part + ident for part, ident in zip(parts, ids, strict=False)) + parts[-1]
+            sequence += 1
+            started = time.monotonic()
+            async with session.post(url, data=body, headers=headers) as response:
+                answer = await response.read()
+                if response.status != 200:
+                    raise SystemExit(f"HTTP {response.status}: {answer[:300]!r}")
+                counts[0] += json.loads(answer)["new"]
+            latencies.append(time.monotonic() - started)
+
+
+def rss_with_children(process: psutil.Process) -> int:
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += child.memory_info().rss
+    return total
+
+
+def machine_speed() -> str:
+    """How fast this machine is right now, to compare figures taken under different loads: zstd-3 of seeded
+    records (the README's export benchmark measured 116k records/s at load 0.9)."""
+    import zstandard
+
+    from capture_export.seed import generate_records
+    from capture_export.store.records import encode_body
+
+    data = b"".join(encode_body(r)[1] for r in generate_records(3000, seed=1))
+    started = time.perf_counter()
+    zstandard.ZstdCompressor(level=3).compress(data)
+    return f"machine speed now: zstd-3 {3000 / (time.perf_counter() - started):,.0f} records/s (116k at load 0.9)"
+
+
+def _start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--store", default="sqlite",
+                        help="sqlite (a new file), postgres (a throwaway cluster) or a postgresql:// DSN")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--no-exporter", action="store_true")
+    args = parser.parse_args()
+    if args.store == "postgres":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pg
+        from tests.pg import TempPostgres
+
+        with TempPostgres() as cluster:
+            args.store = cluster.create_database("bench")
+            run(args)
+        return
+    run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="capture-export-ingest-bench-"))
+    store = str(workdir / "store.sqlite") if args.store == "sqlite" else args.store
+    (workdir / "token").write_text(TOKEN + "\n")
+    port = free_port()
+    templates = batch_templates(24, args.batch)
+    size = sum(len(p) for p in templates[0]) / args.batch
+    print(f"payloads: {args.batch} per request, {size:,.0f} bytes each as JSON; {args.clients} clients; "
+          f"store {'SQLite' if args.store == 'sqlite' else 'PostgreSQL'}", flush=True)
+
+    with LocalS3(workdir / "s3") as s3:
+        s3.create_bucket("bench")
+        ingest = _start([*CLI, "ingest", "--store", store, "--listen", f"127.0.0.1:{port}", "--token-file",
+                         str(workdir / "token")], workdir / "ingest.log")
+        exporter = None
+        try:
+            deadline = time.monotonic() + 60
+            while b"ingest server on" not in (workdir / "ingest.log").read_bytes():
+                if time.monotonic() > deadline or ingest.poll() is not None:
+                    raise SystemExit((workdir / "ingest.log").read_text())
+                time.sleep(0.1)
+            if not args.no_exporter:
+                manifest = workdir / "exporter.yaml"
+                manifest.write_text(f"""\
+apiVersion: v1
+kind: Secret
+metadata: {{name: s3, namespace: default}}
+stringData: {{access_key_id: {s3.access_key_id}, access_secret: {s3.secret_access_key}}}
+---
+apiVersion: capture.dev/v1alpha1
+kind: S3Exporter
+metadata: {{name: drain, namespace: default}}
+spec: {{bucket: bench, region: us-east-1, endpoint: "{s3.endpoint}", secretRef: {{name: s3}}, prefix: bench,
+        limit: 1000, every: 1}}
+""")
+                exporter = _start([*CLI, "run", "-f", str(manifest), "--store", store, "--state",
+                                   str(workdir / "state.json")], workdir / "exporter.log")
+            process = psutil.Process(ingest.pid)
+            peak_rss = 0
+
+            async def run() -> tuple[list[float], int, float]:
+                nonlocal peak_rss
+                latencies: list[float] = []
+                counts = [0]
+                started = time.monotonic()
+                stop_at = started + args.seconds
+                url = f"http://127.0.0.1:{port}/v1/litellm"
+                tasks = [asyncio.create_task(client(url, templates, n, stop_at, latencies, counts))
+                         for n in range(args.clients)]
+                while not all(t.done() for t in tasks):
+                    peak_rss = max(peak_rss, rss_with_children(process))
+                    await asyncio.sleep(0.2)
+                await asyncio.gather(*tasks)
+                return latencies, counts[0], time.monotonic() - started
+
+            latencies, committed, elapsed = asyncio.run(run())
+            load = os.getloadavg()
+            latencies.sort()
+
+            def pct(q: float) -> float:
+                return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+            print(f"committed {committed:,} records in {elapsed:.1f}s: {committed / elapsed:,.0f} records/s "
+                  f"({len(latencies):,} requests; latency p50 {pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms, "
+                  f"max {latencies[-1] * 1000:.0f} ms)")
+            print(f"ingest peak RSS (with parsers) {peak_rss / 2**20:.0f} MB; load average {load[0]:.2f} {load[1]:.2f} "
+                  f"{load[2]:.2f}")
+            if exporter is not None:
+                time.sleep(2)
+                state = json.loads((workdir / "state.json").read_text()) if (workdir / "state.json").exists() else {}
+                exported = sum(v.get("totals", {}).get("rows", 0) for v in state.values() if isinstance(v, dict))
+                print(f"exporter drained {exported:,} records meanwhile (every 1 s, limit 1000)")
+        finally:
+            for proc in (exporter, ingest):
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+    print(machine_speed())
+    print(f"work directory: {workdir}")
+
+
+if __name__ == "__main__":
+    main()

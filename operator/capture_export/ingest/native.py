@@ -1,0 +1,252 @@
+"""``POST /v1/records``: native schema-v2 records, as CBOR sequences or as JSON.
+
+* ``application/cbor-seq`` (or ``application/cbor``): an RFC 8742 CBOR sequence of record maps, exactly
+  what an object of the default ``cbor-zstd`` format holds once decompressed (send the object as it is
+  with ``Content-Encoding: zstd``).
+* ``application/x-ndjson`` / ``application/jsonl`` (JSON Lines) or ``application/json`` (one array of
+  records, or JSON Lines): records in the JSON conventions of the ``jsonl`` export format, so an exported
+  ``.jsonl`` (``.jsonl.gz``, ``.jsonl.zst`` with the matching ``Content-Encoding``) can be posted back:
+  ``timestamp`` an RFC 3339 string, bytes as ``{"$base64": …}``, other CBOR tags as
+  ``{"$tag": n, "value": …}``.
+
+An ``id`` in a posted record is ignored: the store assigns ids. ``timestamp`` and ``capture_id`` (the
+idempotency key) are required; the other schema fields are checked for their types when present, and
+fields the schema does not know are kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import cbor2
+import orjson
+
+from .errors import BadInput, TooLarge, UnsupportedMediaType
+
+__all__ = ["CBOR_TYPES", "JSON_TYPES", "MAX_CAPTURE_ID", "check_record", "json_values", "parse_records",
+           "parse_timestamp"]
+
+CBOR_TYPES = frozenset({"application/cbor-seq", "application/cbor"})
+JSON_TYPES = frozenset({"application/json", "application/x-ndjson", "application/jsonl", "application/x-jsonlines",
+                        "application/jsonlines", "application/ndjson"})
+MAX_CAPTURE_ID = 256
+
+_STRINGS = ("model", "api_type", "session_id", "path")
+_USAGE_INTS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+_COST_NUMBERS = ("input", "output", "total")
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """A record timestamp: a timezone-aware datetime, or an RFC 3339 string with a zone (``Z`` or offset)."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be an RFC 3339 date-time, e.g. 2026-11-24T12:00:00.000000Z") from None
+    else:
+        raise ValueError("must be a date-time (CBOR tag 0/1, or an RFC 3339 string in JSON)")
+    if moment.tzinfo is None:
+        raise ValueError("must carry a time zone (Z or an offset)")
+    return moment.astimezone(UTC)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_record(record: Any, index: int) -> dict[str, Any]:
+    """The record ready for ``encode_body`` (``id`` dropped, timestamp a UTC datetime), or BadInput naming
+    the record and field."""
+    if not isinstance(record, dict):
+        raise BadInput(f"must be a map of fields, not {type(record).__name__}", index=index)
+    out = {k: v for k, v in record.items() if k != "id"}
+    for key in out:
+        if not isinstance(key, str):
+            raise BadInput(f"field names must be strings, found {key!r}", index=index)
+    try:
+        out["timestamp"] = parse_timestamp(out.get("timestamp"))
+    except ValueError as exc:
+        raise BadInput("required; " + str(exc) if "timestamp" not in out else str(exc),
+                       index=index, field="timestamp") from None
+    capture_id = out.get("capture_id")
+    if not isinstance(capture_id, str) or not capture_id.strip():
+        raise BadInput("required: a non-empty string (the idempotency key: a record whose capture_id is "
+                       "stored already is not stored again)", index=index, field="capture_id")
+    if len(capture_id) > MAX_CAPTURE_ID:
+        raise BadInput(f"longer than {MAX_CAPTURE_ID} characters", index=index, field="capture_id")
+    if out.get("ver", 2) != 2:
+        raise BadInput(f"schema version {out['ver']!r} is not supported (2 is)", index=index, field="ver")
+    for name in _STRINGS:
+        if out.get(name) is not None and not isinstance(out[name], str):
+            raise BadInput("must be a string", index=index, field=name)
+    status = out.get("status_code")
+    if status is not None and not (_is_int(status) and 100 <= status <= 999):
+        raise BadInput("must be an HTTP status code (an integer 100-999)", index=index, field="status_code")
+    duration = out.get("duration_ms")
+    if duration is not None and not (_is_int(duration) and duration >= 0):
+        raise BadInput("must be a non-negative integer", index=index, field="duration_ms")
+    usage = out.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            raise BadInput("must be a map", index=index, field="usage")
+        for name in _USAGE_INTS:
+            if usage.get(name) is not None and not (_is_int(usage[name]) and usage[name] >= 0):
+                raise BadInput("must be a non-negative integer", index=index, field=f"usage.{name}")
+    cost = out.get("estimated_cost")
+    if cost is not None:
+        if not isinstance(cost, dict):
+            raise BadInput("must be a map (or left out when unknown)", index=index, field="estimated_cost")
+        for name in _COST_NUMBERS:
+            if cost.get(name) is not None and not _is_number(cost[name]):
+                raise BadInput("must be a number", index=index, field=f"estimated_cost.{name}")
+    identity = out.get("identity")
+    if identity is not None:
+        if not isinstance(identity, dict):
+            raise BadInput("must be a map", index=index, field="identity")
+        for name in ("login_name", "node_id"):
+            if identity.get(name) is not None and not isinstance(identity[name], str):
+                raise BadInput("must be a string", index=index, field=f"identity.{name}")
+        tags = identity.get("tags")
+        if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+            raise BadInput("must be a list of strings", index=index, field="identity.tags")
+    if out.get("capture") is not None and not isinstance(out["capture"], dict):
+        raise BadInput("must be a map", index=index, field="capture")
+    return out
+
+
+# -- JSON ----------------------------------------------------------------------------------------------
+
+def _from_json(value: Any) -> Any:
+    """The inverse of the jsonl format's conventions for what JSON lacks (bytes, CBOR tags)."""
+    if isinstance(value, dict):
+        if len(value) == 1 and "$base64" in value and isinstance(value["$base64"], str):
+            try:
+                return base64.b64decode(value["$base64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("a {\"$base64\": …} value is not valid base64") from None
+        if len(value) == 2 and "$tag" in value and "value" in value and _is_int(value["$tag"]):
+            return cbor2.CBORTag(value["$tag"], _from_json(value["value"]))
+        if len(value) == 1 and "$simple" in value and _is_int(value["$simple"]):
+            return cbor2.CBORSimpleValue(value["$simple"])
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+_DECODER = json.JSONDecoder()
+_WHITESPACE = " \t\n\r"
+
+
+def json_values(body: bytes, max_records: int) -> list[Any]:
+    """A JSON array's items, or a stream of JSON values (JSON Lines, or values simply concatenated).
+
+    The common shapes (one array, one value per line) are parsed with orjson; anything it refuses (a
+    pretty-printed stream, NaN, a huge integer, a syntax error) goes through the standard library, which
+    also finds the bad record's index and position for the 400."""
+    stripped = body.lstrip()
+    try:
+        if stripped.startswith(b"["):
+            values = orjson.loads(body)
+            if not isinstance(values, list):
+                raise orjson.JSONDecodeError("not an array", "", 0)
+        else:
+            values = [orjson.loads(line) for line in body.splitlines() if line.strip()]
+    except orjson.JSONDecodeError:
+        values = list(_slow_json_values(_decode_text(body), max_records))
+    if len(values) > max_records:
+        raise TooLarge(f"more than {max_records} records in one request")
+    return values
+
+
+def _slow_json_values(text: str, max_records: int) -> Iterator[Any]:
+    position = len(text) - len(text.lstrip(_WHITESPACE))
+    if text.startswith("[", position):
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"not valid JSON: {exc}") from None
+        if not isinstance(values, list):
+            raise BadInput("not valid JSON")
+        if len(values) > max_records:
+            raise TooLarge(f"more than {max_records} records in one request")
+        yield from values
+        return
+    index = 0
+    end = len(text)
+    while position < end:
+        if index >= max_records:
+            raise TooLarge(f"more than {max_records} records in one request")
+        try:
+            value, position = _DECODER.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})", index=index) from None
+        yield value
+        index += 1
+        while position < end and text[position] in _WHITESPACE:
+            position += 1
+
+
+def _decode_text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"body is not UTF-8 (byte {exc.start})") from None
+
+
+def _json_records(body: bytes, max_records: int) -> list[dict[str, Any]]:
+    records = []
+    for index, value in enumerate(json_values(body, max_records)):
+        try:
+            value = _from_json(value)
+        except ValueError as exc:
+            raise BadInput(str(exc), index=index) from None
+        records.append(check_record(value, index))
+    return records
+
+
+# -- CBOR ----------------------------------------------------------------------------------------------
+
+def _cbor_records(body: bytes, max_records: int) -> list[dict[str, Any]]:
+    import io
+
+    stream = io.BytesIO(body)
+    decoder = cbor2.CBORDecoder(stream)
+    records = []
+    while stream.tell() < len(body):
+        index = len(records)
+        if index >= max_records:
+            raise TooLarge(f"more than {max_records} records in one request")
+        try:
+            value = decoder.decode()
+        except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, EOFError) as exc:
+            raise BadInput(f"not valid CBOR at byte {stream.tell()}: {exc}", index=index) from None
+        records.append(check_record(value, index))
+    return records
+
+
+def parse_records(body: bytes, content_type: str, max_records: int) -> list[dict[str, Any]]:
+    """Checked records of a ``/v1/records`` body (already decompressed)."""
+    if content_type in CBOR_TYPES:
+        records = _cbor_records(body, max_records)
+    elif content_type in JSON_TYPES or content_type.endswith("+json"):
+        records = _json_records(body, max_records)
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Type {content_type or '(none)'} is not accepted here: send application/cbor-seq, "
+            "application/x-ndjson (JSON Lines) or application/json"
+        )
+    if not records:
+        raise BadInput("no records in the body")
+    return records

@@ -1,0 +1,134 @@
+"""Turning a request body into rows to commit: undo Content-Encoding within limits, parse the source's
+format, check, map and encode each record. Pure CPU work with no web framework in it, so that the
+parsing processes of the ingest server (``parse_workers``) stay small."""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zstandard
+
+from ..store.records import encode_body
+from .errors import BadInput, TooLarge, UnsupportedMediaType
+
+__all__ = ["PARSERS", "IngestLimits", "Parsed", "Row", "prepare", "prepare_by_name", "warm"]
+
+Row = tuple[int, bytes, str]  # (timestamp_us, CBOR body from encode_body, capture_id)
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    max_body_bytes: int = 16 << 20  # as received (compressed)
+    max_decoded_bytes: int = 64 << 20  # after Content-Encoding is undone
+    max_records: int = 10_000  # per request
+    max_pending_records: int = 50_000  # waiting for the group commit; past it: 503
+    max_group_records: int = 5_000  # per transaction
+    # Processes that decode, check and encode bodies (CPU work, outside the event loop's GIL). 0: in the
+    # event loop's own thread (no second core; a parsing thread would stall the loop on the GIL instead).
+    parse_workers: int = 2
+
+
+@dataclass
+class Parsed:
+    """What a request's body holds: records to store, and items that are not records (ignored)."""
+
+    records: list[dict[str, Any]]
+    ignored: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # source-specific facts for its answer
+
+
+# -- bodies --------------------------------------------------------------------------------------------
+
+def _decode(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` without ever holding more than ``limit`` decoded bytes (zip bombs)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    too_large = TooLarge(f"body larger than the limit of {limit} bytes once decompressed")
+    try:
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            out = bytearray()
+            data = body
+            while data:
+                wbits = 47 if encoding != "deflate" else 15  # gzip or zlib header (47: either, auto)
+                decompressor = zlib.decompressobj(wbits)
+                out += decompressor.decompress(data, limit + 1 - len(out))
+                if len(out) > limit or decompressor.unconsumed_tail:
+                    raise too_large
+                if not decompressor.eof:
+                    raise BadInput(f"truncated {encoding} body")
+                data = decompressor.unused_data  # a concatenated gzip member follows
+            return bytes(out)
+        if encoding == "zstd":
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True)
+            out = reader.read(limit + 1)
+            if len(out) > limit:
+                raise too_large
+            return out
+    except (zlib.error, zstandard.ZstdError) as exc:
+        raise BadInput(f"body is not valid {encoding}: {exc}") from None
+    raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported (gzip, deflate, zstd are)")
+
+
+def _encode_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
+    rows: list[Row] = []
+    for index, record in enumerate(records):
+        try:
+            ts, body = encode_body(record)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise BadInput(f"cannot be stored: {exc}", index=index) from None
+        rows.append((ts, body, record["capture_id"]))
+    return rows
+
+
+def _records(body: bytes, content_type: str, limit: int) -> Parsed:
+    from .native import parse_records
+
+    return Parsed(parse_records(body, content_type, limit))
+
+
+def _litellm(body: bytes, content_type: str, limit: int) -> Parsed:
+    from .litellm import parse_litellm
+
+    return Parsed(parse_litellm(body, limit))
+
+
+def _otlp(body: bytes, content_type: str, limit: int) -> Parsed:
+    from .otlp import parse_otlp
+
+    return parse_otlp(body, content_type, limit)
+
+
+# source name -> (parse, an empty batch is fine)
+PARSERS: dict[str, tuple[Callable[[bytes, str, int], Parsed], bool]] = {
+    "records": (_records, False),
+    "litellm": (_litellm, False),
+    "otlp": (_otlp, True),
+}
+
+
+def prepare(parse: Callable[[bytes, str, int], Parsed], allow_empty: bool, body: bytes, encoding: str,
+            content_type: str, limits: IngestLimits) -> tuple[int, dict[str, Any], list[Row]]:
+    """Decode, parse, check and encode one body: ``(ignored items, source facts, rows to commit)``."""
+    decoded = _decode(body, encoding, limits.max_decoded_bytes)
+    del body
+    parsed = parse(decoded, content_type, limits.max_records)
+    if not parsed.records and not allow_empty:
+        raise BadInput("no records in the body")
+    return parsed.ignored, parsed.extra, _encode_rows(parsed.records)
+
+
+def prepare_by_name(source: str, body: bytes, encoding: str, content_type: str,
+                    limits: IngestLimits) -> tuple[int, dict[str, Any], list[Row]]:
+    """``prepare`` for a source named by its name (what a parsing process is handed)."""
+    parse, allow_empty = PARSERS[source]
+    return prepare(parse, allow_empty, body, encoding, content_type, limits)
+
+
+def warm() -> None:
+    """Import every parser now (a parsing process, before its first request)."""
+    from . import litellm, native, otlp  # noqa: F401
