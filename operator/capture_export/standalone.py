@@ -95,12 +95,17 @@ class StandaloneRunner:
         default_store: str | None,
         out: TextIO = sys.stdout,
         extra_kinds: list[Callable[[StandaloneRunner], float | None]] | None = None,
+        on_cycle: Callable[[Resource, dict[str, Any]], None] | None = None,
     ) -> None:
+        """``on_cycle(resource, status)`` is called after every cycle of an exporter or policy, with its
+        status as it is written to the state file (``run --output json``)."""
         self.manifests = manifests
         self.state = StateFile(state_path)
         self.stores = StoreOpener(default_store, manifests.get)
         self.out = out
+        self.on_cycle = on_cycle
         self.stop_event = threading.Event()
+        self.stopped_by: int | None = None  # the signal that asked the runner to stop
         self.clock = SystemClock()
         self.exporters = [
             _Scheduled(
@@ -124,7 +129,9 @@ class StandaloneRunner:
 
             self.extra_kinds.append(RetentionScheduler(self))
 
-    def request_stop(self, *_: object) -> None:
+    def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
+        if signum is not None and self.stopped_by is None:
+            self.stopped_by = signum
         if not self.stop_event.is_set():
             print("stopping after the batch in flight commits…", file=self.out, flush=True)
         self.stop_event.set()
@@ -156,7 +163,12 @@ class StandaloneRunner:
         item.status = outcome.status
         self.state.put(item.state_key, outcome.status.model_dump(mode="json", by_alias=True))
         self._report(ref, outcome)
+        self.cycle_done(item.resource, self.state.get(item.state_key) or {})
         return outcome
+
+    def cycle_done(self, resource: Resource, status: dict[str, Any]) -> None:
+        if self.on_cycle is not None:
+            self.on_cycle(resource, status)
 
     def _report(self, ref: str, outcome: CycleOutcome) -> None:
         for event in outcome.events:
@@ -202,8 +214,9 @@ class StandaloneRunner:
             self.stop_event.wait(max(0.0, min(upcoming) - time.monotonic()))
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGINT, self.request_stop)
-        signal.signal(signal.SIGTERM, self.request_stop)
+        """Ctrl-C, SIGTERM and SIGHUP (the terminal closed) stop after the batch in flight commits."""
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self.request_stop)
 
     def close(self) -> None:
         self.stores.close()

@@ -358,6 +358,7 @@ NAMESPACED_PERMISSIONS = {
     ("capture.dev", "s3exporters/status"): {"patch"},
     ("capture.dev", "retentionpolicies/status"): {"patch"},
     ("", "secrets"): {"get"},
+    ("", "configmaps"): {"get"},  # spec.caBundleRef.configMapKeyRef
     ("", "events"): {"create"},
 }
 CRD_DISCOVERY = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}

@@ -109,3 +109,31 @@ def test_image_is_named_and_the_kind_path_loads_the_local_build() -> None:
     for flag in (f"image.repository={repository}", f"image.tag={tag}", "image.pullPolicy=Never"):
         assert f"--set {flag}" in install, "the kind install must run the build it loaded"
     assert not any("kind load docker-image" in c for c in commands), "fails with containerd's image store"
+
+
+def _credentials_helm_command() -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("## Credentials, permissions and TLS", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    (command,) = [c for c in (re.sub(r"\\\n\s*", " ", b).strip() for b in blocks) if c.startswith("helm install")]
+    return command
+
+
+def test_the_irsa_command_annotates_the_operators_service_account() -> None:
+    """IRSA: the README's --set-string puts eks.amazonaws.com/role-arn on the ServiceAccount the pod runs as
+    (EKS then injects AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, which the exporter's default chain
+    honours: tests/integration/test_aws_roles.py)."""
+    words = shlex.split(_credentials_helm_command())
+    values: dict[str, Any] = {}
+    for index, word in enumerate(words):
+        if word == "--set-string":
+            values = _merge(values, helm.parse_set_string(words[index + 1]))
+    with helm.Chart.load(CHART_DIR) as chart:
+        rendered = render(chart, values, namespace=words[words.index("--namespace") + 1], release=words[2])
+    account = rendered.one("ServiceAccount")
+    assert account["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/capture-export"}
+    assert pod_spec(rendered)["serviceAccountName"] == account["metadata"]["name"] == "capture-export"
+    # The README's trust-policy subject names that account in that namespace.
+    assert f"system:serviceaccount:{words[words.index('--namespace') + 1]}:capture-export" in \
+        (REPO_ROOT / "README.md").read_text()

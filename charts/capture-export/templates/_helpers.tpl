@@ -94,7 +94,7 @@ blockOwnerDeletion on owner references) is not granted.
   resources: ["s3exporters/status", "retentionpolicies/status"]
   verbs: ["patch"]
 - apiGroups: [""]
-  resources: ["secrets"]
+  resources: ["secrets", "configmaps"]
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from .common import GROUP, VERSION, ApiModel, Condition, SecretRef, StoreRef
+from .common import (
+    GROUP,
+    VERSION,
+    ApiModel,
+    CaBundleRef,
+    Condition,
+    KeyRef,
+    SecretRef,
+    ServerSideEncryptionSpec,
+    StoreRef,
+)
 from .crd import KindInfo, crd_for, render_crd_yaml, write_crds
 from .retention import RetentionPolicySpec, RetentionPolicyStatus
 from .s3exporter import ExportTotals, RunRecord, S3ExporterSpec, S3ExporterStatus
@@ -14,8 +24,10 @@ __all__ = [
     "S3EXPORTER",
     "VERSION",
     "ApiModel",
+    "CaBundleRef",
     "Condition",
     "ExportTotals",
+    "KeyRef",
     "KindInfo",
     "RetentionPolicySpec",
     "RetentionPolicyStatus",
@@ -23,6 +35,7 @@ __all__ = [
     "S3ExporterSpec",
     "S3ExporterStatus",
     "SecretRef",
+    "ServerSideEncryptionSpec",
     "StoreRef",
     "crd_for",
     "render_crd_yaml",

@@ -14,12 +14,15 @@ __all__ = [
     "GROUP",
     "VERSION",
     "ApiModel",
+    "CaBundleRef",
     "Condition",
     "ConditionStatus",
+    "KeyRef",
     "PostgresStoreRef",
     "SQLiteStoreRef",
     "SecretKeyRef",
     "SecretRef",
+    "ServerSideEncryptionSpec",
     "StoreRef",
 ]
 
@@ -54,6 +57,69 @@ class SecretKeyRef(ApiModel):
         str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the Secret.")
     ]
     key: Annotated[str, Field(min_length=1, max_length=253, description="Key within the Secret.")] = "dsn"
+
+
+class KeyRef(ApiModel):
+    """One key of a Secret or ConfigMap in the resource's namespace."""
+
+    name: Annotated[
+        str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the object.")
+    ]
+    key: Annotated[str, Field(min_length=1, max_length=253, description="Key within it.")] = "ca.crt"
+
+
+CA_BUNDLE_ONE_SOURCE = {
+    "rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+    "message": "caBundleRef: set exactly one of secretKeyRef and configMapKeyRef",
+}
+
+
+class CaBundleRef(ApiModel):
+    """PEM CA certificates to trust for the endpoint's TLS, from a Secret or a ConfigMap key (read every
+    cycle, like the credentials)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [CA_BUNDLE_ONE_SOURCE]})
+
+    secret_key_ref: Annotated[KeyRef | None, Field(description="A Secret key holding PEM certificates "
+                                                   "(key default ca.crt).")] = None
+    config_map_key_ref: Annotated[KeyRef | None, Field(description="A ConfigMap key holding PEM certificates "
+                                                       "(key default ca.crt).")] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CaBundleRef:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError(CA_BUNDLE_ONE_SOURCE["message"])
+        return self
+
+
+SSE_KMS_KEY_RULE = {
+    "rule": "!has(self.kmsKeyId) || self.algorithm == 'aws:kms'",
+    "message": "serverSideEncryption: kmsKeyId needs algorithm aws:kms",
+}
+
+
+class ServerSideEncryptionSpec(ApiModel):
+    """Server-side encryption requested on every object the exporter writes (data, checkpoint, probe)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [SSE_KMS_KEY_RULE]})
+
+    algorithm: Annotated[
+        Literal["AES256", "aws:kms"],
+        Field(description="AES256 (SSE-S3, keys managed by the service) or aws:kms (SSE-KMS)."),
+    ]
+    kms_key_id: Annotated[
+        str | None,
+        Field(min_length=1, max_length=2048, pattern=r"^[A-Za-z0-9:/_.+=@-]+$",
+              description="With aws:kms: the KMS key id, alias (alias/name) or ARN; omit for the account's "
+              "aws/s3 key. The exporter then needs kms:GenerateDataKey on it (and kms:Decrypt to read "
+              "checkpoints back)."),
+    ] = None
+
+    @model_validator(mode="after")
+    def _kms_key_with_kms(self) -> ServerSideEncryptionSpec:
+        if self.kms_key_id is not None and self.algorithm != "aws:kms":
+            raise ValueError(SSE_KMS_KEY_RULE["message"])
+        return self
 
 
 class SQLiteStoreRef(ApiModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from .retention import RetentionPolicySpec
 from .s3exporter import S3ExporterSpec
 
 __all__ = ["SPEC_MODELS", "InvalidManifest", "ManifestSet", "Resource", "describe_validation_error",
-           "load_manifests", "parse_spec"]
+           "expand_manifest_paths", "load_manifests", "parse_spec"]
 
 API_VERSION = f"{GROUP}/{VERSION}"
 # Kind -> spec model. Later kinds register themselves here.
@@ -52,6 +53,7 @@ class Resource:
 class ManifestSet:
     resources: list[Resource] = field(default_factory=list)
     secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    config_maps: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> list[Resource]:
         return [r for r in self.resources if r.kind == kind]
@@ -59,6 +61,10 @@ class ManifestSet:
     def get(self, namespace: str, name: str) -> dict[str, str] | None:
         """SecretSource over the Secrets found in the manifests."""
         return self.secrets.get((namespace, name))
+
+    def get_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        """ConfigMapSource over the ConfigMaps found in the manifests (a caBundleRef's CA)."""
+        return self.config_maps.get((namespace, name))
 
 
 def describe_validation_error(error: ValidationError, root: str = "spec") -> str:
@@ -92,13 +98,42 @@ def _secret_data(doc: Mapping[str, Any], where: str) -> dict[str, str]:
     return data
 
 
+STDIN = "-"
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def expand_manifest_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """What ``-f`` names, as kubectl reads it: a file; ``-`` for standard input (once); a directory for the
+    ``.yaml``, ``.yml`` and ``.json`` files in it (not its subdirectories), in name order."""
+    expanded: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if str(raw) == STDIN:
+            if any(str(p) == STDIN for p in expanded):
+                raise InvalidManifest("-f -: standard input can be read only once")
+            expanded.append(path)
+        elif path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+            if not files:
+                raise InvalidManifest(f"{path}: a directory without {', '.join(MANIFEST_SUFFIXES)} files")
+            expanded.extend(files)
+        else:
+            expanded.append(path)
+    return expanded
+
+
+def _read_manifest(path: Path) -> str:
+    return sys.stdin.read() if str(path) == STDIN else path.read_text()
+
+
 def load_manifests(paths: Iterable[str | Path], *, default_namespace: str = "default") -> ManifestSet:
+    """Every document of the files (see expand_manifest_paths), validated."""
     result = ManifestSet()
     seen: set[tuple[str, str, str]] = set()
-    for path in paths:
+    for path in expand_manifest_paths(paths):
         path = Path(path)
         try:
-            documents = list(yaml.safe_load_all(path.read_text()))
+            documents = list(yaml.safe_load_all(_read_manifest(path)))
         except OSError as exc:
             raise InvalidManifest(f"{path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
@@ -118,9 +153,12 @@ def load_manifests(paths: Iterable[str | Path], *, default_namespace: str = "def
             if kind == "Secret":
                 result.secrets[(namespace, name)] = _secret_data(doc, f"{where} Secret {namespace}/{name}")
                 continue
+            if kind == "ConfigMap":
+                result.config_maps[(namespace, name)] = {str(k): str(v) for k, v in (doc.get("data") or {}).items()}
+                continue
             if kind not in SPEC_MODELS:
                 raise InvalidManifest(f"{where}: unsupported kind {kind!r} (expected one of "
-                                      f"{', '.join(sorted(SPEC_MODELS))} or Secret)")
+                                      f"{', '.join(sorted(SPEC_MODELS))}, Secret or ConfigMap)")
             if doc.get("apiVersion") != API_VERSION:
                 raise InvalidManifest(f"{where}: {kind} {name}: apiVersion must be {API_VERSION}")
             if (kind, namespace, name) in seen:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ..export.formats import COMPRESSIONS, FORMAT_NAMES, FORMATS
-from .common import ApiModel, Condition, SecretRef, StoreRef
+from .common import ApiModel, CaBundleRef, Condition, SecretRef, ServerSideEncryptionSpec, StoreRef
 from .vocabulary import ExportOutcome
 
 __all__ = [
@@ -32,6 +32,25 @@ BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 ENDPOINT_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
 # Empty, or not starting or ending with "/".
 PREFIX_PATTERN = r"^([^/](.*[^/])?)?$"
+
+ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
+EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9+=,.@:/_-]+$"
+SESSION_NAME_PATTERN = r"^[A-Za-z0-9+=,.@_-]+$"
+MIN_ROLE_SECONDS, MAX_ROLE_SECONDS = 900, 43_200
+
+ROLE_FIELDS_NEED_ROLE = {
+    "rule": "has(self.roleArn) || (!has(self.externalId) && !has(self.sessionName))",
+    "message": "externalId and sessionName apply to an assumed role: set roleArn",
+}
+TLS_SKIP_NEEDS_HTTPS = {
+    "rule": "!self.insecureSkipTLSVerify || (has(self.endpoint) && self.endpoint.startsWith('https://') "
+            "&& !has(self.caBundleRef))",
+    "message": "insecureSkipTLSVerify applies to an https:// endpoint only, and not together with caBundleRef",
+}
+CA_BUNDLE_NEEDS_TLS = {
+    "rule": "!has(self.caBundleRef) || !has(self.endpoint) || self.endpoint.startsWith('https://')",
+    "message": "caBundleRef applies to an https:// endpoint (or Amazon S3), not to http://",
+}
 
 DESTINATION_IMMUTABLE = {
     "rule": (
@@ -163,7 +182,8 @@ class S3ExporterSpec(ApiModel):
     """Where and how often to export capture records."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        DESTINATION_IMMUTABLE, LAYOUT_IMMUTABLE, PATH_TEMPLATE_RULES, COMPRESSION_RULE,
+        DESTINATION_IMMUTABLE, LAYOUT_IMMUTABLE, PATH_TEMPLATE_RULES, COMPRESSION_RULE, ROLE_FIELDS_NEED_ROLE,
+        TLS_SKIP_NEEDS_HTTPS, CA_BUNDLE_NEEDS_TLS,
     ]})
 
     bucket: Annotated[
@@ -197,9 +217,51 @@ class S3ExporterSpec(ApiModel):
         SecretRef | None,
         Field(
             description="Secret with access_key_id, access_secret and optional session_token, re-read every "
-            "cycle. Omit to use the pod's default AWS credentials (environment, IRSA).",
+            "cycle. Omit to use the pod's default AWS credentials (environment, IRSA web identity, EKS Pod "
+            "Identity).",
         ),
     ] = None
+    role_arn: Annotated[
+        str | None,
+        Field(max_length=2048, pattern=ROLE_ARN_PATTERN,
+              description="IAM role to assume (STS AssumeRole) with the base credentials (secretRef, or the "
+              "pod's own identity); the session is renewed before it expires. STS failures set "
+              "CredentialsValid=False (AssumeRoleDenied, ...)."),
+    ] = None
+    external_id: Annotated[
+        str | None,
+        Field(min_length=2, max_length=1224, pattern=EXTERNAL_ID_PATTERN,
+              description="External id the role's trust policy requires (sts:ExternalId); needs roleArn."),
+    ] = None
+    session_name: Annotated[
+        str | None,
+        Field(min_length=2, max_length=64, pattern=SESSION_NAME_PATTERN,
+              description="Role session name, shown in CloudTrail; default capture-export-<namespace>-<name> "
+              "(cut to 64 characters). Needs roleArn."),
+    ] = None
+    role_duration_seconds: Annotated[
+        int,
+        Field(ge=MIN_ROLE_SECONDS, le=MAX_ROLE_SECONDS,
+              description="Lifetime asked for each assumed-role session (900-43200 s, at most the role's "
+              "maximum session duration); renewed when a quarter of it (at most 15 min) is left."),
+    ] = 3600
+    server_side_encryption: Annotated[
+        ServerSideEncryptionSpec | None,
+        Field(description="Server-side encryption of every object written (data, checkpoint, connection "
+              "probe): AES256, or aws:kms with an optional kmsKeyId. Omit for the bucket's default."),
+    ] = None
+    ca_bundle_ref: Annotated[
+        CaBundleRef | None,
+        Field(description="CA certificates (PEM) to trust for the endpoint, from a Secret or ConfigMap key: "
+              "for private endpoints with their own CA."),
+    ] = None
+    insecure_skip_tls_verify: Annotated[
+        bool,
+        Field(alias="insecureSkipTLSVerify",
+              description="Do not verify the https:// endpoint's certificate (tests only; anyone on the path "
+              "can read and alter the export). Off unless set: an untrusted certificate otherwise fails the "
+              "connection test with TLSVerificationFailed."),
+    ] = False
     prefix: Annotated[
         str,
         Field(max_length=512, pattern=PREFIX_PATTERN, description="Key prefix; must not start or end with '/'. "
@@ -298,6 +360,18 @@ class S3ExporterSpec(ApiModel):
                 raise ValueError(f"redactFields: {path!r} must start with one of {', '.join(REDACTABLE_FIELDS)} "
                                  "(id, ver and timestamp are always exported)")
         return value
+
+    @model_validator(mode="after")
+    def _access_rules(self) -> S3ExporterSpec:
+        # Mirrors the CEL rules ROLE_FIELDS_NEED_ROLE, TLS_SKIP_NEEDS_HTTPS and CA_BUNDLE_NEEDS_TLS.
+        if self.role_arn is None and (self.external_id is not None or self.session_name is not None):
+            raise ValueError(ROLE_FIELDS_NEED_ROLE["message"])
+        https = self.endpoint is not None and self.endpoint.startswith("https://")
+        if self.insecure_skip_tls_verify and (not https or self.ca_bundle_ref is not None):
+            raise ValueError(TLS_SKIP_NEEDS_HTTPS["message"])
+        if self.ca_bundle_ref is not None and self.endpoint is not None and not https:
+            raise ValueError(CA_BUNDLE_NEEDS_TLS["message"])
+        return self
 
     @model_validator(mode="after")
     def _template_under_prefix(self) -> S3ExporterSpec:

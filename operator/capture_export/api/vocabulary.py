@@ -116,6 +116,19 @@ class Reason(StrEnum):
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_MISSING = "SecretKeyMissing"
     SECRET_UNREADABLE = "SecretUnreadable"
+    EXPIRED_TOKEN = "ExpiredToken"  # the session token (from the Secret, or an assumed role's) has expired
+    ASSUME_ROLE_DENIED = "AssumeRoleDenied"  # STS refused AssumeRole (trust policy, external id, permission)
+    ASSUME_ROLE_FAILED = "AssumeRoleFailed"  # STS answered otherwise (bad duration, throttled, unreachable)
+    WEB_IDENTITY_REJECTED = "WebIdentityRejected"  # STS refused the pod's web identity token (IRSA)
+    # TLS to the endpoint
+    TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
+    CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
+    CA_BUNDLE_INVALID = "CABundleInvalid"
+    # the connection test: which S3 permission the probe found missing
+    WRITE_DENIED = "WriteDenied"  # s3:PutObject
+    READ_DENIED = "ReadDenied"  # s3:GetObject
+    LIST_DENIED = "ListDenied"  # s3:ListBucket
+    DELETE_DENIED = "DeleteDenied"  # s3:DeleteObject
     # export Events
     EXPORT_FAILED = "ExportFailed"
     RECORD_QUARANTINED = "RecordQuarantined"

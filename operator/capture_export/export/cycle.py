@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..api import S3ExporterSpec, S3ExporterStatus
 from ..api.vocabulary import ConditionType, Domain, EventType, ExportOutcome, Reason
 from ..clock import Clock, SystemClock
-from ..objectstore import Credentials, ObjectStore, ObjectStoreError, S3Location, S3ObjectStore
+from ..objectstore import ObjectStore, ObjectStoreError, S3Access, S3Location, S3ObjectStore
 from ..objectstore.credentials import CredentialResolver, SecretSource
 from ..status.exporter import Event, StatusUpdate
 from ..store import CaptureStore, StoreError
@@ -27,7 +27,8 @@ MAX_FAILURE_BACKOFF = 300.0
 
 
 StoreOpener = Callable[[S3ExporterSpec, str], CaptureStore]
-ObjectStoreFactory = Callable[[S3Location, Credentials | None], ObjectStore]
+# (where, how: credentials, role, encryption, TLS) -> a client. Called again whenever either changed.
+ObjectStoreFactory = Callable[[S3Location, S3Access], ObjectStore]
 
 
 @dataclass
@@ -36,6 +37,17 @@ class CycleOutcome:
     events: list[Event]
     result: RunResult | None
     due_in: float  # seconds until the next cycle should start
+
+
+def _credentials_message(access: S3Access) -> str:
+    source = "the Secret's keys" if access.credentials is not None else "the pod's default credentials"
+    if access.credentials is not None and access.credentials.session_token:
+        source += " and session token"
+    if access.role is not None:
+        external = " with an external id" if access.role.external_id else ""
+        return (f"assumed role {access.role.role_arn} (session {access.role.session_name}){external} with {source}; "
+                "accepted by the bucket")
+    return f"{source} accepted by the bucket"
 
 
 class ExporterWorker:
@@ -55,25 +67,26 @@ class ExporterWorker:
         self.secrets = secrets
         self.credentials = CredentialResolver(secrets)
         self.clock = clock or SystemClock()
-        self.object_store_factory = object_store_factory or (lambda loc, cred: S3ObjectStore(loc, cred))
+        self.object_store_factory = object_store_factory or (
+            lambda location, access: S3ObjectStore(location, access, now=self.clock.now))
         self.engine: ExportEngine | None = None
         self._engine_key: tuple[object, ...] | None = None
         self._recovered = False
         self.consecutive_failures = 0
 
-    def _credentials(self, spec: S3ExporterSpec) -> Credentials | None:
+    def _access(self, spec: S3ExporterSpec) -> S3Access:
         try:
-            return self.credentials.resolve(self.exporter.namespace, spec.secret_ref)
+            return self.credentials.access(self.exporter.namespace, self.exporter.name, spec)
         except ObjectStoreError as exc:
             raise ExportFailure.from_object_store(exc) from None
 
-    def _engine_for(self, spec: S3ExporterSpec, credentials: Credentials | None, store: CaptureStore) -> bool:
+    def _engine_for(self, spec: S3ExporterSpec, access: S3Access, store: CaptureStore) -> bool:
         """Make or reuse the engine; True when it is new (so the connection must be tested)."""
         location = S3Location(spec.bucket, spec.region, spec.endpoint)
-        key = (location, credentials, id(store), spec.model_dump_json())
+        key = (location, access, id(store), spec.model_dump_json())
         if self.engine is not None and key == self._engine_key:
             return False
-        objects = self.object_store_factory(location, credentials)
+        objects = self.object_store_factory(location, access)
         self.engine = ExportEngine(spec, self.exporter, store, objects, clock=self.clock)
         self._engine_key = key
         return True
@@ -95,15 +108,17 @@ class ExporterWorker:
             update.status.last_run_now = run_now_token
         result: RunResult | None = None
         try:
-            credentials = self._credentials(spec)
+            access = self._access(spec)
             try:
                 store = self.open_store(spec, self.exporter.namespace)
             except StoreError as exc:
                 raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
-            if self._engine_for(spec, credentials, store):
+            if self._engine_for(spec, access, store):
                 assert self.engine is not None
-                self.engine.check_connection()
-                update.passed(ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE)
+                report = self.engine.check_connection()
+                update.passed(ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE,
+                              messages={ConditionType.CREDENTIALS_VALID: _credentials_message(access),
+                                        ConditionType.BUCKET_REACHABLE: report.message})
             engine = self.engine
             assert engine is not None
             saved = Cursor(update.status.epoch, int(update.status.cursor))

@@ -38,6 +38,7 @@ from ..store.credentials import DEFAULT_POLICY, CredentialPolicy
 from ..store.records import with_id
 from ..store.seal import RecordSeal
 from .checkpoint import Checkpoints
+from .connection import ConnectionReport, run_connection_test
 from .formats import BatchEncoder, FormatUnavailable, encoder_for, record_ids
 from .layout import ObjectLayout, parse_range
 from .model import BatchResult, Cursor, ExporterId, ExportFailure, PreparedBatch, Requests, RetryPolicy, RunResult
@@ -107,9 +108,13 @@ class ExportEngine:
         self._sweep_pending = True
         return cursor
 
-    def check_connection(self) -> None:
-        """Connection test (as OpenRouter's "Test Connection"): bucket exists, credentials work."""
-        self._call(self.objects.check)
+    def check_connection(self) -> ConnectionReport:
+        """Connection test (as OpenRouter's "Test Connection"): write, read, list and delete a probe object
+        under the control folder (export/connection.py)."""
+        sse = self.spec.server_side_encryption
+        encryption = (sse.algorithm + (f" (key {sse.kms_key_id})" if sse.kms_key_id else "")) if sse else None
+        return run_connection_test(self.objects, self.spec.bucket, self.layout.probe_key(), encryption=encryption,
+                                   tls_unverified=self.spec.insecure_skip_tls_verify, call=self._call)
 
     # -- one run ------------------------------------------------------------------------------------
 

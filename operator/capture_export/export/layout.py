@@ -13,9 +13,11 @@ the same folder: the engine cuts a batch where the folder would change). When ``
 the name still gives the range the batch handled, so an object may hold fewer records than its range.
 Empty template segments collapse, so ``{prefix}/{date}`` with no prefix is ``2026-11-24/``.
 
-Each exporter's checkpoint lives beside the data, outside every template folder and without dates:
+Each exporter's checkpoint lives beside the data, outside every template folder and without dates, and
+so does the connection test's short-lived probe object:
 
     {prefix}/_capture-export/checkpoints/{namespace}/{name}.json
+    {prefix}/_capture-export/probes/{namespace}/{name}
 """
 
 from __future__ import annotations
@@ -152,6 +154,10 @@ class ObjectLayout:
 
     def checkpoint_key(self) -> str:
         return f"{self._root()}{CONTROL_DIR}/checkpoints/{self.namespace}/{self.name}.json"
+
+    def probe_key(self) -> str:
+        """The connection test's probe object: written, read, listed and deleted before the first export."""
+        return f"{self._root()}{CONTROL_DIR}/probes/{self.namespace}/{self.name}"
 
     def data_prefix(self) -> str:
         """Every data object of this exporter lies under this prefix (the template's folders up to its

@@ -107,6 +107,19 @@ class KubeApi:
                 continue  # not text: treated as a missing key, which the condition names
         return data
 
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's data, or None when it does not exist (a caBundleRef's CA certificates)."""
+        try:
+            config_map = kubernetes.client.CoreV1Api(self.client).read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeApiError(f"reading ConfigMap {namespace}/{name} failed: {exc.status} {exc.reason}",
+                               exc.status) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeApiError(f"reading ConfigMap {namespace}/{name} failed: {exc.__class__.__name__}") from None
+        return dict(config_map.data or {})
+
     def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Merge-patch ``status``; False when the resource is gone."""
         try:
@@ -183,7 +196,8 @@ class KubeApi:
 
 
 class ApiSecrets:
-    """The export cycle's SecretSource, over the API (called from worker threads, so blocking is fine)."""
+    """The export cycle's SecretSource (and ConfigMapSource, for caBundleRef), over the API (called from
+    worker threads, so blocking is fine)."""
 
     def __init__(self, api: KubeApi) -> None:
         self.api = api
@@ -194,6 +208,12 @@ class ApiSecrets:
         except KubeApiError as exc:
             raise ExportFailure(Reason.SECRET_UNREADABLE, str(exc), domain=Domain.CREDENTIALS,
                                 transient=True) from None
+
+    def get_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            return self.api.read_config_map(namespace, name)
+        except KubeApiError as exc:
+            raise ExportFailure(Reason.CA_BUNDLE_NOT_FOUND, str(exc), domain=Domain.BUCKET, transient=True) from None
 
 
 def kopf_event(body: Mapping[str, Any], event: Event) -> None:

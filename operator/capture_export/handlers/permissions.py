@@ -9,7 +9,8 @@ permission and where.
 
 The list below is what the code really calls: kopf lists, watches and patches (finalizer, bookkeeping
 annotations) both kinds and posts core Events; the status writer patches ``/status``; the export reads
-Secrets; serving all namespaces, kopf also lists and watches CustomResourceDefinitions.
+Secrets (and ConfigMaps, for a caBundleRef); serving all namespaces, kopf also lists and watches
+CustomResourceDefinitions.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ NAMESPACED: tuple[Permission, ...] = (
     *(Permission(verb, plural, GROUP) for plural in _KINDS for verb in ("list", "watch", "patch")),
     *(Permission("patch", plural, GROUP, "status") for plural in _KINDS),
     Permission("get", "secrets"),
+    Permission("get", "configmaps"),  # an S3Exporter's caBundleRef.configMapKeyRef
     Permission("create", "events"),
 )
 CLUSTER_WIDE: tuple[Permission, ...] = (

@@ -28,7 +28,7 @@ import kubernetes.config
 from ..api import GROUP
 from ..clock import Clock, SystemClock
 from ..metrics import OperatorMetrics
-from ..objectstore import Credentials, ObjectStore, S3Location, S3ObjectStore
+from ..objectstore import ObjectStore, S3Access, S3Location, S3ObjectStore
 from ..status.writer import StatusWriter
 from ..store import StoreOpener
 from .kube import ApiSecrets, KubeApi, kopf_event
@@ -96,27 +96,27 @@ class OperatorConfig:
 
 
 class SharedObjectStores:
-    """Object-store factory that shares one client per (bucket, endpoint, credentials).
+    """Object-store factory that shares one client per (bucket, endpoint, access: credentials, role, encryption, TLS).
 
     A boto3 client built from its own session costs ~13 MB; two hundred exporters writing to one
     bucket need one client, not two hundred. Clients are thread-safe. Rotated credentials make a new
     key; the least recently used clients are dropped beyond ``size``.
     """
 
-    def __init__(self, size: int = 64, factory: Callable[[S3Location, Credentials | None], ObjectStore] | None = None):
+    def __init__(self, size: int = 64, factory: Callable[[S3Location, S3Access], ObjectStore] | None = None):
         self.size = size
-        self.factory = factory or (lambda location, credentials: S3ObjectStore(location, credentials))
-        self._clients: OrderedDict[tuple[S3Location, Credentials | None], ObjectStore] = OrderedDict()
+        self.factory = factory or (lambda location, access: S3ObjectStore(location, access))
+        self._clients: OrderedDict[tuple[S3Location, S3Access], ObjectStore] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, location: S3Location, credentials: Credentials | None) -> ObjectStore:
-        key = (location, credentials)
+    def __call__(self, location: S3Location, access: S3Access) -> ObjectStore:
+        key = (location, access)
         with self._lock:
             client = self._clients.get(key)
             if client is not None:
                 self._clients.move_to_end(key)
                 return client
-        client = self.factory(location, credentials)
+        client = self.factory(location, access)
         with self._lock:
             client = self._clients.setdefault(key, client)
             while len(self._clients) > self.size:

@@ -42,13 +42,12 @@ Nothing of the payload is dropped: what is not moved into the record's own field
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from datetime import UTC, datetime
 from typing import Any
 
 from .errors import BadInput
-from .native import MAX_CAPTURE_ID, json_values, parse_timestamp
+from .native import MAX_CAPTURE_ID, json_values, loads_json, parse_timestamp
 
 __all__ = ["API_TYPES", "litellm_record", "parse_litellm"]
 
@@ -96,12 +95,18 @@ def _api_type_and_path(call_type: Any, route: str | None) -> tuple[str | None, s
 
 
 def _number(value: Any) -> float | None:
+    if type(value) is float:  # the common case first: LiteLLM's times and costs
+        return value if math.isfinite(value) else None
+    if type(value) is int:
+        return float(value)  # OverflowError past float's range, as math.isfinite would raise
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
 
 
 def _count(value: Any) -> int:
+    if type(value) is int:
+        return value if value >= 0 else 0
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else 0
 
 
@@ -113,10 +118,10 @@ def _get(mapping: Any, *path: str) -> Any:
     return mapping
 
 
-def _usage(payload: dict[str, Any]) -> dict[str, int]:
-    metadata = payload.get("metadata")
-    usage_object = (_get(metadata, "usage_object") or _get(payload, "hidden_params", "usage_object")
-                    or _get(payload, "response", "usage") or {})
+def _usage(payload: dict[str, Any], metadata: Any, hidden: Any, response: Any) -> dict[str, int]:
+    usage_object = ((metadata.get("usage_object") if isinstance(metadata, dict) else None)
+                    or (hidden.get("usage_object") if isinstance(hidden, dict) else None)
+                    or (response.get("usage") if isinstance(response, dict) else None) or {})
     cached = _get(usage_object, "prompt_tokens_details", "cached_tokens")
     if cached is None:
         cached = _get(usage_object, "cache_read_input_tokens")
@@ -147,15 +152,21 @@ def _cost(payload: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _first_text(source: Any, *keys: str) -> str | None:
+    if not isinstance(source, dict):
+        return None
     for key in keys:
-        value = source.get(key) if isinstance(source, dict) else None
+        value = source.get(key)
         if isinstance(value, str) and value:
             return value
     return None
 
 
-def _identity(payload: dict[str, Any]) -> dict[str, Any]:
-    metadata = payload.get("metadata")
+_TAG_SOURCES = (("team", ("user_api_key_team_alias", "team_alias", "user_api_key_team_id", "team_id")),
+                ("key", ("user_api_key_alias",)),
+                ("org", ("user_api_key_org_alias", "user_api_key_org_id")))
+
+
+def _identity(payload: dict[str, Any], metadata: Any) -> dict[str, Any]:
     identity: dict[str, Any] = {}
     login = (_first_text(metadata, "user_api_key_user_email", "user_api_key_user_id")
              or _first_text(payload, "end_user") or _first_text(payload.get("model_parameters"), "user"))
@@ -164,10 +175,8 @@ def _identity(payload: dict[str, Any]) -> dict[str, Any]:
     node = _first_text(metadata, "user_api_key_hash")
     if node:
         identity["node_id"] = node
-    tags = [t for t in payload.get("request_tags") or [] if isinstance(t, str)]
-    for prefix, keys in (("team", ("user_api_key_team_alias", "team_alias", "user_api_key_team_id", "team_id")),
-                         ("key", ("user_api_key_alias",)),
-                         ("org", ("user_api_key_org_alias", "user_api_key_org_id"))):
+    tags = [t for t in payload.get("request_tags") or () if isinstance(t, str)]
+    for prefix, keys in _TAG_SOURCES:
         value = _first_text(metadata, *keys)
         if value:
             tags.append(f"{prefix}:{value}")
@@ -188,19 +197,22 @@ def _status_code(payload: dict[str, Any]) -> int:
 
 def _tool_use(response: Any) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
-    for choice in _get(response, "choices") or []:
-        for call in _get(choice, "message", "tool_calls") or []:
+    for choice in _get(response, "choices") or ():
+        for call in _get(choice, "message", "tool_calls") or ():
             function = _get(call, "function") or {}
             arguments = function.get("arguments") if isinstance(function, dict) else None
             if isinstance(arguments, str):
                 with contextlib.suppress(ValueError):
-                    arguments = json.loads(arguments)
+                    arguments = loads_json(arguments)
             calls.append({"id": _get(call, "id"), "name": _get(function, "name"), "input": arguments})
     return calls
 
 
 def litellm_record(payload: Any, index: int) -> dict[str, Any]:
-    """One StandardLoggingPayload as a schema-v2 record (ready for ``encode_body``)."""
+    """One StandardLoggingPayload as a schema-v2 record in its stored shape (``records.encode_ordered``).
+
+    The payload is taken apart, not copied: what is not moved into the record's own fields stays in it,
+    and it becomes ``capture.litellm``. The caller must not use it afterwards."""
     if not isinstance(payload, dict):
         raise BadInput(f"must be a StandardLoggingPayload object, not {type(payload).__name__}", index=index)
     capture_id = payload.get("id")
@@ -214,12 +226,13 @@ def litellm_record(payload: Any, index: int) -> dict[str, Any]:
         raise BadInput(f"longer than {MAX_CAPTURE_ID} characters", index=index, field="id")
     start = payload.get("startTime")
     try:
-        timestamp = datetime.fromtimestamp(start, UTC) if _number(start) is not None else parse_timestamp(start)
+        start_seconds = _number(start)
+        timestamp = datetime.fromtimestamp(start, UTC) if start_seconds is not None else parse_timestamp(start)
     except (ValueError, OverflowError, OSError) as exc:
         detail = "required" if start is None else str(exc)
         raise BadInput(f"{detail} (Unix seconds, as LiteLLM sends it)", index=index, field="startTime") from None
     end = _number(payload.get("endTime"))
-    if end is not None and _number(start) is not None:
+    if end is not None and start_seconds is not None:
         duration = max(0, round((end - start) * 1000))
     elif _number(payload.get("response_time")) is not None:
         duration = max(0, round(payload["response_time"] * 1000))
@@ -231,53 +244,58 @@ def litellm_record(payload: Any, index: int) -> dict[str, Any]:
     hidden = payload.get("hidden_params")
     if hidden is not None and not isinstance(hidden, dict):
         raise BadInput("must be an object", index=index, field="hidden_params")
-    route = _get(metadata, "user_api_key_request_route")
+    route = metadata.get("user_api_key_request_route") if metadata is not None else None
     api_type, path = _api_type_and_path(payload.get("call_type"), route if isinstance(route, str) else None)
     model = payload.get("model")
 
-    # The rest of the payload, as sent, minus what becomes the bodies and the header maps.
-    rest = {k: v for k, v in payload.items() if k not in _BODIES}
+    # What becomes the bodies and the header maps leaves the payload; the rest of it, as sent, stays.
+    messages = payload.pop("messages", None)
+    response_body = payload.pop("response", None)
     request_headers = response_headers = None
-    if isinstance(metadata, dict) and isinstance(metadata.get("requester_custom_headers"), dict):
-        rest["metadata"] = {k: v for k, v in metadata.items() if k != "requester_custom_headers"}
-        request_headers = metadata["requester_custom_headers"]
-    if isinstance(hidden, dict) and isinstance(hidden.get("additional_headers"), dict):
-        rest["hidden_params"] = {k: v for k, v in hidden.items() if k != "additional_headers"}
-        response_headers = hidden["additional_headers"]
+    if metadata is not None and isinstance(metadata.get("requester_custom_headers"), dict):
+        request_headers = metadata.pop("requester_custom_headers")
+    if hidden is not None and isinstance(hidden.get("additional_headers"), dict):
+        response_headers = hidden.pop("additional_headers")
 
-    request_body: dict[str, Any] = {"model": model, "messages": payload.get("messages")}
+    request_body: dict[str, Any] = {"model": model, "messages": messages}
     parameters = payload.get("model_parameters")
     if isinstance(parameters, dict):
-        request_body.update({k: v for k, v in parameters.items() if k not in request_body})
+        for key, value in parameters.items():
+            if key != "model" and key != "messages":
+                request_body[key] = value
     request: dict[str, Any] = {"body": request_body}
     if request_headers is not None:
         request["headers"] = request_headers
-    response: dict[str, Any] = {"body": payload.get("response")}
+    response: dict[str, Any] = {"body": response_body}
     if response_headers is not None:
         response["headers"] = response_headers
     capture: dict[str, Any] = {"request": request, "response": response}
-    tool_use = _tool_use(payload.get("response"))
+    tool_use = _tool_use(response_body)
     if tool_use:
         capture["tool_use"] = tool_use
-    capture["litellm"] = rest
+    capture["litellm"] = payload
 
+    # Built in the stored field order (records.FIELD_ORDER), leaving out what is unknown.
+    record: dict[str, Any] = {"ver": 2, "timestamp": timestamp, "identity": _identity(payload, metadata)}
+    if isinstance(model, str):
+        record["model"] = model
+    if api_type is not None:
+        record["api_type"] = api_type
+    record["usage"] = _usage(payload, metadata, hidden, response_body)
+    cost = _cost(payload)
+    if cost is not None:
+        record["estimated_cost"] = cost
+    if duration is not None:
+        record["duration_ms"] = duration
+    record["capture_id"] = capture_id
     session = payload.get("session_id") or payload.get("trace_id")
-    record: dict[str, Any] = {
-        "ver": 2,
-        "timestamp": timestamp,
-        "identity": _identity(payload),
-        "model": model if isinstance(model, str) else None,
-        "api_type": api_type,
-        "usage": _usage(payload),
-        "estimated_cost": _cost(payload),
-        "duration_ms": duration,
-        "capture_id": capture_id,
-        "session_id": session if isinstance(session, str) and session else None,
-        "path": path,
-        "status_code": _status_code(payload),
-        "capture": capture,
-    }
-    return {k: v for k, v in record.items() if v is not None}
+    if isinstance(session, str) and session:
+        record["session_id"] = session
+    if path is not None:
+        record["path"] = path
+    record["status_code"] = _status_code(payload)
+    record["capture"] = capture
+    return record
 
 
 def parse_litellm(body: bytes, max_records: int) -> list[dict[str, Any]]:

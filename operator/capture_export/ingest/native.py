@@ -26,9 +26,10 @@ from typing import Any
 import cbor2
 import orjson
 
+from ..store.records import FIELD_ORDER
 from .errors import BadInput, TooLarge, UnsupportedMediaType
 
-__all__ = ["CBOR_TYPES", "JSON_TYPES", "MAX_CAPTURE_ID", "check_record", "json_values", "parse_records",
+__all__ = ["CBOR_TYPES", "JSON_TYPES", "MAX_CAPTURE_ID", "check_record", "json_values", "loads_json", "parse_records",
            "parse_timestamp"]
 
 CBOR_TYPES = frozenset({"application/cbor-seq", "application/cbor"})
@@ -66,8 +67,9 @@ def _is_number(value: Any) -> bool:
 
 
 def check_record(record: Any, index: int) -> dict[str, Any]:
-    """The record ready for ``encode_body`` (``id`` dropped, timestamp a UTC datetime), or BadInput naming
-    the record and field."""
+    """The record in its stored shape (``records.encode_ordered``: ``id`` dropped, ``ver`` set, timestamp a
+    UTC datetime, an unknown ``estimated_cost`` left out, fields in schema order), or BadInput naming the
+    record and field."""
     if not isinstance(record, dict):
         raise BadInput(f"must be a map of fields, not {type(record).__name__}", index=index)
     out = {k: v for k, v in record.items() if k != "id"}
@@ -122,7 +124,13 @@ def check_record(record: Any, index: int) -> dict[str, Any]:
             raise BadInput("must be a list of strings", index=index, field="identity.tags")
     if out.get("capture") is not None and not isinstance(out["capture"], dict):
         raise BadInput("must be a map", index=index, field="capture")
-    return out
+    out.setdefault("ver", 2)
+    if cost is None:
+        out.pop("estimated_cost", None)
+    ordered = {k: out[k] for k in FIELD_ORDER if k in out}
+    if len(ordered) < len(out):
+        ordered.update({k: v for k, v in out.items() if k not in ordered})
+    return ordered
 
 
 # -- JSON ----------------------------------------------------------------------------------------------
@@ -143,6 +151,15 @@ def _from_json(value: Any) -> Any:
     if isinstance(value, list):
         return [_from_json(v) for v in value]
     return value
+
+
+def loads_json(text: str | bytes) -> Any:
+    """One JSON value: orjson's speed, the standard library's reach (NaN, integers past 64 bits, UTF-16 bytes
+    and whatever else orjson refuses, with the standard library's error)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 _DECODER = json.JSONDecoder()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import operator
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from .errors import BadInput, TooLarge, UnsupportedMediaType
 from .litellm import API_TYPES as LITELLM_API_TYPES
+from .native import loads_json
 from .parsing import Parsed
 
 __all__ = ["JSON_TYPES", "SEMCONV_VERSION", "export_response", "parse_otlp", "span_record", "status_body"]
@@ -68,8 +70,15 @@ class SpanRejected(ValueError):
 
 # -- values --------------------------------------------------------------------------------------------
 
+_SCALARS = {kind: operator.attrgetter(kind)
+            for kind in ("string_value", "bool_value", "int_value", "double_value", "bytes_value")}
+
+
 def _any(value: Any) -> Any:
     kind = value.WhichOneof("value")
+    scalar = _SCALARS.get(kind)  # type: ignore[arg-type]
+    if scalar is not None:
+        return scalar(value)
     if kind is None:
         return None
     if kind == "array_value":
@@ -91,10 +100,23 @@ def _maybe_json(value: Any) -> Any:
     """Message contents often arrive as JSON text in a string attribute."""
     if isinstance(value, str) and value[:1] in ("[", "{"):
         try:
-            return json.loads(value)
+            return loads_json(value)
         except ValueError:
             return value
     return value
+
+
+def _enum_names(enum: Any) -> dict[int, str]:
+    return {value.number: value.name for value in enum.DESCRIPTOR.values}
+
+
+_SPAN_KINDS = _enum_names(trace_pb2.Span.SpanKind)
+_STATUS_CODES = _enum_names(trace_pb2.Status.StatusCode)
+
+
+def _enum_name(names: dict[int, str], enum: Any, number: int) -> str:
+    name = names.get(number)
+    return name if name is not None else enum.Name(number)  # an unknown number: protobuf's own answer
 
 
 def _int(value: Any) -> int | None:
@@ -230,7 +252,8 @@ def is_genai(attrs: dict[str, Any]) -> bool:
 
 
 def span_record(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scope: Any) -> dict[str, Any]:
-    """One GenAI span (``attrs`` its decoded attributes, consumed) as a schema-v2 record."""
+    """One GenAI span (``attrs`` its decoded attributes, consumed) as a schema-v2 record in its stored
+    shape (``records.encode_ordered``)."""
     if len(span.trace_id) != 16 or not any(span.trace_id):
         raise SpanRejected("a span without a valid 16-byte trace id")
     if len(span.span_id) != 8 or not any(span.span_id):
@@ -262,9 +285,10 @@ def span_record(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scop
     otel: dict[str, Any] = {
         "trace_id": _hex(span.trace_id), "span_id": _hex(span.span_id),
         "parent_span_id": _hex(span.parent_span_id) or None, "name": span.name,
-        "kind": trace_pb2.Span.SpanKind.Name(span.kind), "start_time_unix_nano": start,
+        "kind": _enum_name(_SPAN_KINDS, trace_pb2.Span.SpanKind, span.kind), "start_time_unix_nano": start,
         "end_time_unix_nano": end,
-        "status": {"code": trace_pb2.Status.StatusCode.Name(span.status.code), "message": span.status.message},
+        "status": {"code": _enum_name(_STATUS_CODES, trace_pb2.Status.StatusCode, span.status.code),
+                   "message": span.status.message},
         "attributes": attrs, "events": events,
         "links": [{"trace_id": _hex(link.trace_id), "span_id": _hex(link.span_id),
                    "attributes": _attributes(link.attributes)} for link in span.links],
@@ -275,24 +299,27 @@ def span_record(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scop
         otel["trace_state"] = span.trace_state
     session = _first(attrs, "gen_ai.conversation.id", "session.id")
     path = _first(attrs, "url.path", "http.route")
-    record: dict[str, Any] = {
-        "ver": 2,
-        "timestamp": timestamp,
-        "identity": _identity(attrs, resource),
-        "model": str(model) if model is not None else None,
-        "api_type": _api_type(str(operation) if operation else None, str(provider) if provider else None),
-        "usage": _usage(attrs),
-        "duration_ms": max(0, round((end - start) / 1_000_000)) if end else None,
-        "capture_id": f"{otel['trace_id']}-{otel['span_id']}",
-        "session_id": str(session) if session is not None else None,
-        "path": str(path) if path is not None else None,
-        "status_code": _status_code(span, attrs),
-        "capture": {"request": {"body": {k: v for k, v in request_body.items() if v is not None}},
-                    "response": {"body": {k: v for k, v in response_body.items() if v is not None}},
-                    "otel": {k: v for k, v in otel.items() if v is not None}},
-    }
-    record["estimated_cost"] = _cost(attrs)
-    return {k: v for k, v in record.items() if v is not None}
+    # Built in the stored field order (records.FIELD_ORDER), leaving out what is unknown.
+    record: dict[str, Any] = {"ver": 2, "timestamp": timestamp, "identity": _identity(attrs, resource)}
+    if model is not None:
+        record["model"] = str(model)
+    record["api_type"] = _api_type(str(operation) if operation else None, str(provider) if provider else None)
+    record["usage"] = _usage(attrs)
+    cost = _cost(attrs)
+    if cost is not None:
+        record["estimated_cost"] = cost
+    if end:
+        record["duration_ms"] = max(0, round((end - start) / 1_000_000))
+    record["capture_id"] = f"{otel['trace_id']}-{otel['span_id']}"
+    if session is not None:
+        record["session_id"] = str(session)
+    if path is not None:
+        record["path"] = str(path)
+    record["status_code"] = _status_code(span, attrs)
+    record["capture"] = {"request": {"body": {k: v for k, v in request_body.items() if v is not None}},
+                         "response": {"body": {k: v for k, v in response_body.items() if v is not None}},
+                         "otel": {k: v for k, v in otel.items() if v is not None}}
+    return record
 
 
 # -- requests ------------------------------------------------------------------------------------------
@@ -326,7 +353,7 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
             raise BadInput(f"not a valid OTLP ExportTraceServiceRequest (protobuf): {exc}") from None
     elif content_type in JSON_TYPES:
         try:
-            data = json.loads(body)
+            data = loads_json(body)
             json_format.ParseDict(_fix_json_ids(data), request, ignore_unknown_fields=True)
         except (ValueError, json_format.ParseError, binascii.Error) as exc:
             raise BadInput(f"not a valid OTLP ExportTraceServiceRequest (JSON): {exc}") from None

@@ -4,20 +4,22 @@ parsing processes of the ingest server (``parse_workers``) stay small."""
 
 from __future__ import annotations
 
+import gc
 import io
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import zstandard
 
-from ..store.records import encode_body
+from ..store.records import encode_ordered
 from .errors import BadInput, TooLarge, UnsupportedMediaType
 
-__all__ = ["PARSERS", "IngestLimits", "Parsed", "Row", "prepare", "prepare_by_name", "warm"]
+__all__ = ["PARSERS", "IngestLimits", "Parsed", "Row", "cyclic_gc_paused", "prepare", "prepare_by_name", "warm"]
 
-Row = tuple[int, bytes, str]  # (timestamp_us, CBOR body from encode_body, capture_id)
+Row = tuple[int, bytes, str]  # (timestamp_us, CBOR body as encode_body makes it, capture_id)
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class IngestLimits:
 class Parsed:
     """What a request's body holds: records to store, and items that are not records (ignored)."""
 
-    records: list[dict[str, Any]]
+    records: list[dict[str, Any]]  # in their stored shape (records.encode_ordered), the parser's to give up
     ignored: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # source-specific facts for its answer
 
@@ -78,7 +80,7 @@ def _encode_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
     rows: list[Row] = []
     for index, record in enumerate(records):
         try:
-            ts, body = encode_body(record)
+            ts, body = encode_ordered(record)
         except (ValueError, TypeError, OverflowError) as exc:
             raise BadInput(f"cannot be stored: {exc}", index=index) from None
         rows.append((ts, body, record["capture_id"]))
@@ -111,9 +113,35 @@ PARSERS: dict[str, tuple[Callable[[bytes, str, int], Parsed], bool]] = {
 }
 
 
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a body is parsed and encoded.
+
+    Parsing one request allocates tens of thousands of dicts and lists that all stay alive until their
+    records are encoded, so the collector would run over them again and again (and, once they are
+    promoted, over every object the process holds) to find nothing: they are trees, freed by reference
+    counting. Leave the pause only once they are freed (``prepare`` returns the rows from an inner call),
+    or the first allocation after it collects them all at once. Cycles made meanwhile (an exception's
+    traceback) are collected after the pause as usual."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def prepare(parse: Callable[[bytes, str, int], Parsed], allow_empty: bool, body: bytes, encoding: str,
             content_type: str, limits: IngestLimits) -> tuple[int, dict[str, Any], list[Row]]:
     """Decode, parse, check and encode one body: ``(ignored items, source facts, rows to commit)``."""
+    with cyclic_gc_paused():
+        return _prepare(parse, allow_empty, body, encoding, content_type, limits)
+
+
+def _prepare(parse: Callable[[bytes, str, int], Parsed], allow_empty: bool, body: bytes, encoding: str,
+             content_type: str, limits: IngestLimits) -> tuple[int, dict[str, Any], list[Row]]:
     decoded = _decode(body, encoding, limits.max_decoded_bytes)
     del body
     parsed = parse(decoded, content_type, limits.max_records)
@@ -130,5 +158,8 @@ def prepare_by_name(source: str, body: bytes, encoding: str, content_type: str,
 
 
 def warm() -> None:
-    """Import every parser now (a parsing process, before its first request)."""
+    """Import every parser now (a parsing process, before its first request), and leave what the imports
+    made out of the collector's work from then on (``gc.freeze``)."""
     from . import litellm, native, otlp  # noqa: F401
+
+    gc.freeze()

@@ -104,12 +104,15 @@ class OtlpSource(Source):
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"body of {request.content_length} bytes is larger than the limit of {limit}")
-    buffer = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 16):
-        buffer += chunk
-        if len(buffer) > limit:
+    # The chunks as they arrive, joined once (a growing buffer would copy the body twice more).
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
             raise TooLarge(f"body larger than the limit of {limit} bytes")
-    return bytes(buffer)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 # -- the server ----------------------------------------------------------------------------------------

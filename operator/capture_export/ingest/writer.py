@@ -51,6 +51,11 @@ def _settle(future: asyncio.Future[int], result: int | BaseException) -> None:
         future.set_result(result)
 
 
+def _settle_all(settled: list[tuple[asyncio.Future[int], int | BaseException]]) -> None:
+    for future, result in settled:
+        _settle(future, result)
+
+
 class GroupCommitter:
     def __init__(
         self,
@@ -143,10 +148,15 @@ class GroupCommitter:
             outcome = self._write(group)
             with self._cond:
                 self._pending -= sum(len(w.rows) for w in group)
+            # One wake-up per event loop for the whole group, not one per request: each wake-up is a
+            # write to the loop's self-pipe and a trip through the GIL.
+            answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], Any]]] = {}
             for index, waiting in enumerate(group):
                 result: Any = outcome if isinstance(outcome, BaseException) else outcome[index]
-                with contextlib.suppress(RuntimeError):  # the request's loop is closed
-                    waiting.loop.call_soon_threadsafe(_settle, waiting.future, result)
+                answers.setdefault(waiting.loop, []).append((waiting.future, result))
+            for loop, settled in answers.items():
+                with contextlib.suppress(RuntimeError):  # the requests' loop is closed
+                    loop.call_soon_threadsafe(_settle_all, settled)
         self._drop_store()
 
     def close(self, timeout: float = 30.0) -> None:

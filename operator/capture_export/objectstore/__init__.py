@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from .base import Credentials, ObjectInfo, ObjectStore, ObjectStoreError, S3Location, scrub
+from .base import (
+    AssumeRole,
+    Credentials,
+    ObjectInfo,
+    ObjectStore,
+    ObjectStoreError,
+    S3Access,
+    S3Location,
+    ServerSideEncryption,
+    scrub,
+)
 from .credentials import CredentialResolver, CredentialsError, SecretSource, credentials_from_secret
 from .memory import MemoryObjectStore
 from .s3 import S3ObjectStore, classify
 
 __all__ = [
+    "AssumeRole",
     "CredentialResolver",
     "Credentials",
     "CredentialsError",
@@ -15,9 +26,11 @@ __all__ = [
     "ObjectInfo",
     "ObjectStore",
     "ObjectStoreError",
+    "S3Access",
     "S3Location",
     "S3ObjectStore",
     "SecretSource",
+    "ServerSideEncryption",
     "classify",
     "credentials_from_secret",
     "scrub",

@@ -6,7 +6,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Credentials", "ObjectInfo", "ObjectStore", "ObjectStoreError", "S3Location", "scrub"]
+__all__ = [
+    "AssumeRole",
+    "Credentials",
+    "ObjectInfo",
+    "ObjectStore",
+    "ObjectStoreError",
+    "S3Access",
+    "S3Location",
+    "ServerSideEncryption",
+    "scrub",
+]
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,58 @@ class Credentials:
 
     def secrets(self) -> list[str]:
         return [s for s in (self.secret_access_key, self.session_token) if s]
+
+
+@dataclass(frozen=True)
+class AssumeRole:
+    """An IAM role to assume (STS AssumeRole) on top of the base credentials."""
+
+    role_arn: str
+    session_name: str
+    external_id: str | None = None
+    duration_seconds: int = 3600
+
+    def __repr__(self) -> str:  # the external id is a shared secret of sorts: keep it out of logs
+        return f"AssumeRole(role_arn={self.role_arn!r}, session_name={self.session_name!r})"
+
+
+@dataclass(frozen=True)
+class ServerSideEncryption:
+    """``x-amz-server-side-encryption`` (AES256 or aws:kms) and the KMS key, sent with every PUT."""
+
+    algorithm: str
+    kms_key_id: str | None = None
+
+    def put_arguments(self) -> dict[str, str]:
+        arguments = {"ServerSideEncryption": self.algorithm}
+        if self.kms_key_id:
+            arguments["SSEKMSKeyId"] = self.kms_key_id
+        return arguments
+
+    def describe(self) -> str:
+        return self.algorithm + (f" (key {self.kms_key_id})" if self.kms_key_id else "")
+
+
+@dataclass(frozen=True)
+class S3Access:
+    """How to reach and write a bucket: the base credentials (None: the SDK's default chain, which
+    covers IRSA / web identity and EKS Pod Identity), an optional role assumed on top, server-side
+    encryption for every PUT, and TLS trust (a PEM CA bundle, or verification switched off).
+
+    Hashable and compared by value: a worker builds a new client, and tests the connection again, exactly
+    when any of it changed (a rotated Secret, another role, another CA)."""
+
+    credentials: Credentials | None = None
+    role: AssumeRole | None = None
+    encryption: ServerSideEncryption | None = None
+    ca_bundle: str | None = None
+    verify_tls: bool = True
+
+    def secrets(self) -> list[str]:
+        found = self.credentials.secrets() if self.credentials else []
+        if self.role is not None and self.role.external_id:
+            found.append(self.role.external_id)
+        return found
 
 
 @dataclass(frozen=True)
@@ -59,7 +121,9 @@ def scrub(text: str, secrets: list[str]) -> str:
 
 
 class ObjectStore(Protocol):
-    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None: ...
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+        """Write an object (with the store's server-side encryption, when it has one)."""
+        ...
 
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when there is no such key."""

@@ -1,36 +1,52 @@
-"""Where object-store credentials come from: the one place that turns a resource's ``secretRef`` into
-``Credentials``.
+"""Where object-store credentials come from: the one place that turns a resource's ``secretRef``,
+``roleArn`` and TLS trust into what a boto3 client signs and verifies with.
 
 Every caller (the export cycle, the retention gate, ``capture-export verify``, the demo) resolves through
-:class:`CredentialResolver`, so that new sources (assume-role, web identity) land here only. A resource
-without ``secretRef`` gets ``None``: the SDK's default chain (environment, IRSA). ``capture-export cat``
-and ``verify --bucket`` take them from the environment (:func:`credentials_from_environment`).
+:class:`CredentialResolver`. A resource without ``secretRef`` gets ``None`` base credentials: the SDK's
+default chain (environment, web identity / IRSA from ``AWS_WEB_IDENTITY_TOKEN_FILE`` + ``AWS_ROLE_ARN``,
+EKS Pod Identity). ``capture-export cat`` and ``verify --bucket`` take them from the environment
+(:func:`credentials_from_environment`).
 
 The Secret holds ``access_key_id``, ``access_secret`` and optionally ``session_token``; it is re-read on
-every resolve, so a rotation takes effect at the next cycle.
+every resolve, so a rotation takes effect at the next cycle; so is the CA bundle (``caBundleRef``).
+
+With ``roleArn``, :func:`boto3_session` assumes the role on top of the base credentials with botocore's
+own refreshable credentials: the first request assumes it, and a request made when a quarter of the
+session's lifetime (at most 15 minutes) is left renews it. The session's lifetime is measured on the
+worker's clock from the moment STS answered, so a skewed pod clock does not renew too late.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+import boto3
+import botocore.credentials
+import botocore.session
+from botocore.config import Config
 
 from ..api.vocabulary import Domain, Reason
-from .base import Credentials, ObjectStoreError
+from .base import AssumeRole, Credentials, ObjectStoreError, S3Access, ServerSideEncryption
 
 if TYPE_CHECKING:
-    from ..api import SecretRef
+    from ..api import CaBundleRef, S3ExporterSpec, SecretRef
 
 __all__ = [
     "ACCESS_KEY_ID",
     "ACCESS_SECRET",
     "SESSION_TOKEN",
+    "ConfigMapSource",
     "CredentialResolver",
     "CredentialsError",
     "SecretSource",
+    "boto3_session",
     "credentials_from_environment",
     "credentials_from_secret",
+    "default_session_name",
 ]
 
 # The keys of a credentials Secret.
@@ -42,6 +58,12 @@ SESSION_TOKEN = "session_token"
 class SecretSource(Protocol):
     def get(self, namespace: str, name: str) -> Mapping[str, str] | None:
         """A Secret's decoded data, or None when it does not exist."""
+        ...
+
+
+class ConfigMapSource(Protocol):
+    def get_config_map(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        """A ConfigMap's data, or None when it does not exist."""
         ...
 
 
@@ -73,9 +95,19 @@ def credentials_from_environment(environ: Mapping[str, str] | None = None) -> Cr
     return Credentials(key_id, secret, environ.get("AWS_SESSION_TOKEN"))
 
 
+def default_session_name(namespace: str, name: str) -> str:
+    """``capture-export-<namespace>-<name>``, cut to STS's 64 characters (CloudTrail shows it)."""
+    return re.sub(r"[^\w+=,.@-]", "-", f"capture-export-{namespace}-{name}")[:64]
+
+
+_PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+
+
 class CredentialResolver:
     """Resolves a resource's ``secretRef`` (in its namespace) through a SecretSource: the Kubernetes API
-    in the operator, the manifests' Secrets in the standalone runner and the CLI.
+    in the operator, the manifests' Secrets in the standalone runner and the CLI. ``access`` resolves
+    everything a client needs for one S3Exporter spec (credentials, role, encryption, TLS trust); a
+    ``caBundleRef`` to a ConfigMap needs a source that also reads ConfigMaps (ConfigMapSource).
 
     Raises CredentialsError when the Secret is missing or incomplete; a SecretSource may raise its own
     failures (the API unreachable) through it."""
@@ -88,3 +120,117 @@ class CredentialResolver:
             return None
         name = secret_ref.name
         return credentials_from_secret(namespace, name, self.secrets.get(namespace, name))
+
+    def access(self, namespace: str, name: str, spec: S3ExporterSpec) -> S3Access:
+        """How the S3Exporter ``namespace/name`` reaches its bucket, read afresh (Secrets, CA bundle)."""
+        role = None
+        if spec.role_arn:
+            role = AssumeRole(spec.role_arn, spec.session_name or default_session_name(namespace, name),
+                              spec.external_id, spec.role_duration_seconds)
+        sse = spec.server_side_encryption
+        encryption = ServerSideEncryption(sse.algorithm, sse.kms_key_id) if sse is not None else None
+        return S3Access(
+            credentials=self.resolve(namespace, spec.secret_ref),
+            role=role,
+            encryption=encryption,
+            ca_bundle=self.ca_bundle(namespace, spec.ca_bundle_ref),
+            verify_tls=not spec.insecure_skip_tls_verify,
+        )
+
+    def ca_bundle(self, namespace: str, ref: CaBundleRef | None) -> str | None:
+        """The PEM text a ``caBundleRef`` points at; ObjectStoreError (BucketReachable) when it is missing
+        or holds no certificate."""
+        if ref is None:
+            return None
+        if ref.secret_key_ref is not None:
+            kind, key_ref = "Secret", ref.secret_key_ref
+            data = self.secrets.get(namespace, key_ref.name)
+        else:
+            kind, key_ref = "ConfigMap", ref.config_map_key_ref
+            assert key_ref is not None
+            read = getattr(self.secrets, "get_config_map", None)
+            if read is None:
+                raise ObjectStoreError(Reason.CA_BUNDLE_NOT_FOUND, "caBundleRef: ConfigMaps cannot be read here",
+                                       transient=False, domain=Domain.BUCKET)
+            data = read(namespace, key_ref.name)
+        where = f"{kind} {namespace}/{key_ref.name}"
+        if data is None:
+            raise ObjectStoreError(Reason.CA_BUNDLE_NOT_FOUND, f"caBundleRef: {where} not found", transient=False,
+                                   domain=Domain.BUCKET)
+        pem = data.get(key_ref.key)
+        if not pem:
+            raise ObjectStoreError(Reason.CA_BUNDLE_NOT_FOUND, f"caBundleRef: {where} has no key {key_ref.key!r}",
+                                   transient=False, domain=Domain.BUCKET)
+        if _PEM_CERTIFICATE not in pem:
+            raise ObjectStoreError(Reason.CA_BUNDLE_INVALID, f"caBundleRef: {where} key {key_ref.key!r} holds no "
+                                   "PEM certificate (-----BEGIN CERTIFICATE-----)", transient=False,
+                                   domain=Domain.BUCKET)
+        return pem
+
+
+# -- sessions: base credentials, and a role assumed on top ------------------------------------------------
+
+
+class _StaticProvider(botocore.credentials.CredentialProvider):
+    """Hands botocore one credentials object (static keys, or the assumed role's refreshable ones)."""
+
+    METHOD = "capture-export"
+
+    def __init__(self, credentials: botocore.credentials.Credentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self) -> botocore.credentials.Credentials:
+        return self._credentials
+
+
+class _RoleCredentials(botocore.credentials.DeferredRefreshableCredentials):
+    """botocore's refreshable credentials, with refresh windows scaled to the session's lifetime: the
+    defaults (renew within 15 min of expiry, must renew within 10) would renew a 15-minute session on
+    every request."""
+
+    def __init__(self, refresh_using: Callable[[], dict[str, Any]], lifetime: int,
+                 time_fetcher: Callable[[], datetime]) -> None:
+        super().__init__(refresh_using=refresh_using, method="assume-role", time_fetcher=time_fetcher)
+        self._advisory_refresh_timeout = min(15 * 60, lifetime // 4)
+        self._mandatory_refresh_timeout = min(10 * 60, lifetime // 6)
+
+
+def boto3_session(access: S3Access, *, region: str, now: Callable[[], datetime] | None = None,
+                  sts_config: Config | None = None) -> boto3.session.Session:
+    """A boto3 session signing with ``access``: its base credentials (or the default chain), and its role
+    assumed on top when it has one. ``now`` is the clock that times the role's renewals."""
+    base = botocore.session.Session()
+    if access.credentials is not None:
+        c = access.credentials
+        base.set_credentials(c.access_key_id, c.secret_access_key, c.session_token)
+    if access.role is None:
+        return boto3.session.Session(botocore_session=base)
+    clock = now or (lambda: datetime.now(UTC))
+    # AWS_ENDPOINT_URL_STS (a VPC endpoint, or a local STS in tests) is honoured by botocore here.
+    sts = base.create_client("sts", region_name=region, config=sts_config)
+    role = access.role
+
+    def assume() -> dict[str, Any]:
+        arguments: dict[str, Any] = {"RoleArn": role.role_arn, "RoleSessionName": role.session_name,
+                                     "DurationSeconds": role.duration_seconds}
+        if role.external_id:
+            arguments["ExternalId"] = role.external_id
+        answered = clock()
+        issued = sts.assume_role(**arguments)["Credentials"]
+        expiration = issued["Expiration"]
+        lifetime = float(role.duration_seconds)
+        if isinstance(expiration, datetime):
+            lifetime = min(lifetime, (expiration - datetime.now(UTC)).total_seconds())
+        return {
+            "access_key": issued["AccessKeyId"],
+            "secret_key": issued["SecretAccessKey"],
+            "token": issued["SessionToken"],
+            "expiry_time": (answered + timedelta(seconds=lifetime)).isoformat(),
+        }
+
+    credentials = _RoleCredentials(assume, role.duration_seconds, clock)
+    session = botocore.session.Session()
+    session.register_component("credential_provider",
+                               botocore.credentials.CredentialResolver([_StaticProvider(credentials)]))
+    return boto3.session.Session(botocore_session=session)

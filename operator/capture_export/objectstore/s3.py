@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from ..api.vocabulary import Domain
-from .base import Credentials, ObjectInfo, ObjectStoreError, S3Location, scrub
+from ..api.vocabulary import Domain, Reason
+from .base import Credentials, ObjectInfo, ObjectStoreError, S3Access, S3Location, scrub
+from .credentials import boto3_session
 
 __all__ = ["S3ObjectStore", "classify"]
 
@@ -24,23 +29,74 @@ _CREDENTIAL_CODES = {
     "InvalidClientTokenId",
     "AuthorizationHeaderMalformed",
 }
+_STS_OPERATIONS = {"AssumeRole", "AssumeRoleWithWebIdentity"}
+_EXPIRED_CODES = {"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired", "RequestExpired"}
 _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
                    "503", "429"}
 
 
-def classify(exc: BaseException, location: S3Location, secrets: list[str]) -> ObjectStoreError:
-    """Turn a botocore failure into an ObjectStoreError with a clear, secret-free message."""
+def _classify_sts(exc: botocore.exceptions.ClientError, role: str | None, secrets: list[str]) -> ObjectStoreError:
+    """An STS failure while assuming the role (spec.roleArn) or the pod's web identity (IRSA)."""
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    detail = scrub(str(error.get("Message") or code), secrets)
+    operation = exc.operation_name
+    if operation == "AssumeRoleWithWebIdentity":
+        if code in ("InvalidIdentityToken", "ExpiredTokenException", "IDPRejectedClaim", "AccessDenied"):
+            return ObjectStoreError(Reason.WEB_IDENTITY_REJECTED, f"STS refused the pod's web identity token "
+                                    f"(AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN): {code}: {detail}; check the "
+                                    "role's trust policy names this cluster's OIDC provider and service account",
+                                    transient=False, domain=Domain.CREDENTIALS)
+    elif code in _EXPIRED_CODES:
+        return ObjectStoreError(Reason.EXPIRED_TOKEN, f"the base credentials' session token has expired ({code}), "
+                                f"so STS cannot assume {role}: rotate the Secret", transient=False,
+                                domain=Domain.CREDENTIALS)
+    elif code in _CREDENTIAL_CODES:
+        return ObjectStoreError("InvalidCredentials", f"STS rejected the base credentials used to assume {role}: "
+                                f"{code}: {detail}", transient=False, domain=Domain.CREDENTIALS)
+    elif code == "AccessDenied" or status == 403:
+        # AWS answers AccessDenied alike for a trust policy that does not name the caller, a wrong or
+        # missing sts:ExternalId, and a caller without sts:AssumeRole: say all three.
+        return ObjectStoreError(Reason.ASSUME_ROLE_DENIED, f"STS denied AssumeRole of {role}: {detail}; the role's "
+                                "trust policy must allow this identity (and require exactly spec.externalId, when "
+                                "it checks sts:ExternalId), and the identity needs sts:AssumeRole on the role",
+                                transient=False, domain=Domain.CREDENTIALS)
+    transient = code in _THROTTLE_CODES or status >= 500 or status in (429, 503)
+    return ObjectStoreError(Reason.ASSUME_ROLE_FAILED, f"{operation} of {role or 'the web identity role'} failed: "
+                            f"{code}: {detail}", transient=transient, domain=Domain.CREDENTIALS)
+
+
+def classify(exc: BaseException, location: S3Location, secrets: list[str], *,
+             role: str | None = None, temporary: bool = False) -> ObjectStoreError:
+    """Turn a botocore failure into an ObjectStoreError with a clear, secret-free message. ``role``: the
+    role being assumed, if any (STS failures surface in the S3 call that needed credentials);
+    ``temporary``: the Secret's credentials carry a session token (which may have expired: AWS then says
+    ExpiredToken, some S3-compatible services only that the key is unknown)."""
     where = f"bucket {location.bucket!r}" + (f" at {location.endpoint}" if location.endpoint else "")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return ObjectStoreError("CredentialsMissing", "no S3 credentials were found (set spec.secretRef)",
-                                transient=False, domain=Domain.CREDENTIALS)
+        return ObjectStoreError("CredentialsMissing", "no S3 credentials were found (set spec.secretRef, or give "
+                                "the pod an identity: IRSA, EKS Pod Identity)", transient=False,
+                                domain=Domain.CREDENTIALS)
+    if isinstance(exc, botocore.exceptions.SSLError):
+        return ObjectStoreError(Reason.TLS_VERIFICATION_FAILED, f"TLS to {location.endpoint or 'Amazon S3'} failed: "
+                                "the server's certificate is not trusted or does not match the host; set "
+                                "spec.caBundleRef to the CA that signed it", transient=False, domain=Domain.BUCKET)
+    if isinstance(exc, botocore.exceptions.ClientError) and exc.operation_name in _STS_OPERATIONS:
+        return _classify_sts(exc, role, secrets)
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         detail = scrub(str(error.get("Message") or code), secrets)
+        if code in _EXPIRED_CODES:
+            return ObjectStoreError(Reason.EXPIRED_TOKEN, f"{where} rejected the credentials: the session token has "
+                                    f"expired ({code}); put fresh keys and session_token in the Secret",
+                                    transient=False, domain=Domain.CREDENTIALS)
         if code in _CREDENTIAL_CODES:
-            return ObjectStoreError("InvalidCredentials", f"{where} rejected the credentials: {code}: {detail}",
+            hint = ("; these are temporary credentials (with a session token): if the session expired, put fresh "
+                    "keys and session_token in the Secret" if temporary else "")
+            return ObjectStoreError("InvalidCredentials", f"{where} rejected the credentials: {code}: {detail}{hint}",
                                     transient=False, domain=Domain.CREDENTIALS)
         if code in ("NoSuchBucket",) or (code == "404" and status == 404):
             return ObjectStoreError("BucketNotFound", f"{where} does not exist", transient=False, domain=Domain.BUCKET)
@@ -69,20 +125,43 @@ def classify(exc: BaseException, location: S3Location, secrets: list[str]) -> Ob
     raise exc
 
 
+def _ca_bundle_file(pem: str) -> str:
+    """A file holding ``pem`` (botocore verifies against a path): one per distinct bundle, in a private
+    folder, written once."""
+    folder = Path(tempfile.gettempdir()) / f"capture-export-ca-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"{hashlib.sha256(pem.encode()).hexdigest()[:32]}.pem"
+    if not path.exists():
+        partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        partial.write_text(pem)
+        partial.replace(path)
+    return str(path)
+
+
 class S3ObjectStore:
-    """An S3-compatible bucket through boto3. Path-style addressing whenever an endpoint is given."""
+    """An S3-compatible bucket through boto3. Path-style addressing whenever an endpoint is given.
+
+    ``access`` is an S3Access (credentials, role, encryption, TLS), or plain Credentials (or None for the
+    SDK's default chain). ``now`` times the renewal of an assumed role's session (the worker's clock)."""
 
     def __init__(
         self,
         location: S3Location,
-        credentials: Credentials | None,
+        access: S3Access | Credentials | None,
         *,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         max_pool_connections: int = 16,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
+        if not isinstance(access, S3Access):
+            access = S3Access(credentials=access)
         self.location = location
-        self._secrets = credentials.secrets() if credentials else []
+        self.access = access
+        self._secrets = access.secrets()
+        self._role = access.role.role_arn if access.role else None
+        self._temporary = bool(access.role is None and access.credentials and access.credentials.session_token)
+        self._put_arguments = access.encryption.put_arguments() if access.encryption else {}
         config = Config(
             region_name=location.region,
             signature_version="s3v4",
@@ -97,23 +176,25 @@ class S3ObjectStore:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        kwargs: dict[str, Any] = {"config": config, "endpoint_url": location.endpoint}
-        if credentials is not None:
-            kwargs |= {
-                "aws_access_key_id": credentials.access_key_id,
-                "aws_secret_access_key": credentials.secret_access_key,
-                "aws_session_token": credentials.session_token,
-            }
+        verify: bool | str | None = None
+        if not access.verify_tls:
+            verify = False
+        elif access.ca_bundle:
+            verify = _ca_bundle_file(access.ca_bundle)
+        sts_config = Config(region_name=location.region, connect_timeout=connect_timeout, read_timeout=read_timeout,
+                            retries={"total_max_attempts": 2, "mode": "standard"})
         # boto3's default session is not thread-safe; each store gets its own.
         with _session_lock:
-            self._client = boto3.session.Session().client("s3", **kwargs)
+            self.session = boto3_session(access, region=location.region, now=now, sts_config=sts_config)
+            self._client = self.session.client("s3", config=config, endpoint_url=location.endpoint, verify=verify)
 
     def _fail(self, exc: BaseException) -> ObjectStoreError:
-        return classify(exc, self.location, self._secrets)
+        return classify(exc, self.location, self._secrets, role=self._role, temporary=self._temporary)
 
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         try:
-            self._client.put_object(Bucket=self.location.bucket, Key=key, Body=data, ContentType=content_type)
+            self._client.put_object(Bucket=self.location.bucket, Key=key, Body=data, ContentType=content_type,
+                                    **self._put_arguments)
         except Exception as exc:
             raise self._fail(exc) from None
 

@@ -25,7 +25,7 @@ from ..export.checkpoint import Checkpoints
 from ..export.cycle import ObjectStoreFactory
 from ..export.layout import ObjectLayout
 from ..export.model import ExporterId, ExportFailure, RetryPolicy
-from ..objectstore import Credentials, ObjectStore, ObjectStoreError, S3Location, S3ObjectStore
+from ..objectstore import ObjectStore, ObjectStoreError, S3Access, S3Location, S3ObjectStore
 from ..objectstore.credentials import CredentialResolver, SecretSource
 from ..status.conditions import get_condition
 from ..status.exporter import Event
@@ -102,23 +102,24 @@ class RetentionWorker:
         self.secrets = secrets
         self.credentials = CredentialResolver(secrets)
         self.clock = clock or SystemClock()
-        self.object_store_factory = object_store_factory or (lambda loc, cred: S3ObjectStore(loc, cred))
+        self.object_store_factory = object_store_factory or (
+            lambda location, access: S3ObjectStore(location, access, now=self.clock.now))
         self.retry = retry or RetryPolicy(attempts=3)
         self.pause_seconds = pause_seconds
         self.max_chunk_seconds = max_chunk_seconds
         self.recheck_seconds = recheck_seconds
-        self._objects: dict[tuple[S3Location, Credentials | None], ObjectStore] = {}
+        self._objects: dict[tuple[S3Location, S3Access], ObjectStore] = {}
         self.consecutive_failures = 0
 
     # -- the gate's inputs ---------------------------------------------------------------------------
 
-    def _object_store(self, spec: S3ExporterSpec, credentials: Credentials | None) -> ObjectStore:
-        key = (S3Location(spec.bucket, spec.region, spec.endpoint), credentials)
+    def _object_store(self, spec: S3ExporterSpec, access: S3Access) -> ObjectStore:
+        key = (S3Location(spec.bucket, spec.region, spec.endpoint), access)
         objects = self._objects.get(key)
         if objects is None:
             if len(self._objects) > 64:  # rotated credentials leave old clients behind
                 self._objects.clear()
-            objects = self._objects[key] = self.object_store_factory(key[0], credentials)
+            objects = self._objects[key] = self.object_store_factory(key[0], access)
         return objects
 
     def observe(self, spec: RetentionPolicySpec, ref: ExporterRef | None, name: str,
@@ -131,8 +132,9 @@ class RetentionWorker:
             return ExporterObservation(name, GateExporterState.STORE_MISMATCH, detail=detail)
         namespace = self.policy.namespace
         try:
-            credentials = self.credentials.resolve(namespace, ref.spec.secret_ref)
-            objects = self._object_store(ref.spec, credentials)
+            # The exporter's own access (Secret, role, CA bundle): the gate reads its checkpoint as it wrote it.
+            access = self.credentials.access(namespace, name, ref.spec)
+            objects = self._object_store(ref.spec, access)
             layout = ObjectLayout(ref.spec.prefix, namespace, name)
             cursor = Checkpoints(objects, layout, ExporterId(namespace, name), self.clock, retry=self.retry).read()
         except (ExportFailure, ObjectStoreError) as exc:

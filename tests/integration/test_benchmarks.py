@@ -1,0 +1,99 @@
+"""The benchmarks check their requirements up front, never hang on a dead child, and clean up after
+themselves unless asked to keep their work (issue 18, item 6). Their figures are not checked here."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCHMARKS = REPO / "benchmarks"
+
+# Loaded first by a benchmark's interpreter: makes a module impossible to import, as if not installed.
+BLOCKER = """\
+import importlib.abc, sys
+
+class _Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {BLOCKED!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def _run(script: str, *args: str, tmp_path: Path, blocked: set[str] = frozenset(),
+         timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    if blocked:
+        site = tmp_path / "site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(BLOCKER.format(BLOCKED=set(blocked)))
+        env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_missing_package_is_named_before_anything_runs(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = _run("format_throughput.py", "--records", "200", "--only", "parquet", tmp_path=tmp_path,
+                  blocked={"pyarrow"}, timeout=120)
+    assert result.returncode != 0
+    assert "pyarrow: pip install 'capture-export[parquet]'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 60
+    assert not list((tmp_path / "tmp").iterdir()), "nothing was started"
+
+
+@pytest.mark.parametrize(("script", "blocked", "named"), [
+    ("operator_scale.py", {"kmock"}, "kmock: scripts/bootstrap.sh test"),
+    ("otlp_throughput.py", {"opentelemetry"}, "opentelemetry.sdk: scripts/bootstrap.sh test"),
+    ("ingest_throughput.py", {"psutil"}, "psutil: scripts/bootstrap.sh test"),
+    ("postgres_export.py", {"pytest"}, "pytest: scripts/bootstrap.sh test"),
+])
+def test_each_benchmark_names_what_to_install(tmp_path: Path, script: str, blocked: set[str], named: str) -> None:
+    result = _run(script, tmp_path=tmp_path, blocked=blocked, timeout=120)
+    assert result.returncode != 0
+    assert named in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_work_directory_is_removed_unless_kept(tmp_path: Path) -> None:
+    result = _run("export_throughput.py", "--records", "300", "--skip-stages", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "records/s" in result.stdout and "load average" in result.stdout
+    assert not list((tmp_path / "tmp").iterdir()), "the work directory was left behind"
+
+    kept = _run("export_throughput.py", "--records", "300", "--skip-stages", "--keep", tmp_path=tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    (workdir,) = (tmp_path / "tmp").iterdir()
+    assert f"work directory kept: {workdir}" in kept.stderr
+    assert (workdir / "store.sqlite").exists()
+
+
+def _crash(connection: object) -> None:
+    raise SystemExit(3)
+
+
+def test_a_child_that_dies_before_answering_does_not_hang_its_parent() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_support import ChildDied, receive
+
+    spawn = multiprocessing.get_context("spawn")
+    receiving, sending = spawn.Pipe(duplex=False)
+    child = spawn.Process(target=_crash, args=(sending,))
+    child.start()
+    sending.close()
+    started = time.monotonic()
+    with pytest.raises(ChildDied, match="exit code 3"):
+        receive(receiving, child, "export")
+    assert time.monotonic() - started < 30
+    child.join()
