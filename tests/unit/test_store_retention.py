@@ -106,7 +106,7 @@ def test_migrates_a_version_1_store(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     try:
         assert store._conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'"
-                                   ).fetchone() == ("4",)
+                                   ).fetchone() == ("5",)
         # Rows written before the migration came from unknown writers: unsealed, the export checks them.
         assert [(r.id, r.seal) for r in store.read_batch(0, 10)] == [(1, None), (2, None)]
         assert store.expire_chunk(10, 2, 10, mark_at_us=5).count == 1
