@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -66,6 +67,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .status.table import render_tables, state_objects
 
     path = Path(args.state)
+    manifests = load_manifests(args.file) if args.file else None  # a broken -f file is an error either way
     if not path.exists():
         if args.output == "json":
             print(json.dumps(_list([]), indent=2))
@@ -77,8 +79,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"error: state file {path} is not valid JSON", file=sys.stderr)
         return 1
     specs = None
-    if args.file:
-        manifests = load_manifests(args.file)
+    if manifests is not None:
         specs = {f"{r.kind}/{r.ref}": r.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
                  for r in manifests.resources}
         state = {key: value for key, value in state.items() if key in specs}
@@ -420,6 +421,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    problem = _cluster_problem()
+    if problem is not None:
+        print(f"capture-export operator: not started: {problem}", file=sys.stderr)
+        return 1
     config = operator_config(args)
     runtime = Runtime(config)
     try:
@@ -444,6 +449,28 @@ def cmd_operator(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         os._exit(0)
     return 0
+
+
+def _cluster_problem() -> str | None:
+    """Why the operator has no cluster to serve (None when it has one): the credentials kopf's login would
+    use, in-cluster first, then the kubeconfig. Without this check kopf retries its login for ever,
+    silently."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()
+        return None
+    except kubernetes.config.ConfigException:
+        pass
+    where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    try:
+        kubernetes.config.load_kube_config()
+        return None
+    except Exception as exc:  # ConfigException, OSError, a YAML error: the kubeconfig cannot be used
+        reason = " ".join(str(exc).split()) if isinstance(exc, kubernetes.config.ConfigException) else (
+            getattr(exc, "strerror", None) or exc.__class__.__name__)
+        return (f"no Kubernetes cluster: not in a pod, and no usable kubeconfig ({where}: {reason}); "
+                "to export without a cluster, use `capture-export run -f exporter.yaml`")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -708,18 +735,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int] | None:
+    """One line naming what failed and why, and the exit code, for the ordinary failures of a command (a
+    manifest, a file, the capture store, the bucket); None for anything else, a bug, whose traceback helps.
+    Passwords of the store DSN and the AWS secret key from the environment are masked."""
+    from .api.vocabulary import Reason
+    from .objectstore import ObjectStoreError
+    from .store import StoreError
+
+    if isinstance(exc, InvalidManifest):
+        text, code = f"invalid manifest: {exc}", 2
+    elif isinstance(exc, ObjectStoreError):
+        text, code = exc.message, 1
+        if exc.reason == Reason.SECRET_NOT_FOUND and getattr(args, "file", None):
+            text += " in the given files: add the file that holds it with another -f"
+        elif exc.reason == "CredentialsMissing" and not getattr(args, "file", None):
+            # cat, verify --bucket: no manifest, so no spec.secretRef to set.
+            text = ("no S3 credentials were found: set $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY"
+                    + (", or give -f with the exporter's manifest and its Secret" if hasattr(args, "file") else ""))
+    elif isinstance(exc, StoreError):
+        text, code = str(exc), 1
+    elif isinstance(exc, OSError) and exc.filename is not None:
+        text, code = f"{exc.filename}: {exc.strerror or exc.__class__.__name__}", 1
+    else:
+        return None
+    for secret in _known_secrets(args):
+        text = text.replace(secret, "***")
+    return f"error: {' '.join(text.split())}", code
+
+
+def _known_secrets(args: argparse.Namespace) -> list[str]:
+    from urllib.parse import urlsplit
+
+    found = [os.environ.get("AWS_SECRET_ACCESS_KEY", ""), os.environ.get("AWS_SESSION_TOKEN", "")]
+    store = getattr(args, "store", None) or ""
+    if "://" in store:
+        with contextlib.suppress(ValueError):
+            found.append(urlsplit(store).password or "")
+    found += [part.partition("=")[2] for part in store.split() if part.startswith("password=")]
+    return [secret for secret in found if len(secret) >= 4]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except InvalidManifest as exc:
-        print(f"error: invalid manifest: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         # The reader went away (`capture-export cat … | head`): not an error. Keep Python from
         # complaining again while flushing stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        error = _error_line(exc, args)
+        if error is None:
+            raise
+        print(error[0], file=sys.stderr)
+        return error[1]
 
 
 if __name__ == "__main__":

@@ -19,14 +19,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .api import S3ExporterStatus
+from .api.destination import changed_fields, destination_of
 from .api.manifests import ManifestSet, Resource
+from .api.vocabulary import ConditionType, Reason, Truth
 from .clock import SystemClock
 from .export import BatchResult, ExporterId
 from .export.cycle import CycleOutcome, ExporterWorker
-from .status.exporter import cursor_position, guard_cursor
+from .status.exporter import StatusUpdate, cursor_position, guard_cursor
 from .store import StoreOpener
 
-__all__ = ["StandaloneRunner", "StateFile"]
+__all__ = ["DESTINATIONS", "StandaloneRunner", "StateFile"]
+
+# State file key of each exporter's destination (api/destination.py), recorded with its first committed
+# batch: the standalone counterpart of the operator's ``capture.dev/destination`` annotation.
+DESTINATIONS = "capture.dev/destination"
 
 
 class StateFile:
@@ -137,6 +143,8 @@ class StandaloneRunner:
         self.stop_event.set()
 
     def _cycle(self, item: _Scheduled) -> CycleOutcome:
+        if (refused := self._refuse_moved_destination(item)) is not None:
+            return refused
         ref = item.resource.ref
         spec = item.resource.spec
         progress = Progress(self.out)
@@ -149,6 +157,7 @@ class StandaloneRunner:
             # Persist after every committed batch so Ctrl-C or a crash loses nothing already done.
             epoch, position = guard_cursor(cursor_position(item.status), (done.cursor.epoch, done.cursor.position))
             item.status.epoch, item.status.cursor = epoch, str(position)
+            self._record_destination(item)
             self.state.put(item.state_key, item.status.model_dump(mode="json", by_alias=True))
             progress.batch(ref, done, exported, started)
 
@@ -161,8 +170,45 @@ class StandaloneRunner:
             on_batch=on_batch,
         )
         item.status = outcome.status
+        if item.status.cursor != "0":  # a state file older than the record of destinations too
+            self._record_destination(item)
         self.state.put(item.state_key, outcome.status.model_dump(mode="json", by_alias=True))
         self._report(ref, outcome)
+        self.cycle_done(item.resource, self.state.get(item.state_key) or {})
+        return outcome
+
+    def _destination(self, item: _Scheduled) -> dict[str, Any]:
+        current = destination_of(item.resource.spec)
+        if current.get("endpoint"):  # never a password in the state file, whatever the endpoint holds
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(current["endpoint"])
+            current["endpoint"] = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        return current
+
+    def _record_destination(self, item: _Scheduled) -> None:
+        """Fix the exporter's destination once it has exported something (saved with the next state put)."""
+        recorded = self.state.data.setdefault(DESTINATIONS, {})
+        if isinstance(recorded, dict) and item.state_key not in recorded:
+            recorded[item.state_key] = self._destination(item)
+
+    def _refuse_moved_destination(self, item: _Scheduled) -> CycleOutcome | None:
+        """Refuse, as the operator does, a destination changed since the exporter's first batch: its cursor
+        belongs to the old one, so carried over it would export nothing to the new one."""
+        recorded = (self.state.data.get(DESTINATIONS) or {}).get(item.state_key)
+        current = self._destination(item)
+        changed = changed_fields(recorded, current)
+        if not changed:
+            return None
+        detail = ", ".join(f"{name} {recorded[name]!r} -> {current[name]!r}" for name in changed)
+        message = (f"the destination is immutable ({detail}); not exporting until it is restored: give the "
+                   "exporter a new metadata.name to export everything to the new destination from the start")
+        update = StatusUpdate(item.status, now=self.clock.now(), generation=item.resource.generation)
+        update.set(ConditionType.READY, Truth.FALSE, Reason.DESTINATION_IMMUTABLE, message)
+        outcome = CycleOutcome(update.status, update.events, None, float(item.resource.spec.every))
+        item.status = update.status
+        self.state.put(item.state_key, update.status.model_dump(mode="json", by_alias=True))
+        self._report(item.resource.ref, outcome)
         self.cycle_done(item.resource, self.state.get(item.state_key) or {})
         return outcome
 

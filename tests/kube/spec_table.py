@@ -20,6 +20,7 @@ __all__ = ["EXPORTER_BASE", "POLICY_BASE", "SPEC_CASES", "TRANSITION_CASES", "Sp
 
 EXPORTER_BASE: dict[str, Any] = {"bucket": "capture-exports", "region": "us-east-1"}
 POLICY_BASE: dict[str, Any] = {"maxAge": "30d", "exporters": ["usage"]}
+ROLE_ARN = "arn:aws:iam::123456789012:role/capture-export"
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,26 @@ SPEC_CASES: list[SpecCase] = [
        message="pathTemplate must start with {prefix}/ when prefix is set"),
     _x("cbor-with-gzip", {"format": "cbor-zstd", "compression": "gzip"},
        message="compression: format cbor-zstd is always zstd"),
+    # S3Exporter: credentials, encryption and TLS (issue 15)
+    _x("role-arn-not-an-arn", {"roleArn": "capture-export-role"}, message="spec.roleArn"),
+    _x("external-id-with-space", {"roleArn": ROLE_ARN, "externalId": "a b"}, message="spec.externalId"),
+    _x("session-name-with-slash", {"roleArn": ROLE_ARN, "sessionName": "a/b"}, message="spec.sessionName"),
+    _x("external-id-without-role", {"externalId": "tenant-7"},
+       message="externalId and sessionName apply to an assumed role: set roleArn"),
+    _x("skip-verify-on-http", {"endpoint": "http://s3.example.com", "insecureSkipTLSVerify": True},
+       message="insecureSkipTLSVerify applies to an https:// endpoint only"),
+    _x("ca-bundle-on-http", {"endpoint": "http://s3.example.com", "caBundleRef": {"secretKeyRef": {"name": "ca"}}},
+       message="caBundleRef applies to an https:// endpoint (or Amazon S3), not to http://"),
+    _x("ca-bundle-from-both", {"caBundleRef": {"secretKeyRef": {"name": "ca"}, "configMapKeyRef": {"name": "ca"}}},
+       message="caBundleRef: set exactly one of secretKeyRef and configMapKeyRef"),
+    _x("ca-bundle-secret-name-invalid", {"caBundleRef": {"secretKeyRef": {"name": "CA_Bundle"}}},
+       message="spec.caBundleRef.secretKeyRef.name"),
+    _x("ca-bundle-configmap-name-invalid", {"caBundleRef": {"configMapKeyRef": {"name": "CA_Bundle"}}},
+       message="spec.caBundleRef.configMapKeyRef.name"),
+    _x("kms-key-with-aes256", {"serverSideEncryption": {"algorithm": "AES256", "kmsKeyId": "alias/exports"}},
+       message="serverSideEncryption: kmsKeyId needs algorithm aws:kms"),
+    _x("kms-key-with-space", {"serverSideEncryption": {"algorithm": "aws:kms", "kmsKeyId": "alias/a b"}},
+       message="spec.serverSideEncryption.kmsKeyId"),
     # S3Exporter: what only the models can say (the operator refuses with InvalidSpec)
     _x("bucket-ip-address", {"bucket": "192.168.1.1"}, "operator"),
     _x("bucket-adjacent-periods", {"bucket": "a..b"}, "operator"),

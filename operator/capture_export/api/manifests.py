@@ -126,6 +126,18 @@ def _read_manifest(path: Path) -> str:
     return sys.stdin.read() if str(path) == STDIN else path.read_text()
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What the parser found and where, on one line. Never ``str(exc)``: it quotes the offending line, which
+    may be a Secret's value."""
+    parts = []
+    for text, mark in ((getattr(exc, "context", None), getattr(exc, "context_mark", None)),
+                       (getattr(exc, "problem", None), getattr(exc, "problem_mark", None))):
+        if text:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            parts.append(f"{text}{where}")
+    return ": ".join(parts) or exc.__class__.__name__
+
+
 def load_manifests(paths: Iterable[str | Path], *, default_namespace: str = "default") -> ManifestSet:
     """Every document of the files (see expand_manifest_paths), validated."""
     result = ManifestSet()
@@ -137,7 +149,7 @@ def load_manifests(paths: Iterable[str | Path], *, default_namespace: str = "def
         except OSError as exc:
             raise InvalidManifest(f"{path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
-            raise InvalidManifest(f"{path}: not valid YAML: {exc}") from None
+            raise InvalidManifest(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
         for index, doc in enumerate(documents):
             if doc is None:
                 continue

@@ -32,6 +32,7 @@ import kopf
 from pydantic import ValidationError
 
 from ..api import GROUP, S3EXPORTER, VERSION, S3ExporterSpec, S3ExporterStatus
+from ..api.destination import destination_of
 from ..api.manifests import InvalidManifest, parse_spec
 from ..api.vocabulary import ConditionType, EventType, Reason, Truth
 from ..export import BatchResult, ExporterId
@@ -68,19 +69,6 @@ class Desired:
     generation: int | None
     spec: S3ExporterSpec | None
     hold: Hold | None = None
-
-
-# Spec fields that decide where objects land, immutable after creation (the CRD's CEL rules say so too).
-# Fields a spec model does not have are skipped, and only the fields recorded at creation are compared.
-IMMUTABLE_FIELDS = ("bucket", "endpoint", "prefix", "path_template", "hive_partitioning")
-
-
-def destination_of(spec: S3ExporterSpec) -> dict[str, Any]:
-    """The immutable fields, by their names in the manifest (``pathTemplate``, not ``path_template``)."""
-    fields = type(spec).model_fields
-    values = {fields[name].alias or name: getattr(spec, name) for name in IMMUTABLE_FIELDS if name in fields}
-    values["endpoint"] = values.get("endpoint") or ""
-    return values
 
 
 def judge(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> tuple[S3ExporterSpec | None, Hold | None]:
