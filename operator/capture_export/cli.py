@@ -28,15 +28,59 @@ def _default_store() -> str:
     return os.environ.get("CAPTURE_EXPORT_STORE", DEFAULT_STORE)
 
 
+def _configure_export_resources(args: argparse.Namespace) -> None:
+    """The encode pool's size and the memory budget of batches in flight (export/pool.py, export/budget.py)."""
+    from .export.budget import configure_memory_budget, parse_size, share_fewer_malloc_arenas
+    from .export.pool import configure_encode_pool
+
+    share_fewer_malloc_arenas()
+    configure_encode_pool(args.encode_workers)
+    configure_memory_budget(parse_size(args.memory_budget) if args.memory_budget else None)
+
+
+def _add_export_resource_arguments(parser: argparse.ArgumentParser) -> None:
+    workers = os.environ.get("CAPTURE_EXPORT_ENCODE_WORKERS")
+    parser.add_argument("--encode-workers", type=int, default=int(workers) if workers else None, metavar="N",
+                        help="processes that decode and encode JSON Lines and Parquet batches (0: in this "
+                        "process; default: one per CPU the process may use; $CAPTURE_EXPORT_ENCODE_WORKERS)")
+    parser.add_argument("--memory-budget", default=os.environ.get("CAPTURE_EXPORT_MEMORY_BUDGET"), metavar="SIZE",
+                        help="memory for batches in flight across all exporters, e.g. 256Mi (default: the "
+                        "container's memory limit less 336Mi, or 256Mi without one; "
+                        "$CAPTURE_EXPORT_MEMORY_BUDGET)")
+
+
+def _env_list(name: str, separator: str) -> list[str] | None:
+    """A list from an environment variable (None when unset or empty)."""
+    items = [item.strip() for item in os.environ.get(name, "").split(separator) if item.strip()]
+    return items or None
+
+
+def _configure_logging(debug: bool) -> None:
+    """``--debug``: every log record to stderr, client libraries kept at INFO (their DEBUG output holds
+    request headers), every record redacted."""
+    import logging
+
+    from .redact import install_log_redaction, quiet_client_loggers
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_client_loggers()
+    install_log_redaction()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .standalone import StandaloneRunner
+    from .store import check_store_url
 
+    _configure_export_resources(args)
+    _configure_logging(args.debug)
     manifests = load_manifests(args.file)
     if not manifests.of_kind("S3Exporter") and not manifests.resources:
         print("no S3Exporter or RetentionPolicy found in the given files", file=sys.stderr)
         return 2
     json_output = args.output == "json"
-    runner = StandaloneRunner(manifests, state_path=Path(args.state), default_store=args.store,
+    runner = StandaloneRunner(manifests, state_path=Path(args.state), default_store=check_store_url(args.store),
+                              default_namespaces=args.default_store_namespace, sqlite_directories=args.sqlite_dir,
                               # With --output json, stdout holds only the JSON lines; the rest goes to stderr.
                               out=sys.stderr if json_output else sys.stdout,
                               on_cycle=_print_json_object if json_output else None)
@@ -101,17 +145,18 @@ def _list(items: list[dict[str, object]]) -> dict[str, object]:
 def cmd_seed(args: argparse.Namespace) -> int:
     import time
 
+    from .redact import redact
     from .seed import seed_store
-    from .store import open_store_url
+    from .store import check_store_url, open_store_url
 
-    store = open_store_url(args.store)
+    store = open_store_url(check_store_url(args.store))
     started = time.monotonic()
 
     def progress(done: int) -> None:
         print(f"\r  seeded {done:,}/{args.count:,} records", end="", flush=True)
 
     last = seed_store(store, args.count, seed=args.seed, progress=progress)
-    print(f"\nseeded {args.count:,} records into {args.store} in {time.monotonic() - started:.1f}s "
+    print(f"\nseeded {args.count:,} records into {redact(args.store)} in {time.monotonic() - started:.1f}s "
           f"(last id {last})")
     store.close()
     return 0
@@ -149,9 +194,9 @@ def cmd_cat(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .audit import verify_export, verify_options
     from .objectstore import CredentialResolver, S3Location, S3ObjectStore
-    from .store import open_store_url
+    from .store import check_store_url, open_store_url
 
-    store = open_store_url(args.store)
+    store = open_store_url(check_store_url(args.store))
     if args.file:
         manifests = load_manifests(args.file)
         exporters = [r for r in manifests.of_kind("S3Exporter") if args.exporter in (None, r.name)]
@@ -202,8 +247,9 @@ def _restore_since(text: str | None) -> int | None:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from .progress import ProgressLine
+    from .redact import redact
     from .retention import Purger
-    from .store import StoreError, StoreOpener, open_store_url
+    from .store import StoreError, StoreOpener, check_store_url, open_store_url
 
     since_us = _restore_since(args.since)
     try:
@@ -213,12 +259,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if len(policies) != 1:
                 print(f"give exactly one RetentionPolicy (found {len(policies)}; use --policy NAME)", file=sys.stderr)
                 return 2
-            opener = StoreOpener(args.store, manifests.get)
+            opener = StoreOpener(check_store_url(args.store), manifests.get)
             store = opener(policies[0].spec, policies[0].namespace)
             where = f"the store of RetentionPolicy {policies[0].ref}"
         else:
-            store = open_store_url(args.store)
-            where = args.store
+            store = open_store_url(check_store_url(args.store))
+            where = redact(args.store)
         if not callable(getattr(store, "restore_chunk", None)):
             print(f"error: {store!r} does not support soft deletion", file=sys.stderr)
             return 2
@@ -382,15 +428,24 @@ def cmd_s3_serve(args: argparse.Namespace) -> int:
 def operator_config(args: argparse.Namespace) -> OperatorConfig:
     """The operator's configuration from `capture-export operator` arguments (checked by cmd_operator)."""
     from .handlers import OperatorConfig
+    from .store import check_store_url
 
+    # Without --default-store-namespace, the default store serves the operator's own namespace when it is
+    # known (the chart sets POD_NAMESPACE), every namespace otherwise.
+    own = os.environ.get("POD_NAMESPACE")
+    default_namespaces = args.default_store_namespace or (
+        _env_list("CAPTURE_EXPORT_DEFAULT_STORE_NAMESPACES", ",") or ([own] if own else None))
     config = OperatorConfig(
-        store=args.store,
+        store=check_store_url(args.store) if args.store else None,
         namespaces=tuple(args.namespace or ()),
         liveness_port=args.liveness_port or None,
         readiness_port=args.readiness_port or None,
         metrics_port=args.metrics_port or None,
         concurrency=args.concurrency,
         stop_timeout=args.stop_timeout,
+        default_store_namespaces=tuple(default_namespaces) if default_namespaces is not None else None,
+        sqlite_directories=tuple(args.sqlite_dir or _env_list("CAPTURE_EXPORT_SQLITE_DIRS", os.pathsep) or ())
+        or None,
     )
     if args.ingest_port:
         config.ingest_port = args.ingest_port
@@ -405,8 +460,11 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from .handlers import Runtime, run
+    from .redact import install_log_redaction
 
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat[args.log_format.upper()])
+    _configure_export_resources(args)
+    install_log_redaction()
     if args.ingest_port:
         if not args.ingest_token_file:
             print("error: --ingest-port needs --ingest-token-file", file=sys.stderr)
@@ -449,6 +507,18 @@ def cmd_operator(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         os._exit(0)
     return 0
+
+
+def _tenancy_arguments(parser: argparse.ArgumentParser, *, operator: bool) -> None:
+    default_ns = ("default: $CAPTURE_EXPORT_DEFAULT_STORE_NAMESPACES (comma-separated), else the operator's "
+                  "namespace ($POD_NAMESPACE), else every namespace") if operator else "default: every namespace"
+    parser.add_argument("--default-store-namespace", action="append", metavar="NS",
+                        help=f"a namespace whose resources may use the default store (repeatable; '*': every "
+                        f"one; {default_ns})")
+    default_dirs = ("default: $CAPTURE_EXPORT_SQLITE_DIRS, else the default store's directory when it is SQLite"
+                    if operator else "default: anywhere")
+    parser.add_argument("--sqlite-dir", action="append", metavar="DIR",
+                        help=f"a directory a spec's store.sqlite.path may be in (repeatable; {default_dirs})")
 
 
 def _cluster_problem() -> str | None:
@@ -534,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", choices=["text", "json"], default="text",
                      help="json: after each cycle, the resource with its status as one JSON line on stdout "
                      "(what `kubectl get -o json` shows); messages go to stderr")
+    _add_export_resource_arguments(run)
+    run.add_argument("--debug", action="store_true", help="log at DEBUG to stderr (secrets redacted)")
+    _tenancy_arguments(run, operator=False)
     run.set_defaults(handler=cmd_run)
 
     status = _command(
@@ -691,8 +764,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="file of bearer tokens the ingest server accepts, one per line "
                     "($CAPTURE_EXPORT_INGEST_TOKEN_FILE)")
     _add_ingest_limits(op, "ingest-")
+    _add_export_resource_arguments(op)
+    _tenancy_arguments(op, operator=True)
     op.add_argument("-v", "--verbose", action="store_true", help="log more")
-    op.add_argument("--debug", action="store_true", help="log everything (client libraries stay below DEBUG)")
+    op.add_argument("--debug", action="store_true", help="log everything (client libraries stay below DEBUG; "
+                    "secrets redacted)")
     op.add_argument("--log-format", choices=["plain", "full", "json"], default="full", help="log line format")
     op.set_defaults(handler=cmd_operator)
 
@@ -741,7 +817,8 @@ def _error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]
     Passwords of the store DSN and the AWS secret key from the environment are masked."""
     from .api.vocabulary import Reason
     from .objectstore import ObjectStoreError
-    from .store import StoreError
+    from .redact import redact
+    from .store import StoreError, StoreRefused
 
     if isinstance(exc, InvalidManifest):
         text, code = f"invalid manifest: {exc}", 2
@@ -753,10 +830,13 @@ def _error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]
             # cat, verify --bucket: no manifest, so no spec.secretRef to set.
             text = ("no S3 credentials were found: set $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY"
                     + (", or give -f with the exporter's manifest and its Secret" if hasattr(args, "file") else ""))
+    elif isinstance(exc, StoreRefused):  # the store a spec names is not allowed to it (tenancy), or no DSN
+        text, code = exc.message, 2
     elif isinstance(exc, StoreError):
-        text, code = str(exc), 1
-    elif isinstance(exc, OSError) and exc.filename is not None:
-        text, code = f"{exc.filename}: {exc.strerror or exc.__class__.__name__}", 1
+        text, code = redact(str(exc)), 1
+    elif isinstance(exc, OSError):  # a file that cannot be read or written: its name and the system's reason
+        name = f"{exc.filename}: " if exc.filename is not None else ""
+        text, code = f"{name}{exc.strerror or exc.__class__.__name__}", 1
     else:
         return None
     for secret in _known_secrets(args):
@@ -777,6 +857,8 @@ def _known_secrets(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .redact import describe_exception
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
@@ -785,12 +867,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # complaining again while flushing stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except Exception as exc:
+    except Exception as exc:  # never a traceback, whose text could quote a credential: the class and the place
         error = _error_line(exc, args)
-        if error is None:
-            raise
-        print(error[0], file=sys.stderr)
-        return error[1]
+        print(error[0] if error is not None else f"error: unexpected {describe_exception(exc)}", file=sys.stderr)
+        return error[1] if error is not None else 1
 
 
 if __name__ == "__main__":

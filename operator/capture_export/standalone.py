@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,10 +21,12 @@ from typing import Any, TextIO
 from .api import S3ExporterStatus
 from .api.destination import changed_fields, destination_of
 from .api.manifests import ManifestSet, Resource
-from .api.vocabulary import ConditionType, Reason, Truth
+from .api.vocabulary import ConditionType, Domain, Reason, Truth
 from .clock import SystemClock
 from .export import BatchResult, ExporterId
 from .export.cycle import CycleOutcome, ExporterWorker
+from .export.model import ExportFailure, unexpected_failure
+from .status.conditions import get_condition
 from .status.exporter import StatusUpdate, cursor_position, guard_cursor
 from .store import StoreOpener
 
@@ -33,6 +35,8 @@ __all__ = ["DESTINATIONS", "StandaloneRunner", "StateFile"]
 # State file key of each exporter's destination (api/destination.py), recorded with its first committed
 # batch: the standalone counterpart of the operator's ``capture.dev/destination`` annotation.
 DESTINATIONS = "capture.dev/destination"
+
+CONTAINED_RETRY = 30.0  # seconds before a resource whose turn raised is tried again (run without --once)
 
 
 class StateFile:
@@ -46,21 +50,30 @@ class StateFile:
             try:
                 self.data = json.loads(path.read_text())
             except ValueError:
-                raise SystemExit(f"state file {path} is not valid JSON; move it aside to start afresh") from None
+                raise SystemExit(f"error: state file {path} is not valid JSON; move it aside to start afresh") from None
+            except OSError as exc:
+                raise SystemExit(f"error: state file {path} cannot be read: {exc.strerror}") from None
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.data.get(key)
 
     def put(self, key: str, value: dict[str, Any]) -> None:
+        """Save ``value`` under ``key``; ExportFailure ``StateNotWritable`` when the file cannot be written
+        (a read-only or full disk): the exporter that saves stops after its committed batch and says so."""
         with self._lock:
             self.data[key] = value
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            with tmp.open("w") as handle:
-                json.dump(self.data, handle, indent=1, default=str)
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.replace(self.path)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(".tmp")
+                with tmp.open("w") as handle:
+                    json.dump(self.data, handle, indent=1, default=str)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                tmp.replace(self.path)
+            except OSError as exc:
+                raise ExportFailure(Reason.STATE_NOT_WRITABLE, f"state file {self.path} cannot be written "
+                                    f"({exc.strerror or exc.__class__.__name__}); what was exported is committed in "
+                                    "the bucket and resumed from there", domain=Domain.STATE, transient=False) from None
 
 
 @dataclass
@@ -101,13 +114,17 @@ class StandaloneRunner:
         default_store: str | None,
         out: TextIO = sys.stdout,
         extra_kinds: list[Callable[[StandaloneRunner], float | None]] | None = None,
+        default_namespaces: Collection[str] | None = None,
+        sqlite_directories: Sequence[str] | None = None,
         on_cycle: Callable[[Resource, dict[str, Any]], None] | None = None,
     ) -> None:
         """``on_cycle(resource, status)`` is called after every cycle of an exporter or policy, with its
         status as it is written to the state file (``run --output json``)."""
         self.manifests = manifests
         self.state = StateFile(state_path)
-        self.stores = StoreOpener(default_store, manifests.get)
+        # Tenancy as in the operator: which namespaces may use the default store, where SQLite stores may be.
+        self.stores = StoreOpener(default_store, manifests.get, default_namespaces=default_namespaces,
+                                  sqlite_directories=sqlite_directories)
         self.out = out
         self.on_cycle = on_cycle
         self.stop_event = threading.Event()
@@ -126,6 +143,7 @@ class StandaloneRunner:
             if saved:
                 item.status = S3ExporterStatus.model_validate(saved)
         self.outcomes: dict[str, CycleOutcome] = {}
+        self.state_failures = 0  # state-file writes that failed (each printed; --once then exits 1)
         # Other kinds (RetentionPolicy) hook in here: each callable is run once per loop turn (after the
         # exporters) and may return the monotonic time it next wants a turn; a hook with an ``ok``
         # attribute that is False makes run_once report failure.
@@ -172,10 +190,29 @@ class StandaloneRunner:
         item.status = outcome.status
         if item.status.cursor != "0":  # a state file older than the record of destinations too
             self._record_destination(item)
-        self.state.put(item.state_key, outcome.status.model_dump(mode="json", by_alias=True))
         self._report(ref, outcome)
+        self.save(ref, item.state_key, outcome.status.model_dump(mode="json", by_alias=True),
+                  reported=outcome.result is not None and outcome.result.failure is not None and
+                  outcome.result.failure.reason == Reason.STATE_NOT_WRITABLE)
         self.cycle_done(item.resource, self.state.get(item.state_key) or {})
         return outcome
+
+    def save(self, ref: str, key: str, status: dict[str, Any], *, reported: bool = False, what: str = "") -> bool:
+        """Write one resource's status to the state file; a failure is printed (unless ``reported``
+        already), makes the run fail, and never stops the other resources."""
+        try:
+            self.state.put(key, status)
+            return True
+        except ExportFailure as failure:
+            self.state_failures += 1
+            if not reported:
+                print(f"{ref}: {what}Failed - {failure.reason}: {failure.message}", file=self.out, flush=True)
+            return False
+
+    def _contained(self, ref: str, exc: Exception) -> None:
+        """The last line of defence: an exception from one resource's turn is reported, not raised."""
+        failure = unexpected_failure(exc)
+        print(f"{ref}: Failed - {failure.reason}: {failure.message}", file=self.out, flush=True)
 
     def _destination(self, item: _Scheduled) -> dict[str, Any]:
         current = destination_of(item.resource.spec)
@@ -215,12 +252,14 @@ class StandaloneRunner:
     def cycle_done(self, resource: Resource, status: dict[str, Any]) -> None:
         if self.on_cycle is not None:
             self.on_cycle(resource, status)
-
     def _report(self, ref: str, outcome: CycleOutcome) -> None:
         for event in outcome.events:
             print(f"  {ref}: {event.type} {event.reason}: {event.message}", file=self.out, flush=True)
         run = outcome.result
-        if run is None:
+        if run is None:  # the cycle failed before it could run: Ready says why
+            ready = get_condition(outcome.status.conditions, ConditionType.READY)
+            if ready is not None and ready.status == Truth.FALSE:
+                print(f"{ref}: Failed - {ready.reason}: {ready.message}", file=self.out, flush=True)
             return
         rate = run.rows / run.duration_seconds if run.duration_seconds > 0 else 0.0
         line = (f"{ref}: {run.outcome}: {run.rows:,} records in {run.objects} objects, "
@@ -239,13 +278,22 @@ class StandaloneRunner:
             if item.resource.spec.suspend:
                 print(f"{item.resource.ref}: suspended", file=self.out)
                 continue
-            outcome = self._cycle(item)
+            try:
+                outcome = self._cycle(item)
+            except Exception as exc:
+                self._contained(item.resource.ref, exc)
+                ok = False
+                continue
             self.outcomes[item.resource.ref] = outcome
             ok &= outcome.result is not None and outcome.result.failure is None
         for hook in self.extra_kinds:
-            hook(self)
+            try:
+                hook(self)
+            except Exception as exc:
+                self._contained(type(hook).__name__, exc)
+                ok = False
             ok &= getattr(hook, "ok", True)
-        return ok
+        return ok and not self.state_failures
 
     def run_forever(self) -> None:
         while not self.stop_event.is_set():
@@ -253,11 +301,23 @@ class StandaloneRunner:
             for item in self.exporters:
                 if self.stop_event.is_set() or item.resource.spec.suspend or item.due > now:
                     continue
-                outcome = self._cycle(item)
+                try:
+                    outcome = self._cycle(item)
+                except Exception as exc:
+                    self._contained(item.resource.ref, exc)
+                    item.due = time.monotonic() + CONTAINED_RETRY
+                    continue
                 item.due = time.monotonic() + outcome.due_in
-            hook_dues = [due for hook in self.extra_kinds if (due := hook(self)) is not None]
+            hook_dues = [due for hook in self.extra_kinds if (due := self._hook_turn(hook)) is not None]
             upcoming = [i.due for i in self.exporters if not i.resource.spec.suspend] + hook_dues or [now + 60]
             self.stop_event.wait(max(0.0, min(upcoming) - time.monotonic()))
+
+    def _hook_turn(self, hook: Callable[[StandaloneRunner], float | None]) -> float | None:
+        try:
+            return hook(self)
+        except Exception as exc:
+            self._contained(type(hook).__name__, exc)
+            return time.monotonic() + CONTAINED_RETRY
 
     def install_signal_handlers(self) -> None:
         """Ctrl-C, SIGTERM and SIGHUP (the terminal closed) stop after the batch in flight commits."""

@@ -48,9 +48,9 @@ def test_run_once_drains_reports_and_keeps_state(
     ("spec_line", "field", "rule"),
     [
         ("limit: 20000", "spec.limit", "less than or equal to 10000"),
-        ("prefix: exports/", "spec.prefix", "should match pattern"),
+        ("prefix: exports/", "spec.prefix", "must not start or end with '/'"),
         ("bucket: Not_A_Bucket", "spec.bucket", "should match pattern"),
-        ("endpoint: ftp://x", "spec.endpoint", "should match pattern"),
+        ("endpoint: ftp://x", "spec.endpoint", "must be an http:// or https:// URL"),
         ("every: 0", "spec.every", "greater than or equal to 1"),
         ("colour: blue", "spec.colour", "Extra inputs are not permitted"),
     ],

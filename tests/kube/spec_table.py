@@ -2,7 +2,8 @@
 pydantic models the operator validates with. test_specs.py checks both against this one table, so the CRD
 and the models cannot drift apart unnoticed.
 
-Until the shared table of issue 11 (``tests/support/spec_cases.py``) lands, this small one lives here.
+The wider table of issue 11 (``tests/support/spec_cases.py``) is judged offline (tests/hostile); this one
+keeps a case for every rule and pattern, asked of the real API server.
 
 ``refused_by``:
 * ``"both"``: the API server refuses it (``message`` is in its answer) and so do the models;
@@ -87,11 +88,11 @@ SPEC_CASES: list[SpecCase] = [
     _x("every-not-an-integer", {"every": "hourly"}, message="spec.every"),
     # S3Exporter: CEL rules
     _x("store-sqlite-and-postgres", {"store": {"sqlite": {"path": "/a"}, "postgres": {"secretRef": {"name": "pg"}}}},
-       message="store: set at most one of sqlite and postgres"),
+       message="set at most one of sqlite and postgres"),
     _x("path-template-outside-prefix", {"prefix": "exports", "pathTemplate": "{date}"},
-       message="pathTemplate must start with {prefix}/ when prefix is set"),
+       message="must start with {prefix}/ when prefix is set"),
     _x("cbor-with-gzip", {"format": "cbor-zstd", "compression": "gzip"},
-       message="compression: format cbor-zstd is always zstd"),
+       message="format cbor-zstd is always zstd"),
     # S3Exporter: credentials, encryption and TLS (issue 15)
     _x("role-arn-not-an-arn", {"roleArn": "capture-export-role"}, message="spec.roleArn"),
     _x("external-id-with-space", {"roleArn": ROLE_ARN, "externalId": "a b"}, message="spec.externalId"),
@@ -103,18 +104,27 @@ SPEC_CASES: list[SpecCase] = [
     _x("ca-bundle-on-http", {"endpoint": "http://s3.example.com", "caBundleRef": {"secretKeyRef": {"name": "ca"}}},
        message="caBundleRef applies to an https:// endpoint (or Amazon S3), not to http://"),
     _x("ca-bundle-from-both", {"caBundleRef": {"secretKeyRef": {"name": "ca"}, "configMapKeyRef": {"name": "ca"}}},
-       message="caBundleRef: set exactly one of secretKeyRef and configMapKeyRef"),
+       message="set exactly one of secretKeyRef and configMapKeyRef"),
     _x("ca-bundle-secret-name-invalid", {"caBundleRef": {"secretKeyRef": {"name": "CA_Bundle"}}},
        message="spec.caBundleRef.secretKeyRef.name"),
     _x("ca-bundle-configmap-name-invalid", {"caBundleRef": {"configMapKeyRef": {"name": "CA_Bundle"}}},
        message="spec.caBundleRef.configMapKeyRef.name"),
     _x("kms-key-with-aes256", {"serverSideEncryption": {"algorithm": "AES256", "kmsKeyId": "alias/exports"}},
-       message="serverSideEncryption: kmsKeyId needs algorithm aws:kms"),
+       message="kmsKeyId needs algorithm aws:kms"),
     _x("kms-key-with-space", {"serverSideEncryption": {"algorithm": "aws:kms", "kmsKeyId": "alias/a b"}},
        message="spec.serverSideEncryption.kmsKeyId"),
-    # S3Exporter: what only the models can say (the operator refuses with InvalidSpec)
-    _x("bucket-ip-address", {"bucket": "192.168.1.1"}, "operator"),
-    _x("bucket-adjacent-periods", {"bucket": "a..b"}, "operator"),
+    # S3Exporter: what the models alone refused before issue 11 (now CEL rules too)
+    _x("bucket-ip-address", {"bucket": "192.168.1.1"}, message="must not be formatted as an IP address"),
+    _x("bucket-adjacent-periods", {"bucket": "a..b"}, message="must not contain two adjacent periods"),
+    _x("endpoint-user-info", {"endpoint": "http://admin:hunter2@127.0.0.1:8333"}, message="must not hold user info"),
+    _x("prefix-dot-dot", {"prefix": "exports/../other"}, message="must not hold a '.', '..' or '_capture-export'"),
+    _x("path-template-control-folder", {"pathTemplate": "{prefix}/_capture-export"},
+       message="must not hold a '.', '..' or '_capture-export'"),
+    _x("path-template-prefix-not-first", {"pathTemplate": "{date}/{prefix}"},
+       message="{prefix} may only appear at the start"),
+    _x("hive-doubled", {"pathTemplate": "{prefix}/year={year}", "hivePartitioning": True},
+       message="write {year}, not year={year}"),
+    _x("redact-field-unknown-head", {"redactFields": ["secrets.key"]}, message="each path must start with one of"),
     # RetentionPolicy: good
     _p("policy-minimal", {}, "none"),
     _p("policy-age-only", {"maxAge": "1d12h", "requireExport": False}, "none", replace_base=True),
@@ -139,19 +149,21 @@ SPEC_CASES: list[SpecCase] = [
     _p("grace-period-words", {"softDelete": {"gracePeriod": "a week"}}, message="spec.softDelete.gracePeriod"),
     _p("policy-postgres-secret-name-invalid", {"store": {"postgres": {"secretRef": {"name": "PG"}}}},
        message="spec.store.postgres.secretRef.name"),
+    _p("policy-sqlite-path-control-character", {"store": {"sqlite": {"path": "/data/a\x1b[2J"}}},
+       message="spec.store.sqlite.path"),
     _p("policy-unknown-field", {"maxage": "1d"}, message='unknown field "spec.maxage"'),
     # RetentionPolicy: CEL rules
     _p("gate-not-named", {"maxAge": "30d"}, message="requireExport is true: name the gating S3Exporters",
        replace_base=True),
     _p("exporters-and-selector", {"exporterSelector": {"matchLabels": {"a": "b"}}},
        message="set exporters or exporterSelector, not both"),
-    _p("max-age-zero", {"maxAge": "0h"}, message="maxAge must be longer than zero"),
-    _p("max-age-zero-compound", {"maxAge": "0d0h", "requireExport": False}, message="maxAge must be longer than zero",
+    _p("max-age-zero", {"maxAge": "0h"}, message="must be longer than zero"),
+    _p("max-age-zero-compound", {"maxAge": "0d0h", "requireExport": False}, message="must be longer than zero",
        replace_base=True),
     _p("match-labels-bad-key", {"exporters": None, "exporterSelector": {"matchLabels": {"-bad": "x"}}},
-       message="matchLabels: keys must be label keys"),
+       message="keys must be label keys"),
     _p("policy-store-sqlite-and-postgres", {"store": {"sqlite": {"path": "/a"}, "postgres": {
-        "secretRef": {"name": "pg"}}}}, message="store: set at most one of sqlite and postgres"),
+        "secretRef": {"name": "pg"}}}}, message="set at most one of sqlite and postgres"),
 ]
 
 

@@ -49,7 +49,7 @@ def test_defaults_follow_the_aperture_exporter() -> None:
         ({"bucket": "192.168.1.1"}, "IP address"),
         ({"bucket": "a..b"}, "adjacent periods"),
         ({"bucket": "ab"}, "at least 3"),
-        ({"prefix": "/abs"}, "pattern"),
+        ({"prefix": "/abs"}, "must not start or end with ./."),
         ({"limit": 0}, "greater than or equal to 1"),
         ({"store": {"sqlite": {"path": "a"}, "postgres": {"secretRef": {"name": "pg"}}}}, "at most one"),
         ({"secretRef": {}}, "name"),

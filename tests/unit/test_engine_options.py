@@ -61,7 +61,7 @@ def test_default_path_never_decodes_and_writes_the_same_bytes(
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("the default path decoded a record")
 
-    monkeypatch.setattr(engine_module.cbor2, "loads", no_decoding)
+    monkeypatch.setattr(cbor2, "loads", no_decoding)
     objects = MemoryObjectStore()
     result = engine_for(sqlite_store, objects).run(Cursor())
     assert (result.rows, result.objects, result.filtered) == (25, 3, 0)
@@ -112,7 +112,7 @@ def test_filter_excludes_records_but_they_advance_the_cursor(
     fields = {"filter": {"models": ["claude-*"], "statusCodes": [200]}}
     with monkeypatch.context() as patched:
         # A filter alone peeks at the fields it needs: no record is decoded in full.
-        patched.setattr(engine_module.cbor2, "loads", lambda *a, **k: pytest.fail("decoded a whole record"))
+        patched.setattr(cbor2, "loads", lambda *a, **k: pytest.fail("decoded a whole record"))
         result = engine_for(sqlite_store, objects, **fields).run(Cursor())
     passing = [n for n in range(30) if n % 3 == 1 and n % 4]
     assert (result.rows, result.filtered, result.cursor.position) == (len(passing), 30 - len(passing), 30)

@@ -11,6 +11,7 @@ from pydantic.alias_generators import to_camel
 from .vocabulary import Truth
 
 __all__ = [
+    "CONDITIONS_LIST",
     "GROUP",
     "VERSION",
     "ApiModel",
@@ -24,12 +25,36 @@ __all__ = [
     "SecretRef",
     "ServerSideEncryptionSpec",
     "StoreRef",
+    "cel_rule",
+    "rule_error",
 ]
 
 GROUP = "capture.dev"
 VERSION = "v1alpha1"
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A file path: any characters but control characters (a newline or an escape sequence in a path is a
+# mistake, and would be echoed into every message naming the path).
+PATH_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+# Conditions are a list keyed by type (server-side apply merges them by type, as for built-in kinds).
+CONDITIONS_LIST = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+
+
+def cel_rule(rule: str, message: str, field: str | None = None) -> dict[str, str]:
+    """A CEL validation rule of the CRD (``x-kubernetes-validations``). ``field``: the camelCase path, from
+    the rule's node, of the field it is about (the API server then names that field, as pydantic does)."""
+    entry = {"rule": rule, "message": message}
+    if field is not None:
+        entry["fieldPath"] = f".{field}"
+    return entry
+
+
+def rule_error(rule: dict[str, str]) -> ValueError:
+    """The pydantic refusal that mirrors a CEL rule: its message, after the field it names (the API's
+    manifest reader turns ``field: message`` of a spec-level rule into ``spec.field: message``)."""
+    field = rule.get("fieldPath", "").lstrip(".")
+    return ValueError(f"{field}: {rule['message']}" if field else rule["message"])
 
 
 class ApiModel(BaseModel):
@@ -123,7 +148,9 @@ class ServerSideEncryptionSpec(ApiModel):
 
 
 class SQLiteStoreRef(ApiModel):
-    path: Annotated[str, Field(min_length=1, description="Path of the SQLite capture store file.")]
+    path: Annotated[str, Field(min_length=1, max_length=4096, pattern=PATH_PATTERN,
+                               description="Path of the SQLite capture store file (no control characters). The "
+                               "operator accepts only paths inside the directories it is configured to allow.")]
 
 
 class PostgresStoreRef(ApiModel):
@@ -141,7 +168,7 @@ class StoreRef(ApiModel):
             "x-kubernetes-validations": [
                 {
                     "rule": "!(has(self.sqlite) && has(self.postgres))",
-                    "message": "store: set at most one of sqlite and postgres",
+                    "message": "set at most one of sqlite and postgres",
                 }
             ]
         }
@@ -153,7 +180,7 @@ class StoreRef(ApiModel):
     @model_validator(mode="after")
     def _one_kind(self) -> StoreRef:
         if sum(getattr(self, name) is not None for name in type(self).model_fields) > 1:
-            raise ValueError("store: set at most one of sqlite and postgres")
+            raise ValueError("set at most one of sqlite and postgres")
         return self
 
 

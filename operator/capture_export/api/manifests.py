@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .common import GROUP, VERSION
+from .common import DNS_LABEL, DNS_SUBDOMAIN, GROUP, VERSION
 from .retention import RetentionPolicySpec
 from .s3exporter import S3ExporterSpec
 
@@ -67,34 +68,90 @@ class ManifestSet:
         return self.config_maps.get((namespace, name))
 
 
+# A spec-level rule's message names its field first ("pathTemplate: must start with …", see rule_error).
+_FIELD_FIRST = re.compile(r"^([a-z][A-Za-z0-9]*(?:\.[a-z][A-Za-z0-9]*)*): (.+)$", re.DOTALL)
+
+
 def describe_validation_error(error: ValidationError, root: str = "spec") -> str:
+    """Each refusal as ``path: rule``, never quoting the value refused (it may be a secret or hold escape
+    sequences): ``spec.limit: Input should be less than or equal to 10000``."""
     parts = []
     for item in error.errors():
-        path = ".".join([root, *(str(p) for p in item["loc"])]) if item["loc"] else root
+        loc = [str(p) for p in item["loc"]]
         message = item["msg"].removeprefix("Value error, ")
+        if not loc and (field_first := _FIELD_FIRST.match(message)):
+            loc, message = field_first.group(1).split("."), field_first.group(2)
+        path = ".".join([root, *loc])
         parts.append(f"{path}: {message}")
     return "; ".join(parts)
 
 
 def parse_spec(kind: str, spec: Any) -> BaseModel:
+    """Validate a spec as the CRD's schema does: strictly typed (``every: true`` is not a number, nor
+    ``suspend: "yes"`` a boolean), unknown fields refused."""
     model = SPEC_MODELS[kind]
     if not isinstance(spec, Mapping):
         raise InvalidManifest("spec: must be a mapping")
     try:
-        return model.model_validate(dict(spec))
+        return model.model_validate(dict(spec), strict=True)
     except ValidationError as exc:
         raise InvalidManifest(describe_validation_error(exc)) from None
 
 
+def _check_name(value: Any, field: str, *, label: bool) -> str:
+    """A metadata name (a DNS subdomain) or namespace (a DNS label), as the API server checks it; the
+    message never quotes a bad value (it may hold escape sequences or be thousands of characters)."""
+    pattern, limit, kind = (DNS_LABEL, 63, "DNS label") if label else (DNS_SUBDOMAIN, 253, "DNS subdomain")
+    if not isinstance(value, str):
+        raise InvalidManifest(f"{field}: must be a string")
+    if len(value) > limit or not re.match(pattern, value):
+        raise InvalidManifest(f"{field}: must be a {kind}: at most {limit} lowercase letters, digits, '-'"
+                              + ("" if label else " and '.'") + ", starting and ending with a letter or digit")
+    return value
+
+
+def _string_map(value: Any, field: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidManifest(f"{field}: must be a mapping of strings")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise InvalidManifest(f"{field}: keys and values must be strings"
+                                  + (f" ({field}.{key} is not)" if isinstance(key, str) and key.isidentifier() else ""))
+    return dict(value)
+
+
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+
+
+def _secret_section(doc: Mapping[str, Any], section: str, where: str) -> dict[str, str]:
+    """``data`` or ``stringData``: a mapping of keys to strings, as the API server types them. A null value
+    is refused, not read as the string "None"."""
+    value = doc.get(section)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidManifest(f"{where}: {section}: must be a mapping of keys to strings")
+    out = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _SECRET_KEY.match(key):
+            raise InvalidManifest(f"{where}: {section}: keys must be letters, digits, '-', '_' and '.'")
+        if not isinstance(item, str):
+            given = "null" if item is None else type(item).__name__
+            raise InvalidManifest(f"{where}: {section}.{key}: must be a string ({given} given)")
+        out[key] = item
+    return out
+
+
 def _secret_data(doc: Mapping[str, Any], where: str) -> dict[str, str]:
     data: dict[str, str] = {}
-    for key, value in (doc.get("data") or {}).items():
+    for key, value in _secret_section(doc, "data", where).items():
         try:
-            data[key] = base64.b64decode(str(value), validate=True).decode()
+            data[key] = base64.b64decode(value, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise InvalidManifest(f"{where}: data.{key} is not valid base64 text") from None
-    for key, value in (doc.get("stringData") or {}).items():
-        data[key] = str(value)
+    data.update(_secret_section(doc, "stringData", where))
     return data
 
 
@@ -126,16 +183,18 @@ def _read_manifest(path: Path) -> str:
     return sys.stdin.read() if str(path) == STDIN else path.read_text()
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
     """What the parser found and where, on one line. Never ``str(exc)``: it quotes the offending line, which
-    may be a Secret's value."""
+    may be a Secret's value; and a problem can quote a token (``found undefined tag handle '!x'``), so only
+    short quotes (characters) are kept."""
     parts = []
     for text, mark in ((getattr(exc, "context", None), getattr(exc, "context_mark", None)),
                        (getattr(exc, "problem", None), getattr(exc, "problem_mark", None))):
         if text:
+            text = re.sub(r"'[^']{4,}'|\"[^\"]{4,}\"", "'…'", str(text))
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             parts.append(f"{text}{where}")
-    return ": ".join(parts) or exc.__class__.__name__
+    return f"{path}: not valid YAML: {': '.join(parts) or exc.__class__.__name__}"
 
 
 def load_manifests(paths: Iterable[str | Path], *, default_namespace: str = "default") -> ManifestSet:
@@ -148,8 +207,10 @@ def load_manifests(paths: Iterable[str | Path], *, default_namespace: str = "def
             documents = list(yaml.safe_load_all(_read_manifest(path)))
         except OSError as exc:
             raise InvalidManifest(f"{path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise InvalidManifest(f"{path}: not UTF-8 text") from None
         except yaml.YAMLError as exc:
-            raise InvalidManifest(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+            raise InvalidManifest(_yaml_problem(path, exc)) from None
         for index, doc in enumerate(documents):
             if doc is None:
                 continue
@@ -158,18 +219,28 @@ def load_manifests(paths: Iterable[str | Path], *, default_namespace: str = "def
                 raise InvalidManifest(f"{where}: not a mapping")
             kind = doc.get("kind")
             metadata = doc.get("metadata") or {}
-            name = metadata.get("name")
-            namespace = metadata.get("namespace") or default_namespace
-            if not name:
+            if not isinstance(metadata, Mapping):
+                raise InvalidManifest(f"{where}: metadata: must be a mapping")
+            if not metadata.get("name"):
                 raise InvalidManifest(f"{where}: metadata.name is required")
+            name = _check_name(metadata.get("name"), f"{where}: metadata.name", label=False)
+            namespace = _check_name(metadata.get("namespace") or default_namespace, f"{where}: metadata.namespace",
+                                    label=True)
+            labels = _string_map(metadata.get("labels"), f"{where}: metadata.labels")
+            annotations = _string_map(metadata.get("annotations"), f"{where}: metadata.annotations")
             if kind == "Secret":
+                if ("Secret", namespace, name) in seen:
+                    raise InvalidManifest(f"{where}: Secret {namespace}/{name} is defined twice")
+                seen.add(("Secret", namespace, name))
                 result.secrets[(namespace, name)] = _secret_data(doc, f"{where} Secret {namespace}/{name}")
                 continue
             if kind == "ConfigMap":
-                result.config_maps[(namespace, name)] = {str(k): str(v) for k, v in (doc.get("data") or {}).items()}
+                result.config_maps[(namespace, name)] = _string_map(doc.get("data"),
+                                                                    f"{where} ConfigMap {namespace}/{name}: data")
                 continue
             if kind not in SPEC_MODELS:
-                raise InvalidManifest(f"{where}: unsupported kind {kind!r} (expected one of "
+                shown = repr(kind) if len(repr(kind)) <= 64 else repr(kind)[:60] + "…"
+                raise InvalidManifest(f"{where}: unsupported kind {shown} (expected one of "
                                       f"{', '.join(sorted(SPEC_MODELS))}, Secret or ConfigMap)")
             if doc.get("apiVersion") != API_VERSION:
                 raise InvalidManifest(f"{where}: {kind} {name}: apiVersion must be {API_VERSION}")
@@ -186,8 +257,8 @@ def load_manifests(paths: Iterable[str | Path], *, default_namespace: str = "def
                     namespace=namespace,
                     name=name,
                     spec=spec,
-                    labels=dict(metadata.get("labels") or {}),
-                    annotations=dict(metadata.get("annotations") or {}),
+                    labels=labels,
+                    annotations=annotations,
                     source=where,
                 )
             )

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from .common import DNS_SUBDOMAIN, ApiModel, Condition, StoreRef
+from .common import CONDITIONS_LIST, DNS_SUBDOMAIN, ApiModel, Condition, StoreRef, cel_rule, rule_error
 from .vocabulary import GateExporterState, GateMode, PurgeOutcome
 
 __all__ = [
@@ -55,23 +55,17 @@ def parse_duration(text: str) -> timedelta:
 
 
 # CEL rules (the API server evaluates them; the validators below mirror each one, message for message).
-EXPORTERS_XOR_SELECTOR = {
-    "rule": "!(has(self.exporters) && has(self.exporterSelector))",
-    "message": "set exporters or exporterSelector, not both",
-}
-GATE_NAMED = {
-    "rule": "(has(self.requireExport) && !self.requireExport) || has(self.exporters) || has(self.exporterSelector)",
-    "message": "requireExport is true: name the gating S3Exporters with exporters or exporterSelector",
-}
-MAX_AGE_POSITIVE = {
-    "rule": "self.maxAge.matches('[1-9]')",
-    "message": "maxAge must be longer than zero",
-}
+EXPORTERS_XOR_SELECTOR = cel_rule("!(has(self.exporters) && has(self.exporterSelector))",
+                                  "set exporters or exporterSelector, not both", "exporterSelector")
+GATE_NAMED = cel_rule(
+    "(has(self.requireExport) && !self.requireExport) || has(self.exporters) || has(self.exporterSelector)",
+    "requireExport is true: name the gating S3Exporters with exporters or exporterSelector", "exporters")
+MAX_AGE_POSITIVE = cel_rule("self.maxAge.matches('[1-9]')", "must be longer than zero", "maxAge")
 
 
 LABEL_KEYS_VALID = {
     "rule": "self.all(k, k.matches('" + _LABEL_KEY.replace("\\", "\\\\") + "') && size(k) <= 316)",
-    "message": "matchLabels: keys must be label keys ([prefix/]name)",
+    "message": "keys must be label keys ([prefix/]name)",
 }
 
 
@@ -180,16 +174,23 @@ class RetentionPolicySpec(ApiModel):
         parse_duration(value)
         return value
 
+    @field_validator("exporters")
+    @classmethod
+    def _unique_exporters(cls, value: list[str] | None) -> list[str] | None:
+        # The CRD says it with x-kubernetes-list-type: set.
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("names must be unique")
+        return value
+
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RetentionPolicySpec:
+        # Mirrors the CEL rules, naming their fields.
         if self.exporters is not None and self.exporter_selector is not None:
-            raise ValueError(EXPORTERS_XOR_SELECTOR["message"])
+            raise rule_error(EXPORTERS_XOR_SELECTOR)
         if self.require_export and self.exporters is None and self.exporter_selector is None:
-            raise ValueError(GATE_NAMED["message"])
+            raise rule_error(GATE_NAMED)
         if not re.search("[1-9]", self.max_age):
-            raise ValueError(MAX_AGE_POSITIVE["message"])
-        if self.exporters is not None and len(set(self.exporters)) != len(self.exporters):
-            raise ValueError("exporters: names must be unique")
+            raise rule_error(MAX_AGE_POSITIVE)
         return self
 
     @property
@@ -285,7 +286,8 @@ class RetentionPolicyStatus(ApiModel):
 
     observed_generation: Annotated[int | None, Field(description="Last spec generation acted on.")] = None
     conditions: Annotated[
-        list[Condition], Field(description="Ready, GateOpen (naming the limiting exporter), StoreReachable.")
+        list[Condition], Field(json_schema_extra=CONDITIONS_LIST,
+                               description="Ready, GateOpen (naming the limiting exporter), StoreReachable.")
     ] = []
     gate: Annotated[GateStatus | None, Field(description="The purge gate as last evaluated.")] = None
     last_run: Annotated[RetentionRun | None, Field(description="The most recent run.")] = None

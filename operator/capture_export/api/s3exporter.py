@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from datetime import datetime
 from typing import Annotated, Literal
@@ -10,7 +9,17 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ..export.formats import COMPRESSIONS, FORMAT_NAMES, FORMATS
-from .common import ApiModel, CaBundleRef, Condition, SecretRef, ServerSideEncryptionSpec, StoreRef
+from .common import (
+    CONDITIONS_LIST,
+    ApiModel,
+    CaBundleRef,
+    Condition,
+    SecretRef,
+    ServerSideEncryptionSpec,
+    StoreRef,
+    cel_rule,
+    rule_error,
+)
 from .vocabulary import ExportOutcome
 
 __all__ = [
@@ -29,9 +38,31 @@ HISTORY_LENGTH = 10
 MAX_LIMIT = 10_000
 
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
-ENDPOINT_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
-# Empty, or not starting or ending with "/".
-PREFIX_PATTERN = r"^([^/](.*[^/])?)?$"
+# The bucket rules the pattern cannot say (RE2 has no look-ahead): CEL rules on the field, mirrored below.
+BUCKET_RULES = [
+    cel_rule("!self.matches('^[0-9]+(\\\\.[0-9]+){3}$')", "must not be formatted as an IP address"),
+    cel_rule("!self.contains('..')", "must not contain two adjacent periods"),
+]
+_IP_SHAPED = re.compile(r"^[0-9]+(\.[0-9]+){3}$")
+# A host label as botocore accepts a region (an invalid one made the client fail to build): "us-east-1",
+# "auto" (R2), "us-west-004" (B2), "europe-west1" (GCS), "fsn1" (Hetzner).
+REGION_PATTERN = r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$"
+# http(s)://host[:port][/path], and no userinfo (user:password@) in the authority: credentials belong in
+# the Secret, and a URL is echoed in every message, Event and the destination annotation.
+ENDPOINT_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@")
+ENDPOINT_RULES = [
+    cel_rule("!self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@')",
+             "must not hold user info (user:password@): put credentials in the Secret that secretRef names"),
+]
+# The prefix follows the segment rules of a template's literal text: "/"-separated, non-empty segments of
+# letters, digits and "._=+-" (no "..", backslash, NUL, control characters), and none of them "." , ".."
+# or the exporter's control folder.
+_PREFIX_SEGMENT = r"[A-Za-z0-9._=+-]+"
+PREFIX_PATTERN = rf"^({_PREFIX_SEGMENT}(/{_PREFIX_SEGMENT})*)?$"
+_SPECIAL_SEGMENT = "(^|/)(\\\\.|\\\\.\\\\.|_capture-export)(/|$)"  # ".", ".." or "_capture-export"
+PREFIX_RULES = [cel_rule(f"!self.matches('{_SPECIAL_SEGMENT}')",
+                         "must not hold a '.', '..' or '_capture-export' segment")]
 
 ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
 EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9+=,.@:/_-]+$"
@@ -59,6 +90,7 @@ DESTINATION_IMMUTABLE = {
     ),
     "message": "bucket, endpoint and prefix are immutable: create a new S3Exporter to move the export",
 }
+# An endpoint of null counts as absent (has() is false for a null field), so null -> absent is no move.
 
 # An HTTP header name (RFC 9110 token).
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
@@ -90,11 +122,23 @@ REDACTABLE_FIELDS = (
 )  # fmt: skip
 REDACT_PATH_PATTERN = r"^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)*$"
 _REDACT_PATH = re.compile(REDACT_PATH_PATTERN)
+REDACT_RULES = [cel_rule(
+    "self.all(p, p.matches('^(" + "|".join(REDACTABLE_FIELDS) + ")(\\\\.|$)'))",
+    f"each path must start with one of {', '.join(REDACTABLE_FIELDS)} (id, ver and timestamp are always exported)",
+)]
 
-PATH_TEMPLATE_RULES = {
-    "rule": "size(self.prefix) == 0 || self.pathTemplate == '{prefix}' || self.pathTemplate.startsWith('{prefix}/')",
-    "message": "pathTemplate must start with {prefix}/ when prefix is set, so that every object stays under it",
-}
+PATH_TEMPLATE_RULES = cel_rule(
+    "size(self.prefix) == 0 || self.pathTemplate == '{prefix}' || self.pathTemplate.startsWith('{prefix}/')",
+    "must start with {prefix}/ when prefix is set, so that every object stays under it", "pathTemplate")
+# The template rules of parse_path_template that its pattern cannot say, as CEL rules on the field.
+TEMPLATE_RULES = [
+    cel_rule(f"!self.matches('{_SPECIAL_SEGMENT}')", "must not hold a '.', '..' or '_capture-export' segment"),
+    cel_rule("!self.matches('^.+\\\\{prefix\\\\}')", "{prefix} may only appear at the start"),
+]
+HIVE_RULE = cel_rule(
+    "!self.hivePartitioning || !self.pathTemplate.matches('=\\\\{(date|year|month|day|hour)\\\\}')",
+    "with hivePartitioning the time variables already render as year=2026; write {year}, not year={year}",
+    "pathTemplate")
 LAYOUT_IMMUTABLE = {
     "rule": "self.pathTemplate == oldSelf.pathTemplate && self.hivePartitioning == oldSelf.hivePartitioning",
     "message": "pathTemplate and hivePartitioning are immutable: create a new S3Exporter to change the key layout",
@@ -108,8 +152,8 @@ def _compression_rule() -> dict[str, str]:
     clauses = [f"self.format != '{info.name}' || self.compression == '{info.compressions[0]}'" for info in fixed]
     rule = " && ".join(clauses if len(clauses) == 1 else [f"({clause})" for clause in clauses])
     always = ", ".join(f"format {info.name} is always {info.compressions[0]}" for info in fixed)
-    return {"rule": f"!has(self.compression) || {rule}" if clauses else "true",
-            "message": f"compression: {always}; compression applies to {' and '.join(others)}"}
+    return cel_rule(f"!has(self.compression) || {rule}" if clauses else "true",
+                    f"{always}; compression applies to {' and '.join(others)}", "compression")
 
 
 COMPRESSION_RULE = _compression_rule()
@@ -182,8 +226,8 @@ class S3ExporterSpec(ApiModel):
     """Where and how often to export capture records."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        DESTINATION_IMMUTABLE, LAYOUT_IMMUTABLE, PATH_TEMPLATE_RULES, COMPRESSION_RULE, ROLE_FIELDS_NEED_ROLE,
-        TLS_SKIP_NEEDS_HTTPS, CA_BUNDLE_NEEDS_TLS,
+        DESTINATION_IMMUTABLE, LAYOUT_IMMUTABLE, PATH_TEMPLATE_RULES, HIVE_RULE, COMPRESSION_RULE,
+        ROLE_FIELDS_NEED_ROLE, TLS_SKIP_NEEDS_HTTPS, CA_BUNDLE_NEEDS_TLS,
     ]})
 
     bucket: Annotated[
@@ -192,25 +236,28 @@ class S3ExporterSpec(ApiModel):
             min_length=3,
             max_length=63,
             pattern=BUCKET_PATTERN,
-            description="Bucket to write to (S3 naming rules: 3-63 lowercase letters, digits, dots, hyphens). "
-            "Immutable.",
+            json_schema_extra={"x-kubernetes-validations": BUCKET_RULES},
+            description="Bucket to write to (S3 naming rules: 3-63 lowercase letters, digits, dots, hyphens; not "
+            "shaped like an IP address). Immutable.",
         ),
     ]
     region: Annotated[
         str,
         Field(
             min_length=1,
-            max_length=64,
-            description="Bucket region. Required even for non-AWS services, whose SDK signs with it.",
+            max_length=63,
+            pattern=REGION_PATTERN,
+            description="Bucket region (letters, digits and '-', e.g. us-east-1 or auto). Required even for "
+            "non-AWS services, whose SDK signs with it.",
         ),
     ]
     endpoint: Annotated[
         str | None,
         Field(
             max_length=2048,
-            pattern=ENDPOINT_PATTERN,
-            description="S3-compatible API URL for MinIO, GCS, B2, R2, SeaweedFS (path-style addressing). "
-            "Omit for Amazon S3. Immutable.",
+            json_schema_extra={"pattern": ENDPOINT_PATTERN, "x-kubernetes-validations": ENDPOINT_RULES},
+            description="S3-compatible API URL for MinIO, GCS, B2, R2, SeaweedFS (path-style addressing), without "
+            "user info (credentials go in the Secret). Omit for Amazon S3. Immutable.",
         ),
     ] = None
     secret_ref: Annotated[
@@ -264,8 +311,9 @@ class S3ExporterSpec(ApiModel):
     ] = False
     prefix: Annotated[
         str,
-        Field(max_length=512, pattern=PREFIX_PATTERN, description="Key prefix; must not start or end with '/'. "
-              "Immutable."),
+        Field(max_length=512, json_schema_extra={"pattern": PREFIX_PATTERN, "x-kubernetes-validations": PREFIX_RULES},
+              description="Key prefix: '/'-separated segments of letters, digits and '._=+-' (not '.', '..' nor "
+              "'_capture-export'); must not start or end with '/'. Immutable."),
     ] = ""
     every: Annotated[
         int, Field(ge=1, le=31_536_000, description="Seconds between export cycles while caught up.")
@@ -289,7 +337,8 @@ class S3ExporterSpec(ApiModel):
     ] = None
     path_template: Annotated[
         str,
-        Field(min_length=1, max_length=512, json_schema_extra={"pattern": PATH_TEMPLATE_PATTERN},
+        Field(min_length=1, max_length=512, json_schema_extra={"pattern": PATH_TEMPLATE_PATTERN,
+                                                               "x-kubernetes-validations": TEMPLATE_RULES},
               description="Folder of each data object: {prefix}, {date} (2026-11-24), {year}, {month}, {day}, "
               "{hour}, {exporter}, {namespace}; dates are the records' own (UTC) and a batch never spans two "
               "folders. Must start with {prefix} when prefix is set; no leading or trailing '/'. Immutable."),
@@ -306,7 +355,8 @@ class S3ExporterSpec(ApiModel):
     ] = False
     redact_fields: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=256, pattern=REDACT_PATH_PATTERN)]],
-        Field(max_length=64, description="More fields to drop, by dotted path, e.g. "
+        Field(max_length=64, json_schema_extra={"x-kubernetes-validations": REDACT_RULES},
+              description="More fields to drop, by dotted path, e.g. "
               "capture.request.body.metadata or identity.login_name; lists are walked element by element and "
               "'*' matches any key."),
     ] = []
@@ -333,14 +383,40 @@ class S3ExporterSpec(ApiModel):
     @field_validator("bucket")
     @classmethod
     def _bucket_not_ip(cls, value: str) -> str:
-        try:
-            ipaddress.IPv4Address(value)
-        except ValueError:
-            pass
-        else:
-            raise ValueError("bucket must not be formatted as an IP address")
+        # Mirrors BUCKET_RULES: shaped like an IPv4 address (999.1.1.1 too, as the CEL rule says).
+        if _IP_SHAPED.match(value):
+            raise ValueError(BUCKET_RULES[0]["message"])
         if ".." in value:
-            raise ValueError("bucket must not contain two adjacent periods")
+            raise ValueError(BUCKET_RULES[1]["message"])
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _valid_endpoint(cls, value: str | None) -> str | None:
+        # Never quote the value in a message: it may hold a password.
+        if value is None:
+            return value
+        if _USERINFO.match(value):
+            raise ValueError(ENDPOINT_RULES[0]["message"])
+        if not re.match(ENDPOINT_PATTERN, value):
+            raise ValueError("must be an http:// or https:// URL: a host, an optional port and path, no spaces, no "
+                             "query or fragment")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str) -> str:
+        # Mirrors PREFIX_PATTERN and PREFIX_RULES; never quotes the value (it may hold escape sequences).
+        if value.startswith("/") or value.endswith("/"):
+            raise ValueError("must not start or end with '/'")
+        segments = value.split("/") if value else []
+        if any(segment == "" for segment in segments):
+            raise ValueError("must not hold an empty segment ('//')")
+        if not re.match(PREFIX_PATTERN, value):
+            raise ValueError("may only hold letters, digits, '/' and '._=+-' (no spaces, backslashes or control "
+                             "characters)")
+        if any(segment in (".", "..", CONTROL_SEGMENT) for segment in segments):
+            raise ValueError(PREFIX_RULES[0]["message"])
         return value
 
     @field_validator("path_template")
@@ -375,15 +451,14 @@ class S3ExporterSpec(ApiModel):
 
     @model_validator(mode="after")
     def _template_under_prefix(self) -> S3ExporterSpec:
-        # Mirrors the CEL rules PATH_TEMPLATE_RULES and COMPRESSION_RULE.
+        # Mirrors the CEL rules PATH_TEMPLATE_RULES, HIVE_RULE and COMPRESSION_RULE, naming their fields.
         template = self.path_template
         if self.prefix and template != "{prefix}" and not template.startswith("{prefix}/"):
-            raise ValueError(PATH_TEMPLATE_RULES["message"])
+            raise rule_error(PATH_TEMPLATE_RULES)
         if self.hive_partitioning and re.search(r"=\{(?:" + "|".join(TIME_VARIABLES) + r")\}", template):
-            raise ValueError("pathTemplate: with hivePartitioning the time variables already render as "
-                             "year=2026; write {year}, not year={year}")
+            raise rule_error(HIVE_RULE)
         if self.compression is not None and self.compression not in FORMATS[self.format].compressions:
-            raise ValueError(COMPRESSION_RULE["message"])
+            raise rule_error(COMPRESSION_RULE)
         return self
 
 
@@ -421,7 +496,8 @@ class S3ExporterStatus(ApiModel):
     """What the operator observed and did."""
 
     observed_generation: Annotated[int | None, Field(description="Last spec generation acted on.")] = None
-    conditions: Annotated[list[Condition], Field(description="Ready, BucketReachable, CredentialsValid, "
+    conditions: Annotated[list[Condition], Field(json_schema_extra=CONDITIONS_LIST,
+                                                 description="Ready, BucketReachable, CredentialsValid, "
                                                  "StoreReachable, UpToDate.")] = []
     cursor: Annotated[str, Field(pattern=r"^[0-9]+$", description="Highest record id exported and "
                                  "committed (data and checkpoint objects written).")] = "0"

@@ -51,6 +51,8 @@ class Domain(StrEnum):
     CREDENTIALS = "Credentials"
     STORE = "Store"
     FORMAT = "Format"  # the format cannot be written here (a missing package, records it cannot encode)
+    STATE = "State"  # the standalone runner's state file cannot be written
+    INTERNAL = "Internal"  # an exception nobody foresaw
 
 
 class ExportOutcome(StrEnum):
@@ -107,6 +109,11 @@ class Reason(StrEnum):
     SUSPENDED = "Suspended"
     # export failures
     STORE_UNAVAILABLE = "StoreUnavailable"
+    STORE_DSN_INVALID = "StoreDsnInvalid"  # a store.postgres DSN (or --store) that is not one libpq accepts
+    DEFAULT_STORE_NOT_ALLOWED = "DefaultStoreNotAllowed"  # the namespace may not use the default store
+    STORE_PATH_NOT_ALLOWED = "StorePathNotAllowed"  # store.sqlite.path outside the allowed directories
+    INTERNAL_ERROR = "InternalError"  # an exception nobody foresaw: contained, named by its class
+    STATE_NOT_WRITABLE = "StateNotWritable"  # the standalone runner's state file cannot be written
     CORRUPT_RECORD = "CorruptRecord"
     ENCODE_FAILED = "EncodeFailed"
     FORMAT_UNAVAILABLE = "FormatUnavailable"
@@ -116,6 +123,7 @@ class Reason(StrEnum):
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_MISSING = "SecretKeyMissing"
     SECRET_UNREADABLE = "SecretUnreadable"
+    SECRET_VALUE_INVALID = "SecretValueInvalid"  # a control character (a trailing newline) in a value
     EXPIRED_TOKEN = "ExpiredToken"  # the session token (from the Secret, or an assumed role's) has expired
     ASSUME_ROLE_DENIED = "AssumeRoleDenied"  # STS refused AssumeRole (trust policy, external id, permission)
     ASSUME_ROLE_FAILED = "AssumeRoleFailed"  # STS answered otherwise (bad duration, throttled, unreachable)

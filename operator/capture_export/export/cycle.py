@@ -17,9 +17,9 @@ from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore, ObjectStoreError, S3Access, S3Location, S3ObjectStore
 from ..objectstore.credentials import CredentialResolver, SecretSource
 from ..status.exporter import Event, StatusUpdate
-from ..store import CaptureStore, StoreError
+from ..store import CaptureStore, StoreError, StoreRefused
 from .engine import ExportEngine
-from .model import BatchResult, Cursor, ExporterId, ExportFailure, RunResult
+from .model import BatchResult, Cursor, ExporterId, ExportFailure, RunResult, unexpected_failure
 
 __all__ = ["CycleOutcome", "ExporterWorker", "ObjectStoreFactory", "StoreOpener"]
 
@@ -86,7 +86,10 @@ class ExporterWorker:
         key = (location, access, id(store), spec.model_dump_json())
         if self.engine is not None and key == self._engine_key:
             return False
-        objects = self.object_store_factory(location, access)
+        try:
+            objects = self.object_store_factory(location, access)
+        except ObjectStoreError as exc:  # no client can be made (a region or an endpoint it refuses)
+            raise ExportFailure.from_object_store(exc) from None
         self.engine = ExportEngine(spec, self.exporter, store, objects, clock=self.clock)
         self._engine_key = key
         return True
@@ -111,6 +114,8 @@ class ExporterWorker:
             access = self._access(spec)
             try:
                 store = self.open_store(spec, self.exporter.namespace)
+            except StoreRefused as exc:  # not allowed or not a store: someone must fix the spec or the Secret
+                raise ExportFailure(exc.reason, exc.message, domain=Domain.STORE, transient=False) from None
             except StoreError as exc:
                 raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
             if self._engine_for(spec, access, store):
@@ -137,11 +142,11 @@ class ExporterWorker:
             result = engine.run(saved, max_seconds=max_seconds, should_stop=should_stop, on_batch=on_batch)
             update.record_run(result)
             failure = result.failure
-        except ExportFailure as exc:
-            failure = exc
-            update.fail(exc)
-            update.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, exc.message))
-            if exc.domain in (Domain.CREDENTIALS, Domain.BUCKET):
+        except Exception as exc:  # contained: whatever happens, this exporter gets a condition, not a crash
+            failure = exc if isinstance(exc, ExportFailure) else unexpected_failure(exc)
+            update.fail(failure)
+            update.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, failure.message))
+            if failure.domain in (Domain.CREDENTIALS, Domain.BUCKET):
                 # Re-test the connection next time rather than trusting a cached engine.
                 self._engine_key = None
         new_status, events = update.finish()

@@ -4,10 +4,13 @@ A batch goes read -> check (rows our own append did not seal are checked in full
 credentials, store/check.py) -> [filter, privacy, redact] -> encode -> PUT data object -> PUT
 checkpoint -> advance cursor. A row that fails the check is never exported: with ``onCorruptRecord:
 Hold`` the batch ends before it and the run fails naming it (the records before it are committed);
-with ``Quarantine`` it is moved into the store's quarantine and the batch goes on without it.
+with ``Quarantine`` it is moved into the store's quarantine before the batch is committed, and the
+batch goes on without it.
 
-The next batch is read and encoded on a helper thread while the current one uploads, but batches are
-committed strictly in order, and nothing advances the cursor before both objects are in the bucket.
+The next batches are read and encoded ahead (export/pipeline.py: on helper
+threads, or by the process's encode pool for the formats that decode) while the current one uploads, but
+batches are committed strictly in order, and nothing advances the cursor before both objects are in the
+bucket. What happens to a batch's rows before upload is export/batch.py.
 
 Records are decoded only when the spec asks for it (a filter, privacy mode, redactions, or a format other
 than cbor-zstd); the default ships the stored CBOR bytes as they are. A batch whose records the filter
@@ -17,34 +20,50 @@ dated ``pathTemplate``, a batch is cut where the folder of its records would cha
 
 from __future__ import annotations
 
-import hmac
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC
-from typing import Any
-
-import cbor2
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Executor, Future
+from typing import Literal
 
 from ..api import S3ExporterSpec
 from ..api.vocabulary import Domain, ExportOutcome, Reason
 from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore
 from ..store import CorruptRecord, RecordReader, StoredRecord, StoreError
-from ..store.check import check_foreign
-from ..store.credentials import DEFAULT_POLICY, CredentialPolicy
-from ..store.records import with_id
-from ..store.seal import RecordSeal
+from .batch import BatchFailure, BatchRecipe, EncodedBatch, PackedRows, encode_batch, encode_in_worker, encode_rows
+from .budget import MemoryBudget, batch_cost, memory_budget
 from .checkpoint import Checkpoints
 from .connection import ConnectionReport, run_connection_test
-from .formats import BatchEncoder, FormatUnavailable, encoder_for, record_ids
+from .formats import FORMATS, FormatUnavailable, record_ids
 from .layout import ObjectLayout, parse_range
-from .model import BatchResult, Cursor, ExporterId, ExportFailure, PreparedBatch, Requests, RetryPolicy, RunResult
-from .transform import RecordTransform, peek_fields
+from .model import (
+    BatchResult,
+    Cursor,
+    ExporterId,
+    ExportFailure,
+    PreparedBatch,
+    Requests,
+    RetryPolicy,
+    RunResult,
+    unexpected_failure,
+)
+from .pipeline import PreparePipeline, SynchronousPipeline
+from .pool import BrokenProcessPool, EncodePool, encode_pool
 
-__all__ = ["ExportEngine", "SynchronousPipeline", "encode_batch"]
+__all__ = ["POOL_MIN_ROWS", "ExportEngine", "SynchronousPipeline", "encode_batch"]
+
+# The stored size of a record the engine assumes until it has read some (the seed's average is ~3.5 KB).
+ASSUMED_RECORD_BYTES = 4096
+ESTIMATE_MARGIN = 1.25
+# Smaller batches are encoded in-process: the trip to a worker would cost more than it saves.
+POOL_MIN_ROWS = 100
+_FAILURES = {
+    BatchFailure.CORRUPT: (Reason.CORRUPT_RECORD, Domain.STORE),
+    BatchFailure.UNAVAILABLE: (Reason.FORMAT_UNAVAILABLE, Domain.FORMAT),
+    BatchFailure.UNENCODABLE: (Reason.ENCODE_FAILED, Domain.FORMAT),
+}
+# The old name of the pipeline, kept for tests that replace it with SynchronousPipeline.
+_PreparePipeline = PreparePipeline
 
 
 class ExportEngine:
@@ -57,34 +76,39 @@ class ExportEngine:
         store: RecordReader,
         objects: ObjectStore,
         *,
-        encoder: BatchEncoder | None = None,
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
+        pool: EncodePool | Literal["shared"] | None = "shared",
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.spec = spec
         self.exporter = exporter
         self.store = store
         self.objects = objects
-        if encoder is None:
-            try:
-                encoder = encoder_for(spec.format, spec.compression)
-            except FormatUnavailable as exc:
-                raise ExportFailure(Reason.FORMAT_UNAVAILABLE, str(exc), domain=Domain.FORMAT,
-                                    transient=False) from None
-        self.encoder = encoder
-        self.transform = RecordTransform(spec)
-        self.policy = CredentialPolicy(spec.strip_headers)
-        # Rows whose seal this checks are our own append's and go out unchecked; the others are checked.
-        self.seal = store.record_seal()
+        # Rows whose seal the store's key checks are our own append's and go out unchecked; the others are
+        # checked in full, wherever the batch is encoded (the seal travels in the recipe).
+        self.recipe = BatchRecipe.from_spec(spec, store.record_seal())
+        info = FORMATS[self.recipe.format]
+        try:
+            info.check_available()
+        except FormatUnavailable as exc:
+            raise ExportFailure(Reason.FORMAT_UNAVAILABLE, str(exc), domain=Domain.FORMAT, transient=False) from None
+        self.extension, self.content_type = info.object_type(self.recipe.compression)
+        self._working = info.working_memory
+        # The formats that decode go to the encode pool (the process's, unless one is given); None: in-process.
+        self.pool = (encode_pool() if pool == "shared" else pool) if self.recipe.decodes else None
+        self.budget = budget or memory_budget()
         self.clock = clock or SystemClock()
         self.retry = retry or RetryPolicy()
-        self.layout = ObjectLayout(spec.prefix, exporter.namespace, exporter.name, self.encoder.extension,
+        self.layout = ObjectLayout(spec.prefix, exporter.namespace, exporter.name, self.extension,
                                    spec.path_template, spec.hive_partitioning)
         # Until one batch has been written cleanly, objects left by a killed or failed attempt may sit
         # at the cursor with other bounds; the first batch sweeps them away.
         self._sweep_pending = True
         # Keys of objects found to hold records the store no longer has: kept through re-exports.
         self._preserved: set[str] = set()
+        # Stored bytes per record, a running average of what this engine read (sizes the memory estimates).
+        self._record_bytes = float(ASSUMED_RECORD_BYTES)
         # Every object-store request of this engine, its checkpoint's included, retried and counted here.
         self._call = Requests(self.clock, self.retry)
         self.checkpoints = Checkpoints(objects, self.layout, exporter, self.clock, requests=self._call)
@@ -159,6 +183,10 @@ class ExportEngine:
             result.outcome = ExportOutcome.FAILED
             result.failure = failure
             self._sweep_pending = True
+        except Exception as exc:  # contained: this exporter fails with a reason, the others go on
+            result.outcome = ExportOutcome.FAILED
+            result.failure = unexpected_failure(exc, f"the cursor stays at {result.cursor.position}")
+            self._sweep_pending = True
         finally:
             pipeline.close()
         result.requests = self.requests - requests_before
@@ -180,78 +208,115 @@ class ExportEngine:
         two folders of a dated ``pathTemplate``): the batch, and the rows the next batch starts with."""
         if not rows or not self.layout.time_partitioned:
             return rows, []
-        start, end = self.layout.partition_span(rows[0].timestamp_us)
+        try:
+            start, end = self.layout.partition_span(rows[0].timestamp_us)
+        except (OverflowError, ValueError):
+            raise ExportFailure(Reason.CORRUPT_RECORD, f"record {rows[0].id} is corrupt: its timestamp "
+                                f"({rows[0].timestamp_us} µs since 1970) is outside the years 1-9999 a dated "
+                                "pathTemplate can name; export holds before it until it is fixed",
+                                domain=Domain.STORE, transient=False) from None
         for index, row in enumerate(rows):
             if not start <= row.timestamp_us < end:
                 return rows[:index], rows[index:]
         return rows, []
 
+    # -- memory and encoding (export/pipeline.py calls these) -----------------------------------------
+
+    def batch_cost(self, rows: list[StoredRecord]) -> int:
+        """The memory budget a batch of these rows takes while in flight."""
+        stored = sum(len(row.body) for row in rows)
+        if rows:
+            size = stored / len(rows)
+            # An average that follows larger records at once and smaller ones slowly.
+            self._record_bytes = size if size > self._record_bytes else 0.8 * self._record_bytes + 0.2 * size
+        return batch_cost(stored, decoded=self.recipe.decodes, working=self._working)
+
+    def estimated_cost(self, records: int) -> int:
+        """The budget to reserve before reading a batch of up to ``records`` records: a quarter more than
+        the records read so far suggest, so that a batch of larger records than usual still fits."""
+        return batch_cost(int(records * self._record_bytes * ESTIMATE_MARGIN), decoded=self.recipe.decodes,
+                          working=self._working)
+
+    def batch_limit(self) -> int:
+        """Records per batch: ``limit``, or fewer when records are so large that one batch would take more
+        than half the memory budget (so that one batch can upload while the next is prepared)."""
+        per_record = max(1, self.estimated_cost(1))
+        return max(1, min(self.spec.limit, self.budget.total // 2 // per_record))
+
     def _encode(self, rows: list[StoredRecord], read_seconds: float) -> PreparedBatch:
-        t0 = time.perf_counter()
-        prepared, bad = _prepare_rows(rows, self.seal, self.policy)
-        kept_rows: list[StoredRecord] = rows
-        records: list[bytes] = prepared  # type: ignore[assignment]  # no CorruptRecord in it (checked below)
-        quarantined: list[tuple[int, str]] = []
-        held: ExportFailure | None = None
-        if bad and self.spec.on_corrupt_record == "Quarantine":
-            for index in bad:
-                corrupt: CorruptRecord = prepared[index]  # type: ignore[assignment]
-                self._quarantine(corrupt)
-                quarantined.append((corrupt.record_id, corrupt.reason))
-            moved = set(bad)
-            good = [index for index in range(len(rows)) if index not in moved]
-            kept_rows, records = [rows[i] for i in good], [prepared[i] for i in good]  # type: ignore[misc]
-        elif bad:
-            # Hold: the batch ends before the first corrupt record; the run fails once it is committed.
-            held = ExportFailure(Reason.CORRUPT_RECORD, f"{prepared[bad[0]]}; the export holds before it until "
-                                 "it is fixed in the store (or set onCorruptRecord: Quarantine)",
-                                 domain=Domain.STORE, transient=False)
-            if bad[0] == 0:
-                raise held
-            rows = kept_rows = rows[:bad[0]]
-            records = records[:bad[0]]
+        """Encode a batch on the calling thread."""
         try:
-            kept = self._transform(kept_rows, records)
-        except CorruptRecord as exc:
-            raise ExportFailure(Reason.CORRUPT_RECORD, f"{exc}; export holds before it until it is fixed",
-                                domain=Domain.STORE, transient=False) from None
-        first, last = rows[0], rows[-1]  # the range handled, quarantined records included
-        payload: bytes | None = None
-        try:
-            if kept is None:
-                exported = len(records)
-                if records:
-                    payload = self.encoder.encode(records)  # the default: stored bytes as they are
-            else:
-                exported = len(kept)
-                if kept:
-                    if self.encoder.decoded:
-                        payload = self.encoder.encode_records([record for record, _ in kept])
-                    else:
-                        payload = self.encoder.encode(
-                            [raw if raw is not None else cbor2.dumps(record, timezone=UTC) for record, raw in kept]
-                        )
-        except Exception as exc:  # an encoder that cannot represent a record
-            culprit = self._first_unencodable(kept) if kept else None
-            which = f"record {culprit}" if culprit is not None else f"records {first.id}-{last.id}"
-            raise ExportFailure(Reason.ENCODE_FAILED, f"{which} could not be written as {self.spec.format}: "
-                                f"{exc.__class__.__name__}: {str(exc)[:200]}; export holds before it",
-                                domain=Domain.FORMAT, transient=False) from None
+            encoded = encode_rows(self.recipe, rows)
+        except BatchFailure as failure:
+            raise _export_failure(failure) from None
+        return self._prepared(rows[0], encoded, read_seconds, 0.0)
+
+    def _start_encode(self, rows: list[StoredRecord], read_seconds: float, read_cpu_seconds: float,
+                      threads: Executor, on_encoded: Callable[[int], None] = lambda size: None,
+                      ) -> tuple[Callable[[], PreparedBatch], Callable[[], object]]:
+        """Start encoding a batch (in the pool, or on one of ``threads``): a function that waits for it and
+        returns the prepared batch, and one that cancels it. ``on_encoded`` is told the payload's size as soon
+        as it is ready. Only the batch's bounds are kept here, so that its rows are let go as soon as the
+        encoder has them."""
+        first, last = rows[0], rows[-1]
+        future: Future[EncodedBatch]
+        # A row stored as anything but bytes (a foreign writer's TEXT) fails the check in-process, where
+        # it needs no packing.
+        if (self.pool is not None and len(rows) >= POOL_MIN_ROWS
+                and all(type(row.body) is bytes for row in rows)):
+            future = self.pool.submit(encode_in_worker, self.recipe, PackedRows.pack(rows))
+        else:
+            future = threads.submit(encode_rows, self.recipe, rows)
+        del rows
+
+        def encoded(done: Future[EncodedBatch]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                payload = done.result().payload
+                on_encoded(len(payload) if payload is not None else 0)
+
+        future.add_done_callback(encoded)
+
+        def finish() -> PreparedBatch:
+            try:
+                encoded = future.result()
+            except BatchFailure as failure:
+                raise _export_failure(failure) from None
+            except (BrokenProcessPool, CancelledError):
+                raise ExportFailure(Reason.ENCODE_FAILED, f"the encoder process of records {first.id}-{last.id} "
+                                    "died (killed or out of memory); retrying", domain=Domain.FORMAT,
+                                    transient=True) from None
+            return self._prepared(first, encoded, read_seconds, read_cpu_seconds)
+
+        return finish, future.cancel
+
+    def _prepared(self, first: StoredRecord, encoded: EncodedBatch, read_seconds: float,
+                  read_cpu_seconds: float) -> PreparedBatch:
+        """The encoded batch, ready to commit. Runs on the run's own thread, in id order, just before the
+        batch is committed: the records that failed the check are moved to the quarantine here, so that
+        the cursor never passes a corrupt record still in ``captures`` (retention could purge it)."""
+        for record_id, reason in encoded.quarantined:
+            self._quarantine(CorruptRecord(record_id, reason))
+        held = None if encoded.held is None else ExportFailure(Reason.CORRUPT_RECORD, encoded.held,
+                                                               domain=Domain.STORE, transient=False)
+        payload = encoded.payload
         return PreparedBatch(
-            first_id=first.id,
-            last_id=last.id,
+            first_id=encoded.first_id,
+            last_id=encoded.last_id,  # the range handled, quarantined records included
             first_timestamp_us=first.timestamp_us,
-            rows=exported,
-            raw_bytes=sum(map(len, records)),
+            rows=encoded.rows,
+            raw_bytes=encoded.raw_bytes,
             payload=payload,
-            # Named by the range of records it holds: quarantined records at the edges are left out, so
-            # a reader (and verify) sees a name that matches its first and last record.
-            key=self.layout.data_key(kept_rows[0].id, kept_rows[-1].id, first.timestamp_us)
-            if payload is not None else None,
+            # Named by the range of records it holds: quarantined records at the edges are left out, so a
+            # reader (and verify) sees a name that matches its first and last record.
+            key=self.layout.data_key(encoded.kept_first_id, encoded.kept_last_id, first.timestamp_us)
+            if payload is not None and encoded.kept_first_id is not None and encoded.kept_last_id is not None
+            else None,
             read_seconds=read_seconds,
-            encode_seconds=time.perf_counter() - t0,
-            filtered=len(records) - exported,
-            quarantined=quarantined,
+            encode_seconds=encoded.seconds,
+            filtered=encoded.filtered,
+            read_cpu_seconds=read_cpu_seconds,
+            encode_cpu_seconds=encoded.cpu_seconds,
+            quarantined=list(encoded.quarantined),
             held=held,
         )
 
@@ -266,45 +331,11 @@ class ExportEngine:
         except StoreError as exc:
             raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
 
-    def _first_unencodable(self, kept: list[tuple[dict[str, Any], bytes | None]]) -> Any:
-        """The id of the first record the encoder cannot write on its own (to name it in the failure)."""
-        for record, _ in kept:
-            try:
-                self.encoder.encode_records([record])
-            except Exception:
-                return record.get("id")
-        return None
-
-    def _transform(
-        self, rows: list[StoredRecord], records: list[bytes]
-    ) -> list[tuple[dict[str, Any], bytes | None]] | None:
-        """None when records go out as stored (no filter, no rewrite, a CBOR format); else the records
-        that pass the filter, decoded and rewritten, each with its CBOR bytes when they are unchanged."""
-        transform = self.transform
-        if transform.identity and not self.encoder.decoded:
-            return None
-        kept: list[tuple[dict[str, Any], bytes | None]] = []
-        rewrites = transform.rewrites
-        # Only a filter, and a CBOR format: read just the fields the filter needs, ship the bytes as stored.
-        peek = transform.filter.fields if transform.filter is not None and not rewrites and not \
-            self.encoder.decoded else None
-        for row, raw in zip(rows, records, strict=True):
-            try:
-                record = cbor2.loads(raw) if peek is None else peek_fields(raw, peek)
-            except Exception as exc:
-                raise CorruptRecord(row.id, f"undecodable CBOR ({exc.__class__.__name__})") from None
-            if not isinstance(record, dict):
-                raise CorruptRecord(row.id, "not a CBOR map")
-            if not transform.accepts(record):
-                continue
-            kept.append((transform.rewrite(record), None) if rewrites else (record, raw))
-        return kept
-
     def _commit(self, batch: PreparedBatch, cursor: Cursor) -> BatchResult:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         key, payload = batch.key, batch.payload
         if key is not None and payload is not None:
-            self._call(lambda: self.objects.put(key, payload, content_type=self.encoder.content_type))
+            self._call(lambda: self.objects.put(key, payload, content_type=self.content_type))
         # Also for a batch the filter emptied: an object an earlier attempt (another filter, another
         # epoch) left in its range must go, or its records would be exported twice.
         if self._sweep_pending or batch.first_id <= cursor.high_water:
@@ -325,6 +356,9 @@ class ExportEngine:
             upload_seconds=time.perf_counter() - t0,
             filtered=batch.filtered,
             quarantined=tuple(batch.quarantined),
+            read_cpu_seconds=batch.read_cpu_seconds,
+            encode_cpu_seconds=batch.encode_cpu_seconds,
+            commit_cpu_seconds=time.thread_time() - cpu0,
         )
 
     def _sweep_overlapping(self, batch: PreparedBatch, high_water: int) -> None:
@@ -403,149 +437,6 @@ class ExportEngine:
                              raw_bytes=0, payload=None, key=None, read_seconds=0.0, encode_seconds=0.0)
 
 
-def _plan_batches(engine: ExportEngine, cursor: Cursor, stop: threading.Event) -> Iterator[
-        list[StoredRecord] | PreparedBatch]:
-    """The batches of one run, in id order: rows to encode, or a ready batch that only moves the cursor
-    past an object kept as it is (see ExportEngine._first_preserved_object)."""
-    limit = engine.spec.limit
-    after = cursor.position
-    # Rows read but left for the next batch because their folder differs (dated path templates).
-    pending: list[StoredRecord] = []
-    while not stop.is_set():
-        rows, rest = engine._cut(pending)
-        if not rest and len(pending) < limit:
-            more = engine._read(pending[-1].id if pending else after, limit - len(pending))
-            rows, rest = engine._cut(pending + more if pending else more)
-        if not rows:
-            return
-        if rows[0].id <= cursor.high_water and (kept := engine._first_preserved_object(after, rows)):
-            first, last = kept
-            if first <= rows[0].id:
-                # The kept object already holds every live record of its range: move past it.
-                yield engine._skip_batch(after, last, rows[0].timestamp_us)
-                after, pending = last, [row for row in rows + rest if row.id > last]
-                continue
-            rest = [row for row in rows if row.id >= first] + rest
-            rows = [row for row in rows if row.id < first]
-        yield rows
-        after, pending = rows[-1].id, rest
-
-
-class _PreparePipeline:
-    """Reads batches in order on one thread and encodes them on two more, so that reading, encoding and
-    compressing (which releases the GIL) overlap with the upload on the caller's thread. Batches come out
-    in id order; at most ``depth`` prepared batches wait, which bounds memory."""
-
-    def __init__(self, engine: ExportEngine, cursor: Cursor, keep_going: Callable[[], bool], depth: int = 2) -> None:
-        self.engine = engine
-        self.keep_going = keep_going
-        self.interrupted = False
-        self._stop = threading.Event()
-        self._queue: queue.Queue[Future[PreparedBatch] | BaseException | None] = queue.Queue(maxsize=depth)
-        self._encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="export-encode")
-        self._reader = threading.Thread(target=self._read_loop, args=(cursor,), name="export-read", daemon=True)
-        self._reader.start()
-
-    def _put(self, item: Future[PreparedBatch] | BaseException | None) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _read_loop(self, cursor: Cursor) -> None:
-        try:
-            t0 = time.perf_counter()
-            for item in _plan_batches(self.engine, cursor, self._stop):
-                if isinstance(item, PreparedBatch):
-                    future: Future[PreparedBatch] = Future()
-                    future.set_result(item)
-                else:
-                    future = self._encoders.submit(self.engine._encode, item, time.perf_counter() - t0)
-                if not self._put(future):
-                    return
-                t0 = time.perf_counter()
-            self._put(None)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            self._put(exc)
-
-    def __iter__(self) -> Iterator[PreparedBatch]:
-        first = True
-        while True:
-            # At least one batch per run, so that a short time budget still makes progress.
-            if not first and not self.keep_going():
-                self.interrupted = True
-                return
-            first = False
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item.result()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._reader.join()
-        self._encoders.shutdown(wait=True, cancel_futures=True)
-
-
-class SynchronousPipeline:
-    """The same batches as _PreparePipeline, prepared on the caller's thread: for tests that run
-    thousands of tiny exports, where threads would cost more than the work."""
-
-    def __init__(self, engine: ExportEngine, cursor: Cursor, keep_going: Callable[[], bool], depth: int = 2) -> None:
-        self.engine, self.cursor, self.keep_going, self.interrupted = engine, cursor, keep_going, False
-        self._stop = threading.Event()
-
-    def __iter__(self) -> Iterator[PreparedBatch]:
-        for index, item in enumerate(_plan_batches(self.engine, self.cursor, self._stop)):
-            if index and not self.keep_going():
-                self.interrupted = True
-                return
-            yield item if isinstance(item, PreparedBatch) else self.engine._encode(item, 0.0)
-
-    def close(self) -> None:
-        self._stop.set()
-
-
-def encode_batch(rows: list[StoredRecord], seal: RecordSeal | None = None,
-                 policy: CredentialPolicy = DEFAULT_POLICY) -> list[bytes | CorruptRecord]:
-    """Stored rows as exported CBOR records (``id`` spliced in), or the CorruptRecord of each row that is
-    not one well-formed record."""
-    return _prepare_rows(rows, seal, policy)[0]
-
-
-def _prepare_rows(rows: list[StoredRecord], seal: RecordSeal | None,
-                  policy: CredentialPolicy) -> tuple[list[bytes | CorruptRecord], list[int]]:
-    """``encode_batch``, and the indexes of the corrupt rows.
-
-    A row whose seal is valid was written by our own append (one canonical map, credentials stripped)
-    and goes out as stored, unless the exporter strips more header names (``spec.stripHeaders``), which
-    its bytes are then scanned for. Every other row is foreign and checked in full (store/check.py)."""
-    sealed = seal.seal if seal is not None else None
-    same = hmac.compare_digest
-    rescan = bool(policy.extra_headers)
-    out: list[bytes | CorruptRecord] = []
-    corrupt: list[int] = []
-    for row in rows:
-        body, mark = row.body, row.seal
-        if mark is not None and sealed is not None and type(body) is bytes and same(sealed(body), mark):
-            if rescan and policy.might_hold(body):
-                body = _strip_sealed(body, policy)
-            out.append(with_id(row.id, body))
-            continue
-        try:
-            out.append(with_id(row.id, check_foreign(row.id, body, policy)))
-        except CorruptRecord as exc:
-            corrupt.append(len(out))
-            out.append(exc)
-    return out, corrupt
-
-
-def _strip_sealed(body: bytes, policy: CredentialPolicy) -> bytes:
-    """A sealed (canonical, well-formed) body stripped by the exporter's own header names too."""
-    record = cbor2.loads(body)
-    return cbor2.dumps(record, timezone=UTC) if policy.strip(record) else body
+def _export_failure(failure: BatchFailure) -> ExportFailure:
+    reason, domain = _FAILURES[failure.kind]
+    return ExportFailure(reason, failure.message, domain=domain, transient=False)

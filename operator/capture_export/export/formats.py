@@ -19,7 +19,7 @@ Aperture writes them. The encoder gets the stored CBOR bytes (with ``id`` splice
 * map keys other than text (a foreign writer's byte-string keys): a byte string as its UTF-8 text
   (``"$base64:…"`` when it is not UTF-8), anything else as its JSON text.
 
-``parquet`` (``.parquet``, needs pyarrow: the ``parquet`` extra): one row group per object with a fixed
+``parquet`` (``.parquet``, needs pyarrow: the ``parquet`` extra): row groups of 1,000 records with a fixed
 schema (``PARQUET_SCHEMA``) whatever the batch holds, so that files of different batches and days read
 as one table:
 
@@ -42,15 +42,18 @@ from __future__ import annotations
 
 import base64
 import gzip
+import importlib.util
 import io
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 import cbor2
+import orjson
 import zstandard
 
 from ..store.records import decode_sequence
@@ -71,6 +74,7 @@ __all__ = [
     "decode_object",
     "encoder_for",
     "format_of",
+    "json_bytes",
     "json_default",
     "parquet_schema",
     "record_ids",
@@ -108,8 +112,13 @@ class CborZstdEncoder:
         self.extension, self.content_type = FORMATS["cbor-zstd"].object_type("zstd")
 
     def encode(self, records: Sequence[bytes]) -> bytes:
-        # A compressor is cheap to make and not safe to share across threads.
-        return zstandard.ZstdCompressor(level=self.level, write_content_size=True).compress(b"".join(records))
+        # A compressor is cheap to make and not safe to share across threads. The records are streamed in
+        # rather than joined first: a batch never holds a second copy of its records.
+        frame = zstandard.ZstdCompressor(level=self.level, write_content_size=True).compressobj(
+            size=sum(len(record) for record in records))
+        chunks = [frame.compress(record) for record in records]
+        chunks.append(frame.flush())
+        return b"".join(chunks)
 
     def encode_records(self, records: Sequence[Mapping[str, Any]]) -> bytes:
         return self.encode([cbor2.dumps(record, timezone=UTC) for record in records])
@@ -168,18 +177,52 @@ def _json_key(key: Any) -> Any:
 
 
 _JSON = json.JSONEncoder(default=json_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# orjson writes what JSON has natively (NaN and infinity as null, as _finite does); datetimes go through
+# json_default for the exact form above, and keys that are not strings (numbers) become strings.
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
-def to_json(value: Any) -> str:
+def _stdlib_json(value: Any) -> str:
     try:
         return _JSON.encode(value)
     except (ValueError, TypeError):  # a NaN or infinity, or a key JSON has no form for (rare): fix, retry
         return _JSON.encode(_jsonable(value))
 
 
+def json_bytes(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON (see the module docstring for bytes, timestamps and other types)."""
+    try:
+        return orjson.dumps(value, default=json_default, option=_ORJSON_OPTIONS)
+    except TypeError:
+        # What orjson cannot write (integers beyond 64 bits, ...): the standard library's encoder, which
+        # raises in turn when JSON cannot represent the value at all.
+        return _stdlib_json(value).encode("utf-8")
+
+
+def to_json(value: Any) -> str:
+    return json_bytes(value).decode("utf-8")
+
+
 def to_json_line(record: Mapping[str, Any]) -> str:
     """One record as a JSON line (no newline); see the module docstring for bytes and timestamps."""
     return to_json(record)
+
+
+def _compress(chunks: list[bytes], compression: str, level: int | None) -> bytes:
+    """The chunks one after the other, compressed as they come (never joined first, but for "none")."""
+    if compression == "gzip":
+        # Level 5: within 2% of the size of zlib's default 6, half again as fast. wbits 31: a gzip member.
+        stream = zlib.compressobj(level or 5, zlib.DEFLATED, 31)
+        out = [stream.compress(chunk) for chunk in chunks]
+        out.append(stream.flush())
+        return b"".join(out)
+    if compression == "zstd":
+        frame = zstandard.ZstdCompressor(level=level or 3, write_content_size=True).compressobj(
+            size=sum(len(chunk) for chunk in chunks))
+        out = [frame.compress(chunk) for chunk in chunks]
+        out.append(frame.flush())
+        return b"".join(out)
+    return b"".join(chunks)
 
 
 class JsonLinesEncoder:
@@ -191,16 +234,12 @@ class JsonLinesEncoder:
         self.extension, self.content_type = FORMATS["jsonl"].object_type(compression)
 
     def encode(self, records: Sequence[bytes]) -> bytes:
-        return self.encode_records([cbor2.loads(record) for record in records])
+        return self.encode_records(cbor2.loads(record) for record in records)
 
-    def encode_records(self, records: Sequence[Mapping[str, Any]]) -> bytes:
-        text = "".join(to_json(record) + "\n" for record in records).encode("utf-8")
-        if self.compression == "gzip":
-            # Level 5: within 2% of the size of zlib's default 6, half again as fast.
-            return gzip.compress(text, compresslevel=self.level or 5, mtime=0)
-        if self.compression == "zstd":
-            return zstandard.ZstdCompressor(level=self.level or 3, write_content_size=True).compress(text)
-        return text
+    def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
+        """The records as JSON lines; ``records`` may be a generator (each is encoded as it comes)."""
+        lines = [json_bytes(record) + b"\n" for record in records]
+        return _compress(lines, self.compression, self.level)
 
 
 # -- Parquet ------------------------------------------------------------------------------------------
@@ -214,16 +253,24 @@ _STRUCTS = {"identity": _IDENTITY_FIELDS, "usage": _USAGE_FIELDS, "estimated_cos
 _INT_RANGES = {"ver": 2**31, "status_code": 2**31}
 
 
+_NO_PYARROW = ("format parquet needs pyarrow, which is not installed here: install capture-export[parquet] "
+               "(or pick format cbor-zstd or jsonl)")
+
+
 def _pyarrow() -> Any:
     try:
         import pyarrow
         import pyarrow.parquet
     except ImportError:
-        raise FormatUnavailable(
-            "format parquet needs pyarrow, which is not installed here: install capture-export[parquet] "
-            "(or pick format cbor-zstd or jsonl)"
-        ) from None
+        raise FormatUnavailable(_NO_PYARROW) from None
     return pyarrow
+
+
+def _require_pyarrow() -> None:
+    """Raise FormatUnavailable when pyarrow is missing, without importing it (the exporting process does
+    not need it when the encode pool writes the Parquet)."""
+    if importlib.util.find_spec("pyarrow") is None:
+        raise FormatUnavailable(_NO_PYARROW)
 
 
 def parquet_schema() -> Any:
@@ -301,7 +348,35 @@ def _split_raw(capture: Any) -> tuple[Any, bytes | None, bytes | None]:
     return out, raws[0], raws[1]
 
 
+_NONE = type(None)
+# The Python types a column takes as they are: anything else is checked value by value (_fits).
+_CLEAN_TYPES: dict[type, frozenset[type]] = {
+    int: frozenset({int, _NONE}), str: frozenset({str, _NONE}), float: frozenset({float, int, _NONE}),
+    list: frozenset({list, _NONE}),
+}
+_KNOWN_FIELDS = frozenset({"id", "timestamp", "capture", *_SCALARS, *_STRUCTS})
+# Records per row group: a chunk is decoded, built into Arrow arrays and written before the next, so a batch
+# of 10,000 records never holds more than this many records decoded or uncompressed.
+PARQUET_CHUNK = 1000
+
+
+class _Extras:
+    """Per record, the values the typed columns cannot hold (the ``extra`` column), made on demand."""
+
+    def __init__(self, count: int) -> None:
+        self.of: list[dict[str, Any] | None] = [None] * count
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        extra = self.of[index]
+        if extra is None:
+            extra = self.of[index] = {}
+        return extra
+
+
 class ParquetEncoder:
+    """Records to Parquet column by column: each column's values are gathered and handed to Arrow whole;
+    only a column holding a value of an unexpected type is checked value by value."""
+
     decoded = True
 
     def __init__(self, compression: str = "zstd") -> None:
@@ -311,47 +386,117 @@ class ParquetEncoder:
         self.extension, self.content_type = FORMATS["parquet"].object_type(compression)
 
     def encode(self, records: Sequence[bytes]) -> bytes:
-        return self.encode_records([cbor2.loads(record) for record in records])
+        return self.encode_records(cbor2.loads(record) for record in records)
 
-    def columns(self, records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-        columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
-        known = {"id", "timestamp", "capture", *_SCALARS, *_STRUCTS}
-        for record in records:
-            extra: dict[str, Any] = {}
-            columns["id"].append(record["id"])
-            timestamp = record.get("timestamp")
-            if isinstance(timestamp, datetime):
-                columns["timestamp"].append(timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC))
-            else:
-                columns["timestamp"].append(None)
-                if timestamp is not None:
-                    extra["timestamp"] = timestamp
-            for name, kind in _SCALARS.items():
-                value = record.get(name)
-                if value is None or _fits(value, kind, name):
-                    columns[name].append(value)
-                else:
-                    columns[name].append(None)
-                    extra[name] = value
-            for name, fields in _STRUCTS.items():
-                columns[name].append(_struct(record.get(name), fields, extra, name))
-            capture, raw_request, raw_response = _split_raw(record.get("capture"))
-            columns["capture"].append(None if capture is None else to_json(capture))
-            columns["raw_request_body"].append(raw_request)
-            columns["raw_response_body"].append(raw_response)
-            for key, value in record.items():
-                if key not in known:
-                    extra[str(key)] = value
-            columns["extra"].append(to_json(extra) if extra else None)
-        return columns
-
-    def encode_records(self, records: Sequence[Mapping[str, Any]]) -> bytes:
+    def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
+        """The records as Parquet, one row group per ``PARQUET_CHUNK`` records; ``records`` may be a
+        generator, taken a chunk at a time: each chunk's columns are written (encoded and compressed) before
+        the next chunk is decoded, so a batch never holds more than one chunk uncompressed."""
         import pyarrow.parquet as pq
 
-        table = self.pa.Table.from_pydict(self.columns(records), schema=self.schema)
-        sink = io.BytesIO()
-        pq.write_table(table, sink, compression=self.compression, write_statistics=True)
-        return sink.getvalue()
+        sink = self.pa.BufferOutputStream()
+        with pq.ParquetWriter(sink, self.schema, compression=self.compression, write_statistics=True) as writer:
+            chunk: list[Mapping[str, Any]] = []
+            for record in records:
+                chunk.append(record)
+                if len(chunk) == PARQUET_CHUNK:
+                    writer.write_batch(self.record_batch(chunk), row_group_size=PARQUET_CHUNK)
+                    chunk = []
+            if chunk:
+                writer.write_batch(self.record_batch(chunk), row_group_size=PARQUET_CHUNK)
+        return sink.getvalue().to_pybytes()
+
+    def record_batch(self, records: Sequence[Mapping[str, Any]]) -> Any:
+        pa, schema = self.pa, self.schema
+        extras = _Extras(len(records))
+        arrays: dict[str, Any] = {"id": pa.array([record["id"] for record in records], pa.int64())}
+        arrays["timestamp"] = self._timestamps([record.get("timestamp") for record in records], extras)
+        for name, kind in _SCALARS.items():
+            arrays[name] = self._column([record.get(name) for record in records], kind, name,
+                                        schema.field(name).type, extras)
+        for name, fields in _STRUCTS.items():
+            arrays[name] = self._struct_column([record.get(name) for record in records], fields, name,
+                                               schema.field(name).type, extras)
+        captures, raw_requests, raw_responses = [], [], []
+        for record in records:
+            capture, raw_request, raw_response = _split_raw(record.get("capture"))
+            captures.append(None if capture is None else json_bytes(capture))
+            raw_requests.append(raw_request)
+            raw_responses.append(raw_response)
+        arrays["capture"] = pa.array(captures, pa.binary()).view(pa.string())  # orjson writes UTF-8
+        arrays["raw_request_body"] = pa.array(raw_requests, pa.binary())
+        arrays["raw_response_body"] = pa.array(raw_responses, pa.binary())
+        for index, record in enumerate(records):
+            if record.keys() - _KNOWN_FIELDS:
+                extra = extras[index]
+                for key, value in record.items():
+                    if key not in _KNOWN_FIELDS:
+                        extra[str(key)] = value
+        arrays["extra"] = pa.array([None if extra is None else json_bytes(extra) for extra in extras.of],
+                                   pa.binary()).view(pa.string())
+        return pa.RecordBatch.from_arrays([arrays[name] for name in schema.names], schema=schema)
+
+    def _timestamps(self, values: list[Any], extras: _Extras) -> Any:
+        if not set(map(type, values)) <= {datetime, _NONE}:
+            for index, value in enumerate(values):
+                if value is not None and not isinstance(value, datetime):
+                    extras[index]["timestamp"] = value
+                    values[index] = None
+        # Arrow takes aware datetimes to UTC and naive ones as UTC, as the exported records mean them.
+        return self.pa.array(values, self.pa.timestamp("us", tz="UTC"))
+
+    def _column(self, values: list[Any], kind: type, name: str, arrow_type: Any, extras: _Extras) -> Any:
+        """A typed column; a value it cannot hold goes to the record's extra under ``name``."""
+        if set(map(type, values)) <= _CLEAN_TYPES[kind] and (kind is not list or _all_strings(values)):
+            try:
+                return self.pa.array(values, arrow_type)
+            except (OverflowError, self.pa.ArrowInvalid):
+                pass  # an integer out of the column's range: checked one by one below
+        for index, value in enumerate(values):
+            if value is not None and not _fits(value, kind, name):
+                extras[index][name] = value
+                values[index] = None
+            elif kind is float and value is not None:
+                values[index] = float(value)
+        return self.pa.array(values, arrow_type)
+
+    def _struct_column(self, values: list[Any], fields: dict[str, type], name: str, arrow_type: Any,
+                       extras: _Extras) -> Any:
+        pa = self.pa
+        if set(map(type, values)) <= {dict, _NONE} and all(value.keys() <= fields.keys() for value in values
+                                                           if value is not None):
+            try:
+                children = [self._clean_column([value.get(field) if value is not None else None for value in values],
+                                               kind, arrow_type.field(field).type)
+                            for field, kind in fields.items()]
+                mask = pa.array([value is None for value in values], pa.bool_())
+                return pa.StructArray.from_arrays(children, fields=list(arrow_type), mask=mask)
+            except _Unclean:
+                pass
+        rows = []
+        for index, value in enumerate(values):
+            extra: dict[str, Any] = {}
+            rows.append(_struct(value, fields, extra, name))
+            if extra:
+                extras[index].update(extra)
+        return pa.array(rows, arrow_type)
+
+    def _clean_column(self, values: list[Any], kind: type, arrow_type: Any) -> Any:
+        """A struct's child column when every value fits as it is; raises _Unclean otherwise."""
+        if not set(map(type, values)) <= _CLEAN_TYPES[kind] or (kind is list and not _all_strings(values)):
+            raise _Unclean
+        try:
+            return self.pa.array(values, arrow_type)
+        except (OverflowError, self.pa.ArrowInvalid):
+            raise _Unclean from None
+
+
+class _Unclean(Exception):
+    """A struct column holds a value of an unexpected type: it is built value by value."""
+
+
+def _all_strings(lists: list[Any]) -> bool:
+    return all(type(item) is str for items in lists if items is not None for item in items)
 
 
 # -- reading back (capture-export cat and verify) --------------------------------------------------------
@@ -440,6 +585,16 @@ class FormatInfo:
     encoder: Callable[[str], BatchEncoder]
     reader: Reader
     ids: Callable[[bytes], list[int]] | None = None
+    decoded: bool = True  # whether its encoder needs the records decoded (see BatchEncoder.decoded)
+    # Memory its encoder builds, per stored byte of a batch, when the records are decoded (export/budget.py):
+    # JSON text as long as the records, Parquet's decoded chunk, Arrow arrays and output buffers.
+    working_memory: float = 1.2
+    requires: Callable[[], None] | None = None  # raises FormatUnavailable when a package it needs is missing
+
+    def check_available(self) -> None:
+        """Raise FormatUnavailable when this format cannot be written here."""
+        if self.requires is not None:
+            self.requires()
 
     def object_type(self, compression: str) -> tuple[str, str]:
         """(extension, content type) of this format's objects with ``compression``."""
@@ -458,6 +613,7 @@ FORMATS: dict[str, FormatInfo] = {
             encoder=lambda compression: CborZstdEncoder(),
             # Read exactly as the Aperture docs tell their users: zstd, then the CBOR sequence.
             reader=lambda data, extension: decode_sequence(_decompress(data, ".zstd")),
+            decoded=False,
         ),
         FormatInfo(
             name="jsonl",
@@ -477,6 +633,8 @@ FORMATS: dict[str, FormatInfo] = {
             encoder=ParquetEncoder,
             reader=lambda data, extension: _parquet_records(data),
             ids=_parquet_ids,
+            requires=lambda: _require_pyarrow(),
+            working_memory=2.5,
         ),
     )
 }

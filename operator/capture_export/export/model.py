@@ -5,16 +5,20 @@ without importing the engine."""
 
 from __future__ import annotations
 
+import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TypeVar
 
-from ..api.vocabulary import ExportOutcome, Reason
+from ..api.vocabulary import Domain, ExportOutcome, Reason
 from ..clock import Clock
 from ..objectstore.base import ObjectStoreError
+from ..redact import describe_exception
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BatchResult",
@@ -25,6 +29,7 @@ __all__ = [
     "Requests",
     "RetryPolicy",
     "RunResult",
+    "unexpected_failure",
 ]
 
 
@@ -73,6 +78,17 @@ class ExportFailure(Exception):
         return cls(exc.reason, exc.message, domain=exc.domain, transient=exc.transient)
 
 
+def unexpected_failure(exc: BaseException, consequence: str = "") -> ExportFailure:
+    """An exception nobody foresaw, contained as this exporter's failure (``InternalError``): named by its
+    class and place, never by its text. The traceback goes to the log at DEBUG (frames only)."""
+    description = describe_exception(exc)
+    log.warning("contained an unexpected %s", description)
+    log.debug("where: %s", "".join(traceback.format_tb(exc.__traceback__)))
+    tail = f"; {consequence}" if consequence else ""
+    return ExportFailure(Reason.INTERNAL_ERROR, f"unexpected {description}{tail}; it is retried with backoff (see "
+                         "the log at --debug for where)", domain=Domain.INTERNAL, transient=False)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 4
@@ -119,6 +135,10 @@ class PreparedBatch:
     read_seconds: float
     encode_seconds: float
     filtered: int = 0
+    # CPU time spent on the batch by the thread that read it and the thread or worker process that encoded
+    # it (benchmarks/format_throughput.py breaks the exporter's CPU down by stage with them).
+    read_cpu_seconds: float = 0.0
+    encode_cpu_seconds: float = 0.0
     # Records moved to the store's quarantine while preparing it: (id, reason).
     quarantined: list[tuple[int, str]] = field(default_factory=list)
     # onCorruptRecord Hold: the batch stops before a corrupt record; after committing what precedes it,
@@ -139,6 +159,9 @@ class BatchResult:
     encode_seconds: float
     upload_seconds: float
     filtered: int = 0
+    read_cpu_seconds: float = 0.0
+    encode_cpu_seconds: float = 0.0
+    commit_cpu_seconds: float = 0.0  # the upload, the sweep and the checkpoint, on the run's own thread
     quarantined: tuple[tuple[int, str], ...] = ()  # (id, reason) of records moved to the quarantine
 
     @property

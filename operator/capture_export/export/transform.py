@@ -25,11 +25,12 @@ import io
 import struct
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 
-from ..api.s3exporter import ExportFilter, S3ExporterSpec
+if TYPE_CHECKING:  # not imported at run time: the encode pool's workers load this module without the API
+    from ..api.s3exporter import ExportFilter, S3ExporterSpec
 
 __all__ = ["BODY_KEYS_KEPT", "RecordFilter", "RecordTransform", "peek_fields", "privacy_scrub", "redact"]
 
@@ -192,7 +193,7 @@ def peek_fields(raw: bytes, wanted: frozenset[str]) -> dict[str, Any]:
 class RecordFilter:
     """``spec.filter`` as a predicate on decoded records (``fields``: the top-level fields it reads)."""
 
-    def __init__(self, spec: ExportFilter) -> None:
+    def __init__(self, spec: ExportFilter | Any) -> None:
         self.models = tuple(spec.models) if spec.models else None
         self.model_patterns = self.models is not None and any(c in m for m in self.models for c in "*?[")
         self.api_types = frozenset(spec.api_types) if spec.api_types else None
@@ -225,9 +226,10 @@ class RecordFilter:
 
 
 class RecordTransform:
-    """The filter and the rewrites (privacy, redaction) an exporter applies, built from its spec."""
+    """The filter and the rewrites (privacy, redaction) an exporter applies, built from its spec (or
+    anything with the spec's ``filter``, ``privacy_mode`` and ``redact_fields``, as batch.BatchRecipe)."""
 
-    def __init__(self, spec: S3ExporterSpec) -> None:
+    def __init__(self, spec: S3ExporterSpec | Any) -> None:
         self.filter = RecordFilter(spec.filter) if spec.filter is not None else None
         self.privacy = spec.privacy_mode
         self.redactions = [path.split(".") for path in spec.redact_fields]

@@ -30,6 +30,7 @@ from ..api.manifests import InvalidManifest, parse_spec
 from ..api.s3exporter import S3ExporterSpec
 from ..api.vocabulary import ConditionType, EventType, Reason, Truth
 from ..export import ExporterId
+from ..redact import describe_exception
 from ..retention import ExporterRef, RetentionOutcome, RetentionWorker
 from ..status.conditions import get_condition, set_condition
 from ..status.exporter import Event
@@ -209,8 +210,17 @@ class PolicyState:
         except KubeApiError as exc:  # no exporters to gate on: purge nothing, try again soon
             log.warning("%s: not purging: %s", self.id, exc)
             return API_RETRY
-        except Exception:
-            log.exception("%s: retention cycle crashed", self.id)
+        except Exception as exc:  # the cycle contains its own failures; this is the last line of defence
+            description = describe_exception(exc)
+            log.warning("%s: contained an unexpected %s", self.id, description)
+
+            def failed(current: RetentionPolicyStatus) -> tuple[RetentionPolicyStatus, list[Event]]:
+                update = RetentionStatusUpdate(current, now=self.runtime.clock.now(), generation=desired.generation)
+                update.failed(Reason.INTERNAL_ERROR, f"internal error: unexpected {description}")
+                update.events.append(Event(EventType.WARNING, Reason.PURGE_FAILED, f"unexpected {description}"))
+                return update.finish()
+
+            await self.write(body, failed)
             return CRASH_BACKOFF
 
         def result(current: RetentionPolicyStatus) -> tuple[RetentionPolicyStatus, list[Event]]:

@@ -37,6 +37,8 @@ from ..api.manifests import InvalidManifest, parse_spec
 from ..api.vocabulary import ConditionType, EventType, Reason, Truth
 from ..export import BatchResult, ExporterId
 from ..export.cycle import ExporterWorker
+from ..export.model import ExportFailure, unexpected_failure
+from ..redact import redact
 from ..status.conditions import get_condition, set_condition
 from ..status.exporter import Event, StatusUpdate, cursor_position, not_behind
 from .settings import RESET_CURSOR, RUN_NOW, Runtime, sleep_until_woken
@@ -85,7 +87,8 @@ def judge(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> tuple[S3Ex
     current = destination_of(parsed)
     changed = [k for k in current if isinstance(recorded, dict) and k in recorded and recorded[k] != current[k]]
     if changed:
-        detail = ", ".join(f"{k} {recorded[k]!r} -> {current[k]!r}" for k in changed)
+        # redact: a destination recorded before userinfo was refused may hold a password.
+        detail = redact(", ".join(f"{k} {recorded[k]!r} -> {current[k]!r}" for k in changed))
         return parsed, Hold(Reason.DESTINATION_IMMUTABLE, f"the destination is immutable ({detail}); not exporting "
                             "until it is restored: create a new S3Exporter to move the export")
     if parsed.suspend:
@@ -159,6 +162,14 @@ class ExporterState:
                 log.warning("%s: status not written: %s", self.id, exc)
                 return False
 
+    def failed(self, status: S3ExporterStatus, desired: Desired, failure: ExportFailure) -> tuple[
+            S3ExporterStatus, list[Event]]:
+        """``status`` with ``failure`` as the cycle's outcome: its condition and its Events."""
+        update = StatusUpdate(status, now=self.runtime.clock.now(), generation=desired.generation)
+        update.fail(failure)
+        update.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, failure.message))
+        return update.finish()
+
     def held(self, status: S3ExporterStatus, desired: Desired) -> tuple[S3ExporterStatus, list[Event]]:
         """``status`` with ``Ready=False`` for the hold, and the Event it deserves (once per new hold)."""
         assert desired.hold is not None
@@ -228,9 +239,10 @@ class ExporterState:
         runtime.metrics.cycles_in_flight.inc()
         try:
             outcome = await asyncio.get_running_loop().run_in_executor(runtime.cycles, cycle)
-        except Exception:
-            log.exception("%s: export cycle crashed", self.id)
+        except Exception as exc:  # the cycle contains its own failures; this is the last line of defence
+            failure = unexpected_failure(exc)
             runtime.metrics.cycle(namespace, name, None, time.monotonic() - started)
+            await self.write(body, lambda current: self.failed(current, desired, failure))
             return CRASH_BACKOFF
         finally:
             runtime.metrics.cycles_in_flight.dec()

@@ -10,6 +10,7 @@ explicitly, never one per successful handler run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -29,15 +31,17 @@ from ..api import GROUP
 from ..clock import Clock, SystemClock
 from ..metrics import OperatorMetrics
 from ..objectstore import ObjectStore, S3Access, S3Location, S3ObjectStore
+from ..redact import CLIENT_LOGGERS, install_log_redaction, quiet_client_loggers
 from ..status.writer import StatusWriter
-from ..store import StoreOpener
+from ..store import StoreOpener, StoreRefused
+from ..store.opener import kind_of_url
 from .kube import ApiSecrets, KubeApi, kopf_event
 from .permissions import MissingPermissions, check_permissions
 from .readiness import Readiness
 
-__all__ = ["EXIT_SECONDS", "FINALIZER", "RESET_CURSOR", "RUN_NOW", "SERVED_PLURALS", "USER_ANNOTATIONS",
-           "CycleExecutor", "OperatorConfig", "ProgressStorage", "Runtime", "SharedObjectStores", "apply_settings",
-           "check_rbac", "quiet_client_loggers", "register", "sleep_until_woken"]
+__all__ = ["CLIENT_LOGGERS", "EXIT_SECONDS", "FINALIZER", "RESET_CURSOR", "RUN_NOW", "SERVED_PLURALS",
+           "USER_ANNOTATIONS", "CycleExecutor", "OperatorConfig", "ProgressStorage", "Runtime", "SharedObjectStores",
+           "apply_settings", "check_rbac", "quiet_client_loggers", "register", "sleep_until_woken"]
 
 # The plurals of the kinds the operator serves (what readiness lists and the chart's RBAC grants).
 SERVED_PLURALS = ("s3exporters", "retentionpolicies")
@@ -73,10 +77,29 @@ class OperatorConfig:
     ingest_port: int | None = None  # also run the ingest server (writing to ``store``) on this port
     ingest_token_file: str | None = None
     ingest_limits: Any = None  # ingest.IngestLimits; None: its defaults
+    # Tenancy. The namespaces whose resources may use the default store (None: every one; "*" too).
+    default_store_namespaces: tuple[str, ...] | None = None
+    # The directories a spec's store.sqlite.path must lie in; None: the default store's own directory when
+    # it is a SQLite file, and none at all otherwise.
+    sqlite_directories: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
-        return cls(store=os.environ.get("CAPTURE_EXPORT_STORE") or None)
+        namespaces = [n.strip() for n in os.environ.get("CAPTURE_EXPORT_DEFAULT_STORE_NAMESPACES", "").split(",")
+                      if n.strip()] or ([os.environ["POD_NAMESPACE"]] if os.environ.get("POD_NAMESPACE") else [])
+        directories = [d for d in os.environ.get("CAPTURE_EXPORT_SQLITE_DIRS", "").split(os.pathsep) if d.strip()]
+        return cls(store=os.environ.get("CAPTURE_EXPORT_STORE") or None,
+                   default_store_namespaces=tuple(namespaces) or None, sqlite_directories=tuple(directories) or None)
+
+    def allowed_sqlite_directories(self) -> tuple[str, ...]:
+        """Where specs' SQLite stores may be: the configured directories, else the default store's own."""
+        if self.sqlite_directories is not None:
+            return self.sqlite_directories
+        if self.store:
+            with contextlib.suppress(StoreRefused):
+                if kind_of_url(self.store).name == "sqlite":
+                    return (str(Path(self.store.removeprefix("sqlite://")).resolve().parent),)
+        return ()
 
     @property
     def liveness_endpoint(self) -> str | None:
@@ -158,7 +181,8 @@ class Runtime:
         self.clock = clock or SystemClock()
         self.kube = KubeApi(config.kube, request_timeout=config.api_timeout)
         self.secrets = ApiSecrets(self.kube)
-        self.stores = StoreOpener(config.store, self.secrets.get)
+        self.stores = StoreOpener(config.store, self.secrets.get, default_namespaces=config.default_store_namespaces,
+                                  sqlite_directories=config.allowed_sqlite_directories())
         self.object_stores = SharedObjectStores()
         self.metrics = OperatorMetrics()
         self.cycles = CycleExecutor(max(1, config.concurrency), thread_name_prefix="export-cycle")
@@ -235,20 +259,10 @@ class ProgressStorage(kopf.AnnotationsProgressStorage):
         return essence
 
 
-# Client libraries log whole responses at DEBUG (a Secret's data, by the kubernetes client) and request
-# headers (botocore): whatever the operator's verbosity, they log at INFO and above only.
-CLIENT_LOGGERS = ("kubernetes", "urllib3", "botocore", "boto3", "s3transfer")
-
-
-def quiet_client_loggers() -> None:
-    for name in CLIENT_LOGGERS:
-        logger = logging.getLogger(name)
-        if logger.getEffectiveLevel() < logging.INFO:
-            logger.setLevel(logging.INFO)
-
 
 def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     quiet_client_loggers()
+    install_log_redaction()  # kopf logs request bodies at DEBUG: a spec may hold a URL with userinfo
     settings.persistence.progress_storage = ProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"

@@ -14,10 +14,12 @@ from typing import Any
 
 import zstandard
 
+from ..lifetime import end_with
 from ..store.records import encode_ordered
 from .errors import BadInput, TooLarge, UnsupportedMediaType
 
-__all__ = ["PARSERS", "IngestLimits", "Parsed", "Row", "cyclic_gc_paused", "prepare", "prepare_by_name", "warm"]
+__all__ = ["PARSERS", "IngestLimits", "Parsed", "Row", "cyclic_gc_paused", "prepare", "prepare_by_name",
+           "start_parsing_process", "warm"]
 
 Row = tuple[int, bytes, str]  # (timestamp_us, CBOR body as encode_body makes it, capture_id)
 
@@ -155,6 +157,12 @@ def prepare_by_name(source: str, body: bytes, encoding: str, content_type: str,
     """``prepare`` for a source named by its name (what a parsing process is handed)."""
     parse, allow_empty = PARSERS[source]
     return prepare(parse, allow_empty, body, encoding, content_type, limits)
+
+
+def start_parsing_process(server_pid: int) -> None:
+    """A parsing process's first step: end with the ingest server however it ends, then import."""
+    end_with(server_pid)
+    warm()
 
 
 def warm() -> None:

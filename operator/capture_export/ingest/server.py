@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -34,7 +35,7 @@ from ..store import IngestStore
 from .auth import TokenFile
 from .errors import IngestRefused, StoreUnavailable, TooLarge, Unauthorized
 from .metrics import IngestMetrics
-from .parsing import PARSERS, IngestLimits, Parsed, Row, prepare, prepare_by_name, warm
+from .parsing import PARSERS, IngestLimits, Parsed, Row, prepare, prepare_by_name, start_parsing_process, warm
 from .writer import GroupCommitter
 
 __all__ = ["IngestLimits", "IngestServer", "OtlpSource", "Outcome", "Parsed", "Source", "default_sources", "serve",
@@ -155,7 +156,7 @@ class IngestServer:
             # spawn, not fork: the operator's process has threads (kopf, export cycles) a fork would copy
             # mid-flight.
             self._parsers = ProcessPoolExecutor(self.limits.parse_workers, mp_context=get_context("spawn"),
-                                                initializer=warm)
+                                                initializer=start_parsing_process, initargs=(os.getpid(),))
 
     async def start(self, host: str = "0.0.0.0", port: int = 8090) -> int:
         self._start_parsers()

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..redact import scrub as _scrub
+
 __all__ = [
     "AssumeRole",
     "Credentials",
@@ -33,10 +35,11 @@ class Credentials:
     session_token: str | None = None
 
     def __repr__(self) -> str:  # never print secrets, not even in a traceback
-        return f"Credentials(access_key_id={self.access_key_id[:4]}…)"
+        return "Credentials(***)"
 
     def secrets(self) -> list[str]:
-        return [s for s in (self.secret_access_key, self.session_token) if s]
+        """Every value to keep out of text (the key id too: users treat it as a secret)."""
+        return [s for s in (self.access_key_id, self.secret_access_key, self.session_token) if s]
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,8 @@ class ObjectStoreError(RuntimeError):
 
 
 def scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
+    """``text`` without any of ``secrets`` in any escaped form, nor URL userinfo or DSN passwords."""
+    return _scrub(text, secrets)
 
 
 class ObjectStore(Protocol):

@@ -8,7 +8,11 @@ EKS Pod Identity). ``capture-export cat`` and ``verify --bucket`` take them from
 (:func:`credentials_from_environment`).
 
 The Secret holds ``access_key_id``, ``access_secret`` and optionally ``session_token``; it is re-read on
-every resolve, so a rotation takes effect at the next cycle; so is the CA bundle (``caBundleRef``).
+every resolve, so a rotation takes effect at the next cycle; so is the CA bundle (``caBundleRef``). A
+value holding a control character (the trailing newline of ``echo token | base64``) is refused as
+``SecretValueInvalid``, naming the Secret and the key but never the value: sent on, it ends up in an HTTP
+header that the client library refuses with an error message quoting it. :func:`secret_value` applies
+the same rules to any key (a store's DSN).
 
 With ``roleArn``, :func:`boto3_session` assumes the role on top of the base credentials with botocore's
 own refreshable credentials: the first request assumes it, and a request made when a quarter of the
@@ -30,6 +34,7 @@ import botocore.session
 from botocore.config import Config
 
 from ..api.vocabulary import Domain, Reason
+from ..redact import control_characters
 from .base import AssumeRole, Credentials, ObjectStoreError, S3Access, ServerSideEncryption
 
 if TYPE_CHECKING:
@@ -47,6 +52,7 @@ __all__ = [
     "credentials_from_environment",
     "credentials_from_secret",
     "default_session_name",
+    "secret_value",
 ]
 
 # The keys of a credentials Secret.
@@ -68,31 +74,67 @@ class ConfigMapSource(Protocol):
 
 
 class CredentialsError(ObjectStoreError):
-    """The credentials cannot be had (no such Secret, a key missing): never transient, someone must fix it."""
+    """The credentials cannot be had (no such Secret, a key missing, a value that cannot be sent): never
+    transient, someone must fix it. ``domain`` is Credentials unless the Secret holds something else (a
+    store's DSN: Store)."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(reason, message, transient=False, domain=Domain.CREDENTIALS)
+    def __init__(self, reason: str, message: str, *, domain: str = Domain.CREDENTIALS) -> None:
+        super().__init__(reason, message, transient=False, domain=domain)
+
+
+def _invalid_value(what: str, value: str) -> str | None:
+    """Why ``value`` cannot be used, in words that never quote it; None when it can."""
+    found = control_characters(value)
+    if not found:
+        return None
+    hint = " (a trailing newline, as `echo value | base64` leaves?)" if value.rstrip("\r\n") != value else ""
+    return (f"{what} holds a control character ({', '.join(found)}){hint}; write it again without one, e.g. "
+            "with `kubectl create secret generic --from-literal` or `printf %s value | base64`")
+
+
+def secret_value(namespace: str, name: str, data: Mapping[str, str] | None, key: str, *, required: bool = True,
+                 domain: str = Domain.CREDENTIALS) -> str | None:
+    """One key of one Secret's data (None: the Secret does not exist), checked: SecretNotFound,
+    SecretKeyMissing (when ``required``; else None for an absent or empty key) or SecretValueInvalid."""
+    if data is None:
+        raise CredentialsError(Reason.SECRET_NOT_FOUND, f"Secret {namespace}/{name} not found", domain=domain)
+    value = data.get(key)
+    if not value:
+        if required:
+            raise CredentialsError(Reason.SECRET_KEY_MISSING, f"Secret {namespace}/{name} has no key {key!r}",
+                                   domain=domain)
+        return None
+    if not isinstance(value, str):
+        raise CredentialsError(Reason.SECRET_VALUE_INVALID, f"Secret {namespace}/{name} key {key!r} is not text",
+                               domain=domain)
+    problem = _invalid_value(f"Secret {namespace}/{name} key {key!r}", value)
+    if problem is not None:
+        raise CredentialsError(Reason.SECRET_VALUE_INVALID, problem, domain=domain)
+    return value
 
 
 def credentials_from_secret(namespace: str, name: str, data: Mapping[str, str] | None) -> Credentials:
     """The credentials in one Secret's data (None: the Secret does not exist)."""
-    if data is None:
-        raise CredentialsError(Reason.SECRET_NOT_FOUND, f"Secret {namespace}/{name} not found")
-    for key in (ACCESS_KEY_ID, ACCESS_SECRET):
-        if not data.get(key):
-            raise CredentialsError(Reason.SECRET_KEY_MISSING, f"Secret {namespace}/{name} has no key {key!r}")
-    return Credentials(data[ACCESS_KEY_ID], data[ACCESS_SECRET], data.get(SESSION_TOKEN) or None)
+    key_id = secret_value(namespace, name, data, ACCESS_KEY_ID)
+    secret = secret_value(namespace, name, data, ACCESS_SECRET)
+    token = secret_value(namespace, name, data, SESSION_TOKEN, required=False)
+    assert key_id is not None and secret is not None
+    return Credentials(key_id, secret, token)
 
 
 def credentials_from_environment(environ: Mapping[str, str] | None = None) -> Credentials | None:
     """``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``), or None for the SDK's
-    own chain when they are not both set."""
+    own chain when they are not both set. A value with a control character is refused (CredentialsError)."""
     environ = os.environ if environ is None else environ
     key_id = environ.get("AWS_ACCESS_KEY_ID")
     secret = environ.get("AWS_SECRET_ACCESS_KEY")
     if not (key_id and secret):
         return None
-    return Credentials(key_id, secret, environ.get("AWS_SESSION_TOKEN"))
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        problem = _invalid_value(f"${variable}", environ.get(variable) or "")
+        if problem is not None:
+            raise CredentialsError(Reason.SECRET_VALUE_INVALID, problem.split("; ")[0] + "; set it again without one")
+    return Credentials(key_id, secret, environ.get("AWS_SESSION_TOKEN") or None)
 
 
 def default_session_name(namespace: str, name: str) -> str:

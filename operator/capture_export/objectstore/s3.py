@@ -15,6 +15,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from ..api.vocabulary import Domain, Reason
+from ..redact import redact
 from .base import Credentials, ObjectInfo, ObjectStoreError, S3Access, S3Location, scrub
 from .credentials import boto3_session
 
@@ -35,10 +36,15 @@ _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimi
                    "503", "429"}
 
 
+def _where(location: S3Location) -> str:
+    endpoint = f" at {redact(location.endpoint)}" if location.endpoint else ""
+    return f"bucket {location.bucket!r}{endpoint}"
+
+
 def _classify_sts(exc: botocore.exceptions.ClientError, role: str | None, secrets: list[str]) -> ObjectStoreError:
     """An STS failure while assuming the role (spec.roleArn) or the pod's web identity (IRSA)."""
     error = exc.response.get("Error", {})
-    code = str(error.get("Code", ""))
+    code = scrub(str(error.get("Code", "")), secrets)
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     detail = scrub(str(error.get("Message") or code), secrets)
     operation = exc.operation_name
@@ -69,24 +75,29 @@ def _classify_sts(exc: botocore.exceptions.ClientError, role: str | None, secret
 
 def classify(exc: BaseException, location: S3Location, secrets: list[str], *,
              role: str | None = None, temporary: bool = False) -> ObjectStoreError:
-    """Turn a botocore failure into an ObjectStoreError with a clear, secret-free message. ``role``: the
+    """Turn a client failure into an ObjectStoreError with a clear, secret-free message. ``role``: the
     role being assumed, if any (STS failures surface in the S3 call that needed credentials);
     ``temporary``: the Secret's credentials carry a session token (which may have expired: AWS then says
-    ExpiredToken, some S3-compatible services only that the key is unknown)."""
-    where = f"bucket {location.bucket!r}" + (f" at {location.endpoint}" if location.endpoint else "")
+    ExpiredToken, some S3-compatible services only that the key is unknown).
+
+    Only the server's own error code and message are quoted (scrubbed of the credentials in every form);
+    a failure raised inside the client (botocore's, urllib3's, http.client's) is named by its class alone:
+    its text can quote a request header, credentials included (``Invalid header value b'…'``)."""
+    where = _where(location)
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return ObjectStoreError("CredentialsMissing", "no S3 credentials were found (set spec.secretRef, or give "
                                 "the pod an identity: IRSA, EKS Pod Identity)", transient=False,
                                 domain=Domain.CREDENTIALS)
+    endpoint = redact(location.endpoint) if location.endpoint else "Amazon S3"
     if isinstance(exc, botocore.exceptions.SSLError):
-        return ObjectStoreError(Reason.TLS_VERIFICATION_FAILED, f"TLS to {location.endpoint or 'Amazon S3'} failed: "
+        return ObjectStoreError(Reason.TLS_VERIFICATION_FAILED, f"TLS to {endpoint} failed: "
                                 "the server's certificate is not trusted or does not match the host; set "
                                 "spec.caBundleRef to the CA that signed it", transient=False, domain=Domain.BUCKET)
     if isinstance(exc, botocore.exceptions.ClientError) and exc.operation_name in _STS_OPERATIONS:
         return _classify_sts(exc, role, secrets)
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
+        code = scrub(str(error.get("Code", "")), secrets)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         detail = scrub(str(error.get("Message") or code), secrets)
         if code in _EXPIRED_CODES:
@@ -112,17 +123,17 @@ def classify(exc: BaseException, location: S3Location, secrets: list[str], *,
         return ObjectStoreError("S3RequestFailed", f"{where} refused the request: {code} {detail}".strip(),
                                 transient=False, domain=Domain.BUCKET)
     if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
-        return ObjectStoreError("EndpointUnreachable", f"cannot connect to {location.endpoint or 'Amazon S3'}",
-                                transient=True, domain=Domain.BUCKET)
+        return ObjectStoreError("EndpointUnreachable", f"cannot connect to {endpoint}", transient=True,
+                                domain=Domain.BUCKET)
     if isinstance(exc, botocore.exceptions.ReadTimeoutError | botocore.exceptions.ConnectionClosedError |
                   botocore.exceptions.ResponseStreamingError):
-        return ObjectStoreError("EndpointUnreachable",
-                                f"connection to {location.endpoint or 'Amazon S3'} failed mid-request: "
+        return ObjectStoreError("EndpointUnreachable", f"connection to {endpoint} failed mid-request: "
                                 f"{exc.__class__.__name__}", transient=True, domain=Domain.BUCKET)
     if isinstance(exc, botocore.exceptions.BotoCoreError | OSError):
-        return ObjectStoreError("S3RequestFailed", scrub(f"{where}: {exc}", secrets), transient=True,
-                                domain=Domain.BUCKET)
-    raise exc
+        return ObjectStoreError("S3RequestFailed", f"{where}: the request failed in the S3 client "
+                                f"({exc.__class__.__name__})", transient=True, domain=Domain.BUCKET)
+    return ObjectStoreError("S3RequestFailed", f"{where}: the request could not be made ({exc.__class__.__name__})",
+                            transient=False, domain=Domain.BUCKET)
 
 
 def _ca_bundle_file(pem: str) -> str:
@@ -184,9 +195,15 @@ class S3ObjectStore:
         sts_config = Config(region_name=location.region, connect_timeout=connect_timeout, read_timeout=read_timeout,
                             retries={"total_max_attempts": 2, "mode": "standard"})
         # boto3's default session is not thread-safe; each store gets its own.
-        with _session_lock:
-            self.session = boto3_session(access, region=location.region, now=now, sts_config=sts_config)
-            self._client = self.session.client("s3", config=config, endpoint_url=location.endpoint, verify=verify)
+        try:
+            with _session_lock:
+                self.session = boto3_session(access, region=location.region, now=now, sts_config=sts_config)
+                self._client = self.session.client("s3", config=config, endpoint_url=location.endpoint,
+                                                   verify=verify)
+        except Exception as exc:  # an invalid region or endpoint: its text may quote the endpoint's userinfo
+            raise ObjectStoreError("InvalidConfiguration", f"{_where(location)}: no S3 client can be made for "
+                                   f"region {location.region!r} ({exc.__class__.__name__})", transient=False,
+                                   domain=Domain.BUCKET) from None
 
     def _fail(self, exc: BaseException) -> ObjectStoreError:
         return classify(exc, self.location, self._secrets, role=self._role, temporary=self._temporary)

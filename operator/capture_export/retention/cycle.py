@@ -13,6 +13,8 @@ and hidden with ``softDelete``. ``dryRun`` counts both and changes nothing.
 
 from __future__ import annotations
 
+import logging
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +29,15 @@ from ..export.layout import ObjectLayout
 from ..export.model import ExporterId, ExportFailure, RetryPolicy
 from ..objectstore import ObjectStore, ObjectStoreError, S3Access, S3Location, S3ObjectStore
 from ..objectstore.credentials import CredentialResolver, SecretSource
+from ..redact import describe_exception
 from ..status.conditions import get_condition
 from ..status.exporter import Event
 from ..status.retention import RetentionStatusUpdate
-from ..store import RETENTION_METHODS, CaptureStore, StoreError, describe_store, store_identity
+from ..store import RETENTION_METHODS, CaptureStore, StoreError, StoreRefused, describe_store, store_identity
 from .gate import ExporterObservation, Gate, evaluate_gate, gating_exporters, micros
 from .purge import Purger, PurgeStats
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ExporterRef", "RetentionOutcome", "RetentionWorker"]
 
@@ -66,10 +71,13 @@ class RetentionOutcome:
 
 
 class _Failure(Exception):
-    def __init__(self, reason: str, message: str) -> None:
+    """Why a run failed; ``store``: whether it speaks to the store (StoreReachable), else Ready says it."""
+
+    def __init__(self, reason: str, message: str, *, store: bool = True) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.store = store
 
 
 def _failing(status: S3ExporterStatus | None) -> str | None:
@@ -171,6 +179,8 @@ class RetentionWorker:
     def _store(self, spec: RetentionPolicySpec) -> CaptureStore:
         try:
             store = self.open_store(spec, self.policy.namespace)
+        except StoreRefused as exc:
+            raise _Failure(exc.reason, exc.message) from None
         except StoreError as exc:
             raise _Failure(Reason.STORE_UNAVAILABLE, str(exc)) from None
         missing = [m for m in RETENTION_METHODS if not callable(getattr(store, m, None))]
@@ -211,9 +221,18 @@ class RetentionWorker:
                 update.status.soft_deleted_pending = store.soft_deleted_count()
             except StoreError as exc:
                 raise _Failure(Reason.STORE_UNAVAILABLE, str(exc)) from None
-        except _Failure as exc:
-            failure = exc
-            update.store_failed(exc.reason, exc.message)
+        except Exception as exc:  # contained: whatever happens, this policy gets a condition, not a crash
+            if isinstance(exc, _Failure):
+                failure = exc
+            else:
+                log.warning("%s: contained an unexpected %s", self.policy, describe_exception(exc))
+                log.debug("where: %s", "".join(traceback.format_tb(exc.__traceback__)))
+                failure = _Failure(Reason.INTERNAL_ERROR, f"unexpected {describe_exception(exc)}; nothing more is "
+                                   "purged until it is retried (see the log at --debug for where)", store=False)
+            if failure.store:
+                update.store_failed(failure.reason, failure.message)
+            else:
+                update.failed(failure.reason, f"internal error: {failure.message}")
         run.end = self.clock.now()
         run.duration_seconds = round(self.clock.monotonic() - started, 3)
         run.purged, run.soft_deleted = stats.purged, stats.soft_deleted

@@ -21,6 +21,8 @@ from .cycle import ExporterRef, RetentionOutcome, RetentionWorker
 if TYPE_CHECKING:
     from ..standalone import StandaloneRunner
 
+CONTAINED_RETRY = 30.0  # seconds before a policy whose cycle raised is tried again
+
 __all__ = ["RetentionScheduler"]
 
 
@@ -69,19 +71,26 @@ class RetentionScheduler:
                 break
             if item.due > time.monotonic():
                 continue
-            outcome = item.worker.cycle(
-                item.resource.spec,
-                item.status,
-                self.exporters_for(runner, item.resource.namespace),
-                generation=item.resource.generation,
-                should_stop=runner.stop_event.is_set,
-            )
+            try:
+                outcome = item.worker.cycle(
+                    item.resource.spec,
+                    item.status,
+                    self.exporters_for(runner, item.resource.namespace),
+                    generation=item.resource.generation,
+                    should_stop=runner.stop_event.is_set,
+                )
+            except Exception as exc:  # contained: the other policies and the exporters go on
+                runner._contained(item.resource.ref, exc)
+                item.due = time.monotonic() + CONTAINED_RETRY
+                self.ok = False
+                continue
             item.status = outcome.status
             item.due = time.monotonic() + outcome.due_in
-            runner.state.put(item.state_key, outcome.status.model_dump(mode="json", by_alias=True))
             self.outcomes[item.resource.ref] = outcome
             self.ok &= not outcome.failed
             self._report(runner, item.resource.ref, outcome)
+            self.ok &= runner.save(item.resource.ref, item.state_key,
+                                   outcome.status.model_dump(mode="json", by_alias=True), what="retention ")
             runner.cycle_done(item.resource, runner.state.get(item.state_key) or {})
         return min((item.due for item in self.policies), default=None)
 

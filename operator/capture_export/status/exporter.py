@@ -71,7 +71,7 @@ class StatusUpdate:
         self.now = now
         self.generation = generation
         self.events: list[Event] = []
-        self._format_failure: ExportFailure | None = None
+        self._ready_failure: ExportFailure | None = None
         self.status.observed_generation = generation
         for type_ in [*READY_INPUTS, ConditionType.UP_TO_DATE]:
             if not any(c.type == type_ for c in self.status.conditions):
@@ -93,10 +93,10 @@ class StatusUpdate:
         self.events.append(Event(kind, condition.reason, f"{condition.type}={condition.status}: {condition.message}"))
 
     def fail(self, failure: ExportFailure) -> None:
-        if failure.domain == Domain.FORMAT:
-            # The spec's format cannot be written here (pyarrow missing, a record it cannot encode): no
-            # failure-domain condition of its own; Ready says it (see finish).
-            self._format_failure = failure
+        if failure.domain not in DOMAIN_CONDITIONS:
+            # No failure-domain condition of its own (the format cannot be written here, the state file
+            # cannot be saved, an exception nobody foresaw): Ready says it (see finish).
+            self._ready_failure = failure
             return
         self.set(DOMAIN_CONDITIONS.get(failure.domain, ConditionType.BUCKET_REACHABLE), Truth.FALSE, failure.reason,
                  failure.message)
@@ -174,9 +174,11 @@ class StatusUpdate:
 
     def finish(self) -> tuple[S3ExporterStatus, list[Event]]:
         ready, reason, message = summarize_ready(self.status.conditions, READY_INPUTS)
-        format_failure = self._format_failure
-        if format_failure is not None and ready != Truth.FALSE:
-            ready, reason, message = Truth.FALSE, format_failure.reason, f"format: {format_failure.message}"
+        failure = self._ready_failure
+        if failure is not None and ready != Truth.FALSE:
+            label = {Domain.FORMAT: "format", Domain.STATE: "state", Domain.INTERNAL: "internal error"}.get(
+                failure.domain, str(failure.domain).lower())
+            ready, reason, message = Truth.FALSE, failure.reason, f"{label}: {failure.message}"
         self.set(ConditionType.READY, ready, reason, message)
         return self.status, self.events
 

@@ -37,6 +37,7 @@ class RetentionStatusUpdate:
         self.now = now
         self.generation = generation
         self.events: list[Event] = []
+        self._ready_failure: tuple[str, str] | None = None
         self.status.observed_generation = generation
         for type_ in RETENTION_READY_INPUTS:
             if not any(c.type == type_ for c in self.status.conditions):
@@ -58,6 +59,10 @@ class RetentionStatusUpdate:
 
     def store_failed(self, reason: str, message: str) -> None:
         self.set(ConditionType.STORE_REACHABLE, Truth.FALSE, reason, message)
+
+    def failed(self, reason: str, message: str) -> None:
+        """A failure that is no condition's own (an exception nobody foresaw, the state file): Ready says it."""
+        self._ready_failure = (reason, message)
 
     def gate(self, gate: Gate) -> None:
         """Publish the gate: the GateOpen condition (naming the limiting exporter) and ``status.gate``."""
@@ -97,6 +102,8 @@ class RetentionStatusUpdate:
 
     def finish(self) -> tuple[RetentionPolicyStatus, list[Event]]:
         ready, reason, message = summarize_ready(self.status.conditions, RETENTION_READY_INPUTS)
+        if self._ready_failure is not None and ready != Truth.FALSE:
+            ready, (reason, message) = Truth.FALSE, self._ready_failure
         self.set(ConditionType.READY, ready, reason, message)
         return self.status, self.events
 

@@ -14,7 +14,7 @@ from .base import (
     StoredRecord,
     StoreError,
 )
-from .opener import StoreOpener, describe_store, open_store_url, store_identity
+from .opener import StoreOpener, StoreRefused, check_store_url, describe_store, open_store_url, store_identity
 from .records import CREDENTIAL_HEADERS, SCHEMA_VERSION, CorruptRecord, decode_sequence, with_id
 from .sqlite import SQLiteStore
 
@@ -33,7 +33,9 @@ __all__ = [
     "SQLiteStore",
     "StoreError",
     "StoreOpener",
+    "StoreRefused",
     "StoredRecord",
+    "check_store_url",
     "decode_sequence",
     "describe_store",
     "open_store_url",

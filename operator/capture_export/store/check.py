@@ -35,7 +35,7 @@ import cbor2
 from .credentials import DEFAULT_POLICY, CredentialPolicy
 from .records import CorruptRecord
 
-__all__ = ["CorruptRecord", "check_foreign", "outline"]
+__all__ = ["CorruptRecord", "check_foreign", "check_foreign_record", "outline"]
 
 
 def _decode_reason(exc: Exception) -> str:
@@ -54,6 +54,13 @@ def _decode_reason(exc: Exception) -> str:
 def check_foreign(record_id: int, body: Any, policy: CredentialPolicy = DEFAULT_POLICY) -> bytes:
     """A foreign row's map, checked in full and ready to export (canonical CBOR without ``id``, credentials
     stripped). Raises CorruptRecord when the row is not one well-formed record."""
+    return check_foreign_record(record_id, body, policy)[1]
+
+
+def check_foreign_record(record_id: int, body: Any, policy: CredentialPolicy = DEFAULT_POLICY,
+                         ) -> tuple[dict[str, Any], bytes]:
+    """``check_foreign``, and the map it decoded (credentials stripped too), for a caller that would
+    decode it again."""
     if isinstance(body, str):
         raise CorruptRecord(record_id, "stored as TEXT, not as a BLOB of CBOR")
     if not isinstance(body, bytes | bytearray | memoryview):
@@ -85,7 +92,7 @@ def check_foreign(record_id: int, body: Any, policy: CredentialPolicy = DEFAULT_
         raise CorruptRecord(record_id, f"cannot be re-encoded ({str(exc)[:120]})") from None
     if policy.might_hold(canonical) and policy.strip(record):
         canonical = cbor2.dumps(record, timezone=UTC)
-    return body if canonical == body else canonical
+    return record, body if canonical == body else canonical
 
 
 def _top_level_pairs(body: bytes) -> int:

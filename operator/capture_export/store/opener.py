@@ -1,35 +1,91 @@
-"""Which capture store a spec names, and opening it: the one place that knows the kinds of store.
+"""Which capture store a spec names, whether its namespace may use it, and opening it: the one place that
+knows the kinds of store.
 
 A spec's ``store`` is ``{sqlite: {path}}``, ``{postgres: {secretRef}}``, or absent (``{}`` too) for the
 operator's default store. :data:`STORE_KINDS` says, per kind, how to find its URL, how to describe it and
 how to open a URL of it; :func:`chosen_kind`, :func:`describe_store`, :func:`store_identity`,
 :func:`open_store_url` and :class:`StoreOpener` dispatch through it. A new kind of store is one entry
 there (and one field of ``StoreRef``).
+
+A reference is opened as the kind it names: a ``store.postgres`` DSN is always PostgreSQL, in a form
+libpq accepts, and is never taken for a SQLite path. Only the default store (``--store``) is a bare string
+whose kind is read from its form (:func:`kind_of_url`), and a string that looks like a URL of another kind
+is refused rather than opened as a file.
+
+Tenancy: :class:`StoreOpener` serves the default store only to the namespaces it is told to allow, and
+SQLite paths only inside the directories it is told to allow; a refusal is a :class:`StoreRefused` whose
+``reason`` is the condition's.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ..api.vocabulary import Domain, Reason
+from ..redact import control_characters
 from .base import CaptureStore, StoreError
 
-__all__ = ["STORE_KINDS", "StoreKind", "StoreOpener", "chosen_kind", "describe_store", "open_store_url",
-           "store_identity"]
+__all__ = ["STORE_KINDS", "StoreKind", "StoreOpener", "StoreRefused", "check_store_url", "chosen_kind",
+           "describe_store", "dsn_problem", "kind_of_url", "open_store_url", "store_identity"]
 
 SecretLookup = Callable[[str, str], Mapping[str, str] | None]
 
 
+class StoreRefused(StoreError):
+    """The store a spec names may not or cannot be used as it is: someone must fix the spec, the Secret or
+    the operator's configuration. ``reason`` is the condition's reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+_URL_SCHEME = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.\-]*:")
+_KEY_VALUE = re.compile(r"^[A-Za-z_]+\s*=")
+LIBPQ_FORMS = "postgresql://user:password@host:5432/db, postgres://… or key=value pairs such as host=… dbname=…"
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why ``dsn`` is not a PostgreSQL connection string libpq accepts, in words that never quote it; None
+    when it is one. libpq's own error messages quote the string, password included: never pass them on."""
+    if control_characters(dsn):
+        return f"holds a control character ({', '.join(control_characters(dsn))}), e.g. a trailing newline"
+    if dsn != dsn.strip():
+        return f"starts or ends with whitespace; libpq accepts {LIBPQ_FORMS}"
+    from psycopg import conninfo as pg_conninfo  # psycopg is a dependency; imported late, with the store
+
+    try:
+        pg_conninfo.conninfo_to_dict(dsn)
+    except Exception:
+        if _URL_SCHEME.match(dsn) and not _KEY_VALUE.match(dsn):
+            return ("is a URL whose scheme libpq does not accept (SQLAlchemy's postgresql+psycopg://, JDBC's "
+                    f"jdbc:postgresql://, upper case?); write {LIBPQ_FORMS}")
+        return f"is not a PostgreSQL connection string; write {LIBPQ_FORMS}"
+    return None
+
+
 def _postgres_dsn(ref: Any, namespace: str, secrets: SecretLookup) -> str:
+    # Late: the object store's credentials module imports the API, which imports the store package.
+    from ..objectstore.credentials import CredentialsError, secret_value
+
     secret = ref.secret_ref
-    data = secrets(namespace, secret.name)
-    if data is None:
-        raise StoreError(f"Secret {namespace}/{secret.name} (store DSN) not found")
-    if not data.get(secret.key):
-        raise StoreError(f"Secret {namespace}/{secret.name} has no key {secret.key!r} (store DSN)")
-    return data[secret.key]
+    try:
+        dsn = secret_value(namespace, secret.name, secrets(namespace, secret.name), secret.key, domain=Domain.STORE)
+    except CredentialsError as exc:
+        raise StoreRefused(exc.reason, f"{exc.message} (the store's PostgreSQL DSN, spec.store.postgres)") from None
+    assert dsn is not None
+    problem = dsn_problem(dsn)
+    if problem is not None:
+        raise StoreRefused(Reason.STORE_DSN_INVALID, f"Secret {namespace}/{secret.name} key {secret.key!r} "
+                           f"(spec.store.postgres) {problem}")
+    return dsn
 
 
 def _open_postgres(url: str) -> CaptureStore:
@@ -48,7 +104,7 @@ def _open_sqlite(url: str) -> CaptureStore:
 class StoreKind:
     """One kind of capture store: ``name`` is its field in ``StoreRef``. ``url`` finds the URL of the store
     a reference of this kind names (``(settings, namespace, secrets)``); ``describe`` names it for messages;
-    ``url_prefixes`` recognise its URLs (an empty tuple: the kind any other URL is); ``open`` opens one."""
+    ``url_prefixes`` recognise its bare URLs (see kind_of_url); ``open`` opens one."""
 
     name: str
     url: Callable[[Any, str, SecretLookup], str]
@@ -64,10 +120,9 @@ STORE_KINDS: dict[str, StoreKind] = {
                   describe=lambda ref: f"sqlite {ref.path}", url_prefixes=(), open=_open_sqlite),
         StoreKind("postgres", url=_postgres_dsn,
                   describe=lambda ref: f"postgres from Secret {ref.secret_ref.name}",
-                  url_prefixes=("postgresql://", "postgres://", "host="), open=_open_postgres),
+                  url_prefixes=("postgresql://", "postgres://"), open=_open_postgres),
     )
 }
-_FALLBACK = next(kind for kind in STORE_KINDS.values() if not kind.url_prefixes)
 
 
 def chosen_kind(store_ref: Any | None) -> tuple[StoreKind, Any] | None:
@@ -92,37 +147,117 @@ def store_identity(store_ref: Any | None) -> Any:
     return None if chosen_kind(store_ref) is None else store_ref.model_dump(by_alias=True)
 
 
+def kind_of_url(url: str) -> StoreKind:
+    """The kind of store a bare URL names (``--store``): ``postgresql://…``, ``postgres://…`` or libpq's
+    key=value form is PostgreSQL, ``sqlite:///path`` or a path is SQLite. Raises StoreRefused for what is
+    neither: another URL scheme (``postgresql+psycopg://``, ``POSTGRESQL://``, ``jdbc:…``), surrounding
+    whitespace or control characters, a key=value string libpq refuses. Never quotes ``url``."""
+    if control_characters(url) or url != url.strip() or not url:
+        raise StoreRefused(Reason.STORE_DSN_INVALID, "the store URL is empty, starts or ends with whitespace, or "
+                           "holds a control character")
+    postgres = STORE_KINDS["postgres"]
+    if url.startswith(postgres.url_prefixes) or _KEY_VALUE.match(url):
+        problem = dsn_problem(url)
+        if problem is not None:
+            raise StoreRefused(Reason.STORE_DSN_INVALID, f"the store DSN {problem}")
+        return postgres
+    looks_like_url = bool(_URL_SCHEME.match(url)) and ("://" in url or url.lower().startswith(("jdbc:", "postgres")))
+    if url.startswith("sqlite://") or not looks_like_url:
+        return STORE_KINDS["sqlite"]
+    raise StoreRefused(Reason.STORE_DSN_INVALID, "the store URL is neither a SQLite path (or sqlite:///path) nor a "
+                       f"PostgreSQL DSN libpq accepts ({LIBPQ_FORMS})")
+
+
+def check_store_url(url: str, *, option: str = "--store") -> str:
+    """``url`` if it names a store (see kind_of_url); else StoreRefused naming ``option``."""
+    try:
+        kind_of_url(url)
+    except StoreRefused as exc:
+        raise StoreRefused(exc.reason, f"{option}: {exc.message}") from None
+    return url
+
+
 def open_store_url(url: str) -> CaptureStore:
-    """``postgresql://…`` (or ``postgres://…``, or ``host=…``) opens PostgreSQL; anything else is a SQLite
-    file path (``sqlite:///path`` also accepted)."""
-    kind = next((k for k in STORE_KINDS.values() if k.url_prefixes and url.startswith(k.url_prefixes)), _FALLBACK)
-    return kind.open(url)
+    """Open the store a bare URL names (see kind_of_url; StoreRefused for what names none)."""
+    return kind_of_url(url).open(url)
 
 
 class StoreOpener:
-    """Opens stores on demand and shares one connection per store among exporters and policies."""
+    """Opens stores on demand and shares one connection per store among exporters and policies.
 
-    def __init__(self, default: str | None, secrets: SecretLookup) -> None:
+    ``default_namespaces``: the namespaces whose specs may use the default store (None: every one; ``*``
+    in it: every one). ``sqlite_directories``: the directories a spec's ``store.sqlite.path`` must lie in,
+    after symlinks and ``..`` are resolved (None: anywhere). A path to the default store's own file is the
+    default store, with its namespace rule."""
+
+    def __init__(self, default: str | None, secrets: SecretLookup, *,
+                 default_namespaces: Collection[str] | None = None,
+                 sqlite_directories: Sequence[str | os.PathLike[str]] | None = None) -> None:
         self.default = default
         self.secrets = secrets
-        self._open: dict[str, CaptureStore] = {}
+        self.default_namespaces = None if default_namespaces is None or "*" in default_namespaces else frozenset(
+            default_namespaces)
+        self.sqlite_directories = None if sqlite_directories is None else [
+            Path(directory).resolve() for directory in sqlite_directories]
+        self._open: dict[tuple[str, str], CaptureStore] = {}
         self._lock = threading.Lock()
 
-    def url_for(self, store_ref: Any | None, namespace: str) -> str:
+    # -- which store, and may this namespace use it -------------------------------------------------
+
+    def _default(self, namespace: str, *, named_as: str = "") -> tuple[StoreKind, str]:
+        if not self.default:
+            raise StoreError("no store in the spec and no default store configured (--store)")
+        if self.default_namespaces is not None and namespace not in self.default_namespaces:
+            allowed = ", ".join(sorted(self.default_namespaces)) or "none"
+            raise StoreRefused(Reason.DEFAULT_STORE_NOT_ALLOWED,
+                               f"{named_as}namespace {namespace!r} may not use the operator's default store (allowed: "
+                               f"{allowed}); name a store of its own in spec.store")
+        return kind_of_url(self.default), self.default
+
+    def _default_sqlite_file(self) -> Path | None:
+        if not self.default:
+            return None
+        try:
+            kind = kind_of_url(self.default)
+        except StoreRefused:
+            return None
+        return Path(self.default.removeprefix("sqlite://")).resolve() if kind.name == "sqlite" else None
+
+    def _sqlite_path(self, path: str, namespace: str) -> tuple[StoreKind, str]:
+        resolved = Path(path).resolve()
+        if resolved == self._default_sqlite_file():
+            assert self.default is not None
+            return self._default(namespace, named_as="spec.store.sqlite.path names the default store: ")
+        allowed = self.sqlite_directories
+        if allowed is not None and not any(resolved.is_relative_to(directory) for directory in allowed):
+            where = ", ".join(str(d) for d in allowed) or "none are configured"
+            raise StoreRefused(Reason.STORE_PATH_NOT_ALLOWED,
+                               f"spec.store.sqlite.path {path!r} is outside the directories SQLite stores may be in "
+                               f"({where}; --sqlite-dir)")
+        return STORE_KINDS["sqlite"], path
+
+    def locate(self, store_ref: Any | None, namespace: str) -> tuple[StoreKind, str]:
+        """The kind and URL of the store ``store_ref`` names for a resource in ``namespace``, or
+        StoreRefused/StoreError saying why it cannot be used."""
         choice = chosen_kind(store_ref)
         if choice is None:
-            if not self.default:
-                raise StoreError("no store in the spec and no default store configured (--store)")
-            return self.default
+            return self._default(namespace)
         kind, settings = choice
-        return kind.url(settings, namespace, self.secrets)
+        url = kind.url(settings, namespace, self.secrets)
+        if kind.name == "sqlite":
+            return self._sqlite_path(url, namespace)
+        return kind, url
+
+    def url_for(self, store_ref: Any | None, namespace: str) -> str:
+        return self.locate(store_ref, namespace)[1]
 
     def __call__(self, spec: Any, namespace: str) -> CaptureStore:
-        url = self.url_for(getattr(spec, "store", None), namespace)
+        kind, url = self.locate(getattr(spec, "store", None), namespace)
+        key = (kind.name, url)
         with self._lock:
-            store = self._open.get(url)
+            store = self._open.get(key)
             if store is None:
-                store = self._open[url] = open_store_url(url)
+                store = self._open[key] = kind.open(url)
             return store
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "decode_sequence",
     "encode_body",
     "encode_ordered",
+    "id_head",
     "strip_credentials",
     "timestamp_micros",
     "with_id",
@@ -129,12 +130,12 @@ _SMALL_MAP_WITH_ID = {0xA0 + n: bytes([0xA1 + n]) + b"\x62id" for n in range(23)
 _PACK_U16, _PACK_U32 = struct.Struct(">BH").pack, struct.Struct(">BI").pack
 
 
-def with_id(record_id: int, body: bytes) -> bytes:
-    """Splice ``id`` in as the first key of the stored CBOR map, without decoding the rest."""
+def id_head(record_id: int, body: bytes) -> tuple[bytes, int]:
+    """What splicing ``id`` into the stored CBOR map takes: the new map head with the ``id`` pair, and the
+    offset in ``body`` where the old head ends (the record is ``head + body[offset:]``)."""
     head = _SMALL_MAP_WITH_ID.get(body[0]) if body else None
     if head is not None and 0x100 <= record_id < 0x100000000:
-        return b"".join((head, _PACK_U16(0x19, record_id) if record_id < 0x10000 else _PACK_U32(0x1A, record_id),
-                         memoryview(body)[1:]))
+        return head + (_PACK_U16(0x19, record_id) if record_id < 0x10000 else _PACK_U32(0x1A, record_id)), 1
     if not body:
         raise CorruptRecord(record_id, "empty")
     initial = body[0]
@@ -151,7 +152,13 @@ def with_id(record_id: int, body: bytes) -> bytes:
         count, header_len = struct.unpack_from(">I", body, 1)[0], 5
     else:
         raise CorruptRecord(record_id, "unsupported map header")
-    return _uint_header(5, count + 1) + _ID_KEY + _uint_header(0, record_id) + body[header_len:]
+    return _uint_header(5, count + 1) + _ID_KEY + _uint_header(0, record_id), header_len
+
+
+def with_id(record_id: int, body: bytes) -> bytes:
+    """Splice ``id`` in as the first key of the stored CBOR map, without decoding the rest."""
+    head, offset = id_head(record_id, body)
+    return head + body[offset:]
 
 
 def decode_sequence(data: bytes) -> Iterator[Any]:

@@ -54,6 +54,14 @@ class RecordSeal:
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in mac_key))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in mac_key))
         self._mac_key = mac_key
+        self._key_hex = key_hex
+
+    def __reduce__(self) -> tuple[type[RecordSeal], tuple[str]]:
+        # Pickled as its key, for the trip to an encode worker of this process (export/batch.py).
+        return RecordSeal, (self._key_hex,)
+
+    def __repr__(self) -> str:
+        return "RecordSeal(<key not shown>)"
 
     def seal(self, body: bytes) -> bytes:
         inner = self._inner.copy()
@@ -64,6 +72,6 @@ class RecordSeal:
 
     def valid(self, body: object, seal: object) -> bool:
         """Whether ``seal`` is this store's seal of ``body`` (False for anything that is not bytes)."""
-        if type(seal) is not bytes or type(body) is not bytes:
+        if type(seal) is not bytes or not isinstance(body, bytes | memoryview):
             return False
         return hmac.compare_digest(self.seal(body), seal)

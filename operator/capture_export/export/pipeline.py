@@ -1,0 +1,223 @@
+"""How one run's batches are read and prepared while earlier ones upload, within bounded memory.
+
+A reader thread plans the batches in id order (``plan_batches``) and reads each one's rows; each batch is
+then encoded on one of two threads of the run (the default pass-through path, and small batches) or by a
+worker of the process's encode pool (export/pool.py: the formats that decode); the run's own thread takes
+the prepared batches strictly in id order and commits them (ExportEngine._commit).
+
+Memory is bounded twice. Per run, at most ``MAX_IN_FLIGHT`` batches are between "about to be read" and
+"committed", whatever the pool size. Per process, each batch reserves its estimated size from the memory
+budget (export/budget.py) before its rows are read and releases it once committed or dropped, so that
+many exporters catching up at once wait for each other instead of running the pod out of memory.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..store import StoredRecord
+from .budget import Reservation, release_freed_memory
+from .model import Cursor, PreparedBatch
+
+if TYPE_CHECKING:
+    from .engine import ExportEngine
+
+__all__ = ["MAX_IN_FLIGHT", "PreparePipeline", "SynchronousPipeline", "plan_batches"]
+
+# Batches of one run read (or about to be) and not yet committed: one uploading, two encoding, one being
+# read. A larger pool serves more exporters at once, not more batches of one.
+MAX_IN_FLIGHT = 4
+
+Admit = Callable[[], "int | None"]
+
+
+def plan_batches(engine: ExportEngine, cursor: Cursor, stop: threading.Event,
+                 admit: Admit | None = None) -> Iterator[list[StoredRecord] | PreparedBatch]:
+    """The batches of one run, in id order: rows to encode, or a ready batch that only moves the cursor
+    past an object kept as it is (see ExportEngine._first_preserved_object).
+
+    Before each batch, ``admit`` is called: it may wait (for memory), and returns how many records the
+    batch may hold, or None to stop."""
+    after = cursor.position
+    # Rows read but left for the next batch because their folder differs (dated path templates).
+    pending: list[StoredRecord] = []
+    while not stop.is_set():
+        limit = engine.batch_limit() if admit is None else admit()
+        if limit is None:
+            return
+        if len(pending) > limit:
+            pending, held = pending[:limit], pending[limit:]
+        else:
+            held = []
+        rows, rest = engine._cut(pending)
+        if not rest and not held and len(pending) < limit:
+            more = engine._read(pending[-1].id if pending else after, limit - len(pending))
+            rows, rest = engine._cut(pending + more if pending else more)
+        rest += held
+        if not rows:
+            return
+        if rows[0].id <= cursor.high_water and (kept := engine._first_preserved_object(after, rows)):
+            first, last = kept
+            if first <= rows[0].id:
+                # The kept object already holds every live record of its range: move past it.
+                yield engine._skip_batch(after, last, rows[0].timestamp_us)
+                after, pending = last, [row for row in rows + rest if row.id > last]
+                continue
+            rest = [row for row in rows if row.id >= first] + rest
+            rows = [row for row in rows if row.id < first]
+        yield rows
+        after, pending = rows[-1].id, rest
+        del rows  # the batch is on its way: do not hold its rows while waiting to admit the next one
+
+
+@dataclass
+class _InFlight:
+    finish: Callable[[], PreparedBatch]  # waits for the encoding and returns the batch
+    reservation: Reservation | None
+    cancel: Callable[[], object] = lambda: None
+
+
+class PreparePipeline:
+    """Reads and encodes the batches of one run ahead of the caller, who takes them in id order."""
+
+    def __init__(self, engine: ExportEngine, cursor: Cursor, keep_going: Callable[[], bool],
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self.engine = engine
+        self.keep_going = keep_going
+        self.interrupted = False
+        self._stop = threading.Event()
+        self._slots = threading.Semaphore(max_in_flight)
+        self._queue: queue.Queue[_InFlight | BaseException | None] = queue.Queue()
+        self._admitted: Reservation | None = None  # the reader's reservation for the batch it reads now
+        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="export-encode")
+        self._batches: Iterator[PreparedBatch] | None = None
+        self._reader = threading.Thread(target=self._read_loop, args=(cursor,), name="export-read", daemon=True)
+        self._reader.start()
+
+    def _halted(self) -> bool:
+        """Whether to give up waiting for a slot or for memory: the pipeline closes, or the run is stopped
+        or out of time (its batches in flight still commit)."""
+        if self._stop.is_set():
+            return True
+        if not self.keep_going():
+            self.interrupted = True
+            return True
+        return False
+
+    def _admit(self) -> int | None:
+        """A slot for one more batch, then its memory; the records it may hold, or None when stopped."""
+        while not self._slots.acquire(timeout=0.1):
+            if self._halted():
+                return None
+        if self._stop.is_set():
+            self._slots.release()
+            return None
+        limit = self.engine.batch_limit()
+        reservation = self.engine.budget.reserve(self.engine.estimated_cost(limit), should_stop=self._halted)
+        if reservation is None:
+            self._slots.release()
+            return None
+        self._admitted = reservation
+        return limit
+
+    def _read_loop(self, cursor: Cursor) -> None:
+        try:
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            for item in plan_batches(self.engine, cursor, self._stop, self._admit):
+                reservation, self._admitted = self._admitted, None
+                if isinstance(item, PreparedBatch):
+                    if reservation is not None:
+                        reservation.resize(0)  # it only moves the cursor
+                    batch = item
+                    in_flight = _InFlight(lambda batch=batch: batch, reservation)  # type: ignore[misc]
+                else:
+                    if reservation is not None:
+                        reservation.resize(self.engine.batch_cost(item))
+                    # Once encoded, the batch holds only its payload until it is committed.
+                    on_encoded = reservation.resize if reservation is not None else (lambda size: None)
+                    finish, cancel = self.engine._start_encode(item, time.perf_counter() - started,
+                                                               time.thread_time() - cpu_started, self._threads,
+                                                               on_encoded)
+                    in_flight = _InFlight(finish, reservation, cancel)
+                del item
+                self._queue.put(in_flight)
+                started, cpu_started = time.perf_counter(), time.thread_time()
+            self._queue.put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._queue.put(exc)
+        finally:
+            if self._admitted is not None:  # admitted, then nothing (more) to read
+                self._admitted.release()
+                self._admitted = None
+                self._slots.release()
+
+    def __iter__(self) -> Iterator[PreparedBatch]:
+        self._batches = self._take()
+        return self._batches
+
+    def _take(self) -> Iterator[PreparedBatch]:
+        first = True
+        while True:
+            # At least one batch per run, so that a short time budget still makes progress.
+            if not first and not self.keep_going():
+                self.interrupted = True
+                return
+            first = False
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            try:
+                yield item.finish()
+            finally:  # committed (the caller asked for the next one), failed, or dropped
+                self._done(item)
+
+    def _done(self, item: _InFlight) -> None:
+        if item.reservation is not None:
+            item.reservation.release()
+        self._slots.release()
+        release_freed_memory()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._batches is not None:
+            self._batches.close()  # type: ignore[attr-defined]
+        # Batches read ahead but never taken: let their encoding go and give their memory back. The reader
+        # may be waiting for a slot or for memory; it sees the stop within its polling interval.
+        while self._reader.is_alive() or not self._queue.empty():
+            try:
+                item = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if isinstance(item, _InFlight):
+                item.cancel()
+                self._done(item)
+        self._reader.join()
+        self._threads.shutdown(wait=True, cancel_futures=True)
+
+
+class SynchronousPipeline:
+    """The same batches as PreparePipeline, prepared on the caller's thread: for tests that run
+    thousands of tiny exports, where threads would cost more than the work."""
+
+    def __init__(self, engine: ExportEngine, cursor: Cursor, keep_going: Callable[[], bool],
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self.engine, self.cursor, self.keep_going, self.interrupted = engine, cursor, keep_going, False
+        self._stop = threading.Event()
+
+    def __iter__(self) -> Iterator[PreparedBatch]:
+        for index, item in enumerate(plan_batches(self.engine, self.cursor, self._stop)):
+            if index and not self.keep_going():
+                self.interrupted = True
+                return
+            yield item if isinstance(item, PreparedBatch) else self.engine._encode(item, 0.0)
+
+    def close(self) -> None:
+        self._stop.set()

@@ -1,0 +1,106 @@
+"""The encode pool: worker processes that decode and encode batches, one per CPU the process may use.
+
+Decoding CBOR and writing JSON or Parquet is Python work that holds the GIL, so in one process it uses one
+core whatever the machine has. The formats that decode (``jsonl``, ``parquet``, and any format with
+privacy mode, redactions or a filter) therefore hand each batch's rows to a worker of this pool and get the
+payload back; the engine still commits batches strictly in order. The default pass-through path
+(``cbor-zstd`` as stored) never comes here: it only splices ids and compresses, which is cheaper than the
+trip to another process.
+
+The pool is shared by every exporter of the process and sized to the CPUs the process may use
+(``available_cpus``: the scheduler affinity, and in a pod the cgroup's CPU quota, ``resources.limits.cpu``).
+Workers are forked from a fork server (never from the operator's process, whose threads a fork would copy
+mid-flight) that has imported the encoding code once, so they start in milliseconds and share its pages.
+A worker that dies (killed, out of memory) breaks the pool: the batch fails with a transient error and the
+next batch gets a new pool.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.util
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from ..lifetime import end_with
+from .cgroup import available_cpus
+
+__all__ = ["BrokenProcessPool", "EncodePool", "available_cpus", "configure_encode_pool", "encode_pool"]
+
+T = TypeVar("T")
+
+# What the fork server imports before it forks workers: the batch code and its codecs, and the script
+# the process runs (the workers would otherwise each import it again).
+PRELOAD = ["__main__", "capture_export.export.batch"]
+
+
+class EncodePool:
+    """A process pool for batch encoding; replaced by a new one when a worker dies."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("an encode pool needs at least one worker")
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _start(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        # The workers' parent is the fork server, which lives as long as they do: each watches this process.
+        executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=end_with,
+                                       initargs=(os.getpid(),))
+        # Stop the workers when the process exits, also when it is itself a multiprocessing child (which
+        # exits without the interpreter's shutdown hooks, and would wait for its idle workers for ever);
+        # before the finalizers of the pool's own queues (priority 10), which it still needs.
+        multiprocessing.util.Finalize(executor, executor.shutdown, kwargs={"cancel_futures": True},
+                                      exitpriority=100)
+        return executor
+
+    def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        with self._lock:
+            if self._executor is None:
+                self._executor = self._start()
+            try:
+                return self._executor.submit(function, *args)
+            except BrokenProcessPool:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = self._start()
+                return self._executor.submit(function, *args)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None
+
+
+_pool: EncodePool | None = None
+_configured = False
+_pool_lock = threading.Lock()
+
+
+def configure_encode_pool(workers: int | None = None) -> EncodePool | None:
+    """Set the process's pool: ``workers`` processes (0: encode in-process), by default one per available
+    CPU, and none on a single CPU (a worker could only take turns with the process itself)."""
+    global _pool, _configured
+    if workers is None:
+        cpus = available_cpus()
+        workers = cpus if cpus > 1 else 0
+    with _pool_lock:
+        old, _pool, _configured = _pool, (EncodePool(workers) if workers > 0 else None), True
+    if old is not None:
+        old.shutdown()
+    return _pool
+
+
+def encode_pool() -> EncodePool | None:
+    """The process's pool (configured on first use), or None when batches are encoded in-process."""
+    with _pool_lock:
+        if _configured:
+            return _pool
+    return configure_encode_pool()

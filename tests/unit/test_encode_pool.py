@@ -1,0 +1,256 @@
+"""Batches encoded by the encode pool's worker processes (issue 13): the same objects as in-process, committed
+strictly in order, a bounded number in flight whatever the pool size, and a worker that dies costs a retry,
+never a record."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+
+from capture_export.api import S3ExporterSpec
+from capture_export.audit import decode_object
+from capture_export.export import Cursor, ExportEngine, ExporterId
+from capture_export.export.pipeline import MAX_IN_FLIGHT
+from capture_export.export.pool import EncodePool
+from capture_export.objectstore import MemoryObjectStore
+from capture_export.seed import seed_store
+from capture_export.store import SQLiteStore
+
+EXPORTER = ExporterId("ns", "pooled")
+
+
+@pytest.fixture(scope="module")
+def pool() -> Any:
+    pool = EncodePool(2)
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Any:
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    seed_store(store, 1200, seed=4)
+    yield store
+    store.close()
+
+
+def spec(**fields: Any) -> S3ExporterSpec:
+    return S3ExporterSpec.model_validate({"bucket": "bkt", "region": "us-east-1", "prefix": "p", "limit": 200,
+                                          **fields})
+
+
+def exported(objects: MemoryObjectStore) -> dict[str, list[dict[str, Any]]]:
+    return {key: list(decode_object(data, key)) for key, data in sorted(objects.objects.items())
+            if "_capture-export" not in key}
+
+
+@pytest.mark.parametrize("fields", [{"format": "jsonl", "compression": "zstd"}, {"format": "parquet"},
+                                    {"format": "parquet", "privacyMode": True},
+                                    {"format": "cbor-zstd", "redactFields": ["identity.login_name"]}])
+def test_the_pool_writes_what_the_exporting_process_would(seeded: SQLiteStore, pool: EncodePool,
+                                                          fields: dict[str, Any]) -> None:
+    in_pool, in_process = MemoryObjectStore(), MemoryObjectStore()
+    first = ExportEngine(spec(**fields), EXPORTER, seeded, in_pool, pool=pool).run(Cursor())
+    second = ExportEngine(spec(**fields), EXPORTER, seeded, in_process, pool=None).run(Cursor())
+    assert first.failure is None and second.failure is None and first.rows == second.rows == 1200
+    assert first.objects == 6
+    assert exported(in_pool) == exported(in_process)
+
+
+class SlowFirstPool(EncodePool):
+    """A pool whose first batch takes longest, so later batches are ready first."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.submitted = 0
+
+    def submit(self, function: Any, *args: Any) -> Future[Any]:
+        self.submitted += 1
+        if self.submitted == 1:
+            return super().submit(_slowly, function, *args)
+        return super().submit(function, *args)
+
+
+def _slowly(function: Any, *args: Any) -> Any:
+    import time
+
+    time.sleep(1.0)
+    return function(*args)
+
+
+def test_batches_commit_in_order_and_only_a_few_are_in_flight_whatever_the_pool(seeded: SQLiteStore) -> None:
+    pool = SlowFirstPool(8)
+    reads: list[int] = []
+    commits: list[int] = []
+    most_in_flight = 0
+    lock = threading.Lock()
+
+    class CountingStore:
+        """The store, counting the batches read ahead of the commits."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(seeded, name)
+
+        def read_batch(self, after: int, limit: int, horizon: int | None = None) -> Any:
+            nonlocal most_in_flight
+            rows = seeded.read_batch(after, limit, horizon)
+            with lock:
+                if rows:
+                    reads.append(rows[0].id)
+                most_in_flight = max(most_in_flight, len(reads) - len(commits))
+            return rows
+
+    def committed(done: Any) -> None:
+        with lock:
+            commits.append(done.first_id)
+
+    try:
+        engine = ExportEngine(spec(format="jsonl", limit=100), EXPORTER, CountingStore(), MemoryObjectStore(),  # type: ignore[arg-type]
+                              pool=pool)
+        result = engine.run(Cursor(), on_batch=committed)
+    finally:
+        pool.shutdown()
+    assert result.failure is None and result.rows == 1200
+    assert commits == sorted(commits) == reads  # strictly in id order, every batch once
+    assert most_in_flight <= MAX_IN_FLIGHT < pool.workers
+
+
+class DyingPool(EncodePool):
+    """A pool whose worker dies (as one killed by the kernel) while it encodes the second batch."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.submitted = 0
+        self.die = True
+
+    def submit(self, function: Any, *args: Any) -> Future[Any]:
+        self.submitted += 1
+        if self.die and self.submitted == 2:
+            self.die = False
+            return super().submit(os._exit, 9)
+        return super().submit(function, *args)
+
+
+def test_a_worker_that_dies_costs_a_retry_never_a_record(seeded: SQLiteStore) -> None:
+    pool = DyingPool(2)
+    objects = MemoryObjectStore()
+    engine = ExportEngine(spec(format="parquet"), EXPORTER, seeded, objects, pool=pool)
+    try:
+        first = engine.run(Cursor())
+        assert first.failure is not None and first.failure.transient
+        assert first.failure.reason == "EncodeFailed" and "died" in first.failure.message
+        assert first.cursor.position in (0, 200)  # nothing past the batch that failed
+        second = engine.run(first.cursor)  # a new pool replaces the broken one
+    finally:
+        pool.shutdown()
+    assert second.failure is None and second.cursor.position == 1200
+    ids = [record["id"] for records in exported(objects).values() for record in records]
+    assert sorted(ids) == ids == list(range(1, 1201))
+
+
+def test_a_corrupt_row_holds_the_export_before_it_in_a_worker_too(tmp_path: Path, pool: EncodePool) -> None:
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    seed_store(store, 250, seed=4)
+    store.append_encoded([(0, b"\xa1\x63bad")])  # a map whose value is missing
+    seed_store(store, 10, seed=5)
+    objects = MemoryObjectStore()
+    engine = ExportEngine(spec(format="jsonl", limit=300), EXPORTER, store, objects, pool=pool)
+    result = engine.run(Cursor())
+    store.close()
+    assert result.failure is not None and result.failure.reason == "CorruptRecord"
+    # onCorruptRecord Hold: the 250 records before it are committed, the corrupt one and those after are not.
+    assert "record 251" in result.failure.message and result.cursor.position == 250
+    ids = [record["id"] for records in exported(objects).values() for record in records]
+    assert ids == list(range(1, 251))
+
+
+def test_each_record_is_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows another writer stored with credential headers: the full check of a foreign row decodes it once,
+    and that decoded record (credentials stripped) is the one the format writes, not decoded again."""
+    from datetime import UTC, datetime
+
+    from capture_export.store.base import StoredRecord
+
+    rows = []
+    for n in range(1, 41):
+        record = {"ver": 2, "timestamp": datetime(2026, 11, 24, tzinfo=UTC), "model": "m",
+                  "capture": {"request": {"headers": {"Authorization": f"Bearer sk-{n}"}, "body": {"n": n}}}}
+        rows.append(StoredRecord(n, 0, cbor2.dumps(record, timezone=UTC), None))
+    calls = 0
+    real_loads = cbor2.loads
+
+    def counting_loads(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real_loads(*args, **kwargs)
+
+    real_decoder = cbor2.CBORDecoder
+
+    def counting_decoder(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real_decoder(*args, **kwargs)
+
+    monkeypatch.setattr(cbor2, "loads", counting_loads)
+    monkeypatch.setattr(cbor2, "CBORDecoder", counting_decoder)
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    store.append_encoded([(row.timestamp_us, row.body) for row in rows])
+    objects = MemoryObjectStore()
+    result = ExportEngine(spec(format="jsonl", limit=100), EXPORTER, store, objects).run(Cursor())
+    store.close()
+    assert result.rows == 40 and calls == 40
+    payload = next(data for key, data in objects.objects.items() if key.endswith(".jsonl"))
+    assert b"sk-" not in payload and b"Authorization" not in payload
+
+
+def test_quarantine_works_in_a_worker_and_credentials_of_foreign_rows_are_stripped(tmp_path: Path,
+                                                                                  pool: EncodePool) -> None:
+    """onCorruptRecord: Quarantine on a batch a worker encodes: the worker checks seals with the store's key
+    (sent in the recipe), checks the foreign rows in full, and the exporting process moves the corrupt one
+    aside before it commits the batch."""
+    from datetime import UTC, datetime
+
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    seed_store(store, 250, seed=4)
+    store.append_encoded([(0, b"\xa1\x63bad")])  # a map whose value is missing: 251
+    leaky = {"ver": 2, "timestamp": datetime(2026, 11, 24, tzinfo=UTC), "model": "m",
+             "capture": {"request": {"headers": {"X-Goog-Api-Key": "sk-leak"}}}}
+    store.append_encoded([(0, cbor2.dumps(leaky, timezone=UTC))])  # foreign, unsealed: 252
+    seed_store(store, 10, seed=5)
+    objects = MemoryObjectStore()
+    result = ExportEngine(spec(format="jsonl", limit=300, onCorruptRecord="Quarantine"), EXPORTER, store, objects,
+                          pool=pool).run(Cursor())
+    quarantined = [row.id for row in store.quarantined()]
+    store.close()
+    assert result.failure is None and result.cursor.position == 262
+    assert [record_id for record_id, _ in result.quarantined] == [251] and quarantined == [251]
+    ids = [record["id"] for records in exported(objects).values() for record in records]
+    assert ids == [*range(1, 251), *range(252, 263)]
+    assert not any(b"sk-leak" in data for data in objects.objects.values())
+
+
+def test_sealed_rows_skip_the_full_check_in_a_worker_and_the_key_never_shows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a worker receives (the recipe and the packed rows, pickled) still trusts our own rows, and the
+    recipe's repr does not show the store's key."""
+    import pickle
+
+    from capture_export.export import batch
+
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    seed_store(store, 120, seed=4)
+    seal = store.record_seal()
+    rows = store.read_batch(0, 200)
+    store.close()
+    recipe = batch.BatchRecipe.from_spec(spec(format="jsonl"), seal)
+    assert seal._key_hex not in repr(recipe) and seal._key_hex not in repr(seal)
+    sent_recipe, sent_rows = pickle.loads(pickle.dumps((recipe, batch.PackedRows.pack(rows))))
+    monkeypatch.setattr(batch, "check_foreign_record", lambda *a: pytest.fail("checked a sealed row in full"))
+    encoded = batch.encode_in_worker(sent_recipe, sent_rows)
+    assert encoded.rows == 120 and encoded.quarantined == [] and encoded.held is None
