@@ -90,3 +90,53 @@ def test_rows_from_our_append_are_sealed_and_foreign_rows_are_checked(tmp_path) 
         assert "Authorization" not in record["capture"]["request"]["headers"]
         assert "Set-Cookie" not in record["capture"]["response"]["headers"]
     store.close()
+
+
+def _litellm_payload() -> dict[str, object]:
+    """A StandardLoggingPayload as LiteLLM's proxy posts it: its metadata names the virtual key the request
+    used (user_api_key_*), never the key itself."""
+    return {
+        "id": "chatcmpl-1", "call_type": "acompletion", "status": "success", "model": "gpt-4o",
+        "startTime": 1_796_000_000.0, "endTime": 1_796_000_001.2, "response_cost": 0.001,
+        "prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15, "api_base": "https://api.openai.com",
+        "metadata": {"user_api_key_hash": "88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b",
+                     "user_api_key_alias": "ci-key", "user_api_key_team_id": "team-1",
+                     "user_api_key_user_email": "u@example.com", "user_api_key_spend": None,
+                     "user_api_key_auth_metadata": None, "used_client_oauth_token": None,
+                     "requester_custom_headers": {"x-request-source": "bench"}},
+        "messages": [{"role": "user", "content": "hello"}],
+        "response": {"choices": [{"message": {"role": "assistant", "content": "hi"}}]},
+        "hidden_params": {"additional_headers": {"x-ratelimit-remaining": "99"}},
+    }
+
+
+def test_ingest_does_not_walk_a_litellm_record_for_its_user_api_key_metadata(monkeypatch: pytest.MonkeyPatch,
+                                                                             ) -> None:
+    """Every LiteLLM record holds user_api_key_* keys; they name no secret, so encoding one at ingest must not
+    take the full credential walk (it cost ten times the rest of the encoding), and the keys stay."""
+    from capture_export.ingest.litellm import litellm_record
+    from capture_export.store import credentials
+    from capture_export.store.records import encode_ordered
+
+    monkeypatch.setattr(credentials.CredentialPolicy, "strip",
+                        lambda self, record: pytest.fail("walked a record that holds no credential"))
+    _, body = encode_ordered(litellm_record(_litellm_payload(), 0))
+    metadata = cbor2.loads(body)["capture"]["litellm"]["metadata"]
+    assert metadata["user_api_key_hash"].startswith("88dc28d0") and "used_client_oauth_token" in metadata
+
+
+@pytest.mark.parametrize(("name", "stripped"), [
+    ("user_api_key_hash", False), ("X-User-Api-Key-Alias", False), ("used_client_oauth_token", False),
+    ("user_api_key", True), ("X-User-Api-Key", True), ("user_api_key_secret", True),
+    ("user_api_key_hash_x_api_key", True), ("x-api-key", True),
+])
+def test_litellm_key_metadata_names_are_no_credential_but_what_else_a_name_holds_is(name: str,
+                                                                                  stripped: bool) -> None:
+    from capture_export.ingest.litellm import litellm_record
+    from capture_export.store.records import encode_ordered
+
+    payload = _litellm_payload()
+    payload["metadata"]["requester_custom_headers"] = {name: "sk-live-0123", "x-request-source": "bench"}  # type: ignore[index]
+    _, body = encode_ordered(litellm_record(payload, 0))
+    assert (b"sk-live-0123" not in body) is stripped
+    assert check_foreign(1, body) == body  # the export's check of the same bytes agrees

@@ -8,7 +8,11 @@ store. This module decides, on a *decoded* record (dicts and lists as cbor2 give
   ``HTTP_AUTHORIZATION``, ``b"Authorization"`` and ``" X-Api-Key "`` are all found). A header is a
   credential when its name is in ``CREDENTIAL_HEADERS``, contains one of ``CREDENTIAL_NAME_PARTS``
   (``cf-aig-authorization``, ``x-portkey-api-key``, ``x-client-secret`` …), or is named
-  in the exporter's ``spec.stripHeaders``.
+  in the exporter's ``spec.stripHeaders``. A name part found only inside one of ``NOT_CREDENTIAL_PARTS``
+  does not count: LiteLLM's metadata names the virtual key a request used (``user_api_key_hash``,
+  ``user_api_key_alias``, ``user_api_key_team_id`` …) and whether an OAuth token was used
+  (``used_client_oauth_token``), never the secret itself; what else the name holds is judged as usual
+  (``user_api_key_secret`` is a credential, and so is a bare ``user_api_key``).
 * **Header containers**: the value of any key whose normalised name ends in ``headers`` (``headers``,
   ``Headers``, ``request_headers``, ``extra_headers`` …), in every shape gateways write: a map (values may
   be lists, as Go's ``http.Header``), a list of ``[name, value]`` pairs, a HAR-style list of
@@ -30,8 +34,11 @@ store. This module decides, on a *decoded* record (dicts and lists as cbor2 give
   (gzip, brotli) cannot be read and is left as it is.
 
 Walking a whole record costs; ``CredentialPolicy.might_hold`` first scans the record's canonical CBOR
-bytes (lower-cased) for markers that every credential name and parameter contains, so most records are
+bytes (lower-cased, ``_`` read as ``-``) for markers that every credential name and parameter contains, so most records are
 never walked. The scan is only sound on canonical bytes (definite lengths: a name is contiguous there).
+Every LiteLLM record holds ``user_api_key_*`` metadata keys, which contain the marker ``api_key``: the scan
+leaves ``NOT_CREDENTIAL_PARTS`` out before it looks, as the name rules do, so those records are not walked
+either (that walk cost ten times the rest of encoding a LiteLLM record at ingest).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ __all__ = [
     "CREDENTIAL_NAME_PARTS",
     "CREDENTIAL_QUERY_PARAMS",
     "DEFAULT_POLICY",
+    "NOT_CREDENTIAL_PARTS",
     "REDACTED",
     "CredentialPolicy",
     "normalise_header_name",
@@ -60,12 +68,19 @@ CREDENTIAL_NAME_PARTS = (
     "authorization", "api-key", "apikey", "auth-token", "access-token", "session-token", "security-token",
     "subscription-key", "cookie", "secret", "password",
 )  # fmt: skip
+# Parts of names (normalised) that contain a credential name part yet name no secret: LiteLLM's metadata
+# about the virtual key (``user_api_key_hash``, ``user_api_key_team_id`` …; a bare ``user_api_key`` has no
+# trailing '-', so it is still a credential) and its ``used_client_oauth_token`` flag. A name is judged
+# with them left out.
+NOT_CREDENTIAL_PARTS = ("user-api-key-", "used-client-oauth-token")
 # Query parameters whose values are credentials (normalised like header names).
 CREDENTIAL_QUERY_PARAMS = frozenset({
     "key", "api-key", "apikey", "access-token", "token", "id-token", "refresh-token", "auth", "client-secret",
     "secret", "password", "sig", "signature", "x-amz-signature", "x-amz-security-token", "x-goog-signature",
 })  # fmt: skip
 REDACTED = "REDACTED"
+# ASCII lower case, and '_' read as '-', as header names are normalised (for the byte scan).
+_FOLD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ_", b"abcdefghijklmnopqrstuvwxyz-")
 
 _URL_PREFIXES = ("http://", "https://", "ws://", "wss://", "/")
 _URL_KEYS = ("path", "url", "uri", "endpoint", "href", "location", "referer", "referrer")
@@ -105,19 +120,39 @@ class CredentialPolicy:
         self.exact = CREDENTIAL_HEADERS | self.extra_headers
         names = [*CREDENTIAL_NAME_PARTS, *self.exact]
         params = [f"{p}=" for p in CREDENTIAL_QUERY_PARAMS]
-        # Every form a name may take in the bytes: '-' or '_' (normalisation reads both as '-').
-        forms = {form.encode() for name in names + params for form in (name, name.replace("-", "_"))}
+        # The scan folds the bytes as normalisation does ('_' read as '-'), so each name has one form.
+        forms = {name.encode().translate(_FOLD) for name in names + params}
         # A marker that contains a shorter one is redundant: the shorter one matches wherever it does.
         self.markers = tuple(sorted(m for m in forms if not any(o != m and o in m for o in forms)))
+        # NOT_CREDENTIAL_PARTS, which the scan leaves out; not when a name the exporter strips exactly
+        # contains one (``stripHeaders: [user_api_key_hash]``): then they are looked at.
+        self.not_credential = () if any(p in name for p in NOT_CREDENTIAL_PARTS for name in self.exact) else tuple(
+            part.encode() for part in NOT_CREDENTIAL_PARTS)
 
     def might_hold(self, canonical: bytes) -> bool:
         """Whether a record whose canonical CBOR is ``canonical`` could hold anything this policy strips."""
-        lowered = canonical.lower()
+        lowered = canonical.translate(_FOLD)  # lower case, '_' as '-': one pass, and half the markers
+        if not any(marker in lowered for marker in self.markers):
+            return False
+        if not self.not_credential:
+            return True
+        # Found a marker; it may only be inside a name that is no credential (LiteLLM's metadata keys).
+        # Leaving those parts out cannot hide a marker: none starts or ends inside one of them.
+        for part in self.not_credential:
+            if part in lowered:
+                lowered = lowered.replace(part, b"")
         return any(marker in lowered for marker in self.markers)
 
     def is_credential_header(self, name: Any) -> bool:
         normal = normalise_header_name(name)
-        return normal is not None and (normal in self.exact or any(part in normal for part in CREDENTIAL_NAME_PARTS))
+        if normal is None:
+            return False
+        if normal in self.exact:
+            return True
+        if "user-api-key-" in normal or "used-client-oauth-token" in normal:
+            for part in NOT_CREDENTIAL_PARTS:
+                normal = normal.replace(part, "")
+        return any(part in normal for part in CREDENTIAL_NAME_PARTS)
 
     def _is_exact(self, name: Any) -> bool:
         normal = normalise_header_name(name)
