@@ -35,7 +35,8 @@ store. This module decides, on a *decoded* record (dicts and lists as cbor2 give
 
 Walking a whole record costs; ``CredentialPolicy.might_hold`` first scans the record's canonical CBOR
 bytes (lower-cased, ``_`` read as ``-``) for markers that every credential name and parameter contains,
-so most records are never walked. The scan is only sound on canonical bytes (definite lengths: a name is contiguous there).
+so most records are never walked. The scan is only sound on canonical bytes (definite lengths: a name is
+contiguous there).
 Every LiteLLM record holds ``user_api_key_*`` metadata keys, which contain the marker ``api_key``: the scan
 leaves ``NOT_CREDENTIAL_PARTS`` out before it looks, as the name rules do, so those records are not walked
 either (that walk cost ten times the rest of encoding a LiteLLM record at ingest).
