@@ -51,6 +51,7 @@ class VerifyReport:
     differing: list[int] = field(default_factory=list)  # ids whose exported record is not the store's
     other_store: list[str] = field(default_factory=list)  # objects this exporter wrote from another store
     not_ours: list[str] = field(default_factory=list)  # objects not of this exporter: named, not counted
+    quarantined: int = 0  # rows moved to the store's quarantine: out of the store, not expected in the bucket
 
     @property
     def ok(self) -> bool:
@@ -71,6 +72,9 @@ class VerifyReport:
             lines.append(f"excluded by the exporter's filter (not expected in the bucket): {self.filtered}")
         if self.filtered_in_bucket:
             lines.append(f"in bucket although the current filter excludes them: {self.filtered_in_bucket}")
+        if self.quarantined:
+            lines.append(f"in the store's quarantine (not expected in the bucket; capture-export quarantine list): "
+                         f"{self.quarantined}")
         if self.not_in_store:
             lines.append(f"in bucket but no longer in store (purged by retention): {self.not_in_store}")
         if self.mislabelled:
@@ -174,6 +178,8 @@ def verify_export(
     report = VerifyReport()
     report.up_to = store.safe_horizon() if up_to is None else up_to
     store_id = store.identity()
+    quarantined = getattr(store, "quarantined", None)
+    report.quarantined = len(quarantined()) if callable(quarantined) else 0
     exported = array("q")
     control_root = layout.control_root() if layout is not None else (f"{prefix}/" if prefix else "")
     root = layout.data_prefix() if layout is not None else control_root

@@ -338,6 +338,40 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from .store import CorruptRecord, StoreError, open_store_url
+    from .store.quarantine import list_lines, release, show_lines
+
+    if args.action != "list" and args.id is None:
+        print(f"error: quarantine {args.action} needs a record id", file=sys.stderr)
+        return 2
+    try:
+        store = open_store_url(args.store)
+        try:
+            if not callable(getattr(store, "quarantined", None)):
+                print(f"error: {store!r} has no quarantine", file=sys.stderr)
+                return 2
+            if args.action == "list":
+                lines = list_lines(store)
+            elif args.action == "show":
+                lines = show_lines(store, args.id)
+            else:
+                body = Path(args.body).read_bytes() if args.body else None
+                new_id = release(store, args.id, body)
+                lines = [f"released record {args.id} back into the store as record {new_id}"]
+        finally:
+            store.close()
+    except CorruptRecord as exc:
+        print(f"error: {exc}: not released; give the corrected record (one CBOR map without id) with "
+              "--body FILE", file=sys.stderr)
+        return 1
+    except (StoreError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def _ingest_limits(args: argparse.Namespace):
     from .ingest import IngestLimits
 
@@ -724,6 +758,24 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--batch-size", type=int, default=5000, help="records restored per transaction")
     restore.add_argument("--dry-run", action="store_true", help="only count what would be restored")
     restore.set_defaults(handler=cmd_restore)
+
+    quarantine = _command(
+        sub, "quarantine", "records moved aside by onCorruptRecord: Quarantine: list, show, release",
+        "Records an S3Exporter with onCorruptRecord: Quarantine moved aside because they failed the check "
+        "of foreign rows (not one well-formed record). list: every quarantined record with its reason; show: "
+        "one record's fields (credentials never shown); release: put one back into the store as a new "
+        "record (exported on the next run), as it is when it now passes the check, or replaced by a "
+        "corrected record given with --body.",
+        ["capture-export quarantine list --store .capture-export/store.sqlite",
+         "capture-export quarantine show 1042 --store .capture-export/store.sqlite",
+         "capture-export quarantine release 1042 --body fixed.cbor --store .capture-export/store.sqlite"])
+    quarantine.add_argument("action", choices=["list", "show", "release"])
+    quarantine.add_argument("id", type=int, nargs="?", help="record id (show, release)")
+    quarantine.add_argument("--store", default=_default_store(), metavar="STORE",
+                            help="capture store: a SQLite path or a postgresql:// DSN ($CAPTURE_EXPORT_STORE)")
+    quarantine.add_argument("--body", metavar="FILE",
+                            help="release: the corrected record, a file holding one CBOR map without id")
+    quarantine.set_defaults(handler=cmd_quarantine)
 
     ingest = _command(
         sub, "ingest", "run the ingest server: gateways POST records, committed before the answer",

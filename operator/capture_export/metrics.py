@@ -32,6 +32,9 @@ class OperatorMetrics:
         self.bytes = Counter("capture_export_bytes_exported", "Compressed bytes of data objects written.",
                              _LABELS, registry=r)
         self.objects = Counter("capture_export_objects_written", "Data objects written.", _LABELS, registry=r)
+        self.quarantined = Counter("capture_export_records_quarantined", "Records that failed the check and were "
+                                   "moved to the store's quarantine (onCorruptRecord: Quarantine).", _LABELS,
+                                   registry=r)
         self.runs = Counter("capture_export_runs", "Export runs by outcome (Succeeded, Failed, NothingToDo, "
                             "Stopped).", (*_LABELS, "outcome"), registry=r)
         self.backlog = Gauge("capture_export_backlog_records", "Records waiting to be exported.", _LABELS,
@@ -52,6 +55,8 @@ class OperatorMetrics:
         self.records.labels(namespace, name).inc(batch.rows)
         self.bytes.labels(namespace, name).inc(batch.bytes)
         self.objects.labels(namespace, name).inc()
+        if batch.quarantined:
+            self.quarantined.labels(namespace, name).inc(len(batch.quarantined))
 
     def cycle(self, namespace: str, name: str, result: RunResult | None, seconds: float) -> None:
         outcome = result.outcome if result is not None else ExportOutcome.FAILED
@@ -64,7 +69,8 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted resource's series."""
-        for family in (self.records, self.bytes, self.objects, self.backlog, self.cycle_seconds, self.last_success):
+        for family in (self.records, self.bytes, self.objects, self.quarantined, self.backlog, self.cycle_seconds,
+                       self.last_success):
             with contextlib.suppress(KeyError):
                 family.remove(namespace, name)
         for outcome in OUTCOMES:

@@ -35,7 +35,7 @@ __all__ = ["MODELS", "SeedTarget", "generate_records", "seed_store"]
 
 
 class SeedTarget(Protocol):
-    def append_encoded(self, rows: list[tuple[int, bytes]], *, stripped: bool = False) -> int: ...
+    def append_encoded(self, rows: list[tuple[int, bytes]], *, sealed: bool = False) -> int: ...
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1045,11 +1045,12 @@ def seed_store(
 ) -> int:
     """Append ``count`` generated records to ``store`` in batches; return the last id assigned.
 
-    Records are encoded with ``encode_body`` (credentials stripped). ``strip=False`` instead stores them
-    as a gateway that does not strip would, credential headers included (same CBOR layout), to exercise
-    the exporter's own stripping. ``progress`` is called after each batch with the number of records
-    appended so far. With ``count <= 0`` nothing is appended and the store's ``max_id()`` (or 0) is
-    returned. ``start`` and ``span`` are passed to `generate_records`.
+    Records are encoded with ``encode_body`` (credentials stripped) and sealed as our own. ``strip=False``
+    instead stores them as a gateway that does not strip would, credential headers included (same CBOR
+    layout), unsealed: foreign rows, to exercise the exporter's check and stripping. ``progress`` is
+    called after each batch with the number of records appended so far. With ``count <= 0`` nothing is
+    appended and the store's ``max_id()`` (or 0) is returned. ``start`` and ``span`` are passed to
+    `generate_records`.
     """
     encode = encode_body if strip else _encode_unstripped
     if batch_size <= 0:
@@ -1060,13 +1061,13 @@ def seed_store(
     for record in generate_records(count, seed=seed, start=start, span=span):
         batch.append(encode(record))
         if len(batch) >= batch_size:
-            last = store.append_encoded(batch, stripped=strip)
+            last = store.append_encoded(batch, sealed=strip)
             done += len(batch)
             batch = []
             if progress is not None:
                 progress(done)
     if batch:
-        last = store.append_encoded(batch, stripped=strip)
+        last = store.append_encoded(batch, sealed=strip)
         done += len(batch)
         if progress is not None:
             progress(done)

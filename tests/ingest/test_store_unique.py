@@ -49,20 +49,35 @@ def test_a_capture_id_is_stored_once_whatever_the_group(kind: str, tmp_path: Pat
         store.close()
 
 
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_ingested_rows_are_sealed_as_our_own(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Rows the ingest server commits come from encode_body, like append's: they carry the store's seal,
+    so the export ships them without the full check of foreign rows (its default, fast path)."""
+    store = _open(kind, tmp_path, request)
+    try:
+        assert store.append_unique([_rows([1, 2]), _rows([2, 3])]) == [2, 1]
+        seal = store.record_seal()
+        assert seal is not None
+        rows = store.read_batch(0, 100)
+        assert len(rows) == 3
+        assert [seal.valid(row.body, row.seal) for row in rows] == [True, True, True]
+    finally:
+        store.close()
+
+
 def test_a_failed_group_commits_nothing(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "store.sqlite")
     try:
-        # The second group's row breaks a constraint (a body is required): the first group is not kept.
+        # The second group's row breaks a constraint (a timestamp is required): the first group is not kept.
         with pytest.raises(StoreError):
-            store.append_unique([_rows([1, 2]), [(1, None, "x")]])  # type: ignore[list-item]
+            store.append_unique([_rows([1, 2]), [(None, _rows([3])[0][1], "x")]])  # type: ignore[list-item]
         assert store.count() == 0
         assert store.append_unique([_rows([1, 2])]) == [2]
     finally:
         store.close()
 
 
-def test_a_version_3_store_gains_the_column_and_keeps_its_rows(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_version_3_store_gains_the_columns_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path)
     conn.executescript("""
@@ -76,7 +91,7 @@ def test_a_version_3_store_gains_the_column_and_keeps_its_rows(tmp_path: Path,
     """)
     conn.commit()
     conn.close()
-    for _ in range(2):  # opening again re-runs the migration past the reserved gap harmlessly
+    for _ in range(2):  # opening again migrates nothing more
         store = SQLiteStore(path)
         assert store.append_unique([_rows([7, 7])]) in ([1], [0])
         assert store.count() == 2
@@ -85,17 +100,34 @@ def test_a_version_3_store_gains_the_column_and_keeps_its_rows(tmp_path: Path,
     columns = {row[1] for row in conn.execute("PRAGMA table_info(captures)")}
     version = conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'").fetchone()[0]
     conn.close()
-    assert "capture_id" in columns
-    # Version 4 is reserved for a change not merged yet: the recorded version stays below the gap, so
-    # that change's migration still runs on this store once it arrives.
-    assert version == "3"
-    # When the reserved migration arrives, it runs on this store, and the version moves past the gap.
-    from capture_export.store import sqlite as sqlite_module
+    assert {"capture_id", "seal"} <= columns and version == "5"
 
-    monkeypatch.setitem(sqlite_module.MIGRATIONS, 4, ["CREATE TABLE reserved_change (x INTEGER)"])
-    SQLiteStore(path).close()
+
+def test_a_store_migrated_past_the_gap_gets_version_4_when_it_arrives(tmp_path: Path) -> None:
+    """A store an operator with the ingest server but without version 4 (the seal) migrated: version 3,
+    version 5's column, and the marker saying version 5 ran. Version 4 runs, version 5 does not again."""
+    path = tmp_path / "past-the-gap.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE captures (id INTEGER PRIMARY KEY AUTOINCREMENT, ts_us INTEGER NOT NULL, body BLOB NOT NULL,
+                               deleted_at_us INTEGER, stripped INTEGER NOT NULL DEFAULT 0, capture_id TEXT);
+        CREATE INDEX captures_ts_us ON captures (ts_us);
+        CREATE INDEX captures_deleted_ts ON captures (deleted_at_us, ts_us);
+        CREATE UNIQUE INDEX captures_capture_id ON captures (capture_id) WHERE capture_id IS NOT NULL;
+        CREATE TABLE capture_export_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO capture_export_meta VALUES ('schema_version', '3'), ('migrated_5', '1');
+        INSERT INTO captures (ts_us, body, capture_id) VALUES (1, x'a0', 'earlier');
+    """)
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.append_unique([_rows([1, 2])]) == [2]
+        assert [row.seal is not None for row in store.read_batch(0, 10)] == [False, True, True]
+    finally:
+        store.close()
     conn = sqlite3.connect(path)
     meta = dict(conn.execute("SELECT key, value FROM capture_export_meta").fetchall())
-    conn.execute("SELECT count(*) FROM reserved_change").fetchone()
+    conn.execute("SELECT count(*) FROM captures_quarantine").fetchone()
     conn.close()
-    assert meta["schema_version"] == "5" and "migrated_5" not in meta
+    assert meta["schema_version"] == "5" and "migrated_5" not in meta and "seal_key" in meta

@@ -159,16 +159,20 @@ def test_a_corrupt_row_holds_the_export_before_it_in_a_worker_too(tmp_path: Path
     seed_store(store, 250, seed=4)
     store.append_encoded([(0, b"\xa1\x63bad")])  # a map whose value is missing
     seed_store(store, 10, seed=5)
-    engine = ExportEngine(spec(format="jsonl", limit=300), EXPORTER, store, MemoryObjectStore(), pool=pool)
+    objects = MemoryObjectStore()
+    engine = ExportEngine(spec(format="jsonl", limit=300), EXPORTER, store, objects, pool=pool)
     result = engine.run(Cursor())
     store.close()
     assert result.failure is not None and result.failure.reason == "CorruptRecord"
-    assert "record 251" in result.failure.message and result.cursor.position == 0
+    # onCorruptRecord Hold: the 250 records before it are committed, the corrupt one and those after are not.
+    assert "record 251" in result.failure.message and result.cursor.position == 250
+    ids = [record["id"] for records in exported(objects).values() for record in records]
+    assert ids == list(range(1, 251))
 
 
 def test_each_record_is_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows another writer stored with credential headers: stripped on the record decoded for the format,
-    not decoded, re-encoded and decoded again."""
+    """Rows another writer stored with credential headers: the full check of a foreign row decodes it once,
+    and that decoded record (credentials stripped) is the one the format writes, not decoded again."""
     from datetime import UTC, datetime
 
     from capture_export.store.base import StoredRecord
@@ -177,7 +181,7 @@ def test_each_record_is_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     for n in range(1, 41):
         record = {"ver": 2, "timestamp": datetime(2026, 11, 24, tzinfo=UTC), "model": "m",
                   "capture": {"request": {"headers": {"Authorization": f"Bearer sk-{n}"}, "body": {"n": n}}}}
-        rows.append(StoredRecord(n, 0, cbor2.dumps(record, timezone=UTC), stripped=False))
+        rows.append(StoredRecord(n, 0, cbor2.dumps(record, timezone=UTC), None))
     calls = 0
     real_loads = cbor2.loads
 
@@ -186,7 +190,15 @@ def test_each_record_is_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
         calls += 1
         return real_loads(*args, **kwargs)
 
+    real_decoder = cbor2.CBORDecoder
+
+    def counting_decoder(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real_decoder(*args, **kwargs)
+
     monkeypatch.setattr(cbor2, "loads", counting_loads)
+    monkeypatch.setattr(cbor2, "CBORDecoder", counting_decoder)
     store = SQLiteStore(tmp_path / "store.sqlite")
     store.append_encoded([(row.timestamp_us, row.body) for row in rows])
     objects = MemoryObjectStore()
@@ -195,3 +207,50 @@ def test_each_record_is_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert result.rows == 40 and calls == 40
     payload = next(data for key, data in objects.objects.items() if key.endswith(".jsonl"))
     assert b"sk-" not in payload and b"Authorization" not in payload
+
+
+def test_quarantine_works_in_a_worker_and_credentials_of_foreign_rows_are_stripped(tmp_path: Path,
+                                                                                  pool: EncodePool) -> None:
+    """onCorruptRecord: Quarantine on a batch a worker encodes: the worker checks seals with the store's key
+    (sent in the recipe), checks the foreign rows in full, and the exporting process moves the corrupt one
+    aside before it commits the batch."""
+    from datetime import UTC, datetime
+
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    seed_store(store, 250, seed=4)
+    store.append_encoded([(0, b"\xa1\x63bad")])  # a map whose value is missing: 251
+    leaky = {"ver": 2, "timestamp": datetime(2026, 11, 24, tzinfo=UTC), "model": "m",
+             "capture": {"request": {"headers": {"X-Goog-Api-Key": "sk-leak"}}}}
+    store.append_encoded([(0, cbor2.dumps(leaky, timezone=UTC))])  # foreign, unsealed: 252
+    seed_store(store, 10, seed=5)
+    objects = MemoryObjectStore()
+    result = ExportEngine(spec(format="jsonl", limit=300, onCorruptRecord="Quarantine"), EXPORTER, store, objects,
+                          pool=pool).run(Cursor())
+    quarantined = [row.id for row in store.quarantined()]
+    store.close()
+    assert result.failure is None and result.cursor.position == 262
+    assert [record_id for record_id, _ in result.quarantined] == [251] and quarantined == [251]
+    ids = [record["id"] for records in exported(objects).values() for record in records]
+    assert ids == [*range(1, 251), *range(252, 263)]
+    assert not any(b"sk-leak" in data for data in objects.objects.values())
+
+
+def test_sealed_rows_skip_the_full_check_in_a_worker_and_the_key_never_shows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a worker receives (the recipe and the packed rows, pickled) still trusts our own rows, and the
+    recipe's repr does not show the store's key."""
+    import pickle
+
+    from capture_export.export import batch
+
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    seed_store(store, 120, seed=4)
+    seal = store.record_seal()
+    rows = store.read_batch(0, 200)
+    store.close()
+    recipe = batch.BatchRecipe.from_spec(spec(format="jsonl"), seal)
+    assert seal._key_hex not in repr(recipe) and seal._key_hex not in repr(seal)
+    sent_recipe, sent_rows = pickle.loads(pickle.dumps((recipe, batch.PackedRows.pack(rows))))
+    monkeypatch.setattr(batch, "check_foreign_record", lambda *a: pytest.fail("checked a sealed row in full"))
+    encoded = batch.encode_in_worker(sent_recipe, sent_rows)
+    assert encoded.rows == 120 and encoded.quarantined == [] and encoded.held is None

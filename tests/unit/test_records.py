@@ -3,12 +3,12 @@ from __future__ import annotations
 import cbor2
 import pytest
 
+from capture_export.store.check import check_foreign
 from capture_export.store.records import (
     CREDENTIAL_HEADERS,
     CorruptRecord,
     decode_sequence,
     encode_body,
-    ensure_no_credentials,
     with_id,
 )
 from tests.conftest import make_record
@@ -42,16 +42,15 @@ def test_credential_headers_are_stripped_on_append_whatever_their_case() -> None
 def test_export_check_strips_credentials_written_by_another_writer() -> None:
     record = make_record(2)
     record["capture"]["request"]["headers"] = [["X-Api-Key", "k"], ["Proxy-Authorization", "p"], ["accept", "*/*"]]
-    raw = cbor2.dumps({"id": 2, **record})  # as a foreign writer would store it, nothing stripped
-    cleaned = cbor2.loads(ensure_no_credentials(2, raw))
+    raw = cbor2.dumps(record)  # as a foreign writer would store it, nothing stripped
+    cleaned = cbor2.loads(check_foreign(2, raw))
     assert cleaned["capture"]["request"]["headers"] == [["accept", "*/*"]]
     assert "Set-Cookie" not in cleaned["capture"]["response"]["headers"]
 
 
 def test_export_check_leaves_clean_records_byte_identical() -> None:
     _, body = encode_body(make_record(3))
-    spliced = with_id(3, body)
-    assert ensure_no_credentials(3, spliced) is spliced
+    assert check_foreign(3, body) is body
 
 
 def test_corrupt_record_is_named() -> None:
@@ -64,13 +63,14 @@ def test_sequence_round_trip() -> None:
     assert list(decode_sequence(b"".join(cbor2.dumps(i) for i in items))) == items
 
 
-def test_credential_header_list_matches_design() -> None:
-    assert {"authorization", "x-api-key", "api-key", "cookie", "set-cookie", "proxy-authorization"} == set(
+def test_credential_header_list_holds_the_design_s_and_issue_11_s() -> None:
+    assert {"authorization", "x-api-key", "api-key", "cookie", "set-cookie", "proxy-authorization",
+            "x-goog-api-key", "ocp-apim-subscription-key", "x-auth-token", "x-amz-security-token"} <= set(
         CREDENTIAL_HEADERS
     )
 
 
-def test_rows_from_our_append_skip_the_scan_and_foreign_rows_are_stripped(tmp_path) -> None:
+def test_rows_from_our_append_are_sealed_and_foreign_rows_are_checked(tmp_path) -> None:
     from capture_export.export.engine import encode_batch
     from capture_export.store import SQLiteStore
 
@@ -78,10 +78,65 @@ def test_rows_from_our_append_skip_the_scan_and_foreign_rows_are_stripped(tmp_pa
     store.append([make_record(1)])
     foreign = {k: v for k, v in make_record(2).items()}
     store._conn.execute("INSERT INTO captures (ts_us, body) VALUES (?, ?)", (0, cbor2.dumps(foreign)))
+    # A writer that copies our row's seal onto its own body gains nothing: the seal covers the body.
+    store._conn.execute("INSERT INTO captures (ts_us, body, seal) SELECT 0, ?, seal FROM captures WHERE id = 1",
+                        (cbor2.dumps(foreign),))
     rows = store.read_batch(0, 10)
-    assert [row.stripped for row in rows] == [True, False]
-    exported = [cbor2.loads(record) for record in encode_batch(rows)]
+    seal = store.record_seal()
+    assert [seal.valid(row.body, row.seal) for row in rows] == [True, False, False]
+    exported = [cbor2.loads(record) for record in encode_batch(rows, seal)]
+    assert [record["id"] for record in exported] == [1, 2, 3]
     for record in exported:
         assert "Authorization" not in record["capture"]["request"]["headers"]
         assert "Set-Cookie" not in record["capture"]["response"]["headers"]
     store.close()
+
+
+def _litellm_payload() -> dict[str, object]:
+    """A StandardLoggingPayload as LiteLLM's proxy posts it: its metadata names the virtual key the request
+    used (user_api_key_*), never the key itself."""
+    return {
+        "id": "chatcmpl-1", "call_type": "acompletion", "status": "success", "model": "gpt-4o",
+        "startTime": 1_796_000_000.0, "endTime": 1_796_000_001.2, "response_cost": 0.001,
+        "prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15, "api_base": "https://api.openai.com",
+        "metadata": {"user_api_key_hash": "88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b",
+                     "user_api_key_alias": "ci-key", "user_api_key_team_id": "team-1",
+                     "user_api_key_user_email": "u@example.com", "user_api_key_spend": None,
+                     "user_api_key_auth_metadata": None, "used_client_oauth_token": None,
+                     "requester_custom_headers": {"x-request-source": "bench"}},
+        "messages": [{"role": "user", "content": "hello"}],
+        "response": {"choices": [{"message": {"role": "assistant", "content": "hi"}}]},
+        "hidden_params": {"additional_headers": {"x-ratelimit-remaining": "99"}},
+    }
+
+
+def test_ingest_does_not_walk_a_litellm_record_for_its_user_api_key_metadata(monkeypatch: pytest.MonkeyPatch,
+                                                                             ) -> None:
+    """Every LiteLLM record holds user_api_key_* keys; they name no secret, so encoding one at ingest must not
+    take the full credential walk (it cost ten times the rest of the encoding), and the keys stay."""
+    from capture_export.ingest.litellm import litellm_record
+    from capture_export.store import credentials
+    from capture_export.store.records import encode_ordered
+
+    monkeypatch.setattr(credentials.CredentialPolicy, "strip",
+                        lambda self, record: pytest.fail("walked a record that holds no credential"))
+    _, body = encode_ordered(litellm_record(_litellm_payload(), 0))
+    metadata = cbor2.loads(body)["capture"]["litellm"]["metadata"]
+    assert metadata["user_api_key_hash"].startswith("88dc28d0") and "used_client_oauth_token" in metadata
+
+
+@pytest.mark.parametrize(("name", "stripped"), [
+    ("user_api_key_hash", False), ("X-User-Api-Key-Alias", False), ("used_client_oauth_token", False),
+    ("user_api_key", True), ("X-User-Api-Key", True), ("user_api_key_secret", True),
+    ("user_api_key_hash_x_api_key", True), ("x-api-key", True),
+])
+def test_litellm_key_metadata_names_are_no_credential_but_what_else_a_name_holds_is(name: str,
+                                                                                  stripped: bool) -> None:
+    from capture_export.ingest.litellm import litellm_record
+    from capture_export.store.records import encode_ordered
+
+    payload = _litellm_payload()
+    payload["metadata"]["requester_custom_headers"] = {name: "sk-live-0123", "x-request-source": "bench"}  # type: ignore[index]
+    _, body = encode_ordered(litellm_record(payload, 0))
+    assert (b"sk-live-0123" not in body) is stripped
+    assert check_foreign(1, body) == body  # the export's check of the same bytes agrees

@@ -105,9 +105,10 @@ def test_migrates_a_version_1_store(tmp_path: Path) -> None:
     conn.close()
     store = SQLiteStore(path)
     try:
-        assert store._conn.execute("SELECT value FROM capture_export_meta").fetchone() == ("3",)
-        # Rows written before the migration came from unknown writers: the export scans them.
-        assert [(r.id, r.stripped) for r in store.read_batch(0, 10)] == [(1, False), (2, False)]
+        assert store._conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'"
+                                   ).fetchone() == ("5",)
+        # Rows written before the migration came from unknown writers: unsealed, the export checks them.
+        assert [(r.id, r.seal) for r in store.read_batch(0, 10)] == [(1, None), (2, None)]
         assert store.expire_chunk(10, 2, 10, mark_at_us=5).count == 1
         assert list(store.ids()) == [2]
     finally:
@@ -116,7 +117,7 @@ def test_migrates_a_version_1_store(tmp_path: Path) -> None:
     again = SQLiteStore(path)
     again._conn.execute("INSERT INTO captures (ts_us, body) VALUES (3, x'a0')")
     assert list(again.ids()) == [2, 3] and again.soft_deleted_count() == 1
-    assert again.read_batch(2, 10)[0].stripped is False
+    assert again.read_batch(2, 10)[0].seal is None
     again.close()
 
 

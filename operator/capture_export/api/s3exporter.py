@@ -92,6 +92,10 @@ DESTINATION_IMMUTABLE = {
 }
 # An endpoint of null counts as absent (has() is false for a null field), so null -> absent is no move.
 
+# An HTTP header name (RFC 9110 token).
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+CorruptRecordAction = Literal["Hold", "Quarantine"]
+
 # -- formats, key templates, privacy, filters (issue 7) ----------------------------------------------
 
 # The allowed values come from the format registry (export/formats.py).
@@ -360,6 +364,21 @@ class S3ExporterSpec(ApiModel):
         ExportFilter | None,
         Field(description="Export only the records matching it; the others still advance the cursor."),
     ] = None
+    strip_headers: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=128, pattern=HEADER_NAME_PATTERN)]],
+        Field(max_length=64, description="More header names to strip from every record, beside the built-in "
+              "credential headers (authorization, cookie, x-api-key, x-goog-api-key, …); compared "
+              "case-insensitively, '_' and '-' alike."),
+    ] = []
+    on_corrupt_record: Annotated[
+        CorruptRecordAction,
+        Field(description="A record that fails the check of rows capture-export did not write itself "
+              "(malformed CBOR, trailing bytes, a stored id, invalid UTF-8, a date readers cannot "
+              "represent): Hold (the default) stops the export before it, with a CorruptRecord condition "
+              "naming the record, until it is fixed in the store; Quarantine moves it into the store's "
+              "quarantine (capture-export quarantine list|show|release), counts it in status.quarantined, "
+              "posts an Event and exports past it. Either way its bytes never reach the bucket."),
+    ] = "Hold"
 
     @field_validator("bucket")
     @classmethod
@@ -462,6 +481,8 @@ class RunRecord(ApiModel):
     error: Annotated[str | None, Field(description="What went wrong, when failed; never holds a secret.")] = None
     filtered: Annotated[int, Field(description="Records this run passed over because spec.filter excluded "
                                    "them (they advance the cursor too).")] = 0
+    quarantined: Annotated[int, Field(description="Records this run moved to the store's quarantine "
+                                      "(onCorruptRecord: Quarantine).")] = 0
 
 
 class ExportTotals(ApiModel):
@@ -497,3 +518,6 @@ class S3ExporterStatus(ApiModel):
                                             "last acted on.")] = None
     last_run_now: Annotated[str | None, Field(description="Value of the capture.dev/run-now annotation "
                                               "last acted on.")] = None
+    quarantined: Annotated[int, Field(ge=0, description="Records this exporter moved to the store's "
+                                      "quarantine since it was created (onCorruptRecord: Quarantine); "
+                                      "see capture-export quarantine list.")] = 0

@@ -145,6 +145,7 @@ class Reason(StrEnum):
     DELETE_DENIED = "DeleteDenied"  # s3:DeleteObject
     # export Events
     EXPORT_FAILED = "ExportFailed"
+    RECORD_QUARANTINED = "RecordQuarantined"
     CURSOR_RESET = "CursorReset"
     # retention: the store, the gate, the purge
     STORE_UNSUPPORTED = "StoreUnsupported"

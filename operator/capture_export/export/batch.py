@@ -2,32 +2,42 @@
 
 ``encode_rows(recipe, rows)`` is a pure function of the batch, run in the exporting process for the
 default pass-through path and in a worker of the encode pool (export/pool.py) for everything that decodes.
-It is the one place a row is checked before it leaves: a row that is not a CBOR map stops the batch
-(``CorruptRecord``, the export holds before it) and credential headers are stripped from every row our own
-append did not write. So this module imports only what encoding needs (cbor2, orjson, zstandard and, for
-Parquet, pyarrow): no API models, no S3 or Kubernetes clients, which keeps the workers small.
+It is the one place a row is checked before it leaves (``check_rows``): a row whose seal is valid under
+the store's key (store/seal.py) was written by our own append and goes out as stored; every other row is
+*foreign* and gets the full structural check, credentials stripped (store/check.py). A row that fails it
+is never encoded: with ``onCorruptRecord: Hold`` the batch ends before it (``EncodedBatch.held``; the
+first row: ``BatchFailure``), with ``Quarantine`` it is left out and named in ``EncodedBatch.quarantined``
+for the engine to move aside before it commits the batch. The store's seal travels in the recipe, so the
+check runs the same in-process and in an encode worker. This module imports only what encoding needs
+(cbor2, orjson, zstandard and, for Parquet, pyarrow): no API models, no S3 or Kubernetes clients, which
+keeps the workers small.
 
-Each record is decoded at most once. The default path never decodes: ids are spliced into the stored CBOR
-(``with_id``). A filter on a CBOR format reads only the fields it needs (``peek_fields``). Anything else
-decodes each row once (``decoded_records``), strips credentials on the decoded map, then filters, rewrites
+Each record is decoded at most once. The default path never decodes a sealed row: ids are spliced into
+the stored CBOR (``id_head``). A filter on a CBOR format reads only the fields it needs (``peek_fields``).
+Anything else decodes each row once (a foreign row's check is that decode), then filters, rewrites
 (privacy mode, redactions) and encodes record by record, so a batch of 10,000 records never holds 10,000
 decoded records at once.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
+import hmac
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
 import cbor2
 
 from ..store.base import StoredRecord
-from ..store.records import CREDENTIAL_MARKERS, CorruptRecord, id_head, strip_credentials, with_id
+from ..store.check import check_foreign_record
+from ..store.credentials import CredentialPolicy
+from ..store.records import CorruptRecord, id_head, with_id
+from ..store.seal import SEAL_SIZE, RecordSeal
 from .budget import release_freed_memory
 from .formats import FORMATS, FormatUnavailable, encoder_for
 from .transform import RecordTransform, peek_fields
@@ -35,15 +45,14 @@ from .transform import RecordTransform, peek_fields
 __all__ = [
     "BatchFailure",
     "BatchRecipe",
+    "CheckedRow",
     "EncodedBatch",
     "FilterOptions",
     "PackedRows",
-    "decoded_records",
+    "check_rows",
     "encode_batch",
     "encode_in_worker",
     "encode_rows",
-    "exported_body",
-    "record_pieces",
 ]
 
 
@@ -67,9 +76,14 @@ class BatchRecipe:
     filter: FilterOptions | None = None
     privacy_mode: bool = False
     redact_fields: tuple[str, ...] = ()
+    strip_headers: tuple[str, ...] = ()  # spec.stripHeaders: header names stripped beside the built-in ones
+    on_corrupt_record: str = "Hold"  # or "Quarantine"
+    # The store's seal (store/seal.py): rows it checks go out unchecked. It pickles as its key, so a worker
+    # checks seals as the exporting process would; never in a repr.
+    seal: RecordSeal | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_spec(cls, spec: Any) -> BatchRecipe:
+    def from_spec(cls, spec: Any, seal: RecordSeal | None = None) -> BatchRecipe:
         chosen = spec.filter
         return cls(
             format=spec.format,
@@ -79,6 +93,9 @@ class BatchRecipe:
                   for values in (chosen.models, chosen.api_types, chosen.tags, chosen.status_codes))),
             privacy_mode=spec.privacy_mode,
             redact_fields=tuple(spec.redact_fields),
+            strip_headers=tuple(spec.strip_headers),
+            on_corrupt_record=spec.on_corrupt_record,
+            seal=seal,
         )
 
     @property
@@ -90,8 +107,9 @@ class BatchRecipe:
 
 class BatchFailure(Exception):
     """Why a batch cannot be written; the engine turns it into an ExportFailure (export/engine.py).
-    ``kind`` is one of CORRUPT (a row that is not a record), UNAVAILABLE (the format's package is missing
-    here) and UNENCODABLE (a record the format cannot represent); all hold the export before the batch."""
+    ``kind`` is one of CORRUPT (the batch's first row fails the check, onCorruptRecord Hold), UNAVAILABLE
+    (the format's package is missing here) and UNENCODABLE (a record the format cannot represent); all hold
+    the export before the batch."""
 
     CORRUPT = "corrupt"
     UNAVAILABLE = "unavailable"
@@ -108,96 +126,142 @@ class BatchFailure(Exception):
 
 @dataclass
 class EncodedBatch:
-    payload: bytes | None  # None: the filter excluded every record, no object is written
+    payload: bytes | None  # None: the filter excluded (or the quarantine took) every record, no object is written
     rows: int  # records in the payload
     filtered: int  # records the filter excluded
     raw_bytes: int  # stored bytes of the batch's rows
     seconds: float
     cpu_seconds: float
+    # The ids the batch handles, first to last (the cursor moves to ``last_id``): short of the rows read
+    # when the batch is held before a corrupt record.
+    first_id: int = 0
+    last_id: int = 0
+    # The first and last id of the records the payload holds (its object is named by them): records
+    # quarantined at the edges are left out of the name.
+    kept_first_id: int | None = None
+    kept_last_id: int | None = None
+    quarantined: list[tuple[int, str]] = field(default_factory=list)  # (id, reason): for the engine to move
+    held: str | None = None  # onCorruptRecord Hold: why the batch ends before the next row
 
 
-def exported_body(row: StoredRecord) -> bytes:
-    """The row's stored map as it may leave the store (still without ``id``): a row our own append wrote as
-    stored; another writer's with any credential header stripped, decoded and re-encoded only when the name
-    of one could occur in its bytes. Raises CorruptRecord for a row that cannot be read."""
-    body = row.body
-    if row.stripped:
-        return body
-    if not _might_hold_credentials(body):
-        return body
-    record = _decode(row)
-    if not strip_credentials(record):
-        return body
-    return cbor2.dumps(record, timezone=UTC)
+@functools.lru_cache(maxsize=64)
+def _policy(strip_headers: tuple[str, ...]) -> CredentialPolicy:
+    return CredentialPolicy(strip_headers)
 
 
-def _might_hold_credentials(body: bytes | memoryview) -> bool:
-    lowered = (body if isinstance(body, bytes) else bytes(body)).lower()
-    return any(marker in lowered for marker in CREDENTIAL_MARKERS)
+@dataclass
+class CheckedRow:
+    """A row that passed the check: its map as it may leave the store (still without ``id``; credentials
+    stripped; canonical CBOR when foreign), and the map decoded when the check had to decode it anyway."""
+
+    row: StoredRecord
+    body: bytes | memoryview
+    record: dict[str, Any] | None = None
 
 
-def record_pieces(rows: Iterable[StoredRecord]) -> list[bytes | memoryview]:
-    """The rows as exported CBOR records (``id`` spliced in, credentials stripped), as pieces to write one
-    after the other: each record's new map head, then its stored bytes after the old head, not copied."""
+def check_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], decoded: bool = False,
+               ) -> tuple[list[CheckedRow], list[tuple[int, CorruptRecord]]]:
+    """The rows that pass the check, in order, and ``(index, why)`` of each that does not.
+
+    A row whose seal is valid was written by our own append (one canonical map, credentials stripped) and
+    goes out as stored, unless the exporter strips more header names (``spec.stripHeaders``), which its
+    bytes are then scanned for. Every other row is foreign and checked in full (store/check.py). With
+    ``decoded``, the records the check decoded are kept for the caller (which would decode them anyway)."""
+    policy = _policy(recipe.strip_headers)
+    sealed = recipe.seal.seal if recipe.seal is not None else None
+    same = hmac.compare_digest
+    rescan = bool(policy.extra_headers)
+    good: list[CheckedRow] = []
+    corrupt: list[tuple[int, CorruptRecord]] = []
+    for index, row in enumerate(rows):
+        body, mark = row.body, row.seal
+        if (mark is not None and sealed is not None and isinstance(body, bytes | memoryview)
+                and same(sealed(body), mark)):
+            if rescan and policy.might_hold(bytes(body)):
+                record = cbor2.loads(body)
+                if policy.strip(record):
+                    good.append(CheckedRow(row, cbor2.dumps(record, timezone=UTC), record if decoded else None))
+                    continue
+            good.append(CheckedRow(row, body))
+            continue
+        try:
+            record, canonical = check_foreign_record(row.id, body, policy)
+        except CorruptRecord as exc:
+            corrupt.append((index, exc))
+            continue
+        good.append(CheckedRow(row, canonical, record if decoded else None))
+    return good, corrupt
+
+
+def _pieces(checked: Sequence[CheckedRow]) -> list[bytes | memoryview]:
+    """The records as exported CBOR (``id`` spliced in), as pieces to write one after the other: each
+    record's new map head, then its stored bytes after the old head, not copied."""
     pieces: list[bytes | memoryview] = []
-    for row in rows:
-        body = exported_body(row)
-        head, offset = id_head(row.id, body)
+    for item in checked:
+        head, offset = id_head(item.row.id, item.body)
         pieces.append(head)
-        pieces.append(memoryview(body)[offset:])
+        pieces.append(memoryview(item.body)[offset:])
     return pieces
 
 
-def encode_batch(rows: Sequence[StoredRecord]) -> list[bytes]:
-    """Stored rows as exported CBOR records: ``id`` spliced in, credential headers stripped."""
-    return [with_id(row.id, exported_body(row)) for row in rows]
+def encode_batch(rows: Sequence[StoredRecord], seal: RecordSeal | None = None,
+                 strip_headers: Sequence[str] = ()) -> list[bytes | CorruptRecord]:
+    """Stored rows as exported CBOR records (``id`` spliced in, checked, credentials stripped), or the
+    CorruptRecord of each row that is not one well-formed record."""
+    recipe = BatchRecipe("cbor-zstd", "zstd", strip_headers=tuple(strip_headers), seal=seal)
+    good, corrupt = check_rows(recipe, rows)
+    out: list[bytes | CorruptRecord] = [with_id(item.row.id, bytes(item.body)) for item in good]
+    for index, exc in corrupt:
+        out.insert(index, exc)
+    return out
 
 
-def _decode(row: StoredRecord) -> dict[str, Any]:
-    id_head(row.id, row.body)  # refuses what with_id would: empty, not a map, an indefinite-length map
-    try:
-        record = cbor2.loads(row.body)
-    except Exception as exc:
-        raise CorruptRecord(row.id, f"undecodable CBOR ({exc.__class__.__name__})") from None
-    if not isinstance(record, dict):
-        raise CorruptRecord(row.id, "not a CBOR map")
-    return record
-
-
-def decoded_records(rows: Iterable[StoredRecord]) -> Iterator[dict[str, Any]]:
-    """Each row's record, decoded once: ``id`` first, credential headers stripped (unless our own append
-    wrote the row, which stripped them before storing it)."""
-    for row in rows:
-        body = _decode(row)
-        if not row.stripped and _might_hold_credentials(row.body):
-            strip_credentials(body)
-        record = {"id": row.id}
+def _decoded(checked: Sequence[CheckedRow]) -> Iterator[dict[str, Any]]:
+    """Each checked row's record, decoded once, ``id`` first."""
+    for item in checked:
+        body = item.record if item.record is not None else cbor2.loads(item.body)
+        record = {"id": item.row.id}
         record.update(body)
         yield record
 
 
 def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBatch:
-    """The batch's payload. Raises BatchFailure: a row that is not a CBOR map, the format missing here, or
-    an encoder that cannot represent a record."""
+    """The batch's payload. Raises BatchFailure: the first row fails the check (onCorruptRecord Hold), the
+    format is missing here, or an encoder cannot represent a record."""
     started, cpu_started = time.perf_counter(), time.thread_time()
-    first, last = rows[0], rows[-1]
-    raw_bytes, handled = sum(len(row.body) for row in rows), len(rows)
     try:
         encoder = encoder_for(recipe.format, recipe.compression)
     except FormatUnavailable as exc:
         raise BatchFailure(BatchFailure.UNAVAILABLE, str(exc)) from None
     transform = RecordTransform(recipe)
+    decodes = encoder.decoded or transform.rewrites
+    checked, corrupt = check_rows(recipe, rows, decoded=decodes)
+    quarantined: list[tuple[int, str]] = []
+    held: str | None = None
+    if corrupt and recipe.on_corrupt_record == "Quarantine":
+        quarantined = [(exc.record_id, exc.reason) for _, exc in corrupt]
+    elif corrupt:
+        index, exc = corrupt[0]
+        held = f"{exc}; the export holds before it until it is fixed in the store (or set onCorruptRecord: Quarantine)"
+        if index == 0:
+            raise BatchFailure(BatchFailure.CORRUPT, held)
+        rows, checked = rows[:index], checked[:index]  # the rows before the first corrupt one all passed
+    first, last = rows[0], rows[-1]
+    raw_bytes, handled = sum(len(row.body) for row in rows), len(rows) - len(quarantined)
+    # The object is named by the records that passed the check (the filter's choice does not rename it).
+    kept_first_id = checked[0].row.id if checked else None
+    kept_last_id = checked[-1].row.id if checked else None
     exported = 0
     try:
-        if not encoder.decoded and not transform.rewrites:
+        if not decodes:
             if transform.filter is not None:  # read just the fields the filter needs; ship the bytes as stored
-                rows = [row for row in rows if transform.accepts(_peek(row, transform.filter.fields))]
-            exported = len(rows)
-            payload = encoder.encode(record_pieces(rows)) if rows else None
+                checked = [item for item in checked if transform.accepts(_peek(item, transform.filter.fields))]
+            exported = len(checked)
+            payload = encoder.encode(_pieces(checked)) if checked else None
         else:
             def kept() -> Iterator[dict[str, Any]]:
                 nonlocal exported
-                for record in decoded_records(rows):
+                for record in _decoded(checked):
                     if transform.accepts(record):
                         exported += 1
                         yield transform.rewrite(record)
@@ -210,15 +274,10 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
                 payload = None
     except CorruptRecord as exc:
         raise BatchFailure(BatchFailure.CORRUPT, f"{exc}; export holds before it until it is fixed") from None
-    except Exception as exc:  # an encoder that cannot represent a record, or a row that is not a blob
-        # A row the store holds as TEXT (or anything but bytes) is found only when a batch fails, so the
-        # common path pays nothing for the check.
-        text = next((row for row in rows if not isinstance(row.body, (bytes, bytearray, memoryview))), None)
-        if text is not None:
-            corrupt = CorruptRecord(text.id, f"stored as {type(text.body).__name__}, not as a CBOR blob")
-            raise BatchFailure(BatchFailure.CORRUPT, f"{corrupt}; export holds before it until it is fixed") from None
+    except Exception as exc:  # an encoder that cannot represent a record
         raise BatchFailure(BatchFailure.UNENCODABLE, f"records {first.id}-{last.id} could not be written as "
-                           f"{recipe.format}: {exc.__class__.__name__}: {exc}; export holds before them") from None
+                           f"{recipe.format}: {exc.__class__.__name__}: {str(exc)[:200]}; export holds before "
+                           "them") from None
     return EncodedBatch(
         payload=payload,
         rows=exported,
@@ -226,30 +285,39 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
         raw_bytes=raw_bytes,
         seconds=time.perf_counter() - started,
         cpu_seconds=time.thread_time() - cpu_started,
+        first_id=first.id,
+        last_id=last.id,
+        kept_first_id=kept_first_id,
+        kept_last_id=kept_last_id,
+        quarantined=quarantined,
+        held=held,
     )
 
 
-def _peek(row: StoredRecord, fields: frozenset[str]) -> dict[str, Any]:
-    id_head(row.id, row.body)  # refuses what with_id would
+def _peek(item: CheckedRow, fields: frozenset[str]) -> dict[str, Any]:
+    if item.record is not None:
+        return item.record
     try:
-        record = peek_fields(row.body, fields)
+        record = peek_fields(item.body, fields)
     except Exception as exc:
-        raise CorruptRecord(row.id, f"undecodable CBOR ({exc.__class__.__name__})") from None
+        raise CorruptRecord(item.row.id, f"undecodable CBOR ({exc.__class__.__name__})") from None
     if not isinstance(record, dict):
-        raise CorruptRecord(row.id, "not a CBOR map")
+        raise CorruptRecord(item.row.id, "not a CBOR map")
     return record
 
 
 @dataclass
 class PackedRows:
-    """A batch's rows as a few flat objects, for the trip to an encode worker: ids, timestamps and flags as
-    arrays, every body in one bytes object. Pickling it is a copy of a few buffers rather than of thousands
-    of objects, and while the worker encodes, the exporting process holds this one object instead of the
-    rows. The worker's rows are views into it (nothing copied again)."""
+    """A batch's rows as a few flat objects, for the trip to an encode worker: ids and timestamps as arrays,
+    seals in one bytes object (``SEAL_SIZE`` each; ``sealed`` says which rows have one), every body in one
+    bytes object (the engine packs only batches whose bodies are all bytes). Pickling it is a copy of a few
+    buffers rather than of thousands of objects, and while the worker encodes, the exporting process holds
+    this one object instead of the rows. The worker's rows are views into it (nothing copied again)."""
 
     ids: array
     timestamps: array
-    stripped: bytes
+    sealed: bytes
+    seals: bytes
     ends: array
     bodies: bytes
 
@@ -260,15 +328,21 @@ class PackedRows:
         for row in rows:
             end += len(row.body)
             ends.append(end)
+        # A seal of another size cannot be valid: the row is packed as unsealed (and checked in full).
+        sealed = bytes(type(row.seal) is bytes and len(row.seal) == SEAL_SIZE for row in rows)
         return cls(ids=array("q", [row.id for row in rows]), timestamps=array("q", [row.timestamp_us for row in rows]),
-                   stripped=bytes(row.stripped for row in rows), ends=ends, bodies=b"".join(row.body for row in rows))
+                   sealed=sealed, seals=b"".join(row.seal for row, has in zip(rows, sealed, strict=True) if has),  # type: ignore[misc]
+                   ends=ends, bodies=b"".join(row.body for row in rows))
 
     def unpack(self) -> list[StoredRecord]:
         view = memoryview(self.bodies)
-        rows, start = [], 0
-        for record_id, timestamp_us, stripped, end in zip(self.ids, self.timestamps, self.stripped, self.ends,
+        rows, start, at = [], 0, 0
+        for record_id, timestamp_us, has_seal, end in zip(self.ids, self.timestamps, self.sealed, self.ends,
                                                            strict=True):
-            rows.append(StoredRecord(record_id, timestamp_us, view[start:end], bool(stripped)))  # type: ignore[arg-type]
+            seal = None
+            if has_seal:
+                seal, at = self.seals[at:at + SEAL_SIZE], at + SEAL_SIZE
+            rows.append(StoredRecord(record_id, timestamp_us, view[start:end], seal))  # type: ignore[arg-type]
             start = end
         return rows
 

@@ -1,7 +1,13 @@
 """The export engine: one run drains the backlog batch by batch, exactly once. No Kubernetes here.
 
-A batch goes read -> strip credentials -> [filter, privacy, redact] -> encode -> PUT data object -> PUT
-checkpoint -> advance cursor. The next batches are read and encoded ahead (export/pipeline.py: on helper
+A batch goes read -> check (rows our own append did not seal are checked in full and stripped of
+credentials, store/check.py) -> [filter, privacy, redact] -> encode -> PUT data object -> PUT
+checkpoint -> advance cursor. A row that fails the check is never exported: with ``onCorruptRecord:
+Hold`` the batch ends before it and the run fails naming it (the records before it are committed);
+with ``Quarantine`` it is moved into the store's quarantine before the batch is committed, and the
+batch goes on without it.
+
+The next batches are read and encoded ahead (export/pipeline.py: on helper
 threads, or by the process's encode pool for the formats that decode) while the current one uploads, but
 batches are committed strictly in order, and nothing advances the cursor before both objects are in the
 bucket. What happens to a batch's rows before upload is export/batch.py.
@@ -30,7 +36,7 @@ from ..api import S3ExporterSpec
 from ..api.vocabulary import Domain, ExportOutcome, Reason
 from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore
-from ..store import RecordReader, StoredRecord, StoreError
+from ..store import CorruptRecord, RecordReader, StoredRecord, StoreError
 from .batch import BatchFailure, BatchRecipe, EncodedBatch, PackedRows, encode_batch, encode_in_worker, encode_rows
 from .budget import MemoryBudget, batch_cost, memory_budget
 from .checkpoint import Checkpoints
@@ -90,7 +96,9 @@ class ExportEngine:
         self.exporter = exporter
         self.store = store
         self.objects = objects
-        self.recipe = BatchRecipe.from_spec(spec)
+        # Rows whose seal the store's key checks are our own append's and go out unchecked; the others are
+        # checked in full, wherever the batch is encoded (the seal travels in the recipe).
+        self.recipe = BatchRecipe.from_spec(spec, store.record_seal())
         info = FORMATS[self.recipe.format]
         try:
             info.check_available()
@@ -266,12 +274,15 @@ class ExportEngine:
                 result.bytes += done.bytes
                 result.raw_bytes += done.raw_bytes
                 result.filtered += done.filtered
+                result.quarantined.extend(done.quarantined)
                 if done.key is not None:
                     result.objects += 1
                     result.last_key = done.key
                 result.outcome = ExportOutcome.SUCCEEDED
                 if on_batch is not None:
                     on_batch(done)
+                if batch.held is not None:
+                    raise batch.held  # the records before the corrupt one are committed; it is not
             if pipeline.interrupted and should_stop():
                 result.outcome = ExportOutcome.STOPPED
         except ExportFailure as failure:
@@ -345,7 +356,7 @@ class ExportEngine:
             encoded = encode_rows(self.recipe, rows)
         except BatchFailure as failure:
             raise _export_failure(failure) from None
-        return self._prepared(rows[0], rows[-1], encoded, read_seconds, 0.0)
+        return self._prepared(rows[0], encoded, read_seconds, 0.0)
 
     def _start_encode(self, rows: list[StoredRecord], read_seconds: float, read_cpu_seconds: float,
                       threads: Executor, on_encoded: Callable[[int], None] = lambda size: None,
@@ -356,7 +367,10 @@ class ExportEngine:
         encoder has them."""
         first, last = rows[0], rows[-1]
         future: Future[EncodedBatch]
-        if self.pool is not None and len(rows) >= POOL_MIN_ROWS:
+        # A row stored as anything but bytes (a foreign writer's TEXT) fails the check in-process, where
+        # it needs no packing.
+        if (self.pool is not None and len(rows) >= POOL_MIN_ROWS
+                and all(type(row.body) is bytes for row in rows)):
             future = self.pool.submit(encode_in_worker, self.recipe, PackedRows.pack(rows))
         else:
             future = threads.submit(encode_rows, self.recipe, rows)
@@ -378,27 +392,51 @@ class ExportEngine:
                 raise ExportFailure(Reason.ENCODE_FAILED, f"the encoder process of records {first.id}-{last.id} "
                                     "died (killed or out of memory); retrying", domain=Domain.FORMAT,
                                     transient=True) from None
-            return self._prepared(first, last, encoded, read_seconds, read_cpu_seconds)
+            return self._prepared(first, encoded, read_seconds, read_cpu_seconds)
 
         return finish, future.cancel
 
-    def _prepared(self, first: StoredRecord, last: StoredRecord, encoded: EncodedBatch, read_seconds: float,
+    def _prepared(self, first: StoredRecord, encoded: EncodedBatch, read_seconds: float,
                   read_cpu_seconds: float) -> PreparedBatch:
+        """The encoded batch, ready to commit. Runs on the run's own thread, in id order, just before the
+        batch is committed: the records that failed the check are moved to the quarantine here, so that
+        the cursor never passes a corrupt record still in ``captures`` (retention could purge it)."""
+        for record_id, reason in encoded.quarantined:
+            self._quarantine(CorruptRecord(record_id, reason))
+        held = None if encoded.held is None else ExportFailure(Reason.CORRUPT_RECORD, encoded.held,
+                                                               domain=Domain.STORE, transient=False)
         payload = encoded.payload
         return PreparedBatch(
-            first_id=first.id,
-            last_id=last.id,
+            first_id=encoded.first_id,
+            last_id=encoded.last_id,  # the range handled, quarantined records included
             first_timestamp_us=first.timestamp_us,
             rows=encoded.rows,
             raw_bytes=encoded.raw_bytes,
             payload=payload,
-            key=self.layout.data_key(first.id, last.id, first.timestamp_us) if payload is not None else None,
+            # Named by the range of records it holds: quarantined records at the edges are left out, so a
+            # reader (and verify) sees a name that matches its first and last record.
+            key=self.layout.data_key(encoded.kept_first_id, encoded.kept_last_id, first.timestamp_us)
+            if payload is not None and encoded.kept_first_id is not None and encoded.kept_last_id is not None
+            else None,
             read_seconds=read_seconds,
             encode_seconds=encoded.seconds,
             filtered=encoded.filtered,
             read_cpu_seconds=read_cpu_seconds,
             encode_cpu_seconds=encoded.cpu_seconds,
+            quarantined=list(encoded.quarantined),
+            held=held,
         )
+
+    def _quarantine(self, corrupt: CorruptRecord) -> None:
+        """Move a record that failed the check into the store's quarantine (onCorruptRecord: Quarantine)."""
+        move = getattr(self.store, "quarantine", None)
+        if move is None:
+            raise ExportFailure(Reason.CORRUPT_RECORD, f"{corrupt}; this store has no quarantine, so the export "
+                                "holds before it", domain=Domain.STORE, transient=False)
+        try:
+            move(corrupt.record_id, corrupt.reason, str(self.exporter), int(self.clock.now().timestamp() * 1e6))
+        except StoreError as exc:
+            raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
 
     def _commit(self, batch: PreparedBatch, cursor: Cursor) -> BatchResult:
         t0, cpu0 = time.perf_counter(), time.thread_time()
@@ -426,6 +464,7 @@ class ExportEngine:
             encode_seconds=batch.encode_seconds,
             upload_seconds=time.perf_counter() - t0,
             filtered=batch.filtered,
+            quarantined=tuple(batch.quarantined),
             read_cpu_seconds=batch.read_cpu_seconds,
             encode_cpu_seconds=batch.encode_cpu_seconds,
             commit_cpu_seconds=time.thread_time() - cpu0,

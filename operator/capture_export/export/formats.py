@@ -15,7 +15,9 @@ Aperture writes them. The encoder gets the stored CBOR bytes (with ``id`` splice
 * timestamps are RFC 3339 strings in UTC with microseconds: ``"2026-11-24T12:00:00.123456Z"``;
 * bytes (the raw bodies) are objects ``{"$base64": "<standard base64, padded>"}`` — the same convention
   as ``capture-export cat`` (in DuckDB: ``from_base64(capture.request.raw_body."$base64")``);
-* other CBOR types: decimals and UUIDs as strings, unknown tags as ``{"$tag": n, "value": …}``.
+* other CBOR types: decimals and UUIDs as strings, unknown tags as ``{"$tag": n, "value": …}``;
+* map keys other than text (a foreign writer's byte-string keys): a byte string as its UTF-8 text
+  (``"$base64:…"`` when it is not UTF-8), anything else as its JSON text.
 
 ``parquet`` (``.parquet``, needs pyarrow: the ``parquet`` extra): row groups of 1,000 records with a fixed
 schema (``PARQUET_SCHEMA``) whatever the batch holds, so that files of different batches and days read
@@ -150,15 +152,28 @@ def json_default(value: Any) -> Any:
     return str(value)  # Decimal, Fraction, UUID, IP addresses, regular expressions
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: they become null."""
+def _jsonable(value: Any) -> Any:
+    """JSON has no NaN or infinity (they become null) and only text keys (see ``_json_key``)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {_json_key(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [_jsonable(v) for v in value]
     return value
+
+
+def _json_key(key: Any) -> Any:
+    """A map key JSON can hold: a byte string as its UTF-8 text (``"$base64:…"`` when it is not UTF-8),
+    anything else CBOR allows as a key (a map, an array, a date) as its JSON text."""
+    if isinstance(key, str | int | bool) or key is None or (isinstance(key, float) and math.isfinite(key)):
+        return key
+    if isinstance(key, bytes | bytearray | memoryview):
+        try:
+            return bytes(key).decode("utf-8")
+        except UnicodeDecodeError:
+            return "$base64:" + base64.b64encode(bytes(key)).decode("ascii")
+    return to_json(key)
 
 
 _JSON = json.JSONEncoder(default=json_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -170,8 +185,8 @@ _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 def _stdlib_json(value: Any) -> str:
     try:
         return _JSON.encode(value)
-    except ValueError:  # a NaN or infinity somewhere (rare): null them and try again
-        return _JSON.encode(_finite(value))
+    except (ValueError, TypeError):  # a NaN or infinity, or a key JSON has no form for (rare): fix, retry
+        return _JSON.encode(_jsonable(value))
 
 
 def json_bytes(value: Any) -> bytes:

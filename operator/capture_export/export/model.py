@@ -139,6 +139,11 @@ class PreparedBatch:
     # it (benchmarks/format_throughput.py breaks the exporter's CPU down by stage with them).
     read_cpu_seconds: float = 0.0
     encode_cpu_seconds: float = 0.0
+    # Records moved to the store's quarantine while preparing it: (id, reason).
+    quarantined: list[tuple[int, str]] = field(default_factory=list)
+    # onCorruptRecord Hold: the batch stops before a corrupt record; after committing what precedes it,
+    # the run fails with this.
+    held: ExportFailure | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ class BatchResult:
     read_cpu_seconds: float = 0.0
     encode_cpu_seconds: float = 0.0
     commit_cpu_seconds: float = 0.0  # the upload, the sweep and the checkpoint, on the run's own thread
+    quarantined: tuple[tuple[int, str], ...] = ()  # (id, reason) of records moved to the quarantine
 
     @property
     def object_written(self) -> bool:
@@ -181,6 +187,8 @@ class RunResult:
     # Objects in the destination's folders that look like data objects but are not this exporter's: the
     # sweep left them alone (export/provenance.py). Each is reported once per worker.
     foreign_objects: list[str] = field(default_factory=list)
+    # (id, reason) of the records this run moved to the store's quarantine (onCorruptRecord: Quarantine).
+    quarantined: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def duration_seconds(self) -> float:

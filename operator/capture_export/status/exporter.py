@@ -20,6 +20,7 @@ __all__ = [
     "cursor_position",
     "guard_cursor",
     "not_behind",
+    "quarantine_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class StatusUpdate:
             reason=failure.reason if failure else None,
             error=failure.message if failure else None,
             filtered=result.filtered,
+            quarantined=len(result.quarantined),
         )
         status.last_run = run
         status.history = [run, *status.history][:HISTORY_LENGTH]
@@ -141,6 +143,10 @@ class StatusUpdate:
         )
         if result.rows:
             status.last_successful_export = result.end
+        if result.quarantined:
+            status.quarantined += len(result.quarantined)
+            self.events.append(Event(EventType.WARNING, Reason.RECORD_QUARANTINED,
+                                     quarantine_message(result.quarantined)))
         if result.backlog is not None:
             status.backlog = result.backlog
         if failure is not None:
@@ -177,3 +183,11 @@ class StatusUpdate:
             ready, reason, message = Truth.FALSE, failure.reason, f"{label}: {failure.message}"
         self.set(ConditionType.READY, ready, reason, message)
         return self.status, self.events
+
+
+def quarantine_message(quarantined: list[tuple[int, str]], shown: int = 10) -> str:
+    """The Event for records a run moved to the store's quarantine: ids and reasons, never bytes."""
+    listed = "; ".join(f"record {record_id}: {reason}" for record_id, reason in quarantined[:shown])
+    more = f"; and {len(quarantined) - shown} more" if len(quarantined) > shown else ""
+    return (f"{len(quarantined)} record{'s' if len(quarantined) != 1 else ''} moved to the store's quarantine "
+            f"(capture-export quarantine list): {listed}{more}")

@@ -1,6 +1,6 @@
 """The capture-store protocols: what the export and audit read (``RecordReader``), what retention needs
-(``RetentionStore``), ``CaptureStore``, a store that is both, and what the ingest server writes through
-(``IngestStore``)."""
+(``RetentionStore``), where malformed rows are moved aside (``QuarantineStore``), ``CaptureStore``, a
+store that is all three, and what the ingest server writes through (``IngestStore``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["RETENTION_METHODS", "CaptureStore", "ExpiredChunk", "IngestStore", "RecordReader", "RetentionStore",
-           "StoreError", "StoreLock", "StoreNotFound", "StoredRecord", "new_store_id"]
+from .seal import RecordSeal
+
+__all__ = ["RETENTION_METHODS", "CaptureStore", "ExpiredChunk", "IngestStore", "QuarantineStore",
+           "QuarantinedRecord", "RecordReader", "RetentionStore", "StoreError", "StoreLock", "StoreNotFound",
+           "StoredRecord", "new_store_id"]
 
 
 class StoreError(RuntimeError):
@@ -46,10 +49,23 @@ class StoreLock(Protocol):
 class StoredRecord(NamedTuple):
     id: int
     timestamp_us: int
-    body: bytes  # CBOR map without ``id``; see records.with_id
-    # True when our own append wrote it (credentials already stripped), so the export may skip its
-    # credential scan; rows from other writers are always scanned.
-    stripped: bool = False
+    body: bytes  # CBOR map without ``id``; see records.with_id (a foreign row may hold anything, even TEXT)
+    # The seal our own append stored beside the body (store/seal.py), None for other writers' rows. Only
+    # a seal that matches the body under the store's key (``RecordReader.record_seal``) makes a row
+    # trusted; anything else is checked in full at export (store/check.py).
+    seal: bytes | None = None
+
+
+class QuarantinedRecord(NamedTuple):
+    """A row moved aside into the store's quarantine (``captures_quarantine``)."""
+
+    id: int  # its id in ``captures`` before it was moved
+    timestamp_us: int
+    reason: str  # why it failed the check (never its bytes)
+    exporter: str | None  # ``namespace/name`` of the exporter that moved it
+    quarantined_at_us: int
+    size: int  # bytes (or characters, for a TEXT row)
+    body: bytes | str | None = None  # only from ``quarantined_row``
 
 
 class ExpiredChunk(NamedTuple):
@@ -100,6 +116,11 @@ class RecordReader(Protocol):
         """Every record id, in order (for audits)."""
         ...
 
+    def record_seal(self) -> RecordSeal | None:
+        """Checks the seals of rows our own append wrote (None: no row of this store is trusted, every
+        row is checked in full)."""
+        ...
+
     def highest_assigned_id(self) -> int:
         """The highest id this store has ever assigned (0 if none), which deletes never lower (unlike
         ``max_id``, the highest id present). SQLite: ``sqlite_sequence``; PostgreSQL: the identity
@@ -120,6 +141,32 @@ class RecordReader(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class QuarantineStore(Protocol):
+    """Where rows that fail the check go with ``onCorruptRecord: Quarantine``: a table beside ``captures``
+    (``captures_quarantine``) that retention never touches. Moving a row is one transaction (copy, then
+    delete from ``captures``), so a row is always in exactly one of the two tables; the export stream
+    then simply no longer has it (the keyset and the safe horizon are unaffected: ids are never reused).
+    """
+
+    def quarantine(self, record_id: int, reason: str, exporter: str, at_us: int) -> bool:
+        """Move one row aside; False when it is no longer in ``captures`` (another exporter moved it)."""
+        ...
+
+    def quarantined(self) -> list[QuarantinedRecord]:
+        """Every quarantined row (without its body), by id."""
+        ...
+
+    def quarantined_row(self, record_id: int) -> QuarantinedRecord | None:
+        """One quarantined row with its body."""
+        ...
+
+    def release(self, record_id: int, body: bytes) -> int:
+        """Put a quarantined row back as a new record (a new id, past every cursor, so it is exported) with
+        ``body``, which the caller has checked (store/check.py) and which is sealed as our own; one
+        transaction. Returns the new id; raises StoreError when no such row is quarantined."""
+        ...
 
 
 class RetentionStore(Protocol):
@@ -184,7 +231,7 @@ class RetentionStore(Protocol):
         ...
 
 
-class CaptureStore(RecordReader, RetentionStore, Protocol):
+class CaptureStore(RecordReader, RetentionStore, QuarantineStore, Protocol):
     """A whole capture store: read by the export and the audit, purged by retention, appended to by
     ``seed`` and the tests (the gateway writes with its own ``INSERT``)."""
 
@@ -197,7 +244,8 @@ class IngestStore(Protocol):
     """What the ingest server writes through: insert-or-ignore by capture_id (a unique index), every group
     of ``(timestamp_us, CBOR body from encode_body, capture_id)`` rows in ONE transaction (a group commit
     of several requests), returning how many rows of each group were new. The rows are the store's own
-    (credentials stripped by ``encode_body``); rows written any other way carry no capture_id."""
+    (credentials stripped by ``encode_body``), so they are sealed (store/seal.py); rows written any other
+    way carry no capture_id."""
 
     def append_unique(self, groups: Sequence[Sequence[tuple[int, bytes, str]]]) -> list[int]: ...
 

@@ -3,7 +3,17 @@
 The table (created and migrated here; the gateway just runs ``INSERT INTO captures (ts_us, body) …``)::
 
     captures (id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY, ts_us bigint, body bytea,
-              deleted_at_us bigint)   -- schema version 2: soft deletion, see store/base.py
+              deleted_at_us bigint,   -- schema version 2: soft deletion, see store/base.py
+              seal bytea,             -- schema version 3: rows our own append wrote, see store/seal.py
+              capture_id text)        -- schema version 4: the ingest server's idempotency key
+    captures_quarantine (id, ts_us, body, reason, exporter, quarantined_at_us)   -- version 3
+
+Rows of a store upgraded to version 3 have no seal: the export checks each of them in full once. The
+seal's key is ``seal_key`` in ``capture_export_meta``. Grant the gateway's role ``INSERT`` (and ``SELECT``
+if it needs it) on ``captures`` only, never on ``capture_export_meta``: then it cannot forge a seal, and
+every row it writes is checked in full before export (identity columns need no sequence privilege)::
+
+    GRANT INSERT, SELECT ON captures TO gateway;
 
 The problem
 -----------
@@ -79,8 +89,9 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import conninfo as pg_conninfo
 
-from .base import ExpiredChunk, StoredRecord, StoreError, StoreNotFound, new_store_id
+from .base import ExpiredChunk, QuarantinedRecord, StoredRecord, StoreError, StoreNotFound, new_store_id
 from .records import encode_body
+from .seal import SEAL_KEY_META, RecordSeal, new_seal_key
 
 __all__ = ["HorizonTracker", "PostgresStore"]
 
@@ -88,6 +99,7 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 4
 TABLE = "captures"
+QUARANTINE = "captures_quarantine"
 META = "capture_export_meta"
 # pg_advisory_lock key serialising migrations between operator replicas and tools.
 MIGRATION_LOCK = 0x63617074757265  # "capture"
@@ -116,7 +128,14 @@ MIGRATIONS: dict[int, list[str]] = {
         "WHERE deleted_at_us IS NOT NULL",
         f"CREATE OR REPLACE VIEW {TABLE}_live AS SELECT id, ts_us, body FROM {TABLE} WHERE deleted_at_us IS NULL",
     ],
-    # Version 3 is reserved for another change still on its way (a gap: see _migrate_locked).
+    # The seal of rows our own append wrote (store/seal.py; nullable, no default: adding it rewrites
+    # nothing) and the quarantine of rows that fail the check (onCorruptRecord: Quarantine), which
+    # retention never touches. Ids there are the rows' ids in captures before they were moved.
+    3: [
+        f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS seal bytea",
+        f"CREATE TABLE IF NOT EXISTS {QUARANTINE} (id bigint PRIMARY KEY, ts_us bigint NOT NULL, body bytea, "
+        "reason text NOT NULL, exporter text, quarantined_at_us bigint NOT NULL)",
+    ],
     # The ingest server's idempotency key: a record whose capture_id is stored already is not stored again.
     # NULL for rows written any other way (the gateway's own INSERTs), which the partial index leaves out.
     4: [
@@ -246,6 +265,7 @@ class PostgresStore:
         self._persisted_at = 0.0
         self._persisted = 0
         self.observations = 0
+        self._seal: RecordSeal | None = None  # read with the rest of the store's metadata (_introspect)
         self._create = create
         self._store_id = ""
         # Exporter locks (lock_exporter): one session for all of them.
@@ -379,6 +399,8 @@ class PostgresStore:
                 elif marker not in past_gap:
                     conn.execute(f"INSERT INTO {META} (key, value) VALUES (%s, '1') ON CONFLICT DO NOTHING",
                                  (marker,))
+            conn.execute(f"INSERT INTO {META} (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                         (SEAL_KEY_META, new_seal_key()))
             # A per-backend sequence cache hands out old ids in later transactions, which would defeat
             # the safe horizon: put it back to 1 if a DBA changed it (only then: ALTER takes a lock).
             cache = conn.execute(
@@ -486,27 +508,31 @@ class PostgresStore:
         if row is None:
             raise StoreError(f"PostgreSQL store {self.label}: table {TABLE} has no identity sequence")
         floor_row = conn.execute(f"SELECT value FROM {META} WHERE key = 'safe_horizon'").fetchone()
+        key_row = conn.execute(f"SELECT value FROM {META} WHERE key = %s", (SEAL_KEY_META,)).fetchone()
+        self._seal = RecordSeal(key_row[0]) if key_row else None
         return int(row[0]), str(row[1]), int(row[2]), int(floor_row[0]) if floor_row else 0
 
     # -- writes --------------------------------------------------------------------------------------
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> int:
-        return self.append_encoded([encode_body(record) for record in records])
+        return self.append_encoded([encode_body(record) for record in records], sealed=True)
 
-    def append_encoded(self, rows: list[tuple[int, bytes]], *, stripped: bool = False) -> int:
+    def append_encoded(self, rows: list[tuple[int, bytes]], *, sealed: bool = False) -> int:
         """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction; return the last id.
-        ``stripped`` is accepted for the protocol's sake: this store keeps no such flag yet, so the
-        export scans every PostgreSQL record for credential headers."""
+        ``sealed``: the bodies come from ``encode_body`` (one canonical map, credentials removed), so they
+        are sealed as our own and the export ships them unchecked; otherwise they are foreign rows."""
         if not rows:
             return self.max_id()
         stamps = [ts for ts, _ in rows]
         bodies = [body for _, body in rows]
+        seal = self.record_seal() if sealed else None
+        seals = [seal.seal(body) for body in bodies] if seal is not None else [None] * len(bodies)
 
         def work(conn: psycopg.Connection[Any]) -> int:
             row = conn.execute(
-                f"WITH added AS (INSERT INTO {TABLE} (ts_us, body) "
-                "SELECT * FROM unnest(%s::bigint[], %b::bytea[]) RETURNING id) SELECT max(id) FROM added",
-                (stamps, bodies),
+                f"WITH added AS (INSERT INTO {TABLE} (ts_us, body, seal) SELECT * FROM "
+                "unnest(%s::bigint[], %b::bytea[], %b::bytea[]) RETURNING id) SELECT max(id) FROM added",
+                (stamps, bodies, seals),
             ).fetchone()
             return int(row[0]) if row else 0
 
@@ -516,7 +542,10 @@ class PostgresStore:
         """Insert-or-ignore by capture_id, for the ingest server: every group's ``(timestamp_us, body,
         capture_id)`` rows in ONE transaction (a group commit), skipping rows whose capture_id is stored
         already (or came earlier in the same call). Returns how many rows of each group were new. Never
-        retried here: the caller's client retries, and the unique index makes that safe."""
+        retried here: the caller's client retries, and the unique index makes that safe. The bodies come
+        from ``encode_body``: our own rows, sealed."""
+        record_seal = self.record_seal()
+        seal = record_seal.seal if record_seal is not None else (lambda body: None)
 
         def work(conn: psycopg.Connection[Any]) -> list[int]:
             added: list[int] = []
@@ -529,10 +558,11 @@ class PostgresStore:
                     seen: set[str] = set()
                     unique = [row for row in rows if not (row[2] in seen or seen.add(row[2]))]
                     cur.execute(
-                        f"INSERT INTO {TABLE} (ts_us, body, capture_id) "
-                        "SELECT * FROM unnest(%s::bigint[], %b::bytea[], %s::text[]) "
+                        f"INSERT INTO {TABLE} (ts_us, body, seal, capture_id) "
+                        "SELECT * FROM unnest(%s::bigint[], %b::bytea[], %b::bytea[], %s::text[]) "
                         "ON CONFLICT (capture_id) WHERE capture_id IS NOT NULL DO NOTHING",
-                        ([r[0] for r in unique], [r[1] for r in unique], [r[2] for r in unique]),
+                        ([r[0] for r in unique], [r[1] for r in unique], [seal(r[1]) for r in unique],
+                         [r[2] for r in unique]),
                     )
                     added.append(max(cur.rowcount, 0))
             return added
@@ -617,12 +647,16 @@ class PostgresStore:
         def work(conn: psycopg.Connection[Any]) -> list[StoredRecord]:
             with conn.cursor(binary=True) as cur:
                 cur.execute(
-                    f"SELECT id, ts_us, body FROM {TABLE} WHERE id > %s AND id <= %s ORDER BY id LIMIT %s",
+                    f"SELECT id, ts_us, body, seal FROM {TABLE} WHERE id > %s AND id <= %s ORDER BY id LIMIT %s",
                     (after, bound, limit),
                 )
-                return [StoredRecord(int(i), int(ts), bytes(body)) for i, ts, body in cur]
+                return [StoredRecord(int(i), int(ts), bytes(body), None if seal is None else bytes(seal))
+                        for i, ts, body, seal in cur]
 
         return self._run(work)
+
+    def record_seal(self) -> RecordSeal | None:
+        return self._seal
 
     def backlog(self, after: int, horizon: int | None = None) -> int:
         bound = self.safe_horizon() if horizon is None else horizon
@@ -737,6 +771,49 @@ class PostgresStore:
         if deleted_before_us is None:
             return self._scalar(f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us IS NOT NULL")
         return self._scalar(f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us <= %s", (deleted_before_us,))
+
+    # -- quarantine (store/base.py QuarantineStore): each call one statement, so one transaction --------
+
+    def quarantine(self, record_id: int, reason: str, exporter: str, at_us: int) -> bool:
+        def work(conn: psycopg.Connection[Any]) -> bool:
+            return conn.execute(
+                f"WITH moved AS (DELETE FROM {TABLE} WHERE id = %s RETURNING id, ts_us, body) "
+                f"INSERT INTO {QUARANTINE} (id, ts_us, body, reason, exporter, quarantined_at_us) "
+                "SELECT id, ts_us, body, %s, %s, %s FROM moved RETURNING id",
+                (record_id, reason, exporter, at_us),
+            ).fetchone() is not None
+
+        return self._run(work, retry_stale=False)
+
+    def quarantined(self) -> list[QuarantinedRecord]:
+        return self._run(lambda conn: [QuarantinedRecord(*row) for row in conn.execute(
+            f"SELECT id, ts_us, reason, exporter, quarantined_at_us, length(body) FROM {QUARANTINE} ORDER BY id")])
+
+    def quarantined_row(self, record_id: int) -> QuarantinedRecord | None:
+        def work(conn: psycopg.Connection[Any]) -> QuarantinedRecord | None:
+            with conn.cursor(binary=True) as cur:
+                row = cur.execute(f"SELECT id, ts_us, reason, exporter, quarantined_at_us, length(body), body "
+                                  f"FROM {QUARANTINE} WHERE id = %s", (record_id,)).fetchone()
+            return None if row is None else QuarantinedRecord(*row[:6], bytes(row[6]) if row[6] is not None else None)
+
+        return self._run(work)
+
+    def release(self, record_id: int, body: bytes) -> int:
+        seal = self.record_seal()
+        mark = seal.seal(body) if seal is not None else None
+
+        def work(conn: psycopg.Connection[Any]) -> int | None:
+            row = conn.execute(
+                f"WITH gone AS (DELETE FROM {QUARANTINE} WHERE id = %s RETURNING ts_us) "
+                f"INSERT INTO {TABLE} (ts_us, body, seal) SELECT ts_us, %b, %b FROM gone RETURNING id",
+                (record_id, body, mark),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        new_id = self._run(work, retry_stale=False)
+        if new_id is None:
+            raise StoreError(f"record {record_id} is not in the quarantine of {self.label}")
+        return new_id
 
     def close(self) -> None:
         with self._locks_mutex:

@@ -2,7 +2,9 @@
 
 A record is stored as the CBOR encoding of its map *without* the ``id`` key: the id is only known once
 the store has assigned it, and splicing it in at export time (`with_id`) lets the default export ship
-the stored bytes as they are, with no decode and re-encode per record.
+the stored bytes as they are, with no decode and re-encode per record. That holds for rows our own
+append wrote (``encode_body``, sealed: store/seal.py); every other row is checked in full first
+(store/check.py).
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ from typing import Any
 
 import cbor2
 
+from .credentials import CREDENTIAL_HEADERS, DEFAULT_POLICY
+
 __all__ = [
     "CREDENTIAL_HEADERS",
-    "CREDENTIAL_MARKERS",
     "FIELD_ORDER",
     "SCHEMA_VERSION",
     "CorruptRecord",
     "decode_sequence",
     "encode_body",
     "encode_ordered",
-    "ensure_no_credentials",
     "id_head",
     "strip_credentials",
     "timestamp_micros",
@@ -32,14 +34,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 2
-
-# Header names a gateway may capture that carry credentials. They never leave the store.
-CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "x-api-key", "api-key", "cookie", "set-cookie", "proxy-authorization"}
-)
-# Every credential header name contains one of these, so a record whose bytes contain none of them
-# (case-insensitively) cannot hold a credential header and need not be decoded.
-CREDENTIAL_MARKERS = (b"authorization", b"api-key", b"cookie")
 
 # Top-level field order of an exported record (after ``id``), as the Aperture v2 schema lists them.
 FIELD_ORDER = (
@@ -60,55 +54,19 @@ FIELD_ORDER = (
 
 
 class CorruptRecord(ValueError):
-    """A stored record whose bytes are not a CBOR map."""
+    """A stored record that is not one well-formed capture record. The message names the record and the
+    reason, never the record's bytes."""
 
     def __init__(self, record_id: int, reason: str) -> None:
         super().__init__(f"record {record_id} is corrupt: {reason}")
         self.record_id = record_id
-
-
-def _strip_headers(headers: Any) -> tuple[Any, bool]:
-    """Remove credential headers from a header map or a list of ``[name, value]`` pairs."""
-    if isinstance(headers, Mapping):
-        kept = {k: v for k, v in headers.items() if not (isinstance(k, str) and k.lower() in CREDENTIAL_HEADERS)}
-        return kept, len(kept) != len(headers)
-    if isinstance(headers, list):
-        kept_pairs = [
-            pair
-            for pair in headers
-            if not (
-                isinstance(pair, list | tuple)
-                and pair
-                and isinstance(pair[0], str)
-                and pair[0].lower() in CREDENTIAL_HEADERS
-            )
-        ]
-        return kept_pairs, len(kept_pairs) != len(headers)
-    return headers, False
+        self.reason = reason
 
 
 def strip_credentials(record: dict[str, Any]) -> bool:
-    """Strip credential headers from a record in place, wherever a ``headers`` field appears.
-
-    Returns whether anything was removed.
-    """
-    changed = False
-
-    def walk(node: Any) -> None:
-        nonlocal changed
-        if isinstance(node, dict):
-            for key, value in list(node.items()):
-                if key == "headers":
-                    node[key], removed = _strip_headers(value)
-                    changed |= removed
-                    value = node[key]
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(record.get("capture"))
-    return changed
+    """Remove every credential from a decoded record in place (store/credentials.py has the rules);
+    return whether anything was removed."""
+    return DEFAULT_POLICY.strip(record)
 
 
 def timestamp_micros(value: datetime) -> int:
@@ -118,7 +76,8 @@ def timestamp_micros(value: datetime) -> int:
 
 
 def encode_body(record: Mapping[str, Any]) -> tuple[int, bytes]:
-    """Encode a record for storage: credentials stripped, ``id`` left out, fields in schema order.
+    """Encode a record for storage: credentials stripped, ``id`` left out, fields in schema order: one
+    canonical CBOR map, which is what lets its store seal it (store/seal.py).
 
     Returns ``(timestamp in microseconds, CBOR bytes of the map without id)``.
     """
@@ -139,13 +98,13 @@ def encode_ordered(record: dict[str, Any]) -> tuple[int, bytes]:
     """``encode_body`` of a record already in its stored shape, without encode_body's copies (the ingest
     server's mappers build records in that shape): fields in ``FIELD_ORDER`` then any others, no ``id``,
     ``ver`` set, ``estimated_cost`` left out when unknown, ``timestamp`` an aware UTC datetime. The record
-    is the caller's to give up: credentials are stripped from it in place. Same bytes as encode_body.
+    is the caller's to give up: credentials are stripped from it in place. Same bytes as encode_body, so
+    its store seals it as its own (store/seal.py).
     """
     timestamp = record["timestamp"]
     body = cbor2.dumps(record, timezone=UTC)
-    # Walking the whole capture is slow; only records whose bytes could hold a credential header need it.
-    lowered = body.lower()
-    if any(marker in lowered for marker in CREDENTIAL_MARKERS) and strip_credentials(record):
+    # Walking the whole record is slow; only records whose bytes could hold a credential need it.
+    if DEFAULT_POLICY.might_hold(body) and DEFAULT_POLICY.strip(record):
         body = cbor2.dumps(record, timezone=UTC)
     return timestamp_micros(timestamp), body
 
@@ -165,9 +124,18 @@ def _uint_header(major: int, value: int) -> bytes:
 _ID_KEY = b"\x62id"  # CBOR text string "id"
 
 
+# The head of a map of n + 1 pairs followed by the key "id", for a stored map of n < 23 pairs (one head
+# byte), and the head of the id itself for the usual widths: the default export's hot path.
+_SMALL_MAP_WITH_ID = {0xA0 + n: bytes([0xA1 + n]) + b"\x62id" for n in range(23)}
+_PACK_U16, _PACK_U32 = struct.Struct(">BH").pack, struct.Struct(">BI").pack
+
+
 def id_head(record_id: int, body: bytes) -> tuple[bytes, int]:
     """What splicing ``id`` into the stored CBOR map takes: the new map head with the ``id`` pair, and the
     offset in ``body`` where the old head ends (the record is ``head + body[offset:]``)."""
+    head = _SMALL_MAP_WITH_ID.get(body[0]) if body else None
+    if head is not None and 0x100 <= record_id < 0x100000000:
+        return head + (_PACK_U16(0x19, record_id) if record_id < 0x10000 else _PACK_U32(0x1A, record_id)), 1
     if not body:
         raise CorruptRecord(record_id, "empty")
     initial = body[0]
@@ -191,26 +159,6 @@ def with_id(record_id: int, body: bytes) -> bytes:
     """Splice ``id`` in as the first key of the stored CBOR map, without decoding the rest."""
     head, offset = id_head(record_id, body)
     return head + body[offset:]
-
-
-def ensure_no_credentials(record_id: int, record: bytes) -> bytes:
-    """Return the record's bytes with any credential header removed.
-
-    Other writers may fill the store without stripping, so this runs on every exported record; only
-    records whose bytes could hold a credential header name are decoded.
-    """
-    lowered = record.lower()
-    if not any(marker in lowered for marker in CREDENTIAL_MARKERS):
-        return record
-    try:
-        decoded = cbor2.loads(record)
-    except Exception as exc:
-        raise CorruptRecord(record_id, f"undecodable CBOR ({exc.__class__.__name__})") from None
-    if not isinstance(decoded, dict):
-        raise CorruptRecord(record_id, "not a CBOR map")
-    if not strip_credentials(decoded):
-        return record
-    return cbor2.dumps(decoded, timezone=UTC)
 
 
 def decode_sequence(data: bytes) -> Iterator[Any]:

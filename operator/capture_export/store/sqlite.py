@@ -10,6 +10,14 @@ part), and a view ``captures_live`` of the records that are not soft-deleted, fo
 the store. A store of version 1 is migrated when opened; the gateway's ``INSERT INTO captures (ts_us,
 body)`` is unaffected. Soft-deleted rows are left out of ``count`` and ``ids`` but stay in the export
 stream (``read_batch``, ``backlog``): see store/base.py for why.
+
+Schema version 4 replaces version 3's ``stripped`` flag (any writer could set it, so it is no longer
+read; the column stays, ignored) with a nullable ``seal`` column that our own append fills
+(store/seal.py; the key is ``seal_key`` in ``capture_export_meta``, created by the migration), and adds
+``captures_quarantine``, where ``onCorruptRecord: Quarantine`` moves rows that fail the check. Rows of
+an upgraded store have no seal, so the export checks each of them in full once: safe, at the cost of
+checking old rows that were in fact ours. Anyone who can open the file can read the key: with SQLite
+the seal keeps out careless writers (and flags), not hostile ones (see store/seal.py).
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .base import ExpiredChunk, StoredRecord, StoreError, StoreNotFound, new_store_id
+from .base import ExpiredChunk, QuarantinedRecord, StoredRecord, StoreError, StoreNotFound, new_store_id
 from .records import encode_body
+from .seal import SEAL_KEY_META, RecordSeal, new_seal_key
 
 __all__ = ["SQLiteStore"]
 
@@ -40,16 +49,22 @@ CREATE TABLE IF NOT EXISTS capture_export_meta (key TEXT PRIMARY KEY, value TEXT
 INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES ('schema_version', '1');
 """
 SCHEMA_VERSION = 5
-# Migrations from version N-1 to N, each run in one write transaction. Version 4 is reserved for another
-# change still on its way; a version with no entry here is a gap: see _migrate.
+# Migrations from version N-1 to N, each run in one write transaction. A version with no entry here is a
+# gap (reserved for a change on its way): see _migrate.
 MIGRATIONS: dict[int, list[str]] = {
     2: [
         "ALTER TABLE captures ADD COLUMN deleted_at_us INTEGER",
         "CREATE INDEX IF NOT EXISTS captures_deleted_ts ON captures (deleted_at_us, ts_us)",
         "CREATE VIEW IF NOT EXISTS captures_live AS SELECT id, ts_us, body FROM captures WHERE deleted_at_us IS NULL",
     ],
-    # Rows our own append wrote are stripped of credentials already; the gateway's own INSERTs get 0.
+    # Version 3's flag for rows our own append wrote. Any writer can set a flag: since version 4 it is
+    # no longer read (a seal is, below).
     3: ["ALTER TABLE captures ADD COLUMN stripped INTEGER NOT NULL DEFAULT 0"],
+    4: [
+        "ALTER TABLE captures ADD COLUMN seal BLOB",
+        "CREATE TABLE IF NOT EXISTS captures_quarantine (id INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, body BLOB, "
+        "reason TEXT NOT NULL, exporter TEXT, quarantined_at_us INTEGER NOT NULL)",
+    ],
     # The ingest server's idempotency key: a record whose capture_id is stored already is not stored
     # again. NULL for rows written any other way (the gateway's own INSERTs, seed), which the partial
     # unique index leaves out.
@@ -58,7 +73,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE UNIQUE INDEX IF NOT EXISTS captures_capture_id ON captures (capture_id) WHERE capture_id IS NOT NULL",
     ],
 }
-_INSERT_UNIQUE = ("INSERT INTO captures (ts_us, body, stripped, capture_id) VALUES (?, ?, 1, ?) "
+_INSERT_UNIQUE = ("INSERT INTO captures (ts_us, body, seal, capture_id) VALUES (?, ?, ?, ?) "
                   "ON CONFLICT (capture_id) WHERE capture_id IS NOT NULL DO NOTHING")
 # json_each (to pass a chunk's ids as one parameter) is built in from SQLite 3.38.
 _HAS_JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
@@ -70,6 +85,13 @@ PAGE_SIZE = 16384
 # random order, and with SQLite's default 2 MiB cache each one reads and writes back a page the cache no
 # longer holds (measured at 300k records: 16 MiB cuts the insert's CPU by ~25%; 32 MiB gains nothing more).
 INGEST_CACHE_KIB = 16384
+
+
+_new_tuple = tuple.__new__
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
 
 
 _IN_MEMORY = ":memory:"
@@ -136,6 +158,10 @@ class SQLiteStore:
             self._conn = sqlite3.connect(
                 target, timeout=timeout, isolation_level=None, check_same_thread=False, uri=not create and not in_memory
             )
+            # A gateway may store a body as TEXT, even TEXT that is not UTF-8: sqlite3 would then fail the
+            # whole read with the row's bytes in its message. Read it as a str (undecodable bytes escaped);
+            # the export's check refuses it as "stored as TEXT".
+            self._conn.text_factory = _lenient_text
             if not create and not self._has_captures():
                 self._conn.close()
                 raise StoreNotFound(f"SQLite file {self.path} holds no capture store (no captures table); create "
@@ -210,6 +236,10 @@ class SQLiteStore:
             conn.execute("INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES ('store_id', ?)",
                          (new_store_id(),))
             store_id = str(conn.execute("SELECT value FROM capture_export_meta WHERE key = 'store_id'").fetchone()[0])
+            conn.execute("INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES (?, ?)",
+                         (SEAL_KEY_META, new_seal_key()))
+            key = conn.execute("SELECT value FROM capture_export_meta WHERE key = ?", (SEAL_KEY_META,)).fetchone()[0]
+            self._seal = RecordSeal(key)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -236,17 +266,19 @@ class SQLiteStore:
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> int:
         rows = [encode_body(record) for record in records]
-        return self.append_encoded(rows, stripped=True)
+        return self.append_encoded(rows, sealed=True)
 
-    def append_encoded(self, rows: list[tuple[int, bytes]], *, stripped: bool = False) -> int:
-        """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction. ``stripped``: the bodies
-        come from ``encode_body`` (credential headers removed), so the export need not scan them again."""
+    def append_encoded(self, rows: list[tuple[int, bytes]], *, sealed: bool = False) -> int:
+        """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction. ``sealed``: the bodies
+        come from ``encode_body`` (one canonical map, credentials removed), so they are sealed as our own
+        and the export ships them unchecked; otherwise they are foreign rows like the gateway's."""
+        seal = self._seal.seal if sealed else (lambda body: None)
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    self._conn.executemany("INSERT INTO captures (ts_us, body, stripped) VALUES (?, ?, ?)",
-                                           [(ts, body, int(stripped)) for ts, body in rows])
+                    self._conn.executemany("INSERT INTO captures (ts_us, body, seal) VALUES (?, ?, ?)",
+                                           [(ts, body, seal(body)) for ts, body in rows])
                     last = self._conn.execute("SELECT last_insert_rowid()").fetchone()[0]
                     self._conn.execute("COMMIT")
                 except BaseException:
@@ -260,8 +292,9 @@ class SQLiteStore:
         """Insert-or-ignore by capture_id, for the ingest server: every group's ``(timestamp_us, body,
         capture_id)`` rows in ONE transaction (a group commit), skipping rows whose capture_id is stored
         already (or came earlier in the same call). Bodies come from ``encode_body`` (credential headers
-        removed), so they are our own rows. Returns how many rows of each group were new. The connection
-        that calls it (the ingest server's writer) gets a larger page cache (``INGEST_CACHE_KIB``)."""
+        removed), so they are our own rows, and sealed. Returns how many rows of each group were new. The
+        connection that calls it (the ingest server's writer) gets a larger page cache (``INGEST_CACHE_KIB``)."""
+        seal = self._seal.seal
         added: list[int] = []
         with self._lock:
             try:
@@ -272,7 +305,8 @@ class SQLiteStore:
                 try:
                     for rows in groups:
                         before = self._conn.total_changes
-                        self._conn.executemany(_INSERT_UNIQUE, rows)
+                        self._conn.executemany(_INSERT_UNIQUE, [(ts, body, seal(body), capture_id)
+                                                                for ts, body, capture_id in rows])
                         added.append(self._conn.total_changes - before)
                     self._conn.execute("COMMIT")
                 except BaseException:
@@ -291,10 +325,13 @@ class SQLiteStore:
     def read_batch(self, after: int, limit: int, horizon: int | None = None) -> list[StoredRecord]:
         bound = self.safe_horizon() if horizon is None else horizon
         rows = self._query(
-            "SELECT id, ts_us, body, stripped FROM captures WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+            "SELECT id, ts_us, body, seal FROM captures WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
             (after, bound, limit),
         )
-        return [StoredRecord(record_id, ts, body, stripped == 1) for record_id, ts, body, stripped in rows]
+        return [_new_tuple(StoredRecord, row) for row in rows]  # the columns are the fields, in order
+
+    def record_seal(self) -> RecordSeal:
+        return self._seal
 
     def backlog(self, after: int, horizon: int | None = None) -> int:
         bound = self.safe_horizon() if horizon is None else horizon
@@ -418,6 +455,41 @@ class SQLiteStore:
             sql, params = ("SELECT COUNT(*) FROM captures INDEXED BY captures_deleted_ts WHERE deleted_at_us <= ?",
                            (deleted_before_us,))
         return int(self._query(sql, params)[0][0])
+
+    # -- quarantine (store/base.py QuarantineStore) ---------------------------------------------------
+
+    def quarantine(self, record_id: int, reason: str, exporter: str, at_us: int) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            moved = conn.execute(
+                "INSERT INTO captures_quarantine (id, ts_us, body, reason, exporter, quarantined_at_us) "
+                "SELECT id, ts_us, body, ?, ?, ? FROM captures WHERE id = ?", (reason, exporter, at_us, record_id)
+            ).rowcount
+            conn.execute("DELETE FROM captures WHERE id = ?", (record_id,))
+            return moved > 0
+
+        return bool(self._write(work))
+
+    def quarantined(self) -> list[QuarantinedRecord]:
+        return [QuarantinedRecord(*row) for row in self._query(
+            "SELECT id, ts_us, reason, exporter, quarantined_at_us, length(body) FROM captures_quarantine ORDER BY id"
+        )]
+
+    def quarantined_row(self, record_id: int) -> QuarantinedRecord | None:
+        rows = self._query("SELECT id, ts_us, reason, exporter, quarantined_at_us, length(body), body "
+                           "FROM captures_quarantine WHERE id = ?", (record_id,))
+        return QuarantinedRecord(*rows[0]) if rows else None
+
+    def release(self, record_id: int, body: bytes) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT ts_us FROM captures_quarantine WHERE id = ?", (record_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"record {record_id} is not in the quarantine of {self.path}")
+            new_id = conn.execute("INSERT INTO captures (ts_us, body, seal) VALUES (?, ?, ?)",
+                                  (row[0], body, self._seal.seal(body))).lastrowid
+            conn.execute("DELETE FROM captures_quarantine WHERE id = ?", (record_id,))
+            return int(new_id or 0)
+
+        return int(self._write(work))
 
     def close(self) -> None:
         with self._lock:

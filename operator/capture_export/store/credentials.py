@@ -1,0 +1,330 @@
+"""What counts as a credential in a capture record, and how it is taken out (on decoded records).
+
+A gateway captures request and response headers, and with them the caller's keys. They never leave the
+store. This module decides, on a *decoded* record (dicts and lists as cbor2 gives them), what is removed:
+
+* **Header names** are compared normalised: a text or UTF-8 byte string, surrounding whitespace and a
+  trailing colon dropped, lower case, ``_`` read as ``-``, a CGI/WSGI ``http-`` prefix dropped (so
+  ``HTTP_AUTHORIZATION``, ``b"Authorization"`` and ``" X-Api-Key "`` are all found). A header is a
+  credential when its name is in ``CREDENTIAL_HEADERS``, contains one of ``CREDENTIAL_NAME_PARTS``
+  (``cf-aig-authorization``, ``x-portkey-api-key``, ``x-client-secret`` …), or is named
+  in the exporter's ``spec.stripHeaders``. A name part found only inside one of ``NOT_CREDENTIAL_PARTS``
+  does not count: LiteLLM's metadata names the virtual key a request used (``user_api_key_hash``,
+  ``user_api_key_alias``, ``user_api_key_team_id`` …) and whether an OAuth token was used
+  (``used_client_oauth_token``), never the secret itself; what else the name holds is judged as usual
+  (``user_api_key_secret`` is a credential, and so is a bare ``user_api_key``).
+* **Header containers**: the value of any key whose normalised name ends in ``headers`` (``headers``,
+  ``Headers``, ``request_headers``, ``extra_headers`` …), in every shape gateways write: a map (values may
+  be lists, as Go's ``http.Header``), a list of ``[name, value]`` pairs, a HAR-style list of
+  ``{name, value}`` objects, a list of ``"Name: value"`` lines, or one raw header block (text or bytes).
+  Credential entries are removed; byte-string header names are rewritten as text.
+* **Anywhere else** in the record, a map key that is exactly a credential header name
+  (``CREDENTIAL_HEADERS`` or ``spec.stripHeaders``, not the name parts) or ``cookies`` (HAR's cookie
+  list) is removed too, with its value; and a ``{name, value}`` entry whose name is a credential header
+  or query parameter keeps its name and loses its value.
+* **URLs**: in every string that is a URL or a path (it starts with ``http://``, ``https://``, ``ws://``,
+  ``wss://`` or ``/``, or it is the value of a key named like ``path``, ``url``, ``uri``, ``endpoint``,
+  ``href``, ``location`` or ``referer``), the values of credential query parameters (``key``,
+  ``api_key``, ``access_token``, ``sig`` …, see ``CREDENTIAL_QUERY_PARAMS``, and any parameter named like
+  a credential header) and the password of ``user:password@`` are replaced by ``REDACTED``. URLs inside
+  prose (a prompt that quotes a URL) are left alone.
+* **Raw bodies**: in every byte string, and in text under a key whose name contains ``raw``, each line
+  ``Name: value`` whose name is a credential header keeps its name and loses its value
+  (``Authorization: REDACTED``): a raw HTTP message keeps its shape, the key is gone. A compressed raw body
+  (gzip, brotli) cannot be read and is left as it is.
+
+Walking a whole record costs; ``CredentialPolicy.might_hold`` first scans the record's canonical CBOR
+bytes (lower-cased, ``_`` read as ``-``) for markers that every credential name and parameter contains,
+so most records are never walked. The scan is only sound on canonical bytes (definite lengths: a name is
+contiguous there).
+Every LiteLLM record holds ``user_api_key_*`` metadata keys, which contain the marker ``api_key``: the scan
+leaves ``NOT_CREDENTIAL_PARTS`` out before it looks, as the name rules do, so those records are not walked
+either (that walk cost ten times the rest of encoding a LiteLLM record at ingest).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "CREDENTIAL_HEADERS",
+    "CREDENTIAL_NAME_PARTS",
+    "CREDENTIAL_QUERY_PARAMS",
+    "DEFAULT_POLICY",
+    "NOT_CREDENTIAL_PARTS",
+    "REDACTED",
+    "CredentialPolicy",
+    "normalise_header_name",
+]
+
+# Header names that carry credentials (normalised). They never leave the store.
+CREDENTIAL_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key",
+    "ocp-apim-subscription-key", "x-auth-token", "x-amz-security-token", "cookie", "set-cookie",
+})  # fmt: skip
+# A header whose normalised name contains one of these is a credential too.
+CREDENTIAL_NAME_PARTS = (
+    "authorization", "api-key", "apikey", "auth-token", "access-token", "session-token", "security-token",
+    "subscription-key", "cookie", "secret", "password",
+)  # fmt: skip
+# Parts of names (normalised) that contain a credential name part yet name no secret: LiteLLM's metadata
+# about the virtual key (``user_api_key_hash``, ``user_api_key_team_id`` …; a bare ``user_api_key`` has no
+# trailing '-', so it is still a credential) and its ``used_client_oauth_token`` flag. A name is judged
+# with them left out.
+NOT_CREDENTIAL_PARTS = ("user-api-key-", "used-client-oauth-token")
+# Query parameters whose values are credentials (normalised like header names).
+CREDENTIAL_QUERY_PARAMS = frozenset({
+    "key", "api-key", "apikey", "access-token", "token", "id-token", "refresh-token", "auth", "client-secret",
+    "secret", "password", "sig", "signature", "x-amz-signature", "x-amz-security-token", "x-goog-signature",
+})  # fmt: skip
+REDACTED = "REDACTED"
+# ASCII lower case, and '_' read as '-', as header names are normalised (for the byte scan).
+_FOLD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ_", b"abcdefghijklmnopqrstuvwxyz-")
+
+_URL_PREFIXES = ("http://", "https://", "ws://", "wss://", "/")
+_URL_KEYS = ("path", "url", "uri", "endpoint", "href", "location", "referer", "referrer")
+_QUERY_PARAM = re.compile(r"([?&;])([^=&;#\s]+)=([^&;#\s]*)")
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@\s:]*):([^/?#@\s]*)@")
+# A header line: optional indentation, a token, optional blanks, a colon, the value up to the line end.
+_HEADER_LINE = re.compile(rb"(?m)^([ \t]*)([!#$%&'*+.^_`|~0-9A-Za-z-]+)([ \t]*:[ \t]*)([^\r\n]*)")
+_NAME_KEYS = ("name", "key", "header", "field")
+
+
+def normalise_header_name(name: Any) -> str | None:
+    """The comparable form of a header name (text or UTF-8 bytes); None when it is neither."""
+    if isinstance(name, bytes | bytearray | memoryview):
+        try:
+            name = bytes(name).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(name, str):
+        return None
+    normal = name.strip().rstrip(":").strip().lower().replace("_", "-")
+    return normal[5:] if normal.startswith("http-") else normal
+
+
+def _as_text(name: Any) -> Any:
+    """A byte-string header name as text (JSON and Parquet have no byte-string keys)."""
+    if isinstance(name, bytes | bytearray | memoryview):
+        return bytes(name).decode("utf-8", "backslashreplace")
+    return name
+
+
+class CredentialPolicy:
+    """The credential rules of one exporter: the built-in ones plus its ``spec.stripHeaders``."""
+
+    def __init__(self, extra_headers: Iterable[str] = ()) -> None:
+        extra = {n for n in (normalise_header_name(h) for h in extra_headers) if n}
+        self.extra_headers = frozenset(extra)
+        self.exact = CREDENTIAL_HEADERS | self.extra_headers
+        names = [*CREDENTIAL_NAME_PARTS, *self.exact]
+        params = [f"{p}=" for p in CREDENTIAL_QUERY_PARAMS]
+        # The scan folds the bytes as normalisation does ('_' read as '-'), so each name has one form.
+        forms = {name.encode().translate(_FOLD) for name in names + params}
+        # A marker that contains a shorter one is redundant: the shorter one matches wherever it does.
+        self.markers = tuple(sorted(m for m in forms if not any(o != m and o in m for o in forms)))
+        # NOT_CREDENTIAL_PARTS, which the scan leaves out; not when a name the exporter strips exactly
+        # contains one (``stripHeaders: [user_api_key_hash]``): then they are looked at.
+        self.not_credential = () if any(p in name for p in NOT_CREDENTIAL_PARTS for name in self.exact) else tuple(
+            part.encode() for part in NOT_CREDENTIAL_PARTS)
+
+    def might_hold(self, canonical: bytes) -> bool:
+        """Whether a record whose canonical CBOR is ``canonical`` could hold anything this policy strips."""
+        lowered = canonical.translate(_FOLD)  # lower case, '_' as '-': one pass, and half the markers
+        if not any(marker in lowered for marker in self.markers):
+            return False
+        if not self.not_credential:
+            return True
+        # Found a marker; it may only be inside a name that is no credential (LiteLLM's metadata keys).
+        # Leaving those parts out cannot hide a marker: none starts or ends inside one of them.
+        for part in self.not_credential:
+            if part in lowered:
+                lowered = lowered.replace(part, b"")
+        return any(marker in lowered for marker in self.markers)
+
+    def is_credential_header(self, name: Any) -> bool:
+        normal = normalise_header_name(name)
+        if normal is None:
+            return False
+        if normal in self.exact:
+            return True
+        if "user-api-key-" in normal or "used-client-oauth-token" in normal:
+            for part in NOT_CREDENTIAL_PARTS:
+                normal = normal.replace(part, "")
+        return any(part in normal for part in CREDENTIAL_NAME_PARTS)
+
+    def _is_exact(self, name: Any) -> bool:
+        normal = normalise_header_name(name)
+        return normal is not None and normal in self.exact
+
+    def _is_query_credential(self, name: str) -> bool:
+        normal = normalise_header_name(name)
+        return normal is not None and (normal in CREDENTIAL_QUERY_PARAMS or self.is_credential_header(normal))
+
+    # -- strings -------------------------------------------------------------------------------------
+
+    def redact_url(self, value: str) -> str:
+        """``value`` with credential query values and a userinfo password replaced by REDACTED."""
+        if "?" not in value and "@" not in value and ";" not in value:
+            return value
+
+        def param(match: re.Match[str]) -> str:
+            if self._is_query_credential(match.group(2)) and match.group(3) != REDACTED:
+                return f"{match.group(1)}{match.group(2)}={REDACTED}"
+            return match.group(0)
+
+        redacted = _QUERY_PARAM.sub(param, value)
+        redacted = _USERINFO.sub(lambda m: f"{m.group(1)}:{REDACTED}@" if m.group(2) != REDACTED else m.group(0),
+                                 redacted)
+        return value if redacted == value else redacted
+
+    def redact_lines(self, value: bytes) -> bytes:
+        """``value`` with the value of every credential header line replaced by REDACTED."""
+        if b":" not in value or not self.might_hold(value):
+            return value
+
+        def line(match: re.Match[bytes]) -> bytes:
+            name = match.group(2)
+            if self.is_credential_header(name) and match.group(4) != REDACTED.encode():
+                return match.group(1) + name + match.group(3) + REDACTED.encode()
+            return match.group(0)
+
+        redacted = _HEADER_LINE.sub(line, value)
+        return value if redacted == value else redacted
+
+    def _redact_text_lines(self, value: str) -> str:
+        if ":" not in value:
+            return value
+        data = value.encode("utf-8", "surrogatepass")
+        redacted = self.redact_lines(data)
+        return value if redacted is data else redacted.decode("utf-8", "surrogatepass")
+
+    # -- containers ----------------------------------------------------------------------------------
+
+    def _strip_header_container(self, headers: Any) -> tuple[Any, bool]:
+        """Headers in any shape, without credential entries; whether anything changed."""
+        if isinstance(headers, dict):
+            kept: dict[Any, Any] = {}
+            changed = False
+            for name, value in headers.items():
+                if self.is_credential_header(name):
+                    changed = True
+                    continue
+                text = _as_text(name)
+                changed |= text is not name
+                kept[text] = value
+            return (kept, True) if changed else (headers, False)
+        if isinstance(headers, list):
+            kept_items = []
+            changed = False
+            for item in headers:
+                name = self._entry_name(item)
+                if name is not None and self.is_credential_header(name):
+                    changed = True
+                    continue
+                if isinstance(item, list) and item and isinstance(item[0], bytes | bytearray):
+                    item = [_as_text(item[0]), *item[1:]]
+                    changed = True
+                elif isinstance(item, str | bytes):
+                    redacted = self._redact_text_lines(item) if isinstance(item, str) else self.redact_lines(item)
+                    changed |= redacted is not item
+                    item = redacted
+                kept_items.append(item)
+            return (kept_items, True) if changed else (headers, False)
+        if isinstance(headers, str):
+            redacted_text = self._redact_text_lines(headers)
+            return redacted_text, redacted_text is not headers
+        if isinstance(headers, bytes):
+            redacted_bytes = self.redact_lines(headers)
+            return redacted_bytes, redacted_bytes is not headers
+        return headers, False
+
+    @staticmethod
+    def _entry_name(item: Any) -> Any:
+        """The header name of one list entry: ``[name, value]``, ``{name: …, value: …}``, ``"Name: value"``."""
+        if isinstance(item, list | tuple) and item and isinstance(item[0], str | bytes | bytearray):
+            return item[0]
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if isinstance(key, str) and key.lower() in _NAME_KEYS and isinstance(value, str | bytes):
+                    return value
+            return None
+        if isinstance(item, str | bytes):
+            head = item.split(b":" if isinstance(item, bytes) else ":", 1)
+            return head[0] if len(head) == 2 else None
+        return None
+
+    def strip(self, record: Any) -> bool:
+        """Remove every credential from a decoded record, in place; whether anything was removed or
+        rewritten. Containers are visited once each (an iterative walk: no recursion limit to hit)."""
+        changed = False
+        stack: list[Any] = [record]
+        seen: set[int] = set()
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, dict):
+                changed |= self._redact_named_value(node)
+                for key in list(node):
+                    value = node[key]
+                    normal = normalise_header_name(key)
+                    if normal is not None and (normal in self.exact or normal == "cookies"):
+                        del node[key]
+                        changed = True
+                        continue
+                    if normal is not None and normal.endswith("headers"):
+                        value, removed = self._strip_header_container(value)
+                        if removed:
+                            node[key] = value
+                            changed = True
+                    new = self._scrub_scalar(value, normal)
+                    if new is not value:
+                        node[key] = new
+                        changed = True
+                    elif isinstance(value, dict | list):
+                        stack.append(value)
+            elif isinstance(node, list):
+                for index, value in enumerate(node):
+                    new = self._scrub_scalar(value, None)
+                    if new is not value:
+                        node[index] = new
+                        changed = True
+                    elif isinstance(value, dict | list):
+                        stack.append(value)
+        return changed
+
+    def _redact_named_value(self, node: dict[Any, Any]) -> bool:
+        """A ``{name: …, value: …}`` entry (HAR headers, query strings, form fields) naming a credential
+        header or query parameter, wherever it is: its value is redacted."""
+        name = self._entry_name(node)
+        if name is None or not (self.is_credential_header(name) or self._is_query_credential(_as_text(name))):
+            return False
+        changed = False
+        for key in list(node):
+            if isinstance(key, str) and key.lower() in ("value", "values") and node[key] != REDACTED:
+                node[key] = REDACTED
+                changed = True
+        return changed
+
+    def _scrub_scalar(self, value: Any, key: str | None) -> Any:
+        """A string or byte string with its credentials redacted (the same object when it has none)."""
+        if isinstance(value, str):
+            if value.startswith(_URL_PREFIXES) or (key is not None and _url_key(key)):
+                value = self.redact_url(value)
+            if key is not None and "raw" in key:
+                value = self._redact_text_lines(value)
+            return value
+        if isinstance(value, bytes):
+            return self.redact_lines(value)
+        return value
+
+
+def _url_key(key: str) -> bool:
+    return key in _URL_KEYS or key.endswith(("-url", "-uri", "url", "uri"))
+
+
+DEFAULT_POLICY = CredentialPolicy()

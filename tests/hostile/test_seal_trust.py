@@ -1,0 +1,103 @@
+"""The trust model of the store: only a seal our own append wrote makes a row trusted, and a gateway that
+may only write ``captures`` cannot make one.
+
+* An upgraded SQLite store (schema version 3) whose rows a careless writer flagged ``stripped=1``: the
+  flag is no longer believed, every old row is checked.
+* PostgreSQL with the documented grants (``INSERT, SELECT ON captures`` only): the gateway's role can
+  insert (identity columns need no sequence privilege), cannot read the seal key, and a row it writes
+  with a seal copied from one of our rows is checked in full like any other.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import conninfo
+
+from capture_export.local_s3 import LocalS3
+from tests.hostile.trust_support import (
+    ExporterCase,
+    PostgresGateway,
+    Raw,
+    bucket_objects,
+    bucket_records,
+    build,
+    find_leaks,
+    good_record,
+    run_export,
+    text_chunks,
+    timestamp_us,
+    write_exporters,
+)
+
+CANARY = "cnrySealTrust5e8a0b17c2d9"
+
+# The SQLite schema of version 3, as capture-export 0.1 created it.
+VERSION_3 = """
+CREATE TABLE captures (id INTEGER PRIMARY KEY AUTOINCREMENT, ts_us INTEGER NOT NULL, body BLOB NOT NULL,
+                       deleted_at_us INTEGER, stripped INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX captures_ts_us ON captures (ts_us);
+CREATE INDEX captures_deleted_ts ON captures (deleted_at_us, ts_us);
+CREATE VIEW captures_live AS SELECT id, ts_us, body FROM captures WHERE deleted_at_us IS NULL;
+CREATE TABLE capture_export_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO capture_export_meta (key, value) VALUES ('schema_version', '3');
+"""
+
+
+def _with_credential(n: int) -> dict:
+    record = good_record(n)
+    record["capture"]["request"]["headers"][Raw(text_chunks("Author", "ization"))] = f"Bearer {CANARY}"
+    return record
+
+
+def test_rows_flagged_stripped_in_an_upgraded_store_are_checked(
+    s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "v3.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(VERSION_3)
+        conn.executemany("INSERT INTO captures (ts_us, body, stripped) VALUES (?, ?, 1)",
+                         [(timestamp_us(n), build(_with_credential(n))) for n in range(1, 4)])
+        conn.execute("INSERT INTO captures (ts_us, body, stripped) VALUES (?, ?, 1)",
+                     (timestamp_us(4), build(good_record(4))[:-3]))  # "stripped", and truncated
+    manifest = write_exporters(tmp_path / "exporter.yaml", s3_server, bucket, [ExporterCase("usage", "llm", {})])
+    run = run_export(manifest, path, tmp_path)
+    assert run.returncode == 1 and "record 4 is corrupt" in run.stdout, run.stdout + run.stderr
+    assert [r["id"] for r in bucket_records(s3_server, bucket, "llm")] == [1, 2, 3]
+    assert not find_leaks(bucket_objects(s3_server, bucket, "llm"), [CANARY])
+
+
+@pytest.mark.postgres
+def test_a_gateway_granted_only_captures_cannot_forge_a_seal(
+    pg_dsn: str, s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    db = PostgresGateway(pg_dsn)  # created and migrated by the operator's role
+    own_id = db.append_own([good_record(1)])
+    role = f"gateway_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT INSERT, SELECT ON captures TO {role}")
+    gateway_dsn = conninfo.make_conninfo(pg_dsn, user=role, password="")
+    try:
+        with psycopg.connect(gateway_dsn, autocommit=True) as gateway:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                gateway.execute("SELECT value FROM capture_export_meta")
+            # It can write rows, and copy our row's seal onto them: a credential, and a malformed row.
+            gateway.execute("INSERT INTO captures (ts_us, body, seal) SELECT %s, %s, seal FROM captures WHERE id = %s",
+                            (timestamp_us(2), build(_with_credential(2)), own_id))
+            gateway.execute("INSERT INTO captures (ts_us, body, seal) SELECT %s, %s, seal FROM captures WHERE id = %s",
+                            (timestamp_us(3), build(good_record(3)) + build({"ver": 2}), own_id))
+        manifest = write_exporters(tmp_path / "exporter.yaml", s3_server, bucket,
+                                   [ExporterCase("usage", "llm", {})])
+        run = run_export(manifest, db, tmp_path)
+        assert run.returncode == 1 and "record 3 is corrupt" in run.stdout, run.stdout + run.stderr
+        assert [r["id"] for r in bucket_records(s3_server, bucket, "llm")] == [1, 2]
+        assert not find_leaks(bucket_objects(s3_server, bucket, "llm"), [CANARY])
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(f"REVOKE ALL ON captures FROM {role}")
+            admin.execute(f"DROP ROLE {role}")
