@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 import boto3
 from botocore.config import Config
@@ -36,9 +36,16 @@ _PORT_FLAGS = (
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 now (all held open until all are chosen)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 class PortInUse(RuntimeError):
@@ -189,7 +196,6 @@ class LocalS3:
                 # the volume count from free disk (44 on a 44 GB disk), and bucket 45 then fails with 500.
                 # Volumes are sparse files, so many small ones cost nothing.
                 "-volume.max=2000", "-master.volumeSizeLimitMB=64"]
-        args += [f"-{flag}={free_port()}" for flag in _PORT_FLAGS]
         args.insert(1, "-logtostderr")  # into weed.log; glog's files would otherwise pile up in $TMPDIR
         if self.identities:
             args.append(f"-s3.config={self._identity_config()}")
@@ -202,17 +208,32 @@ class LocalS3:
             certificate, key = self.tls
             args += [f"-s3.cert.file={certificate}", f"-s3.key.file={key}", f"-s3.port.https={self.https_port}"]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key_id, AWS_SECRET_ACCESS_KEY=self.secret_access_key)
-        log = self.log_path.open("ab")
-        self._process = subprocess.Popen(
-            args, cwd=self.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent if self.die_with_parent else None,
-        )
-        log.close()
         deadline = time.monotonic() + timeout
         client = self.client()
+        for attempt in range(3):
+            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            ports = [f"-{flag}={port}" for flag, port in zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True)]
+            log = self.log_path.open("ab")
+            self._process = subprocess.Popen(
+                [*args, *ports], cwd=self.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent if self.die_with_parent else None,
+            )
+            log.close()
+            if self._wait_until_answering(client, deadline):
+                return self
+            # Another process took one of its free ports between our check and its bind: new ports.
+            with self.log_path.open("rb") as logged:
+                logged.seek(log_start)
+                if b"address already in use" not in logged.read() or attempt == 2:
+                    break
+        raise RuntimeError(f"SeaweedFS exited early; see {self.log_path}")
+
+    def _wait_until_answering(self, client: Any, deadline: float) -> bool:
+        """True once the server answers on its S3 port; False if it exited first."""
+        assert self._process is not None
         while True:
             if self._process.poll() is not None:
-                raise RuntimeError(f"SeaweedFS exited early; see {self.log_path}")
+                return False
             try:
                 client.list_buckets()
             except Exception:
@@ -225,7 +246,7 @@ class LocalS3:
                 self.stop()
                 raise NotOurServer(f"another process answers on port {self.port}, not the SeaweedFS started "
                                    f"here (see {self.log_path})")
-            return self
+            return True
 
     def _owns_port(self) -> bool:
         """Whether the S3 port is held by the process started here (True where /proc cannot tell)."""
