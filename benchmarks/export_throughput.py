@@ -19,8 +19,10 @@ from pathlib import Path
 
 from bench_support import add_keep_argument, require, work_directory
 from capture_export.api import S3ExporterSpec
+from capture_export.clock import SystemClock
 from capture_export.export import CborZstdEncoder, Cursor, ExportEngine, ExporterId
 from capture_export.export.engine import encode_batch
+from capture_export.export.ownership import Ownership
 from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import Credentials, S3Location, S3ObjectStore
 from capture_export.store import SQLiteStore
@@ -68,18 +70,28 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
                               prefix="bench")
         objects = S3ObjectStore(S3Location("bench", "us-east-1", s3.endpoint),
                                 Credentials(s3.access_key_id, s3.secret_access_key))
-        engine = ExportEngine(spec, ExporterId("bench", "bench"), store, objects)
+        # As a cycle does: claim the destination (store lock, lease), recover, then run with the lease held.
+        exporter = ExporterId("bench", "bench")
+        ownership = Ownership(exporter, clock=SystemClock())
+        engine = ExportEngine(spec, exporter, store, objects, hold=ownership.hold)
 
         t0 = time.perf_counter()
-        result = engine.run(Cursor())
+        before = engine.requests
+        ownership.claim(store, store.identity(), objects, engine.layout, engine._call)
+        cursor = engine.recover(Cursor())
+        setup_requests = engine.requests - before
+        result = engine.run(cursor)
         elapsed = time.perf_counter() - t0
+        ownership.release()
         assert result.rows == args.records and result.failure is None, result.failure
         rss_end_to_end = peak_rss_mb()
         print(f"\nend to end: {result.rows:,} records in {elapsed:.2f}s = {result.rows / elapsed:,.0f} records/s, "
               f"{result.raw_bytes / elapsed / 1e6:,.1f} MB/s of records ({result.raw_bytes / result.rows:,.0f} B "
               f"avg), {result.bytes / elapsed / 1e6:,.1f} MB/s compressed")
         print(f"objects: {result.objects}, S3 requests: {result.requests} "
-              f"({result.requests / result.objects:.2f} per batch), compression {result.raw_bytes / result.bytes:.2f}x")
+              f"({result.requests / result.objects:.2f} per batch, {result.requests / result.rows:.4f} per record) "
+              f"+ {setup_requests} to claim the destination and recover, "
+              f"compression {result.raw_bytes / result.bytes:.2f}x")
         print(f"peak RSS (exporter process, end to end): {rss_end_to_end:,.0f} MB")
         if args.skip_stages:
             store.close()

@@ -3,6 +3,13 @@
 Every format is read by its extension (see export/formats.py); objects are found wherever the exporter's
 ``pathTemplate`` put them. An exporter with a ``filter`` is verified against the records its filter passes:
 the records it excludes are reported, not counted missing.
+
+``verify`` compares content, not ids alone (export/provenance.py): each exported record must be the
+store's record of its id (timestamp and ``capture_id``), so a bucket exported from a store that was since
+recreated fails. An object it cannot read is named and counted, and the audit goes on (and fails). Objects
+that are not this exporter's are named and not counted: their metadata names another exporter, they lie
+under another exporter's prefix (a nested ``_capture-export`` folder) or template folder (from that
+exporter's checkpoint), or, without metadata, none of their records is the store's.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ from typing import Any
 import cbor2
 
 from .api import S3ExporterSpec
-from .export.formats import data_extension, decode_object, record_ids, to_json_line
+from .export.checkpoint import peek_layout
+from .export.formats import data_extension, decode_object, to_json_line
 from .export.layout import CONTROL_DIR, ObjectLayout, parse_range
+from .export.provenance import METADATA_EXPORTER, METADATA_STORE, compare_with_store
 from .export.transform import RecordFilter
-from .objectstore import ObjectStore
+from .objectstore import ObjectInfo, ObjectStore, ObjectStoreError
 from .store import RecordReader
 
 __all__ = ["VerifyReport", "decode_object", "is_data_object", "to_json_line", "verify_export", "verify_options"]
@@ -38,10 +47,15 @@ class VerifyReport:
     up_to: int = 0
     filtered: int | None = None  # store records the exporter's filter excludes (None: no filter)
     filtered_in_bucket: int = 0  # exported records the filter now excludes (the filter changed since)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
+    differing: list[int] = field(default_factory=list)  # ids whose exported record is not the store's
+    other_store: list[str] = field(default_factory=list)  # objects this exporter wrote from another store
+    not_ours: list[str] = field(default_factory=list)  # objects not of this exporter: named, not counted
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.duplicated and not self.mislabelled
+        return not (self.missing or self.duplicated or self.mislabelled or self.unreadable or self.differing
+                    or self.other_store)
 
     def summary(self) -> str:
         def sample(ids: list[int]) -> str:
@@ -61,6 +75,18 @@ class VerifyReport:
             lines.append(f"in bucket but no longer in store (purged by retention): {self.not_in_store}")
         if self.mislabelled:
             lines.append(f"objects whose key range does not match their records: {', '.join(self.mislabelled[:5])}")
+        if self.differing:
+            lines.append(f"records that are not the store's record of their id (content differs): "
+                         f"{len(self.differing)} ({sample(self.differing)})")
+        if self.other_store:
+            lines.append(f"objects written from another store (recreated or replaced?): {len(self.other_store)} "
+                         f"({', '.join(self.other_store[:5])}{' …' if len(self.other_store) > 5 else ''})")
+        if self.unreadable:
+            lines.append(f"unreadable: {len(self.unreadable)}")
+            lines.extend(f"  {key}: {why}" for key, why in self.unreadable[:100])
+        if self.not_ours:
+            lines.append(f"not this exporter's objects (not counted): {len(self.not_ours)}")
+            lines.extend(f"  {key}" for key in self.not_ours[:20])
         lines.append("OK" if self.ok else "FAILED")
         return "\n".join(lines)
 
@@ -71,9 +97,47 @@ def is_data_object(key: str) -> bool:
 
 
 def verify_options(spec: S3ExporterSpec, namespace: str, name: str) -> dict[str, Any]:
-    """The ``layout`` and ``accepts`` arguments of verify_export for one S3Exporter."""
+    """The ``layout``, ``accepts`` and ``exporter`` arguments of verify_export for one S3Exporter."""
     layout = ObjectLayout(spec.prefix, namespace, name, template=spec.path_template, hive=spec.hive_partitioning)
-    return {"layout": layout, "accepts": RecordFilter(spec.filter) if spec.filter is not None else None}
+    return {"layout": layout, "accepts": RecordFilter(spec.filter) if spec.filter is not None else None,
+            "exporter": f"{namespace}/{name}"}
+
+
+def _others(objects: ObjectStore, listed: list[ObjectInfo], control_root: str,
+            layout: ObjectLayout | None) -> tuple[list[str], list[ObjectLayout]]:
+    """Where other exporters' objects lie under the audited prefix: the roots of nested destinations
+    (their own ``_capture-export`` folder), and the layouts of the other exporters sharing this prefix
+    (from their checkpoints; version 1 checkpoints do not record one)."""
+    if layout is None:  # an audit of a whole prefix (verify --bucket): everything counts
+        return [], []
+    marker = f"{CONTROL_DIR}/"
+    area = layout.data_prefix()
+    roots = sorted(root for root in {info.key[: info.key.index(marker)] for info in listed
+                                     if info.key.startswith(marker) or f"/{marker}" in info.key}
+                   if root != control_root and not area.startswith(root))
+    layouts: list[ObjectLayout] = []
+    folder = layout.checkpoints_folder()
+    for info in objects.list(folder):
+        if info.key == layout.checkpoint_key() or not info.key.endswith(".json"):
+            continue
+        raw = objects.get(info.key)
+        other = peek_layout(raw, layout.prefix, info.key[len(folder):])[1] if raw is not None else None
+        if other is not None:
+            layouts.append(other)
+    return roots, layouts
+
+
+def _records(data: bytes, key: str) -> list[dict[str, Any]]:
+    """Every record of one object, each with an integer ``id``; ValueError saying why when unreadable."""
+    try:
+        records = list(decode_object(data, key))
+    except Exception as exc:  # any decoder's failure: a corrupt, truncated or foreign object
+        raise ValueError(f"{exc.__class__.__name__}: {str(exc)[:200]}") from None
+    for record in records:
+        record_id = record.get("id") if isinstance(record, dict) else None
+        if not isinstance(record_id, int) or isinstance(record_id, bool):
+            raise ValueError("a record without an integer id")
+    return records
 
 
 def _store_ids(store: RecordReader, up_to: int, accepts: RecordPredicate | None) -> Iterator[tuple[int, bool]]:
@@ -100,25 +164,56 @@ def verify_export(
     extension: str | None = None,
     layout: ObjectLayout | None = None,
     accepts: RecordPredicate | None = None,
+    exporter: str | None = None,
 ) -> VerifyReport:
     """Every store record with id <= ``up_to`` (default: the safe horizon) that ``accepts`` passes (default:
-    all) must be in exactly one object. Every data object under ``prefix`` counts, in any folder and, unless
-    ``extension`` is given, in any format; ``layout`` (the exporter's) narrows the listing to the folders
-    its template can produce."""
+    all) must be in exactly one object, as the store holds it. Every data object under ``prefix`` counts, in
+    any folder and, unless ``extension`` is given, in any format, unless it is not this exporter's (see the
+    module docstring; ``exporter`` is "namespace/name"); ``layout`` (the exporter's) narrows the listing to
+    the folders its template can produce."""
     report = VerifyReport()
     report.up_to = store.safe_horizon() if up_to is None else up_to
+    store_id = store.identity()
     exported = array("q")
-    root = layout.data_prefix() if layout is not None else (f"{prefix}/" if prefix else "")
-    for info in objects.list(root):
+    control_root = layout.control_root() if layout is not None else (f"{prefix}/" if prefix else "")
+    root = layout.data_prefix() if layout is not None else control_root
+    listed = list(objects.list(root))
+    nested, neighbours = _others(objects, listed, control_root, layout)
+    for info in listed:
         key = info.key
         # Any object in a data format counts, whatever its name: a stray copy is a duplicate.
         if not is_data_object(key) or (extension is not None and not key.endswith(extension)):
             continue
-        data = objects.get(key)
-        if data is None:
+        ours = layout is not None and layout.is_data_key(key)
+        if any(key.startswith(other) for other in nested) or (
+                not ours and any(other.is_data_key(key) for other in neighbours)):
+            report.not_ours.append(key)
             continue
+        try:
+            found = objects.fetch(key)
+        except ObjectStoreError as exc:  # named and counted; the audit goes on
+            report.unreadable.append((key, f"{exc.reason}: {exc.message}"))
+            continue
+        if found is None:
+            continue
+        writer = found.metadata.get(METADATA_EXPORTER)
+        if exporter is not None and writer is not None and writer != exporter:
+            report.not_ours.append(key)
+            continue
+        try:
+            records = _records(found.data, key)
+        except ValueError as exc:
+            report.unreadable.append((key, str(exc)))
+            continue
+        content = compare_with_store(records, store)
+        if writer is None and content.differing and not content.same:
+            report.not_ours.append(key)  # no metadata, and not one record of it is this store's
+            continue
+        if found.metadata.get(METADATA_STORE, store_id) != store_id:
+            report.other_store.append(key)
+        report.differing.extend(content.differing)
         report.objects += 1
-        ids = record_ids(data, key)
+        ids = [int(record["id"]) for record in records]
         bounds = parse_range(key)
         if ids and bounds:
             # A filtered batch holds a subset of the range its name gives; never an id outside it.
@@ -126,6 +221,7 @@ def verify_export(
             if outside or (accepts is None and (ids[0], ids[-1]) != bounds):
                 report.mislabelled.append(key)
         exported.extend(ids)
+    report.differing.sort()
     report.exported_records = len(exported)
     ordered = sorted(exported)
     previous = None
@@ -143,14 +239,14 @@ def verify_export(
         while position < total and ordered[position] < record_id:
             report.not_in_store += 1
             position += 1
-        found = 0
+        found_count = 0
         while position < total and ordered[position] == record_id:
             position += 1
-            found += 1
+            found_count += 1
         if not expected:
             excluded += 1
-            report.filtered_in_bucket += found
-        elif not found:
+            report.filtered_in_bucket += found_count
+        elif not found_count:
             report.missing.append(record_id)
     report.store_records = in_store
     report.filtered = excluded if accepts is not None else None

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -149,7 +149,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from .seed import seed_store
     from .store import check_store_url, open_store_url
 
-    store = open_store_url(check_store_url(args.store))
+    store = open_store_url(check_store_url(args.store), create=True)  # seed creates the store it fills
     started = time.monotonic()
 
     def progress(done: int) -> None:
@@ -169,26 +169,70 @@ def _object_store_for(args: argparse.Namespace, bucket: str):
     return S3ObjectStore(S3Location(bucket, args.region, args.endpoint), credentials_from_environment())
 
 
-def cmd_cat(args: argparse.Namespace) -> int:
-    from .audit import decode_object, is_data_object, to_json_line
+def cmd_store(args: argparse.Namespace) -> int:
+    """``store init``: create an empty capture store (tables, indexes, identity), or check an existing one.
+    Exporters and policies never create the store they name: a typo must not become an empty store."""
+    from .store import StoreError, check_store_url, open_store_url
+
+    try:
+        store = open_store_url(check_store_url(args.store), create=True)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"capture store ready: {store!r}, identity {store.identity()}, {store.count():,} records")
+    finally:
+        store.close()
+    return 0
+
+
+def _cat_sources(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], bytes | None]]]:
+    """``(key, read)`` for each object ``cat`` decodes. A local file is read here: a missing file or a
+    directory is an ordinary one-line failure of the command (main's _error_line), as is a failed listing."""
+    from .audit import is_data_object
     from .export.formats import data_extension
 
     source: str = args.source
-    if source.startswith("s3://"):
-        bucket, _, key = source[5:].partition("/")
-        objects = _object_store_for(args, bucket)
-        # A key, or a prefix: every data object under it, in any format and any template folder.
-        keys = [key] if data_extension(key) else [info.key for info in objects.list(key) if is_data_object(info.key)]
-        blobs = ((k, objects.get(k)) for k in keys)
-    else:
-        blobs = iter([(source, Path(source).read_bytes())])
+    if not source.startswith("s3://"):
+        data = Path(source).read_bytes()
+        yield source, lambda: data
+        return
+    bucket, _, key = source[5:].partition("/")
+    objects = _object_store_for(args, bucket)
+    # A key, or a prefix: every data object under it, in any format and any template folder.
+    keys = [key] if data_extension(key) else [info.key for info in objects.list(key) if is_data_object(info.key)]
+    for name in keys:
+        yield name, lambda name=name: objects.get(name)
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    """Decode objects to JSON Lines. An object that cannot be read or decoded is named on stderr and
+    skipped; the others are still printed; the exit code is 1 when any could not be read."""
+    from .audit import decode_object, to_json_line
+    from .export.formats import data_extension
+
     out = sys.stdout
-    for key, data in blobs:
-        if data is None:
+    seen = unreadable = 0
+    for key, read in _cat_sources(args):
+        seen += 1
+        try:
+            data = read()
+            if data is None:
+                continue
+            # Decoded whole before printing: an unreadable object contributes no partial output.
+            lines = [to_json_line(record) for record in decode_object(data, key if data_extension(key)
+                                                                      else ".cbor.zstd")]
+        except (BrokenPipeError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # any decoder's or reader's failure: name it and go on
+            unreadable += 1
+            reason = getattr(exc, "message", None) or f"{exc.__class__.__name__}: {str(exc)[:200]}"
+            print(f"error: {key}: unreadable ({' '.join(str(reason).split())})", file=sys.stderr)
             continue
-        for record in decode_object(data, key if data_extension(key) else ".cbor.zstd"):
-            out.write(to_json_line(record) + "\n")
-    return 0
+        out.write("".join(f"{line}\n" for line in lines))
+    if unreadable and seen > 1:
+        print(f"error: {unreadable} of {seen} objects could not be read", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -196,7 +240,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .objectstore import CredentialResolver, S3Location, S3ObjectStore
     from .store import check_store_url, open_store_url
 
-    store = open_store_url(check_store_url(args.store))
+    # The manifests first (a local mistake is named before anything is opened), then the store, which
+    # verify never creates (StoreNotFound: main's _error_line says it in one line).
     if args.file:
         manifests = load_manifests(args.file)
         exporters = [r for r in manifests.of_kind("S3Exporter") if args.exporter in (None, r.name)]
@@ -217,11 +262,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print("give -f exporter.yaml or --bucket", file=sys.stderr)
             return 2
         targets = [(args.bucket, _object_store_for(args, args.bucket), args.prefix, {})]
+    store = open_store_url(check_store_url(args.store))
     ok = True
-    for name, objects, prefix, options in targets:
-        report = verify_export(store, objects, prefix, up_to=args.up_to, **options)
-        print(f"{name}:\n{report.summary()}")
-        ok &= report.ok
+    try:
+        for name, objects, prefix, options in targets:
+            report = verify_export(store, objects, prefix, up_to=args.up_to, **options)
+            print(f"{name}:\n{report.summary()}")
+            ok &= report.ok
+    finally:
+        store.close()
     return 0 if ok else 1
 
 
@@ -603,12 +652,28 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same records")
     seed.set_defaults(handler=cmd_seed)
 
+    store = sub.add_parser("store", help="manage a capture store (`store init` creates an empty one)",
+                           description="Manage a capture store (SQLite or PostgreSQL).", formatter_class=_HelpFormatter)
+    store_sub = store.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
+    init = _command(
+        store_sub, "init", "create an empty capture store; an existing store is only checked",
+        "Create an empty capture store with its identity (a UUID in its capture_export_meta table, recorded in "
+        "every checkpoint). Exporters, policies, verify and restore never create the store they name: a store "
+        "that does not exist is StoreNotFound, so a typo in a path cannot look like an empty store. An existing "
+        "store is only checked, and its identity printed.",
+        ["capture-export store init --store .capture-export/store.sqlite",
+         "capture-export store init --store postgresql://capture@127.0.0.1:5432/capture"])
+    init.add_argument("--store", default=_default_store(), metavar="STORE",
+                      help="capture store: a SQLite path or a postgresql:// DSN ($CAPTURE_EXPORT_STORE)")
+    init.set_defaults(handler=cmd_store)
+
     cat = _command(
         sub, "cat", "decode exported objects to JSON Lines",
         "Decode exported objects to JSON Lines, one record per line (timestamps RFC 3339, bytes as "
         '{"$base64": …}): a local file, one object s3://BUCKET/KEY, or every data object under '
         "s3://BUCKET/PREFIX/, in any format (.cbor.zstd, .jsonl[.gz|.zst], .parquet). S3 credentials come from "
-        "$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY or the default AWS chain.",
+        "$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY or the default AWS chain. An object that cannot be read or "
+        "decoded is named on stderr and skipped; the exit code is then 1.",
         ["capture-export cat .capture-export/demo/00000000000000095001-00000000000000100000.cbor.zstd | head -1",
          "capture-export cat s3://capture-exports/llm-usage/ --endpoint http://127.0.0.1:8333 | head"])
     cat.add_argument("source", help="a file, s3://BUCKET/KEY or s3://BUCKET/PREFIX/")
@@ -620,9 +685,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = _command(
         sub, "verify", "audit a store against a bucket: missing and duplicated records",
         "Check that every record of the capture store (up to --up-to) is in exactly one exported object, and "
-        "report missing and duplicated records. With -f, each S3Exporter's bucket, endpoint, prefix, key "
-        "layout, filter and Secret are used; with --bucket, credentials come from $AWS_ACCESS_KEY_ID and "
-        "$AWS_SECRET_ACCESS_KEY. Exit code 1 on any missing or duplicated record.",
+        "report missing and duplicated records, records whose content (timestamp, capture_id) differs from the "
+        "store's (a recreated store), and objects that cannot be read or decoded (each named, then counted). "
+        "Other exporters' objects (nested prefixes, their own template folders) are left out. With -f, each "
+        "S3Exporter's bucket, endpoint, prefix, key layout, filter and Secret are used; with --bucket, "
+        "credentials come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY. Exit code 1 on any missing, "
+        "duplicated, different or unreadable one.",
         ["capture-export verify -f examples/exporter.yaml",
          "capture-export verify --bucket capture-exports --prefix llm-usage --endpoint http://127.0.0.1:8333"])
     _manifest_files(verify, "manifests naming the exporters (and their Secrets)")

@@ -7,6 +7,7 @@ local JSON file, written after every committed batch. Ctrl-C stops after the bat
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -18,19 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import ValidationError
+
 from .api import S3ExporterStatus
 from .api.destination import changed_fields, destination_of
 from .api.manifests import ManifestSet, Resource
-from .api.vocabulary import ConditionType, Domain, Reason, Truth
+from .api.vocabulary import ConditionType, Domain, EventType, Reason, Truth
 from .clock import SystemClock
-from .export import BatchResult, ExporterId
+from .export import BatchResult, ExporterId, ExportFailure
 from .export.cycle import CycleOutcome, ExporterWorker
-from .export.model import ExportFailure, unexpected_failure
+from .export.model import unexpected_failure
 from .status.conditions import get_condition
-from .status.exporter import StatusUpdate, cursor_position, guard_cursor
+from .status.exporter import Event, StatusUpdate, cursor_position, guard_cursor
 from .store import StoreOpener
 
-__all__ = ["DESTINATIONS", "StandaloneRunner", "StateFile"]
+__all__ = ["DESTINATIONS", "StandaloneRunner", "StateFile", "StateInUse"]
 
 # State file key of each exporter's destination (api/destination.py), recorded with its first committed
 # batch: the standalone counterpart of the operator's ``capture.dev/destination`` annotation.
@@ -39,22 +42,60 @@ DESTINATIONS = "capture.dev/destination"
 CONTAINED_RETRY = 30.0  # seconds before a resource whose turn raised is tried again (run without --once)
 
 
+class StateInUse(SystemExit):
+    """Another ``capture-export run`` holds the state file: two runners on one state file would overwrite
+    each other's cursors."""
+
+
 class StateFile:
-    """Statuses of every resource, keyed ``Kind/namespace/name``, in one JSON file replaced atomically."""
+    """Statuses of every resource, keyed ``Kind/namespace/name``, in one JSON file replaced atomically.
+
+    One runner per state file: the runner holds an exclusive ``flock`` on ``<state>.lock`` for its whole
+    life (the lock dies with the process, ``kill -9`` included); a second runner exits at once with a
+    message naming the file and the holder's pid."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._lock_file = self._acquire(path)
         self.data: dict[str, Any] = {}
         if path.exists():
             try:
                 self.data = json.loads(path.read_text())
             except ValueError:
+                self.close()
                 raise SystemExit(f"error: state file {path} is not valid JSON; move it aside to start afresh") from None
             except OSError as exc:
+                self.close()
                 raise SystemExit(f"error: state file {path} cannot be read: {exc.strerror}") from None
+            if not isinstance(self.data, dict):
+                self.close()
+                raise SystemExit(f"error: state file {path} does not hold a JSON object; move it aside to start afresh")
+
+    @staticmethod
+    def _acquire(path: Path) -> TextIO:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = path.with_name(f"{path.name}.lock")
+        handle = lock_path.open("a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StateInUse(f"error: state file {path} is in use by another capture-export run (pid {holder}); "
+                             "run one runner per state file, or give this one its own --state") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
 
     def get(self, key: str) -> dict[str, Any] | None:
+        value = self.data.get(key)
+        return value if isinstance(value, dict) else None
+
+    def raw(self, key: str) -> Any:
         return self.data.get(key)
 
     def put(self, key: str, value: dict[str, Any]) -> None:
@@ -64,7 +105,9 @@ class StateFile:
             self.data[key] = value
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(".tmp")
+                # Our own temporary file: no other process writes this state file (see _acquire), and a stale
+                # temporary file from a killed run is simply replaced.
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
                 with tmp.open("w") as handle:
                     json.dump(self.data, handle, indent=1, default=str)
                     handle.flush()
@@ -75,6 +118,10 @@ class StateFile:
                                     f"({exc.strerror or exc.__class__.__name__}); what was exported is committed in "
                                     "the bucket and resumed from there", domain=Domain.STATE, transient=False) from None
 
+    def close(self) -> None:
+        if not self._lock_file.closed:
+            self._lock_file.close()  # releases the flock
+
 
 @dataclass
 class _Scheduled:
@@ -82,6 +129,7 @@ class _Scheduled:
     worker: ExporterWorker
     due: float = 0.0
     status: S3ExporterStatus = field(default_factory=S3ExporterStatus)
+    state_problem: str | None = None  # why its state file entry could not be read
 
     @property
     def state_key(self) -> str:
@@ -139,9 +187,16 @@ class StandaloneRunner:
             for resource in manifests.of_kind("S3Exporter")
         ]
         for item in self.exporters:
-            saved = self.state.get(item.state_key)
+            saved = self.state.raw(item.state_key)
             if saved:
-                item.status = S3ExporterStatus.model_validate(saved)
+                try:
+                    item.status = S3ExporterStatus.model_validate(saved)
+                except ValidationError as exc:
+                    # A hand-edited or damaged entry: that exporter refuses (CheckpointCorrupt) until it is
+                    # fixed or reset; the entry is kept as it is, and the other exporters run.
+                    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors())
+                    item.state_problem = (f"state file {self.state.path} entry {item.state_key} is not valid "
+                                          f"({problems})")
         self.outcomes: dict[str, CycleOutcome] = {}
         self.state_failures = 0  # state-file writes that failed (each printed; --once then exits 1)
         # Other kinds (RetentionPolicy) hook in here: each callable is run once per loop turn (after the
@@ -160,11 +215,28 @@ class StandaloneRunner:
             print("stopping after the batch in flight commits…", file=self.out, flush=True)
         self.stop_event.set()
 
+    def _refuse_corrupt_state(self, item: _Scheduled) -> CycleOutcome:
+        spec = item.resource.spec
+        update = StatusUpdate(item.status, now=self.clock.now(), generation=item.resource.generation)
+        failure = ExportFailure(Reason.CHECKPOINT_CORRUPT, f"{item.state_problem}; fix or remove the entry, or "
+                                "reset the exporter (annotation capture.dev/reset-cursor)", domain=Domain.BUCKET,
+                                transient=False)
+        update.fail(failure)
+        update.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, failure.message))
+        status, events = update.finish()
+        outcome = CycleOutcome(status, events, None, float(spec.every))
+        self._report(item.resource.ref, outcome)
+        return outcome
+
     def _cycle(self, item: _Scheduled) -> CycleOutcome:
+        reset_token = item.resource.annotations.get("capture.dev/reset-cursor")
+        if item.state_problem is not None and reset_token is None:
+            return self._refuse_corrupt_state(item)  # before anything rewrites the damaged entry
         if (refused := self._refuse_moved_destination(item)) is not None:
             return refused
         ref = item.resource.ref
         spec = item.resource.spec
+        item.state_problem = None  # a reset starts afresh; the entry is replaced below
         progress = Progress(self.out)
         started = time.monotonic()
         exported = 0
@@ -183,7 +255,7 @@ class StandaloneRunner:
             spec,
             item.status,
             generation=item.resource.generation,
-            reset_token=item.resource.annotations.get("capture.dev/reset-cursor"),
+            reset_token=reset_token,
             should_stop=self.stop_event.is_set,
             on_batch=on_batch,
         )
@@ -325,4 +397,7 @@ class StandaloneRunner:
             signal.signal(signum, self.request_stop)
 
     def close(self) -> None:
+        for item in self.exporters:
+            item.worker.close()
         self.stores.close()
+        self.state.close()

@@ -57,10 +57,16 @@ def test_cat_from_an_endpoint_that_does_not_answer(tmp_path: Path) -> None:
     assert_one_line(result, endpoint, secrets=(AWS_SECRET,))
 
 
+def _store_init(path: Path) -> None:
+    created = run_cli("store", "init", "--store", path, cwd=path.parent)
+    assert created.returncode == 0, created.stderr
+
+
 def test_cat_and_verify_without_credentials_say_which_variables_to_set(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["HOME"] = str(tmp_path)  # no ~/.aws either
     endpoint = f"http://127.0.0.1:{_closed_port()}"
+    _store_init(tmp_path / "store.sqlite")  # verify never creates the store it audits
     for command in (["cat", "s3://capture-exports/llm/"], ["verify", "--bucket", "capture-exports", "--store",
                                                              "store.sqlite"]):
         result = subprocess.run([*CLI, *command, "--endpoint", endpoint], cwd=tmp_path, env=env,
@@ -83,6 +89,7 @@ def test_cat_of_a_missing_file_and_of_a_directory(tmp_path: Path) -> None:
 
 def test_verify_against_a_missing_bucket(s3_server: LocalS3, tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, "no-such-bucket-here")
+    _store_init(tmp_path / "store.sqlite")
     result = run_cli("verify", "-f", manifest, "--store", tmp_path / "store.sqlite", cwd=tmp_path)
     assert_one_line(result, "no-such-bucket-here", secrets=(s3_server.secret_access_key,))
 
@@ -94,7 +101,8 @@ def test_verify_with_the_secret_in_another_file(s3_server: LocalS3, bucket: str,
     (tmp_path / "secret.yaml").write_text(secret_doc)
     result = run_cli("verify", "-f", "exporter.yaml", "--store", tmp_path / "store.sqlite", cwd=tmp_path)
     assert_one_line(result, "default/s3-creds", secrets=(s3_server.secret_access_key,))
-    # Given both files, it works.
+    # Given both files (and a store: verify never creates one), it works.
+    _store_init(tmp_path / "store.sqlite")
     both = run_cli("verify", "-f", "exporter.yaml", "-f", "secret.yaml", "--store", tmp_path / "store.sqlite",
                    cwd=tmp_path)
     assert both.returncode == 0, both.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from capture_export.export.layout import parse_range
 from capture_export.local_s3 import LocalS3
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
-from tests.integration.helpers import run_and_kill_at_random, run_cli, write_manifest
+from tests.integration.helpers import CLI, run_and_kill_at_random, run_cli, write_manifest
 
 KILLS = 24
 # The templated variant: dated Hive folders, a filter, and the format switching between crashes as a user
@@ -87,3 +89,78 @@ def _assert_every_object_in_its_records_day(s3: LocalS3, bucket: str, store_path
         days = {datetime.fromtimestamp(stamps[i] // 1_000_000, UTC).strftime("%Y-%m-%d")
                 for i in range(first, last + 1) if i in stamps}
         assert days == {"-".join(match.groups()[:3])}, key
+
+
+RACING_ATTEMPTS = 16
+
+
+def _race_and_kill(runs: list[tuple[Path, Path]], store: Path, *, cwd: Path, rng: random.Random) -> int:
+    """Start one `capture-export run --once` per ``(manifest, state)`` at the same moment, wait for the first
+    commit of either, and SIGKILL each at a random moment of its own after it. A runner may lose the race
+    for the destination: it then exits 1 saying DestinationInUse (or, sharing a state file, that the file
+    is in use), having written nothing. Returns how many kills landed while a runner ran; fails on any
+    other exit."""
+    states = {state for _, state in runs}
+    before = {state: state.stat().st_mtime_ns if state.exists() else 0 for state in states}
+    processes = [
+        subprocess.Popen([*CLI, "run", "--once", "-f", str(manifest), "--state", str(state), "--store", str(store)],
+                         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for manifest, state in runs
+    ]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(p.poll() is None for p in processes):
+        if any(state.exists() and state.stat().st_mtime_ns != before[state] for state in states):
+            break
+        time.sleep(0.01)
+    committed = time.monotonic()
+    killed = 0
+    for process, moment in sorted(zip(processes, [rng.uniform(0.0, 0.8) for _ in processes], strict=True),
+                                  key=lambda pair: pair[1]):
+        time.sleep(max(0.0, committed + moment - time.monotonic()))
+        if process.poll() is None:
+            process.kill()
+            killed += 1
+    for process in processes:
+        out, err = process.communicate()
+        assert "Traceback" not in err, err
+        if process.returncode == 1:
+            assert "DestinationInUse" in out or "in use" in err, out + err
+        elif process.returncode not in (0, -9):
+            raise AssertionError(f"exit {process.returncode}: {out}{err}")
+    return killed
+
+
+def test_kill_minus_nine_with_two_runners_racing_for_the_same_exporter(
+    s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    """Two runners of one exporter (their own state files, or now and then one shared state file, and
+    other batch sizes) start together, race for the destination and are killed at random moments; the
+    gateway writes between rounds. At most one of them may write at a time: every record exactly once."""
+    store_path = tmp_path / "store.sqlite"
+    store = SQLiteStore(store_path)
+    seed_store(store, 20_000, seed=12)
+    store.close()
+    rng = random.Random(20261126)
+    killed = 0
+    for attempt in range(RACING_ATTEMPTS):
+        runs = []
+        for runner in ("one", "two"):
+            manifest = write_manifest(tmp_path / f"exporter-{runner}.yaml", s3_server, bucket,
+                                      limit=rng.choice([150, 200, 333]))
+            runs.append((manifest, tmp_path / f"state-{runner}.json"))
+        if rng.random() < 0.3:
+            runs[1] = (runs[1][0], runs[0][1])  # one state file for both
+        killed += _race_and_kill(runs, store_path, cwd=tmp_path, rng=rng)
+        store = SQLiteStore(store_path)
+        seed_store(store, 3000, seed=200 + attempt)
+        store.close()
+    assert killed >= RACING_ATTEMPTS, f"only {killed} kills landed mid-run; slow the kills down"
+
+    manifest, state = runs[0]
+    finish = run_cli("run", "--once", "-f", manifest, "--state", state, "--store", store_path, cwd=tmp_path)
+    assert finish.returncode == 0, finish.stdout + finish.stderr
+    verify = run_cli("verify", "-f", manifest, "--store", store_path, cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "missing: 0" in verify.stdout and "duplicated: 0" in verify.stdout
+    total = 20_000 + RACING_ATTEMPTS * 3000
+    assert f"records in store up to id {total}: {total}" in verify.stdout

@@ -222,7 +222,7 @@ def test_survives_a_server_restart(pg_cluster: TempPostgres, pg_dsn: str) -> Non
 
 
 def test_opener_routes_dsns_and_secrets(pg_dsn: str) -> None:
-    store = open_store_url(pg_dsn)
+    store = open_store_url(pg_dsn, create=True)  # an empty database: only a creator may open it
     assert isinstance(store, PostgresStore)
     assert "capture@" not in repr(store)
     store.close()
@@ -377,3 +377,27 @@ spec:
     assert seeded.count() == 500 and seeded.soft_deleted_count() == 0
     assert seeded.purge_soft_deleted_chunk(2**62, 1000) == 0
     seeded.close()
+
+
+def test_identity_and_exporter_locks(pg_dsn: str) -> None:
+    """Each store has an identity that every open sees; an exporter's lock excludes other sessions (another
+    process) and, within a process, a second holder; it is released with its session."""
+    one = PostgresStore(pg_dsn)
+    two = PostgresStore(pg_dsn)  # another process, as far as the server can tell
+    assert one.identity() == two.identity() != ""
+    lock = one.lock_exporter("default/usage")
+    assert lock is not None and lock.alive()
+    assert two.lock_exporter("default/usage") is None
+    assert one.lock_exporter("default/usage") is None  # one holder per exporter in a process too
+    other = two.lock_exporter("default/other")
+    assert other is not None and other.scope == lock.scope
+    lock.release()
+    taken = two.lock_exporter("default/usage")
+    assert taken is not None
+    two.close()  # its session ends: the server releases its locks
+    assert not taken.alive()
+    again = one.lock_exporter("default/usage")
+    assert again is not None
+    one.close()
+    with pytest.raises(StoreError, match="holds no capture store"):
+        PostgresStore(pg_dsn.replace(pg_dsn.rsplit("/", 1)[-1], "postgres"), create=False)

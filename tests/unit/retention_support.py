@@ -4,6 +4,7 @@ small world of one SQLite store and a few exporters with their buckets and a pol
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,11 +62,12 @@ class FlakyBucket(MemoryObjectStore):
             raise ObjectStoreError("EndpointUnreachable", "bucket unreachable", transient=True, domain="Bucket")
         super()._maybe_fail()
 
-    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
+            metadata: Mapping[str, str] | None = None) -> None:
         if self.fail_put_containing is not None and self.fail_put_containing in key:
             self.fail_put_containing = None
             raise ObjectStoreError("AccessDenied", "denied once", transient=False, domain="Credentials")
-        super().put(key, data, content_type=content_type)
+        super().put(key, data, content_type=content_type, metadata=metadata)
 
     def data_ids(self) -> set[int]:
         ids: set[int] = set()

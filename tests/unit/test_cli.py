@@ -46,7 +46,7 @@ COMMANDS = _subcommands(build_parser())
 def test_every_command_is_covered() -> None:
     names = {" ".join(path) for path, _ in COMMANDS}
     assert {"run", "status", "seed", "cat", "verify", "restore", "ingest", "crds", "operator", "demo",
-            "s3 serve"} <= names
+            "s3 serve", "store init"} <= names
 
 
 @pytest.mark.parametrize(("path", "parser"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])

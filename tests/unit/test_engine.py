@@ -9,6 +9,7 @@ import pytest
 from capture_export.api import S3ExporterSpec
 from capture_export.audit import decode_object, verify_export
 from capture_export.export import Cursor, ExportEngine, ExporterId, RetryPolicy
+from capture_export.export.provenance import object_metadata
 from capture_export.objectstore import MemoryObjectStore, ObjectStoreError
 from capture_export.store import SQLiteStore
 from tests.conftest import make_record
@@ -101,7 +102,9 @@ def test_orphan_from_a_killed_run_with_other_bounds_is_swept(sqlite_store: SQLit
     objects = MemoryObjectStore()
     # A run with limit 5 died after writing its data object and before its checkpoint.
     engine_for(sqlite_store, objects, limit=5)._commit  # noqa: B018 - documents the scenario
-    objects.objects["p/00000000000000000001-00000000000000000005.cbor.zstd"] = b"stale"
+    # As a run of this exporter writes it: with metadata naming the exporter and the store.
+    objects.put("p/00000000000000000001-00000000000000000005.cbor.zstd", b"stale",
+                metadata=object_metadata("default/usage", sqlite_store.identity()))
     result = engine_for(sqlite_store, objects, limit=10).run(Cursor())
     assert result.rows == 20
     report = verify_export(sqlite_store, objects, "p")

@@ -15,6 +15,7 @@ from capture_export.export import Cursor, ExportEngine, ExporterId, RetryPolicy
 from capture_export.export import engine as engine_module
 from capture_export.export.cycle import ExporterWorker
 from capture_export.export.formats import CborZstdEncoder, data_extension
+from capture_export.export.provenance import object_metadata
 from capture_export.objectstore import MemoryObjectStore
 from capture_export.status.conditions import get_condition
 from capture_export.store import SQLiteStore
@@ -130,7 +131,9 @@ def test_a_batch_the_filter_empties_writes_no_object_but_checkpoints_and_sweeps(
     sqlite_store.append(make_record(i) for i in range(20))
     objects = MemoryObjectStore()
     # A killed attempt without the filter left an object in the range of the first batch.
-    objects.objects["p/00000000000000000001-00000000000000000005.cbor.zstd"] = b"stale"
+    # As a run of this exporter writes it: with metadata naming the exporter and the store.
+    objects.put("p/00000000000000000001-00000000000000000005.cbor.zstd", b"stale",
+                metadata=object_metadata("default/usage", sqlite_store.identity()))
     fields = {"filter": {"apiTypes": ["ant_messages"]}}
     result = engine_for(sqlite_store, objects, **fields).run(Cursor())
     assert (result.outcome, result.rows, result.objects, result.filtered) == ("Succeeded", 0, 0, 20)

@@ -481,6 +481,9 @@ class S3ExporterStatus(ApiModel):
     cursor: Annotated[str, Field(pattern=r"^[0-9]+$", description="Highest record id exported and "
                                  "committed (data and checkpoint objects written).")] = "0"
     epoch: Annotated[int, Field(ge=0, description="Number of resets; a reset re-exports from the start.")] = 0
+    store_id: Annotated[str | None, Field(max_length=64, description="Identity of the capture store the cursor "
+                                          "belongs to (its capture_export_meta store_id): the exporter refuses "
+                                          "another store (StoreMismatch).")] = None
     backlog: Annotated[int | None, Field(description="Records waiting to be exported.")] = None
     last_run: Annotated[RunRecord | None, Field(description="The most recent run.")] = None
     last_successful_export: Annotated[

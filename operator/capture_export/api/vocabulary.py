@@ -118,6 +118,12 @@ class Reason(StrEnum):
     ENCODE_FAILED = "EncodeFailed"
     FORMAT_UNAVAILABLE = "FormatUnavailable"
     CHECKPOINT_CORRUPT = "CheckpointCorrupt"
+    # exactly once under careless handling (README "What exactly-once assumes")
+    STORE_NOT_FOUND = "StoreNotFound"  # RetentionPolicy too
+    STORE_MISMATCH = "StoreMismatch"
+    CHECKPOINT_MISSING = "CheckpointMissing"
+    DESTINATION_IN_USE = "DestinationInUse"
+    FOREIGN_OBJECTS = "ForeignObjects"  # an Event: objects in the destination the sweep left alone
     THROTTLED = "Throttled"
     # credentials
     SECRET_NOT_FOUND = "SecretNotFound"

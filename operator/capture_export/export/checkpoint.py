@@ -5,15 +5,26 @@ what was exported: a restarted exporter resumes from it (``recover``) and the re
 bound a purge. Reading or writing one needs only the bucket, the key layout, the exporter's name and a
 clock — not an engine, not an encoder (a format this install cannot write must not hide a checkpoint).
 
-The object is JSON: ``{"version": 1, "exporter": "ns/name", "epoch": 0, "cursor": "1000",
-"highWater": "1000", "lastKey": "…", "updated": "2026-11-24T12:00:00+00:00"}`` (ids as strings: they may
-pass 2^53).
+The object is JSON (ids as strings: they may pass 2^53)::
+
+    {"version": 2, "exporter": "ns/name", "epoch": 0, "cursor": "1000", "highWater": "1000",
+     "lastKey": "…", "updated": "2026-11-24T12:00:00+00:00",
+     "storeId": "6f0c…",                      # the identity of the store the records came from
+     "instance": "host:pid:tag",               # the writer instance that wrote it
+     "layout": {"pathTemplate": "{prefix}", "hivePartitioning": false}}
+
+Version 1 (before store identities) had no ``storeId``, ``instance`` or ``layout``; it is read as before
+and the exporter adopts its store's identity into it on its next write. A cursor that is not a whole
+number in ``[0, 2^63)``, an epoch that is not one, or a body that is not such an object is
+``CheckpointCorrupt``, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from ..api.vocabulary import Domain, Reason
 from ..clock import Clock, SystemClock
@@ -21,38 +32,125 @@ from ..objectstore import ObjectStore
 from .layout import ObjectLayout
 from .model import Cursor, ExporterId, ExportFailure, Requests, RetryPolicy
 
-__all__ = ["CHECKPOINT_CONTENT_TYPE", "Checkpoints", "decode_checkpoint", "encode_checkpoint"]
+__all__ = [
+    "CHECKPOINT_CONTENT_TYPE",
+    "CHECKPOINT_VERSION",
+    "MAX_ID",
+    "Checkpoint",
+    "Checkpoints",
+    "decode_checkpoint",
+    "encode_checkpoint",
+    "parse_id",
+    "peek_layout",
+]
 
 CHECKPOINT_CONTENT_TYPE = "application/json"
+CHECKPOINT_VERSION = 2
+MAX_ID = 2**63 - 1  # ids are signed 64-bit integers in every store
 
 
-def encode_checkpoint(exporter: ExporterId, cursor: Cursor, last_key: str | None, updated: datetime) -> bytes:
-    body = {
-        "version": 1,
+@dataclass(frozen=True)
+class Checkpoint:
+    """A decoded checkpoint. ``store_id`` and ``instance`` are None in a version 1 checkpoint; ``layout``
+    is ``(pathTemplate, hivePartitioning)`` when recorded."""
+
+    cursor: Cursor
+    exporter: str | None = None
+    store_id: str | None = None
+    instance: str | None = None
+    layout: tuple[str, bool] | None = None
+    version: int = 1
+
+
+def parse_id(value: Any) -> int:
+    """A record id (or cursor) as the JSON of a checkpoint or a status holds it: a whole number in
+    ``[0, 2^63)``, as a string of digits or an integer. ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an id")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        number = int(value)
+    else:
+        raise ValueError(f"{value!r} is not a whole number")
+    if not 0 <= number <= MAX_ID:
+        raise ValueError(f"{value!r} is not an id (0 to 2^63-1)")
+    return number
+
+
+def encode_checkpoint(exporter: ExporterId, cursor: Cursor, last_key: str | None, updated: datetime, *,
+                      store_id: str | None = None, instance: str | None = None,
+                      layout: ObjectLayout | None = None) -> bytes:
+    body: dict[str, Any] = {
+        "version": CHECKPOINT_VERSION,
         "exporter": str(exporter),
         "epoch": cursor.epoch,
         "cursor": str(cursor.position),
         "highWater": str(cursor.high_water),
         "lastKey": last_key,
         "updated": updated.isoformat(),
+        "storeId": store_id,
+        "instance": instance,
     }
+    if layout is not None:
+        body["layout"] = {"pathTemplate": layout.template, "hivePartitioning": layout.hive}
     return json.dumps(body, indent=1).encode()
 
 
-def decode_checkpoint(raw: bytes) -> Cursor:
-    """The cursor a checkpoint object holds; ValueError when it is not one."""
+def decode_checkpoint(raw: bytes) -> Checkpoint:
+    """The checkpoint a checkpoint object holds; ValueError (saying what is wrong) when it is not one."""
     try:
         data = json.loads(raw)
-        return Cursor(int(data["epoch"]), int(data["cursor"]), int(data.get("highWater", data["cursor"])))
-    except (ValueError, KeyError, TypeError):
-        raise ValueError("not valid JSON with epoch and cursor") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    try:
+        epoch = parse_id(data["epoch"])
+        position = parse_id(data["cursor"])
+        high_water = parse_id(data.get("highWater", data["cursor"]))
+    except KeyError as exc:
+        raise ValueError(f"no {exc.args[0]!r}") from None
+    except ValueError as exc:
+        raise ValueError(f"epoch, cursor and highWater must be whole numbers from 0 to 2^63-1: {exc}") from None
+    texts = {key: data.get(key) for key in ("exporter", "storeId", "instance")}
+    if any(value is not None and not isinstance(value, str) for value in texts.values()):
+        raise ValueError("exporter, storeId and instance must be strings")
+    layout = data.get("layout")
+    recorded = None
+    if isinstance(layout, dict) and isinstance(layout.get("pathTemplate"), str):
+        recorded = (layout["pathTemplate"], bool(layout.get("hivePartitioning", False)))
+    version = data.get("version", 1)
+    return Checkpoint(Cursor(epoch, position, max(high_water, position)), texts["exporter"], texts["storeId"],
+                      texts["instance"], recorded, version if isinstance(version, int) else 1)
+
+
+def peek_layout(raw: bytes, prefix: str, relative_key: str) -> tuple[str, ObjectLayout | None]:
+    """Another exporter's name (``ns/name``) and layout from its checkpoint object (``relative_key``: its
+    key below the checkpoints folder, ``ns/name.json``). The layout is None when the checkpoint does not
+    record it (version 1) or cannot be read."""
+    namespace, _, file = relative_key.partition("/")
+    name = file.removesuffix(".json")
+    try:
+        checkpoint = decode_checkpoint(raw)
+    except ValueError:
+        return f"{namespace}/{name}", None
+    if checkpoint.layout is None:
+        return checkpoint.exporter or f"{namespace}/{name}", None
+    template, hive = checkpoint.layout
+    try:
+        return checkpoint.exporter or f"{namespace}/{name}", ObjectLayout(prefix, namespace, name, template=template,
+                                                                          hive=hive)
+    except ValueError:
+        return checkpoint.exporter or f"{namespace}/{name}", None
 
 
 class Checkpoints:
     """One exporter's checkpoint object: read, write, and recover the cursor to resume from.
 
-    ``requests`` (optional) shares the engine's retrying request counter, so a run counts its checkpoint
-    requests too; without it, requests are retried by ``retry``."""
+    ``store_id`` and ``instance`` (the store the records come from, the writer instance) go into every
+    checkpoint written. ``requests`` (optional) shares the engine's retrying request counter, so a run
+    counts its checkpoint requests too; without it, requests are retried by ``retry``."""
 
     def __init__(
         self,
@@ -63,35 +161,46 @@ class Checkpoints:
         *,
         retry: RetryPolicy | None = None,
         requests: Requests | None = None,
+        store_id: str | None = None,
+        instance: str | None = None,
     ) -> None:
         self.objects = objects
         self.layout = layout
         self.exporter = exporter
         self.clock = clock or SystemClock()
         self.requests = requests or Requests(self.clock, retry or RetryPolicy())
+        self.store_id = store_id
+        self.instance = instance
 
     @property
     def key(self) -> str:
         return self.layout.checkpoint_key()
 
-    def read(self) -> Cursor | None:
-        """The committed cursor, or None when the exporter never committed a batch (no object)."""
+    def read_full(self) -> Checkpoint | None:
+        """The checkpoint, or None when the exporter never committed a batch (no object)."""
         key = self.key
         raw = self.requests(lambda: self.objects.get(key))
         if raw is None:
             return None
         try:
             return decode_checkpoint(raw)
-        except ValueError:
+        except ValueError as exc:
             raise ExportFailure(
                 Reason.CHECKPOINT_CORRUPT,
-                f"checkpoint object {key} is not valid JSON with epoch and cursor",
+                f"checkpoint object {key} is not a valid checkpoint ({exc}); a reset (annotation "
+                "capture.dev/reset-cursor) re-exports from the beginning",
                 domain=Domain.BUCKET,
                 transient=False,
             ) from None
 
+    def read(self) -> Cursor | None:
+        """The committed cursor, or None when the exporter never committed a batch (no object)."""
+        checkpoint = self.read_full()
+        return None if checkpoint is None else checkpoint.cursor
+
     def write(self, cursor: Cursor, last_key: str | None) -> None:
-        data = encode_checkpoint(self.exporter, cursor, last_key, self.clock.now())
+        data = encode_checkpoint(self.exporter, cursor, last_key, self.clock.now(), store_id=self.store_id,
+                                 instance=self.instance, layout=self.layout)
         key = self.key
         self.requests(lambda: self.objects.put(key, data, content_type=CHECKPOINT_CONTENT_TYPE))
 

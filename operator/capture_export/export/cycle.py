@@ -1,9 +1,12 @@
 """One S3Exporter's cycle, shared by the kopf handlers and the standalone runner.
 
 Given the spec and the last status, a cycle resolves credentials (re-read every time, so rotation takes
-effect), tests the connection when the destination or credentials changed, recovers the cursor on first
-use, applies a requested reset, runs the export engine and returns the new status, the Events worth
-emitting and when the next cycle is due.
+effect), opens the store (never creating it: a store that does not exist is ``StoreNotFound``), tests
+the connection when the destination or credentials changed, claims the destination (one writer per
+destination, export/ownership.py), recovers the cursor from the checkpoint and the status (refusing
+another store's checkpoint, a vanished checkpoint and a cursor ahead of the store), applies a requested
+reset, runs the export engine and returns the new status, the Events worth emitting and when the next
+cycle is due.
 """
 
 from __future__ import annotations
@@ -17,13 +20,21 @@ from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore, ObjectStoreError, S3Access, S3Location, S3ObjectStore
 from ..objectstore.credentials import CredentialResolver, SecretSource
 from ..status.exporter import Event, StatusUpdate
-from ..store import CaptureStore, StoreError, StoreRefused
+from ..store import CaptureStore, StoreError, StoreNotFound, StoreRefused
+from .checkpoint import parse_id
 from .engine import ExportEngine
 from .model import BatchResult, Cursor, ExporterId, ExportFailure, RunResult, unexpected_failure
+from .ownership import Ownership
 
 __all__ = ["CycleOutcome", "ExporterWorker", "ObjectStoreFactory", "StoreOpener"]
 
 MAX_FAILURE_BACKOFF = 300.0
+# Failures that say nothing about the connection: the cached engine (and the lease it watches) is kept.
+_KEEP_ENGINE = frozenset({Reason.DESTINATION_IN_USE, Reason.CHECKPOINT_MISSING, Reason.CHECKPOINT_CORRUPT,
+                          Reason.STORE_MISMATCH, Reason.CURSOR_AHEAD_OF_STORE})
+_DEGRADED = ("bucket reachable and writable; this S3 server ignores conditional writes, so one writer per "
+             "destination rests on the store lock and on other exporters' checkpoints only (README: What "
+             "exactly-once assumes)")
 
 
 StoreOpener = Callable[[S3ExporterSpec, str], CaptureStore]
@@ -71,8 +82,13 @@ class ExporterWorker:
             lambda location, access: S3ObjectStore(location, access, now=self.clock.now))
         self.engine: ExportEngine | None = None
         self._engine_key: tuple[object, ...] | None = None
-        self._recovered = False
         self.consecutive_failures = 0
+        # One writer per destination: the store lock and the lease this worker holds between cycles.
+        self.ownership = Ownership(exporter, clock=self.clock)
+
+    def close(self) -> None:
+        """Give up the destination (the store lock, the lease): the worker is done."""
+        self.ownership.release()
 
     def _access(self, spec: S3ExporterSpec) -> S3Access:
         try:
@@ -90,9 +106,23 @@ class ExporterWorker:
             objects = self.object_store_factory(location, access)
         except ObjectStoreError as exc:  # no client can be made (a region or an endpoint it refuses)
             raise ExportFailure.from_object_store(exc) from None
-        self.engine = ExportEngine(spec, self.exporter, store, objects, clock=self.clock)
+        self.engine = ExportEngine(spec, self.exporter, store, objects, clock=self.clock,
+                                   hold=self.ownership.hold)
         self._engine_key = key
         return True
+
+    @staticmethod
+    def _saved_cursor(status: S3ExporterStatus, resetting: bool) -> Cursor:
+        """The cursor the status (or the standalone state file) saved; CheckpointCorrupt when it is not an
+        id (a hand-edited state file), unless a reset is about to start again anyway."""
+        try:
+            return Cursor(parse_id(status.epoch), parse_id(status.cursor))
+        except ValueError as exc:
+            if resetting:
+                return Cursor(max(status.epoch, 0), 0)
+            raise ExportFailure(Reason.CHECKPOINT_CORRUPT, f"the saved cursor is not valid ({exc}); a reset "
+                                "(annotation capture.dev/reset-cursor) re-exports from the beginning",
+                                domain=Domain.BUCKET, transient=False) from None
 
     def cycle(
         self,
@@ -114,6 +144,9 @@ class ExporterWorker:
             access = self._access(spec)
             try:
                 store = self.open_store(spec, self.exporter.namespace)
+                store_id = store.identity()
+            except StoreNotFound as exc:
+                raise ExportFailure(Reason.STORE_NOT_FOUND, str(exc), domain=Domain.STORE, transient=False) from None
             except StoreRefused as exc:  # not allowed or not a store: someone must fix the spec or the Secret
                 raise ExportFailure(exc.reason, exc.message, domain=Domain.STORE, transient=False) from None
             except StoreError as exc:
@@ -126,13 +159,27 @@ class ExporterWorker:
                                         ConditionType.BUCKET_REACHABLE: report.message})
             engine = self.engine
             assert engine is not None
-            saved = Cursor(update.status.epoch, int(update.status.cursor))
-            if not self._recovered:
-                recovered = engine.recover(saved)
-                update.advance_cursor(recovered.epoch, recovered.position)
-                self._recovered = True
-                saved = recovered
-            if reset_token is not None and reset_token != update.status.last_reset:
+            started = self.clock.now()
+            resetting = reset_token is not None and reset_token != update.status.last_reset
+            saved_cursor = self._saved_cursor(update.status, resetting)
+            try:
+                # The store lock now; the destination (lease, other exporters) before the first write.
+                self.ownership.begin(store, store_id, engine.objects, engine.layout, engine._call)
+                saved = engine.recover(saved_cursor, saved_store_id=update.status.store_id, resetting=resetting)
+            except ExportFailure as exc:
+                if not str(update.status.cursor).isdigit():
+                    raise  # a damaged saved cursor (being reset): a condition only, no run to record
+                # A run that could not start (the bucket down while the checkpoint is read, a refusal) is a
+                # failed run like one that failed mid-way: in lastRun and history, not only in a condition.
+                result = RunResult(start=started, end=self.clock.now(), outcome=ExportOutcome.FAILED,
+                                   cursor=saved_cursor, failure=exc)
+                update.record_run(result)
+                self._forget_engine_after(exc)
+                return self._outcome(spec, update, result, exc)
+            update.advance_cursor(saved.epoch, saved.position)
+            update.status.store_id = store_id
+            if resetting:
+                self.ownership.hold()  # the reset writes the checkpoint at once
                 saved = engine.reset(saved)
                 update.advance_cursor(saved.epoch, saved.position)  # a newer epoch: the guard lets it in
                 update.status.totals = type(update.status.totals)()
@@ -140,15 +187,29 @@ class ExporterWorker:
                 update.events.append(Event(EventType.NORMAL, Reason.CURSOR_RESET, f"re-exporting from the beginning "
                                            f"(epoch {saved.epoch})"))
             result = engine.run(saved, max_seconds=max_seconds, should_stop=should_stop, on_batch=on_batch)
+            if not self.ownership.conditional_writes:
+                update.notes[ConditionType.BUCKET_REACHABLE] = _DEGRADED
             update.record_run(result)
+            if result.foreign_objects:
+                shown = ", ".join(result.foreign_objects[:5]) + (" …" if len(result.foreign_objects) > 5 else "")
+                update.events.append(Event(EventType.WARNING, Reason.FOREIGN_OBJECTS, (
+                    f"{len(result.foreign_objects)} object(s) among this exporter's that it did not write, left "
+                    f"alone: {shown}")))
             failure = result.failure
         except Exception as exc:  # contained: whatever happens, this exporter gets a condition, not a crash
             failure = exc if isinstance(exc, ExportFailure) else unexpected_failure(exc)
             update.fail(failure)
             update.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, failure.message))
-            if failure.domain in (Domain.CREDENTIALS, Domain.BUCKET):
-                # Re-test the connection next time rather than trusting a cached engine.
-                self._engine_key = None
+            self._forget_engine_after(failure)
+        return self._outcome(spec, update, result, failure)
+
+    def _forget_engine_after(self, failure: ExportFailure) -> None:
+        if failure.domain in (Domain.CREDENTIALS, Domain.BUCKET) and failure.reason not in _KEEP_ENGINE:
+            # Re-test the connection next time rather than trusting a cached engine.
+            self._engine_key = None
+
+    def _outcome(self, spec: S3ExporterSpec, update: StatusUpdate, result: RunResult | None,
+                 failure: ExportFailure | None) -> CycleOutcome:
         new_status, events = update.finish()
         if failure is not None:
             self.consecutive_failures += 1

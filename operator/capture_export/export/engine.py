@@ -6,6 +6,13 @@ threads, or by the process's encode pool for the formats that decode) while the 
 batches are committed strictly in order, and nothing advances the cursor before both objects are in the
 bucket. What happens to a batch's rows before upload is export/batch.py.
 
+Before it writes, a run proves it may: the cycle claims the destination (export/ownership.py) and the
+engine calls ``hold`` before each batch (a lease renewal at most every ttl/3). Data objects carry
+metadata naming the exporter and the store (export/provenance.py); the sweep deletes only such objects
+of this exporter (or, from before that metadata, objects that hold exactly the store's records) and
+reports any other object it finds where it sweeps. ``recover`` refuses a checkpoint written from another
+store, a cursor above any id the store assigned, and a checkpoint that vanished under a saved cursor.
+
 Records are decoded only when the spec asks for it (a filter, privacy mode, redactions, or a format other
 than cbor-zstd); the default ships the stored CBOR bytes as they are. A batch whose records the filter
 all excludes writes no data object, but still sweeps and checkpoints: its records are handled. With a
@@ -28,7 +35,7 @@ from .batch import BatchFailure, BatchRecipe, EncodedBatch, PackedRows, encode_b
 from .budget import MemoryBudget, batch_cost, memory_budget
 from .checkpoint import Checkpoints
 from .connection import ConnectionReport, run_connection_test
-from .formats import FORMATS, FormatUnavailable, record_ids
+from .formats import FORMATS, FormatUnavailable, decode_object, record_ids
 from .layout import ObjectLayout, parse_range
 from .model import (
     BatchResult,
@@ -41,8 +48,10 @@ from .model import (
     RunResult,
     unexpected_failure,
 )
+from .ownership import writer_instance
 from .pipeline import PreparePipeline, SynchronousPipeline
 from .pool import BrokenProcessPool, EncodePool, encode_pool
+from .provenance import METADATA_EXPORTER, METADATA_STORE, compare_with_store, object_metadata
 
 __all__ = ["POOL_MIN_ROWS", "ExportEngine", "SynchronousPipeline", "encode_batch"]
 
@@ -74,6 +83,8 @@ class ExportEngine:
         retry: RetryPolicy | None = None,
         pool: EncodePool | Literal["shared"] | None = "shared",
         budget: MemoryBudget | None = None,
+        store_id: str | None = None,
+        hold: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
         self.exporter = exporter
@@ -103,7 +114,16 @@ class ExportEngine:
         self._record_bytes = float(ASSUMED_RECORD_BYTES)
         # Every object-store request of this engine, its checkpoint's included, retried and counted here.
         self._call = Requests(self.clock, self.retry)
-        self.checkpoints = Checkpoints(objects, self.layout, exporter, self.clock, requests=self._call)
+        self.store_id = store_id if store_id is not None else store.identity()
+        # Called before each batch is written: raises when this worker may no longer write the destination.
+        self.hold = hold or (lambda: None)
+        self._metadata = object_metadata(str(exporter), self.store_id)
+        self.checkpoints = Checkpoints(objects, self.layout, exporter, self.clock, requests=self._call,
+                                       store_id=self.store_id, instance=writer_instance())
+        # Whether objects met by the sweep are this exporter's (by key), and the others, reported once each.
+        self._owned: dict[str, bool] = {}
+        self._foreign: list[str] = []
+        self._reported: set[str] = set()
 
     @property
     def requests(self) -> int:
@@ -112,14 +132,100 @@ class ExportEngine:
 
     # -- checkpoint ---------------------------------------------------------------------------------
 
-    def recover(self, saved: Cursor | None) -> Cursor:
-        """The cursor to resume from: the newest of the saved state and the bucket's checkpoint."""
-        return self.checkpoints.recover(saved)
+    def recover(self, saved: Cursor | None, *, saved_store_id: str | None = None, resetting: bool = False) -> Cursor:
+        """The cursor to resume from: the newest of the saved state (status or state file, written from
+        the store ``saved_store_id``) and the bucket's checkpoint, after checking that they belong to this
+        store. Raises ExportFailure, writing nothing:
+
+        * ``StoreMismatch``: the checkpoint (or, unless ``resetting``, the saved state) was written from
+          another store: the store was recreated or replaced under the exporter;
+        * ``CheckpointMissing``: the saved cursor is above 0 but the checkpoint is gone (the bucket or the
+          prefix was wiped): re-exporting or skipping silently would both be wrong; a reset re-exports;
+        * ``CursorAheadOfStore``: the cursor is above any id the store ever assigned (a forged checkpoint,
+          a store restored from an older backup); a reset re-exports;
+        * ``CheckpointCorrupt``: the checkpoint is not one (a reset re-exports).
+
+        ``resetting``: a reset follows at once, so only a store mismatch in the checkpoint still refuses.
+        A checkpoint from before store identities adopts this store's identity here (rewritten at once).
+        When neither the checkpoint nor the saved state knows how far earlier runs wrote, the bucket is
+        listed for it, so the first batches sweep every overlapping object."""
+        saved = saved or Cursor()
+        try:
+            checkpoint = self.checkpoints.read_full()
+        except ExportFailure as failure:
+            if not (resetting and failure.reason == Reason.CHECKPOINT_CORRUPT):
+                raise
+            checkpoint = None
+        if checkpoint is not None and checkpoint.store_id and checkpoint.store_id != self.store_id:
+            raise ExportFailure(
+                Reason.STORE_MISMATCH,
+                f"checkpoint {self.checkpoints.key} was written from store {checkpoint.store_id}, but this "
+                f"exporter's store is {self.store_id}: the store was recreated or replaced. Nothing is written "
+                "(the objects there are the only copy of the other store's records); export this store with "
+                "a new S3Exporter or prefix",
+                domain=Domain.STORE, transient=False)
+        if saved_store_id and saved_store_id != self.store_id and not resetting:
+            raise ExportFailure(
+                Reason.STORE_MISMATCH,
+                f"the saved state (cursor {saved.position}) was written from store {saved_store_id}, but this "
+                f"exporter's store is {self.store_id}: the store was recreated or replaced. Nothing is "
+                "written; a reset (annotation capture.dev/reset-cursor) exports this store from the beginning",
+                domain=Domain.STORE, transient=False)
+        if checkpoint is None and saved.position > 0 and not resetting:
+            raise ExportFailure(
+                Reason.CHECKPOINT_MISSING,
+                f"checkpoint {self.checkpoints.key} is gone although the cursor is at {saved.position}: the "
+                "bucket or the prefix was wiped or the checkpoint deleted. Nothing is re-exported or skipped; "
+                "a reset (annotation capture.dev/reset-cursor, or a new value of it) re-exports from the "
+                "beginning",
+                domain=Domain.BUCKET, transient=False)
+        cursor = saved.newest(checkpoint.cursor if checkpoint is not None else None)
+        if resetting:
+            return cursor
+        highest = self._highest_assigned_id()
+        if cursor.position > highest:
+            source = "checkpoint" if checkpoint is not None and checkpoint.cursor.order() == cursor.order() else \
+                "saved state"
+            raise ExportFailure(
+                Reason.CURSOR_AHEAD_OF_STORE,
+                f"cursor {cursor.position} (from the {source}) is above the highest id this store ever "
+                f"assigned ({highest}): a forged checkpoint, or a store restored from an older backup. Nothing "
+                "is written; a reset (annotation capture.dev/reset-cursor) re-exports from the beginning",
+                domain=Domain.STORE, transient=False)
+        if checkpoint is None:
+            cursor = Cursor(cursor.epoch, cursor.position, max(cursor.high_water, self.find_high_water()))
+        elif checkpoint.store_id is None:
+            self.hold()
+            self.checkpoints.write(checkpoint.cursor, None)  # adopt this store's identity (an upgrade)
+        return cursor
+
+    def _highest_assigned_id(self) -> int:
+        try:
+            return self.store.highest_assigned_id()
+        except StoreError as exc:
+            raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
+
+    def find_high_water(self) -> int:
+        """The highest record id in this exporter's data objects in the bucket (0 when there is none),
+        found by listing them: for when neither the checkpoint nor the saved state knows it."""
+
+        def scan() -> int:
+            top = 0
+            for info in self.objects.list(self.layout.data_prefix()):
+                bounds = parse_range(info.key)
+                if bounds is not None and self.layout.is_data_key(info.key):
+                    top = max(top, bounds[1])
+            return top
+
+        return self._call(scan)
 
     def reset(self, current: Cursor) -> Cursor:
         """Start again from the beginning: a new epoch, recorded in the checkpoint at once so that the
-        retention gate closes and a restart does not jump back to the old position."""
-        cursor = Cursor(epoch=current.epoch + 1, position=0, high_water=max(current.high_water, current.position))
+        retention gate closes and a restart does not jump back to the old position. The high-water mark
+        (below which every batch sweeps) is what the bucket holds, found by listing, so that a forged
+        cursor does not make every batch sweep."""
+        plausible = current.high_water if current.high_water <= self._highest_assigned_id() else 0
+        cursor = Cursor(epoch=current.epoch + 1, position=0, high_water=max(plausible, self.find_high_water()))
         self.checkpoints.write(cursor, None)
         self._sweep_pending = True
         return cursor
@@ -179,6 +285,7 @@ class ExportEngine:
         finally:
             pipeline.close()
         result.requests = self.requests - requests_before
+        result.foreign_objects, self._foreign = self._foreign, []
         try:
             result.backlog = self.store.backlog(result.cursor.position)
         except StoreError:
@@ -296,8 +403,10 @@ class ExportEngine:
     def _commit(self, batch: PreparedBatch, cursor: Cursor) -> BatchResult:
         t0, cpu0 = time.perf_counter(), time.thread_time()
         key, payload = batch.key, batch.payload
+        self.hold()
         if key is not None and payload is not None:
-            self._call(lambda: self.objects.put(key, payload, content_type=self.content_type))
+            self._call(lambda: self.objects.put(key, payload, content_type=self.content_type,
+                                                metadata=self._metadata))
         # Also for a batch the filter emptied: an object an earlier attempt (another filter, another
         # epoch) left in its range must go, or its records would be exported twice.
         if self._sweep_pending or batch.first_id <= cursor.high_water:
@@ -341,9 +450,44 @@ class ExportEngine:
             return found
 
         for key, (first, last) in self._call(stale_keys):
+            if not self._owns(key):
+                continue  # not this exporter's: never deleted (reported)
             if first <= high_water and self._holds_records_gone_from_store(key, first, last):
                 continue  # the only copy of records purged since: never delete it
             self._call(lambda key=key: self.objects.delete(key))
+            self._owned.pop(key, None)
+
+    def _owns(self, key: str) -> bool:
+        """Whether this exporter wrote ``key`` (export/provenance.py): its metadata names this exporter and
+        this store; without such metadata (written before it existed, or by someone else), its records must
+        be this store's records (and at least one of them still in the store). Anything else is reported as
+        a foreign object and left alone."""
+        known = self._owned.get(key)
+        if known is not None:
+            return known
+        head = self._call(lambda: self.objects.head(key))
+        if head is None:
+            return False  # gone meanwhile: nothing to delete
+        writer = head.metadata.get(METADATA_EXPORTER)
+        if writer is not None:
+            owned = writer == str(self.exporter) and head.metadata.get(METADATA_STORE) == self.store_id
+        else:
+            data = self._call(lambda: self.objects.get(key))
+            try:
+                records = list(decode_object(data, key)) if data is not None else []
+            except Exception:
+                records = []  # unreadable: not provably ours, keep it
+            try:
+                check = compare_with_store(records, self.store) if records else None
+            except StoreError as exc:
+                raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE,
+                                    transient=True) from None
+            owned = check is not None and bool(check.same) and not check.differing
+        self._owned[key] = owned
+        if not owned and key not in self._reported:
+            self._reported.add(key)
+            self._foreign.append(key)
+        return owned
 
     def _holds_records_gone_from_store(self, key: str, first: int, last: int) -> bool:
         """Whether an object written earlier holds records the store no longer has (purged by retention
@@ -388,7 +532,7 @@ class ExportEngine:
             return found
 
         for key, bounds in self._call(overlapping):
-            if self._holds_records_gone_from_store(key, *bounds):
+            if self._owns(key) and self._holds_records_gone_from_store(key, *bounds):
                 return bounds
         return None
 

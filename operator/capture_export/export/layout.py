@@ -25,11 +25,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 from ..api.s3exporter import CONTROL_SEGMENT, DEFAULT_PATH_TEMPLATE, TIME_VARIABLES, parse_path_template
 from .formats import DATA_EXTENSIONS, FORMATS
 
-__all__ = ["ID_WIDTH", "ObjectLayout", "parse_range"]
+__all__ = [
+    "ID_WIDTH",
+    "ObjectLayout",
+    "layouts_apart",
+    "parse_range",
+]
 
 ID_WIDTH = 20  # enough digits for any 64-bit id
 CONTROL_DIR = CONTROL_SEGMENT
@@ -152,8 +158,27 @@ class ObjectLayout:
         """A key that sorts just before every data key whose range starts at ``first_id`` or later."""
         return f"{self.data_dir(first_timestamp_us)}{first_id:0{ID_WIDTH}d}"
 
+    def control_root(self) -> str:
+        """Where the destination's control folder lies (``{prefix}/``, or "" without a prefix)."""
+        return self._root()
+
+    def checkpoints_folder(self) -> str:
+        """The folder of the checkpoints of every exporter with this prefix."""
+        return f"{self._root()}{CONTROL_DIR}/checkpoints/"
+
     def checkpoint_key(self) -> str:
-        return f"{self._root()}{CONTROL_DIR}/checkpoints/{self.namespace}/{self.name}.json"
+        return f"{self.checkpoints_folder()}{self.namespace}/{self.name}.json"
+
+    def lease_key(self) -> str:
+        """The lease of the data area this layout writes to (export/ownership.py): exporters whose
+        templates keep them apart have leases of their own, the others share one."""
+        area = quote(self.data_prefix().rstrip("/"), safe="") or "_root"
+        return f"{self._root()}{CONTROL_DIR}/leases/{area}.json"
+
+    @property
+    def fully_static(self) -> bool:
+        """Every data key lies directly in one folder (no time variable)."""
+        return self._static_dir is not None
 
     def probe_key(self) -> str:
         """The connection test's probe object: written, read, listed and deleted before the first export."""
@@ -188,3 +213,23 @@ class ObjectLayout:
     def is_data_key(self, key: str) -> bool:
         """A data object of this layout, in any format (a format may change between runs)."""
         return self._pattern.match(key) is not None
+
+
+def layouts_apart(ours: ObjectLayout, other: ObjectLayout | None) -> bool:
+    """Whether two exporters' data objects can never share a folder, so that neither's sweep can reach the
+    other's objects. Conservative: their folders up to the first time variable must differ, and one must
+    not lie inside the other unless the outer one has no time variable (its keys are its folder's direct
+    children). ``{prefix}/{exporter}`` (or ``{namespace}``) before any time variable keeps exporters apart;
+    dated folders alone do not. ``other`` None (a layout not recorded, a checkpoint from before version
+    2): apart only when our own template names this exporter before any time variable."""
+    if other is None:
+        area = ours.data_prefix()
+        return f"/{ours.name}/" in f"/{area}" and area != ours.control_root()
+    a, b = ours.data_prefix(), other.data_prefix()
+    if a == b:
+        return False
+    if b.startswith(a):
+        return ours.fully_static
+    if a.startswith(b):
+        return other.fully_static
+    return True

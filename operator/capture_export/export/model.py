@@ -178,6 +178,9 @@ class RunResult:
     backlog: int | None = None
     requests: int = 0
     filtered: int = 0  # records the filter excluded: handled (the cursor passed them), not exported
+    # Objects in the destination's folders that look like data objects but are not this exporter's: the
+    # sweep left them alone (export/provenance.py). Each is reported once per worker.
+    foreign_objects: list[str] = field(default_factory=list)
 
     @property
     def duration_seconds(self) -> float:

@@ -291,4 +291,8 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         try:
             await state.serve(body, stopped)
         finally:
-            state.forget()
+            try:
+                # Give up the destination (store lock, lease) so that a successor need not wait for it.
+                await asyncio.to_thread(state.worker.close)
+            finally:
+                state.forget()

@@ -33,7 +33,7 @@ from ..metrics import OperatorMetrics
 from ..objectstore import ObjectStore, S3Access, S3Location, S3ObjectStore
 from ..redact import CLIENT_LOGGERS, install_log_redaction, quiet_client_loggers
 from ..status.writer import StatusWriter
-from ..store import StoreOpener, StoreRefused
+from ..store import StoreError, StoreOpener, StoreRefused, open_store_url
 from ..store.opener import kind_of_url
 from .kube import ApiSecrets, KubeApi, kopf_event
 from .permissions import MissingPermissions, check_permissions
@@ -194,6 +194,16 @@ class Runtime:
                                    interval=config.readiness_interval)
         self.ingest: Any = None  # the ingest server when config.ingest_port is set
 
+    def create_default_store(self) -> None:
+        """The operator's own default store (``--store``) is the one store it creates, at start-up; a store
+        a spec names must already exist (StoreNotFound)."""
+        if not self.config.store:
+            return
+        try:
+            open_store_url(self.config.store, create=True).close()
+        except StoreError as exc:  # the message names the store without its password
+            log.warning("the default capture store could not be opened or created: %s", exc)
+
     def start(self) -> None:
         if self.config.metrics_port is not None and self.metrics_port is None:
             self.metrics_port = self.metrics.serve(self.config.metrics_port)
@@ -317,6 +327,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             raise kopf.PermanentError(str(exc)) from None  # the operator stops here, saying why
         except Exception as exc:  # a check that cannot run must not keep the operator from starting
             log.warning("RBAC not checked: %s", exc)
+        await asyncio.to_thread(runtime.create_default_store)
         runtime.start()
         await runtime.serve_readiness()
         await runtime.start_ingest()

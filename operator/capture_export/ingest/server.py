@@ -262,7 +262,7 @@ def store_opener(url: str) -> Callable[[], IngestStore]:
     def open_store() -> IngestStore:
         from ..store import open_store_url
 
-        store = open_store_url(url)
+        store = open_store_url(url, create=True)
         if not callable(getattr(store, "append_unique", None)):
             store.close()
             raise StoreUnavailable(f"{store!r} cannot take ingested records (no insert-or-ignore by capture_id)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import (
+    PRECONDITION_FAILED,
     AssumeRole,
     Credentials,
     ObjectInfo,
@@ -11,6 +12,7 @@ from .base import (
     S3Access,
     S3Location,
     ServerSideEncryption,
+    StoredObject,
     scrub,
 )
 from .credentials import CredentialResolver, CredentialsError, SecretSource, credentials_from_secret
@@ -18,6 +20,7 @@ from .memory import MemoryObjectStore
 from .s3 import S3ObjectStore, classify
 
 __all__ = [
+    "PRECONDITION_FAILED",
     "AssumeRole",
     "CredentialResolver",
     "Credentials",
@@ -31,6 +34,7 @@ __all__ = [
     "S3ObjectStore",
     "SecretSource",
     "ServerSideEncryption",
+    "StoredObject",
     "classify",
     "credentials_from_secret",
     "scrub",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..redact import scrub as _scrub
 
 __all__ = [
+    "PRECONDITION_FAILED",
     "AssumeRole",
     "Credentials",
     "ObjectInfo",
@@ -17,6 +18,7 @@ __all__ = [
     "S3Access",
     "S3Location",
     "ServerSideEncryption",
+    "StoredObject",
     "scrub",
 ]
 
@@ -98,6 +100,20 @@ class S3Access:
 class ObjectInfo:
     key: str
     size: int
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object's bytes with its ETag and user metadata (``x-amz-meta-*``, keys in lower case)."""
+
+    data: bytes
+    etag: str
+    metadata: Mapping[str, str]
+
+
+# The reason of an ObjectStoreError raised when a conditional write's precondition failed (HTTP 412).
+PRECONDITION_FAILED = "PreconditionFailed"
 
 
 class ObjectStoreError(RuntimeError):
@@ -122,12 +138,30 @@ def scrub(text: str, secrets: list[str]) -> str:
 
 
 class ObjectStore(Protocol):
-    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
-        """Write an object (with the store's server-side encryption, when it has one)."""
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
+            metadata: Mapping[str, str] | None = None) -> None:
+        """Write an object (with the store's server-side encryption, when it has one); ``metadata`` becomes
+        its user metadata (lower-case ASCII keys and values)."""
+        ...
+
+    def put_conditional(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False,
+                        content_type: str = "application/octet-stream") -> str:
+        """Write an object only if it does not exist yet (``if_none_match``) or still has the ETag
+        ``if_match``; return its new ETag. Raises ObjectStoreError with reason PRECONDITION_FAILED when the
+        precondition does not hold. A server that ignores the conditions simply writes (see
+        export/ownership.py, which finds that out once)."""
         ...
 
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when there is no such key."""
+        ...
+
+    def fetch(self, key: str) -> StoredObject | None:
+        """The object's bytes, ETag and user metadata in one request, or None when there is no such key."""
+        ...
+
+    def head(self, key: str) -> StoredObject | None:
+        """The object's ETag and user metadata (``data`` empty), or None when there is no such key."""
         ...
 
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:

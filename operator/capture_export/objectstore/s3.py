@@ -6,7 +6,7 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,16 @@ from botocore.config import Config
 
 from ..api.vocabulary import Domain, Reason
 from ..redact import redact
-from .base import Credentials, ObjectInfo, ObjectStoreError, S3Access, S3Location, scrub
+from .base import (
+    PRECONDITION_FAILED,
+    Credentials,
+    ObjectInfo,
+    ObjectStoreError,
+    S3Access,
+    S3Location,
+    StoredObject,
+    scrub,
+)
 from .credentials import boto3_session
 
 __all__ = ["S3ObjectStore", "classify"]
@@ -100,6 +109,9 @@ def classify(exc: BaseException, location: S3Location, secrets: list[str], *,
         code = scrub(str(error.get("Code", "")), secrets)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         detail = scrub(str(error.get("Message") or code), secrets)
+        if code == PRECONDITION_FAILED or status == 412:
+            return ObjectStoreError(PRECONDITION_FAILED, f"{where}: a conditional write's precondition failed",
+                                    transient=False, domain=Domain.BUCKET)
         if code in _EXPIRED_CODES:
             return ObjectStoreError(Reason.EXPIRED_TOKEN, f"{where} rejected the credentials: the session token has "
                                     f"expired ({code}); put fresh keys and session_token in the Secret",
@@ -208,19 +220,55 @@ class S3ObjectStore:
     def _fail(self, exc: BaseException) -> ObjectStoreError:
         return classify(exc, self.location, self._secrets, role=self._role, temporary=self._temporary)
 
-    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
+            metadata: Mapping[str, str] | None = None) -> None:
+        kwargs: dict[str, Any] = {"Metadata": dict(metadata)} if metadata else {}
         try:
             self._client.put_object(Bucket=self.location.bucket, Key=key, Body=data, ContentType=content_type,
-                                    **self._put_arguments)
+                                    **self._put_arguments, **kwargs)
         except Exception as exc:
             raise self._fail(exc) from None
 
+    def put_conditional(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False,
+                        content_type: str = "application/octet-stream") -> str:
+        kwargs: dict[str, Any] = {}
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            response = self._client.put_object(Bucket=self.location.bucket, Key=key, Body=data,
+                                               ContentType=content_type, **self._put_arguments, **kwargs)
+        except Exception as exc:
+            raise self._fail(exc) from None
+        return str(response.get("ETag", ""))
+
+    @staticmethod
+    def _missing(exc: botocore.exceptions.ClientError) -> bool:
+        return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
+
     def get(self, key: str) -> bytes | None:
+        found = self.fetch(key)
+        return None if found is None else found.data
+
+    def fetch(self, key: str) -> StoredObject | None:
         try:
             response = self._client.get_object(Bucket=self.location.bucket, Key=key)
-            return response["Body"].read()
+            return StoredObject(response["Body"].read(), str(response.get("ETag", "")),
+                                dict(response.get("Metadata") or {}))
         except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if self._missing(exc):
+                return None
+            raise self._fail(exc) from None
+        except Exception as exc:
+            raise self._fail(exc) from None
+
+    def head(self, key: str) -> StoredObject | None:
+        try:
+            response = self._client.head_object(Bucket=self.location.bucket, Key=key)
+            return StoredObject(b"", str(response.get("ETag", "")), dict(response.get("Metadata") or {}))
+        except botocore.exceptions.ClientError as exc:
+            if self._missing(exc):
                 return None
             raise self._fail(exc) from None
         except Exception as exc:
@@ -236,7 +284,7 @@ class S3ObjectStore:
             except Exception as exc:
                 raise self._fail(exc) from None
             for item in page.get("Contents", []):
-                yield ObjectInfo(item["Key"], int(item.get("Size", 0)))
+                yield ObjectInfo(item["Key"], int(item.get("Size", 0)), str(item.get("ETag", "")))
             if not page.get("IsTruncated"):
                 return
             kwargs.pop("StartAfter", None)

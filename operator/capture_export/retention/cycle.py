@@ -33,7 +33,15 @@ from ..redact import describe_exception
 from ..status.conditions import get_condition
 from ..status.exporter import Event
 from ..status.retention import RetentionStatusUpdate
-from ..store import RETENTION_METHODS, CaptureStore, StoreError, StoreRefused, describe_store, store_identity
+from ..store import (
+    RETENTION_METHODS,
+    CaptureStore,
+    StoreError,
+    StoreNotFound,
+    StoreRefused,
+    describe_store,
+    store_identity,
+)
 from .gate import ExporterObservation, Gate, evaluate_gate, gating_exporters, micros
 from .purge import Purger, PurgeStats
 
@@ -144,13 +152,20 @@ class RetentionWorker:
             access = self.credentials.access(namespace, name, ref.spec)
             objects = self._object_store(ref.spec, access)
             layout = ObjectLayout(ref.spec.prefix, namespace, name)
-            cursor = Checkpoints(objects, layout, ExporterId(namespace, name), self.clock, retry=self.retry).read()
+            checkpoint = Checkpoints(objects, layout, ExporterId(namespace, name), self.clock,
+                                     retry=self.retry).read_full()
         except (ExportFailure, ObjectStoreError) as exc:
             return ExporterObservation(name, GateExporterState.UNREADABLE, detail=f"{exc.reason}: {exc.message}",
                                        failing=_failing(ref.status))
         except Exception as exc:  # a client that cannot even be built: never echo its text (secrets)
             return ExporterObservation(name, GateExporterState.UNREADABLE, detail=exc.__class__.__name__,
                                        failing=_failing(ref.status))
+        if checkpoint is not None and checkpoint.store_id and checkpoint.store_id != store.identity():
+            # Its records came from another store (this one was recreated or replaced): they prove nothing here.
+            return ExporterObservation(name, GateExporterState.STORE_MISMATCH, detail=(
+                f"its checkpoint was written from store {checkpoint.store_id}, the policy purges store "
+                f"{store.identity()}"))
+        cursor = checkpoint.cursor if checkpoint is not None else None
         return ExporterObservation(name, GateExporterState.COMMITTED, cursor=cursor, failing=_failing(ref.status))
 
     def evaluate(self, spec: RetentionPolicySpec, exporters: Mapping[str, ExporterRef], store: CaptureStore) -> Gate:
@@ -179,6 +194,8 @@ class RetentionWorker:
     def _store(self, spec: RetentionPolicySpec) -> CaptureStore:
         try:
             store = self.open_store(spec, self.policy.namespace)
+        except StoreNotFound as exc:  # a typo in the policy's store never creates an empty one
+            raise _Failure(Reason.STORE_NOT_FOUND, str(exc)) from None
         except StoreRefused as exc:
             raise _Failure(exc.reason, exc.message) from None
         except StoreError as exc:

@@ -71,6 +71,8 @@ class StatusUpdate:
         self.generation = generation
         self.events: list[Event] = []
         self._ready_failure: ExportFailure | None = None
+        # A condition's message when it passes, when it has more to say than the default (see passed).
+        self.notes: dict[str, str] = {}
         self.status.observed_generation = generation
         for type_ in [*READY_INPUTS, ConditionType.UP_TO_DATE]:
             if not any(c.type == type_ for c in self.status.conditions):
@@ -109,7 +111,7 @@ class StatusUpdate:
         }
         for type_ in types:
             reason = Reason.REACHABLE if type_ == ConditionType.STORE_REACHABLE else Reason.VERIFIED
-            self.set(type_, Truth.TRUE, reason, (messages or {}).get(type_, defaults[type_]))
+            self.set(type_, Truth.TRUE, reason, self.notes.get(type_) or (messages or {}).get(type_, defaults[type_]))
 
     def record_run(self, result: RunResult) -> None:
         status = self.status

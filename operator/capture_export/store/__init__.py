@@ -11,6 +11,8 @@ from .base import (
     RetentionStore,
     StoredRecord,
     StoreError,
+    StoreLock,
+    StoreNotFound,
 )
 from .opener import StoreOpener, StoreRefused, check_store_url, describe_store, open_store_url, store_identity
 from .records import CREDENTIAL_HEADERS, SCHEMA_VERSION, CorruptRecord, decode_sequence, with_id
@@ -28,6 +30,8 @@ __all__ = [
     "RetentionStore",
     "SQLiteStore",
     "StoreError",
+    "StoreLock",
+    "StoreNotFound",
     "StoreOpener",
     "StoreRefused",
     "StoredRecord",

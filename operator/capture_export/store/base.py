@@ -4,15 +4,43 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 __all__ = ["RETENTION_METHODS", "CaptureStore", "ExpiredChunk", "IngestStore", "RecordReader", "RetentionStore",
-           "StoreError", "StoredRecord"]
+           "StoreError", "StoreLock", "StoreNotFound", "StoredRecord", "new_store_id"]
 
 
 class StoreError(RuntimeError):
     """The store could not be read or written (unreachable, locked, schema problem)."""
+
+
+class StoreNotFound(StoreError):
+    """There is no capture store where one was named (a SQLite file that does not exist, a PostgreSQL
+    database without the capture tables), and this caller may not create one: only ``seed``, the demo,
+    ``capture-export store init``, the ingest server and the operator's own default store at start-up
+    create stores; an exporter or a policy with a typo in its store never does."""
+
+
+def new_store_id() -> str:
+    """A fresh store identity (README: "What exactly-once assumes")."""
+    return str(uuid.uuid4())
+
+
+class StoreLock(Protocol):
+    """An exclusive lock that dies with the process holding it (export/ownership.py, layer a)."""
+
+    @property
+    def scope(self) -> str:
+        """What the lock covers (which server or file): two locks with the same scope exclude each other."""
+        ...
+
+    def alive(self) -> bool:
+        """Still held (a PostgreSQL session may have ended under it)."""
+        ...
+
+    def release(self) -> None: ...
 
 
 class StoredRecord(NamedTuple):
@@ -70,6 +98,25 @@ class RecordReader(Protocol):
 
     def ids(self) -> Iterable[int]:
         """Every record id, in order (for audits)."""
+        ...
+
+    def highest_assigned_id(self) -> int:
+        """The highest id this store has ever assigned (0 if none), which deletes never lower (unlike
+        ``max_id``, the highest id present). SQLite: ``sqlite_sequence``; PostgreSQL: the identity
+        sequence's ``last_value`` (0 when ``is_called`` is false). A cursor above it is refused by the
+        export (``CursorAheadOfStore``) and closes the retention gate."""
+        ...
+
+    def identity(self) -> str:
+        """The store's identity (a UUID in its ``capture_export_meta`` table, made when the store was
+        created, or on the first open of a store from before identities existed). A copy of the store (a
+        restored backup) keeps it; a recreated store has another one. Checkpoints record it, so an
+        exporter never resumes against a different store."""
+        ...
+
+    def lock_exporter(self, exporter: str) -> StoreLock | None:
+        """Take this process's exclusive lock for exporting ``exporter`` ("namespace/name") from this store,
+        without waiting; None when another process holds it."""
         ...
 
     def close(self) -> None: ...
@@ -134,13 +181,6 @@ class RetentionStore(Protocol):
     def soft_deleted_count(self, deleted_before_us: int | None = None) -> int:
         """How many records are soft-deleted (only those with ``deleted_at_us <= deleted_before_us`` when
         given). Read-only."""
-        ...
-
-    def highest_assigned_id(self) -> int:
-        """The highest id this store has ever assigned (0 if none), which deletes never lower (unlike
-        ``max_id``, the highest id present). SQLite: ``sqlite_sequence``; PostgreSQL: the identity
-        sequence's ``last_value`` (0 when ``is_called`` is false). The gate closes when an exporter's
-        committed cursor is above it: the store was recreated under the exporter (ids start again)."""
         ...
 
 

@@ -88,29 +88,30 @@ def _postgres_dsn(ref: Any, namespace: str, secrets: SecretLookup) -> str:
     return dsn
 
 
-def _open_postgres(url: str) -> CaptureStore:
+def _open_postgres(url: str, create: bool) -> CaptureStore:
     from .postgres import PostgresStore  # optional at import time: needs psycopg
 
-    return PostgresStore(url)
+    return PostgresStore(url, create=create)
 
 
-def _open_sqlite(url: str) -> CaptureStore:
+def _open_sqlite(url: str, create: bool) -> CaptureStore:
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(url.removeprefix("sqlite://"))
+    return SQLiteStore(url.removeprefix("sqlite://"), create=create)
 
 
 @dataclass(frozen=True)
 class StoreKind:
     """One kind of capture store: ``name`` is its field in ``StoreRef``. ``url`` finds the URL of the store
     a reference of this kind names (``(settings, namespace, secrets)``); ``describe`` names it for messages;
-    ``url_prefixes`` recognise its bare URLs (see kind_of_url); ``open`` opens one."""
+    ``url_prefixes`` recognise its URLs (an empty tuple: the kind any other URL is); ``open`` opens one
+    (``(url, create)``: without ``create`` a store that does not exist is StoreNotFound)."""
 
     name: str
     url: Callable[[Any, str, SecretLookup], str]
     describe: Callable[[Any], str]
     url_prefixes: tuple[str, ...]
-    open: Callable[[str], CaptureStore]
+    open: Callable[[str, bool], CaptureStore]
 
 
 STORE_KINDS: dict[str, StoreKind] = {
@@ -177,13 +178,16 @@ def check_store_url(url: str, *, option: str = "--store") -> str:
     return url
 
 
-def open_store_url(url: str) -> CaptureStore:
-    """Open the store a bare URL names (see kind_of_url; StoreRefused for what names none)."""
-    return kind_of_url(url).open(url)
+def open_store_url(url: str, *, create: bool = False) -> CaptureStore:
+    """Open the store a bare URL names (see kind_of_url; StoreRefused for what names none). Never creates a
+    store unless ``create`` (``seed``, ``store init``, the demo, the operator's default store at start-up):
+    a store that does not exist is StoreNotFound."""
+    return kind_of_url(url).open(url, create)
 
 
 class StoreOpener:
-    """Opens stores on demand and shares one connection per store among exporters and policies.
+    """Opens stores on demand and shares one connection per store among exporters and policies. It never
+    creates one: an exporter or a policy naming a store that does not exist gets StoreNotFound.
 
     ``default_namespaces``: the namespaces whose specs may use the default store (None: every one; ``*``
     in it: every one). ``sqlite_directories``: the directories a spec's ``store.sqlite.path`` must lie in,
@@ -257,7 +261,7 @@ class StoreOpener:
         with self._lock:
             store = self._open.get(key)
             if store is None:
-                store = self._open[key] = kind.open(url)
+                store = self._open[key] = kind.open(url, False)  # never created here: StoreNotFound
             return store
 
     def close(self) -> None:

@@ -69,6 +69,7 @@ are never retried here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -78,7 +79,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import conninfo as pg_conninfo
 
-from .base import ExpiredChunk, StoredRecord, StoreError
+from .base import ExpiredChunk, StoredRecord, StoreError, StoreNotFound, new_store_id
 from .records import encode_body
 
 __all__ = ["HorizonTracker", "PostgresStore"]
@@ -225,6 +226,7 @@ class PostgresStore:
         settle_seconds: float = 0.05,
         persist_every: float = 5.0,
         max_idle: int = 8,
+        create: bool = True,
         **connect_options: Any,
     ) -> None:
         self.label = _safe_label(dsn)
@@ -244,6 +246,14 @@ class PostgresStore:
         self._persisted_at = 0.0
         self._persisted = 0
         self.observations = 0
+        self._create = create
+        self._store_id = ""
+        # Exporter locks (lock_exporter): one session for all of them.
+        self._locks_mutex = threading.Lock()
+        self._lock_conn: psycopg.Connection[Any] | None = None
+        self._lock_scope = ""
+        self._held_locks: set[int] = set()
+        self._lock_generation = 0
         self._migrate()
         self._seq_oid, self._seq_name, self._db_oid, floor = self._run(self._introspect)
         self._tracker = HorizonTracker(floor)
@@ -322,6 +332,9 @@ class PostgresStore:
         self._run(work, retry_stale=False)
 
     def _migrate_locked(self, conn: psycopg.Connection[Any]) -> None:
+        if not self._create and conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()[0] is None:  # type: ignore[index]
+            raise StoreNotFound(f"PostgreSQL database {self.label} holds no capture store (no {TABLE} table): a typo "
+                                "in the DSN? Create one with `capture-export store init --store DSN`")
         conn.execute(META_DDL)
         row = conn.execute(f"SELECT value FROM {META} WHERE key = 'schema_version'").fetchone()
         current = int(row[0]) if row else 0
@@ -374,8 +387,83 @@ class PostgresStore:
             ).fetchone()
             if cache is not None and cache[0] != 1:
                 conn.execute(f"ALTER TABLE {TABLE} ALTER COLUMN id SET CACHE 1")
+            # The store's identity: made with the store, or now for a store from before identities.
+            conn.execute(f"INSERT INTO {META} (key, value) VALUES ('store_id', %s) ON CONFLICT (key) DO NOTHING",
+                         (new_store_id(),))
+            self._store_id = str(conn.execute(f"SELECT value FROM {META} WHERE key = 'store_id'").fetchone()[0])  # type: ignore[index]
         finally:
             conn.execute("RESET lock_timeout")
+
+    def identity(self) -> str:
+        return self._store_id
+
+    def lock_exporter(self, exporter: str) -> _AdvisoryLock | None:
+        """A session-level advisory lock keyed by store and exporter, on one session this store keeps for
+        all its exporters' locks (200 exporters are 200 locks, not 200 connections); it ends with the
+        session (the process dies, the server restarts). One holder per exporter in this process too."""
+        digest = hashlib.sha256(f"capture-export:{self._store_id}:{exporter}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        with self._locks_mutex:
+            try:
+                session = self._lock_session()
+                if key in self._held_locks:
+                    return None
+                taken = session.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]  # type: ignore[index]
+            except psycopg.Error as exc:
+                self._drop_lock_session()
+                raise StoreError(f"PostgreSQL store {self.label}: {_first_line(exc)}") from None
+            if not taken:
+                return None
+            self._held_locks.add(key)
+            return _AdvisoryLock(self, key, self._lock_generation, self._lock_scope)
+
+    def _lock_session(self) -> psycopg.Connection[Any]:
+        """The session holding this store's exporter locks (opened on first use, again after it died)."""
+        session = self._lock_conn
+        if session is not None and not session.closed:
+            return session
+        self._drop_lock_session()
+        session = self._connect()
+        started, db_oid = session.execute(
+            "SELECT pg_postmaster_start_time(), oid FROM pg_database WHERE datname = current_database()"
+        ).fetchone()  # type: ignore[misc]
+        try:
+            system = session.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0]  # type: ignore[index]
+        except psycopg.Error:  # not granted to this role: the postmaster's start time tells servers apart
+            system = started.isoformat()
+        self._lock_conn, self._lock_scope = session, f"postgres:{system}:{db_oid}"
+        return session
+
+    def _drop_lock_session(self) -> None:
+        """The session is gone or going: every lock it held is released with it."""
+        if self._lock_conn is not None:
+            with contextlib.suppress(Exception):
+                self._lock_conn.close()
+        self._lock_conn = None
+        self._held_locks.clear()
+        self._lock_generation += 1
+
+    def _lock_alive(self, key: int, generation: int) -> bool:
+        with self._locks_mutex:
+            if generation != self._lock_generation or key not in self._held_locks or self._lock_conn is None:
+                return False
+            try:
+                self._lock_conn.execute("SELECT 1")
+                return True
+            except psycopg.Error:
+                self._drop_lock_session()
+                return False
+
+    def _unlock(self, key: int, generation: int) -> None:
+        with self._locks_mutex:
+            if generation != self._lock_generation or key not in self._held_locks:
+                return
+            self._held_locks.discard(key)
+            if self._lock_conn is not None:
+                try:
+                    self._lock_conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                except psycopg.Error:
+                    self._drop_lock_session()
 
     @staticmethod
     def _drop_invalid_index(conn: psycopg.Connection[Any], statement: str) -> None:
@@ -651,12 +739,30 @@ class PostgresStore:
         return self._scalar(f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us <= %s", (deleted_before_us,))
 
     def close(self) -> None:
+        with self._locks_mutex:
+            self._drop_lock_session()
         with self._pool_lock:
             self._closed = True
             idle, self._idle = self._idle, []
         for conn in idle:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+class _AdvisoryLock:
+    """One exporter's advisory lock, held on its store's lock session: that session is its life."""
+
+    def __init__(self, store: PostgresStore, key: int, generation: int, scope: str) -> None:
+        self._store = store
+        self._key = key
+        self._generation = generation
+        self.scope = scope
+
+    def alive(self) -> bool:
+        return self._store._lock_alive(self._key, self._generation)
+
+    def release(self) -> None:
+        self._store._unlock(self._key, self._generation)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -14,14 +14,17 @@ stream (``read_batch``, ``backlog``): see store/base.py for why.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from .base import ExpiredChunk, StoredRecord, StoreError
+from .base import ExpiredChunk, StoredRecord, StoreError, StoreNotFound, new_store_id
 from .records import encode_body
 
 __all__ = ["SQLiteStore"]
@@ -69,26 +72,110 @@ PAGE_SIZE = 16384
 INGEST_CACHE_KIB = 16384
 
 
+_IN_MEMORY = ":memory:"
+
+
+class _FileLock:
+    """``flock`` on a lock file beside the database: dies with the process (README "What exactly-once
+    assumes"). The scope names the database file (host, device, inode): a copy of the file is another."""
+
+    def __init__(self, handle: IO[str], scope: str) -> None:
+        self._handle = handle
+        self.scope = scope
+
+    def alive(self) -> bool:
+        return not self._handle.closed
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+
+
+class _ProcessLock:
+    """The lock of an in-memory store: no other process can see the store anyway."""
+
+    _held: set[tuple[int, str]] = set()
+    _mutex = threading.Lock()
+
+    def __init__(self, key: tuple[int, str]) -> None:
+        self._key = key
+        self.scope = f"memory:{os.getpid()}:{key[0]}"
+
+    @classmethod
+    def take(cls, key: tuple[int, str]) -> _ProcessLock | None:
+        with cls._mutex:
+            if key in cls._held:
+                return None
+            cls._held.add(key)
+        return cls(key)
+
+    def alive(self) -> bool:
+        return self._key in self._held
+
+    def release(self) -> None:
+        with self._mutex:
+            self._held.discard(self._key)
+
+
 class SQLiteStore:
-    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+    """A SQLite capture store. ``create``: make the file and the schema when there is none (``seed``,
+    ``store init``, the demo, tests); without it a missing file, or one without a ``captures`` table, is
+    StoreNotFound and nothing is created."""
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0, create: bool = True) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        in_memory = str(path) == _IN_MEMORY
+        if not create and not in_memory and not self.path.is_file():
+            raise StoreNotFound(f"SQLite store {self.path} does not exist (a typo in store.sqlite.path or --store?); "
+                                f"create one with `capture-export store init --store {self.path}`")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if create and not in_memory:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            target = str(self.path) if create or in_memory else f"{self.path.resolve().as_uri()}?mode=rw"
             self._conn = sqlite3.connect(
-                str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
+                target, timeout=timeout, isolation_level=None, check_same_thread=False, uri=not create and not in_memory
             )
+            if not create and not self._has_captures():
+                self._conn.close()
+                raise StoreNotFound(f"SQLite file {self.path} holds no capture store (no captures table); create "
+                                    f"one with `capture-export store init --store {self.path}`")
             # Only a new, empty file takes it (before WAL mode is set); an existing store keeps its own.
             self._conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._ingest_cache = False
             self._conn.executescript(SCHEMA)
-            self._migrate()
+            self._store_id = self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from None
 
-    def _migrate(self) -> None:
+    def _has_captures(self) -> bool:
+        return self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'captures'").fetchone() is not None
+
+    def identity(self) -> str:
+        return self._store_id
+
+    def lock_exporter(self, exporter: str) -> _FileLock | _ProcessLock | None:
+        if str(self.path) == _IN_MEMORY:
+            return _ProcessLock.take((id(self), exporter))
+        directory = Path(f"{self.path}-locks")
+        try:
+            directory.mkdir(exist_ok=True)
+            handle = (directory / f"{exporter.replace('/', '.')}.export.lock").open("a+")
+        except OSError as exc:
+            raise StoreError(f"cannot create the exporter lock beside SQLite store {self.path}: {exc}") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        stat = self.path.stat()
+        return _FileLock(handle, f"sqlite:{socket.gethostname()}:{stat.st_dev}:{stat.st_ino}")
+
+    def _migrate(self) -> str:
+        """Bring the schema to SCHEMA_VERSION and give the store an identity if it has none; return it."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")  # one migrator at a time, however many processes open the file
         try:
@@ -118,10 +205,16 @@ class SQLiteStore:
             if reached != current:
                 conn.execute("UPDATE capture_export_meta SET value = ? WHERE key = 'schema_version'",
                              (str(reached),))
+            # The store's identity: made with the store; a store from before identities gets one now (its
+            # checkpoints, which have none, adopt it on their next write). No schema change: a meta row.
+            conn.execute("INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES ('store_id', ?)",
+                         (new_store_id(),))
+            store_id = str(conn.execute("SELECT value FROM capture_export_meta WHERE key = 'store_id'").fetchone()[0])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return store_id
 
     def _apply(self, statement: str) -> None:
         words = statement.split()
