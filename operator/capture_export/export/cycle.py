@@ -163,7 +163,11 @@ class ExporterWorker:
             saved_cursor = self._saved_cursor(update.status, resetting)
             try:
                 # The store lock now; the destination (lease, other exporters) before the first write.
-                self.ownership.begin(store, store_id, engine.objects, engine.layout, engine._call)
+                try:
+                    self.ownership.begin(store, store_id, engine.objects, engine.layout, engine._call)
+                except StoreError as exc:  # the exporter lock's own session could not reach the store
+                    raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE,
+                                        transient=True) from None
                 saved = engine.recover(saved_cursor, saved_store_id=update.status.store_id, resetting=resetting)
             except ExportFailure as exc:
                 if not str(update.status.cursor).isdigit():
