@@ -5,7 +5,7 @@ time per record says what the code costs: it is what a stage or a process burns 
 else runs beside it. On a busy machine even CPU time is inflated (shared caches, a hyperthread sibling,
 frequency), so each figure is also scaled to the machine's *quiet* speed, measured the same way: the CPU
 time zstd-3 takes to compress seeded records, against ``REFERENCE_SPEED``, what the export benchmark
-measured on this machine when it was quiet (README, Benchmarks). That scaling, and the throughput an idle
+measured on this machine when it was quiet (docs/benchmarks.md). That scaling, and the throughput an idle
 2-core machine would reach within its CPU budget, are estimates, and are printed as such.
 """
 
@@ -22,7 +22,7 @@ import psutil
 __all__ = ["REFERENCE_SPEED", "SpeedProbe", "cpu_seconds", "idle_estimate", "load", "measure_stage", "stage_table"]
 
 # zstd-3 of seeded ~3.5 KB records, records per CPU-second, on the quiet development machine (load ~0.9,
-# 2026-11-25: the README's export benchmark, "zstd-3 compress 116k/s").
+# 2026-11-25: the export benchmark of docs/benchmarks.md, "zstd-3 compress 116k/s").
 REFERENCE_SPEED = 116_000.0
 CORES = 2
 

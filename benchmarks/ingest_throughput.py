@@ -162,7 +162,7 @@ def rss_with_children(process: psutil.Process) -> int:
 
 def machine_speed() -> str:
     """How fast this machine is right now, to compare figures taken under different loads: zstd-3 of seeded
-    records (the README's export benchmark measured 116k records/s at load 0.9)."""
+    records (the export benchmark of docs/benchmarks.md measured 116k records/s at load 0.9)."""
     import zstandard
 
     from capture_export.seed import generate_records

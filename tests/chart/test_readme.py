@@ -1,5 +1,6 @@
-"""The README's "Install on Kubernetes with Helm" commands work as written, as far as they can be run here:
-their chart values render, the files they name exist, and every `sed` they pipe through changes something."""
+"""The Helm install path works as written, as far as it can be run here: the README's quick start and the
+whole path in docs/operations.md ("Install on Kubernetes with Helm"). Their chart values render, the files
+they name exist, and every `sed` they pipe through changes something."""
 
 from __future__ import annotations
 
@@ -14,25 +15,34 @@ import yaml
 from ..e2e import cluster as e2e
 from .rendering import CHART_DIR, REPO_ROOT, pod_spec, render
 
-SECTION = "## Install on Kubernetes with Helm"
+# (file, section heading): where the install commands are. The operations guide holds the whole path;
+# the README's quick start is its first half, and is checked the same way.
+INSTALL = ("docs/operations.md", "## Install on Kubernetes with Helm")
+QUICK_START = ("README.md", "### On Kubernetes")
+SOURCES = [INSTALL, QUICK_START]
 
 
-def _section() -> str:
-    text = (REPO_ROOT / "README.md").read_text()
-    assert SECTION in text
-    after = text.split(SECTION, 1)[1]
-    return after.split("\n## ", 1)[0]
+def _section(source: tuple[str, str] = INSTALL) -> str:
+    path, heading = source
+    text = (REPO_ROOT / path).read_text()
+    assert heading in text, f"{path} has no {heading!r} section"
+    after = text.split(heading, 1)[1]
+    return re.split(r"\n#{2,3} ", after, maxsplit=1)[0]
 
 
-def _commands() -> list[str]:
+def _commands(source: tuple[str, str] = INSTALL) -> list[str]:
     """Shell commands of the section's ```sh blocks, continuation lines joined."""
     commands = []
-    for block in re.findall(r"```sh\n(.*?)```", _section(), re.DOTALL):
+    for block in re.findall(r"```sh\n(.*?)```", _section(source), re.DOTALL):
         for command in re.sub(r"\\\n\s*", " ", block).splitlines():
             command = command.split("   #", 1)[0].strip()
             if command and not command.startswith("#"):
                 commands.append(command)
     return commands
+
+
+def _all_commands() -> list[str]:
+    return [command for source in SOURCES for command in _commands(source)]
 
 
 def test_section_has_the_whole_path() -> None:
@@ -42,7 +52,7 @@ def test_section_has_the_whole_path() -> None:
         assert step in commands, step
 
 
-@pytest.mark.parametrize("command", [c for c in _commands() if c.startswith(("helm install", "helm upgrade"))])
+@pytest.mark.parametrize("command", [c for c in _all_commands() if c.startswith(("helm install", "helm upgrade"))])
 def test_helm_commands_render(command: str) -> None:
     words = shlex.split(command)
     values: dict[str, Any] = {}
@@ -53,7 +63,7 @@ def test_helm_commands_render(command: str) -> None:
     namespace = words[words.index("--namespace") + 1]
     with helm.Chart.load(CHART_DIR) as chart:
         rendered = render(chart, values, namespace=namespace, release=words[2])
-    assert rendered.one("Deployment")["metadata"]["name"] == "capture-export"  # the name the README uses
+    assert rendered.one("Deployment")["metadata"]["name"] == "capture-export"  # the name the docs use
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -64,15 +74,26 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def test_quick_start_is_the_install_path_cut_short() -> None:
+    """The README's quick start installs and applies an exporter with the very commands of the whole path
+    in docs/operations.md, which the checks below and the e2e suite keep honest."""
+    quick = _commands(QUICK_START)
+    for step in ("helm install capture-export ./charts/capture-export", "kubectl apply", "s3exporter/usage"):
+        assert any(step in command for command in quick), step
+    whole = _commands(INSTALL)
+    for command in quick:
+        assert command in whole, f"README quick start command not in docs/operations.md: {command}"
+
+
 def test_files_named_exist() -> None:
-    for command in _commands():
+    for command in _all_commands():
         for word in shlex.split(command):
             if re.match(r"^(\./)?(tests|examples|charts)/", word):
                 assert (REPO_ROOT / word).exists(), f"{word} in: {command}"
 
 
 def test_every_sed_changes_its_file() -> None:
-    seds = [c for c in _commands() if c.startswith("sed ")]
+    seds = [c for c in _all_commands() if c.startswith("sed ")]
     assert seds
     for command in seds:
         words = shlex.split(command)
@@ -111,8 +132,11 @@ def test_image_is_named_and_the_kind_path_loads_the_local_build() -> None:
     assert not any("kind load docker-image" in c for c in commands), "fails with containerd's image store"
 
 
+CREDENTIALS = REPO_ROOT / "docs" / "storage-providers.md"
+
+
 def _credentials_helm_command() -> str:
-    text = (REPO_ROOT / "README.md").read_text()
+    text = CREDENTIALS.read_text()
     section = text.split("## Credentials, permissions and TLS", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
     (command,) = [c for c in (re.sub(r"\\\n\s*", " ", b).strip() for b in blocks) if c.startswith("helm install")]
@@ -120,7 +144,7 @@ def _credentials_helm_command() -> str:
 
 
 def test_the_irsa_command_annotates_the_operators_service_account() -> None:
-    """IRSA: the README's --set-string puts eks.amazonaws.com/role-arn on the ServiceAccount the pod runs as
+    """IRSA: the documented --set-string puts eks.amazonaws.com/role-arn on the ServiceAccount the pod runs as
     (EKS then injects AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, which the exporter's default chain
     honours: tests/integration/test_aws_roles.py)."""
     words = shlex.split(_credentials_helm_command())
@@ -134,6 +158,5 @@ def test_the_irsa_command_annotates_the_operators_service_account() -> None:
     assert account["metadata"]["annotations"] == {
         "eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/capture-export"}
     assert pod_spec(rendered)["serviceAccountName"] == account["metadata"]["name"] == "capture-export"
-    # The README's trust-policy subject names that account in that namespace.
-    assert f"system:serviceaccount:{words[words.index('--namespace') + 1]}:capture-export" in \
-        (REPO_ROOT / "README.md").read_text()
+    # The documented trust-policy subject names that account in that namespace.
+    assert f"system:serviceaccount:{words[words.index('--namespace') + 1]}:capture-export" in CREDENTIALS.read_text()

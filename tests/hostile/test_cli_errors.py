@@ -45,7 +45,7 @@ def assert_one_line(result: subprocess.CompletedProcess[str], *names: str, secre
 
 
 def run_with_keys(*args: str | Path, cwd: Path, key_id: str, secret: str) -> subprocess.CompletedProcess[str]:
-    """The command with S3 credentials in the environment, as the README tells a user to set them."""
+    """The command with S3 credentials in the environment, as the README's quick start tells a user to set them."""
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
     return subprocess.run([*CLI, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 

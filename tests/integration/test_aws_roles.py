@@ -1,6 +1,6 @@
 """Credentials as AWS users run them, against a real STS and a policy-enforcing S3 (moto's server, on
 loopback): an assumed role with an external id, its renewal before expiry, the pod's web identity (IRSA),
-session tokens from a Secret, and the README's least-privilege IAM policy, action by action."""
+session tokens from a Secret, and the least-privilege IAM policy of docs/storage-providers.md, action by action."""
 
 from __future__ import annotations
 
@@ -70,11 +70,12 @@ def condition(outcome: CycleOutcome, type_: str) -> tuple[str, str, str]:
     return found.status, found.reason, found.message
 
 
-def readme_policy(name: str, bucket: str = BUCKET, prefix: str = PREFIX) -> dict[str, Any]:
-    """The IAM policy the README gives (``<!-- policy: name -->`` then a json block), for this bucket."""
-    text = (REPO / "README.md").read_text()
+def documented_policy(name: str, bucket: str = BUCKET, prefix: str = PREFIX) -> dict[str, Any]:
+    """The IAM policy docs/storage-providers.md gives (``<!-- policy: name -->`` then a json block), for this
+    bucket."""
+    text = (REPO / "docs" / "storage-providers.md").read_text()
     match = re.search(rf"<!-- policy: {name} -->\s*```json\n(.*?)```", text, re.DOTALL)
-    assert match, f"README has no {name} policy"
+    assert match, f"docs/storage-providers.md has no {name} policy"
     return json.loads(match.group(1).replace("capture-exports", bucket).replace("llm-usage", prefix))
 
 
@@ -99,7 +100,7 @@ def _role_setup(aws: MotoAws, external_id: str | None = "ext-3f1c9a7e") -> tuple
     export: the bucket accepts the exports only when the role is really used."""
     aws.create_bucket(BUCKET)
     base = aws.user("operator", allow("sts:AssumeRole"))
-    role = aws.role("exporter", trust_user("operator", external_id=external_id), readme_policy("exporter"))
+    role = aws.role("exporter", trust_user("operator", external_id=external_id), documented_policy("exporter"))
     aws.enforce()
     return base, role
 
@@ -143,7 +144,7 @@ def test_wrong_external_id_is_assume_role_denied_and_recovers_when_fixed(aws: Mo
 def test_a_base_identity_without_sts_assume_role_is_denied(aws: MotoAws, store: SQLiteStore) -> None:
     aws.create_bucket(BUCKET)
     base = aws.user("operator", allow("s3:ListAllMyBuckets"))
-    role = aws.role("exporter", trust_user("operator"), readme_policy("exporter"))
+    role = aws.role("exporter", trust_user("operator"), documented_policy("exporter"))
     aws.enforce()
     outcome = worker(store, {("default", "s3"): base.secret()}).cycle(
         spec(aws, secretRef={"name": "s3"}, roleArn=role), S3ExporterStatus(), generation=1)
@@ -201,7 +202,7 @@ def test_irsa_web_identity_from_the_environment_is_honoured(aws: MotoAws, store:
     # moto checks signatures only for signed calls; AssumeRoleWithWebIdentity is unsigned, so enforcement
     # stays off here and the test asserts which identity signed instead.
     aws.create_bucket(BUCKET)
-    irsa = aws.role("irsa", IRSA_TRUST, readme_policy("exporter"))
+    irsa = aws.role("irsa", IRSA_TRUST, documented_policy("exporter"))
     _irsa_env(aws, monkeypatch, tmp_path, irsa)
     exporter = worker(store, {})
     outcome = exporter.cycle(spec(aws), S3ExporterStatus(), generation=1)  # no secretRef
@@ -218,7 +219,7 @@ def test_a_role_is_assumed_on_top_of_the_web_identity(aws: MotoAws, store: SQLit
     aws.create_bucket(BUCKET)
     irsa = aws.role("irsa", IRSA_TRUST, allow("sts:AssumeRole"))
     target = aws.role("cross-account-writer", {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}, readme_policy("exporter"))
+        "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}, documented_policy("exporter"))
     _irsa_env(aws, monkeypatch, tmp_path, irsa)
     exporter = worker(store, {})
     outcome = exporter.cycle(spec(aws, roleArn=target), S3ExporterStatus(), generation=1)
@@ -251,7 +252,7 @@ def test_a_session_token_in_the_secret_signs_the_requests(aws: MotoAws, store: S
     assert temporary.session_token not in fixed.status.model_dump_json()
 
 
-# -- 4. least privilege: the README's policy, and each action removed --------------------------------------
+# -- 4. least privilege: the documented policy, and each action removed --------------------------------------
 
 
 def _policy_user(aws: MotoAws, policy: dict[str, Any]) -> Keys:
@@ -261,8 +262,8 @@ def _policy_user(aws: MotoAws, policy: dict[str, Any]) -> Keys:
     return keys
 
 
-def test_the_readme_policy_is_enough_for_export_restart_and_reset(aws: MotoAws, store: SQLiteStore) -> None:
-    keys = _policy_user(aws, readme_policy("exporter"))
+def test_the_documented_policy_is_enough_for_export_restart_and_reset(aws: MotoAws, store: SQLiteStore) -> None:
+    keys = _policy_user(aws, documented_policy("exporter"))
     secrets = {("default", "s3"): keys.secret()}
     exported = worker(store, secrets).cycle(spec(aws, secretRef={"name": "s3"}), S3ExporterStatus(), generation=1)
     assert exported.status.cursor == "120", exported.status.conditions
@@ -289,7 +290,7 @@ REMOVALS = {
 
 @pytest.mark.parametrize("removed", list(REMOVALS))
 def test_each_action_removed_is_named_in_the_condition(aws: MotoAws, store: SQLiteStore, removed: str) -> None:
-    policy = readme_policy("exporter")
+    policy = documented_policy("exporter")
     for statement in policy["Statement"]:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         statement["Action"] = [a for a in actions if a != removed] or ["s3:GetBucketLocation"]
@@ -321,9 +322,9 @@ def test_a_write_only_policy_is_refused_naming_what_is_missing(aws: MotoAws, sto
 
 
 def test_the_retention_gate_needs_only_the_readme_retention_policy(aws: MotoAws, store: SQLiteStore) -> None:
-    exporter_keys = _policy_user(aws, readme_policy("exporter"))
+    exporter_keys = _policy_user(aws, documented_policy("exporter"))
     aws.enforce(False)
-    gate_keys = aws.user("gate", readme_policy("retention"))
+    gate_keys = aws.user("gate", documented_policy("retention"))
     aws.enforce()
     exported = worker(store, {("default", "s3"): exporter_keys.secret()}).cycle(
         spec(aws, secretRef={"name": "s3"}), S3ExporterStatus(), generation=1)

@@ -24,7 +24,7 @@ import pytest
 from capture_export.local_s3 import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-SECTION = "## Without a cluster"
+SECTION = "### Without a cluster"
 README_PORT = "8333"
 SEED_COUNT = 3000
 
@@ -46,7 +46,7 @@ class Command:
 def readme_commands(section: str = SECTION) -> list[Command]:
     text = (REPO / "README.md").read_text()
     assert section in text, f"README has no {section!r} section"
-    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+    body = re.split(r"\n#{2,3} ", text.split(section, 1)[1], maxsplit=1)[0]  # up to the next (sub)section
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", body, re.DOTALL):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():

@@ -1,4 +1,4 @@
-"""The operator against a real kube-apiserver, a real SeaweedFS and a real SQLite store: the README's example
+"""The operator against a real kube-apiserver, a real SeaweedFS and a real SQLite store: the example
 exporter reaches Ready and exports, status lives in the /status subresource, observedGeneration follows the
 spec, run-now and reset-cursor work, and deletion waits for the finalizer and the batch in flight."""
 

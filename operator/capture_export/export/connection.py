@@ -94,7 +94,7 @@ def run_connection_test(objects: ObjectStore, bucket: str, key: str, *, encrypti
             denied[0][2],
             f"connection test on s3://{bucket}/{key}: denied {', '.join(d[0] for d in denied)}{allowed}; the "
             f"credentials lack {missing} on this bucket and prefix, which every export needs "
-            f"(see the README's IAM policy)",
+            f"(see the IAM policy in docs/storage-providers.md)",
             domain=Domain.BUCKET,
             transient=False,
         )

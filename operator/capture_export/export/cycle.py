@@ -33,8 +33,7 @@ MAX_FAILURE_BACKOFF = 300.0
 _KEEP_ENGINE = frozenset({Reason.DESTINATION_IN_USE, Reason.CHECKPOINT_MISSING, Reason.CHECKPOINT_CORRUPT,
                           Reason.STORE_MISMATCH, Reason.CURSOR_AHEAD_OF_STORE})
 _DEGRADED = ("bucket reachable and writable; this S3 server ignores conditional writes, so one writer per "
-             "destination rests on the store lock and on other exporters' checkpoints only (README: What "
-             "exactly-once assumes)")
+             "destination rests on the store lock and on other exporters' checkpoints only (docs/exactly-once.md)")
 
 
 StoreOpener = Callable[[S3ExporterSpec, str], CaptureStore]
