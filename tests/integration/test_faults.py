@@ -302,8 +302,10 @@ def test_s3_outage(
     dues = [o.due_in for o in harness.outcomes if o.result is None or o.result.failure is not None]
     assert dues == sorted(dues) and dues[0] == 5.0
     assert harness.condition("Ready")[0] == "True" and harness.condition("BucketReachable")[0] == "True"
-    history = [run.outcome for run in harness.status.history]
-    assert "Failed" in history and history[0] in ("Succeeded", "NothingToDo")
+    # The failed run is in the history (which keeps the last 10 runs: the drain after recovery may push it
+    # out by the end), and the last run succeeded.
+    assert first_failed.status.history[0].outcome == "Failed"
+    assert harness.status.history[0].outcome in ("Succeeded", "NothingToDo")
     print(f"\n{OUTAGE_SECONDS:.0f}s outage: recovered after {recovered_after:.1f}s; cycles: {harness.summary()}")
     verify_exactly_once(pg_dsn, object_store, 30_000 + gateway.committed)
 
