@@ -265,7 +265,9 @@ def _policy_user(aws: MotoAws, policy: dict[str, Any]) -> Keys:
 def test_the_documented_policy_is_enough_for_export_restart_and_reset(aws: MotoAws, store: SQLiteStore) -> None:
     keys = _policy_user(aws, documented_policy("exporter"))
     secrets = {("default", "s3"): keys.secret()}
-    exported = worker(store, secrets).cycle(spec(aws, secretRef={"name": "s3"}), S3ExporterStatus(), generation=1)
+    first = worker(store, secrets)
+    exported = first.cycle(spec(aws, secretRef={"name": "s3"}), S3ExporterStatus(), generation=1)
+    first.close()  # as its process ending would: the store lock and the lease are given up
     assert exported.status.cursor == "120", exported.status.conditions
     message = condition(exported, "BucketReachable")[2]
     assert f"s3://{BUCKET}/{PREFIX}/_capture-export/probes/default/usage" in message
