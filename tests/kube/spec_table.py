@@ -113,6 +113,7 @@ SPEC_CASES: list[SpecCase] = [
        message="kmsKeyId needs algorithm aws:kms"),
     _x("kms-key-with-space", {"serverSideEncryption": {"algorithm": "aws:kms", "kmsKeyId": "alias/a b"}},
        message="spec.serverSideEncryption.kmsKeyId"),
+    _x("strip-header-with-space", {"stripHeaders": ["x api key"]}, message="spec.stripHeaders[0]"),
     # S3Exporter: what the models alone refused before issue 11 (now CEL rules too)
     _x("bucket-ip-address", {"bucket": "192.168.1.1"}, message="must not be formatted as an IP address"),
     _x("bucket-adjacent-periods", {"bucket": "a..b"}, message="must not contain two adjacent periods"),
