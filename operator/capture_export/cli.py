@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ from .api.manifests import InvalidManifest, Resource, load_manifests
 
 if TYPE_CHECKING:  # kopf is heavy: the operator's modules load only for `capture-export operator`
     from .handlers import OperatorConfig
+    from .ingest import IngestLimits
+    from .objectstore import S3ObjectStore
 
 __all__ = ["build_parser", "main", "operator_config"]
 
@@ -162,7 +165,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _object_store_for(args: argparse.Namespace, bucket: str):
+def _object_store_for(args: argparse.Namespace, bucket: str) -> S3ObjectStore:
     from .objectstore import S3Location, S3ObjectStore
     from .objectstore.credentials import credentials_from_environment
 
@@ -202,7 +205,7 @@ def _cat_sources(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], b
     # A key, or a prefix: every data object under it, in any format and any template folder.
     keys = [key] if data_extension(key) else [info.key for info in objects.list(key) if is_data_object(info.key)]
     for name in keys:
-        yield name, lambda name=name: objects.get(name)
+        yield name, partial(objects.get, name)
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
@@ -372,7 +375,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ingest_limits(args: argparse.Namespace):
+def _ingest_limits(args: argparse.Namespace) -> IngestLimits:
     from .ingest import IngestLimits
 
     return IngestLimits(max_body_bytes=args.max_body_bytes, max_decoded_bytes=args.max_decoded_bytes,
@@ -603,7 +606,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def _command(sub: argparse._SubParsersAction, name: str, summary: str, description: str,
+def _command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str, description: str,
              examples: Sequence[str]) -> argparse.ArgumentParser:
     """A subcommand with its one-line summary (in `capture-export --help`), a description and examples."""
     return sub.add_parser(name, help=summary, description=description, formatter_class=_HelpFormatter,

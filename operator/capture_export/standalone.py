@@ -312,7 +312,7 @@ class StandaloneRunner:
         recorded = (self.state.data.get(DESTINATIONS) or {}).get(item.state_key)
         current = self._destination(item)
         changed = changed_fields(recorded, current)
-        if not changed:
+        if not changed or recorded is None:
             return None
         detail = ", ".join(f"{name} {recorded[name]!r} -> {current[name]!r}" for name in changed)
         message = (f"the destination is immutable ({detail}); not exporting until it is restored: give the "
