@@ -101,10 +101,12 @@ class Holder:
     def from_json(cls, data: Any) -> Holder | None:
         if not isinstance(data, dict):
             return None
-        values = [data.get(k) for k in ("exporter", "storeId", "instance", "lockScope")]
-        if not all(isinstance(v, str) for v in values):
+        exporter, store_id, instance, lock_scope = (data.get(k) for k in ("exporter", "storeId", "instance",
+                                                                          "lockScope"))
+        if not (isinstance(exporter, str) and isinstance(store_id, str) and isinstance(instance, str)
+                and isinstance(lock_scope, str)):
             return None
-        return cls(*values)  # type: ignore[arg-type]
+        return cls(exporter, store_id, instance, lock_scope)
 
 
 class DestinationLease:

@@ -264,10 +264,10 @@ def store_opener(url: str) -> Callable[[], IngestStore]:
         from ..store import open_store_url
 
         store = open_store_url(url, create=True)
-        if not callable(getattr(store, "append_unique", None)):
+        if not isinstance(store, IngestStore) or not callable(store.append_unique):
             store.close()
             raise StoreUnavailable(f"{store!r} cannot take ingested records (no insert-or-ignore by capture_id)")
-        return store  # type: ignore[return-value]
+        return store
 
     return open_store
 

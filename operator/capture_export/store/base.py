@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .seal import RecordSeal
 
@@ -247,6 +247,7 @@ class CaptureStore(RecordReader, RetentionStore, QuarantineStore, Protocol):
         ...
 
 
+@runtime_checkable
 class IngestStore(Protocol):
     """What the ingest server writes through: insert-or-ignore by capture_id (a unique index), every group
     of ``(timestamp_us, CBOR body from encode_body, capture_id)`` rows in ONE transaction (a group commit
