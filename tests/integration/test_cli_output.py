@@ -63,3 +63,54 @@ def test_restore_shows_progress_when_it_takes_more_than_a_second(
     progress = [line for line in captured.err.splitlines() if line.startswith("restoring:")]
     assert progress[0].startswith("restoring: 5,000/12,000 records (42%)")
     assert progress[-1].startswith("restoring: 12,000/12,000 records (100%)")
+
+
+def _exported(tmp_path: Path, s3_server: LocalS3, bucket: str, records: int, limit: int) -> tuple[Path, Path]:
+    store_path = tmp_path / "store.sqlite"
+    store = SQLiteStore(store_path)
+    store.append(make_record(i) for i in range(1, records + 1))
+    store.close()
+    manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, limit=limit)
+    result = run_cli("run", "--once", "-f", manifest, "--state", tmp_path / "state.json", "--store", store_path,
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return manifest, store_path
+
+
+def test_verify_shows_progress_on_stderr_when_it_takes_more_than_a_second(
+    s3_server: LocalS3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest, store_path = _exported(tmp_path, s3_server, bucket, 1000, 250)
+    ticks = itertools.count(1000.0, 1.0)  # every clock reading a second after the last: each object "takes" one
+    monkeypatch.setattr("capture_export.progress.time.monotonic", lambda: next(ticks))
+    assert main(["verify", "-f", str(manifest), "--store", str(store_path)]) == 0
+    captured = capsys.readouterr()
+    assert "verifying" not in captured.out and "OK" in captured.out  # stdout holds the report only
+    progress = [line for line in captured.err.splitlines() if line.startswith("verifying default/usage:")]
+    assert progress, captured.err
+    assert progress[-1].startswith("verifying default/usage: 4/4 objects (100%)"), progress
+
+
+def test_verify_output_json_is_one_object_and_no_progress(
+    s3_server: LocalS3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest, store_path = _exported(tmp_path, s3_server, bucket, 600, 200)
+    store = SQLiteStore(store_path)
+    store.append(make_record(i) for i in range(601, 701))  # not exported yet: not missing
+    store.close()
+    ticks = itertools.count(1000.0, 1.0)
+    monkeypatch.setattr("capture_export.progress.time.monotonic", lambda: next(ticks))
+    assert main(["verify", "-f", str(manifest), "--store", str(store_path), "-o", "json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    report = json.loads(captured.out)
+    (audit,) = report["exporters"]
+    assert report["ok"] is True and audit["name"] == "default/usage"
+    assert (audit["upTo"], audit["recordsInStore"], audit["recordsInBucket"], audit["missing"]) == ("600", 600, 600, 0)
+    assert audit["limit"] == "the committed checkpoint of default/usage"
+
+    assert main(["verify", "-f", str(manifest), "--store", str(store_path), "-o", "json", "--up-to", "700"]) == 1
+    audit = json.loads(capsys.readouterr().out)["exporters"][0]
+    assert audit["missing"] == 100 and audit["missingIds"][:2] == ["601", "602"]
