@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .api.manifests import InvalidManifest, Resource, load_manifests
+from .api.manifests import InvalidManifest, ManifestSet, Resource, load_manifests
 
 if TYPE_CHECKING:  # kopf is heavy: the operator's modules load only for `capture-export operator`
     from .handlers import OperatorConfig
@@ -186,6 +186,21 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exporter_objects(resource: Resource, manifests: ManifestSet) -> Iterator[tuple[str, Callable[[], bytes | None]]]:
+    """``(key, read)`` for each data object of one S3Exporter of the manifests, in export order: its bucket,
+    endpoint and Secret, the folders its prefix and pathTemplate give, and no other exporter's objects."""
+    from .audit import is_data_object, verify_options
+    from .objectstore import CredentialResolver, S3Location, S3ObjectStore
+
+    spec = resource.spec
+    access = CredentialResolver(manifests).access(resource.namespace, resource.name, spec)
+    objects = S3ObjectStore(S3Location(spec.bucket, spec.region, spec.endpoint), access)
+    layout = verify_options(spec, resource.namespace, resource.name)["layout"]
+    for info in objects.list(layout.data_prefix()):
+        if is_data_object(info.key) and layout.is_data_key(info.key):
+            yield info.key, lambda name=info.key: objects.get(name)
+
+
 def _cat_sources(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], bytes | None]]]:
     """``(key, read)`` for each object ``cat`` decodes. A local file is read here: a missing file or a
     directory is an ordinary one-line failure of the command (main's _error_line), as is a failed listing."""
@@ -211,9 +226,24 @@ def cmd_cat(args: argparse.Namespace) -> int:
     from .audit import decode_object, to_json_line
     from .export.formats import data_extension
 
+    if args.file:
+        if args.source:
+            print("give a source or -f, not both", file=sys.stderr)
+            return 2
+        manifests = load_manifests(args.file)
+        exporters = [r for r in manifests.of_kind("S3Exporter") if args.exporter in (None, r.name)]
+        if len(exporters) != 1:
+            print(f"give exactly one S3Exporter (found {len(exporters)}; use --exporter NAME)", file=sys.stderr)
+            return 2
+        sources = _exporter_objects(exporters[0], manifests)
+    elif args.source:
+        sources = _cat_sources(args)
+    else:
+        print("give a source (a file, s3://BUCKET/KEY or s3://BUCKET/PREFIX/) or -f exporter.yaml", file=sys.stderr)
+        return 2
     out = sys.stdout
     seen = unreadable = 0
-    for key, read in _cat_sources(args):
+    for key, read in sources:
         seen += 1
         try:
             data = read()
@@ -756,12 +786,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "cat", "decode exported objects to JSON Lines",
         "Decode exported objects to JSON Lines, one record per line (timestamps RFC 3339, bytes as "
         '{"$base64": …}): a local file, one object s3://BUCKET/KEY, or every data object under '
-        "s3://BUCKET/PREFIX/, in any format (.cbor.zstd, .jsonl[.gz|.zst], .parquet). S3 credentials come from "
-        "$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY or the default AWS chain. An object that cannot be read or "
-        "decoded is named on stderr and skipped; the exit code is then 1.",
+        "s3://BUCKET/PREFIX/, in any format (.cbor.zstd, .jsonl[.gz|.zst], .parquet); or, with -f, every object "
+        "an S3Exporter wrote (its bucket, endpoint, prefix, pathTemplate and Secret). Without -f, S3 credentials "
+        "come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY or the default AWS chain. An object that cannot "
+        "be read or decoded is named on stderr and skipped; the exit code is then 1.",
         ["capture-export cat .capture-export/demo/00000000000000095001-00000000000000100000.cbor.zstd | head -1",
+         "capture-export cat -f examples/exporter.yaml | head",
          "capture-export cat s3://capture-exports/llm-usage/ --endpoint http://127.0.0.1:8333 | head"])
-    cat.add_argument("source", help="a file, s3://BUCKET/KEY or s3://BUCKET/PREFIX/")
+    cat.add_argument("source", nargs="?", help="a file, s3://BUCKET/KEY or s3://BUCKET/PREFIX/")
+    _manifest_files(cat, "manifests naming the exporter (and its Secret), instead of a source")
+    cat.add_argument("--exporter", metavar="NAME", help="with -f: this S3Exporter, when the manifests hold several")
     cat.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"),
                      help="S3 endpoint URL; none for Amazon S3 ($AWS_ENDPOINT_URL)")
     cat.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"), help="bucket region ($AWS_REGION)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from capture_export.cli import main
 from capture_export.local_s3 import LocalS3
 from capture_export.store import SQLiteStore
 from tests.conftest import make_record
-from tests.integration.helpers import run_cli, write_manifest
+from tests.integration.helpers import CLI, run_cli, write_manifest
 
 
 def test_run_output_json_prints_each_resource_with_its_status(s3_server: LocalS3, bucket: str,
@@ -114,3 +116,26 @@ def test_verify_output_json_is_one_object_and_no_progress(
     assert main(["verify", "-f", str(manifest), "--store", str(store_path), "-o", "json", "--up-to", "700"]) == 1
     audit = json.loads(capsys.readouterr().out)["exporters"][0]
     assert audit["missing"] == 100 and audit["missingIds"][:2] == ["601", "602"]
+
+
+def test_cat_with_the_exporters_manifest_needs_no_aws_variables(s3_server: LocalS3, bucket: str,
+                                                                 tmp_path: Path) -> None:
+    """Issue 18, item 3: `cat -f exporter.yaml` reads the exporter's objects with its Secret, endpoint,
+    prefix and layout; another exporter's objects in the same bucket are not printed."""
+    manifest, store_path = _exported(tmp_path, s3_server, bucket, 450, 200)
+    other = write_manifest(tmp_path / "other.yaml", s3_server, bucket, prefix="other", name="other")
+    assert run_cli("run", "--once", "-f", other, "--state", tmp_path / "other.json", "--store", store_path,
+                   cwd=tmp_path).returncode == 0
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    result = subprocess.run([*CLI, "cat", "-f", str(manifest)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    ids = [json.loads(line)["id"] for line in result.stdout.splitlines()]
+    assert ids == list(range(1, 451))
+
+    both = tmp_path / "both.yaml"  # one Secret, two exporters
+    both.write_text(f"{manifest.read_text()}\n---\n{other.read_text().split('---', 1)[1]}")
+    two = run_cli("cat", "-f", both, cwd=tmp_path)
+    assert two.returncode == 2 and "--exporter" in two.stderr, two.stderr
+    chosen = run_cli("cat", "-f", both, "--exporter", "other", cwd=tmp_path)
+    assert chosen.returncode == 0 and len(chosen.stdout.splitlines()) == 450, chosen.stderr
