@@ -97,7 +97,7 @@ DESTINATION_IMMUTABLE = {
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 CorruptRecordAction = Literal["Hold", "Quarantine"]
 
-# -- formats, key templates, privacy, filters (issue 7) ----------------------------------------------
+# -- formats, key templates, privacy, filters --------------------------------------------------------
 
 # The allowed values come from the format registry (export/formats.py).
 Format = Literal[FORMAT_NAMES]  # type: ignore[valid-type]
