@@ -309,7 +309,7 @@ def check_rbac(config: OperatorConfig) -> None:
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config(client_configuration=configuration)
-    api = KubeApi(configuration)
+    api = KubeApi(configuration, request_timeout=config.api_timeout)
     try:
         if check_permissions(api, config.namespaces):
             log.info("RBAC: every permission the operator needs is granted")
