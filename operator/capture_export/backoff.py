@@ -20,7 +20,7 @@ class FailureBackoff:
     def failed(self, every: float) -> float:
         """One more failure in a row: the seconds until the next try."""
         self.consecutive_failures += 1
-        return min(float(every), MAX_FAILURE_BACKOFF, 5.0 * 2 ** (self.consecutive_failures - 1))
+        return min(float(every), MAX_FAILURE_BACKOFF, 5.0 * 2.0 ** (self.consecutive_failures - 1))
 
     def succeeded(self) -> None:
         self.consecutive_failures = 0

@@ -24,7 +24,7 @@ from .api import S3ExporterStatus
 from .api.destination import changed_fields, destination_of
 from .api.manifests import ManifestSet, Resource
 from .api.vocabulary import ConditionType, Domain, EventType, Reason, Truth
-from .clock import SystemClock
+from .clock import Clock, SystemClock
 from .export import BatchResult, ExporterId, ExportFailure
 from .export.cycle import CycleOutcome, ExporterWorker
 from .export.model import unexpected_failure
@@ -170,7 +170,7 @@ class StandaloneRunner:
         self.on_cycle = on_cycle
         self.stop_event = threading.Event()
         self.stopped_by: int | None = None  # the signal that asked the runner to stop
-        self.clock = SystemClock()
+        self.clock: Clock = SystemClock()
         self.exporters: list[Exporter] = [
             Exporter(
                 resource,
@@ -305,7 +305,7 @@ class StandaloneRunner:
         recorded = (self.state.data.get(DESTINATIONS) or {}).get(item.state_key)
         current = self._destination(item)
         changed = changed_fields(recorded, current)
-        if not changed:
+        if not changed or recorded is None:
             return None
         detail = ", ".join(f"{name} {recorded[name]!r} -> {current[name]!r}" for name in changed)
         message = (f"the destination is immutable ({detail}); not exporting until it is restored: give the "

@@ -16,10 +16,15 @@ from capture_export.audit import decode_object, verify_export
 from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import S3ObjectStore
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-
-from .conftest import SECRET
-from .harness import EmulatedCluster, Kube, OperatorThread, wait_for
+from tests.support.operator_fixtures import SECRET
+from tests.support.operator_harness import (
+    EmulatedCluster,
+    Kube,
+    OperatorThread,
+    assert_exported_exactly_once,
+    wait_for,
+)
+from tests.support.records import make_record
 
 PREFIX = "exports"
 CHECKPOINT = f"{PREFIX}/_capture-export/checkpoints/default/usage.json"
@@ -38,12 +43,6 @@ def records_in(objects: S3ObjectStore, key: str) -> list[int]:
 def checkpoint(objects: S3ObjectStore) -> dict[str, Any]:
     raw = objects.get(CHECKPOINT)
     return json.loads(raw) if raw else {}
-
-
-def assert_exported_exactly_once(store: SQLiteStore, objects: S3ObjectStore) -> None:
-    report = verify_export(store, objects, PREFIX)
-    assert report.ok, report.summary()
-    assert report.exported_records == store.count()
 
 
 def test_create_exports_everything_and_reports_ready(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Executor, Future
+from functools import partial
 from typing import Literal
 
 from ..api import S3ExporterSpec
@@ -493,7 +494,7 @@ class ExportEngine:
                 continue  # not this exporter's: never deleted (reported)
             if first <= high_water and self._holds_records_gone_from_store(key, first, last):
                 continue  # the only copy of records purged since: never delete it
-            self._call(lambda key=key: self.objects.delete(key))
+            self._call(partial(self.objects.delete, key))
             self._owned.pop(key, None)
 
     def _owns(self, key: str) -> bool:

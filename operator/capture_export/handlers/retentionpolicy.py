@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -60,7 +60,7 @@ def load_status(raw: Mapping[str, Any] | None) -> RetentionPolicyStatus:
     return lenient_status(RetentionPolicyStatus, raw)
 
 
-def exporters_from(items: list[Mapping[str, Any]]) -> dict[str, ExporterRef]:
+def exporters_from(items: Iterable[Mapping[str, Any]]) -> dict[str, ExporterRef]:
     """The gate's view of a namespace's S3Exporters (raw bodies from the API). Those whose spec does not
     parse are left out: a gating one then counts as missing and the gate closes naming it."""
     refs: dict[str, ExporterRef] = {}

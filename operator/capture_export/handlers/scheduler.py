@@ -183,7 +183,7 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
         if worker is None:
             worker = runtime.workers[key] = cls(runtime, key[1], key[2], body.get("status"))
             worker.started()
-        return worker  # type: ignore[no-any-return]  # runtime.workers holds every kind
+        return worker
 
     def forget(self) -> None:
         self.runtime.workers.pop((self.kind, self.id.namespace, self.id.name), None)
