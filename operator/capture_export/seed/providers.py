@@ -18,7 +18,7 @@ __all__ = ["Exchange", "provider_bodies"]
 Body = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Exchange:
     """One request and its outcome, in provider-neutral terms; `provider_bodies` writes it in the API's."""
 

@@ -10,6 +10,7 @@ credential headers never trip the exporter's slow path.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import exp
 
@@ -151,38 +152,39 @@ def _code_line(rng: random.Random) -> str:
 
 
 class TextSource:
-    """Text of about a given size, and log-normal numbers, drawn with one generator's ``rng``."""
+    """Text of about a given size, and log-normal numbers, drawn with one generator's ``rng``.
 
-    __slots__ = ("_avg", "_code", "_getrandbits", "_max_k", "_normals", "_rand", "_randint", "_sentences")
+    The three draws are closures over local names rather than methods: they run several times per
+    record, and closures keep the generator as fast as the single-module version was."""
+
+    __slots__ = ("lognorm", "prompt", "text")
 
     def __init__(self, pools: TextPools, rng: random.Random) -> None:
-        self._sentences = pools.sentences
-        self._avg = pools.avg_sentence
-        self._code = pools.code_lines
-        self._normals = pools.normals
-        self._rand = rng.random
-        self._randint = rng.randint
-        self._getrandbits = rng.getrandbits
-        self._max_k = (len(pools.sentences) - 1) // MAX_STRIDE
+        sentences, avg, code_lines, normals = pools.sentences, pools.avg_sentence, pools.code_lines, pools.normals
+        rand, randint, getrandbits = rng.random, rng.randint, rng.getrandbits
+        n_sent, n_code = len(sentences), len(code_lines)
+        max_k = (n_sent - 1) // MAX_STRIDE
 
-    def lognorm(self, mu: float, sigma: float) -> float:
-        return exp(mu + sigma * self._normals[self._getrandbits(NORMAL_BITS)])
+        def lognorm(mu: float, sigma: float) -> float:
+            return exp(mu + sigma * normals[getrandbits(NORMAL_BITS)])
 
-    def text(self, nbytes: int) -> str:
-        """Prose: a strided slice of the sentence pool, two random draws however long the text."""
-        sentences, rand = self._sentences, self._rand
-        k = min(self._max_k, nbytes // self._avg + 1)
-        stride = 1 + int(rand() * MAX_STRIDE)
-        first = int(rand() * (len(sentences) - k * stride))
-        return " ".join(sentences[first : first + k * stride : stride])
+        def text(nbytes: int) -> str:
+            """Prose: a strided slice of the sentence pool, two random draws however long the text."""
+            k = min(max_k, nbytes // avg + 1)
+            stride = 1 + int(rand() * MAX_STRIDE)
+            first = int(rand() * (n_sent - k * stride))
+            return " ".join(sentences[first : first + k * stride : stride])
 
-    def prompt(self, nbytes: int) -> str:
-        """A user's prompt: prose, one in five times with a Python snippet and a closing sentence."""
-        body = self.text(nbytes)
-        rand = self._rand
-        if rand() < 0.2:
-            k = self._randint(4, 40)
-            first = int(rand() * (len(self._code) - k * 7))
-            code = "\n".join(self._code[first : first + k * 7 : 7])
-            return f"{body}\n\n```python\n{code}\n```\n\n{self._sentences[int(rand() * len(self._sentences))]}"
-        return body
+        def prompt(nbytes: int) -> str:
+            """A user's prompt: prose, one in five times with a Python snippet and a closing sentence."""
+            body = text(nbytes)
+            if rand() < 0.2:
+                k = randint(4, 40)
+                first = int(rand() * (n_code - k * 7))
+                code = "\n".join(code_lines[first : first + k * 7 : 7])
+                return f"{body}\n\n```python\n{code}\n```\n\n{sentences[int(rand() * n_sent)]}"
+            return body
+
+        self.lognorm: Callable[[float, float], float] = lognorm
+        self.text: Callable[[int], str] = text
+        self.prompt: Callable[[int], str] = prompt
