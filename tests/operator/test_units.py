@@ -149,7 +149,7 @@ def test_operator_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[OperatorConfig] = []
     monkeypatch.setattr("capture_export.handlers.run", lambda config, **_: started.append(config))
     monkeypatch.setattr(kopf, "configure", lambda **_: None)
-    monkeypatch.setattr("capture_export.cli._cluster_problem", lambda: None)  # no cluster needed here
+    monkeypatch.setattr("capture_export.cli.cluster._cluster_problem", lambda: None)  # no cluster needed here
     monkeypatch.setenv("CAPTURE_EXPORT_STORE", "/data/store.sqlite")
     assert cli.main(["operator", "--namespace", "a", "-n", "b", "--metrics-port", "0"]) == 0
     assert cli.main(["operator", "--all-namespaces", "--store", "postgresql://x", "--liveness-port", "18080",

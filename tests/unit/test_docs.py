@@ -1,7 +1,8 @@
 """The docs hold what a user relies on, and stay true as the code moves: every field of both CRDs is in
 the reference, each command's help there is the real `--help`, every manifest shown is one the models
 accept, the SQLite insert contract is the store's schema and its example inserts a record that exports,
-and every link between the documents lands on a file and a heading that exist."""
+every link between the documents lands on a file and a heading that exist, and the layout in
+docs/development.md is the package's tree."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from capture_export.store.sqlite import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
+PACKAGE = REPO / "operator" / "capture_export"
 REFERENCE = (DOCS / "reference.md").read_text()
 CLI = Path(sys.executable).parent / "capture-export"
 
@@ -146,3 +148,35 @@ def test_the_readme_links_every_document() -> None:
     readme = (REPO / "README.md").read_text()
     for page in DOCS.glob("*.md"):
         assert f"](docs/{page.name})" in readme, f"README does not link docs/{page.name}"
+
+
+def _layout_entries() -> dict[str, str]:
+    """The entries of operator/capture_export/ in the Layout block of docs/development.md (a module, or a
+    folder ending in '/'), each with its description."""
+    text = (DOCS / "development.md").read_text()
+    match = re.search(r"^## Layout\n\n```\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
+    assert match, "docs/development.md has no Layout block"
+    entries: dict[str, str] = {}
+    inside, current = False, ""
+    for line in match.group(1).splitlines():
+        if line.startswith("operator/capture_export/"):
+            inside = True
+        elif inside and not line.startswith("  "):
+            break
+        elif inside and not line.startswith("   "):
+            current, _, description = line.strip().partition(" ")
+            entries[current] = description
+        elif inside:
+            entries[current] += " " + line.strip()
+    return entries
+
+
+def test_the_layout_names_every_module_and_no_other() -> None:
+    entries = _layout_entries()
+    tree = {f"{path.name}/" for path in PACKAGE.iterdir() if path.is_dir() and any(path.glob("*.py"))}
+    tree |= {path.name for path in PACKAGE.glob("*.py") if path.name != "__init__.py"}
+    assert sorted(set(entries) - tree) == [], "in the layout but not in the tree"
+    assert sorted(tree - set(entries)) == [], "in the tree but not in the layout"
+    named = [(folder, module) for folder, description in entries.items() if folder.endswith("/")
+             for module in re.findall(r"\b(\w+\.py)\b", description)]
+    assert [f"{folder}{module}" for folder, module in named if not any((PACKAGE / folder).rglob(module))] == []

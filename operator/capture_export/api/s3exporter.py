@@ -1,4 +1,7 @@
-"""The S3Exporter kind: spec (what the user asks for) and status (what the operator reports)."""
+"""The S3Exporter kind: spec (what the user asks for) and status (what the operator reports).
+
+The spec's connection fields (bucket, region, endpoint, credentials, role, TLS) are checked here; the key
+layout's in keys.py and the record content's (format, filter, privacy) in content.py."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from ..export.formats import COMPRESSIONS, FORMAT_NAMES, FORMATS
+from ..export.formats import FORMATS
 from .common import (
     CONDITIONS_LIST,
     ApiModel,
@@ -21,12 +24,41 @@ from .common import (
     cel_validations,
     rule_error,
 )
+from .content import (
+    COMPRESSION_RULE,
+    HEADER_NAME_PATTERN,
+    REDACT_PATH_PATTERN,
+    REDACT_RULES,
+    REDACTABLE_FIELDS,
+    Compression,
+    ExportFilter,
+    Format,
+    check_redact_paths,
+)
+from .keys import (
+    CONTROL_SEGMENT,
+    DEFAULT_PATH_TEMPLATE,
+    HIVE_RULE,
+    LAYOUT_IMMUTABLE,
+    PATH_TEMPLATE_PATTERN,
+    PATH_TEMPLATE_RULES,
+    PREFIX_PATTERN,
+    PREFIX_RULES,
+    TEMPLATE_RULES,
+    TEMPLATE_VARIABLES,
+    TIME_VARIABLES,
+    check_prefix,
+    parse_path_template,
+)
 from .vocabulary import ExportOutcome
 
 __all__ = [
+    "CONTROL_SEGMENT",
+    "DEFAULT_PATH_TEMPLATE",
     "HISTORY_LENGTH",
     "REDACTABLE_FIELDS",
     "TEMPLATE_VARIABLES",
+    "TIME_VARIABLES",
     "ExportFilter",
     "ExportTotals",
     "RunRecord",
@@ -56,15 +88,6 @@ ENDPOINT_RULES = [
     cel_rule("!self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@')",
              "must not hold user info (user:password@): put credentials in the Secret that secretRef names"),
 ]
-# The prefix follows the segment rules of a template's literal text: "/"-separated, non-empty segments of
-# letters, digits and "._=+-" (no "..", backslash, NUL, control characters), and none of them "." , ".."
-# or the exporter's control folder.
-_PREFIX_SEGMENT = r"[A-Za-z0-9._=+-]+"
-PREFIX_PATTERN = rf"^({_PREFIX_SEGMENT}(/{_PREFIX_SEGMENT})*)?$"
-_SPECIAL_SEGMENT = "(^|/)(\\\\.|\\\\.\\\\.|_capture-export)(/|$)"  # ".", ".." or "_capture-export"
-PREFIX_RULES = [cel_rule(f"!self.matches('{_SPECIAL_SEGMENT}')",
-                         "must not hold a '.', '..' or '_capture-export' segment")]
-
 ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
 EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9+=,.@:/_-]+$"
 SESSION_NAME_PATTERN = r"^[A-Za-z0-9+=,.@_-]+$"
@@ -93,134 +116,7 @@ DESTINATION_IMMUTABLE = {
 }
 # An endpoint of null counts as absent (has() is false for a null field), so null -> absent is no move.
 
-# An HTTP header name (RFC 9110 token).
-HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 CorruptRecordAction = Literal["Hold", "Quarantine"]
-
-# -- formats, key templates, privacy, filters --------------------------------------------------------
-
-# The allowed values come from the format registry (export/formats.py).
-Format = Literal[FORMAT_NAMES]  # type: ignore[valid-type]
-Compression = Literal[COMPRESSIONS]  # type: ignore[valid-type]
-
-# Variables of ``pathTemplate``. The time variables are the UTC date and time of the batch's records.
-TIME_VARIABLES = ("date", "year", "month", "day", "hour")
-TEMPLATE_VARIABLES = ("prefix", *TIME_VARIABLES, "exporter", "namespace")
-DEFAULT_PATH_TEMPLATE = "{prefix}"
-CONTROL_SEGMENT = "_capture-export"
-_VARIABLE = re.compile(r"\{([^{}]*)\}")
-_LITERAL_CHARS = re.compile(r"^[A-Za-z0-9._=+-]*$")
-# The OpenAPI pattern mirrors the pydantic validator (which gives the precise message): known variables
-# and safe literal characters in "/"-separated, non-empty segments, no leading or trailing "/".
-_SEGMENT_PATTERN = r"(?:[A-Za-z0-9._=+-]|\{(?:" + "|".join(TEMPLATE_VARIABLES) + r")\})+"
-PATH_TEMPLATE_PATTERN = rf"^{_SEGMENT_PATTERN}(?:/{_SEGMENT_PATTERN})*$"
-
-# Top-level record fields that ``redactFields`` may name (``id``, ``ver`` and ``timestamp`` stay: the
-# audit and the key layout need them).
-REDACTABLE_FIELDS = (
-    "identity", "model", "api_type", "usage", "estimated_cost", "duration_ms", "capture_id", "session_id",
-    "path", "status_code", "capture",
-)  # fmt: skip
-REDACT_PATH_PATTERN = r"^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)*$"
-_REDACT_PATH = re.compile(REDACT_PATH_PATTERN)
-REDACT_RULES = [cel_rule(
-    "self.all(p, p.matches('^(" + "|".join(REDACTABLE_FIELDS) + ")(\\\\.|$)'))",
-    f"each path must start with one of {', '.join(REDACTABLE_FIELDS)} (id, ver and timestamp are always exported)",
-)]
-
-PATH_TEMPLATE_RULES = cel_rule(
-    "size(self.prefix) == 0 || self.pathTemplate == '{prefix}' || self.pathTemplate.startsWith('{prefix}/')",
-    "must start with {prefix}/ when prefix is set, so that every object stays under it", "pathTemplate")
-# The template rules of parse_path_template that its pattern cannot say, as CEL rules on the field.
-TEMPLATE_RULES = [
-    cel_rule(f"!self.matches('{_SPECIAL_SEGMENT}')", "must not hold a '.', '..' or '_capture-export' segment"),
-    cel_rule("!self.matches('^.+\\\\{prefix\\\\}')", "{prefix} may only appear at the start"),
-]
-HIVE_RULE = cel_rule(
-    "!self.hivePartitioning || !self.pathTemplate.matches('=\\\\{(date|year|month|day|hour)\\\\}')",
-    "with hivePartitioning the time variables already render as year=2026; write {year}, not year={year}",
-    "pathTemplate")
-LAYOUT_IMMUTABLE = {
-    "rule": "self.pathTemplate == oldSelf.pathTemplate && self.hivePartitioning == oldSelf.hivePartitioning",
-    "message": "pathTemplate and hivePartitioning are immutable: create a new S3Exporter to change the key layout",
-}
-
-
-def _compression_rule() -> dict[str, str]:
-    """The CEL rule refusing a compression a format does not have (formats with a single compression)."""
-    fixed = [info for info in FORMATS.values() if len(info.compressions) == 1]
-    others = [info.name for info in FORMATS.values() if len(info.compressions) > 1]
-    clauses = [f"self.format != '{info.name}' || self.compression == '{info.compressions[0]}'" for info in fixed]
-    rule = " && ".join(clauses if len(clauses) == 1 else [f"({clause})" for clause in clauses])
-    always = ", ".join(f"format {info.name} is always {info.compressions[0]}" for info in fixed)
-    return cel_rule(f"!has(self.compression) || {rule}" if clauses else "true",
-                    f"{always}; compression applies to {' and '.join(others)}", "compression")
-
-
-COMPRESSION_RULE = _compression_rule()
-
-
-def parse_path_template(template: str) -> list[tuple[str, bool]]:
-    """Split a path template into ``(text, is_variable)`` parts, or raise ValueError naming the problem.
-
-    Rules: only the variables of TEMPLATE_VARIABLES; literal text of letters, digits and ``._=+-``; "/"
-    separates non-empty segments and may not start or end the template; no "." or ".." segment, no
-    segment named ``_capture-export`` (the exporter's control folder); ``{prefix}`` only at the start.
-    """
-    if template.startswith("/") or template.endswith("/"):
-        raise ValueError("pathTemplate must not start or end with '/'")
-    parts: list[tuple[str, bool]] = []
-    position = 0
-    for match in _VARIABLE.finditer(template):
-        parts.append((template[position:match.start()], False))
-        name = match.group(1)
-        if name not in TEMPLATE_VARIABLES:
-            known = ", ".join("{" + v + "}" for v in TEMPLATE_VARIABLES)
-            raise ValueError(f"pathTemplate: unknown variable {{{name}}} (known: {known})")
-        parts.append((name, True))
-        position = match.end()
-    parts.append((template[position:], False))
-    parts = [(text, var) for text, var in parts if var or text]
-    for text, var in parts:
-        if var:
-            continue
-        if "{" in text or "}" in text:
-            raise ValueError("pathTemplate: unbalanced '{' or '}'")
-        if not _LITERAL_CHARS.match(text.replace("/", "")):
-            raise ValueError("pathTemplate: literal text may only hold letters, digits, '/' and '._=+-'")
-    segments = "".join("{" + t + "}" if v else t for t, v in parts).split("/")
-    for segment in segments:
-        if segment == "":
-            raise ValueError("pathTemplate must not hold an empty segment ('//')")
-        if segment in (".", "..") or segment == CONTROL_SEGMENT:
-            raise ValueError(f"pathTemplate must not hold a {segment!r} segment")
-    if any(var and text == "prefix" for text, var in parts[1:]):
-        raise ValueError("pathTemplate: {prefix} may only appear at the start")
-    return parts
-
-
-class ExportFilter(ApiModel):
-    """Export only records matching every list given (within a list, any entry). Records filtered out
-    still advance the cursor and count as handled for retention; status counts them as ``filtered``."""
-
-    models: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=256)]] | None,
-        Field(min_length=1, max_length=256, description="Model names; shell-style patterns such as "
-              "'claude-*' match too."),
-    ] = None
-    api_types: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=64)]] | None,
-        Field(min_length=1, max_length=64, description="API types, e.g. oai_completions, ant_messages."),
-    ] = None
-    tags: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=256)]] | None,
-        Field(min_length=1, max_length=256, description="Identity tags, e.g. tag:prod: a record passes if its "
-              "identity has any of them."),
-    ] = None
-    status_codes: Annotated[
-        list[Annotated[int, Field(ge=100, le=599)]] | None,
-        Field(min_length=1, max_length=500, description="HTTP status codes of the LLM response, e.g. 200."),
-    ] = None
 
 
 class S3ExporterSpec(ApiModel):
@@ -407,18 +303,7 @@ class S3ExporterSpec(ApiModel):
     @field_validator("prefix")
     @classmethod
     def _valid_prefix(cls, value: str) -> str:
-        # Mirrors PREFIX_PATTERN and PREFIX_RULES; never quotes the value (it may hold escape sequences).
-        if value.startswith("/") or value.endswith("/"):
-            raise ValueError("must not start or end with '/'")
-        segments = value.split("/") if value else []
-        if any(segment == "" for segment in segments):
-            raise ValueError("must not hold an empty segment ('//')")
-        if not re.match(PREFIX_PATTERN, value):
-            raise ValueError("may only hold letters, digits, '/' and '._=+-' (no spaces, backslashes or control "
-                             "characters)")
-        if any(segment in (".", "..", CONTROL_SEGMENT) for segment in segments):
-            raise ValueError(PREFIX_RULES[0]["message"])
-        return value
+        return check_prefix(value)
 
     @field_validator("path_template")
     @classmethod
@@ -429,14 +314,7 @@ class S3ExporterSpec(ApiModel):
     @field_validator("redact_fields")
     @classmethod
     def _valid_redactions(cls, value: list[str]) -> list[str]:
-        for path in value:
-            if not _REDACT_PATH.match(path):
-                raise ValueError(f"redactFields: {path!r} is not a dotted path such as capture.request.body.metadata")
-            head = path.split(".", 1)[0]
-            if head not in REDACTABLE_FIELDS:
-                raise ValueError(f"redactFields: {path!r} must start with one of {', '.join(REDACTABLE_FIELDS)} "
-                                 "(id, ver and timestamp are always exported)")
-        return value
+        return check_redact_paths(value)
 
     @model_validator(mode="after")
     def _access_rules(self) -> S3ExporterSpec:

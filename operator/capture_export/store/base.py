@@ -178,7 +178,7 @@ class RetentionStore(Protocol):
     retention/purge.py) decides how many to run, pauses between them so that the gateway's writers get
     the table, and can stop at any chunk boundary. Each is safe to retry after a failure. Timestamps are
     always passed in by the caller (its injected clock), never read from the server. Suggested indexes
-    (what sqlite.py does): one on ``(deleted_at_us, ts_us)`` (SQLite's index also carries the rowid
+    (what sqlite/schema.py does): one on ``(deleted_at_us, ts_us)`` (SQLite's index also carries the rowid
     ``id``), which serves every query below; PostgreSQL: a partial index ``(ts_us, id) WHERE
     deleted_at_us IS NULL`` and a partial index ``(deleted_at_us) WHERE deleted_at_us IS NOT NULL``. The
     ``deleted_at_us`` column must be nullable with no default, so the gateway's ``INSERT INTO captures

@@ -1,80 +1,24 @@
-"""SQLite capture store: the embedded default.
-
-SQLite serialises writers and assigns ``AUTOINCREMENT`` ids inside the write transaction, so ids are
-visible in commit order and the safe horizon is simply the highest committed id.
-
-Schema version 2 adds soft deletion (RetentionPolicy ``softDelete``): a nullable ``deleted_at_us``
-column and an index on ``(deleted_at_us, ts_us)``, which also serves the purge (visible records by age:
-the ``deleted_at_us IS NULL`` part of the index) and the grace-period purge and restore (the marked
-part), and a view ``captures_live`` of the records that are not soft-deleted, for anyone else who reads
-the store. A store of version 1 is migrated when opened; the gateway's ``INSERT INTO captures (ts_us,
-body)`` is unaffected. Soft-deleted rows are left out of ``count`` and ``ids`` but stay in the export
-stream (``read_batch``, ``backlog``): see store/base.py for why.
-
-Schema version 4 replaces version 3's ``stripped`` flag (any writer could set it, so it is no longer
-read; the column stays, ignored) with a nullable ``seal`` column that our own append fills
-(store/seal.py; the key is ``seal_key`` in ``capture_export_meta``, created by the migration), and adds
-``captures_quarantine``, where ``onCorruptRecord: Quarantine`` moves rows that fail the check. Rows of
-an upgraded store have no seal, so the export checks each of them in full once: safe, at the cost of
-checking old rows that were in fact ours. Anyone who can open the file can read the key: with SQLite
-the seal keeps out careless writers (and flags), not hostile ones (see store/seal.py).
-"""
+"""`SQLiteStore`: the capture store protocol (store/base.py) over one SQLite file."""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
-from .base import ExpiredChunk, QuarantinedRecord, StoredRecord, StoreError, StoreNotFound, new_store_id
-from .records import encode_body
-from .seal import SEAL_KEY_META, RecordSeal, new_seal_key
+from ..base import ExpiredChunk, QuarantinedRecord, StoredRecord, StoreError, StoreNotFound
+from ..records import encode_body
+from ..seal import RecordSeal
+from .locks import IN_MEMORY, FileLock, ProcessLock, exporter_lock
+from .schema import SCHEMA, migrate
 
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS captures (
-    id     INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts_us  INTEGER NOT NULL,
-    body   BLOB    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS captures_ts_us ON captures (ts_us);
-CREATE TABLE IF NOT EXISTS capture_export_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES ('schema_version', '1');
-"""
-SCHEMA_VERSION = 5
-# Migrations from version N-1 to N, each run in one write transaction. A version with no entry here is a
-# gap (reserved for a change on its way): see _migrate.
-MIGRATIONS: dict[int, list[str]] = {
-    2: [
-        "ALTER TABLE captures ADD COLUMN deleted_at_us INTEGER",
-        "CREATE INDEX IF NOT EXISTS captures_deleted_ts ON captures (deleted_at_us, ts_us)",
-        "CREATE VIEW IF NOT EXISTS captures_live AS SELECT id, ts_us, body FROM captures WHERE deleted_at_us IS NULL",
-    ],
-    # Version 3's flag for rows our own append wrote. Any writer can set a flag: since version 4 it is
-    # no longer read (a seal is, below).
-    3: ["ALTER TABLE captures ADD COLUMN stripped INTEGER NOT NULL DEFAULT 0"],
-    4: [
-        "ALTER TABLE captures ADD COLUMN seal BLOB",
-        "CREATE TABLE IF NOT EXISTS captures_quarantine (id INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, body BLOB, "
-        "reason TEXT NOT NULL, exporter TEXT, quarantined_at_us INTEGER NOT NULL)",
-    ],
-    # The ingest server's idempotency key: a record whose capture_id is stored already is not stored
-    # again. NULL for rows written any other way (the gateway's own INSERTs, seed), which the partial
-    # unique index leaves out.
-    5: [
-        "ALTER TABLE captures ADD COLUMN capture_id TEXT",
-        "CREATE UNIQUE INDEX IF NOT EXISTS captures_capture_id ON captures (capture_id) WHERE capture_id IS NOT NULL",
-    ],
-}
 _INSERT_UNIQUE = ("INSERT INTO captures (ts_us, body, seal, capture_id) VALUES (?, ?, ?, ?) "
                   "ON CONFLICT (capture_id) WHERE capture_id IS NOT NULL DO NOTHING")
 # json_each (to pass a chunk's ids as one parameter) is built in from SQLite 3.38.
@@ -96,51 +40,6 @@ def _lenient_text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-_IN_MEMORY = ":memory:"
-
-
-class _FileLock:
-    """``flock`` on a lock file beside the database: dies with the process (README "What exactly-once
-    assumes"). The scope names the database file (host, device, inode): a copy of the file is another."""
-
-    def __init__(self, handle: IO[str], scope: str) -> None:
-        self._handle = handle
-        self.scope = scope
-
-    def alive(self) -> bool:
-        return not self._handle.closed
-
-    def release(self) -> None:
-        if not self._handle.closed:
-            self._handle.close()
-
-
-class _ProcessLock:
-    """The lock of an in-memory store: no other process can see the store anyway."""
-
-    _held: set[tuple[int, str]] = set()
-    _mutex = threading.Lock()
-
-    def __init__(self, key: tuple[int, str]) -> None:
-        self._key = key
-        self.scope = f"memory:{os.getpid()}:{key[0]}"
-
-    @classmethod
-    def take(cls, key: tuple[int, str]) -> _ProcessLock | None:
-        with cls._mutex:
-            if key in cls._held:
-                return None
-            cls._held.add(key)
-        return cls(key)
-
-    def alive(self) -> bool:
-        return self._key in self._held
-
-    def release(self) -> None:
-        with self._mutex:
-            self._held.discard(self._key)
-
-
 class SQLiteStore:
     """A SQLite capture store. ``create``: make the file and the schema when there is none (``seed``,
     ``store init``, the demo, tests); without it a missing file, or one without a ``captures`` table, is
@@ -149,7 +48,7 @@ class SQLiteStore:
     def __init__(self, path: str | Path, *, timeout: float = 30.0, create: bool = True) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
-        in_memory = str(path) == _IN_MEMORY
+        in_memory = str(path) == IN_MEMORY
         if not create and not in_memory and not self.path.is_file():
             raise StoreNotFound(f"SQLite store {self.path} does not exist (a typo in store.sqlite.path or --store?); "
                                 f"create one with `capture-export store init --store {self.path}`")
@@ -174,7 +73,7 @@ class SQLiteStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._ingest_cache = False
             self._conn.executescript(SCHEMA)
-            self._store_id = self._migrate()
+            self._store_id, self._seal = migrate(self._conn, self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from None
 
@@ -185,76 +84,8 @@ class SQLiteStore:
     def identity(self) -> str:
         return self._store_id
 
-    def lock_exporter(self, exporter: str) -> _FileLock | _ProcessLock | None:
-        if str(self.path) == _IN_MEMORY:
-            return _ProcessLock.take((id(self), exporter))
-        directory = Path(f"{self.path}-locks")
-        try:
-            directory.mkdir(exist_ok=True)
-            handle = (directory / f"{exporter.replace('/', '.')}.export.lock").open("a+")
-        except OSError as exc:
-            raise StoreError(f"cannot create the exporter lock beside SQLite store {self.path}: {exc}") from None
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return None
-        stat = self.path.stat()
-        return _FileLock(handle, f"sqlite:{socket.gethostname()}:{stat.st_dev}:{stat.st_ino}")
-
-    def _migrate(self) -> str:
-        """Bring the schema to SCHEMA_VERSION and give the store an identity if it has none; return it."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")  # one migrator at a time, however many processes open the file
-        try:
-            current = int(conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'")
-                          .fetchone()[0])
-            if current > SCHEMA_VERSION:
-                raise StoreError(f"SQLite store {self.path} has schema version {current}, newer than this "
-                                 f"operator's {SCHEMA_VERSION}: upgrade the operator")
-            # The recorded version is the highest one reached without a gap (a version with no migration
-            # here, reserved for a change on its way). A migration past a gap is applied and marked
-            # ('migrated_N'), so it runs once, and the gap's own migration still runs when it arrives.
-            past_gap = {row[0] for row in conn.execute(
-                "SELECT key FROM capture_export_meta WHERE key LIKE 'migrated%'")}
-            reached = current
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                if version not in MIGRATIONS:
-                    continue
-                marker = f"migrated_{version}"
-                if marker not in past_gap:
-                    for statement in MIGRATIONS[version]:
-                        self._apply(statement)
-                if reached == version - 1:
-                    reached = version
-                    conn.execute("DELETE FROM capture_export_meta WHERE key = ?", (marker,))
-                elif marker not in past_gap:
-                    conn.execute("INSERT INTO capture_export_meta (key, value) VALUES (?, '1')", (marker,))
-            if reached != current:
-                conn.execute("UPDATE capture_export_meta SET value = ? WHERE key = 'schema_version'",
-                             (str(reached),))
-            # The store's identity: made with the store; a store from before identities gets one now (its
-            # checkpoints, which have none, adopt it on their next write). No schema change: a meta row.
-            conn.execute("INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES ('store_id', ?)",
-                         (new_store_id(),))
-            store_id = str(conn.execute("SELECT value FROM capture_export_meta WHERE key = 'store_id'").fetchone()[0])
-            conn.execute("INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES (?, ?)",
-                         (SEAL_KEY_META, new_seal_key()))
-            key = conn.execute("SELECT value FROM capture_export_meta WHERE key = ?", (SEAL_KEY_META,)).fetchone()[0]
-            self._seal = RecordSeal(key)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return store_id
-
-    def _apply(self, statement: str) -> None:
-        words = statement.split()
-        if words[:5] == ["ALTER", "TABLE", "captures", "ADD", "COLUMN"]:
-            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(captures)")}
-            if words[5] in columns:
-                return
-        self._conn.execute(statement)
+    def lock_exporter(self, exporter: str) -> FileLock | ProcessLock | None:
+        return exporter_lock(self.path, self, exporter)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"

@@ -1,0 +1,37 @@
+"""The ``capture-export`` command.
+
+``parser`` assembles the commands; each topic's module holds its commands' options and their
+implementation: ``run`` (run, status), ``store`` (seed, store init, restore, quarantine), ``bucket`` (cat,
+verify), ``ingest``, ``cluster`` (operator, crds) and ``local`` (demo, s3 serve). ``options`` holds the
+option blocks they share, ``errors`` the one-line failures.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from .cluster import operator_config
+from .errors import error_line
+from .parser import build_parser
+
+__all__ = ["build_parser", "main", "operator_config"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..redact import describe_exception
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except BrokenPipeError:
+        # The reader went away (`capture-export cat … | head`): not an error. Keep Python from
+        # complaining again while flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # never a traceback, whose text could quote a credential: the class and the place
+        error = error_line(exc, args)
+        print(error[0] if error is not None else f"error: unexpected {describe_exception(exc)}", file=sys.stderr)
+        return error[1] if error is not None else 1
+
