@@ -38,7 +38,7 @@ from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore
 from ..store import CorruptRecord, RecordReader, StoredRecord, StoreError
 from .batch import BatchFailure, BatchRecipe, EncodedBatch, PackedRows, encode_batch, encode_in_worker, encode_rows
-from .budget import MemoryBudget, batch_cost, memory_budget
+from .budget import MemoryBudget, batch_cost_for, memory_budget
 from .checkpoint import Checkpoints
 from .connection import ConnectionReport, run_connection_test
 from .formats import FORMATS, FormatUnavailable, decode_object, record_ids
@@ -105,10 +105,19 @@ class ExportEngine:
         except FormatUnavailable as exc:
             raise ExportFailure(Reason.FORMAT_UNAVAILABLE, str(exc), domain=Domain.FORMAT, transient=False) from None
         self.extension, self.content_type = info.object_type(self.recipe.compression)
-        self._working = info.working_memory
         # The formats that decode go to the encode pool (the process's, unless one is given); None: in-process.
         self.pool = (encode_pool() if pool == "shared" else pool) if self.recipe.decodes else None
         self.budget = budget or memory_budget()
+        # A format with a library of its own (Parquet: pyarrow) is written only by the pool's workers when
+        # there is a pool, so that this process never loads it. Each encoder (worker, or this process) keeps
+        # the library and the encoder's fixed working memory once it has written a batch: a standing charge.
+        self._library_in_pool = self.pool is not None and info.library_memory > 0
+        if self.recipe.decodes and (info.library_memory or info.fixed_working_memory):
+            encoders = self.pool.workers if self.pool is not None else 1
+            self.budget.charge_standing(f"{self.recipe.format} encoders",
+                                        encoders * (info.library_memory + info.fixed_working_memory))
+        self._cost = batch_cost_for(decoded=self.recipe.decodes, pooled=self.pool is not None,
+                                    working=info.working_memory)
         self.clock = clock or SystemClock()
         self.retry = retry or RetryPolicy()
         self.layout = ObjectLayout(spec.prefix, exporter.namespace, exporter.name, self.extension,
@@ -336,19 +345,20 @@ class ExportEngine:
             size = stored / len(rows)
             # An average that follows larger records at once and smaller ones slowly.
             self._record_bytes = size if size > self._record_bytes else 0.8 * self._record_bytes + 0.2 * size
-        return batch_cost(stored, decoded=self.recipe.decodes, working=self._working)
+        return self._cost.of(stored)
 
     def estimated_cost(self, records: int) -> int:
         """The budget to reserve before reading a batch of up to ``records`` records: a quarter more than
         the records read so far suggest, so that a batch of larger records than usual still fits."""
-        return batch_cost(int(records * self._record_bytes * ESTIMATE_MARGIN), decoded=self.recipe.decodes,
-                          working=self._working)
+        return self._cost.of(int(records * self._record_bytes * ESTIMATE_MARGIN))
 
     def batch_limit(self) -> int:
-        """Records per batch: ``limit``, or fewer when records are so large that one batch would take more
-        than half the memory budget (so that one batch can upload while the next is prepared)."""
-        per_record = max(1, self.estimated_cost(1))
-        return max(1, min(self.spec.limit, self.budget.total // 2 // per_record))
+        """Records per batch: ``limit``, or fewer when one batch would take more than half of the budget
+        that standing charges leave (so that one batch can upload while the next is prepared): a batch of
+        ``limit`` records too large for the budget is exported in several smaller ones."""
+        share = max(0, self.budget.total - self.budget.standing) // 2
+        records = self._cost.stored_bytes_within(share) / (self._record_bytes * ESTIMATE_MARGIN)
+        return max(1, min(self.spec.limit, int(records)))
 
     def _encode(self, rows: list[StoredRecord], read_seconds: float) -> PreparedBatch:
         """Encode a batch on the calling thread."""
@@ -369,7 +379,7 @@ class ExportEngine:
         future: Future[EncodedBatch]
         # A row stored as anything but bytes (a foreign writer's TEXT) fails the check in-process, where
         # it needs no packing.
-        if (self.pool is not None and len(rows) >= POOL_MIN_ROWS
+        if (self.pool is not None and (len(rows) >= POOL_MIN_ROWS or self._library_in_pool)
                 and all(type(row.body) is bytes for row in rows)):
             future = self.pool.submit(encode_in_worker, self.recipe, PackedRows.pack(rows))
         else:
