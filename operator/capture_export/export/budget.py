@@ -67,11 +67,12 @@ DEFAULT_BUDGET_BYTES = 256 * MiB
 # benchmarks/memory_backlog.py's breakdown, allocator overhead included): the rows as read (1.13 x: each
 # row is a tuple of Python objects). The default format holds its rows and the compressed frame (the
 # stored bytes are streamed into the compressor: 1.8 x in all). A batch for the encode pool is packed into
-# one buffer and pickled (3.2 x in this process for a moment), then this process holds the packed copy and
-# the worker its own while the encoder works (2 x plus the encoder's working memory); the payload comes
-# back. A format that decodes in this process holds the rows and what its encoder builds.
+# one buffer and pickled (3.2 x in this process for a moment); while it waits for a worker this process
+# holds the packed rows and their pickled message in the pool's call queue, and the worker its own copy
+# while the encoder works (3 x plus the encoder's working memory); the payload comes back. A format that
+# decodes in this process holds the rows and what its encoder builds.
 PASS_THROUGH_FACTOR = 2.0
-POOLED_FACTOR = 2.0
+POOLED_FACTOR = 3.0
 POOLED_MINIMUM_FACTOR = 3.2
 IN_PROCESS_FACTOR = 1.2
 
