@@ -124,6 +124,7 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
         if not done.cancelled() and done.exception() is None:
             payload = done.result().payload
             on_encoded(len(payload) if payload is not None else 0)
+        release_freed_memory()  # the rows and the encoder's working memory, freed now
 
     future.add_done_callback(encoded)
 
@@ -211,6 +212,9 @@ class PreparePipeline:
                                                                on_encoded)
                     in_flight = _InFlight(finish, reservation, cancel)
                 del item
+                # A pooled batch's rows are packed and gone: ten thousand freed blocks that malloc would keep
+                # in its arenas (measured: 213 MiB held with eight exporters) until the next commit trims.
+                release_freed_memory()
                 self._queue.put(in_flight)
                 started, cpu_started = time.perf_counter(), time.thread_time()
             self._queue.put(None)
