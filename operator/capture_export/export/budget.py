@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from .cgroup import memory_limit as container_memory_limit
 
 __all__ = [
+    "ALLOCATOR_OVERHEAD",
     "DEFAULT_BUDGET_BYTES",
     "MIN_BUDGET_BYTES",
     "POOL_RESERVED_BYTES",
@@ -59,6 +60,10 @@ PROCESS_RESERVED_BYTES = 160 * MiB
 # (~14 MiB; what a worker builds for a batch is the batch's cost, its format's library a standing charge).
 POOL_RESERVED_BYTES = 24 * MiB
 WORKER_RESERVED_BYTES = 16 * MiB
+# Memory freed by batches that malloc still holds in its arenas (between trims, and pages pinned by blocks
+# still in use), per byte of batches in flight: measured with benchmarks/memory_backlog.py, 103-213 MiB held
+# beside ~200 MiB of batches. The budget is what remains of the limit divided by 1 + this.
+ALLOCATOR_OVERHEAD = 0.5
 MIN_BUDGET_BYTES = 64 * MiB
 # Without a container memory limit (a laptop, `capture-export run`): enough for a few full batches.
 DEFAULT_BUDGET_BYTES = 256 * MiB
@@ -207,7 +212,7 @@ def budget_for_memory_limit(memory_limit: int | None, workers: int = 0) -> int:
     an encode pool of ``workers`` processes."""
     if memory_limit is None:
         return DEFAULT_BUDGET_BYTES
-    return max(MIN_BUDGET_BYTES, memory_limit - reserved_bytes(workers))
+    return max(MIN_BUDGET_BYTES, int((memory_limit - reserved_bytes(workers)) / (1 + ALLOCATOR_OVERHEAD)))
 
 
 _UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 1000, "M": 1000**2, "G": 1000**3}
@@ -297,6 +302,7 @@ def release_freed_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
-    pyarrow = sys.modules.get("pyarrow")
-    if pyarrow is not None:
-        pyarrow.default_memory_pool().release_unused()
+    # Only once pyarrow is fully imported (another thread may be importing it right now).
+    pool = getattr(sys.modules.get("pyarrow"), "default_memory_pool", None)
+    if pool is not None:
+        pool().release_unused()
