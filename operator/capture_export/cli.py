@@ -47,7 +47,7 @@ def _add_export_resource_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-budget", default=os.environ.get("CAPTURE_EXPORT_MEMORY_BUDGET"), metavar="SIZE",
                         help="memory for batches in flight across all exporters, e.g. 256Mi (default: the "
                         "container's memory limit less what the operator and its encode pool need, ~200Mi, "
-                        "or 256Mi without one; $CAPTURE_EXPORT_MEMORY_BUDGET)")
+                        "over 1.5 for malloc's slack, or 256Mi without one; $CAPTURE_EXPORT_MEMORY_BUDGET)")
 
 
 def _env_list(name: str, separator: str) -> list[str] | None:

@@ -10,8 +10,9 @@ order, until others commit.
 
 Sizing (docs/operations.md, "Sizing: memory"): the operator takes the budget from its container's memory
 limit (the cgroup's ``memory.max``) less what it needs besides batches (``reserved_bytes``: the process
-with kopf and its clients, the encode pool's fork server and idle workers); ``--memory-budget`` overrides
-it. A format whose encoder needs a large library and fixed working memory (Parquet: pyarrow, a chunk of
+with kopf and its clients, the encode pool's fork server and idle workers), divided by 1 +
+``ALLOCATOR_OVERHEAD`` for the freed memory malloc keeps beside batches; ``--memory-budget`` overrides it.
+A format whose encoder needs a large library and fixed working memory (Parquet: pyarrow, a chunk of
 records decoded, Arrow's memory pool) takes that once per process that encodes it, as a *standing*
 charge on the budget, when its first exporter starts. One batch never needs more than half the budget:
 the engine reads fewer records than ``limit`` when a batch would (see ``ExportEngine.batch_limit``).
