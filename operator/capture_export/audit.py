@@ -22,17 +22,59 @@ from typing import Any
 import cbor2
 
 from .api import S3ExporterSpec
-from .export.checkpoint import peek_layout
+from .export.checkpoint import Checkpoints, peek_layout
 from .export.formats import data_extension, decode_object, to_json_line
 from .export.layout import CONTROL_DIR, ObjectLayout, parse_range
+from .export.model import ExporterId, ExportFailure, RetryPolicy
 from .export.provenance import METADATA_EXPORTER, METADATA_STORE, compare_with_store
 from .export.transform import RecordFilter
 from .objectstore import ObjectInfo, ObjectStore, ObjectStoreError
 from .store import RecordReader
 
-__all__ = ["VerifyReport", "decode_object", "is_data_object", "to_json_line", "verify_export", "verify_options"]
+__all__ = ["AuditLimit", "VerifyReport", "committed_limit", "decode_object", "is_data_object", "lone_checkpoint",
+           "to_json_line", "verify_export", "verify_options"]
 
 RecordPredicate = Callable[[Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class AuditLimit:
+    """The highest record id an audit checks (None: the store's safe horizon, all it holds), and why, in
+    words for the report."""
+
+    up_to: int | None
+    why: str
+
+
+def committed_limit(objects: ObjectStore, layout: ObjectLayout, exporter: ExporterId,
+                    store: RecordReader) -> AuditLimit:
+    """Up to the exporter's committed cursor, read from its checkpoint in the bucket as the retention gate
+    reads it: records the store holds above it are not exported yet, not missing. Without a checkpoint it
+    can trust (none, unreadable, or written from another store) the audit checks all the store holds, so a
+    wiped bucket fails it rather than passing for want of a limit."""
+    try:
+        checkpoint = Checkpoints(objects, layout, exporter, retry=RetryPolicy(attempts=3)).read_full()
+    except ExportFailure as exc:
+        return AuditLimit(None, f"all the store holds (the checkpoint of {exporter} cannot be read: {exc.message})")
+    if checkpoint is None:
+        return AuditLimit(None, f"all the store holds (no committed checkpoint of {exporter} in the bucket)")
+    if checkpoint.store_id and checkpoint.store_id != store.identity():
+        return AuditLimit(None, f"all the store holds (the checkpoint of {exporter} was written from another "
+                          f"store, {checkpoint.store_id})")
+    return AuditLimit(checkpoint.cursor.position, f"the committed checkpoint of {exporter}")
+
+
+def lone_checkpoint(objects: ObjectStore, prefix: str) -> tuple[ObjectLayout, ExporterId] | None:
+    """The exporter whose checkpoint is the only one under ``prefix`` (``verify --bucket``, which has no
+    manifest to name it), with its layout; None when there is none or there are several."""
+    root = ObjectLayout(prefix.strip("/"), "_", "_")
+    folder = root.checkpoints_folder()
+    found = [info.key[len(folder):] for info in objects.list(folder) if info.key.endswith(".json")]
+    if len(found) != 1 or found[0].count("/") != 1:
+        return None
+    namespace, _, file = found[0].partition("/")
+    exporter = ExporterId(namespace, file.removesuffix(".json"))
+    return ObjectLayout(root.prefix, exporter.namespace, exporter.name), exporter
 
 
 @dataclass
@@ -52,11 +94,26 @@ class VerifyReport:
     other_store: list[str] = field(default_factory=list)  # objects this exporter wrote from another store
     not_ours: list[str] = field(default_factory=list)  # objects not of this exporter: named, not counted
     quarantined: int = 0  # rows moved to the store's quarantine: out of the store, not expected in the bucket
+    limit: str = ""  # why the audit stops at ``up_to`` (AuditLimit.why)
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.duplicated or self.mislabelled or self.unreadable or self.differing
                     or self.other_store)
+
+    def as_json(self) -> dict[str, Any]:
+        """The report for ``verify -o json``: every count, and the ids and keys it names (at most 100 each)."""
+        return {
+            "ok": self.ok, "upTo": str(self.up_to), "limit": self.limit, "objects": self.objects,
+            "recordsInBucket": self.exported_records, "recordsInStore": self.store_records,
+            "missing": len(self.missing), "missingIds": [str(i) for i in self.missing[:100]],
+            "duplicated": len(self.duplicated), "duplicatedIds": [str(i) for i in self.duplicated[:100]],
+            "differing": len(self.differing), "differingIds": [str(i) for i in self.differing[:100]],
+            "notInStore": self.not_in_store, "filtered": self.filtered, "filteredInBucket": self.filtered_in_bucket,
+            "quarantined": self.quarantined, "mislabelled": self.mislabelled[:100],
+            "otherStore": self.other_store[:100], "notOurs": self.not_ours[:100],
+            "unreadable": [{"key": key, "why": why} for key, why in self.unreadable[:100]],
+        }
 
     def summary(self) -> str:
         def sample(ids: list[int]) -> str:
@@ -65,6 +122,7 @@ class VerifyReport:
         lines = [
             f"objects: {self.objects}, records in bucket: {self.exported_records}, "
             f"records in store up to id {self.up_to}: {self.store_records}",
+            *([f"limit: up to id {self.up_to}, {self.limit}"] if self.limit else []),
             f"missing: {len(self.missing)}" + (f" ({sample(self.missing)})" if self.missing else ""),
             f"duplicated: {len(self.duplicated)}" + (f" ({sample(self.duplicated)})" if self.duplicated else ""),
         ]
@@ -169,12 +227,13 @@ def verify_export(
     layout: ObjectLayout | None = None,
     accepts: RecordPredicate | None = None,
     exporter: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Every store record with id <= ``up_to`` (default: the safe horizon) that ``accepts`` passes (default:
     all) must be in exactly one object, as the store holds it. Every data object under ``prefix`` counts, in
     any folder and, unless ``extension`` is given, in any format, unless it is not this exporter's (see the
     module docstring; ``exporter`` is "namespace/name"); ``layout`` (the exporter's) narrows the listing to
-    the folders its template can produce."""
+    the folders its template can produce. ``progress(done, total)`` is called after each data object read."""
     report = VerifyReport()
     report.up_to = store.safe_horizon() if up_to is None else up_to
     store_id = store.identity()
@@ -185,11 +244,12 @@ def verify_export(
     root = layout.data_prefix() if layout is not None else control_root
     listed = list(objects.list(root))
     nested, neighbours = _others(objects, listed, control_root, layout)
-    for info in listed:
-        key = info.key
-        # Any object in a data format counts, whatever its name: a stray copy is a duplicate.
-        if not is_data_object(key) or (extension is not None and not key.endswith(extension)):
-            continue
+    # Any object in a data format counts, whatever its name: a stray copy is a duplicate.
+    candidates = [info.key for info in listed
+                  if is_data_object(info.key) and (extension is None or info.key.endswith(extension))]
+    for read, key in enumerate(candidates):
+        if progress is not None:
+            progress(read, len(candidates))  # before the object: the loop's body may `continue`
         ours = layout is not None and layout.is_data_key(key)
         if any(key.startswith(other) for other in nested) or (
                 not ours and any(other.is_data_key(key) for other in neighbours)):
@@ -227,6 +287,8 @@ def verify_export(
             if outside or (accepts is None and (ids[0], ids[-1]) != bounds):
                 report.mislabelled.append(key)
         exported.extend(ids)
+    if progress is not None:
+        progress(len(candidates), len(candidates))
     report.differing.sort()
     report.exported_records = len(exported)
     ordered = sorted(exported)

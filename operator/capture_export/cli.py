@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .api.manifests import InvalidManifest, Resource, load_manifests
+from .api.manifests import InvalidManifest, ManifestSet, Resource, load_manifests
 
 if TYPE_CHECKING:  # kopf is heavy: the operator's modules load only for `capture-export operator`
     from .handlers import OperatorConfig
@@ -187,6 +187,21 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exporter_objects(resource: Resource, manifests: ManifestSet) -> Iterator[tuple[str, Callable[[], bytes | None]]]:
+    """``(key, read)`` for each data object of one S3Exporter of the manifests, in export order: its bucket,
+    endpoint and Secret, the folders its prefix and pathTemplate give, and no other exporter's objects."""
+    from .audit import is_data_object, verify_options
+    from .objectstore import CredentialResolver, S3Location, S3ObjectStore
+
+    spec = resource.spec
+    access = CredentialResolver(manifests).access(resource.namespace, resource.name, spec)
+    objects = S3ObjectStore(S3Location(spec.bucket, spec.region, spec.endpoint), access)
+    layout = verify_options(spec, resource.namespace, resource.name)["layout"]
+    for info in objects.list(layout.data_prefix()):
+        if is_data_object(info.key) and layout.is_data_key(info.key):
+            yield info.key, lambda name=info.key: objects.get(name)
+
+
 def _cat_sources(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], bytes | None]]]:
     """``(key, read)`` for each object ``cat`` decodes. A local file is read here: a missing file or a
     directory is an ordinary one-line failure of the command (main's _error_line), as is a failed listing."""
@@ -212,9 +227,24 @@ def cmd_cat(args: argparse.Namespace) -> int:
     from .audit import decode_object, to_json_line
     from .export.formats import data_extension
 
+    if args.file:
+        if args.source:
+            print("give a source or -f, not both", file=sys.stderr)
+            return 2
+        manifests = load_manifests(args.file)
+        exporters = [r for r in manifests.of_kind("S3Exporter") if args.exporter in (None, r.name)]
+        if len(exporters) != 1:
+            print(f"give exactly one S3Exporter (found {len(exporters)}; use --exporter NAME)", file=sys.stderr)
+            return 2
+        sources = _exporter_objects(exporters[0], manifests)
+    elif args.source:
+        sources = _cat_sources(args)
+    else:
+        print("give a source (a file, s3://BUCKET/KEY or s3://BUCKET/PREFIX/) or -f exporter.yaml", file=sys.stderr)
+        return 2
     out = sys.stdout
     seen = unreadable = 0
-    for key, read in _cat_sources(args):
+    for key, read in sources:
         seen += 1
         try:
             data = read()
@@ -237,11 +267,20 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .audit import verify_export, verify_options
+    from .audit import AuditLimit, committed_limit, lone_checkpoint, verify_export, verify_options
+    from .export import ExporterId
+    from .export.layout import ObjectLayout
     from .objectstore import CredentialResolver, S3Location, S3ObjectStore
-    from .store import check_store_url, open_store_url
+    from .progress import ProgressLine
+    from .store import CaptureStore, StoreOpener, check_store_url, open_store_url
 
-    # The manifests first (a local mistake is named before anything is opened), then the store, which
+    # (name, bucket, prefix, verify_export's options, the store it is audited against, its limit)
+    Target = tuple[str, S3ObjectStore, str, dict, Callable[[], CaptureStore],
+                   Callable[[S3ObjectStore, CaptureStore], AuditLimit]]
+    targets: list[Target] = []
+    opened: list[CaptureStore] = []
+    stores: StoreOpener | None = None
+    # The manifests first (a local mistake is named before anything is opened), then each store, which
     # verify never creates (StoreNotFound: main's _error_line says it in one line).
     if args.file:
         manifests = load_manifests(args.file)
@@ -249,29 +288,71 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not exporters:
             print("no matching S3Exporter in the given files", file=sys.stderr)
             return 2
-        targets = []
         resolver = CredentialResolver(manifests)
+        # Each exporter's store is found as `run` finds it: its spec.store, else --store, the default store.
+        stores = StoreOpener(check_store_url(args.store), manifests.get)
         for resource in exporters:
             spec = resource.spec
             access = resolver.access(resource.namespace, resource.name, spec)
             location = S3Location(spec.bucket, spec.region, spec.endpoint)
             # The exporter's key layout (pathTemplate) and filter: excluded records are not missing.
             options = verify_options(spec, resource.namespace, resource.name)
-            targets.append((resource.ref, S3ObjectStore(location, access), spec.prefix, options))
+            exporter = ExporterId(resource.namespace, resource.name)
+            layout = ObjectLayout(spec.prefix, resource.namespace, resource.name)
+            targets.append((resource.ref, S3ObjectStore(location, access), spec.prefix, options,
+                            lambda spec=spec, namespace=resource.namespace: stores(spec, namespace),
+                            lambda objects, store, layout=layout, exporter=exporter:
+                            committed_limit(objects, layout, exporter, store)))
     else:
         if not args.bucket:
             print("give -f exporter.yaml or --bucket", file=sys.stderr)
             return 2
-        targets = [(args.bucket, _object_store_for(args, args.bucket), args.prefix, {})]
-    store = open_store_url(check_store_url(args.store))
+
+        def open_default() -> CaptureStore:
+            store = open_store_url(check_store_url(args.store))
+            opened.append(store)
+            return store
+
+        def bucket_limit(objects: S3ObjectStore, store: CaptureStore) -> AuditLimit:
+            found = lone_checkpoint(objects, args.prefix)
+            if found is None:
+                return AuditLimit(None, "all the store holds (no single exporter's checkpoint under the prefix)")
+            return committed_limit(objects, *found, store)
+
+        targets.append((args.bucket, _object_store_for(args, args.bucket), args.prefix, {}, open_default,
+                        bucket_limit))
+    json_output = args.output == "json"
+    results = []
     ok = True
     try:
-        for name, objects, prefix, options in targets:
-            report = verify_export(store, objects, prefix, up_to=args.up_to, **options)
-            print(f"{name}:\n{report.summary()}")
+        for name, objects, prefix, options, open_store, find_limit in targets:
+            store = open_store()
+            limit = AuditLimit(args.up_to, "given with --up-to") if args.up_to is not None else find_limit(
+                objects, store)
+            progress = ProgressLine(f"verifying {name}", unit="objects")
+
+            def show(done: int, total: int, progress: ProgressLine = progress) -> None:
+                progress.total = total
+                progress.update(done)
+
+            report = verify_export(store, objects, prefix, up_to=limit.up_to,
+                                   progress=None if json_output else show, **options)
+            progress.finish()
+            report.limit = limit.why
             ok &= report.ok
+            if json_output:
+                results.append({"name": name, **report.as_json()})
+            else:
+                print(f"{name}:\n{report.summary()}", flush=True)
     finally:
-        store.close()
+        if stores is not None:
+            stores.close()
+        for store in opened:
+            store.close()
+    if json_output:
+        import json
+
+        print(json.dumps({"ok": ok, "exporters": results}, indent=2))
     return 0 if ok else 1
 
 
@@ -706,12 +787,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "cat", "decode exported objects to JSON Lines",
         "Decode exported objects to JSON Lines, one record per line (timestamps RFC 3339, bytes as "
         '{"$base64": …}): a local file, one object s3://BUCKET/KEY, or every data object under '
-        "s3://BUCKET/PREFIX/, in any format (.cbor.zstd, .jsonl[.gz|.zst], .parquet). S3 credentials come from "
-        "$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY or the default AWS chain. An object that cannot be read or "
-        "decoded is named on stderr and skipped; the exit code is then 1.",
+        "s3://BUCKET/PREFIX/, in any format (.cbor.zstd, .jsonl[.gz|.zst], .parquet); or, with -f, every object "
+        "an S3Exporter wrote (its bucket, endpoint, prefix, pathTemplate and Secret). Without -f, S3 credentials "
+        "come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY or the default AWS chain. An object that cannot "
+        "be read or decoded is named on stderr and skipped; the exit code is then 1.",
         ["capture-export cat .capture-export/demo/00000000000000095001-00000000000000100000.cbor.zstd | head -1",
+         "capture-export cat -f examples/exporter.yaml | head",
          "capture-export cat s3://capture-exports/llm-usage/ --endpoint http://127.0.0.1:8333 | head"])
-    cat.add_argument("source", help="a file, s3://BUCKET/KEY or s3://BUCKET/PREFIX/")
+    cat.add_argument("source", nargs="?", help="a file, s3://BUCKET/KEY or s3://BUCKET/PREFIX/")
+    _manifest_files(cat, "manifests naming the exporter (and its Secret), instead of a source")
+    cat.add_argument("--exporter", metavar="NAME", help="with -f: this S3Exporter, when the manifests hold several")
     cat.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"),
                      help="S3 endpoint URL; none for Amazon S3 ($AWS_ENDPOINT_URL)")
     cat.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"), help="bucket region ($AWS_REGION)")
@@ -719,19 +804,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = _command(
         sub, "verify", "audit a store against a bucket: missing and duplicated records",
-        "Check that every record of the capture store (up to --up-to) is in exactly one exported object, and "
-        "report missing and duplicated records, records whose content (timestamp, capture_id) differs from the "
-        "store's (a recreated store), and objects that cannot be read or decoded (each named, then counted). "
-        "Other exporters' objects (nested prefixes, their own template folders) are left out. With -f, each "
-        "S3Exporter's bucket, endpoint, prefix, key layout, filter and Secret are used; with --bucket, "
-        "credentials come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY. Exit code 1 on any missing, "
-        "duplicated, different or unreadable one.",
+        "Check that every record of the capture store up to the exporter's committed checkpoint (records the "
+        "exporter has not exported yet are not missing; --up-to sets another limit, and the report names the "
+        "one it used) is in exactly one exported object, and report missing and duplicated records, records "
+        "whose content (timestamp, capture_id) differs from the store's (a recreated store), and objects that "
+        "cannot be read or decoded (each named, then counted). Other exporters' objects (nested prefixes, "
+        "their own template folders) are left out. With -f, each S3Exporter's bucket, endpoint, prefix, key "
+        "layout, filter, Secret and store (spec.store; without one, --store, as `run` does) are used; with "
+        "--bucket, credentials come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY. Progress is shown on "
+        "stderr when it takes more than a second. Exit code 1 on any missing, duplicated, different or "
+        "unreadable one.",
         ["capture-export verify -f examples/exporter.yaml",
          "capture-export verify --bucket capture-exports --prefix llm-usage --endpoint http://127.0.0.1:8333"])
     _manifest_files(verify, "manifests naming the exporters (and their Secrets)")
     verify.add_argument("--exporter", metavar="NAME", help="only this S3Exporter of the manifests")
     verify.add_argument("--store", default=_default_store(), metavar="STORE",
-                        help="capture store: a SQLite path or a postgresql:// DSN ($CAPTURE_EXPORT_STORE)")
+                        help="capture store: a SQLite path or a postgresql:// DSN; with -f, the store of an "
+                        "exporter without spec.store ($CAPTURE_EXPORT_STORE)")
     verify.add_argument("--bucket", help="bucket to audit, without -f")
     verify.add_argument("--prefix", default="", help="key prefix, without -f (default: the whole bucket)")
     verify.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL"),
@@ -739,7 +828,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"),
                         help="bucket region, without -f ($AWS_REGION)")
     verify.add_argument("--up-to", type=int, default=None, metavar="ID",
-                        help="check record ids up to this one (default: all the store holds)")
+                        help="check record ids up to this one (default: the exporter's committed checkpoint; "
+                        "with --bucket, the checkpoint when it is the only one under the prefix, else all the "
+                        "store holds)")
+    verify.add_argument("-o", "--output", choices=["text", "json"], default="text",
+                        help="json: one JSON object with each exporter's counts and sample ids")
     verify.set_defaults(handler=cmd_verify)
 
     restore = _command(
