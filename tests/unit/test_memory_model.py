@@ -62,7 +62,6 @@ def _peak_growth_of_a_batch(store_path: str, fmt: str, records: int, pooled: boo
     batch of ``records`` and the growth of the process's peak RSS while it reads (in-process) or unpickles
     (pooled) and encodes it, after a warm-up batch loaded the format's library."""
     import pickle
-    import resource
 
     from capture_export.export.batch import BatchRecipe, PackedRows, encode_in_worker, encode_rows
     from capture_export.export.budget import release_freed_memory, share_fewer_malloc_arenas
@@ -91,7 +90,9 @@ def _peak_growth_of_a_batch(store_path: str, fmt: str, records: int, pooled: boo
         rows = store.read_batch(0, records)
         stored = sum(len(row.body) for row in rows)
         assert encode_rows(recipe, rows).payload
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM: this process's peak RSS (ru_maxrss would include the forking parent's, kept across exec).
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
     return stored, peak - before
 
 
