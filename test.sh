@@ -21,5 +21,6 @@ else
     export CAPTURE_EXPORT_KUBE_BIN=""  # the tier skips at once instead of trying the build again
 fi
 .venv/bin/ruff check .
+.venv/bin/mypy
 .venv/bin/capture-export crds --check
 exec .venv/bin/pytest -q "$@"

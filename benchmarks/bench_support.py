@@ -10,17 +10,33 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import multiprocessing
 import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["INSTALL_TEST", "ChildDied", "add_keep_argument", "receive", "require", "work_directory"]
+if TYPE_CHECKING:
+    from capture_export.local_s3 import LocalS3
+    from capture_export.objectstore import S3ObjectStore
+
+__all__ = [
+    "INSTALL_TEST",
+    "ChildDied",
+    "add_keep_argument",
+    "bucket_objects",
+    "child_result",
+    "receive",
+    "require",
+    "seed_sqlite",
+    "work_directory",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_TEST = "scripts/bootstrap.sh test   (or: pip install -e '.[test]')"
@@ -51,10 +67,10 @@ def _missing(name: str) -> bool:
     if name == "postgres":
         sys.path.insert(0, str(ROOT))
         try:
-            from tests.pg import find_pg_bindir
+            from tests.support.pg import find_pg_bindir
 
             find_pg_bindir()
-        except Exception:  # tests.pg itself needs the test extra (pytest)
+        except Exception:  # tests.support.pg itself needs the test extra (pytest)
             return True
         return False
     try:
@@ -116,3 +132,50 @@ def _died(child: BaseProcess, what: str) -> ChildDied:
     code = child.exitcode
     reason = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
     return ChildDied(f"the {what} process died ({reason}) without a result; its error is above")
+
+
+def child_result(spawn: Any, target: Any, args: tuple[Any, ...], what: str) -> dict[str, Any]:
+    """Run ``target(*args, connection)`` in a child of ``spawn`` (a multiprocessing context) and return what it
+    sends on ``connection``, or ``{"failure": ...}`` naming how it died."""
+    receiving, sending = spawn.Pipe(duplex=False)
+    child = spawn.Process(target=target, args=(*args, sending))
+    child.start()
+    sending.close()  # the child's end: once it dies, nothing can still write
+    try:
+        return receive(receiving, child, what)
+    except ChildDied as exc:
+        return {"failure": str(exc)}
+    finally:
+        child.join()
+
+
+def _seed_sqlite_child(path: str, count: int, foreign: bool) -> None:
+    from capture_export.seed import seed_store
+    from capture_export.store import SQLiteStore
+
+    store = SQLiteStore(path)
+    seed_store(store, count, seed=1, strip=not foreign)
+    store.close()
+
+
+def seed_sqlite(path: str | Path, count: int, *, foreign: bool = False) -> float:
+    """Fill a SQLite store at ``path`` with ``count`` generated records (seed 1) in a spawned child, so that
+    the benchmark's own process starts measuring with nothing of the seeding in its memory; the seconds it
+    took. ``foreign``: as a gateway's INSERTs (unsealed, so each record is checked in full on export)."""
+    started = time.perf_counter()
+    seeder = multiprocessing.get_context("spawn").Process(target=_seed_sqlite_child,
+                                                          args=(str(path), count, foreign))
+    seeder.start()
+    seeder.join()
+    if seeder.exitcode != 0:
+        raise SystemExit(f"seeding failed (exit code {seeder.exitcode})")
+    return time.perf_counter() - started
+
+
+def bucket_objects(s3: LocalS3, bucket: str) -> S3ObjectStore:
+    """A new bucket on the local S3 server, as an object store with the server's credentials."""
+    from capture_export.objectstore import Credentials, S3Location, S3ObjectStore
+
+    s3.create_bucket(bucket)
+    return S3ObjectStore(S3Location(bucket, "us-east-1", s3.endpoint),
+                         Credentials(s3.access_key_id, s3.secret_access_key))

@@ -16,29 +16,19 @@ By default the records are appended through capture-export (sealed: the export s
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import resource
 import time
 from pathlib import Path
 
-from bench_support import add_keep_argument, require, work_directory
+from bench_support import add_keep_argument, bucket_objects, require, seed_sqlite, work_directory
 from capture_export.api import S3ExporterSpec
 from capture_export.clock import SystemClock
 from capture_export.export import CborZstdEncoder, Cursor, ExportEngine, ExporterId
 from capture_export.export.engine import encode_batch
 from capture_export.export.ownership import Ownership
 from capture_export.local_s3 import LocalS3
-from capture_export.objectstore import Credentials, S3Location, S3ObjectStore
 from capture_export.store import SQLiteStore
-
-
-def _seed(path: str, count: int, foreign: bool) -> None:
-    from capture_export.seed import seed_store
-
-    store = SQLiteStore(path)
-    seed_store(store, count, seed=1, strip=not foreign)
-    store.close()
 
 
 def cpu_seconds() -> float:
@@ -67,21 +57,14 @@ def main() -> None:
 def measure(args: argparse.Namespace, workdir: Path) -> None:
     print(f"{os.cpu_count()} CPUs; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     store_path = str(workdir / "store.sqlite")
-    started = time.perf_counter()
-    seeder = multiprocessing.get_context("spawn").Process(target=_seed, args=(store_path, args.records, args.foreign))
-    seeder.start()
-    seeder.join()
-    if seeder.exitcode != 0:
-        raise SystemExit(f"seeding failed (exit code {seeder.exitcode})")
-    print(f"seeded {args.records:,} records in {time.perf_counter() - started:.1f}s", flush=True)
+    seconds = seed_sqlite(store_path, args.records, foreign=args.foreign)
+    print(f"seeded {args.records:,} records in {seconds:.1f}s", flush=True)
 
     with LocalS3(workdir / "s3") as s3:
-        s3.create_bucket("bench")
+        objects = bucket_objects(s3, "bench")
         store = SQLiteStore(store_path)
         spec = S3ExporterSpec(bucket="bench", region="us-east-1", endpoint=s3.endpoint, limit=args.limit,
                               prefix="bench")
-        objects = S3ObjectStore(S3Location("bench", "us-east-1", s3.endpoint),
-                                Credentials(s3.access_key_id, s3.secret_access_key))
         # As a cycle does: claim the destination (store lock, lease), recover, then run with the lease held.
         exporter = ExporterId("bench", "bench")
         ownership = Ownership(exporter, clock=SystemClock())

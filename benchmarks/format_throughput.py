@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_support import ChildDied, add_keep_argument, receive, require, work_directory
+from bench_support import add_keep_argument, child_result, require, seed_sqlite, work_directory
 
 CASES: dict[str, dict[str, Any]] = {
     "cbor-zstd": {},
@@ -67,15 +67,6 @@ CASES: dict[str, dict[str, Any]] = {
 }
 PEER = "litellm-s3-batch-file"
 STAGES = ("read", "encode", "commit")
-
-
-def _seed(path: str, count: int) -> None:
-    from capture_export.seed import seed_store
-    from capture_export.store import SQLiteStore
-
-    store = SQLiteStore(path)
-    seed_store(store, count, seed=1)
-    store.close()
 
 
 class TreeMonitor(threading.Thread):
@@ -294,20 +285,6 @@ spec: {{bucket: {bucket}, region: us-east-1, endpoint: "{s3.endpoint}", secretRe
             "ok": process.returncode == 0, "output": log.read_text()[-1000:]}
 
 
-def _run_child(spawn: Any, target: Any, args: tuple[Any, ...], what: str) -> dict[str, Any]:
-    """The figures a child process sends, or a failure naming how it died."""
-    receiving, sending = spawn.Pipe(duplex=False)
-    child = spawn.Process(target=target, args=(*args, sending))
-    child.start()
-    sending.close()  # the child's end: once it dies, nothing can still write
-    try:
-        return receive(receiving, child, what)
-    except ChildDied as exc:
-        return {"failure": str(exc)}
-    finally:
-        child.join()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=200_000)
@@ -330,13 +307,8 @@ def main() -> None:
     spawn = multiprocessing.get_context("spawn")
     with work_directory("capture-export-formats-", keep=args.keep) as workdir:
         store_path = str(workdir / "store.sqlite")
-        started = time.perf_counter()
-        seeder = spawn.Process(target=_seed, args=(store_path, args.records))
-        seeder.start()
-        seeder.join()
-        if seeder.exitcode != 0:
-            raise SystemExit(f"seeding failed (exit code {seeder.exitcode})")
-        print(f"seeded {args.records:,} records in {time.perf_counter() - started:.1f}s; {os.cpu_count()} CPUs; "
+        seconds = seed_sqlite(store_path, args.records)
+        print(f"seeded {args.records:,} records in {seconds:.1f}s; {os.cpu_count()} CPUs; "
               f"limit {args.limit:,}; load average {os.getloadavg()[0]:.2f}", flush=True)
         with LocalS3(workdir / "s3") as s3:
             rates = _measure(spawn, s3, store_path, cases, args, workdir)
@@ -359,7 +331,7 @@ def _measure(spawn: Any, s3: Any, store_path: str, cases: dict[str, dict[str, An
         bucket = f"bench-{index}"
         s3.create_bucket(bucket)
         load_before = os.getloadavg()[0]
-        figures = _run_child(spawn, _export, (store_path, s3.endpoint, keys, bucket, args.limit, fields),
+        figures = child_result(spawn, _export, (store_path, s3.endpoint, keys, bucket, args.limit, fields),
                              f"{name} export")
         if figures["failure"]:
             print(f"{name:<22} FAILED: {figures['failure']}", flush=True)
@@ -377,7 +349,7 @@ def _measure(spawn: Any, s3: Any, store_path: str, cases: dict[str, dict[str, An
         bucket = "bench-peer"
         s3.create_bucket(bucket)
         load_before = os.getloadavg()[0]
-        figures = _run_child(spawn, _peer, (store_path, s3.endpoint, keys, bucket, args.limit), PEER)
+        figures = child_result(spawn, _peer, (store_path, s3.endpoint, keys, bucket, args.limit), PEER)
         if figures["failure"]:
             print(f"{PEER:<22} FAILED: {figures['failure']}", flush=True)
         else:

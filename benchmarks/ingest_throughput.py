@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/ingest_throughput.py --stages [--store sqlite|postgres] [--prefill 50000]
 
 Starts SeaweedFS, `capture-export ingest` (its own process) and `capture-export run` (the exporter, its
-own process, every 1 s, limit 1000) on the same store (``postgres``: a throwaway cluster, tests/pg.py),
+own process, every 1 s, limit 1000) on the same store (``postgres``: a throwaway cluster, tests/support/pg.py),
 then runs ``--clients`` concurrent HTTP clients in this process, each posting batches of ``--batch``
 LiteLLM StandardLoggingPayloads (json_array, ~3.5-4 KB each, every id new) to /v1/litellm as fast as
 they are answered. Prints records/s committed, request latency (p50, p99, max), the ingest server's
@@ -357,8 +357,8 @@ def main() -> None:
     args = parser.parse_args()
     go = stages if args.stages else run
     if args.store == "postgres":
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pg
-        from tests.pg import TempPostgres
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support.pg
+        from tests.support.pg import TempPostgres
 
         with TempPostgres() as cluster:
             args.store = cluster.create_database("bench")

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/memory_backlog.py [--records 40000] [--exporters 8] [--formats cbor-zstd,parquet]
                                                  [--limit 10000] [--memory-limit 512Mi] [--keep]
 
-The situation of issue 14: the operator comes back after an outage and every exporter has a backlog.
+The situation after an outage: the operator comes back after an outage and every exporter has a backlog.
 The store is seeded once (SQLite, the standard ~3.5 KB records); each exporter has its own bucket on
 one SeaweedFS and alternates between the given formats. The exporters run as the operator runs them:
 each cycle is ``ExporterWorker.cycle`` on a thread of a pool of ``--concurrency`` (the operator's
@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench_support import ChildDied, add_keep_argument, receive, require, work_directory
+from bench_support import add_keep_argument, child_result, require, seed_sqlite, work_directory
 
 
 def parse_size(text: str) -> int:
@@ -39,15 +39,6 @@ def parse_size(text: str) -> int:
         if text.endswith(suffix):
             return int(float(text[: -len(suffix)]) * factor)
     return int(text)
-
-
-def _seed(path: str, count: int) -> None:
-    from capture_export.seed import seed_store
-    from capture_export.store import SQLiteStore
-
-    store = SQLiteStore(path)
-    seed_store(store, count, seed=1)
-    store.close()
 
 
 class _MallInfo2(ctypes.Structure):
@@ -196,11 +187,7 @@ def main() -> int:
     spawn = multiprocessing.get_context("spawn")
     with work_directory("capture-export-memory-", keep=args.keep) as workdir:
         store_path = str(workdir / "store.sqlite")
-        seeder = spawn.Process(target=_seed, args=(store_path, args.records))
-        seeder.start()
-        seeder.join()
-        if seeder.exitcode != 0:
-            raise SystemExit(f"seeding failed (exit code {seeder.exitcode})")
+        seed_sqlite(store_path, args.records)
         buckets = [(f"backlog-{index}", formats[index % len(formats)]) for index in range(args.exporters)]
         print(f"{args.exporters} exporters ({', '.join(f for _, f in buckets)}) at limit {args.limit:,}, "
               f"{args.records:,} records each behind, concurrency {args.concurrency}, memory limit "
@@ -209,19 +196,12 @@ def main() -> int:
         with LocalS3(workdir / "s3") as s3:
             for bucket, _ in buckets:
                 s3.create_bucket(bucket)
-            receiving, sending = spawn.Pipe(duplex=False)
-            child = spawn.Process(target=_catch_up, args=(store_path, s3.endpoint, (s3.access_key_id,
-                                  s3.secret_access_key), buckets, args.limit, args.concurrency, memory_limit,
-                                  sending))
-            child.start()
-            sending.close()  # the child's end: once it dies, nothing can still write
-            try:
-                figures = receive(receiving, child, "catch-up")
-            except ChildDied as exc:
-                print(f"FAILED: {exc}")
+            figures = child_result(spawn, _catch_up, (store_path, s3.endpoint, (s3.access_key_id,
+                                   s3.secret_access_key), buckets, args.limit, args.concurrency, memory_limit),
+                                   "catch-up")
+            if "failure" in figures:
+                print(f"FAILED: {figures['failure']}")
                 return 1
-            finally:
-                child.join()
     failures = [f"{bucket}: {failure}" for (bucket, _), (_, _, failure) in zip(buckets, figures["results"],
                                                                                strict=True) if failure]
     exported = sum(rows for rows, _, _ in figures["results"])

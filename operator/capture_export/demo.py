@@ -163,7 +163,7 @@ def _seed_export_report(s3: LocalS3, manifests: ManifestSet, records: int, manif
           + ("" if report.ok else " (FAILED)"))
     print()
     data = objects.get(run.last_key) if run.last_key else None
-    if data:
+    if data and run.last_key:
         sample = workdir / Path(run.last_key).name
         sample.write_bytes(data)
         print("read it back (a copy of the last object is kept, since the demo's S3 server stops now):")

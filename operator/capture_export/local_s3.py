@@ -174,7 +174,7 @@ class LocalS3:
         path.chmod(0o600)
         return path
 
-    def client(self):
+    def client(self) -> Any:  # a boto3 S3 client (boto3 is untyped)
         return boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint,

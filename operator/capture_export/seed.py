@@ -668,8 +668,8 @@ def _record(
         "response": {"headers": resp_headers, "body": response_body},
     }
     if tool_call is not None:
-        call_id, name, args = tool_call
-        capture["tool_use"] = [{"id": call_id, "name": name, "input": args}]
+        call_id, name, tool_input = tool_call
+        capture["tool_use"] = [{"id": call_id, "name": name, "input": tool_input}]
         sess.pending_tool = tool_call
     if rand() < 0.03:
         mime, magic = _BINARY_KINDS[int(rand() * len(_BINARY_KINDS))]

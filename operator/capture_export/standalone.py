@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,10 +24,12 @@ from .api import S3ExporterStatus
 from .api.destination import changed_fields, destination_of
 from .api.manifests import ManifestSet, Resource
 from .api.vocabulary import ConditionType, Domain, EventType, Reason, Truth
-from .clock import SystemClock
+from .clock import Clock, SystemClock
 from .export import BatchResult, ExporterId, ExportFailure
 from .export.cycle import CycleOutcome, ExporterWorker
 from .export.model import unexpected_failure
+from .retention.standalone import PolicyTurns
+from .schedule import Schedule, Scheduled
 from .status.conditions import get_condition
 from .status.exporter import Event, StatusUpdate, cursor_position, guard_cursor
 from .store import StoreOpener
@@ -38,8 +39,6 @@ __all__ = ["DESTINATIONS", "StandaloneRunner", "StateFile", "StateInUse"]
 # State file key of each exporter's destination (api/destination.py), recorded with its first committed
 # batch: the standalone counterpart of the operator's ``capture.dev/destination`` annotation.
 DESTINATIONS = "capture.dev/destination"
-
-CONTAINED_RETRY = 30.0  # seconds before a resource whose turn raised is tried again (run without --once)
 
 
 class StateInUse(SystemExit):
@@ -128,17 +127,7 @@ class StateFile:
             self._lock_file.close()  # releases the flock
 
 
-@dataclass
-class _Scheduled:
-    resource: Resource
-    worker: ExporterWorker
-    due: float = 0.0
-    status: S3ExporterStatus = field(default_factory=S3ExporterStatus)
-    state_problem: str | None = None  # why its state file entry could not be read
-
-    @property
-    def state_key(self) -> str:
-        return f"S3Exporter/{self.resource.ref}"
+Exporter = Scheduled[ExporterWorker, S3ExporterStatus]
 
 
 class Progress:
@@ -166,7 +155,6 @@ class StandaloneRunner:
         state_path: Path,
         default_store: str | None,
         out: TextIO = sys.stdout,
-        extra_kinds: list[Callable[[StandaloneRunner], float | None]] | None = None,
         default_namespaces: Collection[str] | None = None,
         sqlite_directories: Sequence[str] | None = None,
         on_cycle: Callable[[Resource, dict[str, Any]], None] | None = None,
@@ -182,12 +170,13 @@ class StandaloneRunner:
         self.on_cycle = on_cycle
         self.stop_event = threading.Event()
         self.stopped_by: int | None = None  # the signal that asked the runner to stop
-        self.clock = SystemClock()
-        self.exporters = [
-            _Scheduled(
+        self.clock: Clock = SystemClock()
+        self.exporters: list[Exporter] = [
+            Exporter(
                 resource,
                 ExporterWorker(ExporterId(resource.namespace, resource.name), open_store=self.stores,
                                secrets=manifests, clock=self.clock),
+                S3ExporterStatus(),
             )
             for resource in manifests.of_kind("S3Exporter")
         ]
@@ -204,14 +193,10 @@ class StandaloneRunner:
                                           f"({problems})")
         self.outcomes: dict[str, CycleOutcome] = {}
         self.state_failures = 0  # state-file writes that failed (each printed; --once then exits 1)
-        # Other kinds (RetentionPolicy) hook in here: each callable is run once per loop turn (after the
-        # exporters) and may return the monotonic time it next wants a turn; a hook with an ``ok``
-        # attribute that is False makes run_once report failure.
-        self.extra_kinds = extra_kinds or []
-        if manifests.of_kind("RetentionPolicy"):
-            from .retention.standalone import RetentionScheduler
-
-            self.extra_kinds.append(RetentionScheduler(self))
+        self.schedule = Schedule(self.stop_event, out, self._contained)
+        self.schedule.add(self.exporters, self._exporter_turn)  # first: --once purges what it exported
+        self.policies = PolicyTurns(self)
+        self.schedule.add(self.policies.policies, self.policies)
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if signum is not None and self.stopped_by is None:
@@ -220,7 +205,15 @@ class StandaloneRunner:
             print("stopping after the batch in flight commits…", file=self.out, flush=True)
         self.stop_event.set()
 
-    def _refuse_corrupt_state(self, item: _Scheduled) -> CycleOutcome:
+    def state_entry(self, key: str) -> dict[str, Any] | None:
+        return self.state.get(key)
+
+    def _exporter_turn(self, item: Exporter) -> tuple[float, bool]:
+        outcome = self._cycle(item)
+        self.outcomes[item.resource.ref] = outcome
+        return outcome.due_in, outcome.result is not None and outcome.result.failure is None
+
+    def _refuse_corrupt_state(self, item: Exporter) -> CycleOutcome:
         spec = item.resource.spec
         update = StatusUpdate(item.status, now=self.clock.now(), generation=item.resource.generation)
         failure = ExportFailure(Reason.CHECKPOINT_CORRUPT, f"{item.state_problem}; fix or remove the entry, or "
@@ -233,7 +226,7 @@ class StandaloneRunner:
         self._report(item.resource.ref, outcome)
         return outcome
 
-    def _cycle(self, item: _Scheduled) -> CycleOutcome:
+    def _cycle(self, item: Exporter) -> CycleOutcome:
         reset_token = item.resource.annotations.get("capture.dev/reset-cursor")
         if item.state_problem is not None and reset_token is None:
             return self._refuse_corrupt_state(item)  # before anything rewrites the damaged entry
@@ -291,7 +284,7 @@ class StandaloneRunner:
         failure = unexpected_failure(exc)
         print(f"{ref}: Failed - {failure.reason}: {failure.message}", file=self.out, flush=True)
 
-    def _destination(self, item: _Scheduled) -> dict[str, Any]:
+    def _destination(self, item: Exporter) -> dict[str, Any]:
         current = destination_of(item.resource.spec)
         if current.get("endpoint"):  # never a password in the state file, whatever the endpoint holds
             from urllib.parse import urlsplit
@@ -300,19 +293,19 @@ class StandaloneRunner:
             current["endpoint"] = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         return current
 
-    def _record_destination(self, item: _Scheduled) -> None:
+    def _record_destination(self, item: Exporter) -> None:
         """Fix the exporter's destination once it has exported something (saved with the next state put)."""
         recorded = self.state.data.setdefault(DESTINATIONS, {})
         if isinstance(recorded, dict) and item.state_key not in recorded:
             recorded[item.state_key] = self._destination(item)
 
-    def _refuse_moved_destination(self, item: _Scheduled) -> CycleOutcome | None:
+    def _refuse_moved_destination(self, item: Exporter) -> CycleOutcome | None:
         """Refuse, as the operator does, a destination changed since the exporter's first batch: its cursor
         belongs to the old one, so carried over it would export nothing to the new one."""
         recorded = (self.state.data.get(DESTINATIONS) or {}).get(item.state_key)
         current = self._destination(item)
         changed = changed_fields(recorded, current)
-        if not changed:
+        if not changed or recorded is None:
             return None
         detail = ", ".join(f"{name} {recorded[name]!r} -> {current[name]!r}" for name in changed)
         message = (f"the destination is immutable ({detail}); not exporting until it is restored: give the "
@@ -347,54 +340,11 @@ class StandaloneRunner:
         print(line, file=self.out, flush=True)
 
     def run_once(self) -> bool:
-        """Drain every exporter once. Returns True when all succeeded."""
-        ok = True
-        for item in self.exporters:
-            if self.stop_event.is_set():
-                break
-            if item.resource.spec.suspend:
-                print(f"{item.resource.ref}: suspended", file=self.out)
-                continue
-            try:
-                outcome = self._cycle(item)
-            except Exception as exc:
-                self._contained(item.resource.ref, exc)
-                ok = False
-                continue
-            self.outcomes[item.resource.ref] = outcome
-            ok &= outcome.result is not None and outcome.result.failure is None
-        for hook in self.extra_kinds:
-            try:
-                hook(self)
-            except Exception as exc:
-                self._contained(type(hook).__name__, exc)
-                ok = False
-            ok &= getattr(hook, "ok", True)
-        return ok and not self.state_failures
+        """One cycle of every exporter, then of every policy. Returns True when all succeeded."""
+        return self.schedule.run_once() and not self.state_failures
 
     def run_forever(self) -> None:
-        while not self.stop_event.is_set():
-            now = time.monotonic()
-            for item in self.exporters:
-                if self.stop_event.is_set() or item.resource.spec.suspend or item.due > now:
-                    continue
-                try:
-                    outcome = self._cycle(item)
-                except Exception as exc:
-                    self._contained(item.resource.ref, exc)
-                    item.due = time.monotonic() + CONTAINED_RETRY
-                    continue
-                item.due = time.monotonic() + outcome.due_in
-            hook_dues = [due for hook in self.extra_kinds if (due := self._hook_turn(hook)) is not None]
-            upcoming = [i.due for i in self.exporters if not i.resource.spec.suspend] + hook_dues or [now + 60]
-            self.stop_event.wait(max(0.0, min(upcoming) - time.monotonic()))
-
-    def _hook_turn(self, hook: Callable[[StandaloneRunner], float | None]) -> float | None:
-        try:
-            return hook(self)
-        except Exception as exc:
-            self._contained(type(hook).__name__, exc)
-            return time.monotonic() + CONTAINED_RETRY
+        self.schedule.run_forever()
 
     def install_signal_handlers(self) -> None:
         """Ctrl-C, SIGTERM and SIGHUP (the terminal closed) stop after the batch in flight commits."""

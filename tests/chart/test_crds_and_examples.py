@@ -18,9 +18,8 @@ import pytest
 import yaml
 
 from capture_export.api.manifests import SPEC_MODELS, parse_spec
-
-from .crd_schema import CustomResourceValidator
-from .rendering import CHART_DIR, REPO_ROOT
+from tests.support.chart_rendering import CHART_DIR, REPO_ROOT
+from tests.support.crd_schema import CustomResourceValidator
 
 REPO_CRDS = REPO_ROOT / "crds"
 CHART_CRDS = CHART_DIR / "crds"

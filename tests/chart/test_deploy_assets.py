@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from capture_export.api.manifests import parse_spec
+from tests.support.chart_rendering import CHART_DIR, REPO_ROOT, pod_spec, render
+from tests.support.crd_schema import CustomResourceValidator
+from tests.support.pod_security import restricted_violations
 
 from ..e2e import cluster as e2e
 from ..e2e import test_kind_namespaced as namespaced_e2e
 from ..e2e.test_kind import example_exporter_documents, example_retention_policy
-from .crd_schema import CustomResourceValidator
-from .rendering import CHART_DIR, REPO_ROOT, pod_spec, render
-from .test_chart import restricted_violations
 
 KUBE_VERSION = kubernetes_validate.utils.latest_version()
 

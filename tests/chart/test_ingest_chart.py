@@ -10,9 +10,8 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 
-from .rendering import CHART_DIR, SCENARIOS, render
-from .test_chart import KUBE_VERSIONS, restricted_violations
-from .test_values import refused
+from tests.support.chart_rendering import CHART_DIR, KUBE_VERSIONS, SCENARIOS, refused, render
+from tests.support.pod_security import restricted_violations
 
 POSTGRES = {"store": {"type": "postgres", "postgres": {"existingSecret": "capture-store"}}}
 SEPARATE = {**POSTGRES, "ingest": {"enabled": True, "token": {"token": "s3cr3t-token"},

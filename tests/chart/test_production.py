@@ -20,7 +20,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from .rendering import CHART_DIR, REPO_ROOT, Rendered, containers, pod_spec, render
+from tests.support.chart_rendering import CHART_DIR, REPO_ROOT, Rendered, containers, pod_spec, render
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 RELEASE = WORKFLOWS / "release.yaml"

@@ -11,20 +11,13 @@ import helm_python as helm
 import pytest
 import yaml
 
-from .rendering import CHART_DIR, NAMESPACE, RELEASE, SCENARIOS
+from tests.support.chart_rendering import CHART_DIR, SCENARIOS, refused
 
 
 @pytest.fixture(scope="module")
 def chart() -> Iterator[helm.Chart]:
     with helm.Chart.load(CHART_DIR) as loaded:
         yield loaded
-
-
-def refused(chart: helm.Chart, values: dict[str, Any]) -> str:
-    """The error message when ``helm install`` with these values is refused (schema or template)."""
-    with pytest.raises(helm.HelmError) as caught:
-        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    return str(caught.value)
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

@@ -1,5 +1,5 @@
 """What the API server would say about a custom resource, offline: its CRD's OpenAPI schema (through
-tests/chart/crd_schema.py), the list types (``set`` and ``map`` refuse duplicates) and the CEL rules
+tests/support/crd_schema.py), the list types (``set`` and ``map`` refuse duplicates) and the CEL rules
 (tests/support/cel.py). Each refusal is ``"<path>: <message>"`` with a dotted path (``spec.bucket``,
 ``spec.redactFields[0]``), as ``kubectl apply`` prints it."""
 
@@ -14,8 +14,8 @@ import jsonschema
 import yaml
 
 from capture_export.api import GROUP, VERSION
-from tests.chart.crd_schema import CustomResourceValidator
 from tests.support.cel import crd_schema, rule_failures
+from tests.support.crd_schema import CustomResourceValidator
 
 __all__ = ["CRD_DIR", "ApiServerOffline", "refusal_fields"]
 

@@ -19,7 +19,7 @@ from typing import Any
 from capture_export.local_s3 import LocalS3
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
-from tests.integration.helpers import CLI, run_cli
+from tests.support.cli import CLI, run_cli
 
 __all__ = [
     "HostileExporter",
@@ -238,7 +238,7 @@ class HostileExporter:
 def operator_cluster(store: Path, **overrides: Any) -> Iterator[tuple[Any, Any]]:
     """An emulated API server with the S3 Secret, and the operator serving it with ``store`` as its default
     store: yields ``(kube, operator)``."""
-    from tests.operator.harness import EmulatedCluster, Kube, OperatorThread, operator_config
+    from tests.support.operator_harness import EmulatedCluster, Kube, OperatorThread, operator_config
 
     cluster = EmulatedCluster().start()
     kube = Kube(cluster)

@@ -1,5 +1,5 @@
 """Driving the product as a user would, and gathering everything it wrote: the ``capture-export`` command
-in a subprocess (standalone), and the operator against the emulated API server (tests/operator/harness.py).
+in a subprocess (standalone), and the operator against the emulated API server (tests/support/operator_harness.py).
 """
 
 from __future__ import annotations

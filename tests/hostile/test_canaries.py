@@ -2,7 +2,7 @@
 echo it, driven through every output of the standalone runner (the command in a subprocess) and of the
 operator (kopf against the emulated API server), searched for the canary in every encoding.
 
-The ways in (issue 11, items 1-4):
+The ways in:
 1. a Secret value with a trailing newline (``echo token | base64``): refused naming the Secret and the key;
 2. an endpoint with userinfo (``http://user:PASS@host``): refused at the door (``spec.endpoint``);
 3. a PostgreSQL DSN that is not one (``postgresql+psycopg://``, ``POSTGRESQL://``, a leading space):
@@ -25,16 +25,16 @@ import zstandard
 
 from capture_export.local_s3 import LocalS3
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.operator.harness import EmulatedCluster, Kube, OperatorThread
-
-from .canary_support import Outputs, assert_no_canary, assert_no_traceback, canary, capture_logs, tree_of
-from .operator_support import (  # noqa: F401 (fixtures)
+from tests.support.operator_fixtures import (  # noqa: F401 (fixtures)
     admit_invalid_specs,
     cluster_fixture,
     kube_fixture,
     start_operator_fixture,
 )
+from tests.support.operator_harness import EmulatedCluster, Kube, OperatorThread
+from tests.support.records import make_record
+
+from .canary_support import Outputs, assert_no_canary, assert_no_traceback, canary, capture_logs, tree_of
 from .runs_support import (
     exporter_document,
     exporter_spec,

@@ -1,4 +1,4 @@
-"""The careless operator at the command line (issue 18 item 4): an ordinary mistake (an endpoint that
+"""The careless operator at the command line: an ordinary mistake (an endpoint that
 does not answer, a missing bucket, a database that refuses, a Secret left in another file, a directory
 given as a file, a missing file, broken YAML, no cluster) ends with one clear line on stderr naming what
 and why, a non-zero exit, no traceback, and no secret in that line.
@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 
 from capture_export.local_s3 import LocalS3
-from tests.integration.helpers import CLI, run_cli, write_manifest
-from tests.pg import TempPostgres
+from tests.support.cli import CLI, run_cli, write_manifest
+from tests.support.pg import TempPostgres
 
 DSN_PASSWORD = "pw-Hunter2-never-printed"
 YAML_SECRET = "yaml-secret-never-printed"

@@ -1,4 +1,4 @@
-"""Crash containment (issue 10, item 10): whatever fails inside one exporter's or policy's cycle becomes
+"""Crash containment: whatever fails inside one exporter's or policy's cycle becomes
 that resource's condition (a clear reason and message) and an Event, never a traceback to the user, and
 never stops the other exporters, standalone or in the operator.
 
@@ -22,11 +22,11 @@ from capture_export.audit import verify_export
 from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import Credentials, S3Location, S3ObjectStore
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.operator.harness import Kube, OperatorThread, wait_for
+from tests.support.operator_fixtures import cluster_fixture, kube_fixture, start_operator_fixture  # noqa: F401
+from tests.support.operator_harness import Kube, OperatorThread, wait_for
+from tests.support.records import make_record
 
 from .canary_support import assert_no_traceback
-from .operator_support import cluster_fixture, kube_fixture, start_operator_fixture  # noqa: F401
 from .runs_support import (
     exporter_document,
     exporter_spec,

@@ -1,5 +1,4 @@
-"""Credential headers never reach the bucket, whatever encoding and shape a gateway wrote them in
-(issue 11, items 5 and 6).
+"""Credential headers never reach the bucket, whatever encoding and shape a gateway wrote them in.
 
 A corpus of foreign rows, each carrying a canary credential in one encoding or shape a gateway really
 writes (header names as indefinite-length or byte strings, mixed case, the wider list of credential
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from capture_export.local_s3 import LocalS3
-from tests.hostile.trust_support import (
+from tests.support.trust import (
     ExporterCase,
     GatewayDB,
     PostgresGateway,

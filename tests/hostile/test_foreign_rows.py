@@ -1,5 +1,5 @@
 """A buggy gateway writes the store directly: a malformed row must never reach the bucket or corrupt its
-neighbours (issue 10, item 1).
+neighbours.
 
 The gateway inserts rows as any writer may (``INSERT INTO captures (ts_us, body) VALUES (…)``): good ones,
 then a malformed one, then good ones again. With the default ``onCorruptRecord`` (Hold) the export writes
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,19 @@ import cbor2
 import pytest
 
 from capture_export.local_s3 import LocalS3
-from tests.hostile.trust_support import (
+from tests.support.malformed_rows import CANARY, MALFORMED
+from tests.support.trust import (
     AsText,
     ExporterCase,
     GatewayDB,
     PostgresGateway,
     Raw,
     SQLiteGateway,
-    bstr,
     bucket_objects,
     bucket_records,
     build,
     find_leaks,
     good_record,
-    head,
     run_export,
     state_of,
     text,
@@ -43,52 +41,7 @@ from tests.hostile.trust_support import (
     write_exporters,
 )
 
-CANARY = "cnryMalformedRow7d41c09e5b2a"
 BAD_ROW = 4  # rows 1-3 and 5-6 are good
-
-
-def _fields(n: int, **overrides: Any) -> dict[Any, Any]:
-    return good_record(n, **overrides)
-
-
-def _with_credential(n: int) -> dict[Any, Any]:
-    record = good_record(n)
-    record["capture"]["request"]["headers"]["Authorization"] = f"Bearer {CANARY}"
-    return record
-
-
-# Each builds the body of row BAD_ROW. Every one is something a reader cannot take as one record.
-MALFORMED: dict[str, Callable[[int], bytes | str]] = {
-    # The issue's example: the map head claims 3 pairs, 2 follow; the next record becomes its third pair.
-    "map-claims-more-pairs": lambda n: bytes.fromhex("a3") + text("ver") + b"\x02" + text("model") + text("gpt-4o"),
-    "map-claims-more-pairs-with-credential": lambda n: head(5, len(_with_credential(n)) + 1)
-    + build(_with_credential(n))[1:],
-    "trailing-item": lambda n: build(_fields(n)) + text(f"trailing {CANARY}"),
-    "two-maps": lambda n: build(_fields(n)) + build({"model": CANARY, "ver": 2}),
-    "stored-id-key": lambda n: build({"id": 1, **_fields(n, model=CANARY)}),
-    "duplicate-top-level-key": lambda n: build({**_fields(n), Raw(text("capture")): _with_credential(n)["capture"],
-                                                "capture": _fields(n)["capture"]}),
-    "invalid-utf8-value": lambda n: build({**_fields(n), "model": Raw(head(3, 8) + b"gpt-\xff\xfe4o")}),
-    "invalid-utf8-key": lambda n: build({**_fields(n), Raw(head(3, 5) + b"mod\xc3e"): CANARY}),
-    "invalid-utf8-nested": lambda n: build({**_fields(n), "capture": {"request": {"body": {
-        "messages": [{"role": "user", "content": Raw(head(3, 4) + b"\xed\xa0\x80x")}]}}}}),
-    "date-after-9999": lambda n: build({**_fields(n), "timestamp": Raw(b"\xc1" + head(0, 253_402_300_800))}),
-    "date-before-year-1": lambda n: build({**_fields(n), "timestamp": Raw(b"\xc1" + head(1, 62_135_596_800 + 86_400))}),
-    "date-not-a-number": lambda n: build({**_fields(n), "timestamp": Raw(b"\xc1\xf9\x7e\x00")}),
-    "date-string-invalid": lambda n: build({**_fields(n), "timestamp": Raw(b"\xc0" + text("2026-13-45T99:00:00Z"))}),
-    "byte-string-top-level-key": lambda n: build({**_fields(n), Raw(bstr(b"session")): CANARY}),
-    "integer-top-level-key": lambda n: build({**_fields(n), 7: CANARY}),
-    "array-not-map": lambda n: build([_fields(n)["model"], CANARY]),
-    "empty": lambda n: b"",
-    "truncated": lambda n: build(_with_credential(n))[:-7],
-    "break-out-of-place": lambda n: head(5, 1) + text("ver") + b"\xff",
-    "reserved-additional-info": lambda n: build({**_fields(n), "duration_ms": Raw(b"\x1c")}),
-    "indefinite-text-never-ends": lambda n: build({**_fields(n)})[:-1] + b"\x7f" + text(CANARY),
-    # The gateway's driver bound a str: SQLite stores TEXT, not BLOB; or it stored CBOR bytes as TEXT, which
-    # sqlite3 cannot even read back as text (invalid UTF-8).
-    "text-not-blob": lambda n: json.dumps({"ver": 2, "model": CANARY}),
-    "text-not-blob-invalid-utf8": lambda n: AsText(build(_with_credential(n)) + b"\xff"),
-}
 POSTGRES_CASES = ["map-claims-more-pairs", "trailing-item", "stored-id-key", "invalid-utf8-value", "date-after-9999"]
 
 

@@ -19,7 +19,7 @@ import zstandard
 
 from capture_export.ingest import IngestLimits
 from capture_export.store import SQLiteStore
-from tests.ingest.support import TOKEN, RunningIngest, ingest_server
+from tests.support.ingest import TOKEN, RunningIngest, ingest_server
 
 LIMITS = IngestLimits(max_body_bytes=64_000, max_decoded_bytes=256_000, max_records=50, max_pending_records=10_000)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 
 from capture_export.local_s3 import LocalS3
-from tests.integration.helpers import run_cli
+from tests.support.cli import run_cli
 
 from .identity_support import (
     HostileExporter,

@@ -1,4 +1,4 @@
-"""The careless operator edits the destination between runs (issue 18 item 5).
+"""The careless operator edits the destination between runs.
 
 With the same state file, a changed ``prefix``, ``bucket`` or ``pathTemplate`` used to carry the old cursor
 to the new destination: the runner wrote nothing there and reported success. It must refuse as the
@@ -18,8 +18,8 @@ from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import S3Location, S3ObjectStore
 from capture_export.objectstore.credentials import Credentials
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.integration.helpers import run_cli, write_manifest
+from tests.support.cli import run_cli, write_manifest
+from tests.support.records import make_record
 
 RECORDS = 500
 

@@ -12,9 +12,9 @@ import psutil
 
 from capture_export.local_s3 import LocalS3
 from capture_export.store.sqlite import SQLiteStore
-from tests.conftest import make_record
-from tests.ingest.support import IngestProcess
-from tests.integration.helpers import CLI, write_manifest
+from tests.support.cli import CLI, write_manifest
+from tests.support.ingest import IngestProcess
+from tests.support.records import make_record
 
 
 def _descendants_after_kill(process: subprocess.Popen[bytes], helpers: list[psutil.Process]) -> list[str]:

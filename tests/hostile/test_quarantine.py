@@ -1,4 +1,4 @@
-"""A way forward past a malformed row that loses nothing and leaks nothing (issue 10, item 9).
+"""A way forward past a malformed row that loses nothing and leaks nothing.
 
 The gateway wrote malformed rows between good ones. With the default ``onCorruptRecord: Hold`` the
 export stops before the first one; the operator switches the exporter to ``Quarantine``: the malformed
@@ -18,7 +18,8 @@ import cbor2
 import pytest
 
 from capture_export.local_s3 import LocalS3
-from tests.hostile.trust_support import (
+from tests.support.cli import run_cli
+from tests.support.trust import (
     ExporterCase,
     GatewayDB,
     PostgresGateway,
@@ -36,7 +37,6 @@ from tests.hostile.trust_support import (
     timestamp_us,
     write_exporters,
 )
-from tests.integration.helpers import run_cli
 
 CANARY = "cnryQuarantined4b9e1f27c35d"
 

@@ -1,4 +1,4 @@
-"""Bad input is refused at the door, the same way everywhere (issue 11, items 7 and 8).
+"""Bad input is refused at the door, the same way everywhere.
 
 One table of good and bad specs (tests/support/spec_cases.py) is judged by the pydantic models (what
 ``capture-export run`` and the operator's handlers use) and by the generated CRD as the API server would
@@ -25,19 +25,19 @@ from capture_export.cli import main as cli
 from capture_export.handlers.s3exporter import DESTINATION, destination_of, judge
 from capture_export.local_s3 import LocalS3
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.operator.harness import EmulatedCluster, Kube, OperatorThread, wait_for
 from tests.support.cel import crd_schema, rule_failures, uncompilable_rules
-from tests.support.spec_cases import CASES, S3EXPORTER_CASES, SpecCase, exporter
-
-from .canary_support import assert_no_traceback, tree_of
-from .door_support import CRD_DIR, ApiServerOffline, names_field
-from .operator_support import (  # noqa: F401 (fixtures)
+from tests.support.operator_fixtures import (  # noqa: F401 (fixtures)
     admit_invalid_specs,
     cluster_fixture,
     kube_fixture,
     start_operator_fixture,
 )
+from tests.support.operator_harness import EmulatedCluster, Kube, OperatorThread, wait_for
+from tests.support.records import make_record
+from tests.support.spec_cases import CASES, S3EXPORTER_CASES, SpecCase, exporter
+
+from .canary_support import assert_no_traceback, tree_of
+from .door_support import CRD_DIR, ApiServerOffline, names_field
 from .runs_support import exporter_document, secret_document, write_manifest
 
 API_SERVER = ApiServerOffline()

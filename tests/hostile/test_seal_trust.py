@@ -19,7 +19,7 @@ import pytest
 from psycopg import conninfo
 
 from capture_export.local_s3 import LocalS3
-from tests.hostile.trust_support import (
+from tests.support.trust import (
     ExporterCase,
     PostgresGateway,
     Raw,

@@ -1,4 +1,4 @@
-"""Tenants stay apart (issue 11, item 9).
+"""Tenants stay apart.
 
 In cluster-wide mode anyone allowed to create an S3Exporter in any namespace could export the operator's
 shared default store (every tenant's prompts) to their own bucket, or purge it with a RetentionPolicy
@@ -19,11 +19,11 @@ import pytest
 from capture_export.api import GROUP, VERSION
 from capture_export.local_s3 import LocalS3
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.operator.harness import EmulatedCluster, Kube, OperatorThread, wait_for
+from tests.support.operator_fixtures import cluster_fixture, kube_fixture, start_operator_fixture  # noqa: F401
+from tests.support.operator_harness import EmulatedCluster, Kube, OperatorThread, wait_for
+from tests.support.records import make_record
 
 from .canary_support import assert_no_traceback
-from .operator_support import cluster_fixture, kube_fixture, start_operator_fixture  # noqa: F401
 from .runs_support import exporter_document, exporter_spec, policy_document, run_cli, s3_secret, write_manifest
 
 ALLOWED = "capture"
@@ -201,14 +201,14 @@ def test_standalone_refuses_the_default_store_and_foreign_paths_when_confined(
 def chart() -> Iterator[Any]:
     import helm_python as helm
 
-    from tests.chart.rendering import CHART_DIR
+    from tests.support.chart_rendering import CHART_DIR
 
     with helm.Chart.load(CHART_DIR) as loaded:
         yield loaded
 
 
 def _operator_env(chart: Any, values: dict[str, Any]) -> dict[str, Any]:
-    from tests.chart.rendering import render
+    from tests.support.chart_rendering import render
 
     container = render(chart, values).one("Deployment")["spec"]["template"]["spec"]["containers"][0]
     return {item["name"]: item.get("value") for item in container["env"]}

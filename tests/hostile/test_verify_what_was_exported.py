@@ -16,7 +16,7 @@ from pathlib import Path
 from capture_export.local_s3 import LocalS3
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
-from tests.integration.helpers import CLI, run_cli
+from tests.support.cli import CLI, run_cli
 
 from .identity_support import HostileExporter, assert_no_traceback, seed_sqlite
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from tests.ingest.support import TOKEN  # sets LiteLLM's no-network environment before it is imported
+from tests.support.ingest import TOKEN  # sets LiteLLM's no-network environment before it is imported
 
 MODELS = ("gpt-4o", "claude-sonnet-4-5", "gpt-4o-mini")
 

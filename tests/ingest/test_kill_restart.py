@@ -14,7 +14,7 @@ from typing import Any
 
 from capture_export.local_s3 import LocalS3
 from tests.ingest.litellm_support import drain, generic_logger, make_calls, use_callbacks
-from tests.ingest.support import IngestProcess, export_all
+from tests.support.ingest import IngestProcess, export_all
 
 CALLS = 400
 KILLS = 3

@@ -12,7 +12,7 @@ import pytest
 
 from capture_export.local_s3 import LocalS3
 from tests.ingest.litellm_support import drain, generic_logger, make_calls, recorder, use_callbacks
-from tests.ingest.support import export_all, ingest_server
+from tests.support.ingest import export_all, ingest_server
 
 CALLS = 60
 

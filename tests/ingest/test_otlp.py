@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from capture_export.local_s3 import LocalS3
-from tests.ingest.support import AUTH, TOKEN, RunningIngest, export_all, ingest_server
+from tests.support.ingest import AUTH, TOKEN, RunningIngest, export_all, ingest_server
 
 SPANS = 40
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from capture_export.local_s3 import LocalS3
 from tests.ingest.litellm_support import recorder, use_callbacks
-from tests.ingest.support import TOKEN, export_all, ingest_server
+from tests.support.ingest import TOKEN, export_all, ingest_server
 
 CALLS = 12
 

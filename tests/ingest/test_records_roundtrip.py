@@ -11,7 +11,7 @@ import pytest
 from capture_export.local_s3 import LocalS3
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
-from tests.ingest.support import export_all, ingest_server
+from tests.support.ingest import export_all, ingest_server
 
 RECORDS = 1200
 

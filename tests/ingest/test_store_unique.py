@@ -10,7 +10,7 @@ import pytest
 
 from capture_export.store import SQLiteStore, StoreError
 from capture_export.store.records import encode_body
-from tests.conftest import make_record
+from tests.support.records import make_record
 
 
 def _rows(numbers: list[int]) -> list[tuple[int, bytes, str]]:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from capture_export.ingest.litellm import litellm_record
 from capture_export.ingest.native import check_record
 from capture_export.store.records import FIELD_ORDER, encode_body, encode_ordered, strip_credentials
-from tests.conftest import make_record
+from tests.support.records import make_record
 
 
 def _litellm_payloads() -> list[dict[str, Any]]:

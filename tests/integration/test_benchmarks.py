@@ -1,5 +1,5 @@
 """The benchmarks check their requirements up front, never hang on a dead child, and clean up after
-themselves unless asked to keep their work (issue 18, item 6). Their figures are not checked here."""
+themselves unless asked to keep their work. Their figures are not checked here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Machine-readable and progress output of the command line (issue 18): `run -o json`, `status` after a
+"""Machine-readable and progress output of the command line: `run -o json`, `status` after a
 real run, and `restore`'s progress."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from capture_export.cli import main
 from capture_export.local_s3 import LocalS3
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.integration.helpers import CLI, run_cli, write_manifest
+from tests.support.cli import CLI, run_cli, write_manifest
+from tests.support.records import make_record
 
 
 def test_run_output_json_prints_each_resource_with_its_status(s3_server: LocalS3, bucket: str,

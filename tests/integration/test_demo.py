@@ -1,5 +1,5 @@
 """`capture-export demo` owns its S3 server: it never exports into another one, and stops its own on every
-signal (issue 18, item 1)."""
+signal."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from capture_export.local_s3 import LocalS3
-from tests.integration.helpers import CLI, run_cli
+from tests.support.cli import CLI, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 

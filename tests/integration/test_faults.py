@@ -29,10 +29,10 @@ from capture_export.objectstore import Credentials, ObjectStoreError, S3Location
 from capture_export.store import StoreOpener
 from capture_export.store.postgres import PostgresStore
 from capture_export.store.records import encode_body
-from tests.conftest import make_record
-from tests.faultproxy import FaultProxy
-from tests.integration.helpers import run_and_kill_at_random, run_cli, write_manifest
-from tests.pg import TempPostgres
+from tests.support.cli import run_and_kill_at_random, run_cli, write_manifest
+from tests.support.faultproxy import FaultProxy
+from tests.support.pg import TempPostgres
+from tests.support.records import make_record
 
 pytestmark = pytest.mark.postgres
 

@@ -15,7 +15,7 @@ from capture_export.export.layout import parse_range
 from capture_export.local_s3 import LocalS3
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
-from tests.integration.helpers import CLI, run_and_kill_at_random, run_cli, write_manifest
+from tests.support.cli import CLI, run_and_kill_at_random, run_cli, write_manifest
 
 KILLS = 24
 # The templated variant: dated Hive folders, a filter, and the format switching between crashes as a user

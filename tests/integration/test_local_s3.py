@@ -1,4 +1,4 @@
-"""LocalS3 uses only a server it started itself (issue 18, item 1)."""
+"""LocalS3 uses only a server it started itself."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from capture_export.objectstore import Credentials, S3Location, S3ObjectStore
 from capture_export.store import StoredRecord
 from capture_export.store.postgres import PostgresStore
 from capture_export.store.records import encode_body
-from tests.conftest import make_record
+from tests.support.records import make_record
 
 pytestmark = pytest.mark.postgres
 

@@ -18,10 +18,10 @@ from capture_export.store import StoreError, StoreOpener, open_store_url
 from capture_export.store.base import ExpiredChunk
 from capture_export.store.postgres import PostgresStore
 from capture_export.store.records import encode_body
-from tests.conftest import make_record
-from tests.pg import TempPostgres
-from tests.unit import test_store_retention as store_retention
-from tests.unit.retention_support import BODY
+from tests.support.pg import TempPostgres
+from tests.support.records import make_record
+from tests.support.retention import BODY
+from tests.support.store_retention import HOUR, RETENTION_CONTRACT
 
 INSERT = "INSERT INTO captures (ts_us, body) VALUES (%s, %s) RETURNING id"
 
@@ -259,18 +259,9 @@ def test_exporter_reads_postgres_named_by_a_secret(
 
 # -- retention (schema version 2): the same contract as the SQLite store ------------------------------
 
-HOUR = 3_600_000_000
-RETENTION_CONTRACT = [
-    store_retention.test_expire_takes_old_records_at_or_below_the_bound_in_chunks,
-    store_retention.test_expire_keyset_skips_what_earlier_chunks_passed,
-    store_retention.test_strictly_older_and_exact_limit,
-    store_retention.test_purge_soft_deleted_after_grace_and_restore,
-    store_retention.test_never_above_the_bound_whatever_the_age,
-    store_retention.test_highest_assigned_id_survives_deletes,
-]
 
 
-@pytest.mark.parametrize("case", RETENTION_CONTRACT, ids=lambda case: case.__name__.removeprefix("test_"))
+@pytest.mark.parametrize("case", RETENTION_CONTRACT, ids=lambda case: case.__name__)
 def test_retention_contract(case, store: PostgresStore) -> None:
     case(store)
 
@@ -348,7 +339,7 @@ def test_cli_exports_then_soft_deletes_purges_and_restores_on_postgres(
     soft-delete only what the bucket holds, restore with the CLI, then purge for good."""
     from datetime import UTC, datetime, timedelta
 
-    from tests.integration.helpers import run_cli, write_manifest
+    from tests.support.cli import run_cli, write_manifest
 
     now = datetime.now(UTC)
     seeded = PostgresStore(pg_dsn)

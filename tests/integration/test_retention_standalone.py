@@ -11,8 +11,8 @@ from capture_export.audit import verify_export
 from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import Credentials, S3Location, S3ObjectStore
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.integration.helpers import run_cli, write_manifest
+from tests.support.cli import run_cli, write_manifest
+from tests.support.records import make_record
 
 OLD, YOUNG = 300, 200
 

@@ -13,7 +13,7 @@ import pytest
 from capture_export.local_s3 import LocalS3
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
-from tests.integration.helpers import CLI, run_cli, write_manifest
+from tests.support.cli import CLI, run_cli, write_manifest
 
 
 @pytest.fixture

@@ -21,13 +21,18 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from capture_export.api import GROUP, VERSION
-from capture_export.local_s3 import LocalS3
+from capture_export.handlers import OperatorConfig
 from capture_export.store import SQLiteStore
-from tests.operator.harness import Kube, OperatorThread, Policies, operator_config, wait_for
+from tests.support.operator_fixtures import (  # noqa: F401 (fixtures)
+    SECRET,
+    exporter_spec_fixture,
+    operators,
+    s3_secret_fixture,
+)
+from tests.support.operator_harness import Kube, OperatorThread, Policies, operator_config, wait_for
 
 from .apiserver import REPO_ROOT, ApiServerUnavailable, TempApiServer, build_binaries
 
-SECRET = "s3-credentials"
 PLURALS = ("s3exporters", "retentionpolicies")
 _namespaces = itertools.count(1)
 
@@ -155,34 +160,9 @@ def start_operator(apiserver: TempApiServer, namespace: str,
                    store_path: Path) -> Iterator[Callable[..., OperatorThread]]:
     """Start the operator (stopped at teardown), as the admin and watching the test's namespace only unless
     told otherwise; keyword arguments override its OperatorConfig."""
-    started: list[OperatorThread] = []
-
-    def start(**overrides: Any) -> OperatorThread:
+    def configure(**overrides: Any) -> OperatorConfig:
         overrides.setdefault("namespaces", (namespace,))
-        operator = OperatorThread(operator_config(apiserver, store_path, **overrides)).start()
-        started.append(operator)
-        return operator
+        return operator_config(apiserver, store_path, **overrides)
 
-    yield start
-    for operator in started:
-        if operator.error is None and not operator.stop_flag.is_set():
-            operator.stop()
-
-
-@pytest.fixture
-def exporter_spec(s3_server: LocalS3, bucket: str) -> Callable[..., dict[str, Any]]:
-    def spec(**overrides: Any) -> dict[str, Any]:
-        values: dict[str, Any] = {"bucket": bucket, "region": "us-east-1", "endpoint": s3_server.endpoint,
-                                  "secretRef": {"name": SECRET}, "prefix": "exports", "every": 3600,
-                                  "limit": 100}
-        values.update(overrides)
-        return values
-
-    return spec
-
-
-@pytest.fixture
-def s3_secret(kube: Kube, s3_server: LocalS3) -> str:
-    kube.create_secret(SECRET, {"access_key_id": s3_server.access_key_id,
-                                "access_secret": s3_server.secret_access_key})
-    return SECRET
+    with operators(configure) as start:
+        yield start

@@ -15,7 +15,7 @@ import kubernetes.utils
 from kubernetes.client.exceptions import ApiException
 
 from capture_export.cli import build_parser
-from tests.chart.rendering import Rendered, render
+from tests.support.chart_rendering import Rendered, render
 
 from .apiserver import TempApiServer
 

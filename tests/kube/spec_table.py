@@ -2,7 +2,7 @@
 pydantic models the operator validates with. test_specs.py checks both against this one table, so the CRD
 and the models cannot drift apart unnoticed.
 
-The wider table of issue 11 (``tests/support/spec_cases.py``) is judged offline (tests/hostile); this one
+The wider table (``tests/support/spec_cases.py``) is judged offline (tests/hostile); this one
 keeps a case for every rule and pattern, asked of the real API server.
 
 ``refused_by``:
@@ -93,7 +93,7 @@ SPEC_CASES: list[SpecCase] = [
        message="must start with {prefix}/ when prefix is set"),
     _x("cbor-with-gzip", {"format": "cbor-zstd", "compression": "gzip"},
        message="format cbor-zstd is always zstd"),
-    # S3Exporter: credentials, encryption and TLS (issue 15)
+    # S3Exporter: credentials, encryption and TLS
     _x("role-arn-not-an-arn", {"roleArn": "capture-export-role"}, message="spec.roleArn"),
     _x("external-id-with-space", {"roleArn": ROLE_ARN, "externalId": "a b"}, message="spec.externalId"),
     _x("session-name-with-slash", {"roleArn": ROLE_ARN, "sessionName": "a/b"}, message="spec.sessionName"),
@@ -114,7 +114,7 @@ SPEC_CASES: list[SpecCase] = [
     _x("kms-key-with-space", {"serverSideEncryption": {"algorithm": "aws:kms", "kmsKeyId": "alias/a b"}},
        message="spec.serverSideEncryption.kmsKeyId"),
     _x("strip-header-with-space", {"stripHeaders": ["x api key"]}, message="spec.stripHeaders[0]"),
-    # S3Exporter: what the models alone refused before issue 11 (now CEL rules too)
+    # S3Exporter: what the models alone used to refuse (now CEL rules too)
     _x("bucket-ip-address", {"bucket": "192.168.1.1"}, message="must not be formatted as an IP address"),
     _x("bucket-adjacent-periods", {"bucket": "a..b"}, message="must not contain two adjacent periods"),
     _x("endpoint-user-info", {"endpoint": "http://admin:hunter2@127.0.0.1:8333"}, message="must not hold user info"),

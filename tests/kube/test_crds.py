@@ -13,7 +13,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from capture_export.api import GROUP, VERSION
-from tests.operator.harness import wait_for
+from tests.support.operator_harness import wait_for
 
 from .apiserver import REPO_ROOT, TempApiServer
 from .helpers import get_json, table, table_rows

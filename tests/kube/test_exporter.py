@@ -16,8 +16,8 @@ from capture_export.audit import verify_export
 from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import Credentials, S3Location, S3ObjectStore
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.operator.harness import Kube, OperatorThread, wait_for
+from tests.support.operator_harness import Kube, OperatorThread, wait_for
+from tests.support.records import make_record
 
 from .apiserver import REPO_ROOT, TempApiServer
 from .helpers import table, table_rows

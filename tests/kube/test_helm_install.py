@@ -14,8 +14,8 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from capture_export.api import GROUP
-from tests.chart.rendering import CHART_DIR
-from tests.operator.harness import wait_for
+from tests.support.chart_rendering import CHART_DIR
+from tests.support.operator_harness import wait_for
 
 from .apiserver import TempApiServer
 from .conftest import apply_crds, create_namespace

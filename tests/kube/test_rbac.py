@@ -21,12 +21,13 @@ from capture_export.handlers.permissions import MissingPermissions
 from capture_export.handlers.settings import check_rbac
 from capture_export.local_s3 import LocalS3
 from capture_export.store import SQLiteStore
-from tests.chart.rendering import CHART_DIR
-from tests.conftest import make_record
-from tests.operator.harness import Kube, OperatorThread, operator_config, wait_for
+from tests.support.chart_rendering import CHART_DIR
+from tests.support.operator_fixtures import SECRET
+from tests.support.operator_harness import Kube, OperatorThread, operator_config, wait_for
+from tests.support.records import make_record
 
 from .apiserver import TempApiServer
-from .conftest import SECRET, clean_namespace, create_namespace
+from .conftest import clean_namespace, create_namespace
 from .rbac import ChartRbac, install_rbac, remove_cluster_rbac, without_verb
 
 _releases = itertools.count(1)

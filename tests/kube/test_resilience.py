@@ -10,9 +10,9 @@ import pytest
 
 from capture_export.objectstore import S3ObjectStore
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.faultproxy import FaultProxy
-from tests.operator.harness import Kube, OperatorThread
+from tests.support.faultproxy import FaultProxy
+from tests.support.operator_harness import Kube, OperatorThread
+from tests.support.records import make_record
 
 from .apiserver import TempApiServer
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from capture_export.api import GROUP, VERSION
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.operator.harness import Kube, OperatorThread, Policies, wait_for
+from tests.support.operator_harness import Kube, OperatorThread, Policies, wait_for
+from tests.support.records import make_record
 
 from .helpers import table, table_rows
 

@@ -27,9 +27,8 @@ import pytest
 import yaml
 
 from capture_export.local_s3 import free_port
-
-from ..chart.rendering import CHART_DIR, pod_spec, render
-from .harness import EmulatedCluster, Kube, wait_for
+from tests.support.chart_rendering import CHART_DIR, pod_spec, render
+from tests.support.operator_harness import EmulatedCluster, Kube, wait_for
 
 UID = 123456  # no passwd entry (checked below)
 POD_NAME = "capture-export-5f7d8c9b6d-x2x7q"

@@ -12,11 +12,9 @@ from kubernetes.client.exceptions import ApiException
 from capture_export.api import GROUP, VERSION
 from capture_export.objectstore import S3ObjectStore
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-
-from .emulator import ApiFaults
-from .harness import EmulatedCluster, Kube, OperatorThread, wait_for
-from .test_s3exporter import assert_exported_exactly_once
+from tests.support.emulator import ApiFaults
+from tests.support.operator_harness import EmulatedCluster, Kube, OperatorThread, assert_exported_exactly_once, wait_for
+from tests.support.records import make_record
 
 PLURAL = "s3exporters"
 

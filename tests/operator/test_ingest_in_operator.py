@@ -13,10 +13,8 @@ import httpx
 from capture_export.local_s3 import free_port
 from capture_export.objectstore import S3ObjectStore
 from capture_export.store import SQLiteStore
-from tests.ingest.support import AUTH, token_file
-
-from .harness import Kube, OperatorThread
-from .test_s3exporter import assert_exported_exactly_once
+from tests.support.ingest import AUTH, token_file
+from tests.support.operator_harness import Kube, OperatorThread, assert_exported_exactly_once
 
 
 def test_the_operator_serves_ingest_and_exports_what_it_took(

@@ -16,11 +16,10 @@ import pytest
 from capture_export.handlers.kube import KubeApi, KubeApiError
 from capture_export.local_s3 import free_port
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.faultproxy import FaultProxy
-
-from .emulator import ApiFaults
-from .harness import EmulatedCluster, Kube, OperatorThread, operator_config, wait_for
+from tests.support.emulator import ApiFaults
+from tests.support.faultproxy import FaultProxy
+from tests.support.operator_harness import EmulatedCluster, Kube, OperatorThread, operator_config, wait_for
+from tests.support.records import make_record
 
 
 def readyz(port: int) -> int:

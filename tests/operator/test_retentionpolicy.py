@@ -12,9 +12,8 @@ import pytest
 
 from capture_export.cli import main as cli
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-
-from .harness import EmulatedCluster, Kube, OperatorThread, Policies, wait_for
+from tests.support.operator_harness import EmulatedCluster, Kube, OperatorThread, Policies, wait_for
+from tests.support.records import make_record
 
 
 @pytest.fixture

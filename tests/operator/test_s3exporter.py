@@ -7,6 +7,7 @@ client, and waits for conditions with a deadline (never a fixed sleep).
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -15,10 +16,15 @@ from capture_export.audit import decode_object, verify_export
 from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import S3ObjectStore
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-
-from .conftest import SECRET
-from .harness import EmulatedCluster, Kube, OperatorThread, wait_for
+from tests.support.operator_fixtures import SECRET
+from tests.support.operator_harness import (
+    EmulatedCluster,
+    Kube,
+    OperatorThread,
+    assert_exported_exactly_once,
+    wait_for,
+)
+from tests.support.records import make_record
 
 PREFIX = "exports"
 CHECKPOINT = f"{PREFIX}/_capture-export/checkpoints/default/usage.json"
@@ -37,12 +43,6 @@ def records_in(objects: S3ObjectStore, key: str) -> list[int]:
 def checkpoint(objects: S3ObjectStore) -> dict[str, Any]:
     raw = objects.get(CHECKPOINT)
     return json.loads(raw) if raw else {}
-
-
-def assert_exported_exactly_once(store: SQLiteStore, objects: S3ObjectStore) -> None:
-    report = verify_export(store, objects, PREFIX)
-    assert report.ok, report.summary()
-    assert report.exported_records == store.count()
 
 
 def test_create_exports_everything_and_reports_ready(
@@ -381,3 +381,28 @@ def test_rotated_credentials_take_effect_without_a_restart(
     kube.wait_condition("usage", "CredentialsValid", "True")
     kube.wait_status("usage", lambda s: s.get("cursor") == "20", what="export with the rotated key")
     assert_exported_exactly_once(sqlite_store, object_store)
+
+
+def test_a_refused_store_path_is_said_in_status_and_each_condition_change_once(
+    kube: Kube, start_operator: Callable[..., OperatorThread], exporter_spec: Callable[..., dict],
+    s3_secret: str, sqlite_store: SQLiteStore, tmp_path_factory: Any,
+) -> None:
+    """A spec.store.sqlite.path outside the directories SQLite stores may be in is refused, and the
+    resource says so in status (Ready=False StorePathNotAllowed, its observedGeneration), as for
+    StoreNotFound; each condition's change is one Event, not one per retry."""
+    elsewhere = SQLiteStore(tmp_path_factory.mktemp("elsewhere") / "store.sqlite")
+    elsewhere.append(make_record(i) for i in range(3))
+    elsewhere.close()
+    start_operator(retry_cap=0.2)  # retries come fast: an Event per retry would show within seconds
+    kube.apply_exporter("usage", exporter_spec(store={"sqlite": {"path": str(elsewhere.path)}}))
+
+    ready = kube.wait_condition("usage", "Ready", "False", "StorePathNotAllowed")
+    assert "spec.store.sqlite.path" in ready["message"], ready
+    assert kube.condition("usage", "StoreReachable")["reason"] == "StorePathNotAllowed"
+    status = kube.status("usage")
+    assert status.get("observedGeneration") == kube.get("usage")["metadata"]["generation"], status
+    assert status["cursor"] == "0"
+    wait_for(lambda: any(e[1] == "StorePathNotAllowed" for e in kube.events("usage")), what="an Event")
+    time.sleep(3)  # many retries later
+    refusals = sorted(e[2].split(":", 1)[0] for e in kube.events("usage") if e[1] == "StorePathNotAllowed")
+    assert refusals == ["Ready=False", "StoreReachable=False"], refusals  # once per condition, not per retry

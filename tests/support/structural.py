@@ -21,7 +21,7 @@ from typing import Any
 
 import jsonschema
 
-from ..chart.crd_schema import to_json_schema
+from .crd_schema import to_json_schema
 
 __all__ = ["Admission", "CustomResourceSchema", "RuleEvaluator", "prune", "with_defaults"]
 

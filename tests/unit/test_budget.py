@@ -1,4 +1,4 @@
-"""The memory budget of batches in flight (issue 14): cycles wait for it, it is shared by every exporter
+"""The memory budget of batches in flight: cycles wait for it, it is shared by every exporter
 of the process, and it is sized from the container's memory limit."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The command line a newcomer meets: --version, help with descriptions, defaults and examples, -f as
-kubectl reads it, `status`, and progress lines (issue 18)."""
+kubectl reads it, `status`, and progress lines."""
 
 from __future__ import annotations
 

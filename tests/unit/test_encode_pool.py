@@ -1,4 +1,4 @@
-"""Batches encoded by the encode pool's worker processes (issue 13): the same objects as in-process, committed
+"""Batches encoded by the encode pool's worker processes: the same objects as in-process, committed
 strictly in order, a bounded number in flight whatever the pool size, and a worker that dies costs a retry,
 never a record."""
 

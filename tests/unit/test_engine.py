@@ -8,40 +8,19 @@ import pytest
 
 from capture_export.api import S3ExporterSpec
 from capture_export.audit import decode_object, verify_export
-from capture_export.export import Cursor, ExportEngine, ExporterId, RetryPolicy
+from capture_export.export import Cursor, ExportEngine, ExporterId
 from capture_export.export.provenance import object_metadata
 from capture_export.objectstore import MemoryObjectStore, ObjectStoreError
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
+from tests.support.engine import NO_WAIT, InstantClock, data_keys
+from tests.support.records import make_record
 
 EXPORTER = ExporterId("default", "usage")
-NO_WAIT = RetryPolicy(attempts=3, base_delay=0.0, throttle_delay=0.0)
-
-
-class InstantClock:
-    def __init__(self) -> None:
-        from capture_export.clock import SystemClock
-
-        self._system = SystemClock()
-        self.slept: list[float] = []
-
-    def now(self):
-        return self._system.now()
-
-    def monotonic(self) -> float:
-        return self._system.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
 
 
 def engine_for(store: SQLiteStore, objects: MemoryObjectStore, limit: int = 10, prefix: str = "p") -> ExportEngine:
     spec = S3ExporterSpec(bucket="bkt", region="us-east-1", prefix=prefix, limit=limit)
     return ExportEngine(spec, EXPORTER, store, objects, clock=InstantClock(), retry=NO_WAIT)
-
-
-def data_keys(objects: MemoryObjectStore) -> list[str]:
-    return sorted(k for k in objects.objects if k.endswith(".cbor.zstd"))
 
 
 def test_drains_backlog_into_range_named_objects_and_checkpoints(sqlite_store: SQLiteStore) -> None:

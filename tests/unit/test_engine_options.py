@@ -19,7 +19,7 @@ from capture_export.export.provenance import object_metadata
 from capture_export.objectstore import MemoryObjectStore
 from capture_export.status.conditions import get_condition
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
+from tests.support.records import make_record
 
 EXPORTER = ExporterId("default", "usage")
 NO_WAIT = RetryPolicy(attempts=2, base_delay=0.0, throttle_delay=0.0)

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from capture_export.store.check import CorruptRecord, check_foreign, outline
 from capture_export.store.credentials import DEFAULT_POLICY, CredentialPolicy, normalise_header_name
 from capture_export.store.seal import RecordSeal, new_seal_key
-from tests.hostile.test_foreign_rows import MALFORMED
-from tests.hostile.trust_support import Raw, bstr, build, good_record, text_chunks
+from tests.support.malformed_rows import MALFORMED
+from tests.support.trust import Raw, bstr, build, good_record, text_chunks
 
 CANARY = "cnryUnitCheck0a1b2c3d4e5f"
 

@@ -29,7 +29,7 @@ from capture_export.export.formats import (
 from capture_export.export.layout import ObjectLayout
 from capture_export.seed import generate_records
 from capture_export.store.records import encode_body, with_id
-from tests.conftest import make_record
+from tests.support.records import make_record
 
 ROOT = Path(__file__).resolve().parents[2]
 

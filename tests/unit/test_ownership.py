@@ -17,8 +17,8 @@ from capture_export.export.model import Requests
 from capture_export.export.ownership import DestinationLease, Holder, Ownership, probe_conditional_writes
 from capture_export.objectstore import MemoryObjectStore
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.unit.retention_support import FakeClock
+from tests.support.records import make_record
+from tests.support.retention import FakeClock
 
 NO_WAIT = RetryPolicy(attempts=1)
 LAYOUT = ObjectLayout("p", "default", "usage")

@@ -12,8 +12,8 @@ from capture_export.metrics import OperatorMetrics
 from capture_export.objectstore import MemoryObjectStore
 from capture_export.status.exporter import StatusUpdate
 from capture_export.store import SQLiteStore
-from tests.conftest import make_record
-from tests.unit.test_engine import NO_WAIT, InstantClock, data_keys
+from tests.support.engine import NO_WAIT, InstantClock, data_keys
+from tests.support.records import make_record
 
 EXPORTER = ExporterId("default", "usage")
 

@@ -11,7 +11,7 @@ from capture_export.store.records import (
     encode_body,
     with_id,
 )
-from tests.conftest import make_record
+from tests.support.records import make_record
 
 
 def test_stored_body_spliced_with_id_decodes_to_the_record_with_id_first() -> None:

@@ -13,7 +13,7 @@ from capture_export.api import S3ExporterSpec
 from capture_export.export import ExporterId
 from capture_export.retention import ExporterRef, Purger, RetentionWorker
 from capture_export.store import SQLiteStore, StoreError
-from tests.unit.retention_support import World, policy, sync_pipeline
+from tests.support.retention import World, policy, sync_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 OLD, YOUNG = 48 * 60, 10  # record ages in minutes, against maxAge 24h
@@ -241,7 +241,7 @@ def test_a_store_without_retention_support_is_refused(world: World) -> None:
 
 
 def test_status_fits_the_crd_schema(world: World) -> None:
-    from tests.chart.crd_schema import CustomResourceValidator
+    from tests.support.crd_schema import CustomResourceValidator
 
     spec = policy(maxAge="24h", exporters=["x0", "x1"], softDelete={"gracePeriod": "1h"})
     world.insert([OLD] * 3)
@@ -297,7 +297,7 @@ def test_a_parquet_exporter_gates_where_pyarrow_is_missing(world: World, monkeyp
 def test_a_selector_matching_more_than_64_exporters_still_gates_and_reports() -> None:
     """Status lists at most 64 gating exporters (the limiting one and the ones holding the gate shut
     first) and counts them all; the gate itself weighs every one."""
-    from tests.chart.crd_schema import CustomResourceValidator
+    from tests.support.crd_schema import CustomResourceValidator
 
     with sync_pipeline():
         world = World(limits=[5] * 70)

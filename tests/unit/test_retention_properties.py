@@ -16,7 +16,7 @@ from datetime import timedelta
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from tests.unit.retention_support import HOUR_US, World, policy, scratch_store, sync_pipeline
+from tests.support.retention import HOUR_US, World, policy, scratch_store, sync_pipeline
 
 # One operation: (kind, exporter, n, failure). Mostly inserts, exports and purges; now and then a bucket
 # is down for the next few operations, an exporter is reset, soft-deleted records are restored, the

@@ -4,46 +4,20 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from capture_export.store import SQLiteStore, StoreError
 from capture_export.store.base import ExpiredChunk
-from tests.unit.retention_support import BODY
-
-HOUR = 3_600_000_000
-
-
-def filled(store: SQLiteStore, stamps: list[int]) -> list[int]:
-    last = store.append_encoded([(ts, BODY) for ts in stamps])
-    return list(range(last - len(stamps) + 1, last + 1))
+from tests.support.retention import BODY
+from tests.support.store_retention import HOUR, RETENTION_CONTRACT, filled
 
 
-def test_expire_takes_old_records_at_or_below_the_bound_in_chunks(sqlite_store: SQLiteStore) -> None:
-    filled(sqlite_store, [1 * HOUR, 9 * HOUR, 2 * HOUR, 3 * HOUR, 8 * HOUR, 1 * HOUR, 4 * HOUR])  # ids 1..7
-    # Old: ts < 5h -> ids 1, 3, 4, 6, 7; at or below bound 6 -> 1, 3, 4, 6.
-    assert sqlite_store.count_expired(6, 5 * HOUR) == 4
-    first = sqlite_store.expire_chunk(6, 5 * HOUR, 3)
-    assert first == ExpiredChunk(3, (2 * HOUR, 3))  # (ts, id) order: 1@1h, 6@1h, 3@2h
-    second = sqlite_store.expire_chunk(6, 5 * HOUR, 3, after=first.resume_after)
-    assert second == ExpiredChunk(1, None)
-    assert list(sqlite_store.ids()) == [2, 5, 7]
-    assert sqlite_store.expire_chunk(6, 5 * HOUR, 3) == ExpiredChunk(0, None)
-
-
-def test_expire_keyset_skips_what_earlier_chunks_passed(sqlite_store: SQLiteStore) -> None:
-    filled(sqlite_store, [HOUR] * 4)
-    # The keyset is honoured: nothing at or before (HOUR, 2) is taken.
-    chunk = sqlite_store.expire_chunk(10, 2 * HOUR, 10, after=(HOUR, 2))
-    assert chunk == ExpiredChunk(2, None)
-    assert list(sqlite_store.ids()) == [1, 2]
-
-
-def test_strictly_older_and_exact_limit(sqlite_store: SQLiteStore) -> None:
-    filled(sqlite_store, [HOUR, 2 * HOUR])
-    assert sqlite_store.count_expired(10, 2 * HOUR) == 1  # ts == cutoff is not older
-    assert sqlite_store.expire_chunk(10, 3 * HOUR, 2) == ExpiredChunk(2, (2 * HOUR, 2))  # full chunk: maybe more
+@pytest.mark.parametrize("case", RETENTION_CONTRACT, ids=lambda case: case.__name__)
+def test_retention_contract(case: Callable[[SQLiteStore], None], sqlite_store: SQLiteStore) -> None:
+    case(sqlite_store)
 
 
 def test_soft_delete_hides_from_inventory_not_from_the_export_stream(sqlite_store: SQLiteStore) -> None:
@@ -61,34 +35,6 @@ def test_soft_delete_hides_from_inventory_not_from_the_export_stream(sqlite_stor
     assert sqlite_store.expire_chunk(10, 5 * HOUR, 10) == ExpiredChunk(0, None)
     live = sqlite_store._conn.execute("SELECT id FROM captures_live").fetchall()
     assert live == [(3,)]
-
-
-def test_purge_soft_deleted_after_grace_and_restore(sqlite_store: SQLiteStore) -> None:
-    filled(sqlite_store, [HOUR] * 5)
-    sqlite_store.expire_chunk(2, 5 * HOUR, 10, mark_at_us=100)  # ids 1, 2 marked at 100
-    sqlite_store.expire_chunk(10, 5 * HOUR, 10, mark_at_us=200)  # ids 3..5 marked at 200
-    assert sqlite_store.purge_soft_deleted_chunk(99, 10) == 0
-    assert sqlite_store.purge_soft_deleted_chunk(100, 1) == 1
-    assert sqlite_store.purge_soft_deleted_chunk(150, 10) == 1
-    assert sqlite_store.soft_deleted_count() == 3 and sqlite_store.max_id() == 5
-    assert sqlite_store.restore_chunk(10, deleted_since_us=201) == 0
-    assert sqlite_store.restore_chunk(2, deleted_since_us=200) == 2
-    assert sqlite_store.restore_chunk(10) == 1
-    assert list(sqlite_store.ids()) == [3, 4, 5] and sqlite_store.soft_deleted_count() == 0
-
-
-def test_never_above_the_bound_whatever_the_age(sqlite_store: SQLiteStore) -> None:
-    filled(sqlite_store, [HOUR] * 5)
-    assert sqlite_store.expire_chunk(0, 100 * HOUR, 100) == ExpiredChunk(0, None)
-    assert sqlite_store.expire_chunk(3, 100 * HOUR, 100).count == 3
-    assert list(sqlite_store.ids()) == [4, 5]
-
-
-def test_highest_assigned_id_survives_deletes(sqlite_store: SQLiteStore) -> None:
-    filled(sqlite_store, [HOUR] * 3)
-    sqlite_store.expire_chunk(3, 2 * HOUR, 10)
-    assert sqlite_store.max_id() == 0 and sqlite_store.highest_assigned_id() == 3
-    assert filled(sqlite_store, [HOUR]) == [4]
 
 
 def test_migrates_a_version_1_store(tmp_path: Path) -> None:

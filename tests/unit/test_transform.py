@@ -14,7 +14,7 @@ from capture_export.api.s3exporter import ExportFilter
 from capture_export.export.transform import RecordFilter, RecordTransform, peek_fields, privacy_scrub, redact
 from capture_export.seed import generate_records
 from capture_export.store.records import encode_body, with_id
-from tests.conftest import make_record
+from tests.support.records import make_record
 
 KEPT_TOP_LEVEL = ("id", "ver", "timestamp", "identity", "model", "api_type", "usage", "estimated_cost",
                   "duration_ms", "capture_id", "session_id", "path", "status_code")

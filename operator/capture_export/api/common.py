@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict, JsonValue
 
 from .vocabulary import Truth
 
@@ -26,6 +28,7 @@ __all__ = [
     "ServerSideEncryptionSpec",
     "StoreRef",
     "cel_rule",
+    "cel_validations",
     "rule_error",
 ]
 
@@ -48,6 +51,15 @@ def cel_rule(rule: str, message: str, field: str | None = None) -> dict[str, str
     if field is not None:
         entry["fieldPath"] = f".{field}"
     return entry
+
+
+def cel_validations(*rules: Mapping[str, str]) -> JsonDict:
+    """A model's ``json_schema_extra`` carrying these CEL rules."""
+    entries: list[JsonValue] = []
+    for rule in rules:
+        entry: JsonDict = dict(rule)
+        entries.append(entry)
+    return {"x-kubernetes-validations": entries}
 
 
 def rule_error(rule: dict[str, str]) -> ValueError:
@@ -103,7 +115,7 @@ class CaBundleRef(ApiModel):
     """PEM CA certificates to trust for the endpoint's TLS, from a Secret or a ConfigMap key (read every
     cycle, like the credentials)."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [CA_BUNDLE_ONE_SOURCE]})
+    model_config = ConfigDict(json_schema_extra=cel_validations(CA_BUNDLE_ONE_SOURCE))
 
     secret_key_ref: Annotated[KeyRef | None, Field(description="A Secret key holding PEM certificates "
                                                    "(key default ca.crt).")] = None
@@ -126,7 +138,7 @@ SSE_KMS_KEY_RULE = {
 class ServerSideEncryptionSpec(ApiModel):
     """Server-side encryption requested on every object the exporter writes (data, checkpoint, probe)."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [SSE_KMS_KEY_RULE]})
+    model_config = ConfigDict(json_schema_extra=cel_validations(SSE_KMS_KEY_RULE))
 
     algorithm: Annotated[
         Literal["AES256", "aws:kms"],
@@ -184,7 +196,10 @@ class StoreRef(ApiModel):
         return self
 
 
-ConditionStatus = Literal[tuple(t.value for t in Truth)]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    ConditionStatus = str  # one of Truth's values: the type checker sees the str that a StrEnum is
+else:
+    ConditionStatus = Literal[tuple(t.value for t in Truth)]  # the CRD's enum, from the one list
 
 
 class Condition(ApiModel):

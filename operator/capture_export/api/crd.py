@@ -77,7 +77,8 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
-    return _convert(raw, defs)
+    schema: dict[str, Any] = _convert(raw, defs)
+    return schema
 
 
 def crd_for(info: KindInfo) -> dict[str, Any]:

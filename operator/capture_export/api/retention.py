@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from .common import CONDITIONS_LIST, DNS_SUBDOMAIN, ApiModel, Condition, StoreRef, cel_rule, rule_error
+from .common import CONDITIONS_LIST, DNS_SUBDOMAIN, ApiModel, Condition, StoreRef, cel_rule, cel_validations, rule_error
 from .vocabulary import GateExporterState, GateMode, PurgeOutcome
 
 __all__ = [
@@ -119,7 +119,7 @@ class RetentionPolicySpec(ApiModel):
     """Which records to purge from a capture store, and which exports must hold them first."""
 
     model_config = ConfigDict(
-        json_schema_extra={"x-kubernetes-validations": [EXPORTERS_XOR_SELECTOR, GATE_NAMED, MAX_AGE_POSITIVE]}
+        json_schema_extra=cel_validations(EXPORTERS_XOR_SELECTOR, GATE_NAMED, MAX_AGE_POSITIVE)
     )
 
     max_age: Annotated[
@@ -200,8 +200,13 @@ class RetentionPolicySpec(ApiModel):
 
 # -- status ----------------------------------------------------------------------------------------
 
-RetentionOutcome = Literal[tuple(o.value for o in PurgeOutcome)]  # type: ignore[valid-type]
-ExporterGateState = Literal[tuple(s.value for s in GateExporterState)]  # type: ignore[valid-type]
+# The enums' values, the CRD's enums (in their order); the type checker sees the str that a StrEnum is.
+if TYPE_CHECKING:
+    RetentionOutcome = str
+    ExporterGateState = str
+else:
+    RetentionOutcome = Literal[tuple(o.value for o in PurgeOutcome)]
+    ExporterGateState = Literal[tuple(s.value for s in GateExporterState)]
 
 
 class GateExporter(ApiModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -18,6 +18,7 @@ from .common import (
     ServerSideEncryptionSpec,
     StoreRef,
     cel_rule,
+    cel_validations,
     rule_error,
 )
 from .vocabulary import ExportOutcome
@@ -96,7 +97,7 @@ DESTINATION_IMMUTABLE = {
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 CorruptRecordAction = Literal["Hold", "Quarantine"]
 
-# -- formats, key templates, privacy, filters (issue 7) ----------------------------------------------
+# -- formats, key templates, privacy, filters --------------------------------------------------------
 
 # The allowed values come from the format registry (export/formats.py).
 Format = Literal[FORMAT_NAMES]  # type: ignore[valid-type]
@@ -225,10 +226,10 @@ class ExportFilter(ApiModel):
 class S3ExporterSpec(ApiModel):
     """Where and how often to export capture records."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+    model_config = ConfigDict(json_schema_extra=cel_validations(
         DESTINATION_IMMUTABLE, LAYOUT_IMMUTABLE, PATH_TEMPLATE_RULES, HIVE_RULE, COMPRESSION_RULE,
         ROLE_FIELDS_NEED_ROLE, TLS_SKIP_NEEDS_HTTPS, CA_BUNDLE_NEEDS_TLS,
-    ]})
+    ))
 
     bucket: Annotated[
         str,
@@ -462,7 +463,11 @@ class S3ExporterSpec(ApiModel):
         return self
 
 
-Outcome = Literal[tuple(o.value for o in ExportOutcome)]  # type: ignore[valid-type]
+# ExportOutcome's values, the CRD's enum; the type checker sees the str that a StrEnum is.
+if TYPE_CHECKING:
+    Outcome = str
+else:
+    Outcome = Literal[tuple(o.value for o in ExportOutcome)]
 
 
 class RunRecord(ApiModel):

@@ -239,10 +239,11 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
     quarantined: list[tuple[int, str]] = []
     held: str | None = None
     if corrupt and recipe.on_corrupt_record == "Quarantine":
-        quarantined = [(exc.record_id, exc.reason) for _, exc in corrupt]
+        quarantined = [(bad.record_id, bad.reason) for _, bad in corrupt]
     elif corrupt:
-        index, exc = corrupt[0]
-        held = f"{exc}; the export holds before it until it is fixed in the store (or set onCorruptRecord: Quarantine)"
+        index, first_bad = corrupt[0]
+        held = (f"{first_bad}; the export holds before it until it is fixed in the store (or set onCorruptRecord: "
+                "Quarantine)")
         if index == 0:
             raise BatchFailure(BatchFailure.CORRUPT, held)
         rows, checked = rows[:index], checked[:index]  # the rows before the first corrupt one all passed
@@ -314,11 +315,11 @@ class PackedRows:
     buffers rather than of thousands of objects, and while the worker encodes, the exporting process holds
     this one object instead of the rows. The worker's rows are views into it (nothing copied again)."""
 
-    ids: array
-    timestamps: array
+    ids: array[int]
+    timestamps: array[int]
     sealed: bytes
     seals: bytes
-    ends: array
+    ends: array[int]
     bodies: bytes
 
     @classmethod

@@ -286,7 +286,7 @@ def _glibc() -> ctypes.CDLL | None:
                 _libc = libc
             except (OSError, AttributeError):
                 pass
-    return _libc or None
+    return _libc if isinstance(_libc, ctypes.CDLL) else None
 
 
 def share_fewer_malloc_arenas(arenas: int = 2) -> None:

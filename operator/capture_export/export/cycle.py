@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..api import S3ExporterSpec, S3ExporterStatus
 from ..api.vocabulary import ConditionType, Domain, EventType, ExportOutcome, Reason
+from ..backoff import FailureBackoff
 from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore, ObjectStoreError, S3Access, S3Location, S3ObjectStore
 from ..objectstore.credentials import CredentialResolver, SecretSource
@@ -28,7 +29,6 @@ from .ownership import Ownership
 
 __all__ = ["CycleOutcome", "ExporterWorker", "ObjectStoreFactory", "StoreOpener"]
 
-MAX_FAILURE_BACKOFF = 300.0
 # Failures that say nothing about the connection: the cached engine (and the lease it watches) is kept.
 _KEEP_ENGINE = frozenset({Reason.DESTINATION_IN_USE, Reason.CHECKPOINT_MISSING, Reason.CHECKPOINT_CORRUPT,
                           Reason.STORE_MISMATCH, Reason.CURSOR_AHEAD_OF_STORE})
@@ -74,14 +74,13 @@ class ExporterWorker:
     ) -> None:
         self.exporter = exporter
         self.open_store = open_store
-        self.secrets = secrets
         self.credentials = CredentialResolver(secrets)
         self.clock = clock or SystemClock()
         self.object_store_factory = object_store_factory or (
             lambda location, access: S3ObjectStore(location, access, now=self.clock.now))
         self.engine: ExportEngine | None = None
         self._engine_key: tuple[object, ...] | None = None
-        self.consecutive_failures = 0
+        self.backoff = FailureBackoff()
         # One writer per destination: the store lock and the lease this worker holds between cycles.
         self.ownership = Ownership(exporter, clock=self.clock)
 
@@ -215,10 +214,9 @@ class ExporterWorker:
                  failure: ExportFailure | None) -> CycleOutcome:
         new_status, events = update.finish()
         if failure is not None:
-            self.consecutive_failures += 1
-            due_in = min(float(spec.every), MAX_FAILURE_BACKOFF, 5.0 * 2 ** (self.consecutive_failures - 1))
+            due_in = self.backoff.failed(spec.every)
         else:
-            self.consecutive_failures = 0
+            self.backoff.succeeded()
             backlog = result.backlog if result else None
             due_in = 0.0 if backlog and result and result.outcome != ExportOutcome.STOPPED else float(spec.every)
         return CycleOutcome(new_status, events, result, due_in)

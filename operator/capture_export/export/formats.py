@@ -95,12 +95,12 @@ class BatchEncoder(Protocol):
     # True: ``encode_records`` takes decoded records (dicts, as cbor2 decodes them).
     decoded: bool
 
-    def encode(self, records: Sequence[bytes]) -> bytes:
+    def encode(self, records: Sequence[bytes | memoryview]) -> bytes:
         """Encode a batch of CBOR-encoded records (each holding its ``id``) into one object."""
         ...
 
-    def encode_records(self, records: Sequence[Mapping[str, Any]]) -> bytes:
-        """Encode a batch of decoded records into one object."""
+    def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
+        """Encode a batch of decoded records (a sequence or a generator) into one object."""
         ...
 
 
@@ -111,7 +111,7 @@ class CborZstdEncoder:
         self.level = level
         self.extension, self.content_type = FORMATS["cbor-zstd"].object_type("zstd")
 
-    def encode(self, records: Sequence[bytes]) -> bytes:
+    def encode(self, records: Sequence[bytes | memoryview]) -> bytes:
         # A compressor is cheap to make and not safe to share across threads. The records are streamed in
         # rather than joined first: a batch never holds a second copy of its records.
         frame = zstandard.ZstdCompressor(level=self.level, write_content_size=True).compressobj(
@@ -120,7 +120,7 @@ class CborZstdEncoder:
         chunks.append(frame.flush())
         return b"".join(chunks)
 
-    def encode_records(self, records: Sequence[Mapping[str, Any]]) -> bytes:
+    def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
         return self.encode([cbor2.dumps(record, timezone=UTC) for record in records])
 
 
@@ -233,7 +233,7 @@ class JsonLinesEncoder:
         self.level = level
         self.extension, self.content_type = FORMATS["jsonl"].object_type(compression)
 
-    def encode(self, records: Sequence[bytes]) -> bytes:
+    def encode(self, records: Sequence[bytes | memoryview]) -> bytes:
         return self.encode_records(cbor2.loads(record) for record in records)
 
     def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
@@ -244,9 +244,10 @@ class JsonLinesEncoder:
 
 # -- Parquet ------------------------------------------------------------------------------------------
 
-_IDENTITY_FIELDS = {"login_name": str, "node_id": str, "tags": list}
-_USAGE_FIELDS = {"input_tokens": int, "output_tokens": int, "cached_tokens": int, "reasoning_tokens": int}
-_COST_FIELDS = {"input": float, "output": float, "total": float, "currency": str}
+_IDENTITY_FIELDS: dict[str, type] = {"login_name": str, "node_id": str, "tags": list}
+_USAGE_FIELDS: dict[str, type] = {"input_tokens": int, "output_tokens": int, "cached_tokens": int,
+                                  "reasoning_tokens": int}
+_COST_FIELDS: dict[str, type] = {"input": float, "output": float, "total": float, "currency": str}
 _SCALARS = {"ver": int, "model": str, "api_type": str, "duration_ms": int, "capture_id": str,
             "session_id": str, "path": str, "status_code": int}
 _STRUCTS = {"identity": _IDENTITY_FIELDS, "usage": _USAGE_FIELDS, "estimated_cost": _COST_FIELDS}
@@ -385,7 +386,7 @@ class ParquetEncoder:
         self.compression = compression
         self.extension, self.content_type = FORMATS["parquet"].object_type(compression)
 
-    def encode(self, records: Sequence[bytes]) -> bytes:
+    def encode(self, records: Sequence[bytes | memoryview]) -> bytes:
         return self.encode_records(cbor2.loads(record) for record in records)
 
     def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
@@ -404,7 +405,8 @@ class ParquetEncoder:
                     chunk = []
             if chunk:
                 writer.write_batch(self.record_batch(chunk), row_group_size=PARQUET_CHUNK)
-        return sink.getvalue().to_pybytes()
+        data: bytes = sink.getvalue().to_pybytes()
+        return data
 
     def record_batch(self, records: Sequence[Mapping[str, Any]]) -> Any:
         pa, schema = self.pa, self.schema

@@ -98,7 +98,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, reason: str) -> float:
         base = self.throttle_delay if reason == Reason.THROTTLED else self.base_delay
-        return min(self.max_delay, base * (2 ** attempt))
+        return min(self.max_delay, base * 2.0 ** attempt)
 
 
 class Requests:

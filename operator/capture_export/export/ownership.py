@@ -34,6 +34,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..api.vocabulary import Domain, Reason
@@ -100,10 +101,12 @@ class Holder:
     def from_json(cls, data: Any) -> Holder | None:
         if not isinstance(data, dict):
             return None
-        values = [data.get(k) for k in ("exporter", "storeId", "instance", "lockScope")]
-        if not all(isinstance(v, str) for v in values):
+        exporter, store_id, instance, lock_scope = (data.get(k) for k in ("exporter", "storeId", "instance",
+                                                                          "lockScope"))
+        if not (isinstance(exporter, str) and isinstance(store_id, str) and isinstance(instance, str)
+                and isinstance(lock_scope, str)):
             return None
-        return cls(*values)  # type: ignore[arg-type]
+        return cls(exporter, store_id, instance, lock_scope)
 
 
 class DestinationLease:
@@ -263,7 +266,7 @@ class Ownership:
         if self.lock is not None and self._lock_owner is store and self.lock.alive():
             return self.lock
         self.release_lock()
-        lock = store.lock_exporter(str(self.exporter))
+        lock: StoreLock | None = store.lock_exporter(str(self.exporter))
         if lock is None:
             raise destination_in_use(
                 f"another capture-export process is exporting S3Exporter {self.exporter} from this store "
@@ -287,7 +290,7 @@ class Ownership:
                 continue
             known = self._neighbours.get(info.key)
             if known is None or known[0] != info.etag:
-                raw = requests(lambda key=info.key: objects.get(key))
+                raw = requests(partial(objects.get, info.key))
                 verdict = None
                 if raw is not None:
                     other, other_layout = peek_layout(raw, layout.prefix, info.key[len(folder):])

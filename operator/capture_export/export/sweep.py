@@ -12,6 +12,8 @@ after a reset neither deletes nor overwrites it, and moves the cursor past it in
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..api.vocabulary import Domain, Reason
 from ..objectstore import ObjectStore
 from ..store import RecordReader, StoredRecord, StoreError
@@ -83,7 +85,7 @@ class BucketSweep:
                 continue  # not this exporter's: never deleted (reported)
             if first <= high_water and self.holds_records_gone_from_store(key, first, last):
                 continue  # the only copy of records purged since: never delete it
-            self.call(lambda key=key: self.objects.delete(key))
+            self.call(partial(self.objects.delete, key))
             self.owned.pop(key, None)
 
     def owns(self, key: str) -> bool:

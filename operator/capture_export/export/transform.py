@@ -142,7 +142,7 @@ def redact(record: dict[str, Any], paths: Sequence[Sequence[str]]) -> dict[str, 
     return out
 
 
-def _argument(raw: bytes, position: int) -> tuple[int, int] | None:
+def _argument(raw: bytes | memoryview, position: int) -> tuple[int, int] | None:
     """The argument (length or count) of the CBOR item head at ``position`` and where its content starts."""
     info = raw[position] & 0x1F
     if info < 24:
@@ -158,7 +158,7 @@ def _argument(raw: bytes, position: int) -> tuple[int, int] | None:
     return None  # indefinite length
 
 
-def peek_fields(raw: bytes, wanted: frozenset[str]) -> dict[str, Any]:
+def peek_fields(raw: bytes | memoryview, wanted: frozenset[str]) -> dict[str, Any]:
     """The top-level fields ``wanted`` of a CBOR-encoded record, decoding as little as possible.
 
     A stored record keeps the schema's field order, with the bulky ``capture`` last, so a filter on model,

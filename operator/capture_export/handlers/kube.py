@@ -13,8 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import kopf
 import kubernetes.client
@@ -29,6 +29,7 @@ from ..status.exporter import Event
 __all__ = ["ApiSecrets", "KubeApi", "KubeApiError", "kopf_event"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class KubeApiError(RuntimeError):
@@ -87,18 +88,29 @@ class KubeApi:
             self._client = kubernetes.client.ApiClient(self.configuration)
         return self._client
 
-    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        """A Secret's decoded data, or None when it does not exist."""
+    def _call(self, what: str, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Every call of ours goes through here: with the request timeout, its failures as KubeApiError."""
         try:
-            secret = kubernetes.client.CoreV1Api(self.client).read_namespaced_secret(
-                name, namespace, _request_timeout=self.request_timeout)
+            return method(*args, _request_timeout=self.request_timeout, **kwargs)
         except ApiException as exc:
+            raise KubeApiError(f"{what} failed: {exc.status} {exc.reason}", exc.status) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeApiError(f"{what} failed: {exc.__class__.__name__}") from None
+
+    def _read(self, what: str, method: Callable[..., T], name: str, namespace: str) -> T | None:
+        """A namespaced object, or None when it does not exist."""
+        try:
+            return self._call(f"reading {what} {namespace}/{name}", method, name, namespace)
+        except KubeApiError as exc:
             if exc.status == 404:
                 return None
-            raise KubeApiError(f"reading Secret {namespace}/{name} failed: {exc.status} {exc.reason}",
-                               exc.status) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise KubeApiError(f"reading Secret {namespace}/{name} failed: {exc.__class__.__name__}") from None
+            raise
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's decoded data, or None when it does not exist."""
+        secret = self._read("Secret", kubernetes.client.CoreV1Api(self.client).read_namespaced_secret, name, namespace)
+        if secret is None:
+            return None
         data: dict[str, str] = {}
         for key, value in (secret.data or {}).items():
             try:
@@ -109,45 +121,27 @@ class KubeApi:
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         """A ConfigMap's data, or None when it does not exist (a caBundleRef's CA certificates)."""
-        try:
-            config_map = kubernetes.client.CoreV1Api(self.client).read_namespaced_config_map(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise KubeApiError(f"reading ConfigMap {namespace}/{name} failed: {exc.status} {exc.reason}",
-                               exc.status) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise KubeApiError(f"reading ConfigMap {namespace}/{name} failed: {exc.__class__.__name__}") from None
-        return dict(config_map.data or {})
+        config_map = self._read("ConfigMap", kubernetes.client.CoreV1Api(self.client).read_namespaced_config_map,
+                                name, namespace)
+        return None if config_map is None else dict(config_map.data or {})
 
     def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Merge-patch ``status``; False when the resource is gone."""
         try:
-            kubernetes.client.CustomObjectsApi(self.client).patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": dict(status)},
-                _request_timeout=self.request_timeout,
-            )
-        except ApiException as exc:
+            self._call(f"patching {plural} {namespace}/{name} status",
+                       kubernetes.client.CustomObjectsApi(self.client).patch_namespaced_custom_object_status,
+                       GROUP, VERSION, namespace, plural, name, {"status": dict(status)})
+        except KubeApiError as exc:
             if exc.status == 404:
                 return False
-            raise KubeApiError(f"patching {plural} {namespace}/{name} status failed: {exc.status} {exc.reason}",
-                               exc.status) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise KubeApiError(f"patching {plural} {namespace}/{name} status failed: "
-                               f"{exc.__class__.__name__}") from None
+            raise
         return True
 
     def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
         """Every object of one of our kinds in ``namespace`` (raw bodies, status included)."""
-        try:
-            listed = kubernetes.client.CustomObjectsApi(self.client).list_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, _request_timeout=self.request_timeout
-            )
-        except ApiException as exc:
-            raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.status} {exc.reason}",
-                               exc.status) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise KubeApiError(f"listing {plural} in {namespace} failed: {exc.__class__.__name__}") from None
+        listed = self._call(f"listing {plural} in {namespace}",
+                            kubernetes.client.CustomObjectsApi(self.client).list_namespaced_custom_object,
+                            GROUP, VERSION, namespace, plural)
         return list(listed.get("items") or [])
 
     def access_allowed(self, verb: str, resource: str, *, group: str = "", subresource: str = "",
@@ -159,8 +153,9 @@ class KubeApi:
         review = kubernetes.client.V1SelfSubjectAccessReview(
             spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes))
         try:
-            answer = kubernetes.client.AuthorizationV1Api(self.client).create_self_subject_access_review(review)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            answer = self._call("SelfSubjectAccessReview", kubernetes.client.AuthorizationV1Api(
+                self.client).create_self_subject_access_review, review)
+        except (KubeApiError, ValueError) as exc:
             log.warning("cannot check RBAC (SelfSubjectAccessReview): %s", getattr(exc, "status", None) or exc)
             return None
         allowed = answer.status.allowed if answer is not None and answer.status is not None else None
@@ -172,22 +167,16 @@ class KubeApi:
         work. Namespace patterns (kopf's globs) cannot be listed one by one: the group's discovery
         stands in for them."""
         api = kubernetes.client.CustomObjectsApi(self.client)
+        what = f"listing {GROUP} resources"
         patterns = [ns for ns in namespaces if set(ns) & set("*?[!")]
-        try:
-            if patterns:
-                api.get_api_resources(GROUP, VERSION, _request_timeout=self.request_timeout)
-            for plural in plurals:
-                if not namespaces:
-                    api.list_cluster_custom_object(GROUP, VERSION, plural, limit=1,
-                                                   _request_timeout=self.request_timeout)
-                for namespace in namespaces:
-                    if namespace not in patterns:
-                        api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, limit=1,
-                                                          _request_timeout=self.request_timeout)
-        except ApiException as exc:
-            raise KubeApiError(f"listing {GROUP} resources failed: {exc.status} {exc.reason}", exc.status) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise KubeApiError(f"listing {GROUP} resources failed: {exc.__class__.__name__}") from None
+        if patterns:
+            self._call(what, api.get_api_resources, GROUP, VERSION)
+        for plural in plurals:
+            if not namespaces:
+                self._call(what, api.list_cluster_custom_object, GROUP, VERSION, plural, limit=1)
+            for namespace in namespaces:
+                if namespace not in patterns:
+                    self._call(what, api.list_namespaced_custom_object, GROUP, VERSION, namespace, plural, limit=1)
 
     def close(self) -> None:
         if self._client is not None:

@@ -75,7 +75,8 @@ class Readiness:
         await self._runner.setup()
         site = aiohttp.web.TCPSite(self._runner, host, port)
         await site.start()
-        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+        server = site._server  # aiohttp keeps the asyncio.Server private
+        sockets = server.sockets if isinstance(server, asyncio.Server) else []
         return int(sockets[0].getsockname()[1]) if sockets else port
 
     async def stop(self) -> None:

@@ -25,23 +25,21 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from ..api import GROUP, S3EXPORTER, VERSION, S3ExporterSpec, S3ExporterStatus
 from ..api.destination import destination_of
 from ..api.manifests import InvalidManifest, parse_spec
-from ..api.vocabulary import ConditionType, EventType, Reason, Truth
-from ..export import BatchResult, ExporterId
-from ..export.cycle import ExporterWorker
-from ..export.model import ExportFailure, unexpected_failure
+from ..api.vocabulary import EventType, Reason
+from ..export import BatchResult
+from ..export.cycle import CycleOutcome, ExporterWorker
+from ..export.model import ExportFailure, RunResult, unexpected_failure
 from ..redact import redact
-from ..status.conditions import get_condition, set_condition
 from ..status.exporter import Event, StatusUpdate, cursor_position, not_behind
-from .settings import RESET_CURSOR, RUN_NOW, Runtime, sleep_until_woken
+from .scheduler import Desired, Hold, ResourceWorker, lenient_status
+from .settings import RESET_CURSOR, RUN_NOW, Runtime
 
 __all__ = ["DESTINATION", "KIND", "RESET_CURSOR", "RUN_NOW", "Desired", "ExporterState", "Hold", "judge",
            "load_status", "register"]
@@ -49,28 +47,7 @@ __all__ = ["DESTINATION", "KIND", "RESET_CURSOR", "RUN_NOW", "Desired", "Exporte
 KIND = S3EXPORTER.kind
 PLURAL = S3EXPORTER.plural
 DESTINATION = f"{GROUP}/destination"
-StatusChange = Callable[[S3ExporterStatus], "tuple[S3ExporterStatus, list[Event]] | None"]
-CRASH_BACKOFF = 30.0
-STATUS_RETRY = 5.0
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hold:
-    """Why the worker must not export now."""
-
-    reason: str
-    message: str
-    warning: bool = True
-
-
-@dataclass(frozen=True, eq=False)
-class Desired:
-    """What the last configure handler decided. Compared by identity: each handler run is a new one."""
-
-    generation: int | None
-    spec: S3ExporterSpec | None
-    hold: Hold | None = None
 
 
 def judge(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> tuple[S3ExporterSpec | None, Hold | None]:
@@ -97,135 +74,78 @@ def judge(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> tuple[S3Ex
 
 
 def load_status(raw: Mapping[str, Any] | None) -> S3ExporterStatus:
-    """The stored status, leniently: unknown fields are dropped rather than losing the cursor."""
+    """The stored status, leniently: unreadable fields are dropped rather than losing the cursor (one written
+    as a number is read as one)."""
     raw = dict(raw or {})
-    try:
-        return S3ExporterStatus.model_validate(raw)
-    except ValidationError:
-        pass
-    known = {field.alias or name for name, field in S3ExporterStatus.model_fields.items()}
-    try:
-        return S3ExporterStatus.model_validate({k: v for k, v in raw.items() if k in known})
-    except ValidationError:
-        log.warning("unreadable status %r; keeping only the cursor", raw)
-        try:
-            return S3ExporterStatus(cursor=str(int(raw.get("cursor", 0))), epoch=int(raw.get("epoch", 0)))
-        except (TypeError, ValueError, ValidationError):
-            return S3ExporterStatus()
+    cursor = raw.get("cursor")
+    if isinstance(cursor, int) and not isinstance(cursor, bool):
+        raw["cursor"] = str(cursor)
+    return lenient_status(S3ExporterStatus, raw)
 
 
-class ExporterState:
-    """One S3Exporter's worker: the spec its handler accepted, its status, and the loop its daemon runs."""
+class ExporterState(ResourceWorker[S3ExporterSpec, S3ExporterStatus, ExporterWorker]):
+    """One S3Exporter's worker (handlers/scheduler.py): its cycle is one ``ExporterWorker.cycle`` on a
+    thread; a run-now or reset annotation changing is an input that runs a cycle at once."""
 
-    def __init__(self, runtime: Runtime, namespace: str, name: str, raw_status: Mapping[str, Any] | None) -> None:
-        self.runtime = runtime
-        self.id = ExporterId(namespace, name)
-        self.worker = ExporterWorker(self.id, open_store=runtime.stores, secrets=runtime.secrets,
-                                     clock=runtime.clock, object_store_factory=runtime.object_stores)
-        self.status = load_status(raw_status)
-        self.desired: Desired | None = None
-        self.wake = asyncio.Event()
-        self.lock = asyncio.Lock()
-        self.due = 0.0  # loop time when the next cycle is due
-        self.last_inputs: tuple[object, ...] | None = None
+    kind = KIND
+    plural = PLURAL
+    cycle_worker = ExporterWorker
+    load_status = staticmethod(load_status)
 
-    @classmethod
-    def ensure(cls, runtime: Runtime, body: Mapping[str, Any]) -> ExporterState:
-        meta = body.get("metadata", {})
-        key = (KIND, meta.get("namespace", ""), meta.get("name", ""))
-        state = runtime.workers.get(key)
-        if state is None:
-            state = runtime.workers[key] = cls(runtime, key[1], key[2], body.get("status"))
-            runtime.metrics.exporters.set(sum(1 for k in runtime.workers if k[0] == KIND))
-        return state
+    def started(self) -> None:
+        self.runtime.metrics.exporters.set(sum(1 for k in self.runtime.workers if k[0] == KIND))
 
-    def forget(self) -> None:
+    def stopped(self) -> None:
         runtime = self.runtime
-        runtime.workers.pop((KIND, self.id.namespace, self.id.name), None)
         runtime.metrics.exporters.set(sum(1 for k in runtime.workers if k[0] == KIND))
         runtime.metrics.forget(self.id.namespace, self.id.name)
         runtime.writer.forget(PLURAL, self.id.namespace, self.id.name)
 
+    def close(self) -> None:
+        self.worker.close()  # give up the destination (store lock, lease) so that a successor need not wait
+
+    @staticmethod
+    def decide(spec: Mapping[str, Any], meta: kopf.Meta, patch: kopf.Patch) -> Desired[S3ExporterSpec]:
+        parsed, hold = judge(spec, meta.annotations)
+        if parsed is not None and DESTINATION not in meta.annotations:
+            patch.metadata.annotations[DESTINATION] = json.dumps(destination_of(parsed), sort_keys=True)
+        return Desired(meta.get("generation"), parsed, hold)
+
     # -- status --------------------------------------------------------------------------------------
 
-    async def write(self, body: Mapping[str, Any], change: StatusChange) -> bool:
-        """Apply ``change`` to the current status and write the result; one writer at a time."""
-        async with self.lock:
-            changed = change(self.status)
-            if changed is None:
-                return True
-            status, events = changed
-            self.status = not_behind(status, cursor_position(self.status), what=str(self.id))
-            try:
-                return await self.runtime.writer.write_exporter(body, PLURAL, self.status, events)
-            except Exception as exc:  # the API is down or refuses: keep the status, write it next time
-                log.warning("%s: status not written: %s", self.id, exc)
-                return False
+    def status_update(self, status: S3ExporterStatus, generation: int | None) -> StatusUpdate:
+        return StatusUpdate(status, now=self.runtime.clock.now(), generation=generation)
 
-    def failed(self, status: S3ExporterStatus, desired: Desired, failure: ExportFailure) -> tuple[
+    def settle(self, previous: S3ExporterStatus, status: S3ExporterStatus) -> S3ExporterStatus:
+        return not_behind(status, cursor_position(previous), what=str(self.id))
+
+    async def publish(self, body: Mapping[str, Any], status: S3ExporterStatus, events: list[Event]) -> bool:
+        return await self.runtime.writer.write_exporter(body, PLURAL, status, events)
+
+    def failed(self, status: S3ExporterStatus, desired: Desired[S3ExporterSpec], failure: ExportFailure) -> tuple[
             S3ExporterStatus, list[Event]]:
         """``status`` with ``failure`` as the cycle's outcome: its condition and its Events."""
-        update = StatusUpdate(status, now=self.runtime.clock.now(), generation=desired.generation)
+        update = self.status_update(status, desired.generation)
         update.fail(failure)
         update.events.append(Event(EventType.WARNING, Reason.EXPORT_FAILED, failure.message))
         return update.finish()
 
-    def held(self, status: S3ExporterStatus, desired: Desired) -> tuple[S3ExporterStatus, list[Event]]:
-        """``status`` with ``Ready=False`` for the hold, and the Event it deserves (once per new hold)."""
-        assert desired.hold is not None
-        hold = desired.hold
-        update = StatusUpdate(status, now=self.runtime.clock.now(), generation=desired.generation)
-        before = get_condition(update.status.conditions, ConditionType.READY)
-        update.status.conditions, _ = set_condition(update.status.conditions, ConditionType.READY, Truth.FALSE,
-                                                    hold.reason, hold.message, now=update.now,
-                                                    generation=desired.generation)
-        if before is not None and (before.status, before.reason, before.message) == (Truth.FALSE, hold.reason,
-                                                                                       hold.message):
-            return update.status, []
-        kind = EventType.WARNING if hold.warning else EventType.NORMAL
-        return update.status, [Event(kind, hold.reason, hold.message)]
+    def crashed(self, status: S3ExporterStatus, desired: Desired[S3ExporterSpec],
+                exc: Exception) -> tuple[S3ExporterStatus, list[Event]]:
+        return self.failed(status, desired, unexpected_failure(exc))
 
-    async def configure(self, body: Mapping[str, Any], desired: Desired) -> None:
-        """Accept a handler's decision: write the hold or the first-visit conditions, wake the worker."""
-        self.desired = desired  # first: a cycle running with an older spec stops after its batch in flight
-        self.wake.set()
-        if desired.hold is not None:
-            await self.write(body, lambda current: self.held(current, desired))
-        else:
-            now = self.runtime.clock.now()
-            await self.write(body, lambda current: None if current.conditions else
-                             StatusUpdate(current, now=now, generation=None).finish())
+    # -- the cycle -----------------------------------------------------------------------------------
 
-    # -- the worker loop ------------------------------------------------------------------------------
-
-    def inputs(self, body: Mapping[str, Any], desired: Desired | None = None) -> tuple[object, ...]:
-        """What a cycle acts on; a cycle runs at once whenever it differs from the last cycle's."""
+    def inputs(self, body: Mapping[str, Any], desired: Desired[S3ExporterSpec]) -> tuple[object, ...]:
         annotations = body.get("metadata", {}).get("annotations") or {}
-        return desired or self.desired, annotations.get(RUN_NOW), annotations.get(RESET_CURSOR)
+        return desired, annotations.get(RUN_NOW), annotations.get(RESET_CURSOR)
 
-    async def serve(self, body: Mapping[str, Any], stopped: kopf.DaemonStopped) -> None:
-        loop = asyncio.get_running_loop()
-        while not stopped.is_set():
-            self.wake.clear()
-            desired = self.desired
-            timeout: float | None = None
-            if desired is not None and desired.hold is None:
-                if self.inputs(body, desired) != self.last_inputs or loop.time() >= self.due:
-                    due_in = await self._cycle(body, desired, stopped)
-                    self.due = loop.time() + due_in
-                    continue
-                timeout = self.due - loop.time()
-            await sleep_until_woken(self.wake, stopped, timeout)
-
-    async def _cycle(self, body: Mapping[str, Any], desired: Desired, stopped: kopf.DaemonStopped) -> float:
+    async def run(self, desired: Desired[S3ExporterSpec], inputs: tuple[object, ...],
+                  should_stop: Callable[[], bool]) -> CycleOutcome:
         runtime, config = self.runtime, self.runtime.config
-        self.last_inputs = inputs = self.inputs(body, desired)
         _, run_now, reset = inputs
         namespace, name = self.id.namespace, self.id.name
         assert desired.spec is not None
-
-        def should_stop() -> bool:  # from the cycle's thread: stop after the batch in flight commits
-            return stopped.is_set() or self.desired is not desired
 
         def on_batch(batch: BatchResult) -> None:
             runtime.metrics.batch(namespace, name, batch)
@@ -236,63 +156,26 @@ class ExporterState:
             max_seconds=config.cycle_max_seconds, should_stop=should_stop, on_batch=on_batch,
         )
         started = time.monotonic()
+        result: RunResult | None = None
         runtime.metrics.cycles_in_flight.inc()
         try:
             outcome = await asyncio.get_running_loop().run_in_executor(runtime.cycles, cycle)
-        except Exception as exc:  # the cycle contains its own failures; this is the last line of defence
-            failure = unexpected_failure(exc)
-            runtime.metrics.cycle(namespace, name, None, time.monotonic() - started)
-            await self.write(body, lambda current: self.failed(current, desired, failure))
-            return CRASH_BACKOFF
+            result = outcome.result
         finally:
             runtime.metrics.cycles_in_flight.dec()
-        runtime.metrics.cycle(namespace, name, outcome.result, time.monotonic() - started)
-        def result(current: S3ExporterStatus) -> tuple[S3ExporterStatus, list[Event]]:
-            latest = self.desired
-            if latest is not None and latest is not desired and latest.hold is not None:
-                # Refused while this cycle ran: keep the refusal visible.
-                return self.held(outcome.status, latest)[0], outcome.events
-            return outcome.status, outcome.events
-
-        due_in = outcome.due_in
+            runtime.metrics.cycle(namespace, name, result, time.monotonic() - started)
         failed = outcome.result is None or outcome.result.failure is not None
         if failed and config.retry_cap is not None:
-            due_in = min(due_in, config.retry_cap)
-        cycled = time.monotonic()
-        if not await self.write(body, result):
-            due_in = min(due_in, STATUS_RETRY)
-        log.debug("%s: cycle (generation %s) %.3fs, status write %.3fs, next in %.0fs", self.id, desired.generation,
-                  cycled - started, time.monotonic() - cycled, due_in)
-        return due_in
+            outcome.due_in = min(outcome.due_in, config.retry_cap)
+        return outcome
 
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
+    ExporterState.register(registry, runtime)
     resource = (GROUP, VERSION, PLURAL)
-
-    @kopf.on.resume(*resource, id="configure", registry=registry)
-    @kopf.on.create(*resource, id="configure", registry=registry)
-    @kopf.on.update(*resource, id="configure", field="spec", registry=registry)
-    async def configure(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, patch: kopf.Patch, **_: Any) -> None:
-        state = ExporterState.ensure(runtime, body)
-        parsed, hold = judge(spec, meta.annotations)
-        if parsed is not None and DESTINATION not in meta.annotations:
-            patch.metadata.annotations[DESTINATION] = json.dumps(destination_of(parsed), sort_keys=True)
-        await state.configure(body, Desired(meta.get("generation"), parsed, hold))
 
     @kopf.on.field(*resource, field=("metadata", "annotations", RUN_NOW), id="run-now", registry=registry)
     @kopf.on.field(*resource, field=("metadata", "annotations", RESET_CURSOR), id="reset-cursor",
                    registry=registry)
     async def manual_action(body: kopf.Body, **_: Any) -> None:
         ExporterState.ensure(runtime, body).wake.set()
-
-    @kopf.daemon(*resource, id="worker", cancellation_polling=1.0, registry=registry)
-    async def worker(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
-        state = ExporterState.ensure(runtime, body)
-        try:
-            await state.serve(body, stopped)
-        finally:
-            try:
-                # Give up the destination (store lock, lease) so that a successor need not wait for it.
-                await asyncio.to_thread(state.worker.close)
-            finally:
-                state.forget()

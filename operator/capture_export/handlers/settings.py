@@ -41,7 +41,7 @@ from .readiness import Readiness
 
 __all__ = ["CLIENT_LOGGERS", "EXIT_SECONDS", "FINALIZER", "RESET_CURSOR", "RUN_NOW", "SERVED_PLURALS",
            "USER_ANNOTATIONS", "CycleExecutor", "OperatorConfig", "ProgressStorage", "Runtime", "SharedObjectStores",
-           "apply_settings", "check_rbac", "quiet_client_loggers", "register", "sleep_until_woken"]
+           "apply_settings", "check_rbac", "quiet_client_loggers", "register"]
 
 # The plurals of the kinds the operator serves (what readiness lists and the chart's RBAC grants).
 SERVED_PLURALS = ("s3exporters", "retentionpolicies")
@@ -309,7 +309,7 @@ def check_rbac(config: OperatorConfig) -> None:
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config(client_configuration=configuration)
-    api = KubeApi(configuration)
+    api = KubeApi(configuration, request_timeout=config.api_timeout)
     try:
         if check_permissions(api, config.namespaces):
             log.info("RBAC: every permission the operator needs is granted")
@@ -344,12 +344,3 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     def workers(**_: Any) -> int:
         return len(runtime.workers)
 
-
-async def sleep_until_woken(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float | None) -> None:
-    """A daemon's idle wait: until its resource changes (``wake``), the daemon is stopped, or ``timeout``."""
-    waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
-    try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waits:
-            waiter.cancel()

@@ -1,4 +1,4 @@
-"""The ingest server: gateways feed the capture store over HTTP, exactly once (DESIGN.md §2).
+"""The ingest server: gateways feed the capture store over HTTP, exactly once.
 
 ``server.py`` (aiohttp: auth, limits, routes), ``writer.py`` (group commit, insert-or-ignore by
 capture_id), and one module per input: ``native.py`` (schema-v2 records), ``litellm.py`` (LiteLLM's

@@ -189,7 +189,7 @@ def _status_code(payload: dict[str, Any]) -> int:
         return 200
     code = _get(payload, "error_information", "error_code")
     try:
-        number = int(code)  # type: ignore[arg-type]
+        number = int(code)
     except (TypeError, ValueError):
         return 500
     return number if 100 <= number <= 999 else 500
@@ -227,13 +227,14 @@ def litellm_record(payload: Any, index: int) -> dict[str, Any]:
     start = payload.get("startTime")
     try:
         start_seconds = _number(start)
-        timestamp = datetime.fromtimestamp(start, UTC) if start_seconds is not None else parse_timestamp(start)
+        timestamp = (datetime.fromtimestamp(start_seconds, UTC) if start_seconds is not None
+                     else parse_timestamp(start))
     except (ValueError, OverflowError, OSError) as exc:
         detail = "required" if start is None else str(exc)
         raise BadInput(f"{detail} (Unix seconds, as LiteLLM sends it)", index=index, field="startTime") from None
     end = _number(payload.get("endTime"))
     if end is not None and start_seconds is not None:
-        duration = max(0, round((end - start) * 1000))
+        duration = max(0, round((end - start_seconds) * 1000))
     elif _number(payload.get("response_time")) is not None:
         duration = max(0, round(payload["response_time"] * 1000))
     else:

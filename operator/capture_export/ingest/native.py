@@ -240,7 +240,7 @@ def _cbor_records(body: bytes, max_records: int) -> list[dict[str, Any]]:
 
     stream = io.BytesIO(body)
     decoder = cbor2.CBORDecoder(stream)
-    records = []
+    records: list[dict[str, Any]] = []
     while stream.tell() < len(body):
         index = len(records)
         if index >= max_records:

@@ -76,7 +76,7 @@ _SCALARS = {kind: operator.attrgetter(kind)
 
 def _any(value: Any) -> Any:
     kind = value.WhichOneof("value")
-    scalar = _SCALARS.get(kind)  # type: ignore[arg-type]
+    scalar = _SCALARS.get(kind)
     if scalar is not None:
         return scalar(value)
     if kind is None:

@@ -69,10 +69,10 @@ def _decode(body: bytes, encoding: str, limit: int) -> bytes:
             return bytes(out)
         if encoding == "zstd":
             reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True)
-            out = reader.read(limit + 1)
-            if len(out) > limit:
+            decoded: bytes = reader.read(limit + 1)
+            if len(decoded) > limit:
                 raise too_large
-            return out
+            return decoded
     except (zlib.error, zstandard.ZstdError) as exc:
         raise BadInput(f"body is not valid {encoding}: {exc}") from None
     raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported (gzip, deflate, zstd are)")

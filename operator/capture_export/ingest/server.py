@@ -169,7 +169,8 @@ class IngestServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=512)
         await site.start()
-        sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
+        server = site._server  # aiohttp keeps the asyncio.Server private
+        sockets = server.sockets if isinstance(server, asyncio.Server) else ()
         self.port = sockets[0].getsockname()[1] if sockets else port
         log.info("ingest server listening on %s:%s", host, self.port)
         return self.port
@@ -263,10 +264,10 @@ def store_opener(url: str) -> Callable[[], IngestStore]:
         from ..store import open_store_url
 
         store = open_store_url(url, create=True)
-        if not callable(getattr(store, "append_unique", None)):
+        if not isinstance(store, IngestStore) or not callable(store.append_unique):
             store.close()
             raise StoreUnavailable(f"{store!r} cannot take ingested records (no insert-or-ignore by capture_id)")
-        return store  # type: ignore[return-value]
+        return store
 
     return open_store
 

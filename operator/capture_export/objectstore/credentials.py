@@ -38,7 +38,7 @@ from ..redact import control_characters
 from .base import AssumeRole, Credentials, ObjectStoreError, S3Access, ServerSideEncryption
 
 if TYPE_CHECKING:
-    from ..api import CaBundleRef, S3ExporterSpec, SecretRef
+    from ..api import CaBundleRef, KeyRef, S3ExporterSpec, SecretRef
 
 __all__ = [
     "ACCESS_KEY_ID",
@@ -184,6 +184,7 @@ class CredentialResolver:
         or holds no certificate."""
         if ref is None:
             return None
+        key_ref: KeyRef | None
         if ref.secret_key_ref is not None:
             kind, key_ref = "Secret", ref.secret_key_ref
             data = self.secrets.get(namespace, key_ref.name)
@@ -213,7 +214,7 @@ class CredentialResolver:
 # -- sessions: base credentials, and a role assumed on top ------------------------------------------------
 
 
-class _StaticProvider(botocore.credentials.CredentialProvider):
+class _StaticProvider(botocore.credentials.CredentialProvider):  # type: ignore[misc]  # botocore is untyped
     """Hands botocore one credentials object (static keys, or the assumed role's refreshable ones)."""
 
     METHOD = "capture-export"
@@ -226,7 +227,7 @@ class _StaticProvider(botocore.credentials.CredentialProvider):
         return self._credentials
 
 
-class _RoleCredentials(botocore.credentials.DeferredRefreshableCredentials):
+class _RoleCredentials(botocore.credentials.DeferredRefreshableCredentials):  # type: ignore[misc]  # untyped
     """botocore's refreshable credentials, with refresh windows scaled to the session's lifetime: the
     defaults (renew within 15 min of expiry, must renew within 10) would renew a 15-minute session on
     every request."""

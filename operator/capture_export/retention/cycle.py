@@ -22,6 +22,7 @@ from typing import Any
 from ..api import RetentionPolicySpec, RetentionPolicyStatus, S3ExporterSpec, S3ExporterStatus
 from ..api.retention import RetentionRun
 from ..api.vocabulary import ConditionType, EventType, GateExporterState, GateMode, PurgeOutcome, Reason, Truth
+from ..backoff import FailureBackoff
 from ..clock import Clock, SystemClock
 from ..export.checkpoint import Checkpoints
 from ..export.cycle import ObjectStoreFactory
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ExporterRef", "RetentionOutcome", "RetentionWorker"]
 
-MAX_FAILURE_BACKOFF = 300.0
 
 StoreOpener = Callable[[Any, str], CaptureStore]
 
@@ -115,7 +115,6 @@ class RetentionWorker:
     ) -> None:
         self.policy = policy
         self.open_store = open_store
-        self.secrets = secrets
         self.credentials = CredentialResolver(secrets)
         self.clock = clock or SystemClock()
         self.object_store_factory = object_store_factory or (
@@ -125,7 +124,7 @@ class RetentionWorker:
         self.max_chunk_seconds = max_chunk_seconds
         self.recheck_seconds = recheck_seconds
         self._objects: dict[tuple[S3Location, S3Access], ObjectStore] = {}
-        self.consecutive_failures = 0
+        self.backoff = FailureBackoff()
 
     # -- the gate's inputs ---------------------------------------------------------------------------
 
@@ -264,10 +263,9 @@ class RetentionWorker:
         self._announce(update, spec, gate, stats, run)
         new_status, events = update.finish()
         if failure is not None:
-            self.consecutive_failures += 1
-            due_in = min(float(spec.every), MAX_FAILURE_BACKOFF, 5.0 * 2 ** (self.consecutive_failures - 1))
+            due_in = self.backoff.failed(spec.every)
         else:
-            self.consecutive_failures = 0
+            self.backoff.succeeded()
             due_in = 0.0 if stats.stopped and not should_stop() else float(spec.every)
         return RetentionOutcome(new_status, events, gate, stats, due_in)
 

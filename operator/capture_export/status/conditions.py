@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,7 +40,7 @@ def set_condition(
     flipped = existing is None or existing.status != status
     updated = Condition(
         type=type_,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         reason=reason,
         message=message,
         last_transition_time=now if flipped or existing is None else existing.last_transition_time,
@@ -52,7 +53,7 @@ def set_condition(
     return result, change
 
 
-def summarize_ready(conditions: list[Condition], domains: list[str]) -> tuple[str, str, str]:
+def summarize_ready(conditions: list[Condition], domains: Sequence[str]) -> tuple[str, str, str]:
     """``Ready`` from the failure-domain conditions: False if any is False (first one's reason wins),
     Unknown if any is still Unknown, else True."""
     for type_ in domains:

@@ -26,8 +26,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Which condition each failure domain speaks to.
-DOMAIN_CONDITIONS = {Domain.BUCKET: ConditionType.BUCKET_REACHABLE, Domain.CREDENTIALS: ConditionType.CREDENTIALS_VALID,
-                     Domain.STORE: ConditionType.STORE_REACHABLE}
+DOMAIN_CONDITIONS: dict[str, str] = {Domain.BUCKET: ConditionType.BUCKET_REACHABLE,
+                                     Domain.CREDENTIALS: ConditionType.CREDENTIALS_VALID,
+                                     Domain.STORE: ConditionType.STORE_REACHABLE}
 READY_INPUTS = [ConditionType.CREDENTIALS_VALID, ConditionType.STORE_REACHABLE, ConditionType.BUCKET_REACHABLE]
 
 
@@ -105,7 +106,7 @@ class StatusUpdate:
 
     def passed(self, *types: str, messages: dict[str, str] | None = None) -> None:
         """Set each of ``types`` True; ``messages`` overrides the default message of a type."""
-        defaults = {
+        defaults: dict[str, str] = {
             ConditionType.CREDENTIALS_VALID: "credentials accepted",
             ConditionType.STORE_REACHABLE: "capture store readable",
             ConditionType.BUCKET_REACHABLE: "bucket reachable and writable",
@@ -126,7 +127,7 @@ class StatusUpdate:
             objects=result.objects,
             object_key=result.last_key,
             cursor=str(result.cursor.position),
-            outcome=result.outcome,  # type: ignore[arg-type]
+            outcome=result.outcome,
             reason=failure.reason if failure else None,
             error=failure.message if failure else None,
             filtered=result.filtered,
@@ -178,8 +179,9 @@ class StatusUpdate:
         ready, reason, message = summarize_ready(self.status.conditions, READY_INPUTS)
         failure = self._ready_failure
         if failure is not None and ready != Truth.FALSE:
-            label = {Domain.FORMAT: "format", Domain.STATE: "state", Domain.INTERNAL: "internal error"}.get(
-                failure.domain, str(failure.domain).lower())
+            labels: dict[str, str] = {Domain.FORMAT: "format", Domain.STATE: "state",
+                                      Domain.INTERNAL: "internal error"}
+            label = labels.get(failure.domain, str(failure.domain).lower())
             ready, reason, message = Truth.FALSE, failure.reason, f"{label}: {failure.message}"
         self.set(ConditionType.READY, ready, reason, message)
         return self.status, self.events

@@ -77,7 +77,7 @@ class RetentionStatusUpdate:
             exporters=[
                 GateExporter(
                     name=v.name,
-                    state=v.state,  # type: ignore[arg-type]
+                    state=v.state,
                     cursor=str(v.cursor.position) if v.cursor is not None else None,
                     epoch=v.cursor.epoch if v.cursor is not None else None,
                     message=v.message,

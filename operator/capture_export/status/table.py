@@ -94,7 +94,7 @@ def _cell(column: Mapping[str, Any], obj: Mapping[str, Any], now: datetime) -> s
 
 
 def _columns(info: KindInfo, *, wide: bool, with_spec: bool) -> list[Mapping[str, Any]]:
-    columns = []
+    columns: list[Mapping[str, Any]] = []
     for column in info.printer_columns:
         if column.get("priority", 0) > 0 and not wide:
             continue

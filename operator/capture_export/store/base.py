@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .seal import RecordSeal
 
@@ -68,7 +69,8 @@ class QuarantinedRecord(NamedTuple):
     body: bytes | str | None = None  # only from ``quarantined_row``
 
 
-class ExpiredChunk(NamedTuple):
+@dataclass(frozen=True)
+class ExpiredChunk:
     """What one ``expire_chunk`` transaction did."""
 
     count: int  # records deleted (or soft-deleted) by this transaction
@@ -239,7 +241,13 @@ class CaptureStore(RecordReader, RetentionStore, QuarantineStore, Protocol):
         """Insert records (credentials stripped); return the last id assigned."""
         ...
 
+    def append_encoded(self, rows: list[tuple[int, bytes]], *, sealed: bool = False) -> int:
+        """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction; return the last id.
+        ``sealed``: the bodies came from ``encode_body`` (credentials stripped) and are sealed as our own."""
+        ...
 
+
+@runtime_checkable
 class IngestStore(Protocol):
     """What the ingest server writes through: insert-or-ignore by capture_id (a unique index), every group
     of ``(timestamp_us, CBOR body from encode_body, capture_id)`` rows in ONE transaction (a group commit

@@ -251,9 +251,12 @@ class CredentialPolicy:
                 if isinstance(key, str) and key.lower() in _NAME_KEYS and isinstance(value, str | bytes):
                     return value
             return None
-        if isinstance(item, str | bytes):
-            head = item.split(b":" if isinstance(item, bytes) else ":", 1)
-            return head[0] if len(head) == 2 else None
+        if isinstance(item, bytes):
+            name, colon, _ = item.partition(b":")
+            return name if colon else None
+        if isinstance(item, str):
+            text_name, text_colon, _ = item.partition(":")
+            return text_name if text_colon else None
         return None
 
     def strip(self, record: Any) -> bool:

@@ -145,7 +145,9 @@ def describe_store(store_ref: Any | None) -> str:
 
 def store_identity(store_ref: Any | None) -> Any:
     """A comparable form of a store reference, ``store: {}`` and no ``store`` both being the default."""
-    return None if chosen_kind(store_ref) is None else store_ref.model_dump(by_alias=True)
+    if store_ref is None or chosen_kind(store_ref) is None:
+        return None
+    return store_ref.model_dump(by_alias=True)
 
 
 def kind_of_url(url: str) -> StoreKind:

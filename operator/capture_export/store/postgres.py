@@ -84,6 +84,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -556,7 +557,11 @@ class PostgresStore:
                         continue
                     # Keep the first of repeated ids in this group (ON CONFLICT cannot see its own rows).
                     seen: set[str] = set()
-                    unique = [row for row in rows if not (row[2] in seen or seen.add(row[2]))]
+                    unique = []
+                    for row in rows:
+                        if row[2] not in seen:
+                            seen.add(row[2])
+                            unique.append(row)
                     cur.execute(
                         f"INSERT INTO {TABLE} (ts_us, body, seal, capture_id) "
                         "SELECT * FROM unnest(%s::bigint[], %b::bytea[], %b::bytea[], %s::text[]) "
@@ -678,19 +683,21 @@ class PostgresStore:
 
         return self._run(work)
 
+    @staticmethod
+    def _id_chunk(after: int, conn: psycopg.Connection[Any]) -> list[tuple[int, bool]]:
+        """``(id, live)`` of the next 50,000 records after ``after``."""
+        return [
+            (int(r[0]), bool(r[1]))
+            for r in conn.execute(
+                f"SELECT id, deleted_at_us IS NULL FROM {TABLE} WHERE id > %s ORDER BY id LIMIT 50000", (after,)
+            )
+        ]
+
     def ids(self) -> Iterator[int]:
         """Every live record id, in order (soft-deleted ones are left out)."""
         after = 0
         while True:
-            chunk = self._run(
-                lambda conn, after=after: [
-                    (int(r[0]), bool(r[1]))
-                    for r in conn.execute(
-                        f"SELECT id, deleted_at_us IS NULL FROM {TABLE} WHERE id > %s ORDER BY id LIMIT 50000",
-                        (after,),
-                    )
-                ]
-            )
+            chunk = self._run(partial(self._id_chunk, after))
             if not chunk:
                 return
             yield from (record_id for record_id, live in chunk if live)
@@ -794,7 +801,11 @@ class PostgresStore:
             with conn.cursor(binary=True) as cur:
                 row = cur.execute(f"SELECT id, ts_us, reason, exporter, quarantined_at_us, length(body), body "
                                   f"FROM {QUARANTINE} WHERE id = %s", (record_id,)).fetchone()
-            return None if row is None else QuarantinedRecord(*row[:6], bytes(row[6]) if row[6] is not None else None)
+            if row is None:
+                return None
+            moved_id, timestamp_us, reason, exporter, quarantined_at_us, size, body = row
+            return QuarantinedRecord(moved_id, timestamp_us, reason, exporter, quarantined_at_us, size,
+                                     bytes(body) if body is not None else None)
 
         return self._run(work)
 

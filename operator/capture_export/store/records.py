@@ -130,7 +130,7 @@ _SMALL_MAP_WITH_ID = {0xA0 + n: bytes([0xA1 + n]) + b"\x62id" for n in range(23)
 _PACK_U16, _PACK_U32 = struct.Struct(">BH").pack, struct.Struct(">BI").pack
 
 
-def id_head(record_id: int, body: bytes) -> tuple[bytes, int]:
+def id_head(record_id: int, body: bytes | memoryview) -> tuple[bytes, int]:
     """What splicing ``id`` into the stored CBOR map takes: the new map head with the ``id`` pair, and the
     offset in ``body`` where the old head ends (the record is ``head + body[offset:]``)."""
     head = _SMALL_MAP_WITH_ID.get(body[0]) if body else None

@@ -63,7 +63,7 @@ class RecordSeal:
     def __repr__(self) -> str:
         return "RecordSeal(<key not shown>)"
 
-    def seal(self, body: bytes) -> bytes:
+    def seal(self, body: bytes | memoryview) -> bytes:
         inner = self._inner.copy()
         inner.update(body)
         outer = self._outer.copy()

@@ -28,15 +28,17 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from .base import ExpiredChunk, QuarantinedRecord, StoredRecord, StoreError, StoreNotFound, new_store_id
 from .records import encode_body
 from .seal import SEAL_KEY_META, RecordSeal, new_seal_key
 
 __all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS captures (
@@ -359,7 +361,7 @@ class SQLiteStore:
 
     # -- retention: one short write transaction per call (see store/base.py) ----------------------------
 
-    def _write(self, work: Any) -> Any:
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """One retention transaction, with ``secure_delete=FAST``: many SQLite builds (Debian's, Python's)
         default to secure_delete=ON, which zeroes every freed page and writes it through the WAL; a
         record nearly a page long then costs a whole page of I/O to delete (measured: 4x slower purges

@@ -20,7 +20,7 @@ import httpx
 from capture_export.export.formats import decode_object
 from capture_export.ingest import IngestLimits, IngestServer, TokenFile, store_opener
 from capture_export.local_s3 import LocalS3, free_port
-from tests.integration.helpers import CLI, run_cli, write_manifest
+from tests.support.cli import CLI, run_cli, write_manifest
 
 TOKEN = "ingest-test-token-7d1f0a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

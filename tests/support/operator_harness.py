@@ -21,12 +21,23 @@ from kmock import Server
 from kubernetes.client.exceptions import ApiException
 
 from capture_export.api import GROUP, VERSION
+from capture_export.audit import verify_export
 from capture_export.handlers import OperatorConfig, Runtime, operate
 from capture_export.local_s3 import free_port
+from capture_export.objectstore import S3ObjectStore
+from capture_export.store import SQLiteStore
 
 from .emulator import ApiFaults, ClusterEmulator
 
-__all__ = ["ApiEndpoint", "EmulatedCluster", "Kube", "OperatorThread", "Policies", "wait_for"]
+__all__ = [
+    "ApiEndpoint",
+    "EmulatedCluster",
+    "Kube",
+    "OperatorThread",
+    "Policies",
+    "assert_exported_exactly_once",
+    "wait_for",
+]
 
 T = TypeVar("T")
 PLURAL = "s3exporters"
@@ -280,3 +291,10 @@ def running_operator(config: OperatorConfig) -> Iterator[OperatorThread]:
         yield operator
     finally:
         operator.stop()
+
+
+def assert_exported_exactly_once(store: SQLiteStore, objects: S3ObjectStore, prefix: str = "exports") -> None:
+    """``verify`` finds every record of ``store`` in the bucket under ``prefix`` exactly once."""
+    report = verify_export(store, objects, prefix)
+    assert report.ok, report.summary()
+    assert report.exported_records == store.count()

@@ -30,7 +30,7 @@ import cbor2
 import zstandard
 
 from capture_export.local_s3 import LocalS3
-from tests.integration.helpers import run_cli
+from tests.support.cli import run_cli
 
 __all__ = [
     "BASE_TIME",

@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import kubernetes_validate
+import pytest
 import yaml
 
 __all__ = [
     "CHART_DIR",
+    "KUBE_VERSIONS",
     "NAMESPACE",
     "RELEASE",
     "REPO_ROOT",
@@ -23,6 +26,7 @@ __all__ = [
     "Rendered",
     "containers",
     "pod_spec",
+    "refused",
     "render",
 ]
 
@@ -30,6 +34,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "charts" / "capture-export"
 RELEASE = "capture-export"
 NAMESPACE = "capture-export"
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest kubernetes-validate knows.
+KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
 
 # Values a user might really install with, from the defaults to every knob at once.
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -134,3 +141,10 @@ def pod_spec(rendered: Rendered) -> dict[str, Any]:
 def containers(rendered: Rendered) -> list[dict[str, Any]]:
     spec = pod_spec(rendered)
     return [*spec.get("initContainers", []), *spec["containers"], *spec.get("ephemeralContainers", [])]
+
+
+def refused(chart: helm.Chart, values: dict[str, Any]) -> str:
+    """The error message when ``helm install`` with these values is refused (schema or template)."""
+    with pytest.raises(helm.HelmError) as caught:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return str(caught.value)

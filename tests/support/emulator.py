@@ -48,8 +48,8 @@ import yaml
 from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, action, resource
 from kmock._internal import dicts
 
-from ..support import cel
-from ..support.structural import CustomResourceSchema, RuleEvaluator
+from . import cel
+from .structural import CustomResourceSchema, RuleEvaluator
 
 __all__ = ["ApiFaults", "ClusterEmulator", "cel_rule_failures", "crd_schemas"]
 

@@ -1,0 +1,90 @@
+"""The retention contract every capture store keeps (SQLite and PostgreSQL alike): chunked expiry at or
+below the export bound in (timestamp, id) keyset order, soft deletion with a grace period and restore, and
+ids never reused after a purge. Each check takes a fresh, empty store; the store tests parametrise over
+``RETENTION_CONTRACT``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from capture_export.store.base import ExpiredChunk
+from tests.support.retention import BODY
+
+__all__ = ["HOUR", "RETENTION_CONTRACT", "filled"]
+
+HOUR = 3_600_000_000
+if TYPE_CHECKING:
+    from capture_export.store import SQLiteStore
+    from capture_export.store.postgres import PostgresStore
+
+    RetentionStore = SQLiteStore | PostgresStore
+
+
+def filled(store: RetentionStore, stamps: list[int]) -> list[int]:
+    last = store.append_encoded([(ts, BODY) for ts in stamps])
+    return list(range(last - len(stamps) + 1, last + 1))
+
+
+def expire_takes_old_records_at_or_below_the_bound_in_chunks(store: RetentionStore) -> None:
+    filled(store, [1 * HOUR, 9 * HOUR, 2 * HOUR, 3 * HOUR, 8 * HOUR, 1 * HOUR, 4 * HOUR])  # ids 1..7
+    # Old: ts < 5h -> ids 1, 3, 4, 6, 7; at or below bound 6 -> 1, 3, 4, 6.
+    assert store.count_expired(6, 5 * HOUR) == 4
+    first = store.expire_chunk(6, 5 * HOUR, 3)
+    assert first == ExpiredChunk(3, (2 * HOUR, 3))  # (ts, id) order: 1@1h, 6@1h, 3@2h
+    second = store.expire_chunk(6, 5 * HOUR, 3, after=first.resume_after)
+    assert second == ExpiredChunk(1, None)
+    assert list(store.ids()) == [2, 5, 7]
+    assert store.expire_chunk(6, 5 * HOUR, 3) == ExpiredChunk(0, None)
+
+
+def expire_keyset_skips_what_earlier_chunks_passed(store: RetentionStore) -> None:
+    filled(store, [HOUR] * 4)
+    # The keyset is honoured: nothing at or before (HOUR, 2) is taken.
+    chunk = store.expire_chunk(10, 2 * HOUR, 10, after=(HOUR, 2))
+    assert chunk == ExpiredChunk(2, None)
+    assert list(store.ids()) == [1, 2]
+
+
+def strictly_older_and_exact_limit(store: RetentionStore) -> None:
+    filled(store, [HOUR, 2 * HOUR])
+    assert store.count_expired(10, 2 * HOUR) == 1  # ts == cutoff is not older
+    assert store.expire_chunk(10, 3 * HOUR, 2) == ExpiredChunk(2, (2 * HOUR, 2))  # full chunk: maybe more
+
+
+def purge_soft_deleted_after_grace_and_restore(store: RetentionStore) -> None:
+    filled(store, [HOUR] * 5)
+    store.expire_chunk(2, 5 * HOUR, 10, mark_at_us=100)  # ids 1, 2 marked at 100
+    store.expire_chunk(10, 5 * HOUR, 10, mark_at_us=200)  # ids 3..5 marked at 200
+    assert store.purge_soft_deleted_chunk(99, 10) == 0
+    assert store.purge_soft_deleted_chunk(100, 1) == 1
+    assert store.purge_soft_deleted_chunk(150, 10) == 1
+    assert store.soft_deleted_count() == 3 and store.max_id() == 5
+    assert store.restore_chunk(10, deleted_since_us=201) == 0
+    assert store.restore_chunk(2, deleted_since_us=200) == 2
+    assert store.restore_chunk(10) == 1
+    assert list(store.ids()) == [3, 4, 5] and store.soft_deleted_count() == 0
+
+
+def never_above_the_bound_whatever_the_age(store: RetentionStore) -> None:
+    filled(store, [HOUR] * 5)
+    assert store.expire_chunk(0, 100 * HOUR, 100) == ExpiredChunk(0, None)
+    assert store.expire_chunk(3, 100 * HOUR, 100).count == 3
+    assert list(store.ids()) == [4, 5]
+
+
+def highest_assigned_id_survives_deletes(store: RetentionStore) -> None:
+    filled(store, [HOUR] * 3)
+    store.expire_chunk(3, 2 * HOUR, 10)
+    assert store.max_id() == 0 and store.highest_assigned_id() == 3
+    assert filled(store, [HOUR]) == [4]
+
+
+RETENTION_CONTRACT: list[Callable[[RetentionStore], None]] = [
+    expire_takes_old_records_at_or_below_the_bound_in_chunks,
+    expire_keyset_skips_what_earlier_chunks_passed,
+    strictly_older_and_exact_limit,
+    purge_soft_deleted_after_grace_and_restore,
+    never_above_the_bound_whatever_the_age,
+    highest_assigned_id_survives_deletes,
+]
