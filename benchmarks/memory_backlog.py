@@ -21,6 +21,7 @@ first); the work directory is deleted at the end unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import multiprocessing
 import os
 import sys
@@ -40,6 +41,22 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _malloc_info() -> tuple[int, int, int] | None:
+    """glibc's view of this process's heap: bytes in use, bytes free but held in its arenas, bytes mmapped."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):
+        return None
+    info = libc.mallinfo2()
+    return info.uordblks, info.fordblks, info.hblkhd
+
+
 class TreeSampler(threading.Thread):
     """Peak memory of this process and its descendants, sampled."""
 
@@ -54,6 +71,7 @@ class TreeSampler(threading.Thread):
         self.peak_rss = 0
         self.peak_processes = 1
         self.peak_own_pss = 0  # this process alone (the pool's processes are the rest)
+        self.malloc_at_peak: tuple[int, int, int] | None = None
 
     def sample(self) -> None:
         import psutil
@@ -67,8 +85,9 @@ class TreeSampler(threading.Thread):
                 continue
             pss += info.pss
             rss += info.rss
-            if process is self.me:
-                self.peak_own_pss = max(self.peak_own_pss, info.pss)
+            if process is self.me and info.pss > self.peak_own_pss:
+                self.peak_own_pss = info.pss
+                self.malloc_at_peak = _malloc_info()
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_processes = max(self.peak_processes, len(processes))
@@ -90,6 +109,13 @@ def _catch_up(store_path: str, endpoint: str, keys: tuple[str, str], buckets: li
         from capture_export.export.budget import configure_memory_budget, share_fewer_malloc_arenas
 
         share_fewer_malloc_arenas()
+        try:  # the encode pool as large as that memory limit affords (the default under it)
+            from capture_export.export.pool import available_cpus, configure_encode_pool, workers_for_memory
+
+            cpus = available_cpus()
+            configure_encode_pool(min(cpus, workers_for_memory(memory_limit) or cpus) if cpus > 1 else 0)
+        except ImportError:  # code from before the pool was sized by memory
+            pass
         budget = configure_memory_budget(memory_limit=memory_limit)
     except ImportError:  # code from before the budget existed
         budget = None
@@ -136,7 +162,9 @@ def _catch_up(store_path: str, endpoint: str, keys: tuple[str, str], buckets: li
     out.send({
         "results": results, "seconds": elapsed, "peak_pss": sampler.peak_pss, "peak_rss": sampler.peak_rss,
         "processes": sampler.peak_processes, "own_pss": sampler.peak_own_pss,
-        "budget": None if budget is None else {"total": budget.total, "high_water": budget.high_water},
+        "pyarrow_here": "pyarrow" in sys.modules, "malloc": sampler.malloc_at_peak,
+        "budget": None if budget is None else {"total": budget.total, "high_water": budget.high_water,
+                                               "standing": getattr(budget, "standing", 0)},
     })
 
 
@@ -181,10 +209,15 @@ def main() -> int:
     print(f"peak memory of the exporting process and its {figures['processes'] - 1} children: "
           f"PSS {figures['peak_pss'] / 2**20:.0f} MiB, RSS {figures['peak_rss'] / 2**20:.0f} MiB "
           f"(limit {memory_limit / 2**20:.0f} MiB); the exporting process alone: PSS "
-          f"{figures['own_pss'] / 2**20:.0f} MiB")
+          f"{figures['own_pss'] / 2**20:.0f} MiB{' (pyarrow loaded there)' if figures.get('pyarrow_here') else ''}")
+    if figures.get("malloc"):
+        used, held, mapped = (value / 2**20 for value in figures["malloc"])
+        print(f"the exporting process's malloc at its peak: {used:.0f} MiB in use, {held:.0f} MiB freed but held "
+              f"in its arenas, {mapped:.0f} MiB in blocks of their own")
     if figures["budget"]:
         print(f"batch memory budget {figures['budget']['total'] / 2**20:.0f} MiB, high-water "
-              f"{figures['budget']['high_water'] / 2**20:.0f} MiB")
+              f"{figures['budget']['high_water'] / 2**20:.0f} MiB, of which standing (encoders' libraries) "
+              f"{figures['budget']['standing'] / 2**20:.0f} MiB")
     for failure in failures:
         print(f"FAILED {failure}")
     return 1 if failures or exported != args.records * args.exporters or figures["peak_pss"] > memory_limit else 0

@@ -13,12 +13,12 @@ import pytest
 from capture_export.api import S3ExporterSpec
 from capture_export.export import Cursor, ExportEngine, ExporterId
 from capture_export.export.budget import (
-    RESERVED_BYTES,
     MemoryBudget,
     budget_for_memory_limit,
     configure_memory_budget,
     memory_budget,
     parse_size,
+    reserved_bytes,
 )
 from capture_export.export.cgroup import available_cpus, cpu_quota, memory_limit
 from capture_export.objectstore import MemoryObjectStore
@@ -112,7 +112,9 @@ def test_resizing_takes_what_the_rows_really_need_without_waiting() -> None:
 
 
 def test_sizing_from_the_container_memory_limit(tmp_path: Path) -> None:
-    assert budget_for_memory_limit(512 * MiB) == 512 * MiB - RESERVED_BYTES
+    # The limit less the process's own needs and the encode pool's (fork server, idle workers).
+    assert budget_for_memory_limit(512 * MiB, workers=2) == int((512 * MiB - reserved_bytes(2)) / 1.5)
+    assert reserved_bytes(0) < reserved_bytes(1) < reserved_bytes(2)
     assert budget_for_memory_limit(128 * MiB) == 64 * MiB  # never below the minimum
     assert parse_size("512Mi") == 512 * MiB and parse_size("1Gi") == 1024 * MiB and parse_size("300M") == 300_000_000
     assert parse_size("1048576") == MiB
@@ -126,9 +128,9 @@ def test_sizing_from_the_container_memory_limit(tmp_path: Path) -> None:
     assert memory_limit(tmp_path) is None
     (tmp_path / "memory" / "memory.limit_in_bytes").write_text("268435456\n")
     assert memory_limit(tmp_path) == 256 * MiB
-    budget = configure_memory_budget(memory_limit=512 * MiB)
+    budget = configure_memory_budget(memory_limit=512 * MiB, workers=2)
     try:
-        assert memory_budget() is budget and budget.total == 512 * MiB - RESERVED_BYTES
+        assert memory_budget() is budget and budget.total == int((512 * MiB - reserved_bytes(2)) / 1.5)
     finally:
         configure_memory_budget()
 

@@ -215,7 +215,9 @@ def test_parquet_without_pyarrow_is_a_clear_condition(
         raise formats.FormatUnavailable("format parquet needs pyarrow, which is not installed here: install "
                                         "capture-export[parquet]")
 
+    # Missing here, and so in the encode pool's workers (which write Parquet when there is a pool).
     monkeypatch.setattr(formats, "_pyarrow", missing)
+    monkeypatch.setattr(formats, "_require_pyarrow", missing)
     sqlite_store.append(make_record(i) for i in range(3))
     objects = MemoryObjectStore()
     outcome = worker_for(sqlite_store, objects).cycle(make_spec(format="parquet"), S3ExporterStatus())

@@ -4,15 +4,18 @@ A batch holds memory from the moment its rows are read until its objects are com
 what the encoder makes of them (in this process or in a worker of the encode pool), the payload waiting
 for its upload. Eight exporters catching up a backlog at ``limit: 10000`` would hold dozens of such
 batches at once, and a pod would be OOM-killed and crash-loop on the same backlog. So every batch
-reserves its estimated size (``batch_cost``) from the process's ``MemoryBudget`` before its rows are
+reserves its estimated size (``BatchCost``) from the process's ``MemoryBudget`` before its rows are
 read, and gives it back once committed (or dropped); a cycle whose batch does not fit waits, in arrival
 order, until others commit.
 
-Sizing (README, "Memory"): the operator takes the budget from its container's memory limit (the cgroup's
-``memory.max``), keeping ``RESERVED_BYTES`` for itself (the interpreter, kopf, the S3 clients, the encode
-pool's processes); ``--memory-budget`` overrides it. One batch never needs more than half the budget: the
-engine reads fewer records than ``limit`` when the records are so large that a batch would (see
-``ExportEngine.batch_limit``).
+Sizing (docs/operations.md, "Sizing: memory"): the operator takes the budget from its container's memory
+limit (the cgroup's ``memory.max``) less what it needs besides batches (``reserved_bytes``: the process
+with kopf and its clients, the encode pool's fork server and idle workers), divided by 1 +
+``ALLOCATOR_OVERHEAD`` for the freed memory malloc keeps beside batches; ``--memory-budget`` overrides it.
+A format whose encoder needs a large library and fixed working memory (Parquet: pyarrow, a chunk of
+records decoded, Arrow's memory pool) takes that once per process that encodes it, as a *standing*
+charge on the budget, when its first exporter starts. One batch never needs more than half the budget:
+the engine reads fewer records than ``limit`` when a batch would (see ``ExportEngine.batch_limit``).
 """
 
 from __future__ import annotations
@@ -23,48 +26,88 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .cgroup import memory_limit as container_memory_limit
 
 __all__ = [
+    "ALLOCATOR_OVERHEAD",
     "DEFAULT_BUDGET_BYTES",
     "MIN_BUDGET_BYTES",
-    "RESERVED_BYTES",
+    "POOL_RESERVED_BYTES",
+    "PROCESS_RESERVED_BYTES",
+    "WORKER_RESERVED_BYTES",
+    "BatchCost",
     "MemoryBudget",
     "Reservation",
-    "batch_cost",
+    "batch_cost_for",
     "budget_for_memory_limit",
     "configure_memory_budget",
     "container_memory_limit",
     "memory_budget",
     "parse_size",
     "release_freed_memory",
+    "reserved_bytes",
     "share_fewer_malloc_arenas",
 ]
 
 MiB = 1 << 20
-# What the operator needs besides its batches (measured): Python with kopf, the Kubernetes client and the
-# API models (~110 MiB), an S3 client per bucket (~12.5 MiB each: 100 MiB for eight), and the encode pool's
-# fork server and two workers with their libraries, pyarrow for Parquet (~100 MiB), and some headroom.
-RESERVED_BYTES = 336 * MiB
+# What the operator needs besides its batches, measured (PSS, the pod's cgroup charge; docs/benchmarks.md):
+# the interpreter with kopf, the Kubernetes client and the API models, 116 MiB; the S3 clients, ~14 MiB
+# for the first and under 1 MiB for each further bucket (they share botocore's service descriptions); the
+# threads of the cycles, readers and encoders, SQLite's page cache and malloc's arenas; some headroom.
+PROCESS_RESERVED_BYTES = 160 * MiB
+# The encode pool: its fork server and multiprocessing's resource tracker (~22 MiB), and each worker idle
+# (~14 MiB; what a worker builds for a batch is the batch's cost, its format's library a standing charge).
+POOL_RESERVED_BYTES = 24 * MiB
+WORKER_RESERVED_BYTES = 16 * MiB
+# Memory freed by batches that malloc still holds in its arenas (between trims, and pages pinned by blocks
+# still in use), per byte of batches in flight: measured with benchmarks/memory_backlog.py, 103-213 MiB held
+# beside ~200 MiB of batches. The budget is what remains of the limit divided by 1 + this.
+ALLOCATOR_OVERHEAD = 0.5
 MIN_BUDGET_BYTES = 64 * MiB
 # Without a container memory limit (a laptop, `capture-export run`): enough for a few full batches.
 DEFAULT_BUDGET_BYTES = 256 * MiB
 
-# Memory a batch takes, per byte of its stored records, from its read to its encoding (calibrated with
-# benchmarks/memory_backlog.py, allocator overhead included): the default format holds its rows and the
-# compressed frame (the stored bytes are streamed into the compressor, never copied); a format that decodes
-# holds the rows packed for the encode pool here, the pickled copy on its way and the copy in a worker, plus
-# what the encoder builds there (FormatInfo.working_memory). Once encoded, a batch holds only its payload
-# until it is committed (Reservation.resize).
+# Memory a batch takes, per byte of its stored records, besides what its encoder builds (measured with
+# benchmarks/memory_backlog.py's breakdown, allocator overhead included): the rows as read (1.13 x: each
+# row is a tuple of Python objects). The default format holds its rows and the compressed frame (the
+# stored bytes are streamed into the compressor: 1.8 x in all). A batch for the encode pool is packed into
+# one buffer and pickled (3.2 x in this process for a moment); while it waits for a worker this process
+# holds the packed rows and their pickled message in the pool's call queue, and the worker its own copy
+# while the encoder works (3 x plus the encoder's working memory); the payload comes back. A format that
+# decodes in this process holds the rows and what its encoder builds.
 PASS_THROUGH_FACTOR = 2.0
 POOLED_FACTOR = 3.0
+POOLED_MINIMUM_FACTOR = 3.2
+IN_PROCESS_FACTOR = 1.2
 
 
-def batch_cost(stored_bytes: int, *, decoded: bool, working: float = 1.0) -> int:
-    """The budget a batch of ``stored_bytes`` of stored records reserves until it is encoded; ``working``:
-    what the encoder of a format that decodes builds per stored byte."""
-    return int(stored_bytes * (POOLED_FACTOR + working if decoded else PASS_THROUGH_FACTOR))
+@dataclass(frozen=True)
+class BatchCost:
+    """What a batch reserves until it is encoded: ``per_byte`` per stored byte of its records. Once encoded,
+    a batch holds only its payload until it is committed (Reservation.resize)."""
+
+    per_byte: float
+
+    def of(self, stored_bytes: int) -> int:
+        return int(stored_bytes * self.per_byte)
+
+    def stored_bytes_within(self, size: int) -> int:
+        """The most stored bytes a batch may hold to cost at most ``size``."""
+        return max(0, int(size / self.per_byte))
+
+
+def batch_cost_for(*, decoded: bool, pooled: bool, working: float = 1.0) -> BatchCost:
+    """The cost of a batch: ``decoded`` (a format or an option that decodes records), encoded by the
+    encode pool (``pooled``) or in this process; ``working``: what the encoder builds per stored byte.
+    What an encoder builds whatever the batch's size is not a batch's: it is a standing charge per encoder
+    (``MemoryBudget.charge_standing``)."""
+    if not decoded:
+        return BatchCost(PASS_THROUGH_FACTOR)
+    if pooled:
+        return BatchCost(max(POOLED_MINIMUM_FACTOR, POOLED_FACTOR + working))
+    return BatchCost(IN_PROCESS_FACTOR + working)
 
 
 class Reservation:
@@ -88,8 +131,9 @@ class MemoryBudget:
     """Bytes of batches in flight across every exporter of the process, at most ``total``.
 
     ``reserve`` waits until the bytes are free, first come first served, so that a large batch is not
-    starved by small ones. A request larger than the whole budget is granted when nothing else is held,
+    starved by small ones. A request larger than the whole budget is granted when no other batch is held,
     so a lone oversized batch still makes progress. ``high_water`` is the most ever held at once.
+    ``standing`` holds what encoders keep for good once they have worked (``charge_standing``).
     """
 
     def __init__(self, total: int) -> None:
@@ -98,8 +142,21 @@ class MemoryBudget:
         self.total = total
         self.used = 0
         self.high_water = 0
+        self.standing = 0
+        self._standing: dict[str, int] = {}
         self._lock = threading.Condition()
         self._queue: deque[object] = deque()
+
+    def charge_standing(self, name: str, size: int) -> None:
+        """Hold ``size`` bytes for good under ``name`` (once per name; a larger size for the same name takes
+        the difference): memory the process keeps once an encoder has worked, such as a library loaded in
+        every encode worker. Never waits: the first batch to need it is about to take it anyway."""
+        with self._lock:
+            more = max(0, size - self._standing.get(name, 0))
+            if more:
+                self._standing[name] = self._standing.get(name, 0) + more
+                self.standing += more
+                self._take(more)
 
     def reserve(self, size: int, *, should_stop: Callable[[], bool] = lambda: False,
                 poll: float = 0.2) -> Reservation | None:
@@ -120,7 +177,7 @@ class MemoryBudget:
         return Reservation(self, size)
 
     def _fits(self, size: int) -> bool:
-        return self.used + size <= self.total or self.used == 0
+        return self.used + size <= self.total or self.used == self.standing
 
     def _take(self, size: int) -> None:
         self.used += size
@@ -146,11 +203,17 @@ class MemoryBudget:
 
 # -- the process's budget ----------------------------------------------------------------------------
 
-def budget_for_memory_limit(memory_limit: int | None) -> int:
-    """The batch budget for a container memory limit: the limit less what the operator itself needs."""
+def reserved_bytes(workers: int) -> int:
+    """What the operator needs besides batches with an encode pool of ``workers`` processes (0: none)."""
+    return PROCESS_RESERVED_BYTES + (POOL_RESERVED_BYTES + workers * WORKER_RESERVED_BYTES if workers else 0)
+
+
+def budget_for_memory_limit(memory_limit: int | None, workers: int = 0) -> int:
+    """The batch budget for a container memory limit: the limit less what the operator itself needs with
+    an encode pool of ``workers`` processes."""
     if memory_limit is None:
         return DEFAULT_BUDGET_BYTES
-    return max(MIN_BUDGET_BYTES, memory_limit - RESERVED_BYTES)
+    return max(MIN_BUDGET_BYTES, int((memory_limit - reserved_bytes(workers)) / (1 + ALLOCATOR_OVERHEAD)))
 
 
 _UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 1000, "M": 1000**2, "G": 1000**3}
@@ -169,12 +232,22 @@ _budget: MemoryBudget | None = None
 _budget_lock = threading.Lock()
 
 
-def configure_memory_budget(total: int | None = None, *, memory_limit: int | None = None) -> MemoryBudget:
+def _pool_workers() -> int:
+    from .pool import encode_pool
+
+    pool = encode_pool()
+    return pool.workers if pool is not None else 0
+
+
+def configure_memory_budget(total: int | None = None, *, memory_limit: int | None = None,
+                            workers: int | None = None) -> MemoryBudget:
     """Set the process's budget: ``total`` bytes, or derived from ``memory_limit`` (default: the
-    container's). Batches already in flight keep the budget they reserved from."""
+    container's) and the encode pool's ``workers`` (default: the process's pool, configured first).
+    Batches already in flight keep the budget they reserved from."""
     global _budget
     if total is None:
-        total = budget_for_memory_limit(memory_limit if memory_limit is not None else container_memory_limit())
+        total = budget_for_memory_limit(memory_limit if memory_limit is not None else container_memory_limit(),
+                                        _pool_workers() if workers is None else workers)
     with _budget_lock:
         _budget = MemoryBudget(total)
         return _budget
@@ -185,7 +258,7 @@ def memory_budget() -> MemoryBudget:
     global _budget
     with _budget_lock:
         if _budget is None:
-            _budget = MemoryBudget(budget_for_memory_limit(container_memory_limit()))
+            _budget = MemoryBudget(budget_for_memory_limit(container_memory_limit(), _pool_workers()))
         return _budget
 
 
@@ -230,6 +303,7 @@ def release_freed_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
-    pyarrow = sys.modules.get("pyarrow")
-    if pyarrow is not None:
-        pyarrow.default_memory_pool().release_unused()
+    # Only once pyarrow is fully imported (another thread may be importing it right now).
+    pool = getattr(sys.modules.get("pyarrow"), "default_memory_pool", None)
+    if pool is not None:
+        pool().release_unused()

@@ -14,8 +14,8 @@ bucket. What happens to a batch's rows before upload is export/batch.py.
 
 Before it writes, a run proves it may: the cycle claims the destination (export/ownership.py) and the
 engine calls ``hold`` before each batch (a lease renewal at most every ttl/3). Data objects carry
-metadata naming the exporter and the store (export/provenance.py); the sweep deletes only such objects
-of this exporter (or, from before that metadata, objects that hold exactly the store's records) and
+metadata naming the exporter and the store (export/provenance.py); the sweep (export/sweep.py) deletes
+only such objects of this exporter (or, from before that metadata, objects that hold exactly the store's records) and
 reports any other object it finds where it sweeps. ``recover`` refuses a checkpoint written from another
 store, a cursor above any id the store assigned, and a checkpoint that vanished under a saved cursor.
 
@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Executor, Future
-from functools import partial
 from typing import Literal
 
 from ..api import S3ExporterSpec
@@ -38,12 +36,12 @@ from ..api.vocabulary import Domain, ExportOutcome, Reason
 from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore
 from ..store import CorruptRecord, RecordReader, StoredRecord, StoreError
-from .batch import BatchFailure, BatchRecipe, EncodedBatch, PackedRows, encode_batch, encode_in_worker, encode_rows
-from .budget import MemoryBudget, batch_cost, memory_budget
+from .batch import BatchRecipe, EncodedBatch, encode_batch
+from .budget import MemoryBudget, batch_cost_for, memory_budget
 from .checkpoint import Checkpoints
 from .connection import ConnectionReport, run_connection_test
-from .formats import FORMATS, FormatUnavailable, decode_object, record_ids
-from .layout import ObjectLayout, parse_range
+from .formats import FORMATS, FormatUnavailable
+from .layout import ObjectLayout
 from .model import (
     BatchResult,
     Cursor,
@@ -56,22 +54,16 @@ from .model import (
     unexpected_failure,
 )
 from .ownership import writer_instance
-from .pipeline import PreparePipeline, SynchronousPipeline
-from .pool import BrokenProcessPool, EncodePool, encode_pool
-from .provenance import METADATA_EXPORTER, METADATA_STORE, compare_with_store, object_metadata
+from .pipeline import POOL_MIN_ROWS, PreparePipeline, SynchronousPipeline
+from .pool import EncodePool, encode_pool
+from .provenance import object_metadata
+from .sweep import BucketSweep
 
 __all__ = ["POOL_MIN_ROWS", "ExportEngine", "SynchronousPipeline", "encode_batch"]
 
 # The stored size of a record the engine assumes until it has read some (the seed's average is ~3.5 KB).
 ASSUMED_RECORD_BYTES = 4096
 ESTIMATE_MARGIN = 1.25
-# Smaller batches are encoded in-process: the trip to a worker would cost more than it saves.
-POOL_MIN_ROWS = 100
-_FAILURES = {
-    BatchFailure.CORRUPT: (Reason.CORRUPT_RECORD, Domain.STORE),
-    BatchFailure.UNAVAILABLE: (Reason.FORMAT_UNAVAILABLE, Domain.FORMAT),
-    BatchFailure.UNENCODABLE: (Reason.ENCODE_FAILED, Domain.FORMAT),
-}
 # The old name of the pipeline, kept for tests that replace it with SynchronousPipeline.
 _PreparePipeline = PreparePipeline
 
@@ -106,10 +98,19 @@ class ExportEngine:
         except FormatUnavailable as exc:
             raise ExportFailure(Reason.FORMAT_UNAVAILABLE, str(exc), domain=Domain.FORMAT, transient=False) from None
         self.extension, self.content_type = info.object_type(self.recipe.compression)
-        self._working = info.working_memory
         # The formats that decode go to the encode pool (the process's, unless one is given); None: in-process.
         self.pool = (encode_pool() if pool == "shared" else pool) if self.recipe.decodes else None
         self.budget = budget or memory_budget()
+        # A format with a library of its own (Parquet: pyarrow) is written only by the pool's workers when
+        # there is a pool, so that this process never loads it. Each encoder (worker, or this process) keeps
+        # the library and the encoder's fixed working memory once it has written a batch: a standing charge.
+        self._library_in_pool = self.pool is not None and info.library_memory > 0
+        if self.recipe.decodes and (info.library_memory or info.fixed_working_memory):
+            encoders = self.pool.workers if self.pool is not None else 1
+            self.budget.charge_standing(f"{self.recipe.format} encoders",
+                                        encoders * (info.library_memory + info.fixed_working_memory))
+        self._cost = batch_cost_for(decoded=self.recipe.decodes, pooled=self.pool is not None,
+                                    working=info.working_memory)
         self.clock = clock or SystemClock()
         self.retry = retry or RetryPolicy()
         self.layout = ObjectLayout(spec.prefix, exporter.namespace, exporter.name, self.extension,
@@ -117,8 +118,6 @@ class ExportEngine:
         # Until one batch has been written cleanly, objects left by a killed or failed attempt may sit
         # at the cursor with other bounds; the first batch sweeps them away.
         self._sweep_pending = True
-        # Keys of objects found to hold records the store no longer has: kept through re-exports.
-        self._preserved: set[str] = set()
         # Stored bytes per record, a running average of what this engine read (sizes the memory estimates).
         self._record_bytes = float(ASSUMED_RECORD_BYTES)
         # Every object-store request of this engine, its checkpoint's included, retried and counted here.
@@ -129,10 +128,7 @@ class ExportEngine:
         self._metadata = object_metadata(str(exporter), self.store_id)
         self.checkpoints = Checkpoints(objects, self.layout, exporter, self.clock, requests=self._call,
                                        store_id=self.store_id, instance=writer_instance())
-        # Whether objects met by the sweep are this exporter's (by key), and the others, reported once each.
-        self._owned: dict[str, bool] = {}
-        self._foreign: list[str] = []
-        self._reported: set[str] = set()
+        self.sweep = BucketSweep(objects, self.layout, store, exporter, self.store_id, self._call)
 
     @property
     def requests(self) -> int:
@@ -217,16 +213,7 @@ class ExportEngine:
     def find_high_water(self) -> int:
         """The highest record id in this exporter's data objects in the bucket (0 when there is none),
         found by listing them: for when neither the checkpoint nor the saved state knows it."""
-
-        def scan() -> int:
-            top = 0
-            for info in self.objects.list(self.layout.data_prefix()):
-                bounds = parse_range(info.key)
-                if bounds is not None and self.layout.is_data_key(info.key):
-                    top = max(top, bounds[1])
-            return top
-
-        return self._call(scan)
+        return self.sweep.find_high_water()
 
     def reset(self, current: Cursor) -> Cursor:
         """Start again from the beginning: a new epoch, recorded in the checkpoint at once so that the
@@ -297,7 +284,7 @@ class ExportEngine:
         finally:
             pipeline.close()
         result.requests = self.requests - requests_before
-        result.foreign_objects, self._foreign = self._foreign, []
+        result.foreign_objects = self.sweep.take_foreign()
         try:
             result.backlog = self.store.backlog(result.cursor.position)
         except StoreError:
@@ -337,65 +324,20 @@ class ExportEngine:
             size = stored / len(rows)
             # An average that follows larger records at once and smaller ones slowly.
             self._record_bytes = size if size > self._record_bytes else 0.8 * self._record_bytes + 0.2 * size
-        return batch_cost(stored, decoded=self.recipe.decodes, working=self._working)
+        return self._cost.of(stored)
 
     def estimated_cost(self, records: int) -> int:
         """The budget to reserve before reading a batch of up to ``records`` records: a quarter more than
         the records read so far suggest, so that a batch of larger records than usual still fits."""
-        return batch_cost(int(records * self._record_bytes * ESTIMATE_MARGIN), decoded=self.recipe.decodes,
-                          working=self._working)
+        return self._cost.of(int(records * self._record_bytes * ESTIMATE_MARGIN))
 
     def batch_limit(self) -> int:
-        """Records per batch: ``limit``, or fewer when records are so large that one batch would take more
-        than half the memory budget (so that one batch can upload while the next is prepared)."""
-        per_record = max(1, self.estimated_cost(1))
-        return max(1, min(self.spec.limit, self.budget.total // 2 // per_record))
-
-    def _encode(self, rows: list[StoredRecord], read_seconds: float) -> PreparedBatch:
-        """Encode a batch on the calling thread."""
-        try:
-            encoded = encode_rows(self.recipe, rows)
-        except BatchFailure as failure:
-            raise _export_failure(failure) from None
-        return self._prepared(rows[0], encoded, read_seconds, 0.0)
-
-    def _start_encode(self, rows: list[StoredRecord], read_seconds: float, read_cpu_seconds: float,
-                      threads: Executor, on_encoded: Callable[[int], None] = lambda size: None,
-                      ) -> tuple[Callable[[], PreparedBatch], Callable[[], object]]:
-        """Start encoding a batch (in the pool, or on one of ``threads``): a function that waits for it and
-        returns the prepared batch, and one that cancels it. ``on_encoded`` is told the payload's size as soon
-        as it is ready. Only the batch's bounds are kept here, so that its rows are let go as soon as the
-        encoder has them."""
-        first, last = rows[0], rows[-1]
-        future: Future[EncodedBatch]
-        # A row stored as anything but bytes (a foreign writer's TEXT) fails the check in-process, where
-        # it needs no packing.
-        if (self.pool is not None and len(rows) >= POOL_MIN_ROWS
-                and all(type(row.body) is bytes for row in rows)):
-            future = self.pool.submit(encode_in_worker, self.recipe, PackedRows.pack(rows))
-        else:
-            future = threads.submit(encode_rows, self.recipe, rows)
-        del rows
-
-        def encoded(done: Future[EncodedBatch]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                payload = done.result().payload
-                on_encoded(len(payload) if payload is not None else 0)
-
-        future.add_done_callback(encoded)
-
-        def finish() -> PreparedBatch:
-            try:
-                encoded = future.result()
-            except BatchFailure as failure:
-                raise _export_failure(failure) from None
-            except (BrokenProcessPool, CancelledError):
-                raise ExportFailure(Reason.ENCODE_FAILED, f"the encoder process of records {first.id}-{last.id} "
-                                    "died (killed or out of memory); retrying", domain=Domain.FORMAT,
-                                    transient=True) from None
-            return self._prepared(first, encoded, read_seconds, read_cpu_seconds)
-
-        return finish, future.cancel
+        """Records per batch: ``limit``, or fewer when one batch would take more than half of the budget
+        that standing charges leave (so that one batch can upload while the next is prepared): a batch of
+        ``limit`` records too large for the budget is exported in several smaller ones."""
+        share = max(0, self.budget.total - self.budget.standing) // 2
+        records = self._cost.stored_bytes_within(share) / (self._record_bytes * ESTIMATE_MARGIN)
+        return max(1, min(self.spec.limit, int(records)))
 
     def _prepared(self, first: StoredRecord, encoded: EncodedBatch, read_seconds: float,
                   read_cpu_seconds: float) -> PreparedBatch:
@@ -449,7 +391,7 @@ class ExportEngine:
         # Also for a batch the filter emptied: an object an earlier attempt (another filter, another
         # epoch) left in its range must go, or its records would be exported twice.
         if self._sweep_pending or batch.first_id <= cursor.high_water:
-            self._sweep_overlapping(batch, cursor.high_water)
+            self.sweep.sweep_overlapping(batch, cursor.high_water)
         new_cursor = Cursor(cursor.epoch, batch.last_id, max(cursor.high_water, batch.last_id))
         self.checkpoints.write(new_cursor, key)
         self._sweep_pending = False
@@ -471,117 +413,7 @@ class ExportEngine:
             commit_cpu_seconds=time.thread_time() - cpu0,
         )
 
-    def _sweep_overlapping(self, batch: PreparedBatch, high_water: int) -> None:
-        """Delete data objects other than ``batch.key`` whose range starts inside this batch: written by
-        an attempt that died before its checkpoint, or by an earlier epoch with other batch bounds."""
-        marker = self.layout.batch_start_marker(batch.first_id, batch.first_timestamp_us)
-        directory = self.layout.data_dir(batch.first_timestamp_us)
-
-        def stale_keys() -> list[tuple[str, tuple[int, int]]]:
-            found = []
-            for info in self.objects.list(directory, start_after=marker):
-                bounds = parse_range(info.key)
-                if bounds is None or "/" in info.key[len(directory):]:
-                    continue
-                if bounds[0] > batch.last_id:
-                    break
-                if info.key != batch.key and self.layout.is_data_key(info.key):
-                    found.append((info.key, bounds))
-            return found
-
-        for key, (first, last) in self._call(stale_keys):
-            if not self._owns(key):
-                continue  # not this exporter's: never deleted (reported)
-            if first <= high_water and self._holds_records_gone_from_store(key, first, last):
-                continue  # the only copy of records purged since: never delete it
-            self._call(partial(self.objects.delete, key))
-            self._owned.pop(key, None)
-
-    def _owns(self, key: str) -> bool:
-        """Whether this exporter wrote ``key`` (export/provenance.py): its metadata names this exporter and
-        this store; without such metadata (written before it existed, or by someone else), its records must
-        be this store's records (and at least one of them still in the store). Anything else is reported as
-        a foreign object and left alone."""
-        known = self._owned.get(key)
-        if known is not None:
-            return known
-        head = self._call(lambda: self.objects.head(key))
-        if head is None:
-            return False  # gone meanwhile: nothing to delete
-        writer = head.metadata.get(METADATA_EXPORTER)
-        if writer is not None:
-            owned = writer == str(self.exporter) and head.metadata.get(METADATA_STORE) == self.store_id
-        else:
-            data = self._call(lambda: self.objects.get(key))
-            try:
-                records = list(decode_object(data, key)) if data is not None else []
-            except Exception:
-                records = []  # unreadable: not provably ours, keep it
-            try:
-                check = compare_with_store(records, self.store) if records else None
-            except StoreError as exc:
-                raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE,
-                                    transient=True) from None
-            owned = check is not None and bool(check.same) and not check.differing
-        self._owned[key] = owned
-        if not owned and key not in self._reported:
-            self._reported.add(key)
-            self._foreign.append(key)
-        return owned
-
-    def _holds_records_gone_from_store(self, key: str, first: int, last: int) -> bool:
-        """Whether an object written earlier holds records the store no longer has (purged by retention
-        since, or soft-deleted). Such an object is the only copy of them: a re-export after a reset must
-        neither delete nor overwrite it. Cheap when the store still has every id of the range."""
-        if key in self._preserved:
-            return True
-        try:
-            if self.store.backlog(first - 1, last) == last - first + 1:
-                return False
-            data = self._call(lambda: self.objects.get(key))
-            if data is None:
-                return False
-            live = {row.id for row in self.store.read_batch(first - 1, last - first + 1, last)}
-        except StoreError as exc:
-            raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
-        try:
-            ids = record_ids(data, key)
-        except Exception:
-            return True  # unreadable: keep it rather than guess
-        if all(record_id in live for record_id in ids):
-            return False
-        self._preserved.add(key)
-        return True
-
-    def _first_preserved_object(self, after: int, rows: list[StoredRecord]) -> tuple[int, int] | None:
-        """In a re-export (ids at or below the high-water mark), the first object whose range starts in
-        ``(after, last row]`` and that holds records gone from the store, as ``(first, last)``."""
-        directory = self.layout.data_dir(rows[0].timestamp_us)
-        marker = self.layout.batch_start_marker(after + 1, rows[0].timestamp_us)
-
-        def overlapping() -> list[tuple[str, tuple[int, int]]]:
-            found = []
-            for info in self.objects.list(directory, start_after=marker):
-                bounds = parse_range(info.key)
-                if bounds is None or "/" in info.key[len(directory):]:
-                    continue
-                if bounds[0] > rows[-1].id:
-                    break
-                if self.layout.is_data_key(info.key):
-                    found.append((info.key, bounds))
-            return found
-
-        for key, bounds in self._call(overlapping):
-            if self._owns(key) and self._holds_records_gone_from_store(key, *bounds):
-                return bounds
-        return None
-
     def _skip_batch(self, after: int, last: int, timestamp_us: int) -> PreparedBatch:
         """A batch that writes nothing and moves the cursor past an object that is kept as it is."""
         return PreparedBatch(first_id=after + 1, last_id=last, first_timestamp_us=timestamp_us, rows=0,
                              raw_bytes=0, payload=None, key=None, read_seconds=0.0, encode_seconds=0.0)
-
-
-def _export_failure(failure: BatchFailure) -> ExportFailure:
-    reason, domain = _FAILURES[failure.kind]
-    return ExportFailure(reason, failure.message, domain=domain, transient=False)

@@ -588,9 +588,14 @@ class FormatInfo:
     reader: Reader
     ids: Callable[[bytes], list[int]] | None = None
     decoded: bool = True  # whether its encoder needs the records decoded (see BatchEncoder.decoded)
-    # Memory its encoder builds, per stored byte of a batch, when the records are decoded (export/budget.py):
-    # JSON text as long as the records, Parquet's decoded chunk, Arrow arrays and output buffers.
-    working_memory: float = 1.2
+    # Memory its encoder builds for a batch whose records are decoded (export/budget.py; measured in an
+    # encode worker, the worker's copy of the rows and the pickled result included): per stored byte (JSON
+    # Lines: the text, as long as the records, joined and pickled), and whatever the batch's size (Parquet:
+    # a chunk of records decoded, Arrow's memory pool and the writer's buffers, ~60 MiB).
+    working_memory: float = 2.8
+    fixed_working_memory: int = 0
+    # What loading its library adds to a process that encodes it (pyarrow: ~36 MiB PSS per process).
+    library_memory: int = 0
     requires: Callable[[], None] | None = None  # raises FormatUnavailable when a package it needs is missing
 
     def check_available(self) -> None:
@@ -636,7 +641,9 @@ FORMATS: dict[str, FormatInfo] = {
             reader=lambda data, extension: _parquet_records(data),
             ids=_parquet_ids,
             requires=lambda: _require_pyarrow(),
-            working_memory=2.5,
+            working_memory=1.5,
+            fixed_working_memory=64 << 20,
+            library_memory=36 << 20,
         ),
     )
 }

@@ -28,8 +28,10 @@ from typing import Any, TypeVar
 
 from ..lifetime import end_with
 from .cgroup import available_cpus
+from .cgroup import memory_limit as container_memory_limit
 
-__all__ = ["BrokenProcessPool", "EncodePool", "available_cpus", "configure_encode_pool", "encode_pool"]
+__all__ = ["BrokenProcessPool", "EncodePool", "available_cpus", "configure_encode_pool", "encode_pool",
+           "workers_for_memory"]
 
 T = TypeVar("T")
 
@@ -84,13 +86,33 @@ _configured = False
 _pool_lock = threading.Lock()
 
 
+def workers_for_memory(memory_limit: int | None) -> int | None:
+    """The most workers a container memory limit affords by default: a worker that writes Parquet keeps
+    ~116 MiB (itself idle, pyarrow and the encoder's fixed working memory: export/budget.py), and the
+    workers together take at most a third of the limit, so that batches keep room (at 512Mi: one worker).
+    None: no limit."""
+    if memory_limit is None:
+        return None
+    from .. import api  # noqa: F401 - before export.formats, which the API models import
+    from .budget import WORKER_RESERVED_BYTES
+    from .formats import FORMATS
+
+    per_worker = WORKER_RESERVED_BYTES + max(info.library_memory + info.fixed_working_memory
+                                             for info in FORMATS.values())
+    return max(1, memory_limit // 3 // per_worker)
+
+
 def configure_encode_pool(workers: int | None = None) -> EncodePool | None:
     """Set the process's pool: ``workers`` processes (0: encode in-process), by default one per available
-    CPU, and none on a single CPU (a worker could only take turns with the process itself)."""
+    CPU (no more than the container's memory limit affords: ``workers_for_memory``), and none on a single
+    CPU (a worker could only take turns with the process itself)."""
     global _pool, _configured
     if workers is None:
         cpus = available_cpus()
         workers = cpus if cpus > 1 else 0
+        affordable = workers_for_memory(container_memory_limit())
+        if affordable is not None:
+            workers = min(workers, affordable)
     with _pool_lock:
         old, _pool, _configured = _pool, (EncodePool(workers) if workers > 0 else None), True
     if old is not None:

@@ -239,11 +239,27 @@ class _RoleCredentials(botocore.credentials.DeferredRefreshableCredentials):  # 
         self._mandatory_refresh_timeout = min(10 * 60, lifetime // 6)
 
 
+# botocore's service descriptions (S3's alone is megabytes of JSON), loaded once for every session: each
+# session would otherwise load and keep its own copy, ~12 MiB per S3 client, and there is a client per
+# bucket and credentials. The loader only reads and caches; sessions are built under the S3 store's lock.
+_shared_loader: Any = None
+
+
+def _session() -> botocore.session.Session:
+    global _shared_loader
+    session = botocore.session.Session()
+    if _shared_loader is None:
+        _shared_loader = session.get_component("data_loader")
+    else:
+        session.register_component("data_loader", _shared_loader)
+    return session
+
+
 def boto3_session(access: S3Access, *, region: str, now: Callable[[], datetime] | None = None,
                   sts_config: Config | None = None) -> boto3.session.Session:
     """A boto3 session signing with ``access``: its base credentials (or the default chain), and its role
     assumed on top when it has one. ``now`` is the clock that times the role's renewals."""
-    base = botocore.session.Session()
+    base = _session()
     if access.credentials is not None:
         c = access.credentials
         base.set_credentials(c.access_key_id, c.secret_access_key, c.session_token)
@@ -273,7 +289,7 @@ def boto3_session(access: S3Access, *, region: str, now: Callable[[], datetime] 
         }
 
     credentials = _RoleCredentials(assume, role.duration_seconds, clock)
-    session = botocore.session.Session()
+    session = _session()
     session.register_component("credential_provider",
                                botocore.credentials.CredentialResolver([_StaticProvider(credentials)]))
     return boto3.session.Session(botocore_session=session)

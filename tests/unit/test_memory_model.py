@@ -1,0 +1,136 @@
+"""What the operator's memory model assumes, checked against what the process really allocates: the S3
+clients of many buckets, and a real batch of ``limit: 10000``-sized records on its way through the
+encode pool. Each measurement runs in a fresh process (no other test's allocations in it) and counts
+bytes allocated, not time."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from capture_export.seed import seed_store
+from capture_export.store import SQLiteStore
+
+MiB = 1 << 20
+
+
+def _in_fresh_process(function: Any, *args: Any) -> Any:
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Pool(1) as pool:
+        return pool.apply(function, args)
+
+
+def _python_bytes_of_s3_clients(count: int) -> tuple[int, int]:
+    """Python memory (tracemalloc) taken by the first S3 client, and by each of ``count`` more."""
+    import tracemalloc
+
+    from capture_export.objectstore import Credentials, S3Access, S3Location, S3ObjectStore
+
+    def client(index: int) -> S3ObjectStore:
+        return S3ObjectStore(S3Location(bucket=f"bucket-{index}", region="us-east-1", endpoint="http://127.0.0.1:9"),
+                             S3Access(Credentials(f"AKIDEXAMPLE{index}", f"secret-{index}")))
+
+    tracemalloc.start()
+    clients = [client(0)]
+    first = tracemalloc.get_traced_memory()[0]
+    clients += [client(index) for index in range(1, count + 1)]
+    total = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(clients) == count + 1
+    return first, (total - first) // count
+
+
+def test_each_more_bucket_costs_little_memory() -> None:
+    """Eight exporters on eight buckets build eight S3 clients (credentials differ per bucket): each client
+    must not load botocore's service descriptions again (~12 MiB each), or the clients alone take a fifth of
+    a 512Mi pod."""
+    first, each_more = _in_fresh_process(_python_bytes_of_s3_clients, 4)
+    assert first > 2 * MiB  # the first client does load them (a sanity check of the measurement)
+    assert each_more < 2 * MiB, f"each further S3 client holds {each_more / MiB:.1f} MiB"
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+def _peak_growth_of_a_batch(store_path: str, fmt: str, records: int, pooled: bool) -> tuple[int, int]:
+    """In a fresh process, as an encode worker (``pooled``) or the exporting process: the stored bytes of a
+    batch of ``records`` and the growth of the process's peak RSS while it reads (in-process) or unpickles
+    (pooled) and encodes it, after a warm-up batch loaded the format's library."""
+    import pickle
+
+    from capture_export.export.batch import BatchRecipe, PackedRows, encode_in_worker, encode_rows
+    from capture_export.export.budget import release_freed_memory, share_fewer_malloc_arenas
+    from capture_export.export.formats import FORMATS
+    from capture_export.store import SQLiteStore
+
+    share_fewer_malloc_arenas()
+    store = SQLiteStore(store_path)
+    recipe = BatchRecipe(fmt, FORMATS[fmt].default_compression, seal=store.record_seal())
+    encode_rows(recipe, store.read_batch(0, 20))  # the codec and the format's library loaded
+    if pooled:
+        rows = store.read_batch(0, records)
+        stored = sum(len(row.body) for row in rows)
+        message = pickle.dumps(PackedRows.pack(rows))  # what a worker receives
+        del rows
+        release_freed_memory()
+        before = _rss()
+        packed = pickle.loads(message)
+        size, message = len(message), b""  # a worker lets the message go once unpickled
+        result = pickle.dumps(encode_in_worker(recipe, packed))  # and sends the result back
+        assert result
+        before -= size  # the worker's growth counts the message it received
+    else:
+        release_freed_memory()
+        before = _rss()
+        rows = store.read_batch(0, records)
+        stored = sum(len(row.body) for row in rows)
+        assert encode_rows(recipe, rows).payload
+    # VmHWM: this process's peak RSS (ru_maxrss would include the forking parent's, kept across exec).
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    return stored, peak - before
+
+
+@pytest.fixture(scope="module")
+def limit_sized_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("memory") / "store.sqlite"
+    store = SQLiteStore(path)
+    seed_store(store, 10_000, seed=1)
+    store.close()
+    return path
+
+
+@pytest.mark.parametrize(("fmt", "pooled", "records"), [("cbor-zstd", False, 10_000), ("jsonl", True, 10_000),
+                                                        ("parquet", True, 10_000), ("parquet", True, 2_000)])
+def test_a_limit_sized_batch_costs_no_more_than_the_budget_counts(limit_sized_store: Path, fmt: str,
+                                                                   pooled: bool, records: int) -> None:
+    """A batch of ``limit: 10000`` real records (or fewer, as the budget cuts it): the memory it really
+    takes (the peak growth of the process that encodes it; for the encode pool also the packed rows the
+    exporting process keeps meanwhile) is no more than what the engine reserves for it, with the encoder's
+    standing charge (per worker) for what it builds whatever the batch's size. Counting less is how eight
+    exporters ran a 512Mi pod out of memory."""
+    from capture_export.api import S3ExporterSpec
+    from capture_export.export import ExportEngine, ExporterId
+    from capture_export.export.budget import MemoryBudget
+    from capture_export.export.pool import EncodePool
+    from capture_export.objectstore import MemoryObjectStore
+
+    stored, growth = _in_fresh_process(_peak_growth_of_a_batch, str(limit_sized_store), fmt, records, pooled)
+    held_meanwhile = stored if pooled else 0  # the exporting process's packed copy
+    store = SQLiteStore(limit_sized_store)
+    budget = MemoryBudget(1 << 40)
+    workers = 2
+    spec = S3ExporterSpec.model_validate({"bucket": "bkt", "region": "us-east-1", "prefix": "p", "limit": 10_000,
+                                          "format": fmt})
+    engine = ExportEngine(spec, ExporterId("ns", fmt), store, MemoryObjectStore(), budget=budget,
+                          pool=EncodePool(workers) if pooled else None)  # the pool is never started
+    counted = engine.batch_cost(store.read_batch(0, records)) + getattr(budget, "standing", 0) // workers
+    store.close()
+    assert growth + held_meanwhile <= counted, (
+        f"{fmt}: a batch of {stored / MiB:.1f} MiB stored took {(growth + held_meanwhile) / MiB:.1f} MiB, "
+        f"the budget counts {counted / MiB:.1f} MiB")
