@@ -91,11 +91,12 @@ def export_resource_options(parser: argparse.ArgumentParser) -> None:
     workers = os.environ.get("CAPTURE_EXPORT_ENCODE_WORKERS")
     parser.add_argument("--encode-workers", type=int, default=int(workers) if workers else None, metavar="N",
                         help="processes that decode and encode JSON Lines and Parquet batches (0: in this "
-                        "process; default: one per CPU the process may use; $CAPTURE_EXPORT_ENCODE_WORKERS)")
+                        "process; default: one per CPU the process may use, as many as its memory limit "
+                        "affords; $CAPTURE_EXPORT_ENCODE_WORKERS)")
     parser.add_argument("--memory-budget", default=os.environ.get("CAPTURE_EXPORT_MEMORY_BUDGET"), metavar="SIZE",
                         help="memory for batches in flight across all exporters, e.g. 256Mi (default: the "
-                        "container's memory limit less 336Mi, or 256Mi without one; "
-                        "$CAPTURE_EXPORT_MEMORY_BUDGET)")
+                        "container's memory limit less what the operator and its encode pool need, ~200Mi, "
+                        "over 1.5 for malloc's slack, or 256Mi without one; $CAPTURE_EXPORT_MEMORY_BUDGET)")
 
 
 def configure_export_resources(args: argparse.Namespace) -> None:
