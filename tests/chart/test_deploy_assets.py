@@ -14,13 +14,11 @@ import pytest
 import yaml
 
 from capture_export.api.manifests import parse_spec
+from tests.support import e2e_assets as e2e
 from tests.support.chart_rendering import CHART_DIR, REPO_ROOT, pod_spec, render
 from tests.support.crd_schema import CustomResourceValidator
+from tests.support.e2e_assets import example_exporter_documents, example_retention_policy
 from tests.support.pod_security import restricted_violations
-
-from ..e2e import cluster as e2e
-from ..e2e import test_kind_namespaced as namespaced_e2e
-from ..e2e.test_kind import example_exporter_documents, example_retention_policy
 
 KUBE_VERSION = kubernetes_validate.utils.latest_version()
 
@@ -140,18 +138,18 @@ def test_namespaced_e2e_release_renders_with_the_chart_defaults() -> None:
     """The namespaced e2e release: valid values, one namespace watched, PostgreSQL from the chart's Secret,
     and the chart's default resources (the memory case measures exactly those)."""
     values: dict[str, Any] = {}
-    for setting in namespaced_e2e.release_settings():
+    for setting in e2e.release_settings():
         values = _merge(values, helm.parse_set_string(setting))
     with helm.Chart.load(CHART_DIR) as chart:
         chart.validate_schema(chart.merge_values(values))
-        rendered = render(chart, values, namespace=namespaced_e2e.OPERATOR_NAMESPACE,
-                          release=namespaced_e2e.NS_RELEASE)
+        rendered = render(chart, values, namespace=e2e.OPERATOR_NAMESPACE,
+                          release=e2e.NS_RELEASE)
         defaults = chart.values
     (container,) = pod_spec(rendered)["containers"]
-    assert container["args"][:3] == ["operator", "--namespace", namespaced_e2e.OPERATOR_NAMESPACE]
+    assert container["args"][:3] == ["operator", "--namespace", e2e.OPERATOR_NAMESPACE]
     assert container["resources"] == defaults["resources"]
     assert container["image"] == e2e.IMAGE and container["imagePullPolicy"] == "Never"
-    assert rendered.one("Secret")["stringData"]["dsn"] == namespaced_e2e.DSN
+    assert rendered.one("Secret")["stringData"]["dsn"] == e2e.DSN
     assert not rendered.of_kind("ClusterRole")
 
 
@@ -160,22 +158,22 @@ def test_namespaced_e2e_resources_are_admitted() -> None:
     restricted Pod Security profile admits."""
     validator = CustomResourceValidator(REPO_ROOT / "crds")
     for fmt in ("cbor", "parquet"):
-        document = namespaced_e2e.exporter_document("usage", "e2e/x", fmt=fmt)
+        document = e2e.exporter_document("usage", "e2e/x", fmt=fmt)
         assert validator.errors(document) == []
         parse_spec(document["kind"], document["spec"])
-    kubernetes_validate.validate(namespaced_e2e.secret_document(), KUBE_VERSION, strict=True)
-    job = namespaced_e2e.seed_job_manifest("seed", 10, seed=1)
+    kubernetes_validate.validate(e2e.secret_document(), KUBE_VERSION, strict=True)
+    job = e2e.seed_job_manifest("seed", 10, seed=1)
     kubernetes_validate.validate(job, KUBE_VERSION, strict=True)
     pod = job["spec"]["template"]["spec"]
     assert restricted_violations(pod, pod["containers"]) == []
-    host, port = re.search(r"@([^:/]+):(\d+)/", namespaced_e2e.DSN).groups()  # type: ignore[union-attr]
+    host, port = re.search(r"@([^:/]+):(\d+)/", e2e.DSN).groups()  # type: ignore[union-attr]
     documents = {d["kind"]: d for d in yaml.safe_load_all((REPO_ROOT / "tests" / "e2e" / "postgres.yaml").read_text())}
     service = documents["Service"]
     assert host == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
     assert int(port) == service["spec"]["ports"][0]["port"]
     credentials = documents["Secret"]["stringData"]
-    assert f"{credentials['POSTGRES_USER']}:{credentials['POSTGRES_PASSWORD']}@" in namespaced_e2e.DSN
-    assert namespaced_e2e.DSN.endswith(f"/{credentials['POSTGRES_DB']}")
+    assert f"{credentials['POSTGRES_USER']}:{credentials['POSTGRES_PASSWORD']}@" in e2e.DSN
+    assert e2e.DSN.endswith(f"/{credentials['POSTGRES_DB']}")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -12,9 +12,8 @@ import helm_python as helm
 import pytest
 import yaml
 
+from tests.support import e2e_assets as e2e
 from tests.support.chart_rendering import CHART_DIR, REPO_ROOT, pod_spec, render
-
-from ..e2e import cluster as e2e
 
 # (file, section heading): where the install commands are. The operations guide holds the whole path;
 # the README's quick start is its first half, and is checked the same way.

@@ -10,27 +10,16 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["BUCKET", "CLUSTER", "IMAGE", "MINIO_ACCESS_KEY", "MINIO_ENDPOINT", "MINIO_SECRET_KEY", "NAMESPACE",
-           "RELEASE", "REPO_ROOT", "REQUIRED_TOOLS", "CommandFailed", "Kube", "run", "skip_reason", "wait_for"]
+from tests.support.e2e_assets import NAMESPACE, RELEASE, REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["REQUIRED_TOOLS", "CommandFailed", "Kube", "run", "skip_reason", "wait_for"]
+
+# The cluster's, release's and MinIO's names are in tests/support/e2e_assets.py (tests/chart checks them).
 REQUIRED_TOOLS = ("docker", "kind", "kubectl", "helm", "make")
-
-# The same defaults as the Makefile, which exports them.
-CLUSTER = os.environ.get("E2E_CLUSTER", "capture-export-e2e")
-NAMESPACE = os.environ.get("E2E_NAMESPACE", "capture-export")
-RELEASE = os.environ.get("E2E_RELEASE", "capture-export")
-IMAGE = os.environ.get("E2E_IMAGE", "capture-export:e2e")  # built and loaded into the node by `make e2e-load`
-# tests/e2e/minio.yaml and tests/e2e/minio-bucket.yaml
-MINIO_ENDPOINT = "http://minio.minio.svc.cluster.local:9000"
-MINIO_ACCESS_KEY = "capture-export"
-MINIO_SECRET_KEY = "capture-export-secret"
-BUCKET = "capture-exports"
 
 
 @functools.cache

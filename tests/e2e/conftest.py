@@ -17,7 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from .cluster import CLUSTER, NAMESPACE, RELEASE, Kube, run, skip_reason
+from tests.support.e2e_assets import CLUSTER, NAMESPACE, RELEASE
+
+from .cluster import Kube, run, skip_reason
 
 
 def _requested(config: pytest.Config) -> bool:

@@ -13,33 +13,34 @@ import time
 from typing import Any
 
 import pytest
-import yaml
 
-from .cluster import (
+from tests.support.e2e_assets import (
     BUCKET,
+    EXPORTER,
+    EXPORTS_NAMESPACE,
+    LIMIT,
+    MAX_AGE_SECONDS,
     MINIO_ACCESS_KEY,
     MINIO_ENDPOINT,
     MINIO_SECRET_KEY,
     NAMESPACE,
+    POLICY,
+    PREFIX,
     RELEASE,
-    REPO_ROOT,
-    Kube,
-    wait_for,
+    example_exporter_documents,
+    example_retention_policy,
 )
+
+from .cluster import Kube, wait_for
 
 pytestmark = pytest.mark.e2e
 
-EXPORTS_NAMESPACE = "capture-e2e"
-EXPORTER = "usage"
-POLICY = "purge-exported"
+# The exporter's and the policy's names, their namespace, LIMIT, MAX_AGE_SECONDS and this run's PREFIX live in
+# tests/support/e2e_assets.py beside the resources built from examples/, which tests/chart checks offline.
 FINALIZER = "capture.dev/finalizer"
 FIRST_BATCH = 3000
 SECOND_BATCH = 500
-LIMIT = 500
-MAX_AGE_SECONDS = 3600
 PURGE_SLACK_SECONDS = 60
-# A prefix of its own per run: a kept cluster (KEEP=1) can run the suite again without old objects.
-PREFIX = f"e2e/run-{int(time.time())}"
 
 # Lists (id, timestamp in µs) of every record in the operator's default store, as JSON.
 STORE_ROWS = """
@@ -106,31 +107,6 @@ def purged(kube: Kube, up_to: int) -> list[tuple[int, int]] | None:
     rows = store_rows(kube)
     horizon_us = int((time.time() - MAX_AGE_SECONDS - PURGE_SLACK_SECONDS) * 1e6)
     return None if any(row_id <= up_to and ts_us < horizon_us for row_id, ts_us in rows) else rows
-
-
-def example_exporter_documents() -> list[dict[str, Any]]:
-    """examples/exporter.yaml, pointed at the in-cluster MinIO and this run's namespace and prefix."""
-    documents = [d for d in yaml.safe_load_all((REPO_ROOT / "examples" / "exporter.yaml").read_text()) if d]
-    for document in documents:
-        document["metadata"]["namespace"] = EXPORTS_NAMESPACE
-        if document["kind"] == "Secret":
-            document["stringData"] = {"access_key_id": MINIO_ACCESS_KEY, "access_secret": MINIO_SECRET_KEY}
-        elif document["kind"] == "S3Exporter":
-            assert document["metadata"]["name"] == EXPORTER
-            document["spec"].update(bucket=BUCKET, endpoint=MINIO_ENDPOINT, prefix=PREFIX, limit=LIMIT)
-    assert {d["kind"] for d in documents} == {"Secret", "S3Exporter"}
-    return documents
-
-
-def example_retention_policy() -> dict[str, Any]:
-    """examples/retentionpolicy.yaml with a one-hour maxAge, a short interval and hard deletes."""
-    (policy,) = [d for d in yaml.safe_load_all((REPO_ROOT / "examples" / "retentionpolicy.yaml").read_text()) if d]
-    assert policy["kind"] == "RetentionPolicy" and policy["spec"]["exporters"] == [EXPORTER]
-    policy["metadata"].update(name=POLICY, namespace=EXPORTS_NAMESPACE)
-    policy["spec"].update(maxAge=f"{MAX_AGE_SECONDS // 3600}h", every=5, requireExport=True)
-    policy["spec"].pop("softDelete", None)  # purge for good, so the store shows it at once
-    policy["spec"].pop("dryRun", None)
-    return policy
 
 
 def policy(kube: Kube) -> dict[str, Any]:

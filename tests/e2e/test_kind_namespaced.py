@@ -16,37 +16,35 @@ from typing import Any
 import pytest
 import yaml
 
-from .cluster import (
+from tests.support.e2e_assets import (
     BUCKET,
-    IMAGE,
     MINIO_ACCESS_KEY,
     MINIO_ENDPOINT,
     MINIO_SECRET_KEY,
+    NS_RELEASE,
+    OPERATOR_NAMESPACE,
     RELEASE,
     REPO_ROOT,
-    Kube,
-    run,
-    wait_for,
+    exporter_document,
+    release_settings,
+    secret_document,
+    seed_job_manifest,
 )
-from .cluster import NAMESPACE as CLUSTER_WIDE_NAMESPACE
+from tests.support.e2e_assets import NAMESPACE as CLUSTER_WIDE_NAMESPACE
+
+from .cluster import Kube, run, wait_for
 
 pytestmark = pytest.mark.e2e
 
-NS_RELEASE = "capture-export-ns"
-OPERATOR_NAMESPACE = "capture-ns"  # the release's namespace, the only one it watches
+# The release's name and namespace (the only one it watches), its settings, the PostgreSQL DSN, and the
+# Secret, S3Exporters and seeding Job it applies live in tests/support/e2e_assets.py, which tests/chart checks
+# offline.
 OTHER_NAMESPACE = "capture-unwatched"
 FINALIZER = "capture.dev/finalizer"
-DSN = "postgresql://capture:capture-pg-secret@postgres.postgres.svc.cluster.local:5432/capture"
-SECRET = "minio-credentials"
 PREFIX = f"e2e-ns/run-{int(time.time())}"
 FIRST_BACKLOG = 12_000
 MEMORY_BACKLOG = 60_000
 MEMORY_EXPORTERS = 8
-
-
-def _image() -> tuple[str, str]:
-    repository, _, tag = IMAGE.rpartition(":")
-    return repository, tag
 
 
 def _chart_default_memory_limit() -> str:
@@ -66,28 +64,6 @@ def operator_pod(kube: Kube) -> dict[str, Any]:
     return running[0]
 
 
-def seed_job_manifest(name: str, count: int, seed: int) -> dict[str, Any]:
-    """A Job appending ``count`` records to the PostgreSQL store, admitted by the restricted profile."""
-    repository, tag = _image()
-    return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE},
-        "spec": {"backoffLimit": 0, "template": {"spec": {
-            "restartPolicy": "Never",
-            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "seed", "image": f"{repository}:{tag}", "imagePullPolicy": "Never",
-                "args": ["seed", "--store", DSN, "--count", str(count), "--seed", str(seed)],
-                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                    "capabilities": {"drop": ["ALL"]}},
-                "env": [{"name": "HOME", "value": "/tmp"}],
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-            }],
-            "volumes": [{"name": "tmp", "emptyDir": {}}],
-        }}},
-    }
-
-
 def seed_job(kube: Kube, name: str, count: int, seed: int) -> int:
     """Seed from a Job of its own, not in the operator's container (whose memory the suite watches);
     return the last id."""
@@ -99,29 +75,6 @@ def seed_job(kube: Kube, name: str, count: int, seed: int) -> int:
     match = re.search(r"last id (\d+)", output)
     assert match, output
     return int(match.group(1))
-
-
-def release_settings() -> list[str]:
-    """`helm --set` values of the namespaced release: the chart's defaults (resources included) but for the
-    loaded image and what this module is about."""
-    repository, tag = _image()
-    return [f"image.repository={repository}", f"image.tag={tag}", "image.pullPolicy=Never",
-            "watch.allNamespaces=false", "store.type=postgres", f"store.postgres.dsn={DSN}"]
-
-
-def secret_document(namespace: str = OPERATOR_NAMESPACE) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": namespace},
-            "type": "Opaque", "stringData": {"access_key_id": MINIO_ACCESS_KEY, "access_secret": MINIO_SECRET_KEY}}
-
-
-def exporter_document(name: str, prefix: str, *, namespace: str = OPERATOR_NAMESPACE, fmt: str = "cbor",
-                      limit: int = 10_000) -> dict[str, Any]:
-    spec: dict[str, Any] = {"bucket": BUCKET, "region": "us-east-1", "endpoint": MINIO_ENDPOINT,
-                            "secretRef": {"name": SECRET}, "prefix": prefix, "limit": limit, "every": 3600}
-    if fmt != "cbor":
-        spec["format"] = fmt
-    return {"apiVersion": "capture.dev/v1alpha1", "kind": "S3Exporter",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
 
 def exporter(kube: Kube, name: str, namespace: str = OPERATOR_NAMESPACE) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Invalid specs are refused by the API server itself (OpenAPI schema, patterns, CEL, transition rules), and
-the pydantic models agree with it case by case (spec_table.py), so the CRD and the models cannot drift."""
+the pydantic models agree with it case by case (tests/support/spec_cases.py, ``API_SERVER_CASES``), so the CRD
+and the models cannot drift."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from kubernetes.client.exceptions import ApiException
 
 from capture_export.api import GROUP, VERSION
 from capture_export.api.manifests import InvalidManifest, parse_spec
+from tests.support.spec_cases import API_SERVER_CASES, TRANSITION_CASES, ApiServerCase, TransitionCase
 
 from .apiserver import REPO_ROOT, TempApiServer
-from .spec_table import SPEC_CASES, TRANSITION_CASES, SpecCase, TransitionCase
 
 PLURALS = {"S3Exporter": "s3exporters", "RetentionPolicy": "retentionpolicies"}
 
@@ -32,9 +33,9 @@ def _body(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
 
 
-@pytest.mark.parametrize("case", SPEC_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", API_SERVER_CASES, ids=lambda c: c.id)
 def test_the_api_server_refuses_exactly_the_bad_specs(custom: kubernetes.client.CustomObjectsApi, namespace: str,
-                                                       case: SpecCase) -> None:
+                                                       case: ApiServerCase) -> None:
     create = custom.create_namespaced_custom_object
     body = _body(case.kind, "case", case.full_spec)
     if case.refused_by != "both":
@@ -48,8 +49,8 @@ def test_the_api_server_refuses_exactly_the_bad_specs(custom: kubernetes.client.
     assert case.message in json.loads(refused.value.body)["message"]
 
 
-@pytest.mark.parametrize("case", SPEC_CASES, ids=lambda c: c.id)
-def test_the_models_refuse_what_the_api_server_refuses(case: SpecCase) -> None:
+@pytest.mark.parametrize("case", API_SERVER_CASES, ids=lambda c: c.id)
+def test_the_models_refuse_what_the_api_server_refuses(case: ApiServerCase) -> None:
     if case.refused_by == "none":
         parse_spec(case.kind, case.full_spec)
     else:
@@ -76,7 +77,7 @@ def _rules_and_patterns(schema: dict[str, Any], path: str) -> Iterator[tuple[str
 def test_every_cel_rule_and_pattern_has_a_refused_case(kind: str) -> None:
     crd = yaml.safe_load((REPO_ROOT / "crds" / f"{PLURALS[kind]}.{GROUP}.yaml").read_text())
     spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    messages = [case.message for case in SPEC_CASES if case.kind == kind and case.refused_by == "both"]
+    messages = [case.message for case in API_SERVER_CASES if case.kind == kind and case.refused_by == "both"]
     uncovered = []
     for what, detail in _rules_and_patterns(spec_schema, "spec"):
         if what == "rule":
@@ -86,7 +87,7 @@ def test_every_cel_rule_and_pattern_has_a_refused_case(kind: str) -> None:
             covered = any(re.match(as_regex, message) for message in messages)
         if not covered:
             uncovered.append(f"{what}: {detail}")
-    assert uncovered == [], "add a refused case to spec_table.py for each"
+    assert uncovered == [], "add a refused case to API_SERVER_CASES (tests/support/spec_cases.py) for each"
 
 
 @pytest.mark.parametrize("case", TRANSITION_CASES, ids=lambda c: c.id)
