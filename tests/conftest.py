@@ -20,7 +20,8 @@ _bucket_numbers = itertools.count(1)
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
-    server = LocalS3(tmp_path_factory.mktemp("seaweedfs"))
+    # die_with_parent: a pytest killed by a timeout or kill -9 must not leave its SeaweedFS running.
+    server = LocalS3(tmp_path_factory.mktemp("seaweedfs"), die_with_parent=True)
     with server:
         yield server
 
