@@ -77,7 +77,7 @@ def _peak_growth_of_a_batch(store_path: str, fmt: str, records: int, pooled: boo
         stored = sum(len(row.body) for row in rows)
         message = pickle.dumps(PackedRows.pack(rows))  # what a worker receives
         del rows
-        release_freed_memory(force=True)
+        release_freed_memory()
         before = _rss()
         packed = pickle.loads(message)
         size, message = len(message), b""  # a worker lets the message go once unpickled
@@ -85,7 +85,7 @@ def _peak_growth_of_a_batch(store_path: str, fmt: str, records: int, pooled: boo
         assert result
         before -= size  # the worker's growth counts the message it received
     else:
-        release_freed_memory(force=True)
+        release_freed_memory()
         before = _rss()
         rows = store.read_batch(0, records)
         stored = sum(len(row.body) for row in rows)
@@ -134,35 +134,3 @@ def test_a_limit_sized_batch_costs_no_more_than_the_budget_counts(limit_sized_st
     assert growth + held_meanwhile <= counted, (
         f"{fmt}: a batch of {stored / MiB:.1f} MiB stored took {(growth + held_meanwhile) / MiB:.1f} MiB, "
         f"the budget counts {counted / MiB:.1f} MiB")
-
-
-def _rss_kept_after_release(freed: int) -> tuple[int, int]:
-    """In a fresh process: free ``freed`` bytes of record-sized blocks (pinned below the heap's top, as a
-    batch's rows are by what the process keeps), call ``release_freed_memory`` as the pipeline does after a
-    batch; how much of it the process's RSS still holds, and how much it held before the call."""
-    from capture_export.export.budget import release_freed_memory, share_fewer_malloc_arenas
-
-    share_fewer_malloc_arenas()
-    release_freed_memory(force=True)
-    blocks = [bytes(3500) for _ in range(freed // 3500)]  # a batch's rows: blocks of a stored record's size
-    pin = [bytes(3500)]  # allocated after them: the heap cannot just shrink from its top
-    del blocks
-    before = _rss()
-    release_freed_memory()
-    after = _rss()
-    assert pin
-    return before, after
-
-
-@pytest.mark.parametrize(("freed", "kept"), [(8 * MiB, True), (96 * MiB, False)])
-def test_freed_memory_goes_back_only_when_there_is_much_of_it(freed: int, kept: bool) -> None:
-    """After each batch the pipeline gives freed memory back to the operating system, but only beyond a
-    slack: giving back a batch's few MiB each time made the next batch fault every page in again (measured
-    on 30,000 records: Parquet ~50 µs of CPU per record, JSON Lines ~15, in the exporting process and its
-    encode workers; benchmarks/format_throughput.py). Much freed memory (many exporters' batches) still
-    goes back at once."""
-    before, after = _in_fresh_process(_rss_kept_after_release, freed)
-    if kept:
-        assert after > before - 2 * MiB, f"{(before - after) / MiB:.0f} MiB of {freed / MiB:.0f} MiB given back"
-    else:
-        assert after < before - freed // 2, f"only {(before - after) / MiB:.0f} MiB of {freed / MiB:.0f} MiB given back"

@@ -36,7 +36,6 @@ __all__ = [
     "MIN_BUDGET_BYTES",
     "POOL_RESERVED_BYTES",
     "PROCESS_RESERVED_BYTES",
-    "TRIM_SLACK_BYTES",
     "WORKER_RESERVED_BYTES",
     "BatchCost",
     "MemoryBudget",
@@ -268,22 +267,11 @@ def memory_budget() -> MemoryBudget:
 # A batch's rows are thousands of small objects that glibc's malloc carves from its arenas; once freed, the
 # memory stays in the arena for reuse. With a dozen threads (cycles, readers, encoders) each filling its own
 # arena, the process's RSS grows to the sum of every arena's high-water mark, far above what the batches in
-# flight hold. Two glibc calls keep the RSS near what is live: fewer arenas, and trimming after each batch
-# once malloc holds more than ``TRIM_SLACK_BYTES`` freed. Below that the memory stays for the next batch:
-# trimming a batch's few MiB each time made the next one fault every page in again (measured on 30,000
-# records, benchmarks/format_throughput.py: ~50 µs of CPU per record for Parquet, ~15 for JSON Lines, in
-# the exporting process and its encode workers, and half the Parquet throughput). The slack, per process,
-# is within what ``ALLOCATOR_OVERHEAD`` allows for: under a 512Mi limit (one worker) at most 64 MiB of the
-# 104 MiB it leaves beside a 208 MiB budget. Elsewhere (musl, macOS) both do nothing.
+# flight hold. Two glibc calls keep the RSS near what is live: fewer arenas, and trimming after each batch.
+# Elsewhere (musl, macOS) both do nothing.
 
 _M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
-TRIM_SLACK_BYTES = 32 * MiB
 _libc: ctypes.CDLL | bool | None = None
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -309,24 +297,12 @@ def share_fewer_malloc_arenas(arenas: int = 2) -> None:
         libc.mallopt(_M_ARENA_MAX, arenas)
 
 
-def _freed_bytes_held(libc: ctypes.CDLL) -> int | None:
-    """The freed memory malloc holds in all its arenas (``mallinfo2``, glibc 2.33+; ~0.1 ms), or None."""
-    mallinfo2 = getattr(libc, "mallinfo2", None)
-    if mallinfo2 is None:
-        return None
-    mallinfo2.restype = _MallInfo2
-    return int(mallinfo2().fordblks)
-
-
-def release_freed_memory(*, force: bool = False) -> None:
+def release_freed_memory() -> None:
     """Give memory freed by a finished batch back to the operating system (malloc's arenas, and Arrow's
-    memory pool in a worker that wrote Parquet): malloc's once it holds more than ``TRIM_SLACK_BYTES``
-    freed (or ``force``), so that back-to-back batches reuse their pages."""
+    memory pool in a worker that wrote Parquet)."""
     libc = _glibc()
     if libc is not None:
-        held = None if force else _freed_bytes_held(libc)
-        if held is None or held > TRIM_SLACK_BYTES:
-            libc.malloc_trim(0)
+        libc.malloc_trim(0)
     # Only once pyarrow is fully imported (another thread may be importing it right now).
     pool = getattr(sys.modules.get("pyarrow"), "default_memory_pool", None)
     if pool is not None:
