@@ -1,0 +1,187 @@
+"""Where the CPU of `capture-export run --once` goes, per process and per thread of the exporting process.
+
+    .venv/bin/python benchmarks/profile_run_once.py [--records 30000] [--formats cbor-zstd,jsonl,parquet]
+                                                    [--limit 1000] [--keep]
+
+Seeds the standard records (seed 1, ~3.5 KB each) into SQLite once, starts a local S3 server (LocalS3), then
+for each format runs `capture-export run --once` as a user would (in a subprocess, start-up included)
+against a fresh copy of the store and its own prefix, through a small wrapper that records the CPU seconds
+of each thread of the exporting process when it ends. Printed per format:
+
+* wall seconds and records/s;
+* CPU per record (µs) of every process of the tree, sampled every 50 ms until it exits (the exporting
+  process, multiprocessing's resource tracker, the encode pool's fork server and workers);
+* the exporting process's user and system CPU and minor page faults (getrusage at exit), the CPU of its
+  imports, of its main thread (start-up, the S3 probes, the commits: uploads, checkpoints, state file) and
+  of its reader thread (store reads, packing rows for the pool, malloc trims); what is left is the encode
+  threads (the default format is encoded in-process) and the pool's manager and feeder threads, which
+  are still alive at exit (handing batches to the workers and taking their payloads back);
+* the 1-minute load average before and after: read the figures against it.
+
+For a function-level view of one process, py-spy works on the same command (``pip install py-spy`` into
+your own venv; ``py-spy record -r 100 -f raw --subprocesses -o out.txt -- capture-export run --once ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bench_support import add_keep_argument, require, seed_sqlite, work_directory
+
+# Run as the exporting process: capture-export's main, with each thread's CPU recorded when it ends.
+WRAPPER = r'''
+import collections, resource, sys, threading, time
+
+def run():
+    totals = collections.Counter()
+    lock = threading.Lock()
+    original = threading.Thread.run
+
+    def timed(self):
+        try:
+            original(self)
+        finally:
+            with lock:
+                totals["thread " + self.name.rstrip("0123456789_")] += time.thread_time()
+
+    threading.Thread.run = timed
+    started = time.thread_time()
+    from capture_export.cli import main
+    totals["imports (main thread)"] = time.thread_time() - started
+    code = main(sys.argv[1:])
+    totals["main thread (imports included)"] = time.thread_time() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"PROFILE user {usage.ru_utime:.3f} sys {usage.ru_stime:.3f} minflt {usage.ru_minflt}", file=sys.stderr)
+    for name, seconds in totals.items():
+        print(f"PROFILE {name}={seconds:.3f}", file=sys.stderr)
+    sys.exit(code)
+
+# The encode pool's fork server imports __main__ (this file) too: only the exporting process runs.
+if __name__ == "__main__":
+    run()
+'''
+
+MANIFEST = """\
+apiVersion: v1
+kind: Secret
+metadata: {{name: s3, namespace: default}}
+stringData: {{access_key_id: {key}, access_secret: {secret}}}
+---
+apiVersion: capture.dev/v1alpha1
+kind: S3Exporter
+metadata: {{name: bench, namespace: default}}
+spec: {{bucket: {bucket}, region: us-east-1, endpoint: "{endpoint}", secretRef: {{name: s3}}, prefix: {prefix},
+        limit: {limit}, format: {format}}}
+"""
+
+
+def _sample_tree(pid: int, seen: dict[int, tuple[str, float]], done: threading.Event) -> None:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.Error:
+        return
+    while not done.is_set():
+        try:
+            processes = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                name = _role(process.cmdline(), process.pid == pid, process.ppid() == pid)
+            except psutil.Error:
+                continue
+            seen[process.pid] = (name, times.user + times.system)
+        time.sleep(0.05)
+
+
+def _role(cmdline: list[str], exporting: bool, child: bool) -> str:
+    text = " ".join(cmdline)
+    if exporting:
+        return "exporting process (sampled until it exits)"
+    if "resource_tracker" in text:
+        return "resource tracker"
+    if "forkserver" in text and child:
+        return "fork server"
+    return "encode worker"  # forked by the fork server: its command line is the fork server's
+
+
+def profile(fmt: str, store: str, s3: object, workdir: Path, limit: int, records: int) -> None:
+    run_dir = workdir / fmt
+    run_dir.mkdir()
+    shutil.copy(store, run_dir / "store.sqlite")
+    bucket = f"profile-{fmt.replace('.', '-')}"
+    s3.create_bucket(bucket)  # type: ignore[attr-defined]
+    (run_dir / "exporter.yaml").write_text(MANIFEST.format(
+        key=s3.access_key_id, secret=s3.secret_access_key, endpoint=s3.endpoint,  # type: ignore[attr-defined]
+        bucket=bucket, prefix="profile", limit=limit, format=fmt))
+    wrapper = run_dir / "profiled_capture_export.py"
+    wrapper.write_text(WRAPPER)
+    log = run_dir / "output.log"
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    with log.open("w") as output:
+        process = subprocess.Popen([sys.executable, str(wrapper), "run", "--once", "-f", str(run_dir / "exporter.yaml"),
+                                    "--store", str(run_dir / "store.sqlite"), "--state", str(run_dir / "state.json")],
+                                   stdout=output, stderr=subprocess.STDOUT)
+        seen: dict[int, tuple[str, float]] = {}
+        done = threading.Event()
+        sampler = threading.Thread(target=_sample_tree, args=(process.pid, seen, done), daemon=True)
+        sampler.start()
+        code = process.wait()
+        done.set()
+        sampler.join()
+    wall = time.perf_counter() - started
+    text = log.read_text()
+    if code != 0:
+        print(f"{fmt}: FAILED (exit {code}):\n{text[-2000:]}")
+        return
+    print(f"{fmt}: {records:,} records in {wall:.2f}s ({records / wall:,.0f} records/s); "
+          f"load {load_before:.2f}/{os.getloadavg()[0]:.2f}")
+    for _pid, (name, seconds) in sorted(seen.items()):
+        print(f"  {name:<44} {seconds:6.2f}s {seconds / records * 1e6:7.1f} µs/record")
+    for line in text.splitlines():
+        if line.startswith("PROFILE user"):
+            fields = line.split()
+            user, system, faults = float(fields[2]), float(fields[4]), int(fields[6])
+            print(f"  exporting process at the end of main: user {user:.2f}s + sys {system:.2f}s = "
+                  f"{(user + system) / records * 1e6:.1f} µs/record; {faults:,} minor page faults")
+        elif line.startswith("PROFILE "):
+            name, seconds_text = line[len("PROFILE "):].rsplit("=", 1)
+            seconds = float(seconds_text)
+            print(f"    {name:<42} {seconds:6.2f}s {seconds / records * 1e6:7.1f} µs/record")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=30_000)
+    parser.add_argument("--formats", default="cbor-zstd,jsonl,parquet")
+    parser.add_argument("--limit", type=int, default=1000)
+    add_keep_argument(parser)
+    args = parser.parse_args()
+    formats = args.formats.split(",")
+    require("weed", "psutil", *(["pyarrow"] if "parquet" in formats else []))
+
+    from capture_export.local_s3 import LocalS3
+
+    with work_directory("capture-export-profile-", keep=args.keep) as workdir:
+        store = str(workdir / "store.sqlite")
+        seconds = seed_sqlite(store, args.records)
+        print(f"seeded {args.records:,} records in {seconds:.1f}s; {os.cpu_count()} CPUs; limit {args.limit:,}",
+              flush=True)
+        with LocalS3(workdir / "s3") as s3:
+            for fmt in formats:
+                profile(fmt, store, s3, workdir, args.limit, args.records)
+
+
+if __name__ == "__main__":
+    main()
