@@ -30,7 +30,7 @@ from ..backoff import CONTAINED_RETRY
 from ..export import ExporterId
 from ..status.conditions import get_condition, set_condition
 from ..status.exporter import Event
-from .settings import Runtime
+from .settings import DAEMON_CANCEL_SECONDS, Runtime
 
 __all__ = ["STATUS_RETRY", "Desired", "Hold", "Postpone", "ResourceWorker", "lenient_status", "sleep_until_woken"]
 
@@ -171,7 +171,12 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
         async def configure(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, patch: kopf.Patch, **_: Any) -> None:
             await cls.ensure(runtime, body).configure(body, cls.decide(spec, meta, patch))
 
-        @kopf.daemon(*resource, id="worker", cancellation_polling=1.0, registry=registry)
+        # On stop (SIGTERM, or the resource deleted), the daemon is told to stop and gets the stop timeout to
+        # end on its own: its cycle stops after the batch or chunk in flight, then it writes its status. One
+        # still running then (an upload that never answers) is cancelled. Without a backoff and a timeout,
+        # kopf leaves any daemon that is not done within a few loop iterations orphaned at once.
+        @kopf.daemon(*resource, id="worker", cancellation_backoff=runtime.config.stop_timeout,
+                     cancellation_timeout=DAEMON_CANCEL_SECONDS, cancellation_polling=1.0, registry=registry)
         async def worker(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
             await cls.ensure(runtime, body).daemon(body, stopped)
 
@@ -191,13 +196,20 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
 
     async def daemon(self, body: Mapping[str, Any], stopped: kopf.DaemonStopped) -> None:
         """The kopf daemon's body: serve until stopped, then give up what the worker holds."""
+        watcher = asyncio.ensure_future(self._note_operator_stop(stopped))
         try:
             await self.serve(body, stopped)
         finally:
+            watcher.cancel()
             try:
                 await asyncio.to_thread(self.close)
             finally:
                 self.forget()
+
+    async def _note_operator_stop(self, stopped: kopf.DaemonStopped) -> None:
+        await stopped.wait()
+        if stopped.reason is not None and kopf.DaemonStoppingReason.OPERATOR_EXITING in stopped.reason:
+            self.runtime.stopping()
 
     # -- status --------------------------------------------------------------------------------------
 
