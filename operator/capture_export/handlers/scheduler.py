@@ -30,7 +30,7 @@ from ..backoff import CONTAINED_RETRY
 from ..export import ExporterId
 from ..status.conditions import get_condition, set_condition
 from ..status.exporter import Event
-from .settings import DAEMON_CANCEL_SECONDS, Runtime
+from .settings import Runtime
 
 __all__ = ["STATUS_RETRY", "Desired", "Hold", "Postpone", "ResourceWorker", "lenient_status", "sleep_until_woken"]
 
@@ -89,6 +89,10 @@ class Postpone(Exception):
     def __init__(self, seconds: float) -> None:
         super().__init__(seconds)
         self.seconds = seconds
+
+
+class CycleLeft(Exception):
+    """The operator exits and the cycle outlived the stop timeout: the daemon ends without it."""
 
 
 class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
@@ -171,12 +175,7 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
         async def configure(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, patch: kopf.Patch, **_: Any) -> None:
             await cls.ensure(runtime, body).configure(body, cls.decide(spec, meta, patch))
 
-        # On stop (SIGTERM, or the resource deleted), the daemon is told to stop and gets the stop timeout to
-        # end on its own: its cycle stops after the batch or chunk in flight, then it writes its status. One
-        # still running then (an upload that never answers) is cancelled. Without a backoff and a timeout,
-        # kopf leaves any daemon that is not done within a few loop iterations orphaned at once.
-        @kopf.daemon(*resource, id="worker", cancellation_backoff=runtime.config.stop_timeout,
-                     cancellation_timeout=DAEMON_CANCEL_SECONDS, cancellation_polling=1.0, registry=registry)
+        @kopf.daemon(*resource, id="worker", cancellation_polling=1.0, registry=registry)
         async def worker(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
             await cls.ensure(runtime, body).daemon(body, stopped)
 
@@ -208,8 +207,32 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
 
     async def _note_operator_stop(self, stopped: kopf.DaemonStopped) -> None:
         await stopped.wait()
-        if stopped.reason is not None and kopf.DaemonStoppingReason.OPERATOR_EXITING in stopped.reason:
+        self._operator_exiting(stopped)
+
+    def _operator_exiting(self, stopped: kopf.DaemonStopped) -> bool:
+        exiting = stopped.reason is not None and kopf.DaemonStoppingReason.OPERATOR_EXITING in stopped.reason
+        if exiting:
             self.runtime.stopping()
+        return exiting
+
+    async def _finish(self, cycle: asyncio.Future[Outcome[StatusT]], stopped: kopf.DaemonStopped) -> Outcome[StatusT]:
+        """The cycle's outcome. When the operator exits meanwhile, the cycle stops after its batch or chunk, and
+        gets what remains of the stop timeout for it: kopf leaves a daemon that is not done by then orphaned.
+        The cycle still running then (an upload that never answers) is left to the cleanup. A deleted resource's
+        cycle is waited for, however long: its destination stays held until no batch of it can commit."""
+        stopping = asyncio.ensure_future(stopped.wait())
+        try:
+            await asyncio.wait({cycle, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not cycle.done() and self._operator_exiting(stopped):
+                since = self.runtime.stopping_since or time.monotonic()
+                remaining = since + self.runtime.config.stop_timeout - time.monotonic()
+                await asyncio.wait({cycle}, timeout=max(0.0, remaining))
+                if not cycle.done():
+                    cycle.cancel()  # its thread goes on; runtime.stop says so, and the exit does not wait
+                    raise CycleLeft
+            return await cycle
+        finally:
+            stopping.cancel()
 
     # -- status --------------------------------------------------------------------------------------
 
@@ -264,7 +287,10 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
                 inputs = self.inputs(body, desired)
                 if inputs != self.last_inputs or loop.time() >= self.due:
                     self.last_inputs = inputs
-                    due_in = await self._cycle(body, desired, inputs, stopped)
+                    try:
+                        due_in = await self._cycle(body, desired, inputs, stopped)
+                    except CycleLeft:
+                        return
                     self.due = loop.time() + due_in
                     continue
                 timeout = self.due - loop.time()
@@ -277,9 +303,11 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
 
         started = time.monotonic()
         try:
-            outcome = await self.run(desired, inputs, should_stop)
+            outcome = await self._finish(asyncio.ensure_future(self.run(desired, inputs, should_stop)), stopped)
         except Postpone as postponed:
             return postponed.seconds
+        except CycleLeft:
+            raise
         except Exception as exc:  # the cycle contains its own failures; this is the last line of defence
             raised = exc
             await self.write(body, lambda current: self.crashed(current, desired, raised))

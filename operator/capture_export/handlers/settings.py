@@ -53,11 +53,11 @@ USER_ANNOTATIONS = frozenset({RUN_NOW, RESET_CURSOR})
 log = logging.getLogger(__name__)
 
 
-# A worker's daemon still running at the stop timeout (awaiting a cycle that hung) is cancelled; it then
-# ends within this (it gives up its destination).
+# A worker's daemon ends at the latest at the stop timeout, leaving a cycle that hung; then it gives up its
+# destination and ends within this. kopf waits that long for each daemon (else leaves it orphaned).
 DAEMON_CANCEL_SECONDS = 3.0
-# After the batches in flight (stop_timeout), what the operator's exit takes at most: the daemons cancelled
-# then end, the stores close, kopf's teardown ends its own tasks.
+# After the batches in flight (stop_timeout), what the operator's exit takes at most: the daemons that left
+# a cycle end, the stores close, kopf's teardown ends its own tasks.
 EXIT_SECONDS = 8.0
 
 
@@ -303,6 +303,9 @@ def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
     settings.peering.standalone = config.standalone
+    # On stop, kopf waits this long for each resource's worker (ResourceWorker._finish bounds it), else leaves
+    # it orphaned; by default it waits a few loop iterations only, less than any status write takes.
+    settings.background.instant_exit_timeout = config.stop_timeout + DAEMON_CANCEL_SECONDS
     # Namespaces named exactly need no namespace list/watch (nor the RBAC for it); CRDs are scanned once.
     if config.namespaces and not any(set(ns) & set("*?[!") for ns in config.namespaces):
         settings.scanning.disabled = True
