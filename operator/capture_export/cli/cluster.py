@@ -120,7 +120,7 @@ def operator_config(args: argparse.Namespace) -> OperatorConfig:
     return config
 
 
-def import_kubernetes_without_validation() -> None:
+def _import_kubernetes_without_validation() -> None:
     """Import ``kubernetes`` without kubernetes-validate, which its dynamic client imports whenever it is
     installed (the test extra installs it; the image does not). The operator never validates through it, and
     importing it compiles ~40 grammars (rfc3987-syntax, through jsonschema): seconds of CPU, half a minute on
@@ -137,7 +137,7 @@ def import_kubernetes_without_validation() -> None:
 def cmd_operator(args: argparse.Namespace) -> int:
     import logging
 
-    import_kubernetes_without_validation()
+    _import_kubernetes_without_validation()
     import kopf
 
     from ..handlers import Runtime, run
