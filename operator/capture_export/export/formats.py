@@ -41,6 +41,7 @@ key-value metadata says ``capture_export.schema = 1``.
 from __future__ import annotations
 
 import base64
+import binascii
 import gzip
 import importlib.util
 import io
@@ -128,15 +129,29 @@ class CborZstdEncoder:
 
 
 def _rfc3339(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.tzinfo is not UTC:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.year < 1000:  # strftime does not pad the year: kept as it always was written
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is the same text, faster; "+00:00" becomes "Z".
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def _base64(value: bytes | bytearray | memoryview) -> dict[str, str]:
+    return {"$base64": binascii.b2a_base64(value, newline=False).decode("ascii")}
 
 
 def json_default(value: Any) -> Any:
     """JSON for what JSON lacks (see the module docstring)."""
+    # The types a decoded record holds (cbor2's datetimes and byte strings) first, by exact type: this
+    # runs for every timestamp and raw body of every record.
+    kind = type(value)
+    if kind is datetime:
+        return _rfc3339(value)
+    if kind is bytes:
+        return _base64(value)
     if isinstance(value, bytes | bytearray | memoryview):
-        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
+        return _base64(value)
     if isinstance(value, datetime):
         return _rfc3339(value)
     if isinstance(value, date):
@@ -180,6 +195,7 @@ _JSON = json.JSONEncoder(default=json_default, ensure_ascii=False, separators=("
 # orjson writes what JSON has natively (NaN and infinity as null, as _finite does); datetimes go through
 # json_default for the exact form above, and keys that are not strings (numbers) become strings.
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+_ORJSON_LINE_OPTIONS = _ORJSON_OPTIONS | orjson.OPT_APPEND_NEWLINE
 
 
 def _stdlib_json(value: Any) -> str:
@@ -197,6 +213,14 @@ def json_bytes(value: Any) -> bytes:
         # What orjson cannot write (integers beyond 64 bits, ...): the standard library's encoder, which
         # raises in turn when JSON cannot represent the value at all.
         return _stdlib_json(value).encode("utf-8")
+
+
+def _json_line(value: Any) -> bytes:
+    """``json_bytes(value) + b"\n"``, without copying the line to append the newline."""
+    try:
+        return orjson.dumps(value, default=json_default, option=_ORJSON_LINE_OPTIONS)
+    except TypeError:
+        return _stdlib_json(value).encode("utf-8") + b"\n"
 
 
 def to_json(value: Any) -> str:
@@ -238,7 +262,7 @@ class JsonLinesEncoder:
 
     def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
         """The records as JSON lines; ``records`` may be a generator (each is encoded as it comes)."""
-        lines = [json_bytes(record) + b"\n" for record in records]
+        lines = [_json_line(record) for record in records]
         return _compress(lines, self.compression, self.level)
 
 
