@@ -47,6 +47,7 @@ import importlib.util
 import io
 import json
 import math
+import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -249,8 +250,33 @@ def _compress(chunks: list[bytes], compression: str, level: int | None) -> bytes
     return b"".join(chunks)
 
 
+# A tag-0 date/time string as our writer stores it (cbor2, UTC): already the text the JSON carries.
+_CANONICAL_TIMESTAMP = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z").fullmatch
+
+
+def _timestamp_text(value: Any, immutable: bool) -> Any:
+    """Tag 0 decoded for JSON: a stored string that is already what ``_rfc3339`` would write is kept as it
+    is (checked to be a real time), so that no datetime is made only to be written back as the same text;
+    anything else is read by cbor2 as always (a datetime, or its error)."""
+    if not immutable and type(value) is str and _CANONICAL_TIMESTAMP(value):  # immutable: a map key
+        try:
+            datetime.fromisoformat(value)
+            return value
+        except ValueError:
+            pass
+    return cbor2.loads(b"\xc0" + cbor2.dumps(value))
+
+
+_JSON_READY_TAGS = {0: _timestamp_text}
+
+
 class JsonLinesEncoder:
     decoded = True
+
+    @staticmethod
+    def decode_record(data: bytes | memoryview) -> Any:
+        """A stored record decoded for this encoder: as ``cbor2.loads``, timestamps already as their text."""
+        return cbor2.loads(data, semantic_decoders=_JSON_READY_TAGS)
 
     def __init__(self, compression: str = "none", level: int | None = None) -> None:
         self.compression = compression
@@ -258,7 +284,7 @@ class JsonLinesEncoder:
         self.extension, self.content_type = FORMATS["jsonl"].object_type(compression)
 
     def encode(self, records: Sequence[bytes | memoryview]) -> bytes:
-        return self.encode_records(cbor2.loads(record) for record in records)
+        return self.encode_records(self.decode_record(record) for record in records)
 
     def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
         """The records as JSON lines; ``records`` may be a generator (each is encoded as it comes)."""
