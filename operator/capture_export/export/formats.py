@@ -196,7 +196,6 @@ _JSON = json.JSONEncoder(default=json_default, ensure_ascii=False, separators=("
 # orjson writes what JSON has natively (NaN and infinity as null, as _finite does); datetimes go through
 # json_default for the exact form above, and keys that are not strings (numbers) become strings.
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
-_ORJSON_LINE_OPTIONS = _ORJSON_OPTIONS | orjson.OPT_APPEND_NEWLINE
 
 
 def _stdlib_json(value: Any) -> str:
@@ -214,14 +213,6 @@ def json_bytes(value: Any) -> bytes:
         # What orjson cannot write (integers beyond 64 bits, ...): the standard library's encoder, which
         # raises in turn when JSON cannot represent the value at all.
         return _stdlib_json(value).encode("utf-8")
-
-
-def _json_line(value: Any) -> bytes:
-    """``json_bytes(value) + b"\n"``, without copying the line to append the newline."""
-    try:
-        return orjson.dumps(value, default=json_default, option=_ORJSON_LINE_OPTIONS)
-    except TypeError:
-        return _stdlib_json(value).encode("utf-8") + b"\n"
 
 
 def to_json(value: Any) -> str:
@@ -288,7 +279,10 @@ class JsonLinesEncoder:
 
     def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
         """The records as JSON lines; ``records`` may be a generator (each is encoded as it comes)."""
-        lines = [_json_line(record) for record in records]
+        # Not orjson's OPT_APPEND_NEWLINE: its output keeps the spare capacity of its buffer (measured: ~3.9x
+        # the line), which a batch holds for every line until it is joined; the copy that appends the newline
+        # is compact.
+        lines = [json_bytes(record) + b"\n" for record in records]
         return _compress(lines, self.compression, self.level)
 
 
