@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,15 @@ from capture_export.store import SQLiteStore
 from tests.support.pg import pg_cluster, pg_dsn  # noqa: F401
 
 _bucket_numbers = itertools.count(1)
+
+# Once every test has run, pytest must exit: a thread or child process that something left waiting would
+# hold the interpreter's exit for ever (CI then ends in a timeout with every test passed). After this long,
+# print where every thread waits and exit with a failure instead.
+EXIT_DEADLINE_SECONDS = 180
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    faulthandler.dump_traceback_later(EXIT_DEADLINE_SECONDS, exit=True)
 
 
 @pytest.fixture(scope="session")

@@ -254,3 +254,47 @@ def test_sealed_rows_skip_the_full_check_in_a_worker_and_the_key_never_shows(
     monkeypatch.setattr(batch, "check_foreign_record", lambda *a: pytest.fail("checked a sealed row in full"))
     encoded = batch.encode_in_worker(sent_recipe, sent_rows)
     assert encoded.rows == 120 and encoded.quarantined == [] and encoded.held is None
+
+
+def _die_after(seconds: float) -> None:
+    """A worker killed (out of memory, say) in the middle of a batch."""
+    import time
+
+    time.sleep(seconds)
+    os._exit(9)
+
+
+def test_a_batch_let_go_while_a_worker_dies_leaves_no_other_batch_waiting(seeded: SQLiteStore) -> None:
+    """A run that stops lets its read-ahead batches go while a worker of the shared pool dies: every other
+    batch still ends (an encode failure, retried) instead of waiting for ever, and the process can exit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from capture_export.export import ExportFailure
+    from capture_export.export.pipeline import start_encode
+
+    pool = EncodePool(1)
+    engine = ExportEngine(spec(format="parquet"), EXPORTER, seeded, MemoryObjectStore(), pool=pool)
+    rows = seeded.read_batch(0, 1200)
+    threads = ThreadPoolExecutor(1)
+    try:
+        pool.submit(_die_after, 1.0)
+        batches = [start_encode(engine, rows[first:first + 200], 0.0, 0.0, threads) for first in range(0, 1200, 200)]
+        batches[2][1]()  # its run stopped: the batch is let go before a worker took it
+        outcomes: list[str] = []
+
+        def wait_for_every_batch() -> None:
+            for finish, _ in batches:
+                try:
+                    finish()
+                    outcomes.append("encoded")
+                except ExportFailure as failure:
+                    outcomes.append(failure.reason)
+
+        waiter = threading.Thread(target=wait_for_every_batch, daemon=True)
+        waiter.start()
+        waiter.join(timeout=30)
+        assert not waiter.is_alive(), f"batches still waiting after the worker died: {len(outcomes)} of 6 ended"
+        assert set(outcomes) <= {"encoded", "EncodeFailed"} and "EncodeFailed" in outcomes
+    finally:
+        threads.shutdown(wait=False)
+        pool.shutdown()

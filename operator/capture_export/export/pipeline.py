@@ -113,11 +113,17 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
     future: Future[EncodedBatch]
     # A row stored as anything but bytes (a foreign writer's TEXT) fails the check in-process, where
     # it needs no packing.
+    cancel: Callable[[], object]
     if (engine.pool is not None and (len(rows) >= POOL_MIN_ROWS or engine._library_in_pool)
             and all(type(row.body) is bytes for row in rows)):
         future = engine.pool.submit(encode_in_worker, engine.recipe, PackedRows.pack(rows))
+        # A batch in the pool is never cancelled: it is encoded and dropped. CPython 3.11's process pool,
+        # when a worker dies while one of its futures is cancelled, stops failing the others half-way: the
+        # batches of every exporter behind it would wait for ever, and the process could not exit.
+        cancel = _keep_encoding
     else:
         future = threads.submit(encode_rows, engine.recipe, rows)
+        cancel = future.cancel
     del rows
 
     def encoded(done: Future[EncodedBatch]) -> None:
@@ -139,7 +145,11 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
                                 transient=True) from None
         return engine._prepared(first, encoded, read_seconds, read_cpu_seconds)
 
-    return finish, future.cancel
+    return finish, cancel
+
+
+def _keep_encoding() -> None:
+    """What letting go of a batch in the pool does: nothing (see ``start_encode``)."""
 
 
 @dataclass

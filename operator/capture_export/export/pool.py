@@ -12,7 +12,9 @@ The pool is shared by every exporter of the process and sized to the CPUs the pr
 Workers are forked from a fork server (never from the operator's process, whose threads a fork would copy
 mid-flight) that has imported the encoding code once, so they start in milliseconds and share its pages.
 A worker that dies (killed, out of memory) breaks the pool: the batch fails with a transient error and the
-next batch gets a new pool.
+next batch gets a new pool. Nothing submitted here is ever cancelled (``cancel_futures`` included): CPython
+3.11's pool, breaking while one of its futures is cancelled, leaves the futures after it pending and the
+other workers running, so that batches wait and the process waits at exit for ever.
 """
 
 from __future__ import annotations
@@ -59,8 +61,7 @@ class EncodePool:
         # Stop the workers when the process exits, also when it is itself a multiprocessing child (which
         # exits without the interpreter's shutdown hooks, and would wait for its idle workers for ever);
         # before the finalizers of the pool's own queues (priority 10), which it still needs.
-        multiprocessing.util.Finalize(executor, executor.shutdown, kwargs={"cancel_futures": True},
-                                      exitpriority=100)
+        multiprocessing.util.Finalize(executor, executor.shutdown, exitpriority=100)
         return executor
 
     def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
@@ -70,14 +71,14 @@ class EncodePool:
             try:
                 return self._executor.submit(function, *args)
             except BrokenProcessPool:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor.shutdown(wait=False)
                 self._executor = self._start()
                 return self._executor.submit(function, *args)
 
     def shutdown(self) -> None:
         with self._lock:
             if self._executor is not None:
-                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor.shutdown(wait=True)
                 self._executor = None
 
 

@@ -244,7 +244,9 @@ class IngestServer:
             log.warning("ingest: a parsing process died; starting new ones")
             broken, self._parsers = self._parsers, None
             if broken is not None:
-                broken.shutdown(wait=False, cancel_futures=True)
+                # Not cancel_futures: CPython 3.11's pool, breaking while one of its futures is cancelled,
+                # leaves the other requests' futures pending for ever (export/pool.py says more).
+                broken.shutdown(wait=False)
             self._start_parsers()
             raise StoreUnavailable("a parsing process died; nothing was stored, retry") from None
 
