@@ -7,8 +7,10 @@ and SeaweedFS; both are checked before anything starts. Its temporary directory 
 
 The operator runs exactly as in a pod: ``capture-export operator --all-namespaces`` in its own process,
 logging in through a kubeconfig that points at the emulator (tests/support/emulator.py, served over
-HTTP from a process of its own), exporting from a SQLite store to a real SeaweedFS. Reported:
+HTTP from a process of its own), exporting from a SQLite store to a real SeaweedFS. If the operator exits
+at any point the benchmark stops at once with the end of its log (``--log`` keeps all of it). Reported:
 
+* the operator's start (to its liveness endpoint) and the load average before and after;
 * time from applying N exporters to all of them Ready with their backlog exported;
 * idle CPU (% of one core) and RSS of the operator process once everything is caught up;
 * time from a spec change (``kubectl apply`` of a new ``limit``) to ``status.observedGeneration``
@@ -43,7 +45,7 @@ from tests.support.operator_harness import EmulatedCluster  # noqa: E402
 from tests.support.records import make_record  # noqa: E402
 
 from capture_export.api import GROUP, VERSION  # noqa: E402
-from capture_export.local_s3 import LocalS3, free_port  # noqa: E402
+from capture_export.local_s3 import LocalS3, free_ports  # noqa: E402
 from capture_export.store import SQLiteStore  # noqa: E402
 
 PLURAL = "s3exporters"
@@ -89,11 +91,68 @@ def kubeconfig(url: str, path: Path) -> Path:
     return path
 
 
-def wait(predicate: Any, timeout: float, what: str, interval: float = 0.005) -> float:
+# The operator's start, to its liveness endpoint, costs ~9 s of CPU (imports; in the test extra's venv the
+# kubernetes package also loads kubernetes-validate, jsonschema and rfc3987-syntax's grammar, ~3 s): at a
+# load of 6 on 2 CPUs that is ~45 s, and a minute was too short on a busier machine.
+START_TIMEOUT = 300.0
+# Ports are chosen free, then bound by the operator only once it has started: another process may take one
+# meanwhile. The operator then exits ("address already in use"), and is started again on new ports.
+START_ATTEMPTS = 3
+
+
+class Operator:
+    """``capture-export operator`` in a process of its own, logging to ``log``; every wait fails at once,
+    with the end of its log, when it has exited."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.command, self.env, self.log = command, env, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        """Start it, on fresh ports, until its liveness endpoint answers; the seconds that took."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.liveness, readiness, metrics = free_ports(3)
+            with self.log.open("ab") as log:
+                self.process = subprocess.Popen(
+                    [*self.command, "--liveness-port", str(self.liveness), "--readiness-port", str(readiness),
+                     "--metrics-port", str(metrics)], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                return wait(lambda: _healthy(self.liveness), START_TIMEOUT, "the operator's liveness endpoint",
+                            interval=0.1, operator=self)
+            except OperatorExited as exc:
+                if "address already in use" not in exc.log_tail or attempt == START_ATTEMPTS:
+                    raise SystemExit(str(exc)) from None
+                print(f"operator_scale: a port was taken before the operator bound it; starting it again "
+                      f"(attempt {attempt + 1} of {START_ATTEMPTS})", file=sys.stderr)
+        raise AssertionError("unreachable")
+
+    def check(self) -> None:
+        """Raise OperatorExited when the process has exited."""
+        assert self.process is not None
+        code = self.process.poll()
+        if code is not None:
+            raise OperatorExited(code, self.log_tail())
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+class OperatorExited(SystemExit):
+    def __init__(self, code: int, log_tail: str) -> None:
+        super().__init__(f"the operator exited (code {code}); its log ends:\n{log_tail}")
+        self.log_tail = log_tail
+
+
+def wait(predicate: Any, timeout: float, what: str, interval: float = 0.005, operator: Operator | None = None) -> float:
+    """Seconds until ``predicate()`` holds; SystemExit after ``timeout`` seconds, or (OperatorExited) as
+    soon as ``operator`` has exited."""
     started = time.monotonic()
     while not predicate():
+        if operator is not None:
+            operator.check()
         if time.monotonic() - started > timeout:
-            raise SystemExit(f"timed out after {timeout}s waiting for {what}")
+            tail = f"; the operator's log ends:\n{operator.log_tail()}" if operator is not None else ""
+            raise SystemExit(f"timed out after {timeout}s waiting for {what}{tail}")
         time.sleep(interval)
     return time.monotonic() - started
 
@@ -131,17 +190,15 @@ def main() -> None:
 
         env = dict(os.environ, KUBECONFIG=str(kubeconfig(cluster.url, tmp / "kubeconfig")))
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        log = (tmp / "operator.log").open("wb")
-        liveness, readiness, metrics = free_port(), free_port(), free_port()
         command = [str(Path(sys.executable).parent / "capture-export"), "operator", "--all-namespaces",
-                   "--store", str(tmp / "store.sqlite"), "--liveness-port", str(liveness),
-                   "--readiness-port", str(readiness), "--metrics-port", str(metrics),
-                   "--concurrency", str(args.concurrency)]
+                   "--store", str(tmp / "store.sqlite"), "--concurrency", str(args.concurrency)]
         command += ["--verbose"] if args.verbose else []
-        operator = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        process = psutil.Process(operator.pid)
+        operator = Operator(command, env, tmp / "operator.log")
+        load_before = os.getloadavg()[0]
         try:
-            wait(lambda: _healthy(liveness), 60, "the operator's liveness endpoint", interval=0.1)
+            start = operator.start()
+            assert operator.process is not None
+            process = psutil.Process(operator.process.pid)
             rss_started = process.memory_info().rss
 
             def listing() -> list[dict[str, Any]]:
@@ -160,7 +217,7 @@ def main() -> None:
                 return len(items) == n and all(
                     (item.get("status") or {}).get("cursor") == str(args.records) and _ready(item) for item in items)
 
-            wait(all_exported, 600, f"{n} exporters Ready and caught up", interval=0.25)
+            wait(all_exported, 600, f"{n} exporters Ready and caught up", interval=0.25, operator=operator)
             caught_up = time.monotonic() - started
             rss_busy = process.memory_info().rss
 
@@ -180,7 +237,7 @@ def main() -> None:
                                                              {"spec": {"limit": 500 + k}})
                 generation = body["metadata"]["generation"]
                 latencies.append(wait(lambda name=name, generation=generation: _observed(custom, name) >= generation,
-                                      60, f"{name} observedGeneration {generation}"))
+                                      60, f"{name} observedGeneration {generation}", operator=operator))
 
             # All at once.
             started = time.monotonic()
@@ -195,19 +252,19 @@ def main() -> None:
                 return all((item.get("status") or {}).get("observedGeneration", 0) >= targets[item["metadata"]["name"]]
                            for item in listing())
 
-            wait(all_observed, 300, "all observedGeneration", interval=0.05)
+            wait(all_observed, 300, "all observedGeneration", interval=0.05, operator=operator)
             burst = time.monotonic() - started
 
             stop_started = time.monotonic()
-            operator.send_signal(signal.SIGTERM)
-            operator.wait(60)
+            operator.process.send_signal(signal.SIGTERM)
+            operator.process.wait(60)
             stopped = time.monotonic() - stop_started
+            load_after = os.getloadavg()[0]
         finally:
-            if operator.poll() is None:
-                operator.kill()
-            log.close()
-            if args.log:
-                Path(args.log).write_bytes((tmp / "operator.log").read_bytes())
+            if operator.process is not None and operator.process.poll() is None:
+                operator.process.kill()
+            if args.log and operator.log.exists():
+                Path(args.log).write_bytes(operator.log.read_bytes())
             api.close()
             cluster.stop()
 
@@ -215,6 +272,8 @@ def main() -> None:
     mb = 1024 * 1024
     print(f"operator_scale: {n} S3Exporters, {args.records} records each, one operator process "
           f"(kopf {_kopf_version()}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
+    print(f"  load average (1 min): {load_before:.1f} before, {load_after:.1f} after")
+    print(f"  operator start (to /healthz):       {start:6.2f} s")
     print(f"  apply {n} exporters:                {applied:6.2f} s")
     print(f"  all Ready and exported:             {caught_up:6.2f} s after the first apply")
     print(f"  RSS: started {rss_started / mb:.0f} MB, after catch-up {rss_busy / mb:.0f} MB, "

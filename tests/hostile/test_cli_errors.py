@@ -117,10 +117,45 @@ def test_store_commands_against_a_database_that_refuses(pg_cluster: TempPostgres
             assert_one_line(result, "postgresql", secrets=(DSN_PASSWORD,))
 
 
+STORE_COMMANDS = (["seed", "--count", "10"], ["store", "init"], ["verify", "--bucket", "capture-exports"],
+                  ["restore"], ["quarantine", "list"])
+
+
 def test_store_commands_given_a_directory_as_the_sqlite_file(tmp_path: Path) -> None:
     (tmp_path / "store.sqlite").mkdir()
-    for command in (["seed", "--count", "10"], ["verify", "--bucket", "capture-exports"], ["restore"]):
-        assert_one_line(run_cli(*command, "--store", "store.sqlite", cwd=tmp_path), "store.sqlite")
+    # A relative path, and an absolute one such as `--store /tmp`: the line says it is a directory, not
+    # that it "does not exist" (it does, as a directory) or that SQLite "cannot open" it.
+    for store in ("store.sqlite", str(tmp_path)):
+        for command in STORE_COMMANDS:
+            line = assert_one_line(run_cli(*command, "--store", store, cwd=tmp_path), store, "is a directory")
+            assert "does not exist" not in line and "unable to open" not in line, line
+    assert list((tmp_path / "store.sqlite").iterdir()) == []  # nothing created inside it either
+
+
+def test_run_and_verify_given_a_directory_as_the_sqlite_file(s3_server: LocalS3, bucket: str,
+                                                             tmp_path: Path) -> None:
+    """The same mistake in a manifest (spec.store.sqlite.path) and in run's default store: the exporter's
+    status and the command's output say the path is a directory; a non-zero exit, no traceback."""
+    directory = tmp_path / "captures"
+    directory.mkdir()
+    plain = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket)
+    in_spec = write_manifest(tmp_path / "exporter-store.yaml", s3_server, bucket,
+                             extra_spec=f"  store: {{sqlite: {{path: {directory}}}}}\n")
+    for manifest, store in ((plain, ["--store", str(directory)]), (in_spec, [])):
+        state = tmp_path / f"{manifest.stem}.state.json"
+        result = run_cli("run", "--once", "-f", manifest, "--state", state, *store, cwd=tmp_path)
+        assert result.returncode != 0, result.stdout
+        output = result.stdout + result.stderr
+        assert "Traceback" not in output, output
+        assert f"{directory} is a directory" in output and "does not exist" not in output, output
+        assert s3_server.secret_access_key not in output
+        # What `status` shows: the exporter failed on its store, and says why.
+        shown = run_cli("status", "--state", state, "-o", "json", cwd=tmp_path)
+        assert f"{directory} is a directory" in shown.stdout, shown.stdout
+    line = assert_one_line(run_cli("verify", "-f", in_spec, cwd=tmp_path), str(directory), "is a directory",
+                           secrets=(s3_server.secret_access_key,))
+    assert "does not exist" not in line, line
+    assert list(directory.iterdir()) == []
 
 
 def test_status_given_a_directory_as_the_state_file(tmp_path: Path) -> None:

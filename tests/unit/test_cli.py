@@ -24,14 +24,14 @@ CLI = [sys.executable, "-m", "capture_export.cli"]
 
 def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...],
                                                                                              argparse.ArgumentParser]]:
+    """Every command below ``parser``, a group of commands (`store`, `s3`) as well as each of its own."""
     found = []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, child in action.choices.items():
+                found.append(((*path, name), child))
                 if any(isinstance(a, argparse._SubParsersAction) for a in child._actions):
                     found += _subcommands(child, (*path, name))
-                else:
-                    found.append(((*path, name), child))
     return found
 
 
@@ -46,7 +46,7 @@ COMMANDS = _subcommands(build_parser())
 def test_every_command_is_covered() -> None:
     names = {" ".join(path) for path, _ in COMMANDS}
     assert {"run", "status", "seed", "cat", "verify", "restore", "ingest", "crds", "operator", "demo",
-            "s3 serve", "store init"} <= names
+            "s3", "s3 serve", "store", "store init", "quarantine"} <= names
 
 
 @pytest.mark.parametrize(("path", "parser"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])

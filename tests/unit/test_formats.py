@@ -16,8 +16,10 @@ from pydantic import ValidationError
 
 from capture_export.api import S3ExporterSpec
 from capture_export.audit import decode_object
+from capture_export.export.format_names import FORMAT_NAMES
 from capture_export.export.formats import (
     DATA_EXTENSIONS,
+    FORMATS,
     CborZstdEncoder,
     JsonLinesEncoder,
     ParquetEncoder,
@@ -170,6 +172,15 @@ def test_every_format_extension_is_a_data_extension() -> None:
     extensions = {encoder_for("cbor-zstd").extension, encoder_for("parquet").extension}
     extensions |= {encoder_for("jsonl", c).extension for c in ("none", "gzip", "zstd")}
     assert extensions == set(DATA_EXTENSIONS)
+
+
+def test_every_format_name_has_its_encoder_and_reader() -> None:
+    # The spec's enum comes from format_names.py, the encoders from formats.py: a name without an entry
+    # would pass the CRD and fail every run.
+    assert tuple(FORMATS) == FORMAT_NAMES
+    for info in FORMATS.values():
+        assert set(info.extensions) == set(info.content_types) == set(info.compressions)
+        assert info.default_compression in info.compressions
 
 
 # -- encoders and readers -------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """What an exporter writes of each record, and how: the object ``format`` and ``compression`` (from the
-format registry), the records it exports (``filter``), and what it leaves out of them (``privacyMode``,
+format names), the records it exports (``filter``), and what it leaves out of them (``privacyMode``,
 ``redactFields``, ``stripHeaders``). Patterns, CEL rules and the checks that mirror them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from ..export.formats import COMPRESSIONS, FORMAT_NAMES, FORMATS
+from ..export.format_names import COMPRESSIONS, FORMAT_CHOICES, FORMAT_NAMES
 from .common import ApiModel, cel_rule
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
     "check_redact_paths",
 ]
 
-# The allowed values come from the format registry (export/formats.py).
+# The allowed values come from the format names (export/format_names.py).
 Format = Literal[FORMAT_NAMES]  # type: ignore[valid-type]
 Compression = Literal[COMPRESSIONS]  # type: ignore[valid-type]
 
@@ -47,8 +47,8 @@ HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 
 def _compression_rule() -> dict[str, str]:
     """The CEL rule refusing a compression a format does not have (formats with a single compression)."""
-    fixed = [info for info in FORMATS.values() if len(info.compressions) == 1]
-    others = [info.name for info in FORMATS.values() if len(info.compressions) > 1]
+    fixed = [info for info in FORMAT_CHOICES.values() if len(info.compressions) == 1]
+    others = [info.name for info in FORMAT_CHOICES.values() if len(info.compressions) > 1]
     clauses = [f"self.format != '{info.name}' || self.compression == '{info.compressions[0]}'" for info in fixed]
     rule = " && ".join(clauses if len(clauses) == 1 else [f"({clause})" for clause in clauses])
     always = ", ".join(f"format {info.name} is always {info.compressions[0]}" for info in fixed)

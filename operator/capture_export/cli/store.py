@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..api.manifests import load_manifests
-from .options import HelpFormatter, Subcommands, command, manifest_files, store_option
+from .options import Subcommands, command, command_group, manifest_files, store_option
 
 __all__ = [
     "add_quarantine",
@@ -37,9 +37,13 @@ def add_seed(sub: Subcommands) -> None:
 
 
 def add_store(sub: Subcommands) -> None:
-    store = sub.add_parser("store", help="manage a capture store (`store init` creates an empty one)",
-                           description="Manage a capture store (SQLite or PostgreSQL).", formatter_class=HelpFormatter)
-    store_sub = store.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
+    store_sub = command_group(
+        sub, "store", "manage a capture store (`store init` creates an empty one)",
+        "Manage a capture store (SQLite or PostgreSQL). `store init` creates an empty one: run, verify, restore "
+        "and quarantine never create the store they name, so that a typo cannot look like an empty store. "
+        "`capture-export store COMMAND --help` describes each, with its options and defaults.",
+        ["capture-export store init                  # the default store, .capture-export/store.sqlite",
+         "capture-export store init --store postgresql://capture@127.0.0.1:5432/capture"])
     init = command(
         store_sub, "init", "create an empty capture store; an existing store is only checked",
         "Create an empty capture store with its identity (a UUID in its capture_export_meta table, recorded in "
@@ -81,7 +85,7 @@ def add_quarantine(sub: Subcommands) -> None:
         ["capture-export quarantine list --store .capture-export/store.sqlite",
          "capture-export quarantine show 1042 --store .capture-export/store.sqlite",
          "capture-export quarantine release 1042 --body fixed.cbor --store .capture-export/store.sqlite"])
-    quarantine.add_argument("action", choices=["list", "show", "release"])
+    quarantine.add_argument("action", choices=["list", "show", "release"], help="what to do (see above)")
     quarantine.add_argument("id", type=int, nargs="?", help="record id (show, release)")
     store_option(quarantine)
     quarantine.add_argument("--body", metavar="FILE",

@@ -1,6 +1,6 @@
 """Export: one run reads batches, encodes them, writes data and checkpoint objects, advances the cursor.
 
-The names below load on first use: the API models import the format registry (export/formats.py) to
+The names below load on first use: the API models import the format names (export/format_names.py) to
 derive the spec's allowed formats, and the engine imports the API models, so importing this package
 must not import the engine at once.
 """

@@ -1,10 +1,11 @@
 """Batch encodings (``spec.format``), how to read each back, and the one registry of formats.
 
-``FORMATS`` is the registry: each format's compressions, object extensions and content types, its encoder
-and its reader. The spec's allowed ``format`` and ``compression`` values (and so the CRD enums), the key
-layout's data extensions, and what ``cat``/``verify`` can read all derive from it: a new format is one
-entry there (plus its encoder and reader here). The module is long (about 700 lines) on purpose: every
-format's encoder, reader and registry entry sit together, so adding one touches this file only.
+``FORMATS`` is the registry: each format's name and compressions (from format_names.py, where the spec's
+allowed ``format`` and ``compression`` values, and so the CRD enums, come from without importing the
+encoders), object extensions and content types, its encoder and its reader. The key layout's data
+extensions and what ``cat``/``verify`` can read derive from it: a new format is one entry in
+format_names.py and one here (plus its encoder and reader). The module is long (about 700 lines) on
+purpose: every format's encoder, reader and registry entry sit together.
 
 ``cbor-zstd`` (default, ``.cbor.zstd``): one zstd frame holding a CBOR sequence (RFC 8742) of records, as
 Aperture writes them. The encoder gets the stored CBOR bytes (with ``id`` spliced in) and never decodes.
@@ -59,6 +60,7 @@ import orjson
 import zstandard
 
 from ..store.records import decode_sequence
+from .format_names import COMPRESSIONS, FORMAT_CHOICES, FORMAT_NAMES, FormatChoice
 
 __all__ = [
     "COMPRESSIONS",
@@ -648,17 +650,13 @@ Reader = Callable[[bytes, str], Iterator[dict[str, Any]]]  # (object bytes, its 
 
 @dataclass(frozen=True)
 class FormatInfo:
-    """One value of ``spec.format``.
-
-    ``compressions``: the values ``spec.compression`` may take with it; ``default_compression`` when it is
-    omitted. ``extensions`` and ``content_types``: the object's extension and Content-Type per compression
+    """One value of ``spec.format``: its ``choice`` (name and compressions, format_names.py) and how it is
+    written and read. ``extensions`` and ``content_types``: the object's extension and Content-Type per compression
     (no Content-Encoding: clients would decompress on download and the name would lie). ``encoder`` makes
     the encoder for a compression; ``reader`` reads an object back; ``ids`` reads just the record ids when
     the format can do that more cheaply than reading whole records."""
 
-    name: str
-    compressions: tuple[str, ...]
-    default_compression: str
+    choice: FormatChoice
     extensions: Mapping[str, str]
     content_types: Mapping[str, str]
     encoder: Callable[[str], BatchEncoder]
@@ -675,6 +673,18 @@ class FormatInfo:
     library_memory: int = 0
     requires: Callable[[], None] | None = None  # raises FormatUnavailable when a package it needs is missing
 
+    @property
+    def name(self) -> str:
+        return self.choice.name
+
+    @property
+    def compressions(self) -> tuple[str, ...]:
+        return self.choice.compressions
+
+    @property
+    def default_compression(self) -> str:
+        return self.choice.default_compression
+
     def check_available(self) -> None:
         """Raise FormatUnavailable when this format cannot be written here."""
         if self.requires is not None:
@@ -689,9 +699,7 @@ FORMATS: dict[str, FormatInfo] = {
     info.name: info
     for info in (
         FormatInfo(
-            name="cbor-zstd",
-            compressions=("zstd",),
-            default_compression="zstd",
+            FORMAT_CHOICES["cbor-zstd"],
             extensions={"zstd": ".cbor.zstd"},
             content_types={"zstd": "application/zstd"},
             encoder=lambda compression: CborZstdEncoder(),
@@ -700,18 +708,14 @@ FORMATS: dict[str, FormatInfo] = {
             decoded=False,
         ),
         FormatInfo(
-            name="jsonl",
-            compressions=("none", "gzip", "zstd"),
-            default_compression="none",
+            FORMAT_CHOICES["jsonl"],
             extensions={"none": ".jsonl", "gzip": ".jsonl.gz", "zstd": ".jsonl.zst"},
             content_types={"none": "application/x-ndjson", "gzip": "application/gzip", "zstd": "application/zstd"},
             encoder=JsonLinesEncoder,
             reader=lambda data, extension: _json_lines(_decompress(data, extension)),
         ),
         FormatInfo(
-            name="parquet",
-            compressions=("none", "gzip", "zstd"),
-            default_compression="zstd",
+            FORMAT_CHOICES["parquet"],
             extensions=dict.fromkeys(("none", "gzip", "zstd"), ".parquet"),
             content_types=dict.fromkeys(("none", "gzip", "zstd"), "application/vnd.apache.parquet"),
             encoder=ParquetEncoder,
@@ -724,10 +728,6 @@ FORMATS: dict[str, FormatInfo] = {
         ),
     )
 }
-FORMAT_NAMES = tuple(FORMATS)
-# Every compression of any format: "none" first, then by name.
-COMPRESSIONS = tuple(sorted({c for info in FORMATS.values() for c in info.compressions},
-                            key=lambda c: (c != "none", c)))
 _EXTENSION_FORMATS = {ext: info for info in FORMATS.values() for ext in info.extensions.values()}
 # Every extension a data object may have, longest first, so that the extension of a key is found
 # unambiguously.

@@ -94,7 +94,6 @@ def workers_for_memory(memory_limit: int | None) -> int | None:
     None: no limit."""
     if memory_limit is None:
         return None
-    from .. import api  # noqa: F401 - before export.formats, which the API models import
     from .budget import WORKER_RESERVED_BYTES
     from .formats import FORMATS
 

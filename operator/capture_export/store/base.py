@@ -21,8 +21,8 @@ class StoreError(RuntimeError):
 
 
 class StoreNotFound(StoreError):
-    """There is no capture store where one was named (a SQLite file that does not exist, a PostgreSQL
-    database without the capture tables), and this caller may not create one: only ``seed``, the demo,
+    """There is no capture store where one was named (a SQLite file that does not exist or is a directory,
+    a PostgreSQL database without the capture tables), and this caller may not create one: only ``seed``, the demo,
     ``capture-export store init``, the ingest server and the operator's own default store at start-up
     create stores; an exporter or a policy with a typo in its store never does."""
 

@@ -43,12 +43,16 @@ def _lenient_text(data: bytes) -> str:
 class SQLiteStore:
     """A SQLite capture store. ``create``: make the file and the schema when there is none (``seed``,
     ``store init``, the demo, tests); without it a missing file, or one without a ``captures`` table, is
-    StoreNotFound and nothing is created."""
+    StoreNotFound and nothing is created. A directory where the file should be is StoreNotFound either way."""
 
     def __init__(self, path: str | Path, *, timeout: float = 30.0, create: bool = True) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
         in_memory = str(path) == IN_MEMORY
+        if not in_memory and self.path.is_dir():
+            # Neither "does not exist" nor SQLite's "unable to open database file": say what it is.
+            raise StoreNotFound(f"SQLite store {self.path} is a directory, not a SQLite file: name a file in "
+                                f"store.sqlite.path or --store (such as {self.path / 'store.sqlite'})")
         if not create and not in_memory and not self.path.is_file():
             raise StoreNotFound(f"SQLite store {self.path} does not exist (a typo in store.sqlite.path or --store?); "
                                 f"create one with `capture-export store init --store {self.path}`")
