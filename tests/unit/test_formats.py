@@ -281,3 +281,55 @@ def test_parquet_needs_pyarrow_and_says_so(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
     with pytest.raises(FormatUnavailable, match=r"capture-export\[parquet\]"):
         encoder_for("parquet")
+
+
+def _typed(value: object) -> object:
+    """A value with the type of every leaf kept, so that True and 1, 1 and 1.0, b"x" and "x" differ."""
+    if isinstance(value, dict):
+        return {key: _typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_typed(item) for item in value]
+    return (type(value).__name__, value)
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    ("timestamp", "2026-11-24"), ("ver", "2"), ("ver", 2**40), ("ver", True), ("model", 5),
+    ("api_type", ["x"]), ("duration_ms", 1.5), ("duration_ms", 2**70), ("status_code", 200.0),
+    ("identity", "alice"), ("identity.login_name", ["alice"]), ("identity.node_id", 7),
+    ("identity.tags", "tag:prod"), ("identity.tags", [1, "a"]), ("identity.extra_field", "x"), ("usage", [1, 2]),
+    ("usage.input_tokens", 1.5), ("usage.input_tokens", 2.0), ("usage.output_tokens", True),
+    ("usage.cached_tokens", "3"), ("usage.reasoning_tokens", 2**64), ("estimated_cost", 0.5),
+    ("estimated_cost.total", True), ("estimated_cost.input", "0.1"), ("estimated_cost.currency", 1),
+    ("capture", "just text"), ("capture.request", "text"), ("capture.response.raw_body", "not bytes"),
+    ("capture.request.raw_body", b"\x00\xff"), ("gateway", {"region": "eu"}),
+])
+def test_parquet_keeps_a_value_its_typed_column_cannot_hold_exactly(path: str, value: object) -> None:
+    """A value of an unexpected type (a foreign writer's, a schema drift) is never coerced into a typed
+    column (1.5 truncated to 1, "tag" split into characters, True read as 1.0, bytes as text): it comes back
+    exactly as written, from the ``extra`` column, and its neighbours keep their typed columns."""
+    records = exported(list(generate_records(4, seed=7)))
+    target = records[2]
+    *parents, leaf = path.split(".")
+    for name in parents:
+        target = target[name]
+    target[leaf] = value
+    payload = ParquetEncoder().encode_records(records)
+    back = list(decode_object(payload, "k/00000000000000000001-00000000000000000004.parquet"))
+    assert [_typed(record) for record in back] == [_typed(record) for record in records]
+
+
+@pytest.mark.parametrize(("column", "field"), [("model", None), ("identity", "login_name"),
+                                               ("estimated_cost", "currency")])
+def test_parquet_never_reads_bytes_as_text_in_a_string_column(column: str, field: str | None) -> None:
+    """Bytes where text belongs stay out of the typed column (in ``extra``), rather than decoded as text."""
+    import pyarrow.parquet as pq
+
+    records = exported(list(generate_records(4, seed=7)))
+    if field is None:
+        records[2][column] = b"gpt"
+    else:
+        records[2][column][field] = b"gpt"
+    table = pq.read_table(io.BytesIO(ParquetEncoder().encode_records(records)))
+    typed = table.column(column)[2].as_py()
+    assert (typed if field is None else typed[field]) is None
+    assert column in json.loads(table.column("extra")[2].as_py())
