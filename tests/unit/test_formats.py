@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import cbor2
@@ -216,6 +216,30 @@ def test_json_lines_survive_what_json_lacks() -> None:
     line = to_json_line(record)
     assert json.loads(line) == {"id": 1, "nan": None, "tag": {"$tag": 99, "value": "x"},
                                 "when": "2026-01-02T00:00:00.000000Z"}
+
+
+@pytest.mark.parametrize("when", [
+    datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC),  # stored as written: kept as its text
+    datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC),  # stored without microseconds
+    datetime(2026, 11, 24, 14, 0, 0, 5, tzinfo=timezone(timedelta(hours=2))),  # another offset: to UTC
+    datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),  # a year before 1000
+    cbor2.CBORTag(0, "2026-11-24T12:00:00.123456+00:00"),  # a foreign writer's string
+])
+def test_json_lines_write_every_timestamp_as_utc_with_microseconds(when: object) -> None:
+    """Rows are decoded for JSON with their timestamps straight to text: the same text as a decoded record's."""
+    record = {"id": 1, "timestamp": when, "nested": [{"at": when}], "keys": {when: 1}}
+    stored = cbor2.dumps(record, timezone=UTC)
+    decoded = cbor2.loads(stored)
+    line = JsonLinesEncoder().encode([stored])
+    assert line == to_json_line(decoded).encode() + b"\n"
+    written = json.loads(line)["timestamp"]
+    assert written == decoded["timestamp"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_json_lines_refuse_an_impossible_stored_timestamp() -> None:
+    stored = cbor2.dumps({"id": 1, "timestamp": cbor2.CBORTag(0, "2026-02-30T12:00:00.000000Z")})
+    with pytest.raises(cbor2.CBORDecodeError):
+        JsonLinesEncoder().encode([stored])
 
 
 def test_parquet_schema_is_fixed_whatever_the_batch_holds() -> None:
