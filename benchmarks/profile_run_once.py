@@ -1,7 +1,7 @@
 """Where the CPU of `capture-export run --once` goes, per process and per thread of the exporting process.
 
     .venv/bin/python benchmarks/profile_run_once.py [--records 30000] [--formats cbor-zstd,jsonl,parquet]
-                                                    [--limit 1000] [--keep]
+                                                    [--limit 1000] [--rounds 1] [--compare DIR] [--keep]
 
 Seeds the standard records (seed 1, ~3.5 KB each) into SQLite once, starts a local S3 server (LocalS3), then
 for each format runs `capture-export run --once` as a user would (in a subprocess, start-up included)
@@ -18,6 +18,13 @@ of each thread of the exporting process when it ends. Printed per format:
   are still alive at exit (handing batches to the workers and taking their payloads back);
 * the 1-minute load average before and after: read the figures against it.
 
+A case is a format, optionally the compression part of its extension, and ``+privacy`` (``jsonl.zst``,
+``jsonl.zst+privacy``).
+``--rounds N`` runs every case N times, interleaved, and prints the medians; ``--compare DIR`` runs each case
+also with the code in DIR (``git archive <commit> operator | tar -x -C DIR``, then pass DIR/operator),
+alternating with the installed code, so that a change is measured against its base on the same machine at
+the same time.
+
 For a function-level view of one process, py-spy works on the same command (``pip install py-spy`` into
 your own venv; ``py-spy record -r 100 -f raw --subprocesses -o out.txt -- capture-export run --once ...``).
 """
@@ -27,8 +34,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -78,8 +87,23 @@ apiVersion: capture.dev/v1alpha1
 kind: S3Exporter
 metadata: {{name: bench, namespace: default}}
 spec: {{bucket: {bucket}, region: us-east-1, endpoint: "{endpoint}", secretRef: {{name: s3}}, prefix: {prefix},
-        limit: {limit}, format: {format}}}
+        limit: {limit}, format: {format}, compression: {compression}, privacyMode: {privacy}}}
 """
+
+
+def _case(name: str) -> tuple[str, str, bool]:
+    """(format, compression, privacy mode) of a case: a format, its object extension (``jsonl.zst``,
+    ``jsonl.gz``) telling the compression, ``+privacy``."""
+    from capture_export import api  # noqa: F401 - before export.formats, which the API models import
+    from capture_export.export.formats import FORMATS
+
+    base, privacy = name.removesuffix("+privacy"), name.endswith("+privacy")
+    fmt, _, extension = base.partition(".")
+    info = FORMATS[fmt]
+    compression = info.default_compression
+    if extension:
+        compression = next(c for c, e in info.extensions.items() if e == f".{fmt}.{extension}")
+    return fmt, compression, privacy
 
 
 def _sample_tree(pid: int, seen: dict[int, tuple[str, float]], done: threading.Event) -> None:
@@ -104,10 +128,13 @@ def _sample_tree(pid: int, seen: dict[int, tuple[str, float]], done: threading.E
         time.sleep(0.05)
 
 
+_EXPORTING = "exporting process (sampled until it exits)"
+
+
 def _role(cmdline: list[str], exporting: bool, child: bool) -> str:
     text = " ".join(cmdline)
     if exporting:
-        return "exporting process (sampled until it exits)"
+        return _EXPORTING
     if "resource_tracker" in text:
         return "resource tracker"
     if "forkserver" in text and child:
@@ -115,24 +142,31 @@ def _role(cmdline: list[str], exporting: bool, child: bool) -> str:
     return "encode worker"  # forked by the fork server: its command line is the fork server's
 
 
-def profile(fmt: str, store: str, s3: object, workdir: Path, limit: int, records: int) -> None:
-    run_dir = workdir / fmt
-    run_dir.mkdir()
+def profile(case: str, store: str, s3: object, workdir: Path, limit: int, records: int,
+            code_path: str | None = None, label: str = "") -> dict[str, float] | None:
+    """Run one case; the tree's CPU seconds per role (summed), or None when it failed. ``code_path``: run
+    the capture_export found there instead of the installed one (PYTHONPATH), e.g. an older commit's."""
+    fmt, compression, privacy = _case(case)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{case}-", dir=workdir))
     shutil.copy(store, run_dir / "store.sqlite")
-    bucket = f"profile-{fmt.replace('.', '-')}"
+    bucket = run_dir.name.lower().replace(".", "-").replace("+", "-").replace("_", "-")
     s3.create_bucket(bucket)  # type: ignore[attr-defined]
     (run_dir / "exporter.yaml").write_text(MANIFEST.format(
         key=s3.access_key_id, secret=s3.secret_access_key, endpoint=s3.endpoint,  # type: ignore[attr-defined]
-        bucket=bucket, prefix="profile", limit=limit, format=fmt))
+        bucket=bucket, prefix="profile", limit=limit, format=fmt,
+        compression=compression, privacy=str(privacy).lower()))
     wrapper = run_dir / "profiled_capture_export.py"
     wrapper.write_text(WRAPPER)
     log = run_dir / "output.log"
+    environment = dict(os.environ)
+    if code_path is not None:
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, (code_path, environment.get("PYTHONPATH"))))
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     with log.open("w") as output:
         process = subprocess.Popen([sys.executable, str(wrapper), "run", "--once", "-f", str(run_dir / "exporter.yaml"),
                                     "--store", str(run_dir / "store.sqlite"), "--state", str(run_dir / "state.json")],
-                                   stdout=output, stderr=subprocess.STDOUT)
+                                   stdout=output, stderr=subprocess.STDOUT, env=environment)
         seen: dict[int, tuple[str, float]] = {}
         done = threading.Event()
         sampler = threading.Thread(target=_sample_tree, args=(process.pid, seen, done), daemon=True)
@@ -142,10 +176,15 @@ def profile(fmt: str, store: str, s3: object, workdir: Path, limit: int, records
         sampler.join()
     wall = time.perf_counter() - started
     text = log.read_text()
+    name = f"{case}{label}"
     if code != 0:
-        print(f"{fmt}: FAILED (exit {code}):\n{text[-2000:]}")
-        return
-    print(f"{fmt}: {records:,} records in {wall:.2f}s ({records / wall:,.0f} records/s); "
+        print(f"{name}: FAILED (exit {code}):\n{text[-2000:]}")
+        return None
+    totals: dict[str, float] = {"wall": wall}
+    for _pid, (role, seconds) in seen.items():
+        totals[role] = totals.get(role, 0.0) + seconds
+        totals["tree"] = totals.get("tree", 0.0) + seconds
+    print(f"{name}: {records:,} records in {wall:.2f}s ({records / wall:,.0f} records/s); "
           f"load {load_before:.2f}/{os.getloadavg()[0]:.2f}")
     for _pid, (name, seconds) in sorted(seen.items()):
         print(f"  {name:<44} {seconds:6.2f}s {seconds / records * 1e6:7.1f} µs/record")
@@ -159,6 +198,7 @@ def profile(fmt: str, store: str, s3: object, workdir: Path, limit: int, records
             name, seconds_text = line[len("PROFILE "):].rsplit("=", 1)
             seconds = float(seconds_text)
             print(f"    {name:<42} {seconds:6.2f}s {seconds / records * 1e6:7.1f} µs/record")
+    return totals
 
 
 def main() -> None:
@@ -166,10 +206,14 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=30_000)
     parser.add_argument("--formats", default="cbor-zstd,jsonl,parquet")
     parser.add_argument("--limit", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=1, help="run every case this many times, interleaved")
+    parser.add_argument("--compare", metavar="DIR", help="also run every case with the capture_export package "
+                        "found in DIR (e.g. `git archive <commit> operator | tar -x -C DIR`, then DIR/operator), "
+                        "alternating with the installed one")
     add_keep_argument(parser)
     args = parser.parse_args()
     formats = args.formats.split(",")
-    require("weed", "psutil", *(["pyarrow"] if "parquet" in formats else []))
+    require("weed", "psutil", *(["pyarrow"] if any(f.startswith("parquet") for f in formats) else []))
 
     from capture_export.local_s3 import LocalS3
 
@@ -178,9 +222,27 @@ def main() -> None:
         seconds = seed_sqlite(store, args.records)
         print(f"seeded {args.records:,} records in {seconds:.1f}s; {os.cpu_count()} CPUs; limit {args.limit:,}",
               flush=True)
+        versions: list[tuple[str | None, str]] = [(None, "")]
+        if args.compare:
+            versions.append((args.compare, f" [{args.compare}]"))
+        results: dict[str, list[dict[str, float]]] = {}
         with LocalS3(workdir / "s3") as s3:
-            for fmt in formats:
-                profile(fmt, store, s3, workdir, args.limit, args.records)
+            for round_number in range(args.rounds):
+                for fmt in formats:
+                    # Alternate which version goes first, so that neither always runs on the warmer machine.
+                    for code_path, label in versions if round_number % 2 == 0 else versions[::-1]:
+                        totals = profile(fmt, store, s3, workdir, args.limit, args.records, code_path, label)
+                        if totals is not None:
+                            results.setdefault(fmt + label, []).append(totals)
+        if args.rounds > 1 or args.compare:
+            print("\nmedian of the runs, µs per record (CPU of the whole tree; of the exporting process; of the "
+                  "encode workers) and records/s:")
+            for name, runs in results.items():
+                def median(key: str, runs: list[dict[str, float]] = runs) -> float:
+                    return statistics.median(run.get(key, 0.0) for run in runs) / args.records * 1e6
+                rate = statistics.median(args.records / run["wall"] for run in runs)
+                print(f"  {name:<44} tree {median('tree'):6.1f}  exporting {median(_EXPORTING):6.1f}  "
+                      f"workers {median('encode worker'):6.1f}  {rate:8,.0f} records/s  ({len(runs)} runs)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import cbor2
@@ -218,6 +218,30 @@ def test_json_lines_survive_what_json_lacks() -> None:
                                 "when": "2026-01-02T00:00:00.000000Z"}
 
 
+@pytest.mark.parametrize("when", [
+    datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC),  # stored as written: kept as its text
+    datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC),  # stored without microseconds
+    datetime(2026, 11, 24, 14, 0, 0, 5, tzinfo=timezone(timedelta(hours=2))),  # another offset: to UTC
+    datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),  # a year before 1000
+    cbor2.CBORTag(0, "2026-11-24T12:00:00.123456+00:00"),  # a foreign writer's string
+])
+def test_json_lines_write_every_timestamp_as_utc_with_microseconds(when: object) -> None:
+    """Rows are decoded for JSON with their timestamps straight to text: the same text as a decoded record's."""
+    record = {"id": 1, "timestamp": when, "nested": [{"at": when}], "keys": {when: 1}}
+    stored = cbor2.dumps(record, timezone=UTC)
+    decoded = cbor2.loads(stored)
+    line = JsonLinesEncoder().encode([stored])
+    assert line == to_json_line(decoded).encode() + b"\n"
+    written = json.loads(line)["timestamp"]
+    assert written == decoded["timestamp"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_json_lines_refuse_an_impossible_stored_timestamp() -> None:
+    stored = cbor2.dumps({"id": 1, "timestamp": cbor2.CBORTag(0, "2026-02-30T12:00:00.000000Z")})
+    with pytest.raises(cbor2.CBORDecodeError):
+        JsonLinesEncoder().encode([stored])
+
+
 def test_parquet_schema_is_fixed_whatever_the_batch_holds() -> None:
     import pyarrow.parquet as pq
 
@@ -257,3 +281,55 @@ def test_parquet_needs_pyarrow_and_says_so(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
     with pytest.raises(FormatUnavailable, match=r"capture-export\[parquet\]"):
         encoder_for("parquet")
+
+
+def _typed(value: object) -> object:
+    """A value with the type of every leaf kept, so that True and 1, 1 and 1.0, b"x" and "x" differ."""
+    if isinstance(value, dict):
+        return {key: _typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_typed(item) for item in value]
+    return (type(value).__name__, value)
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    ("timestamp", "2026-11-24"), ("ver", "2"), ("ver", 2**40), ("ver", True), ("model", 5),
+    ("api_type", ["x"]), ("duration_ms", 1.5), ("duration_ms", 2**70), ("status_code", 200.0),
+    ("identity", "alice"), ("identity.login_name", ["alice"]), ("identity.node_id", 7),
+    ("identity.tags", "tag:prod"), ("identity.tags", [1, "a"]), ("identity.extra_field", "x"), ("usage", [1, 2]),
+    ("usage.input_tokens", 1.5), ("usage.input_tokens", 2.0), ("usage.output_tokens", True),
+    ("usage.cached_tokens", "3"), ("usage.reasoning_tokens", 2**64), ("estimated_cost", 0.5),
+    ("estimated_cost.total", True), ("estimated_cost.input", "0.1"), ("estimated_cost.currency", 1),
+    ("capture", "just text"), ("capture.request", "text"), ("capture.response.raw_body", "not bytes"),
+    ("capture.request.raw_body", b"\x00\xff"), ("gateway", {"region": "eu"}),
+])
+def test_parquet_keeps_a_value_its_typed_column_cannot_hold_exactly(path: str, value: object) -> None:
+    """A value of an unexpected type (a foreign writer's, a schema drift) is never coerced into a typed
+    column (1.5 truncated to 1, "tag" split into characters, True read as 1.0, bytes as text): it comes back
+    exactly as written, from the ``extra`` column, and its neighbours keep their typed columns."""
+    records = exported(list(generate_records(4, seed=7)))
+    target = records[2]
+    *parents, leaf = path.split(".")
+    for name in parents:
+        target = target[name]
+    target[leaf] = value
+    payload = ParquetEncoder().encode_records(records)
+    back = list(decode_object(payload, "k/00000000000000000001-00000000000000000004.parquet"))
+    assert [_typed(record) for record in back] == [_typed(record) for record in records]
+
+
+@pytest.mark.parametrize(("column", "field"), [("model", None), ("identity", "login_name"),
+                                               ("estimated_cost", "currency")])
+def test_parquet_never_reads_bytes_as_text_in_a_string_column(column: str, field: str | None) -> None:
+    """Bytes where text belongs stay out of the typed column (in ``extra``), rather than decoded as text."""
+    import pyarrow.parquet as pq
+
+    records = exported(list(generate_records(4, seed=7)))
+    if field is None:
+        records[2][column] = b"gpt"
+    else:
+        records[2][column][field] = b"gpt"
+    table = pq.read_table(io.BytesIO(ParquetEncoder().encode_records(records)))
+    typed = table.column(column)[2].as_py()
+    assert (typed if field is None else typed[field]) is None
+    assert column in json.loads(table.column("extra")[2].as_py())

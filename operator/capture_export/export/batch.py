@@ -26,7 +26,7 @@ import gc
 import hmac
 import time
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -216,10 +216,11 @@ def encode_batch(rows: Sequence[StoredRecord], seal: RecordSeal | None = None,
     return out
 
 
-def _decoded(checked: Sequence[CheckedRow]) -> Iterator[dict[str, Any]]:
-    """Each checked row's record, decoded once, ``id`` first."""
+def _decoded(checked: Sequence[CheckedRow], loads: Callable[[Any], Any] = cbor2.loads) -> Iterator[dict[str, Any]]:
+    """Each checked row's record, decoded once (by ``loads``: the encoder's own decoding when it has one),
+    ``id`` first."""
     for item in checked:
-        body = item.record if item.record is not None else cbor2.loads(item.body)
+        body = item.record if item.record is not None else loads(item.body)
         record = {"id": item.row.id}
         record.update(body)
         yield record
@@ -262,7 +263,7 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
         else:
             def kept() -> Iterator[dict[str, Any]]:
                 nonlocal exported
-                for record in _decoded(checked):
+                for record in _decoded(checked, getattr(encoder, "decode_record", cbor2.loads)):
                     if transform.accepts(record):
                         exported += 1
                         yield transform.rewrite(record)

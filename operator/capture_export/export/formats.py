@@ -42,15 +42,19 @@ key-value metadata says ``capture_export.schema = 1``.
 from __future__ import annotations
 
 import base64
+import binascii
 import gzip
 import importlib.util
 import io
 import json
 import math
+import operator
+import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from itertools import chain
 from typing import Any, Protocol
 
 import cbor2
@@ -130,15 +134,29 @@ class CborZstdEncoder:
 
 
 def _rfc3339(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.tzinfo is not UTC:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.year < 1000:  # strftime does not pad the year: kept as it always was written
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is the same text, faster; "+00:00" becomes "Z".
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def _base64(value: bytes | bytearray | memoryview) -> dict[str, str]:
+    return {"$base64": binascii.b2a_base64(value, newline=False).decode("ascii")}
 
 
 def json_default(value: Any) -> Any:
     """JSON for what JSON lacks (see the module docstring)."""
+    # The types a decoded record holds (cbor2's datetimes and byte strings) first, by exact type: this
+    # runs for every timestamp and raw body of every record.
+    kind = type(value)
+    if kind is datetime:
+        return _rfc3339(value)
+    if kind is bytes:
+        return _base64(value)
     if isinstance(value, bytes | bytearray | memoryview):
-        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
+        return _base64(value)
     if isinstance(value, datetime):
         return _rfc3339(value)
     if isinstance(value, date):
@@ -227,8 +245,33 @@ def _compress(chunks: list[bytes], compression: str, level: int | None) -> bytes
     return b"".join(chunks)
 
 
+# A tag-0 date/time string as our writer stores it (cbor2, UTC): already the text the JSON carries.
+_CANONICAL_TIMESTAMP = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z").fullmatch
+
+
+def _timestamp_text(value: Any, immutable: bool) -> Any:
+    """Tag 0 decoded for JSON: a stored string that is already what ``_rfc3339`` would write is kept as it
+    is (checked to be a real time), so that no datetime is made only to be written back as the same text;
+    anything else is read by cbor2 as always (a datetime, or its error)."""
+    if not immutable and type(value) is str and _CANONICAL_TIMESTAMP(value):  # immutable: a map key
+        try:
+            datetime.fromisoformat(value)
+            return value
+        except ValueError:
+            pass
+    return cbor2.loads(b"\xc0" + cbor2.dumps(value))
+
+
+_JSON_READY_TAGS = {0: _timestamp_text}
+
+
 class JsonLinesEncoder:
     decoded = True
+
+    @staticmethod
+    def decode_record(data: bytes | memoryview) -> Any:
+        """A stored record decoded for this encoder: as ``cbor2.loads``, timestamps already as their text."""
+        return cbor2.loads(data, semantic_decoders=_JSON_READY_TAGS)
 
     def __init__(self, compression: str = "none", level: int | None = None) -> None:
         self.compression = compression
@@ -236,10 +279,13 @@ class JsonLinesEncoder:
         self.extension, self.content_type = FORMATS["jsonl"].object_type(compression)
 
     def encode(self, records: Sequence[bytes | memoryview]) -> bytes:
-        return self.encode_records(cbor2.loads(record) for record in records)
+        return self.encode_records(self.decode_record(record) for record in records)
 
     def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
         """The records as JSON lines; ``records`` may be a generator (each is encoded as it comes)."""
+        # Not orjson's OPT_APPEND_NEWLINE: its output keeps the spare capacity of its buffer (measured: ~3.9x
+        # the line), which a batch holds for every line until it is joined; the copy that appends the newline
+        # is compact.
         lines = [json_bytes(record) + b"\n" for record in records]
         return _compress(lines, self.compression, self.level)
 
@@ -357,7 +403,27 @@ _CLEAN_TYPES: dict[type, frozenset[type]] = {
     int: frozenset({int, _NONE}), str: frozenset({str, _NONE}), float: frozenset({float, int, _NONE}),
     list: frozenset({list, _NONE}),
 }
+_DICT_OR_NONE = frozenset({dict, _NONE})
+# The types every value of a struct may take for Arrow to build the struct straight from the records' dicts.
+# Arrow refuses text in a number field and a number or a list in a text field (the struct is then built
+# value by value), but it would coerce what these sets leave out: a float or a bool into an integer, a bool
+# into a double, bytes into text. A list field is checked on its own (Arrow would split a string into its
+# characters).
+_STRUCT_CLEAN_TYPES: dict[str, frozenset[type]] = {
+    name: frozenset().union(*(_CLEAN_TYPES[kind] for kind in fields.values())) for name, fields in _STRUCTS.items()
+}
 _KNOWN_FIELDS = frozenset({"id", "timestamp", "capture", *_SCALARS, *_STRUCTS})
+# The fields the typed columns come from, fetched from each record in one call (every record the gateway
+# writes has all of them; a record that lacks one takes the slower way, field by field).
+_COLUMN_FIELDS = ("id", "timestamp", *_SCALARS, *_STRUCTS, "capture")
+_column_values = operator.itemgetter(*_COLUMN_FIELDS)
+# Columns with few distinct values, worth a dictionary encoding; the others (ids, times, bodies, the capture)
+# are all but unique per record, where building a dictionary only to drop it costs time.
+_DICTIONARY_COLUMNS = ["ver", "identity.login_name", "identity.node_id", "identity.tags.list.element", "model",
+                       "api_type", "estimated_cost.currency", "session_id", "path", "status_code"]
+# Columns without min/max statistics: nobody filters on them, and each page's statistics would hold two whole
+# captures or bodies (3.5% of the file for the standard records).
+_NO_STATISTICS = frozenset({"capture", "raw_request_body", "raw_response_body", "extra"})
 # Records per row group: a chunk is decoded, built into Arrow arrays and written before the next, so a batch
 # of 10,000 records never holds more than this many records decoded or uncompressed.
 PARQUET_CHUNK = 1000
@@ -377,8 +443,10 @@ class _Extras:
 
 
 class ParquetEncoder:
-    """Records to Parquet column by column: each column's values are gathered and handed to Arrow whole;
-    only a column holding a value of an unexpected type is checked value by value."""
+    """Records to Parquet column by column: one pass takes every typed field of every record (in C, by
+    ``operator.itemgetter``), each column is checked as a whole by the types it holds and handed to Arrow
+    whole (structs straight from the records' dicts); only a column holding a value of an unexpected type
+    is checked value by value, its misfits going to ``extra``."""
 
     decoded = True
 
@@ -387,6 +455,8 @@ class ParquetEncoder:
         self.schema = parquet_schema()
         self.compression = compression
         self.extension, self.content_type = FORMATS["parquet"].object_type(compression)
+        self.statistics = [path for path in _leaf_paths(self.pa, self.schema)
+                           if path.split(".")[0] not in _NO_STATISTICS]
 
     def encode(self, records: Sequence[bytes | memoryview]) -> bytes:
         return self.encode_records(cbor2.loads(record) for record in records)
@@ -398,7 +468,8 @@ class ParquetEncoder:
         import pyarrow.parquet as pq
 
         sink = self.pa.BufferOutputStream()
-        with pq.ParquetWriter(sink, self.schema, compression=self.compression, write_statistics=True) as writer:
+        with pq.ParquetWriter(sink, self.schema, compression=self.compression, write_statistics=self.statistics,
+                              use_dictionary=_DICTIONARY_COLUMNS) as writer:
             chunk: list[Mapping[str, Any]] = []
             for record in records:
                 chunk.append(record)
@@ -413,35 +484,41 @@ class ParquetEncoder:
     def record_batch(self, records: Sequence[Mapping[str, Any]]) -> Any:
         pa, schema = self.pa, self.schema
         extras = _Extras(len(records))
-        arrays: dict[str, Any] = {"id": pa.array([record["id"] for record in records], pa.int64())}
-        arrays["timestamp"] = self._timestamps([record.get("timestamp") for record in records], extras)
+        try:
+            columns = list(zip(*map(_column_values, records), strict=True))
+            complete = True
+        except KeyError:  # a record without some field (estimated_cost when unknown): null in its column
+            columns = list(zip(*map(_typed_fields, records), strict=True))
+            complete = False
+        if not columns:
+            columns = [() for _ in _COLUMN_FIELDS]
+        values = dict(zip(_COLUMN_FIELDS, columns, strict=True))
+        arrays: dict[str, Any] = {"id": pa.array(values["id"], pa.int64())}
+        arrays["timestamp"] = self._timestamps(values["timestamp"], extras)
         for name, kind in _SCALARS.items():
-            arrays[name] = self._column([record.get(name) for record in records], kind, name,
-                                        schema.field(name).type, extras)
+            arrays[name] = self._column(values[name], kind, name, schema.field(name).type, extras)
         for name, fields in _STRUCTS.items():
-            arrays[name] = self._struct_column([record.get(name) for record in records], fields, name,
-                                               schema.field(name).type, extras)
-        captures, raw_requests, raw_responses = [], [], []
-        for record in records:
-            capture, raw_request, raw_response = _split_raw(record.get("capture"))
-            captures.append(None if capture is None else json_bytes(capture))
-            raw_requests.append(raw_request)
-            raw_responses.append(raw_response)
+            arrays[name] = self._struct_column(values[name], fields, name, schema.field(name).type, extras)
+        captures, raw_requests, raw_responses = _captures(values["capture"])
         arrays["capture"] = pa.array(captures, pa.binary()).view(pa.string())  # orjson writes UTF-8
         arrays["raw_request_body"] = pa.array(raw_requests, pa.binary())
         arrays["raw_response_body"] = pa.array(raw_responses, pa.binary())
-        for index, record in enumerate(records):
-            if record.keys() - _KNOWN_FIELDS:
-                extra = extras[index]
-                for key, value in record.items():
-                    if key not in _KNOWN_FIELDS:
-                        extra[str(key)] = value
+        # A record holding every typed field holds another one exactly when it has more fields than those.
+        if (set(map(len, records)) != {len(_KNOWN_FIELDS)} if complete
+                else not set(chain.from_iterable(records)) <= _KNOWN_FIELDS):
+            for index, record in enumerate(records):
+                if record.keys() - _KNOWN_FIELDS:
+                    extra = extras[index]
+                    for key, value in record.items():
+                        if key not in _KNOWN_FIELDS:
+                            extra[str(key)] = value
         arrays["extra"] = pa.array([None if extra is None else json_bytes(extra) for extra in extras.of],
                                    pa.binary()).view(pa.string())
         return pa.RecordBatch.from_arrays([arrays[name] for name in schema.names], schema=schema)
 
-    def _timestamps(self, values: list[Any], extras: _Extras) -> Any:
+    def _timestamps(self, values: Sequence[Any], extras: _Extras) -> Any:
         if not set(map(type, values)) <= {datetime, _NONE}:
+            values = list(values)
             for index, value in enumerate(values):
                 if value is not None and not isinstance(value, datetime):
                     extras[index]["timestamp"] = value
@@ -449,13 +526,14 @@ class ParquetEncoder:
         # Arrow takes aware datetimes to UTC and naive ones as UTC, as the exported records mean them.
         return self.pa.array(values, self.pa.timestamp("us", tz="UTC"))
 
-    def _column(self, values: list[Any], kind: type, name: str, arrow_type: Any, extras: _Extras) -> Any:
+    def _column(self, values: Sequence[Any], kind: type, name: str, arrow_type: Any, extras: _Extras) -> Any:
         """A typed column; a value it cannot hold goes to the record's extra under ``name``."""
         if set(map(type, values)) <= _CLEAN_TYPES[kind] and (kind is not list or _all_strings(values)):
             try:
                 return self.pa.array(values, arrow_type)
             except (OverflowError, self.pa.ArrowInvalid):
                 pass  # an integer out of the column's range: checked one by one below
+        values = list(values)
         for index, value in enumerate(values):
             if value is not None and not _fits(value, kind, name):
                 extras[index][name] = value
@@ -464,19 +542,19 @@ class ParquetEncoder:
                 values[index] = float(value)
         return self.pa.array(values, arrow_type)
 
-    def _struct_column(self, values: list[Any], fields: dict[str, type], name: str, arrow_type: Any,
+    def _struct_column(self, values: Sequence[Any], fields: dict[str, type], name: str, arrow_type: Any,
                        extras: _Extras) -> Any:
         pa = self.pa
-        if set(map(type, values)) <= {dict, _NONE} and all(value.keys() <= fields.keys() for value in values
-                                                           if value is not None):
-            try:
-                children = [self._clean_column([value.get(field) if value is not None else None for value in values],
-                                               kind, arrow_type.field(field).type)
-                            for field, kind in fields.items()]
-                mask = pa.array([value is None for value in values], pa.bool_())
-                return pa.StructArray.from_arrays(children, fields=list(arrow_type), mask=mask)
-            except _Unclean:
-                pass
+        if set(map(type, values)) <= _DICT_OR_NONE:
+            present = [value for value in values if value]
+            if (set(chain.from_iterable(present)) <= fields.keys()
+                    and set(map(type, chain.from_iterable(map(dict.values, present)))) <= _STRUCT_CLEAN_TYPES[name]
+                    and all(_clean_list([value.get(field) for value in present])
+                            for field, kind in fields.items() if kind is list)):
+                try:
+                    return pa.array(values, arrow_type)
+                except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
+                    pass  # a value in the wrong field (text for a number, ...): value by value below
         rows = []
         for index, value in enumerate(values):
             extra: dict[str, Any] = {}
@@ -485,21 +563,64 @@ class ParquetEncoder:
                 extras[index].update(extra)
         return pa.array(rows, arrow_type)
 
-    def _clean_column(self, values: list[Any], kind: type, arrow_type: Any) -> Any:
-        """A struct's child column when every value fits as it is; raises _Unclean otherwise."""
-        if not set(map(type, values)) <= _CLEAN_TYPES[kind] or (kind is list and not _all_strings(values)):
-            raise _Unclean
-        try:
-            return self.pa.array(values, arrow_type)
-        except (OverflowError, self.pa.ArrowInvalid):
-            raise _Unclean from None
+
+def _leaf_paths(pa: Any, schema: Any) -> list[str]:
+    """The Parquet column paths of an Arrow schema's leaves (a list's items: ``<name>.list.element``)."""
+    def path(name: str, arrow_type: Any) -> str:
+        return f"{name}.list.element" if pa.types.is_list(arrow_type) else name
+
+    paths = []
+    for field in schema:
+        if pa.types.is_struct(field.type):
+            paths += [path(f"{field.name}.{child.name}", child.type) for child in field.type]
+        else:
+            paths.append(path(field.name, field.type))
+    return paths
 
 
-class _Unclean(Exception):
-    """A struct column holds a value of an unexpected type: it is built value by value."""
+def _typed_fields(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """``_column_values(record)`` for a record that may lack some fields (None for those), but ``id``."""
+    try:
+        return _column_values(record)  # type: ignore[no-any-return]
+    except KeyError:
+        record["id"]  # a record without an id cannot be written: KeyError, as before
+        return tuple(map(record.get, _COLUMN_FIELDS))
 
 
-def _all_strings(lists: list[Any]) -> bool:
+def _captures(values: Sequence[Any]) -> tuple[list[bytes | None], list[bytes | None], list[bytes | None]]:
+    """The capture column (JSON of each capture without its raw bodies) and the raw body columns. A capture
+    without raw bodies (most) is written as it is, not copied first."""
+    captures: list[bytes | None] = []
+    raw_requests: list[bytes | None] = []
+    raw_responses: list[bytes | None] = []
+    for capture in values:
+        if capture is None:
+            captures.append(None)
+            raw_requests.append(None)
+            raw_responses.append(None)
+            continue
+        if type(capture) is dict and not (_may_hold_raw(capture.get("request"))
+                                          or _may_hold_raw(capture.get("response"))):
+            raw_request = raw_response = None
+        else:
+            capture, raw_request, raw_response = _split_raw(capture)
+        captures.append(json_bytes(capture))
+        raw_requests.append(raw_request)
+        raw_responses.append(raw_response)
+    return captures, raw_requests, raw_responses
+
+
+def _may_hold_raw(part: Any) -> bool:
+    if type(part) is dict:
+        return isinstance(part.get("raw_body"), bytes)
+    return isinstance(part, Mapping)
+
+
+def _clean_list(lists: list[Any]) -> bool:
+    return set(map(type, lists)) <= _CLEAN_TYPES[list] and _all_strings(lists)
+
+
+def _all_strings(lists: Sequence[Any]) -> bool:
     return all(type(item) is str for items in lists if items is not None for item in items)
 
 

@@ -1,0 +1,36 @@
+"""``encode_rows`` once on the first N records of a SQLite store, for counting its instructions (issue 13).
+
+    .venv/bin/python benchmarks/encode_rows_once.py STORE CASE N
+
+CASE: ``jsonl``, ``jsonl.zst``, ``jsonl+privacy``, ``jsonl.zst+privacy``. Run it under valgrind with N and
+with 0 (the set-up alone: imports, the read, a warm-up batch of 10) and divide the difference by N: the
+instructions per record, which the load of a shared machine does not move (time does, by ±10%):
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python benchmarks/encode_rows_once.py \\
+        store.sqlite jsonl 1000 2>&1 | grep Collected
+
+A store of the standard records: ``capture-export seed --store store.sqlite --count 5000 --seed 1``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    store_path, case, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    from capture_export.export.batch import BatchRecipe, encode_rows
+    from capture_export.store import SQLiteStore
+
+    store = SQLiteStore(store_path)
+    rows = store.read_batch(0, max(count, 10))
+    recipe = BatchRecipe(format="jsonl", compression="zstd" if ".zst" in case else "none",
+                         seal=store.record_seal(), privacy_mode=case.endswith("+privacy"))
+    encode_rows(recipe, rows[:10])  # imports and caches warmed up
+    if count:
+        encode_rows(recipe, rows[:count])
+    store.close()
+
+
+if __name__ == "__main__":
+    main()
