@@ -140,29 +140,24 @@ def test_sigterm_mid_cycle_ends_the_worker_in_time(
 def test_an_operator_that_refuses_to_start_exits_at_once(
     cluster: EmulatedCluster, run_operator: Callable[..., OperatorProcess],
 ) -> None:
-    """A missing RBAC verb: one line naming it, status 1, and no minute-long wait before the pod restarts.
-
-    Besides the wall time (generous: the machine may be busy), the CPU the process spent, which load does
-    not change: a refusal must not first do seconds of work the operator never needed."""
+    """A missing RBAC verb: one line naming it, status 1, and the process ends by itself, with no minute-long
+    wait before the pod restarts. (How fast is a benchmark figure, not asserted here: 2.5 s of CPU on the dev
+    machine, 5.9 s before kubernetes-validate was kept out of the operator's imports.)"""
     assert cluster.emulator is not None
     cluster.emulator.denied_access = frozenset({("watch", "s3exporters")})
     started = time.monotonic()
     operator = run_operator("--all-namespaces")
     pid = operator.process.pid
     while True:
-        reaped, status, usage = os.wait4(pid, os.WNOHANG)
+        reaped, status, _ = os.wait4(pid, os.WNOHANG)
         if reaped:
             break
         if time.monotonic() - started > 60:
             pytest.fail(f"the refusing operator still ran after 60s:\n{operator.log()[-4000:]}")
         time.sleep(0.05)
-    took = time.monotonic() - started
     operator.process.returncode = os.waitstatus_to_exitcode(status)
-    cpu = usage.ru_utime + usage.ru_stime
     output = operator.log()
     assert operator.process.returncode == 1, output[-4000:]
     assert output.strip().splitlines()[-1].startswith(
         "capture-export operator: not started: the operator's RBAC is missing 1 permission(s): watch "
         "s3exporters.capture.dev (all namespaces)"), output[-4000:]
-    assert took < 20, (took, output[-4000:])
-    assert cpu < 4.5, (cpu, output[-4000:])  # 2.5 s here; 5.9 s (14-40 s of wall time) before the fix
