@@ -116,6 +116,9 @@ class ClusterEmulator(KubernetesEmulator):
     _events: Any = attrs.field(factory=lambda: collections.deque(maxlen=_EVENT_HISTORY), init=False)
     schemas: dict[tuple[str, str, str], CustomResourceSchema] = attrs.field(factory=crd_schemas)
     faults: ApiFaults | None = None  # set it (and back to None) while the emulator runs
+    # SelfSubjectAccessReviews: None stores and echoes them, without an answer (the operator then skips its
+    # RBAC check); a set of (verb, plural) pairs answers each review, denying those and allowing the rest.
+    denied_access: frozenset[tuple[str, str]] | None = None
 
     def declare(self, group_version_plural: str, *, kind: str, namespaced: bool = True,
                 status: bool = False, **extra: Any) -> None:
@@ -144,6 +147,8 @@ class ClusterEmulator(KubernetesEmulator):
             if status is not None:
                 return _fault(status)
         if request.resource is not None and request.resource.plural is not None:
+            if request.resource.plural == "selfsubjectaccessreviews" and self.denied_access is not None:
+                return self._review_access(request)
             if request.action == action.FETCH and request.name is not None:
                 return aiohttp.web.json_response(await self._fetch(request))
             if request.action == action.LIST:
@@ -155,6 +160,13 @@ class ClusterEmulator(KubernetesEmulator):
             if request.name is not None and request.action == action.DELETE:
                 return await self._delete(request)
         return await super()._handle(request)
+
+    def _review_access(self, request: Any) -> aiohttp.web.StreamResponse:
+        review = copy.deepcopy(request.data or {})
+        attributes = (review.get("spec") or {}).get("resourceAttributes") or {}
+        denied = (attributes.get("verb"), attributes.get("resource")) in (self.denied_access or ())
+        review["status"] = {"allowed": not denied}
+        return aiohttp.web.json_response(review, status=201)
 
     async def _publish(self, res: Any, type_: str, obj: dict[str, Any]) -> None:
         event = {"type": type_, "object": copy.deepcopy(obj)}

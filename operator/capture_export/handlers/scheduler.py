@@ -91,6 +91,10 @@ class Postpone(Exception):
         self.seconds = seconds
 
 
+class CycleLeft(Exception):
+    """The operator exits and the cycle outlived the stop timeout: the daemon ends without it."""
+
+
 class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
     """The per-resource worker of one kind; a kind subclasses it and fills in the hooks below.
 
@@ -191,13 +195,44 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
 
     async def daemon(self, body: Mapping[str, Any], stopped: kopf.DaemonStopped) -> None:
         """The kopf daemon's body: serve until stopped, then give up what the worker holds."""
+        watcher = asyncio.ensure_future(self._note_operator_stop(stopped))
         try:
             await self.serve(body, stopped)
         finally:
+            watcher.cancel()
             try:
                 await asyncio.to_thread(self.close)
             finally:
                 self.forget()
+
+    async def _note_operator_stop(self, stopped: kopf.DaemonStopped) -> None:
+        await stopped.wait()
+        self._operator_exiting(stopped)
+
+    def _operator_exiting(self, stopped: kopf.DaemonStopped) -> bool:
+        exiting = stopped.reason is not None and kopf.DaemonStoppingReason.OPERATOR_EXITING in stopped.reason
+        if exiting:
+            self.runtime.stopping()
+        return exiting
+
+    async def _finish(self, cycle: asyncio.Future[Outcome[StatusT]], stopped: kopf.DaemonStopped) -> Outcome[StatusT]:
+        """The cycle's outcome. When the operator exits meanwhile, the cycle stops after its batch or chunk, and
+        gets what remains of the stop timeout for it: kopf leaves a daemon that is not done by then orphaned.
+        The cycle still running then (an upload that never answers) is left to the cleanup. A deleted resource's
+        cycle is waited for, however long: its destination stays held until no batch of it can commit."""
+        stopping = asyncio.ensure_future(stopped.wait())
+        try:
+            await asyncio.wait({cycle, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not cycle.done() and self._operator_exiting(stopped):
+                since = self.runtime.stopping_since or time.monotonic()
+                remaining = since + self.runtime.config.stop_timeout - time.monotonic()
+                await asyncio.wait({cycle}, timeout=max(0.0, remaining))
+                if not cycle.done():
+                    cycle.cancel()  # its thread goes on; runtime.stop says so, and the exit does not wait
+                    raise CycleLeft
+            return await cycle
+        finally:
+            stopping.cancel()
 
     # -- status --------------------------------------------------------------------------------------
 
@@ -252,7 +287,10 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
                 inputs = self.inputs(body, desired)
                 if inputs != self.last_inputs or loop.time() >= self.due:
                     self.last_inputs = inputs
-                    due_in = await self._cycle(body, desired, inputs, stopped)
+                    try:
+                        due_in = await self._cycle(body, desired, inputs, stopped)
+                    except CycleLeft:
+                        return
                     self.due = loop.time() + due_in
                     continue
                 timeout = self.due - loop.time()
@@ -265,9 +303,11 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
 
         started = time.monotonic()
         try:
-            outcome = await self.run(desired, inputs, should_stop)
+            outcome = await self._finish(asyncio.ensure_future(self.run(desired, inputs, should_stop)), stopped)
         except Postpone as postponed:
             return postponed.seconds
+        except CycleLeft:
+            raise
         except Exception as exc:  # the cycle contains its own failures; this is the last line of defence
             raised = exc
             await self.write(body, lambda current: self.crashed(current, desired, raised))

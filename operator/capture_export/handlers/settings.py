@@ -39,9 +39,9 @@ from .kube import ApiSecrets, KubeApi, kopf_event
 from .permissions import MissingPermissions, check_permissions
 from .readiness import Readiness
 
-__all__ = ["CLIENT_LOGGERS", "EXIT_SECONDS", "FINALIZER", "RESET_CURSOR", "RUN_NOW", "SERVED_PLURALS",
-           "USER_ANNOTATIONS", "CycleExecutor", "OperatorConfig", "ProgressStorage", "Runtime", "SharedObjectStores",
-           "apply_settings", "check_rbac", "quiet_client_loggers", "register"]
+__all__ = ["CLIENT_LOGGERS", "DAEMON_CANCEL_SECONDS", "EXIT_SECONDS", "FINALIZER", "RESET_CURSOR", "RUN_NOW",
+           "SERVED_PLURALS", "USER_ANNOTATIONS", "CycleExecutor", "OperatorConfig", "ProgressStorage", "Runtime",
+           "SharedObjectStores", "apply_settings", "check_rbac", "quiet_client_loggers", "register"]
 
 # The plurals of the kinds the operator serves (what readiness lists and the chart's RBAC grants).
 SERVED_PLURALS = ("s3exporters", "retentionpolicies")
@@ -53,9 +53,11 @@ USER_ANNOTATIONS = frozenset({RUN_NOW, RESET_CURSOR})
 log = logging.getLogger(__name__)
 
 
-# After the batches in flight (stop_timeout), what the operator's exit takes at most: kopf's teardown gives
-# the tasks still running (a daemon awaiting a cycle that hung past the stop timeout) 5 s before it
-# cancels them; then the last status writes and closing the stores.
+# A worker's daemon ends at the latest at the stop timeout, leaving a cycle that hung; then it gives up its
+# destination and ends within this. kopf waits that long for each daemon (else leaves it orphaned).
+DAEMON_CANCEL_SECONDS = 3.0
+# After the batches in flight (stop_timeout), what the operator's exit takes at most: the daemons that left
+# a cycle end, the stores close, kopf's teardown ends its own tasks.
 EXIT_SECONDS = 8.0
 
 
@@ -193,6 +195,12 @@ class Runtime:
         self.readiness = Readiness(lambda: self.kube.check_served(SERVED_PLURALS, config.namespaces),
                                    interval=config.readiness_interval)
         self.ingest: Any = None  # the ingest server when config.ingest_port is set
+        self.stopping_since: float | None = None  # time.monotonic() when the operator began to stop
+
+    def stopping(self) -> None:
+        """The operator has begun to stop (a worker's daemon was told so): the stop timeout runs from now."""
+        if self.stopping_since is None:
+            self.stopping_since = time.monotonic()
 
     def create_default_store(self) -> None:
         """The operator's own default store (``--store``) is the one store it creates, at start-up; a store
@@ -235,7 +243,9 @@ class Runtime:
             await self.ingest.stop()
             self.ingest = None
         self.cycles.shutdown(wait=False, cancel_futures=True)  # no new cycle; those in flight go on
-        deadline = time.monotonic() + timeout
+        # kopf runs this cleanup once the workers' daemons have ended, which they had the stop timeout for:
+        # the cycles they left behind get what remains of it, not as much again.
+        deadline = (self.stopping_since or time.monotonic()) + timeout
         while self.cycles.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.cycles.busy:
@@ -293,6 +303,9 @@ def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
     settings.peering.standalone = config.standalone
+    # On stop, kopf waits this long for each resource's worker (ResourceWorker._finish bounds it), else leaves
+    # it orphaned; by default it waits a few loop iterations only, less than any status write takes.
+    settings.background.instant_exit_timeout = config.stop_timeout + DAEMON_CANCEL_SECONDS
     # Namespaces named exactly need no namespace list/watch (nor the RBAC for it); CRDs are scanned once.
     if config.namespaces and not any(set(ns) & set("*?[!") for ns in config.namespaces):
         settings.scanning.disabled = True
