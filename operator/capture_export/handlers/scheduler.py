@@ -221,8 +221,9 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
         The cycle still running then (an upload that never answers) is left to the cleanup. A deleted resource's
         cycle is waited for, however long: its destination stays held until no batch of it can commit."""
         stopping = asyncio.ensure_future(stopped.wait())
+        either: set[asyncio.Future[Any]] = {cycle, stopping}
         try:
-            await asyncio.wait({cycle, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if not cycle.done() and self._operator_exiting(stopped):
                 since = self.runtime.stopping_since or time.monotonic()
                 remaining = since + self.runtime.config.stop_timeout - time.monotonic()
