@@ -83,16 +83,22 @@ def test_kill_minus_nine_at_random_moments_then_verify(
     total = seeded + kills * appended
     verify = run_cli("verify", "-f", manifest, "--store", store_path, cwd=tmp_path)
     _assert_every_record_once(verify, total)
+    # The same audit without the manifest, as a user given only the bucket would run it: it reads every
+    # object of every format alike.
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
+           "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key}
+    bare = subprocess.run([*CLI, "verify", "--bucket", bucket, "--prefix", "llm", "--endpoint", s3_server.endpoint,
+                           "--store", str(store_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
     if layout == "templated":
-        assert "excluded by the exporter's filter" in verify.stdout
         _assert_every_object_in_its_records_day(s3_server, bucket, store_path)
+        # Without the manifest it does not know the filter: what the filter excluded is missing, nothing else.
+        filtered = re.search(r"excluded by the exporter's filter \(not expected in the bucket\): (\d+)", verify.stdout)
+        assert filtered and int(filtered[1]) > 0, verify.stdout
+        assert "Traceback" not in bare.stderr, bare.stderr
+        assert _bucket_line(bare.stdout) == _bucket_line(verify.stdout), bare.stdout + bare.stderr
+        assert f"missing: {filtered[1]} " in bare.stdout and "duplicated: 0" in bare.stdout, bare.stdout
     else:
-        # The same audit without the manifest, as a user given only the bucket would run it.
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
-               "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key}
-        bare = subprocess.run([*CLI, "verify", "--bucket", bucket, "--prefix", "llm", "--endpoint", s3_server.endpoint,
-                               "--store", str(store_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
         _assert_every_record_once(bare, total)
     if layout == "parquet":
         keys = _data_keys(s3_server, bucket)
@@ -103,6 +109,13 @@ def _assert_every_record_once(verify: subprocess.CompletedProcess[str], total: i
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "missing: 0" in verify.stdout and "duplicated: 0" in verify.stdout, verify.stdout
     assert f"records in store up to id {total}: {total}" in verify.stdout, verify.stdout
+
+
+def _bucket_line(verify_output: str) -> str:
+    """What verify says it read in the bucket: ``objects: N, records in bucket: M``."""
+    match = re.search(r"objects: \d+, records in bucket: \d+", verify_output)
+    assert match, verify_output
+    return match[0]
 
 
 def _data_keys(s3: LocalS3, bucket: str) -> list[str]:
