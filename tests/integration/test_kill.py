@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from capture_export.export.format_names import FORMAT_CHOICES
 from capture_export.export.layout import parse_range
 from capture_export.local_s3 import LocalS3
 from capture_export.seed import seed_store
@@ -18,22 +20,29 @@ from capture_export.store import SQLiteStore
 from tests.support.cli import CLI, run_and_kill_at_random, run_cli, write_manifest
 
 KILLS = 24
-# The templated variant: dated Hive folders, a filter, and the format switching between crashes as a user
-# editing the spec would (the sweep must find an orphan of the other format).
+# Every value of spec.format with every compression it takes: the templated variant switches among them.
+FORMATS = [(name, compression) for name, choice in FORMAT_CHOICES.items() for compression in choice.compressions]
+# The templated variant: dated Hive folders, a filter, and the format and compression switching between
+# crashes as a user editing the spec would (the sweep must find an orphan of another format).
 TEMPLATED = """\
   pathTemplate: '{{prefix}}/{{year}}/{{month}}/{{day}}'
   hivePartitioning: true
   format: {format}
-  compression: zstd
+  compression: {compression}
   filter: {{statusCodes: [200, 429]}}
 """
-TEMPLATED_KEY = re.compile(r"^llm/year=(\d{4})/month=(\d\d)/day=(\d\d)/\d{20}-\d{20}\.(cbor\.zstd|jsonl\.zst)$")
+TEMPLATED_KEY = re.compile(
+    r"^llm/year=(\d{4})/month=(\d\d)/day=(\d\d)/\d{20}-\d{20}\.(cbor\.zstd|jsonl|jsonl\.gz|jsonl\.zst|parquet)$")
 
 
-@pytest.mark.parametrize(("layout", "seeded"), [("flat", 40_000), ("templated", 10_000)])
+@pytest.mark.parametrize(("layout", "seeded", "kills", "appended"), [
+    ("flat", 40_000, KILLS, 1500), ("templated", 10_000, KILLS, 1500), ("parquet", 2_000, 6, 1000)])
 def test_kill_minus_nine_at_random_moments_then_verify(
-    s3_server: LocalS3, bucket: str, tmp_path: Path, layout: str, seeded: int
+    s3_server: LocalS3, bucket: str, tmp_path: Path, layout: str, seeded: int, kills: int, appended: int
 ) -> None:
+    """``flat``: the default format; ``templated``: every format and compression in turn (each killed three
+    or four times); ``parquet``: a short run of Parquet alone, batch after batch of the same format. The
+    formats that decode are encoded by the pool's worker processes: after each kill, none may be left."""
     store_path = tmp_path / "store.sqlite"
     store = SQLiteStore(store_path)
     seed_store(store, seeded, seed=11)
@@ -41,10 +50,17 @@ def test_kill_minus_nine_at_random_moments_then_verify(
     state = tmp_path / "state.json"
     rng = random.Random(20261125)
     killed_mid_run = 0
-    for attempt in range(KILLS):
+    # Every format and compression, in a random order, again and again.
+    formats = [choice for _ in range(0, kills, len(FORMATS)) for choice in rng.sample(FORMATS, len(FORMATS))]
+    for attempt in range(kills):
         # Vary the batch size now and then, as a user editing `limit` between crashes would.
         limit = rng.choice([150, 200, 333])
-        extra = TEMPLATED.format(format=rng.choice(["cbor-zstd", "jsonl"])) if layout == "templated" else ""
+        extra = ""
+        if layout == "templated":
+            fmt, compression = formats[attempt]
+            extra = TEMPLATED.format(format=fmt, compression=compression)
+        elif layout == "parquet":
+            extra = "  format: parquet\n"
         manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, limit=limit, extra_spec=extra)
         if rng.random() < 0.2 and state.exists():
             state.unlink()  # state file lost too: the bucket's checkpoint must carry the cursor
@@ -52,20 +68,60 @@ def test_kill_minus_nine_at_random_moments_then_verify(
                                                  startup_window=(0.1, 0.5), drain_window=0.3)
         # Append between crashes, as the gateway keeps writing.
         store = SQLiteStore(store_path)
-        seed_store(store, 1500, seed=100 + attempt)
+        seed_store(store, appended, seed=100 + attempt)
         store.close()
-    assert killed_mid_run >= 20, f"only {killed_mid_run} kills landed mid-run; slow the kills down"
+    assert killed_mid_run >= kills * 5 // 6, f"only {killed_mid_run} kills landed mid-run; slow the kills down"
 
+    if layout == "templated":
+        # The backlog the kills left is drained in the default format, the fast one: verify then reads
+        # every format's objects side by side, without this test waiting on tens of thousands of records
+        # encoded and decoded as JSON and Parquet on a busy machine.
+        manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, limit=1000,
+                                  extra_spec=TEMPLATED.format(format="cbor-zstd", compression="zstd"))
     finish = run_cli("run", "--once", "-f", manifest, "--state", state, "--store", store_path, cwd=tmp_path)
     assert finish.returncode == 0, finish.stdout + finish.stderr
+    total = seeded + kills * appended
     verify = run_cli("verify", "-f", manifest, "--store", store_path, cwd=tmp_path)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert "missing: 0" in verify.stdout and "duplicated: 0" in verify.stdout
-    total = seeded + KILLS * 1500
-    assert f"records in store up to id {total}: {total}" in verify.stdout
+    _assert_every_record_once(verify, total)
+    # The same audit without the manifest, as a user given only the bucket would run it: it reads every
+    # object of every format alike.
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
+           "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key}
+    bare = subprocess.run([*CLI, "verify", "--bucket", bucket, "--prefix", "llm", "--endpoint", s3_server.endpoint,
+                           "--store", str(store_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
     if layout == "templated":
-        assert "excluded by the exporter's filter" in verify.stdout
         _assert_every_object_in_its_records_day(s3_server, bucket, store_path)
+        # Without the manifest it does not know the filter: what the filter excluded is missing, nothing else.
+        filtered = re.search(r"excluded by the exporter's filter \(not expected in the bucket\): (\d+)", verify.stdout)
+        assert filtered and int(filtered[1]) > 0, verify.stdout
+        assert "Traceback" not in bare.stderr, bare.stderr
+        assert _bucket_line(bare.stdout) == _bucket_line(verify.stdout), bare.stdout + bare.stderr
+        assert f"missing: {filtered[1]} " in bare.stdout and "duplicated: 0" in bare.stdout, bare.stdout
+    else:
+        _assert_every_record_once(bare, total)
+    if layout == "parquet":
+        keys = _data_keys(s3_server, bucket)
+        assert keys and all(key.endswith(".parquet") for key in keys), keys
+
+
+def _assert_every_record_once(verify: subprocess.CompletedProcess[str], total: int) -> None:
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "missing: 0" in verify.stdout and "duplicated: 0" in verify.stdout, verify.stdout
+    assert f"records in store up to id {total}: {total}" in verify.stdout, verify.stdout
+
+
+def _bucket_line(verify_output: str) -> str:
+    """What verify says it read in the bucket: ``objects: N, records in bucket: M``."""
+    match = re.search(r"objects: \d+, records in bucket: \d+", verify_output)
+    assert match, verify_output
+    return match[0]
+
+
+def _data_keys(s3: LocalS3, bucket: str) -> list[str]:
+    client = s3.client()
+    return [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="llm/")
+            for item in page.get("Contents", []) if "/_capture-export/" not in item["Key"]]
 
 
 def _assert_every_object_in_its_records_day(s3: LocalS3, bucket: str, store_path: Path) -> None:
@@ -78,9 +134,7 @@ def _assert_every_object_in_its_records_day(s3: LocalS3, bucket: str, store_path
         stamps.update((row.id, row.timestamp_us) for row in rows)
         after = rows[-1].id
     store.close()
-    client = s3.client()
-    keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="llm/")
-            for item in page.get("Contents", []) if "/_capture-export/" not in item["Key"]]
+    keys = _data_keys(s3, bucket)
     assert keys
     for key in keys:
         match = TEMPLATED_KEY.match(key)

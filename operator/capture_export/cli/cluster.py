@@ -160,6 +160,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    refusal = _store_refusal(args)
+    if refusal is not None:
+        print(f"capture-export operator: not started: {refusal[0]}", file=sys.stderr)
+        return refusal[1]
     problem = _cluster_problem()
     if problem is not None:
         print(f"capture-export operator: not started: {problem}", file=sys.stderr)
@@ -185,6 +189,23 @@ def cmd_operator(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         os._exit(0)
     return 0
+
+
+def _store_refusal(args: argparse.Namespace) -> tuple[str, int] | None:
+    """Why the default store (``--store``) can never be opened, and the exit code (None when it might):
+    a URL that names no store, a directory where the SQLite file should be. Checked before anything else,
+    so that the operator refuses to start instead of reporting every exporter's store missing for ever."""
+    if not args.store:
+        return None
+    from ..store import StoreError, check_store_location
+    from .errors import error_line
+
+    try:
+        check_store_location(args.store)
+    except StoreError as exc:
+        line, code = error_line(exc, args) or (f"error: {exc.__class__.__name__}", 1)
+        return line.removeprefix("error: "), code
+    return None
 
 
 def _cluster_problem() -> str | None:

@@ -54,7 +54,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     import signal
 
     from ..ingest import TokenFile, serve
+    from ..store import check_store_location
 
+    # A store that can never be opened (a directory named as the SQLite file) is refused now: the server
+    # would otherwise listen and answer 503 for ever. One that is only down for now (PostgreSQL) is not.
+    check_store_location(args.store)
     host, port = _listen_address(args.listen)
     try:
         tokens = TokenFile(args.token_file)

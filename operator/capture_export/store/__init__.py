@@ -16,7 +16,15 @@ from .base import (
     StoreLock,
     StoreNotFound,
 )
-from .opener import StoreOpener, StoreRefused, check_store_url, describe_store, open_store_url, store_identity
+from .opener import (
+    StoreOpener,
+    StoreRefused,
+    check_store_location,
+    check_store_url,
+    describe_store,
+    open_store_url,
+    store_identity,
+)
 from .records import CREDENTIAL_HEADERS, SCHEMA_VERSION, CorruptRecord, decode_sequence, with_id
 from .sqlite import SQLiteStore
 
@@ -39,6 +47,7 @@ __all__ = [
     "StoreOpener",
     "StoreRefused",
     "StoredRecord",
+    "check_store_location",
     "check_store_url",
     "decode_sequence",
     "describe_store",

@@ -31,8 +31,8 @@ from ..api.vocabulary import Domain, Reason
 from ..redact import control_characters
 from .base import CaptureStore, StoreError
 
-__all__ = ["STORE_KINDS", "StoreKind", "StoreOpener", "StoreRefused", "check_store_url", "chosen_kind",
-           "describe_store", "dsn_problem", "kind_of_url", "open_store_url", "store_identity"]
+__all__ = ["STORE_KINDS", "StoreKind", "StoreOpener", "StoreRefused", "check_store_location", "check_store_url",
+           "chosen_kind", "describe_store", "dsn_problem", "kind_of_url", "open_store_url", "store_identity"]
 
 SecretLookup = Callable[[str, str], Mapping[str, str] | None]
 
@@ -177,6 +177,18 @@ def check_store_url(url: str, *, option: str = "--store") -> str:
         kind_of_url(url)
     except StoreRefused as exc:
         raise StoreRefused(exc.reason, f"{option}: {exc.message}") from None
+    return url
+
+
+def check_store_location(url: str, *, option: str = "--store") -> str:
+    """``url`` if it names a store (check_store_url) that a file could hold: a SQLite path naming a
+    directory is StoreNotFound, the line every command says. For the entry points that keep running before
+    they open their store (the ingest server, the operator), so that they refuse to start rather than
+    answer 503 or report the store missing for ever."""
+    if check_store_url(url, option=option) and kind_of_url(url).name == "sqlite":
+        from .sqlite.store import refuse_directory
+
+        refuse_directory(Path(url.removeprefix("sqlite://")))
     return url
 
 

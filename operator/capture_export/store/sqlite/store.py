@@ -15,7 +15,7 @@ from ..seal import RecordSeal
 from .locks import IN_MEMORY, FileLock, ProcessLock, exporter_lock
 from .schema import SCHEMA, migrate
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SQLiteStore", "refuse_directory"]
 
 T = TypeVar("T")
 
@@ -40,6 +40,14 @@ def _lenient_text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+def refuse_directory(path: Path) -> None:
+    """StoreNotFound when ``path``, named as a SQLite store file, is a directory: neither "does not exist"
+    nor SQLite's "unable to open database file", but what it is."""
+    if path.is_dir():
+        raise StoreNotFound(f"SQLite store {path} is a directory, not a SQLite file: name a file in "
+                            f"store.sqlite.path or --store (such as {path / 'store.sqlite'})")
+
+
 class SQLiteStore:
     """A SQLite capture store. ``create``: make the file and the schema when there is none (``seed``,
     ``store init``, the demo, tests); without it a missing file, or one without a ``captures`` table, is
@@ -49,10 +57,8 @@ class SQLiteStore:
         self.path = Path(path)
         self._lock = threading.RLock()
         in_memory = str(path) == IN_MEMORY
-        if not in_memory and self.path.is_dir():
-            # Neither "does not exist" nor SQLite's "unable to open database file": say what it is.
-            raise StoreNotFound(f"SQLite store {self.path} is a directory, not a SQLite file: name a file in "
-                                f"store.sqlite.path or --store (such as {self.path / 'store.sqlite'})")
+        if not in_memory:
+            refuse_directory(self.path)
         if not create and not in_memory and not self.path.is_file():
             raise StoreNotFound(f"SQLite store {self.path} does not exist (a typo in store.sqlite.path or --store?); "
                                 f"create one with `capture-export store init --store {self.path}`")
