@@ -134,3 +134,86 @@ def test_a_limit_sized_batch_costs_no_more_than_the_budget_counts(limit_sized_st
     assert growth + held_meanwhile <= counted, (
         f"{fmt}: a batch of {stored / MiB:.1f} MiB stored took {(growth + held_meanwhile) / MiB:.1f} MiB, "
         f"the budget counts {counted / MiB:.1f} MiB")
+
+
+def _python_peak_of_a_parquet_batch(store_path: str, records: int) -> tuple[int, int, int]:
+    """In a fresh process, as an encode worker: the stored bytes of a Parquet batch of ``records``, the
+    most Python memory (tracemalloc) the worker's encoding of it held at once beyond the rows it received,
+    and the payload's size (which it holds at the end, twice while the result is pickled)."""
+    import pickle
+    import tracemalloc
+
+    from capture_export.export.batch import BatchRecipe, PackedRows, encode_in_worker, encode_rows
+
+    store = SQLiteStore(store_path)
+    recipe = BatchRecipe("parquet", "zstd", seal=store.record_seal())
+    encode_rows(recipe, store.read_batch(0, 20))  # pyarrow loaded
+    rows = store.read_batch(0, records)
+    stored = sum(len(row.body) for row in rows)
+    packed = pickle.loads(pickle.dumps(PackedRows.pack(rows)))  # what a worker receives
+    del rows
+    store.close()
+    tracemalloc.start()
+    payload = encode_in_worker(recipe, packed).payload
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert payload
+    return stored, peak, len(payload)
+
+
+def test_a_parquet_worker_holds_a_few_hundred_records_decoded_at_once(limit_sized_store: Path) -> None:
+    """Decoded, a record takes several times its stored size in Python objects; written to Parquet, a
+    fraction of it. An encode worker building a row group of 1,000 records from all 1,000 decoded at once
+    held 26 MiB of Python memory besides the payload for a batch of 2,000 (6.8 MiB stored), and each of a
+    pod's workers does; decoding a few hundred at a time into Arrow columns holds 7 MiB."""
+    stored, peak, payload = _in_fresh_process(_python_peak_of_a_parquet_batch, str(limit_sized_store), 2_000)
+    working = peak - payload
+    assert working < 1.5 * stored, (f"a Parquet batch of {stored / MiB:.1f} MiB stored held {working / MiB:.1f} "
+                                     "MiB of Python memory besides its payload")
+
+
+def _pool_memory(store_path: str, conn: Any) -> None:
+    """A process with an encode pool of two workers, as an exporting process with a Parquet exporter
+    starts it: the memory (PSS, what a pod is charged) of the pool's processes (fork server, workers,
+    multiprocessing's resource tracker) once both workers have encoded Parquet batches."""
+    import psutil
+
+    from capture_export.api import S3ExporterSpec
+    from capture_export.export import ExportEngine, ExporterId
+    from capture_export.export.batch import PackedRows, encode_in_worker
+    from capture_export.export.budget import MemoryBudget
+    from capture_export.export.pool import EncodePool
+    from capture_export.objectstore import MemoryObjectStore
+
+    store = SQLiteStore(store_path)
+    pool = EncodePool(2)
+    spec = S3ExporterSpec.model_validate({"bucket": "bkt", "region": "us-east-1", "prefix": "p", "limit": 1000,
+                                          "format": "parquet"})
+    engine = ExportEngine(spec, ExporterId("ns", "parquet"), store, MemoryObjectStore(),
+                          budget=MemoryBudget(1 << 30), pool=pool)
+    packed = PackedRows.pack(store.read_batch(0, 1000))
+    try:
+        futures = [pool.submit(encode_in_worker, engine.recipe, packed) for _ in range(6)]
+        assert all(future.result().payload for future in futures)
+        conn.send([child.memory_full_info().pss for child in psutil.Process().children(recursive=True)])
+    finally:
+        pool.shutdown()
+        store.close()
+
+
+def test_parquet_encode_workers_share_one_copy_of_pyarrow(limit_sized_store: Path) -> None:
+    """pyarrow takes ~46 MiB in a process that imports it. The encode pool's workers are forked from a
+    fork server: when the fork server has imported pyarrow (an exporter of the process writes Parquet),
+    the workers share its copy instead of each loading its own, and the pool of a 2-CPU pod takes ~70 MiB
+    less."""
+    spawn = multiprocessing.get_context("spawn")  # a fresh process: its own fork server, not this one's
+    receiving, sending = spawn.Pipe(duplex=False)
+    process = spawn.Process(target=_pool_memory, args=(str(limit_sized_store), sending))
+    process.start()
+    try:
+        charged = receiving.recv() if receiving.poll(300) else None
+    finally:
+        process.join(60)
+    assert process.exitcode == 0 and charged is not None and len(charged) >= 3  # the fork server, two workers
+    # Measured (2 CPUs, pyarrow 26): 145 MiB with each worker importing pyarrow, 115 MiB sharing it.
+    assert sum(charged) < 130 * MiB, f"the encode pool's processes take {[round(pss / MiB) for pss in charged]} MiB"

@@ -49,6 +49,7 @@ __all__ = [
     "EncodedBatch",
     "FilterOptions",
     "PackedRows",
+    "SentOnce",
     "check_rows",
     "encode_batch",
     "encode_in_worker",
@@ -347,6 +348,27 @@ class PackedRows:
             rows.append(StoredRecord(record_id, timestamp_us, view[start:end], seal))  # type: ignore[arg-type]
             start = end
         return rows
+
+
+def _received(value: Any) -> Any:
+    return value
+
+
+class SentOnce:
+    """A value on its one trip to an encode worker: pickled once, then let go of here. The process pool
+    keeps the arguments of every batch submitted until its result is back, so each batch waiting for or in
+    a worker would otherwise be held twice in the exporting process (the packed rows and their pickled
+    message) and once more in the worker. A batch is never sent twice: a pool that breaks fails it, and the
+    engine reads it again."""
+
+    def __init__(self, value: Any) -> None:
+        self._value: Any = value
+
+    def __reduce__(self) -> tuple[Callable[[Any], Any], tuple[Any]]:
+        value, self._value = self._value, None
+        if value is None:
+            raise RuntimeError("a batch is sent to an encode worker once")
+        return _received, (value,)
 
 
 def encode_in_worker(recipe: BatchRecipe, packed: PackedRows) -> EncodedBatch:

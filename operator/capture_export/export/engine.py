@@ -105,6 +105,8 @@ class ExportEngine:
         # there is a pool, so that this process never loads it. Each encoder (worker, or this process) keeps
         # the library and the encoder's fixed working memory once it has written a batch: a standing charge.
         self._library_in_pool = self.pool is not None and info.library_memory > 0
+        if self._library_in_pool and self.pool is not None:
+            self.pool.load_library(info.library_modules)
         if self.recipe.decodes and (info.library_memory or info.fixed_working_memory):
             encoders = self.pool.workers if self.pool is not None else 1
             self.budget.charge_standing(f"{self.recipe.format} encoders",

@@ -52,6 +52,7 @@ import operator
 import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from itertools import chain
@@ -309,10 +310,29 @@ _NO_PYARROW = ("format parquet needs pyarrow, which is not installed here: insta
 def _pyarrow() -> Any:
     try:
         import pyarrow
-        import pyarrow.parquet
+        try:
+            import pyarrow._parquet  # the writer alone (see _parquet_writer)
+        except ImportError:
+            import pyarrow.parquet
     except ImportError:
         raise FormatUnavailable(_NO_PYARROW) from None
     return pyarrow
+
+
+def _parquet_writer(sink: Any, schema: Any, **options: Any) -> Any:
+    """A Parquet writer into ``sink`` (an Arrow output stream): pyarrow's own class (``pyarrow._parquet``)
+    rather than ``pyarrow.parquet``'s, whose import also loads the file systems' libraries (S3, GCS,
+    Azure, HDFS): ~9 MiB more in every process that writes Parquet."""
+    try:
+        from pyarrow._parquet import ParquetWriter
+    except ImportError:  # a pyarrow that moved it: the public class
+        from pyarrow.parquet import ParquetWriter
+
+        return ParquetWriter(sink, schema, **options)
+    # What pyarrow.parquet.ParquetWriter passes it by default (the same file: tests/unit/test_formats.py).
+    return ParquetWriter(sink, schema, version="2.6", writer_engine_version="V2", data_page_version="1.0",
+                         use_deprecated_int96_timestamps=False, use_compliant_nested_type=True,
+                         store_schema=True, **options)
 
 
 def _require_pyarrow() -> None:
@@ -424,9 +444,14 @@ _DICTIONARY_COLUMNS = ["ver", "identity.login_name", "identity.node_id", "identi
 # Columns without min/max statistics: nobody filters on them, and each page's statistics would hold two whole
 # captures or bodies (3.5% of the file for the standard records).
 _NO_STATISTICS = frozenset({"capture", "raw_request_body", "raw_response_body", "extra"})
-# Records per row group: a chunk is decoded, built into Arrow arrays and written before the next, so a batch
-# of 10,000 records never holds more than this many records decoded or uncompressed.
+# Records per row group: its records are built into Arrow arrays and written before the next group's, so a
+# batch of 10,000 records never holds more than this many records uncompressed.
 PARQUET_CHUNK = 1000
+# Records decoded at a time: a decoded record (Python dicts and strings) takes several times its stored
+# size, its Arrow columns about its size, so each slice is built into Arrow arrays and its records let go
+# before the next is decoded (a worker's Python peak for a batch of 1,400 records: 32 MiB with whole row
+# groups of 1,000 decoded at once, 13 MiB with slices of 250; docs/benchmarks.md). A divisor of PARQUET_CHUNK.
+PARQUET_SLICE = 250
 
 
 class _Extras:
@@ -463,21 +488,32 @@ class ParquetEncoder:
 
     def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
         """The records as Parquet, one row group per ``PARQUET_CHUNK`` records; ``records`` may be a
-        generator, taken a chunk at a time: each chunk's columns are written (encoded and compressed) before
-        the next chunk is decoded, so a batch never holds more than one chunk uncompressed."""
-        import pyarrow.parquet as pq
-
-        sink = self.pa.BufferOutputStream()
-        with pq.ParquetWriter(sink, self.schema, compression=self.compression, write_statistics=self.statistics,
-                              use_dictionary=_DICTIONARY_COLUMNS) as writer:
+        generator, taken ``PARQUET_SLICE`` records at a time: each slice is built into Arrow arrays (about
+        its stored size) and its decoded records let go before the next slice is decoded, and each row
+        group is written (encoded and compressed) once its slices are built, so a batch never holds more
+        than one slice decoded and one row group uncompressed."""
+        pa = self.pa
+        sink = pa.BufferOutputStream()
+        with closing(_parquet_writer(sink, self.schema, compression=self.compression,
+                                     write_statistics=self.statistics, use_dictionary=_DICTIONARY_COLUMNS)) as writer:
+            group: list[Any] = []  # the row group's record batches, one per slice
+            rows = 0
             chunk: list[Mapping[str, Any]] = []
             for record in records:
                 chunk.append(record)
-                if len(chunk) == PARQUET_CHUNK:
-                    writer.write_batch(self.record_batch(chunk), row_group_size=PARQUET_CHUNK)
+                if len(chunk) == PARQUET_SLICE:
+                    group.append(self.record_batch(chunk))
+                    rows += len(chunk)
                     chunk = []
+                    if rows >= PARQUET_CHUNK:
+                        writer.write_table(pa.Table.from_batches(group), row_group_size=PARQUET_CHUNK)
+                        group, rows = [], 0
             if chunk:
-                writer.write_batch(self.record_batch(chunk), row_group_size=PARQUET_CHUNK)
+                group.append(self.record_batch(chunk))
+            del chunk
+            if group:
+                writer.write_table(pa.Table.from_batches(group), row_group_size=PARQUET_CHUNK)
+            del group
         data: bytes = sink.getvalue().to_pybytes()
         return data
 
@@ -716,6 +752,9 @@ class FormatInfo:
     fixed_working_memory: int = 0
     # What loading its library adds to a process that encodes it (pyarrow: ~36 MiB PSS per process).
     library_memory: int = 0
+    # The modules of that library, imported once by the encode pool's fork server so that its workers share
+    # them rather than each importing its own copy (export/pool.py).
+    library_modules: tuple[str, ...] = ()
     requires: Callable[[], None] | None = None  # raises FormatUnavailable when a package it needs is missing
 
     @property
@@ -770,6 +809,7 @@ FORMATS: dict[str, FormatInfo] = {
             working_memory=1.5,
             fixed_working_memory=64 << 20,
             library_memory=36 << 20,
+            library_modules=("pyarrow", "pyarrow._parquet"),
         ),
     )
 }

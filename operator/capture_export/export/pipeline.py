@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..api.vocabulary import Domain, Reason
 from ..store import StoredRecord
-from .batch import BatchFailure, EncodedBatch, PackedRows, encode_in_worker, encode_rows
+from .batch import BatchFailure, EncodedBatch, PackedRows, SentOnce, encode_in_worker, encode_rows
 from .budget import Reservation, release_freed_memory
 from .model import Cursor, ExportFailure, PreparedBatch
 from .pool import BrokenProcessPool
@@ -116,7 +116,8 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
     cancel: Callable[[], object]
     if (engine.pool is not None and (len(rows) >= POOL_MIN_ROWS or engine._library_in_pool)
             and all(type(row.body) is bytes for row in rows)):
-        future = engine.pool.submit(encode_in_worker, engine.recipe, PackedRows.pack(rows))
+        # Let go of here once pickled for the worker (SentOnce): the pool would keep it until the result is back.
+        future = engine.pool.submit(encode_in_worker, engine.recipe, SentOnce(PackedRows.pack(rows)))
         # A batch in the pool is never cancelled: it is encoded and dropped. CPython 3.11's process pool,
         # when a worker dies while one of its futures is cancelled, stops failing the others half-way: the
         # batches of every exporter behind it would wait for ever, and the process could not exit.

@@ -38,8 +38,10 @@ __all__ = ["BrokenProcessPool", "EncodePool", "available_cpus", "configure_encod
 T = TypeVar("T")
 
 # What the fork server imports before it forks workers: the batch code and its codecs, and the script
-# the process runs (the workers would otherwise each import it again).
+# the process runs (the workers would otherwise each import it again); then the libraries of the formats
+# the process's exporters write (``EncodePool.load_library``), and last ``export/freeze.py``.
 PRELOAD = ["__main__", "capture_export.export.batch"]
+FREEZE = "capture_export.export.freeze"
 
 
 class EncodePool:
@@ -51,10 +53,20 @@ class EncodePool:
         self.workers = workers
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
+        self._libraries: list[str] = []
+
+    def load_library(self, modules: tuple[str, ...]) -> None:
+        """Have the fork server import ``modules`` (a format's library, such as pyarrow) before it forks
+        the workers: each worker then shares the fork server's copy instead of importing its own (pyarrow:
+        ~46 MiB per worker, measured; docs/benchmarks.md). Takes effect if the process's fork server has not
+        started yet (it starts with the first batch a pool encodes); a library registered later is
+        imported by each worker itself, as before."""
+        with self._lock:
+            self._libraries.extend(module for module in modules if module not in self._libraries)
 
     def _start(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
+        context.set_forkserver_preload([*PRELOAD, *self._libraries, FREEZE])
         # The workers' parent is the fork server, which lives as long as they do: each watches this process.
         executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=end_with,
                                        initargs=(os.getpid(),))
