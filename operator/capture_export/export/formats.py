@@ -119,10 +119,12 @@ class BatchEncoder(Protocol):
 # of the export (reading, uploading, the second encoder) then contend for; a run of pieces joined is one
 # call. zstd buffers its input into blocks whatever the calls, so the frame is the same byte for byte.
 ZSTD_FEED_BYTES = 256 << 10
-# Compression contexts kept for the next batch: one holds ~3.6 MiB of workspace for a batch-sized frame at
-# level 3, which a new context allocates and page-faults in again for every batch (malloc gives it back to
-# the system between batches: export/budget.py). At most this many wait idle, whatever the number of
-# exporters; a context is used by one thread at a time (zstandard's are not thread-safe).
+# Compression contexts kept for the next batch of the default format: one holds ~3.6 MiB of workspace for
+# a batch-sized frame at level 3, which a new context allocates and page-faults in again for every batch
+# (malloc gives it back to the system between batches: export/budget.py). At most this many wait idle per
+# process, whatever the number of exporters (PROCESS_RESERVED_BYTES covers them); a context is used by one
+# thread at a time (zstandard's are not thread-safe). The encode pool's workers (JSON Lines) keep none, so
+# that an idle worker stays the size the memory budget counts.
 IDLE_COMPRESSORS = 2
 _idle_compressors: dict[int, list[zstandard.ZstdCompressor]] = {}
 _compressors_lock = threading.Lock()
@@ -143,10 +145,12 @@ def _give_back(level: int, compressor: zstandard.ZstdCompressor) -> None:
             idle.append(compressor)
 
 
-def zstd_frame(pieces: Sequence[bytes | memoryview], level: int = 3) -> bytes:
+def zstd_frame(pieces: Sequence[bytes | memoryview], level: int = 3, *, keep_context: bool = True) -> bytes:
     """One zstd frame (content size recorded) of ``pieces`` one after the other. They are fed in runs of
-    ``ZSTD_FEED_BYTES`` rather than joined first: a batch never holds a second copy of its records."""
-    compressor = _take_compressor(level)
+    ``ZSTD_FEED_BYTES`` rather than joined first: a batch never holds a second copy of its records.
+    ``keep_context``: take the compression context from, and give it back to, the idle ones."""
+    compressor = (_take_compressor(level) if keep_context
+                  else zstandard.ZstdCompressor(level=level, write_content_size=True))
     frame = compressor.compressobj(size=sum(map(len, pieces)))
     out: list[bytes] = []
     run: list[bytes | memoryview] = []
@@ -161,7 +165,8 @@ def zstd_frame(pieces: Sequence[bytes | memoryview], level: int = 3) -> bytes:
     if run:
         out.append(frame.compress(b"".join(run)))
     out.append(frame.flush())
-    _give_back(level, compressor)  # not when the frame failed half-way: that context is dropped
+    if keep_context:
+        _give_back(level, compressor)  # not when the frame failed half-way: that context is dropped
     return b"".join(out)
 
 
@@ -286,7 +291,7 @@ def _compress(chunks: list[bytes], compression: str, level: int | None) -> bytes
         out.append(stream.flush())
         return b"".join(out)
     if compression == "zstd":
-        return zstd_frame(chunks, level or 3)
+        return zstd_frame(chunks, level or 3, keep_context=False)  # JSON Lines: written by the pool's workers
     return b"".join(chunks)
 
 
