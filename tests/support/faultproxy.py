@@ -14,8 +14,10 @@ target. Faults are switched on and off while traffic flows:
   result set cut off mid-stream).
 * ``delay``: seconds added before each chunk the server sends back (slow responses); ``upload_delay``
   the same towards the server.
-* ``stall_responses(count)``: the next ``count`` HTTP requests are forwarded but their responses are
-  held back until the client gives up (a server slower than the client's read timeout).
+* ``stall_responses(count, only=...)``: the next ``count`` HTTP requests are forwarded but their responses
+  are held back until the client gives up (a server slower than the client's read timeout). ``only``, a
+  test on the request line (``"PUT /bucket/key HTTP/1.1"``), picks the requests stalled: the others pass
+  (an upload hangs while the lease's requests still answer).
 * ``throttle(count)`` (HTTP mode): the next ``count`` requests are answered ``503 SlowDown`` by the proxy
   itself, with S3's XML error body; ``throttled_at`` records when each arrived, so a test can check
   that the client backed off.
@@ -32,6 +34,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -106,6 +109,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._throttle = 0
         self._stall = 0
+        self._stall_only: Callable[[str], bool] | None = None
         self._upload_resets: list[int] = []  # byte thresholds, one per reset still to do
         self._download_resets: list[int] = []
         self._pairs: set[_Pair] = set()
@@ -181,14 +185,16 @@ class FaultProxy:
         with self._lock:
             self._throttle += count
 
-    def stall_responses(self, count: int) -> None:
+    def stall_responses(self, count: int, *, only: Callable[[str], bool] | None = None) -> None:
         with self._lock:
             self._stall += count
+            self._stall_only = only
 
     def clear(self) -> None:
         """Cancel every pending fault (resets, throttling, stalls, delays)."""
         with self._lock:
             self._throttle = self._stall = 0
+            self._stall_only = None
             self._upload_resets.clear()
             self._download_resets.clear()
         self.delay = self.upload_delay = 0.0
@@ -319,11 +325,13 @@ class FaultProxy:
             length = int(headers.get(b"content-length", b"0") or 0)
             expects_continue = headers.get(b"expect", b"").lower() == b"100-continue"
             self.stats.requests += 1
+            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
             with self._lock:
                 throttled = self._throttle > 0
                 if throttled:
                     self._throttle -= 1
-                stall = not throttled and self._stall > 0
+                stall = (not throttled and self._stall > 0
+                         and (self._stall_only is None or self._stall_only(request_line)))
                 if stall:
                     self._stall -= 1
             if throttled:

@@ -578,7 +578,7 @@ class ParquetEncoder:
 
     def _column(self, values: Sequence[Any], kind: type, name: str, arrow_type: Any, extras: _Extras) -> Any:
         """A typed column; a value it cannot hold goes to the record's extra under ``name``."""
-        if set(map(type, values)) <= _CLEAN_TYPES[kind] and (kind is not list or _all_strings(values)):
+        if _clean(values, kind):
             try:
                 return self.pa.array(values, arrow_type)
             except (OverflowError, self.pa.ArrowInvalid):
@@ -599,7 +599,7 @@ class ParquetEncoder:
             present = [value for value in values if value]
             if (set(chain.from_iterable(present)) <= fields.keys()
                     and set(map(type, chain.from_iterable(map(dict.values, present)))) <= _STRUCT_CLEAN_TYPES[name]
-                    and all(_clean_list([value.get(field) for value in present])
+                    and all(_clean([value.get(field) for value in present], list)
                             for field, kind in fields.items() if kind is list)):
                 try:
                     return pa.array(values, arrow_type)
@@ -666,8 +666,9 @@ def _may_hold_raw(part: Any) -> bool:
     return isinstance(part, Mapping)
 
 
-def _clean_list(lists: list[Any]) -> bool:
-    return set(map(type, lists)) <= _CLEAN_TYPES[list] and _all_strings(lists)
+def _clean(values: Sequence[Any], kind: type) -> bool:
+    """Whether Arrow can take ``values`` as they are into a ``kind`` column (a list: of strings only)."""
+    return set(map(type, values)) <= _CLEAN_TYPES[kind] and (kind is not list or _all_strings(values))
 
 
 def _all_strings(lists: Sequence[Any]) -> bool:

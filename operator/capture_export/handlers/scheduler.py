@@ -92,7 +92,9 @@ class Postpone(Exception):
 
 
 class CycleLeft(Exception):
-    """The operator exits and the cycle outlived the stop timeout: the daemon ends without it."""
+    """The operator exits and the cycle outlived the stop timeout: the daemon ends without it, and keeps what
+    the worker holds (the store lock, the lease) for the process's last moments, since the cycle's thread still
+    runs and a late answer to its upload would let it commit."""
 
 
 class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
@@ -155,7 +157,7 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
         """The worker left ``runtime.workers``."""
 
     def close(self) -> None:
-        """The daemon ends (from a thread): give up what the worker holds."""
+        """The daemon ends (from a thread) and no cycle of it runs any more: give up what the worker holds."""
 
     @staticmethod
     def decide(spec: Mapping[str, Any], meta: kopf.Meta, patch: kopf.Patch) -> Desired[SpecT]:
@@ -194,14 +196,20 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
         self.stopped()
 
     async def daemon(self, body: Mapping[str, Any], stopped: kopf.DaemonStopped) -> None:
-        """The kopf daemon's body: serve until stopped, then give up what the worker holds."""
+        """The kopf daemon's body: serve until stopped, then give up what the worker holds; unless the operator
+        exits leaving a cycle that still runs: its destination then stays held until the process ends (the
+        store lock dies with it; the lease, unrenewed, is taken over as a killed writer's would be)."""
         watcher = asyncio.ensure_future(self._note_operator_stop(stopped))
+        cycle_left = False
         try:
             await self.serve(body, stopped)
+        except CycleLeft:
+            cycle_left = True
         finally:
             watcher.cancel()
             try:
-                await asyncio.to_thread(self.close)
+                if not cycle_left:
+                    await asyncio.to_thread(self.close)
             finally:
                 self.forget()
 
@@ -288,10 +296,7 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
                 inputs = self.inputs(body, desired)
                 if inputs != self.last_inputs or loop.time() >= self.due:
                     self.last_inputs = inputs
-                    try:
-                        due_in = await self._cycle(body, desired, inputs, stopped)
-                    except CycleLeft:
-                        return
+                    due_in = await self._cycle(body, desired, inputs, stopped)  # CycleLeft: the daemon ends
                     self.due = loop.time() + due_in
                     continue
                 timeout = self.due - loop.time()

@@ -248,11 +248,15 @@ class Runtime:
         deadline = (self.stopping_since or time.monotonic()) + timeout
         while self.cycles.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self.cycles.busy:
+        left = self.cycles.busy
+        if left:
             log.warning("%d cycles still running after %.0fs; leaving them (what they had not committed is "
-                        "exported again on the next start)", self.cycles.busy, timeout)
+                        "exported again on the next start)", left, timeout)
         self.api_calls.shutdown(wait=False)
-        self.stores.close()
+        if not left:
+            # A cycle left running still holds its store's exporter lock (a PostgreSQL store's lock session
+            # would end with the store) and may yet commit: its stores close with the process, not before.
+            self.stores.close()
         self.kube.close()
         self.metrics.stop()
         self.metrics_port = None
