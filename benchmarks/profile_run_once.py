@@ -16,7 +16,10 @@ of each thread of the exporting process when it ends. Printed per format:
   of its reader thread (store reads, packing rows for the pool, malloc trims); what is left is the encode
   threads (the default format is encoded in-process) and the pool's manager and feeder threads, which
   are still alive at exit (handing batches to the workers and taking their payloads back);
-* the 1-minute load average before and after: read the figures against it.
+* the 1-minute load average before and after: read the figures against it;
+* the machine's CPU speed (cpu_budget.SpeedProbe: zstd-3 records per CPU-second, sampled before every run)
+  as a fraction of its quiet speed: CPU µs measured now, times that factor, estimate them on the quiet
+  machine (a busy or throttled machine inflates CPU time too).
 
 A case is a format, optionally the compression part of its extension, and ``+privacy`` (``jsonl.zst``,
 ``jsonl.zst+privacy``).
@@ -43,6 +46,7 @@ import time
 from pathlib import Path
 
 from bench_support import add_keep_argument, require, seed_sqlite, work_directory
+from cpu_budget import SpeedProbe
 
 # Run as the exporting process: capture-export's main, with each thread's CPU recorded when it ends.
 WRAPPER = r'''
@@ -143,7 +147,7 @@ def _role(cmdline: list[str], exporting: bool, child: bool) -> str:
 
 
 def profile(case: str, store: str, s3: object, workdir: Path, limit: int, records: int,
-            code_path: str | None = None, label: str = "") -> dict[str, float] | None:
+            code_path: str | None = None, label: str = "", probe: SpeedProbe | None = None) -> dict[str, float] | None:
     """Run one case; the tree's CPU seconds per role (summed), or None when it failed. ``code_path``: run
     the capture_export found there instead of the installed one (PYTHONPATH), e.g. an older commit's."""
     fmt, compression, privacy = _case(case)
@@ -161,6 +165,7 @@ def profile(case: str, store: str, s3: object, workdir: Path, limit: int, record
     environment = dict(os.environ)
     if code_path is not None:
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, (code_path, environment.get("PYTHONPATH"))))
+    speed = probe.sample() if probe is not None else None
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     with log.open("w") as output:
@@ -184,8 +189,9 @@ def profile(case: str, store: str, s3: object, workdir: Path, limit: int, record
     for _pid, (role, seconds) in seen.items():
         totals[role] = totals.get(role, 0.0) + seconds
         totals["tree"] = totals.get("tree", 0.0) + seconds
+    speed_text = f"; CPU speed {speed / 1000:,.0f}k zstd-3 records/CPU-s" if speed is not None else ""
     print(f"{name}: {records:,} records in {wall:.2f}s ({records / wall:,.0f} records/s); "
-          f"load {load_before:.2f}/{os.getloadavg()[0]:.2f}")
+          f"load {load_before:.2f}/{os.getloadavg()[0]:.2f}{speed_text}")
     for _pid, (name, seconds) in sorted(seen.items()):
         print(f"  {name:<44} {seconds:6.2f}s {seconds / records * 1e6:7.1f} µs/record")
     for line in text.splitlines():
@@ -226,12 +232,13 @@ def main() -> None:
         if args.compare:
             versions.append((args.compare, f" [{args.compare}]"))
         results: dict[str, list[dict[str, float]]] = {}
+        probe = SpeedProbe()
         with LocalS3(workdir / "s3") as s3:
             for round_number in range(args.rounds):
                 for fmt in formats:
                     # Alternate which version goes first, so that neither always runs on the warmer machine.
                     for code_path, label in versions if round_number % 2 == 0 else versions[::-1]:
-                        totals = profile(fmt, store, s3, workdir, args.limit, args.records, code_path, label)
+                        totals = profile(fmt, store, s3, workdir, args.limit, args.records, code_path, label, probe)
                         if totals is not None:
                             results.setdefault(fmt + label, []).append(totals)
         if args.rounds > 1 or args.compare:
@@ -243,6 +250,8 @@ def main() -> None:
                 rate = statistics.median(args.records / run["wall"] for run in runs)
                 print(f"  {name:<44} tree {median('tree'):6.1f}  exporting {median(_EXPORTING):6.1f}  "
                       f"workers {median('encode worker'):6.1f}  {rate:8,.0f} records/s  ({len(runs)} runs)")
+        print(f"\n{probe.describe()} (median of {len(probe.samples)} samples, one before each run): multiply "
+              f"the CPU µs above by {probe.factor:.2f} to estimate them on the quiet machine")
 
 
 if __name__ == "__main__":

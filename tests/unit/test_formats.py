@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from capture_export.export.formats import (
     parquet_schema,
     record_ids,
     to_json_line,
+    zstd_frame,
 )
 from capture_export.export.layout import ObjectLayout
 from capture_export.seed import generate_records
@@ -192,6 +194,45 @@ def test_cbor_zstd_reads_as_aperture_documents() -> None:
     raw = zstandard.ZstdDecompressor().decompressobj().decompress(payload)
     decoder = cbor2.CBORDecoder(io.BytesIO(raw))
     assert [decoder.decode() for _ in records] == records
+
+
+def _frame_piece_by_piece(pieces: list[bytes], level: int = 3) -> bytes:
+    """A zstd frame as the encoder wrote it before its contexts were kept and its pieces fed in runs: a new
+    compressor per batch, one call per piece."""
+    frame = zstandard.ZstdCompressor(level=level, write_content_size=True).compressobj(size=sum(map(len, pieces)))
+    return b"".join([*(frame.compress(piece) for piece in pieces), frame.flush()])
+
+
+def _batch_pieces(count: int, seed: int) -> list[bytes]:
+    """A batch as the default path hands it to the encoder: per record, the new map head and the rest."""
+    pieces = []
+    for record_id, record in enumerate(generate_records(count, seed=seed), start=1):
+        data = with_id(record_id, encode_body(record)[1])
+        pieces += [data[:9], data[9:]]
+    return pieces
+
+
+@pytest.mark.parametrize("shape", ["one record", "a batch", "pieces larger than a feed", "empty pieces"])
+def test_cbor_zstd_objects_are_byte_for_byte_what_they_always_were(shape: str) -> None:
+    """Objects already exported must be what a re-export writes: same bytes, batch after batch (the encoder
+    reuses its compression contexts), at every level."""
+    pieces = {"one record": _batch_pieces(1, seed=3), "a batch": _batch_pieces(300, seed=4),
+              "pieces larger than a feed": [bytes(range(256)) * 3000, b"x" * 700_000, b"tail"],
+              "empty pieces": [b"", b"\xa1\x62id\x01", b"", b""]}[shape]
+    for _ in range(3):
+        assert CborZstdEncoder().encode(pieces) == _frame_piece_by_piece(pieces)
+    for level in (1, 9):
+        assert zstd_frame(pieces, level) == _frame_piece_by_piece(pieces, level)
+    assert JsonLinesEncoder("zstd").encode_records([{"a": 1}]) == _frame_piece_by_piece([b'{"a":1}\n'])
+
+
+def test_cbor_zstd_batches_encoded_at_once_on_many_threads_hold_their_own_records() -> None:
+    batches = [_batch_pieces(40, seed=seed) for seed in range(12)]
+    with ThreadPoolExecutor(max_workers=6) as threads:
+        payloads = list(threads.map(CborZstdEncoder().encode, batches * 3))
+    for payload, pieces in zip(payloads, batches * 3, strict=True):
+        assert zstandard.ZstdDecompressor().decompress(payload) == b"".join(pieces)
+        assert payload == _frame_piece_by_piece(pieces)
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])

@@ -8,6 +8,8 @@ option blocks they share, ``errors`` the one-line failures.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -19,9 +21,25 @@ from .parser import build_parser
 __all__ = ["build_parser", "main", "operator_config"]
 
 
+def _no_collection_at_exit() -> None:
+    """Freeze every object still alive once the process exits: the interpreter's shutdown would otherwise
+    run the cyclic garbage collector over all of them (botocore's service models, pydantic's schemas, the
+    modules) several times, only to free memory the system takes back anyway. Measured: ~0.45 s of CPU at
+    the end of every ``run --once``. Objects freed by reference counting still are, and atexit handlers
+    and finalizers (weakref.finalize) still run: they are called, not collected."""
+    gc.freeze()
+
+
+_exit_hook_installed = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ..redact import describe_exception
 
+    global _exit_hook_installed
+    if not _exit_hook_installed:
+        atexit.register(_no_collection_at_exit)  # runs when the process exits, after the command
+        _exit_hook_installed = True
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))

@@ -55,7 +55,8 @@ MiB = 1 << 20
 # What the operator needs besides its batches, measured (PSS, the pod's cgroup charge; docs/benchmarks.md):
 # the interpreter with kopf, the Kubernetes client and the API models, 116 MiB; the S3 clients, ~14 MiB
 # for the first and under 1 MiB for each further bucket (they share botocore's service descriptions); the
-# threads of the cycles, readers and encoders, SQLite's page cache and malloc's arenas; some headroom.
+# threads of the cycles, readers and encoders, SQLite's page cache and malloc's arenas; the default format's
+# idle zstd contexts (at most two, ~7 MiB: export/formats.py); some headroom.
 PROCESS_RESERVED_BYTES = 160 * MiB
 # The encode pool: its fork server and multiprocessing's resource tracker (~22 MiB), and each worker idle
 # (~14 MiB; what a worker builds for a batch is the batch's cost, its format's library a standing charge).

@@ -50,6 +50,7 @@ import json
 import math
 import operator
 import re
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
@@ -86,6 +87,7 @@ __all__ = [
     "parquet_schema",
     "record_ids",
     "to_json_line",
+    "zstd_frame",
 ]
 
 PARQUET_SCHEMA_VERSION = "1"
@@ -111,6 +113,64 @@ class BatchEncoder(Protocol):
         ...
 
 
+# -- zstd ----------------------------------------------------------------------------------------------
+
+# Pieces are handed to zstd in runs of about this many bytes: a batch's records are thousands of small
+# pieces, and each call into zstd is a trip through Python and a release of the GIL that the other threads
+# of the export (reading, uploading, the second encoder) then contend for; a run of pieces joined is one
+# call. zstd buffers its input into blocks whatever the calls, so the frame is the same byte for byte.
+ZSTD_FEED_BYTES = 256 << 10
+# Compression contexts kept for the next batch of the default format: one holds ~3.6 MiB of workspace for
+# a batch-sized frame at level 3, which a new context allocates and page-faults in again for every batch
+# (malloc gives it back to the system between batches: export/budget.py). At most this many wait idle per
+# process, whatever the number of exporters (PROCESS_RESERVED_BYTES covers them); a context is used by one
+# thread at a time (zstandard's are not thread-safe). The encode pool's workers (JSON Lines) keep none, so
+# that an idle worker stays the size the memory budget counts.
+IDLE_COMPRESSORS = 2
+_idle_compressors: dict[int, list[zstandard.ZstdCompressor]] = {}
+_compressors_lock = threading.Lock()
+
+
+def _take_compressor(level: int) -> zstandard.ZstdCompressor:
+    with _compressors_lock:
+        idle = _idle_compressors.get(level)
+        if idle:
+            return idle.pop()
+    return zstandard.ZstdCompressor(level=level, write_content_size=True)
+
+
+def _give_back(level: int, compressor: zstandard.ZstdCompressor) -> None:
+    with _compressors_lock:
+        idle = _idle_compressors.setdefault(level, [])
+        if sum(map(len, _idle_compressors.values())) < IDLE_COMPRESSORS:
+            idle.append(compressor)
+
+
+def zstd_frame(pieces: Sequence[bytes | memoryview], level: int = 3, *, keep_context: bool = True) -> bytes:
+    """One zstd frame (content size recorded) of ``pieces`` one after the other. They are fed in runs of
+    ``ZSTD_FEED_BYTES`` rather than joined first: a batch never holds a second copy of its records.
+    ``keep_context``: take the compression context from, and give it back to, the idle ones."""
+    compressor = (_take_compressor(level) if keep_context
+                  else zstandard.ZstdCompressor(level=level, write_content_size=True))
+    frame = compressor.compressobj(size=sum(map(len, pieces)))
+    out: list[bytes] = []
+    run: list[bytes | memoryview] = []
+    run_bytes = 0
+    for piece in pieces:
+        run.append(piece)
+        run_bytes += len(piece)
+        if run_bytes >= ZSTD_FEED_BYTES:
+            out.append(frame.compress(b"".join(run)))
+            run.clear()
+            run_bytes = 0
+    if run:
+        out.append(frame.compress(b"".join(run)))
+    out.append(frame.flush())
+    if keep_context:
+        _give_back(level, compressor)  # not when the frame failed half-way: that context is dropped
+    return b"".join(out)
+
+
 class CborZstdEncoder:
     decoded = False
 
@@ -119,13 +179,7 @@ class CborZstdEncoder:
         self.extension, self.content_type = FORMATS["cbor-zstd"].object_type("zstd")
 
     def encode(self, records: Sequence[bytes | memoryview]) -> bytes:
-        # A compressor is cheap to make and not safe to share across threads. The records are streamed in
-        # rather than joined first: a batch never holds a second copy of its records.
-        frame = zstandard.ZstdCompressor(level=self.level, write_content_size=True).compressobj(
-            size=sum(len(record) for record in records))
-        chunks = [frame.compress(record) for record in records]
-        chunks.append(frame.flush())
-        return b"".join(chunks)
+        return zstd_frame(records, self.level)
 
     def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
         return self.encode([cbor2.dumps(record, timezone=UTC) for record in records])
@@ -238,11 +292,7 @@ def _compress(chunks: list[bytes], compression: str, level: int | None) -> bytes
         out.append(stream.flush())
         return b"".join(out)
     if compression == "zstd":
-        frame = zstandard.ZstdCompressor(level=level or 3, write_content_size=True).compressobj(
-            size=sum(len(chunk) for chunk in chunks))
-        out = [frame.compress(chunk) for chunk in chunks]
-        out.append(frame.flush())
-        return b"".join(out)
+        return zstd_frame(chunks, level or 3, keep_context=False)  # JSON Lines: written by the pool's workers
     return b"".join(chunks)
 
 
