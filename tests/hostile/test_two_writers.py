@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from capture_export.export.connection import run_connection_test
+from capture_export.export.model import ExportFailure
 from capture_export.local_s3 import LocalS3
+from capture_export.objectstore import S3ObjectStore
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
 
@@ -254,3 +257,48 @@ def test_standalone_runner_may_take_over_once_the_operator_is_gone(
         runner.communicate()
     seed_sqlite(store, 100, seed=25)
     _finish_and_verify(exporter)
+
+
+def test_a_probe_deleted_by_a_racing_runner_is_not_a_broken_bucket(object_store: S3ObjectStore) -> None:
+    """Two runners of one exporter starting together probe the same key: one may delete the probe between the
+    other's write and read-back. That is a race, not a bucket that loses objects: the connection test passes
+    (and the loser then meets the winner's lease), instead of failing with ProbeNotReadBack."""
+    key = "llm/_capture-export/probes/default/usage"
+
+    class OtherRunnerDeletesOnce:
+        """The real store, with the other runner's delete landing right after this runner's first write."""
+
+        def __init__(self, objects: S3ObjectStore) -> None:
+            self.objects, self.raced = objects, False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.objects, name)
+
+        def put(self, put_key: str, body: bytes, **options: object) -> object:
+            written = self.objects.put(put_key, body, **options)  # type: ignore[arg-type]
+            if not self.raced:
+                self.raced = True
+                self.objects.delete(put_key)
+            return written
+
+    report = run_connection_test(OtherRunnerDeletesOnce(object_store), object_store.location.bucket,  # type: ignore[arg-type]
+                                 key)
+    assert report.key == key
+    assert object_store.get(key) is None  # and the probe is still cleaned up
+
+
+def test_a_bucket_that_loses_every_probe_still_fails_the_connection_test(object_store: S3ObjectStore) -> None:
+    class LosesEverything:
+        def __init__(self, objects: S3ObjectStore) -> None:
+            self.objects = objects
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.objects, name)
+
+        def get(self, get_key: str) -> None:
+            return None
+
+    with pytest.raises(ExportFailure) as failure:
+        run_connection_test(LosesEverything(object_store), object_store.location.bucket,  # type: ignore[arg-type]
+                            "llm/_capture-export/probes/default/usage")
+    assert failure.value.reason == "ProbeNotReadBack"

@@ -58,11 +58,19 @@ def run_connection_test(objects: ObjectStore, bucket: str, key: str, *, encrypti
     engine's retrying request counter)."""
     folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
 
+    def write() -> None:
+        objects.put(key, PROBE_BODY, content_type="text/plain")
+
     def read() -> None:
         written = not denied  # (the write is the first step)
-        if objects.get(key) is None and written:  # written a moment ago: a store that lost it is not usable
-            raise ObjectStoreError("ProbeNotReadBack", f"the probe object s3://{bucket}/{key} was written but "
-                                   "could not be read back", transient=False, domain=Domain.BUCKET)
+        if objects.get(key) is None and written:
+            # Another runner of this exporter, starting at the same moment, probes the same key and may have
+            # deleted it in between (it then meets this runner's lease): write and read once more. A store
+            # that loses what was written a moment ago twice is not usable.
+            write()
+            if objects.get(key) is None:
+                raise ObjectStoreError("ProbeNotReadBack", f"the probe object s3://{bucket}/{key} was written "
+                                       "but could not be read back", transient=False, domain=Domain.BUCKET)
 
     def listing() -> None:
         for _ in objects.list(folder):
@@ -70,7 +78,7 @@ def run_connection_test(objects: ObjectStore, bucket: str, key: str, *, encrypti
 
     denied: list[tuple[str, str, str, str]] = []  # (step, permission, reason, detail)
     operations: dict[str, Callable[[], object]] = {
-        "write": lambda: objects.put(key, PROBE_BODY, content_type="text/plain"),
+        "write": write,
         "read": read,
         "list": listing,
         "delete": lambda: objects.delete(key),
