@@ -36,7 +36,7 @@ TEMPLATED_KEY = re.compile(
 
 
 @pytest.mark.parametrize(("layout", "seeded", "kills", "appended"), [
-    ("flat", 40_000, KILLS, 1500), ("templated", 10_000, KILLS, 1500), ("parquet", 2_000, 6, 1000)])
+    ("flat", 40_000, KILLS, 1500), ("templated", 10_000, KILLS, 1500), ("parquet", 2_000, 8, 1000)])
 def test_kill_minus_nine_at_random_moments_then_verify(
     s3_server: LocalS3, bucket: str, tmp_path: Path, layout: str, seeded: int, kills: int, appended: int
 ) -> None:
@@ -55,6 +55,10 @@ def test_kill_minus_nine_at_random_moments_then_verify(
     for attempt in range(kills):
         # Vary the batch size now and then, as a user editing `limit` between crashes would.
         limit = rng.choice([150, 200, 333])
+        if layout == "parquet":
+            # Small batches: the pool encodes the ones after the first commit meanwhile, and a run of a few
+            # large ones often ended within the drain window, before its kill.
+            limit = rng.choice([40, 60, 90])
         extra = ""
         if layout == "templated":
             fmt, compression = formats[attempt]
