@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -153,7 +154,8 @@ def profile(case: str, store: str, s3: object, workdir: Path, limit: int, record
     fmt, compression, privacy = _case(case)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{case}-", dir=workdir))
     shutil.copy(store, run_dir / "store.sqlite")
-    bucket = run_dir.name.lower().replace(".", "-").replace("+", "-").replace("_", "-")
+    # A valid bucket name: mkdtemp's random part may end in "_", and a name may not end in "-".
+    bucket = re.sub(r"[^a-z0-9]+", "-", run_dir.name.lower()).strip("-")
     s3.create_bucket(bucket)  # type: ignore[attr-defined]
     (run_dir / "exporter.yaml").write_text(MANIFEST.format(
         key=s3.access_key_id, secret=s3.secret_access_key, endpoint=s3.endpoint,  # type: ignore[attr-defined]
