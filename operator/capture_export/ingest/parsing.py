@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import gc
 import io
+import logging
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbor2
 import zstandard
 
 from ..lifetime import end_with
@@ -20,6 +22,8 @@ from .errors import BadInput, TooLarge, UnsupportedMediaType
 
 __all__ = ["PARSERS", "IngestLimits", "Parsed", "Row", "cyclic_gc_paused", "prepare", "prepare_by_name",
            "start_parsing_process", "warm"]
+
+log = logging.getLogger(__name__)
 
 Row = tuple[int, bytes, str]  # (timestamp_us, CBOR body as encode_body makes it, capture_id)
 
@@ -78,6 +82,25 @@ def _decode(body: bytes, encoding: str, limit: int) -> bytes:
     raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported (gzip, deflate, zstd are)")
 
 
+# How deep a record may nest: cbor2's default ``max_depth``, where the readers of the exported objects (and
+# the exporter's own decoder) stop. JSON nests to 1024 levels (orjson): a record accepted deeper could
+# never be exported, and would hold the export of every record after it.
+MAX_NESTING = 400
+_CONTAINER_HEADS = bytes(range(0x80, 0xC0))  # CBOR array and map heads (and UTF-8 continuation bytes)
+
+
+def _nests_too_deeply(body: bytes) -> bool:
+    # A record nested N levels deep holds at least N container heads: most hold far fewer, and are not
+    # decoded again.
+    if len(body) - len(body.translate(None, _CONTAINER_HEADS)) < MAX_NESTING:
+        return False
+    try:
+        cbor2.loads(body)
+    except cbor2.CBORDecodeError:
+        return True
+    return False
+
+
 def _encode_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
     rows: list[Row] = []
     for index, record in enumerate(records):
@@ -85,6 +108,11 @@ def _encode_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
             ts, body = encode_ordered(record)
         except (ValueError, TypeError, OverflowError) as exc:
             raise BadInput(f"cannot be stored: {exc}", index=index) from None
+        except RecursionError:
+            raise BadInput(f"cannot be stored: nested more than {MAX_NESTING} levels deep", index=index) from None
+        if _nests_too_deeply(body):
+            raise BadInput(f"cannot be stored: nested more than {MAX_NESTING} levels deep (CBOR readers stop "
+                           "there)", index=index)
         rows.append((ts, body, record["capture_id"]))
     return rows
 
@@ -146,7 +174,13 @@ def _prepare(parse: Callable[[bytes, str, int], Parsed], allow_empty: bool, body
              content_type: str, limits: IngestLimits) -> tuple[int, dict[str, Any], list[Row]]:
     decoded = _decode(body, encoding, limits.max_decoded_bytes)
     del body
-    parsed = parse(decoded, content_type, limits.max_records)
+    try:
+        parsed = parse(decoded, content_type, limits.max_records)
+    except (ValueError, TypeError, LookupError, AttributeError, OverflowError, RecursionError) as exc:
+        # A value the parser did not foresee. Parsing depends on the body alone, so the same body fails
+        # the same way every time: a 400, not a retryable 503 that has the client resend it for ever.
+        log.warning("ingest: a %s body the parser could not read (%s)", content_type, exc.__class__.__name__)
+        raise BadInput(f"body cannot be read: {exc.__class__.__name__}: {str(exc)[:200]}") from None
     if not parsed.records and not allow_empty:
         raise BadInput("no records in the body")
     return parsed.ignored, parsed.extra, _encode_rows(parsed.records)

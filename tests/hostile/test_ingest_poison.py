@@ -1,0 +1,220 @@
+"""Poison requests at the ingest server: bodies built to make the server fail rather than merely to be
+wrong. Each must get a 4xx that names the problem (a retryable 503 "internal error" would have the
+client resend the same poison for ever, a 500 is a crash), must not cost unbounded memory, and must not
+fail the other clients' requests committed beside it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import httpx
+import pytest
+
+from capture_export.ingest import IngestLimits
+from capture_export.local_s3 import LocalS3
+from capture_export.store import SQLiteStore
+from tests.support.ingest import TOKEN, RunningIngest, export_all, ingest_server
+
+LIMITS = IngestLimits(max_body_bytes=1 << 20, max_decoded_bytes=4 << 20, max_records=50)
+TIMESTAMP = "2026-11-24T12:00:00Z"
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "store.sqlite"
+
+
+@pytest.fixture
+def ingest(store_path: Path, tmp_path: Path) -> Iterator[RunningIngest]:
+    with ingest_server(store_path, tmp_path, limits=LIMITS) as server:
+        yield server
+
+
+def stored(store_path: Path) -> int:
+    store = SQLiteStore(store_path)
+    try:
+        return store.count()
+    finally:
+        store.close()
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def native(capture: str, capture_id: str = "poison-1", timestamp: str = TIMESTAMP) -> str:
+    return f'[{{"timestamp": "{timestamp}", "capture_id": "{capture_id}", "capture": {capture}}}]'
+
+
+def litellm(**fields: str) -> str:
+    """One LiteLLM payload; ``fields`` are raw JSON text (JSON's own dumps cannot write every poison)."""
+    raw = {"id": '"ll-poison"', "startTime": "1800000000.0", "model": '"gpt-4o"', "status": '"success"', **fields}
+    return "[{" + ", ".join(f'"{k}": {v}' for k, v in raw.items()) + "}]"
+
+
+# (route, body, phrase the 400 must hold)
+POISON = {
+    "json nested 100000 deep": ("/v1/records", nested(100_000), "nested too deeply"),
+    "json nested 600 deep (within orjson's limit)": ("/v1/records", native(f'{{"x": {nested(600)}}}'),
+                                                      "nested too deeply"),
+    "an integer of 5000 digits": ("/v1/records", native('{"n": ' + "9" * 5000 + "}"), "digits"),
+    "a timestamp in year 1 with an offset": ("/v1/records", native("{}", timestamp="0001-01-01T00:00:00+01:00"),
+                                             "timestamp"),
+    "litellm body nested 100000 deep": ("/v1/litellm", litellm(response=nested(100_000)),
+                                        "nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("case", list(POISON))
+def test_poison_bodies_get_400_naming_the_problem(ingest: RunningIngest, store_path: Path, case: str) -> None:
+    route, body, phrase = POISON[case]
+    response = ingest.post(route, body, content_type="application/json")
+    assert response.status_code in (400, 413), f"{case}: {response.status_code} {response.text}"
+    assert phrase in response.json()["error"], response.text
+    # The server is none the worse: a good request right after goes through.
+    good = native("{}", capture_id=f"after-{case}")
+    assert ingest.post("/v1/records", good).json() == {"received": 1, "new": 1, "duplicates": 0}
+    assert stored(store_path) == 1
+
+
+def test_a_litellm_payload_with_odd_but_harmless_values_is_stored(ingest: RunningIngest, store_path: Path) -> None:
+    """Values LiteLLM never sends but a buggy gateway might: kept as sent (in capture.litellm), not refused."""
+    odd = {
+        "endTime past float range": {"startTime": "1.0", "endTime": "1" + "0" * 400},
+        "endTime 1e308": {"endTime": "1e308"},
+        "response_time 1e308": {"startTime": '"2026-11-24T12:00:00Z"', "response_time": "1e308"},
+        "prompt_tokens Infinity": {"prompt_tokens": "Infinity"},
+        "request_tags a number": {"request_tags": "5"},
+        "error_code Infinity": {"status": '"failure"', "error_information": '{"error_code": Infinity}'},
+        "tool-call arguments nested past any limit": {"response": json.dumps(
+            {"choices": [{"message": {"tool_calls": [{"function": {"name": "f", "arguments": nested(5000)}}]}}]})},
+    }
+    for n, (case, fields) in enumerate(odd.items()):
+        response = ingest.post("/v1/litellm", litellm(id=f'"odd-{n}"', **fields))
+        assert response.status_code == 200, f"{case}: {response.status_code} {response.text}"
+    assert stored(store_path) == len(odd)
+
+
+def _otlp_span(n: int, *attributes: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    span = {"traceId": f"{n + 1:032x}", "spanId": f"{n + 1:016x}", "name": "chat", "kind": 3,
+            "startTimeUnixNano": "1800000000000000000", "endTimeUnixNano": "1800000000250000000",
+            "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
+                           {"key": "gen_ai.system", "value": {"stringValue": "openai"}}, *attributes]}
+    span.update(changes)
+    return span
+
+
+def _string(key: str, value: str) -> dict[str, Any]:
+    return {"key": key, "value": {"stringValue": value}}
+
+
+def test_odd_genai_spans_are_stored_and_never_fail_their_batch(ingest: RunningIngest, store_path: Path) -> None:
+    spans = [
+        _otlp_span(0),
+        _otlp_span(1, kind=99),  # an enum value newer than our protobuf definitions
+        _otlp_span(2, status={"code": 7}),
+        _otlp_span(3, _string("gen_ai.usage.input_tokens", "\u00b2")),  # str.isdigit, yet no int
+        _otlp_span(4, _string("http.response.status_code", "9" * 5000)),
+        _otlp_span(5, _string("gen_ai.prompt", nested(100_000))),  # looks like JSON, nests past any limit
+    ]
+    body = json.dumps({"resourceSpans": [{"resource": {"attributes": []},
+                                          "scopeSpans": [{"scope": {"name": "s"}, "spans": spans}]}]})
+    response = ingest.post("/v1/traces", body)
+    assert response.status_code == 200, response.text
+    assert response.json() == {}  # no span rejected
+    assert stored(store_path) == len(spans)
+
+
+def test_otlp_refusal_in_protobuf_survives_a_header_that_is_not_utf8(ingest: RunningIngest) -> None:
+    """The google.rpc.Status answer quotes the bad Content-Encoding; raw bytes there made it a 500."""
+    response = httpx.post(ingest.url + "/v1/traces", content=b"\x0a\x00",
+                          headers={"Authorization": f"Bearer {TOKEN}".encode(),
+                                   "Content-Type": b"application/x-protobuf", "Content-Encoding": b"br\xff"})
+    assert response.status_code == 415, response.text
+    assert b"Content-Encoding" in response.content
+
+
+def test_a_token_that_is_not_utf8_is_refused_with_401(ingest: RunningIngest, store_path: Path) -> None:
+    response = httpx.post(ingest.url + "/v1/records", content=native("{}"),
+                          headers={"Authorization": b"Bearer \xff\xfe" + TOKEN.encode(),
+                                   "Content-Type": b"application/json"})
+    assert response.status_code == 401, response.text
+    assert "bearer token" in response.json()["error"]
+    assert stored(store_path) == 0
+
+
+def _shared_bomb(levels: int) -> bytes:
+    """CBOR value sharing (tags 28/29): each level an array holding the next one twice, by reference.
+    ~30 bytes per level on the wire; 2**levels copies of the innermost string once written out."""
+    inner = b"\xd8\x1c" + cbor2.dumps("a" * 1000)
+    for index in range(levels - 1, -1, -1):
+        inner = b"\xd8\x1c\x82" + inner + b"\xd8\x1d" + cbor2.dumps(index + 1)
+    head = cbor2.dumps({"timestamp": TIMESTAMP, "capture_id": "bomb"})
+    return bytes([head[0] + 1]) + head[1:] + cbor2.dumps("capture") + b"\xa1" + cbor2.dumps("x") + inner
+
+
+def test_cbor_value_sharing_is_refused_not_expanded(ingest: RunningIngest, store_path: Path) -> None:
+    # 16 levels: a 1 KiB body that was stored as a 65 MB record (at 30 levels: a terabyte, and an OOM kill).
+    body = _shared_bomb(16)
+    assert len(body) < 2_000
+    response = ingest.post("/v1/records", body, content_type="application/cbor-seq")
+    assert response.status_code == 400, response.text[:300]
+    assert "shar" in response.json()["error"]
+    cycle = cbor2.dumps({"timestamp": TIMESTAMP, "capture_id": "cycle"})
+    cycle = bytes([cycle[0] + 1]) + cycle[1:] + cbor2.dumps("capture") + bytes.fromhex("a16178d81c81d81d00")
+    response = ingest.post("/v1/records", cycle, content_type="application/cbor-seq")
+    assert response.status_code == 400, response.text[:300]
+    assert stored(store_path) == 0
+    conn = sqlite3.connect(store_path)
+    assert conn.execute("SELECT coalesce(max(length(body)), 0) FROM captures").fetchone()[0] < 1_000_000
+    conn.close()
+
+
+def test_a_nul_in_a_capture_id_fails_no_one_elses_request(pg_dsn: str, tmp_path: Path) -> None:
+    """PostgreSQL text cannot hold NUL: the poisoned record must be refused alone, not fail the group
+    commit that carries other clients' records (and have them all retry it for ever)."""
+    with ingest_server(pg_dsn, tmp_path, limits=LIMITS) as ingest:
+        answers: dict[str, httpx.Response] = {}
+
+        def post(name: str, body: str) -> None:
+            answers[name] = ingest.post("/v1/records", body)
+
+        threads = [threading.Thread(target=post, args=(f"good-{n}", native("{}", capture_id=f"good-{n}")))
+                   for n in range(10)]
+        threads.append(threading.Thread(target=post, args=("nul", native("{}", capture_id="nul\\u0000id"))))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert all(answers[f"good-{n}"].status_code == 200 for n in range(10)), \
+            [(name, a.status_code, a.text) for name, a in answers.items() if a.status_code != 200]
+        assert answers["nul"].status_code == 400, answers["nul"].text
+        assert answers["nul"].json()["field"] == "capture_id"
+
+
+@pytest.mark.parametrize("fmt", ["cbor-zstd", "jsonl"])
+def test_what_is_accepted_however_deep_is_exported(fmt: str, tmp_path: Path, s3_server: LocalS3, bucket: str) -> None:
+    """JSON nests to 1024 levels (orjson), CBOR readers stop at 400 (cbor2's default): a record accepted
+    deeper could never be read from the bucket, and held the jsonl export of every record after it.
+    A payload nested too deeply is refused; JSON text inside a field (tool-call arguments, OTLP message
+    attributes) nested too deeply stays text."""
+    store_path = tmp_path / "store.sqlite"
+    tool_call = {"choices": [{"message": {"tool_calls": [{"function": {"name": "f", "arguments": nested(800)}}]}}]}
+    span = _otlp_span(0, _string("gen_ai.prompt", nested(800)))
+    with ingest_server(store_path, tmp_path, limits=LIMITS) as ingest:
+        for n, response in enumerate((json.dumps({"extra": json.loads(nested(300))}), json.dumps(tool_call))):
+            answer = ingest.post("/v1/litellm", litellm(id=f'"deep-{n}"', response=response))
+            assert answer.status_code == 200, answer.text
+        refused = ingest.post("/v1/litellm", litellm(id='"deeper"', response='{"extra": ' + nested(800) + "}"))
+        assert refused.status_code == 400 and "nested more than 400 levels" in refused.json()["error"], refused.text
+        answer = ingest.post("/v1/traces", json.dumps({"resourceSpans": [{"resource": {"attributes": []},
+                             "scopeSpans": [{"scope": {"name": "s"}, "spans": [span]}]}]}))
+        assert answer.status_code == 200 and answer.json() == {}, answer.text
+    records, _ = export_all(s3_server, bucket, store_path, tmp_path, fmt=fmt)
+    assert len(records) == stored(store_path) == 3
