@@ -218,3 +218,27 @@ def test_what_is_accepted_however_deep_is_exported(fmt: str, tmp_path: Path, s3_
         assert answer.status_code == 200 and answer.json() == {}, answer.text
     records, _ = export_all(s3_server, bucket, store_path, tmp_path, fmt=fmt)
     assert len(records) == stored(store_path) == 3
+
+
+def test_credential_headers_captured_as_otel_attributes_never_reach_the_store(ingest: RunningIngest,
+                                                                              store_path: Path) -> None:
+    """OpenTelemetry's HTTP conventions capture headers as ``http.request.header.<name>`` and
+    ``http.response.header.<name>`` attributes (string arrays), on spans and resources alike."""
+    def header(key: str, value: str) -> dict[str, Any]:
+        return {"key": key, "value": {"arrayValue": {"values": [{"stringValue": value}]}}}
+
+    span = _otlp_span(0, header("http.request.header.authorization", "Bearer sk-live-otel-1"),
+                      header("http.request.header.x-api-key", "sk-live-otel-2"),
+                      header("http.response.header.set-cookie", "session=sk-live-otel-3"),
+                      header("http.request.header.x-portkey-api-key", "sk-live-otel-4"),
+                      header("http.request.header.x-request-id", "req-kept"))
+    resource = {"attributes": [header("http.request.header.proxy-authorization", "Basic sk-live-otel-5")]}
+    body = json.dumps({"resourceSpans": [{"resource": resource,
+                                          "scopeSpans": [{"scope": {"name": "s"}, "spans": [span]}]}]})
+    assert ingest.post("/v1/traces", body).status_code == 200
+    conn = sqlite3.connect(store_path)
+    bodies = [bytes(row[0]) for row in conn.execute("SELECT body FROM captures")]
+    conn.close()
+    assert len(bodies) == 1
+    assert b"sk-live" not in bodies[0], bodies[0]
+    assert b"req-kept" in bodies[0]
