@@ -15,6 +15,7 @@ from typing import Any
 import cbor2
 import httpx
 import pytest
+import zstandard
 
 from capture_export.ingest import IngestLimits
 from capture_export.local_s3 import LocalS3
@@ -242,3 +243,39 @@ def test_credential_headers_captured_as_otel_attributes_never_reach_the_store(in
     assert len(bodies) == 1
     assert b"sk-live" not in bodies[0], bodies[0]
     assert b"req-kept" in bodies[0]
+
+
+def test_a_truncated_zstd_body_is_refused_not_stored_in_part(ingest: RunningIngest, store_path: Path) -> None:
+    """A gzip body cut short is refused; a zstd one was decoded as far as it went and the records it
+    held stored, with a 200 the client took for the whole batch."""
+    first = "\n".join(native("{}", capture_id=f"z-{n}")[1:-1] for n in range(10)) + "\n"
+    second = "\n".join(native("{}", capture_id=f"z-{n}")[1:-1] for n in range(10, 20)) + "\n"
+    packer = zstandard.ZstdCompressor()
+    whole = packer.compress(first.encode()) + packer.compress(second.encode())
+    for cut in (len(whole) - 9, len(whole) - 3):
+        response = ingest.post("/v1/records", whole[:cut], content_type="application/x-ndjson",
+                               headers={"Content-Encoding": "zstd"})
+        assert response.status_code == 400, response.text
+        assert "truncated zstd" in response.json()["error"]
+    assert stored(store_path) == 0
+    answer = ingest.post("/v1/records", whole, content_type="application/x-ndjson",
+                         headers={"Content-Encoding": "zstd"})
+    assert answer.json() == {"received": 20, "new": 20, "duplicates": 0}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_a_body_of_countless_tiny_members_is_refused_at_once(encoding: str, tmp_path: Path) -> None:
+    """Concatenated gzip members / zstd frames are allowed; 200,000 empty ones in 4 MB cost the parser
+    minutes (the rest of the body was copied after each member), while its other requests waited."""
+    import gzip
+    import time
+
+    one = gzip.compress(b"") if encoding == "gzip" else zstandard.ZstdCompressor().compress(b"")
+    body = one * ((4 << 20) // len(one))
+    with ingest_server(tmp_path / "store.sqlite", tmp_path) as ingest:
+        started = time.monotonic()
+        response = ingest.post("/v1/records", body, headers={"Content-Encoding": encoding})
+        elapsed = time.monotonic() - started
+    assert response.status_code == 400, response.text
+    assert f"more than 20000 {encoding} members" in response.json()["error"]
+    assert elapsed < 5, f"{elapsed:.1f} s"

@@ -5,7 +5,6 @@ parsing processes of the ingest server (``parse_workers``) stay small."""
 from __future__ import annotations
 
 import gc
-import io
 import logging
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -51,35 +50,57 @@ class Parsed:
 
 # -- bodies --------------------------------------------------------------------------------------------
 
+# A body may concatenate gzip members or zstd frames (the decoded body is their concatenation), up to this
+# many: each costs a decompressor, and 16 MiB of empty members would be a million of them.
+MAX_MEMBERS = 20_000
+# Compressed bytes handed to a decompressor at a time, so that what it leaves over past the end of a member
+# is small (copying the rest of the body after each member made many small members quadratic). zstd's
+# output per call has no bound of its own: 256 bytes hold at most 64 RLE blocks of 128 KiB, so the limit
+# is overshot by 8 MiB at most; zlib's is bounded by max_length.
+_STEPS = {"gzip": 4096, "zstd": 256}
+
+
 def _decode(body: bytes, encoding: str, limit: int) -> bytes:
-    """Undo ``Content-Encoding`` without ever holding more than ``limit`` decoded bytes (zip bombs)."""
+    """Undo ``Content-Encoding`` without ever holding more than ``limit`` decoded bytes (zip bombs). Every
+    member or frame is decoded to its end: a body cut short is refused, not decoded as far as it goes."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
-    too_large = TooLarge(f"body larger than the limit of {limit} bytes once decompressed")
+    if encoding not in ("gzip", "x-gzip", "deflate", "zstd"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported (gzip, deflate, zstd are)")
+    codec = "zstd" if encoding == "zstd" else "gzip"
+    step = _STEPS[codec]
+    zstd = zstandard.ZstdDecompressor() if codec == "zstd" else None
+    out = bytearray()
+    data = memoryview(body)
+    start = members = 0
     try:
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            out = bytearray()
-            data = body
-            while data:
-                wbits = 47 if encoding != "deflate" else 15  # gzip or zlib header (47: either, auto)
-                decompressor = zlib.decompressobj(wbits)
-                out += decompressor.decompress(data, limit + 1 - len(out))
-                if len(out) > limit or decompressor.unconsumed_tail:
-                    raise too_large
-                if not decompressor.eof:
-                    raise BadInput(f"truncated {encoding} body")
-                data = decompressor.unused_data  # a concatenated gzip member follows
-            return bytes(out)
-        if encoding == "zstd":
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True)
-            decoded: bytes = reader.read(limit + 1)
-            if len(decoded) > limit:
-                raise too_large
-            return decoded
+        while start < len(data):
+            members += 1
+            if members > MAX_MEMBERS:
+                raise BadInput(f"more than {MAX_MEMBERS} {encoding} members in one body")
+            if zstd is not None:
+                decompressor: Any = zstd.decompressobj()
+            else:  # gzip or zlib header (47: either, auto)
+                decompressor = zlib.decompressobj(47 if encoding != "deflate" else 15)
+            position = start
+            while not decompressor.eof and position < len(data):
+                chunk = data[position:position + step]
+                if zstd is not None:
+                    out += decompressor.decompress(chunk)
+                else:
+                    out += decompressor.decompress(chunk, limit + 1 - len(out))
+                    if decompressor.unconsumed_tail:
+                        raise TooLarge(f"body larger than the limit of {limit} bytes once decompressed")
+                if len(out) > limit:
+                    raise TooLarge(f"body larger than the limit of {limit} bytes once decompressed")
+                position = min(position + step, len(data))
+            if not decompressor.eof:
+                raise BadInput(f"truncated {encoding} body")
+            start = position - len(decompressor.unused_data)  # a concatenated member follows
     except (zlib.error, zstandard.ZstdError) as exc:
         raise BadInput(f"body is not valid {encoding}: {exc}") from None
-    raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported (gzip, deflate, zstd are)")
+    return bytes(out)
 
 
 # How deep a record may nest: cbor2's default ``max_depth``, where the readers of the exported objects (and
