@@ -279,3 +279,28 @@ def test_a_body_of_countless_tiny_members_is_refused_at_once(encoding: str, tmp_
     assert response.status_code == 400, response.text
     assert f"more than 20000 {encoding} members" in response.json()["error"]
     assert elapsed < 5, f"{elapsed:.1f} s"
+
+
+def test_records_acknowledged_after_the_store_file_is_deleted_are_in_the_store(tmp_path: Path) -> None:
+    """Someone deletes the SQLite store under a running ingest server (a reset by hand, a volume swapped).
+    Its open connection went on writing into the deleted file and answering 200: acknowledged, and gone."""
+    store_path = tmp_path / "data" / "store.sqlite"
+
+    def post_until_acknowledged(ingest: RunningIngest, capture_id: str) -> None:
+        for _ in range(3):  # as a client does: a 503 is retried
+            answer = ingest.post("/v1/records", native("{}", capture_id=capture_id))
+            if answer.status_code == 200:
+                return
+            assert answer.status_code == 503, answer.text
+        raise AssertionError(f"{capture_id} was never acknowledged")
+
+    with ingest_server(store_path, tmp_path, limits=LIMITS) as ingest:
+        post_until_acknowledged(ingest, "before")
+        for path in store_path.parent.iterdir():
+            path.unlink()
+        post_until_acknowledged(ingest, "after")
+        assert store_path.exists()
+        conn = sqlite3.connect(store_path)
+        ids = [row[0] for row in conn.execute("SELECT capture_id FROM captures")]
+        conn.close()
+        assert ids == ["after"]
