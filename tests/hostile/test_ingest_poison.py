@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,37 @@ def test_records_acknowledged_after_the_store_file_is_deleted_are_in_the_store(t
         ids = [row[0] for row in conn.execute("SELECT capture_id FROM captures")]
         conn.close()
         assert ids == ["after"]
+
+
+def test_big_records_waiting_for_a_locked_store_are_bounded_in_bytes(tmp_path: Path) -> None:
+    """While the gateway holds the SQLite write lock, requests wait for the group commit. Their number
+    of records was bounded, not their size: one-record requests of 16 MiB each piled up without limit."""
+    store_path = tmp_path / "store.sqlite"
+    limits = IngestLimits(max_body_bytes=1 << 20, max_pending_bytes=1 << 20)
+    big = "x" * 200_000
+    with ingest_server(store_path, tmp_path, limits=limits) as ingest:
+        assert ingest.post("/v1/records", native("{}", capture_id="first")).status_code == 200
+        blocker = sqlite3.connect(store_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        answers: list[httpx.Response] = []
+
+        def post(n: int) -> None:
+            answers.append(ingest.post("/v1/records", native(f'{{"big": "{big}"}}', capture_id=f"big-{n}")))
+
+        threads = [threading.Thread(target=post, args=(n,)) for n in range(12)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(answers) < 12 - 5 and time.monotonic() < deadline:  # at most 5 fit in 1 MiB
+            time.sleep(0.05)
+        refused = [a for a in answers if a.status_code == 503]
+        assert len(refused) >= 12 - 5, [a.status_code for a in answers]
+        assert all("waiting to be committed" in a.json()["error"] and a.headers["Retry-After"] == "1"
+                   for a in refused)
+        blocker.execute("COMMIT")
+        blocker.close()
+        for thread in threads:
+            thread.join(60)
+        waited = [a for a in answers if a.status_code == 200]
+        assert len(waited) + len(refused) == 12 and waited
+    assert stored(store_path) == 1 + len(waited)

@@ -136,6 +136,7 @@ class IngestServer:
         self.serve_metrics = serve_metrics
         self.sources = default_sources()
         self.writer = GroupCommitter(open_store, max_pending_records=self.limits.max_pending_records,
+                                     max_pending_bytes=self.limits.max_pending_bytes,
                                      max_group_records=self.limits.max_group_records,
                                      on_commit=lambda *_: self.metrics.commits.inc())
         self._parsers: ProcessPoolExecutor | None = None
