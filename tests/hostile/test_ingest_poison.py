@@ -6,6 +6,7 @@ fail the other clients' requests committed beside it."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import threading
 import time
@@ -339,3 +340,36 @@ def test_big_records_waiting_for_a_locked_store_are_bounded_in_bytes(tmp_path: P
         waited = [a for a in answers if a.status_code == 200]
         assert len(waited) + len(refused) == 12 and waited
     assert stored(store_path) == 1 + len(waited)
+
+
+def _stalled_upload(port: int, sent: int, declared: int) -> socket.socket:
+    """A client that declares ``declared`` bytes, sends ``sent`` of them, and goes quiet."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+    conn.sendall(f"POST /v1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n".encode() + b" " * sent)
+    return conn
+
+
+def test_bodies_held_at_once_are_bounded_in_bytes(tmp_path: Path) -> None:
+    """Each body is bounded by max_body_bytes; bodies of many slow clients at once were not (each
+    connection held up to 16 MiB). Past max_inflight_bytes a request gets 503 with Retry-After."""
+    store_path = tmp_path / "store.sqlite"
+    limits = IngestLimits(max_body_bytes=1 << 20, max_inflight_bytes=1 << 20)
+    with ingest_server(store_path, tmp_path, limits=limits) as ingest:
+        port = int(ingest.url.rsplit(":", 1)[1])
+        first = _stalled_upload(port, 600_000, 900_000)
+        time.sleep(0.5)  # the server holds its 600 kB
+        second = _stalled_upload(port, 600_000, 900_000)
+        head = second.recv(200)
+        assert head.startswith(b"HTTP/1.1 503"), head
+        assert b"Retry-After: 1" in head
+        second.close()
+        # Small requests still fit beside the stalled one; once it is gone, big ones do again.
+        assert ingest.post("/v1/records", native("{}", capture_id="small")).status_code == 200
+        first.close()
+        big = native(f'{{"big": "{"x" * 800_000}"}}', capture_id="big")
+        deadline = time.monotonic() + 10
+        while (answer := ingest.post("/v1/records", big)).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert answer.status_code == 200, answer.text
+    assert stored(store_path) == 2

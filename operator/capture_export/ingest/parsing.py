@@ -34,6 +34,7 @@ class IngestLimits:
     max_records: int = 10_000  # per request
     max_pending_records: int = 50_000  # waiting for the group commit; past it: 503
     max_pending_bytes: int = 256 << 20  # their encoded bodies, likewise
+    max_inflight_bytes: int = 256 << 20  # request bodies being received or parsed at once; past it: 503
     max_group_records: int = 5_000  # per transaction
     # Processes that decode, check and encode bodies (CPU work, outside the event loop's GIL). 0: in the
     # event loop's own thread (no second core; a parsing thread would stall the loop on the GIL instead).
