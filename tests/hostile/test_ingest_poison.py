@@ -373,3 +373,24 @@ def test_bodies_held_at_once_are_bounded_in_bytes(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert answer.status_code == 200, answer.text
     assert stored(store_path) == 2
+
+
+@pytest.mark.parametrize("route", ["records", "litellm"])
+def test_too_many_json_lines_are_refused_before_they_are_all_parsed(route: str) -> None:
+    """64 KiB of gzip inflate to 64 MiB of '{}' lines: all 21 million were parsed (2.7 GB in a parsing
+    process, 35 s) before the count was checked against max_records."""
+    import tracemalloc
+
+    from capture_export.ingest.parsing import PARSERS, IngestLimits, prepare
+
+    body = b"{}\n" * (2 << 20)  # 6 MiB
+    parse, allow_empty = PARSERS[route]
+    tracemalloc.start()
+    try:
+        with pytest.raises(Exception, match="more than 50 records") as refused:
+            prepare(parse, allow_empty, body, "", "application/x-ndjson", IngestLimits(max_records=50))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.type.__name__ == "TooLarge"
+    assert peak < 16 << 20, f"{peak >> 20} MiB to refuse a 6 MiB body"
