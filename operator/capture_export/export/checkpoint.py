@@ -205,5 +205,11 @@ class Checkpoints:
         self.requests(lambda: self.objects.put(key, data, content_type=CHECKPOINT_CONTENT_TYPE))
 
     def recover(self, saved: Cursor | None) -> Cursor:
-        """The cursor to resume from: the newest of the saved state and the bucket's checkpoint."""
-        return (saved or Cursor()).newest(self.read())
+        """The cursor to resume from: the bucket's checkpoint, or the saved state when there is none. A saved
+        state ahead of the checkpoint was edited (it is written after it): it only raises the high-water mark."""
+        saved = saved or Cursor()
+        checkpoint = self.read()
+        if checkpoint is None:
+            return saved
+        newest = saved.newest(checkpoint)
+        return Cursor(checkpoint.epoch, checkpoint.position, newest.high_water)

@@ -140,9 +140,10 @@ class ExportEngine:
     # -- checkpoint ---------------------------------------------------------------------------------
 
     def recover(self, saved: Cursor | None, *, saved_store_id: str | None = None, resetting: bool = False) -> Cursor:
-        """The cursor to resume from: the newest of the saved state (status or state file, written from
-        the store ``saved_store_id``) and the bucket's checkpoint, after checking that they belong to this
-        store. Raises ExportFailure, writing nothing:
+        """The cursor to resume from: the bucket's checkpoint, or the saved state (status or state file,
+        written from the store ``saved_store_id``) when there is no checkpoint, after checking that they
+        belong to this store; a saved state ahead of the checkpoint goes back to it (see below). Raises
+        ExportFailure, writing nothing:
 
         * ``StoreMismatch``: the checkpoint (or, unless ``resetting``, the saved state) was written from
           another store: the store was recreated or replaced under the exporter;
@@ -199,6 +200,13 @@ class ExportEngine:
                 f"assigned ({highest}): a forged checkpoint, or a store restored from an older backup. Nothing "
                 "is written; a reset (annotation capture.dev/reset-cursor) re-exports from the beginning",
                 domain=Domain.STORE, transient=False)
+        if checkpoint is not None and saved.order() > checkpoint.cursor.order():
+            # The saved state is written after the checkpoint, so it is never rightly ahead of it: it was
+            # edited (anyone with patch on status can), or the bucket was rolled back. Resuming there would
+            # skip records and then write that cursor into the checkpoint, where the retention gate takes it
+            # as proof that they were exported. The checkpoint wins; the range between is exported again,
+            # swept (the high-water mark keeps the saved position).
+            cursor = Cursor(checkpoint.cursor.epoch, checkpoint.cursor.position, cursor.high_water)
         if checkpoint is None:
             cursor = Cursor(cursor.epoch, cursor.position, max(cursor.high_water, self.find_high_water()))
         elif checkpoint.store_id is None:
