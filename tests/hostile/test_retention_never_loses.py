@@ -22,6 +22,7 @@ from capture_export.store import SQLiteStore
 from tests.support.operator_fixtures import cluster_fixture, kube_fixture, start_operator_fixture  # noqa: F401
 from tests.support.operator_harness import EmulatedCluster, Kube, OperatorThread, Policies, wait_for
 from tests.support.records import make_record
+from tests.support.retention import World, policy, sync_pipeline
 
 from .retention_support import RetentionRun, append_old_records
 from .runs_support import exporter_spec
@@ -85,3 +86,49 @@ def test_a_tenant_who_patches_an_exporters_status_cursor_cannot_get_unexported_r
     assert report.exported_records == 50 and not report.duplicated, report.summary()  # each exported once
     assert any(e[:2] == ("Warning", "SavedCursorAhead") for e in kube.events("usage")), kube.events("usage")
 
+
+def _joins_the_gate(world: World) -> None:
+    """A careless operator gives a second archive (a compliance copy) the label the policy selects."""
+    world.exporters["x1"].labels = {"archive": "yes"}
+
+
+def _wiped_and_reset(world: World) -> None:
+    """The bucket is emptied by hand (a lifecycle rule, `aws s3 rm --recursive`), and the exporter reset
+    to export everything again."""
+    exporter = world.exporters["x0"]
+    exporter.bucket.objects.clear()
+    assert exporter.reset()
+
+
+@pytest.mark.parametrize("mishap", [_joins_the_gate, _wiped_and_reset], ids=["a new exporter joins the gate",
+                                                                              "bucket wiped, exporter reset"])
+def test_soft_deleted_records_wait_out_a_closed_gate_before_they_are_removed_for_good(
+    mishap: Callable[[World], None],
+) -> None:
+    """Soft-deleted records stay in the export stream so that an exporter new to the gate, or reset, exports
+    them again. Their grace period may end while that exporter has not: then they are still the only copy
+    its bucket can get, and removing them would purge records a gating exporter has not exported."""
+    with sync_pipeline():
+        world = World(limits=[10, 10])
+        world.exporters["x0"].labels = {"archive": "yes"}
+        world.exporters["x1"].labels = {"archive": "no"}
+        spec = policy(maxAge="24h", exporterSelector={"matchLabels": {"archive": "yes"}},
+                      softDelete={"gracePeriod": "1h"})
+        old = world.insert([48 * 60] * 5 + [10] * 2)[:5]
+        world.exporters["x0"].export()
+        assert world.purge(spec).status.last_run.soft_deleted == 5
+
+        mishap(world)
+        world.clock.advance(timedelta(hours=2))  # the grace period is over
+        closed = world.purge(spec)
+        assert closed.status.gate.open is False
+        assert world.store.soft_deleted_count() == 5, "soft-deleted records removed for good behind a closed gate"
+        assert closed.status.soft_deleted_pending == 5
+
+        # The exporter that held the gate exports them; then, and only then, they go.
+        late = world.exporters["x0" if mishap is _wiped_and_reset else "x1"]
+        late.export()
+        assert set(old) <= late.bucket.data_ids()
+        opened = world.purge(spec)
+        assert opened.status.gate.open is True and opened.status.last_run.purged == 5
+        assert world.store.soft_deleted_count() == 0

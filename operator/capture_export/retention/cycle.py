@@ -6,9 +6,10 @@ cluster), a cycle reads each gating exporter's checkpoint object from its bucket
 (retention/gate.py), purges what it allows (retention/purge.py) and returns the new status, the Events
 worth emitting and when the next cycle is due. No Kubernetes here.
 
-Order within a cycle: first soft-deleted records whose grace period is over are removed for good (they
-were exported when they were marked), then old records at or below the bound are deleted, or marked
-and hidden with ``softDelete``. ``dryRun`` counts both and changes nothing.
+Order within a cycle: first soft-deleted records whose grace period is over are removed for good, those
+at or below the bound (they were exported when they were marked, but an exporter that joined the gate or
+was reset since must export them again first), then old records at or below the bound are deleted, or
+marked and hidden with ``softDelete``. ``dryRun`` counts both and changes nothing.
 """
 
 from __future__ import annotations
@@ -291,8 +292,11 @@ class RetentionWorker:
         purger = Purger(store, batch_size=spec.batch_size, clock=self.clock, max_chunk_seconds=self.max_chunk_seconds,
                         pause_seconds=self.pause_seconds, recheck_seconds=self.recheck_seconds)
         stats = PurgeStats(bound=gate.bound)
-        if grace_cutoff_us is not None:
-            stats.add(purger.purge_soft_deleted(grace_cutoff_us, should_stop=should_stop, deadline=deadline))
+        if grace_cutoff_us is not None and gate.bound > 0:
+            # Bounded by the gate as it is now, not as it was when they were marked: an exporter that joined
+            # the gate since, or was reset (its bucket wiped), has yet to export them, and they wait for it.
+            stats.add(purger.purge_soft_deleted(grace_cutoff_us, max_id=gate.bound, should_stop=should_stop,
+                                                deadline=deadline))
         if gate.open and not stats.stopped:
 
             def recheck() -> int:

@@ -267,10 +267,11 @@ class SQLiteStore:
         else:
             conn.executemany(f"{statement} = ?", [(*leading, record_id) for record_id in ids])
 
-    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int) -> int:
+    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int, *, max_id: int | None = None) -> int:
+        bound = 2**63 - 1 if max_id is None else max_id
         return int(self._write(lambda conn: conn.execute(
             "DELETE FROM captures WHERE id IN (SELECT id FROM captures INDEXED BY captures_deleted_ts "
-            "WHERE deleted_at_us <= ? LIMIT ?)", (deleted_before_us, limit)
+            "WHERE deleted_at_us <= ? AND id <= ? LIMIT ?)", (deleted_before_us, bound, limit)
         ).rowcount))
 
     def restore_chunk(self, limit: int, *, deleted_since_us: int | None = None) -> int:
