@@ -120,6 +120,8 @@ def test_soft_deleted_records_wait_out_a_closed_gate_before_they_are_removed_for
 
         mishap(world)
         world.clock.advance(timedelta(hours=2))  # the grace period is over
+        dry = world.purge(spec.model_copy(update={"dry_run": True}))
+        assert dry.status.last_run.would_purge == 0  # the dry run tells the truth about it too
         closed = world.purge(spec)
         assert closed.status.gate.open is False
         assert world.store.soft_deleted_count() == 5, "soft-deleted records removed for good behind a closed gate"

@@ -69,6 +69,7 @@ def purge_soft_deleted_after_grace_and_restore(store: RetentionStore) -> None:
 def purge_soft_deleted_never_above_the_bound(store: RetentionStore) -> None:
     filled(store, [HOUR] * 5)
     store.expire_chunk(10, 5 * HOUR, 10, mark_at_us=100)  # ids 1..5 marked at 100
+    assert store.soft_deleted_count(200, max_id=0) == 0 and store.soft_deleted_count(200, max_id=3) == 3
     assert store.purge_soft_deleted_chunk(200, 10, max_id=0) == 0  # the gate closed since they were marked
     assert store.purge_soft_deleted_chunk(200, 10, max_id=3) == 3
     assert store.soft_deleted_count() == 2 and store.restore_chunk(10) == 2

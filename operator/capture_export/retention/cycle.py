@@ -285,8 +285,8 @@ class RetentionWorker:
         grace_cutoff_us = now_us - int(spec.soft_delete.grace.total_seconds() * 1_000_000) if spec.soft_delete else None
         if spec.dry_run:
             would = store.count_expired(gate.bound, gate.cutoff_us) if gate.open else 0
-            if grace_cutoff_us is not None:
-                would += store.soft_deleted_count(grace_cutoff_us)
+            if grace_cutoff_us is not None and gate.bound > 0:
+                would += store.soft_deleted_count(grace_cutoff_us, max_id=gate.bound)
             run.would_purge = would
             return PurgeStats(bound=gate.bound)
         purger = Purger(store, batch_size=spec.batch_size, clock=self.clock, max_chunk_seconds=self.max_chunk_seconds,

@@ -228,9 +228,9 @@ class RetentionStore(Protocol):
         (visible, ``id <= max_id``, ``ts_us < older_than_us``). Read-only (dry runs, status)."""
         ...
 
-    def soft_deleted_count(self, deleted_before_us: int | None = None) -> int:
-        """How many records are soft-deleted (only those with ``deleted_at_us <= deleted_before_us`` when
-        given). Read-only."""
+    def soft_deleted_count(self, deleted_before_us: int | None = None, *, max_id: int | None = None) -> int:
+        """How many records are soft-deleted (only those with ``deleted_at_us <= deleted_before_us`` and
+        ``id <= max_id`` when given: what ``purge_soft_deleted_chunk`` would take). Read-only."""
         ...
 
 

@@ -263,10 +263,15 @@ class PostgresStore:
 
         return self._run(work)
 
-    def soft_deleted_count(self, deleted_before_us: int | None = None) -> int:
+    def soft_deleted_count(self, deleted_before_us: int | None = None, *, max_id: int | None = None) -> int:
+        params: tuple[int, ...] = ()
         if deleted_before_us is None:
-            return self._scalar(f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us IS NOT NULL")
-        return self._scalar(f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us <= %s", (deleted_before_us,))
+            sql = f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us IS NOT NULL"
+        else:
+            sql, params = f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us <= %s", (deleted_before_us,)
+        if max_id is not None:
+            sql, params = sql + " AND id <= %s", (*params, max_id)
+        return self._scalar(sql, params)
 
     # -- quarantine (store/base.py QuarantineStore): each call one statement, so one transaction --------
 

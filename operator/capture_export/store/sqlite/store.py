@@ -291,13 +291,15 @@ class SQLiteStore:
         rows = self._query("SELECT seq FROM sqlite_sequence WHERE name = 'captures'")
         return max(int(rows[0][0]) if rows else 0, self.max_id())
 
-    def soft_deleted_count(self, deleted_before_us: int | None = None) -> int:
+    def soft_deleted_count(self, deleted_before_us: int | None = None, *, max_id: int | None = None) -> int:
         if deleted_before_us is None:
             sql = "SELECT COUNT(*) FROM captures INDEXED BY captures_deleted_ts WHERE deleted_at_us IS NOT NULL"
             params: tuple[Any, ...] = ()
         else:
             sql, params = ("SELECT COUNT(*) FROM captures INDEXED BY captures_deleted_ts WHERE deleted_at_us <= ?",
                            (deleted_before_us,))
+        if max_id is not None:
+            sql, params = sql + " AND id <= ?", (*params, max_id)
         return int(self._query(sql, params)[0][0])
 
     # -- quarantine (store/base.py QuarantineStore) ---------------------------------------------------
