@@ -9,6 +9,7 @@ write that cursor into its checkpoint, and the gate would then vouch for records
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -134,3 +135,31 @@ def test_soft_deleted_records_wait_out_a_closed_gate_before_they_are_removed_for
         opened = world.purge(spec)
         assert opened.status.gate.open is True and opened.status.last_run.purged == 5
         assert world.store.soft_deleted_count() == 0
+
+
+def test_ids_restarted_under_the_same_store_hold_the_export_and_the_gate(
+    s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    """A careless DBA empties the table and resets its id sequence (PostgreSQL: ``TRUNCATE captures RESTART
+    IDENTITY``); the store keeps its identity. Once the gateway's new ids pass the old cursor, the exporter
+    would resume there, skipping the new records below it, and the gate would purge them as exported."""
+    run = RetentionRun(s3_server, bucket, tmp_path)
+    first = append_old_records(run.store, 300)
+    done = run.run_once()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert run.store_ids() == set() and run.bucket_ids() == set(first)
+
+    with sqlite3.connect(run.store) as db:
+        db.execute("DELETE FROM captures")
+        db.execute("DELETE FROM sqlite_sequence WHERE name = 'captures'")
+    fresh = append_old_records(run.store, 400)  # ids 1..400 again: new records, none exported
+    assert fresh[0] == 1
+
+    again = run.run_once()
+    assert "Traceback" not in again.stdout + again.stderr, again.stdout + again.stderr
+    assert run.store_ids() == set(fresh), f"{len(set(fresh) - run.store_ids())} new records purged unexported"
+    reasons = {c["reason"] for c in run.state_entry()["conditions"] if c["status"] == "False"}
+    assert "StoreMismatch" in reasons, run.state_entry()["conditions"]
+    gate = run.state_entry("RetentionPolicy/default/keep")["gate"]
+    assert gate["open"] is False and gate["reason"] == "ExporterStoreMismatch", gate
+    assert run.bucket_ids() == set(first)  # the old records' only copy is untouched

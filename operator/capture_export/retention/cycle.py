@@ -25,7 +25,7 @@ from ..api.retention import RetentionRun
 from ..api.vocabulary import ConditionType, EventType, GateExporterState, GateMode, PurgeOutcome, Reason, Truth
 from ..backoff import FailureBackoff
 from ..clock import Clock, SystemClock
-from ..export.checkpoint import Checkpoints
+from ..export.checkpoint import Checkpoints, reused_ids
 from ..export.cycle import ObjectStoreFactory
 from ..export.layout import ObjectLayout
 from ..export.model import ExporterId, ExportFailure, RetryPolicy
@@ -165,6 +165,9 @@ class RetentionWorker:
             return ExporterObservation(name, GateExporterState.STORE_MISMATCH, detail=(
                 f"its checkpoint was written from store {checkpoint.store_id}, the policy purges store "
                 f"{store.identity()}"))
+        reused = reused_ids(checkpoint, store) if checkpoint is not None else None
+        if reused is not None:  # its cursor vouches for records that are no longer these ids
+            return ExporterObservation(name, GateExporterState.STORE_MISMATCH, detail=reused)
         cursor = checkpoint.cursor if checkpoint is not None else None
         return ExporterObservation(name, GateExporterState.COMMITTED, cursor=cursor, failing=_failing(ref.status))
 
