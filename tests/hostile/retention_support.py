@@ -17,14 +17,23 @@ from capture_export.store import SQLiteStore
 from tests.support.cli import run_cli, write_manifest
 from tests.support.records import make_record
 
-__all__ = ["RetentionRun", "append_old_records"]
+__all__ = ["RetentionRun", "append_old_records", "open_store"]
 
 EXPORTER_KEY = "S3Exporter/default/usage"
 
 
-def append_old_records(path: Path, count: int, *, age: timedelta = timedelta(days=40)) -> list[int]:
-    """``count`` records ``age`` old, appended to a SQLite store (created if need be); their ids."""
-    store = SQLiteStore(path)
+def open_store(target: Path | str) -> Any:
+    """A SQLite store (a path, created if need be) or a PostgreSQL one (a DSN)."""
+    if isinstance(target, str) and target.startswith("postgres"):
+        from capture_export.store.postgres import PostgresStore
+
+        return PostgresStore(target)
+    return SQLiteStore(target)
+
+
+def append_old_records(target: Path | str, count: int, *, age: timedelta = timedelta(days=40)) -> list[int]:
+    """``count`` records ``age`` old, appended to a store (see open_store); their ids."""
+    store = open_store(target)
     try:
         before = store.max_id()
         now = datetime.now(UTC)
@@ -38,10 +47,10 @@ class RetentionRun:
     """One S3Exporter ``default/usage`` and one RetentionPolicy ``default/keep`` gated on it, in one manifest,
     run with ``capture-export run --once`` against ``store``."""
 
-    def __init__(self, s3: LocalS3, bucket: str, workdir: Path, *, limit: int = 100,
+    def __init__(self, s3: LocalS3, bucket: str, workdir: Path, *, limit: int = 100, store: str | None = None,
                  policy: str = "  maxAge: 30d\n  exporters: [usage]\n  batchSize: 50\n") -> None:
         self.s3, self.bucket, self.workdir = s3, bucket, workdir
-        self.store = workdir / "store.sqlite"
+        self.store: Path | str = store or workdir / "store.sqlite"
         self.state = workdir / "state.json"
         self.manifest = write_manifest(workdir / "all.yaml", s3, bucket, limit=limit)
         self.manifest.write_text(self.manifest.read_text() + "---\napiVersion: capture.dev/v1alpha1\n"
@@ -63,7 +72,7 @@ class RetentionRun:
         self.state.write_text(json.dumps(state))
 
     def store_ids(self) -> set[int]:
-        store = SQLiteStore(self.store)
+        store = open_store(self.store)
         try:
             return set(store.ids())
         finally:

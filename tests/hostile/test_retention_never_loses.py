@@ -137,21 +137,33 @@ def test_soft_deleted_records_wait_out_a_closed_gate_before_they_are_removed_for
         assert world.store.soft_deleted_count() == 0
 
 
+def _restart_ids(store: Path | str) -> None:
+    if isinstance(store, str):
+        import psycopg
+
+        with psycopg.connect(store, autocommit=True) as db:
+            db.execute("TRUNCATE captures RESTART IDENTITY")
+        return
+    with sqlite3.connect(store) as db:
+        db.execute("DELETE FROM captures")
+        db.execute("DELETE FROM sqlite_sequence WHERE name = 'captures'")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_ids_restarted_under_the_same_store_hold_the_export_and_the_gate(
-    s3_server: LocalS3, bucket: str, tmp_path: Path
+    s3_server: LocalS3, bucket: str, tmp_path: Path, request: pytest.FixtureRequest, kind: str
 ) -> None:
     """A careless DBA empties the table and resets its id sequence (PostgreSQL: ``TRUNCATE captures RESTART
     IDENTITY``); the store keeps its identity. Once the gateway's new ids pass the old cursor, the exporter
     would resume there, skipping the new records below it, and the gate would purge them as exported."""
-    run = RetentionRun(s3_server, bucket, tmp_path)
+    run = RetentionRun(s3_server, bucket, tmp_path,
+                       store=request.getfixturevalue("pg_dsn") if kind == "postgresql" else None)
     first = append_old_records(run.store, 300)
     done = run.run_once()
     assert done.returncode == 0, done.stdout + done.stderr
     assert run.store_ids() == set() and run.bucket_ids() == set(first)
 
-    with sqlite3.connect(run.store) as db:
-        db.execute("DELETE FROM captures")
-        db.execute("DELETE FROM sqlite_sequence WHERE name = 'captures'")
+    _restart_ids(run.store)
     fresh = append_old_records(run.store, 400)  # ids 1..400 again: new records, none exported
     assert fresh[0] == 1
 
