@@ -395,3 +395,30 @@ def test_parquet_reads_an_explicit_null_as_a_missing_field_as_documented() -> No
     back = list(decode_object(payload, "k/00000000000000000001-00000000000000000003.parquet"))
     assert "model" not in back[1] and "input_tokens" not in back[1]["usage"] and "estimated_cost" not in back[2]
     assert back[0] == records[0] and back[1]["usage"]["output_tokens"] == records[1]["usage"]["output_tokens"]
+
+
+@pytest.mark.parametrize("fmt", ["cbor-zstd", "jsonl", "parquet"])
+def test_a_capture_id_json_has_no_type_for_reads_back_as_the_stores_own(fmt: str, tmp_path: Path) -> None:
+    """``verify`` compares each exported record's capture_id with the store's: one a foreign writer stored as
+    bytes or as a UUID (tag 37) is the same id after a trip through JSON Lines or Parquet; another id
+    is still told apart."""
+    import uuid
+
+    from capture_export.export.provenance import compare_with_store
+    from capture_export.store import SQLiteStore
+
+    ids = [b"\x9f\x00\x10binary", b"utf8-id", uuid.UUID("12345678-1234-5678-1234-567812345678"), "cap-3"]
+    stored = [make_record(n, capture_id=capture_id) for n, capture_id in enumerate(ids)]
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    try:
+        store.append(stored)
+        payload = encoder_for(fmt).encode_records(exported(stored))
+        key = "k/00000000000000000001-00000000000000000004" + FORMATS[fmt].extensions[FORMATS[fmt].default_compression]
+        back = list(decode_object(payload, key))
+        check = compare_with_store(back, store)
+        assert (check.same, check.differing, check.absent) == ([1, 2, 3, 4], [], [])
+        back[1]["capture_id"] = {"$base64": "b3RoZXI="}  # another id, in the JSON form
+        back[3]["capture_id"] = "cap-other"
+        assert compare_with_store(back, store).differing == [2, 4]
+    finally:
+        store.close()
