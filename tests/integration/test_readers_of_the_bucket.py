@@ -17,6 +17,7 @@ from typing import Any
 import cbor2
 import pytest
 
+from capture_export.audit import decode_object, to_json_line
 from capture_export.local_s3 import LocalS3
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
@@ -186,3 +187,32 @@ def test_the_documented_cbor_reader_reads_a_real_export(
                    for r in scope["records"])
         ids += [r["id"] for r in scope["records"]]
     assert ids == list(range(1, 601))
+
+
+# -- privacy mode on records of a shape the schema does not have ---------------------------------------------
+
+SECRET = "my secret prompt about the merger"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "cbor-zstd"])
+def test_privacy_mode_ships_no_content_of_a_capture_that_is_not_a_map(
+    s3_server: LocalS3, bucket: str, tmp_path: Path, fmt: str
+) -> None:
+    """OpenRouter's Privacy Mode promise, for a gateway that stored its capture as JSON text (or a request as
+    raw text): no object in the bucket holds the prompt, in any format; the record itself is exported."""
+    store = tmp_path / "store.sqlite"
+    assert run_cli("store", "init", "--store", store, cwd=tmp_path).returncode == 0
+    as_text = make_record(1, capture=f'{{"request": {{"body": {{"messages": [{{"content": "{SECRET}"}}]}}}}}}')
+    raw_request = make_record(2)
+    raw_request["capture"]["request"] = f"POST /v1/messages\n\n{SECRET}"  # type: ignore[index]
+    insert_foreign(store, [as_text, raw_request, make_record(3)])
+    manifest = write_exporters(tmp_path / "exporter.yaml", s3_server, bucket,
+                               {"usage": f"  format: {fmt}\n  privacyMode: true\n"})
+    run = run_cli("run", "--once", "-f", manifest, "--store", store, "--state", tmp_path / "state.json",
+                  cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    objects = copy_bucket(s3_server, bucket, "usage", tmp_path / "copy")
+    assert objects
+    lines = [to_json_line(record) for path in objects for record in decode_object(path.read_bytes(), path.name)]
+    assert len(lines) == 3 and not [line for line in lines if SECRET in line], lines
+    assert ['"capture_id":"cap-1"' in lines[0], '"capture_id":"cap-2"' in lines[1]] == [True, True]
