@@ -56,9 +56,11 @@ def test_a_hand_edited_saved_cursor_never_lets_retention_purge_unexported_record
     assert "refusing to move cursor back" not in again.stderr, again.stderr
 
 
+@pytest.mark.parametrize("forged", [{"cursor": "45"}, {"cursor": "45", "epoch": 3}],
+                         ids=["cursor ahead", "cursor ahead in a newer epoch"])
 def test_a_tenant_who_patches_an_exporters_status_cursor_cannot_get_unexported_records_purged(
     cluster: EmulatedCluster, kube: Kube, start_operator: Callable[..., OperatorThread], s3_server: LocalS3,
-    bucket: str, sqlite_store: SQLiteStore,
+    bucket: str, sqlite_store: SQLiteStore, forged: dict[str, object],
 ) -> None:
     """In the operator: status is a subresource anyone with patch on ``s3exporters/status`` may write. A
     cursor written there while the operator restarts (an upgrade, a drained node) is what the new worker
@@ -76,9 +78,11 @@ def test_a_tenant_who_patches_an_exporters_status_cursor_cannot_get_unexported_r
     first.stop()
 
     sqlite_store.append(make_record(i, timestamp=now - timedelta(days=40)) for i in range(30, 50))  # 31..50
-    kube.patch_status("usage", {"cursor": "45"})  # the tenant, while no operator runs
+    kube.patch_status("usage", forged)  # the tenant, while no operator runs
     start_operator()
-    kube.wait_status("usage", lambda s: s.get("cursor") == "50", timeout=60, what="the export after the restart")
+    # Status says what the bucket holds again (epoch and all).
+    kube.wait_status("usage", lambda s: (s.get("epoch"), s.get("cursor")) == (0, "50"), timeout=60,
+                     what="the export after the restart")
     wait_for(lambda: sqlite_store.count() == 0, timeout=30, what="the second purge")
 
     objects = S3ObjectStore(S3Location(bucket, "us-east-1", s3_server.endpoint),
