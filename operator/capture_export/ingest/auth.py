@@ -62,7 +62,8 @@ class TokenFile:
         scheme, _, given = authorization.partition(" ")
         if scheme.lower() != "bearer" or not given:
             return False
-        presented = given.strip().encode("utf-8")
+        # aiohttp decodes header bytes that are not UTF-8 as surrogates: this gives them back as sent.
+        presented = given.strip().encode("utf-8", "surrogateescape")
         # Compare with every token, whatever the outcome, so timing tells nothing about which one matched.
         matched = False
         for token in self._tokens:

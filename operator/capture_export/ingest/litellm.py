@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import BadInput
-from .native import MAX_CAPTURE_ID, json_values, loads_json, parse_timestamp
+from .native import MAX_CAPTURE_ID, json_values, loads_embedded_json, parse_timestamp
 
 __all__ = ["API_TYPES", "litellm_record", "parse_litellm"]
 
@@ -95,19 +95,29 @@ def _api_type_and_path(call_type: Any, route: str | None) -> tuple[str | None, s
 
 
 def _number(value: Any) -> float | None:
+    """A finite number as float; None for anything else (an integer past float's range included)."""
     if type(value) is float:  # the common case first: LiteLLM's times and costs
         return value if math.isfinite(value) else None
-    if type(value) is int:
-        return float(value)  # OverflowError past float's range, as math.isfinite would raise
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None
     return None
 
 
 def _count(value: Any) -> int:
     if type(value) is int:
         return value if value >= 0 else 0
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else 0
+    number = _number(value)
+    return int(number) if number is not None and number >= 0 else 0
+
+
+def _milliseconds(seconds: float) -> int | None:
+    """A duration in whole milliseconds, or None when it is past any real duration (endTime 1e308)."""
+    millis = seconds * 1000
+    return max(0, round(millis)) if math.isfinite(millis) else None
 
 
 def _get(mapping: Any, *path: str) -> Any:
@@ -175,7 +185,8 @@ def _identity(payload: dict[str, Any], metadata: Any) -> dict[str, Any]:
     node = _first_text(metadata, "user_api_key_hash")
     if node:
         identity["node_id"] = node
-    tags = [t for t in payload.get("request_tags") or () if isinstance(t, str)]
+    request_tags = payload.get("request_tags")
+    tags = [t for t in request_tags if isinstance(t, str)] if isinstance(request_tags, list) else []
     for prefix, keys in _TAG_SOURCES:
         value = _first_text(metadata, *keys)
         if value:
@@ -190,7 +201,7 @@ def _status_code(payload: dict[str, Any]) -> int:
     code = _get(payload, "error_information", "error_code")
     try:
         number = int(code)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an error_code of Infinity
         return 500
     return number if 100 <= number <= 999 else 500
 
@@ -203,7 +214,7 @@ def _tool_use(response: Any) -> list[dict[str, Any]]:
             arguments = function.get("arguments") if isinstance(function, dict) else None
             if isinstance(arguments, str):
                 with contextlib.suppress(ValueError):
-                    arguments = loads_json(arguments)
+                    arguments = loads_embedded_json(arguments)
             calls.append({"id": _get(call, "id"), "name": _get(function, "name"), "input": arguments})
     return calls
 
@@ -224,6 +235,8 @@ def litellm_record(payload: Any, index: int) -> dict[str, Any]:
         capture_id = call_id
     if len(capture_id) > MAX_CAPTURE_ID:
         raise BadInput(f"longer than {MAX_CAPTURE_ID} characters", index=index, field="id")
+    if "\x00" in capture_id:  # PostgreSQL text cannot hold it: the whole group commit would fail
+        raise BadInput("must not contain NUL characters", index=index, field="id")
     start = payload.get("startTime")
     try:
         start_seconds = _number(start)
@@ -233,10 +246,11 @@ def litellm_record(payload: Any, index: int) -> dict[str, Any]:
         detail = "required" if start is None else str(exc)
         raise BadInput(f"{detail} (Unix seconds, as LiteLLM sends it)", index=index, field="startTime") from None
     end = _number(payload.get("endTime"))
+    response_time = _number(payload.get("response_time"))
     if end is not None and start_seconds is not None:
-        duration = max(0, round((end - start_seconds) * 1000))
-    elif _number(payload.get("response_time")) is not None:
-        duration = max(0, round(payload["response_time"] * 1000))
+        duration = _milliseconds(end - start_seconds)
+    elif response_time is not None:
+        duration = _milliseconds(response_time)
     else:
         duration = None
     metadata = payload.get("metadata")

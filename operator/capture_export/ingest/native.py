@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -29,13 +30,14 @@ import orjson
 from ..store.records import FIELD_ORDER
 from .errors import BadInput, TooLarge, UnsupportedMediaType
 
-__all__ = ["CBOR_TYPES", "JSON_TYPES", "MAX_CAPTURE_ID", "check_record", "json_values", "loads_json", "parse_records",
-           "parse_timestamp"]
+__all__ = ["CBOR_TYPES", "JSON_TYPES", "MAX_CAPTURE_ID", "TOO_DEEP", "check_record", "json_values",
+           "loads_embedded_json", "loads_json", "parse_records", "parse_timestamp"]
 
 CBOR_TYPES = frozenset({"application/cbor-seq", "application/cbor"})
 JSON_TYPES = frozenset({"application/json", "application/x-ndjson", "application/jsonl", "application/x-jsonlines",
                         "application/jsonlines", "application/ndjson"})
 MAX_CAPTURE_ID = 256
+TOO_DEEP = "nested too deeply"
 
 _STRINGS = ("model", "api_type", "session_id", "path")
 _USAGE_INTS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
@@ -55,7 +57,10 @@ def parse_timestamp(value: Any) -> datetime:
         raise ValueError("must be a date-time (CBOR tag 0/1, or an RFC 3339 string in JSON)")
     if moment.tzinfo is None:
         raise ValueError("must carry a time zone (Z or an offset)")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00: before year 1 in UTC
+        raise ValueError("out of range once in UTC") from None
 
 
 def _is_int(value: Any) -> bool:
@@ -87,6 +92,8 @@ def check_record(record: Any, index: int) -> dict[str, Any]:
                        "stored already is not stored again)", index=index, field="capture_id")
     if len(capture_id) > MAX_CAPTURE_ID:
         raise BadInput(f"longer than {MAX_CAPTURE_ID} characters", index=index, field="capture_id")
+    if "\x00" in capture_id:  # PostgreSQL text cannot hold it: the whole group commit would fail
+        raise BadInput("must not contain NUL characters", index=index, field="capture_id")
     if out.get("ver", 2) != 2:
         raise BadInput(f"schema version {out['ver']!r} is not supported (2 is)", index=index, field="ver")
     for name in _STRINGS:
@@ -155,14 +162,38 @@ def _from_json(value: Any) -> Any:
 
 def loads_json(text: str | bytes) -> Any:
     """One JSON value: orjson's speed, the standard library's reach (NaN, integers past 64 bits, UTF-16 bytes
-    and whatever else orjson refuses, with the standard library's error)."""
+    and whatever else orjson refuses, with the standard library's error). Every refusal is a ValueError:
+    nesting past the interpreter's recursion limit and integers past its digit limit too."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except RecursionError:
+            raise ValueError(TOO_DEEP) from None
+
+
+def loads_embedded_json(text: str, max_depth: int = 128) -> Any:
+    """JSON held in a string field (tool-call arguments, OTLP message attributes), for a record that
+    keeps the text when this fails: ValueError also when it nests deeper than ``max_depth`` (stored
+    inside a record, it could otherwise take the record past what CBOR readers decode)."""
+    value = loads_json(text)
+    if text.count("[") + text.count("{") < max_depth:  # cannot nest that deep: the common case
+        return value
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise ValueError(TOO_DEEP)
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, dict | list))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
+    return value
 
 
 _DECODER = json.JSONDecoder()
+_LINE = re.compile(rb"[^\r\n]+")  # what bytes.splitlines() gives, less its empty lines
 _WHITESPACE = " \t\n\r"
 
 
@@ -179,7 +210,18 @@ def json_values(body: bytes, max_records: int) -> list[Any]:
             if not isinstance(values, list):
                 raise orjson.JSONDecodeError("not an array", "", 0)
         else:
-            values = [orjson.loads(line) for line in body.splitlines() if line.strip()]
+            values = []
+            if body.count(b"\n") + body.count(b"\r") <= max_records:  # cannot hold too many lines
+                values = [orjson.loads(line) for line in body.splitlines() if line.strip()]
+            else:
+                # Line by line, counting as it goes: parsing every line before the count was checked
+                # made 64 MiB of '{}' lines (64 KiB gzipped) 21 million dicts.
+                for match in _LINE.finditer(body):
+                    line = match.group()
+                    if line.strip():
+                        if len(values) == max_records:
+                            raise TooLarge(f"more than {max_records} records in one request")
+                        values.append(orjson.loads(line))
     except orjson.JSONDecodeError:
         values = list(_slow_json_values(_decode_text(body), max_records))
     if len(values) > max_records:
@@ -192,7 +234,9 @@ def _slow_json_values(text: str, max_records: int) -> Iterator[Any]:
     if text.startswith("[", position):
         try:
             values = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except RecursionError:
+            raise BadInput(f"not valid JSON: {TOO_DEEP}") from None
+        except ValueError as exc:  # JSONDecodeError, or an integer past the digit limit
             raise BadInput(f"not valid JSON: {exc}") from None
         if not isinstance(values, list):
             raise BadInput("not valid JSON")
@@ -209,6 +253,10 @@ def _slow_json_values(text: str, max_records: int) -> Iterator[Any]:
             value, position = _DECODER.raw_decode(text, position)
         except json.JSONDecodeError as exc:
             raise BadInput(f"not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})", index=index) from None
+        except RecursionError:
+            raise BadInput(f"not valid JSON: {TOO_DEEP}", index=index) from None
+        except ValueError as exc:  # an integer past the digit limit
+            raise BadInput(f"not valid JSON: {exc}", index=index) from None
         yield value
         index += 1
         while position < end and text[position] in _WHITESPACE:
@@ -229,17 +277,25 @@ def _json_records(body: bytes, max_records: int) -> list[dict[str, Any]]:
             value = _from_json(value)
         except ValueError as exc:
             raise BadInput(str(exc), index=index) from None
+        except RecursionError:
+            raise BadInput(TOO_DEEP, index=index) from None
         records.append(check_record(value, index))
     return records
 
 
 # -- CBOR ----------------------------------------------------------------------------------------------
 
+def _no_sharing(*_: Any) -> Any:
+    # Value sharing (tags 28/29) lets a few bytes reference one value any number of times, or itself:
+    # written out again in the store, a 1 KiB body became 65 MB (30 levels: a terabyte), or a cycle.
+    raise cbor2.CBORDecodeError("shared values (CBOR tags 28/29) are not accepted: write each value out")
+
+
 def _cbor_records(body: bytes, max_records: int) -> list[dict[str, Any]]:
     import io
 
     stream = io.BytesIO(body)
-    decoder = cbor2.CBORDecoder(stream)
+    decoder = cbor2.CBORDecoder(stream, semantic_decoders={28: _no_sharing, 29: _no_sharing})
     records: list[dict[str, Any]] = []
     while stream.tell() < len(body):
         index = len(records)

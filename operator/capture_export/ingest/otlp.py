@@ -36,7 +36,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from .errors import BadInput, TooLarge, UnsupportedMediaType
 from .litellm import API_TYPES as LITELLM_API_TYPES
-from .native import loads_json
+from .native import loads_embedded_json, loads_json
 from .parsing import Parsed
 
 __all__ = ["JSON_TYPES", "SEMCONV_VERSION", "export_response", "parse_otlp", "span_record", "status_body"]
@@ -100,7 +100,7 @@ def _maybe_json(value: Any) -> Any:
     """Message contents often arrive as JSON text in a string attribute."""
     if isinstance(value, str) and value[:1] in ("[", "{"):
         try:
-            return loads_json(value)
+            return loads_embedded_json(value)
         except ValueError:
             return value
     return value
@@ -114,9 +114,9 @@ _SPAN_KINDS = _enum_names(trace_pb2.Span.SpanKind)
 _STATUS_CODES = _enum_names(trace_pb2.Status.StatusCode)
 
 
-def _enum_name(names: dict[int, str], enum: Any, number: int) -> str:
-    name = names.get(number)
-    return name if name is not None else enum.Name(number)  # an unknown number: protobuf's own answer
+def _enum_name(names: dict[int, str], number: int) -> str:
+    # A number newer than these definitions (OTLP enums are open) is kept as the number.
+    return names.get(number) or str(number)
 
 
 def _int(value: Any) -> int | None:
@@ -127,7 +127,10 @@ def _int(value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str) and value.isdigit():
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # "²" is a digit int() cannot read; past 4300 digits int() refuses too
+            return None
     return None
 
 
@@ -285,9 +288,9 @@ def span_record(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scop
     otel: dict[str, Any] = {
         "trace_id": _hex(span.trace_id), "span_id": _hex(span.span_id),
         "parent_span_id": _hex(span.parent_span_id) or None, "name": span.name,
-        "kind": _enum_name(_SPAN_KINDS, trace_pb2.Span.SpanKind, span.kind), "start_time_unix_nano": start,
+        "kind": _enum_name(_SPAN_KINDS, span.kind), "start_time_unix_nano": start,
         "end_time_unix_nano": end,
-        "status": {"code": _enum_name(_STATUS_CODES, trace_pb2.Status.StatusCode, span.status.code),
+        "status": {"code": _enum_name(_STATUS_CODES, span.status.code),
                    "message": span.status.message},
         "attributes": attrs, "events": events,
         "links": [{"trace_id": _hex(link.trace_id), "span_id": _hex(link.span_id),
@@ -384,6 +387,10 @@ def parse_otlp(body: bytes, content_type: str, max_records: int) -> Parsed:
                 except SpanRejected as exc:
                     rejected += 1
                     first_error = first_error or f"span {total - 1}: {exc}"
+                except (ValueError, TypeError, LookupError, OverflowError, RecursionError) as exc:
+                    # A value the mapping did not foresee: this span is rejected, not its whole batch.
+                    rejected += 1
+                    first_error = first_error or f"span {total - 1}: cannot be read ({exc.__class__.__name__})"
     return Parsed(records, ignored, {"rejected": rejected, "error": first_error})
 
 
@@ -391,7 +398,7 @@ def parse_otlp(body: bytes, content_type: str, max_records: int) -> Parsed:
 
 def _status_message(code: int, message: str) -> bytes:
     """A google.rpc.Status (code = 1, message = 2) in protobuf, encoded by hand: three fields."""
-    text = message.encode("utf-8")
+    text = message.encode("utf-8", "replace")  # a quoted header may hold undecodable bytes
     out = bytearray()
     if code:
         out += b"\x08" + _varint(code)

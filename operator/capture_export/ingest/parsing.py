@@ -5,13 +5,14 @@ parsing processes of the ingest server (``parse_workers``) stay small."""
 from __future__ import annotations
 
 import gc
-import io
+import logging
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbor2
 import zstandard
 
 from ..lifetime import end_with
@@ -20,6 +21,8 @@ from .errors import BadInput, TooLarge, UnsupportedMediaType
 
 __all__ = ["PARSERS", "IngestLimits", "Parsed", "Row", "cyclic_gc_paused", "prepare", "prepare_by_name",
            "start_parsing_process", "warm"]
+
+log = logging.getLogger(__name__)
 
 Row = tuple[int, bytes, str]  # (timestamp_us, CBOR body as encode_body makes it, capture_id)
 
@@ -30,6 +33,8 @@ class IngestLimits:
     max_decoded_bytes: int = 64 << 20  # after Content-Encoding is undone
     max_records: int = 10_000  # per request
     max_pending_records: int = 50_000  # waiting for the group commit; past it: 503
+    max_pending_bytes: int = 256 << 20  # their encoded bodies, likewise
+    max_inflight_bytes: int = 256 << 20  # request bodies being received or parsed at once; past it: 503
     max_group_records: int = 5_000  # per transaction
     # Processes that decode, check and encode bodies (CPU work, outside the event loop's GIL). 0: in the
     # event loop's own thread (no second core; a parsing thread would stall the loop on the GIL instead).
@@ -47,35 +52,76 @@ class Parsed:
 
 # -- bodies --------------------------------------------------------------------------------------------
 
+# A body may concatenate gzip members or zstd frames (the decoded body is their concatenation), up to this
+# many: each costs a decompressor, and 16 MiB of empty members would be a million of them.
+MAX_MEMBERS = 20_000
+# Compressed bytes handed to a decompressor at a time, so that what it leaves over past the end of a member
+# is small (copying the rest of the body after each member made many small members quadratic). zstd's
+# output per call has no bound of its own: 256 bytes hold at most 64 RLE blocks of 128 KiB, so the limit
+# is overshot by 8 MiB at most; zlib's is bounded by max_length.
+_STEPS = {"gzip": 4096, "zstd": 256}
+
+
 def _decode(body: bytes, encoding: str, limit: int) -> bytes:
-    """Undo ``Content-Encoding`` without ever holding more than ``limit`` decoded bytes (zip bombs)."""
+    """Undo ``Content-Encoding`` without ever holding more than ``limit`` decoded bytes (zip bombs). Every
+    member or frame is decoded to its end: a body cut short is refused, not decoded as far as it goes."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
-    too_large = TooLarge(f"body larger than the limit of {limit} bytes once decompressed")
+    if encoding not in ("gzip", "x-gzip", "deflate", "zstd"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported (gzip, deflate, zstd are)")
+    codec = "zstd" if encoding == "zstd" else "gzip"
+    step = _STEPS[codec]
+    zstd = zstandard.ZstdDecompressor() if codec == "zstd" else None
+    out = bytearray()
+    data = memoryview(body)
+    start = members = 0
     try:
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            out = bytearray()
-            data = body
-            while data:
-                wbits = 47 if encoding != "deflate" else 15  # gzip or zlib header (47: either, auto)
-                decompressor = zlib.decompressobj(wbits)
-                out += decompressor.decompress(data, limit + 1 - len(out))
-                if len(out) > limit or decompressor.unconsumed_tail:
-                    raise too_large
-                if not decompressor.eof:
-                    raise BadInput(f"truncated {encoding} body")
-                data = decompressor.unused_data  # a concatenated gzip member follows
-            return bytes(out)
-        if encoding == "zstd":
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True)
-            decoded: bytes = reader.read(limit + 1)
-            if len(decoded) > limit:
-                raise too_large
-            return decoded
+        while start < len(data):
+            members += 1
+            if members > MAX_MEMBERS:
+                raise BadInput(f"more than {MAX_MEMBERS} {encoding} members in one body")
+            if zstd is not None:
+                decompressor: Any = zstd.decompressobj()
+            else:  # gzip or zlib header (47: either, auto)
+                decompressor = zlib.decompressobj(47 if encoding != "deflate" else 15)
+            position = start
+            while not decompressor.eof and position < len(data):
+                chunk = data[position:position + step]
+                if zstd is not None:
+                    out += decompressor.decompress(chunk)
+                else:
+                    out += decompressor.decompress(chunk, limit + 1 - len(out))
+                    if decompressor.unconsumed_tail:
+                        raise TooLarge(f"body larger than the limit of {limit} bytes once decompressed")
+                if len(out) > limit:
+                    raise TooLarge(f"body larger than the limit of {limit} bytes once decompressed")
+                position = min(position + step, len(data))
+            if not decompressor.eof:
+                raise BadInput(f"truncated {encoding} body")
+            start = position - len(decompressor.unused_data)  # a concatenated member follows
     except (zlib.error, zstandard.ZstdError) as exc:
         raise BadInput(f"body is not valid {encoding}: {exc}") from None
-    raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported (gzip, deflate, zstd are)")
+    return bytes(out)
+
+
+# How deep a record may nest: cbor2's default ``max_depth``, where the readers of the exported objects (and
+# the exporter's own decoder) stop. JSON nests to 1024 levels (orjson): a record accepted deeper could
+# never be exported, and would hold the export of every record after it.
+MAX_NESTING = 400
+_CONTAINER_HEADS = bytes(range(0x80, 0xC0))  # CBOR array and map heads (and UTF-8 continuation bytes)
+
+
+def _nests_too_deeply(body: bytes) -> bool:
+    # A record nested N levels deep holds at least N container heads: most hold far fewer, and are not
+    # decoded again.
+    if len(body) - len(body.translate(None, _CONTAINER_HEADS)) < MAX_NESTING:
+        return False
+    try:
+        cbor2.loads(body)
+    except cbor2.CBORDecodeError:
+        return True
+    return False
 
 
 def _encode_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
@@ -85,6 +131,11 @@ def _encode_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
             ts, body = encode_ordered(record)
         except (ValueError, TypeError, OverflowError) as exc:
             raise BadInput(f"cannot be stored: {exc}", index=index) from None
+        except RecursionError:
+            raise BadInput(f"cannot be stored: nested more than {MAX_NESTING} levels deep", index=index) from None
+        if _nests_too_deeply(body):
+            raise BadInput(f"cannot be stored: nested more than {MAX_NESTING} levels deep (CBOR readers stop "
+                           "there)", index=index)
         rows.append((ts, body, record["capture_id"]))
     return rows
 
@@ -146,7 +197,13 @@ def _prepare(parse: Callable[[bytes, str, int], Parsed], allow_empty: bool, body
              content_type: str, limits: IngestLimits) -> tuple[int, dict[str, Any], list[Row]]:
     decoded = _decode(body, encoding, limits.max_decoded_bytes)
     del body
-    parsed = parse(decoded, content_type, limits.max_records)
+    try:
+        parsed = parse(decoded, content_type, limits.max_records)
+    except (ValueError, TypeError, LookupError, AttributeError, OverflowError, RecursionError) as exc:
+        # A value the parser did not foresee. Parsing depends on the body alone, so the same body fails
+        # the same way every time: a 400, not a retryable 503 that has the client resend it for ever.
+        log.warning("ingest: a %s body the parser could not read (%s)", content_type, exc.__class__.__name__)
+        raise BadInput(f"body cannot be read: {exc.__class__.__name__}: {str(exc)[:200]}") from None
     if not parsed.records and not allow_empty:
         raise BadInput("no records in the body")
     return parsed.ignored, parsed.extra, _encode_rows(parsed.records)

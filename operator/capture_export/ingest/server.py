@@ -33,13 +33,13 @@ from aiohttp import web
 
 from ..store import IngestStore
 from .auth import TokenFile
-from .errors import IngestRefused, StoreUnavailable, TooLarge, Unauthorized
+from .errors import IngestRefused, Overloaded, StoreUnavailable, TooLarge, Unauthorized
 from .metrics import IngestMetrics
 from .parsing import PARSERS, IngestLimits, Parsed, Row, prepare, prepare_by_name, start_parsing_process, warm
 from .writer import GroupCommitter
 
-__all__ = ["IngestLimits", "IngestServer", "OtlpSource", "Outcome", "Parsed", "Source", "default_sources", "serve",
-           "store_opener"]
+__all__ = ["BodyBudget", "IngestLimits", "IngestServer", "OtlpSource", "Outcome", "Parsed", "Source",
+           "default_sources", "serve", "store_opener"]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,23 @@ class OtlpSource(Source):
 
 # -- bodies ---------------------------------------------------------------------------------------------
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+class BodyBudget:
+    """The bytes of request bodies held at once (being received, or waiting for and in a parsing
+    process): each request is bounded by ``max_body_bytes``, but a thousand slow clients each sending
+    16 MiB were not. Past ``limit`` a request is refused (503, Retry-After) unless it is the only one."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int, already: int) -> None:
+        if self.held > already and self.held + size > self.limit:
+            raise Overloaded(f"{self.held} bytes of request bodies are being received or parsed; retry shortly")
+        self.held += size
+
+
+async def _read_body(request: web.Request, limit: int, budget: BodyBudget, taken: list[int]) -> bytes:
+    """The body, within ``limit``; what it holds of ``budget`` is added to ``taken[0]`` as it arrives."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"body of {request.content_length} bytes is larger than the limit of {limit}")
     # The chunks as they arrive, joined once (a growing buffer would copy the body twice more).
@@ -112,6 +128,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise TooLarge(f"body larger than the limit of {limit} bytes")
+        budget.take(len(chunk), taken[0])
+        taken[0] += len(chunk)
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -135,7 +153,9 @@ class IngestServer:
         self.metrics = metrics or IngestMetrics()
         self.serve_metrics = serve_metrics
         self.sources = default_sources()
+        self.bodies = BodyBudget(self.limits.max_inflight_bytes)
         self.writer = GroupCommitter(open_store, max_pending_records=self.limits.max_pending_records,
+                                     max_pending_bytes=self.limits.max_pending_bytes,
                                      max_group_records=self.limits.max_group_records,
                                      on_commit=lambda *_: self.metrics.commits.inc())
         self._parsers: ProcessPoolExecutor | None = None
@@ -200,14 +220,19 @@ class IngestServer:
         async def handle(request: web.Request) -> web.Response:
             started = time.monotonic()
             received = 0
+            taken = [0]  # of self.bodies, given back once the body is parsed (or the request ends)
             try:
                 if not self.tokens.allows(request.headers.get("Authorization")):
                     raise Unauthorized("a valid bearer token is required (Authorization: Bearer <token>)")
-                body = await _read_body(request, self.limits.max_body_bytes)
+                body = await _read_body(request, self.limits.max_body_bytes, self.bodies, taken)
                 encoding = request.headers.get("Content-Encoding", "")
                 content_type = request.content_type
-                ignored, extra, rows = await self._prepare(source, body, encoding, content_type)
-                del body
+                try:
+                    ignored, extra, rows = await self._prepare(source, body, encoding, content_type)
+                finally:
+                    del body
+                    self.bodies.held -= taken[0]
+                    taken[0] = 0
                 received = len(rows)
                 self.metrics.pending.set(self.writer.pending_records + received)
                 new = await self.writer.commit(rows) if rows else 0
@@ -221,6 +246,8 @@ class IngestServer:
             except Exception:
                 log.exception("ingest: request to %s failed", source.path)
                 response = source.refused(request, StoreUnavailable("internal error; nothing was stored"))
+            finally:  # refused while reading, or the client went away (the task is cancelled)
+                self.bodies.held -= taken[0]
             code = str(response.status)
             self.metrics.requests.labels(source.name, code).inc()
             if received:

@@ -7,8 +7,9 @@ A request therefore succeeds only once its rows are committed, and is all-or-not
 one transaction, whatever else shares it. When the transaction fails (the store is unreachable or
 locked) every request in it fails and nothing of them is stored; the clients retry.
 
-Backpressure: when more than ``max_pending_records`` rows wait, new requests are refused at once
-(``Overloaded``: 503 with Retry-After) instead of queueing without bound.
+Backpressure: when more than ``max_pending_records`` rows, or ``max_pending_bytes`` of their bodies, wait,
+new requests are refused at once (``Overloaded``: 503 with Retry-After) instead of queueing without bound
+(a count alone let 16 MiB one-record requests pile up while the store was locked).
 
 The store is opened lazily by the writer thread (a PostgreSQL server that is down when the ingest
 server starts gives 503s until it is back, not a crash) and reopened after a failure.
@@ -40,6 +41,7 @@ class _Waiting:
     rows: Sequence[Row]
     future: asyncio.Future[int]
     loop: asyncio.AbstractEventLoop
+    size: int = 0  # bytes of the rows' bodies
 
 
 def _settle(future: asyncio.Future[int], result: int | BaseException) -> None:
@@ -62,16 +64,19 @@ class GroupCommitter:
         open_store: Callable[[], IngestStore],
         *,
         max_pending_records: int = 50_000,
+        max_pending_bytes: int = 256 << 20,
         max_group_records: int = 5_000,
         on_commit: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self.open_store = open_store
         self.max_pending_records = max_pending_records
+        self.max_pending_bytes = max_pending_bytes
         self.max_group_records = max_group_records
         self.on_commit = on_commit  # (requests, rows, seconds) after each successful transaction
         self._store: IngestStore | None = None
         self._queue: deque[_Waiting] = deque()
         self._pending = 0
+        self._pending_bytes = 0
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
@@ -85,14 +90,18 @@ class GroupCommitter:
         """Commit ``rows`` (with others' rows, in one transaction); return how many were new."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
+        size = sum(len(row[1]) for row in rows)
         with self._cond:
             if self._stopping:
                 raise StoreUnavailable("the ingest server is shutting down")
             # One request larger than the whole allowance still goes through when nothing else waits.
-            if self._pending and self._pending + len(rows) > self.max_pending_records:
-                raise Overloaded(f"{self._pending} records are waiting to be committed; retry shortly")
-            self._queue.append(_Waiting(rows, future, loop))
+            if self._pending and (self._pending + len(rows) > self.max_pending_records
+                                  or self._pending_bytes + size > self.max_pending_bytes):
+                raise Overloaded(f"{self._pending} records ({self._pending_bytes} bytes) are waiting to be "
+                                 "committed; retry shortly")
+            self._queue.append(_Waiting(rows, future, loop, size))
             self._pending += len(rows)
+            self._pending_bytes += size
             self._cond.notify()
         return await future
 
@@ -148,6 +157,7 @@ class GroupCommitter:
             outcome = self._write(group)
             with self._cond:
                 self._pending -= sum(len(w.rows) for w in group)
+                self._pending_bytes -= sum(w.size for w in group)
             # One wake-up per event loop for the whole group, not one per request: each wake-up is a
             # write to the loop's self-pipe and a trip through the GIL.
             answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], Any]]] = {}

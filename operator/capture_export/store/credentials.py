@@ -5,7 +5,8 @@ store. This module decides, on a *decoded* record (dicts and lists as cbor2 give
 
 * **Header names** are compared normalised: a text or UTF-8 byte string, surrounding whitespace and a
   trailing colon dropped, lower case, ``_`` read as ``-``, a CGI/WSGI ``http-`` prefix dropped (so
-  ``HTTP_AUTHORIZATION``, ``b"Authorization"`` and ``" X-Api-Key "`` are all found). A header is a
+  ``HTTP_AUTHORIZATION``, ``b"Authorization"`` and ``" X-Api-Key "`` are all found; so is OpenTelemetry's
+  ``http.request.header.authorization`` attribute, judged as the header it holds). A header is a
   credential when its name is in ``CREDENTIAL_HEADERS``, contains one of ``CREDENTIAL_NAME_PARTS``
   (``cf-aig-authorization``, ``x-portkey-api-key``, ``x-client-secret`` …), or is named
   in the exporter's ``spec.stripHeaders``. A name part found only inside one of ``NOT_CREDENTIAL_PARTS``
@@ -90,6 +91,8 @@ _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@\s:]*):([^/?#@\s]*)@"
 # A header line: optional indentation, a token, optional blanks, a colon, the value up to the line end.
 _HEADER_LINE = re.compile(rb"(?m)^([ \t]*)([!#$%&'*+.^_`|~0-9A-Za-z-]+)([ \t]*:[ \t]*)([^\r\n]*)")
 _NAME_KEYS = ("name", "key", "header", "field")
+# OpenTelemetry's HTTP conventions capture a header as an attribute named by one of these and the header.
+_OTEL_HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
 
 
 def normalise_header_name(name: Any) -> str | None:
@@ -102,7 +105,13 @@ def normalise_header_name(name: Any) -> str | None:
     if not isinstance(name, str):
         return None
     normal = name.strip().rstrip(":").strip().lower().replace("_", "-")
+    if normal.startswith(_OTEL_HEADER_PREFIXES):
+        return normal.partition(".header.")[2]
     return normal[5:] if normal.startswith("http-") else normal
+
+
+def _is_otel_header_key(key: Any) -> bool:
+    return isinstance(key, str) and key.strip().lower().startswith(_OTEL_HEADER_PREFIXES)
 
 
 def _as_text(name: Any) -> Any:
@@ -275,7 +284,8 @@ class CredentialPolicy:
                 for key in list(node):
                     value = node[key]
                     normal = normalise_header_name(key)
-                    if normal is not None and (normal in self.exact or normal == "cookies"):
+                    if normal is not None and (normal in self.exact or normal == "cookies" or (
+                            _is_otel_header_key(key) and self.is_credential_header(normal))):
                         del node[key]
                         changed = True
                         continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,6 +49,11 @@ def refuse_directory(path: Path) -> None:
                             f"store.sqlite.path or --store (such as {path / 'store.sqlite'})")
 
 
+def _file_identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
 class SQLiteStore:
     """A SQLite capture store. ``create``: make the file and the schema when there is none (``seed``,
     ``store init``, the demo, tests); without it a missing file, or one without a ``captures`` table, is
@@ -84,6 +90,7 @@ class SQLiteStore:
             self._ingest_cache = False
             self._conn.executescript(SCHEMA)
             self._store_id, self._seal = migrate(self._conn, self.path)
+            self._file: tuple[int, int] | None = None if in_memory else _file_identity(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from None
 
@@ -151,6 +158,7 @@ class SQLiteStore:
                         self._conn.executemany(_INSERT_UNIQUE, [(ts, body, seal(body), capture_id)
                                                                 for ts, body, capture_id in rows])
                         added.append(self._conn.total_changes - before)
+                    self._check_same_file()
                     self._conn.execute("COMMIT")
                 except BaseException:
                     self._conn.execute("ROLLBACK")
@@ -158,6 +166,19 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite store {self.path}: {exc}") from None
         return added
+
+    def _check_same_file(self) -> None:
+        """StoreError when the file at ``path`` is no longer the one this connection opened (deleted or
+        replaced under it): a commit would land in a file no one will read again, after a 2xx."""
+        if self._file is None:
+            return
+        try:
+            current = _file_identity(self.path)
+        except OSError:
+            current = None
+        if current != self._file:
+            raise StoreError(f"SQLite store {self.path} was deleted or replaced since it was opened; "
+                             "nothing was committed")
 
     def safe_horizon(self) -> int:
         return self.max_id()
