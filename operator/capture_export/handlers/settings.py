@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 
 
 # A worker's daemon ends at the latest at the stop timeout, leaving a cycle that hung; then it gives up its
-# destination and ends within this. kopf waits that long for each daemon (else leaves it orphaned).
+# destination (a lease release waits at most export/ownership.RELEASE_SECONDS for S3) and ends within this.
+# kopf waits that long for each daemon (else leaves it orphaned).
 DAEMON_CANCEL_SECONDS = 3.0
 # After the batches in flight (stop_timeout), what the operator's exit takes at most: the daemons that left
 # a cycle end, the stores close, kopf's teardown ends its own tasks.
