@@ -393,8 +393,8 @@ class Ownership:
         releasing.join(timeout)
         if not releasing.is_alive():
             return True
-        log.warning("S3Exporter %s: S3 did not answer the release of its lease %s within %.0fs; the lease is left "
-                    "to expire (another writer may take the destination over once it has gone unrenewed for %.0fs)",
-                    self.exporter, lease.key, timeout, lease.ttl)
+        log.warning("S3Exporter %s: S3 did not answer the release of its lease %s in the %.1fs the stop left for "
+                    "it; the lease is left to expire (another writer may take the destination over once it has gone "
+                    "unrenewed for %.0fs)", self.exporter, lease.key, timeout, lease.ttl)
         return False
 

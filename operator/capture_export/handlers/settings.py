@@ -29,6 +29,7 @@ import kubernetes.config
 
 from ..api import GROUP
 from ..clock import Clock, SystemClock
+from ..export.ownership import RELEASE_SECONDS
 from ..metrics import OperatorMetrics
 from ..objectstore import ObjectStore, S3Access, S3Location, S3ObjectStore
 from ..redact import CLIENT_LOGGERS, install_log_redaction, quiet_client_loggers
@@ -202,6 +203,16 @@ class Runtime:
         """The operator has begun to stop (a worker's daemon was told so): the stop timeout runs from now."""
         if self.stopping_since is None:
             self.stopping_since = time.monotonic()
+
+    def release_seconds(self) -> float:
+        """How long an ending worker may wait for S3 to answer the release of its destination's lease: at most
+        RELEASE_SECONDS and, once the operator stops, no later than RELEASE_SECONDS past the stop timeout.
+        Workers end together and queue for threads: with many destinations whose S3 never answers, a
+        per-release bound alone would add up past the stop budget."""
+        if self.stopping_since is None:
+            return RELEASE_SECONDS
+        deadline = self.stopping_since + self.config.stop_timeout + RELEASE_SECONDS
+        return max(0.0, min(RELEASE_SECONDS, deadline - time.monotonic()))
 
     def create_default_store(self) -> None:
         """The operator's own default store (``--store``) is the one store it creates, at start-up; a store
