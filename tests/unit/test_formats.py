@@ -343,6 +343,9 @@ def _typed(value: object) -> object:
     ("estimated_cost.total", True), ("estimated_cost.input", "0.1"), ("estimated_cost.currency", 1),
     ("capture", "just text"), ("capture.request", "text"), ("capture.response.raw_body", "not bytes"),
     ("capture.request.raw_body", b"\x00\xff"), ("gateway", {"region": "eu"}),
+    # bytes where text belongs (a foreign writer's): back as bytes, not as their JSON form {"$base64": ...}
+    ("model", b"gpt-4o"), ("capture_id", b"\x9f\x00\x10id"), ("identity.login_name", b"\xff"),
+    ("estimated_cost.currency", b"USD"), ("gateway", {"blob": b"\x00\x01"}),
 ])
 def test_parquet_keeps_a_value_its_typed_column_cannot_hold_exactly(path: str, value: object) -> None:
     """A value of an unexpected type (a foreign writer's, a schema drift) is never coerced into a typed
@@ -374,3 +377,48 @@ def test_parquet_never_reads_bytes_as_text_in_a_string_column(column: str, field
     typed = table.column(column)[2].as_py()
     assert (typed if field is None else typed[field]) is None
     assert column in json.loads(table.column("extra")[2].as_py())
+
+
+def test_parquet_reads_an_explicit_null_as_a_missing_field_as_documented() -> None:
+    """docs/formats.md: an explicit null and a missing field are the same NULL in Parquet (as SQL sees both),
+    and reading the object back leaves both out; the neighbours' values are untouched."""
+    import pyarrow.parquet as pq
+
+    records = exported([make_record(i) for i in range(3)])
+    records[1]["model"] = None
+    records[1]["usage"]["input_tokens"] = None
+    del records[2]["estimated_cost"]
+    payload = ParquetEncoder().encode_records(records)
+    table = pq.read_table(io.BytesIO(payload))
+    assert table.column("model").to_pylist() == ["gpt-4o", None, "gpt-4o"]
+    assert table.column("extra").to_pylist() == [None, None, None]
+    back = list(decode_object(payload, "k/00000000000000000001-00000000000000000003.parquet"))
+    assert "model" not in back[1] and "input_tokens" not in back[1]["usage"] and "estimated_cost" not in back[2]
+    assert back[0] == records[0] and back[1]["usage"]["output_tokens"] == records[1]["usage"]["output_tokens"]
+
+
+@pytest.mark.parametrize("fmt", ["cbor-zstd", "jsonl", "parquet"])
+def test_a_capture_id_json_has_no_type_for_reads_back_as_the_stores_own(fmt: str, tmp_path: Path) -> None:
+    """``verify`` compares each exported record's capture_id with the store's: one a foreign writer stored as
+    bytes or as a UUID (tag 37) is the same id after a trip through JSON Lines or Parquet; another id
+    is still told apart."""
+    import uuid
+
+    from capture_export.export.provenance import compare_with_store
+    from capture_export.store import SQLiteStore
+
+    ids = [b"\x9f\x00\x10binary", b"utf8-id", uuid.UUID("12345678-1234-5678-1234-567812345678"), "cap-3"]
+    stored = [make_record(n, capture_id=capture_id) for n, capture_id in enumerate(ids)]
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    try:
+        store.append(stored)
+        payload = encoder_for(fmt).encode_records(exported(stored))
+        key = "k/00000000000000000001-00000000000000000004" + FORMATS[fmt].extensions[FORMATS[fmt].default_compression]
+        back = list(decode_object(payload, key))
+        check = compare_with_store(back, store)
+        assert (check.same, check.differing, check.absent) == ([1, 2, 3, 4], [], [])
+        back[1]["capture_id"] = {"$base64": "b3RoZXI="}  # another id, in the JSON form
+        back[3]["capture_id"] = "cap-other"
+        assert compare_with_store(back, store).differing == [2, 4]
+    finally:
+        store.close()

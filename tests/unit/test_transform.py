@@ -91,6 +91,29 @@ def test_privacy_mode_keeps_request_metadata_and_unknown_bodies_go() -> None:
     assert "body" not in scrubbed["capture"]["response"] and "notes" not in scrubbed["capture"]
 
 
+SECRET = "the user's secret prompt"
+
+
+@pytest.mark.parametrize("shape", [
+    pytest.param(lambda r: r.update(capture=f'{{"request": {{"body": {{"messages": "{SECRET}"}}}}}}'),
+                 id="capture as JSON text"),
+    pytest.param(lambda r: r.update(capture=[{"request": {"messages": SECRET}}]), id="capture as a list"),
+    pytest.param(lambda r: r.update(capture=SECRET.encode()), id="capture as bytes"),
+    pytest.param(lambda r: r["capture"].update(request=f"POST /v1/messages {SECRET}"), id="request as text"),
+    pytest.param(lambda r: r["capture"].update(response=[{"content": SECRET}]), id="response as a list"),
+])
+def test_privacy_mode_drops_a_capture_of_a_shape_it_does_not_know(shape: Any) -> None:
+    """A foreign writer's capture (or request, response) that is not a map is content privacy mode cannot
+    sort: it is dropped whole, as an unknown body key is, never exported as it is; the rest stays."""
+    record = make_record(1)
+    shape(record)
+    scrubbed = privacy_scrub(record)
+    assert not any(SECRET in text for text in strings(scrubbed)), scrubbed.get("capture")
+    assert not any(SECRET.encode() in value for value in scrubbed.values() if isinstance(value, bytes))
+    for key in KEPT_TOP_LEVEL[1:]:
+        assert scrubbed.get(key) == record.get(key), key
+
+
 def test_redact_fields_by_path_through_lists_and_wildcards() -> None:
     record = make_record(2)
     record["capture"]["request"]["body"]["metadata"] = {"user_id": "u-2"}

@@ -746,7 +746,8 @@ def _parquet_records(data: bytes) -> Iterator[dict[str, Any]]:
     table = pq.read_table(io.BytesIO(data))
     for row in table.to_pylist():
         record: dict[str, Any] = {}
-        extra = json.loads(row.pop("extra")) if row.get("extra") else {}
+        # Bytes where a typed column wanted text went to ``extra`` as {"$base64": …}: bytes again here.
+        extra = _restore_bytes(json.loads(row.pop("extra"))) if row.get("extra") else {}
         raw_request, raw_response = row.pop("raw_request_body", None), row.pop("raw_response_body", None)
         for name, value in row.items():
             if name == "capture":

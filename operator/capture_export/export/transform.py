@@ -13,7 +13,8 @@ Privacy mode (as OpenRouter's) drops the content of a conversation and keeps wha
   tool calls and results and completions live (``messages``, ``input``, ``instructions``, ``system``,
   ``contents``, ``content``, ``output``, ``tools``, …), so a provider field we do not know yet is dropped
   rather than leaked; the arguments and results of ``capture.tool_use`` (its ``id`` and ``name`` stay);
-  ``raw_body`` of request and response.
+  ``raw_body`` of request and response; a ``capture``, request or response that is not a map (a foreign
+  writer's JSON text, list or bytes), whole.
 
 ``redactFields`` then drops more fields by dotted path; lists on the way are walked element by element and
 ``*`` matches every key of a map.
@@ -66,9 +67,10 @@ def _scrub_body(body: Any) -> Any:
 
 
 def _scrub_exchange(part: Any) -> Any:
-    """A request or response: headers and raw_content_type kept, body scrubbed, raw_body dropped."""
+    """A request or response: headers and raw_content_type kept, body scrubbed, raw_body dropped. One that
+    is not a map (a foreign writer's text or list) is content as a whole: None, dropped."""
     if not isinstance(part, Mapping):
-        return part
+        return None
     out: dict[Any, Any] = {}
     for key, value in part.items():
         if key == "body":
@@ -86,19 +88,25 @@ def privacy_scrub(record: dict[str, Any]) -> dict[str, Any]:
     """The record without prompt and completion content, tool payloads and raw bodies (a new dict;
     the top-level key order is kept)."""
     capture = record.get("capture")
-    if not isinstance(capture, Mapping):
+    if capture is None:
         return record
+    out = dict(record)
+    if not isinstance(capture, Mapping):
+        # Not the map the schema has (a foreign writer's JSON text, list or bytes): content as a whole.
+        del out["capture"]
+        return out
     scrubbed: dict[Any, Any] = {}
     for key, value in capture.items():
         if key in ("request", "response"):
-            scrubbed[key] = _scrub_exchange(value)
+            exchange = _scrub_exchange(value)
+            if exchange is not None:
+                scrubbed[key] = exchange
         elif key == "tool_use" and isinstance(value, list):
             scrubbed[key] = [{k: call[k] for k in TOOL_USE_KEYS_KEPT if k in call}
                              for call in value if isinstance(call, Mapping)]
         elif key == "headers":
             scrubbed[key] = value
         # Anything else in capture is content we do not know to be safe: dropped.
-    out = dict(record)
     out["capture"] = scrubbed
     return out
 

@@ -94,10 +94,15 @@ def _open_postgres(url: str, create: bool) -> CaptureStore:
     return PostgresStore(url, create=create)
 
 
+def _sqlite_file(url: str) -> str:
+    """The file a SQLite store URL names (a bare path is its own URL)."""
+    return url.removeprefix("sqlite://")
+
+
 def _open_sqlite(url: str, create: bool) -> CaptureStore:
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(url.removeprefix("sqlite://"), create=create)
+    return SQLiteStore(_sqlite_file(url), create=create)
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ def check_store_location(url: str, *, option: str = "--store") -> str:
     if check_store_url(url, option=option) and kind_of_url(url).name == "sqlite":
         from .sqlite.store import refuse_directory
 
-        refuse_directory(Path(url.removeprefix("sqlite://")))
+        refuse_directory(Path(_sqlite_file(url)))
     return url
 
 
@@ -239,7 +244,7 @@ class StoreOpener:
             kind = kind_of_url(self.default)
         except StoreRefused:
             return None
-        return Path(self.default.removeprefix("sqlite://")).resolve() if kind.name == "sqlite" else None
+        return Path(_sqlite_file(self.default)).resolve() if kind.name == "sqlite" else None
 
     def _sqlite_path(self, path: str, namespace: str) -> tuple[StoreKind, str]:
         resolved = Path(path).resolve()
