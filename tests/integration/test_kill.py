@@ -7,6 +7,7 @@ import random
 import re
 import subprocess
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from capture_export.export.layout import parse_range
 from capture_export.local_s3 import LocalS3
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
-from tests.support.cli import CLI, run_and_kill_at_random, run_cli, write_manifest
+from tests.support.cli import CLI, RUN_MARK, assert_no_process_left, run_and_kill_at_random, run_cli, write_manifest
 
 KILLS = 24
 # Every value of spec.format with every compression it takes: the templated variant switches among them.
@@ -157,13 +158,15 @@ def _race_and_kill(runs: list[tuple[Path, Path]], store: Path, *, cwd: Path, rng
     commit of either, and SIGKILL each at a random moment of its own after it. A runner may lose the race
     for the destination: it then exits 1 saying DestinationInUse (or, sharing a state file, that the file
     is in use), having written nothing. Returns how many kills landed while a runner ran; fails on any
-    other exit."""
+    other exit, and when a process a runner started (the encode pool's fork server and workers) outlives it."""
     states = {state for _, state in runs}
     before = {state: state.stat().st_mtime_ns if state.exists() else 0 for state in states}
+    marks = [uuid.uuid4().hex for _ in runs]
     processes = [
         subprocess.Popen([*CLI, "run", "--once", "-f", str(manifest), "--state", str(state), "--store", str(store)],
-                         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for manifest, state in runs
+                         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, RUN_MARK: mark})
+        for (manifest, state), mark in zip(runs, marks, strict=True)
     ]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(p.poll() is None for p in processes):
@@ -178,7 +181,10 @@ def _race_and_kill(runs: list[tuple[Path, Path]], store: Path, *, cwd: Path, rng
         if process.poll() is None:
             process.kill()
             killed += 1
-    for process in processes:
+    for process, mark in zip(processes, marks, strict=True):
+        process.wait()  # each one was killed or had ended: its output is short and waits in its pipes
+        # Before reading its pipes: a helper left running would hold them open, and the read would never end.
+        assert_no_process_left(mark)
         out, err = process.communicate()
         assert "Traceback" not in err, err
         if process.returncode == 1:
@@ -193,20 +199,30 @@ def test_kill_minus_nine_with_two_runners_racing_for_the_same_exporter(
 ) -> None:
     """Two runners of one exporter (their own state files, or now and then one shared state file, and
     other batch sizes) start together, race for the destination and are killed at random moments; the
-    gateway writes between rounds. At most one of them may write at a time: every record exactly once."""
+    gateway writes between rounds. At most one of them may write at a time: every record exactly once.
+    One of the two writes Parquet, encoded by the encode pool's processes: none of them may outlive the
+    runner killed under them."""
     store_path = tmp_path / "store.sqlite"
     store = SQLiteStore(store_path)
     seed_store(store, 20_000, seed=12)
     store.close()
     rng = random.Random(20261126)
+    # Which runner writes Parquet (whose batches, however small, the encode pool's processes encode), and
+    # compressed how: drawn apart, so that ``rng``'s draws (batch sizes, shared state files, kill moments)
+    # stay those the timing was tuned with.
+    formats = random.Random(20261202)
     killed = 0
     for attempt in range(RACING_ATTEMPTS):
         runs = []
+        pooled = formats.choice(("one", "two"))
         for runner in ("one", "two"):
+            extra = ""
+            if runner == pooled:
+                extra = f"  format: parquet\n  compression: {formats.choice(FORMAT_CHOICES['parquet'].compressions)}\n"
             # Batches small enough that the winner's run outlasts the 0.8 s kill window after its first
             # commit: with 150-333 a run often ended before its kill (11 of 16 landed in a full run).
             manifest = write_manifest(tmp_path / f"exporter-{runner}.yaml", s3_server, bucket,
-                                      limit=rng.choice([40, 60, 90]))
+                                      limit=rng.choice([40, 60, 90]), extra_spec=extra)
             runs.append((manifest, tmp_path / f"state-{runner}.json"))
         if rng.random() < 0.3:
             runs[1] = (runs[1][0], runs[0][1])  # one state file for both
@@ -216,7 +232,9 @@ def test_kill_minus_nine_with_two_runners_racing_for_the_same_exporter(
         store.close()
     assert killed >= RACING_ATTEMPTS, f"only {killed} kills landed mid-run; slow the kills down"
 
-    manifest, state = runs[0]
+    # The backlog the kills left is drained by the default-format runner (the fast one); verify reads both
+    # formats' objects side by side.
+    manifest, state = runs[1] if pooled == "one" else runs[0]
     finish = run_cli("run", "--once", "-f", manifest, "--state", state, "--store", store_path, cwd=tmp_path)
     assert finish.returncode == 0, finish.stdout + finish.stderr
     verify = run_cli("verify", "-f", manifest, "--store", store_path, cwd=tmp_path)

@@ -150,6 +150,37 @@ def test_sigterm_mid_cycle_ends_the_worker_in_time(
     assert took < STOP_TIMEOUT + EXIT_SECONDS, (took, output[-4000:])
 
 
+@pytest.mark.parametrize(("method", "exporters"), [("DELETE", 1), ("HEAD", 1), ("DELETE", 45)])
+def test_sigterm_ends_in_time_when_s3_never_answers_the_lease_release(
+    method: str, exporters: int, kube: Kube, run_operator: Callable[..., OperatorProcess],
+    exporter_spec: Callable[..., dict[str, Any]], s3_secret: str, sqlite_store: SQLiteStore,
+) -> None:
+    """No cycle runs, and the stop gives the destinations up; S3 accepts the leases' HEAD or DELETE and never
+    answers: the operator still exits within its stop budget (a pod's grace period), saying for each lease in
+    one line that it is left to expire, rather than waiting for the client's read timeout. With many
+    exporters, their releases queue for threads: they share the budget rather than each taking its own."""
+    sqlite_store.append(make_record(i) for i in range(5))
+    proxy = FaultProxy(int(exporter_spec()["endpoint"].rsplit(":", 1)[1]), http=True).start()
+    names = [f"usage-{i}" for i in range(exporters)]
+    try:
+        operator = run_operator()
+        for name in names:
+            kube.apply_exporter(name, exporter_spec(endpoint=proxy.endpoint, prefix=f"exports-{name}"))
+        for name in names:
+            kube.wait_status(name, lambda status: status.get("cursor") == "5", 120, what=f"{name} exported")
+        proxy.stall_responses(exporters, only=lambda line: line.startswith(f"{method} ") and "/leases/" in line)
+        took = operator.terminate(STOP_TIMEOUT + EXIT_SECONDS + 60)
+    finally:
+        proxy.stop()
+    output = operator.log()
+    assert proxy.stats.stalled >= 1, output[-4000:]  # the case under test: a release's request hung
+    assert operator.process.returncode == 0, output[-4000:]
+    assert took < STOP_TIMEOUT + EXIT_SECONDS, (took, output[-4000:])
+    left = [line for line in output.splitlines() if "left to expire" in line]
+    assert len(left) >= proxy.stats.stalled if exporters > 1 else len(left) == 1, output[-4000:]
+    assert all("/leases/" in line for line in left), output[-4000:]
+
+
 def not_yet_exiting(process: subprocess.Popen[str]) -> bool:
     """Whether ``process`` still runs with its files open: one that exits closes them (its store lock with
     them) a moment before it can be reaped, so a lock that comes free then is not one it gave up."""

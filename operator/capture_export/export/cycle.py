@@ -25,7 +25,7 @@ from ..store import CaptureStore, StoreError, StoreNotFound, StoreRefused
 from .checkpoint import parse_id
 from .engine import ExportEngine
 from .model import BatchResult, Cursor, ExporterId, ExportFailure, RunResult, unexpected_failure
-from .ownership import Ownership
+from .ownership import RELEASE_SECONDS, Ownership
 
 __all__ = ["CycleOutcome", "ExporterWorker", "ObjectStoreFactory", "StoreOpener"]
 
@@ -84,9 +84,10 @@ class ExporterWorker:
         # One writer per destination: the store lock and the lease this worker holds between cycles.
         self.ownership = Ownership(exporter, clock=self.clock)
 
-    def close(self) -> None:
-        """Give up the destination (the store lock, the lease): the worker is done."""
-        self.ownership.release()
+    def close(self, timeout: float = RELEASE_SECONDS) -> None:
+        """Give up the destination (the store lock, the lease): the worker is done. S3 gets ``timeout`` seconds
+        to answer the lease's release; past it the lease is left to expire (export/ownership.py)."""
+        self.ownership.release(timeout)
 
     def _access(self, spec: S3ExporterSpec) -> S3Access:
         try:

@@ -29,6 +29,7 @@ the condition says so.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -48,6 +49,7 @@ from .model import ExporterId, ExportFailure, Requests
 __all__ = [
     "DEFAULT_LEASE_TTL",
     "LEASE_TTL_ENV",
+    "RELEASE_SECONDS",
     "DestinationLease",
     "Holder",
     "Ownership",
@@ -60,6 +62,11 @@ __all__ = [
 DEFAULT_LEASE_TTL = 60.0
 LEASE_TTL_ENV = "CAPTURE_EXPORT_LEASE_TTL"
 LEASE_VERSION = 1
+# The most a clean stop waits for S3 to answer the release of a lease (a HEAD and a DELETE, normally a few
+# milliseconds); the daemon's share of the operator's stop budget (handlers/settings.DAEMON_CANCEL_SECONDS)
+# must cover it.
+RELEASE_SECONDS = 2.0
+log = logging.getLogger(__name__)
 _INSTANCE = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -357,11 +364,37 @@ class Ownership:
             if self.lease is not None and self.conditional_writes:
                 self.lease.hold()
 
-    def release(self) -> None:
+    def release(self, timeout: float = RELEASE_SECONDS) -> bool:
+        """Give the destination up (the worker is done, no cycle of it runs): delete the lease, then the store
+        lock. The lease's requests get ``timeout`` seconds, since an S3 server may accept them and never
+        answer, and a clean stop must end within its budget whatever S3 does. Past it they go on, on a daemon
+        thread that gives the store lock up only once they end (or the process does, as after a kill): the
+        lease is left to expire, and no other runner of this store takes over while its DELETE may still land.
+        False when the lease was left so."""
         with self._mutex:
-            if self.lease is not None:
-                self.lease.release()
+            lease, lock = self.lease, self.lock
             self.lease = self._lease_for = self._target = None
             self._claimed = False
-            self.release_lock()
+            self.lock = self._lock_owner = None
+
+        def give_up() -> None:
+            try:
+                if lease is not None:
+                    lease.release()
+            finally:
+                if lock is not None:
+                    lock.release()
+
+        if lease is None or lease.etag is None:
+            give_up()
+            return True
+        releasing = threading.Thread(target=give_up, name=f"release-lease-{self.exporter}", daemon=True)
+        releasing.start()
+        releasing.join(timeout)
+        if not releasing.is_alive():
+            return True
+        log.warning("S3Exporter %s: S3 did not answer the release of its lease %s in the %.1fs the stop left for "
+                    "it; the lease is left to expire (another writer may take the destination over once it has gone "
+                    "unrenewed for %.0fs)", self.exporter, lease.key, timeout, lease.ttl)
+        return False
 

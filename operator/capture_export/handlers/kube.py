@@ -50,8 +50,11 @@ class KubeApi:
     """
 
     def __init__(self, configuration: kubernetes.client.Configuration | None = None, *,
-                 request_timeout: tuple[float, float] = (10.0, 30.0)) -> None:
+                 request_timeout: tuple[float, float] = (10.0, 30.0), connections: int | None = None) -> None:
         self.configuration = configuration
+        # The most calls made at once (from as many threads): the connections the client keeps. None: the
+        # client's default (5 per CPU); fewer than the callers, and it closes connections as fast as it opens them.
+        self.connections = connections
         # (connect, read) seconds on every call: without them a dropped connection (a request sent, no
         # answer ever) holds the call until TCP gives up, ~15 minutes of no status writes.
         self.request_timeout = request_timeout
@@ -85,6 +88,8 @@ class KubeApi:
         if self._client is None:
             if self.configuration is None:
                 raise KubeApiError("not logged in to the Kubernetes API yet")
+            if self.connections is not None:
+                self.configuration.connection_pool_maxsize = self.connections
             self._client = kubernetes.client.ApiClient(self.configuration)
         return self._client
 

@@ -102,7 +102,8 @@ class ExporterState(ResourceWorker[S3ExporterSpec, S3ExporterStatus, ExporterWor
         runtime.writer.forget(PLURAL, self.id.namespace, self.id.name)
 
     def close(self) -> None:
-        self.worker.close()  # give up the destination (store lock, lease) so that a successor need not wait
+        # Give up the destination (store lock, lease) so that a successor need not wait; within the stop budget.
+        self.worker.close(self.runtime.release_seconds())
 
     @staticmethod
     def decide(spec: Mapping[str, Any], meta: kopf.Meta, patch: kopf.Patch) -> Desired[S3ExporterSpec]:

@@ -207,6 +207,7 @@ class ResourceWorker(Generic[SpecT, StatusT, CycleWorkerT]):
             cycle_left = True
         finally:
             watcher.cancel()
+            self._operator_exiting(stopped)  # the stop budget runs from now, should the watcher not have run
             try:
                 if not cycle_left:
                     await asyncio.to_thread(self.close)

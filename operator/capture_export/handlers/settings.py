@@ -29,6 +29,7 @@ import kubernetes.config
 
 from ..api import GROUP
 from ..clock import Clock, SystemClock
+from ..export.ownership import RELEASE_SECONDS
 from ..metrics import OperatorMetrics
 from ..objectstore import ObjectStore, S3Access, S3Location, S3ObjectStore
 from ..redact import CLIENT_LOGGERS, install_log_redaction, quiet_client_loggers
@@ -39,9 +40,10 @@ from .kube import ApiSecrets, KubeApi, kopf_event
 from .permissions import MissingPermissions, check_permissions
 from .readiness import Readiness
 
-__all__ = ["CLIENT_LOGGERS", "DAEMON_CANCEL_SECONDS", "EXIT_SECONDS", "FINALIZER", "RESET_CURSOR", "RUN_NOW",
-           "SERVED_PLURALS", "USER_ANNOTATIONS", "CycleExecutor", "OperatorConfig", "ProgressStorage", "Runtime",
-           "SharedObjectStores", "apply_settings", "check_rbac", "quiet_client_loggers", "register"]
+__all__ = ["API_CALL_THREADS", "CLIENT_LOGGERS", "DAEMON_CANCEL_SECONDS", "ENDING_THREADS", "EXIT_SECONDS",
+           "FINALIZER", "RESET_CURSOR", "RUN_NOW", "SERVED_PLURALS", "USER_ANNOTATIONS", "CycleExecutor",
+           "OperatorConfig", "ProgressStorage", "Runtime", "SharedObjectStores", "apply_settings", "check_rbac",
+           "quiet_client_loggers", "register"]
 
 # The plurals of the kinds the operator serves (what readiness lists and the chart's RBAC grants).
 SERVED_PLURALS = ("s3exporters", "retentionpolicies")
@@ -54,11 +56,16 @@ log = logging.getLogger(__name__)
 
 
 # A worker's daemon ends at the latest at the stop timeout, leaving a cycle that hung; then it gives up its
-# destination and ends within this. kopf waits that long for each daemon (else leaves it orphaned).
+# destination (a lease release waits at most export/ownership.RELEASE_SECONDS for S3) and ends within this.
+# kopf waits that long for each daemon (else leaves it orphaned).
 DAEMON_CANCEL_SECONDS = 3.0
 # After the batches in flight (stop_timeout), what the operator's exit takes at most: the daemons that left
 # a cycle end, the stores close, kopf's teardown ends its own tasks.
 EXIT_SECONDS = 8.0
+# The status writer's threads (handlers/kube.py: its API calls run apart from the export cycles).
+API_CALL_THREADS = 4
+# The threads ending workers give their destinations up on (asyncio's default executor, its default size).
+ENDING_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 
 @dataclass
@@ -104,6 +111,20 @@ class OperatorConfig:
         return ()
 
     @property
+    def api_connections(self) -> int:
+        """The most of our own Kubernetes API calls at once: each export or retention cycle (a cycle reads its
+        Secret), the status writer's threads and the readiness probe's check. The client keeps as many
+        connections, no more: by default it keeps 5 per CPU, whatever the concurrency."""
+        return max(1, self.concurrency) + API_CALL_THREADS + 1
+
+    @property
+    def s3_connections(self) -> int:
+        """The most requests at once through one S3 client, which exporters writing to the same bucket with the
+        same credentials share (SharedObjectStores): each cycle, and the workers giving their destinations up
+        when the operator stops. Connections are kept per client: a client used by fewer threads opens fewer."""
+        return max(1, self.concurrency) + ENDING_THREADS
+
+    @property
     def liveness_endpoint(self) -> str | None:
         return None if self.liveness_port is None else f"http://0.0.0.0:{self.liveness_port}/healthz"
 
@@ -128,9 +149,12 @@ class SharedObjectStores:
     key; the least recently used clients are dropped beyond ``size``.
     """
 
-    def __init__(self, size: int = 64, factory: Callable[[S3Location, S3Access], ObjectStore] | None = None):
+    def __init__(self, size: int = 64, factory: Callable[[S3Location, S3Access], ObjectStore] | None = None, *,
+                 connections: int = 16):
         self.size = size
-        self.factory = factory or (lambda location, access: S3ObjectStore(location, access))
+        # ``connections``: the threads that may use one client at once (its pool keeps that many connections).
+        self.factory = factory or (lambda location, access: S3ObjectStore(location, access,
+                                                                          max_pool_connections=connections))
         self._clients: OrderedDict[tuple[S3Location, S3Access], ObjectStore] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -181,14 +205,14 @@ class Runtime:
     def __init__(self, config: OperatorConfig, *, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.kube = KubeApi(config.kube, request_timeout=config.api_timeout)
+        self.kube = KubeApi(config.kube, request_timeout=config.api_timeout, connections=config.api_connections)
         self.secrets = ApiSecrets(self.kube)
         self.stores = StoreOpener(config.store, self.secrets.get, default_namespaces=config.default_store_namespaces,
                                   sqlite_directories=config.allowed_sqlite_directories())
-        self.object_stores = SharedObjectStores()
+        self.object_stores = SharedObjectStores(connections=config.s3_connections)
         self.metrics = OperatorMetrics()
         self.cycles = CycleExecutor(max(1, config.concurrency), thread_name_prefix="export-cycle")
-        self.api_calls = ThreadPoolExecutor(4, thread_name_prefix="kube-api")
+        self.api_calls = ThreadPoolExecutor(API_CALL_THREADS, thread_name_prefix="kube-api")
         self.writer = StatusWriter(self.kube, self.api_calls, emit=kopf_event)
         self.workers: dict[tuple[str, str, str], Any] = {}  # (kind, namespace, name) -> that kind's worker
         self.metrics_port: int | None = None
@@ -201,6 +225,16 @@ class Runtime:
         """The operator has begun to stop (a worker's daemon was told so): the stop timeout runs from now."""
         if self.stopping_since is None:
             self.stopping_since = time.monotonic()
+
+    def release_seconds(self) -> float:
+        """How long an ending worker may wait for S3 to answer the release of its destination's lease: at most
+        RELEASE_SECONDS and, once the operator stops, no later than RELEASE_SECONDS past the stop timeout.
+        Workers end together and queue for threads: with many destinations whose S3 never answers, a
+        per-release bound alone would add up past the stop budget."""
+        if self.stopping_since is None:
+            return RELEASE_SECONDS
+        deadline = self.stopping_since + self.config.stop_timeout + RELEASE_SECONDS
+        return max(0.0, min(RELEASE_SECONDS, deadline - time.monotonic()))
 
     def create_default_store(self) -> None:
         """The operator's own default store (``--store``) is the one store it creates, at start-up; a store
