@@ -66,6 +66,16 @@ def purge_soft_deleted_after_grace_and_restore(store: RetentionStore) -> None:
     assert list(store.ids()) == [3, 4, 5] and store.soft_deleted_count() == 0
 
 
+def purge_soft_deleted_never_above_the_bound(store: RetentionStore) -> None:
+    filled(store, [HOUR] * 5)
+    store.expire_chunk(10, 5 * HOUR, 10, mark_at_us=100)  # ids 1..5 marked at 100
+    assert store.soft_deleted_count(200, max_id=0) == 0 and store.soft_deleted_count(200, max_id=3) == 3
+    assert store.purge_soft_deleted_chunk(200, 10, max_id=0) == 0  # the gate closed since they were marked
+    assert store.purge_soft_deleted_chunk(200, 10, max_id=3) == 3
+    assert store.soft_deleted_count() == 2 and store.restore_chunk(10) == 2
+    assert list(store.ids()) == [4, 5]
+
+
 def never_above_the_bound_whatever_the_age(store: RetentionStore) -> None:
     filled(store, [HOUR] * 5)
     assert store.expire_chunk(0, 100 * HOUR, 100) == ExpiredChunk(0, None)
@@ -85,6 +95,7 @@ RETENTION_CONTRACT: list[Callable[[RetentionStore], None]] = [
     expire_keyset_skips_what_earlier_chunks_passed,
     strictly_older_and_exact_limit,
     purge_soft_deleted_after_grace_and_restore,
+    purge_soft_deleted_never_above_the_bound,
     never_above_the_bound_whatever_the_age,
     highest_assigned_id_survives_deletes,
 ]

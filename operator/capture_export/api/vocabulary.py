@@ -122,6 +122,7 @@ class Reason(StrEnum):
     STORE_NOT_FOUND = "StoreNotFound"  # RetentionPolicy too
     STORE_MISMATCH = "StoreMismatch"
     CHECKPOINT_MISSING = "CheckpointMissing"
+    SAVED_CURSOR_AHEAD = "SavedCursorAhead"  # an Event: the saved cursor was past the checkpoint; it went back
     DESTINATION_IN_USE = "DestinationInUse"
     FOREIGN_OBJECTS = "ForeignObjects"  # an Event: objects in the destination the sweep left alone
     THROTTLED = "Throttled"

@@ -137,6 +137,7 @@ class EncodedBatch:
     # when the batch is held before a corrupt record.
     first_id: int = 0
     last_id: int = 0
+    last_timestamp_us: int | None = None  # the stored timestamp of record ``last_id`` (see Checkpoint)
     # The first and last id of the records the payload holds (its object is named by them): records
     # quarantined at the edges are left out of the name.
     kept_first_id: int | None = None
@@ -290,6 +291,7 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
         cpu_seconds=time.thread_time() - cpu_started,
         first_id=first.id,
         last_id=last.id,
+        last_timestamp_us=last.timestamp_us,
         kept_first_id=kept_first_id,
         kept_last_id=kept_last_id,
         quarantined=quarantined,

@@ -11,7 +11,14 @@ The object is JSON (ids as strings: they may pass 2^53)::
      "lastKey": "…", "updated": "2026-11-24T12:00:00+00:00",
      "storeId": "6f0c…",                      # the identity of the store the records came from
      "instance": "host:pid:tag",               # the writer instance that wrote it
-     "layout": {"pathTemplate": "{prefix}", "hivePartitioning": false}}
+     "layout": {"pathTemplate": "{prefix}", "hivePartitioning": false},
+     "cursorTimestampUs": "1764000000000000"}  # the stored timestamp (ts_us) of record ``cursor``
+
+``cursorTimestampUs`` (absent from older checkpoints, and after a reset) tells whether the store's record
+with the cursor's id is still the one exported: ids restarted under the same store identity (``TRUNCATE
+... RESTART IDENTITY``, the table emptied and its sequence reset) would otherwise let the exporter resume
+past new records, and the retention gate purge them, as soon as the new ids passed the old cursor
+(``reused_ids``).
 
 Version 1 (before store identities) had no ``storeId``, ``instance`` or ``layout``; it is read as before
 and the exporter adopts its store's identity into it on its next write. A cursor that is not a whole
@@ -29,6 +36,7 @@ from typing import Any
 from ..api.vocabulary import Domain, Reason
 from ..clock import Clock, SystemClock
 from ..objectstore import ObjectStore
+from ..store import RecordReader
 from .layout import ObjectLayout
 from .model import Cursor, ExporterId, ExportFailure, Requests, RetryPolicy
 
@@ -42,6 +50,7 @@ __all__ = [
     "encode_checkpoint",
     "parse_id",
     "peek_layout",
+    "reused_ids",
 ]
 
 CHECKPOINT_CONTENT_TYPE = "application/json"
@@ -60,6 +69,7 @@ class Checkpoint:
     instance: str | None = None
     layout: tuple[str, bool] | None = None
     version: int = 1
+    cursor_timestamp_us: int | None = None
 
 
 def parse_id(value: Any) -> int:
@@ -80,7 +90,7 @@ def parse_id(value: Any) -> int:
 
 def encode_checkpoint(exporter: ExporterId, cursor: Cursor, last_key: str | None, updated: datetime, *,
                       store_id: str | None = None, instance: str | None = None,
-                      layout: ObjectLayout | None = None) -> bytes:
+                      layout: ObjectLayout | None = None, cursor_timestamp_us: int | None = None) -> bytes:
     body: dict[str, Any] = {
         "version": CHECKPOINT_VERSION,
         "exporter": str(exporter),
@@ -94,6 +104,8 @@ def encode_checkpoint(exporter: ExporterId, cursor: Cursor, last_key: str | None
     }
     if layout is not None:
         body["layout"] = {"pathTemplate": layout.template, "hivePartitioning": layout.hive}
+    if cursor_timestamp_us is not None and cursor.position > 0:
+        body["cursorTimestampUs"] = str(cursor_timestamp_us)
     return json.dumps(body, indent=1).encode()
 
 
@@ -121,8 +133,29 @@ def decode_checkpoint(raw: bytes) -> Checkpoint:
     if isinstance(layout, dict) and isinstance(layout.get("pathTemplate"), str):
         recorded = (layout["pathTemplate"], bool(layout.get("hivePartitioning", False)))
     version = data.get("version", 1)
+    stamp = data.get("cursorTimestampUs")
+    try:  # a timestamp may be negative (a record dated before 1970); anything else is not one, and unused
+        cursor_timestamp_us = int(stamp) if isinstance(stamp, str) and stamp.lstrip("-").isdigit() else None
+    except ValueError:
+        cursor_timestamp_us = None
     return Checkpoint(Cursor(epoch, position, max(high_water, position)), texts["exporter"], texts["storeId"],
-                      texts["instance"], recorded, version if isinstance(version, int) else 1)
+                      texts["instance"], recorded, version if isinstance(version, int) else 1, cursor_timestamp_us)
+
+
+def reused_ids(checkpoint: Checkpoint, store: RecordReader) -> str | None:
+    """Why the store's ids no longer mean what the checkpoint says (a message), or None. The store's
+    record with the cursor's id must be the one exported: the same stored timestamp. A record that is
+    gone (purged, quarantined) or a checkpoint that did not record the timestamp proves nothing either
+    way."""
+    position, expected = checkpoint.cursor.position, checkpoint.cursor_timestamp_us
+    if expected is None or position <= 0:
+        return None
+    rows = store.read_batch(position - 1, 1, horizon=position)
+    if not rows or rows[0].id != position or rows[0].timestamp_us == expected:
+        return None
+    return (f"the store's record {position} is not the one exported up to it (stored timestamp "
+            f"{rows[0].timestamp_us}, exported {expected}): its ids were restarted (the table emptied and its "
+            "sequence reset) under the same store identity")
 
 
 def peek_layout(raw: bytes, prefix: str, relative_key: str) -> tuple[str, ObjectLayout | None]:
@@ -198,12 +231,18 @@ class Checkpoints:
         checkpoint = self.read_full()
         return None if checkpoint is None else checkpoint.cursor
 
-    def write(self, cursor: Cursor, last_key: str | None) -> None:
+    def write(self, cursor: Cursor, last_key: str | None, *, cursor_timestamp_us: int | None = None) -> None:
         data = encode_checkpoint(self.exporter, cursor, last_key, self.clock.now(), store_id=self.store_id,
-                                 instance=self.instance, layout=self.layout)
+                                 instance=self.instance, layout=self.layout, cursor_timestamp_us=cursor_timestamp_us)
         key = self.key
         self.requests(lambda: self.objects.put(key, data, content_type=CHECKPOINT_CONTENT_TYPE))
 
     def recover(self, saved: Cursor | None) -> Cursor:
-        """The cursor to resume from: the newest of the saved state and the bucket's checkpoint."""
-        return (saved or Cursor()).newest(self.read())
+        """The cursor to resume from: the bucket's checkpoint, or the saved state when there is none. A saved
+        state ahead of the checkpoint was edited (it is written after it): it only raises the high-water mark."""
+        saved = saved or Cursor()
+        checkpoint = self.read()
+        if checkpoint is None:
+            return saved
+        newest = saved.newest(checkpoint)
+        return Cursor(checkpoint.epoch, checkpoint.position, newest.high_water)

@@ -4,9 +4,9 @@ Given the spec and the last status, a cycle resolves credentials (re-read every 
 effect), opens the store (never creating it: a store that does not exist is ``StoreNotFound``), tests
 the connection when the destination or credentials changed, claims the destination (one writer per
 destination, export/ownership.py), recovers the cursor from the checkpoint and the status (refusing
-another store's checkpoint, a vanished checkpoint and a cursor ahead of the store), applies a requested
-reset, runs the export engine and returns the new status, the Events worth emitting and when the next
-cycle is due.
+another store's checkpoint, a vanished checkpoint and a cursor ahead of the store; a saved cursor ahead
+of the checkpoint goes back to it), applies a requested reset, runs the export engine and returns the
+new status, the Events worth emitting and when the next cycle is due.
 """
 
 from __future__ import annotations
@@ -122,6 +122,16 @@ class ExporterWorker:
                                 "(annotation capture.dev/reset-cursor) re-exports from the beginning",
                                 domain=Domain.BUCKET, transient=False) from None
 
+    @staticmethod
+    def _saved_cursor_ahead(update: StatusUpdate, status: S3ExporterStatus, saved: Cursor,
+                            checkpoint: Cursor) -> None:
+        for corrected in (update.status, status):
+            corrected.epoch, corrected.cursor = checkpoint.epoch, str(checkpoint.position)
+        update.events.append(Event(EventType.WARNING, Reason.SAVED_CURSOR_AHEAD, (
+            f"the saved cursor (epoch {saved.epoch}, {saved.position}) is ahead of the checkpoint in the bucket "
+            f"(epoch {checkpoint.epoch}, {checkpoint.position}): status was edited or the bucket rolled back. "
+            "Resuming from the checkpoint; records past it are exported again, none is skipped")))
+
     def cycle(
         self,
         spec: S3ExporterSpec,
@@ -134,6 +144,10 @@ class ExporterWorker:
         should_stop: Callable[[], bool] = lambda: False,
         on_batch: Callable[[BatchResult], None] | None = None,
     ) -> CycleOutcome:
+        """One export run. ``status`` is not changed, but for one thing: when its cursor is ahead of the
+        checkpoint (edited by hand or by a tenant), it is set back to the checkpoint's in place, so that
+        the caller's never-backwards guards (the runner's save after each batch, the operator's settle)
+        let the runs that follow in."""
         update = StatusUpdate(status, now=self.clock.now(), generation=generation)
         if run_now_token is not None:
             update.status.last_run_now = run_now_token
@@ -178,6 +192,8 @@ class ExporterWorker:
                 update.record_run(result)
                 self._forget_engine_after(exc)
                 return self._outcome(spec, update, result, exc)
+            if not resetting and saved.order() < saved_cursor.order():
+                self._saved_cursor_ahead(update, status, saved_cursor, saved)
             update.advance_cursor(saved.epoch, saved.position)
             update.status.store_id = store_id
             if resetting:

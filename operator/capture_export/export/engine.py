@@ -38,7 +38,7 @@ from ..objectstore import ObjectStore
 from ..store import CorruptRecord, RecordReader, StoredRecord, StoreError
 from .batch import BatchRecipe, EncodedBatch, encode_batch
 from .budget import MemoryBudget, batch_cost_for, memory_budget
-from .checkpoint import Checkpoints
+from .checkpoint import Checkpoint, Checkpoints, reused_ids
 from .connection import ConnectionReport, run_connection_test
 from .formats import FORMATS, FormatUnavailable
 from .layout import ObjectLayout
@@ -140,12 +140,14 @@ class ExportEngine:
     # -- checkpoint ---------------------------------------------------------------------------------
 
     def recover(self, saved: Cursor | None, *, saved_store_id: str | None = None, resetting: bool = False) -> Cursor:
-        """The cursor to resume from: the newest of the saved state (status or state file, written from
-        the store ``saved_store_id``) and the bucket's checkpoint, after checking that they belong to this
-        store. Raises ExportFailure, writing nothing:
+        """The cursor to resume from: the bucket's checkpoint, or the saved state (status or state file,
+        written from the store ``saved_store_id``) when there is no checkpoint, after checking that they
+        belong to this store; a saved state ahead of the checkpoint goes back to it (see below). Raises
+        ExportFailure, writing nothing:
 
         * ``StoreMismatch``: the checkpoint (or, unless ``resetting``, the saved state) was written from
-          another store: the store was recreated or replaced under the exporter;
+          another store: the store was recreated or replaced under the exporter; or, unless ``resetting``,
+          the store's record at the checkpoint's cursor is not the one exported (ids restarted);
         * ``CheckpointMissing``: the saved cursor is above 0 but the checkpoint is gone (the bucket or the
           prefix was wiped): re-exporting or skipping silently would both be wrong; a reset re-exports;
         * ``CursorAheadOfStore``: the cursor is above any id the store ever assigned (a forged checkpoint,
@@ -171,6 +173,13 @@ class ExportEngine:
                 "(the objects there are the only copy of the other store's records); export this store with "
                 "a new S3Exporter or prefix",
                 domain=Domain.STORE, transient=False)
+        reused = None if checkpoint is None or resetting else self._reused_ids(checkpoint)
+        if reused is not None:
+            raise ExportFailure(
+                Reason.STORE_MISMATCH,
+                f"{reused}. Nothing is written (the objects there are the only copy of the old records, and "
+                "resuming would skip the new ones up to the cursor); export this store with a new S3Exporter or "
+                "prefix", domain=Domain.STORE, transient=False)
         if saved_store_id and saved_store_id != self.store_id and not resetting:
             raise ExportFailure(
                 Reason.STORE_MISMATCH,
@@ -199,12 +208,26 @@ class ExportEngine:
                 f"assigned ({highest}): a forged checkpoint, or a store restored from an older backup. Nothing "
                 "is written; a reset (annotation capture.dev/reset-cursor) re-exports from the beginning",
                 domain=Domain.STORE, transient=False)
+        if checkpoint is not None and saved.order() > checkpoint.cursor.order():
+            # The saved state is written after the checkpoint, so it is never rightly ahead of it: it was
+            # edited (anyone with patch on status can), or the bucket was rolled back. Resuming there would
+            # skip records and then write that cursor into the checkpoint, where the retention gate takes it
+            # as proof that they were exported. The checkpoint wins; the range between is exported again,
+            # swept (the high-water mark keeps the saved position).
+            cursor = Cursor(checkpoint.cursor.epoch, checkpoint.cursor.position, cursor.high_water)
         if checkpoint is None:
             cursor = Cursor(cursor.epoch, cursor.position, max(cursor.high_water, self.find_high_water()))
         elif checkpoint.store_id is None:
             self.hold()
-            self.checkpoints.write(checkpoint.cursor, None)  # adopt this store's identity (an upgrade)
+            # adopt this store's identity (an upgrade)
+            self.checkpoints.write(checkpoint.cursor, None, cursor_timestamp_us=checkpoint.cursor_timestamp_us)
         return cursor
+
+    def _reused_ids(self, checkpoint: Checkpoint) -> str | None:
+        try:
+            return reused_ids(checkpoint, self.store)
+        except StoreError as exc:
+            raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
 
     def _highest_assigned_id(self) -> int:
         try:
@@ -370,6 +393,7 @@ class ExportEngine:
             encode_cpu_seconds=encoded.cpu_seconds,
             quarantined=list(encoded.quarantined),
             held=held,
+            last_timestamp_us=encoded.last_timestamp_us,
         )
 
     def _quarantine(self, corrupt: CorruptRecord) -> None:
@@ -395,7 +419,7 @@ class ExportEngine:
         if self._sweep_pending or batch.first_id <= cursor.high_water:
             self.sweep.sweep_overlapping(batch, cursor.high_water)
         new_cursor = Cursor(cursor.epoch, batch.last_id, max(cursor.high_water, batch.last_id))
-        self.checkpoints.write(new_cursor, key)
+        self.checkpoints.write(new_cursor, key, cursor_timestamp_us=batch.last_timestamp_us)
         self._sweep_pending = False
         return BatchResult(
             key=key,

@@ -144,6 +144,7 @@ class PreparedBatch:
     # onCorruptRecord Hold: the batch stops before a corrupt record; after committing what precedes it,
     # the run fails with this.
     held: ExportFailure | None = None
+    last_timestamp_us: int | None = None  # the stored timestamp of record ``last_id``, for the checkpoint
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ cluster), a cycle reads each gating exporter's checkpoint object from its bucket
 (retention/gate.py), purges what it allows (retention/purge.py) and returns the new status, the Events
 worth emitting and when the next cycle is due. No Kubernetes here.
 
-Order within a cycle: first soft-deleted records whose grace period is over are removed for good (they
-were exported when they were marked), then old records at or below the bound are deleted, or marked
-and hidden with ``softDelete``. ``dryRun`` counts both and changes nothing.
+Order within a cycle: first soft-deleted records whose grace period is over are removed for good, those
+at or below the bound (they were exported when they were marked, but an exporter that joined the gate or
+was reset since must export them again first), then old records at or below the bound are deleted, or
+marked and hidden with ``softDelete``. ``dryRun`` counts both and changes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..api.retention import RetentionRun
 from ..api.vocabulary import ConditionType, EventType, GateExporterState, GateMode, PurgeOutcome, Reason, Truth
 from ..backoff import FailureBackoff
 from ..clock import Clock, SystemClock
-from ..export.checkpoint import Checkpoints
+from ..export.checkpoint import Checkpoints, reused_ids
 from ..export.cycle import ObjectStoreFactory
 from ..export.layout import ObjectLayout
 from ..export.model import ExporterId, ExportFailure, RetryPolicy
@@ -164,6 +165,9 @@ class RetentionWorker:
             return ExporterObservation(name, GateExporterState.STORE_MISMATCH, detail=(
                 f"its checkpoint was written from store {checkpoint.store_id}, the policy purges store "
                 f"{store.identity()}"))
+        reused = reused_ids(checkpoint, store) if checkpoint is not None else None
+        if reused is not None:  # its cursor vouches for records that are no longer these ids
+            return ExporterObservation(name, GateExporterState.STORE_MISMATCH, detail=reused)
         cursor = checkpoint.cursor if checkpoint is not None else None
         return ExporterObservation(name, GateExporterState.COMMITTED, cursor=cursor, failing=_failing(ref.status))
 
@@ -284,15 +288,18 @@ class RetentionWorker:
         grace_cutoff_us = now_us - int(spec.soft_delete.grace.total_seconds() * 1_000_000) if spec.soft_delete else None
         if spec.dry_run:
             would = store.count_expired(gate.bound, gate.cutoff_us) if gate.open else 0
-            if grace_cutoff_us is not None:
-                would += store.soft_deleted_count(grace_cutoff_us)
+            if grace_cutoff_us is not None and gate.bound > 0:
+                would += store.soft_deleted_count(grace_cutoff_us, max_id=gate.bound)
             run.would_purge = would
             return PurgeStats(bound=gate.bound)
         purger = Purger(store, batch_size=spec.batch_size, clock=self.clock, max_chunk_seconds=self.max_chunk_seconds,
                         pause_seconds=self.pause_seconds, recheck_seconds=self.recheck_seconds)
         stats = PurgeStats(bound=gate.bound)
-        if grace_cutoff_us is not None:
-            stats.add(purger.purge_soft_deleted(grace_cutoff_us, should_stop=should_stop, deadline=deadline))
+        if grace_cutoff_us is not None and gate.bound > 0:
+            # Bounded by the gate as it is now, not as it was when they were marked: an exporter that joined
+            # the gate since, or was reset (its bucket wiped), has yet to export them, and they wait for it.
+            stats.add(purger.purge_soft_deleted(grace_cutoff_us, max_id=gate.bound, should_stop=should_stop,
+                                                deadline=deadline))
         if gate.open and not stats.stopped:
 
             def recheck() -> int:

@@ -151,10 +151,12 @@ class Purger:
         self,
         deleted_before_us: int,
         *,
+        max_id: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         deadline: float | None = None,
     ) -> PurgeStats:
-        """Remove for good every soft-deleted record marked at or before ``deleted_before_us``."""
+        """Remove for good every soft-deleted record marked at or before ``deleted_before_us`` (and with an id
+        at most ``max_id``, when given)."""
         stats = PurgeStats()
         started = self.clock.monotonic()
         while True:
@@ -163,7 +165,7 @@ class Purger:
                 break
             size = self._size
             t0 = time.perf_counter()
-            count = self.store.purge_soft_deleted_chunk(deleted_before_us, size)
+            count = self.store.purge_soft_deleted_chunk(deleted_before_us, size, max_id=max_id)
             seconds = time.perf_counter() - t0
             stats.purged_soft += count
             if count < size:

@@ -15,6 +15,7 @@ from concurrent.futures import Executor
 from typing import Any, Protocol
 
 from ..api import S3ExporterStatus
+from ..api.vocabulary import Reason
 from .exporter import Event, not_behind
 
 __all__ = ["StatusApi", "StatusWriter", "cursor_of"]
@@ -43,7 +44,8 @@ def cursor_of(status: Mapping[str, Any] | None) -> tuple[int, int]:
 
 class StatusWriter:
     """Patches statuses and emits Events; an S3Exporter's cursor never goes backwards (status/exporter.py's
-    ``not_behind`` guards it against what was written and what is stored).
+    ``not_behind`` guards it against what was written and what is stored), but for the cycle's correction
+    of a cursor edited ahead of the checkpoint (an Event ``SavedCursorAhead`` comes with it).
 
     :meth:`write_exporter` is the S3Exporter's write; :meth:`write_status` writes any other kind's."""
 
@@ -75,6 +77,10 @@ class StatusWriter:
         meta = body.get("metadata", {})
         key = (plural, meta.get("namespace", ""), meta.get("name", ""))
         floor = max(self._written.get(key, (0, 0)), cursor_of(body.get("status")))
+        if any(event.reason == Reason.SAVED_CURSOR_AHEAD for event in events):
+            # The cycle set a cursor edited ahead of the checkpoint back to it (export/cycle.py): the one
+            # write that may lower it, or the edited cursor would stand in status for ever.
+            floor = (0, 0)
         status = not_behind(status, floor, what=f"{key[1]}/{key[2]}")
         raw = status.model_dump(mode="json", by_alias=True)
         written = await self.patch(body, plural, raw)

@@ -210,10 +210,11 @@ class RetentionStore(Protocol):
         """
         ...
 
-    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int) -> int:
+    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int, *, max_id: int | None = None) -> int:
         """One transaction: delete for good up to ``limit`` soft-deleted records whose mark is
-        ``deleted_at_us <= deleted_before_us`` (their grace period is over), in any order. Return how
-        many were deleted; fewer than ``limit`` means none is left. Visible records are never touched."""
+        ``deleted_at_us <= deleted_before_us`` (their grace period is over) and, when given, whose id is at
+        most ``max_id`` (the retention gate's bound now), in any order. Return how many were deleted; fewer
+        than ``limit`` means none is left. Visible records are never touched."""
         ...
 
     def restore_chunk(self, limit: int, *, deleted_since_us: int | None = None) -> int:
@@ -227,9 +228,9 @@ class RetentionStore(Protocol):
         (visible, ``id <= max_id``, ``ts_us < older_than_us``). Read-only (dry runs, status)."""
         ...
 
-    def soft_deleted_count(self, deleted_before_us: int | None = None) -> int:
-        """How many records are soft-deleted (only those with ``deleted_at_us <= deleted_before_us`` when
-        given). Read-only."""
+    def soft_deleted_count(self, deleted_before_us: int | None = None, *, max_id: int | None = None) -> int:
+        """How many records are soft-deleted (only those with ``deleted_at_us <= deleted_before_us`` and
+        ``id <= max_id`` when given: what ``purge_soft_deleted_chunk`` would take). Read-only."""
         ...
 
 

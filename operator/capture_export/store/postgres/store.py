@@ -227,10 +227,11 @@ class PostgresStore:
         # Retrying after a lost connection is harmless: what was done is no longer a candidate.
         return self._run(work)
 
-    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int) -> int:
+    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int, *, max_id: int | None = None) -> int:
         return self._rowcount(
-            f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} WHERE deleted_at_us <= %s LIMIT %s)",
-            (deleted_before_us, limit),
+            f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} WHERE deleted_at_us <= %s AND id <= %s "
+            "LIMIT %s)",
+            (deleted_before_us, 2**63 - 1 if max_id is None else max_id, limit),
         )
 
     def restore_chunk(self, limit: int, *, deleted_since_us: int | None = None) -> int:
@@ -262,10 +263,15 @@ class PostgresStore:
 
         return self._run(work)
 
-    def soft_deleted_count(self, deleted_before_us: int | None = None) -> int:
+    def soft_deleted_count(self, deleted_before_us: int | None = None, *, max_id: int | None = None) -> int:
+        params: tuple[int, ...] = ()
         if deleted_before_us is None:
-            return self._scalar(f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us IS NOT NULL")
-        return self._scalar(f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us <= %s", (deleted_before_us,))
+            sql = f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us IS NOT NULL"
+        else:
+            sql, params = f"SELECT count(*) FROM {TABLE} WHERE deleted_at_us <= %s", (deleted_before_us,)
+        if max_id is not None:
+            sql, params = sql + " AND id <= %s", (*params, max_id)
+        return self._scalar(sql, params)
 
     # -- quarantine (store/base.py QuarantineStore): each call one statement, so one transaction --------
 

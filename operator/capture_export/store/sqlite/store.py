@@ -267,10 +267,11 @@ class SQLiteStore:
         else:
             conn.executemany(f"{statement} = ?", [(*leading, record_id) for record_id in ids])
 
-    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int) -> int:
+    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int, *, max_id: int | None = None) -> int:
+        bound = 2**63 - 1 if max_id is None else max_id
         return int(self._write(lambda conn: conn.execute(
             "DELETE FROM captures WHERE id IN (SELECT id FROM captures INDEXED BY captures_deleted_ts "
-            "WHERE deleted_at_us <= ? LIMIT ?)", (deleted_before_us, limit)
+            "WHERE deleted_at_us <= ? AND id <= ? LIMIT ?)", (deleted_before_us, bound, limit)
         ).rowcount))
 
     def restore_chunk(self, limit: int, *, deleted_since_us: int | None = None) -> int:
@@ -290,13 +291,15 @@ class SQLiteStore:
         rows = self._query("SELECT seq FROM sqlite_sequence WHERE name = 'captures'")
         return max(int(rows[0][0]) if rows else 0, self.max_id())
 
-    def soft_deleted_count(self, deleted_before_us: int | None = None) -> int:
+    def soft_deleted_count(self, deleted_before_us: int | None = None, *, max_id: int | None = None) -> int:
         if deleted_before_us is None:
             sql = "SELECT COUNT(*) FROM captures INDEXED BY captures_deleted_ts WHERE deleted_at_us IS NOT NULL"
             params: tuple[Any, ...] = ()
         else:
             sql, params = ("SELECT COUNT(*) FROM captures INDEXED BY captures_deleted_ts WHERE deleted_at_us <= ?",
                            (deleted_before_us,))
+        if max_id is not None:
+            sql, params = sql + " AND id <= ?", (*params, max_id)
         return int(self._query(sql, params)[0][0])
 
     # -- quarantine (store/base.py QuarantineStore) ---------------------------------------------------
