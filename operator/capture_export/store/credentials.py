@@ -29,15 +29,29 @@ store. This module decides, on a *decoded* record (dicts and lists as cbor2 give
   ``api_key``, ``access_token``, ``sig`` …, see ``CREDENTIAL_QUERY_PARAMS``, and any parameter named like
   a credential header) and the password of ``user:password@`` are replaced by ``REDACTED``. URLs inside
   prose (a prompt that quotes a URL) are left alone.
-* **Raw bodies**: in every byte string, and in text under a key whose name contains ``raw``, each line
-  ``Name: value`` whose name is a credential header keeps its name and loses its value
-  (``Authorization: REDACTED``): a raw HTTP message keeps its shape, the key is gone. A compressed raw body
-  (gzip, brotli) cannot be read and is left as it is.
+* **JSON text**: a text or byte string whose first non-blank character is ``{`` or ``[`` and that parses
+  as JSON (a gateway that stores its ``capture``, a request, a response or its headers as JSON text,
+  JSON text inside JSON text, at any depth) is judged as the structure it holds, by all of these rules
+  (as a header container when its key names one). When something was removed it is replaced by the
+  stripped structure re-serialised as compact JSON (a byte string stays bytes); when nothing was, it is
+  kept byte for byte.
+* **Any other text or byte string** (raw HTTP messages, truncated JSON, prompts) that holds a marker
+  of the pre-scan below: each line ``Name: value`` whose name is a credential header keeps its name and
+  loses its value (``Authorization: REDACTED``: a raw HTTP message keeps its shape, the key is gone), and
+  so does each JSON pair ``"name": "value"`` (or ``"name": ["value"``) whose name is one, also quoted
+  inside JSON text (``\\"name\\": \\"value\\"``). This is not limited to keys named like ``raw``: a
+  capture that is a raw HTTP message under any key is caught. The price is false positives, accepted: a
+  prompt that quotes a header line or a JSON pair naming a credential (``x-api-key: …``) loses that value.
+  A value ends at its first quote or backslash (credentials hold neither). A compressed raw body (gzip,
+  brotli) cannot be read and is left as it is.
 
 Walking a whole record costs; ``CredentialPolicy.might_hold`` first scans the record's canonical CBOR
 bytes (lower-cased, ``_`` read as ``-``) for markers that every credential name and parameter contains,
 so most records are never walked. The scan is only sound on canonical bytes (definite lengths: a name is
-contiguous there).
+contiguous there). JSON text may spell a name with ``\\u00XX`` escapes: when the bytes hold ``\\u00``
+and no marker, the scan reads those escapes and looks again. In a record the scan flags, each string is
+scanned alone too, before it is parsed as JSON or searched for lines (and only when it holds a ``:`` or
+starts like JSON), so the strings of a flagged record that hold no marker cost little.
 Every LiteLLM record holds ``user_api_key_*`` metadata keys, which contain the marker ``api_key``: the scan
 leaves ``NOT_CREDENTIAL_PARTS`` out before it looks, as the name rules do, so those records are not walked
 either (that walk cost ten times the rest of encoding a LiteLLM record at ingest).
@@ -45,9 +59,12 @@ either (that walk cost ten times the rest of encoding a LiteLLM record at ingest
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from typing import Any
+
+import orjson
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -93,6 +110,14 @@ _HEADER_LINE = re.compile(rb"(?m)^([ \t]*)([!#$%&'*+.^_`|~0-9A-Za-z-]+)([ \t]*:[
 _NAME_KEYS = ("name", "key", "header", "field")
 # OpenTelemetry's HTTP conventions capture a header as an attribute named by one of these and the header.
 _OTEL_HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
+# A JSON ``"name": "value"`` pair (or ``"name": ["value"``) in text that is not (or no longer) JSON, also
+# inside JSON text quoted once or more (``\"name\": \"value\"``: the same run of backslashes before each
+# quote). The value ends at its first quote or backslash: credentials hold neither.
+_JSON_PAIR = re.compile(
+    rb'(?P<q>\\*)"(?P<name>(?:[^"\\\r\n]|\\u[0-9a-fA-F]{4}){1,200})(?P=q)"(?P<sep>[ \t\r\n]*:[ \t\r\n]*'
+    rb'(?:\[[ \t\r\n]*)?)(?P=q)"(?P<value>[^"\\]*)')
+_JSON_OPENERS = ("{", "[")
+_JSON_ESCAPE = re.compile(rb"\\u00([2-7][0-9a-f])")  # on folded bytes: an escaped printable ASCII character
 
 
 def normalise_header_name(name: Any) -> str | None:
@@ -142,6 +167,15 @@ class CredentialPolicy:
     def might_hold(self, canonical: bytes) -> bool:
         """Whether a record whose canonical CBOR is ``canonical`` could hold anything this policy strips."""
         lowered = canonical.translate(_FOLD)  # lower case, '_' as '-': one pass, and half the markers
+        if self._marked(lowered):
+            return True
+        # JSON text may spell a name with escapes (``"\\u0041uthorization"``): read them and look again.
+        if b"\\u00" in lowered:
+            unescaped = _JSON_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), lowered)
+            return unescaped != lowered and self._marked(unescaped.translate(_FOLD))
+        return False
+
+    def _marked(self, lowered: bytes) -> bool:
         if not any(marker in lowered for marker in self.markers):
             return False
         if not self.not_credential:
@@ -190,17 +224,24 @@ class CredentialPolicy:
         return value if redacted == value else redacted
 
     def redact_lines(self, value: bytes) -> bytes:
-        """``value`` with the value of every credential header line replaced by REDACTED."""
+        """``value`` with the value of every credential header line (``Authorization: …``) and of every
+        JSON pair naming a credential (``"api_key": "…"``) replaced by REDACTED."""
         if b":" not in value or not self.might_hold(value):
             return value
+        redacted_value = REDACTED.encode()
 
         def line(match: re.Match[bytes]) -> bytes:
             name = match.group(2)
-            if self.is_credential_header(name) and match.group(4) != REDACTED.encode():
-                return match.group(1) + name + match.group(3) + REDACTED.encode()
+            if self.is_credential_header(name) and match.group(4) != redacted_value:
+                return match.group(1) + name + match.group(3) + redacted_value
             return match.group(0)
 
-        redacted = _HEADER_LINE.sub(line, value)
+        def pair(match: re.Match[bytes]) -> bytes:
+            if match.group("value") == redacted_value or not self.is_credential_header(_json_name(match["name"])):
+                return match.group(0)
+            return match.group(0)[:match.start("value") - match.start()] + redacted_value
+
+        redacted = _JSON_PAIR.sub(pair, _HEADER_LINE.sub(line, value))
         return value if redacted == value else redacted
 
     def _redact_text_lines(self, value: str) -> str:
@@ -209,6 +250,53 @@ class CredentialPolicy:
         data = value.encode("utf-8", "surrogatepass")
         redacted = self.redact_lines(data)
         return value if redacted is data else redacted.decode("utf-8", "surrogatepass")
+
+    # -- text and bytes that hold JSON or header lines -----------------------------------------------
+
+    def _scrub_text(self, value: str, headers: bool = False) -> str:
+        """Text with its credentials out: JSON text walked as JSON (re-serialised only when something was
+        removed), any other text with its credential header lines and JSON pairs redacted. The same object
+        when nothing was removed."""
+        if ":" not in value and value.lstrip()[:1] not in _JSON_OPENERS:
+            return value  # no header line, no JSON pair, no JSON (most strings: checked before any scan)
+        data = value.encode("utf-8", "surrogatepass")
+        if not self.might_hold(data):
+            return value
+        scrubbed = self._scrub_json(data, headers)
+        if scrubbed is None:
+            return self._redact_text_lines(value)
+        return value if scrubbed is data else scrubbed.decode("utf-8", "surrogatepass")
+
+    def _scrub_bytes(self, value: bytes, headers: bool = False) -> bytes:
+        """``_scrub_text`` for a byte string (which stays one)."""
+        if b":" not in value and value.lstrip()[:1] not in (b"{", b"["):
+            return value
+        if not self.might_hold(value):
+            return value
+        scrubbed = self._scrub_json(value, headers)
+        return self.redact_lines(value) if scrubbed is None else scrubbed
+
+    def _scrub_json(self, data: bytes, headers: bool) -> bytes | None:
+        """JSON text without its credentials (``data`` itself when it holds none); None when ``data`` is
+        not a JSON object or array."""
+        if data.lstrip()[:1] not in (b"{", b"["):
+            return None
+        # The standard library's parser keeps integers beyond 64 bits exact (orjson reads them as floats);
+        # orjson reads what nests deeper than the interpreter's recursion limit.
+        try:
+            parsed = json.loads(data)
+        except RecursionError:
+            try:
+                parsed = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                return None
+        except ValueError:
+            return None
+        changed = False
+        if headers:
+            parsed, changed = self._strip_header_container(parsed)
+        changed = self.strip(parsed) or changed
+        return _dump_json(parsed) if changed else data
 
     # -- containers ----------------------------------------------------------------------------------
 
@@ -237,16 +325,16 @@ class CredentialPolicy:
                     item = [_as_text(item[0]), *item[1:]]
                     changed = True
                 elif isinstance(item, str | bytes):
-                    redacted = self._redact_text_lines(item) if isinstance(item, str) else self.redact_lines(item)
+                    redacted = self._scrub_text(item) if isinstance(item, str) else self._scrub_bytes(item)
                     changed |= redacted is not item
                     item = redacted
                 kept_items.append(item)
             return (kept_items, True) if changed else (headers, False)
         if isinstance(headers, str):
-            redacted_text = self._redact_text_lines(headers)
+            redacted_text = self._scrub_text(headers, headers=True)
             return redacted_text, redacted_text is not headers
         if isinstance(headers, bytes):
-            redacted_bytes = self.redact_lines(headers)
+            redacted_bytes = self._scrub_bytes(headers, headers=True)
             return redacted_bytes, redacted_bytes is not headers
         return headers, False
 
@@ -328,12 +416,34 @@ class CredentialPolicy:
         if isinstance(value, str):
             if value.startswith(_URL_PREFIXES) or (key is not None and _url_key(key)):
                 value = self.redact_url(value)
-            if key is not None and "raw" in key:
-                value = self._redact_text_lines(value)
-            return value
+            return self._scrub_text(value)
         if isinstance(value, bytes):
-            return self.redact_lines(value)
+            return self._scrub_bytes(value)
         return value
+
+
+def _json_name(name: bytes) -> bytes:
+    """A name as a JSON pair spells it, with its ``\\uXXXX`` escapes read."""
+    if b"\\u" not in name:
+        return name
+    try:
+        return str(orjson.loads(b'"' + name + b'"')).encode()
+    except orjson.JSONDecodeError:
+        return name
+
+
+def _dump_json(value: Any) -> bytes:
+    """Compact JSON: orjson's; the standard library's for what orjson refuses (integers beyond 64 bits,
+    nesting deeper than 255 levels)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        # ASCII: a lone surrogate escape (``\\ud800``, which JSON allows) stays an escape, valid UTF-8.
+        return json.dumps(value, separators=(",", ":")).encode()
+    except RecursionError:
+        return orjson.dumps(None)  # deeper than either can write: nothing of it, rather than a credential
 
 
 def _url_key(key: str) -> bool:
