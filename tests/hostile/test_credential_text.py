@@ -175,3 +175,33 @@ def test_native_ingest_strips_credentials_from_a_json_text_capture(tmp_path: Pat
     assert json.loads(captures[0]["request"])["headers"] == {"x-request-id": "keep-req-1"}
     assert "keep-prompt-1" in captures[0]["request"]
     assert "X-Api-Key: REDACTED" in captures[1]["message"] and "keep-req-2" in captures[1]["message"]
+
+
+def _previous_version_seal(db: SQLiteGateway, body: bytes) -> bytes:
+    """The seal the previous version's append wrote: the same MAC, under its credential rules' context."""
+    import hashlib
+    import hmac
+
+    with db._connect() as conn:
+        (key_hex,) = conn.execute("SELECT value FROM capture_export_meta WHERE key = 'seal_key'").fetchone()
+    mac_key = hashlib.sha256(bytes.fromhex(key_hex) + b"capture-export seal v1 / credential rules 2").digest()
+    return hmac.digest(mac_key.ljust(64, b"\0"), body, "sha256")[:16]
+
+
+def test_rows_sealed_under_the_narrower_rules_of_the_previous_version_are_checked_again(
+    s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    """A store written by the previous version: its append stripped only what its rules knew, and sealed the
+    rest as trusted. After an upgrade the wider rules must reach those rows too (seal.py's SEAL_CONTEXT)."""
+    db = SQLiteGateway(tmp_path / "store.sqlite")
+    secret = _canary()
+    body = build(_capture_as_json_text(1, secret))
+    db.insert_with(timestamp_us(1), body, {"seal": _previous_version_seal(db, body)})
+
+    manifest = write_exporters(tmp_path / "exporter.yaml", s3_server, bucket,
+                               [ExporterCase("usage", "llm", FORMATS["cbor-zstd"])])
+    run = run_export(manifest, db, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert len(bucket_records(s3_server, bucket, "llm")) == 1
+    assert not find_leaks(bucket_objects(s3_server, bucket, "llm"), [secret]), \
+        "a row sealed under the previous credential rules was exported unchecked"

@@ -30,7 +30,8 @@ import secrets
 __all__ = ["SEAL_CONTEXT", "SEAL_KEY_META", "SEAL_SIZE", "RecordSeal", "new_seal_key"]
 
 SEAL_SIZE = 16
-SEAL_CONTEXT = b"capture-export seal v1 / credential rules 2"
+# Rules 3: OpenTelemetry captured-header attributes, and credentials inside JSON text and header-line text.
+SEAL_CONTEXT = b"capture-export seal v1 / credential rules 3"
 SEAL_KEY_META = "seal_key"  # the key in capture_export_meta, as hex
 
 
