@@ -18,8 +18,7 @@ import pytest
 import zstandard
 
 from capture_export.ingest import IngestLimits
-from capture_export.store import SQLiteStore
-from tests.support.ingest import TOKEN, RunningIngest, ingest_server
+from tests.support.ingest import TOKEN, RunningIngest, ingest_server, stored_count
 
 LIMITS = IngestLimits(max_body_bytes=64_000, max_decoded_bytes=256_000, max_records=50, max_pending_records=10_000)
 
@@ -45,14 +44,6 @@ def store_path(tmp_path: Path) -> Path:
 def ingest(store_path: Path, tmp_path: Path) -> Iterator[RunningIngest]:
     with ingest_server(store_path, tmp_path, limits=LIMITS) as server:
         yield server
-
-
-def stored(store_path: Path) -> int:
-    store = SQLiteStore(store_path)
-    try:
-        return store.count()
-    finally:
-        store.close()
 
 
 def refused(response: httpx.Response, status: int, *phrases: str) -> dict[str, Any]:
@@ -98,7 +89,7 @@ def test_malformed_records_get_400_naming_the_record_and_field(
     assert answer.get("index") == index and answer.get("field") == field
     if index is not None:
         assert f"record {index}" in answer["error"]
-    assert stored(store_path) == 0
+    assert stored_count(store_path) == 0
 
 
 @pytest.mark.parametrize(("payload", "field", "phrase"), [
@@ -113,13 +104,13 @@ def test_malformed_litellm_payloads_get_400(ingest: RunningIngest, store_path: P
     answer = refused(ingest.post("/v1/litellm", json.dumps([good, payload])), 400, phrase)
     assert answer["index"] == 1 and answer["field"] == field
     refused(ingest.post("/v1/litellm", json.dumps(["not an object"])), 400, "StandardLoggingPayload")
-    assert stored(store_path) == 0
+    assert stored_count(store_path) == 0
 
 
 def test_a_request_is_all_or_nothing(ingest: RunningIngest, store_path: Path) -> None:
     body = lines(*(record(n) for n in range(20)), record(20, usage={"output_tokens": "many"}))
     refused(ingest.post("/v1/records", body, content_type="application/x-ndjson"), 400, "record 20")
-    assert stored(store_path) == 0
+    assert stored_count(store_path) == 0
     ok = ingest.post("/v1/records", GOOD, content_type="application/x-ndjson")
     assert ok.json() == {"received": 10, "new": 10, "duplicates": 0}
 
@@ -133,7 +124,7 @@ def test_tokens(ingest: RunningIngest, store_path: Path, tmp_path: Path, caplog:
         response = httpx.post(url, content=GOOD, headers=sent)
         refused(response, 401, "bearer token")
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    assert stored(store_path) == 0
+    assert stored_count(store_path) == 0
     # The scheme is case-insensitive; the token is not.
     assert httpx.post(url, content=GOOD, headers={**headers, "Authorization": f"bearer {TOKEN}"}).status_code == 200
     # Rotation: the Secret's file changes; the new token works within a second or two, the old one stops.
@@ -171,7 +162,7 @@ def test_limits_give_413(ingest: RunningIngest, store_path: Path) -> None:
     for encoding, packed in (("gzip", gzip.compress(bomb)), ("zstd", zstandard.ZstdCompressor().compress(bomb))):
         assert len(packed) < LIMITS.max_body_bytes
         refused(ingest.post("/v1/records", packed, headers={"Content-Encoding": encoding}), 413, "decompressed")
-    assert stored(store_path) == 0
+    assert stored_count(store_path) == 0
 
 
 def test_encodings_and_media_types(ingest: RunningIngest, store_path: Path) -> None:
@@ -182,13 +173,13 @@ def test_encodings_and_media_types(ingest: RunningIngest, store_path: Path) -> N
                         headers={"Content-Encoding": "gzip"}), 400, "gzip")
     refused(ingest.post("/v1/records", gzip.compress(GOOD.encode())[:-12], content_type="application/x-ndjson",
                         headers={"Content-Encoding": "gzip"}), 400, "truncated")
-    assert stored(store_path) == 0
+    assert stored_count(store_path) == 0
     for encoding, packed in (("gzip", gzip.compress(GOOD.encode())),
                              ("zstd", zstandard.ZstdCompressor().compress(GOOD.encode()))):
         response = ingest.post("/v1/records", packed, content_type="application/x-ndjson",
                                headers={"Content-Encoding": encoding})
         assert response.status_code == 200, response.text
-    assert stored(store_path) == 10
+    assert stored_count(store_path) == 10
 
 
 def test_credential_headers_are_stripped_before_anything_is_stored(ingest: RunningIngest, store_path: Path) -> None:
@@ -240,7 +231,7 @@ def test_concurrent_requests_share_a_transaction(ingest: RunningIngest, store_pa
     for thread in threads:
         thread.join(60)
     assert [a.status_code for a in answers] == [200] * 20
-    assert stored(store_path) == 101
+    assert stored_count(store_path) == 101
     # 20 requests, at most 2 transactions (the one that waited for the lock, and all the others).
     assert _metric(ingest, "capture_export_ingest_commits_total") - commits_before <= 2
 
@@ -269,7 +260,7 @@ def test_overload_gives_503_with_retry_after(store_path: Path, tmp_path: Path) -
         retry = ingest.post("/v1/records", lines(*(record(n) for n in range(20, 25))),
                             content_type="application/x-ndjson")
         assert retry.json() == {"received": 5, "new": 5, "duplicates": 0}
-    assert stored(store_path) == 16
+    assert stored_count(store_path) == 16
 
 
 @pytest.mark.parametrize("where", ["sqlite", "postgres"])

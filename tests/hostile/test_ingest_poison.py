@@ -21,8 +21,7 @@ import zstandard
 
 from capture_export.ingest import IngestLimits
 from capture_export.local_s3 import LocalS3
-from capture_export.store import SQLiteStore
-from tests.support.ingest import TOKEN, RunningIngest, export_all, ingest_server
+from tests.support.ingest import TOKEN, RunningIngest, export_all, ingest_server, stored_count
 
 LIMITS = IngestLimits(max_body_bytes=1 << 20, max_decoded_bytes=4 << 20, max_records=50)
 TIMESTAMP = "2026-11-24T12:00:00Z"
@@ -37,14 +36,6 @@ def store_path(tmp_path: Path) -> Path:
 def ingest(store_path: Path, tmp_path: Path) -> Iterator[RunningIngest]:
     with ingest_server(store_path, tmp_path, limits=LIMITS) as server:
         yield server
-
-
-def stored(store_path: Path) -> int:
-    store = SQLiteStore(store_path)
-    try:
-        return store.count()
-    finally:
-        store.close()
 
 
 def nested(depth: int) -> str:
@@ -83,7 +74,7 @@ def test_poison_bodies_get_400_naming_the_problem(ingest: RunningIngest, store_p
     # The server is none the worse: a good request right after goes through.
     good = native("{}", capture_id=f"after-{case}")
     assert ingest.post("/v1/records", good).json() == {"received": 1, "new": 1, "duplicates": 0}
-    assert stored(store_path) == 1
+    assert stored_count(store_path) == 1
 
 
 def test_a_litellm_payload_with_odd_but_harmless_values_is_stored(ingest: RunningIngest, store_path: Path) -> None:
@@ -101,7 +92,7 @@ def test_a_litellm_payload_with_odd_but_harmless_values_is_stored(ingest: Runnin
     for n, (case, fields) in enumerate(odd.items()):
         response = ingest.post("/v1/litellm", litellm(id=f'"odd-{n}"', **fields))
         assert response.status_code == 200, f"{case}: {response.status_code} {response.text}"
-    assert stored(store_path) == len(odd)
+    assert stored_count(store_path) == len(odd)
 
 
 def _otlp_span(n: int, *attributes: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -131,7 +122,7 @@ def test_odd_genai_spans_are_stored_and_never_fail_their_batch(ingest: RunningIn
     response = ingest.post("/v1/traces", body)
     assert response.status_code == 200, response.text
     assert response.json() == {}  # no span rejected
-    assert stored(store_path) == len(spans)
+    assert stored_count(store_path) == len(spans)
 
 
 def test_otlp_refusal_in_protobuf_survives_a_header_that_is_not_utf8(ingest: RunningIngest) -> None:
@@ -149,7 +140,7 @@ def test_a_token_that_is_not_utf8_is_refused_with_401(ingest: RunningIngest, sto
                                    "Content-Type": b"application/json"})
     assert response.status_code == 401, response.text
     assert "bearer token" in response.json()["error"]
-    assert stored(store_path) == 0
+    assert stored_count(store_path) == 0
 
 
 def _shared_bomb(levels: int) -> bytes:
@@ -173,7 +164,7 @@ def test_cbor_value_sharing_is_refused_not_expanded(ingest: RunningIngest, store
     cycle = bytes([cycle[0] + 1]) + cycle[1:] + cbor2.dumps("capture") + bytes.fromhex("a16178d81c81d81d00")
     response = ingest.post("/v1/records", cycle, content_type="application/cbor-seq")
     assert response.status_code == 400, response.text[:300]
-    assert stored(store_path) == 0
+    assert stored_count(store_path) == 0
     conn = sqlite3.connect(store_path)
     assert conn.execute("SELECT coalesce(max(length(body)), 0) FROM captures").fetchone()[0] < 1_000_000
     conn.close()
@@ -220,7 +211,7 @@ def test_what_is_accepted_however_deep_is_exported(fmt: str, tmp_path: Path, s3_
                              "scopeSpans": [{"scope": {"name": "s"}, "spans": [span]}]}]}))
         assert answer.status_code == 200 and answer.json() == {}, answer.text
     records, _ = export_all(s3_server, bucket, store_path, tmp_path, fmt=fmt)
-    assert len(records) == stored(store_path) == 3
+    assert len(records) == stored_count(store_path) == 3
 
 
 def test_credential_headers_captured_as_otel_attributes_never_reach_the_store(ingest: RunningIngest,
@@ -259,7 +250,7 @@ def test_a_truncated_zstd_body_is_refused_not_stored_in_part(ingest: RunningInge
                                headers={"Content-Encoding": "zstd"})
         assert response.status_code == 400, response.text
         assert "truncated zstd" in response.json()["error"]
-    assert stored(store_path) == 0
+    assert stored_count(store_path) == 0
     answer = ingest.post("/v1/records", whole, content_type="application/x-ndjson",
                          headers={"Content-Encoding": "zstd"})
     assert answer.json() == {"received": 20, "new": 20, "duplicates": 0}
@@ -339,7 +330,7 @@ def test_big_records_waiting_for_a_locked_store_are_bounded_in_bytes(tmp_path: P
             thread.join(60)
         waited = [a for a in answers if a.status_code == 200]
         assert len(waited) + len(refused) == 12 and waited
-    assert stored(store_path) == 1 + len(waited)
+    assert stored_count(store_path) == 1 + len(waited)
 
 
 def _stalled_upload(port: int, sent: int, declared: int) -> socket.socket:
@@ -372,7 +363,7 @@ def test_bodies_held_at_once_are_bounded_in_bytes(tmp_path: Path) -> None:
         while (answer := ingest.post("/v1/records", big)).status_code == 503 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert answer.status_code == 200, answer.text
-    assert stored(store_path) == 2
+    assert stored_count(store_path) == 2
 
 
 @pytest.mark.parametrize("route", ["records", "litellm"])

@@ -128,3 +128,14 @@ def export_all(s3: LocalS3, bucket: str, store: str | Path, directory: Path, *, 
     objects = {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
     records = [record for key in keys for record in decode_object(objects[key], key)]
     return records, objects
+
+
+def stored_count(store_path: Path) -> int:
+    """How many records the SQLite store at ``store_path`` holds."""
+    from capture_export.store import SQLiteStore
+
+    store = SQLiteStore(store_path)
+    try:
+        return store.count()
+    finally:
+        store.close()
