@@ -250,3 +250,22 @@ def test_progress_shows_after_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("restoring: 300/1,000 records (30%)")
     assert lines[1].startswith("restoring: 1,000/1,000 records (100%)")
+
+
+def test_every_ingest_limit_is_an_option_of_the_ingest_server_and_of_the_operator() -> None:
+    """A deployment with large bodies must be able to move each bound that turns requests away (503)."""
+    import dataclasses
+
+    from capture_export.cli.ingest import ingest_limits
+    from capture_export.cli.parser import build_parser
+    from capture_export.ingest import IngestLimits
+
+    # All but the group commit's size, which tunes the transactions and turns no request away.
+    limits = [field.name for field in dataclasses.fields(IngestLimits) if field.name != "max_group_records"]
+    values = {name: str(1000 + index) for index, name in enumerate(limits)}
+    for command, prefix in (("ingest", ""), ("operator", "ingest-")):
+        argv = [command, *(["--token-file", "tokens"] if command == "ingest" else [])]
+        for name, value in values.items():
+            argv += [f"--{prefix}{name.replace('_', '-')}", value]
+        parsed = ingest_limits(build_parser().parse_args(argv))
+        assert {name: str(getattr(parsed, name)) for name in limits} == values, command

@@ -127,4 +127,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - {{ $limits.maxRecords | int64 | quote }}
 - --{{ .prefix }}max-pending-records
 - {{ $limits.maxPendingRecords | int64 | quote }}
+- --{{ .prefix }}max-pending-bytes
+- {{ $limits.maxPendingBytes | int64 | quote }}
+- --{{ .prefix }}max-inflight-bytes
+- {{ $limits.maxInflightBytes | int64 | quote }}
 {{- end }}

@@ -39,6 +39,7 @@ def ingest_limits(args: argparse.Namespace) -> IngestLimits:
 
     return IngestLimits(max_body_bytes=args.max_body_bytes, max_decoded_bytes=args.max_decoded_bytes,
                         max_records=args.max_records, max_pending_records=args.max_pending_records,
+                        max_pending_bytes=args.max_pending_bytes, max_inflight_bytes=args.max_inflight_bytes,
                         parse_workers=args.parse_workers)
 
 
@@ -103,5 +104,12 @@ def ingest_limit_options(parser: argparse.ArgumentParser, prefix: str = "") -> N
     parser.add_argument(f"--{prefix}max-pending-records", dest="max_pending_records", type=int,
                         default=defaults.max_pending_records,
                         help="records waiting for the commit before requests get 503 + Retry-After")
+    parser.add_argument(f"--{prefix}max-pending-bytes", dest="max_pending_bytes", type=int,
+                        default=defaults.max_pending_bytes,
+                        help="bytes of records waiting for the commit before requests get 503 + Retry-After")
+    parser.add_argument(f"--{prefix}max-inflight-bytes", dest="max_inflight_bytes", type=int,
+                        default=defaults.max_inflight_bytes,
+                        help="bytes of request bodies being received or parsed at once before requests get 503 + "
+                             "Retry-After (a request alone is never refused for it)")
     parser.add_argument(f"--{prefix}parse-workers", dest="parse_workers", type=int, default=defaults.parse_workers,
                         help="processes that decode and encode request bodies (0: in the server's own thread)")
