@@ -35,7 +35,7 @@ from ..objectstore import ObjectStore, S3Access, S3Location, S3ObjectStore
 from ..redact import CLIENT_LOGGERS, install_log_redaction, quiet_client_loggers
 from ..status.writer import StatusWriter
 from ..store import StoreError, StoreOpener, StoreRefused, open_store_url
-from ..store.opener import kind_of_url
+from ..store.opener import kind_of_url, sqlite_file
 from .kube import ApiSecrets, KubeApi, kopf_event
 from .permissions import MissingPermissions, check_permissions
 from .readiness import Readiness
@@ -107,7 +107,7 @@ class OperatorConfig:
         if self.store:
             with contextlib.suppress(StoreRefused):
                 if kind_of_url(self.store).name == "sqlite":
-                    return (str(Path(self.store.removeprefix("sqlite://")).resolve().parent),)
+                    return (str(Path(sqlite_file(self.store)).resolve().parent),)
         return ()
 
     @property

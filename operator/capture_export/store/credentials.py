@@ -244,31 +244,21 @@ class CredentialPolicy:
         redacted = _JSON_PAIR.sub(pair, _HEADER_LINE.sub(line, value))
         return value if redacted == value else redacted
 
-    def _redact_text_lines(self, value: str) -> str:
-        if ":" not in value:
-            return value
-        data = value.encode("utf-8", "surrogatepass")
-        redacted = self.redact_lines(data)
-        return value if redacted is data else redacted.decode("utf-8", "surrogatepass")
-
     # -- text and bytes that hold JSON or header lines -----------------------------------------------
 
     def _scrub_text(self, value: str, headers: bool = False) -> str:
-        """Text with its credentials out: JSON text walked as JSON (re-serialised only when something was
-        removed), any other text with its credential header lines and JSON pairs redacted. The same object
-        when nothing was removed."""
+        """Text with its credentials out (``_scrub_bytes`` on its UTF-8); the same object when nothing was
+        removed."""
         if ":" not in value and value.lstrip()[:1] not in _JSON_OPENERS:
-            return value  # no header line, no JSON pair, no JSON (most strings: checked before any scan)
+            return value  # no header line, no JSON pair, no JSON (most strings: checked before any encoding)
         data = value.encode("utf-8", "surrogatepass")
-        if not self.might_hold(data):
-            return value
-        scrubbed = self._scrub_json(data, headers)
-        if scrubbed is None:
-            return self._redact_text_lines(value)
+        scrubbed = self._scrub_bytes(data, headers)
         return value if scrubbed is data else scrubbed.decode("utf-8", "surrogatepass")
 
     def _scrub_bytes(self, value: bytes, headers: bool = False) -> bytes:
-        """``_scrub_text`` for a byte string (which stays one)."""
+        """A byte string with its credentials out: JSON walked as JSON (re-serialised only when something
+        was removed), anything else with its credential header lines and JSON pairs redacted. The same
+        object when nothing was removed."""
         if b":" not in value and value.lstrip()[:1] not in (b"{", b"["):
             return value
         if not self.might_hold(value):

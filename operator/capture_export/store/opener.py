@@ -32,7 +32,8 @@ from ..redact import control_characters
 from .base import CaptureStore, StoreError
 
 __all__ = ["STORE_KINDS", "StoreKind", "StoreOpener", "StoreRefused", "check_store_location", "check_store_url",
-           "chosen_kind", "describe_store", "dsn_problem", "kind_of_url", "open_store_url", "store_identity"]
+           "chosen_kind", "describe_store", "dsn_problem", "kind_of_url", "open_store_url", "sqlite_file",
+           "store_identity"]
 
 SecretLookup = Callable[[str, str], Mapping[str, str] | None]
 
@@ -94,7 +95,7 @@ def _open_postgres(url: str, create: bool) -> CaptureStore:
     return PostgresStore(url, create=create)
 
 
-def _sqlite_file(url: str) -> str:
+def sqlite_file(url: str) -> str:
     """The file a SQLite store URL names (a bare path is its own URL)."""
     return url.removeprefix("sqlite://")
 
@@ -102,7 +103,7 @@ def _sqlite_file(url: str) -> str:
 def _open_sqlite(url: str, create: bool) -> CaptureStore:
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(_sqlite_file(url), create=create)
+    return SQLiteStore(sqlite_file(url), create=create)
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ def check_store_location(url: str, *, option: str = "--store") -> str:
     if check_store_url(url, option=option) and kind_of_url(url).name == "sqlite":
         from .sqlite.store import refuse_directory
 
-        refuse_directory(Path(_sqlite_file(url)))
+        refuse_directory(Path(sqlite_file(url)))
     return url
 
 
@@ -244,7 +245,7 @@ class StoreOpener:
             kind = kind_of_url(self.default)
         except StoreRefused:
             return None
-        return Path(_sqlite_file(self.default)).resolve() if kind.name == "sqlite" else None
+        return Path(sqlite_file(self.default)).resolve() if kind.name == "sqlite" else None
 
     def _sqlite_path(self, path: str, namespace: str) -> tuple[StoreKind, str]:
         resolved = Path(path).resolve()
