@@ -102,8 +102,9 @@ def ingest_limit_options(parser: argparse.ArgumentParser, prefix: str = "") -> N
     parser.add_argument(f"--{prefix}max-records", dest="max_records", type=int, default=defaults.max_records,
                         help="most records in one request (413 past it)")
     parser.add_argument(f"--{prefix}max-values", dest="max_values", type=int, default=defaults.max_values,
-                        help="most values in one request (JSON values and keys, CBOR data items), counted before "
-                             "the body is parsed: what bounds the memory parsing it takes (413 past it)")
+                        help="most values in one request (JSON values and keys, CBOR data items, protobuf fields), "
+                             "counted before the body is parsed: what bounds the memory parsing it takes (413 past "
+                             "it)")
     parser.add_argument(f"--{prefix}max-pending-records", dest="max_pending_records", type=int,
                         default=defaults.max_pending_records,
                         help="records waiting for the commit before requests get 503 + Retry-After")

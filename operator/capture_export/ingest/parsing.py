@@ -18,7 +18,7 @@ import zstandard
 from ..lifetime import end_with
 from ..store.records import encode_ordered
 from .errors import BadInput, TooLarge, UnsupportedMediaType
-from .values import check_cbor_values, check_json_values
+from .values import check_cbor_values, check_json_values, check_protobuf_values
 
 __all__ = ["PARSERS", "IngestLimits", "Parse", "Parsed", "Row", "cyclic_gc_paused", "prepare", "prepare_by_name",
            "start_parsing_process", "warm"]
@@ -33,8 +33,8 @@ class IngestLimits:
     max_body_bytes: int = 16 << 20  # as received (compressed)
     max_decoded_bytes: int = 64 << 20  # after Content-Encoding is undone
     max_records: int = 10_000  # per request
-    # Values (JSON values and keys, CBOR data items) per request, counted before parsing: what bounds the
-    # memory parsing takes (values.py). 10,000 real captures hold about 2 million.
+    # Values (JSON values and keys, CBOR data items, protobuf fields) per request, counted before parsing:
+    # what bounds the memory parsing takes (values.py). 10,000 real captures hold about 2 million.
     max_values: int = 4_000_000
     max_pending_records: int = 50_000  # waiting for the group commit; past it: 503
     max_pending_bytes: int = 256 << 20  # their encoded bodies, likewise
@@ -162,10 +162,14 @@ def _litellm(body: bytes, content_type: str, limits: IngestLimits) -> Parsed:
 
 
 def _otlp(body: bytes, content_type: str, limits: IngestLimits) -> Parsed:
-    from .otlp import parse_otlp
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    # OTLP/JSON whole; in protobuf, the JSON text in string attributes (message contents) parsed in turn.
-    check_json_values(body, limits.max_values)
+    from .otlp import PROTOBUF_TYPES, parse_otlp
+
+    if content_type in PROTOBUF_TYPES:
+        check_protobuf_values(body, ExportTraceServiceRequest.DESCRIPTOR, limits.max_values)
+    else:
+        check_json_values(body, limits.max_values)
     return parse_otlp(body, content_type, limits.max_records)
 
 

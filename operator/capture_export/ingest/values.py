@@ -9,9 +9,12 @@ JSON record), so bounding the values bounds the memory; real captures hold about
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import TooLarge
 
-__all__ = ["cbor_values", "check_cbor_values", "check_json_values", "json_values_at_most"]
+__all__ = ["cbor_values", "check_cbor_values", "check_json_values", "check_protobuf_values", "json_values_at_most",
+           "protobuf_values"]
 
 _JSON_VALUE_STARTS = (b"{", b"[", b",", b":")
 
@@ -62,3 +65,103 @@ def check_cbor_values(body: bytes, limit: int) -> None:
     if len(body) > limit and cbor_values(body, limit) > limit:
         raise TooLarge(f"body holds more than the limit of {limit} values (--max-values): CBOR data items, "
                        "counted before they are decoded")
+
+
+def _varint(body: bytes, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while position < len(body):
+        byte = body[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+    return value, position
+
+
+# message full name -> {field number: the descriptor of its message type, or True for packed numbers}
+_LAYOUTS: dict[str, dict[int, Any]] = {}
+
+
+def _layout(descriptor: Any) -> dict[int, Any]:
+    """What a length-delimited field of ``descriptor`` holds, read once: descriptors are slow to ask."""
+    layout = _LAYOUTS.get(descriptor.full_name)
+    if layout is None:
+        from google.protobuf.descriptor import FieldDescriptor
+
+        layout = {}
+        for field in descriptor.fields:
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                layout[field.number] = field.message_type
+            elif field.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+                layout[field.number] = True
+        _LAYOUTS[descriptor.full_name] = layout
+    return layout
+
+
+# How deep protobuf's decoders nest messages (upb's default): past it, they refuse the body.
+_PROTOBUF_DEPTH = 100
+
+
+def protobuf_values(body: bytes, descriptor: Any, stop: int) -> int:
+    """The fields of a protobuf message of type ``descriptor`` and of every message inside it (each one a
+    value parsing creates), counted from their keys without decoding them, up to the first past ``stop``.
+    An element of a packed repeated number counts as a byte (its least). Malformed input is counted as
+    far as it goes, as is input nested deeper than the decoder goes: it refuses them afterwards."""
+    count = position = 0
+    end = len(body)
+    layout = _layout(descriptor)
+    enclosing: list[tuple[int, dict[int, Any]]] = []  # (end, layout) of the messages around this one
+    while True:
+        if position >= end:
+            if not enclosing:
+                return count
+            end, layout = enclosing.pop()
+            continue
+        key = body[position]
+        if key < 0x80:
+            position += 1
+        else:
+            key, position = _varint(body, position)
+        count += 1
+        if count > stop:
+            return count
+        wire_type = key & 7
+        if wire_type == 2:
+            length = body[position] if position < end else 0
+            if length < 0x80:
+                position += 1
+            else:
+                length, position = _varint(body, position)
+            inside = layout.get(key >> 3)
+            if inside is None:  # a string, bytes, or a field these definitions do not know
+                position += length
+            elif inside is True:  # packed numbers
+                count += length
+                position += length
+            elif length == 0:  # an empty message
+                pass
+            elif len(enclosing) < _PROTOBUF_DEPTH:  # a message: its fields come next
+                enclosing.append((end, layout))
+                end, layout = min(position + length, end), _layout(inside)
+            else:
+                return count
+        elif wire_type == 0:
+            _, position = _varint(body, position)
+        elif wire_type == 1:
+            position += 8
+        elif wire_type == 5:
+            position += 4
+        else:  # groups (deprecated, unused by OTLP) or not protobuf at all
+            return count
+
+
+def check_protobuf_values(body: bytes, descriptor: Any, limit: int) -> None:
+    """Protobuf's fields, and the JSON values its strings may hold (message contents, parsed in turn)."""
+    in_strings = json_values_at_most(body)
+    # Each field takes at least two bytes (a key, a value or length): a short body cannot hold too many.
+    if in_strings + len(body) // 2 <= limit:
+        return
+    if in_strings + protobuf_values(body, descriptor, limit - in_strings) > limit:
+        raise TooLarge(f"body holds more than the limit of {limit} values (--max-values): protobuf fields, "
+                       "counted before they are decoded, and the JSON values its strings may hold")
