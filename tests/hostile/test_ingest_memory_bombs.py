@@ -23,7 +23,7 @@ from tests.support.ingest import RunningIngest, ingest_server
 
 DECODED = 32 << 20  # what each bomb decodes to: half the default max_decoded_bytes
 PEAK_BOUND = 300 << 20  # the parsing process's peak RSS while it refuses any of them
-RECORD_HEAD = b'{"timestamp": "2026-11-24T12:00:00Z", "capture_id": "bomb", "capture": '
+RECORD_HEAD = b'{"timestamp": "2026-11-24T12:00:00Z", "capture_id": "bomb", "capture": {"x": '
 
 
 def _repeated(unit: bytes, size: int = DECODED) -> bytes:
@@ -43,9 +43,9 @@ def _bombs() -> dict[str, tuple[str, str, bytes]]:
     return {
         "a JSON array of empty maps": ("/v1/records", "application/json", b"[" + _repeated(b"{},") + b"{}]"),
         "one JSON line nesting empty lists": ("/v1/records", "application/x-ndjson",
-                                              RECORD_HEAD + b"[" + empty_lists + b"[]]}\n"),
+                                              RECORD_HEAD + b"[" + empty_lists + b"[]]}}\n"),
         "one record of short strings": ("/v1/records", "application/json",
-                                        b"[" + RECORD_HEAD + b'["' + _repeated(b'ab","') + b'"]}]'),
+                                        b"[" + RECORD_HEAD + b'["' + _repeated(b'ab","') + b'"]}}]'),
         "a LiteLLM payload answered with empty lists": (
             "/v1/litellm", "application/json",
             b'{"id": "bomb", "startTime": 1800000000.0, "response": [' + empty_lists + b"[]]}"),
@@ -53,6 +53,9 @@ def _bombs() -> dict[str, tuple[str, str, bytes]]:
                                              b'{"resourceSpans": [' + _repeated(b"{},") + b"{}]}"),
         "a CBOR record of empty arrays": ("/v1/records", "application/cbor-seq",
                                           _cbor_record_holding(cbor_lists, len(cbor_lists))),
+        # 0a 02 12 00: a ResourceSpans holding an empty ScopeSpans
+        "OTLP protobuf of empty resourceSpans": ("/v1/traces", "application/x-protobuf",
+                                                 _repeated(bytes.fromhex("0a021200"))),
     }
 
 
