@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from capture_export.api import S3ExporterSpec
+from capture_export.api import RetentionPolicyStatus, S3ExporterSpec
 from capture_export.export import ExporterId
 from capture_export.retention import ExporterRef, Purger, RetentionWorker
 from capture_export.store import SQLiteStore, StoreError
@@ -325,3 +325,33 @@ def test_a_selector_matching_more_than_64_exporters_still_gates_and_reports() ->
         "status": outcome.status.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
     assert CustomResourceValidator(REPO / "crds").errors(document) == []
+
+
+def test_each_soft_deleted_record_keeps_the_grace_period_of_the_policy_that_hid_it(world: World) -> None:
+    """Two policies on one store: ``keep`` promises 30 days, ``tidy`` keeps 1 day. ``tidy`` hides what it
+    selects for a day, and never removes early what ``keep`` hid; the longer grace is not stretched to
+    ``tidy``'s records either."""
+    keep = policy(maxAge="30d", exporters=["x0"], softDelete={"gracePeriod": "30d"})
+    tidy = policy(maxAge="24h", exporters=["x0"], softDelete={"gracePeriod": "1d"})
+    tidy_worker = RetentionWorker(ExporterId("ns", "tidy"), open_store=lambda spec, ns: world.store, secrets={},
+                                  clock=world.clock, retry=world.worker.retry, pause_seconds=0.0,
+                                  object_store_factory=world.worker.object_store_factory)
+    ancient = world.insert([40 * 24 * 60] * 3)  # keep's, 40 days old
+    recent = world.insert([2 * 24 * 60] * 2)  # only tidy selects these
+    for _ in range(3):
+        world.exporters["x0"].export()
+    assert world.purge(keep).status.last_run.soft_deleted == 3
+
+    def run_tidy(dry_run: bool = False) -> Any:
+        spec = tidy.model_copy(update={"dry_run": dry_run})
+        return tidy_worker.cycle(spec, RetentionPolicyStatus(), world.refs())
+
+    assert run_tidy().status.last_run.soft_deleted == 2
+    world.clock.advance(timedelta(days=2))  # tidy's grace is over, keep's is not
+    assert run_tidy(dry_run=True).status.last_run.would_purge == 2
+    assert run_tidy().status.last_run.purged == 2  # its own records only
+    assert world.store.soft_deleted_count() == 3 and not set(recent) & set(world.store.ids())
+    assert world.purge(keep).status.last_run.purged == 0
+    world.clock.advance(timedelta(days=29))  # keep's 30 days are over
+    assert run_tidy().status.last_run.purged == 3 and world.store.soft_deleted_count() == 0
+    assert not set(ancient) & set(world.store.ids())

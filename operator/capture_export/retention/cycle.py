@@ -285,21 +285,26 @@ class RetentionWorker:
         exporters: Mapping[str, ExporterRef],
     ) -> PurgeStats:
         now_us = micros(self.clock.now())
-        grace_cutoff_us = now_us - int(spec.soft_delete.grace.total_seconds() * 1_000_000) if spec.soft_delete else None
+        grace_us = int(spec.soft_delete.grace.total_seconds() * 1_000_000) if spec.soft_delete else None
+        # Each record hidden by a policy carries the end of that policy's grace period: another policy on the
+        # same store, with a shorter one, removes it only once that is over. Marks from before the store
+        # recorded it are judged by this policy's grace period.
+        undated_before_us = now_us - grace_us if grace_us is not None else None
         if spec.dry_run:
             would = store.count_expired(gate.bound, gate.cutoff_us) if gate.open else 0
-            if grace_cutoff_us is not None and gate.bound > 0:
-                would += store.soft_deleted_count(grace_cutoff_us, max_id=gate.bound)
+            if grace_us is not None and gate.bound > 0:
+                would += store.soft_deleted_due_count(now_us, max_id=gate.bound,
+                                                      undated_marked_before_us=undated_before_us)
             run.would_purge = would
             return PurgeStats(bound=gate.bound)
         purger = Purger(store, batch_size=spec.batch_size, clock=self.clock, max_chunk_seconds=self.max_chunk_seconds,
                         pause_seconds=self.pause_seconds, recheck_seconds=self.recheck_seconds)
         stats = PurgeStats(bound=gate.bound)
-        if grace_cutoff_us is not None and gate.bound > 0:
+        if grace_us is not None and gate.bound > 0:
             # Bounded by the gate as it is now, not as it was when they were marked: an exporter that joined
             # the gate since, or was reset (its bucket wiped), has yet to export them, and they wait for it.
-            stats.add(purger.purge_soft_deleted(grace_cutoff_us, max_id=gate.bound, should_stop=should_stop,
-                                                deadline=deadline))
+            stats.add(purger.purge_soft_deleted(now_us, max_id=gate.bound, undated_marked_before_us=undated_before_us,
+                                                should_stop=should_stop, deadline=deadline))
         if gate.open and not stats.stopped:
 
             def recheck() -> int:
@@ -311,7 +316,8 @@ class RetentionWorker:
 
             expired = purger.expire(
                 gate.bound, gate.cutoff_us,
-                mark_at_us=now_us if spec.soft_delete else None,
+                mark_at_us=now_us if grace_us is not None else None,
+                purge_after_us=now_us + grace_us if grace_us is not None else None,
                 should_stop=should_stop, deadline=deadline,
                 recheck=recheck if spec.require_export else None,
             )

@@ -110,14 +110,15 @@ class Purger:
         older_than_us: int,
         *,
         mark_at_us: int | None = None,
+        purge_after_us: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         deadline: float | None = None,
         recheck: Callable[[], int] | None = None,
     ) -> PurgeStats:
-        """Delete (``mark_at_us`` None) or soft-delete every visible record with ``id <= bound`` and
-        ``ts_us < older_than_us``. ``recheck`` returns the gate's current bound (0 when it closed); it is
-        called every ``recheck_seconds`` and only ever lowers the bound. ``deadline`` is on the clock's
-        monotonic scale."""
+        """Delete (``mark_at_us`` None) or soft-delete (until ``purge_after_us``) every visible record with
+        ``id <= bound`` and ``ts_us < older_than_us``. ``recheck`` returns the gate's current bound (0 when
+        it closed); it is called every ``recheck_seconds`` and only ever lowers the bound. ``deadline`` is
+        on the clock's monotonic scale."""
         stats = PurgeStats(bound=bound)
         started = self.clock.monotonic()
         last_check = started
@@ -132,7 +133,8 @@ class Purger:
                 if stats.bound <= 0:
                     break
             t0 = time.perf_counter()
-            chunk = self.store.expire_chunk(stats.bound, older_than_us, self._size, after=after, mark_at_us=mark_at_us)
+            chunk = self.store.expire_chunk(stats.bound, older_than_us, self._size, after=after, mark_at_us=mark_at_us,
+                                            purge_after_us=purge_after_us)
             seconds = time.perf_counter() - t0
             if mark_at_us is None:
                 stats.expired += chunk.count
@@ -149,14 +151,15 @@ class Purger:
 
     def purge_soft_deleted(
         self,
-        deleted_before_us: int,
+        now_us: int,
         *,
         max_id: int | None = None,
+        undated_marked_before_us: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         deadline: float | None = None,
     ) -> PurgeStats:
-        """Remove for good every soft-deleted record marked at or before ``deleted_before_us`` (and with an id
-        at most ``max_id``, when given)."""
+        """Remove for good every soft-deleted record whose grace period is over at ``now_us`` (and with an id
+        at most ``max_id``, when given); see ``RetentionStore.purge_soft_deleted_chunk``."""
         stats = PurgeStats()
         started = self.clock.monotonic()
         while True:
@@ -165,7 +168,8 @@ class Purger:
                 break
             size = self._size
             t0 = time.perf_counter()
-            count = self.store.purge_soft_deleted_chunk(deleted_before_us, size, max_id=max_id)
+            count = self.store.purge_soft_deleted_chunk(now_us, size, max_id=max_id,
+                                                        undated_marked_before_us=undated_marked_before_us)
             seconds = time.perf_counter() - t0
             stats.purged_soft += count
             if count < size:
