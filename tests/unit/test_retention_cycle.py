@@ -355,3 +355,32 @@ def test_each_soft_deleted_record_keeps_the_grace_period_of_the_policy_that_hid_
     world.clock.advance(timedelta(days=29))  # keep's 30 days are over
     assert run_tidy().status.last_run.purged == 3 and world.store.soft_deleted_count() == 0
     assert not set(ancient) & set(world.store.ids())
+
+
+def test_a_purge_cut_into_runs_says_how_far_it_has_got_in_status_and_as_it_goes(world: World) -> None:
+    """The operator cuts a long purge into runs of 60 s: between them ``status.purgeInProgress`` says what
+    has gone and what is left; within a run, ``on_progress`` hears it every ``progress_seconds``."""
+    spec = policy(maxAge="24h", exporters=["x0"], batchSize=2, softDelete={"gracePeriod": "1h"})
+    world.insert([OLD] * 30)
+    while world.exporters["x0"].export().rows:
+        pass
+    clock = world.clock
+    clock.sleep = lambda seconds: setattr(clock, "mono", clock.mono + 1.0)  # type: ignore[method-assign]
+    world.worker.pause_seconds = 0.001
+    world.worker.progress_seconds = 2.0
+    heard: list[Any] = []
+    first = world.purge(spec, max_seconds=4.5, on_progress=heard.append)
+    assert first.status.last_run.outcome == "Stopped"
+    going = first.status.purge_in_progress
+    assert going is not None and going.soft_deleted == first.status.last_run.soft_deleted > 0
+    assert going.remaining == 30 - going.soft_deleted and going.started == first.status.last_run.start
+    assert heard and [p.done for p in heard] == sorted(p.done for p in heard)
+    assert heard[0].remaining == 30 - heard[0].done and heard[-1].done <= going.soft_deleted
+
+    second = world.purge(spec, max_seconds=4.5)
+    assert second.status.purge_in_progress is not None
+    assert second.status.purge_in_progress.started == going.started
+    assert second.status.purge_in_progress.soft_deleted == going.soft_deleted + second.status.last_run.soft_deleted
+    done = world.purge(spec)
+    assert done.status.last_run.outcome == "Succeeded" and done.status.purge_in_progress is None
+    assert world.store.soft_deleted_count() == 30

@@ -14,6 +14,7 @@ friends). Two things keep a concurrent writer's stall short:
 
 Between chunks the purge can also re-check the gate (``recheck``): when an exporter is reset or its
 checkpoint becomes unreadable during a long purge, the bound drops at once for the chunks that follow.
+After every chunk it tells ``on_chunk`` what the chunk did (progress reports, retention/cycle.py).
 """
 
 from __future__ import annotations
@@ -71,9 +72,11 @@ class Purger:
         max_chunk_seconds: float = 0.05,
         pause_seconds: float | None = None,
         recheck_seconds: float = 10.0,
+        on_chunk: Callable[[int, int], None] | None = None,
     ) -> None:
         """``pause_seconds``: fixed pause between chunks; None for the adaptive pause described above,
-        0 for none (tests)."""
+        0 for none (tests). ``on_chunk(removed, soft_deleted)`` is called after every chunk with the
+        records that chunk removed for good and hid."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.store = store
@@ -82,6 +85,7 @@ class Purger:
         self.max_chunk_seconds = max_chunk_seconds
         self.pause_seconds = pause_seconds
         self.recheck_seconds = recheck_seconds
+        self.on_chunk = on_chunk
         self._size = batch_size
 
     # -- pacing ------------------------------------------------------------------------------------------
@@ -98,6 +102,10 @@ class Purger:
             pause = SHORT_PAUSE if seconds <= SHORT_CHUNK else LONG_PAUSE
         if pause > 0:
             self.clock.sleep(pause)
+
+    def _report(self, removed: int, soft_deleted: int) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk(removed, soft_deleted)
 
     def _out_of_time(self, should_stop: Callable[[], bool], deadline: float | None) -> bool:
         return should_stop() or (deadline is not None and self.clock.monotonic() >= deadline)
@@ -138,8 +146,10 @@ class Purger:
             seconds = time.perf_counter() - t0
             if mark_at_us is None:
                 stats.expired += chunk.count
+                self._report(chunk.count, 0)
             else:
                 stats.soft_deleted += chunk.count
+                self._report(0, chunk.count)
             if chunk.resume_after is None:
                 stats.chunks += 1
                 stats.longest_chunk_seconds = max(stats.longest_chunk_seconds, seconds)
@@ -172,6 +182,7 @@ class Purger:
                                                         undated_marked_before_us=undated_marked_before_us)
             seconds = time.perf_counter() - t0
             stats.purged_soft += count
+            self._report(count, 0)
             if count < size:
                 stats.chunks += 1
                 stats.longest_chunk_seconds = max(stats.longest_chunk_seconds, seconds)
