@@ -384,3 +384,24 @@ def test_a_purge_cut_into_runs_says_how_far_it_has_got_in_status_and_as_it_goes(
     done = world.purge(spec)
     assert done.status.last_run.outcome == "Succeeded" and done.status.purge_in_progress is None
     assert world.store.soft_deleted_count() == 30
+
+
+def test_a_hard_delete_beside_soft_deleted_records_says_its_deletions_are_not_restorable(world: World) -> None:
+    """One policy promises restorable purges, another on the same store deletes for good: the second never
+    touches what the first hid, and its Purged Event tells its owner that what it deleted is gone for good."""
+    keep = policy(maxAge="30d", exporters=["x0"], softDelete={"gracePeriod": "30d"})
+    hard = policy(maxAge="24h", exporters=["x0"])
+    ancient = world.insert([40 * 24 * 60] * 3)
+    world.insert([2 * 24 * 60] * 2)
+    while world.exporters["x0"].export().rows:
+        pass
+    assert world.purge(keep).status.last_run.soft_deleted == 3
+    hard_worker = RetentionWorker(ExporterId("ns", "hard"), open_store=lambda spec, ns: world.store, secrets={},
+                                  clock=world.clock, retry=world.worker.retry, pause_seconds=0.0,
+                                  object_store_factory=world.worker.object_store_factory)
+    outcome = hard_worker.cycle(hard, RetentionPolicyStatus(), world.refs())
+    assert outcome.status.last_run.purged == 2 and world.store.soft_deleted_count() == 3
+    purged = next(e for e in outcome.events if e.reason == "Purged")
+    assert "not restorable" in purged.message and "3 soft-deleted" in purged.message, purged.message
+    assert Purger(world.store, batch_size=10, pause_seconds=0).restore() == 3
+    assert set(world.store.ids()) == set(ancient)

@@ -430,6 +430,10 @@ class RetentionWorker:
         parts = []
         if stats.expired:
             parts.append(f"deleted {stats.expired}")
+            pending = update.status.soft_deleted_pending
+            if pending:  # another policy on this store (or this one before) promised restorable purges
+                parts[-1] += (f" for good, not restorable: this policy has no softDelete (the store's {pending} "
+                              "soft-deleted records are untouched)")
         if stats.soft_deleted:
             parts.append(f"soft-deleted {stats.soft_deleted}")
         if stats.purged_soft:
