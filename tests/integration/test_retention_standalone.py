@@ -160,5 +160,5 @@ def test_a_long_purge_shows_its_progress_before_its_end(s3_server: LocalS3, buck
     progress = [line for line in lines[:end] if "default/keep-30d: purging:" in line]
     assert len(progress) >= 2, result.stdout
     removed = [int(line.split("purging: ")[1].split()[0].replace(",", "")) for line in progress]
-    assert removed == sorted(removed) and removed[0] > 0 and removed[-1] < 20_000, progress
+    assert removed == sorted(removed) and 0 < removed[0] < 20_000 and removed[-1] <= 20_000, progress
     assert all("records/s" in line and "left" in line for line in progress), progress
