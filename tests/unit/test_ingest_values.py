@@ -60,3 +60,25 @@ def test_protobuf_fields_are_counted_as_the_decoder_builds_them() -> None:
     body = request.SerializeToString()
     assert protobuf_values(body, ExportTraceServiceRequest.DESCRIPTOR, 1 << 30) == 4 + 3 * per_span
     assert protobuf_values(body, ExportTraceServiceRequest.DESCRIPTOR, 5) == 6
+
+
+def test_an_indefinite_length_string_is_not_skipped_as_content() -> None:
+    # 0x5f opens an indefinite-length byte string: chunks follow, each with its own head, then a break. Read
+    # as a head whose additional information (31) is a length, the count skipped 31 bytes into a chunk,
+    # landed on a byte there that claims an 8-byte length (0x5b 0xff …) and stopped: the million empty
+    # arrays after it went uncounted, though the decoder builds every one.
+    chunk = bytes(29) + b"\x5b\xff\xff"
+    body = b"\xa1\x67capture\x9f\x5f\x58\x20" + chunk + b"\xff" + b"\x80" * 1_000_000 + b"\xff"
+    assert len(cbor2.loads(body)["capture"]) == 1_000_001
+    assert cbor_values(body, 1 << 30) >= 1_000_001
+    assert cbor_values(b"\x7f\x61a\x62bc\xff", 1 << 30) == 4  # the string, its two chunks, the break
+
+
+def test_fields_after_a_group_are_counted() -> None:
+    # A group (wire types 3 and 4) is kept by the decoder as unknown bytes, and parsing goes on after it:
+    # the count used to stop at it, so a group ahead of a hundred thousand empty ResourceSpans hid them.
+    body = b"\x9b\x06" + b"\x0a\x00" * 2 + b"\x9c\x06" + b"\x0a\x00" * 100_000  # field 99 as a group
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    assert len(request.resource_spans) == 100_000
+    assert protobuf_values(body, ExportTraceServiceRequest.DESCRIPTOR, 1 << 30) >= 100_000

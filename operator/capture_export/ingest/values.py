@@ -49,12 +49,12 @@ def cbor_values(body: bytes, stop: int) -> int:
         initial = body[position]
         size = sizes[initial]
         count += 1
-        if 0x40 <= initial < 0x80:  # a byte or text string: skip its content
+        if 0x40 <= initial < 0x80 and (initial & 0x1F) < 28:  # a definite-length string: skip its content
             if size:
                 position += 1 + size + int.from_bytes(body[position + 1:position + 1 + size], "big")
             else:
                 position += 1 + (initial & 0x1F)
-        else:
+        else:  # anything else, an indefinite-length string included (its chunks are items of their own)
             position += 1 + size
     return count
 
@@ -152,7 +152,15 @@ def protobuf_values(body: bytes, descriptor: Any, stop: int) -> int:
             position += 8
         elif wire_type == 5:
             position += 4
-        else:  # groups (deprecated, unused by OTLP) or not protobuf at all
+        elif wire_type == 3 and len(enclosing) < _PROTOBUF_DEPTH:
+            # A group (deprecated, unused by OTLP): the decoder keeps it as unknown bytes, whatever its
+            # field, and goes on after it. Its fields are scanned to its end with no layout (counted, never
+            # entered), so that what follows the group is counted too.
+            enclosing.append((end, layout))
+            layout = {}
+        elif wire_type == 4 and enclosing:  # a group's end
+            _, layout = enclosing.pop()
+        else:  # not protobuf: the decoder refuses it here
             return count
 
 
