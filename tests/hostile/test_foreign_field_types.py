@@ -159,7 +159,8 @@ def test_a_known_field_of_the_wrong_type_holds_the_export_before_it_in_every_for
     db = SQLiteGateway(tmp_path / "store.sqlite")
     wrong = build(good_record(3, usage=_usage(3, input_tokens=CANARY)))
     db.insert([(timestamp_us(n), wrong if n == 3 else build(good_record(n))) for n in range(1, 6)])
-    manifest = write_exporters(tmp_path / "exporter.yaml", s3_server, bucket, [ExporterCase("usage", "llm", FORMATS[fmt])])
+    manifest = write_exporters(tmp_path / "exporter.yaml", s3_server, bucket,
+                               [ExporterCase("usage", "llm", FORMATS[fmt])])
     run = run_export(manifest, db, tmp_path)
     output = run.stdout + run.stderr
     assert run.returncode == 1, output
@@ -249,3 +250,26 @@ def test_unknown_fields_and_nulls_in_optional_fields_pass_in_every_format(
     assert [record["id"] for record in records] == list(bodies)
     if fmt == "cbor-zstd":
         assert records[0]["gateway_region"] == "eu-west-1" and records[1]["usage"]["cache_write_tokens"] == "n/a"
+
+
+def test_a_row_quarantined_for_its_ts_us_is_released_as_it_is_under_its_records_own_time(
+    s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    db = SQLiteGateway(tmp_path / "store.sqlite")
+    db.insert([(timestamp_us(1), build(good_record(1))), (timestamp_us(2) // 1000, build(good_record(2))),
+               (timestamp_us(3), build(good_record(3)))])
+    manifest = write_exporters(tmp_path / "exporter.yaml", s3_server, bucket,
+                               [ExporterCase("usage", "llm", {"onCorruptRecord": "Quarantine",
+                                                              "pathTemplate": "{prefix}/{date}"})])
+    assert run_export(manifest, db, tmp_path).returncode == 0
+    assert set(_reasons(db, tmp_path)) == {2}
+
+    released = run_cli("quarantine", "release", "2", "--store", db.url, cwd=tmp_path)
+    assert released.returncode == 0, released.stdout + released.stderr
+    assert db.query("SELECT id, ts_us FROM captures WHERE id > 3") == [(4, timestamp_us(2))]
+    again = run_export(manifest, db, tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    records = bucket_records(s3_server, bucket, "llm")
+    assert [record["id"] for record in records] == [1, 3, 4]
+    assert {k: v for k, v in records[-1].items() if k != "id"} == cbor2.loads(build(good_record(2)))
+    assert all(key.startswith("llm/2026-11-24/") for key, _ in bucket_objects(s3_server, bucket, "llm"))
