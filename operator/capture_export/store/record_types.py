@@ -5,7 +5,9 @@ the rule that a row's ``ts_us`` is its body's ``timestamp``.
 needs and the type found, never the value (a gateway's value may be a secret): what a reader of the bucket gets as one
 column per field (DuckDB or Athena over JSON Lines, the typed columns of Parquet) holds only if every
 record has these types. Fields the schema does not know are not looked at, nor is ``capture`` (a
-gateway's own map, which some store as JSON text or bytes: exported as stored, credentials stripped).
+gateway's own map, which some store as JSON text or bytes: exported as stored, credentials stripped);
+``capture_id`` may be bytes or a UUID as well as text (a gateway's binary ids, e.g. a Go ``[16]byte``,
+which verify matches in every format).
 ``timestamp`` is required; every other known field may be left out or null (``estimated_cost`` is left
 out when unknown).
 
@@ -20,6 +22,7 @@ import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
+from uuid import UUID
 
 __all__ = ["FIELDS", "TIMESTAMP_TOLERANCE_US", "FieldProblem", "exact_micros", "timestamp_problem", "type_problem"]
 
@@ -51,6 +54,7 @@ def _is_timestamp(value: Any) -> bool:
 
 
 TEXT: Rule = (lambda value: isinstance(value, str), "a text string")
+IDENTIFIER: Rule = (lambda value: isinstance(value, str | bytes | UUID), "a text string, a byte string or a UUID")
 COUNT: Rule = (_is_count, "a non-negative integer below 2^63")
 NUMBER: Rule = (_is_number, "a finite number")
 TAGS: Rule = (lambda value: isinstance(value, list) and all(isinstance(tag, str) for tag in value),
@@ -67,7 +71,7 @@ FIELDS: dict[str, Rule | dict[str, Rule]] = {
     "usage": {name: COUNT for name in ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")},
     "estimated_cost": {"input": NUMBER, "output": NUMBER, "total": NUMBER, "currency": TEXT},
     "duration_ms": COUNT,
-    "capture_id": TEXT,
+    "capture_id": IDENTIFIER,
     "session_id": TEXT,
     "path": TEXT,
     "status_code": (lambda value: _is_int(value) and 100 <= value <= 999, "an integer 100-999 (an HTTP status)"),
