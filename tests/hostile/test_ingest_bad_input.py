@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import httpx
 import pytest
 import zstandard
@@ -73,6 +74,12 @@ GOOD = lines(*(record(n) for n in range(10)))
     (lines(record(0, estimated_cost=12)), "application/x-ndjson", 0, "estimated_cost", "map"),
     (lines(record(0, ver=3)), "application/x-ndjson", 0, "ver", "not supported"),
     (lines(record(0, capture="text")), "application/x-ndjson", 0, "capture", "map"),
+    # What CBOR can carry and no column can hold: the export's rules for foreign rows (store/record_types.py)
+    (cbor2.dumps(record(0, usage={"input_tokens": 2**64})), "application/cbor-seq", 0, "usage.input_tokens",
+     "below 2^63"),
+    (cbor2.dumps(record(0, estimated_cost={"total": float("nan")})), "application/cbor-seq", 0,
+     "estimated_cost.total", "finite"),
+    (cbor2.dumps(record(0, duration_ms=2**70)), "application/cbor-seq", 0, "duration_ms", "below 2^63"),
     (lines(record(0, capture={"request": {"raw_body": {"$base64": "@@@"}}})), "application/x-ndjson", 0, None,
      "base64"),
     (json.dumps([record(0), "a string"]), "application/json", 1, None, "map of fields"),

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from capture_export.store.base import ExpiredChunk
-from tests.support.retention import BODY
+from tests.support.retention import body_at
 
 __all__ = ["HOUR", "RETENTION_CONTRACT", "filled"]
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def filled(store: RetentionStore, stamps: list[int]) -> list[int]:
-    last = store.append_encoded([(ts, BODY) for ts in stamps])
+    last = store.append_encoded([(ts, body_at(ts)) for ts in stamps])
     return list(range(last - len(stamps) + 1, last + 1))
 
 

@@ -166,10 +166,11 @@ class QuarantineStore(Protocol):
         """One quarantined row with its body."""
         ...
 
-    def release(self, record_id: int, body: bytes) -> int:
+    def release(self, record_id: int, body: bytes, timestamp_us: int) -> int:
         """Put a quarantined row back as a new record (a new id, past every cursor, so it is exported) with
-        ``body``, which the caller has checked (store/check.py) and which is sealed as our own; one
-        transaction. Returns the new id; raises StoreError when no such row is quarantined."""
+        ``body``, which the caller has checked (store/check.py) and which is sealed as our own, and
+        ``timestamp_us`` (its body's timestamp) as its ``ts_us``; one transaction. Returns the new id;
+        raises StoreError when no such row is quarantined."""
         ...
 
 

@@ -318,15 +318,15 @@ class PostgresStore:
 
         return self._run(work)
 
-    def release(self, record_id: int, body: bytes) -> int:
+    def release(self, record_id: int, body: bytes, timestamp_us: int) -> int:
         seal = self.record_seal()
         mark = seal.seal(body) if seal is not None else None
 
         def work(conn: psycopg.Connection[Any]) -> int | None:
             row = conn.execute(
-                f"WITH gone AS (DELETE FROM {QUARANTINE} WHERE id = %s RETURNING ts_us) "
-                f"INSERT INTO {TABLE} (ts_us, body, seal) SELECT ts_us, %b, %b FROM gone RETURNING id",
-                (record_id, body, mark),
+                f"WITH gone AS (DELETE FROM {QUARANTINE} WHERE id = %s RETURNING id) "
+                f"INSERT INTO {TABLE} (ts_us, body, seal) SELECT %s, %b, %b FROM gone RETURNING id",
+                (record_id, timestamp_us, body, mark),
             ).fetchone()
             return None if row is None else int(row[0])
 

@@ -373,13 +373,13 @@ class SQLiteStore:
                            "FROM captures_quarantine WHERE id = ?", (record_id,))
         return QuarantinedRecord(*rows[0]) if rows else None
 
-    def release(self, record_id: int, body: bytes) -> int:
+    def release(self, record_id: int, body: bytes, timestamp_us: int) -> int:
         def work(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT ts_us FROM captures_quarantine WHERE id = ?", (record_id,)).fetchone()
+            row = conn.execute("SELECT 1 FROM captures_quarantine WHERE id = ?", (record_id,)).fetchone()
             if row is None:
                 raise StoreError(f"record {record_id} is not in the quarantine of {self.path}")
             new_id = conn.execute("INSERT INTO captures (ts_us, body, seal) VALUES (?, ?, ?)",
-                                  (row[0], body, self._seal.seal(body))).lastrowid
+                                  (timestamp_us, body, self._seal.seal(body))).lastrowid
             conn.execute("DELETE FROM captures_quarantine WHERE id = ?", (record_id,))
             return int(new_id or 0)
 
