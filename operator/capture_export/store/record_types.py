@@ -24,13 +24,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from uuid import UUID
 
-__all__ = ["FIELDS", "TIMESTAMP_TOLERANCE_US", "FieldProblem", "exact_micros", "timestamp_problem", "type_problem"]
+__all__ = ["COUNT_LIMIT", "FIELDS", "TIMESTAMP_TOLERANCE_US", "FieldProblem", "exact_micros", "timestamp_problem",
+           "type_problem"]
 
 # A row's ts_us and its body's timestamp may differ by less than this (a float's rounding, a clock read
 # twice); more is a row that would be dated and aged by another time than its record says.
 TIMESTAMP_TOLERANCE_US = 1000
 
 _INT64 = 2**63
+# Token counts and durations are below this: what a signed 64-bit column (Parquet, DuckDB, Athena) holds.
+COUNT_LIMIT = _INT64
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
