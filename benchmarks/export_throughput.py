@@ -60,7 +60,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
     seconds = seed_sqlite(store_path, args.records, foreign=args.foreign)
     print(f"seeded {args.records:,} records in {seconds:.1f}s", flush=True)
 
-    with LocalS3(workdir / "s3") as s3:
+    with LocalS3(workdir / "s3", die_with_parent=True) as s3:
         objects = bucket_objects(s3, "bench")
         store = SQLiteStore(store_path)
         spec = S3ExporterSpec(bucket="bench", region="us-east-1", endpoint=s3.endpoint, limit=args.limit,

@@ -310,7 +310,7 @@ def main() -> None:
         seconds = seed_sqlite(store_path, args.records)
         print(f"seeded {args.records:,} records in {seconds:.1f}s; {os.cpu_count()} CPUs; "
               f"limit {args.limit:,}; load average {os.getloadavg()[0]:.2f}", flush=True)
-        with LocalS3(workdir / "s3") as s3:
+        with LocalS3(workdir / "s3", die_with_parent=True) as s3:
             rates = _measure(spawn, s3, store_path, cases, args, workdir)
     if PEER in rates:
         for name, rate in rates.items():

@@ -381,7 +381,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
     print(f"payloads: {args.batch} per request, {size:,.0f} bytes each as JSON; {args.clients} clients; "
           f"store {'SQLite' if args.store == 'sqlite' else 'PostgreSQL'}", flush=True)
 
-    with LocalS3(workdir / "s3") as s3:
+    with LocalS3(workdir / "s3", die_with_parent=True) as s3:
         s3.create_bucket("bench")
         workers = [] if args.parse_workers is None else ["--parse-workers", str(args.parse_workers)]
         ingest = _start([*CLI, "ingest", "--store", store, "--listen", f"127.0.0.1:{port}", "--token-file",

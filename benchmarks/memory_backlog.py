@@ -193,7 +193,7 @@ def main() -> int:
               f"{args.records:,} records each behind, concurrency {args.concurrency}, memory limit "
               f"{memory_limit / 2**20:.0f} MiB; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
               flush=True)
-        with LocalS3(workdir / "s3") as s3:
+        with LocalS3(workdir / "s3", die_with_parent=True) as s3:
             for bucket, _ in buckets:
                 s3.create_bucket(bucket)
             figures = child_result(spawn, _catch_up, (store_path, s3.endpoint, (s3.access_key_id,

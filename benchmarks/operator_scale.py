@@ -174,7 +174,8 @@ def main() -> None:
     args = parser.parse_args()
     n = args.exporters
 
-    with tempfile.TemporaryDirectory(prefix="operator-scale-") as tmp_dir, LocalS3(Path(tmp_dir) / "s3") as s3:
+    with (tempfile.TemporaryDirectory(prefix="operator-scale-") as tmp_dir,
+          LocalS3(Path(tmp_dir) / "s3", die_with_parent=True) as s3):
         tmp = Path(tmp_dir)
         s3.create_bucket("exports")
         store = SQLiteStore(tmp / "store.sqlite")

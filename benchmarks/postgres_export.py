@@ -103,7 +103,7 @@ def run(dsn: str, records: int, limit: int, workdir: Path) -> None:
           f"PostgresStore.append_encoded)", flush=True)
 
     # -- end to end ---------------------------------------------------------------------------------
-    with LocalS3(workdir / "s3") as s3:
+    with LocalS3(workdir / "s3", die_with_parent=True) as s3:
         objects = bucket_objects(s3, "bench")
         spec = S3ExporterSpec(bucket="bench", region="us-east-1", endpoint=s3.endpoint, limit=limit, prefix="pg")
         engine = ExportEngine(spec, ExporterId("bench", "pg"), store, objects)

@@ -235,7 +235,7 @@ def main() -> None:
             versions.append((args.compare, f" [{args.compare}]"))
         results: dict[str, list[dict[str, float]]] = {}
         probe = SpeedProbe()
-        with LocalS3(workdir / "s3") as s3:
+        with LocalS3(workdir / "s3", die_with_parent=True) as s3:
             for round_number in range(args.rounds):
                 for fmt in formats:
                     # Alternate which version goes first, so that neither always runs on the warmer machine.

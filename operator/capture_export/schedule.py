@@ -64,6 +64,7 @@ class Runner(Protocol):
     stores: StoreOpener
     clock: Clock
     out: TextIO
+    progress_seconds: float  # least time between two progress lines of a long export or purge
     stop_event: threading.Event
     exporters: list[Scheduled[Any, Any]]
 

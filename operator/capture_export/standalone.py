@@ -131,15 +131,16 @@ Exporter = Scheduled[ExporterWorker, S3ExporterStatus]
 
 
 class Progress:
-    """Prints a progress line at most once a second while a backlog drains."""
+    """Prints a progress line at most every ``every`` seconds while a backlog drains."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, every: float = 1.0) -> None:
         self.out = out
+        self.every = every
         self.last = 0.0
 
     def batch(self, ref: str, done: BatchResult, exported: int, started: float) -> None:
         now = time.monotonic()
-        if now - self.last < 1.0:
+        if now - self.last < self.every:
             return
         self.last = now
         rate = exported / max(now - started, 1e-6)
@@ -158,9 +159,11 @@ class StandaloneRunner:
         default_namespaces: Collection[str] | None = None,
         sqlite_directories: Sequence[str] | None = None,
         on_cycle: Callable[[Resource, dict[str, Any]], None] | None = None,
+        progress_seconds: float = 1.0,
     ) -> None:
         """``on_cycle(resource, status)`` is called after every cycle of an exporter or policy, with its
-        status as it is written to the state file (``run --output json``)."""
+        status as it is written to the state file (``run --output json``). ``progress_seconds``: the least
+        time between two progress lines of a long export or purge."""
         self.manifests = manifests
         self.state = StateFile(state_path)
         # Tenancy as in the operator: which namespaces may use the default store, where SQLite stores may be.
@@ -168,6 +171,7 @@ class StandaloneRunner:
                                   sqlite_directories=sqlite_directories)
         self.out = out
         self.on_cycle = on_cycle
+        self.progress_seconds = progress_seconds
         self.stop_event = threading.Event()
         self.stopped_by: int | None = None  # the signal that asked the runner to stop
         self.clock: Clock = SystemClock()
@@ -235,7 +239,7 @@ class StandaloneRunner:
         ref = item.resource.ref
         spec = item.resource.spec
         item.state_problem = None  # a reset starts afresh; the entry is replaced below
-        progress = Progress(self.out)
+        progress = Progress(self.out, self.progress_seconds)
         started = time.monotonic()
         exported = 0
 

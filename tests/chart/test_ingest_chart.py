@@ -107,10 +107,10 @@ def test_every_ingest_limit_value_reaches_the_server(chart: helm.Chart) -> None:
     from capture_export.cli import build_parser
 
     limits = {"maxBodyBytes": 1001, "maxDecodedBytes": 1002, "maxRecords": 1003, "maxPendingRecords": 1004,
-              "maxPendingBytes": 1005, "maxInflightBytes": 1006}
+              "maxPendingBytes": 1005, "maxInflightBytes": 1006, "maxValues": 1007}
     rendered = render(chart, {**SEPARATE, "ingest": {**SEPARATE["ingest"], "limits": limits}})
     (container,) = _by_name(rendered.objects, "Deployment")["capture-export-ingest"]["spec"]["template"]["spec"][
         "containers"]
     args = build_parser().parse_args(container["args"])
     assert [args.max_body_bytes, args.max_decoded_bytes, args.max_records, args.max_pending_records,
-            args.max_pending_bytes, args.max_inflight_bytes] == list(limits.values())
+            args.max_pending_bytes, args.max_inflight_bytes, args.max_values] == list(limits.values())

@@ -48,7 +48,10 @@ class RetentionRun:
     run with ``capture-export run --once`` against ``store``."""
 
     def __init__(self, s3: LocalS3, bucket: str, workdir: Path, *, limit: int = 100, store: str | None = None,
-                 policy: str = "  maxAge: 30d\n  exporters: [usage]\n  batchSize: 50\n") -> None:
+                 policy: str = "  maxAge: 30d\n  exporters: [usage]\n  batchSize: 50\n",
+                 more_policies: dict[str, str] | None = None) -> None:
+        """``more_policies``: name -> spec text of further RetentionPolicies on the same store, run after
+        ``keep`` in this order."""
         self.s3, self.bucket, self.workdir = s3, bucket, workdir
         self.store: Path | str = store or workdir / "store.sqlite"
         self.state = workdir / "state.json"
@@ -56,6 +59,10 @@ class RetentionRun:
         self.manifest.write_text(self.manifest.read_text() + "---\napiVersion: capture.dev/v1alpha1\n"
                                  "kind: RetentionPolicy\nmetadata: {name: keep, namespace: default}\n"
                                  f"spec:\n{policy}")
+        for name, spec in (more_policies or {}).items():
+            self.manifest.write_text(self.manifest.read_text() + "---\napiVersion: capture.dev/v1alpha1\n"
+                                     f"kind: RetentionPolicy\nmetadata: {{name: {name}, namespace: default}}\n"
+                                     f"spec:\n{spec}")
 
     def run_once(self) -> subprocess.CompletedProcess[str]:
         return run_cli("run", "--once", "-f", self.manifest, "--state", self.state, "--store", self.store,
@@ -70,6 +77,13 @@ class RetentionRun:
         state = json.loads(self.state.read_text())
         state[key].update(fields)
         self.state.write_text(json.dumps(state))
+
+    def soft_deleted(self) -> int:
+        store = open_store(self.store)
+        try:
+            return int(store.soft_deleted_count())
+        finally:
+            store.close()
 
     def store_ids(self) -> set[int]:
         store = open_store(self.store)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from capture_export.local_s3 import LocalS3
+from capture_export.store.record_types import exact_micros
 from tests.support.trust import (
     ExporterCase,
     GatewayDB,
@@ -168,15 +169,15 @@ def corpus() -> list[CorpusRow]:
 
 def _insert(db: GatewayDB, rows: list[CorpusRow], own_id: int) -> dict[int, CorpusRow]:
     by_id: dict[int, CorpusRow] = {}
-    for index, row in enumerate(rows):
-        n = index + 2
+    for row in rows:
         body = build(row.record)
+        ts_us = exact_micros(row.record["timestamp"])  # the row's time is its record's (store contract)
         if row.insert == "stripped-flag":
-            record_id = db.insert_with(timestamp_us(n), body, {"stripped": 1})
+            record_id = db.insert_with(ts_us, body, {"stripped": 1})
         elif row.insert == "copied-columns":
-            record_id = db.insert_copying_row(own_id, timestamp_us(n), body)
+            record_id = db.insert_copying_row(own_id, ts_us, body)
         else:
-            (record_id,) = db.insert([(timestamp_us(n), body)])
+            (record_id,) = db.insert([(ts_us, body)])
         by_id[record_id] = row
     return by_id
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import httpx
 import pytest
 import zstandard
@@ -73,6 +74,12 @@ GOOD = lines(*(record(n) for n in range(10)))
     (lines(record(0, estimated_cost=12)), "application/x-ndjson", 0, "estimated_cost", "map"),
     (lines(record(0, ver=3)), "application/x-ndjson", 0, "ver", "not supported"),
     (lines(record(0, capture="text")), "application/x-ndjson", 0, "capture", "map"),
+    # What CBOR can carry and no column can hold: the export's rules for foreign rows (store/record_types.py)
+    (cbor2.dumps(record(0, usage={"input_tokens": 2**64})), "application/cbor-seq", 0, "usage.input_tokens",
+     "below 2^63"),
+    (cbor2.dumps(record(0, estimated_cost={"total": float("nan")})), "application/cbor-seq", 0,
+     "estimated_cost.total", "finite"),
+    (cbor2.dumps(record(0, duration_ms=2**70)), "application/cbor-seq", 0, "duration_ms", "below 2^63"),
     (lines(record(0, capture={"request": {"raw_body": {"$base64": "@@@"}}})), "application/x-ndjson", 0, None,
      "base64"),
     (json.dumps([record(0), "a string"]), "application/json", 1, None, "map of fields"),
@@ -279,3 +286,28 @@ def test_an_unreachable_store_gives_503_with_retry_after(where: str, tmp_path: P
 def _metric(ingest: RunningIngest, name: str) -> float:
     text = httpx.get(ingest.url + "/metrics").text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_absurd_numbers_from_a_gateway_are_stored_within_the_schema(ingest: RunningIngest, store_path: Path) -> None:
+    """LiteLLM and OpenTelemetry payloads are mapped, never refused for a bad number (a gateway's callback
+    would lose the record): a count past any column (1e30 or 2^70 tokens), a duration of 1e300
+    seconds and an infinite cost are stored as unknown or 0, so that the sealed row, which the export ships
+    unchecked, still has the types every reader's column needs (store/record_types.py)."""
+    from capture_export.store.record_types import type_problem
+
+    litellm = {"id": "absurd-1", "startTime": 1_800_000_000.0, "endTime": 1e300, "model": "gpt-4o",
+               "status": "success", "prompt_tokens": 1e30, "completion_tokens": 2**70, "response_cost": 1e400}
+    assert ingest.post("/v1/litellm", json.dumps([litellm]).replace("Infinity", "1e400")).status_code == 200
+    span = {"traceId": "1" * 32, "spanId": "2" * 16, "name": "chat", "kind": 3,
+            "startTimeUnixNano": "1800000000000000000", "endTimeUnixNano": "1800000000250000000",
+            "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
+                           {"key": "gen_ai.usage.input_tokens", "value": {"doubleValue": 1e30}},
+                           {"key": "gen_ai.usage.cost", "value": {"doubleValue": "Infinity"}}]}
+    otlp = {"resourceSpans": [{"resource": {"attributes": []}, "scopeSpans": [{"scope": {"name": "s"},
+                                                                              "spans": [span]}]}]}
+    answer = ingest.post("/v1/traces", json.dumps(otlp))
+    assert answer.status_code == 200 and answer.json() == {}, answer.text
+    with sqlite3.connect(store_path) as conn:
+        bodies = [cbor2.loads(body) for (body,) in conn.execute("SELECT body FROM captures ORDER BY id")]
+    assert len(bodies) == 2
+    assert [type_problem(body) for body in bodies] == [None, None]

@@ -10,6 +10,7 @@ import pytest
 
 from capture_export.store import SQLiteStore, StoreError
 from capture_export.store.records import encode_body
+from capture_export.store.sqlite.schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from tests.support.records import make_record
 
 
@@ -100,7 +101,7 @@ def test_a_version_3_store_gains_the_columns_and_keeps_its_rows(tmp_path: Path) 
     columns = {row[1] for row in conn.execute("PRAGMA table_info(captures)")}
     version = conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'").fetchone()[0]
     conn.close()
-    assert {"capture_id", "seal"} <= columns and version == "5"
+    assert {"capture_id", "seal"} <= columns and version == str(SQLITE_SCHEMA_VERSION)
 
 
 def test_a_store_migrated_past_the_gap_gets_version_4_when_it_arrives(tmp_path: Path) -> None:
@@ -130,4 +131,4 @@ def test_a_store_migrated_past_the_gap_gets_version_4_when_it_arrives(tmp_path: 
     meta = dict(conn.execute("SELECT key, value FROM capture_export_meta").fetchall())
     conn.execute("SELECT count(*) FROM captures_quarantine").fetchone()
     conn.close()
-    assert meta["schema_version"] == "5" and "migrated_5" not in meta and "seal_key" in meta
+    assert meta["schema_version"] == str(SQLITE_SCHEMA_VERSION) and "migrated_5" not in meta and "seal_key" in meta

@@ -17,6 +17,7 @@ from capture_export.objectstore import S3ObjectStore
 from capture_export.store import StoreError, StoreOpener, open_store_url
 from capture_export.store.base import ExpiredChunk
 from capture_export.store.postgres import PostgresStore
+from capture_export.store.postgres.schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from capture_export.store.records import encode_body
 from tests.support.pg import TempPostgres
 from tests.support.records import make_record
@@ -304,7 +305,8 @@ def test_migrates_a_version_1_store(pg_dsn: str) -> None:
     store.close()
     again = PostgresStore(pg_dsn)  # a no-op now; the gateway's plain INSERT still works
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        assert conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'").fetchone() == ("4",)
+        version = conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'").fetchone()
+        assert version == (str(PG_SCHEMA_VERSION),)
         conn.execute("INSERT INTO captures (ts_us, body) VALUES (3, '\\xa0')")
     assert list(again.ids()) == [2, 3] and again.soft_deleted_count() == 1
     again.close()
@@ -367,7 +369,7 @@ spec:
     restored = run_cli("restore", "-f", manifest, "--store", pg_dsn, "--since", "1h", cwd=tmp_path)
     assert restored.returncode == 0 and "restored 300 soft-deleted records" in restored.stdout, restored.stdout
     assert seeded.count() == 500 and seeded.soft_deleted_count() == 0
-    assert seeded.purge_soft_deleted_chunk(2**62, 1000) == 0
+    assert seeded.purge_soft_deleted_chunk(2**62, 1000, undated_marked_before_us=2**62) == 0
     seeded.close()
 
 

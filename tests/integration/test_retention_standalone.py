@@ -140,3 +140,25 @@ def test_require_export_false_purges_by_age_alone_and_says_so(tmp_path: Path) ->
     assert "EXPORTED OR NOT" in result.stdout and "PurgingUnexported" in result.stdout
     status = state_of(state, "age-only")
     assert status["lastRun"]["purged"] == OLD and status["gate"]["mode"] == "AgeOnly"
+
+
+def test_a_long_purge_shows_its_progress_before_its_end(s3_server: LocalS3, bucket: str, tmp_path: Path) -> None:
+    """Someone purging millions of rows must see it move, not one line an hour later: rows removed so far,
+    the rate and what is left, at the progress interval (made small here), then the run's own line."""
+    store_path, state = tmp_path / "store.sqlite", tmp_path / "state.json"
+    store = SQLiteStore(store_path)
+    old = datetime.now(UTC) - timedelta(days=40)
+    store.append(make_record(i, timestamp=old) for i in range(20_000))
+    store.close()
+    manifest = write_manifest(tmp_path / "all.yaml", s3_server, bucket, limit=10_000)
+    policy(manifest, "  maxAge: 30d\n  exporters: [usage]\n  batchSize: 200\n")
+    result = run_cli("run", "--once", "-f", manifest, "--state", state, "--store", store_path,
+                     "--progress-every", "0.1", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    end = next(i for i, line in enumerate(lines) if "default/keep-30d: retention Succeeded: purged 20,000" in line)
+    progress = [line for line in lines[:end] if "default/keep-30d: purging:" in line]
+    assert len(progress) >= 2, result.stdout
+    removed = [int(line.split("purging: ")[1].split()[0].replace(",", "")) for line in progress]
+    assert removed == sorted(removed) and 0 < removed[0] < 20_000 and removed[-1] <= 20_000, progress
+    assert all("records/s" in line and "left" in line for line in progress), progress

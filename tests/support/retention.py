@@ -23,7 +23,13 @@ from capture_export.store import SQLiteStore
 
 NAMESPACE = "ns"
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
-BODY = cbor2.dumps({"ver": 2, "model": "m"})
+BODY = cbor2.dumps({"ver": 2, "model": "m"})  # for rows that are never exported (it has no timestamp)
+
+
+def body_at(ts_us: int) -> bytes:
+    """A tiny record timed ``ts_us``, as a foreign row stored at ``ts_us`` must be to be exported."""
+    return cbor2.dumps({"ver": 2, "timestamp": datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ts_us),
+                        "model": "m"}, timezone=UTC)
 NO_WAIT = RetryPolicy(attempts=2, base_delay=0.0, throttle_delay=0.0)
 HOUR_US = 3_600_000_000
 
@@ -143,7 +149,7 @@ class World:
 
     def insert(self, ages_minutes: list[int]) -> list[int]:
         now = self.now_us()
-        rows = [(now - age * 60_000_000, BODY) for age in ages_minutes]
+        rows = [(now - age * 60_000_000, body_at(now - age * 60_000_000)) for age in ages_minutes]
         last = self.store.append_encoded(rows)
         ids = list(range(last - len(rows) + 1, last + 1))
         self.inserted.update(zip(ids, (ts for ts, _ in rows), strict=True))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
 
 EXPORTER = ExporterId("ns", "pooled")
+
+# ts_us of a foreign row timed 2026-11-24T00:00:00Z (its body's timestamp, as the store contract wants)
+NOV_24_US = int(datetime(2026, 11, 24, tzinfo=UTC).timestamp()) * 1_000_000
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +177,6 @@ def test_a_corrupt_row_holds_the_export_before_it_in_a_worker_too(tmp_path: Path
 def test_each_record_is_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows another writer stored with credential headers: the full check of a foreign row decodes it once,
     and that decoded record (credentials stripped) is the one the format writes, not decoded again."""
-    from datetime import UTC, datetime
 
     from capture_export.store.base import StoredRecord
 
@@ -181,7 +184,7 @@ def test_each_record_is_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     for n in range(1, 41):
         record = {"ver": 2, "timestamp": datetime(2026, 11, 24, tzinfo=UTC), "model": "m",
                   "capture": {"request": {"headers": {"Authorization": f"Bearer sk-{n}"}, "body": {"n": n}}}}
-        rows.append(StoredRecord(n, 0, cbor2.dumps(record, timezone=UTC), None))
+        rows.append(StoredRecord(n, NOV_24_US, cbor2.dumps(record, timezone=UTC), None))
     calls = 0
     real_loads = cbor2.loads
 
@@ -214,14 +217,13 @@ def test_quarantine_works_in_a_worker_and_credentials_of_foreign_rows_are_stripp
     """onCorruptRecord: Quarantine on a batch a worker encodes: the worker checks seals with the store's key
     (sent in the recipe), checks the foreign rows in full, and the exporting process moves the corrupt one
     aside before it commits the batch."""
-    from datetime import UTC, datetime
 
     store = SQLiteStore(tmp_path / "store.sqlite")
     seed_store(store, 250, seed=4)
     store.append_encoded([(0, b"\xa1\x63bad")])  # a map whose value is missing: 251
     leaky = {"ver": 2, "timestamp": datetime(2026, 11, 24, tzinfo=UTC), "model": "m",
              "capture": {"request": {"headers": {"X-Goog-Api-Key": "sk-leak"}}}}
-    store.append_encoded([(0, cbor2.dumps(leaky, timezone=UTC))])  # foreign, unsealed: 252
+    store.append_encoded([(NOV_24_US, cbor2.dumps(leaky, timezone=UTC))])  # foreign, unsealed: 252
     seed_store(store, 10, seed=5)
     objects = MemoryObjectStore()
     result = ExportEngine(spec(format="jsonl", limit=300, onCorruptRecord="Quarantine"), EXPORTER, store, objects,

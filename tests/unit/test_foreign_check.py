@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from capture_export.store.check import CorruptRecord, check_foreign, outline
 from capture_export.store.credentials import DEFAULT_POLICY, CredentialPolicy, normalise_header_name
+from capture_export.store.record_types import FIELDS
 from capture_export.store.seal import RecordSeal, new_seal_key
 from tests.support.malformed_rows import MALFORMED
 from tests.support.trust import Raw, bstr, build, good_record, text_chunks
@@ -147,7 +148,8 @@ def test_anything_is_either_corrupt_or_one_safe_map(data: bytes) -> None:
 @given(st.dictionaries(st.text(min_size=1, max_size=12), _values, max_size=6), st.sampled_from(
     ["Authorization", "x-api-key", "COOKIE", "x-goog-api-key"]))
 def test_a_credential_header_anywhere_in_a_headers_map_is_removed(extra: dict, name: str) -> None:
-    record = {**{k: v for k, v in extra.items() if k != "id"}, "capture": {"headers": {name: CANARY}}}
+    record = {**{k: v for k, v in extra.items() if k != "id" and k not in FIELDS},
+              "timestamp": datetime(2026, 11, 24, tzinfo=UTC), "capture": {"headers": {name: CANARY}}}
     out = check_foreign(9, cbor2.dumps(record, timezone=UTC))
     assert CANARY.encode() not in out
     assert DEFAULT_POLICY.might_hold(name.lower().encode())

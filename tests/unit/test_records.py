@@ -4,6 +4,7 @@ import cbor2
 import pytest
 
 from capture_export.store.check import check_foreign
+from capture_export.store.record_types import exact_micros
 from capture_export.store.records import (
     CREDENTIAL_HEADERS,
     CorruptRecord,
@@ -77,10 +78,11 @@ def test_rows_from_our_append_are_sealed_and_foreign_rows_are_checked(tmp_path) 
     store = SQLiteStore(tmp_path / "s.sqlite")
     store.append([make_record(1)])
     foreign = {k: v for k, v in make_record(2).items()}
-    store._conn.execute("INSERT INTO captures (ts_us, body) VALUES (?, ?)", (0, cbor2.dumps(foreign)))
+    ts_us = exact_micros(foreign["timestamp"])
+    store._conn.execute("INSERT INTO captures (ts_us, body) VALUES (?, ?)", (ts_us, cbor2.dumps(foreign)))
     # A writer that copies our row's seal onto its own body gains nothing: the seal covers the body.
-    store._conn.execute("INSERT INTO captures (ts_us, body, seal) SELECT 0, ?, seal FROM captures WHERE id = 1",
-                        (cbor2.dumps(foreign),))
+    store._conn.execute("INSERT INTO captures (ts_us, body, seal) SELECT ?, ?, seal FROM captures WHERE id = 1",
+                        (ts_us, cbor2.dumps(foreign)))
     rows = store.read_batch(0, 10)
     seal = store.record_seal()
     assert [seal.valid(row.body, row.seal) for row in rows] == [True, False, False]
@@ -140,3 +142,25 @@ def test_litellm_key_metadata_names_are_no_credential_but_what_else_a_name_holds
     _, body = encode_ordered(litellm_record(payload, 0))
     assert (b"sk-live-0123" not in body) is stripped
     assert check_foreign(1, body) == body  # the export's check of the same bytes agrees
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"model": 5}, "model"),
+    ({"usage": {"input_tokens": "12"}}, "usage.input_tokens"),
+    ({"usage": {"input_tokens": 2**64}}, "usage.input_tokens"),
+    ({"identity": {"tags": "tag:prod"}}, "identity.tags"),
+    ({"status_code": 2**40}, "status_code"),
+    ({"ver": 3}, "ver"),
+])
+def test_our_append_refuses_a_known_field_of_the_wrong_type(tmp_path, changes: dict, field: str) -> None:
+    """A sealed row is exported without a second look, so our append checks the types the export checks
+    in foreign rows (store/record_types.py) and stores nothing of a call that has a wrong one."""
+    from capture_export.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    try:
+        with pytest.raises(ValueError, match=rf"'{field}'"):
+            store.append([make_record(1), {**make_record(2), **changes}])
+        assert store.read_batch(0, 10) == []
+    finally:
+        store.close()

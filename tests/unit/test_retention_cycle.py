@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from capture_export.api import S3ExporterSpec
+from capture_export.api import RetentionPolicyStatus, S3ExporterSpec
 from capture_export.export import ExporterId
 from capture_export.retention import ExporterRef, Purger, RetentionWorker
 from capture_export.store import SQLiteStore, StoreError
@@ -325,3 +325,83 @@ def test_a_selector_matching_more_than_64_exporters_still_gates_and_reports() ->
         "status": outcome.status.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
     assert CustomResourceValidator(REPO / "crds").errors(document) == []
+
+
+def test_each_soft_deleted_record_keeps_the_grace_period_of_the_policy_that_hid_it(world: World) -> None:
+    """Two policies on one store: ``keep`` promises 30 days, ``tidy`` keeps 1 day. ``tidy`` hides what it
+    selects for a day, and never removes early what ``keep`` hid; the longer grace is not stretched to
+    ``tidy``'s records either."""
+    keep = policy(maxAge="30d", exporters=["x0"], softDelete={"gracePeriod": "30d"})
+    tidy = policy(maxAge="24h", exporters=["x0"], softDelete={"gracePeriod": "1d"})
+    tidy_worker = RetentionWorker(ExporterId("ns", "tidy"), open_store=lambda spec, ns: world.store, secrets={},
+                                  clock=world.clock, retry=world.worker.retry, pause_seconds=0.0,
+                                  object_store_factory=world.worker.object_store_factory)
+    ancient = world.insert([40 * 24 * 60] * 3)  # keep's, 40 days old
+    recent = world.insert([2 * 24 * 60] * 2)  # only tidy selects these
+    for _ in range(3):
+        world.exporters["x0"].export()
+    assert world.purge(keep).status.last_run.soft_deleted == 3
+
+    def run_tidy(dry_run: bool = False) -> Any:
+        spec = tidy.model_copy(update={"dry_run": dry_run})
+        return tidy_worker.cycle(spec, RetentionPolicyStatus(), world.refs())
+
+    assert run_tidy().status.last_run.soft_deleted == 2
+    world.clock.advance(timedelta(days=2))  # tidy's grace is over, keep's is not
+    assert run_tidy(dry_run=True).status.last_run.would_purge == 2
+    assert run_tidy().status.last_run.purged == 2  # its own records only
+    assert world.store.soft_deleted_count() == 3 and not set(recent) & set(world.store.ids())
+    assert world.purge(keep).status.last_run.purged == 0
+    world.clock.advance(timedelta(days=29))  # keep's 30 days are over
+    assert run_tidy().status.last_run.purged == 3 and world.store.soft_deleted_count() == 0
+    assert not set(ancient) & set(world.store.ids())
+
+
+def test_a_purge_cut_into_runs_says_how_far_it_has_got_in_status_and_as_it_goes(world: World) -> None:
+    """The operator cuts a long purge into runs of 60 s: between them ``status.purgeInProgress`` says what
+    has gone and what is left; within a run, ``on_progress`` hears it every ``progress_seconds``."""
+    spec = policy(maxAge="24h", exporters=["x0"], batchSize=2, softDelete={"gracePeriod": "1h"})
+    world.insert([OLD] * 30)
+    while world.exporters["x0"].export().rows:
+        pass
+    clock = world.clock
+    clock.sleep = lambda seconds: setattr(clock, "mono", clock.mono + 1.0)  # type: ignore[method-assign]
+    world.worker.pause_seconds = 0.001
+    world.worker.progress_seconds = 2.0
+    heard: list[Any] = []
+    first = world.purge(spec, max_seconds=4.5, on_progress=heard.append)
+    assert first.status.last_run.outcome == "Stopped"
+    going = first.status.purge_in_progress
+    assert going is not None and going.soft_deleted == first.status.last_run.soft_deleted > 0
+    assert going.remaining == 30 - going.soft_deleted and going.started == first.status.last_run.start
+    assert heard and [p.done for p in heard] == sorted(p.done for p in heard)
+    assert heard[0].remaining == 30 - heard[0].done and heard[-1].done <= going.soft_deleted
+
+    second = world.purge(spec, max_seconds=4.5)
+    assert second.status.purge_in_progress is not None
+    assert second.status.purge_in_progress.started == going.started
+    assert second.status.purge_in_progress.soft_deleted == going.soft_deleted + second.status.last_run.soft_deleted
+    done = world.purge(spec)
+    assert done.status.last_run.outcome == "Succeeded" and done.status.purge_in_progress is None
+    assert world.store.soft_deleted_count() == 30
+
+
+def test_a_hard_delete_beside_soft_deleted_records_says_its_deletions_are_not_restorable(world: World) -> None:
+    """One policy promises restorable purges, another on the same store deletes for good: the second never
+    touches what the first hid, and its Purged Event tells its owner that what it deleted is gone for good."""
+    keep = policy(maxAge="30d", exporters=["x0"], softDelete={"gracePeriod": "30d"})
+    hard = policy(maxAge="24h", exporters=["x0"])
+    ancient = world.insert([40 * 24 * 60] * 3)
+    world.insert([2 * 24 * 60] * 2)
+    while world.exporters["x0"].export().rows:
+        pass
+    assert world.purge(keep).status.last_run.soft_deleted == 3
+    hard_worker = RetentionWorker(ExporterId("ns", "hard"), open_store=lambda spec, ns: world.store, secrets={},
+                                  clock=world.clock, retry=world.worker.retry, pause_seconds=0.0,
+                                  object_store_factory=world.worker.object_store_factory)
+    outcome = hard_worker.cycle(hard, RetentionPolicyStatus(), world.refs())
+    assert outcome.status.last_run.purged == 2 and world.store.soft_deleted_count() == 3
+    purged = next(e for e in outcome.events if e.reason == "Purged")
+    assert "not restorable" in purged.message and "3 soft-deleted" in purged.message, purged.message
+    assert Purger(world.store, batch_size=10, pause_seconds=0).restore() == 3
+    assert set(world.store.ids()) == set(ancient)

@@ -11,6 +11,7 @@ import pytest
 
 from capture_export.store import SQLiteStore, StoreError
 from capture_export.store.base import ExpiredChunk
+from capture_export.store.sqlite.schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from tests.support.retention import BODY
 from tests.support.store_retention import HOUR, RETENTION_CONTRACT, filled
 
@@ -52,7 +53,7 @@ def test_migrates_a_version_1_store(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     try:
         assert store._conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'"
-                                   ).fetchone() == ("5",)
+                                   ).fetchone() == (str(SQLITE_SCHEMA_VERSION),)
         # Rows written before the migration came from unknown writers: unsealed, the export checks them.
         assert [(r.id, r.seal) for r in store.read_batch(0, 10)] == [(1, None), (2, None)]
         assert store.expire_chunk(10, 2, 10, mark_at_us=5).count == 1

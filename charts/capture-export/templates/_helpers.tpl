@@ -125,6 +125,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - {{ $limits.maxDecodedBytes | int64 | quote }}
 - --{{ .prefix }}max-records
 - {{ $limits.maxRecords | int64 | quote }}
+- --{{ .prefix }}max-values
+- {{ $limits.maxValues | int64 | quote }}
 - --{{ .prefix }}max-pending-records
 - {{ $limits.maxPendingRecords | int64 | quote }}
 - --{{ .prefix }}max-pending-bytes

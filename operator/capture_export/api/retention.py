@@ -23,6 +23,7 @@ __all__ = [
     "ExporterSelector",
     "GateExporter",
     "GateStatus",
+    "PurgeInProgress",
     "RetentionPolicySpec",
     "RetentionPolicyStatus",
     "RetentionRun",
@@ -286,6 +287,19 @@ class RetentionTotals(ApiModel):
     runs: Annotated[int, Field(description="Purge runs since creation.")] = 0
 
 
+class PurgeInProgress(ApiModel):
+    """A purge that goes on over several runs (the operator cuts a long purge into runs of 60 s at most)."""
+
+    started: Annotated[datetime, Field(description="When the first of its runs started.")]
+    purged: Annotated[int, Field(description="Records removed for good so far.")] = 0
+    soft_deleted: Annotated[int, Field(description="Records soft-deleted so far.")] = 0
+    remaining: Annotated[
+        int | None, Field(description="Records still to purge or soft-delete, as counted after the last run.")
+    ] = None
+    rate_per_second: Annotated[float, Field(description="Records purged or soft-deleted per second so far.")] = 0.0
+    updated: Annotated[datetime | None, Field(description="When the last of its runs ended.")] = None
+
+
 class RetentionPolicyStatus(ApiModel):
     """What the operator observed and did."""
 
@@ -305,3 +319,8 @@ class RetentionPolicyStatus(ApiModel):
         list[RetentionRun],
         Field(max_length=RETENTION_HISTORY_LENGTH, description="The last 10 runs, newest first."),
     ] = []
+    purge_in_progress: Annotated[
+        PurgeInProgress | None,
+        Field(description="While a long purge goes on (its last run ended Stopped): how far it has got. Cleared "
+              "when a run finishes."),
+    ] = None

@@ -38,9 +38,9 @@ def ingest_limits(args: argparse.Namespace) -> IngestLimits:
     from ..ingest import IngestLimits
 
     return IngestLimits(max_body_bytes=args.max_body_bytes, max_decoded_bytes=args.max_decoded_bytes,
-                        max_records=args.max_records, max_pending_records=args.max_pending_records,
-                        max_pending_bytes=args.max_pending_bytes, max_inflight_bytes=args.max_inflight_bytes,
-                        parse_workers=args.parse_workers)
+                        max_records=args.max_records, max_values=args.max_values,
+                        max_pending_records=args.max_pending_records, max_pending_bytes=args.max_pending_bytes,
+                        max_inflight_bytes=args.max_inflight_bytes, parse_workers=args.parse_workers)
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -101,6 +101,10 @@ def ingest_limit_options(parser: argparse.ArgumentParser, prefix: str = "") -> N
                         default=defaults.max_decoded_bytes, help="largest body once decompressed (413 past it)")
     parser.add_argument(f"--{prefix}max-records", dest="max_records", type=int, default=defaults.max_records,
                         help="most records in one request (413 past it)")
+    parser.add_argument(f"--{prefix}max-values", dest="max_values", type=int, default=defaults.max_values,
+                        help="most values in one request (JSON values and keys, CBOR data items, protobuf fields), "
+                             "counted before the body is parsed: what bounds the memory parsing it takes (413 past "
+                             "it)")
     parser.add_argument(f"--{prefix}max-pending-records", dest="max_pending_records", type=int,
                         default=defaults.max_pending_records,
                         help="records waiting for the commit before requests get 503 + Retry-After")

@@ -27,10 +27,11 @@ def add_run(sub: Subcommands) -> None:
         sub, "run", "run S3Exporter/RetentionPolicy manifests without a cluster",
         "Run the S3Exporters and RetentionPolicies of the manifests without a cluster: the very YAML you would "
         "`kubectl apply`, Secrets in the same files supplying credentials. Each exporter runs every `every` "
-        "seconds and drains a backlog at once (progress printed every second); policies run after the "
-        "exporters. Status (cursor, conditions, last run, history) is kept in the state file, rewritten after "
-        "each committed batch: see it with `capture-export status`. Ctrl-C, SIGTERM or SIGHUP stop after the "
-        "batch in flight commits. Exit code with --once: 0 when every run succeeded, 1 otherwise.",
+        "seconds and drains a backlog at once; policies run after the exporters. A long export or purge prints "
+        "its progress every second (--progress-every). Status (cursor, conditions, last run, history) is kept "
+        "in the state file, rewritten after each committed batch: see it with `capture-export status`. Ctrl-C, "
+        "SIGTERM or SIGHUP stop after the batch in flight commits. Exit code with --once: 0 when every run "
+        "succeeded, 1 otherwise.",
         ["capture-export run -f examples/exporter.yaml                     # until Ctrl-C",
          "capture-export run --once -f examples/exporter.yaml -f examples/retentionpolicy.yaml",
          "capture-export run --once -f examples/                           # every manifest of a directory",
@@ -39,6 +40,8 @@ def add_run(sub: Subcommands) -> None:
     manifest_files(run, "manifests to run", required=True)
     run.add_argument("--once", action="store_true", help="drain every exporter once, run every policy once, exit")
     run.add_argument("--state", default=DEFAULT_STATE, help="state file: statuses of every resource")
+    run.add_argument("--progress-every", type=_positive_seconds, default=1.0, metavar="SECONDS",
+                     help="least time between two progress lines of a long export or purge (default: 1)")
     store_option(run, f"default capture store, for specs without spec.store: {STORE_KINDS}")
     run.add_argument("-o", "--output", choices=["text", "json"], default="text",
                      help="json: after each cycle, the resource with its status as one JSON line on stdout "
@@ -64,6 +67,16 @@ def add_status(sub: Subcommands) -> None:
     status.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table",
                         help="table, wide (more columns) or json (a kubectl List of the objects with their status)")
     status.set_defaults(handler=cmd_status)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
 
 
 def _configure_logging(debug: bool) -> None:
@@ -94,7 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                               default_namespaces=args.default_store_namespace, sqlite_directories=args.sqlite_dir,
                               # With --output json, stdout holds only the JSON lines; the rest goes to stderr.
                               out=sys.stderr if json_output else sys.stdout,
-                              on_cycle=_print_json_object if json_output else None)
+                              on_cycle=_print_json_object if json_output else None,
+                              progress_seconds=args.progress_every)
     runner.install_signal_handlers()
     try:
         if args.once:

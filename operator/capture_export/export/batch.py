@@ -4,7 +4,8 @@
 default pass-through path and in a worker of the encode pool (export/pool.py) for everything that decodes.
 It is the one place a row is checked before it leaves (``check_rows``): a row whose seal is valid under
 the store's key (store/seal.py) was written by our own append and goes out as stored; every other row is
-*foreign* and gets the full structural check, credentials stripped (store/check.py). A row that fails it
+*foreign* and gets the full check (structure, the known fields' types, ``ts_us`` against the body's
+``timestamp``), credentials stripped (store/check.py). A row that fails it
 is never encoded: with ``onCorruptRecord: Hold`` the batch ends before it (``EncodedBatch.held``; the
 first row: ``BatchFailure``), with ``Quarantine`` it is left out and named in ``EncodedBatch.quarantined``
 for the engine to move aside before it commits the batch. The store's seal travels in the recipe, so the
@@ -187,7 +188,7 @@ def check_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], decoded: bool 
             good.append(CheckedRow(row, body))
             continue
         try:
-            record, canonical = check_foreign_record(row.id, body, policy)
+            record, canonical = check_foreign_record(row.id, body, policy, row.timestamp_us)
         except CorruptRecord as exc:
             corrupt.append((index, exc))
             continue

@@ -46,6 +46,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from ..store.record_types import COUNT_LIMIT
 from .errors import BadInput
 from .native import MAX_CAPTURE_ID, json_values, loads_embedded_json, parse_timestamp
 
@@ -108,16 +109,17 @@ def _number(value: Any) -> float | None:
 
 
 def _count(value: Any) -> int:
+    """A token count a 64-bit column holds; 0 (unknown) for anything else: a negative, 1e30."""
     if type(value) is int:
-        return value if value >= 0 else 0
+        return value if 0 <= value < COUNT_LIMIT else 0
     number = _number(value)
-    return int(number) if number is not None and number >= 0 else 0
+    return int(number) if number is not None and 0 <= number < COUNT_LIMIT else 0
 
 
 def _milliseconds(seconds: float) -> int | None:
     """A duration in whole milliseconds, or None when it is past any real duration (endTime 1e308)."""
     millis = seconds * 1000
-    return max(0, round(millis)) if math.isfinite(millis) else None
+    return max(0, round(millis)) if math.isfinite(millis) and millis < COUNT_LIMIT else None
 
 
 def _get(mapping: Any, *path: str) -> Any:
@@ -151,8 +153,8 @@ def _cost(payload: dict[str, Any]) -> dict[str, Any] | None:
     breakdown = payload.get("cost_breakdown")
     if isinstance(breakdown, dict):
         parts = [_number(breakdown.get(k)) for k in ("input_cost", "cache_read_cost", "cache_creation_cost")]
-        if parts[0] is not None:
-            cost["input"] = round(sum(p for p in parts if p is not None), 12)
+        if parts[0] is not None and math.isfinite(total_input := sum(p for p in parts if p is not None)):
+            cost["input"] = round(total_input, 12)
         output = _number(breakdown.get("output_cost"))
         if output is not None:
             cost["output"] = output

@@ -10,7 +10,8 @@
   ``{"$tag": n, "value": …}``.
 
 An ``id`` in a posted record is ignored: the store assigns ids. ``timestamp`` and ``capture_id`` (the
-idempotency key) are required; the other schema fields are checked for their types when present, and
+idempotency key) are required; the other schema fields are checked for their types when present (the
+rules of store/record_types.py, which the export applies to rows other writers put in the store), and
 fields the schema does not know are kept.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 import cbor2
 import orjson
 
+from ..store.record_types import type_problem
 from ..store.records import FIELD_ORDER
 from .errors import BadInput, TooLarge, UnsupportedMediaType
 
@@ -39,9 +41,6 @@ JSON_TYPES = frozenset({"application/json", "application/x-ndjson", "application
 MAX_CAPTURE_ID = 256
 TOO_DEEP = "nested too deeply"
 
-_STRINGS = ("model", "api_type", "session_id", "path")
-_USAGE_INTS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
-_COST_NUMBERS = ("input", "output", "total")
 
 
 def parse_timestamp(value: Any) -> datetime:
@@ -65,10 +64,6 @@ def parse_timestamp(value: Any) -> datetime:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check_record(record: Any, index: int) -> dict[str, Any]:
@@ -96,39 +91,9 @@ def check_record(record: Any, index: int) -> dict[str, Any]:
         raise BadInput("must not contain NUL characters", index=index, field="capture_id")
     if out.get("ver", 2) != 2:
         raise BadInput(f"schema version {out['ver']!r} is not supported (2 is)", index=index, field="ver")
-    for name in _STRINGS:
-        if out.get(name) is not None and not isinstance(out[name], str):
-            raise BadInput("must be a string", index=index, field=name)
-    status = out.get("status_code")
-    if status is not None and not (_is_int(status) and 100 <= status <= 999):
-        raise BadInput("must be an HTTP status code (an integer 100-999)", index=index, field="status_code")
-    duration = out.get("duration_ms")
-    if duration is not None and not (_is_int(duration) and duration >= 0):
-        raise BadInput("must be a non-negative integer", index=index, field="duration_ms")
-    usage = out.get("usage")
-    if usage is not None:
-        if not isinstance(usage, dict):
-            raise BadInput("must be a map", index=index, field="usage")
-        for name in _USAGE_INTS:
-            if usage.get(name) is not None and not (_is_int(usage[name]) and usage[name] >= 0):
-                raise BadInput("must be a non-negative integer", index=index, field=f"usage.{name}")
+    if (problem := type_problem(out)) is not None:  # the rules the export checks foreign rows by
+        raise BadInput(f"must be {problem.expected}", index=index, field=problem.field)
     cost = out.get("estimated_cost")
-    if cost is not None:
-        if not isinstance(cost, dict):
-            raise BadInput("must be a map (or left out when unknown)", index=index, field="estimated_cost")
-        for name in _COST_NUMBERS:
-            if cost.get(name) is not None and not _is_number(cost[name]):
-                raise BadInput("must be a number", index=index, field=f"estimated_cost.{name}")
-    identity = out.get("identity")
-    if identity is not None:
-        if not isinstance(identity, dict):
-            raise BadInput("must be a map", index=index, field="identity")
-        for name in ("login_name", "node_id"):
-            if identity.get(name) is not None and not isinstance(identity[name], str):
-                raise BadInput("must be a string", index=index, field=f"identity.{name}")
-        tags = identity.get("tags")
-        if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
-            raise BadInput("must be a list of strings", index=index, field="identity.tags")
     if out.get("capture") is not None and not isinstance(out["capture"], dict):
         raise BadInput("must be a map", index=index, field="capture")
     out.setdefault("ver", 2)

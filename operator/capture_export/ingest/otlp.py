@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import operator
 import re
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from ..store.record_types import COUNT_LIMIT
 from .errors import BadInput, TooLarge, UnsupportedMediaType
 from .litellm import API_TYPES as LITELLM_API_TYPES
 from .native import loads_embedded_json, loads_json
@@ -203,7 +205,7 @@ def _first(attrs: dict[str, Any], *keys: str) -> Any:
 def _usage(attrs: dict[str, Any]) -> dict[str, int]:
     def count(*keys: str) -> int:
         value = _int(_first(attrs, *keys))
-        return value if value is not None and value >= 0 else 0
+        return value if value is not None and 0 <= value < COUNT_LIMIT else 0  # 0: unknown (1e30, -1)
 
     return {
         "input_tokens": count("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"),
@@ -215,7 +217,10 @@ def _usage(attrs: dict[str, Any]) -> dict[str, int]:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    """A finite number as float (a cost of Infinity is unknown), else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _cost(attrs: dict[str, Any]) -> dict[str, Any] | None:

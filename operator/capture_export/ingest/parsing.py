@@ -18,8 +18,9 @@ import zstandard
 from ..lifetime import end_with
 from ..store.records import encode_ordered
 from .errors import BadInput, TooLarge, UnsupportedMediaType
+from .values import check_cbor_values, check_json_values, check_protobuf_values
 
-__all__ = ["PARSERS", "IngestLimits", "Parsed", "Row", "cyclic_gc_paused", "prepare", "prepare_by_name",
+__all__ = ["PARSERS", "IngestLimits", "Parse", "Parsed", "Row", "cyclic_gc_paused", "prepare", "prepare_by_name",
            "start_parsing_process", "warm"]
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ class IngestLimits:
     max_body_bytes: int = 16 << 20  # as received (compressed)
     max_decoded_bytes: int = 64 << 20  # after Content-Encoding is undone
     max_records: int = 10_000  # per request
+    # Values (JSON values and keys, CBOR data items, protobuf fields) per request, counted before parsing:
+    # what bounds the memory parsing takes (values.py). 10,000 real captures hold about 2 million.
+    max_values: int = 4_000_000
     max_pending_records: int = 50_000  # waiting for the group commit; past it: 503
     max_pending_bytes: int = 256 << 20  # their encoded bodies, likewise
     max_inflight_bytes: int = 256 << 20  # request bodies being received or parsed at once; past it: 503
@@ -140,26 +144,39 @@ def _encode_rows(records: Sequence[dict[str, Any]]) -> list[Row]:
     return rows
 
 
-def _records(body: bytes, content_type: str, limit: int) -> Parsed:
-    from .native import parse_records
+def _records(body: bytes, content_type: str, limits: IngestLimits) -> Parsed:
+    from .native import CBOR_TYPES, parse_records
 
-    return Parsed(parse_records(body, content_type, limit))
+    if content_type in CBOR_TYPES:
+        check_cbor_values(body, limits.max_values)
+    else:
+        check_json_values(body, limits.max_values)
+    return Parsed(parse_records(body, content_type, limits.max_records))
 
 
-def _litellm(body: bytes, content_type: str, limit: int) -> Parsed:
+def _litellm(body: bytes, content_type: str, limits: IngestLimits) -> Parsed:
     from .litellm import parse_litellm
 
-    return Parsed(parse_litellm(body, limit))
+    check_json_values(body, limits.max_values)
+    return Parsed(parse_litellm(body, limits.max_records))
 
 
-def _otlp(body: bytes, content_type: str, limit: int) -> Parsed:
-    from .otlp import parse_otlp
+def _otlp(body: bytes, content_type: str, limits: IngestLimits) -> Parsed:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    return parse_otlp(body, content_type, limit)
+    from .otlp import PROTOBUF_TYPES, parse_otlp
 
+    if content_type in PROTOBUF_TYPES:
+        check_protobuf_values(body, ExportTraceServiceRequest.DESCRIPTOR, limits.max_values)
+    else:
+        check_json_values(body, limits.max_values)
+    return parse_otlp(body, content_type, limits.max_records)
+
+
+Parse = Callable[[bytes, str, IngestLimits], Parsed]
 
 # source name -> (parse, an empty batch is fine)
-PARSERS: dict[str, tuple[Callable[[bytes, str, int], Parsed], bool]] = {
+PARSERS: dict[str, tuple[Parse, bool]] = {
     "records": (_records, False),
     "litellm": (_litellm, False),
     "otlp": (_otlp, True),
@@ -186,19 +203,19 @@ def cyclic_gc_paused() -> Iterator[None]:
         gc.enable()
 
 
-def prepare(parse: Callable[[bytes, str, int], Parsed], allow_empty: bool, body: bytes, encoding: str,
+def prepare(parse: Parse, allow_empty: bool, body: bytes, encoding: str,
             content_type: str, limits: IngestLimits) -> tuple[int, dict[str, Any], list[Row]]:
     """Decode, parse, check and encode one body: ``(ignored items, source facts, rows to commit)``."""
     with cyclic_gc_paused():
         return _prepare(parse, allow_empty, body, encoding, content_type, limits)
 
 
-def _prepare(parse: Callable[[bytes, str, int], Parsed], allow_empty: bool, body: bytes, encoding: str,
+def _prepare(parse: Parse, allow_empty: bool, body: bytes, encoding: str,
              content_type: str, limits: IngestLimits) -> tuple[int, dict[str, Any], list[Row]]:
     decoded = _decode(body, encoding, limits.max_decoded_bytes)
     del body
     try:
-        parsed = parse(decoded, content_type, limits.max_records)
+        parsed = parse(decoded, content_type, limits)
     except (ValueError, TypeError, LookupError, AttributeError, OverflowError, RecursionError) as exc:
         # A value the parser did not foresee. Parsing depends on the body alone, so the same body fails
         # the same way every time: a 400, not a retryable 503 that has the client resend it for ever.

@@ -35,7 +35,7 @@ from ..store import IngestStore
 from .auth import TokenFile
 from .errors import IngestRefused, Overloaded, StoreUnavailable, TooLarge, Unauthorized
 from .metrics import IngestMetrics
-from .parsing import PARSERS, IngestLimits, Parsed, Row, prepare, prepare_by_name, start_parsing_process, warm
+from .parsing import PARSERS, IngestLimits, Parse, Parsed, Row, prepare, prepare_by_name, start_parsing_process, warm
 from .writer import GroupCommitter
 
 __all__ = ["BodyBudget", "IngestLimits", "IngestServer", "OtlpSource", "Outcome", "Parsed", "Source",
@@ -61,7 +61,7 @@ class Source:
 
     name: str
     path: str
-    parse: Callable[[bytes, str, int], Parsed]
+    parse: Parse
     allow_empty: bool = False  # an empty batch is fine (OTLP), else 400
 
     def ok(self, request: web.Request, parsed: Parsed, outcome: Outcome) -> web.Response:

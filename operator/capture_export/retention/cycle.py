@@ -49,7 +49,7 @@ from .purge import Purger, PurgeStats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExporterRef", "RetentionOutcome", "RetentionWorker"]
+__all__ = ["ExporterRef", "PurgeProgress", "RetentionOutcome", "RetentionWorker"]
 
 
 StoreOpener = Callable[[Any, str], CaptureStore]
@@ -77,6 +77,59 @@ class RetentionOutcome:
     @property
     def failed(self) -> bool:
         return self.status.last_run is not None and self.status.last_run.outcome == PurgeOutcome.FAILED
+
+
+@dataclass(frozen=True)
+class PurgeProgress:
+    """A purge run so far, for whoever shows it (the standalone runner prints it)."""
+
+    removed: int  # records removed for good
+    soft_deleted: int  # records hidden
+    seconds: float
+    remaining: int | None  # records still to remove or hide, when counted
+
+    @property
+    def done(self) -> int:
+        return self.removed + self.soft_deleted
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(self.seconds, 1e-6)
+
+
+ProgressReport = Callable[[PurgeProgress], None]
+
+
+class _ProgressTracker:
+    """Sums what the chunks did and reports it at most every ``every`` seconds. What is left is counted once,
+    at the first report (a quick run never pays for the count), then followed down from that total."""
+
+    def __init__(self, report: ProgressReport, every: float, clock: Clock, count_left: Callable[[], int]) -> None:
+        self.report = report
+        self.every = every
+        self.clock = clock
+        self.count_left = count_left
+        self.started = self.last = clock.monotonic()
+        self.removed = self.soft_deleted = 0
+        self.total: int | None = None
+        self.counted = False
+
+    def chunk(self, removed: int, soft_deleted: int) -> None:
+        self.removed += removed
+        self.soft_deleted += soft_deleted
+        now = self.clock.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        done = self.removed + self.soft_deleted
+        if not self.counted:
+            self.counted = True
+            try:
+                self.total = done + self.count_left()
+            except StoreError:
+                self.total = None  # progress without what is left; the purge itself goes on
+        remaining = max(self.total - done, 0) if self.total is not None else None
+        self.report(PurgeProgress(self.removed, self.soft_deleted, now - self.started, remaining))
 
 
 class _Failure(Exception):
@@ -113,7 +166,10 @@ class RetentionWorker:
         pause_seconds: float | None = None,
         max_chunk_seconds: float = 0.05,
         recheck_seconds: float = 10.0,
+        progress_seconds: float = 5.0,
     ) -> None:
+        """``progress_seconds``: the least time between two progress reports of a run (``cycle``'s
+        ``on_progress``)."""
         self.policy = policy
         self.open_store = open_store
         self.credentials = CredentialResolver(secrets)
@@ -124,6 +180,7 @@ class RetentionWorker:
         self.pause_seconds = pause_seconds
         self.max_chunk_seconds = max_chunk_seconds
         self.recheck_seconds = recheck_seconds
+        self.progress_seconds = progress_seconds
         self._objects: dict[tuple[S3Location, S3Access], ObjectStore] = {}
         self.backoff = FailureBackoff()
 
@@ -217,16 +274,20 @@ class RetentionWorker:
         generation: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         max_seconds: float | None = None,
+        on_progress: ProgressReport | None = None,
     ) -> RetentionOutcome:
         """One purge run. ``exporters``: every S3Exporter in the policy's namespace, by name (or at least
         the gating ones; a gating name that is absent closes the gate). ``max_seconds`` bounds the run;
-        a run cut short ends ``Stopped`` with ``due_in`` 0 so the caller continues at once."""
+        a run cut short ends ``Stopped`` with ``due_in`` 0 so the caller continues at once, and
+        ``status.purgeInProgress`` follows the purge over such runs. ``on_progress`` hears how a long run
+        is getting on, at most every ``progress_seconds``."""
         now = self.clock.now()
         started = self.clock.monotonic()
         deadline = started + max_seconds if max_seconds is not None else None
         update = RetentionStatusUpdate(status, now=now, generation=generation)
         run = RetentionRun(start=now, outcome=PurgeOutcome.NOTHING_TO_DO)
         stats = PurgeStats()
+        left: int | None = None  # what a run cut short left to do, when counted
         gate: Gate | None = None
         failure: _Failure | None = None
         try:
@@ -237,8 +298,13 @@ class RetentionWorker:
                 update.gate(gate)
                 run.bound, run.cutoff, run.limiting_exporter = str(gate.bound), gate.cutoff, gate.limiting
                 stats = self._purge(spec, store, gate, run, should_stop=should_stop, deadline=deadline,
-                                    exporters=exporters)
+                                    exporters=exporters, on_progress=on_progress)
                 update.status.soft_deleted_pending = store.soft_deleted_count()
+                if stats.stopped:
+                    try:
+                        left = self._left(spec, store, stats.bound, gate.cutoff_us, micros(self.clock.now()))
+                    except StoreError:
+                        left = None
             except StoreError as exc:
                 raise _Failure(Reason.STORE_UNAVAILABLE, str(exc)) from None
         except Exception as exc:  # contained: whatever happens, this policy gets a condition, not a crash
@@ -264,6 +330,7 @@ class RetentionWorker:
         elif run.outcome == PurgeOutcome.GATE_CLOSED and gate is not None:
             run.reason = gate.reason
         update.record_run(run)
+        update.purge_progress(run, remaining=left)
         self._announce(update, spec, gate, stats, run)
         new_status, events = update.finish()
         if failure is not None:
@@ -283,23 +350,29 @@ class RetentionWorker:
         should_stop: Callable[[], bool],
         deadline: float | None,
         exporters: Mapping[str, ExporterRef],
+        on_progress: ProgressReport | None,
     ) -> PurgeStats:
         now_us = micros(self.clock.now())
-        grace_cutoff_us = now_us - int(spec.soft_delete.grace.total_seconds() * 1_000_000) if spec.soft_delete else None
+        grace_us = _grace_us(spec)
+        # Each record hidden by a policy carries the end of that policy's grace period: another policy on the
+        # same store, with a shorter one, removes it only once that is over. Marks from before the store
+        # recorded it are judged by this policy's grace period.
+        undated_before_us = now_us - grace_us if grace_us is not None else None
         if spec.dry_run:
-            would = store.count_expired(gate.bound, gate.cutoff_us) if gate.open else 0
-            if grace_cutoff_us is not None and gate.bound > 0:
-                would += store.soft_deleted_count(grace_cutoff_us, max_id=gate.bound)
-            run.would_purge = would
+            run.would_purge = self._left(spec, store, gate.bound if gate.open else 0, gate.cutoff_us, now_us)
             return PurgeStats(bound=gate.bound)
+        on_chunk = None
+        if on_progress is not None:
+            on_chunk = _ProgressTracker(on_progress, self.progress_seconds, self.clock, lambda: self._left(
+                spec, store, gate.bound, gate.cutoff_us, now_us)).chunk
         purger = Purger(store, batch_size=spec.batch_size, clock=self.clock, max_chunk_seconds=self.max_chunk_seconds,
-                        pause_seconds=self.pause_seconds, recheck_seconds=self.recheck_seconds)
+                        pause_seconds=self.pause_seconds, recheck_seconds=self.recheck_seconds, on_chunk=on_chunk)
         stats = PurgeStats(bound=gate.bound)
-        if grace_cutoff_us is not None and gate.bound > 0:
+        if grace_us is not None and gate.bound > 0:
             # Bounded by the gate as it is now, not as it was when they were marked: an exporter that joined
             # the gate since, or was reset (its bucket wiped), has yet to export them, and they wait for it.
-            stats.add(purger.purge_soft_deleted(grace_cutoff_us, max_id=gate.bound, should_stop=should_stop,
-                                                deadline=deadline))
+            stats.add(purger.purge_soft_deleted(now_us, max_id=gate.bound, undated_marked_before_us=undated_before_us,
+                                                should_stop=should_stop, deadline=deadline))
         if gate.open and not stats.stopped:
 
             def recheck() -> int:
@@ -311,7 +384,8 @@ class RetentionWorker:
 
             expired = purger.expire(
                 gate.bound, gate.cutoff_us,
-                mark_at_us=now_us if spec.soft_delete else None,
+                mark_at_us=now_us if grace_us is not None else None,
+                purge_after_us=now_us + grace_us if grace_us is not None else None,
                 should_stop=should_stop, deadline=deadline,
                 recheck=recheck if spec.require_export else None,
             )
@@ -320,6 +394,18 @@ class RetentionWorker:
             if expired.bound < gate.bound:
                 run.bound = str(expired.bound)
         return stats
+
+    @staticmethod
+    def _left(spec: RetentionPolicySpec, store: CaptureStore, bound: int, cutoff_us: int, now_us: int) -> int:
+        """Records a run with this bound would remove or hide: old visible ones and, with ``softDelete``,
+        hidden ones whose grace period is over (what a dry run reports)."""
+        if bound <= 0:
+            return 0
+        left = store.count_expired(bound, cutoff_us)
+        grace_us = _grace_us(spec)
+        if grace_us is not None:
+            left += store.soft_deleted_due_count(now_us, max_id=bound, undated_marked_before_us=now_us - grace_us)
+        return left
 
     @staticmethod
     def _outcome(spec: RetentionPolicySpec, gate: Gate | None, stats: PurgeStats, failure: _Failure | None) -> str:
@@ -344,6 +430,10 @@ class RetentionWorker:
         parts = []
         if stats.expired:
             parts.append(f"deleted {stats.expired}")
+            pending = update.status.soft_deleted_pending
+            if pending:  # another policy on this store (or this one before) promised restorable purges
+                parts[-1] += (f" for good, not restorable: this policy has no softDelete (the store's {pending} "
+                              "soft-deleted records are untouched)")
         if stats.soft_deleted:
             parts.append(f"soft-deleted {stats.soft_deleted}")
         if stats.purged_soft:
@@ -354,3 +444,7 @@ class RetentionWorker:
         if gate.mode == GateMode.AGE_ONLY and (stats.expired or stats.soft_deleted):
             update.events.append(Event(EventType.WARNING, Reason.PURGING_UNEXPORTED, "requireExport is false: records "
                                        "were purged by age alone, whether exported or not"))
+
+
+def _grace_us(spec: RetentionPolicySpec) -> int | None:
+    return int(spec.soft_delete.grace.total_seconds() * 1_000_000) if spec.soft_delete else None

@@ -14,6 +14,7 @@ friends). Two things keep a concurrent writer's stall short:
 
 Between chunks the purge can also re-check the gate (``recheck``): when an exporter is reset or its
 checkpoint becomes unreadable during a long purge, the bound drops at once for the chunks that follow.
+After every chunk it tells ``on_chunk`` what the chunk did (progress reports, retention/cycle.py).
 """
 
 from __future__ import annotations
@@ -71,9 +72,11 @@ class Purger:
         max_chunk_seconds: float = 0.05,
         pause_seconds: float | None = None,
         recheck_seconds: float = 10.0,
+        on_chunk: Callable[[int, int], None] | None = None,
     ) -> None:
         """``pause_seconds``: fixed pause between chunks; None for the adaptive pause described above,
-        0 for none (tests)."""
+        0 for none (tests). ``on_chunk(removed, soft_deleted)`` is called after every chunk with the
+        records that chunk removed for good and hid."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.store = store
@@ -82,6 +85,7 @@ class Purger:
         self.max_chunk_seconds = max_chunk_seconds
         self.pause_seconds = pause_seconds
         self.recheck_seconds = recheck_seconds
+        self.on_chunk = on_chunk
         self._size = batch_size
 
     # -- pacing ------------------------------------------------------------------------------------------
@@ -99,6 +103,10 @@ class Purger:
         if pause > 0:
             self.clock.sleep(pause)
 
+    def _report(self, removed: int, soft_deleted: int) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk(removed, soft_deleted)
+
     def _out_of_time(self, should_stop: Callable[[], bool], deadline: float | None) -> bool:
         return should_stop() or (deadline is not None and self.clock.monotonic() >= deadline)
 
@@ -110,14 +118,15 @@ class Purger:
         older_than_us: int,
         *,
         mark_at_us: int | None = None,
+        purge_after_us: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         deadline: float | None = None,
         recheck: Callable[[], int] | None = None,
     ) -> PurgeStats:
-        """Delete (``mark_at_us`` None) or soft-delete every visible record with ``id <= bound`` and
-        ``ts_us < older_than_us``. ``recheck`` returns the gate's current bound (0 when it closed); it is
-        called every ``recheck_seconds`` and only ever lowers the bound. ``deadline`` is on the clock's
-        monotonic scale."""
+        """Delete (``mark_at_us`` None) or soft-delete (until ``purge_after_us``) every visible record with
+        ``id <= bound`` and ``ts_us < older_than_us``. ``recheck`` returns the gate's current bound (0 when
+        it closed); it is called every ``recheck_seconds`` and only ever lowers the bound. ``deadline`` is
+        on the clock's monotonic scale."""
         stats = PurgeStats(bound=bound)
         started = self.clock.monotonic()
         last_check = started
@@ -132,12 +141,15 @@ class Purger:
                 if stats.bound <= 0:
                     break
             t0 = time.perf_counter()
-            chunk = self.store.expire_chunk(stats.bound, older_than_us, self._size, after=after, mark_at_us=mark_at_us)
+            chunk = self.store.expire_chunk(stats.bound, older_than_us, self._size, after=after, mark_at_us=mark_at_us,
+                                            purge_after_us=purge_after_us)
             seconds = time.perf_counter() - t0
             if mark_at_us is None:
                 stats.expired += chunk.count
+                self._report(chunk.count, 0)
             else:
                 stats.soft_deleted += chunk.count
+                self._report(0, chunk.count)
             if chunk.resume_after is None:
                 stats.chunks += 1
                 stats.longest_chunk_seconds = max(stats.longest_chunk_seconds, seconds)
@@ -149,14 +161,15 @@ class Purger:
 
     def purge_soft_deleted(
         self,
-        deleted_before_us: int,
+        now_us: int,
         *,
         max_id: int | None = None,
+        undated_marked_before_us: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         deadline: float | None = None,
     ) -> PurgeStats:
-        """Remove for good every soft-deleted record marked at or before ``deleted_before_us`` (and with an id
-        at most ``max_id``, when given)."""
+        """Remove for good every soft-deleted record whose grace period is over at ``now_us`` (and with an id
+        at most ``max_id``, when given); see ``RetentionStore.purge_soft_deleted_chunk``."""
         stats = PurgeStats()
         started = self.clock.monotonic()
         while True:
@@ -165,9 +178,11 @@ class Purger:
                 break
             size = self._size
             t0 = time.perf_counter()
-            count = self.store.purge_soft_deleted_chunk(deleted_before_us, size, max_id=max_id)
+            count = self.store.purge_soft_deleted_chunk(now_us, size, max_id=max_id,
+                                                        undated_marked_before_us=undated_marked_before_us)
             seconds = time.perf_counter() - t0
             stats.purged_soft += count
+            self._report(count, 0)
             if count < size:
                 stats.chunks += 1
                 stats.longest_chunk_seconds = max(stats.longest_chunk_seconds, seconds)

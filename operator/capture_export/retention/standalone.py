@@ -13,7 +13,7 @@ from ..api import RetentionPolicyStatus
 from ..api.vocabulary import GateMode
 from ..export import ExporterId
 from ..schedule import Runner, Scheduled
-from .cycle import ExporterRef, RetentionOutcome, RetentionWorker
+from .cycle import ExporterRef, PurgeProgress, RetentionOutcome, RetentionWorker
 
 __all__ = ["PolicyTurns"]
 
@@ -28,7 +28,8 @@ class PolicyTurns:
         self.policies: list[Policy] = []
         for resource in runner.manifests.of_kind("RetentionPolicy"):
             worker = RetentionWorker(ExporterId(resource.namespace, resource.name), open_store=runner.stores,
-                                     secrets=runner.manifests, clock=runner.clock)
+                                     secrets=runner.manifests, clock=runner.clock,
+                                     progress_seconds=runner.progress_seconds)
             item = Policy(resource, worker, RetentionPolicyStatus())
             saved = runner.state_entry(item.state_key)
             if saved:
@@ -54,6 +55,7 @@ class PolicyTurns:
             self.exporters_for(item.resource.namespace),
             generation=item.resource.generation,
             should_stop=runner.stop_event.is_set,
+            on_progress=lambda progress: self._progress(item.resource.ref, progress),
         )
         item.status = outcome.status
         self._report(runner, item.resource.ref, outcome)
@@ -61,6 +63,14 @@ class PolicyTurns:
                             what="retention ")
         runner.cycle_done(item.resource, runner.state_entry(item.state_key) or {})
         return outcome.due_in, not outcome.failed and saved
+
+    def _progress(self, ref: str, progress: PurgeProgress) -> None:
+        """One line while a long purge goes on, as the exporters' lines while a backlog drains."""
+        line = (f"  {ref}: purging: {progress.done:,} records so far ({progress.removed:,} removed for good, "
+                f"{progress.soft_deleted:,} soft-deleted), {progress.rate:,.0f} records/s")
+        if progress.remaining is not None:
+            line += f", {progress.remaining:,} left"
+        print(line, file=self.runner.out, flush=True)
 
     @staticmethod
     def _report(runner: Runner, ref: str, outcome: RetentionOutcome) -> None:

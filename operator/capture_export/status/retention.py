@@ -10,11 +10,12 @@ from ..api.retention import (
     RETENTION_HISTORY_LENGTH,
     GateExporter,
     GateStatus,
+    PurgeInProgress,
     RetentionPolicyStatus,
     RetentionRun,
     RetentionTotals,
 )
-from ..api.vocabulary import ConditionType, EventType, Reason, Truth
+from ..api.vocabulary import ConditionType, EventType, PurgeOutcome, Reason, Truth
 from .conditions import set_condition, summarize_ready
 from .exporter import Event
 
@@ -99,6 +100,21 @@ class RetentionStatusUpdate:
         )
         if run.purged or run.soft_deleted:
             status.last_purge = run.end
+
+    def purge_progress(self, run: RetentionRun, *, remaining: int | None) -> None:
+        """``purgeInProgress``: carried on (or begun) by a run cut short, cleared by any other run."""
+        if run.outcome != PurgeOutcome.STOPPED:
+            self.status.purge_in_progress = None
+            return
+        before = self.status.purge_in_progress
+        started = before.started if before is not None else run.start
+        purged = (before.purged if before else 0) + run.purged
+        soft_deleted = (before.soft_deleted if before else 0) + run.soft_deleted
+        end = run.end or self.now
+        seconds = max((end - started).total_seconds(), 1e-6)
+        self.status.purge_in_progress = PurgeInProgress(
+            started=started, purged=purged, soft_deleted=soft_deleted, remaining=remaining,
+            rate_per_second=round((purged + soft_deleted) / seconds, 1), updated=end)
 
     def finish(self) -> tuple[RetentionPolicyStatus, list[Event]]:
         ready, reason, message = summarize_ready(self.status.conditions, RETENTION_READY_INPUTS)

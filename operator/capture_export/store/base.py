@@ -94,7 +94,9 @@ class RecordReader(Protocol):
     and after a restore they would sit below its cursor without being in its bucket, and the next purge
     would remove records that exporter never exported. ``max_id`` and ``safe_horizon`` count soft-deleted
     records too. A record stays restorable (``restore_chunk``) until ``purge_soft_deleted_chunk`` removes
-    it.
+    it. Since SQLite schema version 6 (PostgreSQL 5) the mark carries the end of the record's own grace
+    period, ``purge_after_us``, set by the policy that hid it: another policy on the same store with a
+    shorter grace period then cannot remove it early. Records marked before that have none (NULL).
     """
 
     def safe_horizon(self) -> int:
@@ -164,10 +166,11 @@ class QuarantineStore(Protocol):
         """One quarantined row with its body."""
         ...
 
-    def release(self, record_id: int, body: bytes) -> int:
+    def release(self, record_id: int, body: bytes, timestamp_us: int) -> int:
         """Put a quarantined row back as a new record (a new id, past every cursor, so it is exported) with
-        ``body``, which the caller has checked (store/check.py) and which is sealed as our own; one
-        transaction. Returns the new id; raises StoreError when no such row is quarantined."""
+        ``body``, which the caller has checked (store/check.py) and which is sealed as our own, and
+        ``timestamp_us`` (its body's timestamp) as its ``ts_us``; one transaction. Returns the new id;
+        raises StoreError when no such row is quarantined."""
         ...
 
 
@@ -193,13 +196,15 @@ class RetentionStore(Protocol):
         *,
         after: tuple[int, int] | None = None,
         mark_at_us: int | None = None,
+        purge_after_us: int | None = None,
     ) -> ExpiredChunk:
         """One transaction of the purge. Candidates are the *visible* (not soft-deleted) records with
         ``id <= max_id`` and ``ts_us < older_than_us`` (strictly older), taken in ``(ts_us, id)`` order,
         strictly after the keyset position ``after`` when given (``(ts_us, id) > after``).
 
         Take the first ``limit`` candidates and, in the same transaction, either delete them for good
-        (``mark_at_us`` None) or soft-delete them (set ``deleted_at_us = mark_at_us``, which hides them).
+        (``mark_at_us`` None) or soft-delete them (set ``deleted_at_us = mark_at_us``, which hides them,
+        and ``purge_after_us``, when their grace period ends).
         Return how many were taken and the ``(ts_us, id)`` of the last one taken as ``resume_after``;
         ``resume_after`` is None when fewer than ``limit`` were taken (no candidate remains).
 
@@ -210,17 +215,21 @@ class RetentionStore(Protocol):
         """
         ...
 
-    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int, *, max_id: int | None = None) -> int:
-        """One transaction: delete for good up to ``limit`` soft-deleted records whose mark is
-        ``deleted_at_us <= deleted_before_us`` (their grace period is over) and, when given, whose id is at
-        most ``max_id`` (the retention gate's bound now), in any order. Return how many were deleted; fewer
-        than ``limit`` means none is left. Visible records are never touched."""
+    def purge_soft_deleted_chunk(self, now_us: int, limit: int, *, max_id: int | None = None,
+                                 undated_marked_before_us: int | None = None) -> int:
+        """One transaction: delete for good up to ``limit`` soft-deleted records whose grace period is over
+        and, when given, whose id is at most ``max_id`` (the retention gate's bound now), in any order. A
+        record's grace period is over when its ``purge_after_us <= now_us``; for a record marked without
+        one (before the schema recorded it), when ``deleted_at_us <= undated_marked_before_us`` (the
+        caller's own grace period decides; never when None). Return how many were deleted; fewer than
+        ``limit`` means none is left. Visible records are never touched."""
         ...
 
     def restore_chunk(self, limit: int, *, deleted_since_us: int | None = None) -> int:
-        """One transaction: clear the soft-delete mark of up to ``limit`` soft-deleted records (only those
-        with ``deleted_at_us >= deleted_since_us`` when given), making them visible again. Return how
-        many were restored; fewer than ``limit`` means none is left to restore."""
+        """One transaction: clear the soft-delete mark (and its ``purge_after_us``) of up to ``limit``
+        soft-deleted records (only those with ``deleted_at_us >= deleted_since_us`` when given), making
+        them visible again. Return how many were restored; fewer than ``limit`` means none is left to
+        restore."""
         ...
 
     def count_expired(self, max_id: int, older_than_us: int) -> int:
@@ -230,7 +239,13 @@ class RetentionStore(Protocol):
 
     def soft_deleted_count(self, deleted_before_us: int | None = None, *, max_id: int | None = None) -> int:
         """How many records are soft-deleted (only those with ``deleted_at_us <= deleted_before_us`` and
-        ``id <= max_id`` when given: what ``purge_soft_deleted_chunk`` would take). Read-only."""
+        ``id <= max_id`` when given). Read-only."""
+        ...
+
+    def soft_deleted_due_count(self, now_us: int, *, max_id: int | None = None,
+                               undated_marked_before_us: int | None = None) -> int:
+        """How many records ``purge_soft_deleted_chunk`` with the same arguments would take in a whole run.
+        Read-only (dry runs, progress)."""
         ...
 
 

@@ -11,6 +11,9 @@ after it. ``check_foreign`` therefore accepts a foreign row only when
   store assigns ids);
 * everything in it is valid CBOR that readers can represent: valid UTF-8 in every text string, dates
   within years 1-9999 with a UTC offset, no nesting deeper than cbor2's limit, no cycles (tags 28/29);
+* its known fields have the record schema's types (store/record_types.py: ``timestamp`` a date/time,
+  ``usage`` a map of non-negative integers, …; fields the schema does not know pass), and, given the
+  row's ``ts_us``, its ``timestamp`` is that time (to the millisecond);
 
 and returns the map re-encoded canonically (definite lengths, shortest heads, as cbor2 writes it; a
 nested map with a repeated key keeps the last value, as cbor2 readers do) with every credential
@@ -33,6 +36,7 @@ from typing import Any
 import cbor2
 
 from .credentials import DEFAULT_POLICY, CredentialPolicy
+from .record_types import timestamp_problem, type_problem
 from .records import CorruptRecord
 
 __all__ = ["CorruptRecord", "check_foreign", "check_foreign_record", "outline"]
@@ -51,14 +55,16 @@ def _decode_reason(exc: Exception) -> str:
     return f"invalid CBOR ({message})"
 
 
-def check_foreign(record_id: int, body: Any, policy: CredentialPolicy = DEFAULT_POLICY) -> bytes:
+def check_foreign(record_id: int, body: Any, policy: CredentialPolicy = DEFAULT_POLICY,
+                  timestamp_us: int | None = None) -> bytes:
     """A foreign row's map, checked in full and ready to export (canonical CBOR without ``id``, credentials
-    stripped). Raises CorruptRecord when the row is not one well-formed record."""
-    return check_foreign_record(record_id, body, policy)[1]
+    stripped). Raises CorruptRecord when the row is not one well-formed record, or (given the row's
+    ``timestamp_us``) when that is not the record's timestamp."""
+    return check_foreign_record(record_id, body, policy, timestamp_us)[1]
 
 
 def check_foreign_record(record_id: int, body: Any, policy: CredentialPolicy = DEFAULT_POLICY,
-                         ) -> tuple[dict[str, Any], bytes]:
+                         timestamp_us: int | None = None) -> tuple[dict[str, Any], bytes]:
     """``check_foreign``, and the map it decoded (credentials stripped too), for a caller that would
     decode it again."""
     if isinstance(body, str):
@@ -86,6 +92,10 @@ def check_foreign_record(record_id: int, body: Any, policy: CredentialPolicy = D
         raise CorruptRecord(record_id, "a top-level key appears twice (readers would keep only one)")
     if "id" in record:
         raise CorruptRecord(record_id, "holds an 'id' key (ids are assigned by the store, never stored)")
+    if (wrong_type := type_problem(record)) is not None:
+        raise CorruptRecord(record_id, str(wrong_type))
+    if timestamp_us is not None and (wrong_time := timestamp_problem(record, timestamp_us)) is not None:
+        raise CorruptRecord(record_id, wrong_time)
     try:
         canonical = cbor2.dumps(record, timezone=UTC)
     except Exception as exc:

@@ -17,7 +17,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from .base import QuarantinedRecord, QuarantineStore, StoreError
-from .check import check_foreign, outline
+from .check import check_foreign_record, outline
+from .record_types import exact_micros
 
 __all__ = ["list_lines", "release", "show_lines"]
 
@@ -60,7 +61,9 @@ def show_lines(store: QuarantineStore, record_id: int) -> list[str]:
 
 def release(store: QuarantineStore, record_id: int, body: bytes | None = None) -> int:
     """Put a quarantined row (or ``body``, its correction) back as a new record; its new id. Raises
-    CorruptRecord when it still fails the check, StoreError when there is no such quarantined row."""
+    CorruptRecord when it still fails the check, StoreError when there is no such quarantined row. The new
+    row's ``ts_us`` is its body's ``timestamp``: a row quarantined because the two disagreed goes back
+    dated by its record's own time."""
     row = _row(store, record_id)
-    checked = check_foreign(record_id, row.body if body is None else body)
-    return store.release(record_id, checked)
+    record, checked = check_foreign_record(record_id, row.body if body is None else body)
+    return store.release(record_id, checked, exact_micros(record["timestamp"]))

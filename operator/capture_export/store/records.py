@@ -3,8 +3,8 @@
 A record is stored as the CBOR encoding of its map *without* the ``id`` key: the id is only known once
 the store has assigned it, and splicing it in at export time (`with_id`) lets the default export ship
 the stored bytes as they are, with no decode and re-encode per record. That holds for rows our own
-append wrote (``encode_body``, sealed: store/seal.py); every other row is checked in full first
-(store/check.py).
+append wrote (``encode_body``, sealed: store/seal.py; it refuses a record whose known fields have the
+wrong types, store/record_types.py); every other row is checked in full first (store/check.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import cbor2
 
 from .credentials import CREDENTIAL_HEADERS, DEFAULT_POLICY
+from .record_types import type_problem
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -77,7 +78,8 @@ def timestamp_micros(value: datetime) -> int:
 
 def encode_body(record: Mapping[str, Any]) -> tuple[int, bytes]:
     """Encode a record for storage: credentials stripped, ``id`` left out, fields in schema order: one
-    canonical CBOR map, which is what lets its store seal it (store/seal.py).
+    canonical CBOR map, which is what lets its store seal it (store/seal.py). Raises ValueError when a
+    known field has the wrong type (a sealed row is exported unchecked).
 
     Returns ``(timestamp in microseconds, CBOR bytes of the map without id)``.
     """
@@ -89,6 +91,8 @@ def encode_body(record: Mapping[str, Any]) -> tuple[int, bytes]:
     data["timestamp"] = timestamp.astimezone(UTC)
     if data.get("estimated_cost") is None:
         data.pop("estimated_cost", None)
+    if (problem := type_problem(data)) is not None:
+        raise ValueError(f"record cannot be stored: {problem}")
     ordered = {k: data[k] for k in FIELD_ORDER if k in data}
     ordered.update({k: v for k, v in data.items() if k not in ordered})
     return encode_ordered(ordered)

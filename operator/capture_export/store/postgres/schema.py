@@ -4,7 +4,8 @@
     captures (id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY, ts_us bigint, body bytea,
               deleted_at_us bigint,   -- schema version 2: soft deletion, see store/base.py
               seal bytea,             -- schema version 3: rows our own append wrote, see store/seal.py
-              capture_id text)        -- schema version 4: the ingest server's idempotency key
+              capture_id text,        -- schema version 4: the ingest server's idempotency key
+              purge_after_us bigint)  -- schema version 5: when a soft-deleted record's grace period ends
     captures_quarantine (id, ts_us, body, reason, exporter, quarantined_at_us)   -- version 3
 
 Rows of a store upgraded to version 3 have no seal: the export checks each of them in full once. The
@@ -28,7 +29,7 @@ from ..seal import SEAL_KEY_META, RecordSeal, new_seal_key
 
 __all__ = ["META", "QUARANTINE", "SCHEMA_VERSION", "TABLE", "StoreLayout", "introspect", "migrate"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 TABLE = "captures"
 QUARANTINE = "captures_quarantine"
 META = "capture_export_meta"
@@ -73,6 +74,13 @@ MIGRATIONS: dict[int, list[str]] = {
         f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS capture_id text",
         f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {TABLE}_capture_id ON {TABLE} (capture_id) "
         "WHERE capture_id IS NOT NULL",
+    ],
+    # The end of a soft-deleted record's own grace period (store/base.py), set with the mark, so that a
+    # policy with a shorter grace period cannot remove it early; NULL on marks from before.
+    5: [
+        f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS purge_after_us bigint",
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {TABLE}_purge_after ON {TABLE} (purge_after_us) "
+        "WHERE purge_after_us IS NOT NULL",
     ],
 }
 

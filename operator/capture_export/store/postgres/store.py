@@ -201,6 +201,7 @@ class PostgresStore:
         *,
         after: tuple[int, int] | None = None,
         mark_at_us: int | None = None,
+        purge_after_us: int | None = None,
     ) -> ExpiredChunk:
         # Candidates come from the partial index (ts_us, id) WHERE deleted_at_us IS NULL, in its order.
         keyset = "AND (ts_us, id) > (%s, %s) " if after is not None else ""
@@ -208,8 +209,8 @@ class PostgresStore:
             action = f"DELETE FROM {TABLE} c USING taken t WHERE c.id = t.id"
             action_params: tuple[Any, ...] = ()
         else:
-            action = f"UPDATE {TABLE} c SET deleted_at_us = %s FROM taken t WHERE c.id = t.id"
-            action_params = (mark_at_us,)
+            action = f"UPDATE {TABLE} c SET deleted_at_us = %s, purge_after_us = %s FROM taken t WHERE c.id = t.id"
+            action_params = (mark_at_us, purge_after_us)
         sql = (
             f"WITH taken AS (SELECT id, ts_us FROM {TABLE} WHERE deleted_at_us IS NULL AND ts_us < %s AND id <= %s "
             f"{keyset}ORDER BY ts_us, id LIMIT %s), "
@@ -227,17 +228,31 @@ class PostgresStore:
         # Retrying after a lost connection is harmless: what was done is no longer a candidate.
         return self._run(work)
 
-    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int, *, max_id: int | None = None) -> int:
-        return self._rowcount(
-            f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} WHERE deleted_at_us <= %s AND id <= %s "
-            "LIMIT %s)",
-            (deleted_before_us, 2**63 - 1 if max_id is None else max_id, limit),
-        )
+    @staticmethod
+    def _due(now_us: int, max_id: int | None, undated_marked_before_us: int | None) -> tuple[str, tuple[Any, ...]]:
+        """``WHERE …`` of the soft-deleted records whose grace period is over: their recorded end has passed,
+        or (marks from before it was recorded) they were marked at or before ``undated_marked_before_us``."""
+        bound = 2**63 - 1 if max_id is None else max_id
+        if undated_marked_before_us is None:
+            return ("WHERE purge_after_us <= %s AND deleted_at_us IS NOT NULL AND id <= %s", (now_us, bound))
+        return ("WHERE deleted_at_us IS NOT NULL AND id <= %s AND (purge_after_us <= %s OR "
+                "(purge_after_us IS NULL AND deleted_at_us <= %s))", (bound, now_us, undated_marked_before_us))
+
+    def purge_soft_deleted_chunk(self, now_us: int, limit: int, *, max_id: int | None = None,
+                                 undated_marked_before_us: int | None = None) -> int:
+        where, params = self._due(now_us, max_id, undated_marked_before_us)
+        return self._rowcount(f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} {where} LIMIT %s)",
+                              (*params, limit))
+
+    def soft_deleted_due_count(self, now_us: int, *, max_id: int | None = None,
+                               undated_marked_before_us: int | None = None) -> int:
+        where, params = self._due(now_us, max_id, undated_marked_before_us)
+        return self._scalar(f"SELECT count(*) FROM {TABLE} {where}", params)
 
     def restore_chunk(self, limit: int, *, deleted_since_us: int | None = None) -> int:
         since = -(2**63) if deleted_since_us is None else deleted_since_us
         return self._rowcount(
-            f"UPDATE {TABLE} SET deleted_at_us = NULL WHERE id IN "
+            f"UPDATE {TABLE} SET deleted_at_us = NULL, purge_after_us = NULL WHERE id IN "
             f"(SELECT id FROM {TABLE} WHERE deleted_at_us IS NOT NULL AND deleted_at_us >= %s LIMIT %s)",
             (since, limit),
         )
@@ -303,15 +318,15 @@ class PostgresStore:
 
         return self._run(work)
 
-    def release(self, record_id: int, body: bytes) -> int:
+    def release(self, record_id: int, body: bytes, timestamp_us: int) -> int:
         seal = self.record_seal()
         mark = seal.seal(body) if seal is not None else None
 
         def work(conn: psycopg.Connection[Any]) -> int | None:
             row = conn.execute(
-                f"WITH gone AS (DELETE FROM {QUARANTINE} WHERE id = %s RETURNING ts_us) "
-                f"INSERT INTO {TABLE} (ts_us, body, seal) SELECT ts_us, %b, %b FROM gone RETURNING id",
-                (record_id, body, mark),
+                f"WITH gone AS (DELETE FROM {QUARANTINE} WHERE id = %s RETURNING id) "
+                f"INSERT INTO {TABLE} (ts_us, body, seal) SELECT %s, %b, %b FROM gone RETURNING id",
+                (record_id, timestamp_us, body, mark),
             ).fetchone()
             return None if row is None else int(row[0])
 

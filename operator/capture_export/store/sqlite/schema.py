@@ -15,6 +15,10 @@ read; the column stays, ignored) with a nullable ``seal`` column that our own ap
 an upgraded store have no seal, so the export checks each of them in full once: safe, at the cost of
 checking old rows that were in fact ours. Anyone who can open the file can read the key: with SQLite
 the seal keeps out careless writers (and flags), not hostile ones (see store/seal.py).
+
+Schema version 6 records, with each soft-delete mark, when the record's grace period ends
+(``purge_after_us``, indexed where set), so that a policy with a shorter grace period on the same store
+cannot remove it early. Marks from before have none: the grace period of the policy that purges decides.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ CREATE INDEX IF NOT EXISTS captures_ts_us ON captures (ts_us);
 CREATE TABLE IF NOT EXISTS capture_export_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES ('schema_version', '1');
 """
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Migrations from version N-1 to N, each run in one write transaction. A version with no entry here is a
 # gap (reserved for a change on its way): see migrate.
 MIGRATIONS: dict[int, list[str]] = {
@@ -59,6 +63,11 @@ MIGRATIONS: dict[int, list[str]] = {
     5: [
         "ALTER TABLE captures ADD COLUMN capture_id TEXT",
         "CREATE UNIQUE INDEX IF NOT EXISTS captures_capture_id ON captures (capture_id) WHERE capture_id IS NOT NULL",
+    ],
+    # The end of a soft-deleted record's own grace period (store/base.py), set with the mark.
+    6: [
+        "ALTER TABLE captures ADD COLUMN purge_after_us INTEGER",
+        "CREATE INDEX IF NOT EXISTS captures_purge_after ON captures (purge_after_us) WHERE purge_after_us IS NOT NULL",
     ],
 }
 

@@ -257,6 +257,7 @@ class SQLiteStore:
         *,
         after: tuple[int, int] | None = None,
         mark_at_us: int | None = None,
+        purge_after_us: int | None = None,
     ) -> ExpiredChunk:
         # A covering scan of the (deleted_at_us IS NULL, ts_us) part of captures_deleted_ts: old rows only.
         sql = ("SELECT ts_us, id FROM captures INDEXED BY captures_deleted_ts "
@@ -275,7 +276,8 @@ class SQLiteStore:
                 if mark_at_us is None:
                     self._by_ids(conn, "DELETE FROM captures WHERE id", ids, ())
                 else:
-                    self._by_ids(conn, "UPDATE captures SET deleted_at_us = ? WHERE id", ids, (mark_at_us,))
+                    self._by_ids(conn, "UPDATE captures SET deleted_at_us = ?, purge_after_us = ? WHERE id", ids,
+                                 (mark_at_us, purge_after_us))
             resume = (int(taken[-1][0]), int(taken[-1][1])) if len(taken) >= limit else None
             return ExpiredChunk(len(taken), resume)
 
@@ -289,18 +291,43 @@ class SQLiteStore:
         else:
             conn.executemany(f"{statement} = ?", [(*leading, record_id) for record_id in ids])
 
-    def purge_soft_deleted_chunk(self, deleted_before_us: int, limit: int, *, max_id: int | None = None) -> int:
+    @staticmethod
+    def _due(now_us: int, max_id: int | None,
+             undated_marked_before_us: int | None) -> list[tuple[str, tuple[Any, ...]]]:
+        """The soft-deleted records whose grace period is over, as ``FROM … WHERE …`` parts: those with a
+        recorded end (its partial index), then those marked without one (the mark's index)."""
         bound = 2**63 - 1 if max_id is None else max_id
-        return int(self._write(lambda conn: conn.execute(
-            "DELETE FROM captures WHERE id IN (SELECT id FROM captures INDEXED BY captures_deleted_ts "
-            "WHERE deleted_at_us <= ? AND id <= ? LIMIT ?)", (deleted_before_us, bound, limit)
-        ).rowcount))
+        parts: list[tuple[str, tuple[Any, ...]]] = [(
+            "FROM captures INDEXED BY captures_purge_after WHERE purge_after_us <= ? AND deleted_at_us IS NOT NULL "
+            "AND id <= ?", (now_us, bound))]
+        if undated_marked_before_us is not None:
+            parts.append(("FROM captures INDEXED BY captures_deleted_ts WHERE deleted_at_us <= ? "
+                          "AND purge_after_us IS NULL AND id <= ?", (undated_marked_before_us, bound)))
+        return parts
+
+    def purge_soft_deleted_chunk(self, now_us: int, limit: int, *, max_id: int | None = None,
+                                 undated_marked_before_us: int | None = None) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            deleted = 0
+            for where, params in self._due(now_us, max_id, undated_marked_before_us):
+                if deleted >= limit:
+                    break
+                deleted += conn.execute(f"DELETE FROM captures WHERE id IN (SELECT id {where} LIMIT ?)",
+                                        (*params, limit - deleted)).rowcount
+            return deleted
+
+        return int(self._write(work))
+
+    def soft_deleted_due_count(self, now_us: int, *, max_id: int | None = None,
+                               undated_marked_before_us: int | None = None) -> int:
+        return sum(int(self._query(f"SELECT COUNT(*) {where}", params)[0][0])
+                   for where, params in self._due(now_us, max_id, undated_marked_before_us))
 
     def restore_chunk(self, limit: int, *, deleted_since_us: int | None = None) -> int:
         since = -(2**63) if deleted_since_us is None else deleted_since_us
         return int(self._write(lambda conn: conn.execute(
-            "UPDATE captures SET deleted_at_us = NULL WHERE id IN (SELECT id FROM captures INDEXED BY "
-            "captures_deleted_ts WHERE deleted_at_us >= ? LIMIT ?)", (since, limit)
+            "UPDATE captures SET deleted_at_us = NULL, purge_after_us = NULL WHERE id IN (SELECT id FROM captures "
+            "INDEXED BY captures_deleted_ts WHERE deleted_at_us >= ? LIMIT ?)", (since, limit)
         ).rowcount))
 
     def count_expired(self, max_id: int, older_than_us: int) -> int:
@@ -347,13 +374,13 @@ class SQLiteStore:
                            "FROM captures_quarantine WHERE id = ?", (record_id,))
         return QuarantinedRecord(*rows[0]) if rows else None
 
-    def release(self, record_id: int, body: bytes) -> int:
+    def release(self, record_id: int, body: bytes, timestamp_us: int) -> int:
         def work(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT ts_us FROM captures_quarantine WHERE id = ?", (record_id,)).fetchone()
+            row = conn.execute("SELECT 1 FROM captures_quarantine WHERE id = ?", (record_id,)).fetchone()
             if row is None:
                 raise StoreError(f"record {record_id} is not in the quarantine of {self.path}")
             new_id = conn.execute("INSERT INTO captures (ts_us, body, seal) VALUES (?, ?, ?)",
-                                  (row[0], body, self._seal.seal(body))).lastrowid
+                                  (timestamp_us, body, self._seal.seal(body))).lastrowid
             conn.execute("DELETE FROM captures_quarantine WHERE id = ?", (record_id,))
             return int(new_id or 0)
 
