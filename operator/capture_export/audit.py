@@ -14,20 +14,30 @@ exporter's checkpoint), or, without metadata, none of their records is the store
 
 from __future__ import annotations
 
+import heapq
 from array import array
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import Any
 
 import cbor2
 
 from .api import S3ExporterSpec
 from .export.checkpoint import Checkpoints, peek_layout
-from .export.formats import data_extension, decode_object, to_json_line
+from .export.formats import data_extension, decode_object, record_fields, to_json_line
 from .export.layout import CONTROL_DIR, ObjectLayout, parse_range
 from .export.model import ExporterId, ExportFailure, RetryPolicy
-from .export.provenance import METADATA_EXPORTER, METADATA_STORE, compare_with_store
-from .export.transform import RecordFilter
+from .export.provenance import (
+    COMPARED_FIELDS,
+    METADATA_EXPORTER,
+    METADATA_STORE,
+    STORE_CHUNK,
+    SealedRows,
+    compare_with_store,
+)
+from .export.skim import StoredCopy
+from .export.transform import RecordFilter, peek_fields
 from .objectstore import ObjectInfo, ObjectStore, ObjectStoreError
 from .store import RecordReader
 
@@ -189,32 +199,84 @@ def _others(objects: ObjectStore, listed: list[ObjectInfo], control_root: str,
     return roots, layouts
 
 
-def _records(data: bytes, key: str) -> list[dict[str, Any]]:
-    """Every record of one object, each with an integer ``id``; ValueError saying why when unreadable."""
+def _read_object(data: bytes, key: str, stored: Callable[[int], bytes | None] | None
+                 ) -> tuple[array[int], int, list[Mapping[str, Any]]]:
+    """One object's record ids in its order, how many of its records are their sealed store row byte for byte
+    (the store's records, nothing to compare), and the compared fields of the others (an id repeated in the
+    object: its last record counts, as compare_with_store keeps it). Only those fields are decoded
+    (formats.record_fields). ValueError saying why when the object is unreadable."""
+    ids = array("q")
+    latest: dict[int, Mapping[str, Any] | None] = {}  # id -> its fields, or None for a StoredCopy
+    without_id = False
     try:
-        records = list(decode_object(data, key))
+        for record in record_fields(data, key, COMPARED_FIELDS, stored):
+            fields: Mapping[str, Any] | None = None
+            if isinstance(record, StoredCopy):
+                record_id: Any = record.id
+            else:
+                record_id = record.get("id") if isinstance(record, dict) else None
+                if not isinstance(record_id, int) or isinstance(record_id, bool):
+                    without_id = True  # said once the whole object has decoded (a decoder's error first)
+                    continue
+                fields = record
+            ids.append(record_id)
+            latest[record_id] = fields  # a repeated id: its last record counts
     except Exception as exc:  # any decoder's failure: a corrupt, truncated or foreign object
         raise ValueError(f"{exc.__class__.__name__}: {str(exc)[:200]}") from None
-    for record in records:
-        record_id = record.get("id") if isinstance(record, dict) else None
-        if not isinstance(record_id, int) or isinstance(record_id, bool):
-            raise ValueError("a record without an integer id")
-    return records
+    if without_id:
+        raise ValueError("a record without an integer id")
+    copies = sum(1 for fields in latest.values() if fields is None)
+    return ids, copies, [fields for fields in latest.values() if fields is not None]
 
 
 def _store_ids(store: RecordReader, up_to: int, accepts: RecordPredicate | None) -> Iterator[tuple[int, bool]]:
-    """Every store id up to ``up_to`` in order, with whether the exporter's filter passes its record."""
+    """Every store id up to ``up_to`` in order, with whether the exporter's filter passes its record (only
+    the fields the filter reads are decoded, when it says which: RecordFilter.fields)."""
     if accepts is None:
         for record_id in store.ids():
             if record_id > up_to:
                 return
             yield record_id, True
         return
+    fields = getattr(accepts, "fields", None)
     after = 0
-    while rows := store.read_batch(after, 5000, up_to):
+    while rows := store.read_batch(after, STORE_CHUNK, up_to):
         for row in rows:
-            yield row.id, accepts(cbor2.loads(row.body))
+            yield row.id, accepts(peek_fields(row.body, fields) if fields is not None else cbor2.loads(row.body))
         after = rows[-1].id
+
+
+class _SortedRuns:
+    """The exported ids, 8 bytes each: each object's sorted, then chained into runs of objects whose ids
+    follow one another (objects in the order of their ranges make one run), and the runs merged. Ids come
+    out in order without a list of them ever being made."""
+
+    def __init__(self) -> None:
+        self.objects: list[array[int]] = []
+        self.count = 0
+
+    def add(self, ids: array[int]) -> None:
+        if ids:
+            self.objects.append(ids if _ascending(ids) else array("q", sorted(ids)))
+            self.count += len(ids)
+
+    def __iter__(self) -> Iterator[int]:
+        runs: list[list[array[int]]] = []
+        ends: list[tuple[int, int]] = []  # (last id of a run, its index): the run that ends lowest first
+        for ids in sorted(self.objects, key=lambda ids: ids[0]):
+            if ends and ends[0][0] < ids[0]:
+                _, index = heapq.heappop(ends)
+            else:
+                index = len(runs)
+                runs.append([])
+            runs[index].append(ids)
+            heapq.heappush(ends, (ids[-1], index))
+        chains = [chain.from_iterable(run) for run in runs]
+        return chains[0] if len(chains) == 1 else heapq.merge(*chains)
+
+
+def _ascending(ids: array[int]) -> bool:
+    return all(a <= b for a, b in zip(ids, islice(ids, 1, None), strict=False))
 
 
 def verify_export(
@@ -227,19 +289,24 @@ def verify_export(
     layout: ObjectLayout | None = None,
     accepts: RecordPredicate | None = None,
     exporter: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> VerifyReport:
     """Every store record with id <= ``up_to`` (default: the safe horizon) that ``accepts`` passes (default:
     all) must be in exactly one object, as the store holds it. Every data object under ``prefix`` counts, in
     any folder and, unless ``extension`` is given, in any format, unless it is not this exporter's (see the
     module docstring; ``exporter`` is "namespace/name"); ``layout`` (the exporter's) narrows the listing to
-    the folders its template can produce. ``progress(done, total)`` is called after each data object read."""
+    the folders its template can produce. ``progress(done, total, records)`` is called before each data object
+    is read and once at the end, with the objects read of all and the records read so far.
+
+    Memory: one object at a time (its bytes; of its records, only the compared fields), store rows
+    ``STORE_CHUNK`` at a time, and 8 bytes per exported id."""
     report = VerifyReport()
     report.up_to = store.safe_horizon() if up_to is None else up_to
     store_id = store.identity()
     quarantined = getattr(store, "quarantined", None)
     report.quarantined = len(quarantined()) if callable(quarantined) else 0
-    exported = array("q")
+    seal = store.record_seal()
+    exported = _SortedRuns()
     control_root = layout.control_root() if layout is not None else (f"{prefix}/" if prefix else "")
     root = layout.data_prefix() if layout is not None else control_root
     listed = list(objects.list(root))
@@ -249,7 +316,7 @@ def verify_export(
                   if is_data_object(info.key) and (extension is None or info.key.endswith(extension))]
     for read, key in enumerate(candidates):
         if progress is not None:
-            progress(read, len(candidates))  # before the object: the loop's body may `continue`
+            progress(read, len(candidates), exported.count)  # before the object: the body may `continue`
         ours = layout is not None and layout.is_data_key(key)
         if any(key.startswith(other) for other in nested) or (
                 not ours and any(other.is_data_key(key) for other in neighbours)):
@@ -263,60 +330,74 @@ def verify_export(
         if found is None:
             continue
         writer = found.metadata.get(METADATA_EXPORTER)
+        written_from = found.metadata.get(METADATA_STORE, store_id)
         if exporter is not None and writer is not None and writer != exporter:
             report.not_ours.append(key)
             continue
         try:
-            records = _records(found.data, key)
+            ids, copies, compared = _read_object(found.data, key, SealedRows(store, seal) if seal else None)
         except ValueError as exc:
             report.unreadable.append((key, str(exc)))
             continue
-        content = compare_with_store(records, store)
-        if writer is None and content.differing and not content.same:
+        del found
+        content = compare_with_store(compared, store)
+        if writer is None and content.differing and not (copies or content.same):
             report.not_ours.append(key)  # no metadata, and not one record of it is this store's
             continue
-        if found.metadata.get(METADATA_STORE, store_id) != store_id:
+        if written_from != store_id:
             report.other_store.append(key)
         report.differing.extend(content.differing)
         report.objects += 1
-        ids = [int(record["id"]) for record in records]
         bounds = parse_range(key)
         if ids and bounds:
             # A filtered batch holds a subset of the range its name gives; never an id outside it.
             outside = min(ids) < bounds[0] or max(ids) > bounds[1]
             if outside or (accepts is None and (ids[0], ids[-1]) != bounds):
                 report.mislabelled.append(key)
-        exported.extend(ids)
+        exported.add(ids)
     if progress is not None:
-        progress(len(candidates), len(candidates))
+        progress(len(candidates), len(candidates), exported.count)
     report.differing.sort()
-    report.exported_records = len(exported)
-    ordered = sorted(exported)
+    report.exported_records = exported.count
+    _walk(report, _noting_duplicates(iter(exported), report.duplicated),
+          _store_ids(store, report.up_to, accepts), accepts is not None)
+    return report
+
+
+def _noting_duplicates(ordered: Iterator[int], duplicated: list[int]) -> Iterator[int]:
+    """The sorted ids as they are, each id found more than once noted (once) in ``duplicated``."""
     previous = None
     for record_id in ordered:
-        if record_id == previous and (not report.duplicated or report.duplicated[-1] != record_id):
-            report.duplicated.append(record_id)
+        if record_id == previous and (not duplicated or duplicated[-1] != record_id):
+            duplicated.append(record_id)
         previous = record_id
-    # Merge-walk the sorted exported ids against the store's ids.
-    position = 0
-    total = len(ordered)
+        yield record_id
+
+
+def _walk(report: VerifyReport, ordered: Iterator[int], store_ids: Iterator[tuple[int, bool]],
+          filtered: bool) -> None:
+    """Merge-walk the sorted exported ids against the store's ids."""
+    end = object()
+    current: Any = next(ordered, end)
     in_store = 0
     excluded = 0
-    for record_id, expected in _store_ids(store, report.up_to, accepts):
+    for record_id, expected in store_ids:
         in_store += 1
-        while position < total and ordered[position] < record_id:
+        while current is not end and current < record_id:
             report.not_in_store += 1
-            position += 1
+            current = next(ordered, end)
         found_count = 0
-        while position < total and ordered[position] == record_id:
-            position += 1
+        while current is not end and current == record_id:
             found_count += 1
+            current = next(ordered, end)
         if not expected:
             excluded += 1
             report.filtered_in_bucket += found_count
         elif not found_count:
             report.missing.append(record_id)
     report.store_records = in_store
-    report.filtered = excluded if accepts is not None else None
-    report.not_in_store += sum(1 for i in ordered[position:] if i <= report.up_to)
-    return report
+    report.filtered = excluded if filtered else None
+    while current is not end:
+        if current <= report.up_to:
+            report.not_in_store += 1
+        current = next(ordered, end)

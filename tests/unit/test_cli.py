@@ -252,6 +252,21 @@ def test_progress_shows_after_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lines[1].startswith("restoring: 1,000/1,000 records (100%)")
 
 
+def test_progress_gives_a_slow_rate_and_a_rate_of_another_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr("capture_export.progress.time.monotonic", clock)
+    out = io.StringIO()
+    slow = ProgressLine("restoring", 1000, out=out)
+    clock.now += 4.0
+    slow.update(2)
+    verifying = ProgressLine("verifying", 40, unit="objects", rate_unit="records", out=out)
+    clock.now += 2.0
+    verifying.update(3, rated=15_000)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "restoring: 2/1,000 records (0%), 0.5/s, 4s"
+    assert lines[1] == "verifying: 3/40 objects (8%), 15,000 records, 7,500 records/s, 2s"
+
+
 def test_every_ingest_limit_is_an_option_of_the_ingest_server_and_of_the_operator() -> None:
     """A deployment with large bodies must be able to move each bound that turns requests away (503)."""
     import dataclasses

@@ -65,6 +65,7 @@ import zstandard
 
 from ..store.records import decode_sequence
 from .format_names import COMPRESSIONS, FORMAT_CHOICES, FORMAT_NAMES, FormatChoice
+from .skim import skim_sequence
 
 __all__ = [
     "COMPRESSIONS",
@@ -85,6 +86,7 @@ __all__ = [
     "json_bytes",
     "json_default",
     "parquet_schema",
+    "record_fields",
     "record_ids",
     "to_json_line",
     "zstd_frame",
@@ -728,6 +730,29 @@ def _json_lines(data: bytes) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
+_LINE = re.compile(rb"[^\r\n]+")  # the lines bytes.splitlines gives, but one at a time
+
+
+def _json_line_fields(data: bytes, extension: str, fields: frozenset[str], stored: object = None) -> Iterator[Any]:
+    """``fields`` of each line's record, a line at a time (the text of one object, never its records at
+    once). orjson reads each line; what it refuses (NaN, integers beyond 64 bits) the standard library
+    reads as ``_json_lines`` does, and raises on as it does."""
+    for match in _LINE.finditer(_decompress(data, extension)):
+        line = match.group()
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            record = json.loads(line)
+        yield _picked(record, fields)
+
+
+def _picked(record: Any, fields: frozenset[str]) -> Any:
+    """The ``fields`` a decoded record has; anything that is not a map as it is."""
+    return {name: record[name] for name in fields if name in record} if isinstance(record, dict) else record
+
+
 def _restore_bytes(value: Any) -> Any:
     """The inverse of json_default for bytes: ``{"$base64": …}`` back to bytes."""
     if isinstance(value, dict):
@@ -745,27 +770,45 @@ def _parquet_records(data: bytes) -> Iterator[dict[str, Any]]:
 
     table = pq.read_table(io.BytesIO(data))
     for row in table.to_pylist():
-        record: dict[str, Any] = {}
-        # Bytes where a typed column wanted text went to ``extra`` as {"$base64": …}: bytes again here.
-        extra = _restore_bytes(json.loads(row.pop("extra"))) if row.get("extra") else {}
-        raw_request, raw_response = row.pop("raw_request_body", None), row.pop("raw_response_body", None)
-        for name, value in row.items():
-            if name == "capture":
-                value = _restore_bytes(json.loads(value)) if value is not None else None
-                if isinstance(value, dict):
-                    for side, raw in (("request", raw_request), ("response", raw_response)):
-                        if raw is not None and isinstance(value.get(side), dict):
-                            value[side]["raw_body"] = raw
-            elif isinstance(value, dict):
-                value = {k: v for k, v in value.items() if v is not None}
-                if isinstance(extra.get(name), dict):
-                    value.update(extra.pop(name))
-            if name in extra:
-                value = extra.pop(name)
-            if value is not None:
-                record[name] = value
-        record.update(extra)
-        yield record
+        yield _parquet_record(row)
+
+
+def _parquet_fields(data: bytes, extension: str, fields: frozenset[str], stored: object = None) -> Iterator[Any]:
+    """``fields`` of each record: only their columns (and ``extra``, where a value a typed column could not
+    hold went) are read, one row group at a time."""
+    _pyarrow()
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(io.BytesIO(data))
+    columns = [name for name in file.schema_arrow.names if name in fields or name == "extra"]
+    for batch in file.iter_batches(columns=columns):
+        for row in batch.to_pylist():
+            yield _picked(_parquet_record(row), fields)
+
+
+def _parquet_record(row: dict[str, Any]) -> dict[str, Any]:
+    """One record from the values of its row (all its columns, or some of them)."""
+    record: dict[str, Any] = {}
+    # Bytes where a typed column wanted text went to ``extra`` as {"$base64": …}: bytes again here.
+    extra = _restore_bytes(json.loads(row.pop("extra"))) if row.get("extra") else {}
+    raw_request, raw_response = row.pop("raw_request_body", None), row.pop("raw_response_body", None)
+    for name, value in row.items():
+        if name == "capture":
+            value = _restore_bytes(json.loads(value)) if value is not None else None
+            if isinstance(value, dict):
+                for side, raw in (("request", raw_request), ("response", raw_response)):
+                    if raw is not None and isinstance(value.get(side), dict):
+                        value[side]["raw_body"] = raw
+        elif isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+            if isinstance(extra.get(name), dict):
+                value.update(extra.pop(name))
+        if name in extra:
+            value = extra.pop(name)
+        if value is not None:
+            record[name] = value
+    record.update(extra)
+    return record
 
 
 def _parquet_ids(data: bytes) -> list[int]:
@@ -778,6 +821,9 @@ def _parquet_ids(data: bytes) -> list[int]:
 # -- the registry -----------------------------------------------------------------------------------------
 
 Reader = Callable[[bytes, str], Iterator[dict[str, Any]]]  # (object bytes, its extension) -> records
+# (object bytes, its extension, top-level fields, stored rows) -> each record's fields (a record that is no
+# map: as it is); see record_fields
+FieldReader = Callable[[bytes, str, frozenset[str], Callable[[int], bytes | None] | None], Iterator[Any]]
 
 
 @dataclass(frozen=True)
@@ -786,7 +832,8 @@ class FormatInfo:
     written and read. ``extensions`` and ``content_types``: the object's extension and Content-Type per compression
     (no Content-Encoding: clients would decompress on download and the name would lie). ``encoder`` makes
     the encoder for a compression; ``reader`` reads an object back; ``ids`` reads just the record ids when
-    the format can do that more cheaply than reading whole records."""
+    the format can do that more cheaply than reading whole records; ``fields`` reads a few top-level fields
+    of each record (``verify``) without decoding the rest."""
 
     choice: FormatChoice
     extensions: Mapping[str, str]
@@ -794,6 +841,7 @@ class FormatInfo:
     encoder: Callable[[str], BatchEncoder]
     reader: Reader
     ids: Callable[[bytes], list[int]] | None = None
+    fields: FieldReader | None = None
     decoded: bool = True  # whether its encoder needs the records decoded (see BatchEncoder.decoded)
     # Memory its encoder builds for a batch whose records are decoded (export/budget.py; measured in an
     # encode worker, the worker's copy of the rows and the pickled result included): per stored byte (JSON
@@ -840,6 +888,7 @@ FORMATS: dict[str, FormatInfo] = {
             encoder=lambda compression: CborZstdEncoder(),
             # Read exactly as the Aperture docs tell their users: zstd, then the CBOR sequence.
             reader=lambda data, extension: decode_sequence(_decompress(data, ".zstd")),
+            fields=lambda data, extension, fields, stored: skim_sequence(_decompress(data, ".zstd"), fields, stored),
             decoded=False,
         ),
         FormatInfo(
@@ -848,6 +897,7 @@ FORMATS: dict[str, FormatInfo] = {
             content_types={"none": "application/x-ndjson", "gzip": "application/gzip", "zstd": "application/zstd"},
             encoder=JsonLinesEncoder,
             reader=lambda data, extension: _json_lines(_decompress(data, extension)),
+            fields=_json_line_fields,
         ),
         FormatInfo(
             FORMAT_CHOICES["parquet"],
@@ -856,6 +906,7 @@ FORMATS: dict[str, FormatInfo] = {
             encoder=ParquetEncoder,
             reader=lambda data, extension: _parquet_records(data),
             ids=_parquet_ids,
+            fields=_parquet_fields,
             requires=lambda: _require_pyarrow(),
             working_memory=1.5,
             fixed_working_memory=64 << 20,
@@ -898,6 +949,22 @@ def decode_object(data: bytes, key: str = ".cbor.zstd") -> Iterator[dict[str, An
     if extension is None:
         raise ValueError(f"not a data object (unknown extension): {key}")
     yield from _EXTENSION_FORMATS[extension].reader(data, extension)
+
+
+def record_fields(data: bytes, key: str, fields: frozenset[str],
+                  stored: Callable[[int], bytes | None] | None = None) -> Iterator[Any]:
+    """The top-level ``fields`` of each record of one data object (those it has), as ``decode_object`` gives
+    them, decoding as little as its format allows; a record that is not a map comes as it is. ``stored(id)``
+    gives the store's row of ``id`` when it is sealed (so well formed), else None: a CBOR record that is
+    that row byte for byte comes as a ``StoredCopy`` (export/skim.py), nothing of it decoded."""
+    extension = data_extension(key)
+    if extension is None:
+        raise ValueError(f"not a data object (unknown extension): {key}")
+    info = _EXTENSION_FORMATS[extension]
+    if info.fields is not None:
+        yield from info.fields(data, extension, fields, stored)
+    else:
+        yield from (_picked(record, fields) for record in info.reader(data, extension))
 
 
 def record_ids(data: bytes, key: str) -> list[int]:

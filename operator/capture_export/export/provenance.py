@@ -6,7 +6,8 @@ an object only when that metadata names this exporter and this store; an object 
 before the metadata existed, or by someone else) counts as this exporter's only when every record in it is
 the store's record of that id. "The same record" compares content, not ids alone: the timestamp and the
 ``capture_id`` (when the exported record has one: ``redactFields`` may drop it; compared in its JSON form,
-as JSON Lines writes it), so a recreated store whose ids start again is told apart.
+as JSON Lines writes it), so a recreated store whose ids start again is told apart. A record whose bytes
+are its sealed stored row's (the default export's, ``SealedRows``) is the store's record without more.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..store import RecordReader
+from ..store.seal import RecordSeal
 from .formats import json_bytes
 from .transform import peek_fields
 
 __all__ = [
+    "COMPARED_FIELDS",
     "METADATA_EXPORTER",
     "METADATA_STORE",
+    "STORE_CHUNK",
     "ContentCheck",
+    "SealedRows",
     "compare_with_store",
     "object_metadata",
     "timestamp_us",
@@ -32,6 +37,9 @@ __all__ = [
 METADATA_EXPORTER = "capture-export-exporter"
 METADATA_STORE = "capture-export-store"
 _COMPARED = frozenset({"timestamp", "capture_id"})
+COMPARED_FIELDS = _COMPARED | {"id"}  # what compare_with_store reads of an exported record
+# Store rows read at a time: a chunk of bodies (a few MB), whatever the size of the object compared.
+STORE_CHUNK = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -88,7 +96,7 @@ def compare_with_store(records: Iterable[Mapping[str, Any]], store: RecordReader
     stored: dict[int, Mapping[str, Any]] = {}
     after = low - 1
     while after < high:
-        rows = store.read_batch(after, min(5000, high - after), high)
+        rows = store.read_batch(after, min(STORE_CHUNK, high - after), high)
         if not rows:
             break
         for row in rows:
@@ -108,6 +116,26 @@ def compare_with_store(records: Iterable[Mapping[str, Any]], store: RecordReader
         else:
             check.differing.append(record_id)
     return check
+
+
+class SealedRows:
+    """The stored body of a record id when its row is sealed (store/seal.py: written by our own append, so
+    one well-formed record), else None. Rows are read ``STORE_CHUNK`` ids at a time from the first id
+    asked for, so that the ascending ids of an object read each row once."""
+
+    def __init__(self, store: RecordReader, seal: RecordSeal) -> None:
+        self.store = store
+        self.seal = seal
+        self.low, self.high = 1, 0
+        self.rows: dict[int, tuple[bytes, bytes | None]] = {}
+
+    def __call__(self, record_id: int) -> bytes | None:
+        if not self.low <= record_id <= self.high:
+            self.low, self.high = record_id, record_id + STORE_CHUNK - 1
+            self.rows = {row.id: (row.body, row.seal) for row in self.store.read_batch(record_id - 1, STORE_CHUNK,
+                                                                                       self.high)}
+        row = self.rows.get(record_id)
+        return row[0] if row is not None and self.seal.valid(*row) else None
 
 
 def _same(exported: Mapping[str, Any], stored: Mapping[str, Any]) -> bool:

@@ -220,6 +220,7 @@ class SQLiteStore:
                 if record_id not in hidden:
                     yield record_id
             after = last
+            del chunk, hidden  # not held while the next chunk is read: one chunk at a time
 
     # -- retention: one short write transaction per call (see store/base.py) ----------------------------
 
