@@ -22,6 +22,9 @@ from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import S3ObjectStore
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
+from capture_export.store.postgres import PostgresStore
+from tests.support.faultproxy import FaultProxy
+from tests.support.pg import TempPostgres
 
 from .identity_support import (
     HostileExporter,
@@ -302,3 +305,20 @@ def test_a_bucket_that_loses_every_probe_still_fails_the_connection_test(object_
         run_connection_test(LosesEverything(object_store), object_store.location.bucket,  # type: ignore[arg-type]
                             "llm/_capture-export/probes/default/usage")
     assert failure.value.reason == "ProbeNotReadBack"
+
+
+
+def test_a_runner_that_closes_its_postgres_store_hands_the_exporter_over_at_once(
+    pg_cluster: TempPostgres, pg_dsn: str
+) -> None:
+    """A runner stopping cleanly (Ctrl-C, a rollout) closes its store, and the next runner, started at once,
+    must find the exporter free. On a slow link the server ends a closed session well after the client has
+    returned from closing it: the exporter's lock must not live on with it."""
+    with FaultProxy(pg_cluster.port) as slow_link:
+        stopping = PostgresStore(pg_dsn.replace(f":{pg_cluster.port}/", f":{slow_link.port}/"))
+        starting = PostgresStore(pg_dsn)
+        assert stopping.lock_exporter("default/usage") is not None
+        slow_link.upload_delay = 0.5
+        stopping.close()
+        assert starting.lock_exporter("default/usage") is not None, "the closed store still holds the exporter"
+        starting.close()

@@ -96,7 +96,12 @@ class ExporterLocks:
                     self._drop_session()
 
     def close(self) -> None:
+        """Unlock before closing: the server ends a closed session a moment after the client returns, and a
+        runner taking over at once must find the exporter free."""
         with self._mutex:
+            if self._session is not None and not self._session.closed and self._held:
+                with contextlib.suppress(psycopg.Error):
+                    self._session.execute("SELECT pg_advisory_unlock_all()")
             self._drop_session()
 
 
