@@ -29,6 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from ..lifetime import end_with
+from .budget import return_large_blocks_at_once
 from .cgroup import available_cpus
 from .cgroup import memory_limit as container_memory_limit
 
@@ -65,10 +66,12 @@ class EncodePool:
             self._libraries.extend(module for module in modules if module not in self._libraries)
 
     def _start(self) -> ProcessPoolExecutor:
+        # This process now packs, pickles and receives batches: buffers of megabytes, given back at once.
+        return_large_blocks_at_once()
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([*PRELOAD, *self._libraries, FREEZE])
         # The workers' parent is the fork server, which lives as long as they do: each watches this process.
-        executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=end_with,
+        executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
                                        initargs=(os.getpid(),))
         # Stop the workers when the process exits, also when it is itself a multiprocessing child (which
         # exits without the interpreter's shutdown hooks, and would wait for its idle workers for ever);
@@ -92,6 +95,13 @@ class EncodePool:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+
+
+def _start_worker(parent: int) -> None:
+    """First thing in each worker: end with the exporting process ``parent``; large blocks freed by a batch
+    go back to the operating system at once (export/budget.py)."""
+    end_with(parent)
+    return_large_blocks_at_once()
 
 
 _pool: EncodePool | None = None
