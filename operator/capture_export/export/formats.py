@@ -501,8 +501,7 @@ PARQUET_CHUNK = 1000
 # size, its Arrow columns about its size, so each slice is built into Arrow arrays and its records let go
 # before the next is decoded (a worker's Python peak for a batch of 1,400 records: 32 MiB with whole row
 # groups of 1,000 decoded at once, 13 MiB with slices of 250; a worker's peak growth for a batch of 1,300
-# records 22 MiB with slices of 250, 16 with 100, at the same CPU per record; docs/benchmarks.md). A divisor
-# of PARQUET_CHUNK.
+# records 22 MiB with slices of 250, 16 with 100; docs/benchmarks.md). A divisor of PARQUET_CHUNK.
 PARQUET_SLICE = 100
 
 
