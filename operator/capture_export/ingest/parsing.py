@@ -7,14 +7,14 @@ from __future__ import annotations
 import gc
 import logging
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
 import zstandard
 
-from ..collector import cyclic_gc_paused
 from ..lifetime import end_with
 from ..store.records import encode_ordered
 from .errors import BadInput, TooLarge, UnsupportedMediaType
@@ -167,11 +167,29 @@ PARSERS: dict[str, tuple[Parse, bool]] = {
 }
 
 
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a body is parsed and encoded.
+
+    Parsing one request allocates tens of thousands of dicts and lists that all stay alive until their
+    records are encoded, so the collector would run over them again and again (and, once they are
+    promoted, over every object the process holds) to find nothing: they are trees, freed by reference
+    counting. Leave the pause only once they are freed (``prepare`` returns the rows from an inner call),
+    or the first allocation after it collects them all at once. Cycles made meanwhile (an exception's
+    traceback) are collected after the pause as usual."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def prepare(parse: Parse, allow_empty: bool, body: bytes, encoding: str,
             content_type: str, limits: IngestLimits) -> tuple[int, dict[str, Any], list[Row]]:
     """Decode, parse, check and encode one body: ``(ignored items, source facts, rows to commit)``."""
-    # The collector stays paused until the parsed records are freed (``_prepare`` returns the rows alone),
-    # or the first allocation after the pause would collect them all at once.
     with cyclic_gc_paused():
         return _prepare(parse, allow_empty, body, encoding, content_type, limits)
 

@@ -15,7 +15,6 @@ import botocore.exceptions
 from botocore.config import Config
 
 from ..api.vocabulary import Domain, Reason
-from ..collector import cyclic_gc_paused
 from ..redact import redact
 from .base import (
     PRECONDITION_FAILED,
@@ -209,11 +208,9 @@ class S3ObjectStore:
                             retries={"total_max_attempts": 2, "mode": "standard"})
         # A botocore session is not thread-safe; each store gets its own. botocore, not boto3: boto3's
         # client is botocore's, and importing boto3 also imports s3transfer and multiprocessing (~0.05 s
-        # of CPU at every start), which nothing here uses. The process's first client loads botocore's
-        # models (S3's, the endpoint rules: ~100,000 dicts and lists kept for the process's life): a third
-        # of the client's CPU was the garbage collector walking them, uselessly.
+        # of CPU at every start), which nothing here uses.
         try:
-            with _session_lock, cyclic_gc_paused():
+            with _session_lock:
                 self.session = botocore_session(access, region=location.region, now=now, sts_config=sts_config)
                 self._client = self.session.create_client("s3", config=config, endpoint_url=location.endpoint,
                                                           verify=verify)
