@@ -19,22 +19,25 @@ other workers running, so that batches wait and the process waits at exit for ev
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.util
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from concurrent.futures import BrokenExecutor, Future
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..lifetime import end_with
-from .budget import return_large_blocks_at_once
 from .cgroup import available_cpus
 from .cgroup import memory_limit as container_memory_limit
 
-__all__ = ["BrokenProcessPool", "EncodePool", "available_cpus", "configure_encode_pool", "encode_pool",
+if TYPE_CHECKING:  # multiprocessing is imported when a pool starts: a run of the default format never does
+    from concurrent.futures import ProcessPoolExecutor
+
+__all__ = ["BrokenPool", "EncodePool", "available_cpus", "configure_encode_pool", "encode_pool",
            "workers_for_memory"]
+
+# What a broken pool raises: concurrent.futures.process.BrokenProcessPool, caught by its base class so that
+# catching it does not import multiprocessing.
+BrokenPool = BrokenExecutor
 
 T = TypeVar("T")
 
@@ -66,6 +69,11 @@ class EncodePool:
             self._libraries.extend(module for module in modules if module not in self._libraries)
 
     def _start(self) -> ProcessPoolExecutor:
+        import multiprocessing.util
+        from concurrent.futures import ProcessPoolExecutor
+
+        from .budget import return_large_blocks_at_once
+
         # This process now packs, pickles and receives batches: buffers of megabytes, given back at once.
         return_large_blocks_at_once()
         context = multiprocessing.get_context("forkserver")
@@ -85,7 +93,7 @@ class EncodePool:
                 self._executor = self._start()
             try:
                 return self._executor.submit(function, *args)
-            except BrokenProcessPool:
+            except BrokenPool:
                 self._executor.shutdown(wait=False)
                 self._executor = self._start()
                 return self._executor.submit(function, *args)
@@ -100,6 +108,8 @@ class EncodePool:
 def _start_worker(parent: int) -> None:
     """First thing in each worker: end with the exporting process ``parent``; large blocks freed by a batch
     go back to the operating system at once (export/budget.py)."""
+    from .budget import return_large_blocks_at_once
+
     end_with(parent)
     return_large_blocks_at_once()
 
