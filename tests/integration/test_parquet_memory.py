@@ -35,12 +35,15 @@ def _tree_pss() -> int:
 
 
 def _export_parquet(store_path: str, endpoint: str, keys: tuple[str, str], bucket: str, conn: Any) -> None:
-    """In a fresh process (as the operator's, with the encode pool sized to the machine): export the store
-    as Parquet at ``limit: 10000`` and send back the rows exported and the tree's peak PSS, sampled every
-    0.05 s."""
+    """In a fresh process (as the operator's, with two encode workers whatever this machine has): export the
+    store as Parquet at ``limit: 10000`` and send back the rows exported and the tree's peak PSS, sampled
+    every 0.05 s."""
     from capture_export.api import S3ExporterSpec
     from capture_export.export import Cursor, ExportEngine, ExporterId
+    from capture_export.export.pool import configure_encode_pool
     from capture_export.objectstore import Credentials, S3Location, S3ObjectStore
+
+    configure_encode_pool(2)  # the goal's pod of 2 CPUs, whatever this machine has
 
     spec = S3ExporterSpec.model_validate({"bucket": bucket, "region": "us-east-1", "endpoint": endpoint,
                                           "prefix": "mem", "limit": 10_000, "format": "parquet"})
