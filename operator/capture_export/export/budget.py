@@ -48,6 +48,7 @@ __all__ = [
     "parse_size",
     "release_freed_memory",
     "reserved_bytes",
+    "return_large_blocks_at_once",
     "share_fewer_malloc_arenas",
 ]
 
@@ -271,7 +272,8 @@ def memory_budget() -> MemoryBudget:
 # flight hold. Two glibc calls keep the RSS near what is live: fewer arenas, and trimming after each batch.
 # Elsewhere (musl, macOS) both do nothing.
 
-_M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
+_M_ARENA_MAX = -8  # mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
 _libc: ctypes.CDLL | bool | None = None
 
 
@@ -296,6 +298,19 @@ def share_fewer_malloc_arenas(arenas: int = 2) -> None:
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_M_ARENA_MAX, arenas)
+
+
+def return_large_blocks_at_once(threshold: int = 256 << 10) -> None:
+    """Have malloc map every block of ``threshold`` bytes or more on its own, so that freeing it gives it
+    back to the operating system at once. glibc otherwise raises this threshold (up to 32 MiB) each time
+    such a block is freed, and a batch's large buffers (Arrow's columns and pages, a payload and its pickle)
+    then come from the arenas, where they fragment the heap until the trim after the batch: measured, an
+    encode worker's peak for a Parquet batch of 1,300 records 4-6 MiB lower, the exporting process's 7
+    (docs/benchmarks.md). For the processes of the encode pool, whose batches are all such buffers (a batch's
+    packed rows, its pickle, the payload), and the process that sends them there."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
 def release_freed_memory() -> None:

@@ -360,12 +360,10 @@ _NO_PYARROW = ("format parquet needs pyarrow, which is not installed here: insta
 
 
 def _pyarrow() -> Any:
+    """pyarrow, loaded as export/arrow.py says (malloc as Arrow's allocator, the writer alone)."""
     try:
+        importlib.import_module(".arrow", __package__)  # first: it chooses Arrow's allocator
         import pyarrow
-        try:
-            import pyarrow._parquet  # the writer alone (see _parquet_writer)
-        except ImportError:
-            import pyarrow.parquet
     except ImportError:
         raise FormatUnavailable(_NO_PYARROW) from None
     return pyarrow
@@ -502,8 +500,9 @@ PARQUET_CHUNK = 1000
 # Records decoded at a time: a decoded record (Python dicts and strings) takes several times its stored
 # size, its Arrow columns about its size, so each slice is built into Arrow arrays and its records let go
 # before the next is decoded (a worker's Python peak for a batch of 1,400 records: 32 MiB with whole row
-# groups of 1,000 decoded at once, 13 MiB with slices of 250; docs/benchmarks.md). A divisor of PARQUET_CHUNK.
-PARQUET_SLICE = 250
+# groups of 1,000 decoded at once, 13 MiB with slices of 250; a worker's peak growth for a batch of 1,300
+# records 22 MiB with slices of 250, 16 with 100; docs/benchmarks.md). A divisor of PARQUET_CHUNK.
+PARQUET_SLICE = 100
 
 
 class _Extras:
@@ -911,7 +910,7 @@ FORMATS: dict[str, FormatInfo] = {
             working_memory=1.5,
             fixed_working_memory=64 << 20,
             library_memory=36 << 20,
-            library_modules=("pyarrow", "pyarrow._parquet"),
+            library_modules=("capture_export.export.arrow",),
         ),
     )
 }

@@ -72,10 +72,14 @@ class EncodePool:
         import multiprocessing.util
         from concurrent.futures import ProcessPoolExecutor
 
+        from .budget import return_large_blocks_at_once
+
+        # This process now packs, pickles and receives batches: buffers of megabytes, given back at once.
+        return_large_blocks_at_once()
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([*PRELOAD, *self._libraries, FREEZE])
         # The workers' parent is the fork server, which lives as long as they do: each watches this process.
-        executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=end_with,
+        executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
                                        initargs=(os.getpid(),))
         # Stop the workers when the process exits, also when it is itself a multiprocessing child (which
         # exits without the interpreter's shutdown hooks, and would wait for its idle workers for ever);
@@ -99,6 +103,15 @@ class EncodePool:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+
+
+def _start_worker(parent: int) -> None:
+    """First thing in each worker: end with the exporting process ``parent``; large blocks freed by a batch
+    go back to the operating system at once (export/budget.py)."""
+    from .budget import return_large_blocks_at_once
+
+    end_with(parent)
+    return_large_blocks_at_once()
 
 
 _pool: EncodePool | None = None
