@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from capture_export.local_s3 import LocalS3
-from capture_export.store.record_types import exact_micros
+from capture_export.store.records import timestamp_micros
 from tests.support.trust import (
     ExporterCase,
     GatewayDB,
@@ -171,7 +171,7 @@ def _insert(db: GatewayDB, rows: list[CorpusRow], own_id: int) -> dict[int, Corp
     by_id: dict[int, CorpusRow] = {}
     for row in rows:
         body = build(row.record)
-        ts_us = exact_micros(row.record["timestamp"])  # the row's time is its record's (store contract)
+        ts_us = timestamp_micros(row.record["timestamp"])  # the row's time is its record's (store contract)
         if row.insert == "stripped-flag":
             record_id = db.insert_with(ts_us, body, {"stripped": 1})
         elif row.insert == "copied-columns":

@@ -14,7 +14,7 @@ from capture_export.objectstore import Credentials, S3Location, S3ObjectStore
 from capture_export.seed import generate_records
 from capture_export.status.conditions import get_condition
 from capture_export.store import SQLiteStore, with_id
-from capture_export.store.record_types import exact_micros
+from capture_export.store.records import timestamp_micros
 
 EXPORTER = ExporterId("default", "usage")
 
@@ -103,7 +103,7 @@ def test_credential_headers_never_reach_an_export(
     foreign["capture"] = {"request": {"headers": {"Authorization": "Bearer sk-live-123", "X-API-KEY": "k-456"}},
                           "response": {"headers": [["set-cookie", "sid=789"]]}}
     sqlite_store._conn.execute("INSERT INTO captures (ts_us, body) VALUES (?, ?)",
-                               (exact_micros(foreign["timestamp"]), cbor2.dumps({k: v for k, v in foreign.items()})))
+                               (timestamp_micros(foreign["timestamp"]), cbor2.dumps(dict(foreign))))
     ExportEngine(spec_for(s3_server, bucket, limit=1000), EXPORTER, sqlite_store, object_store).run(Cursor())
     everything = b"".join(
         zstandard.ZstdDecompressor().decompressobj().decompress(object_store.get(k)) for k in data_keys(object_store)

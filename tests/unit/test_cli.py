@@ -284,3 +284,16 @@ def test_every_ingest_limit_is_an_option_of_the_ingest_server_and_of_the_operato
             argv += [f"--{prefix}{name.replace('_', '-')}", value]
         parsed = ingest_limits(build_parser().parse_args(argv))
         assert {name: str(getattr(parsed, name)) for name in limits} == values, command
+
+
+def test_status_shows_how_much_a_long_purge_has_left() -> None:
+    """A purge that goes on over several runs (status.purgeInProgress) shows what remains, as kubectl does."""
+    policy = STATE["RetentionPolicy/default/keep-30-days"]
+    purging = {**STATE, "RetentionPolicy/default/keep-30-days": {
+        **policy, "purgeInProgress": {"started": "2026-11-24T11:00:00Z", "purged": 1200000, "softDeleted": 0,
+                                      "remaining": 3400000, "ratePerSecond": 5000.0,
+                                      "updated": "2026-11-24T12:00:00Z"}}}
+    policies = render_tables(state_objects(purging)).split("\n\n")[1].splitlines()
+    header, row = policies[0], policies[1]
+    assert "REMAINING" in header.split()
+    assert row[header.index("REMAINING"):].split()[0] == "3400000"

@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import cbor2
 import pytest
 
 from capture_export.store.check import check_foreign
-from capture_export.store.record_types import exact_micros
 from capture_export.store.records import (
     CREDENTIAL_HEADERS,
     CorruptRecord,
     decode_sequence,
     encode_body,
+    timestamp_micros,
     with_id,
 )
 from tests.support.records import make_record
@@ -78,7 +80,7 @@ def test_rows_from_our_append_are_sealed_and_foreign_rows_are_checked(tmp_path) 
     store = SQLiteStore(tmp_path / "s.sqlite")
     store.append([make_record(1)])
     foreign = {k: v for k, v in make_record(2).items()}
-    ts_us = exact_micros(foreign["timestamp"])
+    ts_us = timestamp_micros(foreign["timestamp"])
     store._conn.execute("INSERT INTO captures (ts_us, body) VALUES (?, ?)", (ts_us, cbor2.dumps(foreign)))
     # A writer that copies our row's seal onto its own body gains nothing: the seal covers the body.
     store._conn.execute("INSERT INTO captures (ts_us, body, seal) SELECT ?, ?, seal FROM captures WHERE id = 1",
@@ -164,3 +166,16 @@ def test_our_append_refuses_a_known_field_of_the_wrong_type(tmp_path, changes: d
         assert store.read_batch(0, 10) == []
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("moment", [
+    datetime(2040, 3, 3, 15, 15, 39, 27856, tzinfo=UTC),
+    datetime(2107, 1, 26, 14, 41, 11, 827287, tzinfo=UTC),
+    datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+])
+def test_a_row_s_time_is_its_record_s_exact_microsecond(moment: datetime) -> None:
+    """A float's rounding put these a microsecond off, so a row's ts_us was not its record's timestamp."""
+    record = make_record(1)
+    record["timestamp"] = moment
+    ts_us, _ = encode_body(record)
+    assert ts_us == (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)

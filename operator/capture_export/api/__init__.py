@@ -78,6 +78,7 @@ RETENTIONPOLICY = KindInfo(
         {"name": "Limited By", "type": "string", "jsonPath": ".status.gate.limitingExporter"},
         {"name": "Bound", "type": "string", "jsonPath": ".status.gate.bound"},
         {"name": "Purged", "type": "integer", "jsonPath": ".status.totals.purged"},
+        {"name": "Remaining", "type": "integer", "jsonPath": ".status.purgeInProgress.remaining"},
         {"name": "Last Purge", "type": "date", "jsonPath": ".status.lastPurge"},
         {"name": "Reason", "type": "string", "priority": 1,
          "jsonPath": '.status.conditions[?(@.type=="GateOpen")].reason'},

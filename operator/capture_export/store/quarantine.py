@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from .base import QuarantinedRecord, QuarantineStore, StoreError
 from .check import check_foreign_record, outline
-from .record_types import exact_micros
+from .record_types import timestamp_micros
 
 __all__ = ["list_lines", "release", "show_lines"]
 
@@ -66,4 +66,4 @@ def release(store: QuarantineStore, record_id: int, body: bytes | None = None) -
     dated by its record's own time."""
     row = _row(store, record_id)
     record, checked = check_foreign_record(record_id, row.body if body is None else body)
-    return store.release(record_id, checked, exact_micros(record["timestamp"]))
+    return store.release(record_id, checked, timestamp_micros(record["timestamp"]))

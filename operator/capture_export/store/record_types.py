@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from uuid import UUID
 
-__all__ = ["COUNT_LIMIT", "FIELDS", "TIMESTAMP_TOLERANCE_US", "FieldProblem", "exact_micros", "timestamp_problem",
+__all__ = ["COUNT_LIMIT", "FIELDS", "TIMESTAMP_TOLERANCE_US", "FieldProblem", "timestamp_micros", "timestamp_problem",
            "type_problem"]
 
 # A row's ts_us and its body's timestamp may differ by less than this (a float's rounding, a clock read
@@ -136,14 +136,17 @@ def type_problem(record: Mapping[str, Any]) -> FieldProblem | None:
     return None
 
 
-def exact_micros(moment: datetime) -> int:
-    """An aware datetime in whole microseconds since the epoch, without a float's rounding."""
+def timestamp_micros(moment: datetime) -> int:
+    """An aware datetime in whole microseconds since the epoch (a row's ``ts_us``), without a float's
+    rounding: ``int(moment.timestamp() * 1e6)`` is a microsecond off for some times."""
+    if moment.tzinfo is None:
+        raise ValueError("record timestamp must be timezone-aware (UTC)")
     return (moment - _EPOCH) // _MICROSECOND
 
 
 def timestamp_problem(record: Mapping[str, Any], timestamp_us: int) -> str | None:
     """Why the row's ``ts_us`` is not its record's ``timestamp`` (already checked by ``type_problem``)."""
-    difference = abs(exact_micros(record["timestamp"]) - timestamp_us)
+    difference = abs(timestamp_micros(record["timestamp"]) - timestamp_us)
     if difference < TIMESTAMP_TOLERANCE_US:
         return None
     return (f"the row's ts_us is not the body's timestamp (they differ by {difference / 1e6:.3f} s; ts_us must be "

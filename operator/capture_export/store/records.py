@@ -18,7 +18,7 @@ from typing import Any
 import cbor2
 
 from .credentials import CREDENTIAL_HEADERS, DEFAULT_POLICY
-from .record_types import type_problem
+from .record_types import timestamp_micros, type_problem
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -68,12 +68,6 @@ def strip_credentials(record: dict[str, Any]) -> bool:
     """Remove every credential from a decoded record in place (store/credentials.py has the rules);
     return whether anything was removed."""
     return DEFAULT_POLICY.strip(record)
-
-
-def timestamp_micros(value: datetime) -> int:
-    if value.tzinfo is None:
-        raise ValueError("record timestamp must be timezone-aware (UTC)")
-    return int(value.timestamp() * 1_000_000)
 
 
 def encode_body(record: Mapping[str, Any]) -> tuple[int, bytes]:
