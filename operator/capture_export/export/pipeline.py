@@ -26,7 +26,7 @@ from ..store import StoredRecord
 from .batch import BatchFailure, EncodedBatch, PackedRows, SentOnce, encode_in_worker, encode_rows
 from .budget import Reservation, release_freed_memory
 from .model import Cursor, ExportFailure, PreparedBatch
-from .pool import BrokenProcessPool
+from .pool import BrokenPool
 
 if TYPE_CHECKING:
     from .engine import ExportEngine
@@ -140,7 +140,7 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
             encoded = future.result()
         except BatchFailure as failure:
             raise export_failure(failure) from None
-        except (BrokenProcessPool, CancelledError):
+        except (BrokenPool, CancelledError):
             raise ExportFailure(Reason.ENCODE_FAILED, f"the encoder process of records {first.id}-{last.id} "
                                 "died (killed or out of memory); retrying", domain=Domain.FORMAT,
                                 transient=True) from None

@@ -19,21 +19,25 @@ other workers running, so that batches wait and the process waits at exit for ev
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.util
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from concurrent.futures import BrokenExecutor, Future
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..lifetime import end_with
 from .cgroup import available_cpus
 from .cgroup import memory_limit as container_memory_limit
 
-__all__ = ["BrokenProcessPool", "EncodePool", "available_cpus", "configure_encode_pool", "encode_pool",
+if TYPE_CHECKING:  # multiprocessing is imported when a pool starts: a run of the default format never does
+    from concurrent.futures import ProcessPoolExecutor
+
+__all__ = ["BrokenPool", "EncodePool", "available_cpus", "configure_encode_pool", "encode_pool",
            "workers_for_memory"]
+
+# What a broken pool raises: concurrent.futures.process.BrokenProcessPool, caught by its base class so that
+# catching it does not import multiprocessing.
+BrokenPool = BrokenExecutor
 
 T = TypeVar("T")
 
@@ -65,6 +69,9 @@ class EncodePool:
             self._libraries.extend(module for module in modules if module not in self._libraries)
 
     def _start(self) -> ProcessPoolExecutor:
+        import multiprocessing.util
+        from concurrent.futures import ProcessPoolExecutor
+
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([*PRELOAD, *self._libraries, FREEZE])
         # The workers' parent is the fork server, which lives as long as they do: each watches this process.
@@ -82,7 +89,7 @@ class EncodePool:
                 self._executor = self._start()
             try:
                 return self._executor.submit(function, *args)
-            except BrokenProcessPool:
+            except BrokenPool:
                 self._executor.shutdown(wait=False)
                 self._executor = self._start()
                 return self._executor.submit(function, *args)

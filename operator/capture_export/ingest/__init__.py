@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 from .errors import BadInput, IngestRefused, Overloaded, StoreUnavailable, TooLarge
-from .parsing import IngestLimits
+from .limits import IngestLimits
 
 # Imported on first use: a parsing process imports only the parsers (no aiohttp, no metrics).
 _LAZY = {"TokenFile": ".auth", "litellm_record": ".litellm", "parse_litellm": ".litellm",

@@ -1,4 +1,4 @@
-"""The object-store seam (put, get, list, delete, check) and its boto3 implementation."""
+"""The object-store seam (put, get, list, delete, check) and its botocore implementation."""
 
 from __future__ import annotations
 

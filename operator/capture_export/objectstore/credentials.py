@@ -1,5 +1,5 @@
 """Where object-store credentials come from: the one place that turns a resource's ``secretRef``,
-``roleArn`` and TLS trust into what a boto3 client signs and verifies with.
+``roleArn`` and TLS trust into what a botocore client signs and verifies with.
 
 Every caller (the export cycle, the retention gate, ``capture-export verify``, the demo) resolves through
 :class:`CredentialResolver`. A resource without ``secretRef`` gets ``None`` base credentials: the SDK's
@@ -14,7 +14,7 @@ value holding a control character (the trailing newline of ``echo token | base64
 header that the client library refuses with an error message quoting it. :func:`secret_value` applies
 the same rules to any key (a store's DSN).
 
-With ``roleArn``, :func:`boto3_session` assumes the role on top of the base credentials with botocore's
+With ``roleArn``, :func:`botocore_session` assumes the role on top of the base credentials with botocore's
 own refreshable credentials: the first request assumes it, and a request made when a quarter of the
 session's lifetime (at most 15 minutes) is left renews it. The session's lifetime is measured on the
 worker's clock from the moment STS answered, so a skewed pod clock does not renew too late.
@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-import boto3
 import botocore.credentials
 import botocore.session
 from botocore.config import Config
@@ -48,7 +47,7 @@ __all__ = [
     "CredentialResolver",
     "CredentialsError",
     "SecretSource",
-    "boto3_session",
+    "botocore_session",
     "credentials_from_environment",
     "credentials_from_secret",
     "default_session_name",
@@ -255,16 +254,16 @@ def _session() -> botocore.session.Session:
     return session
 
 
-def boto3_session(access: S3Access, *, region: str, now: Callable[[], datetime] | None = None,
-                  sts_config: Config | None = None) -> boto3.session.Session:
-    """A boto3 session signing with ``access``: its base credentials (or the default chain), and its role
+def botocore_session(access: S3Access, *, region: str, now: Callable[[], datetime] | None = None,
+                     sts_config: Config | None = None) -> botocore.session.Session:
+    """A botocore session signing with ``access``: its base credentials (or the default chain), and its role
     assumed on top when it has one. ``now`` is the clock that times the role's renewals."""
     base = _session()
     if access.credentials is not None:
         c = access.credentials
         base.set_credentials(c.access_key_id, c.secret_access_key, c.session_token)
     if access.role is None:
-        return boto3.session.Session(botocore_session=base)
+        return base
     clock = now or (lambda: datetime.now(UTC))
     # AWS_ENDPOINT_URL_STS (a VPC endpoint, or a local STS in tests) is honoured by botocore here.
     sts = base.create_client("sts", region_name=region, config=sts_config)
@@ -292,4 +291,4 @@ def boto3_session(access: S3Access, *, region: str, now: Callable[[], datetime] 
     session = _session()
     session.register_component("credential_provider",
                                botocore.credentials.CredentialResolver([_StaticProvider(credentials)]))
-    return boto3.session.Session(botocore_session=session)
+    return session
