@@ -349,7 +349,12 @@ def test_bodies_held_at_once_are_bounded_in_bytes(tmp_path: Path) -> None:
     with ingest_server(store_path, tmp_path, limits=limits) as ingest:
         port = int(ingest.url.rsplit(":", 1)[1])
         first = _stalled_upload(port, 600_000, 900_000)
-        time.sleep(0.5)  # the server holds its 600 kB
+        # The server holds its 600 kB before the second one comes (a fixed 0.5 s was not always enough for a
+        # server starved of CPU: it read part of the first, took the second, and the first was refused).
+        deadline = time.monotonic() + 30
+        while ingest.server.bodies.held < 600_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ingest.server.bodies.held == 600_000
         second = _stalled_upload(port, 600_000, 900_000)
         head = second.recv(200)
         assert head.startswith(b"HTTP/1.1 503"), head
