@@ -32,6 +32,7 @@ from .cgroup import memory_limit as container_memory_limit
 
 __all__ = [
     "ALLOCATOR_OVERHEAD",
+    "BATCH_REUSE_BYTES",
     "DEFAULT_BUDGET_BYTES",
     "MIN_BUDGET_BYTES",
     "POOL_RESERVED_BYTES",
@@ -44,6 +45,7 @@ __all__ = [
     "budget_for_memory_limit",
     "configure_memory_budget",
     "container_memory_limit",
+    "freed_memory_held",
     "memory_budget",
     "parse_size",
     "release_freed_memory",
@@ -269,12 +271,26 @@ def memory_budget() -> MemoryBudget:
 # A batch's rows are thousands of small objects that glibc's malloc carves from its arenas; once freed, the
 # memory stays in the arena for reuse. With a dozen threads (cycles, readers, encoders) each filling its own
 # arena, the process's RSS grows to the sum of every arena's high-water mark, far above what the batches in
-# flight hold. Two glibc calls keep the RSS near what is live: fewer arenas, and trimming after each batch.
-# Elsewhere (musl, macOS) both do nothing.
+# flight hold. Two glibc calls keep the RSS near what is live: fewer arenas, and trimming after batches.
+# The exporting process keeps up to ``BATCH_REUSE_BYTES`` of freed memory for its next batch: trimming
+# every batch only for the next to fault the same pages in again cost the default export a sixth of its CPU
+# (1.35 minor page faults per record; docs/benchmarks.md). Encode workers trim after every batch.
+# Elsewhere (musl, macOS) all of this does nothing.
 
 _M_ARENA_MAX = -8  # mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
 _libc: ctypes.CDLL | bool | None = None
+# Freed memory the exporting process keeps for its next batch: a few batches of the default limit (~3.5 MB
+# of rows and their frame each), within the headroom of PROCESS_RESERVED_BYTES.
+BATCH_REUSE_BYTES = 16 * MiB
+# Freed memory malloc held right after the last trim: pages a trim has already given back (glibc's
+# malloc_trim returns free pages inside the heap but still counts them as free).
+_held_after_trim = 0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -287,6 +303,7 @@ def _glibc() -> ctypes.CDLL | None:
                 libc.malloc_trim  # noqa: B018 - glibc only
                 libc.mallopt  # noqa: B018
                 _libc = libc
+                libc.mallinfo2.restype = _MallInfo2  # glibc 2.33 and later; before, every release trims
             except (OSError, AttributeError):
                 pass
     return _libc if isinstance(_libc, ctypes.CDLL) else None
@@ -313,12 +330,28 @@ def return_large_blocks_at_once(threshold: int = 256 << 10) -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
-def release_freed_memory() -> None:
+def freed_memory_held() -> int | None:
+    """Bytes freed but held by malloc, in all its arenas (None where glibc cannot tell)."""
+    libc = _glibc()
+    try:
+        return libc.mallinfo2().fordblks if libc is not None else None
+    except AttributeError:
+        return None
+
+
+def release_freed_memory(keep: int = 0) -> None:
     """Give memory freed by a finished batch back to the operating system (malloc's arenas, and Arrow's
-    memory pool in a worker that wrote Parquet)."""
+    memory pool in a worker that wrote Parquet), unless malloc holds at most ``keep`` bytes more of it than
+    after the last trim."""
+    global _held_after_trim
     libc = _glibc()
     if libc is not None:
-        libc.malloc_trim(0)
+        held = freed_memory_held() if keep else None
+        if held is not None and held - _held_after_trim <= keep:
+            _held_after_trim = min(_held_after_trim, held)
+        else:
+            libc.malloc_trim(0)
+            _held_after_trim = freed_memory_held() or 0
     # Only once pyarrow is fully imported (another thread may be importing it right now).
     pool = getattr(sys.modules.get("pyarrow"), "default_memory_pool", None)
     if pool is not None:

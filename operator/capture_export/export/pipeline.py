@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ..api.vocabulary import Domain, Reason
 from ..store import StoredRecord
 from .batch import BatchFailure, EncodedBatch, PackedRows, SentOnce, encode_in_worker, encode_rows
-from .budget import Reservation, release_freed_memory
+from .budget import BATCH_REUSE_BYTES, Reservation, release_freed_memory
 from .model import Cursor, ExportFailure, PreparedBatch
 from .pool import BrokenPool
 
@@ -131,7 +131,7 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
         if not done.cancelled() and done.exception() is None:
             payload = done.result().payload
             on_encoded(len(payload) if payload is not None else 0)
-        release_freed_memory()  # the rows and the encoder's working memory, freed now
+        release_freed_memory(keep=BATCH_REUSE_BYTES)  # the rows and the encoder's working memory, freed now
 
     future.add_done_callback(encoded)
 
@@ -224,8 +224,9 @@ class PreparePipeline:
                     in_flight = _InFlight(finish, reservation, cancel)
                 del item
                 # A pooled batch's rows are packed and gone: ten thousand freed blocks that malloc would keep
-                # in its arenas (measured: 213 MiB held with eight exporters) until the next commit trims.
-                release_freed_memory()
+                # in its arenas (measured: 213 MiB held with eight exporters) until the next commit trims,
+                # beyond what the next batch reuses.
+                release_freed_memory(keep=BATCH_REUSE_BYTES)
                 self._queue.put(in_flight)
                 started, cpu_started = time.perf_counter(), time.thread_time()
             self._queue.put(None)
@@ -263,7 +264,7 @@ class PreparePipeline:
         if item.reservation is not None:
             item.reservation.release()
         self._slots.release()
-        release_freed_memory()
+        release_freed_memory(keep=BATCH_REUSE_BYTES)
 
     def close(self) -> None:
         self._stop.set()
