@@ -1,7 +1,7 @@
 """What the exporting process does with the memory of a committed batch: a batch of the default format reads
 ~3.5 MB of rows at ``limit: 1000``, and giving all of it back to the operating system after every batch
-only to fault it in again for the next one cost the default export a sixth of its CPU (issue 13: minor page
-faults and system time, 1.35 faults per record). Memory is still given back beyond a small reserve, so
+only to fault it in again for the next one cost the default export 10-14% of its CPU (issue 13: minor page
+faults and system time, 1.2-1.35 faults per record). Memory is still given back beyond a small reserve, so
 that a burst does not stay with the process."""
 
 from __future__ import annotations

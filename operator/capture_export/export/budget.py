@@ -45,7 +45,6 @@ __all__ = [
     "budget_for_memory_limit",
     "configure_memory_budget",
     "container_memory_limit",
-    "freed_memory_held",
     "memory_budget",
     "parse_size",
     "release_freed_memory",
@@ -273,8 +272,8 @@ def memory_budget() -> MemoryBudget:
 # arena, the process's RSS grows to the sum of every arena's high-water mark, far above what the batches in
 # flight hold. Two glibc calls keep the RSS near what is live: fewer arenas, and trimming after batches.
 # The exporting process keeps up to ``BATCH_REUSE_BYTES`` of freed memory for its next batch: trimming
-# every batch only for the next to fault the same pages in again cost the default export a sixth of its CPU
-# (1.35 minor page faults per record; docs/benchmarks.md). Encode workers trim after every batch.
+# every batch only for the next to fault the same pages in again cost the default export 10-14% of its CPU
+# (1.2-1.35 minor page faults per record; docs/benchmarks.md). Encode workers trim after every batch.
 # Elsewhere (musl, macOS) all of this does nothing.
 
 _M_ARENA_MAX = -8  # mallopt parameters (malloc.h)
@@ -330,7 +329,7 @@ def return_large_blocks_at_once(threshold: int = 256 << 10) -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
-def freed_memory_held() -> int | None:
+def _freed_memory_held() -> int | None:
     """Bytes freed but held by malloc, in all its arenas (None where glibc cannot tell)."""
     libc = _glibc()
     try:
@@ -346,12 +345,12 @@ def release_freed_memory(keep: int = 0) -> None:
     global _held_after_trim
     libc = _glibc()
     if libc is not None:
-        held = freed_memory_held() if keep else None
+        held = _freed_memory_held() if keep else None
         if held is not None and held - _held_after_trim <= keep:
             _held_after_trim = min(_held_after_trim, held)
         else:
             libc.malloc_trim(0)
-            _held_after_trim = freed_memory_held() or 0
+            _held_after_trim = _freed_memory_held() or 0
     # Only once pyarrow is fully imported (another thread may be importing it right now).
     pool = getattr(sys.modules.get("pyarrow"), "default_memory_pool", None)
     if pool is not None:
