@@ -61,7 +61,8 @@ def apiserver(kube_binaries: Path) -> Iterator[TempApiServer]:
 
 
 def apply_crds(server: TempApiServer) -> list[dict[str, Any]]:
-    """Create (or replace) the CRDs from ``crds/`` and wait until each is Established; the served objects."""
+    """Create (or replace) the CRDs from ``crds/`` and wait until each is Established and its kind is served;
+    the CRD objects as stored."""
     with kubernetes.client.ApiClient(server.configuration()) as client:
         extensions = kubernetes.client.ApiextensionsV1Api(client)
         names = []
@@ -86,7 +87,23 @@ def apply_crds(server: TempApiServer) -> list[dict[str, Any]]:
                     return None
             return served
 
-        return wait_for(established, 60, 0.2, what="CRDs Established")
+        stored = wait_for(established, 60, 0.2, what="CRDs Established")
+        # Established says the CRD's storage is ready, not that requests reach it: the API group's route is
+        # registered apart (kube-aggregator's autoregister), and until then a request gets 404 page not found.
+        wait_for(lambda: _served(client), 120, 0.2, what="our kinds served")
+        return stored
+
+
+def _served(client: kubernetes.client.ApiClient) -> bool:
+    custom = kubernetes.client.CustomObjectsApi(client)
+    for plural in PLURALS:
+        try:
+            custom.list_cluster_custom_object(GROUP, VERSION, plural, limit=1)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+    return True
 
 
 @pytest.fixture(scope="session")
