@@ -8,6 +8,7 @@ local JSON file, written after every committed batch. Ctrl-C stops after the bat
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import signal
@@ -130,6 +131,45 @@ class StateFile:
 Exporter = Scheduled[ExporterWorker, S3ExporterStatus]
 
 
+class LessCollection:
+    """Spares an export the garbage collector's work on what will not be garbage, from ``start`` (the
+    engine ready: client made, connection tested) to ``end`` (the cycle over). Measured on 100,000
+    records of ``run --once``: ~0.15 s of CPU in full collections and ~0.06 s in young ones, in the
+    reader and encode threads.
+
+    * Every object alive at the start is put out of the collector's reach (``gc.freeze``): what start-up
+      made (botocore's S3 model and client, pydantic's schemas, the modules) outlives the export, and
+      each full collection would walk all of it again. Reference counting still frees frozen objects.
+    * The youngest generation is collected after 7,000 new container objects instead of 700: a batch
+      makes and drops thousands of rows, which reference counting frees.
+
+    ``end`` undoes both (``gc.unfreeze``, unless something had frozen objects before; the thresholds as
+    they were), so that a cycle among the frozen objects that became garbage is collected after all. Both
+    are process-wide: the runner uses it only while nothing else runs (its turns are one at a time)."""
+
+    YOUNGEST_THRESHOLD = 7000
+
+    def __init__(self) -> None:
+        self._thresholds: tuple[int, int, int] | None = None
+        self._unfreeze = False
+
+    def start(self) -> None:
+        if self._thresholds is not None:
+            return
+        self._thresholds = gc.get_threshold()
+        self._unfreeze = gc.get_freeze_count() == 0
+        gc.freeze()
+        gc.set_threshold(self.YOUNGEST_THRESHOLD, *self._thresholds[1:])
+
+    def end(self) -> None:
+        if self._thresholds is None:
+            return
+        gc.set_threshold(*self._thresholds)
+        if self._unfreeze:
+            gc.unfreeze()
+        self._thresholds = None
+
+
 class Progress:
     """Prints a progress line at most every ``every`` seconds while a backlog drains."""
 
@@ -196,6 +236,8 @@ class StandaloneRunner:
                     item.state_problem = (f"state file {self.state.path} entry {item.state_key} is not valid "
                                           f"({problems})")
         self.outcomes: dict[str, CycleOutcome] = {}
+        self.collect_less_during_export = False  # run_once: see LessCollection
+        self._less_collection = LessCollection()
         self.state_failures = 0  # state-file writes that failed (each printed; --once then exits 1)
         self.schedule = Schedule(self.stop_event, out, self._contained)
         self.schedule.add(self.exporters, self._exporter_turn)  # first: --once purges what it exported
@@ -253,14 +295,18 @@ class StandaloneRunner:
             self.state.put(item.state_key, item.status.model_dump(mode="json", by_alias=True))
             progress.batch(ref, done, exported, started)
 
-        outcome = item.worker.cycle(
-            spec,
-            item.status,
-            generation=item.resource.generation,
-            reset_token=reset_token,
-            should_stop=self.stop_event.is_set,
-            on_batch=on_batch,
-        )
+        try:
+            outcome = item.worker.cycle(
+                spec,
+                item.status,
+                generation=item.resource.generation,
+                reset_token=reset_token,
+                should_stop=self.stop_event.is_set,
+                on_batch=on_batch,
+                before_export=self._less_collection.start if self.collect_less_during_export else None,
+            )
+        finally:
+            self._less_collection.end()
         item.status = outcome.status
         if item.status.cursor != "0":  # a state file older than the record of destinations too
             self._record_destination(item)
@@ -345,6 +391,7 @@ class StandaloneRunner:
 
     def run_once(self) -> bool:
         """One cycle of every exporter, then of every policy. Returns True when all succeeded."""
+        self.collect_less_during_export = True
         return self.schedule.run_once() and not self.state_failures
 
     def run_forever(self) -> None:
