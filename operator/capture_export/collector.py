@@ -20,7 +20,8 @@ class LessCollection:
     the ~86,000 it made. ``start`` (the engine ready: client made, connection tested, cursor recovered):
     every object alive is put out of the collector's reach (``gc.freeze``; reference counting still frees
     them), the youngest generation is collected after 7,000 new container objects instead of 700, and
-    the collector is on again. ``end`` (the cycle over) undoes all of it (``gc.unfreeze``, unless something
+    the collector is on again. ``end`` (the exporter's turn over, or a policy's about to begin: a purge
+    is never left without the collector) undoes all of it (``gc.unfreeze``, unless something
     had frozen objects before; the thresholds as they were), so that cycles among the frozen objects that
     became garbage are collected after all, and a runner that exports in-process (a test, an embedding
     program) gets its collector back as it was.

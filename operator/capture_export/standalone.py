@@ -29,7 +29,7 @@ from .collector import LessCollection
 from .export import BatchResult, ExporterId, ExportFailure
 from .export.cycle import CycleOutcome, ExporterWorker
 from .export.model import unexpected_failure
-from .retention.standalone import PolicyTurns
+from .retention.standalone import Policy, PolicyTurns
 from .schedule import Schedule, Scheduled
 from .status.conditions import get_condition
 from .status.exporter import Event, StatusUpdate, cursor_position, guard_cursor
@@ -205,7 +205,7 @@ class StandaloneRunner:
         self.schedule = Schedule(self.stop_event, out, self._contained)
         self.schedule.add(self.exporters, self._exporter_turn)  # first: --once purges what it exported
         self.policies = PolicyTurns(self)
-        self.schedule.add(self.policies.policies, self.policies)
+        self.schedule.add(self.policies.policies, self._policy_turn)
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if signum is not None and self.stopped_by is None:
@@ -218,9 +218,16 @@ class StandaloneRunner:
         return self.state.get(key)
 
     def _exporter_turn(self, item: Exporter) -> tuple[float, bool]:
-        outcome = self._cycle(item)
+        try:
+            outcome = self._cycle(item)
+        finally:
+            self._less_collection.end()  # also when the cycle ended before its export, or refused to start
         self.outcomes[item.resource.ref] = outcome
         return outcome.due_in, outcome.result is not None and outcome.result.failure is None
+
+    def _policy_turn(self, item: Policy) -> tuple[float, bool]:
+        self._less_collection.end()  # no exporter ran (none, all suspended): the purge gets the collector back
+        return self.policies(item)
 
     def _refuse_corrupt_state(self, item: Exporter) -> CycleOutcome:
         spec = item.resource.spec
@@ -258,18 +265,15 @@ class StandaloneRunner:
             self.state.put(item.state_key, item.status.model_dump(mode="json", by_alias=True))
             progress.batch(ref, done, exported, started)
 
-        try:
-            outcome = item.worker.cycle(
-                spec,
-                item.status,
-                generation=item.resource.generation,
-                reset_token=reset_token,
-                should_stop=self.stop_event.is_set,
-                on_batch=on_batch,
-                before_export=self._less_collection.start if self.collect_less_during_export else None,
-            )
-        finally:
-            self._less_collection.end()
+        outcome = item.worker.cycle(
+            spec,
+            item.status,
+            generation=item.resource.generation,
+            reset_token=reset_token,
+            should_stop=self.stop_event.is_set,
+            on_batch=on_batch,
+            before_export=self._less_collection.start if self.collect_less_during_export else None,
+        )
         item.status = outcome.status
         if item.status.cursor != "0":  # a state file older than the record of destinations too
             self._record_destination(item)
