@@ -25,10 +25,11 @@ from .api.destination import changed_fields, destination_of
 from .api.manifests import ManifestSet, Resource
 from .api.vocabulary import ConditionType, Domain, EventType, Reason, Truth
 from .clock import Clock, SystemClock
+from .collector import LessCollection
 from .export import BatchResult, ExporterId, ExportFailure
 from .export.cycle import CycleOutcome, ExporterWorker
 from .export.model import unexpected_failure
-from .retention.standalone import PolicyTurns
+from .retention.standalone import Policy, PolicyTurns
 from .schedule import Schedule, Scheduled
 from .status.conditions import get_condition
 from .status.exporter import Event, StatusUpdate, cursor_position, guard_cursor
@@ -160,10 +161,12 @@ class StandaloneRunner:
         sqlite_directories: Sequence[str] | None = None,
         on_cycle: Callable[[Resource, dict[str, Any]], None] | None = None,
         progress_seconds: float = 1.0,
+        collection: LessCollection | None = None,
     ) -> None:
         """``on_cycle(resource, status)`` is called after every cycle of an exporter or policy, with its
         status as it is written to the state file (``run --output json``). ``progress_seconds``: the least
-        time between two progress lines of a long export or purge."""
+        time between two progress lines of a long export or purge. ``collection``: what spares the exports
+        of ``run_once`` the garbage collector's needless work (``run --once`` holds it off from start-up)."""
         self.manifests = manifests
         self.state = StateFile(state_path)
         # Tenancy as in the operator: which namespaces may use the default store, where SQLite stores may be.
@@ -196,11 +199,13 @@ class StandaloneRunner:
                     item.state_problem = (f"state file {self.state.path} entry {item.state_key} is not valid "
                                           f"({problems})")
         self.outcomes: dict[str, CycleOutcome] = {}
+        self.collect_less_during_export = False  # run_once: see LessCollection
+        self._less_collection = collection or LessCollection()
         self.state_failures = 0  # state-file writes that failed (each printed; --once then exits 1)
         self.schedule = Schedule(self.stop_event, out, self._contained)
         self.schedule.add(self.exporters, self._exporter_turn)  # first: --once purges what it exported
         self.policies = PolicyTurns(self)
-        self.schedule.add(self.policies.policies, self.policies)
+        self.schedule.add(self.policies.policies, self._policy_turn)
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if signum is not None and self.stopped_by is None:
@@ -213,9 +218,16 @@ class StandaloneRunner:
         return self.state.get(key)
 
     def _exporter_turn(self, item: Exporter) -> tuple[float, bool]:
-        outcome = self._cycle(item)
+        try:
+            outcome = self._cycle(item)
+        finally:
+            self._less_collection.end()  # also when the cycle ended before its export, or refused to start
         self.outcomes[item.resource.ref] = outcome
         return outcome.due_in, outcome.result is not None and outcome.result.failure is None
+
+    def _policy_turn(self, item: Policy) -> tuple[float, bool]:
+        self._less_collection.end()  # no exporter ran (none, all suspended): the purge gets the collector back
+        return self.policies(item)
 
     def _refuse_corrupt_state(self, item: Exporter) -> CycleOutcome:
         spec = item.resource.spec
@@ -260,6 +272,7 @@ class StandaloneRunner:
             reset_token=reset_token,
             should_stop=self.stop_event.is_set,
             on_batch=on_batch,
+            before_export=self._less_collection.start if self.collect_less_during_export else None,
         )
         item.status = outcome.status
         if item.status.cursor != "0":  # a state file older than the record of destinations too
@@ -345,6 +358,7 @@ class StandaloneRunner:
 
     def run_once(self) -> bool:
         """One cycle of every exporter, then of every policy. Returns True when all succeeded."""
+        self.collect_less_during_export = True
         return self.schedule.run_once() and not self.state_failures
 
     def run_forever(self) -> None:

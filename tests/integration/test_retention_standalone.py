@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from capture_export.audit import verify_export
 from capture_export.local_s3 import LocalS3
@@ -162,3 +163,29 @@ def test_a_long_purge_shows_its_progress_before_its_end(s3_server: LocalS3, buck
     removed = [int(line.split("purging: ")[1].split()[0].replace(",", "")) for line in progress]
     assert removed == sorted(removed) and 0 < removed[0] < 20_000 and removed[-1] <= 20_000, progress
     assert all("records/s" in line and "left" in line for line in progress), progress
+
+
+def test_a_purge_after_no_export_runs_with_the_garbage_collector_on(tmp_path: Path, monkeypatch: Any) -> None:
+    """`run --once` holds the collector off until an export starts (collector.py); with no exporter to
+    run, the purge must not be left without it: its own cyclic garbage would never be collected."""
+    import gc
+
+    from capture_export.cli import main
+    from capture_export.retention.standalone import PolicyTurns
+
+    store_path, state = tmp_path / "store.sqlite", tmp_path / "state.json"
+    seed(store_path)
+    manifest = tmp_path / "policy.yaml"
+    manifest.write_text("")
+    policy(manifest, "  maxAge: 30d\n  requireExport: false\n", name="age-only")
+    collector_on: list[bool] = []
+    purge = PolicyTurns.__call__
+
+    def turn(self: PolicyTurns, item: Any) -> tuple[float, bool]:
+        collector_on.append(gc.isenabled())
+        return purge(self, item)
+
+    monkeypatch.setattr(PolicyTurns, "__call__", turn)
+    assert main(["run", "--once", "-f", str(manifest), "--state", str(state), "--store", str(store_path)]) == 0
+    assert collector_on == [True]
+    assert gc.isenabled()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..api.manifests import Resource, load_manifests
+from ..collector import LessCollection
 from .options import (
     DEFAULT_STATE,
     STORE_KINDS,
@@ -93,6 +94,16 @@ def _configure_logging(debug: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    collection = LessCollection()
+    if args.once:  # no collection until the export starts (collector.py says why)
+        collection.hold_off()
+    try:
+        return _run(args, collection)
+    finally:
+        collection.end()
+
+
+def _run(args: argparse.Namespace, collection: LessCollection) -> int:
     from ..standalone import StandaloneRunner
     from ..store import check_store_url
 
@@ -108,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                               # With --output json, stdout holds only the JSON lines; the rest goes to stderr.
                               out=sys.stderr if json_output else sys.stdout,
                               on_cycle=_print_json_object if json_output else None,
-                              progress_seconds=args.progress_every)
+                              progress_seconds=args.progress_every, collection=collection)
     runner.install_signal_handlers()
     try:
         if args.once:

@@ -144,11 +144,13 @@ class ExporterWorker:
         max_seconds: float | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         on_batch: Callable[[BatchResult], None] | None = None,
+        before_export: Callable[[], None] | None = None,
     ) -> CycleOutcome:
         """One export run. ``status`` is not changed, but for one thing: when its cursor is ahead of the
         checkpoint (edited by hand or by a tenant), it is set back to the checkpoint's in place, so that
         the caller's never-backwards guards (the runner's save after each batch, the operator's settle)
-        let the runs that follow in."""
+        let the runs that follow in. ``before_export`` is called once the engine is ready (client made,
+        connection tested, cursor recovered), right before the first batch."""
         update = StatusUpdate(status, now=self.clock.now(), generation=generation)
         if run_now_token is not None:
             update.status.last_run_now = run_now_token
@@ -205,6 +207,8 @@ class ExporterWorker:
                 update.status.last_reset = reset_token
                 update.events.append(Event(EventType.NORMAL, Reason.CURSOR_RESET, f"re-exporting from the beginning "
                                            f"(epoch {saved.epoch})"))
+            if before_export is not None:
+                before_export()
             result = engine.run(saved, max_seconds=max_seconds, should_stop=should_stop, on_batch=on_batch)
             if not self.ownership.conditional_writes:
                 update.notes[ConditionType.BUCKET_REACHABLE] = _DEGRADED
