@@ -19,6 +19,13 @@ the seal keeps out careless writers (and flags), not hostile ones (see store/sea
 Schema version 6 records, with each soft-delete mark, when the record's grace period ends
 (``purge_after_us``, indexed where set), so that a policy with a shorter grace period on the same store
 cannot remove it early. Marks from before have none: the grace period of the policy that purges decides.
+
+Schema version 7 indexes those undated marks on their own (``captures_undated_marks``, partial). The
+purge found them through ``captures_deleted_ts``, whose range ``deleted_at_us <= cutoff`` also holds every
+dated mark made before the cutoff, each then read from the table to see that it had a ``purge_after_us``:
+a policy with a short grace period walked, in a write transaction, all the records a policy with a long
+one had hidden. Nothing marks without a date any more, so the index only shrinks: it costs writes nothing
+but the test of its condition. Building it reads the whole table once, when the store is opened.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ CREATE INDEX IF NOT EXISTS captures_ts_us ON captures (ts_us);
 CREATE TABLE IF NOT EXISTS capture_export_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES ('schema_version', '1');
 """
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Migrations from version N-1 to N, each run in one write transaction. A version with no entry here is a
 # gap (reserved for a change on its way): see migrate.
 MIGRATIONS: dict[int, list[str]] = {
@@ -68,6 +75,11 @@ MIGRATIONS: dict[int, list[str]] = {
     6: [
         "ALTER TABLE captures ADD COLUMN purge_after_us INTEGER",
         "CREATE INDEX IF NOT EXISTS captures_purge_after ON captures (purge_after_us) WHERE purge_after_us IS NOT NULL",
+    ],
+    # Marks from before version 6 (no purge_after_us), found without walking the dated ones.
+    7: [
+        "CREATE INDEX IF NOT EXISTS captures_undated_marks ON captures (deleted_at_us) "
+        "WHERE deleted_at_us IS NOT NULL AND purge_after_us IS NULL",
     ],
 }
 
