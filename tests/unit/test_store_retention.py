@@ -68,14 +68,16 @@ def test_migrates_a_version_1_store(tmp_path: Path) -> None:
     again.close()
 
 
-def test_a_version_6_store_gets_the_index_of_undated_marks(tmp_path: Path) -> None:
-    """A store last opened by version 6, holding marks from before version 6 (no purge_after_us): opened
-    again, it gets their index, and the purge still removes them by the purging policy's grace period."""
+def test_a_version_6_store_gets_the_index_of_hidden_records(tmp_path: Path) -> None:
+    """A store last opened by version 6 (its index of purge_after_us alone), holding marks from before version
+    6 (no purge_after_us): opened again, its hidden records get their index, and the purge still removes
+    undated marks by the purging policy's grace period and dated ones at their own end."""
     path = tmp_path / "v6.sqlite"
     SQLiteStore(path).close()
     conn = sqlite3.connect(path)
     conn.executescript("""
-        DROP INDEX captures_undated_marks;
+        DROP INDEX captures_hidden;
+        CREATE INDEX captures_purge_after ON captures (purge_after_us) WHERE purge_after_us IS NOT NULL;
         UPDATE capture_export_meta SET value = '6' WHERE key = 'schema_version';
         INSERT INTO captures (ts_us, body, deleted_at_us, purge_after_us) VALUES
             (1, x'a0', 10, NULL), (2, x'a0', 50, NULL), (3, x'a0', 10, 1000), (4, x'a0', NULL, NULL);
@@ -86,12 +88,13 @@ def test_a_version_6_store_gets_the_index_of_undated_marks(tmp_path: Path) -> No
     try:
         assert store._conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'"
                                    ).fetchone() == (str(SQLITE_SCHEMA_VERSION),)
-        assert store._conn.execute("SELECT name FROM sqlite_master WHERE name = 'captures_undated_marks'"
-                                   ).fetchone() == ("captures_undated_marks",)
+        indexes = {row[0] for row in store._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "captures_hidden" in indexes and "captures_purge_after" not in indexes
         assert store.soft_deleted_due_count(100, undated_marked_before_us=20) == 1
         assert store.purge_soft_deleted_chunk(100, 10, undated_marked_before_us=20) == 1
         assert store.purge_soft_deleted_chunk(100, 10, undated_marked_before_us=60) == 1
         assert store.soft_deleted_count() == 1 and list(store.ids()) == [4]  # id 3's own grace: until 1000
+        assert store.purge_soft_deleted_chunk(1000, 10, undated_marked_before_us=60) == 1
     finally:
         store.close()
 

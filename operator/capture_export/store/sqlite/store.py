@@ -298,11 +298,11 @@ class SQLiteStore:
         recorded end (its partial index), then those marked without one (theirs: schema.py, version 7)."""
         bound = 2**63 - 1 if max_id is None else max_id
         parts: list[tuple[str, tuple[Any, ...]]] = [(
-            "FROM captures INDEXED BY captures_purge_after WHERE purge_after_us <= ? AND deleted_at_us IS NOT NULL "
+            "FROM captures INDEXED BY captures_hidden WHERE purge_after_us <= ? AND deleted_at_us IS NOT NULL "
             "AND id <= ?", (now_us, bound))]
         if undated_marked_before_us is not None:
-            parts.append(("FROM captures INDEXED BY captures_undated_marks WHERE deleted_at_us <= ? "
-                          "AND deleted_at_us IS NOT NULL AND purge_after_us IS NULL AND id <= ?",
+            parts.append(("FROM captures INDEXED BY captures_hidden WHERE purge_after_us IS NULL "
+                          "AND deleted_at_us <= ? AND deleted_at_us IS NOT NULL AND id <= ?",
                           (undated_marked_before_us, bound)))
         return parts
 
