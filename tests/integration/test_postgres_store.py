@@ -289,6 +289,66 @@ def test_expire_uses_the_partial_index(store: PostgresStore, pg_dsn: str) -> Non
     assert "captures_live_ts_id" in plan, plan
 
 
+def test_a_grace_period_purge_reads_no_record_whose_grace_period_is_not_over(
+        store: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy with 1 day's grace purges beside one with 30 days' that hid many records 10 days ago: its
+    chunk (and the dry run's count) must not read them all (a sequential scan of the table, or a walk of
+    every hidden record, every run), so the blocks they touch do not grow with those records."""
+    day = 24 * HOUR
+    now_us = 100 * day
+    statements: list[tuple[str, tuple]] = []
+    for name in ("_rowcount", "_scalar"):
+        run = getattr(store, name)
+        monkeypatch.setattr(store, name, lambda sql, params=(), run=run: (statements.append((sql, params)),
+                                                                          run(sql, params))[1])
+
+    def blocks_read(hidden: int) -> int:
+        store.append_encoded([(HOUR, BODY)] * (hidden - store.soft_deleted_count()))
+        store.expire_chunk(2**62, 2 * HOUR, hidden, mark_at_us=now_us - 10 * day, purge_after_us=now_us + 20 * day)
+        statements.clear()
+        assert store.purge_soft_deleted_chunk(now_us, 5000, undated_marked_before_us=now_us - day) == 0
+        assert store.soft_deleted_due_count(now_us, undated_marked_before_us=now_us - day) == 0
+        total = 0
+        with psycopg.connect(pg_dsn) as conn:
+            conn.execute("ANALYZE captures")
+            for sql, params in statements:
+                plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params).fetchone()[0][0]["Plan"]
+                total += plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+            conn.rollback()
+        return total
+
+    small, large = blocks_read(2_000), blocks_read(20_000)
+    assert store.soft_deleted_count() == 20_000
+    assert large < 2 * small + 50, (small, large)
+
+
+def test_a_version_5_store_gets_the_index_of_hidden_records(pg_dsn: str) -> None:
+    """A store last opened by version 5 (its index of purge_after_us alone), with an undated and a dated mark:
+    opened again, the hidden records get their index, and each goes when its own grace period is over."""
+    PostgresStore(pg_dsn).close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("DROP INDEX captures_hidden")
+        conn.execute("CREATE INDEX captures_purge_after ON captures (purge_after_us) WHERE purge_after_us IS NOT NULL")
+        conn.execute("UPDATE capture_export_meta SET value = '5' WHERE key = 'schema_version'")
+        conn.execute("INSERT INTO captures (ts_us, body, deleted_at_us, purge_after_us) VALUES "
+                     "(1, '\\xa0', 10, NULL), (2, '\\xa0', 10, 1000), (3, '\\xa0', NULL, NULL)")
+    store = PostgresStore(pg_dsn)
+    try:
+        with psycopg.connect(pg_dsn) as conn:
+            rows = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'captures'").fetchall()
+            indexes = {name for (name,) in rows}
+            version = conn.execute("SELECT value FROM capture_export_meta WHERE key = 'schema_version'").fetchone()
+        assert "captures_hidden" in indexes and "captures_purge_after" not in indexes
+        assert version == (str(PG_SCHEMA_VERSION),)
+        assert store.soft_deleted_due_count(100, undated_marked_before_us=20) == 1
+        assert store.purge_soft_deleted_chunk(100, 10, undated_marked_before_us=20) == 1
+        assert store.purge_soft_deleted_chunk(100, 10, undated_marked_before_us=20) == 0  # id 2: until 1000
+        assert store.purge_soft_deleted_chunk(1000, 10, undated_marked_before_us=20) == 1
+        assert list(store.ids()) == [3]
+    finally:
+        store.close()
+
+
 def test_migrates_a_version_1_store(pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE capture_export_meta (key text PRIMARY KEY, value text NOT NULL)")

@@ -8,6 +8,11 @@
               purge_after_us bigint)  -- schema version 5: when a soft-deleted record's grace period ends
     captures_quarantine (id, ts_us, body, reason, exporter, quarantined_at_us)   -- version 3
 
+Version 6 indexes the hidden records by ``(purge_after_us, deleted_at_us)`` (``captures_hidden``, in place
+of version 5's index of ``purge_after_us`` alone), so that the grace-period purge finds the records due
+both by their recorded end and, marks from before version 5, by their mark, without reading the others:
+it used to test both in one ``OR`` that the planner answered with a sequential scan of the table.
+
 Rows of a store upgraded to version 3 have no seal: the export checks each of them in full once. The
 seal's key is ``seal_key`` in ``capture_export_meta``. Grant the gateway's role ``INSERT`` (and ``SELECT``
 if it needs it) on ``captures`` only, never on ``capture_export_meta``: then it cannot forge a seal, and
@@ -29,7 +34,7 @@ from ..seal import SEAL_KEY_META, RecordSeal, new_seal_key
 
 __all__ = ["META", "QUARANTINE", "SCHEMA_VERSION", "TABLE", "StoreLayout", "introspect", "migrate"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 TABLE = "captures"
 QUARANTINE = "captures_quarantine"
 META = "capture_export_meta"
@@ -77,10 +82,14 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # The end of a soft-deleted record's own grace period (store/base.py), set with the mark, so that a
     # policy with a shorter grace period cannot remove it early; NULL on marks from before.
-    5: [
-        f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS purge_after_us bigint",
-        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {TABLE}_purge_after ON {TABLE} (purge_after_us) "
-        "WHERE purge_after_us IS NOT NULL",
+    # (Version 5 also indexed it, as captures_purge_after; version 6 drops that index, so it is no longer
+    # built here only to be dropped.)
+    5: [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS purge_after_us bigint"],
+    # The hidden records by the end of their grace period, then (marks from before version 5) by their mark.
+    6: [
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {TABLE}_hidden ON {TABLE} (purge_after_us, deleted_at_us) "
+        "WHERE deleted_at_us IS NOT NULL",
+        f"DROP INDEX CONCURRENTLY IF EXISTS {TABLE}_purge_after",
     ],
 }
 
@@ -136,7 +145,7 @@ def _migrate_locked(conn: psycopg.Connection[Any], label: str, create: bool) -> 
             if marker not in past_gap:
                 for template in MIGRATIONS[version]:
                     statement = template.replace("{compression}", compression)
-                    if "CONCURRENTLY" in statement:
+                    if statement.startswith("CREATE") and "CONCURRENTLY" in statement:
                         _drop_invalid_index(conn, statement)
                     conn.execute(statement)
             if reached == version - 1:

@@ -2,11 +2,12 @@
 
 Schema version 2 adds soft deletion (RetentionPolicy ``softDelete``): a nullable ``deleted_at_us``
 column and an index on ``(deleted_at_us, ts_us)``, which also serves the purge (visible records by age:
-the ``deleted_at_us IS NULL`` part of the index) and the grace-period purge and restore (the marked
-part), and a view ``captures_live`` of the records that are not soft-deleted, for anyone else who reads
-the store. A store of version 1 is migrated when opened; the gateway's ``INSERT INTO captures (ts_us,
-body)`` is unaffected. Soft-deleted rows are left out of ``count`` and ``ids`` but stay in the export
-stream (``read_batch``, ``backlog``): see store/base.py for why.
+the ``deleted_at_us IS NULL`` part of the index) and restore (the marked part; the grace-period purge
+has its own index since version 7), and a view ``captures_live`` of the records that are not
+soft-deleted, for anyone else who reads the store. A store of version 1 is migrated when opened; the
+gateway's ``INSERT INTO captures (ts_us, body)`` is unaffected. Soft-deleted rows are left out of
+``count`` and ``ids`` but stay in the export stream (``read_batch``, ``backlog``): see store/base.py for
+why.
 
 Schema version 4 replaces version 3's ``stripped`` flag (any writer could set it, so it is no longer
 read; the column stays, ignored) with a nullable ``seal`` column that our own append fills
@@ -17,8 +18,17 @@ checking old rows that were in fact ours. Anyone who can open the file can read 
 the seal keeps out careless writers (and flags), not hostile ones (see store/seal.py).
 
 Schema version 6 records, with each soft-delete mark, when the record's grace period ends
-(``purge_after_us``, indexed where set), so that a policy with a shorter grace period on the same store
+(``purge_after_us``), so that a policy with a shorter grace period on the same store
 cannot remove it early. Marks from before have none: the grace period of the policy that purges decides.
+
+Schema version 7 replaces version 6's index of ``purge_after_us`` with ``captures_hidden``, the hidden
+records by ``(purge_after_us, deleted_at_us)``, which serves both parts of the grace-period purge
+without reading the table: dated marks by their end, then undated ones (``purge_after_us IS NULL``) by
+their mark. Before, the undated ones were found through ``captures_deleted_ts`` over
+``deleted_at_us <= cutoff``, a range that also holds every dated mark made before the cutoff, each read
+from the table to see it had a ``purge_after_us``: a policy with a short grace period walked, in a write
+transaction, all the records a policy with a long one had hidden. Still three indexes to update per
+removed record, as in version 6. Building it reads the whole table once, when the store is opened.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ CREATE INDEX IF NOT EXISTS captures_ts_us ON captures (ts_us);
 CREATE TABLE IF NOT EXISTS capture_export_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO capture_export_meta (key, value) VALUES ('schema_version', '1');
 """
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Migrations from version N-1 to N, each run in one write transaction. A version with no entry here is a
 # gap (reserved for a change on its way): see migrate.
 MIGRATIONS: dict[int, list[str]] = {
@@ -65,9 +75,14 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE UNIQUE INDEX IF NOT EXISTS captures_capture_id ON captures (capture_id) WHERE capture_id IS NOT NULL",
     ],
     # The end of a soft-deleted record's own grace period (store/base.py), set with the mark.
-    6: [
-        "ALTER TABLE captures ADD COLUMN purge_after_us INTEGER",
-        "CREATE INDEX IF NOT EXISTS captures_purge_after ON captures (purge_after_us) WHERE purge_after_us IS NOT NULL",
+    # (Version 6 also indexed it, as captures_purge_after; version 7 drops that index, so it is no longer
+    # built here only to be dropped.)
+    6: ["ALTER TABLE captures ADD COLUMN purge_after_us INTEGER"],
+    # The hidden records by the end of their grace period, then (marks from before version 6) by their mark.
+    7: [
+        "CREATE INDEX IF NOT EXISTS captures_hidden ON captures (purge_after_us, deleted_at_us) "
+        "WHERE deleted_at_us IS NOT NULL",
+        "DROP INDEX IF EXISTS captures_purge_after",
     ],
 }
 

@@ -295,14 +295,15 @@ class SQLiteStore:
     def _due(now_us: int, max_id: int | None,
              undated_marked_before_us: int | None) -> list[tuple[str, tuple[Any, ...]]]:
         """The soft-deleted records whose grace period is over, as ``FROM … WHERE …`` parts: those with a
-        recorded end (its partial index), then those marked without one (the mark's index)."""
+        recorded end (its partial index), then those marked without one (theirs: schema.py, version 7)."""
         bound = 2**63 - 1 if max_id is None else max_id
         parts: list[tuple[str, tuple[Any, ...]]] = [(
-            "FROM captures INDEXED BY captures_purge_after WHERE purge_after_us <= ? AND deleted_at_us IS NOT NULL "
+            "FROM captures INDEXED BY captures_hidden WHERE purge_after_us <= ? AND deleted_at_us IS NOT NULL "
             "AND id <= ?", (now_us, bound))]
         if undated_marked_before_us is not None:
-            parts.append(("FROM captures INDEXED BY captures_deleted_ts WHERE deleted_at_us <= ? "
-                          "AND purge_after_us IS NULL AND id <= ?", (undated_marked_before_us, bound)))
+            parts.append(("FROM captures INDEXED BY captures_hidden WHERE purge_after_us IS NULL "
+                          "AND deleted_at_us <= ? AND deleted_at_us IS NOT NULL AND id <= ?",
+                          (undated_marked_before_us, bound)))
         return parts
 
     def purge_soft_deleted_chunk(self, now_us: int, limit: int, *, max_id: int | None = None,
