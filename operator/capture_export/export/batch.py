@@ -39,7 +39,7 @@ from ..store.check import check_foreign_record
 from ..store.credentials import CredentialPolicy
 from ..store.records import CorruptRecord, id_head, with_id
 from ..store.seal import SEAL_SIZE, RecordSeal
-from .budget import release_freed_memory
+from .budget import BATCH_REUSE_BYTES, release_freed_memory, serve_batches
 from .formats import FORMATS, FormatUnavailable, encoder_for
 from .transform import RecordTransform, peek_fields
 
@@ -105,6 +105,12 @@ class BatchRecipe:
         """Whether records are decoded (a format that is not CBOR, privacy mode or redactions): the work
         worth sending to another process. The default, and a filter alone on CBOR, are not."""
         return FORMATS[self.format].decoded or self.privacy_mode or bool(self.redact_fields)
+
+    @property
+    def reused_memory(self) -> int:
+        """Freed memory an encode worker keeps for its next batch after one of this recipe's: a few batches'
+        worth, unless the format's memory is bounded tightly (``FormatInfo.keeps_batch_memory``)."""
+        return BATCH_REUSE_BYTES if FORMATS[self.format].keeps_batch_memory else 0
 
 
 class BatchFailure(Exception):
@@ -378,10 +384,13 @@ def encode_in_worker(recipe: BatchRecipe, packed: PackedRows) -> EncodedBatch:
     """``encode_rows`` in a worker of the encode pool. The cyclic garbage collector is off meanwhile:
     decoded records hold no cycles, and a batch allocates millions of containers that it would otherwise
     walk again and again (it costs a third of the decoding time). What the batch freed goes back to the
-    operating system before the worker waits for the next one."""
+    operating system before the worker waits for the next one, but for what the next batch will reuse
+    (``BatchRecipe.reused_memory``: none after a Parquet batch)."""
+    keep = recipe.reused_memory
+    serve_batches(keep)
     gc.disable()
     try:
         return encode_rows(recipe, packed.unpack())
     finally:
         gc.enable()
-        release_freed_memory()
+        release_freed_memory(keep=keep)

@@ -50,6 +50,7 @@ __all__ = [
     "release_freed_memory",
     "reserved_bytes",
     "return_large_blocks_at_once",
+    "serve_batches",
     "share_fewer_malloc_arenas",
 ]
 
@@ -273,15 +274,26 @@ def memory_budget() -> MemoryBudget:
 # flight hold. Two glibc calls keep the RSS near what is live: fewer arenas, and trimming after batches.
 # The exporting process keeps up to ``BATCH_REUSE_BYTES`` of freed memory for its next batch: trimming
 # every batch only for the next to fault the same pages in again cost the default export 10-14% of its CPU
-# (1.2-1.35 minor page faults per record; docs/benchmarks.md). Encode workers trim after every batch.
+# (1.2-1.35 minor page faults per record; docs/benchmarks.md). So does an encode worker after a batch of a
+# format that keeps its memory (``FormatInfo.keeps_batch_memory``: JSON Lines), its large blocks included
+# (``serve_batches``): at ``limit: 1000``, 5.8 minor page faults per record down to 0.02 for ``jsonl.zst``
+# (uncompressed ``jsonl``, whose batches free more than that, 5.5 down to 3.4). After a Parquet batch a
+# worker gives everything back, as the tight bound on a Parquet export's memory needs.
 # Elsewhere (musl, macOS) all of this does nothing.
 
 _M_ARENA_MAX = -8  # mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD = -1
+_DEFAULT_TRIM_THRESHOLD = 128 << 10  # glibc's
+_LARGE_BLOCK = 256 << 10
+_LARGEST_HEAP_BLOCK = 32 << 20  # the largest M_MMAP_THRESHOLD glibc takes on 64-bit (HEAP_MAX_SIZE / 2)
 _libc: ctypes.CDLL | bool | None = None
-# Freed memory the exporting process keeps for its next batch: a few batches of the default limit (~3.5 MB
-# of rows and their frame each), within the headroom of PROCESS_RESERVED_BYTES.
+# Freed memory a process keeps for its next batch: a few batches of the default limit (~3.5 MB of rows and
+# their frame each), within the headroom of PROCESS_RESERVED_BYTES (the exporting process) and of
+# ALLOCATOR_OVERHEAD (an encode worker: what it keeps is what its last batch, counted in the budget, freed).
 BATCH_REUSE_BYTES = 16 * MiB
+# What ``serve_batches`` last set: 0, large blocks mapped on their own (as a process of the encode pool starts).
+_serving_keep = 0
 # Freed memory malloc held right after the last trim: pages a trim has already given back (glibc's
 # malloc_trim returns free pages inside the heap but still counts them as free).
 _held_after_trim = 0
@@ -316,7 +328,7 @@ def share_fewer_malloc_arenas(arenas: int = 2) -> None:
         libc.mallopt(_M_ARENA_MAX, arenas)
 
 
-def return_large_blocks_at_once(threshold: int = 256 << 10) -> None:
+def return_large_blocks_at_once(threshold: int = _LARGE_BLOCK) -> None:
     """Have malloc map every block of ``threshold`` bytes or more on its own, so that freeing it gives it
     back to the operating system at once. glibc otherwise raises this threshold (up to 32 MiB) each time
     such a block is freed, and a batch's large buffers (Arrow's columns and pages, a payload and its pickle)
@@ -327,6 +339,26 @@ def return_large_blocks_at_once(threshold: int = 256 << 10) -> None:
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+
+
+def serve_batches(keep: int) -> None:
+    """How an encode worker's malloc serves batches from now on (the next batch's message arrives in it too).
+    ``keep`` 0, as a Parquet batch needs: every block of 256 KiB or more mapped on its own and given back
+    when freed (``return_large_blocks_at_once``, which a worker starts with), the free top of the heap given
+    back soon. Otherwise large blocks (the batch's message, its packed rows, the payload and its pickle:
+    most of a JSON Lines worker's page faults) come from the heap too, and the heap keeps up to ``keep``
+    bytes free at its top, for the next batch to reuse rather than fault in again;
+    ``release_freed_memory(keep)`` after each batch bounds what stays. Changes nothing while ``keep`` is
+    what it was: a worker that only ever writes Parquet stays as it started."""
+    global _serving_keep
+    libc = _glibc()
+    if libc is None or keep == _serving_keep:
+        return
+    _serving_keep = keep
+    libc.mallopt(_M_MMAP_THRESHOLD, _LARGEST_HEAP_BLOCK if keep else _LARGE_BLOCK)
+    # Back to 0: glibc's default trim threshold (the one the worker inherited, which glibc raised from it in
+    # the fork server, cannot be read back).
+    libc.mallopt(_M_TRIM_THRESHOLD, keep or _DEFAULT_TRIM_THRESHOLD)
 
 
 def _freed_memory_held() -> int | None:

@@ -854,6 +854,10 @@ class FormatInfo:
     # them rather than each importing its own copy (export/pool.py).
     library_modules: tuple[str, ...] = ()
     requires: Callable[[], None] | None = None  # raises FormatUnavailable when a package it needs is missing
+    # Whether an encode worker keeps a batch's freed memory for its next batch (export/budget.py,
+    # ``serve_batches``). Not Parquet's: its encoder's fixed working memory comes on top of the batch, and a
+    # Parquet export at ``limit: 10000`` has little room left below 200 MB (tests/integration/test_parquet_memory.py).
+    keeps_batch_memory: bool = True
 
     @property
     def name(self) -> str:
@@ -911,6 +915,7 @@ FORMATS: dict[str, FormatInfo] = {
             fixed_working_memory=64 << 20,
             library_memory=36 << 20,
             library_modules=("capture_export.export.arrow",),
+            keeps_batch_memory=False,
         ),
     )
 }

@@ -1,0 +1,92 @@
+"""What an encode worker does with the memory of a batch it has encoded: a JSON Lines batch at ``limit: 1000``
+is ~3.5 MB of rows, the records decoded from them and their JSON text; giving all of it back to the operating
+system after every batch only for the next batch to fault the same pages in again cost the worker CPU on
+every record (issue 13), as it did the exporting process (tests/integration/test_batch_memory_reuse.py).
+A worker that writes Parquet still gives everything back after every batch: a Parquet export's memory is
+bounded tightly (tests/integration/test_parquet_memory.py)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from capture_export.seed import seed_store
+from capture_export.store import SQLiteStore
+
+RECORDS = 10_000
+
+
+def _in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a new process of its own (with a fork server and an encode pool of its own,
+    which a pool's worker, a daemon, may not start)."""
+    spawn = multiprocessing.get_context("spawn")
+    receiving, sending = spawn.Pipe(duplex=False)
+    child = spawn.Process(target=_send_result, args=(sending, function, *args))
+    child.start()
+    try:
+        answer = receiving.recv() if receiving.poll(120) else None
+    finally:
+        child.join(30)
+    assert child.exitcode == 0 and answer is not None
+    return answer
+
+
+def _send_result(conn: Connection, function: Callable[..., Any], *args: Any) -> None:
+    conn.send(function(*args))
+
+
+def _export_and_count_worker_faults(store_path: str, format: str, compression: str) -> tuple[int, int]:
+    """Export the store as ``format`` with ``compression`` (``limit: 1000``) through an encode pool of one
+    worker to an in-memory bucket: the records exported and the minor page faults the worker took meanwhile."""
+    from capture_export.api import S3ExporterSpec
+    from capture_export.export import Cursor, ExportEngine, ExporterId
+    from capture_export.export.pool import EncodePool
+    from capture_export.objectstore import MemoryObjectStore
+
+    def worker_faults() -> int:
+        # Asked of the worker itself: the pool has one, and nothing else runs there meanwhile.
+        usage = pool.submit(resource.getrusage, resource.RUSAGE_SELF).result()
+        return int(usage.ru_minflt)
+
+    pool = EncodePool(1)
+    spec = S3ExporterSpec.model_validate({"bucket": "bkt", "region": "us-east-1", "prefix": "p", "limit": 1000,
+                                          "format": format, "compression": compression})
+    store = SQLiteStore(store_path)
+    try:
+        # One batch first: the worker's start, the codecs.
+        warm_up = ExportEngine(spec, ExporterId("ns", "warm-up"), store, MemoryObjectStore(), pool=pool)
+        warm_up.run(Cursor(), max_seconds=0)
+        engine = ExportEngine(spec, ExporterId("ns", "reuse"), store, MemoryObjectStore(), pool=pool)
+        before = worker_faults()
+        result = engine.run(Cursor())
+        faults = worker_faults() - before
+    finally:
+        pool.shutdown()
+        store.close()
+    assert result.failure is None
+    return result.rows, faults
+
+
+def test_an_encode_worker_reuses_the_memory_of_its_last_json_batch(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    store = SQLiteStore(path)
+    seed_store(store, RECORDS, seed=1)
+    store.close()
+    rows, faults = _in_fresh_process(_export_and_count_worker_faults, str(path), "jsonl", "zstd")
+    assert rows == RECORDS
+    # Giving every batch back: ~5.8 faults per record (the batch's message, its rows, the records decoded,
+    # their JSON, the payload and its pickle, every batch in fresh pages). Reused: ~0.02.
+    assert faults / rows < 0.6, f"{faults / rows:.2f} minor page faults per record in the encode worker"
+
+
+def test_a_parquet_worker_still_gives_back_everything_after_every_batch() -> None:
+    from capture_export.export.batch import BatchRecipe
+    from capture_export.export.budget import BATCH_REUSE_BYTES
+
+    assert BatchRecipe("parquet", "zstd").reused_memory == 0
+    assert BatchRecipe("jsonl", "zstd").reused_memory == BATCH_REUSE_BYTES
+    assert BatchRecipe("cbor-zstd", "zstd", privacy_mode=True).reused_memory == BATCH_REUSE_BYTES
