@@ -9,8 +9,9 @@ against a fresh copy of the store and its own prefix, through a small wrapper th
 of each thread of the exporting process when it ends. Printed per format:
 
 * wall seconds and records/s;
-* CPU per record (µs) of every process of the tree, sampled every 50 ms until it exits (the exporting
-  process, multiprocessing's resource tracker, the encode pool's fork server and workers);
+* CPU per record (µs) and minor page faults per record of every process of the tree, sampled every 50 ms
+  until it exits (the exporting process, multiprocessing's resource tracker, the encode pool's fork server
+  and workers);
 * the exporting process's user and system CPU and minor page faults (getrusage at exit), the CPU of its
   imports, of its main thread (start-up, the S3 probes, the commits: uploads, checkpoints, state file) and
   of its reader thread (store reads, packing rows for the pool, malloc trims); what is left is the encode
@@ -111,7 +112,19 @@ def _case(name: str) -> tuple[str, str, bool]:
     return fmt, compression, privacy
 
 
-def _sample_tree(pid: int, seen: dict[int, tuple[str, float]], done: threading.Event) -> None:
+def _minor_faults(pid: int) -> int:
+    """The minor page faults process ``pid`` has taken so far (Linux; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[7])  # field 10, minflt
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _sample_tree(pid: int, seen: dict[int, tuple[str, float]], done: threading.Event,
+                 faults: dict[int, int] | None = None) -> None:
+    """Every 50 ms until ``done``: each process's role and CPU seconds into ``seen``, its minor page faults
+    into ``faults``."""
     import psutil
 
     try:
@@ -130,6 +143,8 @@ def _sample_tree(pid: int, seen: dict[int, tuple[str, float]], done: threading.E
             except psutil.Error:
                 continue
             seen[process.pid] = (name, times.user + times.system)
+            if faults is not None:
+                faults[process.pid] = max(faults.get(process.pid, 0), _minor_faults(process.pid))
         time.sleep(0.05)
 
 
@@ -175,8 +190,9 @@ def profile(case: str, store: str, s3: object, workdir: Path, limit: int, record
                                     "--store", str(run_dir / "store.sqlite"), "--state", str(run_dir / "state.json")],
                                    stdout=output, stderr=subprocess.STDOUT, env=environment)
         seen: dict[int, tuple[str, float]] = {}
+        faults: dict[int, int] = {}
         done = threading.Event()
-        sampler = threading.Thread(target=_sample_tree, args=(process.pid, seen, done), daemon=True)
+        sampler = threading.Thread(target=_sample_tree, args=(process.pid, seen, done, faults), daemon=True)
         sampler.start()
         code = process.wait()
         done.set()
@@ -188,14 +204,17 @@ def profile(case: str, store: str, s3: object, workdir: Path, limit: int, record
         print(f"{name}: FAILED (exit {code}):\n{text[-2000:]}")
         return None
     totals: dict[str, float] = {"wall": wall}
-    for _pid, (role, seconds) in seen.items():
+    for pid, (role, seconds) in seen.items():
         totals[role] = totals.get(role, 0.0) + seconds
         totals["tree"] = totals.get("tree", 0.0) + seconds
+        if role == "encode worker":
+            totals["worker faults"] = totals.get("worker faults", 0.0) + faults.get(pid, 0)
     speed_text = f"; CPU speed {speed / 1000:,.0f}k zstd-3 records/CPU-s" if speed is not None else ""
     print(f"{name}: {records:,} records in {wall:.2f}s ({records / wall:,.0f} records/s); "
           f"load {load_before:.2f}/{os.getloadavg()[0]:.2f}{speed_text}")
-    for _pid, (name, seconds) in sorted(seen.items()):
-        print(f"  {name:<44} {seconds:6.2f}s {seconds / records * 1e6:7.1f} µs/record")
+    for pid, (name, seconds) in sorted(seen.items()):
+        print(f"  {name:<44} {seconds:6.2f}s {seconds / records * 1e6:7.1f} µs/record; "
+              f"{faults.get(pid, 0) / records:.2f} minor page faults/record (sampled)")
     for line in text.splitlines():
         if line.startswith("PROFILE user"):
             fields = line.split()
@@ -250,8 +269,10 @@ def main() -> None:
                 def median(key: str, runs: list[dict[str, float]] = runs) -> float:
                     return statistics.median(run.get(key, 0.0) for run in runs) / args.records * 1e6
                 rate = statistics.median(args.records / run["wall"] for run in runs)
+                worker_faults = statistics.median(run.get("worker faults", 0.0) for run in runs) / args.records
                 print(f"  {name:<44} tree {median('tree'):6.1f}  exporting {median(_EXPORTING):6.1f}  "
-                      f"workers {median('encode worker'):6.1f}  {rate:8,.0f} records/s  ({len(runs)} runs)")
+                      f"workers {median('encode worker'):6.1f} ({worker_faults:.2f} faults/record)  "
+                      f"{rate:8,.0f} records/s  ({len(runs)} runs)")
         print(f"\n{probe.describe()} (median of {len(probe.samples)} samples, one before each run): multiply "
               f"the CPU µs above by {probe.factor:.2f} to estimate them on the quiet machine")
 
