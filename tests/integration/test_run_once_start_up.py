@@ -40,21 +40,29 @@ NOT_USED = {
 }
 
 
-def test_run_once_of_the_default_format_loads_only_what_it_uses(
-    s3_server: LocalS3, bucket: str, tmp_path: Path
-) -> None:
+def run_once_with(script: str, records: int, s3_server: LocalS3, bucket: str, tmp_path: Path) -> Path:
+    """``script`` (a program like RUN_AND_LIST_MODULES) runs ``run --once`` on ``records`` seeded records in
+    batches of 100 and writes what it found to the file its first argument names: that file."""
     store_path = tmp_path / "store.sqlite"
     store = SQLiteStore(store_path)
-    seed_store(store, 300, seed=5)
+    seed_store(store, records, seed=5)
     store.close()
     manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, limit=100)
-    listing = tmp_path / "modules.json"
+    written = tmp_path / "written.json"
     result = subprocess.run(
-        [sys.executable, "-c", RUN_AND_LIST_MODULES, str(listing), "run", "--once", "-f", str(manifest),
+        [sys.executable, "-c", script, str(written), "run", "--once", "-f", str(manifest),
          "--store", str(store_path), "--state", str(tmp_path / "state.json")],
         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "Succeeded: 300 records in 3 objects" in result.stdout  # it did export, in the default format
+    # It did export, in the default format.
+    assert f"Succeeded: {records} records in {records // 100} objects" in result.stdout
+    return written
+
+
+def test_run_once_of_the_default_format_loads_only_what_it_uses(
+    s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    listing = run_once_with(RUN_AND_LIST_MODULES, 300, s3_server, bucket, tmp_path)
     loaded = set(json.loads(listing.read_text()))
     needless = {name: why for name, why in NOT_USED.items()
                 if any(module == name or module.startswith(f"{name}.") for module in loaded)}
@@ -88,18 +96,7 @@ def test_run_once_freezes_what_start_up_made_before_it_exports(
 ) -> None:
     """botocore's S3 model, pydantic's schemas and the modules live until the process ends: every full
     collection during the export would walk them all again (~0.15 s of CPU together at 100k records)."""
-    store_path = tmp_path / "store.sqlite"
-    store = SQLiteStore(store_path)
-    seed_store(store, 200, seed=5)
-    store.close()
-    manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, limit=100)
-    counts = tmp_path / "frozen.json"
-    result = subprocess.run(
-        [sys.executable, "-c", RUN_AND_COUNT_FROZEN, str(counts), "run", "--once", "-f", str(manifest),
-         "--store", str(store_path), "--state", str(tmp_path / "state.json")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "Succeeded: 200 records in 2 objects" in result.stdout
+    counts = run_once_with(RUN_AND_COUNT_FROZEN, 200, s3_server, bucket, tmp_path)
     ((frozen_at_start, threshold, start_up_collections, enabled),) = json.loads(counts.read_text())
     assert frozen_at_start > 50_000, f"only {frozen_at_start} objects frozen when the export began"
     assert threshold >= 7000, "a batch's thousands of rows would wake the collector every 700 new objects"
