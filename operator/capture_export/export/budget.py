@@ -358,7 +358,7 @@ def serve_batches(keep: int) -> None:
     # message and its packed rows) frees more than is kept anyway. Measured: served from the heap, those of
     # a JSON Lines batch at ``limit: 10000`` took two workers ~40 MiB more at their peak.
     libc.mallopt(_M_MMAP_THRESHOLD, max(_LARGE_BLOCK, keep // 2) if keep else _LARGE_BLOCK)
-    # Back to 0: glibc's default trim threshold (the one the worker inherited, which glibc raised from it in
+    # keep 0: glibc's default trim threshold (the one the worker inherited, which glibc raised from it in
     # the fork server, cannot be read back).
     libc.mallopt(_M_TRIM_THRESHOLD, keep or _DEFAULT_TRIM_THRESHOLD)
 
