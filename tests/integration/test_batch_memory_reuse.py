@@ -6,21 +6,15 @@ that a burst does not stay with the process."""
 
 from __future__ import annotations
 
-import multiprocessing
 import resource
 from pathlib import Path
-from typing import Any
 
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
+from tests.support.fresh_process import in_fresh_process
 
 MiB = 1 << 20
 RECORDS = 20_000
-
-
-def _in_fresh_process(function: Any, *args: Any) -> Any:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(function, args)
 
 
 def _export_and_count_faults(store_path: str) -> tuple[int, int]:
@@ -72,7 +66,7 @@ def test_an_export_reuses_the_memory_of_its_last_batch(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     seed_store(store, RECORDS, seed=1)
     store.close()
-    rows, faults = _in_fresh_process(_export_and_count_faults, str(path))
+    rows, faults = in_fresh_process(_export_and_count_faults, str(path))
     assert rows == RECORDS
     # Giving every batch back: ~1.35 faults per record (each of the ~3.5 KB rows read, every batch, in fresh
     # pages). Reused: ~0.2 (the payloads, the frame's buffers).
@@ -80,6 +74,6 @@ def test_an_export_reuses_the_memory_of_its_last_batch(tmp_path: Path) -> None:
 
 
 def test_freed_memory_beyond_the_reserve_goes_back_to_the_system() -> None:
-    small, large = _in_fresh_process(_rss_growth_after_bursts)
+    small, large = in_fresh_process(_rss_growth_after_bursts)
     assert small > 4 * MiB, "a batch's freed memory is kept for the next batch"
     assert large < 20 * MiB, f"a burst of 64 MiB left the process {large / MiB:.0f} MiB larger"

@@ -6,16 +6,15 @@ SQLite store to SeaweedFS, as ``benchmarks/format_throughput.py`` measures it. T
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from capture_export.local_s3 import LocalS3
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
+from tests.support.fresh_process import in_fresh_process
 
 pytest.importorskip("pyarrow")
 psutil = pytest.importorskip("psutil")
@@ -34,9 +33,9 @@ def _tree_pss() -> int:
     return total
 
 
-def _export_parquet(store_path: str, endpoint: str, keys: tuple[str, str], bucket: str, conn: Any) -> None:
+def _export_parquet(store_path: str, endpoint: str, keys: tuple[str, str], bucket: str) -> tuple[int, str, int, int]:
     """In a fresh process (as the operator's, with two encode workers whatever this machine has): export the
-    store as Parquet at ``limit: 10000`` and send back the rows exported and the tree's peak PSS, sampled
+    store as Parquet at ``limit: 10000``: the rows exported, the failure if any and the tree's peak PSS, sampled
     every 0.05 s."""
     from capture_export.api import S3ExporterSpec
     from capture_export.export import Cursor, ExportEngine, ExporterId
@@ -67,7 +66,7 @@ def _export_parquet(store_path: str, endpoint: str, keys: tuple[str, str], bucke
         sampler.join()
     peak = max(peak, _tree_pss())
     store.close()
-    conn.send((result.rows, str(result.failure or ""), peak, engine.pool.workers if engine.pool else 0))
+    return result.rows, str(result.failure or ""), peak, engine.pool.workers if engine.pool else 0
 
 
 def test_a_parquet_export_at_limit_10000_stays_within_200_mb(tmp_path: Path, s3_server: LocalS3,
@@ -79,17 +78,8 @@ def test_a_parquet_export_at_limit_10000_stays_within_200_mb(tmp_path: Path, s3_
     store = SQLiteStore(store_path)
     seed_store(store, RECORDS, seed=1)
     store.close()
-    spawn = multiprocessing.get_context("spawn")  # its own fork server and pool, nothing of this process
-    receiving, sending = spawn.Pipe(duplex=False)
-    child = spawn.Process(target=_export_parquet, args=(str(store_path), s3_server.endpoint,
-                                                        (s3_server.access_key_id, s3_server.secret_access_key),
-                                                        bucket, sending))
-    child.start()
-    try:
-        answer = receiving.recv() if receiving.poll(600) else None
-    finally:
-        child.join(60)
-    assert child.exitcode == 0 and answer is not None
+    answer = in_fresh_process(_export_parquet, str(store_path), s3_server.endpoint,  # its own fork server, pool
+                              (s3_server.access_key_id, s3_server.secret_access_key), bucket, timeout=600)
     rows, failure, peak, workers = answer
     assert (rows, failure) == (RECORDS, "")
     assert peak <= PEAK_LIMIT, (f"exporting {RECORDS:,} records as Parquet at limit 10000 with {workers} encode "

@@ -7,36 +7,14 @@ bounded tightly (tests/integration/test_parquet_memory.py)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import resource
-from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
+from tests.support.fresh_process import in_fresh_process
 
 RECORDS = 10_000
-
-
-def _in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
-    """``function(*args)`` in a new process of its own (with a fork server and an encode pool of its own,
-    which a pool's worker, a daemon, may not start)."""
-    spawn = multiprocessing.get_context("spawn")
-    receiving, sending = spawn.Pipe(duplex=False)
-    child = spawn.Process(target=_send_result, args=(sending, function, *args))
-    child.start()
-    try:
-        answer = receiving.recv() if receiving.poll(120) else None
-    finally:
-        child.join(30)
-    assert child.exitcode == 0 and answer is not None
-    return answer
-
-
-def _send_result(conn: Connection, function: Callable[..., Any], *args: Any) -> None:
-    conn.send(function(*args))
 
 
 def _export_and_count_worker_faults(store_path: str, format: str, compression: str) -> tuple[int, int]:
@@ -76,7 +54,7 @@ def test_an_encode_worker_reuses_the_memory_of_its_last_json_batch(tmp_path: Pat
     store = SQLiteStore(path)
     seed_store(store, RECORDS, seed=1)
     store.close()
-    rows, faults = _in_fresh_process(_export_and_count_worker_faults, str(path), "jsonl", "zstd")
+    rows, faults = in_fresh_process(_export_and_count_worker_faults, str(path), "jsonl", "zstd")
     assert rows == RECORDS
     # Giving every batch back: ~5.8 faults per record (the batch's message, its rows, the records decoded,
     # their JSON, the payload and its pickle, every batch in fresh pages). Reused: ~0.02.

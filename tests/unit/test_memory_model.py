@@ -13,14 +13,9 @@ import pytest
 
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
+from tests.support.fresh_process import in_fresh_process
 
 MiB = 1 << 20
-
-
-def _in_fresh_process(function: Any, *args: Any) -> Any:
-    spawn = multiprocessing.get_context("spawn")
-    with spawn.Pool(1) as pool:
-        return pool.apply(function, args)
 
 
 def _python_bytes_of_s3_clients(count: int) -> tuple[int, int]:
@@ -47,7 +42,7 @@ def test_each_more_bucket_costs_little_memory() -> None:
     """Eight exporters on eight buckets build eight S3 clients (credentials differ per bucket): each client
     must not load botocore's service descriptions again (~12 MiB each), or the clients alone take a fifth of
     a 512Mi pod."""
-    first, each_more = _in_fresh_process(_python_bytes_of_s3_clients, 4)
+    first, each_more = in_fresh_process(_python_bytes_of_s3_clients, 4)
     assert first > 2 * MiB  # the first client does load them (a sanity check of the measurement)
     assert each_more < 2 * MiB, f"each further S3 client holds {each_more / MiB:.1f} MiB"
 
@@ -120,7 +115,7 @@ def test_a_limit_sized_batch_costs_no_more_than_the_budget_counts(limit_sized_st
     from capture_export.export.pool import EncodePool
     from capture_export.objectstore import MemoryObjectStore
 
-    stored, growth = _in_fresh_process(_peak_growth_of_a_batch, str(limit_sized_store), fmt, records, pooled)
+    stored, growth = in_fresh_process(_peak_growth_of_a_batch, str(limit_sized_store), fmt, records, pooled)
     held_meanwhile = stored if pooled else 0  # the exporting process's packed copy
     store = SQLiteStore(limit_sized_store)
     budget = MemoryBudget(1 << 40)
@@ -166,7 +161,7 @@ def test_a_parquet_worker_holds_a_few_hundred_records_decoded_at_once(limit_size
     fraction of it. An encode worker building a row group of 1,000 records from all 1,000 decoded at once
     held 26 MiB of Python memory besides the payload for a batch of 2,000 (6.8 MiB stored), and each of a
     pod's workers does; decoding a few hundred at a time into Arrow columns holds 7 MiB."""
-    stored, peak, payload = _in_fresh_process(_python_peak_of_a_parquet_batch, str(limit_sized_store), 2_000)
+    stored, peak, payload = in_fresh_process(_python_peak_of_a_parquet_batch, str(limit_sized_store), 2_000)
     working = peak - payload
     assert working < 1.5 * stored, (f"a Parquet batch of {stored / MiB:.1f} MiB stored held {working / MiB:.1f} "
                                      "MiB of Python memory besides its payload")
