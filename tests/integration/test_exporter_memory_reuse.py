@@ -4,13 +4,15 @@ received and unpickled; with every such buffer mapped on its own and given back 
 process faulted each of them in afresh, every batch (issue 13: ~2.2 minor page faults per record for
 ``jsonl.zst``). It keeps them for the next batch, as the encode workers do (tests/integration/
 test_worker_memory_reuse.py) and as it does for the default format (tests/integration/test_batch_memory_reuse.py).
-A Parquet batch is still served as before: a Parquet export's memory is bounded tightly
-(tests/integration/test_parquet_memory.py)."""
+A process with a Parquet exporter still serves every batch as before: a Parquet export's memory is bounded
+tightly (tests/integration/test_parquet_memory.py)."""
 
 from __future__ import annotations
 
 import resource
 from pathlib import Path
+
+import pytest
 
 from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
@@ -57,3 +59,29 @@ def test_the_exporting_process_reuses_the_memory_of_its_last_pooled_json_batch(t
     # Every large buffer mapped on its own: ~2.2 faults per record (the rows read, the packed rows and their
     # pickle, multiprocessing's receive buffer for the payload, the payload). Reused: well under one.
     assert faults / rows < 1.0, f"{faults / rows:.2f} minor page faults per record in the exporting process"
+
+
+def test_a_process_with_a_parquet_exporter_keeps_no_batch_memory_for_any_batch(tmp_path: Path) -> None:
+    """The exporting process holds the batches of every exporter at once, and malloc's setting is the process's:
+    once a Parquet exporter sends batches to the pool, no batch's freed memory is kept there (a JSON Lines
+    one's included), as before; a process with JSON Lines exporters only keeps it."""
+    pytest.importorskip("pyarrow")
+    from capture_export.api import S3ExporterSpec
+    from capture_export.export import ExportEngine, ExporterId
+    from capture_export.export.budget import BATCH_REUSE_BYTES, MemoryBudget
+    from capture_export.export.pool import EncodePool
+    from capture_export.objectstore import MemoryObjectStore
+
+    def engine(format: str, pool: EncodePool) -> ExportEngine:
+        spec = S3ExporterSpec.model_validate({"bucket": "bkt", "region": "us-east-1", "prefix": format,
+                                              "format": format})
+        return ExportEngine(spec, ExporterId("ns", format), store, MemoryObjectStore(), pool=pool,
+                            budget=MemoryBudget(1 << 30))
+
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    pool = EncodePool(1)  # never started
+    json_lines = engine("jsonl", pool)
+    assert pool.batch_memory_kept(json_lines.recipe.reused_memory) == BATCH_REUSE_BYTES
+    engine("parquet", pool)
+    assert pool.batch_memory_kept(json_lines.recipe.reused_memory) == 0
+    store.close()
