@@ -301,6 +301,7 @@ BATCH_REUSE_BYTES = 16 * MiB
 # What ``serve_batches`` (or ``return_large_blocks_at_once``: 0) last set; None: nothing yet, glibc's own
 # thresholds (the exporting process until it sends its first batch to the encode pool).
 _serving_keep: int | None = None
+_serving_lock = threading.Lock()
 # Freed memory malloc held right after the last trim: pages a trim has already given back (glibc's
 # malloc_trim returns free pages inside the heap but still counts them as free).
 _held_after_trim = 0
@@ -342,7 +343,8 @@ def return_large_blocks_at_once(threshold: int = _LARGE_BLOCK) -> None:
     then come from the arenas, where they fragment the heap until the trim after the batch: measured, an
     encode worker's peak for a Parquet batch of 1,300 records 4-6 MiB lower, the exporting process's 7
     (docs/benchmarks.md). For the processes of the encode pool, whose batches are all such buffers (a batch's
-    packed rows, its pickle, the payload), and the process that sends them there."""
+    packed rows, its pickle, the payload), and the process that sends them there when one of its exporters
+    writes Parquet (``serve_batches``)."""
     global _serving_keep
     libc = _glibc()
     if libc is not None:
@@ -366,17 +368,21 @@ def serve_batches(keep: int) -> None:
     libc = _glibc()
     if libc is None or keep == _serving_keep:
         return
-    if not keep and _serving_keep is None:
-        return_large_blocks_at_once()
-        return
-    _serving_keep = keep
-    # A block larger than half of what is kept still gets a mapping of its own: a batch with two of them (its
-    # message and its packed rows) frees more than is kept anyway. Measured: served from the heap, those of
-    # a JSON Lines batch at ``limit: 10000`` took two workers ~40 MiB more at their peak.
-    libc.mallopt(_M_MMAP_THRESHOLD, max(_LARGE_BLOCK, keep // 2) if keep else _LARGE_BLOCK)
-    # keep 0: glibc's default trim threshold (the one the worker inherited, which glibc raised from it in
-    # the fork server, cannot be read back).
-    libc.mallopt(_M_TRIM_THRESHOLD, keep or _DEFAULT_TRIM_THRESHOLD)
+    # The exporting process's readers (one per exporter) call this at once: what is recorded is what is set.
+    with _serving_lock:
+        if keep == _serving_keep:
+            return
+        if not keep and _serving_keep is None:
+            return_large_blocks_at_once()
+            return
+        _serving_keep = keep
+        # A block larger than half of what is kept still gets a mapping of its own: a batch with two of them
+        # (its message and its packed rows) frees more than is kept anyway. Measured: served from the heap,
+        # those of a JSON Lines batch at ``limit: 10000`` took two workers ~40 MiB more at their peak.
+        libc.mallopt(_M_MMAP_THRESHOLD, max(_LARGE_BLOCK, keep // 2) if keep else _LARGE_BLOCK)
+        # keep 0: glibc's default trim threshold (the one the worker inherited, which glibc raised from it in
+        # the fork server, cannot be read back).
+        libc.mallopt(_M_TRIM_THRESHOLD, keep or _DEFAULT_TRIM_THRESHOLD)
 
 
 def _freed_memory_held() -> int | None:

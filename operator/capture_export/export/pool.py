@@ -90,8 +90,8 @@ class EncodePool:
         import multiprocessing.util
         from concurrent.futures import ProcessPoolExecutor
 
-        # This process now packs, pickles and receives batches: buffers of megabytes, which it serves as each
-        # batch's recipe says (``serve_batches``, called before the batch is packed: export/pipeline.py).
+        # This process now packs, pickles and receives batches: buffers of megabytes, which malloc serves as
+        # ``batch_memory_kept`` says (``serve_batches``, called before each batch is packed: export/pipeline.py).
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([*PRELOAD, *self._libraries, FREEZE])
         # The workers' parent is the fork server, which lives as long as they do: each watches this process.
