@@ -180,6 +180,13 @@ class MemoryBudget:
                 self._lock.notify_all()
         return Reservation(self, size)
 
+    @property
+    def contended(self) -> bool:
+        """Whether batches wait for memory, or hold more than half of what standing charges leave: many
+        exporters catching up at once, whose batches should keep no freed memory beside them (``serve_batches``)."""
+        with self._lock:
+            return bool(self._queue) or 2 * (self.used - self.standing) > self.total - self.standing
+
     def _fits(self, size: int) -> bool:
         return self.used + size <= self.total or self.used == self.standing
 
