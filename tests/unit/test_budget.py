@@ -111,6 +111,23 @@ def test_resizing_takes_what_the_rows_really_need_without_waiting() -> None:
     assert budget.reserve(80) is not None and budget.used == 100
 
 
+def test_the_budget_is_contended_when_batches_wait_or_hold_more_than_half_of_it() -> None:
+    budget = MemoryBudget(100)
+    budget.charge_standing("encoders", 20)  # 80 left for batches
+    first = budget.reserve(40)
+    assert first is not None and not budget.contended  # one exporter's batches: they may keep freed memory
+    second = budget.reserve(10)
+    assert second is not None and budget.contended
+    second.release()
+    assert not budget.contended
+    waiter = threading.Thread(target=lambda: budget.reserve(50))
+    waiter.start()
+    eventually(lambda: len(budget._queue) == 1)
+    assert budget.contended  # a batch waits for memory
+    first.release()
+    waiter.join(5)
+
+
 def test_sizing_from_the_container_memory_limit(tmp_path: Path) -> None:
     # The limit less the process's own needs and the encode pool's (fork server, idle workers).
     assert budget_for_memory_limit(512 * MiB, workers=2) == int((512 * MiB - reserved_bytes(2)) / 1.5)
