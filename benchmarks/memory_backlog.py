@@ -131,9 +131,16 @@ def _catch_up(store_path: str, endpoint: str, keys: tuple[str, str], buckets: li
     stores = StoreOpener(store_path, lambda namespace, name: None)
     object_stores = SharedObjectStores()
     exporters = []
-    for index, (bucket, fmt) in enumerate(buckets):
+    for index, (bucket, case) in enumerate(buckets):
+        fmt, _, extension = case.partition(".")  # jsonl.zst: the format, and its compression by extension
+        content = {"format": fmt}
+        if extension:
+            from capture_export.export.formats import FORMATS
+
+            content["compression"] = next(compression for compression, ext in FORMATS[fmt].extensions.items()
+                                          if ext == f".{case}")
         spec = S3ExporterSpec.model_validate({"bucket": bucket, "region": "us-east-1", "endpoint": endpoint,
-                                              "prefix": "bench", "limit": limit, "format": fmt,
+                                              "prefix": "bench", "limit": limit, **content,
                                               "secretRef": {"name": "s3"}})
         worker = ExporterWorker(ExporterId("default", f"e{index}"), open_store=stores, secrets=Secrets(),
                                 object_store_factory=object_stores)
