@@ -303,7 +303,10 @@ _libc: ctypes.CDLL | bool | None = None
 # An exporting process whose exporters write JSON Lines, not Parquet, keeps their pooled batches' large blocks
 # in it too and peaks higher by about as much between its trims (measured at ``limit: 1000``: 8-9 MiB for
 # ``jsonl.zst``, 18-21 for ``jsonl``): freed memory beside the batches in flight, which ALLOCATOR_OVERHEAD
-# counts (four such batches in flight: ~40 MiB).
+# counts (four such batches in flight: ~40 MiB). Only while the budget is not contended (``MemoryBudget.contended``,
+# export/pipeline.py): with many exporters' batches in flight, the payloads freed between live ones stayed in
+# its heap well beyond that (a dozen JSON Lines exporters catching up with a 64 MiB budget: 35-40 MiB more,
+# 2026-12-03; tests/integration/test_json_lines_backlog_memory.py).
 BATCH_REUSE_BYTES = 16 * MiB
 # What ``serve_batches`` (or ``return_large_blocks_at_once``: 0) last set; None: nothing yet, glibc's own
 # thresholds (the exporting process until it sends its first batch to the encode pool).
