@@ -23,6 +23,8 @@ sizes it (one worker per available CPU). Printed per case:
   handing batches to the pool and back, the pipeline's threads, the interpreter);
 * peak memory of that process tree, sampled every 0.1 s: PSS (what a pod's cgroup is charged: pages the
   processes share counted once) and RSS (shared pages counted in every process);
+* CPU per record (µs) of the S3 server (SeaweedFS, on the same cores): what the export's bytes cost the
+  other side, which shares the machine's CPUs with the exporter here;
 * the 1-minute load average before and after (the machine may be shared: read the figures against it).
 
 The peer (``litellm-s3-batch-file``) is LiteLLM's ``S3Logger`` (litellm.integrations.s3_v2) with
@@ -31,7 +33,8 @@ proxy's success callback would, fully offline (``LITELLM_LOCAL_MODEL_COST_MAP``,
 SeaweedFS). It gets the same records, each as the StandardLoggingPayload a proxy would hand it (request
 body as ``messages``, response body as ``response``, usage, cost, timing, identity as metadata, raw bodies
 as base64); building those payloads from the store is not timed, only the logger's work and its uploads.
-Its CPU is that process's own. The ratio lines compare each format with it.
+Its CPU is that process's own; the S3 server's is measured as for the cases. The ratio lines compare each
+format with it.
 
 ``--cli-once`` adds the default format as a user runs it: ``capture-export run --once`` in a subprocess,
 CPU per record including the interpreter's start-up, against a fresh copy of the store and bucket.
@@ -108,6 +111,21 @@ class TreeMonitor(threading.Thread):
     def run(self) -> None:
         while not self.done.wait(self.interval):
             self.sample()
+
+
+def server_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds the S3 server (process ``pid``, and any child of it) has used so far."""
+    import psutil
+
+    try:
+        server = psutil.Process(pid)
+        total = 0.0
+        for process in (server, *server.children(recursive=True)):
+            times = process.cpu_times()
+            total += times.user + times.system
+        return total
+    except (psutil.Error, ValueError):  # stopped (no pid)
+        return float("nan")
 
 
 def _export(store_path: str, endpoint: str, keys: tuple[str, str], bucket: str, limit: int,
@@ -192,7 +210,8 @@ def litellm_payload(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _peer(store_path: str, endpoint: str, keys: tuple[str, str], bucket: str, limit: int, out: Any) -> None:
+def _peer(store_path: str, endpoint: str, keys: tuple[str, str], bucket: str, limit: int, server_pid: int | None,
+          out: Any) -> None:
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # offline: no model price list from the network
     import asyncio
     from datetime import UTC, datetime
@@ -233,7 +252,9 @@ def _peer(store_path: str, endpoint: str, keys: tuple[str, str], bucket: str, li
             del payloads
         return {"seconds": seconds, "cpu": cpu, "rows": rows_done}
 
+    server_before = server_cpu_seconds(server_pid)
     figures = asyncio.run(run())
+    figures["server_cpu"] = server_cpu_seconds(server_pid) - server_before  # not the read-back below
     monitor.sample()
     monitor.done.set()
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=keys[0],
@@ -321,8 +342,8 @@ def main() -> None:
 def _measure(spawn: Any, s3: Any, store_path: str, cases: dict[str, dict[str, Any]], args: argparse.Namespace,
              workdir: Path) -> dict[str, float]:
     header = (f"{'case':<22} {'records/s':>9} {'seconds':>7} {'CPU µs/rec':>10} {'read':>5} {'encode':>6} "
-              f"{'commit':>6} {'other':>5} {'MB out':>7} {'req/1k':>6} {'PSS MB':>6} {'RSS MB':>6} {'pool':>4} "
-              f"{'load':>11}")
+              f"{'commit':>6} {'other':>5} {'S3 µs':>5} {'MB out':>7} {'req/1k':>6} {'PSS MB':>6} {'RSS MB':>6} "
+              f"{'pool':>4} {'load':>11}")
     print(header)
     print("-" * len(header))
     keys = (s3.access_key_id, s3.secret_access_key)
@@ -330,9 +351,10 @@ def _measure(spawn: Any, s3: Any, store_path: str, cases: dict[str, dict[str, An
     for index, (name, fields) in enumerate(cases.items()):
         bucket = f"bench-{index}"
         s3.create_bucket(bucket)
-        load_before = os.getloadavg()[0]
+        load_before, server_before = os.getloadavg()[0], server_cpu_seconds(s3.pid)
         figures = child_result(spawn, _export, (store_path, s3.endpoint, keys, bucket, args.limit, fields),
                              f"{name} export")
+        server = server_cpu_seconds(s3.pid) - server_before
         if figures["failure"]:
             print(f"{name:<22} FAILED: {figures['failure']}", flush=True)
             continue
@@ -342,6 +364,7 @@ def _measure(spawn: Any, s3: Any, store_path: str, cases: dict[str, dict[str, An
         total = figures["cpu"] / handled * 1e6
         print(f"{name:<22} {rates[name]:>9,.0f} {figures['seconds']:>7.2f} {total:>10.1f} {per['read']:>5.1f} "
               f"{per['encode']:>6.1f} {per['commit']:>6.1f} {total - sum(per.values()):>5.1f} "
+              f"{server / handled * 1e6:>5.1f} "
               f"{figures['bytes'] / 1e6:>7.1f} {figures['requests'] / handled * 1000:>6.2f} "
               f"{figures['pss'] / 2**20:>6.0f} {figures['rss'] / 2**20:>6.0f} "
               f"{figures['workers']:>4} {load_before:>5.2f}/{os.getloadavg()[0]:<5.2f}", flush=True)
@@ -349,13 +372,14 @@ def _measure(spawn: Any, s3: Any, store_path: str, cases: dict[str, dict[str, An
         bucket = "bench-peer"
         s3.create_bucket(bucket)
         load_before = os.getloadavg()[0]
-        figures = child_result(spawn, _peer, (store_path, s3.endpoint, keys, bucket, args.limit), PEER)
+        figures = child_result(spawn, _peer, (store_path, s3.endpoint, keys, bucket, args.limit, s3.pid), PEER)
         if figures["failure"]:
             print(f"{PEER:<22} FAILED: {figures['failure']}", flush=True)
         else:
             rates[PEER] = figures["rows"] / figures["seconds"]
             print(f"{PEER:<22} {rates[PEER]:>9,.0f} {figures['seconds']:>7.2f} "
-                  f"{figures['cpu'] / figures['rows'] * 1e6:>10.1f} {'':>5} {'':>6} {'':>6} {'':>5} {'':>7} "
+                  f"{figures['cpu'] / figures['rows'] * 1e6:>10.1f} {'':>5} {'':>6} {'':>6} {'':>5} "
+                  f"{figures['server_cpu'] / figures['rows'] * 1e6:>5.1f} {'':>7} "
                   f"{figures['objects'] / figures['rows'] * 1000:>6.2f} "
                   f"{figures['pss'] / 2**20:>6.0f} {figures['rss'] / 2**20:>6.0f} {'':>4} "
                   f"{load_before:>5.2f}/{os.getloadavg()[0]:<5.2f}   (req/1k: its objects, one PUT each)", flush=True)

@@ -278,7 +278,10 @@ def memory_budget() -> MemoryBudget:
 # format that keeps its memory (``FormatInfo.keeps_batch_memory``: JSON Lines), its large blocks included
 # (``serve_batches``): at ``limit: 1000``, 5.8 minor page faults per record down to 0.02 for ``jsonl.zst``
 # (uncompressed ``jsonl``, whose batches free more than that, 5.5 down to 3.4). After a Parquet batch a
-# worker gives everything back, as the tight bound on a Parquet export's memory needs.
+# worker gives everything back, as the tight bound on a Parquet export's memory needs. The exporting process
+# serves the large blocks of the batches it sends to the pool (their packed rows and pickle, the payloads
+# received) the same way, unless one of its exporters writes Parquet (``EncodePool.batch_memory_kept``):
+# ``jsonl.zst`` at ``limit: 1000``, 2.2 minor page faults per record down to 0.5 there.
 # Elsewhere (musl, macOS) all of this does nothing.
 
 _M_ARENA_MAX = -8  # mallopt parameters (malloc.h)
@@ -290,9 +293,15 @@ _libc: ctypes.CDLL | bool | None = None
 # Freed memory a process keeps for its next batch: a few batches of the default limit (~3.5 MB of rows and
 # their frame each), within the headroom of PROCESS_RESERVED_BYTES (the exporting process) and of
 # ALLOCATOR_OVERHEAD (an encode worker: what it keeps is what its last batch, counted in the budget, freed).
+# An exporting process whose exporters write JSON Lines, not Parquet, keeps their pooled batches' large blocks
+# in it too and peaks higher by about as much between its trims (measured at ``limit: 1000``: 8-9 MiB for
+# ``jsonl.zst``, 18-21 for ``jsonl``): freed memory beside the batches in flight, which ALLOCATOR_OVERHEAD
+# counts (four such batches in flight: ~40 MiB).
 BATCH_REUSE_BYTES = 16 * MiB
-# What ``serve_batches`` last set: 0, large blocks mapped on their own (as a process of the encode pool starts).
-_serving_keep = 0
+# What ``serve_batches`` (or ``return_large_blocks_at_once``: 0) last set; None: nothing yet, glibc's own
+# thresholds (the exporting process until it sends its first batch to the encode pool).
+_serving_keep: int | None = None
+_serving_lock = threading.Lock()
 # Freed memory malloc held right after the last trim: pages a trim has already given back (glibc's
 # malloc_trim returns free pages inside the heap but still counts them as free).
 _held_after_trim = 0
@@ -334,33 +343,46 @@ def return_large_blocks_at_once(threshold: int = _LARGE_BLOCK) -> None:
     then come from the arenas, where they fragment the heap until the trim after the batch: measured, an
     encode worker's peak for a Parquet batch of 1,300 records 4-6 MiB lower, the exporting process's 7
     (docs/benchmarks.md). For the processes of the encode pool, whose batches are all such buffers (a batch's
-    packed rows, its pickle, the payload), and the process that sends them there."""
+    packed rows, its pickle, the payload), and the process that sends them there when one of its exporters
+    writes Parquet (``serve_batches``)."""
+    global _serving_keep
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+        _serving_keep = 0
 
 
 def serve_batches(keep: int) -> None:
-    """How an encode worker's malloc serves batches from now on (the next batch's message arrives in it too).
+    """How this process's malloc serves batches from now on: an encode worker's (the next batch's message
+    arrives in it too), or the exporting process's for the batch it is about to pack for the pool.
     ``keep`` 0, as a Parquet batch needs: every block of 256 KiB or more mapped on its own and given back
     when freed (``return_large_blocks_at_once``, which a worker starts with), the free top of the heap given
     back soon. Otherwise blocks up to ``keep / 2`` (the batch's message, its packed rows, the payload, its pickle:
     most of a JSON Lines worker's page faults) come from the heap too, and the heap keeps up to ``keep``
     bytes free at its top, for the next batch to reuse rather than fault in again;
     ``release_freed_memory(keep)`` after each batch bounds what stays. Changes nothing while ``keep`` is
-    what it was: a worker that only ever writes Parquet stays as it started."""
+    what it was: a worker that only ever writes Parquet stays as it started, and so does an exporting
+    process that only ever sends Parquet batches (its first batch for the pool: ``return_large_blocks_at_once``
+    alone, as before)."""
     global _serving_keep
     libc = _glibc()
     if libc is None or keep == _serving_keep:
         return
-    _serving_keep = keep
-    # A block larger than half of what is kept still gets a mapping of its own: a batch with two of them (its
-    # message and its packed rows) frees more than is kept anyway. Measured: served from the heap, those of
-    # a JSON Lines batch at ``limit: 10000`` took two workers ~40 MiB more at their peak.
-    libc.mallopt(_M_MMAP_THRESHOLD, max(_LARGE_BLOCK, keep // 2) if keep else _LARGE_BLOCK)
-    # keep 0: glibc's default trim threshold (the one the worker inherited, which glibc raised from it in
-    # the fork server, cannot be read back).
-    libc.mallopt(_M_TRIM_THRESHOLD, keep or _DEFAULT_TRIM_THRESHOLD)
+    # The exporting process's readers (one per exporter) call this at once: what is recorded is what is set.
+    with _serving_lock:
+        if keep == _serving_keep:
+            return
+        if not keep and _serving_keep is None:
+            return_large_blocks_at_once()
+            return
+        _serving_keep = keep
+        # A block larger than half of what is kept still gets a mapping of its own: a batch with two of them
+        # (its message and its packed rows) frees more than is kept anyway. Measured: served from the heap,
+        # those of a JSON Lines batch at ``limit: 10000`` took two workers ~40 MiB more at their peak.
+        libc.mallopt(_M_MMAP_THRESHOLD, max(_LARGE_BLOCK, keep // 2) if keep else _LARGE_BLOCK)
+        # keep 0: glibc's default trim threshold (the one the worker inherited, which glibc raised from it in
+        # the fork server, cannot be read back).
+        libc.mallopt(_M_TRIM_THRESHOLD, keep or _DEFAULT_TRIM_THRESHOLD)
 
 
 def _freed_memory_held() -> int | None:

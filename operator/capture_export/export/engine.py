@@ -107,6 +107,8 @@ class ExportEngine:
         self._library_in_pool = self.pool is not None and info.library_memory > 0
         if self._library_in_pool and self.pool is not None:
             self.pool.load_library(info.library_modules)
+        if self.pool is not None and not info.keeps_batch_memory:
+            self.pool.bound_memory_tightly()
         if self.recipe.decodes and (info.library_memory or info.fixed_working_memory):
             encoders = self.pool.workers if self.pool is not None else 1
             self.budget.charge_standing(f"{self.recipe.format} encoders",

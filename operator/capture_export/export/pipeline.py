@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ..api.vocabulary import Domain, Reason
 from ..store import StoredRecord
 from .batch import BatchFailure, EncodedBatch, PackedRows, SentOnce, encode_in_worker, encode_rows
-from .budget import BATCH_REUSE_BYTES, Reservation, release_freed_memory
+from .budget import BATCH_REUSE_BYTES, Reservation, release_freed_memory, serve_batches
 from .model import Cursor, ExportFailure, PreparedBatch
 from .pool import BrokenPool
 
@@ -116,6 +116,10 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
     cancel: Callable[[], object]
     if (engine.pool is not None and (len(rows) >= POOL_MIN_ROWS or engine._library_in_pool)
             and all(type(row.body) is bytes for row in rows)):
+        # This batch's large blocks (its packed rows and their pickle, then its payload received) come from the
+        # heap and are kept for the next batch, or are mapped on their own and given back at once in a process
+        # with a Parquet exporter (``EncodePool.batch_memory_kept``); mallopt is called only when that changes.
+        serve_batches(engine.pool.batch_memory_kept(engine.recipe.reused_memory))
         # Let go of here once pickled for the worker (SentOnce): the pool would keep it until the result is back.
         future = engine.pool.submit(encode_in_worker, engine.recipe, SentOnce(PackedRows.pack(rows)))
         # A batch in the pool is never cancelled: it is encoded and dropped. CPython 3.11's process pool,
