@@ -58,7 +58,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from itertools import accumulate, chain
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import cbor2
 import orjson
@@ -703,13 +703,14 @@ def _bytes_column(pa: Any, values: list[bytes | None], arrow_type: Any) -> Any:
     builder would copy them into a buffer it grows by doubling: each larger buffer a new copy, and those
     past malloc's mmap threshold (256 KiB in an encode worker) page-faulted in afresh."""
     if None not in values:
+        present = cast(list[bytes], values)
         try:
-            offsets = array("i", accumulate(map(len, values), initial=0))
+            offsets = array("i", accumulate(map(len, present), initial=0))
         except OverflowError:  # 2 GiB or more: Arrow's builder splits it
             pass
         else:
-            return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(offsets),
-                                                                   pa.py_buffer(b"".join(values))])
+            return pa.Array.from_buffers(arrow_type, len(present), [None, pa.py_buffer(offsets),
+                                                                    pa.py_buffer(b"".join(present))])
     return pa.array(values, pa.binary()).view(arrow_type)
 
 
