@@ -52,12 +52,13 @@ import operator
 import re
 import threading
 import zlib
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from itertools import chain
-from typing import Any, Protocol
+from itertools import accumulate, chain
+from typing import Any, Protocol, cast
 
 import cbor2
 import orjson
@@ -587,7 +588,7 @@ class ParquetEncoder:
         for name, fields in _STRUCTS.items():
             arrays[name] = self._struct_column(values[name], fields, name, schema.field(name).type, extras)
         captures, raw_requests, raw_responses = _captures(values["capture"])
-        arrays["capture"] = pa.array(captures, pa.binary()).view(pa.string())  # orjson writes UTF-8
+        arrays["capture"] = _bytes_column(pa, captures, pa.string())  # orjson writes UTF-8
         arrays["raw_request_body"] = pa.array(raw_requests, pa.binary())
         arrays["raw_response_body"] = pa.array(raw_responses, pa.binary())
         # A record holding every typed field holds another one exactly when it has more fields than those.
@@ -695,6 +696,22 @@ def _captures(values: Sequence[Any]) -> tuple[list[bytes | None], list[bytes | N
         raw_requests.append(raw_request)
         raw_responses.append(raw_response)
     return captures, raw_requests, raw_responses
+
+
+def _bytes_column(pa: Any, values: list[bytes | None], arrow_type: Any) -> Any:
+    """A binary or string (``values`` in UTF-8) column, its data buffer the values joined once. Arrow's
+    builder would copy them into a buffer it grows by doubling: each larger buffer a new copy, and those
+    past malloc's mmap threshold (256 KiB in an encode worker) page-faulted in afresh."""
+    if None not in values:
+        present = cast(list[bytes], values)
+        try:
+            offsets = array("i", accumulate(map(len, present), initial=0))
+        except OverflowError:  # 2 GiB or more: Arrow's builder splits it
+            pass
+        else:
+            return pa.Array.from_buffers(arrow_type, len(present), [None, pa.py_buffer(offsets),
+                                                                    pa.py_buffer(b"".join(present))])
+    return pa.array(values, pa.binary()).view(arrow_type)
 
 
 def _may_hold_raw(part: Any) -> bool:
