@@ -39,7 +39,7 @@ from ..store.check import check_foreign_record
 from ..store.credentials import CredentialPolicy
 from ..store.records import CorruptRecord, id_head, with_id
 from ..store.seal import SEAL_SIZE, RecordSeal
-from .budget import BATCH_REUSE_BYTES, release_freed_memory, serve_batches
+from .budget import BATCH_REUSE_BYTES, SMALL_PARQUET_BATCH_BYTES, release_freed_memory, serve_batches
 from .formats import FORMATS, FormatUnavailable, encoder_for
 from .transform import RecordTransform, peek_fields
 
@@ -111,6 +111,14 @@ class BatchRecipe:
         """Freed memory an encode worker keeps for its next batch after one of this recipe's: a few batches'
         worth, unless the format's memory is bounded tightly (``FormatInfo.keeps_batch_memory``)."""
         return BATCH_REUSE_BYTES if FORMATS[self.format].keeps_batch_memory else 0
+
+    def reused_memory_after(self, stored_bytes: int) -> int:
+        """Freed memory an encode worker keeps after encoding a batch of ``stored_bytes`` with this recipe:
+        ``reused_memory``, or for a format bounded tightly (Parquet) as much when the batch is small
+        (``SMALL_PARQUET_BATCH_BYTES``: the default ``limit``), else none."""
+        if FORMATS[self.format].keeps_batch_memory or stored_bytes <= SMALL_PARQUET_BATCH_BYTES:
+            return BATCH_REUSE_BYTES
+        return 0
 
 
 class BatchFailure(Exception):
@@ -346,6 +354,11 @@ class PackedRows:
                    sealed=sealed, seals=b"".join(row.seal for row, has in zip(rows, sealed, strict=True) if has),  # type: ignore[misc]
                    ends=ends, bodies=b"".join(row.body for row in rows))
 
+    @property
+    def stored_bytes(self) -> int:
+        """The batch's stored size, as the memory budget counts it: its records' bodies."""
+        return len(self.bodies)
+
     def unpack(self) -> list[StoredRecord]:
         view = memoryview(self.bodies)
         rows, start, at = [], 0, 0
@@ -386,7 +399,7 @@ def encode_in_worker(recipe: BatchRecipe, packed: PackedRows) -> EncodedBatch:
     walk again and again (it costs a third of the decoding time). What the batch freed goes back to the
     operating system before the worker waits for the next one, but for what the next batch will reuse
     (``BatchRecipe.reused_memory``: none after a Parquet batch)."""
-    keep = recipe.reused_memory
+    keep = recipe.reused_memory_after(packed.stored_bytes)
     serve_batches(keep)
     gc.disable()
     try:

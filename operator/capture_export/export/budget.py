@@ -33,6 +33,7 @@ from .cgroup import memory_limit as container_memory_limit
 __all__ = [
     "ALLOCATOR_OVERHEAD",
     "BATCH_REUSE_BYTES",
+    "SMALL_PARQUET_BATCH_BYTES",
     "DEFAULT_BUDGET_BYTES",
     "MIN_BUDGET_BYTES",
     "POOL_RESERVED_BYTES",
@@ -298,6 +299,17 @@ _libc: ctypes.CDLL | bool | None = None
 # ``jsonl.zst``, 18-21 for ``jsonl``): freed memory beside the batches in flight, which ALLOCATOR_OVERHEAD
 # counts (four such batches in flight: ~40 MiB).
 BATCH_REUSE_BYTES = 16 * MiB
+# An encode worker keeps as much after a Parquet batch whose stored records take at most this much (the default
+# ``limit: 1000`` of ~3.6 KB records: ~3.6 MB), none after a bigger one. Measured (2026-12-03, a worker at
+# ``limit: 1000``, tests/integration/test_worker_memory_reuse.py): such a batch frees 12-15.5 MB (Arrow's
+# buffers, grown by doubling, and the writer's pages, blocks of up to ~8 MB), so keeping less saves little
+# (keeping 3x its stored bytes, ~10.7 MB: 3.5 minor page faults per record; 16 MiB: 0.4; nothing: 8.0).
+# What a worker keeps is inside what the budget counts for it: Parquet's standing charge counts each worker's
+# fixed working memory (64 MiB, ``FormatInfo.fixed_working_memory``) as held for good, and a worker that
+# keeps 16 MiB holds less than that between batches. A batch at ``limit: 10000`` (~36 MB) keeps nothing: there
+# the tree's peak is close to the issue's 200 MB (tests/integration/test_parquet_memory.py), and keeping
+# 16 MiB measured 204.7-205.2 MiB.
+SMALL_PARQUET_BATCH_BYTES = 8 * MiB
 # What ``serve_batches`` (or ``return_large_blocks_at_once``: 0) last set; None: nothing yet, glibc's own
 # thresholds (the exporting process until it sends its first batch to the encode pool).
 _serving_keep: int | None = None
@@ -400,6 +412,7 @@ def release_freed_memory(keep: int = 0) -> None:
     after the last trim."""
     global _held_after_trim
     libc = _glibc()
+    trimmed = libc is None
     if libc is not None:
         held = _freed_memory_held() if keep else None
         if held is not None and held - _held_after_trim <= keep:
@@ -407,7 +420,10 @@ def release_freed_memory(keep: int = 0) -> None:
         else:
             libc.malloc_trim(0)
             _held_after_trim = _freed_memory_held() or 0
+            trimmed = True
     # Only once pyarrow is fully imported (another thread may be importing it right now).
-    pool = getattr(sys.modules.get("pyarrow"), "default_memory_pool", None)
-    if pool is not None:
+    pyarrow = sys.modules.get("pyarrow")
+    pool = getattr(pyarrow, "default_memory_pool", None)
+    # Arrow's "system" pool is malloc, and releasing it is glibc's malloc_trim(0): not when keeping.
+    if pool is not None and (trimmed or pool().backend_name != "system"):
         pool().release_unused()
