@@ -33,11 +33,11 @@ from .cgroup import memory_limit as container_memory_limit
 __all__ = [
     "ALLOCATOR_OVERHEAD",
     "BATCH_REUSE_BYTES",
-    "SMALL_PARQUET_BATCH_BYTES",
     "DEFAULT_BUDGET_BYTES",
     "MIN_BUDGET_BYTES",
     "POOL_RESERVED_BYTES",
     "PROCESS_RESERVED_BYTES",
+    "SMALL_PARQUET_BATCH_BYTES",
     "WORKER_RESERVED_BYTES",
     "BatchCost",
     "MemoryBudget",
