@@ -56,10 +56,11 @@ def test_the_exporting_process_reuses_the_memory_of_its_last_pooled_json_batch(t
     store.close()
     rows, faults = in_fresh_process(_export_and_count_faults, str(path), "jsonl", "zstd")
     assert rows == RECORDS
-    # Every large buffer mapped on its own: 2.4 faults per record (the packed rows and their pickle,
+    # Every large buffer mapped on its own: 2.4-2.6 faults per record (the packed rows and their pickle,
     # multiprocessing's receive buffers, the payload, every batch in fresh pages). Reused: 0.65-0.8, and up to
-    # 1.3 on a machine busy elsewhere (more memory freed between two trims, so more trims).
-    assert faults / rows < 1.5, f"{faults / rows:.2f} minor page faults per record in the exporting process"
+    # 1.3 on a machine busy elsewhere (more memory freed between two trims, so more trims): the bound leaves
+    # room for a busier CI runner and still fails the old way by a margin.
+    assert faults / rows < 1.8, f"{faults / rows:.2f} minor page faults per record in the exporting process"
 
 
 def test_a_process_with_a_parquet_exporter_keeps_no_batch_memory_for_any_batch(tmp_path: Path) -> None:
