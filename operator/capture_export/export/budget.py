@@ -37,6 +37,7 @@ __all__ = [
     "MIN_BUDGET_BYTES",
     "POOL_RESERVED_BYTES",
     "PROCESS_RESERVED_BYTES",
+    "SMALL_PARQUET_BATCH_BYTES",
     "WORKER_RESERVED_BYTES",
     "BatchCost",
     "MemoryBudget",
@@ -284,8 +285,9 @@ def memory_budget() -> MemoryBudget:
 # (1.2-1.35 minor page faults per record; docs/benchmarks.md). So does an encode worker after a batch of a
 # format that keeps its memory (``FormatInfo.keeps_batch_memory``: JSON Lines), its large blocks included
 # (``serve_batches``): at ``limit: 1000``, 5.8 minor page faults per record down to 0.02 for ``jsonl.zst``
-# (uncompressed ``jsonl``, whose batches free more than that, 5.5 down to 3.4). After a Parquet batch a
-# worker gives everything back, as the tight bound on a Parquet export's memory needs. The exporting process
+# (uncompressed ``jsonl``, whose batches free more than that, 5.5 down to 3.4). After a small Parquet batch of an
+# export the budget does not cut, so does a Parquet worker (``SMALL_PARQUET_BATCH_BYTES``); after any other it
+# gives everything back, as the tight bound on a Parquet export's memory needs. The exporting process
 # serves the large blocks of the batches it sends to the pool (their packed rows and pickle, the payloads
 # received) the same way, unless one of its exporters writes Parquet (``EncodePool.batch_memory_kept``):
 # ``jsonl.zst`` at ``limit: 1000``, 2.2 minor page faults per record down to 0.5 there.
@@ -308,6 +310,21 @@ _libc: ctypes.CDLL | bool | None = None
 # its heap well beyond that (a dozen JSON Lines exporters catching up with a 64 MiB budget: 35-40 MiB more,
 # 2026-12-03; tests/integration/test_json_lines_backlog_memory.py).
 BATCH_REUSE_BYTES = 16 * MiB
+# An encode worker keeps ``BATCH_REUSE_BYTES`` after a Parquet batch whose stored records take at most this
+# much (the default ``limit: 1000`` of ~3.6 KB records: ~3.6 MB) when the budget let the export read batches
+# of its whole ``limit`` (``BatchRecipe.reused_memory_in_worker``, decided in the exporting process); none
+# after any other. Measured 2026-12-03 (shared 2-vCPU dev box, load 2.3-3.5, SpeedProbe factor 0.74-0.75;
+# docs/benchmarks.md): such a batch frees 12-15.5 MB in its worker (Arrow's buffers, grown by doubling, and the
+# writer's pages), so keeping less saves little (minor page faults per record, one worker, 10,000 records:
+# nothing kept 8.0, 8 MiB 3.3, 12 MiB 3.4, 14 MiB 2.2, 16 MiB 0.04-0.4); the workers' CPU per record fell
+# 17-25% (`profile_run_once.py`, interleaved). The price: the tree at ``limit: 1000`` peaks 20-24 MiB higher
+# (186-188 -> 208-210 MiB PSS, two workers). That is inside what the budget counts: Parquet's standing charge
+# holds each worker's fixed working memory (64 MiB, ``FormatInfo.fixed_working_memory``) for good, and such a
+# worker keeps at most 16 MiB of it between batches. Batches the budget cuts below ``limit`` keep nothing: that
+# is where memory is tight, as in tests/integration/test_parquet_memory.py (``limit: 10000``, no container
+# limit: batches of ~1,300-1,500 records, 4.5-5.2 MB stored, which keeping 16 MiB took to 212-213 MiB); nor
+# do bigger batches (``limit: 10000`` in a larger budget: ~36 MB stored, each freeing far more than is kept).
+SMALL_PARQUET_BATCH_BYTES = 8 * MiB
 # What ``serve_batches`` (or ``return_large_blocks_at_once``: 0) last set; None: nothing yet, glibc's own
 # thresholds (the exporting process until it sends its first batch to the encode pool).
 _serving_keep: int | None = None
@@ -365,15 +382,15 @@ def return_large_blocks_at_once(threshold: int = _LARGE_BLOCK) -> None:
 def serve_batches(keep: int) -> None:
     """How this process's malloc serves batches from now on: an encode worker's (the next batch's message
     arrives in it too), or the exporting process's for the batch it is about to pack for the pool.
-    ``keep`` 0, as a Parquet batch needs: every block of 256 KiB or more mapped on its own and given back
-    when freed (``return_large_blocks_at_once``, which a worker starts with), the free top of the heap given
-    back soon. Otherwise blocks up to ``keep / 2`` (the batch's message, its packed rows, the payload, its pickle:
-    most of a JSON Lines worker's page faults) come from the heap too, and the heap keeps up to ``keep``
-    bytes free at its top, for the next batch to reuse rather than fault in again;
-    ``release_freed_memory(keep)`` after each batch bounds what stays. Changes nothing while ``keep`` is
-    what it was: a worker that only ever writes Parquet stays as it started, and so does an exporting
-    process that only ever sends Parquet batches (its first batch for the pool: ``return_large_blocks_at_once``
-    alone, as before)."""
+    ``keep`` 0, as a Parquet batch needs (but a small one: ``SMALL_PARQUET_BATCH_BYTES``): every block of
+    256 KiB or more mapped on its own and given back when freed (``return_large_blocks_at_once``, which a worker
+    starts with), the free top of the heap given back soon. Otherwise blocks up to ``keep / 2`` (the batch's
+    message, its packed rows, the payload, its pickle: most of a JSON Lines worker's page faults; a small Parquet
+    batch's Arrow buffers) come from the heap too, and the heap keeps up to ``keep`` bytes free at its top, for
+    the next batch to reuse rather than fault in again; ``release_freed_memory(keep)`` after each batch bounds
+    what stays. Changes nothing while ``keep`` is what it was: a worker that only ever writes big Parquet batches
+    stays as it started, and so does an exporting process that only ever sends Parquet batches (its first batch
+    for the pool: ``return_large_blocks_at_once`` alone, as before)."""
     global _serving_keep
     libc = _glibc()
     if libc is None or keep == _serving_keep:
@@ -407,9 +424,10 @@ def _freed_memory_held() -> int | None:
 def release_freed_memory(keep: int = 0) -> None:
     """Give memory freed by a finished batch back to the operating system (malloc's arenas, and Arrow's
     memory pool in a worker that wrote Parquet), unless malloc holds at most ``keep`` bytes more of it than
-    after the last trim."""
+    after the last trim (then Arrow's pool, malloc itself unless the user chose another, is left alone too)."""
     global _held_after_trim
     libc = _glibc()
+    trimmed = libc is None
     if libc is not None:
         held = _freed_memory_held() if keep else None
         if held is not None and held - _held_after_trim <= keep:
@@ -417,7 +435,12 @@ def release_freed_memory(keep: int = 0) -> None:
         else:
             libc.malloc_trim(0)
             _held_after_trim = _freed_memory_held() or 0
+            trimmed = True
     # Only once pyarrow is fully imported (another thread may be importing it right now).
-    pool = getattr(sys.modules.get("pyarrow"), "default_memory_pool", None)
-    if pool is not None:
+    pyarrow = sys.modules.get("pyarrow")
+    pool = getattr(pyarrow, "default_memory_pool", None)
+    # Arrow's "system" pool (export/arrow.py) is malloc, and its release_unused is a malloc_trim(0): called
+    # while keeping, it gave back what was kept (a Parquet worker keeping 16 MiB, measured: 3.2 minor page faults
+    # per record instead of 0.4; so too a JSON Lines worker whose fork server had imported pyarrow).
+    if pool is not None and (trimmed or pool().backend_name != "system"):
         pool().release_unused()

@@ -872,8 +872,9 @@ class FormatInfo:
     library_modules: tuple[str, ...] = ()
     requires: Callable[[], None] | None = None  # raises FormatUnavailable when a package it needs is missing
     # Whether an encode worker keeps a batch's freed memory for its next batch (export/budget.py,
-    # ``serve_batches``). Not Parquet's: its encoder's fixed working memory comes on top of the batch, and a
-    # Parquet export at ``limit: 10000`` has little room left below 200 MB (tests/integration/test_parquet_memory.py).
+    # ``serve_batches``). Not Parquet's, but after a small batch (``SMALL_PARQUET_BATCH_BYTES``): its encoder's
+    # fixed working memory comes on top of the batch, and a Parquet export at ``limit: 10000`` has little room
+    # left below 200 MB (tests/integration/test_parquet_memory.py).
     keeps_batch_memory: bool = True
 
     @property

@@ -129,7 +129,11 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
         kept = 0 if engine.budget.contended else engine.pool.batch_memory_kept(engine.recipe.reused_memory)
         serve_batches(kept)
         # Let go of here once pickled for the worker (SentOnce): the pool would keep it until the result is back.
-        future = engine.pool.submit(encode_in_worker, engine.recipe, SentOnce(PackedRows.pack(rows)))
+        packed = PackedRows.pack(rows)
+        keep = engine.recipe.reused_memory_in_worker(stored_bytes=packed.stored_bytes,
+                                                     full_batches=engine.batch_limit() >= engine.spec.limit)
+        future = engine.pool.submit(encode_in_worker, engine.recipe, SentOnce(packed), keep)
+        del packed
         # A batch in the pool is never cancelled: it is encoded and dropped. CPython 3.11's process pool,
         # when a worker dies while one of its futures is cancelled, stops failing the others half-way: the
         # batches of every exporter behind it would wait for ever, and the process could not exit.
