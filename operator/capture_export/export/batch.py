@@ -9,9 +9,11 @@ the store's key (store/seal.py) was written by our own append and goes out as st
 is never encoded: with ``onCorruptRecord: Hold`` the batch ends before it (``EncodedBatch.held``; the
 first row: ``BatchFailure``), with ``Quarantine`` it is left out and named in ``EncodedBatch.quarantined``
 for the engine to move aside before it commits the batch. The store's seal travels in the recipe, so the
-check runs the same in-process and in an encode worker. This module imports only what encoding needs
-(cbor2, orjson, zstandard and, for Parquet, pyarrow): no API models, no S3 or Kubernetes clients, which
-keeps the workers small.
+check runs the same in-process and in an encode worker. This module imports the codecs encoding needs
+(cbor2, orjson, zstandard and, for Parquet, pyarrow) and no S3 or Kubernetes clients, which keeps the
+workers small. The API models do come in, through the store package (its opener names the store kinds
+of the API); the pool's fork server, which preloads ``__main__`` (the ``capture-export`` command), would
+import them anyway, and its workers share its copy.
 
 Each record is decoded at most once. The default path never decodes a sealed row: ids are spliced into
 the stored CBOR (``id_head``). A filter on a CBOR format reads only the fields it needs (``peek_fields``).
