@@ -37,6 +37,8 @@ NOT_USED = {
     "multiprocessing": "the encode pool serves only the formats that decode",
     "capture_export.ingest.parsing": "the ingest server's request parsing",
     "capture_export.handlers": "the operator's handlers",
+    "capture_export.retention": "RetentionPolicies: the manifest has none",
+    "capture_export.api.retention": "the RetentionPolicy models: the manifest has none",
     "capture_export.api.crd": "the CRDs' generator (`capture-export crds`)",
 }
 
