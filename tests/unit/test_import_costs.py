@@ -27,12 +27,21 @@ HEAVY = {
     "pyarrow": "Parquet's library (the fork server imports it only for a Parquet exporter)",
 }
 
+FORK_SERVER_PRELOAD = """\
+import importlib
+from capture_export.export.pool import FREEZE, PRELOAD
+for name in [*PRELOAD, FREEZE]:
+    importlib.import_module("capture_export.cli" if name == "__main__" else name)"""
+
 ENTRY_POINTS = [
     # The console script, `python -m capture_export.cli`, and so the fork server's `__main__`: building the
     # parser needs argparse alone; each command imports what it runs.
     "import capture_export.cli",
-    # The fork server's batch code (export/pool.py: PRELOAD), which checks, filters and encodes rows.
+    # The batch code, which checks, filters and encodes rows.
     "import capture_export.export.batch",
+    # What the encode pool's fork server imports before it forks the workers (export/pool.py): its preload
+    # list, the command standing for `__main__`.
+    FORK_SERVER_PRELOAD,
     # The capture store, which the ingest server, `seed` and the batch code import: its errors name reasons
     # of the API's vocabulary, not the models.
     "import capture_export.store",
