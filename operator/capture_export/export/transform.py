@@ -14,7 +14,8 @@ Privacy mode (as OpenRouter's) drops the content of a conversation and keeps wha
   ``contents``, ``content``, ``output``, ``tools``, …), so a provider field we do not know yet is dropped
   rather than leaked; the arguments and results of ``capture.tool_use`` (its ``id`` and ``name`` stay);
   ``raw_body`` of request and response; a ``capture``, request or response that is not a map (a foreign
-  writer's JSON text, list or bytes), whole.
+  writer's JSON text, list or bytes), whole; of a request or response, any other key whose value is not a
+  number, flag, date/time or null (a set, a tag no reader knows), and a ``raw_content_type`` that is not text.
 
 ``redactFields`` then drops more fields by dotted path; lists on the way are walked element by element and
 ``*`` matches every key of a map.
@@ -25,7 +26,10 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from decimal import Decimal
 from fnmatch import fnmatchcase
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -50,6 +54,9 @@ BODY_KEYS_KEPT = frozenset({
 # Lists of per-choice results: only these keys of each item stay.
 CHOICE_KEYS_KEPT = {"choices": ("index", "finish_reason"), "candidates": ("index", "finishReason")}
 TOOL_USE_KEYS_KEPT = ("id", "name", "type")
+# Values of any other key of a request or response that stay: numbers, flags and times. Anything else (text,
+# lists, maps, bytes, a set, a tag no reader knows) may hold content and is dropped.
+DESCRIBING_TYPES = (bool, int, float, Decimal, Fraction, datetime, date)
 
 
 def _scrub_body(body: Any) -> Any:
@@ -79,8 +86,9 @@ def _scrub_exchange(part: Any) -> Any:
                 out[key] = scrubbed
         elif key == "raw_body":
             continue
-        elif key == "headers" or key == "raw_content_type" or not isinstance(value, Mapping | list | str | bytes):
-            out[key] = value  # headers, content types, numbers and flags describe the exchange
+        elif key == "headers" or (key == "raw_content_type" and isinstance(value, str)) or isinstance(
+                value, DESCRIBING_TYPES) or value is None:
+            out[key] = value  # headers, content types, numbers, flags and times describe the exchange
     return out
 
 
