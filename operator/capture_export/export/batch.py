@@ -41,7 +41,7 @@ from ..store.check import check_foreign_record
 from ..store.credentials import CredentialPolicy
 from ..store.records import CorruptRecord, id_head, with_id
 from ..store.seal import SEAL_SIZE, RecordSeal
-from .budget import BATCH_REUSE_BYTES, SMALL_PARQUET_BATCH_BYTES, release_freed_memory, serve_batches
+from .budget import release_freed_memory, serve_batches
 from .formats import FORMATS, FormatUnavailable, encoder_for
 from .transform import RecordTransform, peek_fields
 
@@ -107,21 +107,6 @@ class BatchRecipe:
         """Whether records are decoded (a format that is not CBOR, privacy mode or redactions): the work
         worth sending to another process. The default, and a filter alone on CBOR, are not."""
         return FORMATS[self.format].decoded or self.privacy_mode or bool(self.redact_fields)
-
-    @property
-    def reused_memory(self) -> int:
-        """Freed memory an encode worker keeps for its next batch after one of this recipe's: a few batches'
-        worth, unless the format's memory is bounded tightly (``FormatInfo.keeps_batch_memory``)."""
-        return BATCH_REUSE_BYTES if FORMATS[self.format].keeps_batch_memory else 0
-
-    def reused_memory_in_worker(self, *, stored_bytes: int, full_batches: bool) -> int:
-        """Freed memory an encode worker keeps after a batch of ``stored_bytes`` of this recipe's:
-        ``reused_memory``, or for a format bounded tightly (Parquet) as much after a small batch
-        (``SMALL_PARQUET_BATCH_BYTES``: the default ``limit``) of an export whose batches the memory budget
-        does not cut (``full_batches``: ``ExportEngine.batch_limit`` is ``limit``), else none."""
-        if FORMATS[self.format].keeps_batch_memory:
-            return BATCH_REUSE_BYTES
-        return BATCH_REUSE_BYTES if full_batches and stored_bytes <= SMALL_PARQUET_BATCH_BYTES else 0
 
 
 class BatchFailure(Exception):
@@ -396,15 +381,12 @@ class SentOnce:
         return _received, (value,)
 
 
-def encode_in_worker(recipe: BatchRecipe, packed: PackedRows, keep: int | None = None) -> EncodedBatch:
+def encode_in_worker(recipe: BatchRecipe, packed: PackedRows, keep: int) -> EncodedBatch:
     """``encode_rows`` in a worker of the encode pool. The cyclic garbage collector is off meanwhile:
     decoded records hold no cycles, and a batch allocates millions of containers that it would otherwise
     walk again and again (it costs a third of the decoding time). What the batch freed goes back to the
     operating system before the worker waits for the next one, but for what the next batch will reuse
-    (``keep``, as the exporting process decided: ``BatchRecipe.reused_memory_in_worker``; by default
-    ``BatchRecipe.reused_memory``)."""
-    if keep is None:
-        keep = recipe.reused_memory
+    (``keep``, as the exporting process decided: ``pipeline.memory_kept_after_batch``)."""
     serve_batches(keep)
     gc.disable()
     try:
