@@ -221,14 +221,20 @@ def encode_batch(rows: Sequence[StoredRecord], seal: RecordSeal | None = None,
     return out
 
 
-def _decoded(checked: Sequence[CheckedRow], loads: Callable[[Any], Any] = cbor2.loads) -> Iterator[dict[str, Any]]:
+def _decoded(checked: Sequence[CheckedRow], loads: Callable[[Any], Any] = cbor2.loads, *,
+             id_first: bool = True) -> Iterator[dict[str, Any]]:
     """Each checked row's record, decoded once (by ``loads``: the encoder's own decoding when it has one),
-    ``id`` first."""
+    ``id`` first; or, for an encoder that reads records by field name (``id_first`` False: Parquet), ``id``
+    set in the decoded map itself instead of a copy of it (a stored map never holds ``id``)."""
     for item in checked:
         body = item.record if item.record is not None else loads(item.body)
-        record = {"id": item.row.id}
-        record.update(body)
-        yield record
+        if id_first:
+            record = {"id": item.row.id}
+            record.update(body)
+            yield record
+        else:
+            body["id"] = item.row.id
+            yield body
 
 
 def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBatch:
@@ -266,17 +272,24 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
             exported = len(checked)
             payload = encoder.encode(_pieces(checked)) if checked else None
         else:
+            records = _decoded(checked, getattr(encoder, "decode_record", cbor2.loads),
+                               id_first=getattr(encoder, "id_first", True))
+
             def kept() -> Iterator[dict[str, Any]]:
                 nonlocal exported
-                for record in _decoded(checked, getattr(encoder, "decode_record", cbor2.loads)):
+                for record in records:
                     if transform.accepts(record):
                         exported += 1
                         yield transform.rewrite(record)
 
-            if encoder.decoded:
-                payload = encoder.encode_records(kept())
+            if transform.identity:  # every record as decoded: no call per record to filter or rewrite it
+                exported, chosen = len(checked), records
             else:
-                payload = encoder.encode([cbor2.dumps(record, timezone=UTC) for record in kept()])
+                chosen = kept()
+            if encoder.decoded:
+                payload = encoder.encode_records(chosen)
+            else:
+                payload = encoder.encode([cbor2.dumps(record, timezone=UTC) for record in chosen])
             if not exported:
                 payload = None
     except CorruptRecord as exc:

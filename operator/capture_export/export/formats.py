@@ -526,6 +526,7 @@ class ParquetEncoder:
     is checked value by value, its misfits going to ``extra``."""
 
     decoded = True
+    id_first = False  # records are read by field name: ``id`` need not lead the map (export/batch.py)
 
     def __init__(self, compression: str = "zstd") -> None:
         self.pa = _pyarrow()
