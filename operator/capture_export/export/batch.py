@@ -10,10 +10,11 @@ is never encoded: with ``onCorruptRecord: Hold`` the batch ends before it (``Enc
 first row: ``BatchFailure``), with ``Quarantine`` it is left out and named in ``EncodedBatch.quarantined``
 for the engine to move aside before it commits the batch. The store's seal travels in the recipe, so the
 check runs the same in-process and in an encode worker. This module imports the codecs encoding needs
-(cbor2, orjson, zstandard and, for Parquet, pyarrow) and no S3 or Kubernetes clients, which keeps the
-workers small. The API models do come in, through the store package (its opener names the store kinds
-of the API); the pool's fork server, which preloads ``__main__`` (the ``capture-export`` command), would
-import them anyway, and its workers share its copy.
+(cbor2, orjson, zstandard and, for Parquet, pyarrow) and no S3 or Kubernetes clients, nor pydantic and
+the API models (the store package takes only the API's vocabulary), which keeps the pool's fork server,
+and so its workers, small and quick to start: it imports this module and ``__main__`` (the
+``capture-export`` command, whose commands import what they run when they run), and nothing else
+(tests/unit/test_import_costs.py).
 
 Each record is decoded at most once. The default path never decodes a sealed row: ids are spliced into
 the stored CBOR (``id_head``). A filter on a CBOR format reads only the fields it needs (``peek_fields``).
