@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import ValidationError
 
@@ -29,11 +29,13 @@ from .collector import LessCollection
 from .export import BatchResult, ExporterId, ExportFailure
 from .export.cycle import CycleOutcome, ExporterWorker
 from .export.model import unexpected_failure
-from .retention.standalone import Policy, PolicyTurns
 from .schedule import Schedule, Scheduled
 from .status.conditions import get_condition
 from .status.exporter import Event, StatusUpdate, cursor_position, guard_cursor
 from .store import StoreOpener
+
+if TYPE_CHECKING:  # the retention modules load only for manifests with a RetentionPolicy
+    from .retention.standalone import Policy, PolicyTurns
 
 __all__ = ["DESTINATIONS", "StandaloneRunner", "StateFile", "StateInUse"]
 
@@ -204,8 +206,12 @@ class StandaloneRunner:
         self.state_failures = 0  # state-file writes that failed (each printed; --once then exits 1)
         self.schedule = Schedule(self.stop_event, out, self._contained)
         self.schedule.add(self.exporters, self._exporter_turn)  # first: --once purges what it exported
-        self.policies = PolicyTurns(self)
-        self.schedule.add(self.policies.policies, self._policy_turn)
+        self.policies: PolicyTurns | None = None
+        if manifests.of_kind("RetentionPolicy"):
+            from .retention.standalone import PolicyTurns
+
+            self.policies = PolicyTurns(self)
+            self.schedule.add(self.policies.policies, self._policy_turn)
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if signum is not None and self.stopped_by is None:
@@ -227,6 +233,7 @@ class StandaloneRunner:
 
     def _policy_turn(self, item: Policy) -> tuple[float, bool]:
         self._less_collection.end()  # no exporter ran (none, all suspended): the purge gets the collector back
+        assert self.policies is not None  # the policies' turn is scheduled with them
         return self.policies(item)
 
     def _refuse_corrupt_state(self, item: Exporter) -> CycleOutcome:

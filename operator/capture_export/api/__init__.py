@@ -1,21 +1,32 @@
-"""The API: pydantic models of each kind's spec and status, the one source of truth for the CRDs."""
+"""The API: pydantic models of each kind's spec and status, the one source of truth for the CRDs.
+
+The names below load on first use, each from its module. The vocabulary (api/vocabulary.py: plain enums)
+is imported by nearly every module, the capture store and the batch code of the encode workers included;
+importing it runs this package first, which must not build the models then: pydantic and the models cost
+~0.25 s of CPU at every start of a process that never validates one (tests/unit/test_import_costs.py).
+"""
 
 from __future__ import annotations
 
-from .common import (
-    GROUP,
-    VERSION,
-    ApiModel,
-    CaBundleRef,
-    Condition,
-    KeyRef,
-    SecretRef,
-    ServerSideEncryptionSpec,
-    StoreRef,
-)
-from .crd import KindInfo, crd_for, render_crd_yaml, write_crds
-from .retention import RetentionPolicySpec, RetentionPolicyStatus
-from .s3exporter import ExportTotals, RunRecord, S3ExporterSpec, S3ExporterStatus
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .common import (
+        GROUP,
+        VERSION,
+        ApiModel,
+        CaBundleRef,
+        Condition,
+        KeyRef,
+        SecretRef,
+        ServerSideEncryptionSpec,
+        StoreRef,
+    )
+    from .crd import KindInfo, crd_for, render_crd_yaml, write_crds
+    from .kinds import KINDS, RETENTIONPOLICY, S3EXPORTER
+    from .retention import RetentionPolicySpec, RetentionPolicyStatus
+    from .s3exporter import ExportTotals, RunRecord, S3ExporterSpec, S3ExporterStatus
 
 __all__ = [
     "GROUP",
@@ -42,50 +53,36 @@ __all__ = [
     "write_crds",
 ]
 
-S3EXPORTER = KindInfo(
-    kind="S3Exporter",
-    plural="s3exporters",
-    singular="s3exporter",
-    spec=S3ExporterSpec,
-    status=S3ExporterStatus,
-    description="Exports LLM capture records from a capture store to an S3-compatible bucket, exactly once.",
-    short_names=("s3x",),
-    printer_columns=(
-        {"name": "Bucket", "type": "string", "jsonPath": ".spec.bucket"},
-        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-        {"name": "Exported", "type": "integer", "jsonPath": ".status.totals.rows"},
-        {"name": "Backlog", "type": "integer", "jsonPath": ".status.backlog"},
-        {"name": "Last Export", "type": "date", "jsonPath": ".status.lastSuccessfulExport"},
-        {"name": "Reason", "type": "string", "priority": 1,
-         "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    ),
-)
+_HOMES = {
+    "GROUP": "common",
+    "VERSION": "common",
+    "ApiModel": "common",
+    "CaBundleRef": "common",
+    "Condition": "common",
+    "KeyRef": "common",
+    "SecretRef": "common",
+    "ServerSideEncryptionSpec": "common",
+    "StoreRef": "common",
+    "KindInfo": "crd",
+    "crd_for": "crd",
+    "render_crd_yaml": "crd",
+    "write_crds": "crd",
+    "KINDS": "kinds",
+    "RETENTIONPOLICY": "kinds",
+    "S3EXPORTER": "kinds",
+    "RetentionPolicySpec": "retention",
+    "RetentionPolicyStatus": "retention",
+    "ExportTotals": "s3exporter",
+    "RunRecord": "s3exporter",
+    "S3ExporterSpec": "s3exporter",
+    "S3ExporterStatus": "s3exporter",
+}
 
-RETENTIONPOLICY = KindInfo(
-    kind="RetentionPolicy",
-    plural="retentionpolicies",
-    singular="retentionpolicy",
-    spec=RetentionPolicySpec,
-    status=RetentionPolicyStatus,
-    description="Purges capture records older than maxAge from a capture store, only once every gating "
-    "S3Exporter has committed them to its bucket.",
-    short_names=("rp",),
-    printer_columns=(
-        {"name": "Max Age", "type": "string", "jsonPath": ".spec.maxAge"},
-        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-        {"name": "Gate", "type": "string", "jsonPath": '.status.conditions[?(@.type=="GateOpen")].status'},
-        {"name": "Limited By", "type": "string", "jsonPath": ".status.gate.limitingExporter"},
-        {"name": "Bound", "type": "string", "jsonPath": ".status.gate.bound"},
-        {"name": "Purged", "type": "integer", "jsonPath": ".status.totals.purged"},
-        {"name": "Remaining", "type": "integer", "jsonPath": ".status.purgeInProgress.remaining"},
-        {"name": "Last Purge", "type": "date", "jsonPath": ".status.lastPurge"},
-        {"name": "Reason", "type": "string", "priority": 1,
-         "jsonPath": '.status.conditions[?(@.type=="GateOpen")].reason'},
-        {"name": "Require Export", "type": "boolean", "priority": 1, "jsonPath": ".spec.requireExport"},
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    ),
-)
 
-# Every kind the operator serves; later kinds append themselves here.
-KINDS: list[KindInfo] = [S3EXPORTER, RETENTIONPOLICY]
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

@@ -18,16 +18,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .. import api
 from .common import DNS_LABEL, DNS_SUBDOMAIN, GROUP, VERSION
-from .retention import RetentionPolicySpec
-from .s3exporter import S3ExporterSpec
 
 __all__ = ["SPEC_MODELS", "InvalidManifest", "ManifestSet", "Resource", "describe_validation_error",
            "expand_manifest_paths", "load_manifests", "parse_spec"]
 
 API_VERSION = f"{GROUP}/{VERSION}"
-# Kind -> spec model. Later kinds register themselves here.
-SPEC_MODELS: dict[str, type[BaseModel]] = {"S3Exporter": S3ExporterSpec, "RetentionPolicy": RetentionPolicySpec}
+# Kind -> the name of its spec model in the API package, which imports each model's module on first use:
+# manifests of exporters alone never build the RetentionPolicy models. Later kinds register themselves here.
+SPEC_MODELS: dict[str, str] = {"S3Exporter": "S3ExporterSpec", "RetentionPolicy": "RetentionPolicySpec"}
 
 
 class InvalidManifest(ValueError):
@@ -89,7 +89,7 @@ def describe_validation_error(error: ValidationError, root: str = "spec") -> str
 def parse_spec(kind: str, spec: Any) -> BaseModel:
     """Validate a spec as the CRD's schema does: strictly typed (``every: true`` is not a number, nor
     ``suspend: "yes"`` a boolean), unknown fields refused."""
-    model = SPEC_MODELS[kind]
+    model: type[BaseModel] = getattr(api, SPEC_MODELS[kind])
     if not isinstance(spec, Mapping):
         raise InvalidManifest("spec: must be a mapping")
     try:

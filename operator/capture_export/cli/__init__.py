@@ -4,6 +4,11 @@
 implementation: ``run`` (run, status), ``store`` (seed, store init, restore, quarantine), ``bucket`` (cat,
 verify), ``ingest``, ``cluster`` (operator, crds) and ``local`` (demo, s3 serve). ``options`` holds the
 option blocks they share, ``errors`` the one-line failures.
+
+Importing the command imports argparse and these modules, nothing more: each command imports what it runs
+inside its function (the API models, botocore, the store, kopf…). The encode pool's fork server imports
+the command too (it is ``__main__``), and every command pays the start-up of what the others use
+(tests/unit/test_import_costs.py).
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..api.manifests import ManifestSet, Resource, load_manifests
 from .options import STORE_KINDS, Subcommands, command, manifest_files, s3_location_options, store_option
 
 if TYPE_CHECKING:
+    from ..api.manifests import ManifestSet, Resource
     from ..objectstore import S3ObjectStore
 
 __all__ = ["add_cat", "add_verify", "cmd_cat", "cmd_verify"]
@@ -112,6 +112,7 @@ def _cat_sources(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], b
 def cmd_cat(args: argparse.Namespace) -> int:
     """Decode objects to JSON Lines. An object that cannot be read or decoded is named on stderr and
     skipped; the others are still printed; the exit code is 1 when any could not be read."""
+    from ..api.manifests import load_manifests
     from ..audit import decode_object, to_json_line
     from ..export.formats import data_extension
 
@@ -155,6 +156,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from ..api.manifests import load_manifests
     from ..audit import AuditLimit, committed_limit, lone_checkpoint, verify_export, verify_options
     from ..export import ExporterId
     from ..export.layout import ObjectLayout

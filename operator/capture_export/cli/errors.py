@@ -7,8 +7,6 @@ import argparse
 import contextlib
 import os
 
-from ..api.manifests import InvalidManifest
-
 __all__ = ["error_line"]
 
 
@@ -16,6 +14,7 @@ def error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int] 
     """One line naming what failed and why, and the exit code, for the ordinary failures of a command (a
     manifest, a file, the capture store, the bucket); None for anything else, a bug, whose traceback helps.
     Passwords of the store DSN and the AWS secret key from the environment are masked."""
+    from ..api.manifests import InvalidManifest
     from ..api.vocabulary import Reason
     from ..objectstore import ObjectStoreError
     from ..redact import redact

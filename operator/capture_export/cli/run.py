@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..api.manifests import Resource, load_manifests
 from ..collector import LessCollection
 from .options import (
     DEFAULT_STATE,
@@ -19,6 +19,9 @@ from .options import (
     store_option,
     tenancy_options,
 )
+
+if TYPE_CHECKING:
+    from ..api.manifests import Resource
 
 __all__ = ["add_run", "add_status", "cmd_run", "cmd_status"]
 
@@ -104,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, collection: LessCollection) -> int:
+    from ..api.manifests import load_manifests
     from ..standalone import StandaloneRunner
     from ..store import check_store_url
 
@@ -144,6 +148,7 @@ def _print_json_object(resource: Resource, status: dict[str, object]) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
+    from ..api.manifests import load_manifests
     from ..status.table import render_tables, state_objects
 
     path = Path(args.state)

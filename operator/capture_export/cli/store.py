@@ -7,7 +7,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..api.manifests import load_manifests
 from .options import Subcommands, command, command_group, manifest_files, store_option
 
 __all__ = [
@@ -151,6 +150,7 @@ def _restore_since(text: str | None) -> int | None:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from ..api.manifests import load_manifests
     from ..progress import ProgressLine
     from ..redact import redact
     from ..retention import Purger

@@ -286,8 +286,12 @@ def _json_key(key: Any) -> Any:
 
 _JSON = json.JSONEncoder(default=json_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 # orjson writes what JSON has natively (NaN and infinity as null, as _finite does); datetimes go through
-# json_default for the exact form above, and keys that are not strings (numbers) become strings.
-_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+# json_default for the exact form above. Keys that are not strings (numbers) become strings only on a second
+# try (``_ORJSON_ANY_KEYS``): orjson's serializer for them takes twice as long for a map whose keys are all
+# text (measured on the standard records' captures: 7.0 against 3.3 µs each), and every record we store has
+# only text keys; for such a map both write the same bytes.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
+_ORJSON_ANY_KEYS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def _stdlib_json(value: Any) -> str:
@@ -301,6 +305,10 @@ def json_bytes(value: Any) -> bytes:
     """``value`` as compact UTF-8 JSON (see the module docstring for bytes, timestamps and other types)."""
     try:
         return orjson.dumps(value, default=json_default, option=_ORJSON_OPTIONS)
+    except TypeError:  # a key that is not text, or what orjson cannot write at all
+        pass
+    try:
+        return orjson.dumps(value, default=json_default, option=_ORJSON_ANY_KEYS)
     except TypeError:
         # What orjson cannot write (integers beyond 64 bits, ...): the standard library's encoder, which
         # raises in turn when JSON cannot represent the value at all.
@@ -556,6 +564,7 @@ class ParquetEncoder:
     is checked value by value, its misfits going to ``extra``."""
 
     decoded = True
+    id_first = False  # records are read by field name: ``id`` need not lead the map (export/batch.py)
 
     def __init__(self, compression: str = "zstd") -> None:
         self.pa = _pyarrow()
