@@ -83,8 +83,9 @@ def _scrub_body(body: Any) -> Any:
 
 def _describes(value: Any) -> bool:
     """Whether a value of a request or response (beside its headers, body and content type) describes the
-    exchange: a number, a flag, a date/time (also one decoded as its stored text: ``StoredTimestamp``) or
-    null. Text, lists, maps, bytes, a set or a tag no reader knows may hold content."""
+    exchange: a number, a flag, null, or a date/time (also one decoded as its stored text, a tag-0
+    ``CBORTag``: formats.CborZstdEncoder.decode_record). Text, lists, maps, bytes, a set or a tag no reader
+    knows may hold content."""
     return (value is None or type(value) in _DESCRIBING_EXACT or isinstance(value, DESCRIBING_TYPES)
             or (type(value) is cbor2.CBORTag and value.tag == 0))
 
