@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from capture_export.export.batch import BatchRecipe, PackedRows, encode_in_worker, encode_rows
-    from capture_export.export.budget import release_freed_memory
+    from capture_export.export.budget import BATCH_REUSE_BYTES, release_freed_memory
     from capture_export.store import SQLiteStore
 
     with tempfile.TemporaryDirectory(prefix="jsonl-stages-") as work:
@@ -71,7 +71,7 @@ def main() -> None:
                 started = time.process_time()
                 results = []
                 for data in packed:
-                    results.append(pickle.dumps(encode_in_worker(recipe, pickle.loads(data)),
+                    results.append(pickle.dumps(encode_in_worker(recipe, pickle.loads(data), BATCH_REUSE_BYTES),
                                                 protocol=pickle.HIGHEST_PROTOCOL))
                 worker = time.process_time() - started
                 started = time.process_time()

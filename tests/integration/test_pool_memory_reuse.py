@@ -87,7 +87,7 @@ def test_an_encode_worker_reuses_the_memory_of_its_last_small_parquet_batch(seed
     pytest.importorskip("pyarrow")
     faults = faults_per_record(seeded, "parquet", "zstd", "worker")
     # Giving every batch back: ~7 faults per record (Arrow's buffers, grown by doubling, and the writer's pages
-    # in fresh pages every batch; docs/benchmarks.md). Reused: ~0.04 (BatchRecipe.reused_memory_in_worker).
+    # in fresh pages every batch; docs/benchmarks.md). Reused: ~0.04 (pipeline.memory_kept_after_batch).
     assert faults < 2.0, f"{faults:.2f} minor page faults per record in the encode worker"
 
 
@@ -103,29 +103,37 @@ def test_the_exporting_process_reuses_the_memory_of_its_last_pooled_json_batch(s
 def test_a_parquet_worker_gives_back_everything_after_a_big_batch_or_one_the_budget_cut() -> None:
     from capture_export.export.batch import BatchRecipe
     from capture_export.export.budget import BATCH_REUSE_BYTES
+    from capture_export.export.pipeline import memory_kept_after_batch
+
+    def kept(recipe: BatchRecipe, stored_bytes: int, budget_cut: bool) -> tuple[int, int]:
+        decided = memory_kept_after_batch(recipe, stored_bytes=stored_bytes, budget_cut=budget_cut,
+                                          parquet_in_process=False, budget_contended=False)
+        return decided.exporting_process, decided.worker
 
     parquet = BatchRecipe("parquet", "zstd")
-    assert parquet.reused_memory == 0  # the exporting process's rule (EncodePool.batch_memory_kept)
-    # A batch at limit 1000 (~3.6 MB stored) that the memory budget did not cut keeps; one of limit 10000
-    # (~36 MB), or a smaller one because the budget had no room for the whole limit, keeps nothing
-    # (tests/integration/test_parquet_memory.py: batches of ~1,300-1,500 records there).
-    assert parquet.reused_memory_in_worker(stored_bytes=3_600_000, full_batches=True) == BATCH_REUSE_BYTES
-    assert parquet.reused_memory_in_worker(stored_bytes=36_000_000, full_batches=True) == 0
-    assert parquet.reused_memory_in_worker(stored_bytes=4_600_000, full_batches=False) == 0
+    # The exporting process keeps nothing of a Parquet batch. A batch at limit 1000 (~3.6 MB stored) that the
+    # memory budget did not cut keeps in its worker; one of limit 10000 (~36 MB), or a smaller one because the
+    # budget had no room for the whole limit, keeps nothing (tests/integration/test_parquet_memory.py: batches
+    # of ~1,300-1,500 records there).
+    assert kept(parquet, 3_600_000, budget_cut=False) == (0, BATCH_REUSE_BYTES)
+    assert kept(parquet, 36_000_000, budget_cut=False) == (0, 0)
+    assert kept(parquet, 4_600_000, budget_cut=True) == (0, 0)
     json_lines = BatchRecipe("jsonl", "zstd")
-    assert json_lines.reused_memory == BATCH_REUSE_BYTES
-    assert json_lines.reused_memory_in_worker(stored_bytes=36_000_000, full_batches=False) == BATCH_REUSE_BYTES
-    assert BatchRecipe("cbor-zstd", "zstd", privacy_mode=True).reused_memory == BATCH_REUSE_BYTES
+    assert kept(json_lines, 36_000_000, budget_cut=True) == (BATCH_REUSE_BYTES, BATCH_REUSE_BYTES)
+    assert kept(BatchRecipe("cbor-zstd", "zstd", privacy_mode=True), 3_600_000, budget_cut=False) == (
+        BATCH_REUSE_BYTES, BATCH_REUSE_BYTES)
 
 
 def test_a_process_with_a_parquet_exporter_keeps_no_batch_memory_for_any_batch(tmp_path: Path) -> None:
     """The exporting process holds the batches of every exporter at once, and malloc's setting is the process's:
     once a Parquet exporter sends batches to the pool, no batch's freed memory is kept there (a JSON Lines
-    one's included), as before; a process with JSON Lines exporters only keeps it."""
+    one's included), as before; a process with JSON Lines exporters only keeps it, while the budget is not
+    contended."""
     pytest.importorskip("pyarrow")
     from capture_export.api import S3ExporterSpec
     from capture_export.export import ExportEngine, ExporterId
     from capture_export.export.budget import BATCH_REUSE_BYTES, MemoryBudget
+    from capture_export.export.pipeline import memory_kept_after_batch
     from capture_export.export.pool import EncodePool
     from capture_export.objectstore import MemoryObjectStore
 
@@ -135,10 +143,17 @@ def test_a_process_with_a_parquet_exporter_keeps_no_batch_memory_for_any_batch(t
         return ExportEngine(spec, ExporterId("ns", format), store, MemoryObjectStore(), pool=pool,
                             budget=MemoryBudget(1 << 30))
 
+    def kept_here(exporter: ExportEngine, contended: bool = False) -> int:
+        assert exporter.pool is not None
+        return memory_kept_after_batch(exporter.recipe, stored_bytes=3_600_000, budget_cut=False,
+                                       parquet_in_process=exporter.pool.memory_bounded_tightly,
+                                       budget_contended=contended).exporting_process
+
     store = SQLiteStore(tmp_path / "store.sqlite")
     pool = EncodePool(1)  # never started
     json_lines = engine("jsonl", pool)
-    assert pool.batch_memory_kept(json_lines.recipe.reused_memory) == BATCH_REUSE_BYTES
+    assert kept_here(json_lines) == BATCH_REUSE_BYTES
+    assert kept_here(json_lines, contended=True) == 0
     engine("parquet", pool)
-    assert pool.batch_memory_kept(json_lines.recipe.reused_memory) == 0
+    assert kept_here(json_lines) == 0
     store.close()

@@ -254,7 +254,7 @@ def test_sealed_rows_skip_the_full_check_in_a_worker_and_the_key_never_shows(
     assert seal._key_hex not in repr(recipe) and seal._key_hex not in repr(seal)
     sent_recipe, sent_rows = pickle.loads(pickle.dumps((recipe, batch.PackedRows.pack(rows))))
     monkeypatch.setattr(batch, "check_foreign_record", lambda *a: pytest.fail("checked a sealed row in full"))
-    encoded = batch.encode_in_worker(sent_recipe, sent_rows)
+    encoded = batch.encode_in_worker(sent_recipe, sent_rows, keep=0)
     assert encoded.rows == 120 and encoded.quarantined == [] and encoded.held is None
 
 

@@ -25,6 +25,7 @@ from capture_export.export.formats import (
     JsonLinesEncoder,
     ParquetEncoder,
     encoder_for,
+    json_bytes,
     parquet_schema,
     record_ids,
     to_json_line,
@@ -257,6 +258,19 @@ def test_json_lines_survive_what_json_lacks() -> None:
     line = to_json_line(record)
     assert json.loads(line) == {"id": 1, "nan": None, "tag": {"$tag": 99, "value": "x"},
                                 "when": "2026-01-02T00:00:00.000000Z"}
+
+
+def test_json_is_written_the_same_whatever_keys_a_map_has() -> None:
+    """Text keys (every record our append stores) take orjson's fast way; keys a foreign writer may use
+    (numbers, null, booleans) and integers beyond 64 bits take the slower ways;
+    each writes the bytes it always wrote (the literals: the JSON the encoder wrote before the fast way)."""
+    text_keys = {"a": {"b": [1, 2.5, None, True, float("nan")]}, "t": datetime(2026, 1, 2, tzinfo=UTC),
+                 "r": b"\x00\xff"}
+    assert json_bytes(text_keys) == (b'{"a":{"b":[1,2.5,null,true,null]},"t":"2026-01-02T00:00:00.000000Z",'
+                                     b'"r":{"$base64":"AP8="}}')
+    assert json_bytes({"a": {1: "x", 2.5: "y", None: "z", False: "w"}}) == (
+        b'{"a":{"1":"x","2.5":"y","null":"z","false":"w"}}')
+    assert json_bytes({"n": 2**70, 3: "x"}) == b'{"n":1180591620717411303424,"3":"x"}'
 
 
 @pytest.mark.parametrize("when", [

@@ -61,6 +61,7 @@ def _peak_growth_of_a_batch(store_path: str, fmt: str, records: int, pooled: boo
     from capture_export.export.batch import BatchRecipe, PackedRows, encode_in_worker, encode_rows
     from capture_export.export.budget import release_freed_memory, share_fewer_malloc_arenas
     from capture_export.export.formats import FORMATS
+    from capture_export.export.pipeline import memory_kept_after_batch
     from capture_export.store import SQLiteStore
 
     share_fewer_malloc_arenas()
@@ -76,7 +77,10 @@ def _peak_growth_of_a_batch(store_path: str, fmt: str, records: int, pooled: boo
         before = _rss()
         packed = pickle.loads(message)
         size, message = len(message), b""  # a worker lets the message go once unpickled
-        result = pickle.dumps(encode_in_worker(recipe, packed))  # and sends the result back
+        # What the worker keeps after it, as the exporting process decides (a Parquet batch: as the budget cut it).
+        keep = memory_kept_after_batch(recipe, stored_bytes=stored, budget_cut=True, parquet_in_process=False,
+                                       budget_contended=False).worker
+        result = pickle.dumps(encode_in_worker(recipe, packed, keep))  # and sends the result back
         assert result
         before -= size  # the worker's growth counts the message it received
     else:
@@ -149,7 +153,7 @@ def _python_peak_of_a_parquet_batch(store_path: str, records: int) -> tuple[int,
     del rows
     store.close()
     tracemalloc.start()
-    payload = encode_in_worker(recipe, packed).payload
+    payload = encode_in_worker(recipe, packed, keep=0).payload
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert payload
@@ -188,7 +192,7 @@ def _pool_memory(store_path: str, conn: Any) -> None:
                           budget=MemoryBudget(1 << 30), pool=pool)
     packed = PackedRows.pack(store.read_batch(0, 1000))
     try:
-        futures = [pool.submit(encode_in_worker, engine.recipe, packed) for _ in range(6)]
+        futures = [pool.submit(encode_in_worker, engine.recipe, packed, 0) for _ in range(6)]
         assert all(future.result().payload for future in futures)
         conn.send([child.memory_full_info().pss for child in psutil.Process().children(recursive=True)])
     finally:

@@ -42,7 +42,7 @@ from ..store.check import check_foreign_record
 from ..store.credentials import CredentialPolicy
 from ..store.records import CorruptRecord, id_head, with_id
 from ..store.seal import SEAL_SIZE, RecordSeal
-from .budget import BATCH_REUSE_BYTES, SMALL_PARQUET_BATCH_BYTES, release_freed_memory, serve_batches
+from .budget import release_freed_memory, serve_batches
 from .formats import FORMATS, FormatUnavailable, encoder_for
 from .transform import RecordTransform, peek_fields
 
@@ -108,21 +108,6 @@ class BatchRecipe:
         """Whether records are decoded (a format that is not CBOR, privacy mode or redactions): the work
         worth sending to another process. The default, and a filter alone on CBOR, are not."""
         return FORMATS[self.format].decoded or self.privacy_mode or bool(self.redact_fields)
-
-    @property
-    def reused_memory(self) -> int:
-        """Freed memory an encode worker keeps for its next batch after one of this recipe's: a few batches'
-        worth, unless the format's memory is bounded tightly (``FormatInfo.keeps_batch_memory``)."""
-        return BATCH_REUSE_BYTES if FORMATS[self.format].keeps_batch_memory else 0
-
-    def reused_memory_in_worker(self, *, stored_bytes: int, full_batches: bool) -> int:
-        """Freed memory an encode worker keeps after a batch of ``stored_bytes`` of this recipe's:
-        ``reused_memory``, or for a format bounded tightly (Parquet) as much after a small batch
-        (``SMALL_PARQUET_BATCH_BYTES``: the default ``limit``) of an export whose batches the memory budget
-        does not cut (``full_batches``: ``ExportEngine.batch_limit`` is ``limit``), else none."""
-        if FORMATS[self.format].keeps_batch_memory:
-            return BATCH_REUSE_BYTES
-        return BATCH_REUSE_BYTES if full_batches and stored_bytes <= SMALL_PARQUET_BATCH_BYTES else 0
 
 
 class BatchFailure(Exception):
@@ -237,14 +222,20 @@ def encode_batch(rows: Sequence[StoredRecord], seal: RecordSeal | None = None,
     return out
 
 
-def _decoded(checked: Sequence[CheckedRow], loads: Callable[[Any], Any] = cbor2.loads) -> Iterator[dict[str, Any]]:
+def _decoded(checked: Sequence[CheckedRow], loads: Callable[[Any], Any] = cbor2.loads, *,
+             id_first: bool = True) -> Iterator[dict[str, Any]]:
     """Each checked row's record, decoded once (by ``loads``: the encoder's own decoding when it has one),
-    ``id`` first."""
+    ``id`` first; or, for an encoder that reads records by field name (``id_first`` False: Parquet), ``id``
+    set in the decoded map itself instead of a copy of it (a stored map never holds ``id``)."""
     for item in checked:
         body = item.record if item.record is not None else loads(item.body)
-        record = {"id": item.row.id}
-        record.update(body)
-        yield record
+        if id_first:
+            record = {"id": item.row.id}
+            record.update(body)
+            yield record
+        else:
+            body["id"] = item.row.id
+            yield body
 
 
 def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBatch:
@@ -282,17 +273,24 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
             exported = len(checked)
             payload = encoder.encode(_pieces(checked)) if checked else None
         else:
+            records = _decoded(checked, getattr(encoder, "decode_record", cbor2.loads),
+                               id_first=getattr(encoder, "id_first", True))
+
             def kept() -> Iterator[dict[str, Any]]:
                 nonlocal exported
-                for record in _decoded(checked, getattr(encoder, "decode_record", cbor2.loads)):
+                for record in records:
                     if transform.accepts(record):
                         exported += 1
                         yield transform.rewrite(record)
 
-            if encoder.decoded:
-                payload = encoder.encode_records(kept())
+            if transform.identity:  # every record as decoded: no call per record to filter or rewrite it
+                exported, chosen = len(checked), records
             else:
-                payload = encoder.encode([cbor2.dumps(record, timezone=UTC) for record in kept()])
+                chosen = kept()
+            if encoder.decoded:
+                payload = encoder.encode_records(chosen)
+            else:
+                payload = encoder.encode([cbor2.dumps(record, timezone=UTC) for record in chosen])
             if not exported:
                 payload = None
     except CorruptRecord as exc:
@@ -397,15 +395,12 @@ class SentOnce:
         return _received, (value,)
 
 
-def encode_in_worker(recipe: BatchRecipe, packed: PackedRows, keep: int | None = None) -> EncodedBatch:
+def encode_in_worker(recipe: BatchRecipe, packed: PackedRows, keep: int) -> EncodedBatch:
     """``encode_rows`` in a worker of the encode pool. The cyclic garbage collector is off meanwhile:
     decoded records hold no cycles, and a batch allocates millions of containers that it would otherwise
     walk again and again (it costs a third of the decoding time). What the batch freed goes back to the
     operating system before the worker waits for the next one, but for what the next batch will reuse
-    (``keep``, as the exporting process decided: ``BatchRecipe.reused_memory_in_worker``; by default
-    ``BatchRecipe.reused_memory``)."""
-    if keep is None:
-        keep = recipe.reused_memory
+    (``keep``, as the exporting process decided: ``pipeline.memory_kept_after_batch``)."""
     serve_batches(keep)
     gc.disable()
     try:

@@ -184,7 +184,8 @@ class MemoryBudget:
     @property
     def contended(self) -> bool:
         """Whether batches wait for memory, or hold more than half of what standing charges leave: many
-        exporters catching up at once, whose batches should keep no freed memory beside them (``serve_batches``)."""
+        exporters catching up at once (then the exporting process keeps no freed batch memory:
+        ``pipeline.memory_kept_after_batch``)."""
         with self._lock:
             return bool(self._queue) or 2 * (self.used - self.standing) > self.total - self.standing
 
@@ -282,15 +283,12 @@ def memory_budget() -> MemoryBudget:
 # flight hold. Two glibc calls keep the RSS near what is live: fewer arenas, and trimming after batches.
 # The exporting process keeps up to ``BATCH_REUSE_BYTES`` of freed memory for its next batch: trimming
 # every batch only for the next to fault the same pages in again cost the default export 10-14% of its CPU
-# (1.2-1.35 minor page faults per record; docs/benchmarks.md). So does an encode worker after a batch of a
-# format that keeps its memory (``FormatInfo.keeps_batch_memory``: JSON Lines), its large blocks included
-# (``serve_batches``): at ``limit: 1000``, 5.8 minor page faults per record down to 0.02 for ``jsonl.zst``
-# (uncompressed ``jsonl``, whose batches free more than that, 5.5 down to 3.4). After a small Parquet batch of an
-# export the budget does not cut, so does a Parquet worker (``SMALL_PARQUET_BATCH_BYTES``); after any other it
-# gives everything back, as the tight bound on a Parquet export's memory needs. The exporting process
-# serves the large blocks of the batches it sends to the pool (their packed rows and pickle, the payloads
-# received) the same way, unless one of its exporters writes Parquet (``EncodePool.batch_memory_kept``):
-# ``jsonl.zst`` at ``limit: 1000``, 2.2 minor page faults per record down to 0.5 there.
+# (1.2-1.35 minor page faults per record; docs/benchmarks.md). What the processes of a batch sent to the
+# encode pool keep, its large blocks included (``serve_batches``), is decided in one place with its rules:
+# ``pipeline.memory_kept_after_batch``. Measured: a JSON Lines worker keeping its batch memory, at ``limit: 1000``,
+# 5.8 minor page faults per record down to 0.02 for ``jsonl.zst`` (uncompressed ``jsonl``, whose batches free
+# more than that, 5.5 down to 3.4); the exporting process serving the large blocks of the batches it sends the
+# same way, ``jsonl.zst`` at ``limit: 1000``, 2.2 minor page faults per record down to 0.5 there.
 # Elsewhere (musl, macOS) all of this does nothing.
 
 _M_ARENA_MAX = -8  # mallopt parameters (malloc.h)
@@ -305,14 +303,14 @@ _libc: ctypes.CDLL | bool | None = None
 # An exporting process whose exporters write JSON Lines, not Parquet, keeps their pooled batches' large blocks
 # in it too and peaks higher by about as much between its trims (measured at ``limit: 1000``: 8-9 MiB for
 # ``jsonl.zst``, 18-21 for ``jsonl``): freed memory beside the batches in flight, which ALLOCATOR_OVERHEAD
-# counts (four such batches in flight: ~40 MiB). Only while the budget is not contended (``MemoryBudget.contended``,
-# export/pipeline.py): with many exporters' batches in flight, the payloads freed between live ones stayed in
-# its heap well beyond that (a dozen JSON Lines exporters catching up with a 64 MiB budget: 35-40 MiB more,
-# 2026-12-03; tests/integration/test_json_lines_backlog_memory.py).
+# counts (four such batches in flight: ~40 MiB). Only while the budget is not contended
+# (``MemoryBudget.contended``, ``pipeline.memory_kept_after_batch``): with many exporters' batches in flight, the
+# payloads freed between live ones stayed in its heap well beyond that (a dozen JSON Lines exporters catching up
+# with a 64 MiB budget: 35-40 MiB more, 2026-12-03; tests/integration/test_json_lines_backlog_memory.py).
 BATCH_REUSE_BYTES = 16 * MiB
 # An encode worker keeps ``BATCH_REUSE_BYTES`` after a Parquet batch whose stored records take at most this
 # much (the default ``limit: 1000`` of ~3.6 KB records: ~3.6 MB) when the budget let the export read batches
-# of its whole ``limit`` (``BatchRecipe.reused_memory_in_worker``, decided in the exporting process); none
+# of its whole ``limit`` (``pipeline.memory_kept_after_batch``, decided in the exporting process); none
 # after any other. Measured 2026-12-03 (shared 2-vCPU dev box, load 2.3-3.5, SpeedProbe factor 0.74-0.75;
 # docs/benchmarks.md): such a batch frees 12-15.5 MB in its worker (Arrow's buffers, grown by doubling, and the
 # writer's pages), so keeping less saves little (minor page faults per record, one worker, 10,000 records:

@@ -23,16 +23,17 @@ from typing import TYPE_CHECKING
 
 from ..api.vocabulary import Domain, Reason
 from ..store import StoredRecord
-from .batch import BatchFailure, EncodedBatch, PackedRows, SentOnce, encode_in_worker, encode_rows
-from .budget import BATCH_REUSE_BYTES, Reservation, release_freed_memory, serve_batches
+from .batch import BatchFailure, BatchRecipe, EncodedBatch, PackedRows, SentOnce, encode_in_worker, encode_rows
+from .budget import BATCH_REUSE_BYTES, SMALL_PARQUET_BATCH_BYTES, Reservation, release_freed_memory, serve_batches
+from .formats import FORMATS
 from .model import Cursor, ExportFailure, PreparedBatch
 from .pool import BrokenPool
 
 if TYPE_CHECKING:
     from .engine import ExportEngine
 
-__all__ = ["MAX_IN_FLIGHT", "POOL_MIN_ROWS", "PreparePipeline", "SynchronousPipeline", "encode_here", "export_failure",
-           "plan_batches", "start_encode"]
+__all__ = ["MAX_IN_FLIGHT", "POOL_MIN_ROWS", "MemoryKept", "PreparePipeline", "SynchronousPipeline", "encode_here",
+           "export_failure", "memory_kept_after_batch", "plan_batches", "start_encode"]
 
 # Batches of one run read (or about to be) and not yet committed: one uploading, two encoding, one being
 # read. A larger pool serves more exporters at once, not more batches of one.
@@ -106,13 +107,51 @@ def encode_here(engine: ExportEngine, rows: list[StoredRecord], read_seconds: fl
         raise export_failure(failure) from None
     return engine._prepared(rows[0], encoded, read_seconds, 0.0)
 
+@dataclass(frozen=True)
+class MemoryKept:
+    """Freed memory kept for the next batch once a batch sent to the encode pool is done, in bytes: by the
+    exporting process (``serve_batches`` before the batch is packed) and by the worker that encodes it
+    (``encode_in_worker``)."""
+
+    exporting_process: int
+    worker: int
+
+
+def memory_kept_after_batch(recipe: BatchRecipe, *, stored_bytes: int, budget_cut: bool, parquet_in_process: bool,
+                            budget_contended: bool) -> MemoryKept:
+    """How much freed memory the two processes of a pooled batch keep for their next batch, its large blocks
+    included (export/budget.py, ``serve_batches`` and ``release_freed_memory``), for a batch of ``recipe``
+    whose records take ``stored_bytes``:
+
+    * A format that keeps its batch memory (``FormatInfo.keeps_batch_memory``: JSON Lines, and CBOR with
+      privacy mode or redactions): the worker keeps ``BATCH_REUSE_BYTES``. So does the exporting process,
+      unless any exporter of the process writes Parquet (``parquet_in_process``: ``EncodePool.bound_memory_tightly``,
+      for good: the process's malloc setting serves every exporter's batches at once) or the budget is
+      contended (``budget_contended``: ``MemoryBudget.contended``, many exporters catching up, whose freed
+      payloads between live batches stayed in the heap; tests/integration/test_json_lines_backlog_memory.py);
+      then it keeps nothing.
+    * Parquet (memory bounded tightly): the exporting process keeps nothing. The worker keeps
+      ``BATCH_REUSE_BYTES`` after a small batch (at most ``SMALL_PARQUET_BATCH_BYTES`` stored: the default
+      ``limit``) that the budget did not cut (``budget_cut``: the reader read fewer than ``limit`` records
+      for it, ``ExportEngine.batch_limit``), and nothing after any other
+      (tests/integration/test_parquet_memory.py).
+
+    The measurements behind each rule are with the constants in export/budget.py."""
+    if FORMATS[recipe.format].keeps_batch_memory:
+        shared = 0 if parquet_in_process or budget_contended else BATCH_REUSE_BYTES
+        return MemoryKept(exporting_process=shared, worker=BATCH_REUSE_BYTES)
+    small = not budget_cut and stored_bytes <= SMALL_PARQUET_BATCH_BYTES
+    return MemoryKept(exporting_process=0, worker=BATCH_REUSE_BYTES if small else 0)
+
+
 def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: float, read_cpu_seconds: float,
-             threads: Executor, on_encoded: Callable[[int], None] = lambda size: None,
-             ) -> tuple[Callable[[], PreparedBatch], Callable[[], object]]:
+                 threads: Executor, on_encoded: Callable[[int], None] = lambda size: None, *,
+                 budget_cut: bool = False) -> tuple[Callable[[], PreparedBatch], Callable[[], object]]:
     """Start encoding a batch (in the pool, or on one of ``threads``): a function that waits for it and
     returns the prepared batch, and one that cancels it. ``on_encoded`` is told the payload's size as soon
-    as it is ready. Only the batch's bounds are kept here, so that its rows are let go as soon as the
-    encoder has them."""
+    as it is ready; ``budget_cut``: the reader read fewer than ``limit`` records for this batch because the
+    memory budget had no room for more (``ExportEngine.batch_limit``). Only the batch's bounds are kept here,
+    so that its rows are let go as soon as the encoder has them."""
     first, last = rows[0], rows[-1]
     future: Future[EncodedBatch]
     # A row stored as anything but bytes (a foreign writer's TEXT) fails the check in-process, where
@@ -120,19 +159,17 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
     cancel: Callable[[], object]
     if (engine.pool is not None and (len(rows) >= POOL_MIN_ROWS or engine._library_in_pool)
             and all(type(row.body) is bytes for row in rows)):
+        stored_bytes = sum(len(row.body) for row in rows)
+        kept = memory_kept_after_batch(engine.recipe, stored_bytes=stored_bytes, budget_cut=budget_cut,
+                                       parquet_in_process=engine.pool.memory_bounded_tightly,
+                                       budget_contended=engine.budget.contended)
         # This batch's large blocks (its packed rows and their pickle, then its payload received) come from the
-        # heap and are kept for the next batch, or are mapped on their own and given back at once in a process
-        # with a Parquet exporter (``EncodePool.batch_memory_kept``) or while the budget is contended: with many
-        # exporters' batches in flight, payloads freed between live ones stay in the heap beyond what is kept
-        # (measured: a dozen JSON Lines exporters catching up held 35-40 MiB more with a 64 MiB budget; tests/
-        # integration/test_json_lines_backlog_memory.py). mallopt is called only when that changes.
-        kept = 0 if engine.budget.contended else engine.pool.batch_memory_kept(engine.recipe.reused_memory)
-        serve_batches(kept)
+        # heap and are kept for the next batch, or are mapped on their own and given back at once. mallopt is
+        # called only when that changes.
+        serve_batches(kept.exporting_process)
         # Let go of here once pickled for the worker (SentOnce): the pool would keep it until the result is back.
         packed = PackedRows.pack(rows)
-        keep = engine.recipe.reused_memory_in_worker(stored_bytes=packed.stored_bytes,
-                                                     full_batches=engine.batch_limit() >= engine.spec.limit)
-        future = engine.pool.submit(encode_in_worker, engine.recipe, SentOnce(packed), keep)
+        future = engine.pool.submit(encode_in_worker, engine.recipe, SentOnce(packed), kept.worker)
         del packed
         # A batch in the pool is never cancelled: it is encoded and dropped. CPython 3.11's process pool,
         # when a worker dies while one of its futures is cancelled, stops failing the others half-way: the
@@ -188,6 +225,7 @@ class PreparePipeline:
         self._slots = threading.Semaphore(max_in_flight)
         self._queue: queue.Queue[_InFlight | BaseException | None] = queue.Queue()
         self._admitted: Reservation | None = None  # the reader's reservation for the batch it reads now
+        self._admitted_cut = False  # whether the budget had room for fewer than ``limit`` records for it
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="export-encode")
         self._batches: Iterator[PreparedBatch] | None = None
         self._reader = threading.Thread(target=self._read_loop, args=(cursor,), name="export-read", daemon=True)
@@ -216,7 +254,7 @@ class PreparePipeline:
         if reservation is None:
             self._slots.release()
             return None
-        self._admitted = reservation
+        self._admitted, self._admitted_cut = reservation, limit < self.engine.spec.limit
         return limit
 
     def _read_loop(self, cursor: Cursor) -> None:
@@ -224,6 +262,7 @@ class PreparePipeline:
             started, cpu_started = time.perf_counter(), time.thread_time()
             for item in plan_batches(self.engine, cursor, self._stop, self._admit):
                 reservation, self._admitted = self._admitted, None
+                budget_cut, self._admitted_cut = self._admitted_cut, False
                 if isinstance(item, PreparedBatch):
                     if reservation is not None:
                         reservation.resize(0)  # it only moves the cursor
@@ -235,8 +274,8 @@ class PreparePipeline:
                     # Once encoded, the batch holds only its payload until it is committed.
                     on_encoded = reservation.resize if reservation is not None else (lambda size: None)
                     finish, cancel = start_encode(self.engine, item, time.perf_counter() - started,
-                                                               time.thread_time() - cpu_started, self._threads,
-                                                               on_encoded)
+                                                  time.thread_time() - cpu_started, self._threads, on_encoded,
+                                                  budget_cut=budget_cut)
                     in_flight = _InFlight(finish, reservation, cancel)
                 del item
                 # A pooled batch's rows are packed and gone: ten thousand freed blocks that malloc would keep

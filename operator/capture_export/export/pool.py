@@ -62,20 +62,17 @@ class EncodePool:
 
     def bound_memory_tightly(self) -> None:
         """An exporter of a format whose memory is bounded tightly (``FormatInfo.keeps_batch_memory`` False:
-        Parquet) sends its batches here: from now on this process keeps no freed batch memory for any batch
-        (``batch_memory_kept``)."""
+        Parquet) sends its batches here, for good: see ``pipeline.memory_kept_after_batch``."""
         self._memory_bounded_tightly = True
 
-    def batch_memory_kept(self, keep: int) -> int:
-        """Freed memory this process (the exporting one) keeps for its next batch, its large blocks included
-        (``serve_batches``), for a batch whose worker keeps ``keep`` (``BatchRecipe.reused_memory``). A worker
-        encodes one batch at a time and follows each batch's recipe; this process holds the batches of every
-        exporter at once (several formats, up to ``MAX_IN_FLIGHT`` batches each), and malloc's setting is the
-        process's. So it keeps none once any of its exporters writes a format bounded tightly, for good, as
-        that format's standing charge on the budget stays: a process with Parquet exporters serves every batch
-        as before (measured with 4 JSON Lines and 4 Parquet exporters catching up at ``limit: 10000``, following
-        each batch's recipe instead held 33-40 MiB more at the peak; docs/benchmarks.md)."""
-        return 0 if self._memory_bounded_tightly else keep
+    @property
+    def memory_bounded_tightly(self) -> bool:
+        """Whether any exporter of this process has sent a format bounded tightly here (``bound_memory_tightly``).
+        A worker encodes one batch at a time and follows each batch's recipe; the exporting process holds the
+        batches of every exporter at once, and malloc's setting is the process's: measured with 4 JSON Lines and
+        4 Parquet exporters catching up at ``limit: 10000``, following each batch's recipe there instead held
+        33-40 MiB more at the peak (docs/benchmarks.md)."""
+        return self._memory_bounded_tightly
 
     def load_library(self, modules: tuple[str, ...]) -> None:
         """Have the fork server import ``modules`` (a format's library, such as pyarrow) before it forks
@@ -91,7 +88,7 @@ class EncodePool:
         from concurrent.futures import ProcessPoolExecutor
 
         # This process now packs, pickles and receives batches: buffers of megabytes, which malloc serves as
-        # ``batch_memory_kept`` says (``serve_batches``, called before each batch is packed: export/pipeline.py).
+        # ``pipeline.memory_kept_after_batch`` says (``serve_batches``, called before each batch is packed).
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([*PRELOAD, *self._libraries, FREEZE])
         # The workers' parent is the fork server, which lives as long as they do: each watches this process.
