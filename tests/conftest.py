@@ -44,7 +44,7 @@ class FreshBuckets:
     Made ready together, in parallel, a batch costs about what one bucket does. Ready means: created, and
     one object written and deleted again, so the bucket is as empty as a new one."""
 
-    BATCH = 16
+    BATCH = 8  # in parallel on the server's shared client, whose connection pool holds 10
 
     def __init__(self, server: LocalS3) -> None:
         self.server = server
