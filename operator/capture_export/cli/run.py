@@ -63,7 +63,7 @@ def add_status(sub: Subcommands) -> None:
         "with the columns `kubectl get s3exporters,retentionpolicies` shows in a cluster. With -f, only the "
         "resources of those manifests, and their spec columns (bucket, max age) too.",
         ["capture-export status",
-         "capture-export status -o wide                  # also the Ready reason and requireExport",
+         "capture-export status -o wide                  # also the reasons; with -f, requireExport",
          "capture-export status -f examples/exporter.yaml",
          "capture-export status -o json | jq '.items[].status.conditions'"])
     manifest_files(status, "only these resources, with their spec")
