@@ -174,8 +174,38 @@ def zstd_frame(pieces: Sequence[bytes | memoryview], level: int = 3, *, keep_con
     return b"".join(out)
 
 
+# A tag-0 date/time text that cbor2 decodes to a datetime which it encodes back as exactly that text: our
+# writer's (UTC, "Z", six digits of microseconds; cbor2 writes none when they are all zero).
+_TIMESTAMP_WRITTEN_BACK = re.compile(
+    r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.(?!000000)[0-9]{6}Z").fullmatch
+
+
+def _timestamp_as_stored(value: Any, immutable: bool) -> Any:
+    """Tag 0 decoded for re-encoding as CBOR: a text that would come back byte for byte (checked to be a
+    real time) stays a ``CBORTag(0, text)``, which cbor2 writes as it was stored, so that no datetime is
+    parsed only to be formatted again; anything else, and a date/time map key, is read by cbor2 as always
+    (a datetime, or its error)."""
+    if not immutable and type(value) is str and _TIMESTAMP_WRITTEN_BACK(value):
+        try:
+            datetime.fromisoformat(value)
+            return cbor2.CBORTag(0, value)
+        except ValueError:
+            pass
+    return cbor2.loads(b"\xc0" + cbor2.dumps(value))
+
+
+_CBOR_READY_TAGS = {0: _timestamp_as_stored}
+
+
 class CborZstdEncoder:
     decoded = False
+
+    @staticmethod
+    def decode_record(data: bytes | memoryview) -> Any:
+        """A stored record decoded to be rewritten (privacy mode, redactions) and encoded again: as
+        ``cbor2.loads``, but a timestamp as its stored text (``_timestamp_as_stored``). Privacy mode keeps such a
+        date/time where it keeps a datetime (export/transform.py)."""
+        return cbor2.loads(data, semantic_decoders=_CBOR_READY_TAGS)
 
     def __init__(self, level: int = 3) -> None:
         self.level = level
