@@ -2,7 +2,8 @@
 
 The demo owns its S3 server: it starts one on a free port (or on ``--port``, failing at once when that
 port is taken), checks that what answers there is the server it started, exports every S3Exporter of
-the manifest into it (whatever endpoint the manifest names), and stops it on its way out, whether the
+the manifest into it (whatever endpoint the manifest names; an exporter whose Secret is not in the
+manifest signs with the server's own keys), and stops it on its way out, whether the
 demo ends, fails, or is stopped by SIGINT, SIGTERM or SIGHUP. On Linux the server also dies with the
 demo's process if that is killed outright.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .api.manifests import ManifestSet, load_manifests
 from .audit import verify_export, verify_options
-from .local_s3 import LocalS3, NotOurServer, PortInUse
+from .local_s3 import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, LocalS3, NotOurServer, PortInUse
 from .objectstore import CredentialResolver, S3Location, S3ObjectStore
 from .seed import seed_store
 from .standalone import StandaloneRunner
@@ -74,9 +75,21 @@ def _pointed_at(manifests: ManifestSet, endpoint: str) -> ManifestSet:
     return dataclasses.replace(manifests, resources=resources)
 
 
+def _with_missing_secrets(manifests: ManifestSet) -> ManifestSet:
+    """The manifests with the demo server's keys as every Secret an S3Exporter names but they lack (that of
+    examples/exporter-analytics.yaml is in examples/exporter.yaml): the server is the demo's own."""
+    secrets = dict(manifests.secrets)
+    for exporter in manifests.of_kind("S3Exporter"):
+        ref = exporter.spec.secret_ref
+        if ref is not None:
+            secrets.setdefault((exporter.namespace, ref.name), {"access_key_id": DEFAULT_ACCESS_KEY_ID,
+                                                                 "access_secret": DEFAULT_SECRET_ACCESS_KEY})
+    return dataclasses.replace(manifests, secrets=secrets)
+
+
 def run_demo(*, records: int, manifest: Path, workdir: Path, port: int | None = None) -> int:
     """Seed, export, verify and report; ``port``: the S3 server's (None: a free one)."""
-    manifests = load_manifests([manifest])
+    manifests = _with_missing_secrets(load_manifests([manifest]))
     exporters = manifests.of_kind("S3Exporter")
     if not exporters:
         print(f"error: {manifest} holds no S3Exporter")

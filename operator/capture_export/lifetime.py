@@ -1,4 +1,4 @@
-"""Helper processes that end with the process that started them, however it ends.
+"""Helper processes that end with the process that started them, however it ends, and leave Ctrl-C to it.
 
 The encode pool's workers and the ingest server's parsing processes wait on pipes that they hold both ends
 of; when their parent is killed (``kill -9``, the OOM killer) nothing tells them, and they would idle as
@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import threading
 import time
 
-__all__ = ["end_with"]
+__all__ = ["end_with", "leave_interrupts_to_the_parent"]
 
 
 def _alive(pid: int) -> bool:
@@ -45,3 +46,10 @@ def end_with(pid: int) -> None:
     except (AttributeError, OSError):  # not Linux 5.3+: poll
         pidfd = None
     threading.Thread(target=_watch, args=(pid, pidfd), name=f"end-with-{pid}", daemon=True).start()
+
+
+def leave_interrupts_to_the_parent() -> None:
+    """Ignore SIGINT in this helper process. Ctrl-C at a terminal sends SIGINT to the whole process group,
+    helpers included: the parent stops them itself once its work in flight is done, and a helper
+    interrupted meanwhile would only print a KeyboardInterrupt traceback (or lose that work)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -18,7 +18,7 @@ import urllib.parse
 from collections.abc import Iterable
 
 __all__ = ["CLIENT_LOGGERS", "REDACTED", "LogRedactor", "control_characters", "describe_exception",
-           "install_log_redaction", "quiet_client_loggers", "redact", "scrub", "secret_forms"]
+           "drop_client_tracebacks", "install_log_redaction", "quiet_client_loggers", "redact", "scrub", "secret_forms"]
 
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4  # shorter values are too likely to occur by chance in ordinary text
@@ -103,6 +103,25 @@ def quiet_client_loggers() -> None:
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() < logging.INFO:
             logger.setLevel(logging.INFO)
+
+
+class _WithoutTracebacks(logging.Filter):
+    """Keeps a client library's log line and drops the traceback it attached: botocore logs a failed
+    credential refresh (an STS that does not answer) as a WARNING with the whole connection traceback,
+    while the exporter reports the failure itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.partition(".")[0] in CLIENT_LOGGERS:
+            record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def drop_client_tracebacks(logger: logging.Logger | None = None) -> None:
+    """Add a filter to every handler of ``logger`` (the root logger by default) that drops the tracebacks
+    of the client libraries' log records; call it before install_log_redaction."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(existing, _WithoutTracebacks) for existing in handler.filters):
+            handler.addFilter(_WithoutTracebacks())
 
 
 def install_log_redaction(logger: logging.Logger | None = None) -> None:

@@ -188,3 +188,19 @@ def test_operator_without_a_cluster(tmp_path: Path) -> None:
     result = subprocess.run([*CLI, "operator", "--liveness-port", "0", "--readiness-port", "0", "--metrics-port",
                              "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert_one_line(result, "kubeconfig", "capture-export run")
+
+
+def test_run_with_a_role_and_an_sts_that_does_not_answer(s3_server: LocalS3, bucket: str, tmp_path: Path) -> None:
+    """examples/exporter-aws-role.yaml without a network: the exporter fails, naming why; botocore's own
+    warnings about the failed refresh come without their tracebacks."""
+    sts = f"http://127.0.0.1:{_closed_port()}"
+    manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket,
+                              extra_spec="  roleArn: arn:aws:iam::111122223333:role/capture-export-writer\n")
+    _store_init(tmp_path / "store.sqlite")
+    env = {**os.environ, "AWS_ENDPOINT_URL_STS": sts}
+    result = subprocess.run([*CLI, "run", "--once", "-f", str(manifest), "--store", "store.sqlite"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "Failed" in result.stdout, result.stdout
+    assert s3_server.secret_access_key not in result.stdout + result.stderr

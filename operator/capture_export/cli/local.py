@@ -17,7 +17,8 @@ def add_demo(sub: Subcommands) -> None:
         "with the manifest's S3Exporters (into the demo's server, whatever endpoint they name), verify the "
         "bucket against the store and report. The server stops when the demo ends or is interrupted; the "
         "store and the S3 data stay in --workdir, emptied at every start.",
-        ["capture-export demo", "capture-export demo --records 10000 -f examples/exporter-analytics.yaml"])
+        ["capture-export demo",
+         "capture-export demo --records 10000 -f examples/exporter-analytics.yaml   # Parquet: the parquet extra"])
     demo.add_argument("--records", type=int, default=100_000, help="synthetic records to seed")
     demo.add_argument("-f", "--file", default="examples/exporter.yaml", metavar="FILE",
                       help="manifest with an S3Exporter (and its Secret)")

@@ -63,7 +63,7 @@ def add_status(sub: Subcommands) -> None:
         "with the columns `kubectl get s3exporters,retentionpolicies` shows in a cluster. With -f, only the "
         "resources of those manifests, and their spec columns (bucket, max age) too.",
         ["capture-export status",
-         "capture-export status -o wide                  # also the Ready reason and requireExport",
+         "capture-export status -o wide                  # also the reasons; with -f, requireExport",
          "capture-export status -f examples/exporter.yaml",
          "capture-export status -o json | jq '.items[].status.conditions'"])
     manifest_files(status, "only these resources, with their spec")
@@ -85,14 +85,17 @@ def _positive_seconds(text: str) -> float:
 
 def _configure_logging(debug: bool) -> None:
     """``--debug``: every log record to stderr, client libraries kept at INFO (their DEBUG output holds
-    request headers), every record redacted."""
+    request headers), every record redacted. Without it, the client libraries' warnings come without their
+    tracebacks (the run reports each failure itself)."""
     import logging
 
-    from ..redact import install_log_redaction, quiet_client_loggers
+    from ..redact import drop_client_tracebacks, install_log_redaction, quiet_client_loggers
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_client_loggers()
+    if not debug:
+        drop_client_tracebacks()
     install_log_redaction()
 
 

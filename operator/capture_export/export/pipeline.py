@@ -107,6 +107,7 @@ def encode_here(engine: ExportEngine, rows: list[StoredRecord], read_seconds: fl
         raise export_failure(failure) from None
     return engine._prepared(rows[0], encoded, read_seconds, 0.0)
 
+
 @dataclass(frozen=True)
 class MemoryKept:
     """Freed memory kept for the next batch once a batch sent to the encode pool is done, in bytes: by the

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..lifetime import end_with
+from ..lifetime import end_with, leave_interrupts_to_the_parent
 from .cgroup import available_cpus
 from .cgroup import memory_limit as container_memory_limit
 
@@ -119,10 +119,11 @@ class EncodePool:
 
 
 def _start_worker(parent: int) -> None:
-    """First thing in each worker: end with the exporting process ``parent``; large blocks freed by a batch
-    go back to the operating system at once (export/budget.py)."""
+    """First thing in each worker: end with the exporting process ``parent`` and leave Ctrl-C to it; large
+    blocks freed by a batch go back to the operating system at once (export/budget.py)."""
     from .budget import return_large_blocks_at_once
 
+    leave_interrupts_to_the_parent()
     end_with(parent)
     return_large_blocks_at_once()
 

@@ -15,7 +15,7 @@ from typing import Any
 import cbor2
 import zstandard
 
-from ..lifetime import end_with
+from ..lifetime import end_with, leave_interrupts_to_the_parent
 from ..store.records import encode_ordered
 from .errors import BadInput, TooLarge, UnsupportedMediaType
 from .limits import IngestLimits
@@ -218,7 +218,9 @@ def prepare_by_name(source: str, body: bytes, encoding: str, content_type: str,
 
 
 def start_parsing_process(server_pid: int) -> None:
-    """A parsing process's first step: end with the ingest server however it ends, then import."""
+    """A parsing process's first step: end with the ingest server however it ends (and leave Ctrl-C to it),
+    then import."""
+    leave_interrupts_to_the_parent()
     end_with(server_pid)
     warm()
 
