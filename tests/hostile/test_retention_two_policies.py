@@ -34,7 +34,8 @@ def test_a_second_policy_never_removes_for_good_what_the_first_promised_to_keep_
     assert first.returncode == 0, first.stdout + first.stderr
     assert run.bucket_ids() == set(old) and run.store_ids() == set() and run.soft_deleted() == 300
 
-    time.sleep(1.5)  # `tidy`'s grace period is over, `keep`'s (20 s) is not
+    if "gracePeriod" in OTHERS[other]:
+        time.sleep(1.5)  # `tidy`'s grace period is over, `keep`'s (20 s) is not
     second = run.run_once()
     assert second.returncode == 0, second.stdout + second.stderr
     assert run.soft_deleted() == 300, (

@@ -41,7 +41,7 @@ def test_a_reservation_waits_until_others_give_memory_back() -> None:
     got: list[object] = []
     waiter = threading.Thread(target=lambda: got.append(budget.reserve(50)))
     waiter.start()
-    time.sleep(0.3)
+    eventually(lambda: len(budget._queue) == 1)  # parked, waiting for memory
     assert got == [] and budget.used == 70
     assert first is not None
     first.release()
