@@ -8,8 +8,9 @@ importing it runs this package first, which must not build the models then: pyda
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy_names import names_loaded_on_use
 
 if TYPE_CHECKING:
     from .common import (
@@ -78,11 +79,4 @@ _HOMES = {
     "S3ExporterStatus": "s3exporter",
 }
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = names_loaded_on_use(__name__, _HOMES)

@@ -7,8 +7,9 @@ must not import the engine at once.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy_names import names_loaded_on_use
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoints
@@ -47,11 +48,4 @@ _HOMES = {
     "RunResult": "model",
 }
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = names_loaded_on_use(__name__, _HOMES)
