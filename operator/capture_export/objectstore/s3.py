@@ -151,7 +151,7 @@ def classify(exc: BaseException, location: S3Location, secrets: list[str], *,
 
 # botocore wraps a bytes Body of PutObject in a BytesIO (rewindable for its own retries), which makes
 # urllib3 send it in 16 KB pieces and botocore add `Expect: 100-continue` and wait for the server's
-# interim answer before the body: ~0.3-0.5 ms of CPU per PUT, two PUTs per batch. Our bodies are bytes
+# interim answer before the body: 0.2-0.6 ms of CPU per PUT, two PUTs per batch. Our bodies are bytes
 # and each call makes one attempt, so they are sent as they are, in one piece after the headers. A server
 # that refuses a PUT from its headers and closes on the upload is still read (urllib3 reads the answer
 # after a broken pipe or reset): tests/unit/test_s3_put_requests.py checks both, and that the handler
