@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_support import add_keep_argument, child_result, require, seed_sqlite, work_directory
+from bench_support import add_keep_argument, cache_bytecode, child_result, require, seed_sqlite, work_directory
 
 CASES: dict[str, dict[str, Any]] = {
     "cbor-zstd": {},
@@ -322,6 +322,7 @@ def main() -> None:
     cases = {name: CASES[name] for name in names}
     require("weed", "psutil", *(["pyarrow"] if any(f.get("format") == "parquet" for f in cases.values()) else []),
             *([] if args.no_peer else ["litellm"]))
+    cache_bytecode()
 
     from capture_export.local_s3 import LocalS3
 

@@ -47,7 +47,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench_support import add_keep_argument, require, seed_sqlite, work_directory
+from bench_support import add_keep_argument, cache_bytecode, require, seed_sqlite, work_directory
 from cpu_budget import SpeedProbe
 
 # Run as the exporting process: capture-export's main, with each thread's CPU recorded when it ends.
@@ -241,6 +241,7 @@ def main() -> None:
     args = parser.parse_args()
     formats = args.formats.split(",")
     require("weed", "psutil", *(["pyarrow"] if any(f.startswith("parquet") for f in formats) else []))
+    cache_bytecode(args.compare)
 
     from capture_export.local_s3 import LocalS3
 

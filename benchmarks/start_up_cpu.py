@@ -9,7 +9,7 @@ waited for (``os.wait4``). ``--compare DIR`` runs the capture_export package fou
 (``git archive <commit> operator | tar -x -C DIR``, then pass DIR/operator), alternating which goes first,
 so that a change is measured against its base at the same minutes. The machine's CPU speed
 (cpu_budget.SpeedProbe) is sampled before each pair: multiply by its factor to estimate the quiet machine.
-Run it with the bytecode of both versions cached (PYTHONDONTWRITEBYTECODE unset), as the image is.
+Both versions are byte-compiled first (bench_support.cache_bytecode), as an installed package or the image is.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_support import add_keep_argument, require, seed_sqlite, work_directory
+from bench_support import add_keep_argument, cache_bytecode, require, seed_sqlite, work_directory
 from cpu_budget import SpeedProbe
 
 MANIFEST = """\
@@ -67,6 +67,7 @@ def main() -> None:
     add_keep_argument(parser)
     args = parser.parse_args()
     require("weed")
+    cache_bytecode(args.compare)
 
     from capture_export.local_s3 import LocalS3
 

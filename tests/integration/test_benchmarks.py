@@ -59,6 +59,7 @@ def test_a_missing_package_is_named_before_anything_runs(tmp_path: Path) -> None
     ("ingest_throughput.py", {"psutil"}, "psutil: scripts/bootstrap.sh test"),
     ("postgres_export.py", {"pytest"}, "pytest: scripts/bootstrap.sh test"),
     ("memory_backlog.py", {"psutil"}, "psutil: scripts/bootstrap.sh test"),
+    ("put_cpu.py", {"psutil"}, "psutil: scripts/bootstrap.sh test"),
     ("format_throughput.py", {"litellm"}, "litellm: scripts/bootstrap.sh test"),
 ])
 def test_each_benchmark_names_what_to_install(tmp_path: Path, script: str, blocked: set[str], named: str) -> None:
