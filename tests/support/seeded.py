@@ -32,14 +32,16 @@ class SeededBatches:
         path.write_bytes(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
         return rows
 
-    def append(self, store_path: Path, count: int, *, seed: int) -> int:
-        """Append ``count`` records generated with ``seed`` (sealed as ``seed_store`` seals them) to the
-        SQLite store at ``store_path``; return the last id."""
-        store = SQLiteStore(store_path)
-        try:
+    def append(self, store: Path | SQLiteStore, count: int, *, seed: int) -> int:
+        """Append ``count`` records generated with ``seed`` (sealed as ``seed_store`` seals them) to
+        ``store`` (open, or the path of a SQLite store, opened and closed here); return the last id."""
+        if isinstance(store, SQLiteStore):
             return store.append_encoded(self.rows(count, seed), sealed=True)
+        opened = SQLiteStore(store)
+        try:
+            return opened.append_encoded(self.rows(count, seed), sealed=True)
         finally:
-            store.close()
+            opened.close()
 
 
 @pytest.fixture(scope="session")
