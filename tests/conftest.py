@@ -18,6 +18,9 @@ from capture_export.store import SQLiteStore
 # PostgreSQL: pg_cluster (a throwaway cluster per session) and pg_dsn (a fresh database per test).
 from tests.support.pg import pg_cluster, pg_dsn  # noqa: F401
 
+# seeded_batches: generated records made once per session, appended as often as tests ask.
+from tests.support.seeded import seeded_batches  # noqa: F401
+
 _bucket_numbers = itertools.count(1)
 
 # Once every test has run, pytest must exit: a thread or child process that something left waiting would

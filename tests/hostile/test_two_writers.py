@@ -25,6 +25,7 @@ from capture_export.store import SQLiteStore
 from capture_export.store.postgres import PostgresStore
 from tests.support.faultproxy import FaultProxy
 from tests.support.pg import TempPostgres
+from tests.support.seeded import SeededBatches
 
 from .identity_support import (
     HostileExporter,
@@ -100,10 +101,12 @@ def test_second_runner_sharing_the_state_file_exits_with_a_clear_message(
 
 
 def test_two_runners_sharing_a_state_file_started_together_never_crash(
-    s3_server: LocalS3, bucket: str, tmp_path: Path
+    s3_server: LocalS3, bucket: str, tmp_path: Path, seeded_batches: SeededBatches
 ) -> None:
     store = tmp_path / "store.sqlite"
-    seed_sqlite(store, 20_000, seed=16)
+    # 10,000 records in batches of 100 keep both runs busy well past their start, where they race for the
+    # state file (20,000 cost ~10 s more to generate); the kill -9 tests append this same batch.
+    seeded_batches.append(store, 10_000, seed=11)
     exporter = HostileExporter(s3_server, bucket, tmp_path, str(store), limit=100)
     runs = [exporter.start(once=True) for _ in range(2)]
     results = [(*run.communicate(timeout=180), run.returncode) for run in runs]

@@ -16,6 +16,11 @@ from capture_export.local_s3 import LocalS3
 from tests.support.cli import CLI, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
+# Records a stopped demo is given: the seeding marker comes after its first batch of 5,000 and a signal then
+# lands before the second ends; the export marker comes once all are seeded, and a signal then lands within
+# the first of two objects of 5,000 (examples/exporter.yaml's limit). 40,000 cost each export case ~20 s more
+# of seeding, and tested nothing more.
+STOPPED_DEMO_RECORDS = "10000"
 
 
 def _processes_using(path: Path) -> list[int]:
@@ -94,7 +99,8 @@ def test_a_port_asked_for_that_is_taken_fails_clearly(
 ])
 def test_every_stop_signal_stops_the_demos_server(tmp_path: Path, workdir: Path, signum: int, moment: str) -> None:
     manifest = REPO / "examples" / "exporter.yaml"
-    demo = subprocess.Popen([*CLI, "demo", "--records", "40000", "-f", str(manifest), "--workdir", str(workdir)],
+    demo = subprocess.Popen([*CLI, "demo", "--records", STOPPED_DEMO_RECORDS, "-f", str(manifest),
+                             "--workdir", str(workdir)],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert demo.stdout is not None
     seen = ""
@@ -115,7 +121,7 @@ def test_every_stop_signal_stops_the_demos_server(tmp_path: Path, workdir: Path,
 
 
 def test_a_demo_killed_outright_takes_its_server_along(tmp_path: Path, workdir: Path) -> None:
-    demo = subprocess.Popen([*CLI, "demo", "--records", "40000", "--workdir", str(workdir),
+    demo = subprocess.Popen([*CLI, "demo", "--records", STOPPED_DEMO_RECORDS, "--workdir", str(workdir),
                              "-f", str(REPO / "examples" / "exporter.yaml")],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert demo.stdout is not None

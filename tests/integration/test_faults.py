@@ -40,6 +40,10 @@ pytestmark = pytest.mark.postgres
 # 10 s, 20 s: the third starts ~22 s in, with 18 s to spare on a loaded machine), so the doubling is seen;
 # it ends before the fourth (~45 s in). A 60 s outage cost another 40 s for a fourth failure, alike.
 OUTAGE_SECONDS = 40.0
+# The other tests retry a failed cycle this soon rather than after the backoff (5 s, 10 s, … as the operator
+# schedules it), which test_s3_outage waits out and checks: they test what fails, how it is reported and
+# that the export recovers exactly once, and spent ~45 s of the file's time waiting.
+RETRY_FAILED_AFTER = 1.0
 BODIES = [encode_body(make_record(n)) for n in range(128)]
 INSERT = "INSERT INTO captures (ts_us, body) SELECT * FROM unnest(%s::bigint[], %b::bytea[])"
 
@@ -129,10 +133,13 @@ class Harness:
         return outcome
 
     def drain(self, *, deadline: float = 300.0, on_batch: Callable[[BatchResult], None] | None = None,
-              until: Callable[[], bool] = lambda: True) -> CycleOutcome:
+              until: Callable[[], bool] = lambda: True, retry_failed_after: float | None = None) -> CycleOutcome:
         """Cycle until a run succeeds with no backlog left (and ``until()``). After a failure, sleep
         ``due_in`` exactly as the operator schedules the next cycle (the backoff under test); after a
-        success that is not enough (``until``), run again soon, as a run-now annotation would."""
+        success that is not enough (``until``), run again soon, as a run-now annotation would.
+        ``retry_failed_after``: after a failure, sleep at most this long instead, as a run-now annotation
+        would (for tests of what fails and how it recovers, not of the backoff, which ``test_s3_outage``
+        measures: the cycles' ``due_in`` are still computed and recorded)."""
         give_up = time.monotonic() + deadline
         while True:
             outcome = self.cycle(on_batch)
@@ -142,6 +149,8 @@ class Harness:
                 return outcome
             assert time.monotonic() < give_up, f"no recovery within {deadline}s: {self.summary()}"
             pause = min(outcome.due_in, 0.2) if ok else outcome.due_in
+            if not ok and retry_failed_after is not None:
+                pause = min(pause, retry_failed_after)
             self.waited += pause
             time.sleep(pause)
 
@@ -256,9 +265,9 @@ def test_connection_resets_mid_upload(
         # Uploads cut halfway, many in a row: the first ones exhaust one request's retries (the run
         # fails and says so), the last two are absorbed by retries in the next run.
         proxy.reset_uploads(resets, after_bytes=4000)
-        harness.drain()
+        harness.drain(retry_failed_after=RETRY_FAILED_AFTER)
         gateway.stop()
-        harness.drain()
+        harness.drain(retry_failed_after=RETRY_FAILED_AFTER)
     assert proxy.stats.resets == resets
     assert "EndpointUnreachable" in harness.failure_reasons(), harness.summary()
     failed = next(o for o in harness.outcomes if o.result and o.result.failure)
@@ -380,8 +389,8 @@ def test_slowdown_throttling_backs_off(
         assert harness.condition("BucketReachable", failed) == ("False", "Throttled")
         assert failed.status.last_run is not None and "throttling" in (failed.status.last_run.error or "")
         assert failed.due_in == 5.0
-        time.sleep(failed.due_in)
-        final = harness.drain()
+        time.sleep(RETRY_FAILED_AFTER)
+        final = harness.drain(retry_failed_after=RETRY_FAILED_AFTER)
     assert final.result is not None and final.result.failure is None
     assert harness.condition("BucketReachable") == ("True", "Verified")
     assert proxy.stats.throttled == (2 + policy.attempts) * attempts_per_call
@@ -409,11 +418,11 @@ def test_postgres_restarted_mid_cycle(
             if batches == 4:
                 restarter.start()  # while the next batch is being read and this one uploaded
 
-        harness.drain(on_batch=on_batch)
+        harness.drain(on_batch=on_batch, retry_failed_after=RETRY_FAILED_AFTER)
         restarter.join()
         time.sleep(0.5)
         gateway.stop()
-        harness.drain()
+        harness.drain(retry_failed_after=RETRY_FAILED_AFTER)
     assert gateway.failures >= 1  # the gateway saw the restart too
     assert "StoreUnavailable" in harness.failure_reasons(), harness.summary()
     failed = next(o for o in harness.outcomes if o.result and o.result.failure)
@@ -439,7 +448,7 @@ def test_postgres_connection_cut_mid_result_and_unreachable(
         # Six armed for at least four cuts: the exporter's store-lock session takes one (or two, if it
         # reconnects) and never downloads that much.
         proxy.reset_downloads(6, after_bytes=200_000)
-        harness.drain(until=lambda: harness.cursor() >= target)
+        harness.drain(until=lambda: harness.cursor() >= target, retry_failed_after=RETRY_FAILED_AFTER)
         assert proxy.stats.resets >= 4
         for outcome in harness.outcomes:
             if outcome.result is not None and outcome.result.failure is not None:
@@ -455,9 +464,9 @@ def test_postgres_connection_cut_mid_result_and_unreachable(
         assert harness.condition("StoreReachable", down) == ("False", "StoreUnavailable")
         assert harness.condition("Ready", down)[0] == "False"
         threading.Timer(3.0, proxy.restore).start()
-        harness.drain()
+        harness.drain(retry_failed_after=RETRY_FAILED_AFTER)
         gateway.stop()
-        harness.drain()
+        harness.drain(retry_failed_after=RETRY_FAILED_AFTER)
     assert harness.condition("StoreReachable")[0] == "True" and harness.condition("Ready")[0] == "True"
     verify_exactly_once(pg_dsn, object_store, 41_000 + gateway.committed)
 

@@ -16,11 +16,17 @@ import pytest
 from capture_export.export.format_names import FORMAT_CHOICES
 from capture_export.export.layout import parse_range
 from capture_export.local_s3 import LocalS3
-from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
 from tests.support.cli import CLI, RUN_MARK, assert_no_process_left, run_and_kill_at_random, run_cli, write_manifest
+from tests.support.seeded import SeededBatches
 
 KILLS = 24
+# Records in the store before the first kill, and appended after each one. A run, killed within 0.3 s of its
+# first commit, exports ~1,000 records (at most ~3,500 seen); the store grows by APPENDED between kills, so
+# the backlog never runs out (a run that ends before its kill does not count as a kill mid-run). The same
+# generated batches serve every test here (tests/support/seeded.py): generating records was most of their time.
+SEEDED = 10_000
+APPENDED = 1500
 # Every value of spec.format with every compression it takes: the templated variant switches among them.
 FORMATS = [(name, compression) for name, choice in FORMAT_CHOICES.items() for compression in choice.compressions]
 # The templated variant: dated Hive folders, a filter, and the format and compression switching between
@@ -37,17 +43,16 @@ TEMPLATED_KEY = re.compile(
 
 
 @pytest.mark.parametrize(("layout", "seeded", "kills", "appended"), [
-    ("flat", 40_000, KILLS, 1500), ("templated", 10_000, KILLS, 1500), ("parquet", 2_000, 8, 1000)])
+    ("flat", SEEDED, KILLS, APPENDED), ("templated", SEEDED, KILLS, APPENDED), ("parquet", 2_000, 8, 1000)])
 def test_kill_minus_nine_at_random_moments_then_verify(
-    s3_server: LocalS3, bucket: str, tmp_path: Path, layout: str, seeded: int, kills: int, appended: int
+    s3_server: LocalS3, bucket: str, tmp_path: Path, seeded_batches: SeededBatches, layout: str, seeded: int,
+    kills: int, appended: int
 ) -> None:
     """``flat``: the default format; ``templated``: every format and compression in turn (each killed three
     or four times); ``parquet``: a short run of Parquet alone, batch after batch of the same format. The
     formats that decode are encoded by the pool's worker processes: after each kill, none may be left."""
     store_path = tmp_path / "store.sqlite"
-    store = SQLiteStore(store_path)
-    seed_store(store, seeded, seed=11)
-    store.close()
+    seeded_batches.append(store_path, seeded, seed=11)
     state = tmp_path / "state.json"
     rng = random.Random(20261125)
     killed_mid_run = 0
@@ -72,9 +77,7 @@ def test_kill_minus_nine_at_random_moments_then_verify(
         killed_mid_run += run_and_kill_at_random(manifest, state, store_path, cwd=tmp_path, rng=rng, anywhere=0.25,
                                                  startup_window=(0.1, 0.5), drain_window=0.3)
         # Append between crashes, as the gateway keeps writing.
-        store = SQLiteStore(store_path)
-        seed_store(store, appended, seed=100 + attempt)
-        store.close()
+        seeded_batches.append(store_path, appended, seed=100 + attempt)
     assert killed_mid_run >= kills * 5 // 6, f"only {killed_mid_run} kills landed mid-run; slow the kills down"
 
     if layout == "templated":
@@ -195,7 +198,7 @@ def _race_and_kill(runs: list[tuple[Path, Path]], store: Path, *, cwd: Path, rng
 
 
 def test_kill_minus_nine_with_two_runners_racing_for_the_same_exporter(
-    s3_server: LocalS3, bucket: str, tmp_path: Path
+    s3_server: LocalS3, bucket: str, tmp_path: Path, seeded_batches: SeededBatches
 ) -> None:
     """Two runners of one exporter (their own state files, or now and then one shared state file, and
     other batch sizes) start together, race for the destination and are killed at random moments; the
@@ -203,9 +206,7 @@ def test_kill_minus_nine_with_two_runners_racing_for_the_same_exporter(
     One of the two writes Parquet, encoded by the encode pool's processes: none of them may outlive the
     runner killed under them."""
     store_path = tmp_path / "store.sqlite"
-    store = SQLiteStore(store_path)
-    seed_store(store, 20_000, seed=12)
-    store.close()
+    seeded_batches.append(store_path, SEEDED, seed=11)
     rng = random.Random(20261126)
     # Which runner writes Parquet (whose batches, however small, the encode pool's processes encode), and
     # compressed how: drawn apart, so that ``rng``'s draws (batch sizes, shared state files, kill moments)
@@ -227,9 +228,7 @@ def test_kill_minus_nine_with_two_runners_racing_for_the_same_exporter(
         if rng.random() < 0.3:
             runs[1] = (runs[1][0], runs[0][1])  # one state file for both
         killed += _race_and_kill(runs, store_path, cwd=tmp_path, rng=rng)
-        store = SQLiteStore(store_path)
-        seed_store(store, 3000, seed=200 + attempt)
-        store.close()
+        seeded_batches.append(store_path, APPENDED, seed=100 + attempt)
     assert killed >= RACING_ATTEMPTS, f"only {killed} kills landed mid-run; slow the kills down"
 
     # The backlog the kills left is drained by the default-format runner (the fast one); verify reads both
@@ -240,5 +239,5 @@ def test_kill_minus_nine_with_two_runners_racing_for_the_same_exporter(
     verify = run_cli("verify", "-f", manifest, "--store", store_path, cwd=tmp_path)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "missing: 0" in verify.stdout and "duplicated: 0" in verify.stdout
-    total = 20_000 + RACING_ATTEMPTS * 3000
+    total = SEEDED + RACING_ATTEMPTS * APPENDED
     assert f"records in store up to id {total}: {total}" in verify.stdout

@@ -26,9 +26,9 @@ from capture_export.export.formats import FORMATS, data_extension
 from capture_export.export.layout import parse_range
 from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import S3ObjectStore
-from capture_export.seed import seed_store
 from capture_export.store import SQLiteStore
 from tests.support.records import make_record
+from tests.support.seeded import SeededBatches
 
 EXPORTER = ExporterId("default", "usage")
 
@@ -63,9 +63,10 @@ def _peak_python_memory(store: SQLiteStore, objects: S3ObjectStore, up_to: int |
 
 @pytest.mark.parametrize("format", ["cbor-zstd", "jsonl", "parquet"])
 def test_verify_never_holds_an_objects_records_decoded(
-    s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, sqlite_store: SQLiteStore, format: str
+    s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, sqlite_store: SQLiteStore, format: str,
+    seeded_batches: SeededBatches
 ) -> None:
-    seed_store(sqlite_store, 4000, seed=21)
+    seeded_batches.append(sqlite_store, 4000, seed=21)  # the same records for each format, generated once
     _export(s3_server, bucket, sqlite_store, object_store, limit=4000, format=format)
     keys = [info.key for info in object_store.list("llm/") if data_extension(info.key)]
     assert all(key.endswith(tuple(FORMATS[format].extensions.values())) for key in keys)
