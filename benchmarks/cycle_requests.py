@@ -10,6 +10,7 @@ lease write. Counts only: no timing, so the machine's load does not matter.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -85,4 +86,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help, and no stray arguments
     main()

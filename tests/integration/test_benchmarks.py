@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import time
@@ -67,6 +68,36 @@ def test_each_benchmark_names_what_to_install(tmp_path: Path, script: str, block
     assert result.returncode != 0
     assert named in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
+
+
+SCRIPTS = sorted(path.name for path in BENCHMARKS.glob("*.py") if '__name__ == "__main__"' in path.read_text())
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_prints_the_usage_or_what_to_install(tmp_path: Path, script: str) -> None:
+    """`--help` runs nothing: it prints the usage, or (psutil missing, as after ./demo.sh) what to install,
+    never a traceback."""
+    result = _run(script, "--help", tmp_path=tmp_path, blocked={"psutil"}, timeout=120)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert (result.returncode == 0 and "usage:" in result.stdout) or \
+        "missing requirements:\n  psutil: scripts/bootstrap.sh test" in result.stderr, result.stdout + result.stderr
+
+
+def _flags_in_the_docs() -> dict[str, set[str]]:
+    """Each benchmark the docs show a command line of, with the flags those command lines pass."""
+    flags: dict[str, set[str]] = {}
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = page.read_text().replace("\\\n", " ")
+        for script, arguments in re.findall(r"benchmarks/(\w+\.py)([^`\n]*)", text):
+            flags.setdefault(script, set()).update(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", arguments.split("#")[0]))
+    return {script: used for script, used in flags.items() if used}
+
+
+@pytest.mark.parametrize(("script", "flags"), sorted(_flags_in_the_docs().items()))
+def test_every_flag_the_docs_pass_a_benchmark_is_one_it_takes(tmp_path: Path, script: str, flags: set[str]) -> None:
+    usage = _run(script, "--help", tmp_path=tmp_path, timeout=120)
+    assert usage.returncode == 0, usage.stderr
+    assert sorted(flag for flag in flags if not re.search(rf"{flag}(?![\w-])", usage.stdout)) == []
 
 
 def test_the_work_directory_is_removed_unless_kept(tmp_path: Path) -> None:
