@@ -228,3 +228,11 @@ def test_every_flag_shown_is_one_the_command_takes(page: Path) -> None:
                for flag in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", arguments)
                if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helps[command])]
     assert unknown == [], f"{page.name}: flags its commands do not take: {unknown}"
+
+
+@pytest.mark.parametrize("command", sorted(_documented_help()))
+def test_the_manifests_the_help_examples_name_exist(command: str) -> None:
+    """Run from the repository's root, as the reference says, an example's manifests are the checkout's."""
+    examples = _documented_help()[command].partition("\nexamples:\n")[2]
+    named = re.findall(r"(?<![\w./-])([\w./-]+\.ya?ml)\b", examples)
+    assert [path for path in named if not (REPO / path).exists()] == []
