@@ -113,6 +113,17 @@ def test_the_work_directory_is_removed_unless_kept(tmp_path: Path) -> None:
     assert (workdir / "store.sqlite").exists()
 
 
+@pytest.mark.parametrize(("script", "arguments"), [
+    ("cycle_requests.py", ()),
+    ("ingest_throughput.py", ("--stages", "--batch", "2", "--prefill", "0")),
+    ("otlp_throughput.py", ("--stages", "--spans", "50")),
+])
+def test_no_mode_leaves_its_work_directory_behind(tmp_path: Path, script: str, arguments: tuple[str, ...]) -> None:
+    result = _run(script, *arguments, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not list((tmp_path / "tmp").iterdir()), "the work directory was left behind"
+
+
 def _crash(connection: object) -> None:
     raise SystemExit(3)
 
