@@ -95,7 +95,8 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from None
         except OSError as exc:  # its directory cannot be made: "afile is not a directory", not "[Errno 17] …"
-            raise StoreError(f"cannot open SQLite store {self.path}: {why_unusable(exc, directory=True, given=str(self.path))}") from None
+            why = why_unusable(exc, directory=True, given=str(self.path))
+            raise StoreError(f"cannot open SQLite store {self.path}: {why}") from None
 
     def _has_captures(self) -> bool:
         return self._conn.execute(
