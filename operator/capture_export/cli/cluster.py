@@ -79,8 +79,8 @@ def cmd_crds(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     if args.check:
         if not directory.is_dir():  # not "out of date": there is nothing to compare with
-            failure = FileNotFoundError if not directory.exists() else NotADirectoryError
-            raise failure(errno.ENOENT if failure is FileNotFoundError else errno.ENOTDIR, "", args.dir)
+            code = errno.ENOENT if not directory.exists() else errno.ENOTDIR
+            raise OSError(code, os.strerror(code), args.dir)  # main words it: --dir x: no such directory
         stale = [
             info.plural for info in KINDS
             if not (directory / f"{info.plural}.capture.dev.yaml").exists()

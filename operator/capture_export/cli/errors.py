@@ -20,6 +20,8 @@ DIRECTORY_OPTIONS = frozenset({"dir", "workdir"})
 def error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int] | None:
     """One line naming what failed and why, and the exit code, for the ordinary failures of a command (a
     manifest, a file, the capture store, the bucket); None for anything else, a bug, whose traceback helps.
+    Exit code 2 when what was given cannot be used (a manifest, a path option, a store the spec may not
+    use), 1 when the work failed (the store, the bucket, a file while working).
     Passwords of the store DSN and the AWS secret key from the environment are masked."""
     from ..api.manifests import InvalidManifest
     from ..api.vocabulary import Reason
