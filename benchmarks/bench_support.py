@@ -40,7 +40,7 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_TEST = "scripts/bootstrap.sh test   (or: pip install -e '.[test]')"
-INSTALL_PARQUET = "pip install 'capture-export[parquet]'   (pyarrow; the test extra has it too)"
+INSTALL_PARQUET = ".venv/bin/pip install -e '.[parquet]'   (pyarrow; the test extra has it too)"
 INSTALL_POSTGRES = "scripts/ensure-postgres.sh   (Debian's postgresql), or pass --dsn postgresql://…"
 
 # Module -> how to get it. The SeaweedFS binary and PostgreSQL are checked by name ("weed", "postgres").

@@ -17,7 +17,11 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 
-import psutil
+from bench_support import require
+
+require("psutil")  # before the import: what to install, not a traceback, for every benchmark using this
+
+import psutil  # noqa: E402
 
 __all__ = ["REFERENCE_SPEED", "SpeedProbe", "cpu_seconds", "idle_estimate", "load", "measure_stage", "stage_table"]
 

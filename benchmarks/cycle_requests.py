@@ -10,6 +10,7 @@ lease write. Counts only: no timing, so the machine's load does not matter.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -56,9 +57,9 @@ class CountingBucket(MemoryObjectStore):
         return object.__getattribute__(self, name)
 
 
-def main() -> None:
+def main(directory: Path) -> None:
     bucket, clock = CountingBucket(), ScriptClock()
-    store = SQLiteStore(Path(tempfile.mkdtemp()) / "store.sqlite")
+    store = SQLiteStore(directory / "store.sqlite")
     spec = S3ExporterSpec(bucket="bench", region="us-east-1", limit=100, prefix="p", every=30)
     worker = ExporterWorker(ExporterId("default", "usage"), open_store=lambda _spec, _ns: store,
                             secrets={}, clock=clock, object_store_factory=lambda _loc, _access: bucket)
@@ -85,4 +86,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help, and no stray arguments
+    with tempfile.TemporaryDirectory(prefix="cycle-requests-") as directory:
+        main(Path(directory))

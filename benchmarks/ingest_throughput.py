@@ -34,7 +34,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -237,7 +236,7 @@ def request_bodies(templates: list[list[bytes]], prefix: str) -> list[bytes]:
             for n, parts in enumerate(templates)]
 
 
-def stages(args: argparse.Namespace) -> None:
+def stages(args: argparse.Namespace, workdir: Path) -> None:
     """CPU µs per record of each stage on its own (no server, no clients)."""
     import gc
     import pickle
@@ -302,7 +301,6 @@ def stages(args: argparse.Namespace) -> None:
     probe.sample()
 
     # The insert-or-ignore, in groups of 8 requests (what 8 clients make of the group commit).
-    workdir = Path(tempfile.mkdtemp(prefix="capture-export-ingest-stages-"))
     url = str(workdir / "store.sqlite") if args.store == "sqlite" else args.store
     store = store_opener(url)()
     try:
@@ -337,7 +335,6 @@ def stages(args: argparse.Namespace) -> None:
     alone = sum(micros for _, micros in results[3:])
     print(f"parsing process, hand-off and insert alone: {alone:.1f} µs now, {alone * probe.factor:.1f} µs quiet "
           "(est.); the end-to-end run adds HTTP, the group commit's hand-offs and the exporter")
-    print(f"work directory: {workdir}")
 
 
 def main() -> None:
@@ -355,7 +352,7 @@ def main() -> None:
                         "insert is timed")
     add_keep_argument(parser)
     args = parser.parse_args()
-    go = stages if args.stages else run
+    go = run_stages if args.stages else run
     if args.store == "postgres":
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support.pg
         from tests.support.pg import TempPostgres
@@ -370,6 +367,11 @@ def main() -> None:
 def run(args: argparse.Namespace) -> None:
     with work_directory("capture-export-ingest-bench-", keep=args.keep) as workdir:
         measure(args, workdir)
+
+
+def run_stages(args: argparse.Namespace) -> None:
+    with work_directory("capture-export-ingest-stages-", keep=args.keep) as workdir:
+        stages(args, workdir)
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> None:

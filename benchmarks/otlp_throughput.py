@@ -25,7 +25,6 @@ import argparse
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -79,7 +78,7 @@ def build_spans(count: int) -> list:
     return list(memory.get_finished_spans())
 
 
-def stages(args: argparse.Namespace) -> None:
+def stages(args: argparse.Namespace, workdir: Path) -> None:
     """CPU µs per GenAI span of each stage on its own (no server, no exporters)."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
@@ -133,7 +132,6 @@ def stages(args: argparse.Namespace) -> None:
         ("parsing process, all of a request (prepare_by_name)", measure_stage(
             lambda: [prepare_by_name("otlp", body, "", "application/x-protobuf", limits) for body in bodies], genai)),
     ]
-    workdir = Path(tempfile.mkdtemp(prefix="capture-export-otlp-stages-"))
     store = store_opener(str(workdir / "store.sqlite"))()
     rows = [prepare_by_name("otlp", body, "", "application/x-protobuf", limits)[2] for body in bodies]
     generation = iter(range(1_000_000))
@@ -167,7 +165,8 @@ def main() -> None:
     add_keep_argument(parser)
     args = parser.parse_args()
     if args.stages:
-        stages(args)
+        with work_directory("capture-export-otlp-stages-", keep=args.keep) as workdir:
+            stages(args, workdir)
         return
     with work_directory("capture-export-otlp-bench-", keep=args.keep) as workdir:
         measure(args, workdir)

@@ -66,6 +66,16 @@ class _StopSignals:
                 signal.signal(signum, handler)
 
 
+# How to read an object of each format in your own code (docs/formats.md, docs/querying.md).
+_READ_IN_PYTHON: dict[str, tuple[str, ...]] = {
+    "cbor-zstd": ("  python: zstandard.ZstdDecompressor().decompressobj().decompress(data), then",
+                  "          cbor2.CBORDecoder over the bytes until the end (a CBOR sequence)"),
+    "jsonl": ("  python: one JSON object per line (gzip.decompress(data) for .jsonl.gz,",
+              "          zstandard.ZstdDecompressor().decompressobj().decompress(data) for .jsonl.zst)"),
+    "parquet": ("  python: pyarrow.parquet.read_table(path) (the parquet extra), or DuckDB's read_parquet",),
+}
+
+
 def _pointed_at(manifests: ManifestSet, endpoint: str) -> ManifestSet:
     """The manifests with every S3Exporter's endpoint replaced by the demo's own server."""
     resources = [
@@ -169,8 +179,9 @@ def _seed_export_report(s3: LocalS3, manifests: ManifestSet, records: int, manif
     print()
     print("what was written")
     print(f"  objects:      {run.objects:,} under s3://{spec.bucket}/{prefix}")
-    print(f"  rows:         {run.rows:,}")
-    print(f"  bytes:        {run.bytes:,} compressed ({run.raw_bytes:,} as CBOR, ratio {ratio:.1f}x)")
+    left_out = f" ({run.filtered:,} left out by the exporter's filter)" if run.filtered else ""
+    print(f"  rows:         {run.rows:,}{left_out}")
+    print(f"  bytes:        {run.bytes:,} written ({run.raw_bytes:,} of CBOR read from the store, ratio {ratio:.1f}x)")
     print(f"  throughput:   {rate:,.0f} records/s end to end ({run.duration_seconds:.2f}s)")
     print(f"  verify:       {len(report.missing)} missing, {len(report.duplicated)} duplicated"
           + ("" if report.ok else " (FAILED)"))
@@ -181,8 +192,8 @@ def _seed_export_report(s3: LocalS3, manifests: ManifestSet, records: int, manif
         sample.write_bytes(data)
         print("read it back (a copy of the last object is kept, since the demo's S3 server stops now):")
         print(f"  .venv/bin/capture-export cat {sample} | head -1")
-    print("  python: zstandard.ZstdDecompressor().decompressobj().decompress(data), then")
-    print("          cbor2.CBORDecoder over the bytes until the end (a CBOR sequence)")
+    for line in _READ_IN_PYTHON[spec.format]:
+        print(line)
     print(f"  the store stays in {store_path}, the S3 data in {workdir / 's3'}")
     print("next: keep a local S3 server running with `.venv/bin/capture-export s3 serve` and run the exporter "
           "yourself (README, \"Without a cluster\")")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ def test_a_missing_package_is_named_before_anything_runs(tmp_path: Path) -> None
     result = _run("format_throughput.py", "--records", "200", "--only", "parquet", tmp_path=tmp_path,
                   blocked={"pyarrow"}, timeout=120)
     assert result.returncode != 0
-    assert "pyarrow: pip install 'capture-export[parquet]'" in result.stderr
+    assert "pyarrow: .venv/bin/pip install -e '.[parquet]'" in result.stderr  # not on PyPI: from the checkout
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 60
     assert not list((tmp_path / "tmp").iterdir()), "nothing was started"
@@ -69,6 +70,36 @@ def test_each_benchmark_names_what_to_install(tmp_path: Path, script: str, block
     assert "Traceback" not in result.stderr, result.stderr
 
 
+SCRIPTS = sorted(path.name for path in BENCHMARKS.glob("*.py") if '__name__ == "__main__"' in path.read_text())
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_prints_the_usage_or_what_to_install(tmp_path: Path, script: str) -> None:
+    """`--help` runs nothing: it prints the usage, or (psutil missing, as after ./demo.sh) what to install,
+    never a traceback."""
+    result = _run(script, "--help", tmp_path=tmp_path, blocked={"psutil"}, timeout=120)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert (result.returncode == 0 and "usage:" in result.stdout) or \
+        "missing requirements:\n  psutil: scripts/bootstrap.sh test" in result.stderr, result.stdout + result.stderr
+
+
+def _flags_in_the_docs() -> dict[str, set[str]]:
+    """Each benchmark the docs show a command line of, with the flags those command lines pass."""
+    flags: dict[str, set[str]] = {}
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = page.read_text().replace("\\\n", " ")
+        for script, arguments in re.findall(r"benchmarks/(\w+\.py)([^`\n]*)", text):
+            flags.setdefault(script, set()).update(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", arguments.split("#")[0]))
+    return {script: used for script, used in flags.items() if used}
+
+
+@pytest.mark.parametrize(("script", "flags"), sorted(_flags_in_the_docs().items()))
+def test_every_flag_the_docs_pass_a_benchmark_is_one_it_takes(tmp_path: Path, script: str, flags: set[str]) -> None:
+    usage = _run(script, "--help", tmp_path=tmp_path, timeout=120)
+    assert usage.returncode == 0, usage.stderr
+    assert sorted(flag for flag in flags if not re.search(rf"{flag}(?![\w-])", usage.stdout)) == []
+
+
 def test_the_work_directory_is_removed_unless_kept(tmp_path: Path) -> None:
     result = _run("export_throughput.py", "--records", "300", "--skip-stages", tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -80,6 +111,17 @@ def test_the_work_directory_is_removed_unless_kept(tmp_path: Path) -> None:
     (workdir,) = (tmp_path / "tmp").iterdir()
     assert f"work directory kept: {workdir}" in kept.stderr
     assert (workdir / "store.sqlite").exists()
+
+
+@pytest.mark.parametrize(("script", "arguments"), [
+    ("cycle_requests.py", ()),
+    ("ingest_throughput.py", ("--stages", "--batch", "2", "--prefill", "0")),
+    ("otlp_throughput.py", ("--stages", "--spans", "50")),
+])
+def test_no_mode_leaves_its_work_directory_behind(tmp_path: Path, script: str, arguments: tuple[str, ...]) -> None:
+    result = _run(script, *arguments, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not list((tmp_path / "tmp").iterdir()), "the work directory was left behind"
 
 
 def _crash(connection: object) -> None:

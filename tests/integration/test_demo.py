@@ -146,3 +146,6 @@ def test_the_analytics_example_runs_though_its_secret_is_in_another_file(tmp_pat
     assert result.returncode == 0, result.stdout + result.stderr
     assert "verify:       0 missing, 0 duplicated" in result.stdout, result.stdout
     assert not _processes_using(workdir)
+    # What it prints is about what this exporter wrote: Parquet objects, of the records its filter kept.
+    assert "pyarrow.parquet.read_table(" in result.stdout and "ZstdDecompressor" not in result.stdout, result.stdout
+    assert "left out by the exporter's filter)" in result.stdout and "of CBOR read from the store" in result.stdout

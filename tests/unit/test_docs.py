@@ -181,3 +181,58 @@ def test_the_layout_names_every_module_and_no_other() -> None:
     named = [(folder, module) for folder, description in entries.items() if folder.endswith("/")
              for module in re.findall(r"\b(\w+\.py)\b", description)]
     assert [f"{folder}{module}" for folder, module in named if not any((PACKAGE / folder).rglob(module))] == []
+
+
+PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+
+
+def _shell_lines(text: str) -> list[str]:
+    """The commands of a page's sh blocks, one per line, continuation lines joined, comment lines left out."""
+    blocks = re.findall(r"```(?:sh|bash)\n(.*?)```", text, re.DOTALL)
+    return [line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+@pytest.mark.parametrize("page", PAGES + EXAMPLES, ids=lambda p: p.name)
+def test_no_command_shown_is_a_bare_capture_export(page: Path) -> None:
+    """A newcomer's shell has no capture-export on its PATH: in a checkout the command is
+    .venv/bin/capture-export (what ./demo.sh sets up), in the operator's pod `kubectl exec ... -- capture-export`.
+    A command that starts with a bare `capture-export` fails with 'command not found'."""
+    text = page.read_text()
+    if page.suffix == ".md":
+        bare = [line for line in _shell_lines(text) if re.match(r"(nice )?capture-export ", line)]
+    else:  # the "Without one:" commands in the examples' comments
+        bare = re.findall(r"^#.*?\s(capture-export .*)$", text, re.MULTILINE)
+    assert bare == [], f"{page.name}: write .venv/bin/capture-export in {bare}"
+
+
+def _commands_shown(text: str) -> list[tuple[str, str]]:
+    """(command, arguments) of each capture-export command a page shows, in sh blocks or inline code."""
+    helps = _documented_help()
+    inline = re.findall(r"`([^`\n]*capture-export [^`\n]*)`", re.sub(r"```.*?```", "", text, flags=re.DOTALL))
+    shown = []
+    for line in _shell_lines(text) + inline:
+        for match in re.finditer(r"(?:^|[\s/])capture-export ([a-z0-9]+(?: [a-z0-9]+)?)([^|;#>]*)", line):
+            words = match.group(1).split()
+            command = next((" ".join(words[:n]) for n in (2, 1) if " ".join(words[:n]) in helps), None)
+            if command is not None:
+                shown.append((command, " ".join(words[len(command.split()):]) + match.group(2)))
+    return shown
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_flag_shown_is_one_the_command_takes(page: Path) -> None:
+    helps = _documented_help()  # the real --help, kept so by test_the_reference_help_is_the_real_help
+    unknown = [(command, flag) for command, arguments in _commands_shown(page.read_text())
+               for flag in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", arguments)
+               if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helps[command])]
+    assert unknown == [], f"{page.name}: flags its commands do not take: {unknown}"
+
+
+@pytest.mark.parametrize("command", sorted(_documented_help()))
+def test_the_manifests_the_help_examples_name_exist(command: str) -> None:
+    """Run from the repository's root, as the reference says, an example's manifests are the checkout's."""
+    examples = _documented_help()[command].partition("\nexamples:\n")[2]
+    named = re.findall(r"(?<![\w./-])([\w./-]+\.ya?ml)\b", examples)
+    assert [path for path in named if not (REPO / path).exists()] == []

@@ -39,7 +39,7 @@ def add_run(sub: Subcommands) -> None:
         ["capture-export run -f examples/exporter.yaml                     # until Ctrl-C",
          "capture-export run --once -f examples/exporter.yaml -f examples/retentionpolicy.yaml",
          "capture-export run --once -f examples/                           # every manifest of a directory",
-         "cat exporter.yaml | capture-export run --once -f -",
+         "cat examples/exporter.yaml | capture-export run --once -f -",
          "capture-export run --once -f examples/exporter.yaml -o json | jq .status.lastRun"])
     manifest_files(run, "manifests to run", required=True)
     run.add_argument("--once", action="store_true", help="drain every exporter once, run every policy once, exit")
