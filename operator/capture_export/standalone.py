@@ -67,9 +67,9 @@ class StateFile:
             except ValueError:
                 self.close()
                 raise SystemExit(f"error: state file {path} is not valid JSON; move it aside to start afresh") from None
-            except OSError as exc:
+            except OSError:  # the command names the file with its option (--state adir: is a directory)
                 self.close()
-                raise SystemExit(f"error: state file {path} cannot be read: {exc.strerror}") from None
+                raise
             if not isinstance(self.data, dict):
                 self.close()
                 raise SystemExit(f"error: state file {path} does not hold a JSON object; move it aside to start afresh")

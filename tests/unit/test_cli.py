@@ -297,3 +297,16 @@ def test_status_shows_how_much_a_long_purge_has_left() -> None:
     header, row = policies[0], policies[1]
     assert "REMAINING" in header.split()
     assert row[header.index("REMAINING"):].split()[0] == "3400000"
+
+
+def test_every_path_option_is_named_as_the_parser_spells_it() -> None:
+    """cli/errors.py names a bad path with its option by the option's dest: each dest it knows is that
+    option in every command that has it (a renamed option would otherwise be named wrongly)."""
+    from capture_export.cli.errors import PATH_OPTIONS
+
+    found: dict[str, set[str]] = {dest: set() for dest in PATH_OPTIONS}
+    for _, parser in COMMANDS:
+        for action in parser._actions:
+            if action.dest in found and not isinstance(action, argparse._SubParsersAction):
+                found[action.dest].add(action.option_strings[0] if action.option_strings else "")
+    assert {dest: flags for dest, flags in found.items() if flags != {PATH_OPTIONS[dest]}} == {}

@@ -156,6 +156,7 @@ def _secret_data(doc: Mapping[str, Any], where: str) -> dict[str, str]:
 
 
 STDIN = "-"
+STDIN_LABEL = "standard input (-f -)"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -180,10 +181,13 @@ def expand_manifest_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _read_manifest(path: Path) -> str:
-    return sys.stdin.read() if str(path) == STDIN else path.read_text()
+    if str(path) != STDIN:
+        return path.read_text(encoding="utf-8")
+    stdin = getattr(sys.stdin, "buffer", None)  # bytes, decoded strictly whatever the locale
+    return stdin.read().decode("utf-8") if stdin is not None else sys.stdin.read()
 
 
-def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+def _yaml_problem(path: Path | str, exc: yaml.YAMLError) -> str:
     """What the parser found and where, on one line. Never ``str(exc)``: it quotes the offending line, which
     may be a Secret's value; and a problem can quote a token (``found undefined tag handle '!x'``), so only
     short quotes (characters) are kept."""
@@ -203,14 +207,15 @@ def load_manifests(paths: Iterable[str | Path], *, default_namespace: str = "def
     seen: set[tuple[str, str, str]] = set()
     for path in expand_manifest_paths(paths):
         path = Path(path)
-        try:
+        label = STDIN_LABEL if str(path) == STDIN else str(path)
+        try:  # a file that cannot be read is an OSError: the command names it with its option
             documents = list(yaml.safe_load_all(_read_manifest(path)))
-        except OSError as exc:
-            raise InvalidManifest(f"{path}: {exc.strerror}") from None
         except UnicodeDecodeError:
-            raise InvalidManifest(f"{path}: not UTF-8 text") from None
+            raise InvalidManifest(f"{label}: not UTF-8 text") from None
         except yaml.YAMLError as exc:
-            raise InvalidManifest(_yaml_problem(path, exc)) from None
+            raise InvalidManifest(_yaml_problem(label, exc)) from None
+        if all(doc is None for doc in documents):
+            raise InvalidManifest(f"{label}: empty, no manifest in it")
         for index, doc in enumerate(documents):
             if doc is None:
                 continue

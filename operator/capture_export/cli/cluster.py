@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -77,6 +78,9 @@ def cmd_crds(args: argparse.Namespace) -> int:
 
     directory = Path(args.dir)
     if args.check:
+        if not directory.is_dir():  # not "out of date": there is nothing to compare with
+            code = errno.ENOENT if not directory.exists() else errno.ENOTDIR
+            raise OSError(code, os.strerror(code), args.dir)  # main words it: --dir x: no such directory
         stale = [
             info.plural for info in KINDS
             if not (directory / f"{info.plural}.capture.dev.yaml").exists()
@@ -158,7 +162,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         try:
             TokenFile(args.ingest_token_file)
         except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: --ingest-token-file {exc}", file=sys.stderr)
             return 2
     refusal = _store_refusal(args)
     if refusal is not None:

@@ -7,12 +7,21 @@ import argparse
 import contextlib
 import os
 
-__all__ = ["error_line"]
+__all__ = ["PATH_OPTIONS", "error_line", "path_error"]
+
+# The options that name a file or a directory, by their argparse dest (the same in every command), and
+# how the line names each: a path that cannot be used is said with the option it was given with.
+PATH_OPTIONS = {"file": "-f", "body": "--body", "state": "--state", "store": "--store", "source": "",
+                "token_file": "--token-file", "ingest_token_file": "--ingest-token-file", "dir": "--dir",
+                "workdir": "--workdir"}
+DIRECTORY_OPTIONS = frozenset({"dir", "workdir"})
 
 
 def error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int] | None:
     """One line naming what failed and why, and the exit code, for the ordinary failures of a command (a
     manifest, a file, the capture store, the bucket); None for anything else, a bug, whose traceback helps.
+    Exit code 2 when what was given cannot be used (a manifest, a path option, a store the spec may not
+    use), 1 when the work failed (the store, the bucket, a file while working).
     Passwords of the store DSN and the AWS secret key from the environment are masked."""
     from ..api.manifests import InvalidManifest
     from ..api.vocabulary import Reason
@@ -21,7 +30,7 @@ def error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int] 
     from ..store import StoreError, StoreRefused
 
     if isinstance(exc, InvalidManifest):
-        text, code = f"invalid manifest: {exc}", 2
+        text, code = f"invalid manifest: {_with_option(str(exc), args)}", 2
     elif isinstance(exc, ObjectStoreError):
         text, code = exc.message, 1
         if exc.reason == Reason.SECRET_NOT_FOUND and getattr(args, "file", None):
@@ -34,14 +43,46 @@ def error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int] 
         text, code = exc.message, 2
     elif isinstance(exc, StoreError):
         text, code = redact(str(exc)), 1
-    elif isinstance(exc, OSError):  # a file that cannot be read or written: its name and the system's reason
-        name = f"{exc.filename}: " if exc.filename is not None else ""
-        text, code = f"{name}{exc.strerror or exc.__class__.__name__}", 1
+    elif isinstance(exc, OSError):  # a file that cannot be read or written: its option, its name, why
+        text, code = path_error(exc, args)
     else:
         return None
     for secret in _known_secrets(args):
         text = text.replace(secret, "***")
     return f"error: {' '.join(text.split())}", code
+
+
+def path_error(exc: OSError, args: argparse.Namespace) -> tuple[str, int]:
+    """``--body fixed.cbor: no such file``, and exit code 2, when the path is (or is in, or is on the way to)
+    one given with a path option; else the path and why, exit code 1 (a failure while working)."""
+    from ..path_errors import why_unusable
+
+    if exc.filename is None:
+        return exc.strerror or exc.__class__.__name__, 1
+    failed = os.fsdecode(exc.filename)
+    for dest, flag in PATH_OPTIONS.items():
+        given = getattr(args, dest, None)
+        for value in given if isinstance(given, list) else [given]:
+            if not isinstance(value, str):
+                continue
+            why = why_unusable(exc, directory=dest in DIRECTORY_OPTIONS, given=value)
+            named = f"{flag} {value}".lstrip()
+            if failed == value or (_is_under(value, failed) and why.endswith("is not a directory")):
+                return f"{named}: {why}", 2  # the path, or a file on the way to it (--state a-file/state.json)
+            if _is_under(value, failed) or _is_under(failed, value):  # a directory on the way, a file of -f DIR
+                return f"{named}: {failed}: {why}", 2
+    return f"{failed}: {why_unusable(exc)}", 1
+
+
+def _is_under(path: str, directory: str) -> bool:
+    return path.startswith(directory.rstrip("/") + "/")
+
+
+def _with_option(problem: str, args: argparse.Namespace) -> str:
+    """A manifest problem of a file given with -f as such (``-f empty.yaml: empty, no manifest in it``)."""
+    files = getattr(args, "file", None) or []
+    given = [files] if isinstance(files, str) else [value for value in files if isinstance(value, str)]
+    return next((f"-f {problem}" for value in given if problem.startswith(f"{value}: ")), problem)
 
 
 def _known_secrets(args: argparse.Namespace) -> list[str]:

@@ -64,7 +64,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         tokens = TokenFile(args.token_file)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: --token-file {exc}", file=sys.stderr)
         return 2
 
     async def main() -> None:

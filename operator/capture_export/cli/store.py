@@ -221,7 +221,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         print(f"error: {exc}: not released; give the corrected record (one CBOR map without id) with "
               "--body FILE", file=sys.stderr)
         return 1
-    except (StoreError, OSError) as exc:
+    except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print("\n".join(lines))

@@ -36,16 +36,21 @@ class TokenFile:
             if stamp == self._stamp:
                 return
             text = self.path.read_text(encoding="utf-8")
-        except OSError as exc:
+        except UnicodeDecodeError:
             if initial:
-                raise ValueError(f"cannot read the ingest token file {self.path}: {exc.strerror}") from None
+                raise ValueError(f"{self.path}: not UTF-8 text, not a token file") from None
+            log.warning("ingest: the token file %s is not UTF-8 text now; keeping the tokens read before", self.path)
+            return
+        except OSError as exc:
+            if initial:  # the command names the file with its option (--token-file x: no such file)
+                raise
             log.warning("ingest: cannot re-read the token file %s (%s); keeping the tokens read before",
                         self.path, exc.strerror)
             return
         tokens = tuple(line.strip().encode("utf-8") for line in text.splitlines() if line.strip())
         if not tokens:
             if initial:
-                raise ValueError(f"the ingest token file {self.path} holds no token")
+                raise ValueError(f"{self.path}: holds no token")
             log.warning("ingest: the token file %s holds no token now; every request is refused", self.path)
         self._tokens, self._stamp = tokens, stamp
 

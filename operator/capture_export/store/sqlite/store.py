@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ...path_errors import why_unusable
 from ..base import ExpiredChunk, QuarantinedRecord, StoredRecord, StoreError, StoreNotFound
 from ..records import encode_body
 from ..seal import RecordSeal
@@ -91,8 +92,11 @@ class SQLiteStore:
             self._conn.executescript(SCHEMA)
             self._store_id, self._seal = migrate(self._conn, self.path)
             self._file: tuple[int, int] | None = None if in_memory else _file_identity(self.path)
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from None
+        except OSError as exc:  # its directory cannot be made: "afile is not a directory", not "[Errno 17] …"
+            why = why_unusable(exc, directory=True, given=str(self.path))
+            raise StoreError(f"cannot open SQLite store {self.path}: {why}") from None
 
     def _has_captures(self) -> bool:
         return self._conn.execute(
