@@ -23,4 +23,23 @@ fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/capture-export crds --check
-exec .venv/bin/pytest -q "$@"
+# The suite mostly waits (servers starting, deliberate backoffs, subprocesses): it runs on several pytest-xdist
+# workers, one per CPU this process may use (scheduler affinity, the cgroup's CPU quota), at least 2.
+# --dist loadgroup runs each group of tests/conftest.py (XDIST_GROUPS) on one worker.
+# CAPTURE_EXPORT_TEST_WORKERS=N sets the count (1 or 0: one process, no xdist); -n N or -p no:xdist given to
+# ./test.sh are passed on to pytest and win.
+parallel=()
+case " $* " in
+    *" -p no:xdist "* | *" -pno:xdist "* | *" -p=no:xdist "*) ;;
+    *" -n"* | *" --numprocesses"*) parallel=(--dist loadgroup) ;;
+    *)
+        workers="${CAPTURE_EXPORT_TEST_WORKERS:-$(.venv/bin/python -c \
+            'from capture_export.export.cgroup import available_cpus; print(max(2, available_cpus()))')}"
+        if [ "$workers" -gt 1 ]; then
+            parallel=(-n "$workers" --dist loadgroup)
+        else
+            parallel=(-p no:xdist)
+        fi
+        ;;
+esac
+exec .venv/bin/pytest -q ${parallel[@]+"${parallel[@]}"} "$@"

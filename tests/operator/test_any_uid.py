@@ -131,7 +131,10 @@ def test_operator_runs_as_a_uid_without_passwd_entry(sandbox: Path, run_as_uid: 
     else:
         assert env["POD_ID"] == POD_NAME
     liveness_port = free_port()
-    args = [*container["args"], "--liveness-port", str(liveness_port), "--metrics-port", str(free_port())]
+    # Free ports for every server, the chart's own (8080, 8081, 9090) may be taken: another run of this test
+    # on a parallel worker, or anything else on the machine.
+    args = [*container["args"], "--liveness-port", str(liveness_port), "--readiness-port", str(free_port()),
+            "--metrics-port", str(free_port())]
     process = run_as_uid(env, args)
     wait_serving(process, liveness_port)
 
