@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from typing import Any
 
 import pytest
 
 from capture_export.api import S3ExporterSpec
 from capture_export.audit import decode_object, verify_export
-from capture_export.export import Cursor, ExportEngine, ExporterId
+from capture_export.export import Cursor, ExportEngine, ExporterId, pipeline
+from capture_export.export.batch import encode_rows
 from capture_export.export.provenance import object_metadata
 from capture_export.objectstore import MemoryObjectStore, ObjectStoreError
 from capture_export.store import SQLiteStore
@@ -170,24 +174,18 @@ def test_the_default_format_encodes_one_batch_at_a_time_on_two_cpus(
 ) -> None:
     """On two CPUs a second batch compressed beside the first only slows both (docs/benchmarks.md); from
     three on, two batches encode at once. Either way every record is exported once, in order."""
-    import threading
-    import time
-
-    from capture_export.export import pipeline
-
     sqlite_store.append(make_record(i) for i in range(60))
     monkeypatch.setattr(pipeline, "available_cpus", lambda: cpus, raising=False)
     encoding, most, lock = 0, 0, threading.Lock()
-    encode_rows = pipeline.encode_rows
 
-    def counted(*args: object) -> object:
+    def counted(*args: Any) -> Any:
         nonlocal encoding, most
         with lock:
             encoding += 1
             most = max(most, encoding)
         try:
             time.sleep(0.05)  # long enough for the reader to hand over the next batch meanwhile
-            return encode_rows(*args)  # type: ignore[arg-type]
+            return encode_rows(*args)
         finally:
             with lock:
                 encoding -= 1
