@@ -16,6 +16,7 @@ from .options import (
     configure_export_resources,
     env_list,
     export_resource_options,
+    require_directory,
     store_option,
     tenancy_options,
 )
@@ -196,19 +197,35 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 
 def _store_refusal(args: argparse.Namespace) -> tuple[str, int] | None:
-    """Why the default store (``--store``) can never be opened, and the exit code (None when it might):
-    a URL that names no store, a directory where the SQLite file should be. Checked before anything else,
-    so that the operator refuses to start instead of reporting every exporter's store missing for ever."""
-    if not args.store:
-        return None
+    """Why the default store (``--store``) can never be opened or a ``--sqlite-dir`` never holds a store,
+    and the exit code (None when they might): a URL that names no store, a directory where the SQLite file
+    should be, a SQLite file in a directory that does not exist (the operator creates the default store's
+    file, never the directories of a typo), a --sqlite-dir that is no directory. Checked before anything
+    else, so that the operator refuses to start instead of reporting every exporter's store missing or
+    every spec's path refused for ever."""
+    from ..path_errors import why_unusable
     from ..store import StoreError, check_store_location
+    from ..store.opener import kind_of_url, sqlite_file
     from .errors import error_line
 
     try:
-        check_store_location(args.store)
-    except StoreError as exc:
+        if args.store and kind_of_url(check_store_location(args.store)).name == "sqlite":
+            folder = str(Path(sqlite_file(args.store)).parent)
+            try:
+                require_directory(folder)
+            except OSError as exc:  # worded here: path_error knows a bare path, not sqlite:///path
+                why = why_unusable(exc, directory=True, given=folder)
+                return f"--store {args.store}: {why if why.endswith(' is not a directory') else f'{folder}: {why}'}", 2
+        for directory in args.sqlite_dir or ():
+            require_directory(directory)
+    except (StoreError, OSError) as exc:
         line, code = error_line(exc, args) or (f"error: {exc.__class__.__name__}", 1)
         return line.removeprefix("error: "), code
+    for directory in () if args.sqlite_dir else env_list("CAPTURE_EXPORT_SQLITE_DIRS", os.pathsep) or ():
+        try:
+            require_directory(directory)
+        except OSError as exc:
+            return f"$CAPTURE_EXPORT_SQLITE_DIRS: {directory}: {why_unusable(exc, directory=True, given=directory)}", 2
     return None
 
 

@@ -13,8 +13,8 @@ __all__ = ["PATH_OPTIONS", "error_line", "path_error"]
 # how the line names each: a path that cannot be used is said with the option it was given with.
 PATH_OPTIONS = {"file": "-f", "body": "--body", "state": "--state", "store": "--store", "source": "",
                 "token_file": "--token-file", "ingest_token_file": "--ingest-token-file", "dir": "--dir",
-                "workdir": "--workdir"}
-DIRECTORY_OPTIONS = frozenset({"dir", "workdir"})
+                "workdir": "--workdir", "sqlite_dir": "--sqlite-dir"}
+DIRECTORY_OPTIONS = frozenset({"dir", "workdir", "sqlite_dir"})
 
 
 def error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int] | None:

@@ -16,6 +16,7 @@ from .options import (
     configure_export_resources,
     export_resource_options,
     manifest_files,
+    require_directory,
     store_option,
     tenancy_options,
 )
@@ -116,6 +117,8 @@ def _run(args: argparse.Namespace, collection: LessCollection) -> int:
 
     configure_export_resources(args)
     _configure_logging(args.debug)
+    for directory in args.sqlite_dir or ():  # one that is no directory would refuse every spec's path
+        require_directory(directory)
     manifests = load_manifests(args.file)
     if not manifests.of_kind("S3Exporter") and not manifests.resources:
         print("no S3Exporter or RetentionPolicy found in the given files", file=sys.stderr)
