@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # kopf is heavy: the operator's modules load only for `captur
 
 __all__ = ["add_crds", "add_operator", "cmd_crds", "cmd_operator", "operator_config"]
 
+CRD_DIR = "crds"
+
 
 def add_crds(sub: Subcommands) -> None:
     crds = command(
@@ -34,8 +36,9 @@ def add_crds(sub: Subcommands) -> None:
         "(the one source of truth), or check that the files are current.",
         ["capture-export crds                              # writes crds/",
          "capture-export crds --check --dir charts/capture-export/crds"])
-    crds.add_argument("--dir", default="crds", help="directory of the CRD files")
-    crds.add_argument("--check", action="store_true", help="write nothing; exit 1 if the files differ from the models")
+    crds.add_argument("--dir", default=CRD_DIR, help="directory of the CRD files")
+    crds.add_argument("--check", action="store_true",
+                      help="write nothing; exit 1 if the files differ from the models, 2 if --dir is no directory")
     crds.set_defaults(handler=cmd_crds)
 
 
@@ -79,16 +82,23 @@ def cmd_crds(args: argparse.Namespace) -> int:
 
     directory = Path(args.dir)
     if args.check:
+        # What writes them where --check looked: `capture-export crds` alone writes crds/.
+        fix = f"`capture-export crds{'' if args.dir == CRD_DIR else f' --dir {args.dir}'}`"
         if not directory.is_dir():  # not "out of date": there is nothing to compare with
-            code = errno.ENOENT if not directory.exists() else errno.ENOTDIR
-            raise OSError(code, os.strerror(code), args.dir)  # main words it: --dir x: no such directory
+            if directory.exists():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), args.dir)  # --dir x: is not …
+            print(f"error: --dir {args.dir}: no such directory; write the CRDs with {fix}", file=sys.stderr)
+            return 2
+        missing = [info.plural for info in KINDS if not (directory / f"{info.plural}.capture.dev.yaml").is_file()]
         stale = [
-            info.plural for info in KINDS
-            if not (directory / f"{info.plural}.capture.dev.yaml").exists()
-            or (directory / f"{info.plural}.capture.dev.yaml").read_text() != render_crd_yaml(info)
+            info.plural for info in KINDS if info.plural not in missing
+            and (directory / f"{info.plural}.capture.dev.yaml").read_text() != render_crd_yaml(info)
         ]
-        if stale:
-            print(f"CRDs out of date: {', '.join(stale)}; run `capture-export crds`", file=sys.stderr)
+        if missing or stale:
+            found = "; ".join(part for part in (f"missing: {', '.join(missing)}" if missing else "",
+                                                 f"out of date: {', '.join(stale)}" if stale else "") if part)
+            print(f"error: the CRDs in {args.dir} differ from the API models ({found}); write them with {fix}",
+                  file=sys.stderr)
             return 1
         return 0
     for path in write_crds(directory, KINDS):
