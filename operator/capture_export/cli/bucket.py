@@ -26,7 +26,8 @@ def add_cat(sub: Subcommands) -> None:
         "s3://BUCKET/PREFIX/, in any format (.cbor.zstd, .jsonl[.gz|.zst], .parquet); or, with -f, every object "
         "an S3Exporter wrote (its bucket, endpoint, prefix, pathTemplate and Secret). Without -f, S3 credentials "
         "come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY or the default AWS chain. An object that cannot "
-        "be read or decoded is named on stderr and skipped; the exit code is then 1.",
+        "be read or decoded (an empty one too: no exporter writes one) is named on stderr and skipped; the exit "
+        "code is then 1.",
         ["capture-export cat .capture-export/demo/00000000000000095001-00000000000000100000.cbor.zstd | head -1",
          "capture-export cat -f examples/exporter.yaml | head",
          "capture-export cat s3://capture-exports/llm-usage/ --endpoint http://127.0.0.1:8333 | head"])
