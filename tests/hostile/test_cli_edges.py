@@ -165,3 +165,25 @@ def test_verify_and_cat_count_an_empty_object_in_the_bucket_as_unreadable(
     assert listed.returncode == 1, listed.stderr
     assert len(listed.stdout.splitlines()) == 300
     assert any("llm/empty.cbor.zstd" in line and "empty" in line for line in listed.stderr.splitlines()), listed.stderr
+
+
+# -- usage mistakes argparse cannot see ------------------------------------------------------------
+
+SECRET_ONLY = "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: default}\nstringData: {a: b}\n"
+
+
+@pytest.mark.parametrize(("command", "names"), [
+    (["run", "--once", "-f", "secret.yaml"], ["secret.yaml", "S3Exporter", "RetentionPolicy"]),
+    (["cat", "x.cbor.zstd", "-f", "secret.yaml"], ["source", "-f"]),
+    (["cat", "-f", "secret.yaml"], ["secret.yaml", "no S3Exporter"]),
+    (["cat"], ["source", "-f"]),
+    (["verify", "--store", "store.sqlite"], ["-f", "--bucket"]),
+    (["verify", "-f", "secret.yaml", "--store", "store.sqlite"], ["secret.yaml", "S3Exporter"]),
+], ids=["run of no resource", "cat of a source and -f", "cat -f of no exporter", "cat of nothing",
+        "verify of nothing", "verify -f of no exporter"])
+def test_a_usage_mistake_is_one_error_line_exit_2(command: list[str], names: list[str], tmp_path: Path) -> None:
+    (tmp_path / "secret.yaml").write_text(SECRET_ONLY)
+    result = run_cli(*command, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = _one_error_line(result, *names)
+    assert "--exporter" not in line, line  # there is no exporter to choose among

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..collector import LessCollection
+from .errors import none_in_files
 from .options import (
     DEFAULT_STATE,
     STORE_KINDS,
@@ -121,8 +122,7 @@ def _run(args: argparse.Namespace, collection: LessCollection) -> int:
         require_directory(directory)
     manifests = load_manifests(args.file)
     if not manifests.of_kind("S3Exporter") and not manifests.resources:
-        print("no S3Exporter or RetentionPolicy found in the given files", file=sys.stderr)
-        return 2
+        return none_in_files(args, "S3Exporter or RetentionPolicy")
     json_output = args.output == "json"
     runner = StandaloneRunner(manifests, state_path=Path(args.state), default_store=check_store_url(args.store),
                               default_namespaces=args.default_store_namespace, sqlite_directories=args.sqlite_dir,
