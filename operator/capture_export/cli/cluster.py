@@ -175,7 +175,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: --ingest-token-file {exc}", file=sys.stderr)
             return 2
-    refusal = _store_refusal(args)
+    refusal = _stores_refusal(args)
     if refusal is not None:
         print(f"capture-export operator: not started: {refusal[0]}", file=sys.stderr)
         return refusal[1]
@@ -206,7 +206,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_refusal(args: argparse.Namespace) -> tuple[str, int] | None:
+def _stores_refusal(args: argparse.Namespace) -> tuple[str, int] | None:
     """Why the default store (``--store``) can never be opened or a ``--sqlite-dir`` never holds a store,
     and the exit code (None when they might): a URL that names no store, a directory where the SQLite file
     should be, a SQLite file in a directory that does not exist (the operator creates the default store's
