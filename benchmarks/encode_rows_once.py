@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/encode_rows_once.py STORE CASE N
 
-CASE: ``jsonl``, ``jsonl.zst``, ``jsonl+privacy``, ``jsonl.zst+privacy``. Run it under valgrind with N and
-with 0 (the set-up alone: imports, the read, a warm-up batch of 10) and divide the difference by N: the
-instructions per record, which the load of a shared machine does not move (time does, by ±10%):
+CASE: ``jsonl``, ``jsonl.zst``, ``jsonl+privacy``, ``jsonl.zst+privacy``, ``parquet``, ``parquet+privacy``.
+Run it under valgrind with N and with 0 (the set-up alone: imports, the read, a warm-up batch of 10) and
+divide the difference by N: the instructions per record, which the load of a shared machine does not move
+(time does, by ±10%):
 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python benchmarks/encode_rows_once.py \\
         store.sqlite jsonl 1000 2>&1 | grep Collected
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-CASES = ("jsonl", "jsonl.zst", "jsonl+privacy", "jsonl.zst+privacy")
+CASES = ("jsonl", "jsonl.zst", "jsonl+privacy", "jsonl.zst+privacy", "parquet", "parquet+privacy")
 
 
 def main() -> None:
@@ -32,7 +33,9 @@ def main() -> None:
 
     store = SQLiteStore(store_path)
     rows = store.read_batch(0, max(count, 10))
-    recipe = BatchRecipe(format="jsonl", compression="zstd" if ".zst" in case else "none",
+    parquet = case.startswith("parquet")
+    recipe = BatchRecipe(format="parquet" if parquet else "jsonl",
+                         compression="zstd" if parquet or ".zst" in case else "none",
                          seal=store.record_seal(), privacy_mode=case.endswith("+privacy"))
     encode_rows(recipe, rows[:10])  # imports and caches warmed up
     if count:

@@ -1,7 +1,7 @@
-"""CPU per record of the JSON Lines path's stages, in one process, without S3 (issue 13).
+"""CPU per record of the decoding formats' stages (JSON Lines, Parquet), in one process, without S3 (issue 13).
 
     .venv/bin/python benchmarks/jsonl_stages.py [--records 10000] [--limit 1000] [--repeat 3]
-                                                [--formats jsonl,jsonl.zst,jsonl.zst+privacy]
+                                                [--formats jsonl,jsonl.zst,jsonl.zst+privacy,parquet]
 
 Seeds the standard records (seed 1, ~3.5 KB each) into a temporary SQLite store, reads them in batches of
 ``--limit`` and times, per record (µs of ``time.process_time()``, best of ``--repeat``):
@@ -32,6 +32,7 @@ CASES = {
     "jsonl": {"format": "jsonl", "compression": "none"},
     "jsonl.zst": {"format": "jsonl", "compression": "zstd"},
     "jsonl.zst+privacy": {"format": "jsonl", "compression": "zstd", "privacy_mode": True},
+    "parquet": {"format": "parquet", "compression": "zstd"},
 }
 
 

@@ -14,11 +14,14 @@ import contextlib
 import dataclasses
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .api import S3ExporterStatus
 from .api.manifests import ManifestSet, load_manifests
+from .api.vocabulary import ConditionType, Truth
 from .audit import verify_export, verify_options
 from .local_s3 import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, LocalS3, NotOurServer, PortInUse
 from .objectstore import CredentialResolver, S3Location, S3ObjectStore
@@ -102,7 +105,7 @@ def run_demo(*, records: int, manifest: Path, workdir: Path, port: int | None = 
     manifests = _with_missing_secrets(load_manifests([manifest]))
     exporters = manifests.of_kind("S3Exporter")
     if not exporters:
-        print(f"error: {manifest} holds no S3Exporter")
+        print(f"error: -f {manifest} holds no S3Exporter", file=sys.stderr)
         return 2
     exporter = exporters[0]
     credentials = CredentialResolver(manifests).resolve(exporter.namespace, exporter.spec.secret_ref)
@@ -120,12 +123,19 @@ def run_demo(*, records: int, manifest: Path, workdir: Path, port: int | None = 
                 return _seed_export_report(s3, _pointed_at(manifests, s3.endpoint), records, manifest, workdir,
                                            stop)
     except (PortInUse, NotOurServer) as exc:
-        print(f"error: {exc}")
-        print("run the demo without --port to use a free port, or stop that process first")
+        hint = "run the demo without --port to use a free port, or stop that process first" if port else (
+            "run the demo again")
+        print(f"error: {exc}; {hint}", file=sys.stderr)
         return 1
     except _Interrupted as exc:
         print(f"\ninterrupted by {exc}: the demo's S3 server is stopped; its data stays in {workdir}", flush=True)
         return 128 + exc.signum
+
+
+def _not_ready(status: S3ExporterStatus) -> str | None:
+    """The reason an exporter is not Ready (None when it is)."""
+    ready = next((c for c in status.conditions if c.type == ConditionType.READY), None)
+    return ready.reason if ready is not None and ready.status != Truth.TRUE else None
 
 
 def _seed_export_report(s3: LocalS3, manifests: ManifestSet, records: int, manifest: Path, workdir: Path,
@@ -164,7 +174,9 @@ def _seed_export_report(s3: LocalS3, manifests: ManifestSet, records: int, manif
             raise _Interrupted(runner.stopped_by or signal.SIGINT)
         outcome = runner.outcomes.get(exporter.ref)
         if not ok or outcome is None or outcome.result is None:
-            print("export failed; see the messages above")
+            failed = "; ".join(f"{ref}: {reason}" for ref, done in runner.outcomes.items()
+                               if (reason := _not_ready(done.status)) is not None)
+            print(f"error: export failed ({failed or exporter.ref}); the lines above say why", file=sys.stderr)
             return 1
         run = outcome.result
         access = CredentialResolver(manifests).access(exporter.namespace, exporter.name, spec)

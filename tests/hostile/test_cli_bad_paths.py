@@ -82,6 +82,13 @@ COMMANDS = [
      (*READ_FILE, "empty", "binary")),
     (["operator", "--ingest-port", "1", "--ingest-token-file", "{path}", "--store", "store.sqlite"],
      "--ingest-token-file", (*READ_FILE, "binary")),
+    # Refused before the operator looks for a cluster, as `run` refuses them: a --sqlite-dir that is no
+    # directory would refuse every spec's store.sqlite.path for ever; a default store in a missing directory
+    # (a typo) would be created there, directories and all.
+    (["operator", "--store", "store.sqlite", "--sqlite-dir", "{path}"], "--sqlite-dir", ("missing", "a file")),
+    (["operator", "--store", "{path}/store.sqlite"], "store", ("missing", "under a file")),
+    (["run", "--once", "-f", "policy.yaml", "--store", "store.sqlite", "--sqlite-dir", "{path}"], "--sqlite-dir",
+     ("missing", "a file")),
     (["crds", "--check", "--dir", "{path}"], "--dir", ("missing", "a file")),
     (["crds", "--dir", "{path}"], "--dir", ("a file", "under a file")),
     (["s3", "serve", "--port", "0", "--dir", "{path}"], "--dir", ("a file", "under a file")),

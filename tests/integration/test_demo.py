@@ -87,7 +87,7 @@ def test_a_port_asked_for_that_is_taken_fails_clearly(
     result = run_cli("demo", "--records", "3000", "-f", manifest, "--workdir", workdir,
                      "--port", str(foreign_server.port), cwd=tmp_path, timeout=300)
     assert result.returncode == 1
-    assert f"port {foreign_server.port} on 127.0.0.1 is already in use" in result.stdout
+    assert f"port {foreign_server.port} on 127.0.0.1 is already in use" in result.stderr  # an error: on stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert "seeding" not in result.stdout, "nothing is done once the server is known not to be the demo's"
     assert _foreign_keys(foreign_server) == []

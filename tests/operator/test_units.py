@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -145,12 +146,13 @@ def test_metrics_count_batches_and_runs_and_forget_deleted_exporters() -> None:
     assert sample("capture_export_runs_total", {**labels, "outcome": "Failed"}) is None
 
 
-def test_operator_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_operator_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     started: list[OperatorConfig] = []
     monkeypatch.setattr("capture_export.handlers.run", lambda config, **_: started.append(config))
     monkeypatch.setattr(kopf, "configure", lambda **_: None)
     monkeypatch.setattr("capture_export.cli.cluster._cluster_problem", lambda: None)  # no cluster needed here
-    monkeypatch.setenv("CAPTURE_EXPORT_STORE", "/data/store.sqlite")
+    store = str(tmp_path / "store.sqlite")  # in a directory that exists: one that does not is refused
+    monkeypatch.setenv("CAPTURE_EXPORT_STORE", store)
     assert cli.main(["operator", "--namespace", "a", "-n", "b", "--metrics-port", "0"]) == 0
     assert cli.main(["operator", "--all-namespaces", "--store", "postgresql://x", "--liveness-port", "18080",
                      "--readiness-port", "0", "--stop-timeout", "20"]) == 0
@@ -158,7 +160,7 @@ def test_operator_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (first.readiness_port, first.stop_timeout, second.readiness_port, second.stop_timeout) == (
         8081, 50.0, None, 20.0)
     assert (first.namespaces, first.store, first.metrics_port, first.liveness_port) == (
-        ("a", "b"), "/data/store.sqlite", None, 8080)
+        ("a", "b"), store, None, 8080)
     assert first.liveness_endpoint == "http://0.0.0.0:8080/healthz"
     assert (second.namespaces, second.store, second.metrics_port, second.liveness_endpoint) == (
         (), "postgresql://x", 9090, "http://0.0.0.0:18080/healthz")

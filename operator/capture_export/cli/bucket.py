@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import none_in_files, usage_error
 from .options import STORE_KINDS, Subcommands, command, manifest_files, s3_location_options, store_option
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ def add_cat(sub: Subcommands) -> None:
         "s3://BUCKET/PREFIX/, in any format (.cbor.zstd, .jsonl[.gz|.zst], .parquet); or, with -f, every object "
         "an S3Exporter wrote (its bucket, endpoint, prefix, pathTemplate and Secret). Without -f, S3 credentials "
         "come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY or the default AWS chain. An object that cannot "
-        "be read or decoded is named on stderr and skipped; the exit code is then 1.",
+        "be read or decoded (an empty one too: no exporter writes one) is named on stderr and skipped; the exit "
+        "code is then 1.",
         ["capture-export cat .capture-export/demo/00000000000000095001-00000000000000100000.cbor.zstd | head -1",
          "capture-export cat -f examples/exporter.yaml | head",
          "capture-export cat s3://capture-exports/llm-usage/ --endpoint http://127.0.0.1:8333 | head"])
@@ -118,19 +120,19 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
     if args.file:
         if args.source:
-            print("give a source or -f, not both", file=sys.stderr)
-            return 2
+            return usage_error("give a source or -f, not both")
         manifests = load_manifests(args.file)
         exporters = [r for r in manifests.of_kind("S3Exporter") if args.exporter in (None, r.name)]
-        if len(exporters) != 1:
-            print(f"give exactly one S3Exporter (found {len(exporters)}; use --exporter NAME)", file=sys.stderr)
-            return 2
+        if not exporters:
+            return none_in_files(args, "S3Exporter")
+        if len(exporters) > 1:
+            return usage_error(f"the files hold {len(exporters)} S3Exporters ({', '.join(r.ref for r in exporters)}): "
+                               "choose one with --exporter NAME")
         sources = _exporter_objects(exporters[0], manifests)
     elif args.source:
         sources = _cat_sources(args)
     else:
-        print("give a source (a file, s3://BUCKET/KEY or s3://BUCKET/PREFIX/) or -f exporter.yaml", file=sys.stderr)
-        return 2
+        return usage_error("give a source (a file, s3://BUCKET/KEY or s3://BUCKET/PREFIX/) or -f exporter.yaml")
     out = sys.stdout
     seen = unreadable = 0
     for key, read in sources:
@@ -180,8 +182,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         manifests = load_manifests(args.file)
         exporters = [r for r in manifests.of_kind("S3Exporter") if args.exporter in (None, r.name)]
         if not exporters:
-            print("no matching S3Exporter in the given files", file=sys.stderr)
-            return 2
+            return none_in_files(args, "S3Exporter")
         resolver = CredentialResolver(manifests)
         # Each exporter's store is found as `run` finds it: its spec.store, else --store, the default store.
         stores = StoreOpener(check_store_url(args.store), manifests.get)
@@ -197,8 +198,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                             partial(stores, spec, resource.namespace), partial(limit_of, layout, exporter)))
     else:
         if not args.bucket:
-            print("give -f exporter.yaml or --bucket", file=sys.stderr)
-            return 2
+            return usage_error("give -f exporter.yaml or --bucket")
 
         def open_default() -> CaptureStore:
             store = open_store_url(check_store_url(args.store))

@@ -16,6 +16,7 @@ from .options import (
     configure_export_resources,
     env_list,
     export_resource_options,
+    require_directory,
     store_option,
     tenancy_options,
 )
@@ -25,6 +26,8 @@ if TYPE_CHECKING:  # kopf is heavy: the operator's modules load only for `captur
 
 __all__ = ["add_crds", "add_operator", "cmd_crds", "cmd_operator", "operator_config"]
 
+CRD_DIR = "crds"
+
 
 def add_crds(sub: Subcommands) -> None:
     crds = command(
@@ -33,8 +36,9 @@ def add_crds(sub: Subcommands) -> None:
         "(the one source of truth), or check that the files are current.",
         ["capture-export crds                              # writes crds/",
          "capture-export crds --check --dir charts/capture-export/crds"])
-    crds.add_argument("--dir", default="crds", help="directory of the CRD files")
-    crds.add_argument("--check", action="store_true", help="write nothing; exit 1 if the files differ from the models")
+    crds.add_argument("--dir", default=CRD_DIR, help="directory of the CRD files")
+    crds.add_argument("--check", action="store_true",
+                      help="write nothing; exit 1 if the files differ from the models, 2 if --dir is no directory")
     crds.set_defaults(handler=cmd_crds)
 
 
@@ -78,16 +82,23 @@ def cmd_crds(args: argparse.Namespace) -> int:
 
     directory = Path(args.dir)
     if args.check:
+        # What writes them where --check looked: `capture-export crds` alone writes crds/.
+        fix = f"`capture-export crds{'' if args.dir == CRD_DIR else f' --dir {args.dir}'}`"
         if not directory.is_dir():  # not "out of date": there is nothing to compare with
-            code = errno.ENOENT if not directory.exists() else errno.ENOTDIR
-            raise OSError(code, os.strerror(code), args.dir)  # main words it: --dir x: no such directory
+            if directory.exists():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), args.dir)  # --dir x: is not …
+            print(f"error: --dir {args.dir}: no such directory; write the CRDs with {fix}", file=sys.stderr)
+            return 2
+        missing = [info.plural for info in KINDS if not (directory / f"{info.plural}.capture.dev.yaml").is_file()]
         stale = [
-            info.plural for info in KINDS
-            if not (directory / f"{info.plural}.capture.dev.yaml").exists()
-            or (directory / f"{info.plural}.capture.dev.yaml").read_text() != render_crd_yaml(info)
+            info.plural for info in KINDS if info.plural not in missing
+            and (directory / f"{info.plural}.capture.dev.yaml").read_text() != render_crd_yaml(info)
         ]
-        if stale:
-            print(f"CRDs out of date: {', '.join(stale)}; run `capture-export crds`", file=sys.stderr)
+        if missing or stale:
+            found = "; ".join(part for part in (f"missing: {', '.join(missing)}" if missing else "",
+                                                 f"out of date: {', '.join(stale)}" if stale else "") if part)
+            print(f"error: the CRDs in {args.dir} differ from the API models ({found}); write them with {fix}",
+                  file=sys.stderr)
             return 1
         return 0
     for path in write_crds(directory, KINDS):
@@ -164,7 +175,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: --ingest-token-file {exc}", file=sys.stderr)
             return 2
-    refusal = _store_refusal(args)
+    refusal = _stores_refusal(args)
     if refusal is not None:
         print(f"capture-export operator: not started: {refusal[0]}", file=sys.stderr)
         return refusal[1]
@@ -195,20 +206,36 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_refusal(args: argparse.Namespace) -> tuple[str, int] | None:
-    """Why the default store (``--store``) can never be opened, and the exit code (None when it might):
-    a URL that names no store, a directory where the SQLite file should be. Checked before anything else,
-    so that the operator refuses to start instead of reporting every exporter's store missing for ever."""
-    if not args.store:
-        return None
+def _stores_refusal(args: argparse.Namespace) -> tuple[str, int] | None:
+    """Why the default store (``--store``) can never be opened or a ``--sqlite-dir`` never holds a store,
+    and the exit code (None when they might): a URL that names no store, a directory where the SQLite file
+    should be, a SQLite file in a directory that does not exist (the operator creates the default store's
+    file, never the directories of a typo), a --sqlite-dir that is no directory. Checked before anything
+    else, so that the operator refuses to start instead of reporting every exporter's store missing or
+    every spec's path refused for ever."""
+    from ..path_errors import why_unusable
     from ..store import StoreError, check_store_location
+    from ..store.opener import kind_of_url, sqlite_file
     from .errors import error_line
 
     try:
-        check_store_location(args.store)
-    except StoreError as exc:
+        if args.store and kind_of_url(check_store_location(args.store)).name == "sqlite":
+            folder = str(Path(sqlite_file(args.store)).parent)
+            try:
+                require_directory(folder)
+            except OSError as exc:  # worded here: path_error knows a bare path, not sqlite:///path
+                why = why_unusable(exc, directory=True, given=folder)
+                return f"--store {args.store}: {why if why.endswith(' is not a directory') else f'{folder}: {why}'}", 2
+        for directory in args.sqlite_dir or ():
+            require_directory(directory)
+    except (StoreError, OSError) as exc:
         line, code = error_line(exc, args) or (f"error: {exc.__class__.__name__}", 1)
         return line.removeprefix("error: "), code
+    for directory in () if args.sqlite_dir else env_list("CAPTURE_EXPORT_SQLITE_DIRS", os.pathsep) or ():
+        try:
+            require_directory(directory)
+        except OSError as exc:
+            return f"$CAPTURE_EXPORT_SQLITE_DIRS: {directory}: {why_unusable(exc, directory=True, given=directory)}", 2
     return None
 
 

@@ -7,14 +7,14 @@ import argparse
 import contextlib
 import os
 
-__all__ = ["PATH_OPTIONS", "error_line", "path_error"]
+__all__ = ["PATH_OPTIONS", "error_line", "none_in_files", "path_error", "usage_error"]
 
 # The options that name a file or a directory, by their argparse dest (the same in every command), and
 # how the line names each: a path that cannot be used is said with the option it was given with.
 PATH_OPTIONS = {"file": "-f", "body": "--body", "state": "--state", "store": "--store", "source": "",
                 "token_file": "--token-file", "ingest_token_file": "--ingest-token-file", "dir": "--dir",
-                "workdir": "--workdir"}
-DIRECTORY_OPTIONS = frozenset({"dir", "workdir"})
+                "workdir": "--workdir", "sqlite_dir": "--sqlite-dir"}
+DIRECTORY_OPTIONS = frozenset({"dir", "workdir", "sqlite_dir"})
 
 
 def error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int] | None:
@@ -50,6 +50,23 @@ def error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int] 
     for secret in _known_secrets(args):
         text = text.replace(secret, "***")
     return f"error: {' '.join(text.split())}", code
+
+
+def usage_error(text: str) -> int:
+    """A mistake in what was asked that argparse cannot see (two sources, no source, nothing to run): one
+    line on stderr, the exit code 2 as argparse's own."""
+    import sys
+
+    print(f"error: {text}", file=sys.stderr)
+    return 2
+
+
+def none_in_files(args: argparse.Namespace, kinds: str) -> int:
+    """``-f secret.yaml: no S3Exporter in it`` (usage_error): the files given hold none of ``kinds``, or none
+    named ``--exporter``."""
+    files = [value for value in args.file or () if isinstance(value, str)]
+    named = f" named {args.exporter}" if getattr(args, "exporter", None) else ""
+    return usage_error(f"-f {', '.join(files)}: no {kinds}{named} in {'it' if len(files) == 1 else 'them'}")
 
 
 def path_error(exc: OSError, args: argparse.Namespace) -> tuple[str, int]:

@@ -4,7 +4,9 @@ manifests, the export resources and the tenancy of the default store; and the he
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import stat
 from collections.abc import Sequence
 from typing import TypeAlias
 
@@ -23,6 +25,7 @@ __all__ = [
     "env_list",
     "export_resource_options",
     "manifest_files",
+    "require_directory",
     "s3_location_options",
     "store_option",
     "tenancy_options",
@@ -128,3 +131,10 @@ def tenancy_options(parser: argparse.ArgumentParser, *, operator: bool) -> None:
                     if operator else "default: anywhere")
     parser.add_argument("--sqlite-dir", action="append", metavar="DIR",
                         help=f"a directory a spec's store.sqlite.path may be in (repeatable; {default_dirs})")
+
+
+def require_directory(path: str) -> None:
+    """OSError naming ``path`` unless it is a directory (missing, a file, in the way of a file), for the
+    command's one-line error to word with the option it was given with (errors.path_error)."""
+    if not stat.S_ISDIR(os.stat(path).st_mode):  # os.stat raises for a missing path, naming it
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)

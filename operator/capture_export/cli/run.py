@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..collector import LessCollection
+from .errors import none_in_files
 from .options import (
     DEFAULT_STATE,
     STORE_KINDS,
@@ -16,6 +17,7 @@ from .options import (
     configure_export_resources,
     export_resource_options,
     manifest_files,
+    require_directory,
     store_option,
     tenancy_options,
 )
@@ -116,10 +118,11 @@ def _run(args: argparse.Namespace, collection: LessCollection) -> int:
 
     configure_export_resources(args)
     _configure_logging(args.debug)
+    for directory in args.sqlite_dir or ():  # one that is no directory would refuse every spec's path
+        require_directory(directory)
     manifests = load_manifests(args.file)
     if not manifests.of_kind("S3Exporter") and not manifests.resources:
-        print("no S3Exporter or RetentionPolicy found in the given files", file=sys.stderr)
-        return 2
+        return none_in_files(args, "S3Exporter or RetentionPolicy")
     json_output = args.output == "json"
     runner = StandaloneRunner(manifests, state_path=Path(args.state), default_store=check_store_url(args.store),
                               default_namespaces=args.default_store_namespace, sqlite_directories=args.sqlite_dir,

@@ -76,6 +76,7 @@ __all__ = [
     "PARQUET_SCHEMA_VERSION",
     "BatchEncoder",
     "CborZstdEncoder",
+    "EmptyObject",
     "FormatInfo",
     "FormatUnavailable",
     "JsonLinesEncoder",
@@ -98,6 +99,17 @@ PARQUET_SCHEMA_VERSION = "1"
 
 class FormatUnavailable(RuntimeError):
     """The format needs a package that is not installed (pyarrow for parquet)."""
+
+
+class EmptyObject(ValueError):
+    """A data object of zero bytes. No exporter writes one (a batch without a record to export writes no
+    object, and even an empty zstd frame or Parquet file has bytes), so it is a file cut short or not an
+    export: an error, never "no records"."""
+
+    message = "empty: 0 bytes, and no export is"
+
+    def __init__(self) -> None:
+        super().__init__(self.message)
 
 
 class BatchEncoder(Protocol):
@@ -1009,6 +1021,8 @@ def decode_object(data: bytes, key: str = ".cbor.zstd") -> Iterator[dict[str, An
     extension = data_extension(key)
     if extension is None:
         raise ValueError(f"not a data object (unknown extension): {key}")
+    if not data:
+        raise EmptyObject
     yield from _EXTENSION_FORMATS[extension].reader(data, extension)
 
 
@@ -1021,6 +1035,8 @@ def record_fields(data: bytes, key: str, fields: frozenset[str],
     extension = data_extension(key)
     if extension is None:
         raise ValueError(f"not a data object (unknown extension): {key}")
+    if not data:
+        raise EmptyObject
     info = _EXTENSION_FORMATS[extension]
     if info.fields is not None:
         yield from info.fields(data, extension, fields, stored)
@@ -1033,4 +1049,6 @@ def record_ids(data: bytes, key: str) -> list[int]:
     info = format_of(key)
     if info is not None and info.ids is not None:
         return info.ids(data)
+    if not data:  # no ids, as before EmptyObject: the sweep's judgement of such an object is unchanged
+        return []
     return [int(record["id"]) for record in decode_object(data, key)]

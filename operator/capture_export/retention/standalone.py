@@ -90,6 +90,11 @@ class PolicyTurns:
             line += f"; gate {'open' if gate.open else 'CLOSED'} at id {gate.bound}"
             if gate.limiting_exporter:
                 line += f" (limited by {gate.limiting_exporter})"
+            if not gate.open and gate.mode != GateMode.AGE_ONLY:
+                # Not a failure (the gate doing its work), but say why on every run, not only in the first
+                # run's events: the reason is often a mistake (an exporter left out of the -f files).
+                why = gate.message.removeprefix("gate closed by ")
+                line += f": {why}" + ("" if "nothing is purged" in why else "; nothing is purged until it opens")
             if gate.mode == GateMode.AGE_ONLY:
                 line += " - requireExport is false: purging by age alone, EXPORTED OR NOT"
         if outcome.status.soft_deleted_pending:
