@@ -3,6 +3,9 @@ may only write ``captures`` cannot make one.
 
 * An upgraded SQLite store (schema version 3) whose rows a careless writer flagged ``stripped=1``: the
   flag is no longer believed, every old row is checked.
+* A SQLite gateway that fills the ``seal`` column with anything but a 16-byte blob (TEXT, a number, a
+  blob of another length; SQLite keeps each as written): the row is foreign and checked, never a batch
+  that fails on the type of its seal.
 * PostgreSQL with the documented grants (``INSERT, SELECT ON captures`` only): the gateway's role can
   insert (identity columns need no sequence privilege), cannot read the seal key, and a row it writes
   with a seal copied from one of our rows is checked in full like any other.
@@ -23,6 +26,7 @@ from tests.support.trust import (
     ExporterCase,
     PostgresGateway,
     Raw,
+    SQLiteGateway,
     bucket_objects,
     bucket_records,
     build,
@@ -68,6 +72,22 @@ def test_rows_flagged_stripped_in_an_upgraded_store_are_checked(
     run = run_export(manifest, path, tmp_path)
     assert run.returncode == 1 and "record 4 is corrupt" in run.stdout, run.stdout + run.stderr
     assert [r["id"] for r in bucket_records(s3_server, bucket, "llm")] == [1, 2, 3]
+    assert not find_leaks(bucket_objects(s3_server, bucket, "llm"), [CANARY])
+
+
+def test_a_seal_column_holding_text_or_a_number_leaves_the_row_foreign(
+    s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    db = SQLiteGateway(tmp_path / "store.sqlite")
+    own_id = db.append_own([good_record(1)])
+    seals: list[object] = ["0123456789abcdef", 1234567890123456, 1.5, b"\x00" * 15, b"\x00" * 17]
+    for n, seal in enumerate(seals, start=2):
+        db.insert_with(timestamp_us(n), build(_with_credential(n)), {"seal": seal})
+    manifest = write_exporters(tmp_path / "exporter.yaml", s3_server, bucket, [ExporterCase("usage", "llm", {})])
+    run = run_export(manifest, db, tmp_path)
+    assert run.returncode == 0 and "Traceback" not in run.stdout + run.stderr, run.stdout + run.stderr
+    records = bucket_records(s3_server, bucket, "llm")
+    assert [r["id"] for r in records] == [own_id, *range(2, 2 + len(seals))]
     assert not find_leaks(bucket_objects(s3_server, bucket, "llm"), [CANARY])
 
 

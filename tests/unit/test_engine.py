@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from typing import Any
 
 import pytest
 
 from capture_export.api import S3ExporterSpec
 from capture_export.audit import decode_object, verify_export
-from capture_export.export import Cursor, ExportEngine, ExporterId
+from capture_export.export import Cursor, ExportEngine, ExporterId, pipeline
+from capture_export.export.batch import encode_rows
 from capture_export.export.provenance import object_metadata
 from capture_export.objectstore import MemoryObjectStore, ObjectStoreError
 from capture_export.store import SQLiteStore
@@ -162,3 +166,33 @@ def test_reset_after_a_purge_keeps_the_only_copy_of_purged_records_and_duplicate
     assert again.failure is None and again.cursor.position == 40
     ids = sorted(r["id"] for key in data_keys(objects) for r in decode_object(objects.objects[key]))
     assert ids == list(range(1, 41)), "every record exactly once, purged ones from the objects kept"
+
+
+@pytest.mark.parametrize(("cpus", "most_at_once"), [(1, 1), (2, 1), (3, 2), (8, 2)])
+def test_the_default_format_encodes_one_batch_at_a_time_on_two_cpus(
+    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, cpus: int, most_at_once: int
+) -> None:
+    """On two CPUs a second batch compressed beside the first only slows both (docs/benchmarks.md); from
+    three on, two batches encode at once. Either way every record is exported once, in order."""
+    sqlite_store.append(make_record(i) for i in range(60))
+    monkeypatch.setattr(pipeline, "available_cpus", lambda: cpus, raising=False)
+    encoding, most, lock = 0, 0, threading.Lock()
+
+    def counted(*args: Any) -> Any:
+        nonlocal encoding, most
+        with lock:
+            encoding += 1
+            most = max(most, encoding)
+        try:
+            time.sleep(0.05)  # long enough for the reader to hand over the next batch meanwhile
+            return encode_rows(*args)
+        finally:
+            with lock:
+                encoding -= 1
+
+    monkeypatch.setattr(pipeline, "encode_rows", counted)
+    objects = MemoryObjectStore()
+    result = engine_for(sqlite_store, objects).run(Cursor())
+    assert (result.outcome, result.rows, result.objects) == ("Succeeded", 60, 6)
+    assert [r["id"] for key in data_keys(objects) for r in decode_object(objects.objects[key])] == list(range(1, 61))
+    assert most == most_at_once

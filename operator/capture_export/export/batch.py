@@ -181,7 +181,9 @@ def check_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], decoded: bool 
     corrupt: list[tuple[int, CorruptRecord]] = []
     for index, row in enumerate(rows):
         body, mark = row.body, row.seal
-        if (mark is not None and sealed is not None and isinstance(body, bytes | memoryview)
+        # A foreign writer may put anything in the seal column (SQLite keeps TEXT or a number as written):
+        # only bytes are compared, anything else leaves the row foreign.
+        if (type(mark) is bytes and sealed is not None and isinstance(body, bytes | memoryview)
                 and same(sealed(body), mark)):
             if rescan and policy.might_hold(bytes(body)):
                 record = cbor2.loads(body)

@@ -1,9 +1,9 @@
 """How one run's batches are read and prepared while earlier ones upload, within bounded memory.
 
 A reader thread plans the batches in id order (``plan_batches``) and reads each one's rows; each batch is
-then encoded on one of two threads of the run (the default pass-through path, and small batches) or by a
-worker of the process's encode pool (export/pool.py: the formats that decode); the run's own thread takes
-the prepared batches strictly in id order and commits them (ExportEngine._commit).
+then encoded on a thread of the run (the default pass-through path, and small batches: ``encode_threads``)
+or by a worker of the process's encode pool (export/pool.py: the formats that decode); the run's own thread
+takes the prepared batches strictly in id order and commits them (ExportEngine._commit).
 
 Memory is bounded twice. Per run, at most ``MAX_IN_FLIGHT`` batches are between "about to be read" and
 "committed", whatever the pool size. Per process, each batch reserves its estimated size from the memory
@@ -25,6 +25,7 @@ from ..api.vocabulary import Domain, Reason
 from ..store import StoredRecord
 from .batch import BatchFailure, BatchRecipe, EncodedBatch, PackedRows, SentOnce, encode_in_worker, encode_rows
 from .budget import BATCH_REUSE_BYTES, SMALL_PARQUET_BATCH_BYTES, Reservation, release_freed_memory, serve_batches
+from .cgroup import available_cpus
 from .formats import FORMATS
 from .model import Cursor, ExportFailure, PreparedBatch
 from .pool import BrokenPool
@@ -33,11 +34,22 @@ if TYPE_CHECKING:
     from .engine import ExportEngine
 
 __all__ = ["MAX_IN_FLIGHT", "POOL_MIN_ROWS", "MemoryKept", "PreparePipeline", "SynchronousPipeline", "encode_here",
-           "export_failure", "memory_kept_after_batch", "plan_batches", "start_encode"]
+           "encode_threads", "export_failure", "memory_kept_after_batch", "plan_batches", "start_encode"]
 
-# Batches of one run read (or about to be) and not yet committed: one uploading, two encoding, one being
-# read. A larger pool serves more exporters at once, not more batches of one.
+# Batches of one run read (or about to be) and not yet committed: one uploading, up to two encoding, one
+# being read. A larger pool serves more exporters at once, not more batches of one.
 MAX_IN_FLIGHT = 4
+
+
+def encode_threads(cpus: int | None = None) -> int:
+    """Threads a run encodes its in-process batches on, for a process that may use ``cpus`` CPUs
+    (``available_cpus``): two from three CPUs on, one below. On two CPUs the reader, the uploads (and the
+    local S3 server, or the other exporters) already keep the second busy: a second batch compressed at the
+    same time only makes both slower (zstd's tables and window share the caches), and the commits set the
+    pace anyway. Measured with the default format on the 2-vCPU dev box (docs/benchmarks.md): ~5 µs of CPU
+    per record less with one, records/s the same."""
+    return 2 if (available_cpus() if cpus is None else cpus) > 2 else 1
+
 
 Admit = Callable[[], "int | None"]
 
@@ -227,7 +239,7 @@ class PreparePipeline:
         self._queue: queue.Queue[_InFlight | BaseException | None] = queue.Queue()
         self._admitted: Reservation | None = None  # the reader's reservation for the batch it reads now
         self._admitted_cut = False  # whether the budget had room for fewer than ``limit`` records for it
-        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="export-encode")
+        self._threads = ThreadPoolExecutor(max_workers=encode_threads(), thread_name_prefix="export-encode")
         self._batches: Iterator[PreparedBatch] | None = None
         self._reader = threading.Thread(target=self._read_loop, args=(cursor,), name="export-read", daemon=True)
         self._reader.start()
