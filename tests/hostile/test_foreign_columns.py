@@ -188,6 +188,17 @@ def test_an_odd_column_value_never_stalls_a_dated_export(
           {"pathTemplate": "{prefix}/{date}"})
 
 
+@pytest.mark.parametrize("case", ["ts_us-real-fraction", "ts_us-text-date", "body-integer", "ts_us-huge"])
+def test_an_odd_column_value_never_stalls_a_decoding_export(
+    case: str, s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    """Parquet encodes every batch in a worker process of the encode pool, which
+    receives its timestamps as an array of integers."""
+    odd, expected = SQLITE_CASES[case]
+    _case(SQLiteGateway(tmp_path / "store.sqlite"), odd, expected, s3_server, bucket, tmp_path,
+          {"format": "parquet", "pathTemplate": "{prefix}/{date}"})
+
+
 @pytest.mark.parametrize("ts_us", ["2026-01-01", 2**63 - 1, -(2**63)], ids=["text", "huge", "most-negative"])
 def test_our_own_seal_copied_beside_an_odd_ts_us_is_not_trusted(
     ts_us: Any, s3_server: LocalS3, bucket: str, tmp_path: Path

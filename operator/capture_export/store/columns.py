@@ -41,9 +41,7 @@ def _sql_type(value: Any) -> str:
 
 
 def _problem(timestamp_us: Any, body: Any) -> str | None:
-    if type(timestamp_us) is float and MIN_TIMESTAMP_US <= timestamp_us < MAX_TIMESTAMP_US:
-        pass  # a finite REAL is compared with the body's timestamp like an integer
-    elif type(timestamp_us) is not int:
+    if type(timestamp_us) is not int:
         return f"its ts_us is stored as {_sql_type(timestamp_us)}, not as an INTEGER of microseconds since the epoch"
     elif not MIN_TIMESTAMP_US <= timestamp_us < MAX_TIMESTAMP_US:
         return f"its ts_us ({timestamp_us}) is outside the years 1-9999 (microseconds since the epoch, UTC)"
@@ -55,9 +53,14 @@ def _problem(timestamp_us: Any, body: Any) -> str | None:
 def readable_rows(rows: Sequence[tuple[Any, Any, Any, Any]]) -> list[StoredRecord]:
     """``(id, ts_us, body, seal)`` rows as StoredRecords, each unusable one as an ``UnreadableRow`` (its
     ``ts_us`` 0, unsealed). The caller has already found that some row is not plain (an INTEGER ``ts_us``
-    in range and a BLOB ``body``): this is the slow path."""
+    in range and a BLOB ``body``): this is the slow path. A finite REAL ``ts_us`` in range is rounded to
+    an integer."""
     records = []
     for record_id, timestamp_us, body, seal in rows:
+        if type(timestamp_us) is float and MIN_TIMESTAMP_US <= timestamp_us < MAX_TIMESTAMP_US:
+            # A finite REAL in range is used as the nearest integer (within the check's 1 ms tolerance of
+            # the body's timestamp, or not), so that the batch's timestamps stay integers.
+            timestamp_us = round(timestamp_us)
         problem = _problem(timestamp_us, body)
         records.append(StoredRecord(record_id, timestamp_us, body, seal) if problem is None
                        else StoredRecord(record_id, 0, UnreadableRow(problem), None))
