@@ -35,6 +35,7 @@ from typing import Any
 
 import cbor2
 
+from .columns import UnreadableRow
 from .credentials import DEFAULT_POLICY, CredentialPolicy
 from .record_types import timestamp_problem, type_problem
 from .records import CorruptRecord
@@ -67,6 +68,8 @@ def check_foreign_record(record_id: int, body: Any, policy: CredentialPolicy = D
                          timestamp_us: int | None = None) -> tuple[dict[str, Any], bytes]:
     """``check_foreign``, and the map it decoded (credentials stripped too), for a caller that would
     decode it again."""
+    if type(body) is UnreadableRow:
+        raise CorruptRecord(record_id, body.reason)
     if isinstance(body, str):
         raise CorruptRecord(record_id, "stored as TEXT, not as a BLOB of CBOR")
     if not isinstance(body, bytes | bytearray | memoryview):

@@ -23,8 +23,12 @@ from .record_types import timestamp_micros
 __all__ = ["list_lines", "release", "show_lines"]
 
 
-def _when(micros: int) -> str:
-    return datetime.fromtimestamp(micros / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S")
+def _when(micros: object) -> str:
+    """The time, or the stored value as it is when it is none (a foreign writer's TEXT or far-off ts_us)."""
+    try:
+        return datetime.fromtimestamp(micros / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[operator]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return f"{micros!r} (not a time)"
 
 
 def list_lines(store: QuarantineStore) -> list[str]:
@@ -55,7 +59,7 @@ def show_lines(store: QuarantineStore, record_id: int) -> list[str]:
         f"record time (ts_us): {_when(row.timestamp_us)} UTC",
         "outline (credentials, byte strings and the bytes that do not parse are not shown):",
     ]
-    lines.extend(f"  {line}" for line in outline(row.body if row.body is not None else b""))
+    lines.extend(f"  {line}" for line in outline(row.body if isinstance(row.body, bytes | str) else b""))
     return lines
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 from ..base import ExpiredChunk, QuarantinedRecord, StoredRecord, StoreError
+from ..columns import plain, readable_rows
 from ..records import encode_body
 from ..seal import RecordSeal
 from .connections import ConnectionPool, safe_label
@@ -143,8 +144,9 @@ class PostgresStore:
                     f"SELECT id, ts_us, body, seal FROM {TABLE} WHERE id > %s AND id <= %s ORDER BY id LIMIT %s",
                     (after, bound, limit),
                 )
-                return [StoredRecord(int(i), int(ts), bytes(body), None if seal is None else bytes(seal))
+                rows = [StoredRecord(int(i), int(ts), bytes(body), None if seal is None else bytes(seal))
                         for i, ts, body, seal in cur]
+                return rows if plain(rows) else readable_rows(rows)  # a ts_us outside years 1-9999
 
         return self._run(work)
 

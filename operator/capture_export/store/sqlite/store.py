@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from ...path_errors import why_unusable
 from ..base import ExpiredChunk, QuarantinedRecord, StoredRecord, StoreError, StoreNotFound
+from ..columns import plain, readable_rows
 from ..records import encode_body
 from ..seal import RecordSeal
 from .locks import IN_MEMORY, FileLock, ProcessLock, exporter_lock
@@ -196,6 +197,8 @@ class SQLiteStore:
             "SELECT id, ts_us, body, seal FROM captures WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
             (after, bound, limit),
         )
+        if not plain(rows):  # a foreign writer's TEXT ts_us, INTEGER body… (store/columns.py)
+            return readable_rows(rows)
         return [_new_tuple(StoredRecord, row) for row in rows]  # the columns are the fields, in order
 
     def record_seal(self) -> RecordSeal:
