@@ -25,16 +25,19 @@ from tests.support.operator_harness import EmulatedCluster, Kube, OperatorThread
 from tests.support.records import make_record
 from tests.support.retention import World, policy, sync_pipeline
 
-from .retention_support import RetentionRun, append_old_records
+from .retention_support import RetentionRun, append_old_records, world_store
 from .runs_support import exporter_spec
 
 
 @pytest.mark.parametrize("forged", [{"cursor": "450"}, {"cursor": "450", "epoch": 3}],
                          ids=["cursor ahead", "cursor ahead in a newer epoch"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_hand_edited_saved_cursor_never_lets_retention_purge_unexported_records(
-    s3_server: LocalS3, bucket: str, tmp_path: Path, forged: dict[str, object]
+    s3_server: LocalS3, bucket: str, tmp_path: Path, request: pytest.FixtureRequest, kind: str,
+    forged: dict[str, object],
 ) -> None:
-    run = RetentionRun(s3_server, bucket, tmp_path)
+    run = RetentionRun(s3_server, bucket, tmp_path,
+                       store=request.getfixturevalue("pg_dsn") if kind == "postgresql" else None)
     first = append_old_records(run.store, 300)
     done = run.run_once()
     assert done.returncode == 0, done.stdout + done.stderr
@@ -107,14 +110,15 @@ def _wiped_and_reset(world: World) -> None:
 
 @pytest.mark.parametrize("mishap", [_joins_the_gate, _wiped_and_reset], ids=["a new exporter joins the gate",
                                                                               "bucket wiped, exporter reset"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_soft_deleted_records_wait_out_a_closed_gate_before_they_are_removed_for_good(
-    mishap: Callable[[World], None],
+    mishap: Callable[[World], None], request: pytest.FixtureRequest, kind: str
 ) -> None:
     """Soft-deleted records stay in the export stream so that an exporter new to the gate, or reset, exports
     them again. Their grace period may end while that exporter has not: then they are still the only copy
     its bucket can get, and removing them would purge records a gating exporter has not exported."""
     with sync_pipeline():
-        world = World(limits=[10, 10])
+        world = World(limits=[10, 10], store=world_store(kind, request))
         world.exporters["x0"].labels = {"archive": "yes"}
         world.exporters["x1"].labels = {"archive": "no"}
         spec = policy(maxAge="24h", exporterSelector={"matchLabels": {"archive": "yes"}},
