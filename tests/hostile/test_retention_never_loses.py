@@ -25,7 +25,7 @@ from tests.support.operator_harness import EmulatedCluster, Kube, OperatorThread
 from tests.support.records import make_record
 from tests.support.retention import World, policy, sync_pipeline
 
-from .retention_support import RetentionRun, append_old_records, world_store
+from .retention_support import RetentionRun, append_old_records, open_store, world_store
 from .runs_support import exporter_spec
 
 
@@ -61,36 +61,46 @@ def test_a_hand_edited_saved_cursor_never_lets_retention_purge_unexported_record
 
 @pytest.mark.parametrize("forged", [{"cursor": "45"}, {"cursor": "45", "epoch": 3}],
                          ids=["cursor ahead", "cursor ahead in a newer epoch"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_tenant_who_patches_an_exporters_status_cursor_cannot_get_unexported_records_purged(
     cluster: EmulatedCluster, kube: Kube, start_operator: Callable[..., OperatorThread], s3_server: LocalS3,
-    bucket: str, sqlite_store: SQLiteStore, forged: dict[str, object],
+    bucket: str, sqlite_store: SQLiteStore, request: pytest.FixtureRequest, kind: str,
+    forged: dict[str, object],
 ) -> None:
     """In the operator: status is a subresource anyone with patch on ``s3exporters/status`` may write. A
     cursor written there while the operator restarts (an upgrade, a drained node) is what the new worker
     starts from; it must not skip records that the policy then purges as exported."""
+    store, on_store = sqlite_store, {}  # the operator's default store
+    if kind == "postgresql":
+        dsn = request.getfixturevalue("pg_dsn")
+        store = open_store(dsn)
+        request.addfinalizer(store.close)
+        kube.create_secret("capture-store", {"dsn": dsn})
+        on_store = {"store": {"postgres": {"secretRef": {"name": "capture-store"}}}}
     now = datetime.now(UTC)
-    sqlite_store.append(make_record(i, timestamp=now - timedelta(days=40)) for i in range(30))
+    store.append(make_record(i, timestamp=now - timedelta(days=40)) for i in range(30))
     kube.create_secret("s3-creds", {"access_key_id": s3_server.access_key_id,
                                     "access_secret": s3_server.secret_access_key})
     policies = Policies(cluster)
     first = start_operator()
-    kube.apply_exporter("usage", exporter_spec(s3_server, bucket) | {"limit": 10})
-    policies.apply_policy("keep", {"maxAge": "30d", "exporters": ["usage"], "every": 1, "batchSize": 10})
+    kube.apply_exporter("usage", exporter_spec(s3_server, bucket) | {"limit": 10} | on_store)
+    policies.apply_policy("keep", {"maxAge": "30d", "exporters": ["usage"], "every": 1, "batchSize": 10}
+                          | on_store)
     kube.wait_status("usage", lambda s: s.get("cursor") == "30", what="the first export")
-    wait_for(lambda: sqlite_store.count() == 0, timeout=30, what="the first purge")
+    wait_for(lambda: store.count() == 0, timeout=30, what="the first purge")
     first.stop()
 
-    sqlite_store.append(make_record(i, timestamp=now - timedelta(days=40)) for i in range(30, 50))  # 31..50
+    store.append(make_record(i, timestamp=now - timedelta(days=40)) for i in range(30, 50))  # 31..50
     kube.patch_status("usage", forged)  # the tenant, while no operator runs
     start_operator()
     # Status says what the bucket holds again (epoch and all).
     kube.wait_status("usage", lambda s: (s.get("epoch"), s.get("cursor")) == (0, "50"), timeout=60,
                      what="the export after the restart")
-    wait_for(lambda: sqlite_store.count() == 0, timeout=30, what="the second purge")
+    wait_for(lambda: store.count() == 0, timeout=30, what="the second purge")
 
     objects = S3ObjectStore(S3Location(bucket, "us-east-1", s3_server.endpoint),
                             Credentials(s3_server.access_key_id, s3_server.secret_access_key))
-    report = verify_export(sqlite_store, objects, "llm")
+    report = verify_export(store, objects, "llm")
     assert report.exported_records == 50 and not report.duplicated, report.summary()  # each exported once
     assert any(e[:2] == ("Warning", "SavedCursorAhead") for e in kube.events("usage")), kube.events("usage")
 

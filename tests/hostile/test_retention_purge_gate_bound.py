@@ -40,7 +40,8 @@ def test_soft_deleted_records_past_their_grace_period_go_only_up_to_the_late_exp
     mishap: Callable[[World], Exporter], request: pytest.FixtureRequest, kind: str
 ) -> None:
     with sync_pipeline():
-        world = World(limits=[3, 3], store=world_store(kind, request))  # 3 records a batch: a late exporter's first batch ends below the others
+        # 3 records a batch: a late exporter's first batch ends below the others
+        world = World(limits=[3, 3], store=world_store(kind, request))
         world.exporters["x0"].labels = {"archive": "yes"}
         world.exporters["x1"].labels = {"archive": "no"}
         spec = policy(maxAge="24h", exporterSelector={"matchLabels": {"archive": "yes"}},
