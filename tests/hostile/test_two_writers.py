@@ -117,20 +117,22 @@ def test_two_runners_sharing_a_state_file_started_together_never_crash(
     _finish_and_verify(exporter)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_racing_runners_with_a_busy_gateway_export_each_record_once(
-    s3_server: LocalS3, bucket: str, tmp_path: Path
+    s3_server: LocalS3, bucket: str, tmp_path: Path, request: pytest.FixtureRequest, kind: str
 ) -> None:
     """Two runners of one exporter with different batch sizes and their own state files, while the gateway
     keeps writing: the tails of their batches differ (8801-8870 against 8801-8940)."""
-    store_path = tmp_path / "store.sqlite"
-    seed_sqlite(store_path, 500, seed=17)
-    one = HostileExporter(s3_server, bucket, tmp_path, str(store_path), limit=70, every=1)
-    two = HostileExporter(s3_server, bucket, tmp_path, str(store_path), limit=140, every=1,
+    postgresql = kind == "postgresql"
+    target = request.getfixturevalue("pg_dsn") if postgresql else tmp_path / "store.sqlite"
+    (seed_postgres if postgresql else seed_sqlite)(target, 500, seed=17)
+    one = HostileExporter(s3_server, bucket, tmp_path, str(target), limit=70, every=1)
+    two = HostileExporter(s3_server, bucket, tmp_path, str(target), limit=140, every=1,
                           state=tmp_path / "two.json")
     stop = threading.Event()
 
     def gateway() -> None:
-        store = SQLiteStore(store_path)
+        store = PostgresStore(target) if postgresql else SQLiteStore(target)
         round_ = 0
         while not stop.is_set():
             seed_store(store, 37, seed=1000 + round_)
