@@ -131,17 +131,19 @@ def test_racing_runners_with_a_busy_gateway_export_each_record_once(
                           state=tmp_path / "two.json")
     stop = threading.Event()
 
-    def gateway() -> None:
+    def gateway(worker: int) -> None:
         store = PostgresStore(target) if postgresql else SQLiteStore(target)
         round_ = 0
         while not stop.is_set():
-            seed_store(store, 37, seed=1000 + round_)
+            seed_store(store, 37, seed=1000 * worker + round_)
             round_ += 1
             time.sleep(0.03)
         store.close()
 
-    writer = threading.Thread(target=gateway)
-    writer.start()
+    # Two gateway workers: on PostgreSQL their transactions commit ids out of order (the safe horizon's case).
+    writers = [threading.Thread(target=gateway, args=(worker,)) for worker in (1, 2)]
+    for writer in writers:
+        writer.start()
     runners = [one.start(), two.start()]
     try:
         # Both run their cycles while the gateway writes; one of them is told the other holds the destination.
@@ -150,7 +152,8 @@ def test_racing_runners_with_a_busy_gateway_export_each_record_once(
         time.sleep(3)
     finally:
         stop.set()
-        writer.join()
+        for writer in writers:
+            writer.join()
         outputs = [_stop(runner) for runner in runners]
     assert any("DestinationInUse" in out for out, _ in outputs)
     _finish_and_verify(one)
