@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,7 +125,7 @@ def test_racing_runners_with_a_busy_gateway_export_each_record_once(
     """Two runners of one exporter with different batch sizes and their own state files, while the gateway
     keeps writing: the tails of their batches differ (8801-8870 against 8801-8940)."""
     postgresql = kind == "postgresql"
-    target = request.getfixturevalue("pg_dsn") if postgresql else tmp_path / "store.sqlite"
+    target: Any = request.getfixturevalue("pg_dsn") if postgresql else tmp_path / "store.sqlite"
     (seed_postgres if postgresql else seed_sqlite)(target, 500, seed=17)
     one = HostileExporter(s3_server, bucket, tmp_path, str(target), limit=70, every=1)
     two = HostileExporter(s3_server, bucket, tmp_path, str(target), limit=140, every=1,
