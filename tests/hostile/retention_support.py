@@ -11,13 +11,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from capture_export.audit import decode_object
 from capture_export.local_s3 import LocalS3
 from capture_export.store import SQLiteStore
 from tests.support.cli import run_cli, write_manifest
 from tests.support.records import make_record
 
-__all__ = ["RetentionRun", "append_old_records", "open_store"]
+__all__ = ["RetentionRun", "append_old_records", "open_store", "world_store"]
 
 EXPORTER_KEY = "S3Exporter/default/usage"
 
@@ -29,6 +31,16 @@ def open_store(target: Path | str) -> Any:
 
         return PostgresStore(target)
     return SQLiteStore(target)
+
+
+def world_store(kind: str, request: pytest.FixtureRequest) -> Any:
+    """The store a ``tests.support.retention.World`` is given for ``kind``: None (its own SQLite store in
+    memory) or a PostgresStore on a fresh database, closed at teardown."""
+    if kind == "sqlite":
+        return None
+    store = open_store(request.getfixturevalue("pg_dsn"))
+    request.addfinalizer(store.close)
+    return store
 
 
 def append_old_records(target: Path | str, count: int, *, age: timedelta = timedelta(days=40)) -> list[int]:

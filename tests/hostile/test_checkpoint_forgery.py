@@ -13,19 +13,22 @@ import pytest
 
 from capture_export.local_s3 import LocalS3
 
-from .identity_support import HostileExporter, assert_no_traceback, failed_reasons, seed_sqlite
+from .identity_support import HostileExporter, assert_no_traceback, failed_reasons, seed_postgres, seed_sqlite
 
 FAR_AHEAD = "1000000000000"
 
 
 @pytest.fixture
-def exported(s3_server: LocalS3, bucket: str, tmp_path: Path) -> HostileExporter:
-    store = tmp_path / "store.sqlite"
-    seed_sqlite(store, 1000, seed=3)
+def exported(s3_server: LocalS3, bucket: str, tmp_path: Path, request: pytest.FixtureRequest) -> HostileExporter:
+    """An exporter that exported 1000 records, on SQLite unless parametrised (indirectly) "postgresql"."""
+    postgresql = getattr(request, "param", "sqlite") == "postgresql"
+    store: Any = request.getfixturevalue("pg_dsn") if postgresql else tmp_path / "store.sqlite"
+    seed = seed_postgres if postgresql else seed_sqlite
+    seed(store, 1000, seed=3)
     exporter = HostileExporter(s3_server, bucket, tmp_path, str(store), limit=200)
     result = exporter.run_once()
     assert result.returncode == 0, result.stdout + result.stderr
-    seed_sqlite(store, 200, seed=4)  # the gateway goes on writing
+    seed(store, 200, seed=4)  # the gateway goes on writing
     return exporter
 
 
@@ -36,6 +39,7 @@ def _forge_state(exporter: HostileExporter, **fields: Any) -> None:
 
 
 @pytest.mark.parametrize("where", ["checkpoint", "state file"])
+@pytest.mark.parametrize("exported", ["sqlite", "postgresql"], indirect=True)
 def test_cursor_far_ahead_of_the_store_is_refused(exported: HostileExporter, where: str) -> None:
     if where == "checkpoint":
         checkpoint = exported.checkpoint()

@@ -25,16 +25,19 @@ from tests.support.operator_harness import EmulatedCluster, Kube, OperatorThread
 from tests.support.records import make_record
 from tests.support.retention import World, policy, sync_pipeline
 
-from .retention_support import RetentionRun, append_old_records
+from .retention_support import RetentionRun, append_old_records, open_store, world_store
 from .runs_support import exporter_spec
 
 
 @pytest.mark.parametrize("forged", [{"cursor": "450"}, {"cursor": "450", "epoch": 3}],
                          ids=["cursor ahead", "cursor ahead in a newer epoch"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_hand_edited_saved_cursor_never_lets_retention_purge_unexported_records(
-    s3_server: LocalS3, bucket: str, tmp_path: Path, forged: dict[str, object]
+    s3_server: LocalS3, bucket: str, tmp_path: Path, request: pytest.FixtureRequest, kind: str,
+    forged: dict[str, object],
 ) -> None:
-    run = RetentionRun(s3_server, bucket, tmp_path)
+    run = RetentionRun(s3_server, bucket, tmp_path,
+                       store=request.getfixturevalue("pg_dsn") if kind == "postgresql" else None)
     first = append_old_records(run.store, 300)
     done = run.run_once()
     assert done.returncode == 0, done.stdout + done.stderr
@@ -58,36 +61,46 @@ def test_a_hand_edited_saved_cursor_never_lets_retention_purge_unexported_record
 
 @pytest.mark.parametrize("forged", [{"cursor": "45"}, {"cursor": "45", "epoch": 3}],
                          ids=["cursor ahead", "cursor ahead in a newer epoch"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_tenant_who_patches_an_exporters_status_cursor_cannot_get_unexported_records_purged(
     cluster: EmulatedCluster, kube: Kube, start_operator: Callable[..., OperatorThread], s3_server: LocalS3,
-    bucket: str, sqlite_store: SQLiteStore, forged: dict[str, object],
+    bucket: str, sqlite_store: SQLiteStore, request: pytest.FixtureRequest, kind: str,
+    forged: dict[str, object],
 ) -> None:
     """In the operator: status is a subresource anyone with patch on ``s3exporters/status`` may write. A
     cursor written there while the operator restarts (an upgrade, a drained node) is what the new worker
     starts from; it must not skip records that the policy then purges as exported."""
+    store, on_store = sqlite_store, {}  # the operator's default store
+    if kind == "postgresql":
+        dsn = request.getfixturevalue("pg_dsn")
+        store = open_store(dsn)
+        request.addfinalizer(store.close)
+        kube.create_secret("capture-store", {"dsn": dsn})
+        on_store = {"store": {"postgres": {"secretRef": {"name": "capture-store"}}}}
     now = datetime.now(UTC)
-    sqlite_store.append(make_record(i, timestamp=now - timedelta(days=40)) for i in range(30))
+    store.append(make_record(i, timestamp=now - timedelta(days=40)) for i in range(30))
     kube.create_secret("s3-creds", {"access_key_id": s3_server.access_key_id,
                                     "access_secret": s3_server.secret_access_key})
     policies = Policies(cluster)
     first = start_operator()
-    kube.apply_exporter("usage", exporter_spec(s3_server, bucket) | {"limit": 10})
-    policies.apply_policy("keep", {"maxAge": "30d", "exporters": ["usage"], "every": 1, "batchSize": 10})
+    kube.apply_exporter("usage", exporter_spec(s3_server, bucket) | {"limit": 10} | on_store)
+    policies.apply_policy("keep", {"maxAge": "30d", "exporters": ["usage"], "every": 1, "batchSize": 10}
+                          | on_store)
     kube.wait_status("usage", lambda s: s.get("cursor") == "30", what="the first export")
-    wait_for(lambda: sqlite_store.count() == 0, timeout=30, what="the first purge")
+    wait_for(lambda: store.count() == 0, timeout=30, what="the first purge")
     first.stop()
 
-    sqlite_store.append(make_record(i, timestamp=now - timedelta(days=40)) for i in range(30, 50))  # 31..50
+    store.append(make_record(i, timestamp=now - timedelta(days=40)) for i in range(30, 50))  # 31..50
     kube.patch_status("usage", forged)  # the tenant, while no operator runs
     start_operator()
     # Status says what the bucket holds again (epoch and all).
     kube.wait_status("usage", lambda s: (s.get("epoch"), s.get("cursor")) == (0, "50"), timeout=60,
                      what="the export after the restart")
-    wait_for(lambda: sqlite_store.count() == 0, timeout=30, what="the second purge")
+    wait_for(lambda: store.count() == 0, timeout=30, what="the second purge")
 
     objects = S3ObjectStore(S3Location(bucket, "us-east-1", s3_server.endpoint),
                             Credentials(s3_server.access_key_id, s3_server.secret_access_key))
-    report = verify_export(sqlite_store, objects, "llm")
+    report = verify_export(store, objects, "llm")
     assert report.exported_records == 50 and not report.duplicated, report.summary()  # each exported once
     assert any(e[:2] == ("Warning", "SavedCursorAhead") for e in kube.events("usage")), kube.events("usage")
 
@@ -107,14 +120,15 @@ def _wiped_and_reset(world: World) -> None:
 
 @pytest.mark.parametrize("mishap", [_joins_the_gate, _wiped_and_reset], ids=["a new exporter joins the gate",
                                                                               "bucket wiped, exporter reset"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_soft_deleted_records_wait_out_a_closed_gate_before_they_are_removed_for_good(
-    mishap: Callable[[World], None],
+    mishap: Callable[[World], None], request: pytest.FixtureRequest, kind: str
 ) -> None:
     """Soft-deleted records stay in the export stream so that an exporter new to the gate, or reset, exports
     them again. Their grace period may end while that exporter has not: then they are still the only copy
     its bucket can get, and removing them would purge records a gating exporter has not exported."""
     with sync_pipeline():
-        world = World(limits=[10, 10])
+        world = World(limits=[10, 10], store=world_store(kind, request))
         world.exporters["x0"].labels = {"archive": "yes"}
         world.exporters["x1"].labels = {"archive": "no"}
         spec = policy(maxAge="24h", exporterSelector={"matchLabels": {"archive": "yes"}},

@@ -16,6 +16,8 @@ import pytest
 
 from tests.support.retention import Exporter, World, policy, sync_pipeline
 
+from .retention_support import world_store
+
 
 def _joins_the_gate(world: World) -> Exporter:
     """A second archive (a compliance copy) is given the label the policy selects; it has exported nothing."""
@@ -33,11 +35,13 @@ def _wiped_and_reset(world: World) -> Exporter:
 
 @pytest.mark.parametrize("mishap", [_joins_the_gate, _wiped_and_reset], ids=["a new exporter joins the gate",
                                                                               "bucket wiped, exporter reset"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_soft_deleted_records_past_their_grace_period_go_only_up_to_the_late_exporters_cursor(
-    mishap: Callable[[World], Exporter],
+    mishap: Callable[[World], Exporter], request: pytest.FixtureRequest, kind: str
 ) -> None:
     with sync_pipeline():
-        world = World(limits=[3, 3])  # 3 records a batch: a late exporter's first batch ends below the others
+        # 3 records a batch: a late exporter's first batch ends below the others
+        world = World(limits=[3, 3], store=world_store(kind, request))
         world.exporters["x0"].labels = {"archive": "yes"}
         world.exporters["x1"].labels = {"archive": "no"}
         spec = policy(maxAge="24h", exporterSelector={"matchLabels": {"archive": "yes"}},

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,29 +118,33 @@ def test_two_runners_sharing_a_state_file_started_together_never_crash(
     _finish_and_verify(exporter)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_racing_runners_with_a_busy_gateway_export_each_record_once(
-    s3_server: LocalS3, bucket: str, tmp_path: Path
+    s3_server: LocalS3, bucket: str, tmp_path: Path, request: pytest.FixtureRequest, kind: str
 ) -> None:
     """Two runners of one exporter with different batch sizes and their own state files, while the gateway
     keeps writing: the tails of their batches differ (8801-8870 against 8801-8940)."""
-    store_path = tmp_path / "store.sqlite"
-    seed_sqlite(store_path, 500, seed=17)
-    one = HostileExporter(s3_server, bucket, tmp_path, str(store_path), limit=70, every=1)
-    two = HostileExporter(s3_server, bucket, tmp_path, str(store_path), limit=140, every=1,
+    postgresql = kind == "postgresql"
+    target: Any = request.getfixturevalue("pg_dsn") if postgresql else tmp_path / "store.sqlite"
+    (seed_postgres if postgresql else seed_sqlite)(target, 500, seed=17)
+    one = HostileExporter(s3_server, bucket, tmp_path, str(target), limit=70, every=1)
+    two = HostileExporter(s3_server, bucket, tmp_path, str(target), limit=140, every=1,
                           state=tmp_path / "two.json")
     stop = threading.Event()
 
-    def gateway() -> None:
-        store = SQLiteStore(store_path)
+    def gateway(worker: int) -> None:
+        store = PostgresStore(target) if postgresql else SQLiteStore(target)
         round_ = 0
         while not stop.is_set():
-            seed_store(store, 37, seed=1000 + round_)
+            seed_store(store, 37, seed=1000 * worker + round_)
             round_ += 1
             time.sleep(0.03)
         store.close()
 
-    writer = threading.Thread(target=gateway)
-    writer.start()
+    # Two gateway workers: on PostgreSQL their transactions commit ids out of order (the safe horizon's case).
+    writers = [threading.Thread(target=gateway, args=(worker,)) for worker in (1, 2)]
+    for writer in writers:
+        writer.start()
     runners = [one.start(), two.start()]
     try:
         # Both run their cycles while the gateway writes; one of them is told the other holds the destination.
@@ -148,7 +153,8 @@ def test_racing_runners_with_a_busy_gateway_export_each_record_once(
         time.sleep(3)
     finally:
         stop.set()
-        writer.join()
+        for writer in writers:
+            writer.join()
         outputs = [_stop(runner) for runner in runners]
     assert any("DestinationInUse" in out for out, _ in outputs)
     _finish_and_verify(one)

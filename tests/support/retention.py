@@ -1,5 +1,6 @@
 """Shared pieces for the retention unit tests: a controllable clock, tiny records, a flaky bucket, and a
-small world of one SQLite store and a few exporters with their buckets and a policy worker."""
+small world of one store (SQLite in memory unless given another) and a few exporters with their buckets
+and a policy worker."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from capture_export.objectstore import MemoryObjectStore, ObjectStoreError
 from capture_export.retention import ExporterRef, RetentionOutcome, RetentionWorker
 from capture_export.retention.gate import micros
 from capture_export.store import SQLiteStore
+from capture_export.store.postgres import PostgresStore
 
 NAMESPACE = "ns"
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -124,11 +126,12 @@ class Exporter:
 
 
 class World:
-    """One SQLite store, some exporters (each with its own bucket) and one policy worker."""
+    """One store, some exporters (each with its own bucket) and one policy worker."""
 
-    def __init__(self, *, limits: list[int], store: SQLiteStore | None = None, clock: FakeClock | None = None) -> None:
+    def __init__(self, *, limits: list[int], store: SQLiteStore | PostgresStore | None = None,
+                 clock: FakeClock | None = None) -> None:
         self.clock = clock or FakeClock()
-        self.store = store or SQLiteStore(":memory:")
+        self.store: SQLiteStore | PostgresStore = store or SQLiteStore(":memory:")
         self.exporters: dict[str, Exporter] = {}
         for index, limit in enumerate(limits):
             name = f"x{index}"
