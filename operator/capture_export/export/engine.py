@@ -333,6 +333,8 @@ class ExportEngine:
         try:
             start, end = self.layout.partition_span(rows[0].timestamp_us)
         except (OverflowError, ValueError):
+            # The SQL stores' readers already hand such a row to the check as corrupt (store/columns.py); this
+            # guards a store that does not (the in-memory one of the tests, a future one).
             raise ExportFailure(Reason.CORRUPT_RECORD, f"record {rows[0].id} is corrupt: its timestamp "
                                 f"({rows[0].timestamp_us} µs since 1970) is outside the years 1-9999 a dated "
                                 "pathTemplate can name; export holds before it until it is fixed",

@@ -23,11 +23,9 @@ from datetime import UTC, datetime, timedelta
 
 from ..api.vocabulary import GateExporterState, GateMode, Reason
 from ..export.model import Cursor
+from ..store.columns import MIN_TIMESTAMP_US
 
 __all__ = ["ExporterObservation", "Gate", "evaluate_gate", "from_micros", "gating_exporters", "micros"]
-
-_MIN_MICROS = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
-
 
 def micros(value: datetime) -> int:
     """A timezone-aware datetime as integer microseconds since the epoch (exact, no float rounding)."""
@@ -36,7 +34,7 @@ def micros(value: datetime) -> int:
 
 
 def from_micros(value: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=max(value, _MIN_MICROS))
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=max(value, MIN_TIMESTAMP_US))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import RetentionPolicyStatus
-from ..api.vocabulary import GateMode
+from ..api.vocabulary import GateMode, Reason
 from ..export import ExporterId
 from ..schedule import Runner, Scheduled
 from .cycle import ExporterRef, PurgeProgress, RetentionOutcome, RetentionWorker
@@ -94,7 +94,9 @@ class PolicyTurns:
                 # Not a failure (the gate doing its work), but say why on every run, not only in the first
                 # run's events: the reason is often a mistake (an exporter left out of the -f files).
                 why = gate.message.removeprefix("gate closed by ")
-                line += f": {why}" + ("" if "nothing is purged" in why else "; nothing is purged until it opens")
+                # No exporter selected: the message already says nothing is purged.
+                said = gate.reason == Reason.NO_EXPORTERS_SELECTED
+                line += f": {why}" + ("" if said else "; nothing is purged until it opens")
             if gate.mode == GateMode.AGE_ONLY:
                 line += " - requireExport is false: purging by age alone, EXPORTED OR NOT"
         if outcome.status.soft_deleted_pending:
