@@ -96,7 +96,7 @@ INTS = [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**63
 
 @pytest.mark.parametrize("value", STRINGS + FLOATS + INTS + [True, False, None, b"", b"\x00\xff", b"abc", b"abcd",
                                                              [], [1, [2, [3]]], {}, {"a": {"b": {}}}],
-                         ids=repr)
+                         ids=lambda value: repr(value)[:40])
 def test_each_type_as_python_writes_it(native: ModuleType, value: Any) -> None:
     body = _body({"v": value, "list": [value, value], "map": {"k": value}})
     line = native.json_line(body, 3)
@@ -104,7 +104,7 @@ def test_each_type_as_python_writes_it(native: ModuleType, value: Any) -> None:
     assert line == python_line(body, 3)
 
 
-@pytest.mark.parametrize("key", STRINGS[:-2], ids=repr)
+@pytest.mark.parametrize("key", STRINGS[:-2], ids=lambda value: repr(value)[:40])
 def test_keys_are_escaped_as_python_escapes_them(native: ModuleType, key: str) -> None:
     body = _body({key: 1, "n": {key: key}} if key != "n" else {key: 1})
     assert native.json_line(body, 3) == python_line(body, 3)
