@@ -110,6 +110,17 @@ def test_keys_are_escaped_as_python_escapes_them(native: ModuleType, key: str) -
     assert native.json_line(body, 3) == python_line(body, 3)
 
 
+def test_every_character_class_at_every_position_of_a_run(native: ModuleType) -> None:
+    """Text is copied eight bytes at a time until a byte needs a look of its own: each kind of such byte at
+    each position of a run, and runs of every length around them."""
+    for length in range(0, 26):
+        for special in ('"', "\\", "\x00", "\x08", "\x1f", " ", "\x7f", "é", "€", "😀", "\u2028"):
+            for at in range(length + 1):
+                text = "a" * at + special + "z" * (length - at)
+                body = _body({text: text})
+                assert native.json_line(body, 1) == python_line(body, 1), text
+
+
 def test_every_float_width_and_many_doubles(native: ModuleType) -> None:
     rng = random.Random(13)
     doubles = [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(3000)]

@@ -185,6 +185,22 @@ static int put_text(Out *out, const uint8_t *s, size_t len) {
             return ERR;
         char *w = out->data + out->len;
         while (i < stop) {
+            /* Eight bytes at a time while none needs a look of its own: none is 0x80 or above (UTF-8 to
+             * check), below 0x20, a quote or a backslash (escaped). Exact tests (Bit Twiddling Hacks'
+             * haszero/hasless); most of a record's text is such runs. */
+            if (stop - i >= 8) {
+                uint64_t x;
+                memcpy(&x, s + i, 8);
+                const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+                uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+                uint64_t special = (x | ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs;
+                if (!special) {
+                    memcpy(w, s + i, 8);
+                    w += 8;
+                    i += 8;
+                    continue;
+                }
+            }
             uint8_t c = s[i];
             if (c < 0x80) {
                 char e = escape[c];
