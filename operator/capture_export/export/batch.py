@@ -17,10 +17,11 @@ and so its workers, small and quick to start: it imports this module and ``__mai
 (tests/unit/test_import_costs.py).
 
 Each record is decoded at most once. The default path never decodes a sealed row: ids are spliced into
-the stored CBOR (``id_head``). A filter on a CBOR format reads only the fields it needs (``peek_fields``).
-Anything else decodes each row once (a foreign row's check is that decode), then filters, rewrites
-(privacy mode, redactions) and encodes record by record, so a batch of 10,000 records never holds 10,000
-decoded records at once.
+the stored CBOR (``id_head``); nor does JSON Lines without a filter or rewrite where the optional native
+extension is built (``_json_lines``: _cbor_json.c writes the row's JSON line straight from its CBOR). A
+filter on a CBOR format reads only the fields it needs (``peek_fields``). Anything else decodes each row
+once (a foreign row's check is that decode), then filters, rewrites (privacy mode, redactions) and encodes
+record by record, so a batch of 10,000 records never holds 10,000 decoded records at once.
 """
 
 from __future__ import annotations
@@ -43,8 +44,14 @@ from ..store.credentials import CredentialPolicy
 from ..store.records import CorruptRecord, id_head, with_id
 from ..store.seal import SEAL_SIZE, RecordSeal
 from .budget import release_freed_memory, serve_batches
-from .formats import FORMATS, FormatUnavailable, encoder_for
+from .formats import FORMATS, FormatUnavailable, JsonLinesEncoder, encoder_for
 from .transform import RecordTransform, peek_fields
+
+_native_json_line: Callable[[bytes | memoryview, int], bytes | None] | None
+try:
+    from ._cbor_json import json_line as _native_json_line
+except ImportError:  # built only where a C compiler was (hatch_build.py); the Python path writes the same bytes
+    _native_json_line = None
 
 __all__ = [
     "BatchFailure",
@@ -240,6 +247,24 @@ def _decoded(checked: Sequence[CheckedRow], loads: Callable[[Any], Any] = cbor2.
             yield body
 
 
+def _json_lines(checked: Sequence[CheckedRow], encoder: JsonLinesEncoder,
+                native: Callable[[bytes | memoryview, int], bytes | None]) -> list[bytes]:
+    """Each checked row's JSON line, written straight from its stored CBOR by the native path
+    (_cbor_json.c: the very bytes of the Python path, or None) where it can; a row the check decoded
+    (foreign, or rewritten to strip more headers) or one the native path leaves (a tag it does not know, ...)
+    the Python way. Stored maps hold no duplicate keys (our writer encodes dicts); the native path leaves
+    one that does to Python anyway."""
+    lines = []
+    for item in checked:
+        line = native(item.body, item.row.id) if item.record is None else None
+        if line is None:
+            record = {"id": item.row.id}
+            record.update(item.record if item.record is not None else encoder.decode_record(item.body))
+            line = encoder.line(record)
+        lines.append(line)
+    return lines
+
+
 def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBatch:
     """The batch's payload. Raises BatchFailure: the first row fails the check (onCorruptRecord Hold), the
     format is missing here, or an encoder cannot represent a record."""
@@ -274,6 +299,9 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
                 checked = [item for item in checked if transform.accepts(_peek(item, transform.filter.fields))]
             exported = len(checked)
             payload = encoder.encode(_pieces(checked)) if checked else None
+        elif transform.identity and isinstance(encoder, JsonLinesEncoder) and _native_json_line is not None:
+            exported = len(checked)
+            payload = encoder.encode_lines(_json_lines(checked, encoder, _native_json_line)) if checked else None
         else:
             records = _decoded(checked, getattr(encoder, "decode_record", cbor2.loads),
                                id_first=getattr(encoder, "id_first", True))

@@ -385,12 +385,20 @@ class JsonLinesEncoder:
     def encode(self, records: Sequence[bytes | memoryview]) -> bytes:
         return self.encode_records(self.decode_record(record) for record in records)
 
-    def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
-        """The records as JSON lines; ``records`` may be a generator (each is encoded as it comes)."""
+    @staticmethod
+    def line(record: Mapping[str, Any]) -> bytes:
+        """One record's JSON line, newline included."""
         # Not orjson's OPT_APPEND_NEWLINE: its output keeps the spare capacity of its buffer (measured: ~3.9x
         # the line), which a batch holds for every line until it is joined; the copy that appends the newline
         # is compact.
-        lines = [json_bytes(record) + b"\n" for record in records]
+        return json_bytes(record) + b"\n"
+
+    def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
+        """The records as JSON lines; ``records`` may be a generator (each is encoded as it comes)."""
+        return self.encode_lines([self.line(record) for record in records])
+
+    def encode_lines(self, lines: list[bytes]) -> bytes:
+        """Lines already written (``line``, or the native path: export/batch.py), compressed into the object."""
         return _compress(lines, self.compression, self.level)
 
 

@@ -1,0 +1,596 @@
+/*
+ * capture_export.export._cbor_json: a stored record's CBOR written straight as its JSON line.
+ *
+ *     json_line(body, record_id) -> bytes | None
+ *
+ * The optional fast path of the JSON Lines encoder (export/batch.py). Its contract is the Python path's
+ * bytes, exactly: what ``json_bytes({"id": record_id, **JsonLinesEncoder.decode_record(body)}) + b"\n"``
+ * writes (export/formats.py: cbor2 decodes, orjson encodes, bytes become {"$base64": ...}, a canonical
+ * tag-0 date/time stays its text). It handles the subset our own writer produces and returns None for
+ * everything else, so that the caller takes the Python path for that row: other tags, undefined and simple
+ * values, indefinite lengths, keys that are not text, a top-level "id", nesting deeper than MAX_DEPTH,
+ * integers outside orjson's 64-bit range, invalid UTF-8, truncated or trailing bytes. It never reads past
+ * the body, whatever the body holds: every length is checked against the bytes left before it is used.
+ *
+ * Plain CPython C API, no other library; orjson (already imported by the caller) formats the floats, so
+ * that they come out exactly as orjson writes them (a record holds a handful).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef CBOR_JSON_SOURCE_SHA256
+#define CBOR_JSON_SOURCE_SHA256 "unknown"
+#endif
+
+/* Maps and arrays nested deeper than this are left to Python. orjson stops at 255 levels and cbor2 at
+ * Python's recursion limit; a real record nests a dozen. */
+#define MAX_DEPTH 64
+
+/* Results of the writers: OK, BAIL (not ours to write: the caller returns None), or ERR (a Python
+ * exception is set: out of memory). */
+enum { OK = 0, BAIL = 1, ERR = -1 };
+
+static PyObject *orjson_dumps; /* orjson.dumps */
+
+/* -- output buffer ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} Out;
+
+static int grow(Out *out, size_t extra) {
+    if (extra > SIZE_MAX / 2 - out->len) {
+        PyErr_NoMemory();
+        return ERR;
+    }
+    size_t need = out->len + extra, cap = out->cap ? out->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    char *data = PyMem_Realloc(out->data, cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return ERR;
+    }
+    out->data = data;
+    out->cap = cap;
+    return OK;
+}
+
+static inline int reserve(Out *out, size_t extra) {
+    return extra <= out->cap - out->len ? OK : grow(out, extra);
+}
+
+static inline int put(Out *out, const char *text, size_t len) {
+    if (reserve(out, len) != OK)
+        return ERR;
+    memcpy(out->data + out->len, text, len);
+    out->len += len;
+    return OK;
+}
+
+static int put_u64(Out *out, uint64_t value, int negative) {
+    char digits[24];
+    int at = sizeof digits;
+    do {
+        digits[--at] = (char)('0' + value % 10);
+        value /= 10;
+    } while (value);
+    if (negative)
+        digits[--at] = '-';
+    return put(out, digits + at, sizeof digits - at);
+}
+
+/* -- input -------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *at, *end;
+} In;
+
+/* A data item's head: major type (the top 3 bits), additional information (the low 5), and the argument
+ * that follows in 0, 1, 2, 4 or 8 bytes. Additional information 28-30 is reserved and 31 means an
+ * indefinite length (or, in major type 7, the "break" stop code): neither is ours. Major type 7 keeps its
+ * raw additional information: there it says what the item is (false, true, null, a float's width). */
+static int head(In *in, int *major, int *info, uint64_t *arg) {
+    if (in->at >= in->end)
+        return BAIL;
+    uint8_t initial = *in->at++;
+    *major = initial >> 5;
+    *info = initial & 31;
+    if (*info < 24) {
+        *arg = (uint64_t)*info;
+        return OK;
+    }
+    if (*info > 27)
+        return BAIL;
+    size_t size = (size_t)1 << (*info - 24);
+    if ((size_t)(in->end - in->at) < size)
+        return BAIL;
+    uint64_t value = 0;
+    for (size_t i = 0; i < size; i++)
+        value = value << 8 | in->at[i];
+    in->at += size;
+    *arg = value;
+    return OK;
+}
+
+/* -- strings ------------------------------------------------------------------------------------------ */
+
+/* orjson's escapes: the quote, the backslash, \b \t \n \f \r, any other byte below 0x20 as \u00xx; nothing
+ * else (not DEL, not "/", not U+2028). 0 copies the byte, 'u' writes \u00xx, else the letter after "\". */
+static char escape[128];
+
+static void init_escapes(void) {
+    for (int c = 0; c < 0x20; c++)
+        escape[c] = 'u';
+    escape['\b'] = 'b';
+    escape['\t'] = 't';
+    escape['\n'] = 'n';
+    escape['\f'] = 'f';
+    escape['\r'] = 'r';
+    escape['"'] = '"';
+    escape['\\'] = '\\';
+}
+
+/* The length of the well-formed UTF-8 sequence at ``s`` (``left`` bytes available), or 0 if it is not one:
+ * RFC 3629's table, which is what Python's strict decoder (and so cbor2) accepts: no overlong forms, no
+ * surrogates (ED A0-BF), nothing beyond U+10FFFF. */
+static size_t utf8_sequence(const uint8_t *s, size_t left) {
+    uint8_t c = s[0];
+    size_t n;
+    uint8_t lo = 0x80, hi = 0xBF; /* the range of the second byte */
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else
+        return 0;
+    if (left < n || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    return n;
+}
+
+/* A CBOR text string's bytes as a JSON string, checked to be UTF-8. The output is reserved a run of the
+ * input at a time (each byte written as \u00xx at most), not six times a long string at once. */
+#define TEXT_RUN 4096
+
+static int put_text(Out *out, const uint8_t *s, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    if (put(out, "\"", 1) != OK)
+        return ERR;
+    size_t i = 0;
+    while (i < len) {
+        size_t stop = len - i < TEXT_RUN ? len : i + TEXT_RUN;
+        /* a sequence that starts before ``stop`` may end 3 bytes past it */
+        if (reserve(out, 6 * (stop - i) + 8) != OK)
+            return ERR;
+        char *w = out->data + out->len;
+        while (i < stop) {
+            /* Eight bytes at a time while none needs a look of its own: none is 0x80 or above (UTF-8 to
+             * check), below 0x20, a quote or a backslash (escaped). Exact tests (Bit Twiddling Hacks'
+             * haszero/hasless); most of a record's text is such runs. */
+            if (stop - i >= 8) {
+                uint64_t x;
+                memcpy(&x, s + i, 8);
+                const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+                uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+                uint64_t special = (x | ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs;
+                if (!special) {
+                    memcpy(w, s + i, 8);
+                    w += 8;
+                    i += 8;
+                    continue;
+                }
+            }
+            uint8_t c = s[i];
+            if (c < 0x80) {
+                char e = escape[c];
+                if (!e)
+                    *w++ = (char)c;
+                else if (e == 'u') {
+                    memcpy(w, "\\u00", 4);
+                    w[4] = hex[c >> 4];
+                    w[5] = hex[c & 15];
+                    w += 6;
+                } else {
+                    w[0] = '\\';
+                    w[1] = e;
+                    w += 2;
+                }
+                i++;
+                continue;
+            }
+            size_t n = utf8_sequence(s + i, len - i);
+            if (!n)
+                return BAIL; /* Python's decoder refuses it: the Python path raises, not ours to write */
+            memcpy(w, s + i, n);
+            w += n;
+            i += n;
+        }
+        out->len = (size_t)(w - out->data);
+    }
+    return put(out, "\"", 1);
+}
+
+/* A byte string as {"$base64":"<standard base64, padded>"} (json_default's form). */
+static int put_base64(Out *out, const uint8_t *s, size_t len) {
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static const char open[] = "{\"$base64\":\"";
+    if (len > SIZE_MAX / 2)
+        return BAIL;
+    size_t encoded = (len + 2) / 3 * 4;
+    if (reserve(out, encoded + sizeof open + 2) != OK)
+        return ERR;
+    char *w = out->data + out->len;
+    memcpy(w, open, sizeof open - 1);
+    w += sizeof open - 1;
+    size_t i = 0;
+    for (; i + 3 <= len; i += 3) {
+        uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
+        w[0] = alphabet[v >> 18];
+        w[1] = alphabet[v >> 12 & 63];
+        w[2] = alphabet[v >> 6 & 63];
+        w[3] = alphabet[v & 63];
+        w += 4;
+    }
+    if (i < len) {
+        uint32_t v = (uint32_t)s[i] << 16 | (i + 1 < len ? (uint32_t)s[i + 1] << 8 : 0);
+        w[0] = alphabet[v >> 18];
+        w[1] = alphabet[v >> 12 & 63];
+        w[2] = i + 1 < len ? alphabet[v >> 6 & 63] : '=';
+        w[3] = '=';
+        w += 4;
+    }
+    memcpy(w, "\"}", 2);
+    out->len = (size_t)(w + 2 - out->data);
+    return OK;
+}
+
+/* -- tag 0: a date/time ------------------------------------------------------------------------------- */
+
+static int digits(const uint8_t *s, int n, int *value) {
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    *value = v;
+    return 1;
+}
+
+/* Whether a tag-0 text is one the Python path writes as a timestamp text without parsing it into a
+ * datetime first (formats._timestamp_text), or as the same text cbor2's datetime gives: our writer's two
+ * forms. 27 bytes, YYYY-MM-DDTHH:MM:SS.ffffffZ: _CANONICAL_TIMESTAMP, kept as it is; 20 bytes,
+ * YYYY-MM-DDTHH:MM:SSZ (cbor2 leaves out a fraction of zero): the datetime, written with ".000000" before
+ * the Z. Either with a year from 1000 (_rfc3339 writes earlier years its own way) and a real time (the
+ * check datetime.fromisoformat makes). Anything else is left to Python. */
+static int canonical_timestamp(const uint8_t *s, size_t len) {
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int year, month, day, hour, minute, second, micro;
+    if (len != 27 && len != 20)
+        return 0;
+    if (s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' || s[len - 1] != 'Z' ||
+        s[0] == '0')
+        return 0;
+    if (!digits(s, 4, &year) || !digits(s + 5, 2, &month) || !digits(s + 8, 2, &day) ||
+        !digits(s + 11, 2, &hour) || !digits(s + 14, 2, &minute) || !digits(s + 17, 2, &second))
+        return 0;
+    if (len == 27 && (s[19] != '.' || !digits(s + 20, 6, &micro)))
+        return 0;
+    if (month < 1 || month > 12 || day < 1 || hour > 23 || minute > 59 || second > 59)
+        return 0;
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    return day <= days[month - 1] + (month == 2 && leap);
+}
+
+static int put_timestamp(Out *out, const uint8_t *s, size_t len) {
+    if (reserve(out, 29) != OK)
+        return ERR;
+    char *w = out->data + out->len;
+    w[0] = '"';
+    memcpy(w + 1, s, 19);
+    memcpy(w + 20, len == 27 ? (const char *)s + 19 : ".000000Z", 8);
+    w[28] = '"';
+    out->len += 29;
+    return OK;
+}
+
+/* -- floats ------------------------------------------------------------------------------------------- */
+
+static double half_to_double(uint16_t h) {
+    int exponent = h >> 10 & 0x1F, mantissa = h & 0x3FF;
+    double value;
+    if (exponent == 0)
+        value = ldexp(mantissa, -24); /* subnormal */
+    else if (exponent == 31)
+        value = mantissa ? NAN : INFINITY;
+    else
+        value = ldexp(mantissa + 1024, exponent - 25);
+    return h & 0x8000 ? -value : value;
+}
+
+/* A float as orjson writes it: NaN and the infinities as null, any other by orjson itself. */
+static int put_float(Out *out, double value) {
+    if (!isfinite(value))
+        return put(out, "null", 4);
+    PyObject *number = PyFloat_FromDouble(value);
+    if (number == NULL)
+        return ERR;
+    PyObject *text = PyObject_CallOneArg(orjson_dumps, number);
+    Py_DECREF(number);
+    if (text == NULL)
+        return ERR;
+    int result = PyBytes_Check(text) ? put(out, PyBytes_AS_STRING(text), (size_t)PyBytes_GET_SIZE(text)) : BAIL;
+    Py_DECREF(text);
+    return result;
+}
+
+/* -- items -------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *text;
+    size_t len;
+} Key;
+
+static int key_order(const void *a, const void *b) {
+    const Key *x = a, *y = b;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return memcmp(x->text, y->text, x->len);
+}
+
+/* Whether a map's keys hold one twice. cbor2 would keep one (the last value, at the first position), so
+ * such a map is left to Python; our writer cannot make one (it encodes a dict), so this costs little. */
+static int duplicate_keys(Key *keys, size_t n) {
+    if (n <= 16) {
+        for (size_t i = 1; i < n; i++)
+            for (size_t j = 0; j < i; j++)
+                if (keys[i].len == keys[j].len && memcmp(keys[i].text, keys[j].text, keys[i].len) == 0)
+                    return 1;
+        return 0;
+    }
+    qsort(keys, n, sizeof *keys, key_order);
+    for (size_t i = 1; i < n; i++)
+        if (key_order(&keys[i - 1], &keys[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int put_item(In *in, Out *out, int depth);
+
+/* A map's ``n`` pairs (its head already read), written as ``{"k":v,...}``; ``top``: the record's own map,
+ * whose ``{"id":N`` is already written, so that each pair follows a comma and a key "id" is refused. */
+static int put_pairs(In *in, Out *out, uint64_t n, int depth, int top) {
+    /* Each pair takes two bytes at least: a longer count is truncated input (and no allocation for it). */
+    if (n > (uint64_t)(in->end - in->at) / 2)
+        return BAIL;
+    Key few[16], *keys = n <= 16 ? few : PyMem_Malloc((size_t)n * sizeof *keys);
+    if (keys == NULL) {
+        PyErr_NoMemory();
+        return ERR;
+    }
+    int result = OK;
+    if (!top && (result = put(out, "{", 1)) != OK)
+        goto done;
+    for (uint64_t i = 0; i < n; i++) {
+        int major, info;
+        uint64_t len;
+        if ((result = head(in, &major, &info, &len)) != OK)
+            goto done;
+        if (major != 3 || len > (uint64_t)(in->end - in->at)) { /* a key that is not a definite text string */
+            result = BAIL;
+            goto done;
+        }
+        keys[i].text = in->at;
+        keys[i].len = (size_t)len;
+        if (top && len == 2 && memcmp(in->at, "id", 2) == 0) { /* would override the id written first */
+            result = BAIL;
+            goto done;
+        }
+        if ((top || i) && (result = put(out, ",", 1)) != OK)
+            goto done;
+        if ((result = put_text(out, in->at, (size_t)len)) != OK || (result = put(out, ":", 1)) != OK)
+            goto done;
+        in->at += len;
+        if ((result = put_item(in, out, depth)) != OK)
+            goto done;
+    }
+    if (duplicate_keys(keys, (size_t)n))
+        result = BAIL;
+    else
+        result = put(out, "}", 1);
+done:
+    if (keys != few)
+        PyMem_Free(keys);
+    return result;
+}
+
+/* One data item at ``in`` as JSON; ``depth``: the maps and arrays it is inside. */
+static int put_item(In *in, Out *out, int depth) {
+    int major, info, result;
+    uint64_t arg;
+    if ((result = head(in, &major, &info, &arg)) != OK)
+        return result;
+    size_t left = (size_t)(in->end - in->at);
+    switch (major) {
+    case 0: /* unsigned integer: orjson writes all of u64 */
+        return put_u64(out, arg, 0);
+    case 1: /* negative integer -1 - arg: orjson writes down to -2**63 */
+        if (arg > (uint64_t)INT64_MAX)
+            return BAIL;
+        return put_u64(out, arg + 1, 1);
+    case 2: /* byte string */
+        if (arg > left)
+            return BAIL;
+        result = put_base64(out, in->at, (size_t)arg);
+        in->at += arg;
+        return result;
+    case 3: /* text string */
+        if (arg > left)
+            return BAIL;
+        result = put_text(out, in->at, (size_t)arg);
+        in->at += arg;
+        return result;
+    case 4: /* array */
+        if (depth >= MAX_DEPTH || arg > left) /* each element takes a byte at least */
+            return BAIL;
+        if (put(out, "[", 1) != OK)
+            return ERR;
+        for (uint64_t i = 0; i < arg; i++) {
+            if (i && put(out, ",", 1) != OK)
+                return ERR;
+            if ((result = put_item(in, out, depth + 1)) != OK)
+                return result;
+        }
+        return put(out, "]", 1);
+    case 5: /* map */
+        if (depth >= MAX_DEPTH)
+            return BAIL;
+        return put_pairs(in, out, arg, depth + 1, 0);
+    case 6: /* tag: only 0 (a date/time text) in the form our writer stores it */
+        if (arg != 0 || (result = head(in, &major, &info, &arg)) != OK)
+            return BAIL;
+        if (major != 3 || arg > (uint64_t)(in->end - in->at) || !canonical_timestamp(in->at, (size_t)arg))
+            return BAIL;
+        result = put_timestamp(out, in->at, (size_t)arg);
+        in->at += arg;
+        return result;
+    default: /* 7: simple values and floats, by their additional information */
+        switch (info) {
+        case 20:
+            return put(out, "false", 5);
+        case 21:
+            return put(out, "true", 4);
+        case 22:
+            return put(out, "null", 4);
+        case 25:
+            return put_float(out, half_to_double((uint16_t)arg));
+        case 26: {
+            uint32_t bits = (uint32_t)arg;
+            float value;
+            memcpy(&value, &bits, sizeof value);
+            return put_float(out, (double)value);
+        }
+        case 27: {
+            double value;
+            memcpy(&value, &arg, sizeof value);
+            return put_float(out, value);
+        }
+        default: /* undefined (23), other simple values: cbor2 has Python objects for them */
+            return BAIL;
+        }
+    }
+}
+
+/* -- the module --------------------------------------------------------------------------------------- */
+
+static PyObject *json_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "json_line(body, record_id) takes two arguments");
+        return NULL;
+    }
+    if (!PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "record_id must be an int");
+        return NULL;
+    }
+    if (!PyLong_CheckExact(args[1])) /* a bool (orjson writes true) or another subclass: Python's to write */
+        Py_RETURN_NONE;
+    int overflow;
+    long long record_id = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    if (overflow) /* no store assigns such an id: Python's to write */
+        Py_RETURN_NONE;
+    if (record_id == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer body;
+    if (PyObject_GetBuffer(args[0], &body, PyBUF_SIMPLE) != 0)
+        return NULL;
+    In in = {body.buf, (const uint8_t *)body.buf + body.len};
+    /* JSON is usually a little longer than the CBOR it comes from: one allocation for most records. */
+    Out out = {NULL, 0, 0};
+    PyObject *line = NULL;
+    int major, info, result;
+    uint64_t pairs;
+    if ((result = grow(&out, (size_t)body.len + (size_t)body.len / 2 + 64)) != OK)
+        goto done;
+    if ((result = head(&in, &major, &info, &pairs)) != OK || major != 5) {
+        result = result == ERR ? ERR : BAIL;
+        goto done;
+    }
+    if ((result = put(&out, "{\"id\":", 6)) != OK ||
+        (result = put_u64(&out, record_id < 0 ? 0 - (uint64_t)record_id : (uint64_t)record_id, record_id < 0)) != OK)
+        goto done;
+    if ((result = put_pairs(&in, &out, pairs, 1, 1)) != OK)
+        goto done;
+    if (in.at != in.end) { /* trailing bytes: not one data item */
+        result = BAIL;
+        goto done;
+    }
+    if ((result = put(&out, "\n", 1)) != OK)
+        goto done;
+    line = PyBytes_FromStringAndSize(out.data, (Py_ssize_t)out.len);
+    if (line == NULL)
+        result = ERR;
+done:
+    PyMem_Free(out.data);
+    PyBuffer_Release(&body);
+    if (result == ERR)
+        return NULL;
+    if (result == BAIL)
+        Py_RETURN_NONE;
+    return line;
+}
+
+static PyMethodDef methods[] = {
+    {"json_line", (PyCFunction)(void (*)(void))json_line, METH_FASTCALL,
+     "json_line(body, record_id) -> bytes | None\n\n"
+     "The JSON line (newline included) the Python path writes for a stored record's CBOR map with its id "
+     "first, or None where the record is not one this writes (the caller then takes the Python path)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_cbor_json", "A stored record's CBOR straight to its JSON line (see json_line).",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__cbor_json(void) {
+    init_escapes();
+    if (orjson_dumps == NULL) {
+        PyObject *orjson = PyImport_ImportModule("orjson");
+        if (orjson == NULL)
+            return NULL;
+        orjson_dumps = PyObject_GetAttrString(orjson, "dumps");
+        Py_DECREF(orjson);
+        if (orjson_dumps == NULL)
+            return NULL;
+    }
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddStringConstant(module, "SOURCE_SHA256", CBOR_JSON_SOURCE_SHA256) != 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,5 @@
+# The optional native JSON Lines path (_cbor_json.c), built by hatch_build.py where a C compiler exists.
+
+SOURCE_SHA256: str
+
+def json_line(body: bytes | memoryview, record_id: int, /) -> bytes | None: ...
