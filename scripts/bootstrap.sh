@@ -13,8 +13,21 @@ if [ ! -x .venv/bin/python ]; then
     echo "creating .venv …"
     "$python" -m venv .venv
 fi
+# The native JSON Lines path (hatch_build.py) needs a C compiler; without one the install is pure Python.
+# CI builds it (its tests fail without it), so there a missing compiler is installed as the tests' other
+# Debian packages are.
+if [ "$extra" = test ] && [ -n "${CI:-}" ] && ! command -v "$("$python" -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])')" >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "installing Debian's gcc (the native JSON Lines path) …"
+        SUDO=""
+        [ "$(id -u)" != 0 ] && SUDO="sudo"
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
+    fi
+fi
 stamp=".venv/.installed-$extra"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+native=operator/capture_export/export/_cbor_json.c
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ hatch_build.py -nt "$stamp" ] || [ "$native" -nt "$stamp" ]; then
     echo "installing capture-export[$extra] into .venv …"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".[$extra]"
