@@ -376,11 +376,61 @@ static int duplicate_keys(Key *keys, size_t n) {
     return 0;
 }
 
-static int put_item(In *in, Out *out, int depth);
+/* The raw body put_pairs takes out of a capture's request or response (MAP_PART): its bytes in the body. */
+typedef struct {
+    const uint8_t *data; /* NULL: none */
+    size_t len;
+} Raw;
 
-/* A map's ``n`` pairs (its head already read), written as ``{"k":v,...}``; ``top``: the record's own map,
- * whose ``{"id":N`` is already written, so that each pair follows a comma and a key "id" is refused. */
-static int put_pairs(In *in, Out *out, uint64_t n, int depth, int top) {
+/* What put_pairs writes of a map. MAP_PLAIN: all of it. MAP_RECORD: the record's own map, whose ``{"id":N``
+ * is already written, so each pair follows a comma and a key "id" is refused. For Parquet's capture column:
+ * MAP_CAPTURE, the capture, whose "request" and "response" maps are written as MAP_PART, without a
+ * "raw_body" that is a byte string (formats._split_raw: those bytes go to the raw body columns). */
+typedef enum { MAP_PLAIN, MAP_RECORD, MAP_CAPTURE, MAP_PART } MapKind;
+
+static int put_item(In *in, Out *out, int depth);
+static int put_map(In *in, Out *out, int depth, MapKind kind, Raw *raws);
+
+static inline int is_key(const Key *key, const char *name, size_t len) {
+    return key->len == len && memcmp(key->text, name, len) == 0;
+}
+
+/* The major type of the next item, without reading it (-1 at the end of the input). */
+static inline int next_major(const In *in) {
+    return in->at < in->end ? *in->at >> 5 : -1;
+}
+
+/* A map key: a definite text string (not yet checked to be UTF-8), stepped over. */
+static int read_key(In *in, Key *key) {
+    int major, info, result;
+    uint64_t len;
+    if ((result = head(in, &major, &info, &len)) != OK)
+        return result;
+    if (major != 3 || len > (uint64_t)(in->end - in->at))
+        return BAIL;
+    key->text = in->at;
+    key->len = (size_t)len;
+    in->at += len;
+    return OK;
+}
+
+/* A byte string's bytes, stepped over without copying. */
+static int read_bytes(In *in, Raw *raw) {
+    int major, info, result;
+    uint64_t len;
+    if ((result = head(in, &major, &info, &len)) != OK)
+        return result;
+    if (major != 2 || len > (uint64_t)(in->end - in->at))
+        return BAIL;
+    raw->data = in->at;
+    raw->len = (size_t)len;
+    in->at += len;
+    return OK;
+}
+
+/* A map's ``n`` pairs (its head already read), written as ``{"k":v,...}`` as ``kind`` says; ``raws``: where
+ * MAP_CAPTURE puts the request's and the response's raw bodies (two), and MAP_PART its side's (one). */
+static int put_pairs(In *in, Out *out, uint64_t n, int depth, MapKind kind, Raw *raws) {
     /* Each pair takes two bytes at least: a longer count is truncated input (and no allocation for it). */
     if (n > (uint64_t)(in->end - in->at) / 2)
         return BAIL;
@@ -389,30 +439,32 @@ static int put_pairs(In *in, Out *out, uint64_t n, int depth, int top) {
         PyErr_NoMemory();
         return ERR;
     }
-    int result = OK;
-    if (!top && (result = put(out, "{", 1)) != OK)
+    int result = OK, written = 0;
+    if (kind != MAP_RECORD && (result = put(out, "{", 1)) != OK)
         goto done;
     for (uint64_t i = 0; i < n; i++) {
-        int major, info;
-        uint64_t len;
-        if ((result = head(in, &major, &info, &len)) != OK)
+        Key *key = &keys[i];
+        if ((result = read_key(in, key)) != OK)
             goto done;
-        if (major != 3 || len > (uint64_t)(in->end - in->at)) { /* a key that is not a definite text string */
+        if (kind == MAP_RECORD && is_key(key, "id", 2)) { /* would override the id written first */
             result = BAIL;
             goto done;
         }
-        keys[i].text = in->at;
-        keys[i].len = (size_t)len;
-        if (top && len == 2 && memcmp(in->at, "id", 2) == 0) { /* would override the id written first */
-            result = BAIL;
-            goto done;
+        if (kind == MAP_PART && is_key(key, "raw_body", 8) && next_major(in) == 2) {
+            if ((result = read_bytes(in, raws)) != OK)
+                goto done;
+            continue;
         }
-        if ((top || i) && (result = put(out, ",", 1)) != OK)
+        if ((kind == MAP_RECORD || written++) && (result = put(out, ",", 1)) != OK)
             goto done;
-        if ((result = put_text(out, in->at, (size_t)len)) != OK || (result = put(out, ":", 1)) != OK)
+        if ((result = put_text(out, key->text, key->len)) != OK || (result = put(out, ":", 1)) != OK)
             goto done;
-        in->at += len;
-        if ((result = put_item(in, out, depth)) != OK)
+        int side = is_key(key, "request", 7) ? 0 : is_key(key, "response", 8) ? 1 : -1;
+        if (kind == MAP_CAPTURE && side >= 0 && next_major(in) == 5)
+            result = put_map(in, out, depth, MAP_PART, &raws[side]);
+        else
+            result = put_item(in, out, depth);
+        if (result != OK)
             goto done;
     }
     if (duplicate_keys(keys, (size_t)n))
@@ -423,6 +475,17 @@ done:
     if (keys != few)
         PyMem_Free(keys);
     return result;
+}
+
+/* A map at ``in`` (``depth``: the maps and arrays it is inside) written as ``kind`` says. */
+static int put_map(In *in, Out *out, int depth, MapKind kind, Raw *raws) {
+    int major, info, result;
+    uint64_t n;
+    if ((result = head(in, &major, &info, &n)) != OK)
+        return result;
+    if (major != 5 || depth >= MAX_DEPTH)
+        return BAIL;
+    return put_pairs(in, out, n, depth + 1, kind, raws);
 }
 
 /* One data item at ``in`` as JSON; ``depth``: the maps and arrays it is inside. */
@@ -466,7 +529,7 @@ static int put_item(In *in, Out *out, int depth) {
     case 5: /* map */
         if (depth >= MAX_DEPTH)
             return BAIL;
-        return put_pairs(in, out, arg, depth + 1, 0);
+        return put_pairs(in, out, arg, depth + 1, MAP_PLAIN, NULL);
     case 6: /* tag: only 0 (a date/time text) in the form our writer stores it */
         if (arg != 0 || (result = head(in, &major, &info, &arg)) != OK)
             return BAIL;
@@ -500,6 +563,142 @@ static int put_item(In *in, Out *out, int depth) {
             return BAIL;
         }
     }
+}
+
+/* -- Parquet: the capture split from the other fields ------------------------------------------------ */
+
+/* A record split for Parquet's columns (parquet_capture): the other fields' pairs as stored, the capture as
+ * its column's JSON and its raw bodies. */
+typedef struct {
+    Out rest;       /* the pairs of the fields other than the capture, as stored */
+    uint64_t kept;  /* how many */
+    Out capture;    /* the capture's JSON; empty when there is none (or it is null: then it is in ``rest``) */
+    Raw raws[2];    /* the request's and the response's raw body */
+} Split;
+
+/* The capture at ``in`` as the Python path writes its column (formats._captures: a map without the
+ * request's and response's raw bodies; anything else as it is). */
+static int put_capture(In *in, Split *split) {
+    if (next_major(in) == 5)
+        return put_map(in, &split->capture, 1, MAP_CAPTURE, split->raws);
+    return put_item(in, &split->capture, 1);
+}
+
+/* A pair other than the capture's, copied as stored. It is first written as JSON into ``scratch`` and
+ * dropped: so the rows this splits are exactly the rows json_line writes (the same types, tags, UTF-8,
+ * depth), and what cbor2 then decodes of them is what it decodes of the whole record. */
+static int keep_pair(In *in, const uint8_t *start, const Key *key, Split *split, Out *scratch) {
+    int result;
+    scratch->len = 0;
+    if ((result = put_text(scratch, key->text, key->len)) != OK || (result = put_item(in, scratch, 1)) != OK)
+        return result;
+    split->kept++;
+    return put(&split->rest, (const char *)start, (size_t)(in->at - start));
+}
+
+/* The record's map at ``in`` split into ``split``; BAIL for anything json_line leaves to Python. */
+static int split_record(In *in, Split *split) {
+    int major, info, result;
+    uint64_t n;
+    if ((result = head(in, &major, &info, &n)) != OK)
+        return result;
+    if (major != 5 || n > (uint64_t)(in->end - in->at) / 2)
+        return BAIL;
+    Key few[16], *keys = n <= 16 ? few : PyMem_Malloc((size_t)n * sizeof *keys);
+    if (keys == NULL) {
+        PyErr_NoMemory();
+        return ERR;
+    }
+    Out scratch = {NULL, 0, 0};
+    for (uint64_t i = 0; i < n && result == OK; i++) {
+        const uint8_t *start = in->at;
+        Key *key = &keys[i];
+        if ((result = read_key(in, key)) != OK)
+            break;
+        if (is_key(key, "id", 2)) /* a stored map never holds one; json_line leaves it to Python */
+            result = BAIL;
+        else if (is_key(key, "capture", 7) && in->at < in->end && *in->at != 0xF6) /* 0xF6: null */
+            result = put_capture(in, split);
+        else
+            result = keep_pair(in, start, key, split, &scratch);
+    }
+    if (result == OK && (duplicate_keys(keys, (size_t)n) || in->at != in->end)) /* or trailing bytes */
+        result = BAIL;
+    PyMem_Free(scratch.data);
+    if (keys != few)
+        PyMem_Free(keys);
+    return result;
+}
+
+/* The canonical CBOR head of a map of ``n`` pairs, into ``out`` (9 bytes at most); its length. */
+static size_t map_head(uint64_t n, uint8_t *out) {
+    if (n < 24) {
+        out[0] = (uint8_t)(0xA0 | n);
+        return 1;
+    }
+    int info = n <= 0xFF ? 24 : n <= 0xFFFF ? 25 : n <= 0xFFFFFFFFu ? 26 : 27;
+    size_t size = (size_t)1 << (info - 24);
+    out[0] = (uint8_t)(0xA0 | info);
+    for (size_t i = 0; i < size; i++)
+        out[1 + i] = (uint8_t)(n >> 8 * (size - 1 - i));
+    return 1 + size;
+}
+
+static PyObject *bytes_or_none(const char *data, size_t len) {
+    if (data == NULL)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+}
+
+/* The Python value of a split: (rest, capture, raw_request, raw_response); NULL with an exception set. */
+static PyObject *split_tuple(const Split *split) {
+    uint8_t head_bytes[9];
+    size_t head_len = map_head(split->kept, head_bytes);
+    PyObject *rest = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(head_len + split->rest.len));
+    if (rest == NULL)
+        return NULL;
+    memcpy(PyBytes_AS_STRING(rest), head_bytes, head_len);
+    if (split->rest.len)
+        memcpy(PyBytes_AS_STRING(rest) + head_len, split->rest.data, split->rest.len);
+    const Out *capture = &split->capture;
+    PyObject *items[4] = {
+        rest,
+        bytes_or_none(capture->len ? capture->data : NULL, capture->len),
+        bytes_or_none((const char *)split->raws[0].data, split->raws[0].len),
+        bytes_or_none((const char *)split->raws[1].data, split->raws[1].len),
+    };
+    PyObject *tuple = items[1] && items[2] && items[3] ? PyTuple_New(4) : NULL;
+    for (int i = 0; i < 4; i++) {
+        if (tuple != NULL)
+            PyTuple_SET_ITEM(tuple, i, items[i]); /* steals the reference */
+        else
+            Py_XDECREF(items[i]);
+    }
+    return tuple;
+}
+
+static PyObject *parquet_capture(PyObject *module, PyObject *arg) {
+    (void)module;
+    Py_buffer body;
+    if (PyObject_GetBuffer(arg, &body, PyBUF_SIMPLE) != 0)
+        return NULL;
+    In in = {body.buf, (const uint8_t *)body.buf + body.len};
+    Split split = {{NULL, 0, 0}, 0, {NULL, 0, 0}, {{NULL, 0}, {NULL, 0}}};
+    PyObject *value = NULL;
+    /* The capture is most of a record, and its JSON a little longer than its CBOR; the rest is small. */
+    int result = grow(&split.capture, (size_t)body.len + (size_t)body.len / 2 + 64);
+    if (result == OK)
+        result = grow(&split.rest, (size_t)body.len / 4 + 64);
+    if (result == OK)
+        result = split_record(&in, &split);
+    if (result == OK)
+        value = split_tuple(&split); /* before the body is released: the raw bodies point into it */
+    PyMem_Free(split.rest.data);
+    PyMem_Free(split.capture.data);
+    PyBuffer_Release(&body);
+    if (result == BAIL)
+        Py_RETURN_NONE;
+    return value; /* NULL when ERR, or when building it failed: an exception is set */
 }
 
 /* -- the module --------------------------------------------------------------------------------------- */
@@ -540,7 +739,7 @@ static PyObject *json_line(PyObject *module, PyObject *const *args, Py_ssize_t n
     if ((result = put(&out, "{\"id\":", 6)) != OK ||
         (result = put_u64(&out, record_id < 0 ? 0 - (uint64_t)record_id : (uint64_t)record_id, record_id < 0)) != OK)
         goto done;
-    if ((result = put_pairs(&in, &out, pairs, 1, 1)) != OK)
+    if ((result = put_pairs(&in, &out, pairs, 1, MAP_RECORD, NULL)) != OK)
         goto done;
     if (in.at != in.end) { /* trailing bytes: not one data item */
         result = BAIL;
@@ -566,6 +765,12 @@ static PyMethodDef methods[] = {
      "json_line(body, record_id) -> bytes | None\n\n"
      "The JSON line (newline included) the Python path writes for a stored record's CBOR map with its id "
      "first, or None where the record is not one this writes (the caller then takes the Python path)."},
+    {"parquet_capture", parquet_capture, METH_O,
+     "parquet_capture(body) -> (rest, capture, raw_request, raw_response) | None\n\n"
+     "A stored record's CBOR map split for the Parquet columns: the other fields' pairs as a CBOR map, the "
+     "capture as its column's JSON (None when there is none, or it is null: then it is in rest), the "
+     "request's and the response's raw bodies (None when not bytes); None for any record json_line leaves "
+     "to Python."},
     {NULL, NULL, 0, NULL},
 };
 

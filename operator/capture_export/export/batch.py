@@ -18,10 +18,12 @@ and so its workers, small and quick to start: it imports this module and ``__mai
 
 Each record is decoded at most once. The default path never decodes a sealed row: ids are spliced into
 the stored CBOR (``id_head``); nor does JSON Lines without a filter or rewrite where the optional native
-extension is built (``_json_lines``: _cbor_json.c writes the row's JSON line straight from its CBOR). A
-filter on a CBOR format reads only the fields it needs (``peek_fields``). Anything else decodes each row
-once (a foreign row's check is that decode), then filters, rewrites (privacy mode, redactions) and encodes
-record by record, so a batch of 10,000 records never holds 10,000 decoded records at once.
+extension is built (``_json_lines``: _cbor_json.c writes the row's JSON line straight from its CBOR), and
+Parquet without them decodes only a sealed row's small fields (``_parquet_records``: _cbor_json.c writes
+its capture column's JSON and takes out its raw bodies). A filter on a CBOR format reads only the fields it
+needs (``peek_fields``). Anything else decodes each row once (a foreign row's check is that decode), then
+filters, rewrites (privacy mode, redactions) and encodes record by record, so a batch of 10,000 records
+never holds 10,000 decoded records at once.
 """
 
 from __future__ import annotations
@@ -44,14 +46,20 @@ from ..store.credentials import CredentialPolicy
 from ..store.records import CorruptRecord, id_head, with_id
 from ..store.seal import SEAL_SIZE, RecordSeal
 from .budget import release_freed_memory, serve_batches
-from .formats import FORMATS, FormatUnavailable, JsonLinesEncoder, encoder_for
+from .formats import FORMATS, EncodedCapture, FormatUnavailable, JsonLinesEncoder, ParquetEncoder, encoder_for
 from .transform import RecordTransform, peek_fields
 
+# _cbor_json.parquet_capture's split of a stored record: the other fields as a CBOR map, the capture's JSON
+# (None: no capture, or a null one, left in that map), the raw request and response bodies.
+ParquetSplit = tuple[bytes, bytes | None, bytes | None, bytes | None]
+
 _native_json_line: Callable[[bytes | memoryview, int], bytes | None] | None
+_native_parquet_capture: Callable[[bytes | memoryview], ParquetSplit | None] | None
 try:
     from ._cbor_json import json_line as _native_json_line
+    from ._cbor_json import parquet_capture as _native_parquet_capture
 except ImportError:  # built only where a C compiler was (hatch_build.py); the Python path writes the same bytes
-    _native_json_line = None
+    _native_json_line = _native_parquet_capture = None
 
 __all__ = [
     "BatchFailure",
@@ -265,6 +273,25 @@ def _json_lines(checked: Sequence[CheckedRow], encoder: JsonLinesEncoder,
     return lines
 
 
+def _parquet_records(checked: Sequence[CheckedRow],
+                     native: Callable[[bytes | memoryview], ParquetSplit | None]) -> Iterator[dict[str, Any]]:
+    """Each checked row's record for the Parquet encoder, ``id`` set in it, as ``_decoded`` gives them; but
+    where the native path splits a row (_cbor_json.c), only its small fields are decoded and its capture
+    comes already as its columns' values (an EncodedCapture: the Python path's very JSON and raw bodies).
+    A row the check decoded, or one the native path leaves, is decoded the Python way."""
+    for item in checked:
+        split = native(item.body) if item.record is None else None
+        if split is None:
+            record = item.record if item.record is not None else cbor2.loads(item.body)
+        else:
+            rest, capture, raw_request, raw_response = split
+            record = cbor2.loads(rest)
+            if capture is not None:
+                record["capture"] = EncodedCapture(capture, raw_request, raw_response)
+        record["id"] = item.row.id
+        yield record
+
+
 def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBatch:
     """The batch's payload. Raises BatchFailure: the first row fails the check (onCorruptRecord Hold), the
     format is missing here, or an encoder cannot represent a record."""
@@ -302,6 +329,9 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
         elif transform.identity and isinstance(encoder, JsonLinesEncoder) and _native_json_line is not None:
             exported = len(checked)
             payload = encoder.encode_lines(_json_lines(checked, encoder, _native_json_line)) if checked else None
+        elif transform.identity and isinstance(encoder, ParquetEncoder) and _native_parquet_capture is not None:
+            exported = len(checked)
+            payload = encoder.encode_records(_parquet_records(checked, _native_parquet_capture)) if checked else None
         else:
             records = _decoded(checked, getattr(encoder, "decode_record", cbor2.loads),
                                id_first=getattr(encoder, "id_first", True))

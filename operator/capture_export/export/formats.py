@@ -58,7 +58,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from itertools import accumulate, chain
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import cbor2
 import orjson
@@ -77,6 +77,7 @@ __all__ = [
     "BatchEncoder",
     "CborZstdEncoder",
     "EmptyObject",
+    "EncodedCapture",
     "FormatInfo",
     "FormatUnavailable",
     "JsonLinesEncoder",
@@ -564,6 +565,16 @@ PARQUET_CHUNK = 1000
 PARQUET_SLICE = 100
 
 
+class EncodedCapture(NamedTuple):
+    """A record's capture already as its columns' values: what the native path (export/batch.py,
+    _cbor_json.c's ``parquet_capture``) puts in a record's ``capture`` in place of the decoded capture, so
+    that the encoder takes them as they are (``_captures``) rather than decoding and writing the capture."""
+
+    json: bytes  # the capture column: its JSON without the raw bodies
+    raw_request: bytes | None
+    raw_response: bytes | None
+
+
 class _Extras:
     """Per record, the values the typed columns cannot hold (the ``extra`` column), made on demand."""
 
@@ -736,7 +747,7 @@ def _typed_fields(record: Mapping[str, Any]) -> tuple[Any, ...]:
 
 def _captures(values: Sequence[Any]) -> tuple[list[bytes | None], list[bytes | None], list[bytes | None]]:
     """The capture column (JSON of each capture without its raw bodies) and the raw body columns. A capture
-    without raw bodies (most) is written as it is, not copied first."""
+    without raw bodies (most) is written as it is, not copied first; an EncodedCapture is taken as it is."""
     captures: list[bytes | None] = []
     raw_requests: list[bytes | None] = []
     raw_responses: list[bytes | None] = []
@@ -745,6 +756,11 @@ def _captures(values: Sequence[Any]) -> tuple[list[bytes | None], list[bytes | N
             captures.append(None)
             raw_requests.append(None)
             raw_responses.append(None)
+            continue
+        if type(capture) is EncodedCapture:
+            captures.append(capture.json)
+            raw_requests.append(capture.raw_request)
+            raw_responses.append(capture.raw_response)
             continue
         if type(capture) is dict and not (_may_hold_raw(capture.get("request"))
                                           or _may_hold_raw(capture.get("response"))):
