@@ -1,16 +1,27 @@
 /*
- * capture_export.export._cbor_json: a stored record's CBOR written straight as its JSON line.
+ * capture_export.export._cbor_json: a stored record's CBOR written straight as its JSON line, or split for
+ * the Parquet columns.
  *
  *     json_line(body, record_id) -> bytes | None
+ *     parquet_capture(body) -> (rest, capture, raw_request, raw_response) | None
  *
- * The optional fast path of the JSON Lines encoder (export/batch.py). Its contract is the Python path's
- * bytes, exactly: what ``json_bytes({"id": record_id, **JsonLinesEncoder.decode_record(body)}) + b"\n"``
- * writes (export/formats.py: cbor2 decodes, orjson encodes, bytes become {"$base64": ...}, a canonical
- * tag-0 date/time stays its text). It handles the subset our own writer produces and returns None for
- * everything else, so that the caller takes the Python path for that row: other tags, undefined and simple
- * values, indefinite lengths, keys that are not text, a top-level "id", nesting deeper than MAX_DEPTH,
- * integers outside orjson's 64-bit range, invalid UTF-8, truncated or trailing bytes. It never reads past
- * the body, whatever the body holds: every length is checked against the bytes left before it is used.
+ * The optional fast paths of the JSON Lines and Parquet encoders (export/batch.py). json_line's contract is
+ * the Python path's bytes, exactly: what ``json_bytes({"id": record_id, **JsonLinesEncoder.decode_record(body)})
+ * + b"\n"`` writes (export/formats.py: cbor2 decodes, orjson encodes, bytes become {"$base64": ...}, a
+ * canonical tag-0 date/time stays its text). It handles the subset our own writer produces and returns None
+ * for everything else, so that the caller takes the Python path for that row: other tags, undefined and
+ * simple values, indefinite lengths, keys that are not text, a top-level "id", nesting deeper than
+ * MAX_DEPTH, integers outside orjson's 64-bit range, invalid UTF-8, truncated or trailing bytes. It never
+ * reads past the body, whatever the body holds: every length is checked against the bytes left before it is
+ * used.
+ *
+ * parquet_capture takes exactly the records json_line takes. Its contract is the Python Parquet path's
+ * column values: ``rest`` is a CBOR map of the record's other fields, their pairs as stored (what cbor2
+ * decodes of it is what it decodes of them in the whole record), ``capture`` the capture column's JSON
+ * (formats._captures: the capture without the request's and response's raw bodies, written by json_line's
+ * writer; None where the record has no capture, or a null one, which is then in ``rest``), and the raw
+ * bodies the raw body columns' bytes. It decodes nothing into Python objects; the capture is most of a
+ * record.
  *
  * Plain CPython C API, no other library; orjson (already imported by the caller) formats the floats, so
  * that they come out exactly as orjson writes them (a record holds a handful).
@@ -775,7 +786,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "_cbor_json", "A stored record's CBOR straight to its JSON line (see json_line).",
+    PyModuleDef_HEAD_INIT, "_cbor_json",
+    "A stored record's CBOR straight to its JSON line or its Parquet columns (see json_line, parquet_capture).",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
