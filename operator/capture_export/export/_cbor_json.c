@@ -12,6 +12,9 @@
  * integers outside orjson's 64-bit range, invalid UTF-8, truncated or trailing bytes. It never reads past
  * the body, whatever the body holds: every length is checked against the bytes left before it is used.
  *
+ * privacy_prefilter (its own section below) is privacy mode's: a stored record without what privacy mode
+ * certainly drops, the rest of its bytes as they are.
+ *
  * Plain CPython C API, no other library; orjson (already imported by the caller) formats the floats, so
  * that they come out exactly as orjson writes them (a record holds a handful).
  */
@@ -502,6 +505,322 @@ static int put_item(In *in, Out *out, int depth) {
     }
 }
 
+/* == privacy_prefilter: what privacy mode certainly drops, dropped before Python decodes ================ */
+
+/*
+ *     privacy_prefilter(body) -> bytes | None
+ *
+ * Privacy mode (export/transform.py, privacy_scrub) decodes a record in full and then drops most of it:
+ * prompts, completions, tool payloads and raw bodies, which are most of its bytes. This returns the stored
+ * CBOR map without what privacy_scrub drops whatever it holds, every other item's bytes copied as they are
+ * (nothing decoded or encoded again), so that Python decodes the small rest and scrubs it as always:
+ * privacy_scrub(loads(result)) == privacy_scrub(loads(body)) for the decoding privacy mode uses. Map heads
+ * whose keys were dropped are written again with the new count, in the width of the old head.
+ *
+ * Only text keys are ever dropped, by name, every occurrence alike (cbor2 keeps a repeated key's last
+ * value, which is then scrubbed either way); a key of any other type and its value stay, for Python to
+ * judge (a tag 55799 text key decodes equal to the text). What a dropped item holds is checked to decode in
+ * cbor2 without an error (UTF-8 text, no tags, no simple values but false/true/null/undefined), so that a
+ * record Python refuses is still refused; an item kept is only stepped over. None (the caller decodes the
+ * stored body) for anything else: a body that is not one definite-length map, truncated or trailing bytes,
+ * indefinite lengths, nesting deeper than MAX_DEPTH, and the tags whose meaning depends on other items
+ * (25 and 256: string references; 28 and 29: shared values), whose indices dropping items would change.
+ */
+
+/* What happens to a map's value, by its key (a text key; any other key keeps its value). */
+typedef enum { KEEP, DROP, FILTER_MAP, FILTER_EACH } Action;
+
+typedef struct Rule Rule;
+
+typedef struct {
+    const char *name;
+    size_t len;
+    Action action;
+    const Rule *inner; /* FILTER_MAP: the value's rule, if a map; FILTER_EACH: each map item's, if a list */
+} Field;
+
+struct Rule {
+    const Field *fields;
+    size_t count;
+    Action others; /* for a text key not in ``fields``: KEEP or DROP */
+};
+
+#define FIELD(name, action, inner) {name, sizeof name - 1, action, inner}
+#define KEPT(name) FIELD(name, KEEP, NULL)
+#define RULE_FIELDS(array) array, sizeof array / sizeof array[0]
+
+/* Each mirrors transform.py: TOOL_USE_KEYS_KEPT, CHOICE_KEYS_KEPT, BODY_KEYS_KEPT, _scrub_exchange,
+ * privacy_scrub. Keeping more than Python keeps is safe (Python drops it); keeping less is not, which
+ * tests/unit/test_native_privacy.py checks key by key. */
+static const Field tool_call_fields[] = {KEPT("id"), KEPT("name"), KEPT("type")};
+static const Rule tool_call_rule = {RULE_FIELDS(tool_call_fields), DROP};
+
+static const Field choice_fields[] = {KEPT("index"), KEPT("finish_reason")};
+static const Rule choice_rule = {RULE_FIELDS(choice_fields), DROP};
+
+static const Field candidate_fields[] = {KEPT("index"), KEPT("finishReason")};
+static const Rule candidate_rule = {RULE_FIELDS(candidate_fields), DROP};
+
+static const Field body_fields[] = {
+    FIELD("choices", FILTER_EACH, &choice_rule), FIELD("candidates", FILTER_EACH, &candidate_rule),
+    /* request settings */
+    KEPT("model"), KEPT("max_tokens"), KEPT("max_completion_tokens"), KEPT("max_output_tokens"),
+    KEPT("temperature"), KEPT("top_p"), KEPT("top_k"), KEPT("n"), KEPT("seed"), KEPT("stream"),
+    KEPT("stream_options"), KEPT("reasoning"), KEPT("reasoning_effort"), KEPT("thinking"), KEPT("store"),
+    KEPT("service_tier"), KEPT("parallel_tool_calls"), KEPT("tool_choice"), KEPT("generationConfig"),
+    KEPT("metadata"), KEPT("user"), KEPT("frequency_penalty"), KEPT("presence_penalty"), KEPT("logprobs"),
+    KEPT("top_logprobs"), KEPT("truncation"), KEPT("modalities"),
+    /* response description */
+    KEPT("id"), KEPT("object"), KEPT("type"), KEPT("role"), KEPT("created"), KEPT("created_at"), KEPT("status"),
+    KEPT("stop_reason"), KEPT("stop_sequence"), KEPT("finish_reason"), KEPT("system_fingerprint"), KEPT("usage"),
+    KEPT("usageMetadata"), KEPT("modelVersion"), KEPT("responseId"), KEPT("request_id"),
+    KEPT("incomplete_details"), KEPT("error"),
+};
+static const Rule body_rule = {RULE_FIELDS(body_fields), DROP};
+
+/* A request or response: only raw_body is certainly dropped; the other keys' fate depends on their values. */
+static const Field exchange_fields[] = {FIELD("body", FILTER_MAP, &body_rule), FIELD("raw_body", DROP, NULL)};
+static const Rule exchange_rule = {RULE_FIELDS(exchange_fields), KEEP};
+
+static const Field capture_fields[] = {
+    FIELD("request", FILTER_MAP, &exchange_rule), FIELD("response", FILTER_MAP, &exchange_rule),
+    FIELD("tool_use", FILTER_EACH, &tool_call_rule), KEPT("headers"),
+};
+static const Rule capture_rule = {RULE_FIELDS(capture_fields), DROP};
+
+static const Field record_fields[] = {FIELD("capture", FILTER_MAP, &capture_rule)};
+static const Rule record_rule = {RULE_FIELDS(record_fields), KEEP};
+
+static const Field *field_named(const Rule *rule, const uint8_t *text, size_t len) {
+    for (size_t i = 0; i < rule->count; i++)
+        if (rule->fields[i].len == len && memcmp(rule->fields[i].name, text, len) == 0)
+            return &rule->fields[i];
+    return NULL;
+}
+
+/* Whether ``len`` bytes are UTF-8 as Python's strict decoder takes it; ASCII eight bytes at a time. */
+static int valid_utf8(const uint8_t *s, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        if (len - i >= 8) {
+            uint64_t x;
+            memcpy(&x, s + i, 8);
+            if (!(x & 0x8080808080808080u)) {
+                i += 8;
+                continue;
+            }
+        }
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n = utf8_sequence(s + i, len - i);
+        if (!n)
+            return 0;
+        i += n;
+    }
+    return 1;
+}
+
+/* Tags cbor2 resolves against other items of the record: string references and shared values. */
+static int stateful_tag(uint64_t tag) {
+    return tag == 25 || tag == 256 || tag == 28 || tag == 29;
+}
+
+/* Step over one data item. ``strict``: the item is to be dropped, so it must be one cbor2 decodes without
+ * an error (see above); otherwise only its extent matters, Python decodes it. ``depth``: the maps, arrays
+ * and tags it is inside. */
+static int skip_item(In *in, int depth, int strict) {
+    int major, info, result;
+    uint64_t arg;
+    if (depth >= MAX_DEPTH)
+        return BAIL;
+    if ((result = head(in, &major, &info, &arg)) != OK)
+        return result;
+    size_t left = (size_t)(in->end - in->at);
+    switch (major) {
+    case 0:
+    case 1:
+        return OK;
+    case 2:
+    case 3:
+        if (arg > left || (major == 3 && strict && !valid_utf8(in->at, (size_t)arg)))
+            return BAIL;
+        in->at += arg;
+        return OK;
+    case 4:
+    case 5: {
+        /* each item takes a byte at least: a longer count is truncated input */
+        if (arg > left || (major == 5 && arg > left / 2))
+            return BAIL;
+        uint64_t items = major == 5 ? arg * 2 : arg;
+        for (uint64_t i = 0; i < items; i++)
+            if ((result = skip_item(in, depth + 1, strict)) != OK)
+                return result;
+        return OK;
+    }
+    case 6:
+        if (strict || stateful_tag(arg))
+            return BAIL;
+        return skip_item(in, depth + 1, strict);
+    default: /* 7: false, true, null, undefined and the floats decode without an error; others may not */
+        return !strict || (info >= 20 && info <= 23) || (info >= 25 && info <= 27) ? OK : BAIL;
+    }
+}
+
+/* Copy one data item as it is. */
+static int copy_item(In *in, Out *out, int depth) {
+    const uint8_t *start = in->at;
+    int result = skip_item(in, depth, 0);
+    if (result != OK)
+        return result;
+    return put(out, (const char *)start, (size_t)(in->at - start));
+}
+
+/* Write a map head for ``count`` pairs over the ``width`` bytes of the old one (1, 2, 3, 5 or 9; ``count``
+ * is no larger than the old count, so it fits). cbor2 reads a head wider than needed as any other. */
+static void rewrite_map_head(uint8_t *at, size_t width, uint64_t count) {
+    if (width == 1) {
+        at[0] = (uint8_t)(0xA0 | count);
+        return;
+    }
+    at[0] = (uint8_t)(0xA0 | (24 + (width == 2 ? 0 : width == 3 ? 1 : width == 5 ? 2 : 3)));
+    for (size_t i = width - 1; i >= 1; i--, count >>= 8)
+        at[i] = (uint8_t)(count & 0xFF);
+}
+
+static int filter_value(In *in, Out *out, const Field *field, int depth);
+
+/* The text of the key at ``in`` (``in`` not moved): ``*text`` NULL when the key is not a text string. */
+static int peek_text_key(const In *in, const uint8_t **text, size_t *len) {
+    In probe = *in;
+    int major, info, result;
+    uint64_t arg;
+    *text = NULL;
+    if ((result = head(&probe, &major, &info, &arg)) != OK || major != 3)
+        return result;
+    if (arg > (uint64_t)(probe.end - probe.at))
+        return BAIL;
+    *text = probe.at;
+    *len = (size_t)arg;
+    return OK;
+}
+
+/* A map's ``n`` pairs (after its head, already copied to the output at ``head_at``, ``width`` bytes), each
+ * kept, dropped or filtered as ``rule`` says; ``depth``: the containers the pairs are inside. */
+static int filter_pairs(In *in, Out *out, uint64_t n, size_t head_at, size_t width, const Rule *rule, int depth) {
+    if (n > (uint64_t)(in->end - in->at) / 2) /* each pair takes two bytes at least */
+        return BAIL;
+    uint64_t kept = 0;
+    int result;
+    for (uint64_t i = 0; i < n; i++) {
+        const uint8_t *text;
+        size_t len = 0;
+        if ((result = peek_text_key(in, &text, &len)) != OK)
+            return result;
+        const Field *field = text != NULL ? field_named(rule, text, len) : NULL;
+        Action action = field != NULL ? field->action : text != NULL ? rule->others : KEEP;
+        if (action == DROP) {
+            if ((result = skip_item(in, depth, 1)) != OK || (result = skip_item(in, depth, 1)) != OK)
+                return result;
+            continue;
+        }
+        if ((result = copy_item(in, out, depth)) != OK)
+            return result;
+        result = action == KEEP ? copy_item(in, out, depth) : filter_value(in, out, field, depth);
+        if (result != OK)
+            return result;
+        kept++;
+    }
+    if (kept != n)
+        rewrite_map_head((uint8_t *)out->data + head_at, width, kept);
+    return OK;
+}
+
+/* A map filtered by ``rule``; anything else (Python drops what is not a map where a map belongs) as it is. */
+static int filter_map(In *in, Out *out, const Rule *rule, int depth) {
+    const uint8_t *start = in->at;
+    int major, info, result;
+    uint64_t count;
+    if (depth >= MAX_DEPTH)
+        return BAIL;
+    if ((result = head(in, &major, &info, &count)) != OK)
+        return result;
+    if (major != 5) {
+        in->at = start;
+        return copy_item(in, out, depth);
+    }
+    size_t width = (size_t)(in->at - start), head_at = out->len;
+    if ((result = put(out, (const char *)start, width)) != OK)
+        return result;
+    return filter_pairs(in, out, count, head_at, width, rule, depth + 1);
+}
+
+/* A list whose map items are filtered by ``rule`` (other items, and a value that is no list, as they are). */
+static int filter_each(In *in, Out *out, const Rule *rule, int depth) {
+    const uint8_t *start = in->at;
+    int major, info, result;
+    uint64_t count;
+    if (depth >= MAX_DEPTH)
+        return BAIL;
+    if ((result = head(in, &major, &info, &count)) != OK)
+        return result;
+    if (major != 4) {
+        in->at = start;
+        return copy_item(in, out, depth);
+    }
+    if (count > (uint64_t)(in->end - in->at))
+        return BAIL;
+    if ((result = put(out, (const char *)start, (size_t)(in->at - start))) != OK)
+        return result;
+    for (uint64_t i = 0; i < count; i++)
+        if ((result = filter_map(in, out, rule, depth + 1)) != OK)
+            return result;
+    return OK;
+}
+
+static int filter_value(In *in, Out *out, const Field *field, int depth) {
+    return field->action == FILTER_MAP ? filter_map(in, out, field->inner, depth)
+                                       : filter_each(in, out, field->inner, depth);
+}
+
+static PyObject *privacy_prefilter(PyObject *module, PyObject *body_arg) {
+    (void)module;
+    Py_buffer body;
+    if (PyObject_GetBuffer(body_arg, &body, PyBUF_SIMPLE) != 0)
+        return NULL;
+    In in = {body.buf, (const uint8_t *)body.buf + body.len};
+    Out out = {NULL, 0, 0};
+    PyObject *smaller = NULL;
+    int major, info, result;
+    uint64_t count;
+    /* the result is never longer than the body: one allocation */
+    if ((result = grow(&out, (size_t)body.len + 1)) != OK)
+        goto done;
+    if ((result = head(&in, &major, &info, &count)) != OK || major != 5) {
+        result = result == ERR ? ERR : BAIL;
+        goto done;
+    }
+    in.at = body.buf;
+    if ((result = filter_map(&in, &out, &record_rule, 0)) != OK)
+        goto done;
+    if (in.at != in.end) { /* trailing bytes: not one data item */
+        result = BAIL;
+        goto done;
+    }
+    smaller = PyBytes_FromStringAndSize(out.data, (Py_ssize_t)out.len);
+    if (smaller == NULL)
+        result = ERR;
+done:
+    PyMem_Free(out.data);
+    PyBuffer_Release(&body);
+    if (result == ERR)
+        return NULL;
+    if (result == BAIL)
+        Py_RETURN_NONE;
+    return smaller;
+}
+
 /* -- the module --------------------------------------------------------------------------------------- */
 
 static PyObject *json_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -566,6 +885,10 @@ static PyMethodDef methods[] = {
      "json_line(body, record_id) -> bytes | None\n\n"
      "The JSON line (newline included) the Python path writes for a stored record's CBOR map with its id "
      "first, or None where the record is not one this writes (the caller then takes the Python path)."},
+    {"privacy_prefilter", (PyCFunction)privacy_prefilter, METH_O,
+     "privacy_prefilter(body) -> bytes | None\n\n"
+     "A stored record's CBOR map without what privacy mode certainly drops (the other items' bytes as they "
+     "are), or None where the body is not one this filters (the caller then decodes the body itself)."},
     {NULL, NULL, 0, NULL},
 };
 

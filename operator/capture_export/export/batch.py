@@ -52,6 +52,11 @@ try:
     from ._cbor_json import json_line as _native_json_line
 except ImportError:  # built only where a C compiler was (hatch_build.py); the Python path writes the same bytes
     _native_json_line = None
+_native_privacy_prefilter: Callable[[bytes | memoryview], bytes | None] | None
+try:
+    from ._cbor_json import privacy_prefilter as _native_privacy_prefilter
+except ImportError:  # as above: privacy mode then decodes each stored record in full, with the same result
+    _native_privacy_prefilter = None
 
 __all__ = [
     "BatchFailure",
@@ -247,6 +252,20 @@ def _decoded(checked: Sequence[CheckedRow], loads: Callable[[Any], Any] = cbor2.
             yield body
 
 
+def _prefiltered(loads: Callable[[Any], Any], prefilter: Callable[[bytes | memoryview], bytes | None],
+                 ) -> Callable[[Any], Any]:
+    """``loads`` of what privacy mode keeps of a stored body: the native prefilter (_cbor_json.c) drops what
+    ``privacy_scrub`` would drop anyway (prompts, completions, tool payloads, raw bodies) and leaves the other
+    bytes as they are, so the scrub of the smaller record is the scrub of the whole one; a body it leaves
+    (None) is decoded whole. ``_decoded`` calls it only for rows that went out as stored, after their check."""
+
+    def load(body: bytes | memoryview) -> Any:
+        smaller = prefilter(body)
+        return loads(body if smaller is None else smaller)
+
+    return load
+
+
 def _json_lines(checked: Sequence[CheckedRow], encoder: JsonLinesEncoder,
                 native: Callable[[bytes | memoryview, int], bytes | None]) -> list[bytes]:
     """Each checked row's JSON line, written straight from its stored CBOR by the native path
@@ -303,8 +322,10 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
             exported = len(checked)
             payload = encoder.encode_lines(_json_lines(checked, encoder, _native_json_line)) if checked else None
         else:
-            records = _decoded(checked, getattr(encoder, "decode_record", cbor2.loads),
-                               id_first=getattr(encoder, "id_first", True))
+            loads = getattr(encoder, "decode_record", cbor2.loads)
+            if transform.privacy and _native_privacy_prefilter is not None:
+                loads = _prefiltered(loads, _native_privacy_prefilter)
+            records = _decoded(checked, loads, id_first=getattr(encoder, "id_first", True))
 
             def kept() -> Iterator[dict[str, Any]]:
                 nonlocal exported
