@@ -1,8 +1,15 @@
-"""Privacy mode's native prefilter (``privacy_prefilter`` in capture_export/export/_cbor_json.c): a stored
-record's CBOR without what ``privacy_scrub`` certainly drops, the other items' bytes as they are. Its contract:
-for every body it returns None (the caller decodes the body whole) or a body whose scrub is the scrub of the
-whole one, under each decoding privacy mode uses (cbor2's, the CBOR format's, JSON Lines'), errors included:
-a record Python refuses is still refused. An exported privacy-mode batch is the same bytes with or without it.
+"""Privacy mode's native paths (capture_export/export/_cbor_json.c).
+
+``privacy_prefilter``: a stored record's CBOR without what ``privacy_scrub`` certainly drops, the other items'
+bytes as they are. For every body it returns None (the caller decodes the body whole) or a body whose scrub
+is the scrub of the whole one, under each decoding privacy mode uses (cbor2's, the CBOR format's, JSON
+Lines'), errors included: a record Python refuses is still refused.
+
+``privacy_scrubbed``: the whole scrub, for records as our writer stores them. For every body it returns None
+or the bytes cbor2 writes for the scrubbed record, so that the record spliced with its id is the CBOR
+format's bytes, and ``json_line`` of it (where it writes one) the JSON Lines format's.
+
+An exported privacy-mode batch is the same bytes with or without them.
 
 Where no C compiler built the extension these tests skip, but under CI (``CI`` set) they fail: CI builds it.
 """
@@ -27,7 +34,7 @@ from capture_export.export.formats import CborZstdEncoder, JsonLinesEncoder
 from capture_export.export.transform import BODY_KEYS_KEPT, CHOICE_KEYS_KEPT, TOOL_USE_KEYS_KEPT, privacy_scrub
 from capture_export.seed import generate_records
 from capture_export.store.base import StoredRecord
-from capture_export.store.records import encode_body
+from capture_export.store.records import encode_body, with_id
 from capture_export.store.seal import RecordSeal
 from tests.support.trust import Raw, build, good_record, head, text
 
@@ -66,12 +73,27 @@ def outcome(body: bytes, loads: Callable[[Any], Any]) -> tuple[Any, ...]:
 
 
 def assert_equivalent(native: ModuleType, body: bytes) -> bytes | None:
+    """privacy_prefilter's contract on ``body`` (and privacy_scrubbed's, ``assert_scrubbed_exactly``)."""
     smaller: bytes | None = native.privacy_prefilter(body)
     if smaller is not None:
         assert len(smaller) <= len(body)
         for loads in DECODERS:
             assert outcome(smaller, loads) == outcome(body, loads), (body, smaller)
+    assert_scrubbed_exactly(native, body)
     return smaller
+
+
+def assert_scrubbed_exactly(native: ModuleType, body: bytes, record_id: int = 7) -> bytes | None:
+    scrubbed: bytes | None = native.privacy_scrubbed(body)
+    if scrubbed is not None:
+        expected = cbor2.dumps({"id": record_id, **privacy_scrub(CborZstdEncoder.decode_record(body))}, timezone=UTC)
+        assert with_id(record_id, scrubbed) == expected, body
+        line = native.json_line(scrubbed, record_id)
+        if line is not None:
+            record = {"id": record_id}
+            record.update(JsonLinesEncoder.decode_record(body))
+            assert line == JsonLinesEncoder.line(privacy_scrub(record)), body
+    return scrubbed
 
 
 def _body(record: Any) -> bytes:
@@ -90,6 +112,7 @@ def test_standard_records_shrink_to_what_privacy_mode_keeps(native: ModuleType) 
         stored, kept = stored + len(body), kept + len(smaller)
         # Nothing is left that privacy mode drops: the rest is as long as the scrubbed record's CBOR.
         assert len(smaller) == len(_body(privacy_scrub(cbor2.loads(body))))
+        assert assert_scrubbed_exactly(native, body) is not None, record  # and the whole scrub is native
     assert kept < stored / 2
 
 
@@ -248,6 +271,61 @@ def test_malformed_bodies_are_left_to_python(native: ModuleType, body: bytes) ->
     assert native.privacy_prefilter(body) is None
 
 
+WRITTEN_AS_CBOR2_WRITES = [1, -1, 2**64 - 1, -(2**64), 0.1, -0.0, 1e300, float("nan"), float("inf"), "é😀", b"\x00",
+                           True, None, [], {}, {"a": [1, {"b": 2}]}, datetime(2026, 1, 1, 0, 0, 0, 5, tzinfo=UTC),
+                           datetime(2026, 1, 1, tzinfo=UTC), cbor2.undefined]
+NOT_AS_CBOR2_WRITES = [Raw(b"\x18\x05"), Raw(b"\x79\x00\x01a"), Raw(b"\x98\x01\x01"), Raw(b"\xb8\x01\x61a\x01"),
+                       Raw(b"\xf9\x3e\x00"), Raw(b"\xfa\x3f\xc0\x00\x00"), Raw(b"\xfb\x7f\xf8" + bytes(6)),
+                       Raw(b"\xf9\x7e\x01"), Raw(b"\xc0" + text("2026-11-24T12:00:00.000000Z")),
+                       Raw(b"\xc0" + text("2026-11-24T12:00:00.5Z")), Raw(b"\xc1\x01"), Raw(b"\xc2\x41\x01"),
+                       Raw(b"\xa2\x61a\x01\x61a\x02"), Raw(b"\xa1\x01\x02"), Raw(b"\x62\xc3\x28"),
+                       Raw(b"\xf0"), {1, 2}]
+
+
+@pytest.mark.parametrize("value", WRITTEN_AS_CBOR2_WRITES + NOT_AS_CBOR2_WRITES, ids=lambda value: repr(value)[:40])
+def test_the_whole_scrub_is_only_what_cbor2_writes(native: ModuleType, value: Any) -> None:
+    """privacy_scrubbed's bytes are cbor2's: a value that cbor2 would write in other bytes leaves the record
+    to the prefilter's path, wherever it is kept."""
+    for capture in ({"request": {"body": {"model": value, "messages": "x"}}}, {"headers": {"h": value}},
+                    {"tool_use": [{"id": value, "input": "x"}]},
+                    {"response": {"body": {"choices": [{"index": value}]}}}):
+        body = _with_capture(capture)
+        scrubbed = assert_scrubbed_exactly(native, body)
+        assert (scrubbed is not None) == (value in WRITTEN_AS_CBOR2_WRITES or isinstance(value, float)), capture
+    assert assert_scrubbed_exactly(native, build({"v": value, "capture": {}})) is not None or (
+        value not in WRITTEN_AS_CBOR2_WRITES and not isinstance(value, float))
+
+
+@pytest.mark.parametrize(("capture", "whole"), [
+    ({"request": {"body": {"model": "m"}, "raw_body": b"x", "raw_content_type": "text/plain", "status": 2}}, True),
+    ({"request": {"raw_content_type": 5}}, False),  # kept by Python as a number: left to the prefilter's path
+    ({"request": {"sent_at": datetime(2026, 1, 1, 0, 0, 0, 5, tzinfo=UTC)}}, False),  # a date/time: JSON drops it
+    ({"request": {"url": "https://example.com"}}, False),  # text that Python drops: so does the prefilter's path
+    ({"request": {"body": "text"}}, False),
+    ({"request": "text"}, False),
+    ({"tool_use": [{"type": "t", "input": "x", "name": "n", "id": "i"}]}, True),  # written id, name, type
+    ({"response": {"body": {"candidates": [{"finishReason": "STOP", "content": {}, "index": 0}]}}}, True),
+    ({"response": {"body": {"choices": [{"finish_reason": "stop", "index": 1}, 5]}}}, False),
+    ({"response": {"body": {"choices": {"index": 0}}}}, False),
+    ({"tool_use": "text"}, False),
+    ({1: "int key"}, False),
+    ({"headers": {"a": 1}, "prompt": "x", "messages": [1]}, True),
+    ({f"k{i}": i for i in range(30)} | {"request": {"body": {f"k{i}": i for i in range(30)} | {"model": 1}}}, True),
+])
+def test_what_the_whole_scrub_takes(native: ModuleType, capture: Any, whole: bool) -> None:
+    body = _with_capture(capture)
+    assert (assert_scrubbed_exactly(native, body) is not None) == whole
+    assert assert_equivalent(native, body) is not None
+
+
+def test_the_whole_scrub_leaves_a_stored_id_and_an_odd_capture(native: ModuleType) -> None:
+    assert native.privacy_scrubbed(_body({"id": 1, "capture": {}})) is None
+    assert native.privacy_scrubbed(_body({"capture": None})) is None
+    assert native.privacy_scrubbed(_body({"capture": "text"})) is None
+    assert assert_scrubbed_exactly(native, _body({"model": "m"})) == _body({"model": "m"})
+    assert assert_scrubbed_exactly(native, build({"capture": Raw(b"\xb8\x01\x66prompt\x01")})) == _body({"capture": {}})
+
+
 def test_deep_nesting_is_left_to_python(native: ModuleType) -> None:
     for depth in (10, 50, 200, 100_000):
         for capture in ({"request": {"body": {"messages": Raw(b"\x81" * depth + b"\x01")}}},
@@ -358,34 +436,54 @@ RECIPES = [
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda recipe: f"{recipe.format}-{recipe.compression}")
-def test_a_privacy_batch_is_the_same_bytes_with_the_prefilter(native: ModuleType, recipe: BatchRecipe,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sealed rows are prefiltered (after their seal was checked on the stored bytes), a foreign row is not
-    (its check decodes it whole); the object is the same bytes either way."""
+def test_a_privacy_batch_is_the_same_bytes_natively(native: ModuleType, recipe: BatchRecipe,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sealed rows are scrubbed natively (privacy mode alone, into CBOR or JSON Lines) or prefiltered, after
+    their seal was checked on the stored bytes; a foreign row is not (its check decodes it whole). The object
+    is the same bytes with both native paths, with the prefilter alone, and with neither."""
     if recipe.format == "parquet":
         pytest.importorskip("pyarrow")
     rows = _rows()
-    seen: list[bytes] = []
+    calls: dict[str, list[bytes]] = {"privacy_prefilter": [], "privacy_scrubbed": []}
 
-    def counted(body: Any) -> bytes | None:
-        seen.append(bytes(body))
-        return native.privacy_prefilter(body)  # type: ignore[no-any-return]
+    def counted(name: str) -> Callable[[Any], bytes | None]:
+        def call(body: Any) -> bytes | None:
+            calls[name].append(bytes(body))
+            return getattr(native, name)(body)  # type: ignore[no-any-return]
+        return call
 
-    monkeypatch.setattr(batch, "_native_privacy_prefilter", counted)
-    filtered = encode_rows(recipe, rows)
+    monkeypatch.setattr(batch, "_native_privacy_prefilter", counted("privacy_prefilter"))
+    monkeypatch.setattr(batch, "_native_privacy_scrubbed", counted("privacy_scrubbed"))
+    natively = encode_rows(recipe, rows)
+    whole = recipe.format != "parquet" and not recipe.redact_fields and recipe.filter is None
     if not recipe.strip_headers:  # the exporter's own header names: sealed rows holding one are decoded whole
-        assert seen == [bytes(row.body) for row in rows if row.id != 5]
+        sealed = [bytes(row.body) for row in rows if row.id != 5]
+        assert calls["privacy_scrubbed" if whole else "privacy_prefilter"] == sealed
+    monkeypatch.setattr(batch, "_native_privacy_scrubbed", None)
+    prefiltered = encode_rows(recipe, rows)
+    monkeypatch.setattr(batch, "_native_json_line", None)
     monkeypatch.setattr(batch, "_native_privacy_prefilter", None)
-    whole = encode_rows(recipe, rows)
-    assert filtered.payload == whole.payload
-    assert (filtered.rows, filtered.filtered, filtered.first_id, filtered.last_id) == (
-        whole.rows, whole.filtered, whole.first_id, whole.last_id)
-    assert filtered.rows > 0
+    in_python = encode_rows(recipe, rows)
+    for ours in (natively, prefiltered):
+        assert ours.payload == in_python.payload
+        assert (ours.rows, ours.filtered, ours.first_id, ours.last_id) == (
+            in_python.rows, in_python.filtered, in_python.first_id, in_python.last_id)
+    assert natively.rows > 0
+
+
+def test_the_whole_scrub_needs_the_native_json_lines_path_for_json_lines(
+        native: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = BatchRecipe("jsonl", "zstd", privacy_mode=True, seal=SEAL)
+    expected = encode_rows(recipe, _rows()).payload
+    monkeypatch.setattr(batch, "_native_json_line", None)
+    monkeypatch.setattr(batch, "_native_privacy_scrubbed", lambda body: pytest.fail("not without json_line"))
+    assert encode_rows(recipe, _rows()).payload == expected
 
 
 def test_without_privacy_mode_nothing_is_prefiltered(native: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     called: list[Any] = []
     monkeypatch.setattr(batch, "_native_privacy_prefilter", lambda body: called.append(body))
+    monkeypatch.setattr(batch, "_native_privacy_scrubbed", lambda body: called.append(body))
     for recipe in (BatchRecipe("cbor-zstd", "zstd", seal=SEAL, redact_fields=("identity",)),
                    BatchRecipe("jsonl", "zstd", seal=SEAL)):
         encode_rows(recipe, _rows())

@@ -44,7 +44,7 @@ from ..store.credentials import CredentialPolicy
 from ..store.records import CorruptRecord, id_head, with_id
 from ..store.seal import SEAL_SIZE, RecordSeal
 from .budget import release_freed_memory, serve_batches
-from .formats import FORMATS, FormatUnavailable, JsonLinesEncoder, encoder_for
+from .formats import FORMATS, BatchEncoder, CborZstdEncoder, FormatUnavailable, JsonLinesEncoder, encoder_for
 from .transform import RecordTransform, peek_fields
 
 _native_json_line: Callable[[bytes | memoryview, int], bytes | None] | None
@@ -53,10 +53,12 @@ try:
 except ImportError:  # built only where a C compiler was (hatch_build.py); the Python path writes the same bytes
     _native_json_line = None
 _native_privacy_prefilter: Callable[[bytes | memoryview], bytes | None] | None
+_native_privacy_scrubbed: Callable[[bytes | memoryview], bytes | None] | None
 try:
     from ._cbor_json import privacy_prefilter as _native_privacy_prefilter
+    from ._cbor_json import privacy_scrubbed as _native_privacy_scrubbed
 except ImportError:  # as above: privacy mode then decodes each stored record in full, with the same result
-    _native_privacy_prefilter = None
+    _native_privacy_prefilter = _native_privacy_scrubbed = None
 
 __all__ = [
     "BatchFailure",
@@ -266,6 +268,43 @@ def _prefiltered(loads: Callable[[Any], Any], prefilter: Callable[[bytes | memor
     return load
 
 
+def _scrubs_natively(transform: RecordTransform, encoder: BatchEncoder) -> bool:
+    """Whether privacy mode's records can be written from the native scrub (``_privacy_records``): privacy
+    mode alone (a filter or redactions need the decoded record), into CBOR or JSON Lines."""
+    if not transform.privacy or transform.redactions or transform.filter is not None:
+        return False
+    if _native_privacy_scrubbed is None:
+        return False
+    return isinstance(encoder, CborZstdEncoder) or (isinstance(encoder, JsonLinesEncoder)
+                                                     and _native_json_line is not None)
+
+
+def _privacy_records(checked: Sequence[CheckedRow], encoder: CborZstdEncoder | JsonLinesEncoder,
+                     transform: RecordTransform) -> list[bytes]:
+    """Privacy mode's records (without a filter or redactions) as the encoder writes them. A row that went out
+    as stored and that the native scrub takes whole (_cbor_json.c, privacy_scrubbed: the scrubbed record in the
+    very bytes cbor2 writes for it) gets its id spliced in (CBOR) or its JSON line written straight from
+    those bytes (json_line: the Python path's bytes, or None); every other row is decoded (prefiltered where
+    it can be), scrubbed and encoded as in any other rewrite."""
+    assert _native_privacy_scrubbed is not None
+    scrubbed_of = _native_privacy_scrubbed
+    loads: Callable[[Any], Any] = encoder.decode_record
+    if _native_privacy_prefilter is not None:
+        loads = _prefiltered(loads, _native_privacy_prefilter)
+    json_line = _native_json_line if isinstance(encoder, JsonLinesEncoder) else None
+    written: list[bytes] = []
+    for item in checked:
+        scrubbed = scrubbed_of(item.body) if item.record is None and item.row.id >= 0 else None
+        out: bytes | None = None
+        if scrubbed is not None:
+            out = json_line(scrubbed, item.row.id) if json_line is not None else with_id(item.row.id, scrubbed)
+        if out is None:
+            record = transform.rewrite(next(_decoded([item], loads)))
+            out = encoder.line(record) if isinstance(encoder, JsonLinesEncoder) else cbor2.dumps(record, timezone=UTC)
+        written.append(out)
+    return written
+
+
 def _json_lines(checked: Sequence[CheckedRow], encoder: JsonLinesEncoder,
                 native: Callable[[bytes | memoryview, int], bytes | None]) -> list[bytes]:
     """Each checked row's JSON line, written straight from its stored CBOR by the native path
@@ -321,6 +360,16 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
         elif transform.identity and isinstance(encoder, JsonLinesEncoder) and _native_json_line is not None:
             exported = len(checked)
             payload = encoder.encode_lines(_json_lines(checked, encoder, _native_json_line)) if checked else None
+        elif _scrubs_natively(transform, encoder):
+            assert isinstance(encoder, CborZstdEncoder | JsonLinesEncoder)
+            exported = len(checked)
+            written = _privacy_records(checked, encoder, transform)
+            if not checked:
+                payload = None
+            elif isinstance(encoder, JsonLinesEncoder):
+                payload = encoder.encode_lines(written)
+            else:
+                payload = encoder.encode(written)
         else:
             loads = getattr(encoder, "decode_record", cbor2.loads)
             if transform.privacy and _native_privacy_prefilter is not None:
