@@ -238,39 +238,52 @@ def encode_batch(rows: Sequence[StoredRecord], seal: RecordSeal | None = None,
     return out
 
 
+def _identified(body: dict[str, Any], record_id: int, id_first: bool) -> dict[str, Any]:
+    if id_first:
+        record = {"id": record_id}
+        record.update(body)
+        return record
+    body["id"] = record_id
+    return body
+
+
 def _decoded(checked: Sequence[CheckedRow], loads: Callable[[Any], Any] = cbor2.loads, *,
              id_first: bool = True) -> Iterator[dict[str, Any]]:
     """Each checked row's record, decoded once (by ``loads``: the encoder's own decoding when it has one),
     ``id`` first; or, for an encoder that reads records by field name (``id_first`` False: Parquet), ``id``
     set in the decoded map itself instead of a copy of it (a stored map never holds ``id``)."""
     for item in checked:
-        body = item.record if item.record is not None else loads(item.body)
-        if id_first:
-            record = {"id": item.row.id}
-            record.update(body)
-            yield record
-        else:
-            body["id"] = item.row.id
-            yield body
+        yield _identified(item.record if item.record is not None else loads(item.body), item.row.id, id_first)
 
 
-def _prefiltered(loads: Callable[[Any], Any], prefilter: Callable[[bytes | memoryview], bytes | None],
-                 ) -> Callable[[Any], Any]:
-    """``loads`` of what privacy mode keeps of a stored body: the native prefilter (_cbor_json.c) drops what
-    ``privacy_scrub`` would drop anyway (prompts, completions, tool payloads, raw bodies) and leaves the other
-    bytes as they are, so the scrub of the smaller record is the scrub of the whole one; a body it leaves
-    (None) is decoded whole. ``_decoded`` calls it only for rows that went out as stored, after their check."""
+def _privacy_record(item: CheckedRow, loads: Callable[[Any], Any], id_first: bool,
+                    scrubbed: bytes | None) -> tuple[dict[str, Any], bool]:
+    """One row's record for privacy mode (as ``_decoded`` gives it) and whether it is scrubbed already. A row
+    that went out as stored (its check was done on those bytes) is decoded from ``scrubbed`` when given
+    (privacy_scrubbed's bytes: the scrubbed record, which privacy_scrub would leave as it is), else from what
+    the native prefilter leaves of it (the record without what privacy_scrub drops anyway, so its scrub is
+    the whole record's), else whole."""
+    if item.record is not None:
+        return _identified(item.record, item.row.id, id_first), False
+    if scrubbed is not None:
+        return _identified(loads(scrubbed), item.row.id, id_first), True
+    smaller = _native_privacy_prefilter(item.body) if _native_privacy_prefilter is not None else None
+    return _identified(loads(item.body if smaller is None else smaller), item.row.id, id_first), False
 
-    def load(body: bytes | memoryview) -> Any:
-        smaller = prefilter(body)
-        return loads(body if smaller is None else smaller)
 
-    return load
+def _privacy_decoded(checked: Sequence[CheckedRow], loads: Callable[[Any], Any], *,
+                     id_first: bool = True) -> Iterator[tuple[dict[str, Any], bool]]:
+    """``_privacy_record`` of each checked row, through the native scrub (_cbor_json.c) where it is built."""
+    scrubbed_of = _native_privacy_scrubbed
+    for item in checked:
+        scrubbed = scrubbed_of(item.body) if scrubbed_of is not None and item.record is None else None
+        yield _privacy_record(item, loads, id_first, scrubbed)
 
 
 def _scrubs_natively(transform: RecordTransform, encoder: BatchEncoder) -> bool:
-    """Whether privacy mode's records can be written from the native scrub (``_privacy_records``): privacy
-    mode alone (a filter or redactions need the decoded record), into CBOR or JSON Lines."""
+    """Whether privacy mode's records can be written straight from the native scrub's bytes
+    (``_privacy_records``): privacy mode alone (a filter or redactions need the decoded record), into CBOR or
+    JSON Lines (Parquet needs the decoded record)."""
     if not transform.privacy or transform.redactions or transform.filter is not None:
         return False
     if _native_privacy_scrubbed is None:
@@ -284,13 +297,10 @@ def _privacy_records(checked: Sequence[CheckedRow], encoder: CborZstdEncoder | J
     """Privacy mode's records (without a filter or redactions) as the encoder writes them. A row that went out
     as stored and that the native scrub takes whole (_cbor_json.c, privacy_scrubbed: the scrubbed record in the
     very bytes cbor2 writes for it) gets its id spliced in (CBOR) or its JSON line written straight from
-    those bytes (json_line: the Python path's bytes, or None); every other row is decoded (prefiltered where
-    it can be), scrubbed and encoded as in any other rewrite."""
+    those bytes (json_line: the Python path's bytes, or None), decoding nothing; every other row is decoded
+    (``_privacy_record``), scrubbed and encoded as in any other rewrite."""
     assert _native_privacy_scrubbed is not None
     scrubbed_of = _native_privacy_scrubbed
-    loads: Callable[[Any], Any] = encoder.decode_record
-    if _native_privacy_prefilter is not None:
-        loads = _prefiltered(loads, _native_privacy_prefilter)
     json_line = _native_json_line if isinstance(encoder, JsonLinesEncoder) else None
     written: list[bytes] = []
     for item in checked:
@@ -299,7 +309,8 @@ def _privacy_records(checked: Sequence[CheckedRow], encoder: CborZstdEncoder | J
         if scrubbed is not None:
             out = json_line(scrubbed, item.row.id) if json_line is not None else with_id(item.row.id, scrubbed)
         if out is None:
-            record = transform.rewrite(next(_decoded([item], loads)))
+            record, done = _privacy_record(item, encoder.decode_record, True, scrubbed)
+            record = transform.rewrite(record, scrubbed=done)
             out = encoder.line(record) if isinstance(encoder, JsonLinesEncoder) else cbor2.dumps(record, timezone=UTC)
         written.append(out)
     return written
@@ -372,19 +383,20 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
                 payload = encoder.encode(written)
         else:
             loads = getattr(encoder, "decode_record", cbor2.loads)
-            if transform.privacy and _native_privacy_prefilter is not None:
-                loads = _prefiltered(loads, _native_privacy_prefilter)
-            records = _decoded(checked, loads, id_first=getattr(encoder, "id_first", True))
+            id_first = getattr(encoder, "id_first", True)
+            marked = (_privacy_decoded(checked, loads, id_first=id_first) if transform.privacy
+                      else ((record, False) for record in _decoded(checked, loads, id_first=id_first)))
 
             def kept() -> Iterator[dict[str, Any]]:
                 nonlocal exported
-                for record in records:
+                for record, scrubbed in marked:
                     if transform.accepts(record):
                         exported += 1
-                        yield transform.rewrite(record)
+                        yield transform.rewrite(record, scrubbed=scrubbed)
 
+            chosen: Iterator[dict[str, Any]]
             if transform.identity:  # every record as decoded: no call per record to filter or rewrite it
-                exported, chosen = len(checked), records
+                exported, chosen = len(checked), _decoded(checked, loads, id_first=id_first)
             else:
                 chosen = kept()
             if encoder.decoded:
