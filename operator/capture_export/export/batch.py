@@ -18,10 +18,13 @@ and so its workers, small and quick to start: it imports this module and ``__mai
 
 Each record is decoded at most once. The default path never decodes a sealed row: ids are spliced into
 the stored CBOR (``id_head``); nor does JSON Lines without a filter or rewrite where the optional native
-extension is built (``_json_lines``: _cbor_json.c writes the row's JSON line straight from its CBOR). A
-filter on a CBOR format reads only the fields it needs (``peek_fields``). Anything else decodes each row
-once (a foreign row's check is that decode), then filters, rewrites (privacy mode, redactions) and encodes
-record by record, so a batch of 10,000 records never holds 10,000 decoded records at once.
+extension is built (``_json_lines``: _cbor_json.c writes the row's JSON line straight from its CBOR), nor
+privacy mode alone into CBOR or JSON Lines (``_privacy_records``: _cbor_json.c scrubs the row into the bytes
+cbor2 writes for the scrubbed record). A filter on a CBOR format reads only the fields it needs
+(``peek_fields``). Anything else decodes each row once (a foreign row's check is that decode; privacy mode
+decodes a sealed row's natively scrubbed or prefiltered bytes where it can: ``_privacy_record``), then
+filters, rewrites (privacy mode, redactions) and encodes record by record, so a batch of 10,000 records
+never holds 10,000 decoded records at once.
 """
 
 from __future__ import annotations
