@@ -1,4 +1,5 @@
-"""CPU per record of the decoding formats' stages (JSON Lines, Parquet), in one process, without S3 (issue 13).
+"""CPU per record of the decoding formats' stages (JSON Lines, Parquet, privacy mode), in one process, without S3
+(issue 13).
 
     .venv/bin/python benchmarks/jsonl_stages.py [--records 10000] [--limit 1000] [--repeat 3]
                                                 [--formats jsonl,jsonl.zst,jsonl.zst+privacy,parquet]
@@ -33,6 +34,8 @@ CASES = {
     "jsonl.zst": {"format": "jsonl", "compression": "zstd"},
     "jsonl.zst+privacy": {"format": "jsonl", "compression": "zstd", "privacy_mode": True},
     "parquet": {"format": "parquet", "compression": "zstd"},
+    "cbor-zstd+privacy": {"format": "cbor-zstd", "compression": "zstd", "privacy_mode": True},
+    "parquet+privacy": {"format": "parquet", "compression": "zstd", "privacy_mode": True},
 }
 
 

@@ -23,6 +23,9 @@
  * bodies the raw body columns' bytes. It decodes nothing into Python objects; the capture is most of a
  * record.
  *
+ * privacy_prefilter and privacy_scrubbed (their own section below) are privacy mode's: a stored record
+ * without what privacy mode drops, the rest of its bytes as they are.
+ *
  * Plain CPython C API, no other library; orjson (already imported by the caller) formats the floats, so
  * that they come out exactly as orjson writes them (a record holds a handful).
  */
@@ -712,6 +715,510 @@ static PyObject *parquet_capture(PyObject *module, PyObject *arg) {
     return value; /* NULL when ERR, or when building it failed: an exception is set */
 }
 
+/* == privacy mode: what privacy_scrub drops, dropped before Python decodes =============================== */
+
+/*
+ *     privacy_prefilter(body) -> bytes | None
+ *     privacy_scrubbed(body) -> bytes | None
+ *
+ * Privacy mode (export/transform.py, privacy_scrub) decodes a record in full and then drops most of it:
+ * prompts, completions, tool payloads and raw bodies, which are most of its bytes.
+ *
+ * privacy_prefilter returns the stored CBOR map without what privacy_scrub drops whatever it holds, every
+ * other item's bytes copied as they are (nothing decoded or encoded again), so that Python decodes the small
+ * rest and scrubs it as always: privacy_scrub(loads(result)) == privacy_scrub(loads(body)) for the decoding
+ * privacy mode uses. Map heads whose keys were dropped are written again with the new count, in the width
+ * of the old head. Only text keys are ever dropped, by name, every occurrence alike (cbor2 keeps a repeated
+ * key's last value, which is then scrubbed either way); a key of any other type and its value stay, for
+ * Python to judge (a tag 55799 text key decodes equal to the text). What a dropped item holds is checked to
+ * decode in cbor2 without an error (UTF-8 text, no tags, no simple values but false/true/null/undefined),
+ * so that a record Python refuses is still refused; an item kept is only stepped over. None (the caller
+ * decodes the stored body) for anything else: a body that is not one definite-length map, truncated or
+ * trailing bytes, indefinite lengths, nesting deeper than MAX_DEPTH, and the tags whose meaning depends on
+ * other items (25 and 256: string references; 28 and 29: shared values), whose indices dropping items
+ * would change.
+ *
+ * privacy_scrubbed goes the whole way where a record is as our writer stores it: the result is the
+ * scrubbed record in the very bytes cbor2 writes for it, ``cbor2.dumps(privacy_scrub(decode_record(body)))``
+ * for both formats' decode_record, so that the caller splices the id in (CBOR) or writes the JSON line
+ * straight from it (json_line), decoding nothing. It returns None wherever Python's scrub would do more
+ * than drop those keys (a non-text key, a repeated key, a request that is not a map, a value whose type
+ * decides whether it stays) or cbor2 would write any item differently
+ * (a head wider than needed, a float it writes in another width, a tag other than a date/time it writes
+ * back as stored, invalid UTF-8): the caller then takes the privacy_prefilter path. The keys of a choice and
+ * of a tool call are written in Python's order (index first).
+ */
+
+/* What happens to a map's value, by its key (a text key; any other key keeps its value). The last three
+ * keep the value in privacy_prefilter; privacy_scrubbed returns None unless the value is text (KEEP_TEXT),
+ * a number, flag or null (KEEP_SCALAR), or ever (REFUSE). */
+typedef enum { KEEP, DROP, FILTER_MAP, FILTER_EACH, KEEP_TEXT, KEEP_SCALAR, REFUSE } Action;
+
+typedef struct Rule Rule;
+
+typedef struct {
+    const char *name;
+    size_t len;
+    Action action;
+    const Rule *inner; /* FILTER_MAP: the value's rule, if a map; FILTER_EACH: each map item's, if a list */
+} Field;
+
+struct Rule {
+    const Field *fields;
+    size_t count;
+    Action others; /* for a text key not in ``fields`` */
+    int ordered;   /* Python writes the kept keys in the order of ``fields`` (at most ORDERED_MAX of them) */
+};
+
+#define FIELD(name, action, inner) {name, sizeof name - 1, action, inner}
+#define KEPT(name) FIELD(name, KEEP, NULL)
+#define RULE_FIELDS(array) array, sizeof array / sizeof array[0]
+
+/* Each mirrors transform.py: TOOL_USE_KEYS_KEPT, CHOICE_KEYS_KEPT, BODY_KEYS_KEPT, _scrub_exchange,
+ * privacy_scrub. Keeping more than Python keeps is safe in privacy_prefilter (Python drops it); keeping
+ * less is not, which tests/unit/test_native_privacy.py checks key by key. */
+static const Field tool_call_fields[] = {KEPT("id"), KEPT("name"), KEPT("type")};
+static const Rule tool_call_rule = {RULE_FIELDS(tool_call_fields), DROP, 1};
+
+static const Field choice_fields[] = {KEPT("index"), KEPT("finish_reason")};
+static const Rule choice_rule = {RULE_FIELDS(choice_fields), DROP, 1};
+
+static const Field candidate_fields[] = {KEPT("index"), KEPT("finishReason")};
+static const Rule candidate_rule = {RULE_FIELDS(candidate_fields), DROP, 1};
+
+static const Field body_fields[] = {
+    FIELD("choices", FILTER_EACH, &choice_rule), FIELD("candidates", FILTER_EACH, &candidate_rule),
+    /* request settings */
+    KEPT("model"), KEPT("max_tokens"), KEPT("max_completion_tokens"), KEPT("max_output_tokens"),
+    KEPT("temperature"), KEPT("top_p"), KEPT("top_k"), KEPT("n"), KEPT("seed"), KEPT("stream"),
+    KEPT("stream_options"), KEPT("reasoning"), KEPT("reasoning_effort"), KEPT("thinking"), KEPT("store"),
+    KEPT("service_tier"), KEPT("parallel_tool_calls"), KEPT("tool_choice"), KEPT("generationConfig"),
+    KEPT("metadata"), KEPT("user"), KEPT("frequency_penalty"), KEPT("presence_penalty"), KEPT("logprobs"),
+    KEPT("top_logprobs"), KEPT("truncation"), KEPT("modalities"),
+    /* response description */
+    KEPT("id"), KEPT("object"), KEPT("type"), KEPT("role"), KEPT("created"), KEPT("created_at"), KEPT("status"),
+    KEPT("stop_reason"), KEPT("stop_sequence"), KEPT("finish_reason"), KEPT("system_fingerprint"), KEPT("usage"),
+    KEPT("usageMetadata"), KEPT("modelVersion"), KEPT("responseId"), KEPT("request_id"),
+    KEPT("incomplete_details"), KEPT("error"),
+};
+static const Rule body_rule = {RULE_FIELDS(body_fields), DROP, 0};
+
+/* A request or response: raw_body is dropped; other keys stay or go by the type of their value. */
+static const Field exchange_fields[] = {
+    FIELD("body", FILTER_MAP, &body_rule), FIELD("raw_body", DROP, NULL), KEPT("headers"),
+    FIELD("raw_content_type", KEEP_TEXT, NULL),
+};
+static const Rule exchange_rule = {RULE_FIELDS(exchange_fields), KEEP_SCALAR, 0};
+
+static const Field capture_fields[] = {
+    FIELD("request", FILTER_MAP, &exchange_rule), FIELD("response", FILTER_MAP, &exchange_rule),
+    FIELD("tool_use", FILTER_EACH, &tool_call_rule), KEPT("headers"),
+};
+static const Rule capture_rule = {RULE_FIELDS(capture_fields), DROP, 0};
+
+/* "id": the caller puts the row's id first, which a stored "id" would override. */
+static const Field record_fields[] = {FIELD("capture", FILTER_MAP, &capture_rule), FIELD("id", REFUSE, NULL)};
+static const Rule record_rule = {RULE_FIELDS(record_fields), KEEP, 0};
+
+static const Field *field_named(const Rule *rule, const uint8_t *text, size_t len) {
+    for (size_t i = 0; i < rule->count; i++)
+        if (rule->fields[i].len == len && memcmp(rule->fields[i].name, text, len) == 0)
+            return &rule->fields[i];
+    return NULL;
+}
+
+/* Whether ``len`` bytes are UTF-8 as Python's strict decoder takes it; ASCII eight bytes at a time. */
+static int valid_utf8(const uint8_t *s, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        if (len - i >= 8) {
+            uint64_t x;
+            memcpy(&x, s + i, 8);
+            if (!(x & 0x8080808080808080u)) {
+                i += 8;
+                continue;
+            }
+        }
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n = utf8_sequence(s + i, len - i);
+        if (!n)
+            return 0;
+        i += n;
+    }
+    return 1;
+}
+
+/* Tags cbor2 resolves against other items of the record: string references and shared values. */
+static int stateful_tag(uint64_t tag) {
+    return tag == 25 || tag == 256 || tag == 28 || tag == 29;
+}
+
+/* Whether a head's argument takes no more bytes than it needs, as cbor2 writes every head. */
+static int shortest(int info, uint64_t arg) {
+    static const uint64_t least[] = {24, 0x100, 0x10000, 0x100000000u};
+    return info < 24 || arg >= least[info - 24];
+}
+
+/* Whether a tag-0 text decodes to a value cbor2 writes back as the same text: our writer's date/times
+ * (``canonical_timestamp``), but for a fraction of zero, which cbor2 writes without a fraction. */
+static int written_back_timestamp(const uint8_t *s, size_t len) {
+    return canonical_timestamp(s, len) && !(len == 27 && memcmp(s + 20, "000000", 6) == 0);
+}
+
+/* Whether a float head is the form cbor2 writes: a finite double, or NaN and the infinities as halves. */
+static int written_float(int info, uint64_t arg) {
+    if (info == 25)
+        return arg == 0x7E00 || arg == 0x7C00 || arg == 0xFC00;
+    return info == 27 && ((arg >> 52) & 0x7FF) != 0x7FF;
+}
+
+/* How closely ``skip_item`` looks at what it steps over: its extent only (Python decodes it); that cbor2
+ * decodes it without an error (dropped); that cbor2 writes it back byte for byte (privacy_scrubbed). */
+typedef enum { EXTENT, DECODABLE, WRITTEN_BACK } Check;
+
+typedef struct {
+    In in;
+    Out out;
+    int whole; /* privacy_scrubbed: the whole scrub in cbor2's bytes, or BAIL */
+} Walk;
+
+static int skip_item(In *in, int depth, Check check);
+
+/* A map's ``n`` pairs for WRITTEN_BACK: text keys only, none twice (cbor2 would keep one). */
+static int skip_written_pairs(In *in, uint64_t n, int depth) {
+    Key few[16], *keys = n <= 16 ? few : PyMem_Malloc((size_t)n * sizeof *keys);
+    int result = OK, major, info;
+    uint64_t len;
+    if (keys == NULL) {
+        PyErr_NoMemory();
+        return ERR;
+    }
+    for (uint64_t i = 0; i < n && result == OK; i++) {
+        if ((result = head(in, &major, &info, &len)) != OK)
+            break;
+        if (major != 3 || !shortest(info, len) || len > (uint64_t)(in->end - in->at) ||
+            !valid_utf8(in->at, (size_t)len)) {
+            result = BAIL;
+            break;
+        }
+        keys[i].text = in->at;
+        keys[i].len = (size_t)len;
+        in->at += len;
+        result = skip_item(in, depth, WRITTEN_BACK);
+    }
+    if (result == OK && duplicate_keys(keys, (size_t)n))
+        result = BAIL;
+    if (keys != few)
+        PyMem_Free(keys);
+    return result;
+}
+
+/* Step over one data item, checked as ``check`` says. ``depth``: the maps, arrays and tags it is inside. */
+static int skip_item(In *in, int depth, Check check) {
+    int major, info, result;
+    uint64_t arg;
+    if (depth >= MAX_DEPTH)
+        return BAIL;
+    if ((result = head(in, &major, &info, &arg)) != OK)
+        return result;
+    if (check == WRITTEN_BACK && major != 7 && !shortest(info, arg))
+        return BAIL;
+    size_t left = (size_t)(in->end - in->at);
+    switch (major) {
+    case 0:
+    case 1:
+        return OK;
+    case 2:
+    case 3:
+        if (arg > left || (major == 3 && check != EXTENT && !valid_utf8(in->at, (size_t)arg)))
+            return BAIL;
+        in->at += arg;
+        return OK;
+    case 4:
+    case 5: {
+        /* each item takes a byte at least: a longer count is truncated input */
+        if (arg > left || (major == 5 && arg > left / 2))
+            return BAIL;
+        if (major == 5 && check == WRITTEN_BACK)
+            return skip_written_pairs(in, arg, depth + 1);
+        uint64_t items = major == 5 ? arg * 2 : arg;
+        for (uint64_t i = 0; i < items; i++)
+            if ((result = skip_item(in, depth + 1, check)) != OK)
+                return result;
+        return OK;
+    }
+    case 6:
+        if (check == WRITTEN_BACK) { /* only a date/time cbor2 writes back as stored */
+            if (arg != 0 || head(in, &major, &info, &arg) != OK || major != 3 || !shortest(info, arg) ||
+                arg > (uint64_t)(in->end - in->at) || !written_back_timestamp(in->at, (size_t)arg))
+                return BAIL;
+            in->at += arg;
+            return OK;
+        }
+        if (check == DECODABLE || stateful_tag(arg))
+            return BAIL;
+        return skip_item(in, depth + 1, check);
+    default: /* 7: false, true, null, undefined and the floats decode without an error; others may not */
+        if (check == WRITTEN_BACK)
+            return (info >= 20 && info <= 23) || written_float(info, arg) ? OK : BAIL;
+        return check == EXTENT || (info >= 20 && info <= 23) || (info >= 25 && info <= 27) ? OK : BAIL;
+    }
+}
+
+/* Copy one data item as it is (privacy_scrubbed: if cbor2 writes it so). */
+static int copy_item(Walk *w, int depth) {
+    const uint8_t *start = w->in.at;
+    int result = skip_item(&w->in, depth, w->whole ? WRITTEN_BACK : EXTENT);
+    if (result != OK)
+        return result;
+    return put(&w->out, (const char *)start, (size_t)(w->in.at - start));
+}
+
+/* Whether the item at ``in`` is a number, a flag or null (what _describes keeps, decoded the same way by
+ * both formats; a date/time is not: JSON Lines decodes it to its text). */
+static int scalar_item(const In *in) {
+    if (in->at >= in->end)
+        return 0;
+    uint8_t initial = *in->at;
+    return initial >> 5 <= 1 || (initial >= 0xF4 && initial <= 0xF6) || initial == 0xF9 || initial == 0xFB;
+}
+
+static int text_item(const In *in) {
+    return in->at < in->end && *in->at >> 5 == 3;
+}
+
+/* A map head for ``count`` pairs: cbor2's (privacy_scrubbed), else in ``width`` bytes (that of the old
+ * head, whose count was no smaller), which cbor2 reads as any other. The content written after the head
+ * (from ``at + width`` to the end of the output) moves if the head's width changes. */
+static void rewrite_map_head(Out *out, size_t at, size_t width, uint64_t count, int whole) {
+    uint8_t *head_at = (uint8_t *)out->data + at;
+    if (whole) {
+        size_t need = count < 24 ? 1 : count < 0x100 ? 2 : count < 0x10000 ? 3 : count < 0x100000000u ? 5 : 9;
+        if (need < width) {
+            memmove(head_at + need, head_at + width, out->len - at - width);
+            out->len -= width - need;
+            width = need;
+        }
+    }
+    if (width == 1) {
+        head_at[0] = (uint8_t)(0xA0 | count);
+        return;
+    }
+    head_at[0] = (uint8_t)(0xA0 | (24 + (width == 2 ? 0 : width == 3 ? 1 : width == 5 ? 2 : 3)));
+    for (size_t i = width - 1; i >= 1; i--, count >>= 8)
+        head_at[i] = (uint8_t)(count & 0xFF);
+}
+
+/* The text of the key at ``in`` (``in`` not moved): ``*text`` NULL when the key is not a text string. */
+static int peek_text_key(const In *in, const uint8_t **text, size_t *len) {
+    In probe = *in;
+    int major, info, result;
+    uint64_t arg;
+    *text = NULL;
+    if ((result = head(&probe, &major, &info, &arg)) != OK || major != 3)
+        return result;
+    if (arg > (uint64_t)(probe.end - probe.at))
+        return BAIL;
+    *text = probe.at;
+    *len = (size_t)arg;
+    return OK;
+}
+
+static int filter_value(Walk *w, const Field *field, int depth);
+
+/* privacy_scrubbed's checks of one pair that stays: a text key (not one refused) with a value of the type
+ * its action asks for. */
+static int check_whole_pair(Walk *w, const uint8_t *text, Action action) {
+    if (text == NULL || action == REFUSE)
+        return BAIL;
+    In value = w->in;
+    int major, info;
+    uint64_t len;
+    if (head(&value, &major, &info, &len) != OK) /* the key */
+        return BAIL;
+    value.at += len;
+    if ((action == KEEP_TEXT && !text_item(&value)) || (action == KEEP_SCALAR && !scalar_item(&value)))
+        return BAIL;
+    return OK;
+}
+
+/* The pairs of an ordered rule's map, as written from ``at`` in the output, put in the order of the rule's
+ * fields (Python builds such a map key by key: {k: item[k] for k in keys if k in item}). ``starts`` and
+ * ``ends``: where each field's pair was written (ends[i] == 0: not there). */
+#define ORDERED_MAX 4
+
+static int reorder_pairs(Out *out, size_t at, const size_t *starts, const size_t *ends, size_t count) {
+    size_t len = out->len - at;
+    char *copy = PyMem_Malloc(len ? len : 1);
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return ERR;
+    }
+    memcpy(copy, out->data + at, len);
+    size_t to = at;
+    for (size_t i = 0; i < count; i++) {
+        if (!ends[i])
+            continue;
+        memcpy(out->data + to, copy + (starts[i] - at), ends[i] - starts[i]);
+        to += ends[i] - starts[i];
+    }
+    PyMem_Free(copy);
+    return OK;
+}
+
+/* A map's ``n`` pairs (after its head, already copied to the output at ``head_at``, ``width`` bytes), each
+ * kept, dropped or filtered as ``rule`` says; ``depth``: the containers the pairs are inside. */
+static int filter_pairs(Walk *w, uint64_t n, size_t head_at, size_t width, const Rule *rule, int depth) {
+    if (n > (uint64_t)(w->in.end - w->in.at) / 2) /* each pair takes two bytes at least */
+        return BAIL;
+    Key few[16], *keys = few; /* privacy_scrubbed: the keys kept, none twice */
+    size_t starts[ORDERED_MAX] = {0}, ends[ORDERED_MAX] = {0}, last = 0;
+    int reorder = 0;
+    uint64_t kept = 0;
+    int result = OK;
+    for (uint64_t i = 0; i < n && result == OK; i++) {
+        const uint8_t *text;
+        size_t len = 0;
+        if ((result = peek_text_key(&w->in, &text, &len)) != OK)
+            break;
+        const Field *field = text != NULL ? field_named(rule, text, len) : NULL;
+        Action action = field != NULL ? field->action : text != NULL ? rule->others : KEEP;
+        if (action == DROP) {
+            if ((result = skip_item(&w->in, depth, DECODABLE)) == OK)
+                result = skip_item(&w->in, depth, DECODABLE);
+            continue;
+        }
+        if (w->whole) {
+            if ((result = check_whole_pair(w, text, action)) != OK)
+                break;
+            if (kept == 16 && keys == few) {
+                if ((keys = PyMem_Malloc((size_t)n * sizeof *keys)) == NULL) {
+                    PyErr_NoMemory();
+                    return ERR;
+                }
+                memcpy(keys, few, sizeof few);
+            }
+            keys[kept].text = text;
+            keys[kept].len = len;
+        }
+        size_t start = w->out.len;
+        if ((result = copy_item(w, depth)) != OK)
+            break;
+        result = action == FILTER_MAP || action == FILTER_EACH ? filter_value(w, field, depth) : copy_item(w, depth);
+        kept++;
+        if (w->whole && rule->ordered && field != NULL) { /* an ordered rule keeps only its fields */
+            size_t at = (size_t)(field - rule->fields);
+            reorder |= at < last;
+            last = at;
+            starts[at] = start;
+            ends[at] = w->out.len;
+        }
+    }
+    if (result == OK && w->whole && duplicate_keys(keys, (size_t)kept))
+        result = BAIL;
+    if (keys != few)
+        PyMem_Free(keys);
+    if (result == OK && reorder)
+        result = reorder_pairs(&w->out, head_at + width, starts, ends, rule->count);
+    if (result == OK && (kept != n || w->whole))
+        rewrite_map_head(&w->out, head_at, width, kept, w->whole);
+    return result;
+}
+
+/* A map filtered by ``rule``; anything else (Python drops what is not a map where a map belongs) as it is
+ * (privacy_scrubbed: BAIL). */
+static int filter_map(Walk *w, const Rule *rule, int depth) {
+    const uint8_t *start = w->in.at;
+    int major, info, result;
+    uint64_t count;
+    if (depth >= MAX_DEPTH)
+        return BAIL;
+    if ((result = head(&w->in, &major, &info, &count)) != OK)
+        return result;
+    if (major != 5) {
+        w->in.at = start;
+        return w->whole ? BAIL : copy_item(w, depth);
+    }
+    size_t width = (size_t)(w->in.at - start), head_at = w->out.len;
+    if ((result = put(&w->out, (const char *)start, width)) != OK)
+        return result;
+    return filter_pairs(w, count, head_at, width, rule, depth + 1);
+}
+
+/* A list whose map items are filtered by ``rule`` (other items, and a value that is no list, as they are;
+ * privacy_scrubbed: BAIL). */
+static int filter_each(Walk *w, const Rule *rule, int depth) {
+    const uint8_t *start = w->in.at;
+    int major, info, result;
+    uint64_t count;
+    if (depth >= MAX_DEPTH)
+        return BAIL;
+    if ((result = head(&w->in, &major, &info, &count)) != OK)
+        return result;
+    if (major != 4) {
+        w->in.at = start;
+        return w->whole ? BAIL : copy_item(w, depth);
+    }
+    if (count > (uint64_t)(w->in.end - w->in.at) || (w->whole && !shortest(info, count)))
+        return BAIL;
+    if ((result = put(&w->out, (const char *)start, (size_t)(w->in.at - start))) != OK)
+        return result;
+    for (uint64_t i = 0; i < count; i++)
+        if ((result = filter_map(w, rule, depth + 1)) != OK)
+            return result;
+    return OK;
+}
+
+static int filter_value(Walk *w, const Field *field, int depth) {
+    return field->action == FILTER_MAP ? filter_map(w, field->inner, depth) : filter_each(w, field->inner, depth);
+}
+
+static PyObject *filter_record(PyObject *body_arg, int whole) {
+    Py_buffer body;
+    if (PyObject_GetBuffer(body_arg, &body, PyBUF_SIMPLE) != 0)
+        return NULL;
+    Walk w = {{body.buf, (const uint8_t *)body.buf + body.len}, {NULL, 0, 0}, whole};
+    PyObject *smaller = NULL;
+    int result;
+    /* the result is never longer than the body: one allocation */
+    if ((result = grow(&w.out, (size_t)body.len + 1)) != OK)
+        goto done;
+    if (body.len == 0 || *w.in.at >> 5 != 5) {
+        result = BAIL;
+        goto done;
+    }
+    if ((result = filter_map(&w, &record_rule, 0)) != OK)
+        goto done;
+    if (w.in.at != w.in.end) { /* trailing bytes: not one data item */
+        result = BAIL;
+        goto done;
+    }
+    smaller = PyBytes_FromStringAndSize(w.out.data, (Py_ssize_t)w.out.len);
+    if (smaller == NULL)
+        result = ERR;
+done:
+    PyMem_Free(w.out.data);
+    PyBuffer_Release(&body);
+    if (result == ERR)
+        return NULL;
+    if (result == BAIL)
+        Py_RETURN_NONE;
+    return smaller;
+}
+
+static PyObject *privacy_prefilter(PyObject *module, PyObject *body) {
+    (void)module;
+    return filter_record(body, 0);
+}
+
+static PyObject *privacy_scrubbed(PyObject *module, PyObject *body) {
+    (void)module;
+    return filter_record(body, 1);
+}
+
 /* -- the module --------------------------------------------------------------------------------------- */
 
 static PyObject *json_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -782,6 +1289,14 @@ static PyMethodDef methods[] = {
      "capture as its column's JSON (None when there is none, or it is null: then it is in rest), the "
      "request's and the response's raw bodies (None when not bytes); None for any record json_line leaves "
      "to Python."},
+    {"privacy_prefilter", (PyCFunction)privacy_prefilter, METH_O,
+     "privacy_prefilter(body) -> bytes | None\n\n"
+     "A stored record's CBOR map without what privacy mode certainly drops (the other items' bytes as they "
+     "are), or None where the body is not one this filters (the caller then decodes the body itself)."},
+    {"privacy_scrubbed", (PyCFunction)privacy_scrubbed, METH_O,
+     "privacy_scrubbed(body) -> bytes | None\n\n"
+     "A stored record's CBOR map scrubbed for privacy mode, in the bytes cbor2 writes for the scrubbed record, "
+     "or None where the record is not one this scrubs whole (the caller then takes privacy_prefilter's path)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,10 +18,13 @@ and so its workers, small and quick to start: it imports this module and ``__mai
 
 Each record is decoded at most once. The default path never decodes a sealed row: ids are spliced into
 the stored CBOR (``id_head``); nor does JSON Lines without a filter or rewrite where the optional native
-extension is built (``_json_lines``: _cbor_json.c writes the row's JSON line straight from its CBOR), and
-Parquet without them decodes only a sealed row's small fields (``_parquet_records``: _cbor_json.c writes
-its capture column's JSON and takes out its raw bodies). A filter on a CBOR format reads only the fields it
-needs (``peek_fields``). Anything else decodes each row once (a foreign row's check is that decode), then
+extension is built (``_json_lines``: _cbor_json.c writes the row's JSON line straight from its CBOR), nor
+privacy mode alone into CBOR or JSON Lines (``_privacy_records``: _cbor_json.c scrubs the row into the bytes
+cbor2 writes for the scrubbed record); Parquet without a filter or rewrite decodes only a sealed row's small
+fields (``_parquet_records``: _cbor_json.c writes its capture column's JSON and takes out its raw bodies). A
+filter on a CBOR format reads only the fields it needs (``peek_fields``). Anything else decodes each row once
+(a foreign row's check is that decode; privacy mode decodes a sealed row's natively scrubbed or prefiltered
+bytes where it can: ``_privacy_record``), then
 filters, rewrites (privacy mode, redactions) and encodes record by record, so a batch of 10,000 records
 never holds 10,000 decoded records at once.
 """
@@ -46,7 +49,16 @@ from ..store.credentials import CredentialPolicy
 from ..store.records import CorruptRecord, id_head, with_id
 from ..store.seal import SEAL_SIZE, RecordSeal
 from .budget import release_freed_memory, serve_batches
-from .formats import FORMATS, EncodedCapture, FormatUnavailable, JsonLinesEncoder, ParquetEncoder, encoder_for
+from .formats import (
+    FORMATS,
+    BatchEncoder,
+    CborZstdEncoder,
+    EncodedCapture,
+    FormatUnavailable,
+    JsonLinesEncoder,
+    ParquetEncoder,
+    encoder_for,
+)
 from .transform import RecordTransform, peek_fields
 
 # _cbor_json.parquet_capture's split of a stored record: the other fields as a CBOR map, the capture's JSON
@@ -60,6 +72,13 @@ try:
     from ._cbor_json import parquet_capture as _native_parquet_capture
 except ImportError:  # built only where a C compiler was (hatch_build.py); the Python path writes the same bytes
     _native_json_line = _native_parquet_capture = None
+_native_privacy_prefilter: Callable[[bytes | memoryview], bytes | None] | None
+_native_privacy_scrubbed: Callable[[bytes | memoryview], bytes | None] | None
+try:
+    from ._cbor_json import privacy_prefilter as _native_privacy_prefilter
+    from ._cbor_json import privacy_scrubbed as _native_privacy_scrubbed
+except ImportError:  # as above: privacy mode then decodes each stored record in full, with the same result
+    _native_privacy_prefilter = _native_privacy_scrubbed = None
 
 __all__ = [
     "BatchFailure",
@@ -239,20 +258,82 @@ def encode_batch(rows: Sequence[StoredRecord], seal: RecordSeal | None = None,
     return out
 
 
+def _identified(body: dict[str, Any], record_id: int, id_first: bool) -> dict[str, Any]:
+    if id_first:
+        record = {"id": record_id}
+        record.update(body)
+        return record
+    body["id"] = record_id
+    return body
+
+
 def _decoded(checked: Sequence[CheckedRow], loads: Callable[[Any], Any] = cbor2.loads, *,
              id_first: bool = True) -> Iterator[dict[str, Any]]:
     """Each checked row's record, decoded once (by ``loads``: the encoder's own decoding when it has one),
     ``id`` first; or, for an encoder that reads records by field name (``id_first`` False: Parquet), ``id``
     set in the decoded map itself instead of a copy of it (a stored map never holds ``id``)."""
     for item in checked:
-        body = item.record if item.record is not None else loads(item.body)
-        if id_first:
-            record = {"id": item.row.id}
-            record.update(body)
-            yield record
-        else:
-            body["id"] = item.row.id
-            yield body
+        yield _identified(item.record if item.record is not None else loads(item.body), item.row.id, id_first)
+
+
+def _privacy_record(item: CheckedRow, loads: Callable[[Any], Any], id_first: bool,
+                    scrubbed: bytes | None) -> tuple[dict[str, Any], bool]:
+    """One row's record for privacy mode (as ``_decoded`` gives it) and whether it is scrubbed already. A row
+    that went out as stored (its check was done on those bytes) is decoded from ``scrubbed`` when given
+    (privacy_scrubbed's bytes: the scrubbed record, which privacy_scrub would leave as it is), else from what
+    the native prefilter leaves of it (the record without what privacy_scrub drops anyway, so its scrub is
+    the whole record's), else whole."""
+    if item.record is not None:
+        return _identified(item.record, item.row.id, id_first), False
+    if scrubbed is not None:
+        return _identified(loads(scrubbed), item.row.id, id_first), True
+    smaller = _native_privacy_prefilter(item.body) if _native_privacy_prefilter is not None else None
+    return _identified(loads(item.body if smaller is None else smaller), item.row.id, id_first), False
+
+
+def _privacy_decoded(checked: Sequence[CheckedRow], loads: Callable[[Any], Any], *,
+                     id_first: bool = True) -> Iterator[tuple[dict[str, Any], bool]]:
+    """``_privacy_record`` of each checked row, through the native scrub (_cbor_json.c) where it is built."""
+    scrubbed_of = _native_privacy_scrubbed
+    for item in checked:
+        scrubbed = scrubbed_of(item.body) if scrubbed_of is not None and item.record is None else None
+        yield _privacy_record(item, loads, id_first, scrubbed)
+
+
+def _scrubs_natively(transform: RecordTransform, encoder: BatchEncoder) -> bool:
+    """Whether privacy mode's records can be written straight from the native scrub's bytes
+    (``_privacy_records``): privacy mode alone (a filter or redactions need the decoded record), into CBOR or
+    JSON Lines (Parquet needs the decoded record)."""
+    if not transform.privacy or transform.redactions or transform.filter is not None:
+        return False
+    if _native_privacy_scrubbed is None:
+        return False
+    return isinstance(encoder, CborZstdEncoder) or (isinstance(encoder, JsonLinesEncoder)
+                                                     and _native_json_line is not None)
+
+
+def _privacy_records(checked: Sequence[CheckedRow], encoder: CborZstdEncoder | JsonLinesEncoder,
+                     transform: RecordTransform) -> list[bytes]:
+    """Privacy mode's records (without a filter or redactions) as the encoder writes them. A row that went out
+    as stored and that the native scrub takes whole (_cbor_json.c, privacy_scrubbed: the scrubbed record in the
+    very bytes cbor2 writes for it) gets its id spliced in (CBOR) or its JSON line written straight from
+    those bytes (json_line: the Python path's bytes, or None), decoding nothing; every other row is decoded
+    (``_privacy_record``), scrubbed and encoded as in any other rewrite."""
+    assert _native_privacy_scrubbed is not None
+    scrubbed_of = _native_privacy_scrubbed
+    json_line = _native_json_line if isinstance(encoder, JsonLinesEncoder) else None
+    written: list[bytes] = []
+    for item in checked:
+        scrubbed = scrubbed_of(item.body) if item.record is None and item.row.id >= 0 else None
+        out: bytes | None = None
+        if scrubbed is not None:
+            out = json_line(scrubbed, item.row.id) if json_line is not None else with_id(item.row.id, scrubbed)
+        if out is None:
+            record, done = _privacy_record(item, encoder.decode_record, True, scrubbed)
+            record = transform.rewrite(record, scrubbed=done)
+            out = encoder.line(record) if isinstance(encoder, JsonLinesEncoder) else cbor2.dumps(record, timezone=UTC)
+        written.append(out)
+    return written
 
 
 def _json_lines(checked: Sequence[CheckedRow], encoder: JsonLinesEncoder,
@@ -332,19 +413,32 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
         elif transform.identity and isinstance(encoder, ParquetEncoder) and _native_parquet_capture is not None:
             exported = len(checked)
             payload = encoder.encode_records(_parquet_records(checked, _native_parquet_capture)) if checked else None
+        elif _scrubs_natively(transform, encoder):
+            assert isinstance(encoder, CborZstdEncoder | JsonLinesEncoder)
+            exported = len(checked)
+            written = _privacy_records(checked, encoder, transform)
+            if not checked:
+                payload = None
+            elif isinstance(encoder, JsonLinesEncoder):
+                payload = encoder.encode_lines(written)
+            else:
+                payload = encoder.encode(written)
         else:
-            records = _decoded(checked, getattr(encoder, "decode_record", cbor2.loads),
-                               id_first=getattr(encoder, "id_first", True))
+            loads = getattr(encoder, "decode_record", cbor2.loads)
+            id_first = getattr(encoder, "id_first", True)
+            marked = (_privacy_decoded(checked, loads, id_first=id_first) if transform.privacy
+                      else ((record, False) for record in _decoded(checked, loads, id_first=id_first)))
 
             def kept() -> Iterator[dict[str, Any]]:
                 nonlocal exported
-                for record in records:
+                for record, scrubbed in marked:
                     if transform.accepts(record):
                         exported += 1
-                        yield transform.rewrite(record)
+                        yield transform.rewrite(record, scrubbed=scrubbed)
 
+            chosen: Iterator[dict[str, Any]]
             if transform.identity:  # every record as decoded: no call per record to filter or rewrite it
-                exported, chosen = len(checked), records
+                exported, chosen = len(checked), _decoded(checked, loads, id_first=id_first)
             else:
                 chosen = kept()
             if encoder.decoded:

@@ -278,8 +278,10 @@ class RecordTransform:
     def accepts(self, record: Mapping[str, Any]) -> bool:
         return self.filter is None or self.filter(record)
 
-    def rewrite(self, record: dict[str, Any]) -> dict[str, Any]:
-        if self.privacy:
+    def rewrite(self, record: dict[str, Any], *, scrubbed: bool = False) -> dict[str, Any]:
+        """The record as exported: scrubbed for privacy mode (unless ``scrubbed``: export/batch.py's native
+        scrub did it already), then redacted."""
+        if self.privacy and not scrubbed:
             record = privacy_scrub(record)
         if self.redactions:
             record = redact(record, self.redactions)
