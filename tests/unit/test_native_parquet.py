@@ -1,8 +1,9 @@
-"""The optional native Parquet path (``parquet_capture`` of capture_export/export/_cbor_json.c): a stored
-record's CBOR split into the fields Parquet's columns still decode (a small CBOR map), the capture already
-as the JSON text of its column, and the raw request and response bodies. Its contract is the Python
-path's column values, exactly: for every input it returns either that split or None (the caller then
-decodes the row the Python way), and never crashes. It takes exactly the rows ``json_line`` takes.
+"""The optional native Parquet path (``parquet_row`` of capture_export/export/_cbor_json.c): a stored
+record's CBOR as its values for Parquet's columns, a native row (formats._ROW_FIELDS): the typed fields as
+cbor2 decodes them, the capture already as the JSON text of its column, and the raw request and response
+bodies. Its contract is the Python path's column values, exactly: for every input it returns either that
+row or None (the caller then decodes the row the Python way), and never crashes. It takes the rows
+``json_line`` takes but those with a field of no typed column (or a half or single float).
 
 Where no C compiler built the extension these tests skip, but under CI (``CI`` set) they fail: CI builds it.
 """
@@ -27,14 +28,20 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from capture_export.export import batch  # noqa: E402
 from capture_export.export.batch import BatchRecipe, encode_rows  # noqa: E402
-from capture_export.export.formats import PARQUET_SLICE, EncodedCapture, ParquetEncoder, _captures  # noqa: E402
+from capture_export.export.formats import (  # noqa: E402
+    _ROW_FIELDS,
+    _ROW_RECORD_FIELDS,
+    PARQUET_SLICE,
+    ParquetEncoder,
+    _captures,
+)
 from capture_export.seed import generate_records  # noqa: E402
 from capture_export.store.base import StoredRecord  # noqa: E402
 from capture_export.store.records import encode_body  # noqa: E402
 from capture_export.store.seal import RecordSeal  # noqa: E402
 from tests.support.records import make_record  # noqa: E402
 
-Split = tuple[bytes, bytes | None, bytes | None, bytes | None]
+Row = tuple[Any, ...]
 
 
 def _native() -> ModuleType:
@@ -44,8 +51,8 @@ def _native() -> ModuleType:
         if os.environ.get("CI"):
             pytest.fail(f"the native extension is not built ({exc}); CI builds it (pip install -e .)", pytrace=False)
         pytest.skip(f"the native extension is not built here (no C compiler?): {exc}")
-    if not hasattr(_cbor_json, "parquet_capture"):
-        pytest.fail("the built extension has no parquet_capture: rebuild it (pip install --no-deps -e .)",
+    if not hasattr(_cbor_json, "parquet_row"):
+        pytest.fail("the built extension has no parquet_row: rebuild it (pip install --no-deps -e .)",
                     pytrace=False)
     return _cbor_json
 
@@ -59,34 +66,46 @@ def _body(record: dict[str, Any]) -> bytes:
     return cbor2.dumps(record, timezone=UTC)
 
 
-def python_split(body: bytes) -> Split | None:
-    """What the Python path puts in the columns, as the native path returns it: the record's other fields
-    as a CBOR map (here: decoded), the capture's JSON and raw bodies; None where it raises."""
+def python_row(body: bytes, record_id: int = 1) -> Row | None:
+    """What the Python path puts in the columns, as the native path returns it: the record's typed fields
+    as cbor2 decodes them (None where missing), the capture's JSON and raw bodies; None where it raises."""
     try:
         record = cbor2.loads(body)
-        capture = record.get("capture") if isinstance(record, dict) else None
-        if capture is None:
-            return cbor2.dumps(record), None, None, None
-        del record["capture"]
-        (text,), (raw_request,), (raw_response,) = _captures([capture])
-        return cbor2.dumps(record), text, raw_request, raw_response
+        if not isinstance(record, dict):
+            return None
+        (text,), (raw_request,), (raw_response,) = _captures([record.get("capture")])
+        return (record_id, *(record.get(name) for name in _ROW_RECORD_FIELDS[1:]), text, raw_request, raw_response)
     except Exception:
         return None
 
 
-def _decoded_repr(data: bytes) -> str:
-    """A decoded map's repr: its keys in order, its values' types, NaN equal to NaN."""
-    return repr(cbor2.loads(data))
+def _left_to_python(body: bytes) -> bool:
+    """Whether the native path may leave a record json_line writes to Python: a field of no typed column,
+    or (outside the capture) a float, which may be a half or a single."""
+    record = cbor2.loads(body)
+    if not set(record) <= {*_ROW_RECORD_FIELDS[1:], "capture"}:
+        return True
+    return any(_holds_float(value) for name, value in record.items() if name != "capture")
 
 
-def assert_split_as_python(native: ModuleType, body: bytes) -> Split | None:
-    got = native.parquet_capture(body)
-    assert (got is None) == (native.json_line(body, 1) is None), body  # the rows json_line takes, no others
+def _holds_float(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_float(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds_float(item) for item in value)
+    return isinstance(value, float)
+
+
+def assert_split_as_python(native: ModuleType, body: bytes) -> Row | None:
+    got = native.parquet_row(body, 1)
+    if native.json_line(body, 1) is None:  # the rows json_line takes, no others
+        assert got is None, body
+    elif got is None:
+        assert _left_to_python(body), body
     if got is not None:
-        expected = python_split(body)
+        expected = python_row(body)
         assert expected is not None, body
-        assert _decoded_repr(got[0]) == _decoded_repr(expected[0]), body
-        assert got[1:] == expected[1:], body
+        assert repr(got) == repr(expected), body  # types too (1 is not 1.0 nor True), NaN equal to NaN
     return got  # type: ignore[no-any-return]
 
 
@@ -99,16 +118,18 @@ def python_records(bodies: Iterable[bytes]) -> list[dict[str, Any]]:
     return records
 
 
-def native_records(native: ModuleType, bodies: Iterable[bytes]) -> list[dict[str, Any]]:
-    records = []
+def native_records(native: ModuleType, bodies: Iterable[bytes]) -> list[Any]:
+    """The native rows of ``bodies``, and the decoded record of each the native path leaves to Python."""
+    records: list[Any] = []
     for n, body in enumerate(bodies):
-        split = native.parquet_capture(body)
-        assert split is not None, body
-        record = cbor2.loads(split[0])
-        if split[1] is not None:
-            record["capture"] = EncodedCapture(*split[1:])
-        record["id"] = n + 1
-        records.append(record)
+        row = native.parquet_row(body, n + 1)
+        if row is None:
+            assert native.json_line(body, 1) is None or _left_to_python(body), body
+            record = cbor2.loads(body)
+            record["id"] = n + 1
+            records.append(record)
+        else:
+            records.append(row)
     return records
 
 
@@ -130,6 +151,8 @@ def test_standard_records_give_the_python_paths_parquet(native: ModuleType) -> N
     for body in bodies[:500]:
         assert assert_split_as_python(native, body) is not None
     assert_same_parquet(native, bodies)
+    # a record without estimated_cost (unknown) in every slice: a null in its column, the slice still native
+    assert sum(1 for body in bodies if b"estimated_cost" not in body) > len(bodies) // PARQUET_SLICE
 
 
 STRINGS = ["", "plain", "".join(map(chr, range(0x80))), "é", "\u2028\u2029", "😀", "/\\\"'", "\U0010ffff",
@@ -193,7 +216,7 @@ def _shape_records() -> list[dict[str, Any]]:
 def test_edge_values_give_the_python_paths_parquet(native: ModuleType) -> None:
     bodies = [_body(record) for record in _edge_records() + _shape_records()]
     for body in bodies:
-        assert assert_split_as_python(native, body) is not None
+        assert_split_as_python(native, body)
     assert_same_parquet(native, bodies)
     # and each alone, so that no slice's clean column hides a misfit of another
     for body in bodies[::7]:
@@ -201,23 +224,29 @@ def test_edge_values_give_the_python_paths_parquet(native: ModuleType) -> None:
     assert len(bodies) > 2 * PARQUET_SLICE
 
 
-def test_the_split_itself(native: ModuleType) -> None:
+def test_the_row_itself(native: ModuleType) -> None:
+    assert native.PARQUET_ROW_FIELDS == _ROW_FIELDS == tuple(ParquetEncoder().schema.names[:-1])  # no extra
     record = make_record(1, capture={"request": {"body": {"a": "é"}, "raw_body": b"\x01\x02"},
                                      "response": {"raw_body": b"", "status": 200}})
-    rest, capture, raw_request, raw_response = native.parquet_capture(_body(record))
-    del record["capture"]
-    assert cbor2.loads(rest) == record
-    assert capture == '{"request":{"body":{"a":"é"}},"response":{"status":200}}'.encode()
-    assert (raw_request, raw_response) == (b"\x01\x02", b"")
-    # without a capture, or with a null one: no capture text, and the null left in the map
-    assert native.parquet_capture(_body({"a": 1})) == (_body({"a": 1}), None, None, None)
-    assert native.parquet_capture(_body({"capture": None, "a": 1})) == (_body({"capture": None, "a": 1}), None, None,
-                                                                          None)
-    assert native.parquet_capture(memoryview(b"xx" + _body({"a": 1}))[2:]) == (_body({"a": 1}), None, None, None)
-    assert native.parquet_capture(_body({})) == (b"\xa0", None, None, None)
-    big = {f"k{i}": i for i in range(40)} | {"capture": {"request": {}}}
-    rest, capture, _, _ = native.parquet_capture(_body(big))
-    assert cbor2.loads(rest) == {f"k{i}": i for i in range(40)} and capture == b'{"request":{}}'
+    row = native.parquet_row(_body(record), 7)
+    assert row[:13] == (7, *(record[name] for name in _ROW_FIELDS[1:13]))
+    assert row[13] == '{"request":{"body":{"a":"é"}},"response":{"status":200}}'.encode()
+    assert row[14:] == (b"\x01\x02", b"")
+    # without a capture, or with a null one; missing fields: None; the id as given
+    nothing = (None,) * 15
+    assert native.parquet_row(_body({}), 1) == (1, *nothing)
+    assert native.parquet_row(_body({"capture": None}), 2**70) == (2**70, *nothing)
+    assert native.parquet_row(memoryview(b"xx" + _body({"ver": 2}))[2:], -1) == (-1, 2, *nothing[1:])
+    stamp = datetime(2026, 11, 24, 12, 0, 1, tzinfo=UTC)
+    assert native.parquet_row(_body({"timestamp": stamp}), 1)[2] == stamp
+    assert native.parquet_row(_body({"timestamp": stamp.replace(microsecond=5)}), 1)[2] == stamp.replace(microsecond=5)
+    # a field of no typed column, and a stored "id", go to Python (extra)
+    assert native.parquet_row(_body({"ver": 2, "other": 1}), 1) is None
+    assert native.parquet_row(_body({"id": 3}), 1) is None
+    # values of any type json_line writes, as cbor2 decodes them (the encoder checks them as it checks those)
+    odd = {"ver": "two", "usage": [1, {"a": None}], "model": b"\x00", "path": -(2**63), "status_code": 2**64 - 1,
+           "identity": {"tags": [True, False, 1.5]}}
+    assert native.parquet_row(_body(odd), 1)[:13] == (1, *(odd.get(name) for name in _ROW_FIELDS[1:13]))
 
 
 @pytest.mark.parametrize("value", [
@@ -244,8 +273,29 @@ def test_what_it_leaves_to_python(native: ModuleType, value: Any, where: str) ->
     else:
         record["usage"] = {"input_tokens": value}
     body = _body(record)
-    assert native.parquet_capture(body) is None
+    assert native.parquet_row(body, 1) is None
     assert native.json_line(body, 1) is None
+
+
+@pytest.mark.parametrize("value", [
+    struct.pack(">Be", 0xF9, 1.5), struct.pack(">Bf", 0xFA, 1.5),  # cbor2 writes a double: the Python way
+    b"\xa2\x61a\x01\x61a\x02", b"\xa1\x61a\xa1\x61a\x01" * 2,  # a key twice (cbor2 keeps one)
+    b"\xa1\x41a\x01", b"\xa1\x62\xc3\x28\x01", b"\x62\xc3\x28",  # a byte-string key, invalid UTF-8
+    b"\x81" * 70 + b"\x01",  # deeper than json_line goes
+])
+@pytest.mark.parametrize("field", ["usage", "model", "timestamp"])
+def test_what_it_leaves_to_python_in_a_typed_field(native: ModuleType, value: bytes, field: str) -> None:
+    name = field.encode()
+    body = b"\xa2" + bytes([0x60 + len(name)]) + name + value + b"\x63ver\x02"
+    assert native.parquet_row(body, 1) is None
+    if python_row(body) is not None:  # (the Python path refuses invalid UTF-8)
+        assert_same_parquet(native, [body, _body({"ver": 1, field: 1})])
+
+
+def test_a_field_twice_is_left_to_python(native: ModuleType) -> None:
+    for body in (b"\xa2\x63ver\x01\x63ver\x02", b"\xa2\x67capture\xf6\x67capture\xa0",
+                 b"\xa2\x67capture\x01\x67capture\xf6", b"\xa2\x67capture\xa0\x67capture\xa0"):
+        assert native.parquet_row(body, 1) is None
 
 
 @pytest.mark.parametrize("body", [
@@ -266,7 +316,7 @@ def test_what_it_leaves_to_python(native: ModuleType, value: Any, where: str) ->
     b"\xbb\x7f\xff\xff\xff\xff\xff\xff\xff",
 ])
 def test_malformed_bodies_are_left_to_python(native: ModuleType, body: bytes) -> None:
-    assert native.parquet_capture(body) is None
+    assert native.parquet_row(body, 1) is None
 
 
 def test_deep_nesting_is_left_to_python(native: ModuleType) -> None:
@@ -276,7 +326,8 @@ def test_deep_nesting_is_left_to_python(native: ModuleType) -> None:
                           b"\xa1\x67capture\xa1\x68response\xa1\x68raw_body"):
                 body = outer + inner
                 assert_split_as_python(native, body)
-    assert native.parquet_capture(b"\xa1\x67capture" + b"\x81" * 100_000 + b"\x01") is None
+    assert native.parquet_row(b"\xa1\x67capture" + b"\x81" * 100_000 + b"\x01", 1) is None
+    assert native.parquet_row(b"\xa1\x65usage" + b"\x81" * 100_000 + b"\x01", 1) is None
 
 
 def test_hostile_bytes_never_crash_and_never_differ(native: ModuleType) -> None:
@@ -286,8 +337,8 @@ def test_hostile_bytes_never_crash_and_never_differ(native: ModuleType) -> None:
     split = 0
     for body in bodies:
         for cut in range(0, len(body), max(1, len(body) // 40)):  # truncated
-            assert native.parquet_capture(body[:cut]) is None
-        assert native.parquet_capture(body + b"\x00") is None  # trailing bytes
+            assert native.parquet_row(body[:cut], 1) is None
+        assert native.parquet_row(body + b"\x00", 1) is None  # trailing bytes
         for _ in range(120):
             mutated = bytearray(body)
             for _ in range(rng.randint(1, 4)):
@@ -322,9 +373,9 @@ def test_many_doubles_in_the_capture(native: ModuleType) -> None:
 
 def test_arguments(native: ModuleType) -> None:
     with pytest.raises(TypeError):
-        native.parquet_capture("text")
+        native.parquet_row("text", 1)
     with pytest.raises(TypeError):
-        native.parquet_capture()
+        native.parquet_row(b"\xa0")
 
 
 def _rows(count: int, seal: RecordSeal) -> list[StoredRecord]:
@@ -343,21 +394,27 @@ def test_encode_rows_writes_the_same_parquet_natively(native: ModuleType, monkey
     rows[5] = StoredRecord(rows[5].id, rows[5].timestamp_us, rows[5].body, None)  # foreign: checked, decoded
     odd = _body({"ver": 2, "timestamp": datetime(2026, 1, 1, tzinfo=UTC), "v": cbor2.CBORTag(99, 1)})
     rows[6] = StoredRecord(rows[6].id, rows[6].timestamp_us, odd, seal.seal(odd))  # sealed, but left to Python
-    calls: list[int] = []
-    real = native.parquet_capture
+    other = cbor2.loads(rows[7].body) | {"other": [1, "x"]}  # a field of no typed column: to Python (extra)
+    rows[7] = StoredRecord(rows[7].id, rows[7].timestamp_us, _body(other), seal.seal(_body(other)))
+    assert sum(b"estimated_cost" not in row.body for row in rows) > len(rows) // PARQUET_SLICE  # null in its column
+    calls: list[bool] = []
+    real = native.parquet_row
 
-    def counted(body: Any) -> Split | None:
-        calls.append(1)
-        return real(body)  # type: ignore[no-any-return]
+    def counted(body: Any, record_id: int) -> Row | None:
+        row = real(body, record_id)
+        calls.append(row is not None)
+        return row  # type: ignore[no-any-return]
 
     recipes = [BatchRecipe("parquet", "zstd", seal=seal),
                BatchRecipe("parquet", "none", seal=seal),
                BatchRecipe("parquet", "zstd", seal=seal, privacy_mode=True),
                BatchRecipe("parquet", "zstd", seal=seal, redact_fields=("capture.request.body",))]
-    monkeypatch.setattr(batch, "_native_parquet_capture", counted)
+    monkeypatch.setattr(batch, "_native_parquet_row", counted)
     natively = [encode_rows(recipe, rows) for recipe in recipes]
-    assert len(calls) == 2 * (len(rows) - 1)  # not the foreign row; only the unrewritten batches
-    monkeypatch.setattr(batch, "_native_parquet_capture", None)
+    # not the foreign row; the unrewritten batches, and privacy mode's the native scrub takes (not the odd one)
+    assert len(calls) == 2 * (len(rows) - 1) + len(rows) - 2
+    assert calls.count(False) == 2 * 2 + 1  # the odd row and the other field (privacy mode: the other field)
+    monkeypatch.setattr(batch, "_native_parquet_row", None)
     in_python = [encode_rows(recipe, rows) for recipe in recipes]
     for ours, theirs in zip(natively, in_python, strict=True):
         assert ours.payload == theirs.payload
