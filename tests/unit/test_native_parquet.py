@@ -66,25 +66,56 @@ def _body(record: dict[str, Any]) -> bytes:
     return cbor2.dumps(record, timezone=UTC)
 
 
+STRUCTS = {"identity": {"login_name": str, "node_id": str, "tags": list},
+           "usage": dict.fromkeys(("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"), int),
+           "estimated_cost": {"input": float, "output": float, "total": float, "currency": str}}
+FIELDS = {name for name in _ROW_RECORD_FIELDS if "." not in name} - {"id"} | {"capture"}
+
+
 def python_row(body: bytes, record_id: int = 1) -> Row | None:
     """What the Python path puts in the columns, as the native path returns it: the record's typed fields
-    as cbor2 decodes them (None where missing), the capture's JSON and raw bodies; None where it raises."""
+    as cbor2 decodes them (None where missing; a struct flattened: True or None, then its fields), the
+    capture's JSON and raw bodies; None where it raises."""
     try:
         record = cbor2.loads(body)
         if not isinstance(record, dict):
             return None
         (text,), (raw_request,), (raw_response,) = _captures([record.get("capture")])
-        return (record_id, *(record.get(name) for name in _ROW_RECORD_FIELDS[1:]), text, raw_request, raw_response)
     except Exception:
         return None
+    values: list[Any] = [record_id]
+    for name in _ROW_RECORD_FIELDS[1:]:
+        struct, _, field = name.partition(".")
+        if struct in STRUCTS and not field:
+            values.append(None if record.get(name) is None else True)
+        elif field:
+            parent = record.get(struct)
+            values.append(parent.get(field) if isinstance(parent, dict) else None)  # (not a map: never native)
+        else:
+            values.append(record.get(name))
+    return (*values, text, raw_request, raw_response)
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is int:
+        return type(value) is int and -(2**63) <= value < 2**63
+    if kind is list:
+        return type(value) is list and all(type(item) is str for item in value)
+    return type(value) is kind
 
 
 def _left_to_python(body: bytes) -> bool:
-    """Whether the native path may leave a record json_line writes to Python: a field of no typed column,
-    or (outside the capture) a float, which may be a half or a single."""
+    """Whether the native path may leave a record json_line writes to Python: a field of no typed column, a
+    struct that is neither null nor a map of its fields each of its type (or null), or (outside the
+    capture) a float, which may be a half or a single."""
     record = cbor2.loads(body)
-    if not set(record) <= {*_ROW_RECORD_FIELDS[1:], "capture"}:
+    if not set(record) <= FIELDS:
         return True
+    for name, fields in STRUCTS.items():
+        value = record.get(name)
+        if value is not None and not (type(value) is dict and all(
+                key in fields and (item is None or _fits(item, fields[key])) for key, item in value.items())):
+            return True
     return any(_holds_float(value) for name, value in record.items() if name != "capture")
 
 
@@ -225,28 +256,57 @@ def test_edge_values_give_the_python_paths_parquet(native: ModuleType) -> None:
 
 
 def test_the_row_itself(native: ModuleType) -> None:
-    assert native.PARQUET_ROW_FIELDS == _ROW_FIELDS == tuple(ParquetEncoder().schema.names[:-1])  # no extra
+    names = ParquetEncoder().schema.names[:-1]  # but extra
+    assert native.PARQUET_ROW_FIELDS == _ROW_FIELDS
+    assert [name for name in _ROW_FIELDS if "." not in name] == names
     record = make_record(1, capture={"request": {"body": {"a": "é"}, "raw_body": b"\x01\x02"},
                                      "response": {"raw_body": b"", "status": 200}})
-    row = native.parquet_row(_body(record), 7)
-    assert row[:13] == (7, *(record[name] for name in _ROW_FIELDS[1:13]))
-    assert row[13] == '{"request":{"body":{"a":"é"}},"response":{"status":200}}'.encode()
-    assert row[14:] == (b"\x01\x02", b"")
+    row = dict(zip(_ROW_FIELDS, native.parquet_row(_body(record), 7), strict=True))
+    assert row["id"] == 7
+    for name in names[1:-3]:
+        if name in STRUCTS:
+            assert row[name] is True
+            assert {field: row[f"{name}.{field}"] for field in STRUCTS[name]} == record[name] | {
+                field: None for field in STRUCTS[name] if field not in record[name]}
+        else:
+            assert row[name] == record[name]
+    assert row["capture"] == '{"request":{"body":{"a":"é"}},"response":{"status":200}}'.encode()
+    assert (row["raw_request_body"], row["raw_response_body"]) == (b"\x01\x02", b"")
     # without a capture, or with a null one; missing fields: None; the id as given
-    nothing = (None,) * 15
+    nothing = (None,) * (len(_ROW_FIELDS) - 1)
     assert native.parquet_row(_body({}), 1) == (1, *nothing)
     assert native.parquet_row(_body({"capture": None}), 2**70) == (2**70, *nothing)
     assert native.parquet_row(memoryview(b"xx" + _body({"ver": 2}))[2:], -1) == (-1, 2, *nothing[1:])
     stamp = datetime(2026, 11, 24, 12, 0, 1, tzinfo=UTC)
     assert native.parquet_row(_body({"timestamp": stamp}), 1)[2] == stamp
     assert native.parquet_row(_body({"timestamp": stamp.replace(microsecond=5)}), 1)[2] == stamp.replace(microsecond=5)
-    # a field of no typed column, and a stored "id", go to Python (extra)
+    # structs: null, empty, partial; a field of no typed column, and a stored "id", go to Python (extra)
+    assert native.parquet_row(_body({"usage": None}), 1) == (1, *nothing)
+    assert native.parquet_row(_body({"usage": {}}), 1)[9:14] == (True, None, None, None, None)
+    assert native.parquet_row(_body({"usage": {"cached_tokens": -(2**63)}}), 1)[9:14] == (True, None, None, -(2**63),
+                                                                                          None)
+    assert native.parquet_row(_body({"identity": {"tags": ["a", "é"]}}), 1)[3:7] == (True, None, None, ["a", "é"])
     assert native.parquet_row(_body({"ver": 2, "other": 1}), 1) is None
     assert native.parquet_row(_body({"id": 3}), 1) is None
-    # values of any type json_line writes, as cbor2 decodes them (the encoder checks them as it checks those)
-    odd = {"ver": "two", "usage": [1, {"a": None}], "model": b"\x00", "path": -(2**63), "status_code": 2**64 - 1,
-           "identity": {"tags": [True, False, 1.5]}}
-    assert native.parquet_row(_body(odd), 1)[:13] == (1, *(odd.get(name) for name in _ROW_FIELDS[1:13]))
+    # values of any type json_line writes in the other fields, as cbor2 decodes them (the encoder checks them)
+    odd = {"ver": "two", "timestamp": [1, {"a": None}], "model": b"\x00", "path": -(2**63), "status_code": 2**64 - 1,
+           "capture_id": True, "duration_ms": 1.5}
+    assert dict(zip(_ROW_FIELDS, native.parquet_row(_body(odd), 1), strict=True)).items() >= odd.items()
+
+
+@pytest.mark.parametrize("struct", [
+    {"usage": {"input_tokens": 1.0}}, {"usage": {"input_tokens": True}}, {"usage": {"input_tokens": 2**63}},
+    {"usage": {"input_tokens": -(2**63) - 1}}, {"usage": {"input_tokens": "1"}}, {"usage": {"other": 1}},
+    {"usage": [1]}, {"usage": "none"}, {"usage": {"input_tokens": [1]}},
+    {"estimated_cost": {"total": 1}}, {"estimated_cost": {"total": "1"}}, {"estimated_cost": {"currency": 1}},
+    {"identity": {"tags": "a"}}, {"identity": {"tags": ["a", 1]}}, {"identity": {"tags": [None]}},
+    {"identity": {"login_name": 1}}, {"identity": {"login_name": b"a"}}, {"identity": {"login_name": ["a"]}},
+])
+def test_a_struct_that_does_not_fit_is_left_to_python(native: ModuleType, struct: dict[str, Any]) -> None:
+    body = _body(make_record(1) | struct)
+    assert native.parquet_row(body, 1) is None
+    assert_same_parquet(native, [body, _body(make_record(2))])
+    assert_same_parquet(native, [_body(make_record(2)), body, _body(make_record(3) | {"capture": None})])
 
 
 @pytest.mark.parametrize("value", [
@@ -282,8 +342,10 @@ def test_what_it_leaves_to_python(native: ModuleType, value: Any, where: str) ->
     b"\xa2\x61a\x01\x61a\x02", b"\xa1\x61a\xa1\x61a\x01" * 2,  # a key twice (cbor2 keeps one)
     b"\xa1\x41a\x01", b"\xa1\x62\xc3\x28\x01", b"\x62\xc3\x28",  # a byte-string key, invalid UTF-8
     b"\x81" * 70 + b"\x01",  # deeper than json_line goes
+    b"\xa2\x6binput_tokens\x01\x6binput_tokens\x02",  # a struct's field twice
+    b"\xa1\x6dreasoning_tokens\x1b\x80\x00\x00\x00\x00\x00\x00\x00",  # 2**63: no int64
 ])
-@pytest.mark.parametrize("field", ["usage", "model", "timestamp"])
+@pytest.mark.parametrize("field", ["usage", "model", "timestamp", "identity"])
 def test_what_it_leaves_to_python_in_a_typed_field(native: ModuleType, value: bytes, field: str) -> None:
     name = field.encode()
     body = b"\xa2" + bytes([0x60 + len(name)]) + name + value + b"\x63ver\x02"

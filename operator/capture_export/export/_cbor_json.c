@@ -583,21 +583,44 @@ static int put_item(In *in, Out *out, int depth) {
 
 /* -- Parquet: a record's column values ----------------------------------------------------------------- */
 
-/* The fields of a Parquet row (formats.ParquetEncoder's schema, in its order; formats._ROW_FIELDS is the
- * same), then the capture column's JSON and the raw request and response bodies. */
-static const char *const row_fields[] = {"id", "ver", "timestamp", "identity", "model", "api_type", "usage",
-                                         "estimated_cost", "duration_ms", "capture_id", "session_id", "path",
-                                         "status_code", "capture", "raw_request_body", "raw_response_body"};
-enum { ROW_ID = 0, ROW_CAPTURE = 13, ROW_RAW_REQUEST = 14, ROW_RAW_RESPONSE = 15, ROW_SIZE = 16 };
+/* A Parquet row's values (formats._ROW_FIELDS is the same): the record's fields in the order of
+ * formats.ParquetEncoder's schema, each struct flattened (the struct's slot says whether the record has one:
+ * True, else None; its fields' slots follow), then the capture column's JSON and the raw request and
+ * response bodies. */
+static const char *const row_fields[] = {
+    "id", "ver", "timestamp",
+    "identity", "identity.login_name", "identity.node_id", "identity.tags",
+    "model", "api_type",
+    "usage", "usage.input_tokens", "usage.output_tokens", "usage.cached_tokens", "usage.reasoning_tokens",
+    "estimated_cost", "estimated_cost.input", "estimated_cost.output", "estimated_cost.total",
+    "estimated_cost.currency",
+    "duration_ms", "capture_id", "session_id", "path", "status_code",
+    "capture", "raw_request_body", "raw_response_body"};
+enum {
+    ROW_ID = 0, ROW_IDENTITY = 3, ROW_USAGE = 9, ROW_COST = 14, ROW_CAPTURE = 24, ROW_RAW_REQUEST = 25,
+    ROW_RAW_RESPONSE = 26, ROW_SIZE = 27
+};
+/* The record's own fields: their slots. */
+static const int top_slots[] = {0, 1, 2, ROW_IDENTITY, 7, 8, ROW_USAGE, ROW_COST, 19, 20, 21, 22, 23, ROW_CAPTURE};
+
+/* What a struct's field holds for the struct to be flattened (else the record is left to Python, whose
+ * encoder puts what does not fit in ``extra``): null, or text; a 64-bit integer; a double (what cbor2
+ * writes of a float); an array of texts. */
+typedef enum { FIT_TEXT, FIT_INT64, FIT_DOUBLE, FIT_TEXTS } Fit;
+static const Fit identity_fits[] = {FIT_TEXT, FIT_TEXT, FIT_TEXTS};
+static const Fit usage_fits[] = {FIT_INT64, FIT_INT64, FIT_INT64, FIT_INT64};
+static const Fit cost_fits[] = {FIT_DOUBLE, FIT_DOUBLE, FIT_DOUBLE, FIT_TEXT};
 
 static int valid_utf8(const uint8_t *s, size_t len);
 
 /* The row slot of a record's key: 1..ROW_CAPTURE; 0 for "id" (a stored map never holds one) and -1 for a
  * field the typed columns do not have (both left to Python, which puts such a field in ``extra``). */
 static int row_slot(const Key *key) {
-    for (int slot = 0; slot <= ROW_CAPTURE; slot++)
-        if (key->len == strlen(row_fields[slot]) && memcmp(key->text, row_fields[slot], key->len) == 0)
-            return slot;
+    for (size_t i = 0; i < sizeof top_slots / sizeof *top_slots; i++) {
+        const char *name = row_fields[top_slots[i]];
+        if (key->len == strlen(name) && memcmp(key->text, name, key->len) == 0)
+            return top_slots[i];
+    }
     return -1;
 }
 
@@ -733,6 +756,66 @@ static int py_item(In *in, int depth, PyObject **value) {
     return *value != NULL ? OK : ERR;
 }
 
+/* The struct at ``in`` (the value of the record's field in ``slot``; its ``count`` fields' slots follow,
+ * each holding what ``fits`` says) flattened into ``row``: the struct's slot True, or None for a null.
+ * BAIL for anything else, a field it does not have, or a value that does not fit: such a struct goes to
+ * Python, whose encoder puts what its columns cannot hold in ``extra``. */
+static int py_struct(In *in, PyObject **row, int slot, int count, const Fit *fits) {
+    int major, info, result;
+    uint64_t n;
+    if (in->at < in->end && *in->at == 0xF6) { /* null: a null struct */
+        in->at++;
+        row[slot] = Py_NewRef(Py_None);
+        return OK;
+    }
+    if ((result = head(in, &major, &info, &n)) != OK)
+        return result;
+    if (major != 5 || n > (uint64_t)count) /* not a map, or another field (or one twice) */
+        return BAIL;
+    size_t prefix = strlen(row_fields[slot]) + 1; /* "usage." */
+    for (uint64_t i = 0; i < n; i++) {
+        Key key;
+        if ((result = read_key(in, &key)) != OK)
+            return result;
+        int field = -1;
+        for (int j = 0; j < count && field < 0; j++) {
+            const char *name = row_fields[slot + 1 + j] + prefix;
+            if (key.len == strlen(name) && memcmp(key.text, name, key.len) == 0)
+                field = j;
+        }
+        if (field < 0 || row[slot + 1 + field] != NULL) /* another field, or one twice */
+            return BAIL;
+        if (in->at >= in->end)
+            return BAIL;
+        uint8_t initial = *in->at;
+        int fit;
+        if (initial == 0xF6)
+            fit = 1;
+        else if (fits[field] == FIT_TEXT)
+            fit = initial >> 5 == 3;
+        else if (fits[field] == FIT_DOUBLE)
+            fit = initial == 0xFB;
+        else if (fits[field] == FIT_TEXTS)
+            fit = initial >> 5 == 4;
+        else { /* FIT_INT64: the integer heads, but for an argument of 8 bytes past 2**63 - 1 */
+            fit = (initial >> 5 == 0 || initial >> 5 == 1) &&
+                   ((initial & 31) != 27 || (in->end - in->at > 1 && in->at[1] < 0x80));
+        }
+        if (!fit)
+            return BAIL;
+        PyObject **value = &row[slot + 1 + field];
+        if ((result = py_item(in, 2, value)) != OK)
+            return result;
+        if (fits[field] == FIT_TEXTS && *value != Py_None) { /* texts only */
+            for (Py_ssize_t k = 0; k < PyList_GET_SIZE(*value); k++)
+                if (!PyUnicode_CheckExact(PyList_GET_ITEM(*value, k)))
+                    return BAIL;
+        }
+    }
+    row[slot] = Py_NewRef(Py_True);
+    return OK;
+}
+
 /* The record's map at ``in`` into ``row`` (ROW_SIZE slots, NULL where a field is missing: None), its
  * capture's JSON into ``capture`` and its raw bodies into ``raws``; BAIL for a record left to Python. */
 static int row_values(In *in, PyObject **row, Out *capture, Raw *raws) {
@@ -766,7 +849,15 @@ static int row_values(In *in, PyObject **row, Out *capture, Raw *raws) {
         }
         if (row[slot] != NULL) /* twice */
             return BAIL;
-        if ((result = py_item(in, 1, &row[slot])) != OK)
+        if (slot == ROW_IDENTITY)
+            result = py_struct(in, row, slot, 3, identity_fits);
+        else if (slot == ROW_USAGE)
+            result = py_struct(in, row, slot, 4, usage_fits);
+        else if (slot == ROW_COST)
+            result = py_struct(in, row, slot, 4, cost_fits);
+        else
+            result = py_item(in, 1, &row[slot]);
+        if (result != OK)
             return result;
     }
     return in->at == in->end ? OK : BAIL; /* or trailing bytes */

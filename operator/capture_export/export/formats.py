@@ -548,10 +548,16 @@ _KNOWN_FIELDS = frozenset({"id", "timestamp", "capture", *_SCALARS, *_STRUCTS})
 _COLUMN_FIELDS = ("id", "timestamp", *_SCALARS, *_STRUCTS, "capture")
 _column_values = operator.itemgetter(*_COLUMN_FIELDS)
 # A native row (export/batch.py: _cbor_json.c's ``parquet_row``, its PARQUET_ROW_FIELDS): a record's values
-# in the schema's order, None for a missing field, its capture already as the capture column's JSON and its
-# raw bodies, and no field the typed columns do not have.
-_ROW_FIELDS = ("id", "ver", "timestamp", "identity", "model", "api_type", "usage", "estimated_cost", "duration_ms",
-               "capture_id", "session_id", "path", "status_code", "capture", "raw_request_body", "raw_response_body")
+# in the schema's order, None for a missing field; each struct flattened, its own slot True (None: no struct)
+# and its fields' values after it, each of its field's type or None; its capture already as the capture
+# column's JSON and its raw bodies; and no field the typed columns do not have.
+_ROW_FIELDS = ("id", "ver", "timestamp",
+               "identity", *(f"identity.{name}" for name in _IDENTITY_FIELDS),
+               "model", "api_type",
+               "usage", *(f"usage.{name}" for name in _USAGE_FIELDS),
+               "estimated_cost", *(f"estimated_cost.{name}" for name in _COST_FIELDS),
+               "duration_ms", "capture_id", "session_id", "path", "status_code",
+               "capture", "raw_request_body", "raw_response_body")
 _ROW_RECORD_FIELDS = _ROW_FIELDS[:_ROW_FIELDS.index("capture")]
 # Columns with few distinct values, worth a dictionary encoding; the others (ids, times, bodies, the capture)
 # are all but unique per record, where building a dictionary only to drop it costs time.
@@ -654,7 +660,8 @@ class ParquetEncoder:
         if kinds == {tuple}:  # native rows: the columns as they are, no field but the typed ones
             values: dict[str, Sequence[Any]] = dict(zip(_ROW_FIELDS, zip(*records, strict=True), strict=True))
             captures = (list(values["capture"]), list(values["raw_request_body"]), list(values["raw_response_body"]))
-            return self._record_batch(values, captures, extras, None)
+            structs = {name: self._flat_struct(values, name) for name in _STRUCTS}
+            return self._record_batch(values, captures, extras, None, structs)
         if tuple in kinds:  # a slice with decoded records too (foreign rows, rows left to Python): all as those
             records = [_row_record(record) if type(record) is tuple else record for record in records]
         dicts = cast(Sequence[Mapping[str, Any]], records)
@@ -674,16 +681,18 @@ class ParquetEncoder:
 
     def _record_batch(self, values: Mapping[str, Sequence[Any]],
                       captures: tuple[list[bytes | None], list[bytes | None], list[bytes | None]], extras: _Extras,
-                      others: Sequence[Mapping[str, Any]] | None) -> Any:
+                      others: Sequence[Mapping[str, Any]] | None, structs: dict[str, Any] | None = None) -> Any:
         """The record batch of the typed fields' ``values`` by name, the capture columns' ``captures``; ``others``:
-        the records when some hold a field of no typed column (to ``extra``)."""
+        the records when some hold a field of no typed column (to ``extra``); ``structs``: the struct columns
+        when built already (native rows)."""
         pa, schema = self.pa, self.schema
         arrays: dict[str, Any] = {"id": pa.array(values["id"], pa.int64())}
         arrays["timestamp"] = self._timestamps(values["timestamp"], extras)
         for name, kind in _SCALARS.items():
             arrays[name] = self._column(values[name], kind, name, schema.field(name).type, extras)
         for name, fields in _STRUCTS.items():
-            arrays[name] = self._struct_column(values[name], fields, name, schema.field(name).type, extras)
+            arrays[name] = (structs[name] if structs is not None
+                            else self._struct_column(values[name], fields, name, schema.field(name).type, extras))
         texts, raw_requests, raw_responses = captures
         arrays["capture"] = _bytes_column(pa, texts, pa.string())  # orjson writes UTF-8
         arrays["raw_request_body"] = pa.array(raw_requests, pa.binary())
@@ -725,6 +734,15 @@ class ParquetEncoder:
                 values[index] = float(value)
         return self.pa.array(values, arrow_type)
 
+    def _flat_struct(self, values: Mapping[str, Sequence[Any]], name: str) -> Any:
+        """A struct column from native rows' flattened structs (each field's values fit its type: _cbor_json.c
+        leaves any other struct to Python), null where the struct's own slot is None."""
+        pa = self.pa
+        arrow_type = self.schema.field(name).type
+        children = [pa.array(values[f"{name}.{child.name}"], child.type) for child in arrow_type]
+        mask = pa.array([present is None for present in values[name]], pa.bool_())
+        return pa.StructArray.from_arrays(children, fields=list(arrow_type), mask=mask)
+
     def _struct_column(self, values: Sequence[Any], fields: dict[str, type], name: str, arrow_type: Any,
                        extras: _Extras) -> Any:
         pa = self.pa
@@ -762,8 +780,13 @@ def _leaf_paths(pa: Any, schema: Any) -> list[str]:
 
 
 def _row_record(row: tuple[Any, ...]) -> dict[str, Any]:
-    """A native row as the decoded record the encoder takes: its typed fields and an EncodedCapture."""
-    record = dict(zip(_ROW_RECORD_FIELDS, row, strict=False))
+    """A native row as the decoded record the encoder takes: its typed fields, each struct a dict, and an
+    EncodedCapture."""
+    values = dict(zip(_ROW_RECORD_FIELDS, row, strict=False))
+    record = {name: value for name, value in values.items() if "." not in name}
+    for name, fields in _STRUCTS.items():
+        if record[name] is not None:
+            record[name] = {field: values[f"{name}.{field}"] for field in fields}
     capture, raw_request, raw_response = row[len(_ROW_RECORD_FIELDS):]
     record["capture"] = None if capture is None else EncodedCapture(capture, raw_request, raw_response)
     return record
