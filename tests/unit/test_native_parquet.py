@@ -16,7 +16,7 @@ import os
 import random
 import struct
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
@@ -86,7 +86,9 @@ def python_row(body: bytes, record_id: int = 1) -> Row | None:
     values: list[Any] = [record_id]
     for name in _ROW_RECORD_FIELDS[1:]:
         struct, _, field = name.partition(".")
-        if struct in STRUCTS and not field:
+        if name == "timestamp" and isinstance(record.get(name), datetime):
+            values.append((record[name] - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1))
+        elif struct in STRUCTS and not field:
             values.append(None if record.get(name) is None else True)
         elif field:
             parent = record.get(struct)
@@ -109,7 +111,7 @@ def _left_to_python(body: bytes) -> bool:
     struct that is neither null nor a map of its fields each of its type (or null), or (outside the
     capture) a float, which may be a half or a single."""
     record = cbor2.loads(body)
-    if not set(record) <= FIELDS:
+    if not set(record) <= FIELDS or not isinstance(record.get("timestamp"), datetime | None):
         return True
     for name, fields in STRUCTS.items():
         value = record.get(name)
@@ -268,6 +270,8 @@ def test_the_row_itself(native: ModuleType) -> None:
             assert row[name] is True
             assert {field: row[f"{name}.{field}"] for field in STRUCTS[name]} == record[name] | {
                 field: None for field in STRUCTS[name] if field not in record[name]}
+        elif name == "timestamp":
+            assert row[name] == (record[name] - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
         else:
             assert row[name] == record[name]
     assert row["capture"] == '{"request":{"body":{"a":"é"}},"response":{"status":200}}'.encode()
@@ -277,9 +281,13 @@ def test_the_row_itself(native: ModuleType) -> None:
     assert native.parquet_row(_body({}), 1) == (1, *nothing)
     assert native.parquet_row(_body({"capture": None}), 2**70) == (2**70, *nothing)
     assert native.parquet_row(memoryview(b"xx" + _body({"ver": 2}))[2:], -1) == (-1, 2, *nothing[1:])
-    stamp = datetime(2026, 11, 24, 12, 0, 1, tzinfo=UTC)
-    assert native.parquet_row(_body({"timestamp": stamp}), 1)[2] == stamp
-    assert native.parquet_row(_body({"timestamp": stamp.replace(microsecond=5)}), 1)[2] == stamp.replace(microsecond=5)
+    for stamp in (datetime(2026, 11, 24, 12, 0, 1, tzinfo=UTC), datetime(2026, 11, 24, 12, 0, 1, 5, tzinfo=UTC),
+                  datetime(1000, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+                  datetime(2000, 2, 29, tzinfo=UTC), datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC)):
+        micros = (stamp - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+        assert native.parquet_row(_body({"timestamp": stamp}), 1)[2] == micros
+        assert_same_parquet(native, [_body(make_record(1, timestamp=stamp))])
+    assert native.parquet_row(_body({"timestamp": None}), 1) == (1, *nothing)
     # structs: null, empty, partial; a field of no typed column, and a stored "id", go to Python (extra)
     assert native.parquet_row(_body({"usage": None}), 1) == (1, *nothing)
     assert native.parquet_row(_body({"usage": {}}), 1)[9:14] == (True, None, None, None, None)
@@ -289,7 +297,7 @@ def test_the_row_itself(native: ModuleType) -> None:
     assert native.parquet_row(_body({"ver": 2, "other": 1}), 1) is None
     assert native.parquet_row(_body({"id": 3}), 1) is None
     # values of any type json_line writes in the other fields, as cbor2 decodes them (the encoder checks them)
-    odd = {"ver": "two", "timestamp": [1, {"a": None}], "model": b"\x00", "path": -(2**63), "status_code": 2**64 - 1,
+    odd = {"ver": "two", "api_type": [1, {"a": None}], "model": b"\x00", "path": -(2**63), "status_code": 2**64 - 1,
            "capture_id": True, "duration_ms": 1.5}
     assert dict(zip(_ROW_FIELDS, native.parquet_row(_body(odd), 1), strict=True)).items() >= odd.items()
 
@@ -303,7 +311,18 @@ def test_the_row_itself(native: ModuleType) -> None:
     {"identity": {"login_name": 1}}, {"identity": {"login_name": b"a"}}, {"identity": {"login_name": ["a"]}},
 ])
 def test_a_struct_that_does_not_fit_is_left_to_python(native: ModuleType, struct: dict[str, Any]) -> None:
-    body = _body(make_record(1) | struct)
+    _assert_left_to_python(native, struct)
+
+
+@pytest.mark.parametrize("timestamp", ["2026-11-24T12:00:00Z", 1700000000, 1.5, {"a": 1}, [], True])
+def test_a_timestamp_that_is_no_date_time_is_left_to_python(native: ModuleType, timestamp: Any) -> None:
+    _assert_left_to_python(native, {"timestamp": timestamp})
+
+
+def _assert_left_to_python(native: ModuleType, fields: dict[str, Any]) -> None:
+    """A record with ``fields`` is left to Python (whose encoder puts them in extra), and a slice holding it
+    and native rows is the same Parquet."""
+    body = _body(make_record(1) | fields)
     assert native.parquet_row(body, 1) is None
     assert_same_parquet(native, [body, _body(make_record(2))])
     assert_same_parquet(native, [_body(make_record(2)), body, _body(make_record(3) | {"capture": None})])

@@ -15,14 +15,16 @@
  * reads past the body, whatever the body holds: every length is checked against the bytes left before it is
  * used.
  *
- * parquet_row takes the records json_line takes but those with a field the typed columns do not have (or
- * a half or single float, which cbor2 does not write). Its contract is the Python Parquet path's column
- * values: the row's typed fields (formats._ROW_FIELDS, the Parquet schema's order) as the Python values
- * cbor2 decodes them to (None where the record lacks one; the encoder checks their types as it checks a
- * decoded record's), the capture column's JSON (formats._captures: the capture without the request's and
- * response's raw bodies, written by json_line's writer; None where the record has no capture, or a null
- * one), and the raw bodies the raw body columns' bytes. The capture, most of a record, never becomes
- * Python objects.
+ * parquet_row takes the records json_line takes but those with a field the typed columns do not have, a
+ * timestamp that is not a date/time (or null), a struct that is not a map of its fields each of its
+ * column's type (or null), or a half or single float (cbor2 writes doubles): the encoder puts what does not
+ * fit in ``extra``, and only Python does that. Its contract is the Python Parquet path's column values: the
+ * row's typed fields (formats._ROW_FIELDS, the Parquet schema's order) as the Python values cbor2 decodes
+ * them to (None where the record lacks one; the encoder checks their types as it checks a decoded
+ * record's), but the timestamp as microseconds since the epoch and each struct flattened into its fields'
+ * values; the capture column's JSON (formats._captures: the capture without the request's and response's
+ * raw bodies, written by json_line's writer; None where the record has no capture, or a null one), and the
+ * raw bodies the raw body columns' bytes. The capture, most of a record, never becomes Python objects.
  *
  * privacy_prefilter and privacy_scrubbed (their own section below) are privacy mode's: a stored record
  * without what privacy mode drops, the rest of its bytes as they are.
@@ -584,9 +586,9 @@ static int put_item(In *in, Out *out, int depth) {
 /* -- Parquet: a record's column values ----------------------------------------------------------------- */
 
 /* A Parquet row's values (formats._ROW_FIELDS is the same): the record's fields in the order of
- * formats.ParquetEncoder's schema, each struct flattened (the struct's slot says whether the record has one:
- * True, else None; its fields' slots follow), then the capture column's JSON and the raw request and
- * response bodies. */
+ * formats.ParquetEncoder's schema, the timestamp as microseconds since the epoch, each struct flattened (the
+ * struct's slot says whether the record has one: True, else None; its fields' slots follow), then the
+ * capture column's JSON and the raw request and response bodies. */
 static const char *const row_fields[] = {
     "id", "ver", "timestamp",
     "identity", "identity.login_name", "identity.node_id", "identity.tags",
@@ -597,7 +599,7 @@ static const char *const row_fields[] = {
     "duration_ms", "capture_id", "session_id", "path", "status_code",
     "capture", "raw_request_body", "raw_response_body"};
 enum {
-    ROW_ID = 0, ROW_IDENTITY = 3, ROW_USAGE = 9, ROW_COST = 14, ROW_CAPTURE = 24, ROW_RAW_REQUEST = 25,
+    ROW_ID = 0, ROW_TIMESTAMP = 2, ROW_IDENTITY = 3, ROW_USAGE = 9, ROW_COST = 14, ROW_CAPTURE = 24, ROW_RAW_REQUEST = 25,
     ROW_RAW_RESPONSE = 26, ROW_SIZE = 27
 };
 /* The record's own fields: their slots. */
@@ -637,6 +639,49 @@ static PyObject *py_timestamp(const uint8_t *s, size_t len) {
         digits(s + 20, 6, &micro);
     return PyDateTimeAPI->DateTime_FromDateAndTime(year, month, day, hour, minute, second, micro,
                                                    PyDateTime_TimeZone_UTC, PyDateTimeAPI->DateTimeType);
+}
+
+/* The days from 1970-01-01 to a date of the proleptic Gregorian calendar (H. Hinnant's days_from_civil). */
+static int64_t days_from_civil(int64_t year, int64_t month, int64_t day) {
+    year -= month <= 2;
+    int64_t era = (year >= 0 ? year : year - 399) / 400;
+    int64_t year_of_era = year - era * 400;
+    int64_t day_of_year = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+    int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    return era * 146097 + day_of_era - 719468;
+}
+
+/* The record's timestamp at ``in`` as the timestamp column takes it: a tag-0 text in our writer's forms
+ * (canonical_timestamp) as its microseconds since the epoch (UTC; what Arrow makes of the datetime cbor2
+ * decodes it to), null as None; BAIL for anything else (the encoder puts it in ``extra``). */
+static int py_timestamp_us(In *in, PyObject **value) {
+    int major, info, result;
+    uint64_t arg;
+    if (in->at < in->end && *in->at == 0xF6) {
+        in->at++;
+        *value = Py_NewRef(Py_None);
+        return OK;
+    }
+    if ((result = head(in, &major, &info, &arg)) != OK)
+        return result;
+    if (major != 6 || arg != 0 || (result = head(in, &major, &info, &arg)) != OK)
+        return BAIL;
+    if (major != 3 || arg > (uint64_t)(in->end - in->at) || !canonical_timestamp(in->at, (size_t)arg))
+        return BAIL;
+    const uint8_t *s = in->at;
+    int year, month, day, hour, minute, second, micro = 0;
+    digits(s, 4, &year);
+    digits(s + 5, 2, &month);
+    digits(s + 8, 2, &day);
+    digits(s + 11, 2, &hour);
+    digits(s + 14, 2, &minute);
+    digits(s + 17, 2, &second);
+    if (arg == 27)
+        digits(s + 20, 6, &micro);
+    in->at += arg;
+    int64_t seconds = ((days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60 + second;
+    *value = PyLong_FromLongLong(seconds * 1000000 + micro);
+    return *value != NULL ? OK : ERR;
 }
 
 /* One data item at ``in`` as the Python value cbor2 decodes it to, into ``*value`` (a new reference), for
@@ -855,6 +900,8 @@ static int row_values(In *in, PyObject **row, Out *capture, Raw *raws) {
             result = py_struct(in, row, slot, 4, usage_fits);
         else if (slot == ROW_COST)
             result = py_struct(in, row, slot, 4, cost_fits);
+        else if (slot == ROW_TIMESTAMP)
+            result = py_timestamp_us(in, &row[slot]);
         else
             result = py_item(in, 1, &row[slot]);
         if (result != OK)

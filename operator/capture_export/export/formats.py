@@ -56,7 +56,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from itertools import accumulate, chain
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -548,7 +548,8 @@ _KNOWN_FIELDS = frozenset({"id", "timestamp", "capture", *_SCALARS, *_STRUCTS})
 _COLUMN_FIELDS = ("id", "timestamp", *_SCALARS, *_STRUCTS, "capture")
 _column_values = operator.itemgetter(*_COLUMN_FIELDS)
 # A native row (export/batch.py: _cbor_json.c's ``parquet_row``, its PARQUET_ROW_FIELDS): a record's values
-# in the schema's order, None for a missing field; each struct flattened, its own slot True (None: no struct)
+# in the schema's order, None for a missing field; the timestamp as microseconds since the epoch (or None);
+# each struct flattened, its own slot True (None: no struct)
 # and its fields' values after it, each of its field's type or None; its capture already as the capture
 # column's JSON and its raw bodies; and no field the typed columns do not have.
 _ROW_FIELDS = ("id", "ver", "timestamp",
@@ -661,6 +662,7 @@ class ParquetEncoder:
             values: dict[str, Sequence[Any]] = dict(zip(_ROW_FIELDS, zip(*records, strict=True), strict=True))
             captures = (list(values["capture"]), list(values["raw_request_body"]), list(values["raw_response_body"]))
             structs = {name: self._flat_struct(values, name) for name in _STRUCTS}
+            structs["timestamp"] = self.pa.array(values["timestamp"], self.schema.field("timestamp").type)
             return self._record_batch(values, captures, extras, None, structs)
         if tuple in kinds:  # a slice with decoded records too (foreign rows, rows left to Python): all as those
             records = [_row_record(record) if type(record) is tuple else record for record in records]
@@ -683,11 +685,12 @@ class ParquetEncoder:
                       captures: tuple[list[bytes | None], list[bytes | None], list[bytes | None]], extras: _Extras,
                       others: Sequence[Mapping[str, Any]] | None, structs: dict[str, Any] | None = None) -> Any:
         """The record batch of the typed fields' ``values`` by name, the capture columns' ``captures``; ``others``:
-        the records when some hold a field of no typed column (to ``extra``); ``structs``: the struct columns
-        when built already (native rows)."""
+        the records when some hold a field of no typed column (to ``extra``); ``structs``: the timestamp and
+        struct columns when built already (native rows)."""
         pa, schema = self.pa, self.schema
         arrays: dict[str, Any] = {"id": pa.array(values["id"], pa.int64())}
-        arrays["timestamp"] = self._timestamps(values["timestamp"], extras)
+        arrays["timestamp"] = (structs["timestamp"] if structs is not None
+                               else self._timestamps(values["timestamp"], extras))
         for name, kind in _SCALARS.items():
             arrays[name] = self._column(values[name], kind, name, schema.field(name).type, extras)
         for name, fields in _STRUCTS.items():
@@ -740,7 +743,8 @@ class ParquetEncoder:
         pa = self.pa
         arrow_type = self.schema.field(name).type
         children = [pa.array(values[f"{name}.{child.name}"], child.type) for child in arrow_type]
-        mask = pa.array([present is None for present in values[name]], pa.bool_())
+        presence = values[name]
+        mask = pa.array([present is None for present in presence], pa.bool_()) if None in presence else None
         return pa.StructArray.from_arrays(children, fields=list(arrow_type), mask=mask)
 
     def _struct_column(self, values: Sequence[Any], fields: dict[str, type], name: str, arrow_type: Any,
@@ -779,11 +783,16 @@ def _leaf_paths(pa: Any, schema: Any) -> list[str]:
     return paths
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _row_record(row: tuple[Any, ...]) -> dict[str, Any]:
     """A native row as the decoded record the encoder takes: its typed fields, each struct a dict, and an
     EncodedCapture."""
     values = dict(zip(_ROW_RECORD_FIELDS, row, strict=False))
     record = {name: value for name, value in values.items() if "." not in name}
+    if record["timestamp"] is not None:
+        record["timestamp"] = _EPOCH + timedelta(microseconds=record["timestamp"])
     for name, fields in _STRUCTS.items():
         if record[name] is not None:
             record[name] = {field: values[f"{name}.{field}"] for field in fields}
