@@ -1,6 +1,6 @@
 /*
- * capture_export.export._cbor_json: a stored record's CBOR written straight as its JSON line, or split for
- * the Parquet columns.
+ * capture_export.export._cbor_json: a stored record's CBOR written straight as its JSON line, or as its values
+ * for the Parquet columns.
  *
  *     json_line(body, record_id) -> bytes | None
  *     parquet_row(body, record_id) -> (record_id, ver, timestamp, ..., capture, raw_request, raw_response) | None

@@ -20,9 +20,10 @@ Each record is decoded at most once. The default path never decodes a sealed row
 the stored CBOR (``id_head``); nor does JSON Lines without a filter or rewrite where the optional native
 extension is built (``_json_lines``: _cbor_json.c writes the row's JSON line straight from its CBOR), nor
 privacy mode alone into CBOR or JSON Lines (``_privacy_records``: _cbor_json.c scrubs the row into the bytes
-cbor2 writes for the scrubbed record); Parquet without a filter or rewrite decodes only a sealed row's small
-fields (``_parquet_records``: _cbor_json.c writes its capture column's JSON and takes out its raw bodies). A
-filter on a CBOR format reads only the fields it needs (``peek_fields``). Anything else decodes each row once
+cbor2 writes for the scrubbed record); nor Parquet without a filter or rewrite, or with privacy mode alone
+(``_parquet_records``, ``_privacy_parquet_records``: _cbor_json.c gives a sealed row's, or its scrubbed
+bytes', values for the columns, its capture column's JSON and its raw bodies). A filter on a CBOR format
+reads only the fields it needs (``peek_fields``). Anything else decodes each row once
 (a foreign row's check is that decode; privacy mode decodes a sealed row's natively scrubbed or prefiltered
 bytes where it can: ``_privacy_record``), then
 filters, rewrites (privacy mode, redactions) and encodes record by record, so a batch of 10,000 records
