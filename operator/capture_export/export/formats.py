@@ -744,8 +744,14 @@ class ParquetEncoder:
         arrow_type = self.schema.field(name).type
         children = [pa.array(values[f"{name}.{child.name}"], child.type) for child in arrow_type]
         presence = values[name]
-        mask = pa.array([present is None for present in presence], pa.bool_()) if None in presence else None
-        return pa.StructArray.from_arrays(children, fields=list(arrow_type), mask=mask)
+        nulls = presence.count(None)
+        if not nulls:
+            return pa.StructArray.from_arrays(children, fields=list(arrow_type))
+        # The validity bitmap is a boolean array's values: StructArray.from_arrays's ``mask`` would invert one with
+        # pyarrow.compute, whose import costs each encode worker ~60 ms of CPU and several MiB.
+        valid = pa.array([present is not None for present in presence], pa.bool_())
+        return pa.Array.from_buffers(arrow_type, len(presence), [valid.buffers()[1]], null_count=nulls,
+                                     children=children)
 
     def _struct_column(self, values: Sequence[Any], fields: dict[str, type], name: str, arrow_type: Any,
                        extras: _Extras) -> Any:
