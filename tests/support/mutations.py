@@ -15,6 +15,8 @@ def mutations(body: bytes, rng: random.Random, count: int) -> Iterator[bytes]:
     for _ in range(count):
         mutated = bytearray(body)
         for _ in range(rng.randint(1, 4)):
+            if not mutated:  # a splice emptied a short body: nothing left to mutate
+                break
             at = rng.randrange(len(mutated))
             choice = rng.random()
             if choice < 0.5:
