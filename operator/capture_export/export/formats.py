@@ -579,9 +579,10 @@ PARQUET_SLICE = 100
 
 
 class EncodedCapture(NamedTuple):
-    """A record's capture already as its columns' values: what the native path (export/batch.py,
-    _cbor_json.c's ``parquet_capture``) puts in a record's ``capture`` in place of the decoded capture, so
-    that the encoder takes them as they are (``_captures``) rather than decoding and writing the capture."""
+    """A record's capture already as its columns' values: what a native row (export/batch.py, _cbor_json.c's
+    ``parquet_row``) puts in its record's ``capture`` when its slice also holds decoded records
+    (``_row_record``), so that the encoder takes them as they are (``_captures``) rather than decoding and
+    writing the capture."""
 
     json: bytes  # the capture column: its JSON without the raw bodies
     raw_request: bytes | None
