@@ -27,6 +27,9 @@ filter on a CBOR format reads only the fields it needs (``peek_fields``). Anythi
 bytes where it can: ``_privacy_record``), then
 filters, rewrites (privacy mode, redactions) and encodes record by record, so a batch of 10,000 records
 never holds 10,000 decoded records at once.
+
+The default path's usual batch, every row sealed, has its seals checked in one loop and goes out without an
+object per row (``_as_stored``); a batch with any other row takes the row-by-row check (``check_rows``).
 """
 
 from __future__ import annotations
