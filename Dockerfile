@@ -5,9 +5,10 @@
 #   docker build -t capture-export:0.1.0 .
 #   docker run --rm capture-export:0.1.0 --help
 #
-# Two stages: the first builds our wheel (with its one C extension, the native JSON Lines and Parquet paths:
-# gcc is installed in that stage only) and installs it with every dependency into a virtualenv (dependencies
-# from binary wheels only); the second copies that virtualenv onto a clean slim Python, without the compiler.
+# Two stages: the first builds our wheel (with its one C extension, the native paths of JSON Lines, Parquet and
+# privacy mode: gcc is installed in that stage only) and installs it with every dependency into a virtualenv
+# (dependencies from binary wheels only); the second copies that virtualenv onto a clean slim Python, without the
+# compiler.
 # The final image runs as uid/gid 10001, writes nothing outside /tmp, $HOME and /data (the chart mounts
 # emptyDirs there and a PVC on /data), so it runs with a read-only root filesystem under the restricted
 # Pod Security profile.
@@ -34,9 +35,9 @@ WORKDIR /src
 COPY pyproject.toml README.md hatch_build.py ./
 COPY operator ./operator
 
-# Build our wheel (the native JSON Lines and Parquet paths compiled in), then install it and its dependencies
-# from binary wheels only, so a dependency that would need compiling fails the build instead of compiling in
-# the image.
+# Build our wheel (the native JSON Lines, Parquet and privacy mode paths compiled in), then install it and its
+# dependencies from binary wheels only, so a dependency that would need compiling fails the build instead of
+# compiling in the image.
 # The import check fails the build if the extension did not build (the hook would only warn).
 # The parquet extra (pyarrow) is included so that `format: parquet` works in the shipped image.
 # pip byte-compiles the installed modules here, so nothing needs writing at run time.

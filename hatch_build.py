@@ -1,10 +1,10 @@
-"""Build hook (hatchling): compiles the optional native JSON Lines and Parquet paths,
-capture_export/export/_cbor_json.c.
+"""Build hook (hatchling): compiles the optional native paths, capture_export/export/_cbor_json.c: JSON Lines
+written straight from the stored CBOR, Parquet's capture column, and privacy mode's scrub.
 
 With a C compiler the wheel carries the extension (and is tagged for this Python and platform); an editable
 install (``pip install -e .``) gets it built in place beside the C file, where the installed path finds it.
 Without one (or with ``CAPTURE_EXPORT_PURE_PYTHON=1``) the build says so and goes on: the package is pure
-Python and the JSON Lines and Parquet encoders take their Python path (export/batch.py). The compiler is the
+Python and JSON Lines, Parquet and privacy mode take their Python path (export/batch.py). The compiler is the
 one Python was built with (``sysconfig``), or ``$CC`` as distutils would take it; ``$CFLAGS`` is added.
 """
 
@@ -54,7 +54,7 @@ def _compile(root: Path, target: Path) -> str | None:
     return None
 
 
-class NativeJsonLinesHook(BuildHookInterface):
+class NativePathsHook(BuildHookInterface):
     PLUGIN_NAME = "custom"
     _work: str | None = None
 
@@ -66,8 +66,8 @@ class NativeJsonLinesHook(BuildHookInterface):
         if self.target_name != "wheel":
             return
         if os.environ.get("CAPTURE_EXPORT_PURE_PYTHON"):
-            self.app.display_info("capture-export: CAPTURE_EXPORT_PURE_PYTHON set, the native JSON Lines and "
-                                  "Parquet paths are not built")
+            self.app.display_info("capture-export: CAPTURE_EXPORT_PURE_PYTHON set, the native paths (JSON Lines, "
+                                  "Parquet's capture column, privacy mode) are not built")
             return
         root = Path(self.root)
         name = "_cbor_json" + sysconfig.get_config_var("EXT_SUFFIX")
@@ -79,8 +79,9 @@ class NativeJsonLinesHook(BuildHookInterface):
         problem = _compile(root, target)
         if problem is not None:
             target.unlink(missing_ok=True)  # never an extension of an older source
-            self.app.display_warning(f"capture-export: the native JSON Lines and Parquet paths are not built, "
-                                     f"both are written by the Python path (same bytes, slower): {problem}")
+            self.app.display_warning(f"capture-export: the native paths (JSON Lines, Parquet's capture column, "
+                                     f"privacy mode) are not built, all take the Python path (same bytes, "
+                                     f"slower): {problem}")
             return
         build_data["pure_python"] = False
         build_data["infer_tag"] = True

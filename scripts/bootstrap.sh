@@ -13,12 +13,13 @@ if [ ! -x .venv/bin/python ]; then
     echo "creating .venv …"
     "$python" -m venv .venv
 fi
-# The native JSON Lines and Parquet paths (hatch_build.py) need a C compiler; without one the install is pure Python.
+# The native paths (hatch_build.py: JSON Lines, Parquet, privacy mode) need a C compiler; without one the
+# install is pure Python.
 # CI builds it (its tests fail without it), so there a missing compiler is installed as the tests' other
 # Debian packages are.
 if [ "$extra" = test ] && [ -n "${CI:-}" ] && ! command -v "$("$python" -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])')" >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then
-        echo "installing Debian's gcc (the native JSON Lines and Parquet paths) …"
+        echo "installing Debian's gcc (the native JSON Lines, Parquet and privacy mode paths) …"
         SUDO=""
         [ "$(id -u)" != 0 ] && SUDO="sudo"
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -qq

@@ -27,6 +27,7 @@ from capture_export.seed import generate_records
 from capture_export.store.base import StoredRecord
 from capture_export.store.records import encode_body
 from capture_export.store.seal import RecordSeal
+from tests.support.mutations import mutations
 from tests.support.records import make_record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,18 +236,8 @@ def test_hostile_bytes_never_crash_and_never_differ(native: ModuleType) -> None:
         for cut in range(0, len(body), max(1, len(body) // 40)):  # truncated
             assert native.json_line(body[:cut], 1) is None
         assert native.json_line(body + b"\x00", 1) is None  # trailing bytes
-        for _ in range(150):
-            mutated = bytearray(body)
-            for _ in range(rng.randint(1, 4)):
-                at = rng.randrange(len(mutated))
-                choice = rng.random()
-                if choice < 0.5:
-                    mutated[at] = rng.randrange(256)
-                elif choice < 0.75:
-                    mutated[at] ^= 1 << rng.randrange(8)
-                else:
-                    mutated[at:at + 1] = rng.randbytes(rng.randint(0, 9))
-            if assert_same_or_none(native, bytes(mutated)) is not None:
+        for mutated in mutations(body, rng, 150):
+            if assert_same_or_none(native, mutated) is not None:
                 written += 1
     assert written  # some mutations (a letter in a string) are still records, and written as Python writes them
     for _ in range(3000):

@@ -32,6 +32,7 @@ from capture_export.seed import generate_records  # noqa: E402
 from capture_export.store.base import StoredRecord  # noqa: E402
 from capture_export.store.records import encode_body  # noqa: E402
 from capture_export.store.seal import RecordSeal  # noqa: E402
+from tests.support.mutations import mutations  # noqa: E402
 from tests.support.records import make_record  # noqa: E402
 
 Split = tuple[bytes, bytes | None, bytes | None, bytes | None]
@@ -288,18 +289,8 @@ def test_hostile_bytes_never_crash_and_never_differ(native: ModuleType) -> None:
         for cut in range(0, len(body), max(1, len(body) // 40)):  # truncated
             assert native.parquet_capture(body[:cut]) is None
         assert native.parquet_capture(body + b"\x00") is None  # trailing bytes
-        for _ in range(120):
-            mutated = bytearray(body)
-            for _ in range(rng.randint(1, 4)):
-                at = rng.randrange(len(mutated))
-                choice = rng.random()
-                if choice < 0.5:
-                    mutated[at] = rng.randrange(256)
-                elif choice < 0.75:
-                    mutated[at] ^= 1 << rng.randrange(8)
-                else:
-                    mutated[at:at + 1] = rng.randbytes(rng.randint(0, 9))
-            if assert_split_as_python(native, bytes(mutated)) is not None:
+        for mutated in mutations(body, rng, 120):
+            if assert_split_as_python(native, mutated) is not None:
                 split += 1
     assert split  # some mutations (a letter in a string) are still records, and split as Python splits them
     for _ in range(3000):

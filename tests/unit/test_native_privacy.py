@@ -36,6 +36,7 @@ from capture_export.seed import generate_records
 from capture_export.store.base import StoredRecord
 from capture_export.store.records import encode_body, with_id
 from capture_export.store.seal import RecordSeal
+from tests.support.mutations import mutations
 from tests.support.trust import Raw, build, good_record, head, text
 
 DECODERS: tuple[Callable[[Any], Any], ...] = (cbor2.loads, CborZstdEncoder.decode_record,
@@ -370,18 +371,8 @@ def test_truncated_and_garbled_bodies_never_crash_and_never_differ(native: Modul
         for cut in range(0, len(body), max(1, len(body) // 40)):
             assert native.privacy_prefilter(body[:cut]) is None
         assert native.privacy_prefilter(body + b"\x00") is None
-        for _ in range(150):
-            mutated = bytearray(body)
-            for _ in range(rng.randint(1, 4)):
-                at = rng.randrange(len(mutated))
-                choice = rng.random()
-                if choice < 0.5:
-                    mutated[at] = rng.randrange(256)
-                elif choice < 0.75:
-                    mutated[at] ^= 1 << rng.randrange(8)
-                else:
-                    mutated[at:at + 1] = rng.randbytes(rng.randint(0, 9))
-            if assert_equivalent(native, bytes(mutated)) is not None:
+        for mutated in mutations(body, rng, 150):
+            if assert_equivalent(native, mutated) is not None:
                 filtered += 1
     assert filtered  # many mutations (a letter in a string) are still records, and filtered
     for _ in range(3000):

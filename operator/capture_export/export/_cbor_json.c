@@ -414,32 +414,25 @@ static inline int next_major(const In *in) {
     return in->at < in->end ? *in->at >> 5 : -1;
 }
 
-/* A map key: a definite text string (not yet checked to be UTF-8), stepped over. */
-static int read_key(In *in, Key *key) {
+/* A definite-length string of major type ``want`` (2: bytes, 3: text, not yet checked to be UTF-8): where its
+ * bytes are in the input and how many, stepped over without copying. BAIL for any other item, an indefinite
+ * length, or a length past the end of the input. */
+static int read_string(In *in, int want, const uint8_t **data, size_t *len) {
     int major, info, result;
-    uint64_t len;
-    if ((result = head(in, &major, &info, &len)) != OK)
+    uint64_t arg;
+    if ((result = head(in, &major, &info, &arg)) != OK)
         return result;
-    if (major != 3 || len > (uint64_t)(in->end - in->at))
+    if (major != want || arg > (uint64_t)(in->end - in->at))
         return BAIL;
-    key->text = in->at;
-    key->len = (size_t)len;
-    in->at += len;
+    *data = in->at;
+    *len = (size_t)arg;
+    in->at += arg;
     return OK;
 }
 
-/* A byte string's bytes, stepped over without copying. */
-static int read_bytes(In *in, Raw *raw) {
-    int major, info, result;
-    uint64_t len;
-    if ((result = head(in, &major, &info, &len)) != OK)
-        return result;
-    if (major != 2 || len > (uint64_t)(in->end - in->at))
-        return BAIL;
-    raw->data = in->at;
-    raw->len = (size_t)len;
-    in->at += len;
-    return OK;
+/* A map key: a definite text string. */
+static inline int read_key(In *in, Key *key) {
+    return read_string(in, 3, &key->text, &key->len);
 }
 
 /* A map's ``n`` pairs (its head already read), written as ``{"k":v,...}`` as ``kind`` says; ``raws``: where
@@ -465,7 +458,7 @@ static int put_pairs(In *in, Out *out, uint64_t n, int depth, MapKind kind, Raw 
             goto done;
         }
         if (kind == MAP_PART && is_key(key, "raw_body", 8) && next_major(in) == 2) {
-            if ((result = read_bytes(in, raws)) != OK)
+            if ((result = read_string(in, 2, &raws->data, &raws->len)) != OK)
                 goto done;
             continue;
         }

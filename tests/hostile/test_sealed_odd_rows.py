@@ -1,0 +1,337 @@
+"""Rows whose seal is valid but whose body is odd CBOR: a buggy writer that holds our key.
+
+A sealed row goes out unchecked (export/batch.py, ``check_rows``), and the native paths of _cbor_json.c
+(``json_line``, ``parquet_capture``, ``privacy_scrubbed``, ``privacy_prefilter``) see exactly such rows. The
+unit tests compare them with the Python path one body at a time; here a real SQLite store holds the odd rows
+between ordinary ones, sealed by the store's own append (``append_encoded(sealed=True)``: what a writer with a
+bug in its encoder would store), and every format is exported to the real S3 server, with and without privacy
+mode, once with the native paths and once without them (the four ``batch._native_*`` set to None, as the
+unit tests switch them off). What a user would notice:
+
+* an odd row CBOR readers can decode (indefinite lengths, duplicate and non-text keys, tags, floats of every
+  width, NaN and infinities, integers past 64 bits, undefined and simple values, deep nesting, known fields
+  of the wrong type or missing, unknown fields) is exported exactly once, each row's id once, and the objects
+  are the very bytes the Python path writes;
+* a row no CBOR reader decodes (invalid UTF-8, nesting past cbor2's limit, a string reference outside its
+  namespace, a top-level item that is no map) holds the export before its batch in every format that decodes,
+  the same failure with or without the native paths, nothing written and the cursor where it was. (The
+  failure names the batch's records, not the row, and ``onCorruptRecord: Quarantine`` does not take it: only
+  an unsealed row is checked, and so quarantined, before it is encoded.)
+
+Not covered here: a sealed row holding its own ``id`` key. Our writer never stores one (store/records.py,
+``encode_body``), and a stored one overrides the row's id in CBOR and JSON Lines on both paths alike.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+import zstandard
+
+from capture_export.api import S3ExporterSpec
+from capture_export.export import Cursor, ExportEngine, ExporterId, batch
+from capture_export.export.model import RunResult
+from capture_export.local_s3 import LocalS3
+from capture_export.objectstore import S3ObjectStore
+from capture_export.store import SQLiteStore
+from tests.support.trust import (
+    Raw,
+    bstr,
+    bucket_objects,
+    bucket_records,
+    build,
+    good_record,
+    head,
+    text,
+    text_chunks,
+    timestamp_us,
+)
+
+NATIVE = ("_native_json_line", "_native_parquet_capture", "_native_privacy_prefilter", "_native_privacy_scrubbed")
+
+FORMATS: dict[str, dict[str, Any]] = {
+    "cbor-zstd": {},
+    "jsonl": {"format": "jsonl", "compression": "none"},
+    "jsonl.gz": {"format": "jsonl", "compression": "gzip"},
+    "jsonl.zst": {"format": "jsonl", "compression": "zstd"},
+    "parquet": {"format": "parquet"},
+}
+
+
+def _with(n: int, **fields: Any) -> dict[Any, Any]:
+    return {**good_record(n), **fields}
+
+
+def _part(n: int, side: str, **fields: Any) -> dict[Any, Any]:
+    record = good_record(n)
+    record["capture"][side] = {**record["capture"][side], **fields}
+    return record
+
+
+def _without(n: int, *names: str) -> dict[Any, Any]:
+    return {key: value for key, value in good_record(n).items() if key not in names}
+
+
+def _nested(levels: int) -> Raw:
+    return Raw(b"\x81" * levels + text("deep"))
+
+
+def _cost(item: bytes) -> dict[Any, Any]:
+    return {"total": Raw(item)}
+
+
+# Each builds the body of row n: odd, but one CBOR map that cbor2 (every reader the formats document) decodes.
+ODD: dict[str, Callable[[int], bytes]] = {
+    "indefinite-capture-map": lambda n: build(_with(n, capture=Raw(build(good_record(n)["capture"], indefinite=True)))),
+    "indefinite-text": lambda n: build(_with(n, model=Raw(text_chunks("gpt-", "4o")))),
+    "indefinite-raw-body": lambda n: build(_part(n, "request",
+                                                 raw_body=Raw(b"\x5f" + bstr(b"a\0") + bstr(b"\xff") + b"\xff"))),
+    "indefinite-array": lambda n: build(_with(n, identity={"login_name": "u", "node_id": "n",
+                                                           "tags": Raw(b"\x9f" + text("tag:a") + b"\xff")})),
+    "duplicate-top-level-key": lambda n: build({**good_record(n), Raw(text("model")): "second-model"}),
+    "duplicate-capture": lambda n: build({**good_record(n), Raw(text("capture")): {"request": {"body": {"x": 1}}}}),
+    "duplicate-header": lambda n: build(_part(n, "request", headers={"a": "1", Raw(text("a")): "2"})),
+    "duplicate-among-100-keys": lambda n: build(_part(n, "request", headers={
+        **{f"h{i}": str(i) for i in range(100)}, Raw(text("h50")): "again"})),
+    "duplicate-raw-body": lambda n: build(_with(n, capture={"request": {"raw_body": b"one",
+                                                                        Raw(text("raw_body")): b"two"}})),
+    "integer-key": lambda n: build({**good_record(n), 7: "seven"}),
+    "null-key": lambda n: build({**good_record(n), None: 1}),
+    "float-key": lambda n: build({**good_record(n), Raw(b"\xf9\x3c\x00"): "one"}),
+    "byte-string-header-name": lambda n: build(_part(n, "request", headers={Raw(bstr(b"k")): "v"})),
+    "timestamp-tag0-with-offset": lambda n: build(_with(n, timestamp=Raw(b"\xc0" + text("2026-11-24T14:00:01+02:00")))),
+    "timestamp-tag0-fraction": lambda n: build(_with(n, timestamp=Raw(b"\xc0" + text("2026-11-24T12:00:01.5Z")))),
+    "timestamp-tag1-int": lambda n: build(_with(n, timestamp=Raw(b"\xc1" + cbor2.dumps(1_795_000_000 + n)))),
+    "timestamp-tag1-float": lambda n: build(_with(n, timestamp=Raw(b"\xc1" + cbor2.dumps(1_795_000_000.25)))),
+    "timestamp-untagged-text": lambda n: build(_with(n, timestamp="2026-11-24T12:00:00Z")),
+    "timestamp-null": lambda n: build(_with(n, timestamp=None)),
+    "bignum-tokens": lambda n: build(_with(n, usage={"input_tokens": Raw(b"\xc2" + bstr(b"\x01" + bytes(9))),
+                                                     "output_tokens": 5})),
+    "small-bignum": lambda n: build(_with(n, duration_ms=Raw(b"\xc2" + bstr(b"\x05")))),
+    "negative-bignum": lambda n: build(_with(n, duration_ms=Raw(b"\xc3" + bstr(b"\x01" + bytes(9))))),
+    "decimal-fraction-cost": lambda n: build(_with(n, estimated_cost=Raw(b"\xc4\x82\x21\x19\x30\x39"))),
+    "decimal-fraction-total": lambda n: build(_with(n, estimated_cost=_cost(b"\xc4\x82\x21\x19\x30\x39"))),
+    "set-tag": lambda n: build(_with(n, labels=Raw(b"\xd9\x01\x02\x82" + text("a") + text("b")))),
+    "uuid-capture-id": lambda n: build(_with(n, capture_id=Raw(b"\xd8\x25" + bstr(bytes(range(16)))))),
+    "unknown-tag": lambda n: build(_with(n, model=Raw(b"\xd9\x10\x92" + text("gpt")))),
+    "shared-value-tags": lambda n: build(_with(n, model=Raw(b"\xd8\x1c" + text("gpt")), path=Raw(b"\xd8\x1d\x00"))),
+    "half-float": lambda n: build(_with(n, estimated_cost=_cost(b"\xf9\x3e\x00"))),
+    "single-float": lambda n: build(_with(n, estimated_cost=_cost(b"\xfa\x3f\xc0\x00\x00"))),
+    "double-of-a-small-float": lambda n: build(_with(n, duration_ms=Raw(b"\xfb\x3f\xf8" + bytes(6)))),
+    "nan-half": lambda n: build(_with(n, estimated_cost=_cost(b"\xf9\x7e\x00"))),
+    "nan-double": lambda n: build(_with(n, estimated_cost={"total": float("nan")})),
+    "infinity": lambda n: build(_with(n, estimated_cost={"total": float("inf")})),
+    "minus-infinity-single": lambda n: build(_with(n, estimated_cost=_cost(b"\xfa\xff\x80\x00\x00"))),
+    "minus-zero": lambda n: build(_with(n, estimated_cost={"total": -0.0})),
+    "u64-max": lambda n: build(_with(n, duration_ms=2**64 - 1)),
+    "two-to-the-63": lambda n: build(_with(n, duration_ms=2**63)),
+    "i64-min": lambda n: build(_with(n, duration_ms=-(2**63))),
+    "below-i64-min": lambda n: build(_with(n, duration_ms=-(2**63) - 1)),
+    "minus-two-to-the-64": lambda n: build(_with(n, duration_ms=-(2**64))),
+    "wide-integer-head": lambda n: build(_with(n, duration_ms=Raw(b"\x1b" + (100).to_bytes(8, "big")))),
+    "wide-map-head": lambda n: b"\xb9" + len(good_record(n)).to_bytes(2, "big") + build(good_record(n))[1:],
+    "undefined": lambda n: build(_with(n, status_code=Raw(b"\xf7"))),
+    "simple-0": lambda n: build(_with(n, status_code=Raw(b"\xe0"))),
+    "simple-255": lambda n: build(_with(n, status_code=Raw(b"\xf8\xff"))),
+    "undefined-response-body": lambda n: build(_part(n, "response", body=Raw(b"\xf7"))),
+    "control-characters-and-separators": lambda n: build(_with(n, model="a\0b\u2028\x7f/\\ud800\"")),
+    "nested-70": lambda n: build(_part(n, "request", body=_nested(70))),
+    "nested-300": lambda n: build(_part(n, "request", body=_nested(300))),
+    "tokens-as-text": lambda n: build(_with(n, usage={"input_tokens": "12", "output_tokens": "x"})),
+    "usage-a-list": lambda n: build(_with(n, usage=[1, 2])),
+    "cost-a-bool": lambda n: build(_with(n, estimated_cost=True)),
+    "cost-as-text": lambda n: build(_with(n, estimated_cost="0.1")),
+    "status-as-text": lambda n: build(_with(n, status_code="200")),
+    "duration-a-float": lambda n: build(_with(n, duration_ms=1.5)),
+    "model-an-integer": lambda n: build(_with(n, model=4)),
+    "identity-as-text": lambda n: build(_with(n, identity="someone")),
+    "capture-as-text": lambda n: build(_with(n, capture="text capture")),
+    "capture-a-list": lambda n: build(_with(n, capture=[1, {"a": 2}])),
+    "capture-null": lambda n: build(_with(n, capture=None)),
+    "capture-bytes": lambda n: build(_with(n, capture=b"\0\1")),
+    "request-as-text": lambda n: build(_with(n, capture={"request": "req", "response": None})),
+    "raw-body-as-text": lambda n: build(_part(n, "request", raw_body="text raw")),
+    "raw-bodies-as-bytes": lambda n: build(_with(n, capture={"request": {"raw_body": b"\0req\xff"},
+                                                             "response": {"raw_body": b"resp",
+                                                                          "raw_content_type": "a/b"}})),
+    "request-body-bytes": lambda n: build(_part(n, "request", body=b"\1\2")),
+    "headers-a-list": lambda n: build(_part(n, "request", headers=[["a", "b"]])),
+    "no-timestamp": lambda n: build(_without(n, "timestamp")),
+    "no-usage-or-model": lambda n: build(_without(n, "usage", "model")),
+    "empty-map": lambda n: build({}),
+    "only-ver": lambda n: build({"ver": 2}),
+    "ver-3": lambda n: build(_with(n, ver=3)),
+    "unknown-fields": lambda n: build(_with(n, zzz_extra={"nested": [1, 2.5, None]}, aaa=b"bytes")),
+}
+
+# Each builds the body of row n: no CBOR reader decodes it as one record.
+UNDECODABLE: dict[str, Callable[[int], bytes]] = {
+    "invalid-utf8-value": lambda n: build(_with(n, model=Raw(head(3, 4) + b"g\xffpt"))),
+    "invalid-utf8-key": lambda n: build({**good_record(n), Raw(head(3, 2) + b"\xc3("): 1}),
+    "invalid-utf8-in-capture": lambda n: build(_part(n, "request",
+                                                     body={"messages": [Raw(head(3, 3) + b"\xed\xa0\x80")]})),
+    "nested-past-cbor2s-limit": lambda n: build(_part(n, "request", body=_nested(600))),
+    "string-reference-outside-namespace": lambda n: build(_with(n, model=Raw(b"\xd8\x19\x00"))),
+    "length-past-the-end": lambda n: build(_with(n, model=Raw(b"\x7b" + (2**62).to_bytes(8, "big")))),
+}
+
+
+def _spec(s3: LocalS3, bucket: str, prefix: str, fmt: str, privacy: bool) -> S3ExporterSpec:
+    return S3ExporterSpec.model_validate({"bucket": bucket, "region": "us-east-1", "endpoint": s3.endpoint,
+                                          "prefix": prefix, "limit": 1000, **FORMATS[fmt], "privacyMode": privacy})
+
+
+def _export(store: SQLiteStore, objects: S3ObjectStore, spec: S3ExporterSpec, name: str) -> RunResult:
+    # In this process (no encode pool), so that the native paths are on or off as this test sets them.
+    return ExportEngine(spec, ExporterId("default", name), store, objects, pool=None).run(Cursor())
+
+
+def _plain(key: str, data: bytes) -> bytes:
+    if key.endswith((".zstd", ".zst")):
+        return zstandard.ZstdDecompressor().decompress(data)
+    return gzip.decompress(data) if key.endswith(".gz") else data
+
+
+def _objects(s3: LocalS3, bucket: str, prefix: str) -> list[tuple[str, bytes]]:
+    """The data objects under the prefix, keys without it, contents decompressed (Parquet: the file)."""
+    return [(key[len(prefix):], _plain(key, data)) for key, data in bucket_objects(s3, bucket, prefix)]
+
+
+def _ids(s3: LocalS3, bucket: str, prefix: str) -> list[Any]:
+    """Every exported record's id, read as users read the objects. JSON Lines are split at newlines only, as a
+    file is read line by line (``str.splitlines`` would also split at the U+2028 that JSON text may hold)."""
+    if not any(".jsonl" in key for key, _ in bucket_objects(s3, bucket, prefix)):
+        return [record["id"] for record in bucket_records(s3, bucket, prefix)]
+    return [json.loads(line)["id"] for _, plain in _objects(s3, bucket, prefix) for line in plain.split(b"\n") if line]
+
+
+@pytest.fixture
+def native_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """The native paths, each counted where it wrote something (not None); fails where they are not built."""
+    if any(getattr(batch, name) is None for name in NATIVE):
+        pytest.skip("the native extension is not built here (no C compiler?): nothing to compare")
+    calls = dict.fromkeys(NATIVE, 0)
+
+    def counted(name: str) -> Callable[..., Any]:
+        function = getattr(batch, name)
+
+        def call(*args: Any) -> Any:
+            out = function(*args)
+            calls[name] += out is not None
+            return out
+        return call
+
+    for name in NATIVE:
+        monkeypatch.setattr(batch, name, counted(name))
+    return calls
+
+
+@contextmanager
+def _python_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The four native paths off (what a build without a compiler runs), then back as they were."""
+    with monkeypatch.context() as patch:
+        for name in NATIVE:
+            patch.setattr(batch, name, None)
+        yield
+
+
+def _seal_odd_rows(store: SQLiteStore, odd: dict[str, Callable[[int], bytes]]) -> dict[int, str]:
+    """An ordinary row, then each odd one, all sealed by the store's own append; the odd rows' ids."""
+    rows, names = [], {}
+    for n, (name, make) in enumerate(odd.items()):
+        rows.append((timestamp_us(2 * n + 1), build(good_record(2 * n + 1))))
+        rows.append((timestamp_us(2 * n + 2), make(2 * n + 2)))
+        names[2 * n + 2] = name
+    rows.append((timestamp_us(2 * len(odd) + 1), build(good_record(2 * len(odd) + 1))))
+    assert store.append_encoded(rows, sealed=True) == len(rows)
+    seal = store.record_seal()
+    assert all(seal.valid(row.body, row.seal) for row in store.read_batch(0, len(rows) + 1))
+    return names
+
+
+@pytest.mark.parametrize("privacy", [False, True], ids=["plain", "privacy"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_odd_sealed_rows_export_once_and_as_the_python_path_writes_them(
+    fmt: str, privacy: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+    native_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    try:
+        names = _seal_odd_rows(store, ODD)
+        total = 2 * len(ODD) + 1
+        native = _export(store, object_store, _spec(s3_server, bucket, "native", fmt, privacy), "native")
+        with _python_only(monkeypatch):
+            python = _export(store, object_store, _spec(s3_server, bucket, "python", fmt, privacy), "python")
+    finally:
+        store.close()
+    for result in (native, python):
+        assert result.outcome == "Succeeded" and result.failure is None, result.failure
+        assert result.rows == total and result.cursor.position == total and not result.quarantined
+    # Each row's id once: the odd rows neither lost, nor duplicated, nor holding up their neighbours.
+    ids = _ids(s3_server, bucket, "native")
+    assert sorted(ids) == list(range(1, total + 1)), [names.get(i, i) for i in ids if ids.count(i) != 1]
+    # The very objects the Python path writes: same keys, same bytes (decompressed; Parquet's file itself).
+    written, expected = _objects(s3_server, bucket, "native"), _objects(s3_server, bucket, "python")
+    assert [key for key, _ in written] == [key for key, _ in expected]
+    for (key, got), (_, want) in zip(written, expected, strict=True):
+        if got != want and fmt.startswith("jsonl"):
+            differ = [names.get(n + 1, n + 1) for n, (a, b) in enumerate(zip(got.splitlines(), want.splitlines(),
+                                                                            strict=True)) if a != b]
+            pytest.fail(f"{key}: the native path wrote other lines for rows {differ}")
+        assert got == want, key
+    # The native paths did take part (the ordinary rows at least), in the formats that have them.
+    if fmt.startswith("jsonl") and not privacy:
+        assert native_calls["_native_json_line"] >= len(ODD) + 1
+    elif fmt == "parquet" and not privacy:
+        assert native_calls["_native_parquet_capture"] >= len(ODD) + 1
+    elif privacy:
+        assert native_calls["_native_privacy_scrubbed"] + native_calls["_native_privacy_prefilter"] >= len(ODD) + 1
+
+
+DECODING = [(fmt, privacy) for fmt in FORMATS for privacy in (False, True) if fmt != "cbor-zstd" or privacy]
+
+
+@pytest.mark.parametrize(("fmt", "privacy"), DECODING,
+                         ids=[f"{fmt}-{'privacy' if privacy else 'plain'}" for fmt, privacy in DECODING])
+def test_a_sealed_row_no_reader_decodes_holds_the_export_alike_on_both_paths(
+    fmt: str, privacy: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+    native_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for number, (name, make) in enumerate(UNDECODABLE.items()):
+        store = SQLiteStore(tmp_path / f"store-{number}.sqlite")
+        try:
+            rows = [(timestamp_us(n), build(good_record(n))) for n in (1, 2)]
+            rows += [(timestamp_us(3), make(3)), (timestamp_us(4), build(good_record(4)))]
+            store.append_encoded(rows, sealed=True)
+            native = _export(store, object_store, _spec(s3_server, bucket, f"native-{number}", fmt, privacy),
+                             f"native-{number}")
+            with _python_only(monkeypatch):
+                python = _export(store, object_store, _spec(s3_server, bucket, f"python-{number}", fmt, privacy),
+                                 f"python-{number}")
+        finally:
+            store.close()
+        for result in (native, python):
+            assert result.outcome == "Failed" and result.failure is not None, (name, result)
+            assert result.rows == 0 and result.cursor.position == 0, (name, result)
+        assert native.failure is not None and python.failure is not None
+        assert (native.failure.reason, native.failure.message) == (python.failure.reason, python.failure.message), name
+        assert "Traceback" not in native.failure.message
+        assert bucket_objects(s3_server, bucket, f"native-{number}") == [], name
+        assert bucket_objects(s3_server, bucket, f"python-{number}") == [], name
+
+
+def test_every_odd_row_is_one_map_cbor2_decodes_and_no_undecodable_one_is() -> None:
+    """The two lists say what they claim (else a test above would prove less than it says)."""
+    for name, make in ODD.items():
+        assert isinstance(cbor2.load(io.BytesIO(make(2))), dict), name
+    for name, make in UNDECODABLE.items():
+        with pytest.raises(cbor2.CBORDecodeError):
+            assert cbor2.loads(make(3)) is None, name
