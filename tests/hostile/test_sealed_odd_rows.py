@@ -184,9 +184,10 @@ UNDECODABLE: dict[str, Callable[[int], bytes]] = {
 }
 
 
-def _spec(s3: LocalS3, bucket: str, prefix: str, fmt: str, privacy: bool) -> S3ExporterSpec:
+def _spec(s3: LocalS3, bucket: str, prefix: str, fmt: str, privacy: bool, **more: Any) -> S3ExporterSpec:
     return S3ExporterSpec.model_validate({"bucket": bucket, "region": "us-east-1", "endpoint": s3.endpoint,
-                                          "prefix": prefix, "limit": 1000, **FORMATS[fmt], "privacyMode": privacy})
+                                          "prefix": prefix, "limit": 1000, **FORMATS[fmt], "privacyMode": privacy,
+                                          **more})
 
 
 def _export(store: SQLiteStore, objects: S3ObjectStore, spec: S3ExporterSpec, name: str) -> RunResult:
@@ -297,14 +298,16 @@ def test_odd_sealed_rows_export_once_and_as_the_python_path_writes_them(
 
 
 DECODING = [(fmt, privacy) for fmt in FORMATS for privacy in (False, True) if fmt != "cbor-zstd" or privacy]
+DECODING_IDS = [f"{fmt}-{'privacy' if privacy else 'plain'}" for fmt, privacy in DECODING]
 
 
-@pytest.mark.parametrize(("fmt", "privacy"), DECODING,
-                         ids=[f"{fmt}-{'privacy' if privacy else 'plain'}" for fmt, privacy in DECODING])
-def test_a_sealed_row_no_reader_decodes_holds_the_export_alike_on_both_paths(
+@pytest.mark.parametrize(("fmt", "privacy"), DECODING, ids=DECODING_IDS)
+def test_a_sealed_row_no_reader_decodes_holds_the_export_at_that_row_alike_on_both_paths(
     fmt: str, privacy: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
     native_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """onCorruptRecord Hold (the default), as for a malformed unsealed row: the rows before it are exported,
+    the export holds before it, and the failure names the row and why (not the batch's range)."""
     for number, (name, make) in enumerate(UNDECODABLE.items()):
         store = SQLiteStore(tmp_path / f"store-{number}.sqlite")
         try:
@@ -316,16 +319,159 @@ def test_a_sealed_row_no_reader_decodes_holds_the_export_alike_on_both_paths(
             with _python_only(monkeypatch):
                 python = _export(store, object_store, _spec(s3_server, bucket, f"python-{number}", fmt, privacy),
                                  f"python-{number}")
+            assert [row.id for row in store.read_batch(0, 10)] == [1, 2, 3, 4], name  # nothing moved aside
         finally:
             store.close()
         for result in (native, python):
             assert result.outcome == "Failed" and result.failure is not None, (name, result)
-            assert result.rows == 0 and result.cursor.position == 0, (name, result)
+            assert result.rows == 2 and result.cursor.position == 2 and not result.quarantined, (name, result)
+            assert result.failure.reason == "CorruptRecord", (name, result.failure)
+            assert result.failure.message.startswith("record 3 is corrupt: "), (name, result.failure.message)
+            assert "records 1-" not in result.failure.message and "Quarantine" in result.failure.message, name
         assert native.failure is not None and python.failure is not None
         assert (native.failure.reason, native.failure.message) == (python.failure.reason, python.failure.message), name
         assert "Traceback" not in native.failure.message
-        assert bucket_objects(s3_server, bucket, f"native-{number}") == [], name
-        assert bucket_objects(s3_server, bucket, f"python-{number}") == [], name
+        assert sorted(_ids(s3_server, bucket, f"native-{number}")) == [1, 2], name
+        assert _objects(s3_server, bucket, f"native-{number}") == _objects(s3_server, bucket, f"python-{number}")
+
+
+@pytest.mark.parametrize(("fmt", "privacy"), DECODING, ids=DECODING_IDS)
+def test_with_quarantine_a_sealed_row_no_reader_decodes_is_quarantined_like_an_unsealed_one(
+    fmt: str, privacy: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+    native_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """onCorruptRecord Quarantine: each such row is moved to the store's quarantine with its reason and
+    reported in the run's result, every other row exported once, the cursor past them all; the same on
+    both paths. An unsealed malformed row in the same batch is quarantined beside them."""
+    exported: dict[str, list[Any]] = {}
+    for path in ("native", "python"):
+        store = SQLiteStore(tmp_path / f"store-{path}.sqlite")
+        try:
+            names = _seal_odd_rows(store, UNDECODABLE)
+            total = 2 * len(UNDECODABLE) + 1
+            store.append_encoded([(timestamp_us(total + 1), build(good_record(total + 1))[:-3])])  # unsealed, cut
+            spec = _spec(s3_server, bucket, path, fmt, privacy, onCorruptRecord="Quarantine")
+            if path == "native":
+                result = _export(store, object_store, spec, path)
+            else:
+                with _python_only(monkeypatch):
+                    result = _export(store, object_store, spec, path)
+            in_quarantine = [record.id for record in store.quarantined()]
+            left = [row.id for row in store.read_batch(0, total + 10)]
+        finally:
+            store.close()
+        assert result.outcome == "Succeeded" and result.failure is None, (path, result.failure)
+        bad = [*sorted(names), total + 1]
+        assert [record_id for record_id, _ in result.quarantined] == bad, result.quarantined
+        reasons = dict(result.quarantined)
+        assert all(reasons[record_id] for record_id in names), reasons
+        assert reasons[names_of(names, "invalid-utf8-value")] == "invalid UTF-8 in a text string"
+        assert in_quarantine == bad and sorted(set(left) | set(bad)) == list(range(1, total + 2))
+        assert result.rows == total - len(UNDECODABLE) and result.cursor.position == total + 1, result
+        ids = _ids(s3_server, bucket, path)
+        assert sorted(ids) == [n for n in range(1, total + 1) if n not in names], [names.get(i, i) for i in ids]
+        exported[path] = _objects(s3_server, bucket, path)
+    assert exported["native"] == exported["python"]
+
+
+def names_of(names: dict[int, str], name: str) -> int:
+    return next(record_id for record_id, each in names.items() if each == name)
+
+
+def _tagged(body: bytes, times: int = 1) -> bytes:
+    """``body`` under the self-described CBOR tag (55799, RFC 8949 3.4.6): a marker that changes nothing."""
+    return b"\xd9\xd9\xf7" * times + body
+
+
+@pytest.mark.parametrize("privacy", [False, True], ids=["plain", "privacy"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_self_described_map_exports_as_the_same_record_without_the_tag(
+    fmt: str, privacy: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+    native_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A map under tag 55799, sealed (once or twice tagged) or foreign, exports in every format, with and
+    without the native paths, as the very bytes of the same record stored without the tag."""
+    def fill(store: SQLiteStore, tag: Callable[[bytes], bytes], twice: Callable[[bytes], bytes]) -> None:
+        store.append_encoded([(timestamp_us(1), build(good_record(1))),
+                              (timestamp_us(2), tag(build(good_record(2)))),
+                              (timestamp_us(3), twice(build(good_record(3))))], sealed=True)
+        store.append_encoded([(timestamp_us(4), tag(build(good_record(4))))])  # foreign: checked in full
+        store.append_encoded([(timestamp_us(5), build(good_record(5)))], sealed=True)
+
+    plain = SQLiteStore(tmp_path / "plain.sqlite")
+    tagged = SQLiteStore(tmp_path / "tagged.sqlite")
+    try:
+        fill(plain, lambda body: body, lambda body: body)
+        fill(tagged, _tagged, lambda body: _tagged(body, 2))
+        results = {"plain": _export(plain, object_store, _spec(s3_server, bucket, "plain", fmt, privacy), "plain"),
+                   "tagged": _export(tagged, object_store, _spec(s3_server, bucket, "tagged", fmt, privacy), "tagged")}
+        with _python_only(monkeypatch):
+            results["python"] = _export(tagged, object_store, _spec(s3_server, bucket, "python", fmt, privacy),
+                                        "python")
+    finally:
+        plain.close()
+        tagged.close()
+    for name, result in results.items():
+        assert result.outcome == "Succeeded" and result.failure is None, (name, result.failure)
+        assert result.rows == 5 and result.cursor.position == 5 and not result.quarantined, (name, result)
+    expected = _objects(s3_server, bucket, "plain")
+    assert _objects(s3_server, bucket, "tagged") == expected
+    assert _objects(s3_server, bucket, "python") == expected
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_self_described_map_is_filtered_and_stripped_as_the_map_itself(
+    fmt: str, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+) -> None:
+    """A filter reads the map under the tag, and ``stripHeaders`` strips its headers (cbor2 decodes a map under
+    tag 55799 as an immutable one, which nothing could strip): the same objects as for the untagged rows, and
+    no stripped header in them."""
+    more = {"stripHeaders": ["x-request-id"], "filter": {"models": ["gpt-4o"]}}
+    written = {}
+    for name, tag in (("plain", lambda body: body), ("tagged", _tagged)):
+        store = SQLiteStore(tmp_path / f"{name}.sqlite")
+        try:
+            store.append_encoded([(timestamp_us(n), tag(build(good_record(n, model="gpt-4o" if n % 2 else "o3"))))
+                                  for n in range(1, 7)], sealed=True)
+            result = _export(store, object_store, _spec(s3_server, bucket, name, fmt, False, **more), name)
+        finally:
+            store.close()
+        assert result.outcome == "Succeeded" and result.failure is None, (name, result.failure)
+        assert result.rows == 3 and result.cursor.position == 6 and not result.quarantined, (name, result)
+        written[name] = _objects(s3_server, bucket, name)
+        assert sorted(_ids(s3_server, bucket, name)) == [1, 3, 5], name
+    assert written["tagged"] == written["plain"]
+    assert all(b"req-" not in data for _, data in written["tagged"])
+
+
+@pytest.mark.parametrize("policy", ["Hold", "Quarantine"])
+def test_a_sealed_row_the_default_format_cannot_splice_is_held_or_quarantined_by_itself(
+    policy: str, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+) -> None:
+    """The default format splices ids into sealed rows undecoded; a sealed top-level item that is no map (or
+    an indefinite-length map) cannot take one: Hold exports the rows before it and names it, Quarantine moves
+    it aside and exports the rest, as for an unsealed row."""
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    try:
+        store.append_encoded([(timestamp_us(1), build(good_record(1))), (timestamp_us(2), cbor2.dumps([1, 2])),
+                              (timestamp_us(3), build(good_record(3))),
+                              (timestamp_us(4), b"\xbf" + build(good_record(4))[1:] + b"\xff"),
+                              (timestamp_us(5), build(good_record(5)))], sealed=True)
+        result = _export(store, object_store, _spec(s3_server, bucket, policy, "cbor-zstd", False,
+                                                    onCorruptRecord=policy), policy)
+        quarantined = [record.id for record in store.quarantined()]
+    finally:
+        store.close()
+    if policy == "Hold":
+        assert result.outcome == "Failed" and result.failure is not None
+        assert result.failure.message.startswith("record 2 is corrupt: not a CBOR map"), result.failure.message
+        assert result.rows == 1 and result.cursor.position == 1 and quarantined == []
+        assert _ids(s3_server, bucket, policy) == [1]
+    else:
+        assert result.outcome == "Succeeded" and result.failure is None, result.failure
+        assert result.quarantined == [(2, "not a CBOR map"), (4, "unsupported map header")], result.quarantined
+        assert result.rows == 3 and result.cursor.position == 5 and quarantined == [2, 4]
+        assert _ids(s3_server, bucket, policy) == [1, 3, 5]
 
 
 def test_every_odd_row_is_one_map_cbor2_decodes_and_no_undecodable_one_is() -> None:

@@ -44,9 +44,9 @@ from typing import Any
 import cbor2
 
 from ..store.base import StoredRecord
-from ..store.check import check_foreign_record
+from ..store.check import check_foreign_record, decode_problem
 from ..store.credentials import CredentialPolicy
-from ..store.records import CorruptRecord, id_head, with_id
+from ..store.records import SELF_DESCRIBED, CorruptRecord, id_head, untagged, with_id
 from ..store.seal import SEAL_SIZE, RecordSeal
 from .budget import release_freed_memory, serve_batches
 from .formats import (
@@ -220,7 +220,7 @@ def check_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], decoded: bool 
         if (type(mark) is bytes and sealed is not None and isinstance(body, bytes | memoryview)
                 and same(sealed(body), mark)):
             if rescan and policy.might_hold(bytes(body)):
-                record = cbor2.loads(body)
+                record = cbor2.loads(untagged(body))  # under tag 55799, cbor2 would give an immutable map
                 if policy.strip(record):
                     good.append(CheckedRow(row, cbor2.dumps(record, timezone=UTC), record if decoded else None))
                     continue
@@ -373,10 +373,35 @@ def _parquet_records(checked: Sequence[CheckedRow],
         yield record
 
 
-def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBatch:
+def _undecodable(rows: Sequence[StoredRecord], checked: Sequence[CheckedRow],
+                 loads: Callable[[Any], Any]) -> list[tuple[int, CorruptRecord]]:
+    """``(index, why)`` of each row that went out as stored (sealed) but that no CBOR reader decodes as one
+    map (invalid UTF-8, nesting past cbor2's limit, a string reference outside its namespace, a length past
+    the end, ...): what a batch that decodes failed on. Only looked for once a batch failed: a writer that
+    holds the store's key wrote it, with a bug, and it is held or quarantined like a foreign row."""
+    index_of = {row.id: index for index, row in enumerate(rows)}
+    bad: list[tuple[int, CorruptRecord]] = []
+    for item in checked:
+        if item.record is not None:  # decoded by the check
+            continue
+        try:
+            record = loads(untagged(item.body))
+        except Exception as exc:  # cbor2's errors, and RecursionError
+            bad.append((index_of[item.row.id], CorruptRecord(item.row.id, decode_problem(exc))))
+            continue
+        if not isinstance(record, dict):
+            bad.append((index_of[item.row.id], CorruptRecord(item.row.id, "not a CBOR map")))
+    return bad
+
+
+def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], *,
+                undecodable: Sequence[tuple[int, CorruptRecord]] = ()) -> EncodedBatch:
     """The batch's payload. Raises BatchFailure: the first row fails the check (onCorruptRecord Hold), the
-    format is missing here, or an encoder cannot represent a record."""
+    format is missing here, or an encoder cannot represent a record. A sealed row the encoding cannot read
+    (``_undecodable``, or one the default format cannot splice) fails the check after all: the batch is
+    encoded again with it held before or quarantined (``undecodable``: those rows, by index in ``rows``)."""
     started, cpu_started = time.perf_counter(), time.thread_time()
+    all_rows = rows
     try:
         encoder = encoder_for(recipe.format, recipe.compression)
     except FormatUnavailable as exc:
@@ -384,6 +409,14 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
     transform = RecordTransform(recipe)
     decodes = encoder.decoded or transform.rewrites
     checked, corrupt = check_rows(recipe, rows, decoded=decodes)
+    if undecodable:
+        left_out = {rows[index].id for index, _ in undecodable}
+        checked = [item for item in checked if item.row.id not in left_out]
+        corrupt = sorted([*corrupt, *undecodable], key=lambda pair: pair[0])
+    if decodes:  # a sealed map under tag 55799 is that map (cbor2 would decode it as an immutable one)
+        for item in checked:
+            if item.record is None and item.body[:3] == SELF_DESCRIBED:
+                item.body = untagged(item.body)
     quarantined: list[tuple[int, str]] = []
     held: str | None = None
     if corrupt and recipe.on_corrupt_record == "Quarantine":
@@ -447,9 +480,15 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> EncodedBat
                 payload = encoder.encode([cbor2.dumps(record, timezone=UTC) for record in chosen])
             if not exported:
                 payload = None
-    except CorruptRecord as exc:
+    except CorruptRecord as exc:  # a sealed row the default format cannot splice, or a filter cannot read
+        bad = [(index, exc) for index, row in enumerate(all_rows) if row.id == exc.record_id]
+        if bad:
+            return encode_rows(recipe, all_rows, undecodable=[*undecodable, *bad])
         raise BatchFailure(BatchFailure.CORRUPT, f"{exc}; export holds before it until it is fixed") from None
-    except Exception as exc:  # an encoder that cannot represent a record
+    except Exception as exc:  # a sealed row no reader decodes, or an encoder that cannot represent a record
+        bad = _undecodable(all_rows, checked, getattr(encoder, "decode_record", cbor2.loads)) if decodes else []
+        if bad:
+            return encode_rows(recipe, all_rows, undecodable=[*undecodable, *bad])
         raise BatchFailure(BatchFailure.UNENCODABLE, f"records {first.id}-{last.id} could not be written as "
                            f"{recipe.format}: {exc.__class__.__name__}: {str(exc)[:200]}; export holds before "
                            "them") from None

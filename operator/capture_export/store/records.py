@@ -24,6 +24,7 @@ __all__ = [
     "CREDENTIAL_HEADERS",
     "FIELD_ORDER",
     "SCHEMA_VERSION",
+    "SELF_DESCRIBED",
     "CorruptRecord",
     "decode_sequence",
     "encode_body",
@@ -31,6 +32,7 @@ __all__ = [
     "id_head",
     "strip_credentials",
     "timestamp_micros",
+    "untagged",
     "with_id",
 ]
 
@@ -120,6 +122,16 @@ def _uint_header(major: int, value: int) -> bytes:
 
 
 _ID_KEY = b"\x62id"  # CBOR text string "id"
+# The head of tag 55799, self-described CBOR (RFC 8949 3.4.6): a marker that a writer may put before an item
+# and that changes nothing about it. A stored map under it is the same record: the marker is left out.
+SELF_DESCRIBED = b"\xd9\xd9\xf7"
+
+
+def untagged(body: bytes | memoryview) -> bytes | memoryview:
+    """``body`` without the self-described CBOR marker(s) before its item (a view when given one)."""
+    while body[:3] == SELF_DESCRIBED:
+        body = body[3:]
+    return body
 
 
 # The head of a map of n + 1 pairs followed by the key "id", for a stored map of n < 23 pairs (one head
@@ -137,6 +149,9 @@ def id_head(record_id: int, body: bytes | memoryview) -> tuple[bytes, int]:
     if not body:
         raise CorruptRecord(record_id, "empty")
     initial = body[0]
+    if initial == 0xD9 and body[:3] == SELF_DESCRIBED:  # the map under tag 55799: spliced without the marker
+        head, offset = id_head(record_id, body[3:])
+        return head, offset + 3
     if initial >> 5 != 5:
         raise CorruptRecord(record_id, "not a CBOR map")
     info = initial & 0x1F
