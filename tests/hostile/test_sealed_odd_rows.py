@@ -13,10 +13,13 @@ unit tests switch them off). What a user would notice:
   of the wrong type or missing, unknown fields) is exported exactly once, each row's id once, and the objects
   are the very bytes the Python path writes;
 * a row no CBOR reader decodes (invalid UTF-8, nesting past cbor2's limit, a string reference outside its
-  namespace, a top-level item that is no map) holds the export before its batch in every format that decodes,
-  the same failure with or without the native paths, nothing written and the cursor where it was. (The
-  failure names the batch's records, not the row, and ``onCorruptRecord: Quarantine`` does not take it: only
-  an unsealed row is checked, and so quarantined, before it is encoded.)
+  namespace, a length past the end) is a corrupt record in every format that decodes, as a malformed unsealed
+  row is: ``onCorruptRecord: Hold`` exports the rows before it and stops with a message that names the row and
+  why, ``Quarantine`` moves it (alone) into the store's quarantine and exports the rest; the same with or
+  without the native paths. In the default format, which never decodes a sealed row, so is a row whose top
+  level is no map the id can be spliced into;
+* a map under tag 55799 (self-described CBOR: a marker that changes nothing), sealed or not, once or twice,
+  is exported in every format as the same record without the marker, filtered and stripped as that record.
 
 Not covered here: a sealed row holding its own ``id`` key. Our writer never stores one (store/records.py,
 ``encode_body``), and a stored one overrides the row's id in CBOR and JSON Lines on both paths alike.
@@ -442,6 +445,50 @@ def test_a_self_described_map_is_filtered_and_stripped_as_the_map_itself(
         assert sorted(_ids(s3_server, bucket, name)) == [1, 3, 5], name
     assert written["tagged"] == written["plain"]
     assert all(b"req-" not in data for _, data in written["tagged"])
+
+
+def _nested_tags(n: int, tag: Callable[[bytes], bytes]) -> bytes:
+    """Row n with a credential header, its request and its response body each under ``tag``."""
+    record = good_record(n)
+    request = record["capture"]["request"]
+    request["headers"] = {**request["headers"], "authorization": "Bearer SECRET-TOKEN", "x-custom": "custom-secret"}
+    record["capture"]["request"] = Raw(tag(cbor2.dumps(request)))
+    record["capture"]["response"]["body"] = Raw(tag(cbor2.dumps(record["capture"]["response"]["body"])))
+    return build(record)
+
+
+@pytest.mark.parametrize("redact", [False, True], ids=["as-is", "redacted"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_self_described_map_inside_a_record_is_that_map(
+    fmt: str, redact: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+) -> None:
+    """Tag 55799 inside a foreign record, and inside a sealed one wherever the export decodes it (any format
+    but the default's pass-through), is the map it tags: credential headers stripped from it (they reached
+    the bucket: cbor2 decodes a tagged map as an immutable one, which the strip passed by), the exporter's
+    ``stripHeaders`` and ``redactFields`` applied to it, JSON written as JSON (not ``frozendict(...)`` text):
+    the same objects as for the same rows without the tag."""
+    more: dict[str, Any] = {"stripHeaders": ["x-custom"]}
+    if redact:
+        more["redactFields"] = ["capture.response.body.choices"]
+    written = {}
+    for name, tag in (("plain", lambda body: body), ("tagged", _tagged)):
+        store = SQLiteStore(tmp_path / f"{name}.sqlite")
+        try:
+            store.append_encoded([(timestamp_us(1), _nested_tags(1, tag))])  # foreign: checked in full
+            if fmt != "cbor-zstd" or redact:  # the default format ships a sealed row's bytes as stored
+                store.append_encoded([(timestamp_us(2), _nested_tags(2, tag))], sealed=True)
+            result = _export(store, object_store, _spec(s3_server, bucket, name, fmt, False, **more), name)
+        finally:
+            store.close()
+        assert result.outcome == "Succeeded" and result.failure is None, (name, result.failure)
+        assert not result.quarantined, (name, result)
+        written[name] = _objects(s3_server, bucket, name)
+    assert written["tagged"] == written["plain"]
+    for key, data in written["tagged"]:
+        if key.endswith(".parquet"):  # compressed columns: the same file as the plain rows' says enough
+            continue
+        assert b"SECRET-TOKEN" not in data and b"custom-secret" not in data and b"frozendict" not in data
+        assert (b"finish_reason" in data) is not redact
 
 
 @pytest.mark.parametrize("policy", ["Hold", "Quarantine"])

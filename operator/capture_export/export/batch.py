@@ -8,13 +8,16 @@ the store's key (store/seal.py) was written by our own append and goes out as st
 ``timestamp``), credentials stripped (store/check.py). A row that fails it
 is never encoded: with ``onCorruptRecord: Hold`` the batch ends before it (``EncodedBatch.held``; the
 first row: ``BatchFailure``), with ``Quarantine`` it is left out and named in ``EncodedBatch.quarantined``
-for the engine to move aside before it commits the batch. The store's seal travels in the recipe, so the
-check runs the same in-process and in an encode worker. This module imports the codecs encoding needs
-(cbor2, orjson, zstandard and, for Parquet, pyarrow) and no S3 or Kubernetes clients, nor pydantic and
-the API models (the store package takes only the API's vocabulary), which keeps the pool's fork server,
-and so its workers, small and quick to start: it imports this module and ``__main__`` (the
-``capture-export`` command, whose commands import what they run when they run), and nothing else
-(tests/unit/test_import_costs.py).
+for the engine to move aside before it commits the batch. A sealed row the encoding then cannot read (no
+CBOR reader decodes it, or the default format cannot splice an id into it: a writer holding the store's key,
+with a bug) is found once the batch fails, and the batch is encoded again with that row failing the check
+(``_undecodable``). The store's seal travels in the recipe, so the check runs the same in-process and in an
+encode worker. A stored map under tag 55799 (self-described CBOR) is that map: the marker is left out.
+This module imports the codecs encoding needs (cbor2, orjson, zstandard and, for Parquet, pyarrow) and no
+S3 or Kubernetes clients, nor pydantic and the API models (the store package takes only the API's
+vocabulary), which keeps the pool's fork server, and so its workers, small and quick to start: it imports
+this module and ``__main__`` (the ``capture-export`` command, whose commands import what they run when they
+run), and nothing else (tests/unit/test_import_costs.py).
 
 Each record is decoded at most once. The default path never decodes a sealed row: ids are spliced into
 the stored CBOR (``id_head``); nor does JSON Lines without a filter or rewrite where the optional native
@@ -46,7 +49,7 @@ import cbor2
 from ..store.base import StoredRecord
 from ..store.check import check_foreign_record, decode_problem
 from ..store.credentials import CredentialPolicy
-from ..store.records import SELF_DESCRIBED, CorruptRecord, id_head, untagged, with_id
+from ..store.records import SELF_DESCRIBED, CorruptRecord, id_head, loads_record, untagged, with_id
 from ..store.seal import SEAL_SIZE, RecordSeal
 from .budget import release_freed_memory, serve_batches
 from .formats import (
@@ -220,7 +223,7 @@ def check_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], decoded: bool 
         if (type(mark) is bytes and sealed is not None and isinstance(body, bytes | memoryview)
                 and same(sealed(body), mark)):
             if rescan and policy.might_hold(bytes(body)):
-                record = cbor2.loads(untagged(body))  # under tag 55799, cbor2 would give an immutable map
+                record = loads_record(body)  # tag 55799 transparent: cbor2 would give an immutable map
                 if policy.strip(record):
                     good.append(CheckedRow(row, cbor2.dumps(record, timezone=UTC), record if decoded else None))
                     continue
@@ -457,7 +460,8 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], *,
             else:
                 payload = encoder.encode(written)
         else:
-            loads = getattr(encoder, "decode_record", cbor2.loads)
+            # A rewrite of a map under tag 55799 needs it mutable (Parquet's decoding has no semantic decoders).
+            loads = getattr(encoder, "decode_record", loads_record if transform.rewrites else cbor2.loads)
             id_first = getattr(encoder, "id_first", True)
             marked = (_privacy_decoded(checked, loads, id_first=id_first) if transform.privacy
                       else ((record, False) for record in _decoded(checked, loads, id_first=id_first)))

@@ -38,7 +38,7 @@ import cbor2
 from .columns import UnreadableRow
 from .credentials import DEFAULT_POLICY, CredentialPolicy
 from .record_types import timestamp_problem, type_problem
-from .records import CorruptRecord, untagged
+from .records import TRANSPARENT_TAGS, CorruptRecord, untagged
 
 __all__ = ["CorruptRecord", "check_foreign", "check_foreign_record", "decode_problem", "outline"]
 
@@ -87,7 +87,7 @@ def check_foreign_record(record_id: int, body: Any, policy: CredentialPolicy = D
         raise CorruptRecord(record_id, "empty")
     stream = io.BytesIO(body)
     try:
-        record = cbor2.CBORDecoder(stream).decode()
+        record = cbor2.CBORDecoder(stream, semantic_decoders=TRANSPARENT_TAGS).decode()
     except RecursionError:
         raise CorruptRecord(record_id, "nested too deeply") from None
     except Exception as exc:

@@ -25,11 +25,13 @@ __all__ = [
     "FIELD_ORDER",
     "SCHEMA_VERSION",
     "SELF_DESCRIBED",
+    "TRANSPARENT_TAGS",
     "CorruptRecord",
     "decode_sequence",
     "encode_body",
     "encode_ordered",
     "id_head",
+    "loads_record",
     "strip_credentials",
     "timestamp_micros",
     "untagged",
@@ -125,6 +127,20 @@ _ID_KEY = b"\x62id"  # CBOR text string "id"
 # The head of tag 55799, self-described CBOR (RFC 8949 3.4.6): a marker that a writer may put before an item
 # and that changes nothing about it. A stored map under it is the same record: the marker is left out.
 SELF_DESCRIBED = b"\xd9\xd9\xf7"
+
+
+def _self_described(value: Any, immutable: bool) -> Any:
+    return value
+
+
+# cbor2 6 decodes what tag 55799 tags as immutable (a frozendict, tuples), which no strip, redaction or JSON
+# writer handles as a map: decoded through this, the marker is transparent at any depth.
+TRANSPARENT_TAGS = {55799: _self_described}
+
+
+def loads_record(data: bytes | memoryview) -> Any:
+    """``cbor2.loads``, tag 55799 (self-described CBOR) transparent at any depth."""
+    return cbor2.loads(data, semantic_decoders=TRANSPARENT_TAGS)
 
 
 def untagged(body: bytes | memoryview) -> bytes | memoryview:
