@@ -521,6 +521,28 @@ def test_a_sealed_row_the_default_format_cannot_splice_is_held_or_quarantined_by
         assert _ids(s3_server, bucket, policy) == [1, 3, 5]
 
 
+@pytest.mark.parametrize("filtered", [False, True], ids=["all", "filtered"])
+def test_a_batch_of_rows_the_default_format_cannot_splice_is_quarantined_at_once(
+    filtered: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+) -> None:
+    """A whole batch of such rows (a writer with our key and a bug writes many) is quarantined in one go: the
+    batch is encoded again once with all of them left out, not once per row (a thousand nested retries)."""
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    try:
+        bad = [(timestamp_us(n), cbor2.dumps(["not", "a", "map", n])) for n in range(2, 1000)]
+        store.append_encoded([(timestamp_us(1), build(good_record(1))), *bad,
+                              (timestamp_us(1000), build(good_record(1000)))], sealed=True)
+        more: dict[str, Any] = {"filter": {"models": ["gpt-4o"]}} if filtered else {}
+        result = _export(store, object_store, _spec(s3_server, bucket, "many", "cbor-zstd", False,
+                                                    onCorruptRecord="Quarantine", **more), "many")
+        quarantined = [record.id for record in store.quarantined()]
+    finally:
+        store.close()
+    assert result.outcome == "Succeeded" and result.failure is None, result.failure
+    assert quarantined == list(range(2, 1000)) and result.rows == 2 and result.cursor.position == 1000
+    assert _ids(s3_server, bucket, "many") == [1, 1000]
+
+
 def test_every_odd_row_is_one_map_cbor2_decodes_and_no_undecodable_one_is() -> None:
     """The two lists say what they claim (else a test above would prove less than it says)."""
     for name, make in ODD.items():
