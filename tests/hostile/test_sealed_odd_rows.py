@@ -1,7 +1,7 @@
 """Rows whose seal is valid but whose body is odd CBOR: a buggy writer that holds our key.
 
 A sealed row goes out unchecked (export/batch.py, ``check_rows``), and the native paths of _cbor_json.c
-(``json_line``, ``parquet_capture``, ``privacy_scrubbed``, ``privacy_prefilter``) see exactly such rows. The
+(``json_line``, ``parquet_row``, ``privacy_scrubbed``, ``privacy_prefilter``) see exactly such rows. The
 unit tests compare them with the Python path one body at a time; here a real SQLite store holds the odd rows
 between ordinary ones, sealed by the store's own append (``append_encoded(sealed=True)``: what a writer with a
 bug in its encoder would store), and every format is exported to the real S3 server, with and without privacy
@@ -58,7 +58,7 @@ from tests.support.trust import (
     timestamp_us,
 )
 
-NATIVE = ("_native_json_line", "_native_parquet_capture", "_native_privacy_prefilter", "_native_privacy_scrubbed")
+NATIVE = ("_native_json_line", "_native_parquet_row", "_native_privacy_prefilter", "_native_privacy_scrubbed")
 
 FORMATS: dict[str, dict[str, Any]] = {
     "cbor-zstd": {},
@@ -295,9 +295,11 @@ def test_odd_sealed_rows_export_once_and_as_the_python_path_writes_them(
     if fmt.startswith("jsonl") and not privacy:
         assert native_calls["_native_json_line"] >= len(ODD) + 1
     elif fmt == "parquet" and not privacy:
-        assert native_calls["_native_parquet_capture"] >= len(ODD) + 1
+        assert native_calls["_native_parquet_row"] >= len(ODD) + 1
     elif privacy:
         assert native_calls["_native_privacy_scrubbed"] + native_calls["_native_privacy_prefilter"] >= len(ODD) + 1
+        if fmt == "parquet":  # the scrubbed bytes' rows
+            assert native_calls["_native_parquet_row"] >= len(ODD) + 1
 
 
 DECODING = [(fmt, privacy) for fmt in FORMATS for privacy in (False, True) if fmt != "cbor-zstd" or privacy]

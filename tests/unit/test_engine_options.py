@@ -226,3 +226,56 @@ def test_parquet_without_pyarrow_is_a_clear_condition(
     assert "capture-export[parquet]" in ready.message and outcome.status.cursor == "0"
     assert any(e.reason == "ExportFailed" and "pyarrow" in e.message for e in outcome.events)
     assert data_keys(objects) == []
+
+
+def _stored_rows(store: SQLiteStore, ids: list[int]) -> list[Any]:
+    """Sealed rows as the store reads them, with the given ids (large ones need other map heads)."""
+    store.append(make_record(n) for n in range(len(ids)))
+    return [row._replace(id=record_id) for row, record_id in zip(store.read_batch(0, len(ids)), ids, strict=True)]
+
+
+def _same_batch(left: Any, right: Any) -> bool:
+    fields = ("payload", "rows", "filtered", "raw_bytes", "first_id", "last_id", "last_timestamp_us",
+              "kept_first_id", "kept_last_id", "quarantined", "held")
+    return all(getattr(left, name) == getattr(right, name) for name in fields)
+
+
+def test_a_batch_of_sealed_rows_is_checked_at_once_and_written_as_the_row_by_row_check_writes_it(
+    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from capture_export.export import batch
+    from capture_export.store.base import StoredRecord
+    from capture_export.store.seal import RecordSeal
+
+    seal = sqlite_store.record_seal()
+    rows = _stored_rows(sqlite_store, [1, 2, 255, 256, 300, 65_535, 65_536, 2**32 - 1, 2**32, 2**40])
+    recipe = batch.BatchRecipe("cbor-zstd", "zstd", seal=seal)
+    expected = CborZstdEncoder().encode(engine_module.encode_batch(rows, seal))
+    # Record 4 as a gateway writes it (credential headers in), under the seal of our own record 4.
+    foreign = cbor2.dumps({k: v for k, v in make_record(4).items()}, timezone=UTC)
+    corrupt = StoredRecord(2**40 + 1, rows[-1].timestamp_us, b"\xff", None)
+    cases = {
+        "all sealed": (rows, recipe),
+        "a body changed under its seal": ([*rows[:4], rows[4]._replace(body=foreign), *rows[5:]], recipe),
+        "the last row unsealed": ([*rows, StoredRecord(2**40 + 1, rows[4].timestamp_us, foreign, None)], recipe),
+        "a corrupt row, hold": ([*rows, corrupt], recipe),
+        "a corrupt row, quarantine": ([*rows, corrupt], batch.BatchRecipe("cbor-zstd", "zstd", seal=seal,
+                                                                          on_corrupt_record="Quarantine")),
+        "more headers stripped": (rows, batch.BatchRecipe("cbor-zstd", "zstd", seal=seal,
+                                                          strip_headers=("x-request-id",))),
+    }
+    at_once = {name: batch.encode_rows(case, batch_rows) for name, (batch_rows, case) in cases.items()}
+    assert at_once["all sealed"].payload == expected
+    changed = decode_object(at_once["a body changed under its seal"].payload, "k.cbor.zstd")
+    assert [record["id"] for record in changed] == [row.id for row in rows]
+    assert "authorization" not in json.dumps([record["capture"] for record in changed], default=str).lower()
+    monkeypatch.setattr(RecordSeal, "all_valid", lambda self, rows: False)  # every batch row by row
+    for name, (batch_rows, case) in cases.items():
+        assert _same_batch(at_once[name], batch.encode_rows(case, batch_rows)), name
+    monkeypatch.undo()
+
+    def no_row_by_row(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a batch of sealed rows was checked row by row")
+
+    monkeypatch.setattr(batch, "check_rows", no_row_by_row)
+    assert _same_batch(batch.encode_rows(recipe, rows), at_once["all sealed"])

@@ -406,6 +406,8 @@ def _rows() -> list[StoredRecord]:
     records[8]["capture"] = "text capture"
     records[9]["capture"]["request"]["raw_body"] = b"\x00" * 64
     records[10]["timestamp"] += timedelta(microseconds=-records[10]["timestamp"].microsecond)  # no fraction
+    records[11]["other"] = {"kept": [1.5, "x"]}  # a field of no typed column: Parquet's extra (the Python way)
+    records[12].pop("estimated_cost", None)  # unknown: a null in Parquet's column, natively
     for n, record in enumerate(records, 1):
         stamp, body = encode_body(record)
         rows.append(StoredRecord(n, stamp, body, SEAL.seal(body)))
@@ -430,13 +432,24 @@ RECIPES = [
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda recipe: f"{recipe.format}-{recipe.compression}")
 def test_a_privacy_batch_is_the_same_bytes_natively(native: ModuleType, recipe: BatchRecipe,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sealed rows are scrubbed natively (privacy mode alone, into CBOR or JSON Lines) or prefiltered, after
-    their seal was checked on the stored bytes; a foreign row is not (its check decodes it whole). The object
-    is the same bytes with both native paths, with the prefilter alone, and with neither."""
+    """Sealed rows are scrubbed natively (privacy mode alone, into CBOR, JSON Lines or Parquet) or
+    prefiltered, after their seal was checked on the stored bytes; a foreign row is not (its check decodes it
+    whole). The object is the same bytes with both native paths, with the prefilter alone, and with neither
+    (nor the native JSON line or Parquet row)."""
     if recipe.format == "parquet":
         pytest.importorskip("pyarrow")
     rows = _rows()
     calls: dict[str, list[bytes]] = {"privacy_prefilter": [], "privacy_scrubbed": []}
+    rowed: list[bool] = []
+    if recipe.format == "parquet":
+        real_row = native.parquet_row
+
+        def parquet_row(body: Any, record_id: int) -> Any:
+            row = real_row(body, record_id)
+            rowed.append(row is not None)
+            return row
+
+        monkeypatch.setattr(batch, "_native_parquet_row", parquet_row)
 
     def counted(name: str) -> Callable[[Any], bytes | None]:
         def call(body: Any) -> bytes | None:
@@ -451,9 +464,12 @@ def test_a_privacy_batch_is_the_same_bytes_natively(native: ModuleType, recipe: 
         assert calls["privacy_scrubbed"] == [bytes(row.body) for row in rows if row.id != 5]
         # the prefilter takes the rows the whole scrub leaves: a text capture, an indefinite-length map
         assert calls["privacy_prefilter"] == [bytes(row.body) for row in rows if row.id in (6, 9)]
+    if recipe.format == "parquet":  # the scrubbed rows' bytes go to parquet_row: all but the one with another field
+        assert rowed.count(True) == len(rows) - 4 and rowed.count(False) == 1  # not 5, 6, 9 (above) nor 12
     monkeypatch.setattr(batch, "_native_privacy_scrubbed", None)
     prefiltered = encode_rows(recipe, rows)
     monkeypatch.setattr(batch, "_native_json_line", None)
+    monkeypatch.setattr(batch, "_native_parquet_row", None)
     monkeypatch.setattr(batch, "_native_privacy_prefilter", None)
     in_python = encode_rows(recipe, rows)
     for ours in (natively, prefiltered):

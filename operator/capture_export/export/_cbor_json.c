@@ -1,9 +1,9 @@
 /*
- * capture_export.export._cbor_json: a stored record's CBOR written straight as its JSON line, or split for
- * the Parquet columns.
+ * capture_export.export._cbor_json: a stored record's CBOR written straight as its JSON line, or as its values
+ * for the Parquet columns.
  *
  *     json_line(body, record_id) -> bytes | None
- *     parquet_capture(body) -> (rest, capture, raw_request, raw_response) | None
+ *     parquet_row(body, record_id) -> (record_id, ver, timestamp, ..., capture, raw_request, raw_response) | None
  *
  * The optional fast paths of the JSON Lines and Parquet encoders (export/batch.py). json_line's contract is
  * the Python path's bytes, exactly: what ``json_bytes({"id": record_id, **JsonLinesEncoder.decode_record(body)})
@@ -15,13 +15,16 @@
  * reads past the body, whatever the body holds: every length is checked against the bytes left before it is
  * used.
  *
- * parquet_capture takes exactly the records json_line takes. Its contract is the Python Parquet path's
- * column values: ``rest`` is a CBOR map of the record's other fields, their pairs as stored (what cbor2
- * decodes of it is what it decodes of them in the whole record), ``capture`` the capture column's JSON
- * (formats._captures: the capture without the request's and response's raw bodies, written by json_line's
- * writer; None where the record has no capture, or a null one, which is then in ``rest``), and the raw
- * bodies the raw body columns' bytes. It decodes nothing into Python objects; the capture is most of a
- * record.
+ * parquet_row takes the records json_line takes but those with a field the typed columns do not have, a
+ * timestamp that is not a date/time (or null), a struct that is not a map of its fields each of its
+ * column's type (or null), or a half or single float (cbor2 writes doubles): the encoder puts what does not
+ * fit in ``extra``, and only Python does that. Its contract is the Python Parquet path's column values: the
+ * row's typed fields (formats._ROW_FIELDS, the Parquet schema's order) as the Python values cbor2 decodes
+ * them to (None where the record lacks one; the encoder checks their types as it checks a decoded
+ * record's), but the timestamp as microseconds since the epoch and each struct flattened into its fields'
+ * values; the capture column's JSON (formats._captures: the capture without the request's and response's
+ * raw bodies, written by json_line's writer; None where the record has no capture, or a null one), and the
+ * raw bodies the raw body columns' bytes. The capture, most of a record, never becomes Python objects.
  *
  * privacy_prefilter and privacy_scrubbed (their own section below) are privacy mode's: a stored record
  * without what privacy mode drops, the rest of its bytes as they are.
@@ -32,6 +35,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
 
 #include <math.h>
 #include <stdint.h>
@@ -572,83 +576,331 @@ static int put_item(In *in, Out *out, int depth) {
     }
 }
 
-/* -- Parquet: the capture split from the other fields ------------------------------------------------ */
+/* -- Parquet: a record's column values ----------------------------------------------------------------- */
 
-/* A record split for Parquet's columns (parquet_capture): the other fields' pairs as stored, the capture as
- * its column's JSON and its raw bodies. */
-typedef struct {
-    Out rest;       /* the pairs of the fields other than the capture, as stored */
-    uint64_t kept;  /* how many */
-    Out capture;    /* the capture's JSON; empty when there is none (or it is null: then it is in ``rest``) */
-    Raw raws[2];    /* the request's and the response's raw body */
-} Split;
+/* A Parquet row's values (formats._ROW_FIELDS is the same): the record's fields in the order of
+ * formats.ParquetEncoder's schema, the timestamp as microseconds since the epoch, each struct flattened (the
+ * struct's slot says whether the record has one: True, else None; its fields' slots follow), then the
+ * capture column's JSON and the raw request and response bodies. */
+static const char *const row_fields[] = {
+    "id", "ver", "timestamp",
+    "identity", "identity.login_name", "identity.node_id", "identity.tags",
+    "model", "api_type",
+    "usage", "usage.input_tokens", "usage.output_tokens", "usage.cached_tokens", "usage.reasoning_tokens",
+    "estimated_cost", "estimated_cost.input", "estimated_cost.output", "estimated_cost.total",
+    "estimated_cost.currency",
+    "duration_ms", "capture_id", "session_id", "path", "status_code",
+    "capture", "raw_request_body", "raw_response_body"};
+enum {
+    ROW_ID = 0, ROW_TIMESTAMP = 2, ROW_IDENTITY = 3, ROW_USAGE = 9, ROW_COST = 14, ROW_CAPTURE = 24, ROW_RAW_REQUEST = 25,
+    ROW_RAW_RESPONSE = 26, ROW_SIZE = 27
+};
+/* The record's own fields: their slots. */
+static const int top_slots[] = {0, 1, 2, ROW_IDENTITY, 7, 8, ROW_USAGE, ROW_COST, 19, 20, 21, 22, 23, ROW_CAPTURE};
 
-/* The capture at ``in`` as the Python path writes its column (formats._captures: a map without the
- * request's and response's raw bodies; anything else as it is). */
-static int put_capture(In *in, Split *split) {
-    if (next_major(in) == 5)
-        return put_map(in, &split->capture, 1, MAP_CAPTURE, split->raws);
-    return put_item(in, &split->capture, 1);
+/* What a struct's field holds for the struct to be flattened (else the record is left to Python, whose
+ * encoder puts what does not fit in ``extra``): null, or text; a 64-bit integer; a double (what cbor2
+ * writes of a float); an array of texts. */
+typedef enum { FIT_TEXT, FIT_INT64, FIT_DOUBLE, FIT_TEXTS } Fit;
+static const Fit identity_fits[] = {FIT_TEXT, FIT_TEXT, FIT_TEXTS};
+static const Fit usage_fits[] = {FIT_INT64, FIT_INT64, FIT_INT64, FIT_INT64};
+static const Fit cost_fits[] = {FIT_DOUBLE, FIT_DOUBLE, FIT_DOUBLE, FIT_TEXT};
+
+static int valid_utf8(const uint8_t *s, size_t len);
+
+/* The row slot of a record's key: 1..ROW_CAPTURE; 0 for "id" (a stored map never holds one) and -1 for a
+ * field the typed columns do not have (both left to Python, which puts such a field in ``extra``). */
+static int row_slot(const Key *key) {
+    for (size_t i = 0; i < sizeof top_slots / sizeof *top_slots; i++) {
+        const char *name = row_fields[top_slots[i]];
+        if (key->len == strlen(name) && memcmp(key->text, name, key->len) == 0)
+            return top_slots[i];
+    }
+    return -1;
 }
 
-/* A pair other than the capture's, copied as stored. It is first written as JSON into ``scratch`` and
- * dropped: so the rows this splits are exactly the rows json_line writes (the same types, tags, UTF-8,
- * depth), and what cbor2 then decodes of them is what it decodes of the whole record. */
-static int keep_pair(In *in, const uint8_t *start, const Key *key, Split *split, Out *scratch) {
-    int result;
-    scratch->len = 0;
-    if ((result = put_text(scratch, key->text, key->len)) != OK || (result = put_item(in, scratch, 1)) != OK)
+/* A tag-0 text in our writer's forms (canonical_timestamp: checked) as the datetime cbor2 decodes it to. */
+static PyObject *py_timestamp(const uint8_t *s, size_t len) {
+    int year, month, day, hour, minute, second, micro = 0;
+    digits(s, 4, &year);
+    digits(s + 5, 2, &month);
+    digits(s + 8, 2, &day);
+    digits(s + 11, 2, &hour);
+    digits(s + 14, 2, &minute);
+    digits(s + 17, 2, &second);
+    if (len == 27)
+        digits(s + 20, 6, &micro);
+    return PyDateTimeAPI->DateTime_FromDateAndTime(year, month, day, hour, minute, second, micro,
+                                                   PyDateTime_TimeZone_UTC, PyDateTimeAPI->DateTimeType);
+}
+
+/* The days from 1970-01-01 to a date of the proleptic Gregorian calendar (H. Hinnant's days_from_civil). */
+static int64_t days_from_civil(int64_t year, int64_t month, int64_t day) {
+    year -= month <= 2;
+    int64_t era = (year >= 0 ? year : year - 399) / 400;
+    int64_t year_of_era = year - era * 400;
+    int64_t day_of_year = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+    int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    return era * 146097 + day_of_era - 719468;
+}
+
+/* The record's timestamp at ``in`` as the timestamp column takes it: a tag-0 text in our writer's forms
+ * (canonical_timestamp) as its microseconds since the epoch (UTC; what Arrow makes of the datetime cbor2
+ * decodes it to), null as None; BAIL for anything else (the encoder puts it in ``extra``). */
+static int py_timestamp_us(In *in, PyObject **value) {
+    int major, info, result;
+    uint64_t arg;
+    if (in->at < in->end && *in->at == 0xF6) {
+        in->at++;
+        *value = Py_NewRef(Py_None);
+        return OK;
+    }
+    if ((result = head(in, &major, &info, &arg)) != OK)
         return result;
-    split->kept++;
-    return put(&split->rest, (const char *)start, (size_t)(in->at - start));
+    if (major != 6 || arg != 0 || (result = head(in, &major, &info, &arg)) != OK)
+        return BAIL;
+    if (major != 3 || arg > (uint64_t)(in->end - in->at) || !canonical_timestamp(in->at, (size_t)arg))
+        return BAIL;
+    const uint8_t *s = in->at;
+    int year, month, day, hour, minute, second, micro = 0;
+    digits(s, 4, &year);
+    digits(s + 5, 2, &month);
+    digits(s + 8, 2, &day);
+    digits(s + 11, 2, &hour);
+    digits(s + 14, 2, &minute);
+    digits(s + 17, 2, &second);
+    if (arg == 27)
+        digits(s + 20, 6, &micro);
+    in->at += arg;
+    int64_t seconds = ((days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60 + second;
+    *value = PyLong_FromLongLong(seconds * 1000000 + micro);
+    return *value != NULL ? OK : ERR;
 }
 
-/* The record's map at ``in`` split into ``split``; BAIL for anything json_line leaves to Python. */
-static int split_record(In *in, Split *split) {
+/* One data item at ``in`` as the Python value cbor2 decodes it to, into ``*value`` (a new reference), for
+ * the items json_line writes but half and single floats (cbor2 writes a float as a double): anything else
+ * is BAIL, and the record is decoded the Python way. ``depth``: the maps and arrays it is inside. */
+static int py_item(In *in, int depth, PyObject **value) {
+    int major, info, result;
+    uint64_t arg;
+    *value = NULL;
+    if ((result = head(in, &major, &info, &arg)) != OK)
+        return result;
+    size_t left = (size_t)(in->end - in->at);
+    switch (major) {
+    case 0:
+        *value = PyLong_FromUnsignedLongLong(arg);
+        break;
+    case 1: /* -1 - arg; json_line leaves anything below -2**63 to Python */
+        if (arg > (uint64_t)INT64_MAX)
+            return BAIL;
+        *value = PyLong_FromLongLong(-1 - (long long)arg);
+        break;
+    case 2:
+        if (arg > left)
+            return BAIL;
+        *value = PyBytes_FromStringAndSize((const char *)in->at, (Py_ssize_t)arg);
+        in->at += arg;
+        break;
+    case 3:
+        if (arg > left || !valid_utf8(in->at, (size_t)arg))
+            return BAIL;
+        *value = PyUnicode_DecodeUTF8((const char *)in->at, (Py_ssize_t)arg, NULL);
+        in->at += arg;
+        break;
+    case 4: {
+        if (depth >= MAX_DEPTH || arg > left) /* each element takes a byte at least */
+            return BAIL;
+        PyObject *list = PyList_New((Py_ssize_t)arg);
+        if (list == NULL)
+            return ERR;
+        for (uint64_t i = 0; i < arg; i++) {
+            PyObject *item;
+            if ((result = py_item(in, depth + 1, &item)) != OK) {
+                Py_DECREF(list); /* the slots not yet set are NULL */
+                return result;
+            }
+            PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+        }
+        *value = list;
+        return OK;
+    }
+    case 5: {
+        if (depth >= MAX_DEPTH || arg > left / 2) /* each pair takes two bytes at least */
+            return BAIL;
+        PyObject *dict = PyDict_New();
+        if (dict == NULL)
+            return ERR;
+        for (uint64_t i = 0; i < arg; i++) {
+            Key key;
+            PyObject *name, *item;
+            if ((result = read_key(in, &key)) != OK || !valid_utf8(key.text, key.len)) {
+                Py_DECREF(dict);
+                return result == OK ? BAIL : result;
+            }
+            if ((name = PyUnicode_DecodeUTF8((const char *)key.text, (Py_ssize_t)key.len, NULL)) == NULL) {
+                Py_DECREF(dict);
+                return ERR;
+            }
+            if ((result = py_item(in, depth + 1, &item)) != OK) {
+                Py_DECREF(name);
+                Py_DECREF(dict);
+                return result;
+            }
+            int set = PyDict_SetItem(dict, name, item);
+            Py_DECREF(name);
+            Py_DECREF(item);
+            if (set != 0) {
+                Py_DECREF(dict);
+                return ERR;
+            }
+        }
+        if ((uint64_t)PyDict_GET_SIZE(dict) != arg) { /* a key twice: cbor2 keeps one, json_line leaves it */
+            Py_DECREF(dict);
+            return BAIL;
+        }
+        *value = dict;
+        return OK;
+    }
+    case 6: /* tag 0, in the forms json_line writes */
+        if (arg != 0 || (result = head(in, &major, &info, &arg)) != OK)
+            return BAIL;
+        if (major != 3 || arg > (uint64_t)(in->end - in->at) || !canonical_timestamp(in->at, (size_t)arg))
+            return BAIL;
+        *value = py_timestamp(in->at, (size_t)arg);
+        in->at += arg;
+        break;
+    default:
+        switch (info) {
+        case 20:
+            *value = Py_NewRef(Py_False);
+            return OK;
+        case 21:
+            *value = Py_NewRef(Py_True);
+            return OK;
+        case 22:
+            *value = Py_NewRef(Py_None);
+            return OK;
+        case 27: {
+            double number;
+            memcpy(&number, &arg, sizeof number);
+            *value = PyFloat_FromDouble(number);
+            break;
+        }
+        default: /* half and single floats, undefined, other simple values */
+            return BAIL;
+        }
+    }
+    return *value != NULL ? OK : ERR;
+}
+
+/* The struct at ``in`` (the value of the record's field in ``slot``; its ``count`` fields' slots follow,
+ * each holding what ``fits`` says) flattened into ``row``: the struct's slot True, or None for a null.
+ * BAIL for anything else, a field it does not have, or a value that does not fit: such a struct goes to
+ * Python, whose encoder puts what its columns cannot hold in ``extra``. */
+static int py_struct(In *in, PyObject **row, int slot, int count, const Fit *fits) {
+    int major, info, result;
+    uint64_t n;
+    if (in->at < in->end && *in->at == 0xF6) { /* null: a null struct */
+        in->at++;
+        row[slot] = Py_NewRef(Py_None);
+        return OK;
+    }
+    if ((result = head(in, &major, &info, &n)) != OK)
+        return result;
+    if (major != 5 || n > (uint64_t)count) /* not a map, or another field (or one twice) */
+        return BAIL;
+    size_t prefix = strlen(row_fields[slot]) + 1; /* "usage." */
+    for (uint64_t i = 0; i < n; i++) {
+        Key key;
+        if ((result = read_key(in, &key)) != OK)
+            return result;
+        int field = -1;
+        for (int j = 0; j < count && field < 0; j++) {
+            const char *name = row_fields[slot + 1 + j] + prefix;
+            if (key.len == strlen(name) && memcmp(key.text, name, key.len) == 0)
+                field = j;
+        }
+        if (field < 0 || row[slot + 1 + field] != NULL) /* another field, or one twice */
+            return BAIL;
+        if (in->at >= in->end)
+            return BAIL;
+        uint8_t initial = *in->at;
+        int fit;
+        if (initial == 0xF6)
+            fit = 1;
+        else if (fits[field] == FIT_TEXT)
+            fit = initial >> 5 == 3;
+        else if (fits[field] == FIT_DOUBLE)
+            fit = initial == 0xFB;
+        else if (fits[field] == FIT_TEXTS)
+            fit = initial >> 5 == 4;
+        else { /* FIT_INT64: the integer heads, but for an argument of 8 bytes past 2**63 - 1 */
+            fit = (initial >> 5 == 0 || initial >> 5 == 1) &&
+                   ((initial & 31) != 27 || (in->end - in->at > 1 && in->at[1] < 0x80));
+        }
+        if (!fit)
+            return BAIL;
+        PyObject **value = &row[slot + 1 + field];
+        if ((result = py_item(in, 2, value)) != OK)
+            return result;
+        if (fits[field] == FIT_TEXTS && *value != Py_None) { /* texts only */
+            for (Py_ssize_t k = 0; k < PyList_GET_SIZE(*value); k++)
+                if (!PyUnicode_CheckExact(PyList_GET_ITEM(*value, k)))
+                    return BAIL;
+        }
+    }
+    row[slot] = Py_NewRef(Py_True);
+    return OK;
+}
+
+/* The record's map at ``in`` into ``row`` (ROW_SIZE slots, NULL where a field is missing: None), its
+ * capture's JSON into ``capture`` and its raw bodies into ``raws``; BAIL for a record left to Python. */
+static int row_values(In *in, PyObject **row, Out *capture, Raw *raws) {
     int major, info, result;
     uint64_t n;
     if ((result = head(in, &major, &info, &n)) != OK)
         return result;
     if (major != 5 || n > (uint64_t)(in->end - in->at) / 2)
         return BAIL;
-    Key few[16], *keys = n <= 16 ? few : PyMem_Malloc((size_t)n * sizeof *keys);
-    if (keys == NULL) {
-        PyErr_NoMemory();
-        return ERR;
-    }
-    Out scratch = {NULL, 0, 0};
-    for (uint64_t i = 0; i < n && result == OK; i++) {
-        const uint8_t *start = in->at;
-        Key *key = &keys[i];
-        if ((result = read_key(in, key)) != OK)
-            break;
-        if (is_key(key, "id", 2)) /* a stored map never holds one; json_line leaves it to Python */
-            result = BAIL;
-        else if (is_key(key, "capture", 7) && in->at < in->end && *in->at != 0xF6) /* 0xF6: null */
-            result = put_capture(in, split);
+    for (uint64_t i = 0; i < n; i++) {
+        Key key;
+        if ((result = read_key(in, &key)) != OK)
+            return result;
+        int slot = row_slot(&key);
+        if (slot <= ROW_ID) /* "id", or a field only ``extra`` can hold */
+            return BAIL;
+        if (slot == ROW_CAPTURE) {
+            if (capture->len || raws[0].data || raws[1].data || row[ROW_CAPTURE] != NULL)
+                return BAIL; /* twice */
+            if (in->at < in->end && *in->at == 0xF6) { /* null: as if missing, but seen */
+                in->at++;
+                row[ROW_CAPTURE] = Py_NewRef(Py_None);
+                continue;
+            }
+            result = next_major(in) == 5 ? put_map(in, capture, 1, MAP_CAPTURE, raws) : put_item(in, capture, 1);
+            if (result != OK)
+                return result;
+            if (!capture->len) /* cannot be: JSON of an item takes a byte at least */
+                return BAIL;
+            continue;
+        }
+        if (row[slot] != NULL) /* twice */
+            return BAIL;
+        if (slot == ROW_IDENTITY)
+            result = py_struct(in, row, slot, 3, identity_fits);
+        else if (slot == ROW_USAGE)
+            result = py_struct(in, row, slot, 4, usage_fits);
+        else if (slot == ROW_COST)
+            result = py_struct(in, row, slot, 4, cost_fits);
+        else if (slot == ROW_TIMESTAMP)
+            result = py_timestamp_us(in, &row[slot]);
         else
-            result = keep_pair(in, start, key, split, &scratch);
+            result = py_item(in, 1, &row[slot]);
+        if (result != OK)
+            return result;
     }
-    if (result == OK && (duplicate_keys(keys, (size_t)n) || in->at != in->end)) /* or trailing bytes */
-        result = BAIL;
-    PyMem_Free(scratch.data);
-    if (keys != few)
-        PyMem_Free(keys);
-    return result;
-}
-
-/* The canonical CBOR head of a map of ``n`` pairs, into ``out`` (9 bytes at most); its length. */
-static size_t map_head(uint64_t n, uint8_t *out) {
-    if (n < 24) {
-        out[0] = (uint8_t)(0xA0 | n);
-        return 1;
-    }
-    int info = n <= 0xFF ? 24 : n <= 0xFFFF ? 25 : n <= 0xFFFFFFFFu ? 26 : 27;
-    size_t size = (size_t)1 << (info - 24);
-    out[0] = (uint8_t)(0xA0 | info);
-    for (size_t i = 0; i < size; i++)
-        out[1 + i] = (uint8_t)(n >> 8 * (size - 1 - i));
-    return 1 + size;
+    return in->at == in->end ? OK : BAIL; /* or trailing bytes */
 }
 
 static PyObject *bytes_or_none(const char *data, size_t len) {
@@ -657,55 +909,44 @@ static PyObject *bytes_or_none(const char *data, size_t len) {
     return PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
 }
 
-/* The Python value of a split: (rest, capture, raw_request, raw_response); NULL with an exception set. */
-static PyObject *split_tuple(const Split *split) {
-    uint8_t head_bytes[9];
-    size_t head_len = map_head(split->kept, head_bytes);
-    PyObject *rest = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(head_len + split->rest.len));
-    if (rest == NULL)
-        return NULL;
-    memcpy(PyBytes_AS_STRING(rest), head_bytes, head_len);
-    if (split->rest.len)
-        memcpy(PyBytes_AS_STRING(rest) + head_len, split->rest.data, split->rest.len);
-    const Out *capture = &split->capture;
-    PyObject *items[4] = {
-        rest,
-        bytes_or_none(capture->len ? capture->data : NULL, capture->len),
-        bytes_or_none((const char *)split->raws[0].data, split->raws[0].len),
-        bytes_or_none((const char *)split->raws[1].data, split->raws[1].len),
-    };
-    PyObject *tuple = items[1] && items[2] && items[3] ? PyTuple_New(4) : NULL;
-    for (int i = 0; i < 4; i++) {
-        if (tuple != NULL)
-            PyTuple_SET_ITEM(tuple, i, items[i]); /* steals the reference */
-        else
-            Py_XDECREF(items[i]);
-    }
-    return tuple;
-}
-
-static PyObject *parquet_capture(PyObject *module, PyObject *arg) {
+static PyObject *parquet_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "parquet_row(body, record_id) takes two arguments");
+        return NULL;
+    }
     Py_buffer body;
-    if (PyObject_GetBuffer(arg, &body, PyBUF_SIMPLE) != 0)
+    if (PyObject_GetBuffer(args[0], &body, PyBUF_SIMPLE) != 0)
         return NULL;
     In in = {body.buf, (const uint8_t *)body.buf + body.len};
-    Split split = {{NULL, 0, 0}, 0, {NULL, 0, 0}, {{NULL, 0}, {NULL, 0}}};
-    PyObject *value = NULL;
-    /* The capture is most of a record, and its JSON a little longer than its CBOR; the rest is small. */
-    int result = grow(&split.capture, (size_t)body.len + (size_t)body.len / 2 + 64);
+    Out capture = {NULL, 0, 0};
+    Raw raws[2] = {{NULL, 0}, {NULL, 0}};
+    PyObject *row[ROW_SIZE] = {NULL};
+    PyObject *tuple = NULL;
+    /* The capture is most of a record, and its JSON a little longer than its CBOR. */
+    int result = grow(&capture, (size_t)body.len + (size_t)body.len / 2 + 64);
     if (result == OK)
-        result = grow(&split.rest, (size_t)body.len / 4 + 64);
-    if (result == OK)
-        result = split_record(&in, &split);
-    if (result == OK)
-        value = split_tuple(&split); /* before the body is released: the raw bodies point into it */
-    PyMem_Free(split.rest.data);
-    PyMem_Free(split.capture.data);
+        result = row_values(&in, row, &capture, raws);
+    if (result == OK) { /* before the body is released: the raw bodies point into it */
+        Py_CLEAR(row[ROW_CAPTURE]);
+        row[ROW_ID] = Py_NewRef(args[1]);
+        if ((row[ROW_CAPTURE] = bytes_or_none(capture.len ? capture.data : NULL, capture.len)) == NULL ||
+            (row[ROW_RAW_REQUEST] = bytes_or_none((const char *)raws[0].data, raws[0].len)) == NULL ||
+            (row[ROW_RAW_RESPONSE] = bytes_or_none((const char *)raws[1].data, raws[1].len)) == NULL ||
+            (tuple = PyTuple_New(ROW_SIZE)) == NULL)
+            result = ERR;
+    }
+    for (int i = 0; i < ROW_SIZE; i++) {
+        if (tuple != NULL)
+            PyTuple_SET_ITEM(tuple, i, row[i] != NULL ? row[i] : Py_NewRef(Py_None)); /* steals the reference */
+        else
+            Py_XDECREF(row[i]);
+    }
+    PyMem_Free(capture.data);
     PyBuffer_Release(&body);
     if (result == BAIL)
         Py_RETURN_NONE;
-    return value; /* NULL when ERR, or when building it failed: an exception is set */
+    return tuple; /* NULL when ERR: an exception is set */
 }
 
 /* == privacy mode: what privacy_scrub drops, dropped before Python decodes =============================== */
@@ -1276,12 +1517,12 @@ static PyMethodDef methods[] = {
      "json_line(body, record_id) -> bytes | None\n\n"
      "The JSON line (newline included) the Python path writes for a stored record's CBOR map with its id "
      "first, or None where the record is not one this writes (the caller then takes the Python path)."},
-    {"parquet_capture", parquet_capture, METH_O,
-     "parquet_capture(body) -> (rest, capture, raw_request, raw_response) | None\n\n"
-     "A stored record's CBOR map split for the Parquet columns: the other fields' pairs as a CBOR map, the "
-     "capture as its column's JSON (None when there is none, or it is null: then it is in rest), the "
-     "request's and the response's raw bodies (None when not bytes); None for any record json_line leaves "
-     "to Python."},
+    {"parquet_row", (PyCFunction)(void (*)(void))parquet_row, METH_FASTCALL,
+     "parquet_row(body, record_id) -> tuple | None\n\n"
+     "A stored record's values for the Parquet columns, in the order of PARQUET_ROW_FIELDS: record_id, the "
+     "typed fields as cbor2 decodes them (None where missing), the capture as its column's JSON (None when "
+     "there is none, or it is null) and the request's and the response's raw bodies (None when not bytes); "
+     "None for a record left to Python (any json_line leaves, one with another field, a half or single float)."},
     {"privacy_prefilter", (PyCFunction)privacy_prefilter, METH_O,
      "privacy_prefilter(body) -> bytes | None\n\n"
      "A stored record's CBOR map without what privacy mode certainly drops (the other items' bytes as they "
@@ -1295,7 +1536,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "_cbor_json",
-    "A stored record's CBOR straight to its JSON line or its Parquet columns (see json_line, parquet_capture).",
+    "A stored record's CBOR straight to its JSON line or its Parquet columns (see json_line, parquet_row).",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
@@ -1310,9 +1551,27 @@ PyMODINIT_FUNC PyInit__cbor_json(void) {
         if (orjson_dumps == NULL)
             return NULL;
     }
+    if (PyDateTimeAPI == NULL) {
+        PyDateTime_IMPORT;
+        if (PyDateTimeAPI == NULL)
+            return NULL;
+    }
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL)
         return NULL;
+    PyObject *fields = PyTuple_New(ROW_SIZE);
+    for (int i = 0; fields != NULL && i < ROW_SIZE; i++) {
+        PyObject *name = PyUnicode_FromString(row_fields[i]);
+        if (name == NULL)
+            Py_CLEAR(fields);
+        else
+            PyTuple_SET_ITEM(fields, i, name);
+    }
+    if (fields == NULL || PyModule_AddObject(module, "PARQUET_ROW_FIELDS", fields) != 0) {
+        Py_XDECREF(fields);
+        Py_DECREF(module);
+        return NULL;
+    }
     if (PyModule_AddStringConstant(module, "SOURCE_SHA256", CBOR_JSON_SOURCE_SHA256) != 0) {
         Py_DECREF(module);
         return NULL;

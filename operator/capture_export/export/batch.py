@@ -23,13 +23,17 @@ Each record is decoded at most once. The default path never decodes a sealed row
 the stored CBOR (``id_head``); nor does JSON Lines without a filter or rewrite where the optional native
 extension is built (``_json_lines``: _cbor_json.c writes the row's JSON line straight from its CBOR), nor
 privacy mode alone into CBOR or JSON Lines (``_privacy_records``: _cbor_json.c scrubs the row into the bytes
-cbor2 writes for the scrubbed record); Parquet without a filter or rewrite decodes only a sealed row's small
-fields (``_parquet_records``: _cbor_json.c writes its capture column's JSON and takes out its raw bodies). A
-filter on a CBOR format reads only the fields it needs (``peek_fields``). Anything else decodes each row once
+cbor2 writes for the scrubbed record); nor Parquet without a filter or rewrite, or with privacy mode alone
+(``_parquet_records``, ``_privacy_parquet_records``: _cbor_json.c gives a sealed row's, or its scrubbed
+bytes', values for the columns, its capture column's JSON and its raw bodies). A filter on a CBOR format
+reads only the fields it needs (``peek_fields``). Anything else decodes each row once
 (a foreign row's check is that decode; privacy mode decodes a sealed row's natively scrubbed or prefiltered
 bytes where it can: ``_privacy_record``), then
 filters, rewrites (privacy mode, redactions) and encodes record by record, so a batch of 10,000 records
 never holds 10,000 decoded records at once.
+
+The default path's usual batch, every row sealed, has its seals checked in one loop and goes out without an
+object per row (``_as_stored``); a batch with any other row takes the row-by-row check (``check_rows``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import gc
 import hmac
 import time
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -56,7 +60,6 @@ from .formats import (
     FORMATS,
     BatchEncoder,
     CborZstdEncoder,
-    EncodedCapture,
     FormatUnavailable,
     JsonLinesEncoder,
     ParquetEncoder,
@@ -64,17 +67,18 @@ from .formats import (
 )
 from .transform import RecordTransform, peek_fields
 
-# _cbor_json.parquet_capture's split of a stored record: the other fields as a CBOR map, the capture's JSON
-# (None: no capture, or a null one, left in that map), the raw request and response bodies.
-ParquetSplit = tuple[bytes, bytes | None, bytes | None, bytes | None]
+# _cbor_json.parquet_row's values of a stored record for the Parquet columns (formats._ROW_FIELDS): its id, its
+# typed fields as cbor2 decodes them, the capture column's JSON, the raw request and response bodies.
+ParquetRow = tuple[Any, ...]
+ParquetRowOf = Callable[[bytes | memoryview, int], ParquetRow | None]
 
 _native_json_line: Callable[[bytes | memoryview, int], bytes | None] | None
-_native_parquet_capture: Callable[[bytes | memoryview], ParquetSplit | None] | None
+_native_parquet_row: ParquetRowOf | None
 try:
     from ._cbor_json import json_line as _native_json_line
-    from ._cbor_json import parquet_capture as _native_parquet_capture
+    from ._cbor_json import parquet_row as _native_parquet_row
 except ImportError:  # built only where a C compiler was (hatch_build.py); the Python path writes the same bytes
-    _native_json_line = _native_parquet_capture = None
+    _native_json_line = _native_parquet_row = None
 _native_privacy_prefilter: Callable[[bytes | memoryview], bytes | None] | None
 _native_privacy_scrubbed: Callable[[bytes | memoryview], bytes | None] | None
 try:
@@ -238,15 +242,52 @@ def check_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], decoded: bool 
     return good, corrupt
 
 
-def _pieces(checked: Sequence[CheckedRow]) -> list[bytes | memoryview]:
-    """The records as exported CBOR (``id`` spliced in), as pieces to write one after the other: each
-    record's new map head, then its stored bytes after the old head, not copied."""
+def _all_ours(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> bool:
+    """Whether every row of the batch goes out as stored, as ``check_rows`` would find row by row: each holds
+    the store's seal of its body (checked for every row, in one loop: ``RecordSeal.all_valid``) and the
+    exporter strips no header names beyond the built-in ones (which our append already did)."""
+    return (recipe.seal is not None and not _policy(recipe.strip_headers).extra_headers
+            and recipe.seal.all_valid(rows))
+
+
+def _pieces(records: Iterable[tuple[int, bytes | memoryview]]) -> list[bytes | memoryview]:
+    """The ``(id, stored map)`` records as exported CBOR (``id`` spliced in), as pieces to write one after
+    the other: each record's new map head, then its stored bytes after the old head, not copied."""
     pieces: list[bytes | memoryview] = []
-    for item in checked:
-        head, offset = id_head(item.row.id, item.body)
-        pieces.append(head)
-        pieces.append(memoryview(item.body)[offset:])
+    append = pieces.append
+    for record_id, body in records:
+        head, offset = id_head(record_id, body)
+        append(head)
+        append(memoryview(body)[offset:])
     return pieces
+
+
+def _unencodable(recipe: BatchRecipe, first: StoredRecord, last: StoredRecord, exc: Exception) -> BatchFailure:
+    return BatchFailure(BatchFailure.UNENCODABLE, f"records {first.id}-{last.id} could not be written as "
+                        f"{recipe.format}: {exc.__class__.__name__}: {str(exc)[:200]}; export holds before them")
+
+
+def _corrupt(exc: CorruptRecord) -> BatchFailure:
+    return BatchFailure(BatchFailure.CORRUPT, f"{exc}; export holds before it until it is fixed")
+
+
+def _as_stored(recipe: BatchRecipe, encoder: BatchEncoder, rows: Sequence[StoredRecord], started: float,
+               cpu_started: float) -> EncodedBatch:
+    """``encode_rows`` of a batch whose rows all go out as stored (``_all_ours``; no filter, CBOR): the same
+    batch as the row-by-row path writes, without an object per row. The default export's usual batch."""
+    first, last = rows[0], rows[-1]
+    try:
+        payload = encoder.encode(_pieces([(row.id, row.body) for row in rows]))
+    except CorruptRecord as exc:
+        raise _corrupt(exc) from None
+    except Exception as exc:  # as in encode_rows
+        raise _unencodable(recipe, first, last, exc) from None
+    return EncodedBatch(
+        payload=payload, rows=len(rows), filtered=0, raw_bytes=sum(len(row.body) for row in rows),
+        seconds=time.perf_counter() - started, cpu_seconds=time.thread_time() - cpu_started,
+        first_id=first.id, last_id=last.id, last_timestamp_us=last.timestamp_us,
+        kept_first_id=first.id, kept_last_id=last.id,
+    )
 
 
 def encode_batch(rows: Sequence[StoredRecord], seal: RecordSeal | None = None,
@@ -305,14 +346,15 @@ def _privacy_decoded(checked: Sequence[CheckedRow], loads: Callable[[Any], Any],
 
 def _scrubs_natively(transform: RecordTransform, encoder: BatchEncoder) -> bool:
     """Whether privacy mode's records can be written straight from the native scrub's bytes
-    (``_privacy_records``): privacy mode alone (a filter or redactions need the decoded record), into CBOR or
-    JSON Lines (Parquet needs the decoded record)."""
+    (``_privacy_records``; Parquet: ``_privacy_parquet_records``): privacy mode alone (a filter or redactions
+    need the decoded record), into CBOR, or JSON Lines or Parquet where their native writers are built."""
     if not transform.privacy or transform.redactions or transform.filter is not None:
         return False
     if _native_privacy_scrubbed is None:
         return False
-    return isinstance(encoder, CborZstdEncoder) or (isinstance(encoder, JsonLinesEncoder)
-                                                     and _native_json_line is not None)
+    return (isinstance(encoder, CborZstdEncoder)
+            or (isinstance(encoder, JsonLinesEncoder) and _native_json_line is not None)
+            or (isinstance(encoder, ParquetEncoder) and _native_parquet_row is not None))
 
 
 def _privacy_records(checked: Sequence[CheckedRow], encoder: CborZstdEncoder | JsonLinesEncoder,
@@ -357,21 +399,18 @@ def _json_lines(checked: Sequence[CheckedRow], encoder: JsonLinesEncoder,
     return lines
 
 
-def _parquet_records(checked: Sequence[CheckedRow],
-                     native: Callable[[bytes | memoryview], ParquetSplit | None]) -> Iterator[dict[str, Any]]:
+def _parquet_records(checked: Sequence[CheckedRow], native: ParquetRowOf) -> Iterator[dict[str, Any] | ParquetRow]:
     """Each checked row's record for the Parquet encoder, ``id`` set in it, as ``_decoded`` gives them; but
-    where the native path splits a row (_cbor_json.c), only its small fields are decoded and its capture
-    comes already as its columns' values (an EncodedCapture: the Python path's very JSON and raw bodies).
-    A row the check decoded, or one the native path leaves, is decoded the Python way."""
+    where the native path takes a row (_cbor_json.c's parquet_row), its values for the columns (a native row,
+    formats._ROW_FIELDS: the typed fields as cbor2 decodes them, the capture already as the Python path's
+    very JSON and raw bodies). A row the check decoded, or one the native path leaves, is decoded the
+    Python way."""
     for item in checked:
-        split = native(item.body) if item.record is None else None
-        if split is None:
-            record = item.record if item.record is not None else cbor2.loads(item.body)
-        else:
-            rest, capture, raw_request, raw_response = split
-            record = cbor2.loads(rest)
-            if capture is not None:
-                record["capture"] = EncodedCapture(capture, raw_request, raw_response)
+        row = native(item.body, item.row.id) if item.record is None else None
+        if row is not None:
+            yield row
+            continue
+        record = item.record if item.record is not None else cbor2.loads(item.body)
         record["id"] = item.row.id
         yield record
 
@@ -416,6 +455,24 @@ def _unspliceable(rows: Sequence[StoredRecord], checked: Sequence[CheckedRow],
     return bad
 
 
+def _privacy_parquet_records(checked: Sequence[CheckedRow], native: ParquetRowOf,
+                             transform: RecordTransform) -> Iterator[dict[str, Any] | ParquetRow]:
+    """Privacy mode's records (without a filter or redactions) for the Parquet encoder: a row that went out
+    as stored and that the native scrub takes whole (privacy_scrubbed: the scrubbed record's bytes, as cbor2
+    writes them) as the native row of those bytes (parquet_row), where it takes them; every other row
+    decoded (``_privacy_record``) and scrubbed as in any other rewrite."""
+    assert _native_privacy_scrubbed is not None
+    scrubbed_of = _native_privacy_scrubbed
+    for item in checked:
+        scrubbed = scrubbed_of(item.body) if item.record is None else None
+        row = native(scrubbed, item.row.id) if scrubbed is not None else None
+        if row is not None:
+            yield row
+            continue
+        record, done = _privacy_record(item, loads_record, False, scrubbed)  # tag 55799: a mutable map
+        yield transform.rewrite(record, scrubbed=done)
+
+
 def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], *,
                 undecodable: Sequence[tuple[int, CorruptRecord]] = ()) -> EncodedBatch:
     """The batch's payload. Raises BatchFailure: the first row fails the check (onCorruptRecord Hold), the
@@ -430,6 +487,12 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], *,
         raise BatchFailure(BatchFailure.UNAVAILABLE, str(exc)) from None
     transform = RecordTransform(recipe)
     decodes = encoder.decoded or transform.rewrites
+    if not decodes and transform.filter is None and rows and not undecodable and _all_ours(recipe, rows):
+        try:
+            return _as_stored(recipe, encoder, rows, started, cpu_started)
+        except BatchFailure as failure:  # a sealed row no id can be spliced into: row by row, it fails the check
+            if failure.kind != BatchFailure.CORRUPT:
+                raise
     checked, corrupt = check_rows(recipe, rows, decoded=decodes)
     if undecodable:
         left_out = {rows[index].id for index, _ in undecodable}
@@ -462,13 +525,18 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], *,
             if transform.filter is not None:  # read just the fields the filter needs; ship the bytes as stored
                 checked = [item for item in checked if transform.accepts(_peek(item, transform.filter.fields))]
             exported = len(checked)
-            payload = encoder.encode(_pieces(checked)) if checked else None
+            payload = encoder.encode(_pieces([(item.row.id, item.body) for item in checked])) if checked else None
         elif transform.identity and isinstance(encoder, JsonLinesEncoder) and _native_json_line is not None:
             exported = len(checked)
             payload = encoder.encode_lines(_json_lines(checked, encoder, _native_json_line)) if checked else None
-        elif transform.identity and isinstance(encoder, ParquetEncoder) and _native_parquet_capture is not None:
+        elif transform.identity and isinstance(encoder, ParquetEncoder) and _native_parquet_row is not None:
             exported = len(checked)
-            payload = encoder.encode_records(_parquet_records(checked, _native_parquet_capture)) if checked else None
+            payload = encoder.encode_records(_parquet_records(checked, _native_parquet_row)) if checked else None
+        elif (_scrubs_natively(transform, encoder) and isinstance(encoder, ParquetEncoder)
+              and _native_parquet_row is not None):
+            exported = len(checked)
+            records = _privacy_parquet_records(checked, _native_parquet_row, transform)
+            payload = encoder.encode_records(records) if checked else None
         elif _scrubs_natively(transform, encoder):
             assert isinstance(encoder, CborZstdEncoder | JsonLinesEncoder)
             exported = len(checked)
@@ -511,14 +579,12 @@ def encode_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], *,
             bad += [(index, exc) for index, row in enumerate(all_rows) if row.id == exc.record_id]
         if bad:
             return encode_rows(recipe, all_rows, undecodable=[*undecodable, *bad])
-        raise BatchFailure(BatchFailure.CORRUPT, f"{exc}; export holds before it until it is fixed") from None
+        raise _corrupt(exc) from None
     except Exception as exc:  # a sealed row no reader decodes, or an encoder that cannot represent a record
         bad = _undecodable(all_rows, checked, getattr(encoder, "decode_record", cbor2.loads)) if decodes else []
         if bad:
             return encode_rows(recipe, all_rows, undecodable=[*undecodable, *bad])
-        raise BatchFailure(BatchFailure.UNENCODABLE, f"records {first.id}-{last.id} could not be written as "
-                           f"{recipe.format}: {exc.__class__.__name__}: {str(exc)[:200]}; export holds before "
-                           "them") from None
+        raise _unencodable(recipe, first, last, exc) from None
     return EncodedBatch(
         payload=payload,
         rows=exported,

@@ -56,7 +56,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from itertools import accumulate, chain
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -549,6 +549,19 @@ _KNOWN_FIELDS = frozenset({"id", "timestamp", "capture", *_SCALARS, *_STRUCTS})
 # writes has all of them; a record that lacks one takes the slower way, field by field).
 _COLUMN_FIELDS = ("id", "timestamp", *_SCALARS, *_STRUCTS, "capture")
 _column_values = operator.itemgetter(*_COLUMN_FIELDS)
+# A native row (export/batch.py: _cbor_json.c's ``parquet_row``, its PARQUET_ROW_FIELDS): a record's values
+# in the schema's order, None for a missing field; the timestamp as microseconds since the epoch (or None);
+# each struct flattened, its own slot True (None: no struct)
+# and its fields' values after it, each of its field's type or None; its capture already as the capture
+# column's JSON and its raw bodies; and no field the typed columns do not have.
+_ROW_FIELDS = ("id", "ver", "timestamp",
+               "identity", *(f"identity.{name}" for name in _IDENTITY_FIELDS),
+               "model", "api_type",
+               "usage", *(f"usage.{name}" for name in _USAGE_FIELDS),
+               "estimated_cost", *(f"estimated_cost.{name}" for name in _COST_FIELDS),
+               "duration_ms", "capture_id", "session_id", "path", "status_code",
+               "capture", "raw_request_body", "raw_response_body")
+_ROW_RECORD_FIELDS = _ROW_FIELDS[:_ROW_FIELDS.index("capture")]
 # Columns with few distinct values, worth a dictionary encoding; the others (ids, times, bodies, the capture)
 # are all but unique per record, where building a dictionary only to drop it costs time.
 _DICTIONARY_COLUMNS = ["ver", "identity.login_name", "identity.node_id", "identity.tags.list.element", "model",
@@ -568,9 +581,10 @@ PARQUET_SLICE = 100
 
 
 class EncodedCapture(NamedTuple):
-    """A record's capture already as its columns' values: what the native path (export/batch.py,
-    _cbor_json.c's ``parquet_capture``) puts in a record's ``capture`` in place of the decoded capture, so
-    that the encoder takes them as they are (``_captures``) rather than decoding and writing the capture."""
+    """A record's capture already as its columns' values: what a native row (export/batch.py, _cbor_json.c's
+    ``parquet_row``) puts in its record's ``capture`` when its slice also holds decoded records
+    (``_row_record``), so that the encoder takes them as they are (``_captures``) rather than decoding and
+    writing the capture."""
 
     json: bytes  # the capture column: its JSON without the raw bodies
     raw_request: bytes | None
@@ -610,8 +624,9 @@ class ParquetEncoder:
     def encode(self, records: Sequence[bytes | memoryview]) -> bytes:
         return self.encode_records(cbor2.loads(record) for record in records)
 
-    def encode_records(self, records: Iterable[Mapping[str, Any]]) -> bytes:
-        """The records as Parquet, one row group per ``PARQUET_CHUNK`` records; ``records`` may be a
+    def encode_records(self, records: Iterable[Mapping[str, Any] | tuple[Any, ...]]) -> bytes:
+        """The records (decoded, or native rows: ``record_batch``) as Parquet, one row group per
+        ``PARQUET_CHUNK`` records; ``records`` may be a
         generator, taken ``PARQUET_SLICE`` records at a time: each slice is built into Arrow arrays (about
         its stored size) and its decoded records let go before the next slice is decoded, and each row
         group is written (encoded and compressed) once its slices are built, so a batch never holds more
@@ -622,7 +637,7 @@ class ParquetEncoder:
                                      write_statistics=self.statistics, use_dictionary=_DICTIONARY_COLUMNS)) as writer:
             group: list[Any] = []  # the row group's record batches, one per slice
             rows = 0
-            chunk: list[Mapping[str, Any]] = []
+            chunk: list[Mapping[str, Any] | tuple[Any, ...]] = []
             for record in records:
                 chunk.append(record)
                 if len(chunk) == PARQUET_SLICE:
@@ -641,32 +656,55 @@ class ParquetEncoder:
         data: bytes = sink.getvalue().to_pybytes()
         return data
 
-    def record_batch(self, records: Sequence[Mapping[str, Any]]) -> Any:
-        pa, schema = self.pa, self.schema
+    def record_batch(self, records: Sequence[Mapping[str, Any] | tuple[Any, ...]]) -> Any:
+        """One slice's record batch. ``records``: decoded records (``id`` set in them), or native rows
+        (``_ROW_FIELDS``: export/batch.py), or both."""
         extras = _Extras(len(records))
+        kinds = set(map(type, records))
+        if kinds == {tuple}:  # native rows: the columns as they are, no field but the typed ones
+            values: dict[str, Sequence[Any]] = dict(zip(_ROW_FIELDS, zip(*records, strict=True), strict=True))
+            captures = (list(values["capture"]), list(values["raw_request_body"]), list(values["raw_response_body"]))
+            structs = {name: self._flat_struct(values, name) for name in _STRUCTS}
+            structs["timestamp"] = self.pa.array(values["timestamp"], self.schema.field("timestamp").type)
+            return self._record_batch(values, captures, extras, None, structs)
+        if tuple in kinds:  # a slice with decoded records too (foreign rows, rows left to Python): all as those
+            records = [_row_record(record) if type(record) is tuple else record for record in records]
+        dicts = cast(Sequence[Mapping[str, Any]], records)
         try:
-            columns = list(zip(*map(_column_values, records), strict=True))
+            columns = list(zip(*map(_column_values, dicts), strict=True))
             complete = True
         except KeyError:  # a record without some field (estimated_cost when unknown): null in its column
-            columns = list(zip(*map(_typed_fields, records), strict=True))
+            columns = list(zip(*map(_typed_fields, dicts), strict=True))
             complete = False
         if not columns:
             columns = [() for _ in _COLUMN_FIELDS]
         values = dict(zip(_COLUMN_FIELDS, columns, strict=True))
+        # A record holding every typed field holds another one exactly when it has more fields than those.
+        others = (set(map(len, dicts)) != {len(_KNOWN_FIELDS)} if complete
+                  else not set(chain.from_iterable(dicts)) <= _KNOWN_FIELDS)
+        return self._record_batch(values, _captures(values["capture"]), extras, dicts if others else None)
+
+    def _record_batch(self, values: Mapping[str, Sequence[Any]],
+                      captures: tuple[list[bytes | None], list[bytes | None], list[bytes | None]], extras: _Extras,
+                      others: Sequence[Mapping[str, Any]] | None, structs: dict[str, Any] | None = None) -> Any:
+        """The record batch of the typed fields' ``values`` by name, the capture columns' ``captures``; ``others``:
+        the records when some hold a field of no typed column (to ``extra``); ``structs``: the timestamp and
+        struct columns when built already (native rows)."""
+        pa, schema = self.pa, self.schema
         arrays: dict[str, Any] = {"id": pa.array(values["id"], pa.int64())}
-        arrays["timestamp"] = self._timestamps(values["timestamp"], extras)
+        arrays["timestamp"] = (structs["timestamp"] if structs is not None
+                               else self._timestamps(values["timestamp"], extras))
         for name, kind in _SCALARS.items():
             arrays[name] = self._column(values[name], kind, name, schema.field(name).type, extras)
         for name, fields in _STRUCTS.items():
-            arrays[name] = self._struct_column(values[name], fields, name, schema.field(name).type, extras)
-        captures, raw_requests, raw_responses = _captures(values["capture"])
-        arrays["capture"] = _bytes_column(pa, captures, pa.string())  # orjson writes UTF-8
+            arrays[name] = (structs[name] if structs is not None
+                            else self._struct_column(values[name], fields, name, schema.field(name).type, extras))
+        texts, raw_requests, raw_responses = captures
+        arrays["capture"] = _bytes_column(pa, texts, pa.string())  # orjson writes UTF-8
         arrays["raw_request_body"] = pa.array(raw_requests, pa.binary())
         arrays["raw_response_body"] = pa.array(raw_responses, pa.binary())
-        # A record holding every typed field holds another one exactly when it has more fields than those.
-        if (set(map(len, records)) != {len(_KNOWN_FIELDS)} if complete
-                else not set(chain.from_iterable(records)) <= _KNOWN_FIELDS):
-            for index, record in enumerate(records):
+        if others is not None:
+            for index, record in enumerate(others):
                 if record.keys() - _KNOWN_FIELDS:
                     extra = extras[index]
                     for key, value in record.items():
@@ -702,6 +740,22 @@ class ParquetEncoder:
                 values[index] = float(value)
         return self.pa.array(values, arrow_type)
 
+    def _flat_struct(self, values: Mapping[str, Sequence[Any]], name: str) -> Any:
+        """A struct column from native rows' flattened structs (each field's values fit its type: _cbor_json.c
+        leaves any other struct to Python), null where the struct's own slot is None."""
+        pa = self.pa
+        arrow_type = self.schema.field(name).type
+        children = [pa.array(values[f"{name}.{child.name}"], child.type) for child in arrow_type]
+        presence = values[name]
+        nulls = presence.count(None)
+        if not nulls:
+            return pa.StructArray.from_arrays(children, fields=list(arrow_type))
+        # The validity bitmap is a boolean array's values: StructArray.from_arrays's ``mask`` would invert one with
+        # pyarrow.compute, whose import costs each encode worker ~60 ms of CPU and several MiB.
+        valid = pa.array([present is not None for present in presence], pa.bool_())
+        return pa.Array.from_buffers(arrow_type, len(presence), [valid.buffers()[1]], null_count=nulls,
+                                     children=children)
+
     def _struct_column(self, values: Sequence[Any], fields: dict[str, type], name: str, arrow_type: Any,
                        extras: _Extras) -> Any:
         pa = self.pa
@@ -736,6 +790,24 @@ def _leaf_paths(pa: Any, schema: Any) -> list[str]:
         else:
             paths.append(path(field.name, field.type))
     return paths
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _row_record(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A native row as the decoded record the encoder takes: its typed fields, each struct a dict, and an
+    EncodedCapture."""
+    values = dict(zip(_ROW_RECORD_FIELDS, row, strict=False))
+    record = {name: value for name, value in values.items() if "." not in name}
+    if record["timestamp"] is not None:
+        record["timestamp"] = _EPOCH + timedelta(microseconds=record["timestamp"])
+    for name, fields in _STRUCTS.items():
+        if record[name] is not None:
+            record[name] = {field: values[f"{name}.{field}"] for field in fields}
+    capture, raw_request, raw_response = row[len(_ROW_RECORD_FIELDS):]
+    record["capture"] = None if capture is None else EncodedCapture(capture, raw_request, raw_response)
+    return record
 
 
 def _typed_fields(record: Mapping[str, Any]) -> tuple[Any, ...]:
