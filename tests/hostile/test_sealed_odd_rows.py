@@ -13,10 +13,13 @@ unit tests switch them off). What a user would notice:
   of the wrong type or missing, unknown fields) is exported exactly once, each row's id once, and the objects
   are the very bytes the Python path writes;
 * a row no CBOR reader decodes (invalid UTF-8, nesting past cbor2's limit, a string reference outside its
-  namespace, a top-level item that is no map) holds the export before its batch in every format that decodes,
-  the same failure with or without the native paths, nothing written and the cursor where it was. (The
-  failure names the batch's records, not the row, and ``onCorruptRecord: Quarantine`` does not take it: only
-  an unsealed row is checked, and so quarantined, before it is encoded.)
+  namespace, a length past the end) is a corrupt record in every format that decodes, as a malformed unsealed
+  row is: ``onCorruptRecord: Hold`` exports the rows before it and stops with a message that names the row and
+  why, ``Quarantine`` moves it (alone) into the store's quarantine and exports the rest; the same with or
+  without the native paths. In the default format, which never decodes a sealed row, so is a row whose top
+  level is no map the id can be spliced into;
+* a map under tag 55799 (self-described CBOR: a marker that changes nothing), sealed or not, once or twice,
+  is exported in every format as the same record without the marker, filtered and stripped as that record.
 
 Not covered here: a sealed row holding its own ``id`` key. Our writer never stores one (store/records.py,
 ``encode_body``), and a stored one overrides the row's id in CBOR and JSON Lines on both paths alike.
@@ -184,9 +187,10 @@ UNDECODABLE: dict[str, Callable[[int], bytes]] = {
 }
 
 
-def _spec(s3: LocalS3, bucket: str, prefix: str, fmt: str, privacy: bool) -> S3ExporterSpec:
+def _spec(s3: LocalS3, bucket: str, prefix: str, fmt: str, privacy: bool, **more: Any) -> S3ExporterSpec:
     return S3ExporterSpec.model_validate({"bucket": bucket, "region": "us-east-1", "endpoint": s3.endpoint,
-                                          "prefix": prefix, "limit": 1000, **FORMATS[fmt], "privacyMode": privacy})
+                                          "prefix": prefix, "limit": 1000, **FORMATS[fmt], "privacyMode": privacy,
+                                          **more})
 
 
 def _export(store: SQLiteStore, objects: S3ObjectStore, spec: S3ExporterSpec, name: str) -> RunResult:
@@ -299,14 +303,16 @@ def test_odd_sealed_rows_export_once_and_as_the_python_path_writes_them(
 
 
 DECODING = [(fmt, privacy) for fmt in FORMATS for privacy in (False, True) if fmt != "cbor-zstd" or privacy]
+DECODING_IDS = [f"{fmt}-{'privacy' if privacy else 'plain'}" for fmt, privacy in DECODING]
 
 
-@pytest.mark.parametrize(("fmt", "privacy"), DECODING,
-                         ids=[f"{fmt}-{'privacy' if privacy else 'plain'}" for fmt, privacy in DECODING])
-def test_a_sealed_row_no_reader_decodes_holds_the_export_alike_on_both_paths(
+@pytest.mark.parametrize(("fmt", "privacy"), DECODING, ids=DECODING_IDS)
+def test_a_sealed_row_no_reader_decodes_holds_the_export_at_that_row_alike_on_both_paths(
     fmt: str, privacy: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
     native_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """onCorruptRecord Hold (the default), as for a malformed unsealed row: the rows before it are exported,
+    the export holds before it, and the failure names the row and why (not the batch's range)."""
     for number, (name, make) in enumerate(UNDECODABLE.items()):
         store = SQLiteStore(tmp_path / f"store-{number}.sqlite")
         try:
@@ -318,16 +324,227 @@ def test_a_sealed_row_no_reader_decodes_holds_the_export_alike_on_both_paths(
             with _python_only(monkeypatch):
                 python = _export(store, object_store, _spec(s3_server, bucket, f"python-{number}", fmt, privacy),
                                  f"python-{number}")
+            assert [row.id for row in store.read_batch(0, 10)] == [1, 2, 3, 4], name  # nothing moved aside
         finally:
             store.close()
         for result in (native, python):
             assert result.outcome == "Failed" and result.failure is not None, (name, result)
-            assert result.rows == 0 and result.cursor.position == 0, (name, result)
+            assert result.rows == 2 and result.cursor.position == 2 and not result.quarantined, (name, result)
+            assert result.failure.reason == "CorruptRecord", (name, result.failure)
+            assert result.failure.message.startswith("record 3 is corrupt: "), (name, result.failure.message)
+            assert "records 1-" not in result.failure.message and "Quarantine" in result.failure.message, name
         assert native.failure is not None and python.failure is not None
         assert (native.failure.reason, native.failure.message) == (python.failure.reason, python.failure.message), name
         assert "Traceback" not in native.failure.message
-        assert bucket_objects(s3_server, bucket, f"native-{number}") == [], name
-        assert bucket_objects(s3_server, bucket, f"python-{number}") == [], name
+        assert sorted(_ids(s3_server, bucket, f"native-{number}")) == [1, 2], name
+        assert _objects(s3_server, bucket, f"native-{number}") == _objects(s3_server, bucket, f"python-{number}")
+
+
+@pytest.mark.parametrize(("fmt", "privacy"), DECODING, ids=DECODING_IDS)
+def test_with_quarantine_a_sealed_row_no_reader_decodes_is_quarantined_like_an_unsealed_one(
+    fmt: str, privacy: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+    native_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """onCorruptRecord Quarantine: each such row is moved to the store's quarantine with its reason and
+    reported in the run's result, every other row exported once, the cursor past them all; the same on
+    both paths. An unsealed malformed row in the same batch is quarantined beside them."""
+    exported: dict[str, list[Any]] = {}
+    for path in ("native", "python"):
+        store = SQLiteStore(tmp_path / f"store-{path}.sqlite")
+        try:
+            names = _seal_odd_rows(store, UNDECODABLE)
+            total = 2 * len(UNDECODABLE) + 1
+            store.append_encoded([(timestamp_us(total + 1), build(good_record(total + 1))[:-3])])  # unsealed, cut
+            spec = _spec(s3_server, bucket, path, fmt, privacy, onCorruptRecord="Quarantine")
+            if path == "native":
+                result = _export(store, object_store, spec, path)
+            else:
+                with _python_only(monkeypatch):
+                    result = _export(store, object_store, spec, path)
+            in_quarantine = [record.id for record in store.quarantined()]
+            left = [row.id for row in store.read_batch(0, total + 10)]
+        finally:
+            store.close()
+        assert result.outcome == "Succeeded" and result.failure is None, (path, result.failure)
+        bad = [*sorted(names), total + 1]
+        assert [record_id for record_id, _ in result.quarantined] == bad, result.quarantined
+        reasons = dict(result.quarantined)
+        assert all(reasons[record_id] for record_id in names), reasons
+        assert reasons[names_of(names, "invalid-utf8-value")] == "invalid UTF-8 in a text string"
+        assert in_quarantine == bad and sorted(set(left) | set(bad)) == list(range(1, total + 2))
+        assert result.rows == total - len(UNDECODABLE) and result.cursor.position == total + 1, result
+        ids = _ids(s3_server, bucket, path)
+        assert sorted(ids) == [n for n in range(1, total + 1) if n not in names], [names.get(i, i) for i in ids]
+        exported[path] = _objects(s3_server, bucket, path)
+    assert exported["native"] == exported["python"]
+
+
+def names_of(names: dict[int, str], name: str) -> int:
+    return next(record_id for record_id, each in names.items() if each == name)
+
+
+def _tagged(body: bytes, times: int = 1) -> bytes:
+    """``body`` under the self-described CBOR tag (55799, RFC 8949 3.4.6): a marker that changes nothing."""
+    return b"\xd9\xd9\xf7" * times + body
+
+
+@pytest.mark.parametrize("foreign", [True, False], ids=["with-a-foreign-row", "all-sealed"])
+@pytest.mark.parametrize("privacy", [False, True], ids=["plain", "privacy"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_self_described_map_exports_as_the_same_record_without_the_tag(
+    fmt: str, privacy: bool, foreign: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore,
+    tmp_path: Path, native_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A map under tag 55799, sealed (once or twice tagged) or foreign, exports in every format, with and
+    without the native paths, as the very bytes of the same record stored without the tag (all sealed: the
+    default format's batch of rows that all go out as stored)."""
+    def fill(store: SQLiteStore, tag: Callable[[bytes], bytes], twice: Callable[[bytes], bytes]) -> None:
+        store.append_encoded([(timestamp_us(1), build(good_record(1))),
+                              (timestamp_us(2), tag(build(good_record(2)))),
+                              (timestamp_us(3), twice(build(good_record(3))))], sealed=True)
+        store.append_encoded([(timestamp_us(4), tag(build(good_record(4))))], sealed=not foreign)
+        store.append_encoded([(timestamp_us(5), build(good_record(5)))], sealed=True)
+
+    plain = SQLiteStore(tmp_path / "plain.sqlite")
+    tagged = SQLiteStore(tmp_path / "tagged.sqlite")
+    try:
+        fill(plain, lambda body: body, lambda body: body)
+        fill(tagged, _tagged, lambda body: _tagged(body, 2))
+        results = {"plain": _export(plain, object_store, _spec(s3_server, bucket, "plain", fmt, privacy), "plain"),
+                   "tagged": _export(tagged, object_store, _spec(s3_server, bucket, "tagged", fmt, privacy), "tagged")}
+        with _python_only(monkeypatch):
+            results["python"] = _export(tagged, object_store, _spec(s3_server, bucket, "python", fmt, privacy),
+                                        "python")
+    finally:
+        plain.close()
+        tagged.close()
+    for name, result in results.items():
+        assert result.outcome == "Succeeded" and result.failure is None, (name, result.failure)
+        assert result.rows == 5 and result.cursor.position == 5 and not result.quarantined, (name, result)
+    expected = _objects(s3_server, bucket, "plain")
+    assert _objects(s3_server, bucket, "tagged") == expected
+    assert _objects(s3_server, bucket, "python") == expected
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_self_described_map_is_filtered_and_stripped_as_the_map_itself(
+    fmt: str, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+) -> None:
+    """A filter reads the map under the tag, and ``stripHeaders`` strips its headers (cbor2 decodes a map under
+    tag 55799 as an immutable one, which nothing could strip): the same objects as for the untagged rows, and
+    no stripped header in them."""
+    more = {"stripHeaders": ["x-request-id"], "filter": {"models": ["gpt-4o"]}}
+    written = {}
+    for name, tag in (("plain", lambda body: body), ("tagged", _tagged)):
+        store = SQLiteStore(tmp_path / f"{name}.sqlite")
+        try:
+            store.append_encoded([(timestamp_us(n), tag(build(good_record(n, model="gpt-4o" if n % 2 else "o3"))))
+                                  for n in range(1, 7)], sealed=True)
+            result = _export(store, object_store, _spec(s3_server, bucket, name, fmt, False, **more), name)
+        finally:
+            store.close()
+        assert result.outcome == "Succeeded" and result.failure is None, (name, result.failure)
+        assert result.rows == 3 and result.cursor.position == 6 and not result.quarantined, (name, result)
+        written[name] = _objects(s3_server, bucket, name)
+        assert sorted(_ids(s3_server, bucket, name)) == [1, 3, 5], name
+    assert written["tagged"] == written["plain"]
+    assert all(b"req-" not in data for _, data in written["tagged"])
+
+
+def _nested_tags(n: int, tag: Callable[[bytes], bytes]) -> bytes:
+    """Row n with a credential header, its request and its response body each under ``tag``."""
+    record = good_record(n)
+    request = record["capture"]["request"]
+    request["headers"] = {**request["headers"], "authorization": "Bearer SECRET-TOKEN", "x-custom": "custom-secret"}
+    record["capture"]["request"] = Raw(tag(cbor2.dumps(request)))
+    record["capture"]["response"]["body"] = Raw(tag(cbor2.dumps(record["capture"]["response"]["body"])))
+    return build(record)
+
+
+@pytest.mark.parametrize("redact", [False, True], ids=["as-is", "redacted"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_self_described_map_inside_a_record_is_that_map(
+    fmt: str, redact: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+) -> None:
+    """Tag 55799 inside a foreign record, and inside a sealed one wherever the export decodes it (any format
+    but the default's pass-through), is the map it tags: credential headers stripped from it (they reached
+    the bucket: cbor2 decodes a tagged map as an immutable one, which the strip passed by), the exporter's
+    ``stripHeaders`` and ``redactFields`` applied to it, JSON written as JSON (not ``frozendict(...)`` text):
+    the same objects as for the same rows without the tag."""
+    more: dict[str, Any] = {"stripHeaders": ["x-custom"]}
+    if redact:
+        more["redactFields"] = ["capture.response.body.choices"]
+    written = {}
+    for name, tag in (("plain", lambda body: body), ("tagged", _tagged)):
+        store = SQLiteStore(tmp_path / f"{name}.sqlite")
+        try:
+            store.append_encoded([(timestamp_us(1), _nested_tags(1, tag))])  # foreign: checked in full
+            if fmt != "cbor-zstd" or redact:  # the default format ships a sealed row's bytes as stored
+                store.append_encoded([(timestamp_us(2), _nested_tags(2, tag))], sealed=True)
+            result = _export(store, object_store, _spec(s3_server, bucket, name, fmt, False, **more), name)
+        finally:
+            store.close()
+        assert result.outcome == "Succeeded" and result.failure is None, (name, result.failure)
+        assert not result.quarantined, (name, result)
+        written[name] = _objects(s3_server, bucket, name)
+    assert written["tagged"] == written["plain"]
+    for key, data in written["tagged"]:
+        if key.endswith(".parquet"):  # compressed columns: the same file as the plain rows' says enough
+            continue
+        assert b"SECRET-TOKEN" not in data and b"custom-secret" not in data and b"frozendict" not in data
+        assert (b"finish_reason" in data) is not redact
+
+
+@pytest.mark.parametrize("policy", ["Hold", "Quarantine"])
+def test_a_sealed_row_the_default_format_cannot_splice_is_held_or_quarantined_by_itself(
+    policy: str, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+) -> None:
+    """The default format splices ids into sealed rows undecoded; a sealed top-level item that is no map (or
+    an indefinite-length map) cannot take one: Hold exports the rows before it and names it, Quarantine moves
+    it aside and exports the rest, as for an unsealed row."""
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    try:
+        store.append_encoded([(timestamp_us(1), build(good_record(1))), (timestamp_us(2), cbor2.dumps([1, 2])),
+                              (timestamp_us(3), build(good_record(3))),
+                              (timestamp_us(4), b"\xbf" + build(good_record(4))[1:] + b"\xff"),
+                              (timestamp_us(5), build(good_record(5)))], sealed=True)
+        result = _export(store, object_store, _spec(s3_server, bucket, policy, "cbor-zstd", False,
+                                                    onCorruptRecord=policy), policy)
+        quarantined = [record.id for record in store.quarantined()]
+    finally:
+        store.close()
+    if policy == "Hold":
+        assert result.outcome == "Failed" and result.failure is not None
+        assert result.failure.message.startswith("record 2 is corrupt: not a CBOR map"), result.failure.message
+        assert result.rows == 1 and result.cursor.position == 1 and quarantined == []
+        assert _ids(s3_server, bucket, policy) == [1]
+    else:
+        assert result.outcome == "Succeeded" and result.failure is None, result.failure
+        assert result.quarantined == [(2, "not a CBOR map"), (4, "unsupported map header")], result.quarantined
+        assert result.rows == 3 and result.cursor.position == 5 and quarantined == [2, 4]
+        assert _ids(s3_server, bucket, policy) == [1, 3, 5]
+
+
+@pytest.mark.parametrize("filtered", [False, True], ids=["all", "filtered"])
+def test_a_batch_of_rows_the_default_format_cannot_splice_is_quarantined_at_once(
+    filtered: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+) -> None:
+    """A whole batch of such rows (a writer with our key and a bug writes many) is quarantined in one go: the
+    batch is encoded again once with all of them left out, not once per row (a thousand nested retries)."""
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    try:
+        bad = [(timestamp_us(n), cbor2.dumps(["not", "a", "map", n])) for n in range(2, 1000)]
+        store.append_encoded([(timestamp_us(1), build(good_record(1))), *bad,
+                              (timestamp_us(1000), build(good_record(1000)))], sealed=True)
+        more: dict[str, Any] = {"filter": {"models": ["gpt-4o"]}} if filtered else {}
+        result = _export(store, object_store, _spec(s3_server, bucket, "many", "cbor-zstd", False,
+                                                    onCorruptRecord="Quarantine", **more), "many")
+        quarantined = [record.id for record in store.quarantined()]
+    finally:
+        store.close()
+    assert result.outcome == "Succeeded" and result.failure is None, result.failure
+    assert quarantined == list(range(2, 1000)) and result.rows == 2 and result.cursor.position == 1000
+    assert _ids(s3_server, bucket, "many") == [1, 1000]
 
 
 def test_every_odd_row_is_one_map_cbor2_decodes_and_no_undecodable_one_is() -> None:

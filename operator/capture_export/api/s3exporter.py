@@ -271,7 +271,8 @@ class S3ExporterSpec(ApiModel):
         CorruptRecordAction,
         Field(description="A record that fails the check of rows capture-export did not write itself "
               "(malformed CBOR, trailing bytes, a stored id, invalid UTF-8, a date readers cannot "
-              "represent): Hold (the default) stops the export before it, with a CorruptRecord condition "
+              "represent), or a row it wrote that the export cannot read (no CBOR reader decodes it): Hold "
+              "(the default) stops the export before it, with a CorruptRecord condition "
               "naming the record, until it is fixed in the store; Quarantine moves it into the store's "
               "quarantine (capture-export quarantine list|show|release), counts it in status.quarantined, "
               "posts an Event and exports past it. Either way its bytes never reach the bucket."),

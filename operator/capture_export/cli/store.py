@@ -77,7 +77,8 @@ def add_quarantine(sub: Subcommands) -> None:
     quarantine = command(
         sub, "quarantine", "records moved aside by onCorruptRecord: Quarantine: list, show, release",
         "Records an S3Exporter with onCorruptRecord: Quarantine moved aside because they failed the check "
-        "of foreign rows (not one well-formed record). list: every quarantined record with its reason; show: "
+        "of foreign rows (not one well-formed record) or, written with the store's seal, could not be read at "
+        "all (no CBOR reader decodes them). list: every quarantined record with its reason; show: "
         "one record's fields (credentials never shown); release: put one back into the store as a new "
         "record (exported on the next run), as it is when it now passes the check, or replaced by a "
         "corrected record given with --body.",

@@ -64,7 +64,7 @@ import cbor2
 import orjson
 import zstandard
 
-from ..store.records import decode_sequence
+from ..store.records import TRANSPARENT_TAGS, decode_sequence
 from .format_names import COMPRESSIONS, FORMAT_CHOICES, FORMAT_NAMES, FormatChoice
 from .skim import skim_sequence
 
@@ -207,7 +207,7 @@ def _timestamp_as_stored(value: Any, immutable: bool) -> Any:
     return cbor2.loads(b"\xc0" + cbor2.dumps(value))
 
 
-_CBOR_READY_TAGS = {0: _timestamp_as_stored}
+_CBOR_READY_TAGS = {0: _timestamp_as_stored, **TRANSPARENT_TAGS}
 
 
 class CborZstdEncoder:
@@ -268,6 +268,8 @@ def json_default(value: Any) -> Any:
         return {"$tag": value.tag, "value": value.value}
     if value is cbor2.undefined:
         return None
+    if isinstance(value, cbor2.frozendict):  # a map under tag 55799 read without TRANSPARENT_TAGS (Parquet)
+        return dict(value)
     if isinstance(value, cbor2.CBORSimpleValue):
         return {"$simple": int(value.value)}
     return str(value)  # Decimal, Fraction, UUID, IP addresses, regular expressions
@@ -367,7 +369,7 @@ def _timestamp_text(value: Any, immutable: bool) -> Any:
     return cbor2.loads(b"\xc0" + cbor2.dumps(value))
 
 
-_JSON_READY_TAGS = {0: _timestamp_text}
+_JSON_READY_TAGS = {0: _timestamp_text, **TRANSPARENT_TAGS}
 
 
 class JsonLinesEncoder:

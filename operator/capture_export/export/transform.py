@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import cbor2
 
+from ..store.records import SELF_DESCRIBED, untagged
+
 if TYPE_CHECKING:  # not imported at run time: the encode pool's workers load this module without the API
     from ..api.s3exporter import ExportFilter, S3ExporterSpec
 
@@ -199,6 +201,8 @@ def peek_fields(raw: bytes | memoryview, wanted: frozenset[str]) -> dict[str, An
     """
     head = _argument(raw, 0) if raw and raw[0] >> 5 == 5 else None
     if head is None:
+        if raw[:3] == SELF_DESCRIBED:  # a map under tag 55799 (self-described CBOR) is that map
+            return peek_fields(untagged(raw), wanted)
         record = cbor2.loads(raw)
         return {k: record[k] for k in wanted if k in record} if isinstance(record, dict) else record
     count, position = head

@@ -38,9 +38,9 @@ import cbor2
 from .columns import UnreadableRow
 from .credentials import DEFAULT_POLICY, CredentialPolicy
 from .record_types import timestamp_problem, type_problem
-from .records import CorruptRecord
+from .records import TRANSPARENT_TAGS, CorruptRecord, untagged
 
-__all__ = ["CorruptRecord", "check_foreign", "check_foreign_record", "outline"]
+__all__ = ["CorruptRecord", "check_foreign", "check_foreign_record", "decode_problem", "outline"]
 
 
 def _decode_reason(exc: Exception) -> str:
@@ -54,6 +54,14 @@ def _decode_reason(exc: Exception) -> str:
     if "datetime" in message:
         return f"a date/time readers cannot represent ({message})"
     return f"invalid CBOR ({message})"
+
+
+def decode_problem(exc: BaseException) -> str:
+    """Why a row could not be decoded (cbor2's error, or the RecursionError of a row nested too deeply), in
+    words that hold no bytes of the row: the reason a corrupt row is held or quarantined with."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return _decode_reason(exc) if isinstance(exc, Exception) else type(exc).__name__
 
 
 def check_foreign(record_id: int, body: Any, policy: CredentialPolicy = DEFAULT_POLICY,
@@ -74,12 +82,12 @@ def check_foreign_record(record_id: int, body: Any, policy: CredentialPolicy = D
         raise CorruptRecord(record_id, "stored as TEXT, not as a BLOB of CBOR")
     if not isinstance(body, bytes | bytearray | memoryview):
         raise CorruptRecord(record_id, f"stored as {type(body).__name__}, not as a BLOB of CBOR")
-    body = bytes(body)
+    body = bytes(untagged(bytes(body)))  # a map under tag 55799 (self-described CBOR) is the map
     if not body:
         raise CorruptRecord(record_id, "empty")
     stream = io.BytesIO(body)
     try:
-        record = cbor2.CBORDecoder(stream).decode()
+        record = cbor2.CBORDecoder(stream, semantic_decoders=TRANSPARENT_TAGS).decode()
     except RecursionError:
         raise CorruptRecord(record_id, "nested too deeply") from None
     except Exception as exc:

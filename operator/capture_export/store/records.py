@@ -24,13 +24,17 @@ __all__ = [
     "CREDENTIAL_HEADERS",
     "FIELD_ORDER",
     "SCHEMA_VERSION",
+    "SELF_DESCRIBED",
+    "TRANSPARENT_TAGS",
     "CorruptRecord",
     "decode_sequence",
     "encode_body",
     "encode_ordered",
     "id_head",
+    "loads_record",
     "strip_credentials",
     "timestamp_micros",
+    "untagged",
     "with_id",
 ]
 
@@ -120,6 +124,30 @@ def _uint_header(major: int, value: int) -> bytes:
 
 
 _ID_KEY = b"\x62id"  # CBOR text string "id"
+# The head of tag 55799, self-described CBOR (RFC 8949 3.4.6): a marker that a writer may put before an item
+# and that changes nothing about it. A stored map under it is the same record: the marker is left out.
+SELF_DESCRIBED = b"\xd9\xd9\xf7"
+
+
+def _self_described(value: Any, immutable: bool) -> Any:
+    return value
+
+
+# cbor2 6 decodes what tag 55799 tags as immutable (a frozendict, tuples), which no strip, redaction or JSON
+# writer handles as a map: decoded through this, the marker is transparent at any depth.
+TRANSPARENT_TAGS = {55799: _self_described}
+
+
+def loads_record(data: bytes | memoryview) -> Any:
+    """``cbor2.loads``, tag 55799 (self-described CBOR) transparent at any depth."""
+    return cbor2.loads(data, semantic_decoders=TRANSPARENT_TAGS)
+
+
+def untagged(body: bytes | memoryview) -> bytes | memoryview:
+    """``body`` without the self-described CBOR marker(s) before its item (a view when given one)."""
+    while body[:3] == SELF_DESCRIBED:
+        body = body[3:]
+    return body
 
 
 # The head of a map of n + 1 pairs followed by the key "id", for a stored map of n < 23 pairs (one head
@@ -137,6 +165,9 @@ def id_head(record_id: int, body: bytes | memoryview) -> tuple[bytes, int]:
     if not body:
         raise CorruptRecord(record_id, "empty")
     initial = body[0]
+    if initial == 0xD9 and body[:3] == SELF_DESCRIBED:  # the map under tag 55799: spliced without the marker
+        head, offset = id_head(record_id, body[3:])
+        return head, offset + 3
     if initial >> 5 != 5:
         raise CorruptRecord(record_id, "not a CBOR map")
     info = initial & 0x1F
