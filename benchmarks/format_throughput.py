@@ -19,8 +19,10 @@ sizes it (one worker per available CPU). Printed per case:
 * CPU per record (µs) of the exporting process *and its children* (the encode pool: fork server and
   workers), and its breakdown: ``read`` (the store read, on the reader thread), ``encode`` (decode,
   checks, filter, rewrites, encoding and compression: on the run's threads or in the pool's workers),
-  ``commit`` (the uploads, sweeps and checkpoints, on the run's own thread) and ``other`` (the rest:
-  handing batches to the pool and back, the pipeline's threads, the interpreter);
+  ``commit`` (the uploads, sweeps and checkpoints, on the run's own thread), ``mon`` (this benchmark's own
+  sampler thread in that process, which reads every process's smaps ten times a second: 4-6 µs/record,
+  not the exporter's) and ``other`` (the rest: handing batches to the pool and back, the pipeline's
+  threads, the fork server's imports and the workers' start, the interpreter);
 * peak memory of that process tree, sampled every 0.1 s: PSS (what a pod's cgroup is charged: pages the
   processes share counted once) and RSS (shared pages counted in every process);
 * CPU per record (µs) of the S3 server (SeaweedFS, on the same cores): what the export's bytes cost the
@@ -112,6 +114,13 @@ class TreeMonitor(threading.Thread):
         while not self.done.wait(self.interval):
             self.sample()
 
+    def own_cpu_seconds(self) -> float:
+        """The CPU seconds this sampler thread has used so far (reading /proc is charged to the reader)."""
+        for thread in self.me.threads():
+            if thread.id == self.native_id:
+                return float(thread.user_time + thread.system_time)
+        return 0.0
+
 
 def server_cpu_seconds(pid: int | None) -> float:
     """CPU seconds the S3 server (process ``pid``, and any child of it) has used so far."""
@@ -155,6 +164,7 @@ def _export(store_path: str, endpoint: str, keys: tuple[str, str], bucket: str, 
     result = engine.run(Cursor(), on_batch=on_batch)
     elapsed = time.perf_counter() - t0
     cpu = monitor.cpu_seconds() - cpu_before  # before the pool's workers exit with this process
+    monitor_cpu = monitor.own_cpu_seconds()
     monitor.sample()
     monitor.done.set()
     store.close()
@@ -162,7 +172,7 @@ def _export(store_path: str, endpoint: str, keys: tuple[str, str], bucket: str, 
         "seconds": elapsed, "rows": result.rows, "filtered": result.filtered, "objects": result.objects,
         "raw_bytes": result.raw_bytes, "bytes": result.bytes, "requests": result.requests,
         "failure": str(result.failure or ""),
-        "cpu": cpu, "stages": stages, "pss": monitor.peak_pss, "rss": monitor.peak_rss,
+        "cpu": cpu, "monitor_cpu": monitor_cpu, "stages": stages, "pss": monitor.peak_pss, "rss": monitor.peak_rss,
         "workers": engine.pool.workers if engine.pool is not None else 0,
     })
 
@@ -343,8 +353,8 @@ def main() -> None:
 def _measure(spawn: Any, s3: Any, store_path: str, cases: dict[str, dict[str, Any]], args: argparse.Namespace,
              workdir: Path) -> dict[str, float]:
     header = (f"{'case':<22} {'records/s':>9} {'seconds':>7} {'CPU µs/rec':>10} {'read':>5} {'encode':>6} "
-              f"{'commit':>6} {'other':>5} {'S3 µs':>5} {'MB out':>7} {'req/1k':>6} {'PSS MB':>6} {'RSS MB':>6} "
-              f"{'pool':>4} {'load':>11}")
+              f"{'commit':>6} {'mon':>4} {'other':>5} {'S3 µs':>5} {'MB out':>7} {'req/1k':>6} {'PSS MB':>6} "
+              f"{'RSS MB':>6} {'pool':>4} {'load':>11}")
     print(header)
     print("-" * len(header))
     keys = (s3.access_key_id, s3.secret_access_key)
@@ -363,8 +373,10 @@ def _measure(spawn: Any, s3: Any, store_path: str, cases: dict[str, dict[str, An
         rates[name] = handled / figures["seconds"]
         per = {stage: figures["stages"][stage] / handled * 1e6 for stage in STAGES}
         total = figures["cpu"] / handled * 1e6
+        sampler = figures["monitor_cpu"] / handled * 1e6
         print(f"{name:<22} {rates[name]:>9,.0f} {figures['seconds']:>7.2f} {total:>10.1f} {per['read']:>5.1f} "
-              f"{per['encode']:>6.1f} {per['commit']:>6.1f} {total - sum(per.values()):>5.1f} "
+              f"{per['encode']:>6.1f} {per['commit']:>6.1f} {sampler:>4.1f} "
+              f"{total - sum(per.values()) - sampler:>5.1f} "
               f"{server / handled * 1e6:>5.1f} "
               f"{figures['bytes'] / 1e6:>7.1f} {figures['requests'] / handled * 1000:>6.2f} "
               f"{figures['pss'] / 2**20:>6.0f} {figures['rss'] / 2**20:>6.0f} "
@@ -379,7 +391,7 @@ def _measure(spawn: Any, s3: Any, store_path: str, cases: dict[str, dict[str, An
         else:
             rates[PEER] = figures["rows"] / figures["seconds"]
             print(f"{PEER:<22} {rates[PEER]:>9,.0f} {figures['seconds']:>7.2f} "
-                  f"{figures['cpu'] / figures['rows'] * 1e6:>10.1f} {'':>5} {'':>6} {'':>6} {'':>5} "
+                  f"{figures['cpu'] / figures['rows'] * 1e6:>10.1f} {'':>5} {'':>6} {'':>6} {'':>4} {'':>5} "
                   f"{figures['server_cpu'] / figures['rows'] * 1e6:>5.1f} {'':>7} "
                   f"{figures['objects'] / figures['rows'] * 1000:>6.2f} "
                   f"{figures['pss'] / 2**20:>6.0f} {figures['rss'] / 2**20:>6.0f} {'':>4} "
