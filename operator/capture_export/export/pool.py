@@ -42,8 +42,10 @@ BrokenPool = BrokenExecutor
 T = TypeVar("T")
 
 # What the fork server imports before it forks workers: the batch code and its codecs, and the script
-# the process runs (the workers would otherwise each import it again); then the libraries of the formats
-# the process's exporters write (``EncodePool.load_library``), and last ``export/freeze.py``.
+# the process runs (the workers would otherwise each import it again; CPython 3.11 and 3.12 skip
+# "__main__" here, python/cpython#126631, so there each worker runs the `capture-export` script again,
+# about 4 ms); then the libraries of the formats the process's exporters write (``EncodePool.load_library``),
+# and last ``export/freeze.py``.
 PRELOAD = ["__main__", "capture_export.export.batch"]
 FREEZE = "capture_export.export.freeze"
 
