@@ -619,18 +619,29 @@ static int row_slot(const Key *key) {
     return -1;
 }
 
+/* A tag-0 text's date and time, in UTC. */
+typedef struct {
+    int year, month, day, hour, minute, second, micro;
+} CivilTime;
+
+/* The date and time of a tag-0 text in our writer's forms (canonical_timestamp: checked by the caller). */
+static CivilTime civil_time(const uint8_t *s, size_t len) {
+    CivilTime t = {.micro = 0};
+    digits(s, 4, &t.year);
+    digits(s + 5, 2, &t.month);
+    digits(s + 8, 2, &t.day);
+    digits(s + 11, 2, &t.hour);
+    digits(s + 14, 2, &t.minute);
+    digits(s + 17, 2, &t.second);
+    if (len == 27)
+        digits(s + 20, 6, &t.micro);
+    return t;
+}
+
 /* A tag-0 text in our writer's forms (canonical_timestamp: checked) as the datetime cbor2 decodes it to. */
 static PyObject *py_timestamp(const uint8_t *s, size_t len) {
-    int year, month, day, hour, minute, second, micro = 0;
-    digits(s, 4, &year);
-    digits(s + 5, 2, &month);
-    digits(s + 8, 2, &day);
-    digits(s + 11, 2, &hour);
-    digits(s + 14, 2, &minute);
-    digits(s + 17, 2, &second);
-    if (len == 27)
-        digits(s + 20, 6, &micro);
-    return PyDateTimeAPI->DateTime_FromDateAndTime(year, month, day, hour, minute, second, micro,
+    CivilTime t = civil_time(s, len);
+    return PyDateTimeAPI->DateTime_FromDateAndTime(t.year, t.month, t.day, t.hour, t.minute, t.second, t.micro,
                                                    PyDateTime_TimeZone_UTC, PyDateTimeAPI->DateTimeType);
 }
 
@@ -661,19 +672,10 @@ static int py_timestamp_us(In *in, PyObject **value) {
         return BAIL;
     if (major != 3 || arg > (uint64_t)(in->end - in->at) || !canonical_timestamp(in->at, (size_t)arg))
         return BAIL;
-    const uint8_t *s = in->at;
-    int year, month, day, hour, minute, second, micro = 0;
-    digits(s, 4, &year);
-    digits(s + 5, 2, &month);
-    digits(s + 8, 2, &day);
-    digits(s + 11, 2, &hour);
-    digits(s + 14, 2, &minute);
-    digits(s + 17, 2, &second);
-    if (arg == 27)
-        digits(s + 20, 6, &micro);
+    CivilTime t = civil_time(in->at, (size_t)arg);
     in->at += arg;
-    int64_t seconds = ((days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60 + second;
-    *value = PyLong_FromLongLong(seconds * 1000000 + micro);
+    int64_t seconds = ((days_from_civil(t.year, t.month, t.day) * 24 + t.hour) * 60 + t.minute) * 60 + t.second;
+    *value = PyLong_FromLongLong(seconds * 1000000 + t.micro);
     return *value != NULL ? OK : ERR;
 }
 
