@@ -1,5 +1,5 @@
 """Build hook (hatchling): compiles the optional native paths, capture_export/export/_cbor_json.c: JSON Lines
-written straight from the stored CBOR, Parquet's capture column, and privacy mode's scrub.
+written straight from the stored CBOR, Parquet's typed columns and capture, and privacy mode's scrub.
 
 With a C compiler the wheel carries the extension (and is tagged for this Python and platform); an editable
 install (``pip install -e .``) gets it built in place beside the C file, where the installed path finds it.
@@ -67,7 +67,7 @@ class NativePathsHook(BuildHookInterface):
             return
         if os.environ.get("CAPTURE_EXPORT_PURE_PYTHON"):
             self.app.display_info("capture-export: CAPTURE_EXPORT_PURE_PYTHON set, the native paths (JSON Lines, "
-                                  "Parquet's capture column, privacy mode) are not built")
+                                  "Parquet's columns, privacy mode) are not built")
             return
         root = Path(self.root)
         name = "_cbor_json" + sysconfig.get_config_var("EXT_SUFFIX")
@@ -79,7 +79,7 @@ class NativePathsHook(BuildHookInterface):
         problem = _compile(root, target)
         if problem is not None:
             target.unlink(missing_ok=True)  # never an extension of an older source
-            self.app.display_warning(f"capture-export: the native paths (JSON Lines, Parquet's capture column, "
+            self.app.display_warning(f"capture-export: the native paths (JSON Lines, Parquet's columns, "
                                      f"privacy mode) are not built, all take the Python path (same bytes, "
                                      f"slower): {problem}")
             return
