@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-__all__ = ["mutations"]
+__all__ = ["broken_copies", "mutations"]
 
 
 def mutations(body: bytes, rng: random.Random, count: int) -> Iterator[bytes]:
@@ -26,3 +26,11 @@ def mutations(body: bytes, rng: random.Random, count: int) -> Iterator[bytes]:
             else:
                 mutated[at:at + 1] = rng.randbytes(rng.randint(0, 9))
         yield bytes(mutated)
+
+
+def broken_copies(body: bytes) -> Iterator[bytes]:
+    """Copies of ``body`` that are no longer one whole CBOR item: cut short at 40 places spread over it, and
+    with one byte too many at its end. A native path must reject every one (return None), never guess."""
+    for cut in range(0, len(body), max(1, len(body) // 40)):
+        yield body[:cut]
+    yield body + b"\x00"
