@@ -9,22 +9,26 @@ Lines'), errors included: a record Python refuses is still refused.
 or the bytes cbor2 writes for the scrubbed record, so that the record spliced with its id is the CBOR
 format's bytes, and ``json_line`` of it (where it writes one) the JSON Lines format's.
 
-An exported privacy-mode batch is the same bytes with or without them.
+An exported privacy-mode batch is the same bytes with or without them, and holds the same dates of a request
+in every format.
 
 Where no C compiler built the extension these tests skip, but under CI (``CI`` set) they fail: CI builds it.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import random
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
 import cbor2
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +38,7 @@ from capture_export.export.formats import CborZstdEncoder, JsonLinesEncoder
 from capture_export.export.transform import BODY_KEYS_KEPT, CHOICE_KEYS_KEPT, TOOL_USE_KEYS_KEPT, privacy_scrub
 from capture_export.seed import generate_records
 from capture_export.store.base import StoredRecord
-from capture_export.store.records import encode_body, with_id
+from capture_export.store.records import decode_sequence, encode_body, with_id
 from capture_export.store.seal import RecordSeal
 from tests.support.mutations import broken_copies, mutations
 from tests.support.trust import Raw, build, good_record, head, text
@@ -301,7 +305,8 @@ def test_the_whole_scrub_is_only_what_cbor2_writes(native: ModuleType, value: An
 @pytest.mark.parametrize(("capture", "whole"), [
     ({"request": {"body": {"model": "m"}, "raw_body": b"x", "raw_content_type": "text/plain", "status": 2}}, True),
     ({"request": {"raw_content_type": 5}}, False),  # kept by Python as a number: left to the prefilter's path
-    ({"request": {"sent_at": datetime(2026, 1, 1, 0, 0, 0, 5, tzinfo=UTC)}}, False),  # a date/time: JSON drops it
+    # a date/time, which the two formats decode differently (JSON Lines: as its text): left to the prefilter's path
+    ({"request": {"sent_at": datetime(2026, 1, 1, 0, 0, 0, 5, tzinfo=UTC)}}, False),
     ({"request": {"url": "https://example.com"}}, False),  # text that Python drops: so does the prefilter's path
     ({"request": {"body": "text"}}, False),
     ({"request": "text"}, False),
@@ -407,6 +412,8 @@ def _rows() -> list[StoredRecord]:
     records[10]["timestamp"] += timedelta(microseconds=-records[10]["timestamp"].microsecond)  # no fraction
     records[11]["other"] = {"kept": [1.5, "x"]}  # a field of no typed column: Parquet's extra (the Python way)
     records[12].pop("estimated_cost", None)  # unknown: a null in Parquet's column, natively
+    records[13]["capture"]["request"]["sent_at"] = DATED["aware"]  # a request's dates: Python's to keep
+    records[13]["capture"]["response"]["done_on"] = DATED["day"]
     for n, record in enumerate(records, 1):
         stamp, body = encode_body(record)
         rows.append(StoredRecord(n, stamp, body, SEAL.seal(body)))
@@ -416,6 +423,17 @@ def _rows() -> list[StoredRecord]:
     rows[5] = StoredRecord(6, rows[5].timestamp_us, odd, SEAL.seal(odd))  # sealed, left to Python whole
     return rows
 
+
+DATED: dict[str, Any] = {  # a request's or response's own dates, in the forms CBOR stores them, and their text
+    "aware": datetime(2026, 11, 24, 12, 0, 1, 250000, tzinfo=UTC),  # tag 0 as our writer stores it
+    "whole_second": datetime(2026, 11, 24, 12, 0, 1, tzinfo=UTC),
+    "day": date(2026, 11, 24),
+    "zero_fraction": Raw(b"\xc0" + text("2026-11-24T12:00:01.000000Z")),
+    "epoch": Raw(b"\xc1" + cbor2.dumps(1_795_000_000.25)),
+}
+DATED_TEXT = {"aware": "2026-11-24T12:00:01.250000Z", "whole_second": "2026-11-24T12:00:01.000000Z",
+              "day": "2026-11-24", "zero_fraction": "2026-11-24T12:00:01.000000Z",
+              "epoch": "2026-11-18T11:06:40.250000Z"}
 
 RECIPES = [
     BatchRecipe("cbor-zstd", "zstd", privacy_mode=True, seal=SEAL),
@@ -461,10 +479,10 @@ def test_a_privacy_batch_is_the_same_bytes_natively(native: ModuleType, recipe: 
     natively = encode_rows(recipe, rows)
     if not recipe.strip_headers:  # the exporter's own header names: sealed rows holding one are decoded whole
         assert calls["privacy_scrubbed"] == [bytes(row.body) for row in rows if row.id != 5]
-        # the prefilter takes the rows the whole scrub leaves: a text capture, an indefinite-length map
-        assert calls["privacy_prefilter"] == [bytes(row.body) for row in rows if row.id in (6, 9)]
+        # the prefilter takes the rows the whole scrub leaves: a text capture, an indefinite-length map, dates
+        assert calls["privacy_prefilter"] == [bytes(row.body) for row in rows if row.id in (6, 9, 14)]
     if recipe.format == "parquet":  # the scrubbed rows' bytes go to parquet_row: all but the one with another field
-        assert rowed.count(True) == len(rows) - 4 and rowed.count(False) == 1  # not 5, 6, 9 (above) nor 12
+        assert rowed.count(True) == len(rows) - 5 and rowed.count(False) == 1  # not 5, 6, 9, 14 (above) nor 12
     monkeypatch.setattr(batch, "_native_privacy_scrubbed", None)
     prefiltered = encode_rows(recipe, rows)
     monkeypatch.setattr(batch, "_native_json_line", None)
@@ -476,6 +494,62 @@ def test_a_privacy_batch_is_the_same_bytes_natively(native: ModuleType, recipe: 
         assert (ours.rows, ours.filtered, ours.first_id, ours.last_id) == (
             in_python.rows, in_python.filtered, in_python.first_id, in_python.last_id)
     assert natively.rows > 0
+
+
+def _dated_rows() -> list[StoredRecord]:
+    """Sealed records with dates among their request's and response's own keys, beside content: as our own
+    append stores them (rows 1-2), and in the other forms (row 3)."""
+    rows = []
+    for n in (1, 2, 3):
+        record = good_record(n)
+        for side in ("request", "response"):
+            record["capture"][side].update({key: value for key, value in DATED.items()
+                                            if (n == 3) == isinstance(value, Raw)}, note="content")
+        body = build(record) if n == 3 else encode_body(record)[1]
+        rows.append(StoredRecord(n, encode_body(good_record(n))[0], body, SEAL.seal(body)))
+    return rows
+
+
+def _exported(recipe: BatchRecipe, payload: bytes) -> list[dict[str, Any]]:
+    """The records of an object as users read it: cbor2, json, pyarrow (the capture column's JSON)."""
+    if recipe.format == "parquet":
+        import pyarrow.parquet as pq
+
+        return [{**row, "capture": json.loads(row["capture"])}
+                for row in pq.read_table(io.BytesIO(payload)).to_pylist()]
+    plain = zstandard.ZstdDecompressor().decompress(payload) if recipe.compression == "zstd" else payload
+    if recipe.format == "cbor-zstd":
+        return list(decode_sequence(plain))
+    return [json.loads(line) for line in plain.splitlines()]
+
+
+@pytest.mark.parametrize("natively", [True, False], ids=["native", "python"])
+def test_every_privacy_format_keeps_a_requests_dates(native: ModuleType, natively: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same dates in every format (JSON Lines once dropped a timestamp our writer stored: its decoding keeps
+    it as its text, which privacy mode took for content), with the native paths and without them."""
+    pytest.importorskip("pyarrow")
+    if not natively:
+        for name in ("_native_json_line", "_native_parquet_row", "_native_privacy_prefilter",
+                     "_native_privacy_scrubbed"):
+            monkeypatch.setattr(batch, name, None)
+    for recipe in RECIPES[:4]:  # CBOR, JSON Lines, JSON Lines with a redaction (the general path), Parquet
+        encoded = encode_rows(recipe, _dated_rows())
+        assert encoded.payload is not None
+        records = _exported(recipe, encoded.payload)
+        assert [record["id"] for record in records] == [1, 2, 3]
+        for record in records:
+            for side in ("request", "response"):
+                part = record["capture"][side]
+                assert "note" not in part, (recipe, record["id"], side)
+                dates = {key: value for key, value in part.items() if key in DATED}
+                if recipe.format == "cbor-zstd":  # dates, read back as their text
+                    assert all(isinstance(value, date) for value in dates.values()), dates
+                    dates = {key: value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                             if isinstance(value, datetime) else value.isoformat() for key, value in dates.items()}
+                want = {key: value for key, value in DATED_TEXT.items() if (record["id"] == 3) == (
+                    isinstance(DATED[key], Raw))}
+                assert dates == want, (recipe.format, recipe.compression, record["id"], side)
 
 
 def test_without_the_native_json_lines_path_the_scrubbed_record_is_decoded(

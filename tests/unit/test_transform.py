@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from datetime import UTC
+import json
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import cbor2
@@ -11,10 +12,12 @@ import pytest
 
 from capture_export.api import S3ExporterSpec
 from capture_export.api.s3exporter import ExportFilter
+from capture_export.export.formats import CborZstdEncoder, JsonLinesEncoder
 from capture_export.export.transform import RecordFilter, RecordTransform, peek_fields, privacy_scrub, redact
 from capture_export.seed import generate_records
 from capture_export.store.records import encode_body, with_id
 from tests.support.records import make_record
+from tests.support.trust import Raw, build, text
 
 KEPT_TOP_LEVEL = ("id", "ver", "timestamp", "identity", "model", "api_type", "usage", "estimated_cost",
                   "duration_ms", "capture_id", "session_id", "path", "status_code")
@@ -89,6 +92,44 @@ def test_privacy_mode_keeps_request_metadata_and_unknown_bodies_go() -> None:
     scrubbed = privacy_scrub(record)
     assert scrubbed["capture"]["request"]["body"] == {"metadata": {"user_id": "u-1", "team": "search"}}
     assert "body" not in scrubbed["capture"]["response"] and "notes" not in scrubbed["capture"]
+
+
+STAMP = datetime(2026, 11, 24, 12, 0, 1, 250000, tzinfo=UTC)
+DATES = {  # a request's or response's own values that are dates, in each form CBOR stores them
+    "aware": STAMP,  # tag 0 "2026-11-24T12:00:01.250000Z", which JSON Lines' decoding keeps as its text
+    "naive": STAMP.replace(tzinfo=None),
+    "offset": STAMP.astimezone(timezone(timedelta(hours=3))),
+    "whole_second": STAMP.replace(microsecond=0),
+    "day": date(2026, 11, 24),
+    "zero_fraction": Raw(b"\xc0" + text("2026-11-24T12:00:01.000000Z")),
+    "epoch": Raw(b"\xc1" + cbor2.dumps(1_795_000_000.25)),
+    "days": Raw(b"\xd8\x64" + cbor2.dumps(20416)),
+}
+
+
+@pytest.mark.parametrize("decode", [cbor2.loads, CborZstdEncoder.decode_record, JsonLinesEncoder.decode_record],
+                         ids=["cbor2", "cbor-zstd", "jsonl"])
+def test_privacy_mode_keeps_a_requests_dates_under_every_decoding(decode: Any) -> None:
+    """Each format decodes a stored record its own way (the CBOR format keeps a timestamp as its tag, JSON
+    Lines as its text) before privacy mode: every one keeps the same dates, written as that format writes
+    them (CBOR: read back as dates, here as their RFC 3339 text; JSON Lines: the text)."""
+    record = make_record(1)
+    for side in ("request", "response"):
+        record["capture"][side].update(DATES, note="free text")
+    scrubbed = privacy_scrub(decode(build(record)))
+    for side in ("request", "response"):
+        assert set(DATES) <= set(scrubbed["capture"][side]) and "note" not in scrubbed["capture"][side], side
+    if decode is JsonLinesEncoder.decode_record:
+        written = json.loads(JsonLinesEncoder.line(scrubbed))["capture"]["request"]
+    else:
+        written = {key: value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if isinstance(value, datetime)
+                   else value.isoformat() for key, value in
+                   cbor2.loads(cbor2.dumps(scrubbed, timezone=UTC))["capture"]["request"].items() if key in DATES}
+    assert {key: written[key] for key in DATES} == {
+        "aware": "2026-11-24T12:00:01.250000Z", "naive": "2026-11-24T12:00:01.250000Z",
+        "offset": "2026-11-24T12:00:01.250000Z", "whole_second": "2026-11-24T12:00:01.000000Z",
+        "day": "2026-11-24", "zero_fraction": "2026-11-24T12:00:01.000000Z", "epoch": "2026-11-18T11:06:40.250000Z",
+        "days": "2025-11-24"}
 
 
 SECRET = "the user's secret prompt"

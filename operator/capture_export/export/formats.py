@@ -356,14 +356,22 @@ def _compress(chunks: list[bytes], compression: str, level: int | None) -> bytes
 _CANONICAL_TIMESTAMP = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z").fullmatch
 
 
+class TimestampText(str):
+    """A date/time that JSON Lines' decoding keeps as its stored text (``_timestamp_text``): written as any
+    text, but still a date/time to privacy mode, which keeps a request's dates and drops its text
+    (export/transform.py, ``_describes``)."""
+
+    __slots__ = ()
+
+
 def _timestamp_text(value: Any, immutable: bool) -> Any:
-    """Tag 0 decoded for JSON: a stored string that is already what ``_rfc3339`` would write is kept as it
-    is (checked to be a real time), so that no datetime is made only to be written back as the same text;
-    anything else is read by cbor2 as always (a datetime, or its error)."""
+    """Tag 0 decoded for JSON: a stored string that is already what ``_rfc3339`` would write is kept as its
+    text (a ``TimestampText``; checked to be a real time), so that no datetime is made only to be written back
+    as the same text; anything else is read by cbor2 as always (a datetime, or its error)."""
     if not immutable and type(value) is str and _CANONICAL_TIMESTAMP(value):  # immutable: a map key
         try:
             datetime.fromisoformat(value)
-            return value
+            return TimestampText(value)
         except ValueError:
             pass
     return cbor2.loads(b"\xc0" + cbor2.dumps(value))

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 
 from ..store.records import SELF_DESCRIBED, untagged
+from .formats import TimestampText
 
 if TYPE_CHECKING:  # not imported at run time: the encode pool's workers load this module without the API
     from ..api.s3exporter import ExportFilter, S3ExporterSpec
@@ -56,10 +57,11 @@ BODY_KEYS_KEPT = frozenset({
 # Lists of per-choice results: only these keys of each item stay.
 CHOICE_KEYS_KEPT = {"choices": ("index", "finish_reason"), "candidates": ("index", "finishReason")}
 TOOL_USE_KEYS_KEPT = ("id", "name", "type")
-# Values of any other key of a request or response that stay: numbers, flags and times. Anything else (text,
-# lists, maps, bytes, a set, a tag no reader knows) may hold content and is dropped.
-DESCRIBING_TYPES = (bool, int, float, Decimal, Fraction, datetime, date)
-_DESCRIBING_EXACT = frozenset({bool, int, float, datetime})
+# Values of any other key of a request or response that stay: numbers, flags and times (also one JSON Lines
+# decodes as its stored text: a TimestampText). Anything else (text, lists, maps, bytes, a set, a tag no reader
+# knows) may hold content and is dropped.
+DESCRIBING_TYPES = (bool, int, float, Decimal, Fraction, datetime, date, TimestampText)
+_DESCRIBING_EXACT = frozenset({bool, int, float, datetime, TimestampText})
 
 
 # The maps of a decoded record are dicts (cbor2's): each map test below tries ``type(x) is dict`` before the
@@ -85,9 +87,9 @@ def _scrub_body(body: Any) -> Any:
 
 def _describes(value: Any) -> bool:
     """Whether a value of a request or response (beside its headers, body and content type) describes the
-    exchange: a number, a flag, null, or a date/time (also one decoded as its stored text, a tag-0
-    ``CBORTag``: formats.CborZstdEncoder.decode_record). Text, lists, maps, bytes, a set or a tag no reader
-    knows may hold content."""
+    exchange: a number, a flag, null, or a date/time (also one decoded as its stored text: a tag-0
+    ``CBORTag``, formats.CborZstdEncoder.decode_record, or a ``TimestampText``, JSON Lines' decode_record).
+    Text, lists, maps, bytes, a set or a tag no reader knows may hold content."""
     return (value is None or type(value) in _DESCRIBING_EXACT or isinstance(value, DESCRIBING_TYPES)
             or (type(value) is cbor2.CBORTag and value.tag == 0))
 
