@@ -141,6 +141,8 @@ ODD: dict[str, Callable[[int], bytes]] = {
     "minus-two-to-the-64": lambda n: build(_with(n, duration_ms=-(2**64))),
     "wide-integer-head": lambda n: build(_with(n, duration_ms=Raw(b"\x1b" + (100).to_bytes(8, "big")))),
     "wide-map-head": lambda n: b"\xb9" + len(good_record(n)).to_bytes(2, "big") + build(good_record(n))[1:],
+    "eight-byte-map-head": lambda n: b"\xbb" + len(good_record(n)).to_bytes(8, "big") + build(good_record(n))[1:],
+    "indefinite-top-level-map": lambda n: b"\xbf" + build(good_record(n))[1:] + b"\xff",
     "undefined": lambda n: build(_with(n, status_code=Raw(b"\xf7"))),
     "simple-0": lambda n: build(_with(n, status_code=Raw(b"\xe0"))),
     "simple-255": lambda n: build(_with(n, status_code=Raw(b"\xf8\xff"))),
@@ -500,14 +502,16 @@ def test_a_sealed_row_the_default_format_cannot_splice_is_held_or_quarantined_by
     policy: str, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
 ) -> None:
     """The default format splices ids into sealed rows undecoded; a sealed top-level item that is no map (or
-    an indefinite-length map) cannot take one: Hold exports the rows before it and names it, Quarantine moves
-    it aside and exports the rest, as for an unsealed row."""
+    a map whose head is malformed CBOR) cannot take one: Hold exports the rows before it and names it,
+    Quarantine moves it aside and exports the rest, as for an unsealed row."""
     store = SQLiteStore(tmp_path / "store.sqlite")
     try:
         store.append_encoded([(timestamp_us(1), build(good_record(1))), (timestamp_us(2), cbor2.dumps([1, 2])),
                               (timestamp_us(3), build(good_record(3))),
-                              (timestamp_us(4), b"\xbf" + build(good_record(4))[1:] + b"\xff"),
-                              (timestamp_us(5), build(good_record(5)))], sealed=True)
+                              (timestamp_us(4), b"\xbc" + build(good_record(4))[1:]),  # reserved length
+                              (timestamp_us(5), build(good_record(5))),
+                              (timestamp_us(6), b"\xba\x00\x01"),  # a four-byte count cut short
+                              (timestamp_us(7), build(good_record(7)))], sealed=True)
         result = _export(store, object_store, _spec(s3_server, bucket, policy, "cbor-zstd", False,
                                                     onCorruptRecord=policy), policy)
         quarantined = [record.id for record in store.quarantined()]
@@ -520,9 +524,10 @@ def test_a_sealed_row_the_default_format_cannot_splice_is_held_or_quarantined_by
         assert _ids(s3_server, bucket, policy) == [1]
     else:
         assert result.outcome == "Succeeded" and result.failure is None, result.failure
-        assert result.quarantined == [(2, "not a CBOR map"), (4, "unsupported map header")], result.quarantined
-        assert result.rows == 3 and result.cursor.position == 5 and quarantined == [2, 4]
-        assert _ids(s3_server, bucket, policy) == [1, 3, 5]
+        assert result.quarantined == [(2, "not a CBOR map"), (4, "unsupported map header"),
+                                      (6, "a map head cut short")], result.quarantined
+        assert result.rows == 4 and result.cursor.position == 7 and quarantined == [2, 4, 6]
+        assert _ids(s3_server, bucket, policy) == [1, 3, 5, 7]
 
 
 @pytest.mark.parametrize("filtered", [False, True], ids=["all", "filtered"])

@@ -372,7 +372,8 @@ def bucket_records(s3: LocalS3, bucket: str, prefix: str) -> list[Any]:
         if key.endswith(".cbor.zstd"):
             records.extend(_cbor_sequence(plain))
         elif ".jsonl" in key:
-            records.extend(json.loads(line) for line in plain.decode("utf-8").splitlines() if line.strip())
+            # JSON Lines ends a line at "\n" only: str.splitlines would also break inside a raw U+2028 or U+0085
+            records.extend(json.loads(line) for line in plain.split(b"\n") if line.strip())
         elif key.endswith(".parquet"):
             import pyarrow.parquet as pq
 
@@ -403,7 +404,7 @@ def find_leaks(objects: Iterable[tuple[str, bytes]], canaries: Iterable[str]) ->
     for key, data in objects:
         blobs = [data, plain_bytes(key, data)]
         if ".jsonl" in key:
-            for line in blobs[1].splitlines():
+            for line in blobs[1].split(b"\n"):
                 blobs.extend(_base64_values(json.loads(line)) if line.strip() else [])
         for canary in canaries:
             if any(form in blob for blob in blobs for form in _forms(canary)):

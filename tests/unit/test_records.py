@@ -34,6 +34,26 @@ def test_with_id_handles_every_map_header_width(fields: int) -> None:
     assert decoded["id"] == 5 and len(decoded) == fields + 1
 
 
+@pytest.mark.parametrize("head", [b"\xbb" + (2).to_bytes(8, "big"), b"\xbf"], ids=["eight-byte", "indefinite"])
+def test_with_id_handles_the_rarer_map_heads_cbor_allows(head: bytes) -> None:
+    body = head + cbor2.dumps({"a": 1, "b": 2})[1:] + (b"\xff" if head == b"\xbf" else b"")
+    assert cbor2.loads(body) == {"a": 1, "b": 2}
+    assert cbor2.loads(with_id(5, body)) == {"id": 5, "a": 1, "b": 2}
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"\xb9\x00", "a map head cut short"),
+    (b"\xba", "a map head cut short"),
+    (b"\xbb" + b"\xff" * 8 + b"\x01\x02", "a map longer than its body"),  # one more pair would not fit
+    (b"\xb9\x01\x00\x01\x02", "a map longer than its body"),
+    (b"\xbc\x01\x02", "unsupported map header"),
+    (b"\x82\x01\x02", "not a CBOR map"),
+])
+def test_with_id_names_a_map_head_it_cannot_splice(body: bytes, reason: str) -> None:
+    with pytest.raises(CorruptRecord, match=f"record 5 is corrupt: {reason}$"):
+        with_id(5, body)
+
+
 def test_credential_headers_are_stripped_on_append_whatever_their_case() -> None:
     _, body = encode_body(make_record(1))
     decoded = cbor2.loads(body)

@@ -171,16 +171,16 @@ def id_head(record_id: int, body: bytes | memoryview) -> tuple[bytes, int]:
     if initial >> 5 != 5:
         raise CorruptRecord(record_id, "not a CBOR map")
     info = initial & 0x1F
-    if info < 24:
-        count, header_len = info, 1
-    elif info == 24:
-        count, header_len = body[1], 2
-    elif info == 25:
-        count, header_len = struct.unpack_from(">H", body, 1)[0], 3
-    elif info == 26:
-        count, header_len = struct.unpack_from(">I", body, 1)[0], 5
-    else:
+    if info == 31:  # an indefinite-length map: the id pair goes first, its break stays where it is
+        return b"\xbf" + _ID_KEY + _uint_header(0, record_id), 1
+    if info > 27:
         raise CorruptRecord(record_id, "unsupported map header")
+    header_len = 1 if info < 24 else 1 + (1 << (info - 24))
+    if len(body) < header_len:
+        raise CorruptRecord(record_id, "a map head cut short")
+    count = info if info < 24 else int.from_bytes(body[1:header_len], "big")
+    if count >= len(body):  # more pairs than bytes (and one more might not fit a head): no whole map
+        raise CorruptRecord(record_id, "a map longer than its body")
     return _uint_header(5, count + 1) + _ID_KEY + _uint_header(0, record_id), header_len
 
 
