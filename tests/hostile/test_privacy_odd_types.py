@@ -28,6 +28,8 @@ from capture_export.objectstore import S3ObjectStore
 from capture_export.store import SQLiteStore
 from tests.support.trust import (
     BASE_TIME,
+    EVERY_FORMAT,
+    NATIVE_PATHS,
     ExporterCase,
     Raw,
     SQLiteGateway,
@@ -83,14 +85,6 @@ def test_privacy_mode_drops_content_in_odd_types(fmt: str, s3_server: LocalS3, b
 
 # -- dates: the same in every format -------------------------------------------------------------------------
 
-EVERY_FORMAT: dict[str, dict[str, Any]] = {
-    "cbor-zstd": {},
-    "jsonl": {"format": "jsonl", "compression": "none"},
-    "jsonl.gz": {"format": "jsonl", "compression": "gzip"},
-    "jsonl.zst": {"format": "jsonl", "compression": "zstd"},
-    "parquet": {"format": "parquet"},
-}
-NATIVE = ("_native_json_line", "_native_parquet_row", "_native_privacy_prefilter", "_native_privacy_scrubbed")
 SENT = datetime(2026, 11, 24, 12, 0, 1, 250000, tzinfo=UTC)
 # Dates as capture-export's own append stores them (the ingest server, seed), with the RFC 3339 text every
 # format carries for each (formats.md: JSON's timestamps are UTC with microseconds; Parquet's capture column is
@@ -132,7 +126,7 @@ def _as_text(value: Any) -> Any:
 
 
 def _python_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in NATIVE:
+    for name in NATIVE_PATHS:
         monkeypatch.setattr(batch, name, None)
 
 

@@ -46,6 +46,8 @@ from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import S3ObjectStore
 from capture_export.store import SQLiteStore
 from tests.support.trust import (
+    EVERY_FORMAT,
+    NATIVE_PATHS,
     Raw,
     bstr,
     bucket_objects,
@@ -57,16 +59,6 @@ from tests.support.trust import (
     text_chunks,
     timestamp_us,
 )
-
-NATIVE = ("_native_json_line", "_native_parquet_row", "_native_privacy_prefilter", "_native_privacy_scrubbed")
-
-FORMATS: dict[str, dict[str, Any]] = {
-    "cbor-zstd": {},
-    "jsonl": {"format": "jsonl", "compression": "none"},
-    "jsonl.gz": {"format": "jsonl", "compression": "gzip"},
-    "jsonl.zst": {"format": "jsonl", "compression": "zstd"},
-    "parquet": {"format": "parquet"},
-}
 
 
 def _with(n: int, **fields: Any) -> dict[Any, Any]:
@@ -191,7 +183,7 @@ UNDECODABLE: dict[str, Callable[[int], bytes]] = {
 
 def _spec(s3: LocalS3, bucket: str, prefix: str, fmt: str, privacy: bool, **more: Any) -> S3ExporterSpec:
     return S3ExporterSpec.model_validate({"bucket": bucket, "region": "us-east-1", "endpoint": s3.endpoint,
-                                          "prefix": prefix, "limit": 1000, **FORMATS[fmt], "privacyMode": privacy,
+                                          "prefix": prefix, "limit": 1000, **EVERY_FORMAT[fmt], "privacyMode": privacy,
                                           **more})
 
 
@@ -222,9 +214,9 @@ def _ids(s3: LocalS3, bucket: str, prefix: str) -> list[Any]:
 @pytest.fixture
 def native_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """The native paths, each counted where it wrote something (not None); fails where they are not built."""
-    if any(getattr(batch, name) is None for name in NATIVE):
+    if any(getattr(batch, name) is None for name in NATIVE_PATHS):
         pytest.skip("the native extension is not built here (no C compiler?): nothing to compare")
-    calls = dict.fromkeys(NATIVE, 0)
+    calls = dict.fromkeys(NATIVE_PATHS, 0)
 
     def counted(name: str) -> Callable[..., Any]:
         function = getattr(batch, name)
@@ -235,7 +227,7 @@ def native_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
             return out
         return call
 
-    for name in NATIVE:
+    for name in NATIVE_PATHS:
         monkeypatch.setattr(batch, name, counted(name))
     return calls
 
@@ -244,7 +236,7 @@ def native_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 def _python_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The four native paths off (what a build without a compiler runs), then back as they were."""
     with monkeypatch.context() as patch:
-        for name in NATIVE:
+        for name in NATIVE_PATHS:
             patch.setattr(batch, name, None)
         yield
 
@@ -264,7 +256,7 @@ def _seal_odd_rows(store: SQLiteStore, odd: dict[str, Callable[[int], bytes]]) -
 
 
 @pytest.mark.parametrize("privacy", [False, True], ids=["plain", "privacy"])
-@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fmt", list(EVERY_FORMAT))
 def test_odd_sealed_rows_export_once_and_as_the_python_path_writes_them(
     fmt: str, privacy: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
     native_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch,
@@ -304,7 +296,7 @@ def test_odd_sealed_rows_export_once_and_as_the_python_path_writes_them(
             assert native_calls["_native_parquet_row"] >= len(ODD) + 1
 
 
-DECODING = [(fmt, privacy) for fmt in FORMATS for privacy in (False, True) if fmt != "cbor-zstd" or privacy]
+DECODING = [(fmt, privacy) for fmt in EVERY_FORMAT for privacy in (False, True) if fmt != "cbor-zstd" or privacy]
 DECODING_IDS = [f"{fmt}-{'privacy' if privacy else 'plain'}" for fmt, privacy in DECODING]
 
 
@@ -392,7 +384,7 @@ def _tagged(body: bytes, times: int = 1) -> bytes:
 
 @pytest.mark.parametrize("foreign", [True, False], ids=["with-a-foreign-row", "all-sealed"])
 @pytest.mark.parametrize("privacy", [False, True], ids=["plain", "privacy"])
-@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fmt", list(EVERY_FORMAT))
 def test_a_self_described_map_exports_as_the_same_record_without_the_tag(
     fmt: str, privacy: bool, foreign: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore,
     tmp_path: Path, native_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch,
@@ -428,7 +420,7 @@ def test_a_self_described_map_exports_as_the_same_record_without_the_tag(
     assert _objects(s3_server, bucket, "python") == expected
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fmt", list(EVERY_FORMAT))
 def test_a_self_described_map_is_filtered_and_stripped_as_the_map_itself(
     fmt: str, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
 ) -> None:
@@ -464,7 +456,7 @@ def _nested_tags(n: int, tag: Callable[[bytes], bytes]) -> bytes:
 
 
 @pytest.mark.parametrize("redact", [False, True], ids=["as-is", "redacted"])
-@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fmt", list(EVERY_FORMAT))
 def test_a_self_described_map_inside_a_record_is_that_map(
     fmt: str, redact: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
 ) -> None:

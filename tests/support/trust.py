@@ -34,6 +34,8 @@ from tests.support.cli import run_cli
 
 __all__ = [
     "BASE_TIME",
+    "EVERY_FORMAT",
+    "NATIVE_PATHS",
     "AsText",
     "ExporterCase",
     "GatewayDB",
@@ -56,6 +58,16 @@ __all__ = [
 ]
 
 BASE_TIME = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+# Every format and compression an S3Exporter can write, as its spec's fields.
+EVERY_FORMAT: dict[str, dict[str, Any]] = {
+    "cbor-zstd": {},
+    "jsonl": {"format": "jsonl", "compression": "none"},
+    "jsonl.gz": {"format": "jsonl", "compression": "gzip"},
+    "jsonl.zst": {"format": "jsonl", "compression": "zstd"},
+    "parquet": {"format": "parquet"},
+}
+# The native paths of export/_cbor_json.c as export/batch.py holds them: set each to None for the Python path.
+NATIVE_PATHS = ("_native_json_line", "_native_parquet_row", "_native_privacy_prefilter", "_native_privacy_scrubbed")
 
 
 # -- CBOR by hand -------------------------------------------------------------------------------------
