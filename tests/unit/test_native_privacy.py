@@ -41,7 +41,7 @@ from capture_export.store.base import StoredRecord
 from capture_export.store.records import decode_sequence, encode_body, with_id
 from capture_export.store.seal import RecordSeal
 from tests.support.mutations import broken_copies, mutations
-from tests.support.trust import Raw, build, good_record, head, text
+from tests.support.trust import NATIVE_PATHS, Raw, build, good_record, head, text
 
 DECODERS: tuple[Callable[[Any], Any], ...] = (cbor2.loads, CborZstdEncoder.decode_record,
                                               JsonLinesEncoder.decode_record)
@@ -530,8 +530,7 @@ def test_every_privacy_format_keeps_a_requests_dates(native: ModuleType, nativel
     it as its text, which privacy mode took for content), with the native paths and without them."""
     pytest.importorskip("pyarrow")
     if not natively:
-        for name in ("_native_json_line", "_native_parquet_row", "_native_privacy_prefilter",
-                     "_native_privacy_scrubbed"):
+        for name in NATIVE_PATHS:
             monkeypatch.setattr(batch, name, None)
     for recipe in RECIPES[:4]:  # CBOR, JSON Lines, JSON Lines with a redaction (the general path), Parquet
         encoded = encode_rows(recipe, _dated_rows())
