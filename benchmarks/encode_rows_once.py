@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/encode_rows_once.py STORE CASE N
 
-CASE: ``jsonl``, ``jsonl.zst``, ``jsonl+privacy``, ``jsonl.zst+privacy``, ``parquet``, ``parquet+privacy``.
+CASE: ``jsonl``, ``jsonl.zst``, ``jsonl+privacy``, ``jsonl.zst+privacy``, ``parquet``, ``parquet+privacy``,
+``cbor`` (the default format: ids spliced into the stored bytes, ``id_head``) and ``cbor+filter`` (the same with
+a filter on ``status_code``, the last field but ``capture``: ``peek_fields`` reads every top-level head before it).
 Run it under valgrind with N and with 0 (the set-up alone: imports, the read, a warm-up batch of 10) and
 divide the difference by N: the instructions per record, which the load of a shared machine does not move
 (time does, by ±10%):
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import argparse
 
-CASES = ("jsonl", "jsonl.zst", "jsonl+privacy", "jsonl.zst+privacy", "parquet", "parquet+privacy")
+CASES = ("jsonl", "jsonl.zst", "jsonl+privacy", "jsonl.zst+privacy", "parquet", "parquet+privacy", "cbor",
+         "cbor+filter")
 
 
 def main() -> None:
@@ -28,14 +31,15 @@ def main() -> None:
     parser.add_argument("count", type=int, help="records to encode (0: the set-up alone)")
     arguments = parser.parse_args()
     store_path, case, count = arguments.store, arguments.case, arguments.count
-    from capture_export.export.batch import BatchRecipe, encode_rows
+    from capture_export.export.batch import BatchRecipe, FilterOptions, encode_rows
     from capture_export.store import SQLiteStore
 
     store = SQLiteStore(store_path)
     rows = store.read_batch(0, max(count, 10))
-    parquet = case.startswith("parquet")
-    recipe = BatchRecipe(format="parquet" if parquet else "jsonl",
-                         compression="zstd" if parquet or ".zst" in case else "none",
+    parquet, cbor = case.startswith("parquet"), case.startswith("cbor")
+    recipe = BatchRecipe(format="parquet" if parquet else "cbor-zstd" if cbor else "jsonl",
+                         compression="zstd" if parquet or cbor or ".zst" in case else "none",
+                         filter=FilterOptions(status_codes=(200,)) if case.endswith("+filter") else None,
                          seal=store.record_seal(), privacy_mode=case.endswith("+privacy"))
     encode_rows(recipe, rows[:10])  # imports and caches warmed up
     if count:
