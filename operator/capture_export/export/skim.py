@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import cbor2
 
-from ..store.records import CorruptRecord, id_head
+from ..store.records import CorruptRecord, id_head, read_head
 
 __all__ = ["StoredCopy", "skim_sequence"]
 
@@ -122,24 +122,6 @@ def _text_key(data: bytes, pos: int) -> tuple[str | None, int]:
     return key if isinstance(key, str) else None, end
 
 
-def _head(data: bytes, pos: int) -> tuple[int, int, int] | None:
-    """(major type, argument, where the content starts) of a definite-length head at ``pos``; None for an
-    indefinite-length or reserved one."""
-    initial = data[pos]
-    info = initial & 0x1F
-    if info < 24:
-        return initial >> 5, info, pos + 1
-    if info == 24:
-        return initial >> 5, data[pos + 1], pos + 2
-    if info == 25:
-        return initial >> 5, _U16(data, pos + 1)[0], pos + 3
-    if info == 26:
-        return initial >> 5, _U32(data, pos + 1)[0], pos + 5
-    if info == 27:
-        return initial >> 5, _U64(data, pos + 1)[0], pos + 9
-    return None
-
-
 def _skim_map(data: bytes, pairs: int, pos: int, fields: frozenset[str]) -> tuple[dict[str, Any], int]:
     found: dict[str, Any] = {}
     for _ in range(pairs):
@@ -160,13 +142,12 @@ def _decode_one(data: bytes, pos: int) -> tuple[Any, int]:
 
 def _stored_copy(data: bytes, pos: int, stored: Callable[[int], bytes | None]) -> tuple[int, int] | None:
     """(id, end) of the record at ``pos`` when it is its stored row as the export writes it, else None."""
-    head = _head(data, pos)
-    if head is None or head[0] != 5 or data[head[2]:head[2] + 3] != b"\x62id":
+    major, count, start = read_head(data, pos)
+    if major != 5 or count is None or data[start:start + 3] != b"\x62id":
         return None
-    id_item = _head(data, head[2] + 3)
-    if id_item is None or id_item[0] != 0:
+    major, record_id, _ = read_head(data, start + 3)
+    if major != 0 or record_id is None:
         return None
-    record_id = id_item[1]
     body = stored(record_id)
     if body is None:
         return None
@@ -196,10 +177,10 @@ def skim_sequence(data: bytes, fields: frozenset[str],
             if copy is not None:
                 record, pos = StoredCopy(copy[0]), copy[1]
             else:
-                head = _head(data, pos)
-                if head is None or head[0] != 5:
+                major, count, start = read_head(data, pos)
+                if major != 5 or count is None:
                     raise _NeedsContext
-                record, pos = _skim_map(data, head[1], head[2], fields)
+                record, pos = _skim_map(data, count, start, fields)
         except _NeedsContext:
             item, pos = _decode_one(data, pos)
             record = {k: item[k] for k in fields if k in item} if isinstance(item, dict) else item

@@ -24,7 +24,6 @@ Privacy mode (as OpenRouter's) drops the content of a conversation and keeps wha
 from __future__ import annotations
 
 import io
-import struct
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import cbor2
 
-from ..store.records import SELF_DESCRIBED, untagged
+from ..store.records import SELF_DESCRIBED, HeadCutShort, read_head
 from .formats import TimestampText
 
 if TYPE_CHECKING:  # not imported at run time: the encode pool's workers load this module without the API
@@ -178,53 +177,43 @@ def redact(record: dict[str, Any], paths: Sequence[Sequence[str]]) -> dict[str, 
     return out
 
 
-def _argument(raw: bytes | memoryview, position: int) -> tuple[int, int] | None:
-    """The argument (length or count) of the CBOR item head at ``position`` and where its content starts."""
-    info = raw[position] & 0x1F
-    if info < 24:
-        return info, position + 1
-    if info == 24:
-        return raw[position + 1], position + 2
-    if info == 25:
-        return struct.unpack_from(">H", raw, position + 1)[0], position + 3
-    if info == 26:
-        return struct.unpack_from(">I", raw, position + 1)[0], position + 5
-    if info == 27:
-        return struct.unpack_from(">Q", raw, position + 1)[0], position + 9
-    return None  # indefinite length
-
-
-def peek_fields(raw: bytes | memoryview, wanted: frozenset[str]) -> dict[str, Any]:
+def peek_fields(raw: bytes | memoryview, wanted: frozenset[str], start: int = 0) -> dict[str, Any]:
     """The top-level fields ``wanted`` of a CBOR-encoded record, decoding as little as possible.
 
     A stored record keeps the schema's field order, with the bulky ``capture`` last, so a filter on model,
     api type, status code or identity stops before it; a timestamp (tag 0) is skipped undecoded. Anything
     unusual (an indefinite-length map, a record in another order) is simply decoded further or in full.
+    Raises CborHeadError (HeadCutShort, ReservedHead) for a head it reads that is cut short or reserved (its
+    position counted in ``raw``), and cbor2's errors for what cbor2 cannot decode. ``start``: where the record
+    starts in ``raw``.
     """
-    head = _argument(raw, 0) if raw and raw[0] >> 5 == 5 else None
-    if head is None:
-        if raw[:3] == SELF_DESCRIBED:  # a map under tag 55799 (self-described CBOR) is that map
-            return peek_fields(untagged(raw), wanted)
-        record = cbor2.loads(raw)
+    major, count, position = read_head(raw, start)
+    if major != 5 or count is None:
+        if raw[start:start + 3] == SELF_DESCRIBED:  # a map under tag 55799 (self-described CBOR) is that map
+            return peek_fields(raw, wanted, start + 3)
+        record = cbor2.loads(raw[start:] if start else raw)
         return {k: record[k] for k in wanted if k in record} if isinstance(record, dict) else record
-    count, position = head
     stream = io.BytesIO(raw)
     stream.seek(position)
     decoder = cbor2.CBORDecoder(stream)
     found: dict[str, Any] = {}
-    for _ in range(count):
-        key = decoder.decode()
-        if key in wanted:
-            found[key] = decoder.decode()
-            if len(found) == len(wanted):
-                break
-            continue
-        position = stream.tell()
-        text = _argument(raw, position + 1) if raw[position] == 0xC0 and raw[position + 1] >> 5 == 3 else None
-        if text is not None:
-            stream.seek(text[1] + text[0])  # a tag-0 date/time string: skipped, not parsed
-        else:
+    try:
+        for _ in range(count):
+            key = decoder.decode()
+            if key in wanted:
+                found[key] = decoder.decode()
+                if len(found) == len(wanted):
+                    break
+                continue
+            position = stream.tell()
+            if raw[position] == 0xC0:  # a date/time (tag 0): its text skipped, not parsed
+                major, length, text = read_head(raw, position + 1)
+                if major == 3 and length is not None:
+                    stream.seek(text + length)
+                    continue
             decoder.decode()
+    except IndexError:  # raw[position]: the map ends before a value's head
+        raise HeadCutShort(position, 1) from None
     return found
 
 

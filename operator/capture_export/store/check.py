@@ -38,7 +38,7 @@ import cbor2
 from .columns import UnreadableRow
 from .credentials import DEFAULT_POLICY, CredentialPolicy
 from .record_types import timestamp_problem, type_problem
-from .records import TRANSPARENT_TAGS, CorruptRecord, untagged
+from .records import TRANSPARENT_TAGS, CorruptRecord, HeadCutShort, ReservedHead, read_head, untagged
 
 __all__ = ["CorruptRecord", "check_foreign", "check_foreign_record", "decode_problem", "outline"]
 
@@ -187,15 +187,20 @@ class _Reader:
 
     def head(self) -> tuple[int, int, int | None]:
         """``(major, additional info, argument)``; the argument is None for an indefinite length."""
-        initial = self.take(1)[0]
-        major, info = initial >> 5, initial & 0x1F
-        if info < 24:
-            return major, info, info
-        if info in (24, 25, 26, 27):
-            return major, info, int.from_bytes(self.take(1 << (info - 24)), "big")
-        if info == 31 and major in (2, 3, 4, 5, 7):
-            return major, info, None
-        raise _Broken(f"reserved additional information {info} at byte {self.pos - 1}")
+        start = self.pos
+        try:
+            major, argument, self.pos = read_head(self.data, start)
+        except HeadCutShort as exc:
+            self.pos = min(start + 1, len(self.data))  # past the initial byte, where it is
+            raise _Broken(f"the row ends {exc.missing} bytes short of an item "
+                          "(a length or count claims more than the row holds)") from None
+        except ReservedHead as exc:
+            self.pos = start + 1
+            raise _Broken(str(exc)) from None
+        info = self.data[start] & 0x1F
+        if argument is None and major not in (2, 3, 4, 5, 7):
+            raise _Broken(f"reserved additional information {info} at byte {start}")
+        return major, info, argument
 
     def string(self, major: int, argument: int | None) -> bytes:
         if argument is not None:

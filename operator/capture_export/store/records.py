@@ -26,12 +26,16 @@ __all__ = [
     "SCHEMA_VERSION",
     "SELF_DESCRIBED",
     "TRANSPARENT_TAGS",
+    "CborHeadError",
     "CorruptRecord",
+    "HeadCutShort",
+    "ReservedHead",
     "decode_sequence",
     "encode_body",
     "encode_ordered",
     "id_head",
     "loads_record",
+    "read_head",
     "strip_credentials",
     "timestamp_micros",
     "untagged",
@@ -66,6 +70,61 @@ class CorruptRecord(ValueError):
         super().__init__(f"record {record_id} is corrupt: {reason}")
         self.record_id = record_id
         self.reason = reason
+
+
+class CborHeadError(ValueError):
+    """A CBOR item's head (its initial byte and argument, RFC 8949 3) that cannot be read at ``position``."""
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class HeadCutShort(CborHeadError):
+    """The data ends inside a head (or before it): ``missing`` bytes of it are not there."""
+
+    def __init__(self, position: int, missing: int) -> None:
+        super().__init__(f"a CBOR head at byte {position} cut short by {missing} byte{'s' if missing > 1 else ''}",
+                         position)
+        self.missing = missing
+
+
+class ReservedHead(CborHeadError):
+    """A head with additional information 28, 29 or 30 (``info``), which RFC 8949 reserves: not well formed."""
+
+    def __init__(self, position: int, info: int) -> None:
+        super().__init__(f"reserved additional information {info} at byte {position}", position)
+        self.info = info
+
+
+_U16, _U32, _U64 = struct.Struct(">H").unpack_from, struct.Struct(">I").unpack_from, struct.Struct(">Q").unpack_from
+
+
+def read_head(data: bytes | bytearray | memoryview, position: int = 0) -> tuple[int, int | None, int]:
+    """The head of the CBOR item at ``position``: ``(major type, argument, where its content starts)``. The
+    argument is the count, length or value; None for additional information 31 (an indefinite length, or in
+    major type 7 the break; in major types 0, 1 and 6 not well formed: the caller's to refuse). Raises
+    HeadCutShort when ``data`` ends before the head does, ReservedHead for additional information 28-30 (both
+    CborHeadError, a ValueError)."""
+    try:  # the ends of data are found by the indexing and unpacking that fail there (free until they do)
+        initial = data[position]
+        info = initial & 0x1F
+        if info < 24:
+            return initial >> 5, info, position + 1
+        if info == 24:
+            return initial >> 5, data[position + 1], position + 2
+        if info == 25:
+            return initial >> 5, _U16(data, position + 1)[0], position + 3
+        if info == 26:
+            return initial >> 5, _U32(data, position + 1)[0], position + 5
+        if info == 27:
+            return initial >> 5, _U64(data, position + 1)[0], position + 9
+    except (IndexError, struct.error):
+        size = 1 + (1 << (data[position] & 0x1F) - 24) if position < len(data) else 1
+        raise HeadCutShort(position, position + size - len(data)) from None
+    if info == 31:
+        return initial >> 5, None, position + 1
+    raise ReservedHead(position, info)
 
 
 def strip_credentials(record: dict[str, Any]) -> bool:
@@ -170,18 +229,21 @@ def id_head(record_id: int, body: bytes | memoryview) -> tuple[bytes, int]:
         return head, offset + 3
     if initial >> 5 != 5:
         raise CorruptRecord(record_id, "not a CBOR map")
-    info = initial & 0x1F
-    if info == 31:  # an indefinite-length map: the id pair goes first, its break stays where it is
-        return b"\xbf" + _ID_KEY + _uint_header(0, record_id), 1
-    if info > 27:
-        raise CorruptRecord(record_id, "unsupported map header")
-    header_len = 1 if info < 24 else 1 + (1 << (info - 24))
-    if len(body) < header_len:
-        raise CorruptRecord(record_id, "a map head cut short")
-    count = info if info < 24 else int.from_bytes(body[1:header_len], "big")
+    count: int | None
+    if initial < 0xB8:  # a small map: its count is in its initial byte
+        count, offset = initial & 0x1F, 1
+    else:
+        try:
+            _, count, offset = read_head(body)
+        except HeadCutShort:
+            raise CorruptRecord(record_id, "a map head cut short") from None
+        except ReservedHead:
+            raise CorruptRecord(record_id, "unsupported map header") from None
+        if count is None:  # an indefinite-length map: the id pair goes first, its break stays where it is
+            return b"\xbf" + _ID_KEY + _uint_header(0, record_id), 1
     if count >= len(body):  # more pairs than bytes (and one more might not fit a head): no whole map
         raise CorruptRecord(record_id, "a map longer than its body")
-    return _uint_header(5, count + 1) + _ID_KEY + _uint_header(0, record_id), header_len
+    return _uint_header(5, count + 1) + _ID_KEY + _uint_header(0, record_id), offset
 
 
 def with_id(record_id: int, body: bytes) -> bytes:
