@@ -53,7 +53,16 @@ import cbor2
 from ..store.base import StoredRecord
 from ..store.check import check_foreign_record, decode_problem
 from ..store.credentials import CredentialPolicy
-from ..store.records import SELF_DESCRIBED, CorruptRecord, id_head, loads_record, untagged, with_id
+from ..store.records import (
+    SELF_DESCRIBED,
+    CorruptRecord,
+    HeadCutShort,
+    ReservedHead,
+    id_head,
+    loads_record,
+    untagged,
+    with_id,
+)
 from ..store.seal import SEAL_SIZE, RecordSeal
 from .budget import release_freed_memory, serve_batches
 from .formats import (
@@ -607,8 +616,12 @@ def _peek(item: CheckedRow, fields: frozenset[str]) -> dict[str, Any]:
         return item.record
     try:
         record = peek_fields(item.body, fields)
-    except Exception as exc:
-        raise CorruptRecord(item.row.id, f"undecodable CBOR ({exc.__class__.__name__})") from None
+    except HeadCutShort as exc:
+        raise CorruptRecord(item.row.id, f"truncated: {exc}") from None
+    except ReservedHead as exc:
+        raise CorruptRecord(item.row.id, f"invalid CBOR ({exc})") from None
+    except Exception as exc:  # cbor2's errors, RecursionError: the reasons the formats that decode give
+        raise CorruptRecord(item.row.id, decode_problem(exc)) from None
     if not isinstance(record, dict):
         raise CorruptRecord(item.row.id, "not a CBOR map")
     return record
