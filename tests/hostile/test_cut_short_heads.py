@@ -28,7 +28,10 @@ from capture_export.export.model import RunResult
 from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import S3ObjectStore
 from capture_export.store import SQLiteStore
+from tests.support.cli import run_cli
 from tests.support.trust import EVERY_FORMAT, bucket_records, build, good_record, head, text, timestamp_us
+
+from .identity_support import HostileExporter, assert_no_traceback
 
 _VER = text("ver") + b"\x02"
 _TIMESTAMP = text("timestamp") + b"\xc0"  # the key, then tag 0: a date/time text follows
@@ -144,3 +147,31 @@ def test_with_hold_the_rows_before_it_are_exported_and_the_row_named(
     assert result.failure.message.startswith(f"record 2 is corrupt: {reason}; "), result.failure.message
     assert result.rows == 1 and result.cursor.position == 1 and not result.quarantined and left == [1, 2, 3]
     assert [record["id"] for record in bucket_records(s3_server, bucket, "hold")] == [1]
+
+
+def test_run_holds_at_the_row_and_verify_with_the_filter_counts_it_missing(
+    s3_server: LocalS3, bucket: str, tmp_path: Path,
+) -> None:
+    """Through the commands: ``run --once`` with the filter stops at the row cut short with its reason (no
+    "unexpected error", which the runner retries with backoff for ever), and ``verify -f`` of that exporter,
+    asked to audit past the row (``--up-to``), reports it missing (the export neither filtered it out nor
+    exported it) instead of failing on it."""
+    path = tmp_path / "store.sqlite"
+    store = SQLiteStore(path)
+    try:
+        store.append_encoded([(timestamp_us(1), build(good_record(1))),
+                              (timestamp_us(2), CUT["timestamp-length-of-two-bytes-cut"]),
+                              (timestamp_us(3), build(good_record(3)))], sealed=True)
+    finally:
+        store.close()
+    exporter = HostileExporter(s3_server, bucket, tmp_path, str(path),
+                               extra_spec="  filter: {models: [gpt-4o]}\n")
+    ran = exporter.run_once()
+    assert_no_traceback(ran)
+    assert "unexpected" not in ran.stdout + ran.stderr, ran.stdout + ran.stderr
+    assert "CorruptRecord: record 2 is corrupt: " in ran.stdout, ran.stdout + ran.stderr
+    assert [record["id"] for record in bucket_records(s3_server, bucket, exporter.prefix)] == [1]
+    audit = run_cli("verify", "-f", exporter.manifest, "--store", path, "--up-to", "3", cwd=tmp_path)
+    assert_no_traceback(audit)
+    assert audit.returncode == 1 and "unexpected" not in audit.stderr, audit.stdout + audit.stderr
+    assert "missing: 2 (2, 3)" in audit.stdout, audit.stdout  # the row cut short, and the one held behind it
