@@ -242,8 +242,19 @@ def _store_ids(store: RecordReader, up_to: int, accepts: RecordPredicate | None)
     after = 0
     while rows := store.read_batch(after, STORE_CHUNK, up_to):
         for row in rows:
-            yield row.id, accepts(peek_fields(row.body, fields) if fields is not None else cbor2.loads(row.body))
+            yield row.id, _passes(accepts, fields, row.body)
         after = rows[-1].id
+
+
+def _passes(accepts: RecordPredicate, fields: frozenset[str] | None, body: Any) -> bool:
+    """Whether the filter passes a stored row. A row it cannot read (a head cut short, no CBOR map) is one the
+    export never filters out: it holds or quarantines it as a corrupt record, so the row is expected (and
+    missing while it is held)."""
+    try:
+        record = peek_fields(body, fields) if fields is not None else cbor2.loads(body)
+    except Exception:  # cbor2's errors, CborHeadError, RecursionError: the row is corrupt
+        return True
+    return accepts(record) if isinstance(record, Mapping) else True
 
 
 class _SortedRuns:
