@@ -551,3 +551,28 @@ def test_every_odd_row_is_one_map_cbor2_decodes_and_no_undecodable_one_is() -> N
     for name, make in UNDECODABLE.items():
         with pytest.raises(cbor2.CBORDecodeError):
             assert cbor2.loads(make(3)) is None, name
+
+
+@pytest.mark.parametrize("record_id", [50, 300, 70_000], ids=["one-byte-id", "two-byte-id", "four-byte-id"])
+def test_a_sealed_lone_map_head_is_quarantined_whatever_the_rows_id(
+    record_id: int, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+) -> None:
+    """A sealed ``0xa5`` (a map of five pairs with nothing after it) was quarantined at id 50 but spliced and
+    shipped at id 300: every CBOR reader of that object then took the next record for its five pairs."""
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    prefix = f"lone-{record_id}"
+    try:
+        store.append_encoded([(timestamp_us(1), build(good_record(1)))], sealed=True)
+        store._conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'captures'", (record_id - 1,))
+        store.append_encoded([(timestamp_us(2), b"\xa5"), (timestamp_us(3), build(good_record(3)))], sealed=True)
+        result = _export(store, object_store, _spec(s3_server, bucket, prefix, "cbor-zstd", False,
+                                                    onCorruptRecord="Quarantine"), prefix)
+        quarantined = [record.id for record in store.quarantined()]
+    finally:
+        store.close()
+    assert result.outcome == "Succeeded" and result.failure is None, result.failure
+    assert result.quarantined == [(record_id, "a map longer than its body")], result.quarantined
+    assert quarantined == [record_id]
+    records = bucket_records(s3_server, bucket, prefix)  # every record decodes, as users read the object
+    assert [record["id"] for record in records] == [1, record_id + 1]
+    assert all(record["capture_id"] for record in records)

@@ -49,9 +49,19 @@ def test_with_id_handles_the_rarer_map_heads_cbor_allows(head: bytes) -> None:
     (b"\xbc\x01\x02", "unsupported map header"),
     (b"\x82\x01\x02", "not a CBOR map"),
 ])
-def test_with_id_names_a_map_head_it_cannot_splice(body: bytes, reason: str) -> None:
-    with pytest.raises(CorruptRecord, match=f"record 5 is corrupt: {reason}$"):
-        with_id(5, body)
+@pytest.mark.parametrize("record_id", [5, 300, 70_000])  # below 256 and not: id_head has a fast path for the others
+def test_with_id_names_a_map_head_it_cannot_splice(body: bytes, reason: str, record_id: int) -> None:
+    with pytest.raises(CorruptRecord, match=f"record {record_id} is corrupt: {reason}$"):
+        with_id(record_id, body)
+
+
+@pytest.mark.parametrize("record_id", [5, 300, 70_000])
+@pytest.mark.parametrize("body", [b"\xa5", b"\xb6" + b"\x01" * 21], ids=["lone", "wide"])
+def test_a_small_map_claiming_more_pairs_than_its_bytes_is_corrupt_whatever_its_id(body: bytes, record_id: int) -> None:
+    """Once only ids below 256 were checked: a lone ``0xa5`` with id 300 was spliced and shipped, and every
+    CBOR reader of that object misread the records after it."""
+    with pytest.raises(CorruptRecord, match=f"record {record_id} is corrupt: a map longer than its body$"):
+        with_id(record_id, body)
 
 
 def test_credential_headers_are_stripped_on_append_whatever_their_case() -> None:
