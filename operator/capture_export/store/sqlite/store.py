@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from ...path_errors import why_unusable
 from ..base import ExpiredChunk, QuarantinedRecord, StoredRecord, StoreError, StoreNotFound
 from ..columns import plain, readable_rows
-from ..records import encode_body
+from ..records import encode_body, refuse_own_ids
 from ..seal import RecordSeal
 from .locks import IN_MEMORY, FileLock, ProcessLock, exporter_lock
 from .schema import SCHEMA, migrate
@@ -121,12 +121,18 @@ class SQLiteStore:
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> int:
         rows = [encode_body(record) for record in records]
-        return self.append_encoded(rows, sealed=True)
+        return self._insert(rows, sealed=True)
 
     def append_encoded(self, rows: list[tuple[int, bytes]], *, sealed: bool = False) -> int:
         """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction. ``sealed``: the bodies
-        come from ``encode_body`` (one canonical map, credentials removed), so they are sealed as our own
-        and the export ships them unchecked; otherwise they are foreign rows like the gateway's."""
+        come from ``encode_body`` (one canonical map, credentials removed, no ``id``), so they are sealed as
+        our own and the export ships them unchecked (a body holding ``id`` is refused: ValueError, nothing
+        written); otherwise they are foreign rows like the gateway's."""
+        if sealed:
+            refuse_own_ids(rows)
+        return self._insert(rows, sealed=sealed)
+
+    def _insert(self, rows: list[tuple[int, bytes]], *, sealed: bool) -> int:
         seal = self._seal.seal if sealed else (lambda body: None)
         with self._lock:
             try:
