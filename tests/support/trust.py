@@ -374,25 +374,26 @@ def _cbor_sequence(data: bytes) -> list[Any]:
     return items
 
 
-def bucket_records(s3: LocalS3, bucket: str, prefix: str) -> list[Any]:
-    """Every record of every data object under the prefix, in key order, decoded by the object's format
-    as a user would: zstd + cbor2 (cbor-zstd), one ``json.loads`` per line (JSON Lines), pyarrow (Parquet).
-    A reader error is raised as it is: an object users cannot read is a failure."""
-    records: list[Any] = []
-    for key, data in bucket_objects(s3, bucket, prefix):
-        plain = plain_bytes(key, data)
-        if key.endswith(".cbor.zstd"):
-            records.extend(_cbor_sequence(plain))
-        elif ".jsonl" in key:
-            # JSON Lines ends a line at "\n" only: str.splitlines would also break inside a raw U+2028 or U+0085
-            records.extend(json.loads(line) for line in plain.split(b"\n") if line.strip())
-        elif key.endswith(".parquet"):
-            import pyarrow.parquet as pq
+def object_records(key: str, data: bytes) -> list[Any]:
+    """The records of one data object, decoded by its format (told by the key's extension) as a user would:
+    zstd + cbor2 (cbor-zstd), one ``json.loads`` per line (JSON Lines), pyarrow (Parquet). A reader error is
+    raised as it is: an object users cannot read is a failure."""
+    plain = plain_bytes(key, data)
+    if key.endswith(".cbor.zstd"):
+        return _cbor_sequence(plain)
+    if ".jsonl" in key:
+        # JSON Lines ends a line at "\n" only: str.splitlines would also break inside a raw U+2028 or U+0085
+        return [json.loads(line) for line in plain.split(b"\n") if line.strip()]
+    if key.endswith(".parquet"):
+        import pyarrow.parquet as pq
 
-            records.extend(pq.read_table(io.BytesIO(data)).to_pylist())
-        else:
-            raise AssertionError(f"unexpected object {key}")
-    return records
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    raise AssertionError(f"unexpected object {key}")
+
+
+def bucket_records(s3: LocalS3, bucket: str, prefix: str) -> list[Any]:
+    """Every record of every data object under the prefix, in key order (see ``object_records``)."""
+    return [record for key, data in bucket_objects(s3, bucket, prefix) for record in object_records(key, data)]
 
 
 def _forms(canary: str) -> set[bytes]:

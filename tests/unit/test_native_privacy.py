@@ -17,7 +17,6 @@ Where no C compiler built the extension these tests skip, but under CI (``CI`` s
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -28,20 +27,19 @@ from typing import Any
 
 import cbor2
 import pytest
-import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capture_export.export import batch
 from capture_export.export.batch import BatchRecipe, FilterOptions, encode_rows
-from capture_export.export.formats import CborZstdEncoder, JsonLinesEncoder
+from capture_export.export.formats import FORMATS, CborZstdEncoder, JsonLinesEncoder
 from capture_export.export.transform import BODY_KEYS_KEPT, CHOICE_KEYS_KEPT, TOOL_USE_KEYS_KEPT, privacy_scrub
 from capture_export.seed import generate_records
 from capture_export.store.base import StoredRecord
-from capture_export.store.records import decode_sequence, encode_body, with_id
+from capture_export.store.records import encode_body, with_id
 from capture_export.store.seal import RecordSeal
 from tests.support.mutations import broken_copies, mutations
-from tests.support.trust import NATIVE_PATHS, Raw, build, good_record, head, text
+from tests.support.trust import NATIVE_PATHS, Raw, build, good_record, head, object_records, text
 
 DECODERS: tuple[Callable[[Any], Any], ...] = (cbor2.loads, CborZstdEncoder.decode_record,
                                               JsonLinesEncoder.decode_record)
@@ -512,15 +510,11 @@ def _dated_rows() -> list[StoredRecord]:
 
 def _exported(recipe: BatchRecipe, payload: bytes) -> list[dict[str, Any]]:
     """The records of an object as users read it: cbor2, json, pyarrow (the capture column's JSON)."""
+    extension, _content_type = FORMATS[recipe.format].object_type(recipe.compression)
+    records = object_records(f"batch{extension}", payload)
     if recipe.format == "parquet":
-        import pyarrow.parquet as pq
-
-        return [{**row, "capture": json.loads(row["capture"])}
-                for row in pq.read_table(io.BytesIO(payload)).to_pylist()]
-    plain = zstandard.ZstdDecompressor().decompress(payload) if recipe.compression == "zstd" else payload
-    if recipe.format == "cbor-zstd":
-        return list(decode_sequence(plain))
-    return [json.loads(line) for line in plain.splitlines()]
+        return [{**row, "capture": json.loads(row["capture"])} for row in records]
+    return records
 
 
 @pytest.mark.parametrize("natively", [True, False], ids=["native", "python"])
