@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,67 @@ def test_a_row_soft_deleted_by_hand_with_odd_marks(
     assert verify.returncode == 0 and "missing: 0" in output and "duplicated: 0" in output, output
     again = run_export(manifest, db, tmp_path)
     assert again.returncode == 0, _no_traceback(again)
+    assert _all_accounted(db, s3_server, bucket, set()) == set(range(1, 7))
+
+
+PAST_US = 1_577_836_800_000_000  # 2020-01-01T00:00:00Z
+# name -> (the marks a hand soft-delete leaves on row 4, what the purge reads in them: "past" (a time long
+# gone: purged once exported), "future" (kept), "unreadable" (no time at all: marked when the purge first reads
+# it, so its grace period starts then))
+HAND_MARKS: dict[str, tuple[dict[str, Any], str]] = {
+    "current-timestamp": ({"deleted_at_us": "2020-01-01 00:00:00"}, "past"),  # SQLite's CURRENT_TIMESTAMP form
+    "iso-8601-z": ({"deleted_at_us": "2020-01-01T00:00:00Z"}, "past"),
+    "iso-8601-offset-fraction": ({"deleted_at_us": "2020-01-01T02:00:00.5+02:00"}, "past"),
+    "digits": ({"deleted_at_us": str(PAST_US)}, "past"),  # INTEGER affinity stores an integer
+    "digits-padded": ({"deleted_at_us": f" {PAST_US} "}, "past"),
+    "purge-after-text": ({"deleted_at_us": PAST_US, "purge_after_us": "2020-01-02"}, "past"),
+    "future-date": ({"deleted_at_us": "2999-01-01 00:00:00"}, "future"),
+    "words": ({"deleted_at_us": "yesterday"}, "unreadable"),
+    "empty-text": ({"deleted_at_us": ""}, "unreadable"),
+    "blob": ({"deleted_at_us": b"\x01"}, "unreadable"),
+    "purge-after-words": ({"deleted_at_us": PAST_US, "purge_after_us": "never"}, "unreadable"),
+}
+
+
+@pytest.mark.parametrize("name", list(HAND_MARKS))
+def test_a_row_soft_deleted_by_hand_with_a_text_mark_is_purged_by_the_time_it_names(
+    name: str, s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    """``UPDATE captures SET deleted_at_us = CURRENT_TIMESTAMP`` (or any text, or a BLOB): SQLite keeps the TEXT,
+    which sorts after every number, so the purge's ``deleted_at_us <= ?`` never matched it and the row stayed
+    hidden for ever. The purge reads such a mark as the time it names (a date/time SQLite writes or ISO 8601,
+    UTC unless it says otherwise; digits: microseconds, as the column holds) and removes the row once exported
+    and past its grace period, never before; a mark that names no time is dated when the purge first reads it,
+    so the grace period starts then. The run says which records it read so. PostgreSQL's columns are BIGINT:
+    it refuses such values (a text of digits is that number), so only SQLite is tried."""
+    marks, meaning = HAND_MARKS[name]
+    db = SQLiteGateway(tmp_path / "store.sqlite")
+    _insert_rows(db, marks)
+    started_us = int(time.time() * 1_000_000)
+    policy = {"apiVersion": "capture.dev/v1alpha1", "kind": "RetentionPolicy",
+              "metadata": {"name": "keep-1d", "namespace": "default"},
+              "spec": {"maxAge": "1d", "exporters": ["usage"], "every": 3600, "softDelete": {"gracePeriod": "1s"}}}
+    manifest = write_exporters(tmp_path / "exporter.yaml", s3_server, bucket, [ExporterCase("usage", "llm", {})],
+                               more=[policy])
+    outputs = []
+    for _ in range(2):
+        run = run_export(manifest, db, tmp_path)
+        outputs.append(_no_traceback(run))
+        assert run.returncode == 0, outputs[-1]
+    left = dict(db.query("SELECT id, deleted_at_us FROM captures"))
+    assert set(left) <= {ODD}, left  # the others: exported, soft-deleted, purged
+    if meaning == "past":
+        assert ODD not in left, left
+    elif meaning == "future":
+        assert left == {ODD: 32_472_144_000_000_000}, left  # read, kept
+    else:  # dated when first read, not before: its grace period (1 s) may be over by the second run
+        assert ODD not in left or started_us <= left[ODD] <= int(time.time() * 1_000_000), left
+        time.sleep(1.2)
+        run = run_export(manifest, db, tmp_path)
+        assert run.returncode == 0, _no_traceback(run)
+        assert db.query("SELECT id FROM captures") == []
+    if not name.startswith("digits"):  # (SQLite stored those digits as an integer: nothing odd to say)
+        assert any(re.search(rf"soft-deleted record.*\({ODD}\)", output) for output in outputs), outputs
     assert _all_accounted(db, s3_server, bucket, set()) == set(range(1, 7))
 
 

@@ -21,8 +21,12 @@ unit tests switch them off). What a user would notice:
 * a map under tag 55799 (self-described CBOR: a marker that changes nothing), sealed or not, once or twice,
   is exported in every format as the same record without the marker, filtered and stripped as that record.
 
-Not covered here: a sealed row holding its own ``id`` key. Our writer never stores one (store/records.py,
-``encode_body``), and a stored one overrides the row's id in CBOR and JSON Lines on both paths alike.
+A sealed row holding its own ``id`` key (a body not from ``encode_body``, which leaves ``id`` out): the sealed
+append refuses it, on SQLite and PostgreSQL alike, and writes nothing of its batch; unsealed, the same body is
+a foreign row, checked and held at export. One sealed before that refusal (or by a writer that computes the
+seal itself) exports the row's id, once, first, in every format that decodes it (JSON Lines, Parquet, privacy
+mode); the default format ships its bytes undecoded (no per-row key scan on that path), which is why the
+refusal is at the append.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +50,7 @@ from capture_export.export.model import RunResult
 from capture_export.local_s3 import LocalS3
 from capture_export.objectstore import S3ObjectStore
 from capture_export.store import SQLiteStore
+from capture_export.store.postgres import PostgresStore
 from tests.support.trust import (
     EVERY_FORMAT,
     NATIVE_PATHS,
@@ -576,3 +582,129 @@ def test_a_sealed_lone_map_head_is_quarantined_whatever_the_rows_id(
     records = bucket_records(s3_server, bucket, prefix)  # every record decodes, as users read the object
     assert [record["id"] for record in records] == [1, record_id + 1]
     assert all(record["capture_id"] for record in records)
+
+
+# Each builds the body of row n holding a top-level "id" of its own, in the ways a buggy encoder writes one.
+OWN_ID: dict[str, Callable[[int], bytes]] = {
+    "id-first": lambda n: build({"id": 10_000 + n, **good_record(n)}),
+    "id-last": lambda n: build({**good_record(n), "id": 10_000 + n}),
+    "id-as-text": lambda n: build({**good_record(n), "id": "row-one"}),
+    "id-null": lambda n: build({"id": None, **good_record(n)}),
+    "id-twice": lambda n: build({"id": 10_000 + n, **good_record(n), Raw(text("id")): 20_000 + n}),
+    "id-key-in-chunks": lambda n: build({**good_record(n), Raw(text_chunks("i", "d")): 10_000 + n}),
+    "id-in-an-indefinite-map": lambda n: build({**good_record(n), "id": 10_000 + n}, indefinite=True),
+    "id-under-tag-55799": lambda n: b"\xd9\xd9\xf7" + build({"id": 10_000 + n, **good_record(n)}),
+}
+
+
+def _open(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> SQLiteStore | PostgresStore:
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "store.sqlite")
+    return PostgresStore(request.getfixturevalue("pg_dsn"))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_sealed_append_refuses_a_body_that_holds_its_own_id(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest,
+) -> None:
+    """The sealed append's bodies come from ``encode_body``, which leaves ``id`` out: the store assigns ids. A
+    body that holds one anyway (at the top level, however encoded) is refused with the batch it came in, nothing
+    written; an ``id`` deeper in the record (a response's, a tool call's) is any other field; unsealed, the same
+    body is accepted as a foreign row (the export's check holds it: ids are the store's)."""
+    store = _open(kind, tmp_path, request)
+    try:
+        store.append_encoded([(timestamp_us(1), build(good_record(1)))], sealed=True)
+        for name, make in OWN_ID.items():
+            with pytest.raises(ValueError, match=r"row 2 of 3 holds an 'id' key"):
+                store.append_encoded([(timestamp_us(2), build(good_record(2))), (timestamp_us(3), make(3)),
+                                      (timestamp_us(4), build(good_record(4)))], sealed=True)
+            assert store.max_id() == 1, name
+        nested = good_record(2)
+        nested["capture"]["response"]["body"]["id"] = "chatcmpl-123"
+        nested["identity"]["id"] = 7
+        assert store.append_encoded([(timestamp_us(2), build(nested))], sealed=True) == 2
+        assert store.append_encoded([(timestamp_us(3), OWN_ID["id-first"](3))]) == 3  # unsealed: foreign
+        bodies = {row.id: row for row in store.read_batch(0, 10)}
+        seal = store.record_seal()
+        assert seal is not None and seal.valid(bodies[2].body, bodies[2].seal)
+        assert bodies[3].seal is None
+    finally:
+        store.close()
+
+
+OWN_ID_DECODED = [(fmt, privacy) for fmt in EVERY_FORMAT for privacy in (False, True)
+                  if fmt != "cbor-zstd" or privacy]
+
+
+def _top_level_ids(s3: LocalS3, bucket: str, prefix: str) -> list[list[Any]]:
+    """Each exported record's top-level ``id`` values, every one of them (a repeated key too), as read from the
+    objects: JSON Lines by pairs, CBOR by pairs (cbor2 keeps the last), Parquet's column."""
+    found: list[list[Any]] = []
+    for key, plain in _objects(s3, bucket, prefix):
+        if ".jsonl" in key:
+            for line in plain.split(b"\n"):
+                if line:
+                    pairs = json.loads(line, object_pairs_hook=lambda items: items)
+                    found.append([value for name, value in pairs if name == "id"])
+        elif key.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            found.extend([value] for value in pq.read_table(io.BytesIO(plain)).column("id").to_pylist())
+        else:
+            stream = io.BytesIO(plain)
+            decoder = cbor2.CBORDecoder(stream)
+            while stream.tell() < len(plain):
+                start = stream.tell()
+                record = decoder.decode()
+                raw = plain[start:stream.tell()]
+                found.append([record["id"]] * (1 + (raw.count(b"\x62id") > 1)))
+    return found
+
+
+@pytest.mark.parametrize(("fmt", "privacy"), OWN_ID_DECODED,
+                         ids=[f"{fmt}-{'privacy' if privacy else 'plain'}" for fmt, privacy in OWN_ID_DECODED])
+def test_a_row_sealed_with_its_own_id_exports_the_rows_id_in_every_format_that_decodes_it(
+    fmt: str, privacy: bool, s3_server: LocalS3, bucket: str, object_store: S3ObjectStore, tmp_path: Path,
+    native_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows sealed before the append refused such bodies (or by a writer that computes the seal itself: with
+    SQLite anyone who opens the file can): each record carries its row's id, exactly once and first, as the
+    Parquet path always wrote it (JSON Lines and privacy mode wrote the body's own), on both paths alike, so
+    the bucket's ids are the store's and ``verify`` counts each row once."""
+    path = tmp_path / "store.sqlite"
+    store = SQLiteStore(path)
+    try:
+        store.append_encoded([(timestamp_us(1), build(good_record(1)))], sealed=True)
+        seal = store.record_seal()
+        rows = [(timestamp_us(n), make(n)) for n, make in enumerate(OWN_ID.values(), start=2)]
+        rows.append((timestamp_us(len(rows) + 2), build(good_record(len(rows) + 2))))
+        with sqlite3.connect(path) as gateway:  # a writer that holds the store's key
+            gateway.executemany("INSERT INTO captures (ts_us, body, seal) VALUES (?, ?, ?)",
+                                [(ts, body, seal.seal(body)) for ts, body in rows])
+        gateway.close()
+        total = len(rows) + 1
+        native = _export(store, object_store, _spec(s3_server, bucket, "native", fmt, privacy), "native")
+        with _python_only(monkeypatch):
+            python = _export(store, object_store, _spec(s3_server, bucket, "python", fmt, privacy), "python")
+    finally:
+        store.close()
+    for result in (native, python):
+        assert result.outcome == "Succeeded" and result.failure is None, result.failure
+        assert result.rows == total and result.cursor.position == total and not result.quarantined
+    for prefix in ("native", "python"):
+        assert _top_level_ids(s3_server, bucket, prefix) == [[n] for n in range(1, total + 1)], prefix
+        assert [record["id"] for record in bucket_records(s3_server, bucket, prefix)] == list(range(1, total + 1))
+    if fmt != "parquet":  # JSON Lines and CBOR: the id first, as in every other record
+        for _, plain in _objects(s3_server, bucket, "native"):
+            assert all(line.startswith(b'{"id":') for line in plain.split(b"\n") if line) if "jsonl" in fmt \
+                else all(isinstance(r, dict) and next(iter(r)) == "id" for r in _cbor_records(plain))
+    assert _objects(s3_server, bucket, "native") == _objects(s3_server, bucket, "python")
+
+
+def _cbor_records(plain: bytes) -> list[Any]:
+    stream = io.BytesIO(plain)
+    decoder = cbor2.CBORDecoder(stream)
+    records = []
+    while stream.tell() < len(plain):
+        records.append(decoder.decode())
+    return records

@@ -312,9 +312,13 @@ def encode_batch(rows: Sequence[StoredRecord], seal: RecordSeal | None = None,
 
 
 def _identified(body: dict[str, Any], record_id: int, id_first: bool) -> dict[str, Any]:
+    """The decoded record with the row's id: first (``id_first``) or set in ``body`` itself. The row's id wins
+    over an ``id`` the stored map holds (only a sealed row can: one sealed before the append refused such
+    bodies, or by a writer that computes the seal itself), and stays in first place."""
     if id_first:
         record = {"id": record_id}
         record.update(body)
+        record["id"] = record_id
         return record
     body["id"] = record_id
     return body
@@ -401,8 +405,8 @@ def _json_lines(checked: Sequence[CheckedRow], encoder: JsonLinesEncoder,
     for item in checked:
         line = native(item.body, item.row.id) if item.record is None else None
         if line is None:
-            record = {"id": item.row.id}
-            record.update(item.record if item.record is not None else encoder.decode_record(item.body))
+            record = _identified(item.record if item.record is not None else encoder.decode_record(item.body),
+                                 item.row.id, True)
             line = encoder.line(record)
         lines.append(line)
     return lines

@@ -259,7 +259,9 @@ class CaptureStore(RecordReader, RetentionStore, QuarantineStore, Protocol):
 
     def append_encoded(self, rows: list[tuple[int, bytes]], *, sealed: bool = False) -> int:
         """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction; return the last id.
-        ``sealed``: the bodies came from ``encode_body`` (credentials stripped) and are sealed as our own."""
+        ``sealed``: the bodies came from ``encode_body`` (credentials stripped, no ``id``) and are sealed as our
+        own; a body holding a top-level ``id`` is refused (ValueError, nothing written: store/records.py
+        ``refuse_own_ids``)."""
         ...
 
 

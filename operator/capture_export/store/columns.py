@@ -7,16 +7,23 @@ names the column), so that the export holds or quarantines it like any corrupt r
 on its type wherever the value is first used (the folder a batch goes to, the memory budget, the check).
 A ``ts_us`` outside the years 1-9999 is treated so too: no dated folder can name it, and no record's
 ``timestamp`` can match it.
+
+A soft-delete mark (``deleted_at_us``, ``purge_after_us``) written by hand may be TEXT or a BLOB too
+(``SET deleted_at_us = CURRENT_TIMESTAMP``): TEXT sorts after every number in SQLite, so the purge's
+comparisons never match it. ``mark_micros`` reads such a mark as the time it names, for the SQLite store to
+write it back as a number (store/sqlite/store.py, ``_settle_marks``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .base import StoredRecord
 
-__all__ = ["MAX_TIMESTAMP_US", "MIN_TIMESTAMP_US", "UnreadableRow", "plain", "readable_rows"]
+__all__ = ["MAX_TIMESTAMP_US", "MIN_TIMESTAMP_US", "UnreadableRow", "mark_micros", "plain", "readable_rows"]
 
 MIN_TIMESTAMP_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 MAX_TIMESTAMP_US = 253_402_300_800_000_000  # 10000-01-01T00:00:00Z, excluded
@@ -72,3 +79,30 @@ def plain(rows: Sequence[tuple[Any, Any, Any, Any]]) -> bool:
     fast path (a type check on values in hand)."""
     low, high = MIN_TIMESTAMP_US, MAX_TIMESTAMP_US
     return all(type(ts) is int and low <= ts < high and type(body) is bytes for _, ts, body, _ in rows)
+
+
+_DIGITS = re.compile(r"[+-]?[0-9]+")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def mark_micros(value: Any) -> int | None:
+    """The microseconds since the epoch a soft-delete mark stands for, or None when it names no time: an
+    integer as it is; a text of digits (spaces around it allowed) as that integer, the column's unit; a text
+    date/time in ISO 8601 or as SQLite writes one (``CURRENT_TIMESTAMP``, ``datetime('now')``: UTC unless it
+    gives an offset) as that time; anything else (other text, a BLOB, a time outside the years 1-9999) None."""
+    if type(value) is int:
+        return value
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if _DIGITS.fullmatch(text):
+        micros = int(text)
+    else:
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+        micros = (aware - _EPOCH) // _MICROSECOND
+    return micros if MIN_TIMESTAMP_US <= micros < MAX_TIMESTAMP_US else None

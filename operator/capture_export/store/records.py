@@ -36,6 +36,7 @@ __all__ = [
     "id_head",
     "loads_record",
     "read_head",
+    "refuse_own_ids",
     "strip_credentials",
     "timestamp_micros",
     "untagged",
@@ -250,6 +251,28 @@ def with_id(record_id: int, body: bytes) -> bytes:
     """Splice ``id`` in as the first key of the stored CBOR map, without decoding the rest."""
     head, offset = id_head(record_id, body)
     return head + body[offset:]
+
+
+def holds_own_id(body: bytes | memoryview) -> bool:
+    """Whether a stored body's map holds a top-level ``id`` key (any encoding of it: a repeated, chunked or
+    tagged one too), as a CBOR reader decodes it. A body no reader decodes is not judged here (the export
+    holds it as a corrupt record)."""
+    try:
+        record = loads_record(body)
+    except (Exception, RecursionError):
+        return False
+    return isinstance(record, dict) and "id" in record
+
+
+def refuse_own_ids(rows: list[tuple[int, bytes]]) -> None:
+    """ValueError when a body about to be sealed holds its own ``id`` (store/base.py ``append_encoded``): a
+    sealed row goes out unchecked, and the default export splices the row's id into its stored bytes
+    undecoded (``with_id``), so a stored ``id`` would be a second one, the one CBOR readers keep. Decodes each
+    body: the cost of a caller's own bodies only (``append`` encodes its records itself, without ``id``)."""
+    for index, (_, body) in enumerate(rows):
+        if holds_own_id(body):
+            raise ValueError(f"row {index + 1} of {len(rows)} holds an 'id' key: the store assigns ids, a body to "
+                             "seal comes from encode_body, which leaves it out; nothing was written")
 
 
 def decode_sequence(data: bytes) -> Iterator[Any]:

@@ -11,7 +11,7 @@ import psycopg
 
 from ..base import ExpiredChunk, QuarantinedRecord, StoredRecord, StoreError
 from ..columns import plain, readable_rows
-from ..records import encode_body
+from ..records import encode_body, refuse_own_ids
 from ..seal import RecordSeal
 from .connections import ConnectionPool, safe_label
 from .horizon import SafeHorizon
@@ -59,12 +59,18 @@ class PostgresStore:
     # -- writes --------------------------------------------------------------------------------------
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> int:
-        return self.append_encoded([encode_body(record) for record in records], sealed=True)
+        return self._insert([encode_body(record) for record in records], sealed=True)
 
     def append_encoded(self, rows: list[tuple[int, bytes]], *, sealed: bool = False) -> int:
         """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction; return the last id.
-        ``sealed``: the bodies come from ``encode_body`` (one canonical map, credentials removed), so they
-        are sealed as our own and the export ships them unchecked; otherwise they are foreign rows."""
+        ``sealed``: the bodies come from ``encode_body`` (one canonical map, credentials removed, no ``id``),
+        so they are sealed as our own and the export ships them unchecked (a body holding ``id`` is refused:
+        ValueError, nothing written); otherwise they are foreign rows."""
+        if sealed:
+            refuse_own_ids(rows)
+        return self._insert(rows, sealed=sealed)
+
+    def _insert(self, rows: list[tuple[int, bytes]], *, sealed: bool) -> int:
         if not rows:
             return self.max_id()
         stamps = [ts for ts, _ in rows]

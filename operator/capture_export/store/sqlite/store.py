@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -12,8 +13,8 @@ from typing import Any, TypeVar
 
 from ...path_errors import why_unusable
 from ..base import ExpiredChunk, QuarantinedRecord, StoredRecord, StoreError, StoreNotFound
-from ..columns import plain, readable_rows
-from ..records import encode_body
+from ..columns import mark_micros, plain, readable_rows
+from ..records import encode_body, refuse_own_ids
 from ..seal import RecordSeal
 from .locks import IN_MEMORY, FileLock, ProcessLock, exporter_lock
 from .schema import SCHEMA, migrate
@@ -21,6 +22,7 @@ from .schema import SCHEMA, migrate
 __all__ = ["SQLiteStore", "refuse_directory"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _INSERT_UNIQUE = ("INSERT INTO captures (ts_us, body, seal, capture_id) VALUES (?, ?, ?, ?) "
                   "ON CONFLICT (capture_id) WHERE capture_id IS NOT NULL DO NOTHING")
@@ -121,12 +123,18 @@ class SQLiteStore:
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> int:
         rows = [encode_body(record) for record in records]
-        return self.append_encoded(rows, sealed=True)
+        return self._insert(rows, sealed=True)
 
     def append_encoded(self, rows: list[tuple[int, bytes]], *, sealed: bool = False) -> int:
         """Insert already-encoded ``(timestamp_us, body)`` rows in one transaction. ``sealed``: the bodies
-        come from ``encode_body`` (one canonical map, credentials removed), so they are sealed as our own
-        and the export ships them unchecked; otherwise they are foreign rows like the gateway's."""
+        come from ``encode_body`` (one canonical map, credentials removed, no ``id``), so they are sealed as
+        our own and the export ships them unchecked (a body holding ``id`` is refused: ValueError, nothing
+        written); otherwise they are foreign rows like the gateway's."""
+        if sealed:
+            refuse_own_ids(rows)
+        return self._insert(rows, sealed=sealed)
+
+    def _insert(self, rows: list[tuple[int, bytes]], *, sealed: bool) -> int:
         seal = self._seal.seal if sealed else (lambda body: None)
         with self._lock:
             try:
@@ -313,9 +321,45 @@ class SQLiteStore:
                           (undated_marked_before_us, bound)))
         return parts
 
+    def _settle_marks(self, conn: sqlite3.Connection, now_us: int) -> None:
+        """Write back as numbers the soft-delete marks a hand ``UPDATE`` left as TEXT or a BLOB (SQLite keeps
+        them so: ``SET deleted_at_us = CURRENT_TIMESTAMP``), which sort after every number: the purge's
+        ``<=`` never matched them and ``restore --since`` matched them all. Each becomes the time it names
+        (columns.py ``mark_micros``); a mark that names none makes the record marked now, so its grace
+        period starts when this first reads it (never early, never kept for ever: a ``purge_after_us`` that
+        names none is cleared, the policy's grace period deciding, as for marks from before version 6).
+        Logged with the records' ids. Two range probes of the marks' indexes (TEXT and BLOB sort after
+        every number: ``>= ''``), empty in a store no one marked by hand."""
+        rows = conn.execute(
+            "SELECT id, deleted_at_us, purge_after_us FROM captures INDEXED BY captures_deleted_ts "
+            "WHERE deleted_at_us >= '' UNION SELECT id, deleted_at_us, purge_after_us FROM captures "
+            "INDEXED BY captures_hidden WHERE deleted_at_us IS NOT NULL AND purge_after_us >= ''").fetchall()
+        if not rows:
+            return
+        updates, dated_now = [], []
+        for record_id, deleted_at, purge_after in rows:
+            if isinstance(deleted_at, str | bytes):
+                deleted_at = mark_micros(deleted_at)
+            if isinstance(purge_after, str | bytes):
+                purge_after = mark_micros(purge_after)
+                if purge_after is None:
+                    deleted_at = None
+            if deleted_at is None:
+                deleted_at = now_us
+                dated_now.append(record_id)
+            updates.append((deleted_at, purge_after, record_id))
+        conn.executemany("UPDATE captures SET deleted_at_us = ?, purge_after_us = ? WHERE id = ?", updates)
+        ids = sorted(update[2] for update in updates)
+        shown = ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        log.warning("SQLite store %s: %d soft-deleted record(s) marked by hand with a deleted_at_us or purge_after_us "
+                    "that is not a number (%s): read as the time each names%s", self.path, len(ids), shown,
+                    f"; {len(dated_now)} name(s) none and count as marked now (their grace period starts now)"
+                    if dated_now else "")
+
     def purge_soft_deleted_chunk(self, now_us: int, limit: int, *, max_id: int | None = None,
                                  undated_marked_before_us: int | None = None) -> int:
         def work(conn: sqlite3.Connection) -> int:
+            self._settle_marks(conn, now_us)
             deleted = 0
             for where, params in self._due(now_us, max_id, undated_marked_before_us):
                 if deleted >= limit:
