@@ -59,6 +59,7 @@ from tests.support.trust import (
     bucket_objects,
     bucket_records,
     build,
+    cbor_sequence,
     good_record,
     head,
     text,
@@ -247,6 +248,18 @@ def _python_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
+def _export_both_ways(store: SQLiteStore, objects: S3ObjectStore, s3: LocalS3, bucket: str, fmt: str, privacy: bool,
+                      monkeypatch: pytest.MonkeyPatch, total: int) -> None:
+    """Export the store twice, with the native paths (prefix ``native``) and without them (``python``); each
+    run exports all ``total`` rows and quarantines none."""
+    native = _export(store, objects, _spec(s3, bucket, "native", fmt, privacy), "native")
+    with _python_only(monkeypatch):
+        python = _export(store, objects, _spec(s3, bucket, "python", fmt, privacy), "python")
+    for result in (native, python):
+        assert result.outcome == "Succeeded" and result.failure is None, result.failure
+        assert result.rows == total and result.cursor.position == total and not result.quarantined
+
+
 def _seal_odd_rows(store: SQLiteStore, odd: dict[str, Callable[[int], bytes]]) -> dict[int, str]:
     """An ordinary row, then each odd one, all sealed by the store's own append; the odd rows' ids."""
     rows, names = [], {}
@@ -271,14 +284,9 @@ def test_odd_sealed_rows_export_once_and_as_the_python_path_writes_them(
     try:
         names = _seal_odd_rows(store, ODD)
         total = 2 * len(ODD) + 1
-        native = _export(store, object_store, _spec(s3_server, bucket, "native", fmt, privacy), "native")
-        with _python_only(monkeypatch):
-            python = _export(store, object_store, _spec(s3_server, bucket, "python", fmt, privacy), "python")
+        _export_both_ways(store, object_store, s3_server, bucket, fmt, privacy, monkeypatch, total)
     finally:
         store.close()
-    for result in (native, python):
-        assert result.outcome == "Succeeded" and result.failure is None, result.failure
-        assert result.rows == total and result.cursor.position == total and not result.quarantined
     # Each row's id once: the odd rows neither lost, nor duplicated, nor holding up their neighbours.
     ids = _ids(s3_server, bucket, "native")
     assert sorted(ids) == list(range(1, total + 1)), [names.get(i, i) for i in ids if ids.count(i) != 1]
@@ -683,28 +691,15 @@ def test_a_row_sealed_with_its_own_id_exports_the_rows_id_in_every_format_that_d
                                 [(ts, body, seal.seal(body)) for ts, body in rows])
         gateway.close()
         total = len(rows) + 1
-        native = _export(store, object_store, _spec(s3_server, bucket, "native", fmt, privacy), "native")
-        with _python_only(monkeypatch):
-            python = _export(store, object_store, _spec(s3_server, bucket, "python", fmt, privacy), "python")
+        _export_both_ways(store, object_store, s3_server, bucket, fmt, privacy, monkeypatch, total)
     finally:
         store.close()
-    for result in (native, python):
-        assert result.outcome == "Succeeded" and result.failure is None, result.failure
-        assert result.rows == total and result.cursor.position == total and not result.quarantined
     for prefix in ("native", "python"):
         assert _top_level_ids(s3_server, bucket, prefix) == [[n] for n in range(1, total + 1)], prefix
         assert [record["id"] for record in bucket_records(s3_server, bucket, prefix)] == list(range(1, total + 1))
     if fmt != "parquet":  # JSON Lines and CBOR: the id first, as in every other record
         for _, plain in _objects(s3_server, bucket, "native"):
             assert all(line.startswith(b'{"id":') for line in plain.split(b"\n") if line) if "jsonl" in fmt \
-                else all(isinstance(r, dict) and next(iter(r)) == "id" for r in _cbor_records(plain))
+                else all(isinstance(r, dict) and next(iter(r)) == "id" for r in cbor_sequence(plain))
     assert _objects(s3_server, bucket, "native") == _objects(s3_server, bucket, "python")
 
-
-def _cbor_records(plain: bytes) -> list[Any]:
-    stream = io.BytesIO(plain)
-    decoder = cbor2.CBORDecoder(stream)
-    records = []
-    while stream.tell() < len(plain):
-        records.append(decoder.decode())
-    return records

@@ -364,7 +364,7 @@ def plain_bytes(key: str, data: bytes) -> bytes:
     return data
 
 
-def _cbor_sequence(data: bytes) -> list[Any]:
+def cbor_sequence(data: bytes) -> list[Any]:
     """Decode an RFC 8742 CBOR sequence, as the Aperture docs tell their users (cbor2)."""
     stream = io.BytesIO(data)
     decoder = cbor2.CBORDecoder(stream)
@@ -380,7 +380,7 @@ def object_records(key: str, data: bytes) -> list[Any]:
     raised as it is: an object users cannot read is a failure."""
     plain = plain_bytes(key, data)
     if key.endswith(".cbor.zstd"):
-        return _cbor_sequence(plain)
+        return cbor_sequence(plain)
     if ".jsonl" in key:
         # JSON Lines ends a line at "\n" only: str.splitlines would also break inside a raw U+2028 or U+0085
         return [json.loads(line) for line in plain.split(b"\n") if line.strip()]
