@@ -14,6 +14,7 @@ from capture_export.api import S3ExporterSpec
 from capture_export.export import Cursor, ExportEngine, ExporterId
 from capture_export.export.budget import (
     MemoryBudget,
+    batch_cost_for,
     budget_for_memory_limit,
     configure_memory_budget,
     memory_budget,
@@ -109,6 +110,37 @@ def test_resizing_takes_what_the_rows_really_need_without_waiting() -> None:
     assert budget.reserve(1, should_stop=lambda: True) is None
     reservation.resize(20)
     assert budget.reserve(80) is not None and budget.used == 100
+
+
+def test_a_default_format_batch_small_enough_to_be_joined_is_charged_its_copy(tmp_path: Path) -> None:
+    """A batch of the default format at the default ``limit`` is joined into one buffer to be compressed in
+    one call (formats.ZSTD_ONE_SHOT_BYTES): the budget counts that copy, as long as its records, on top of
+    the rows and the frame (2x); a batch streamed into zstd (``limit: 10000``) costs what it always did."""
+    from capture_export.export.formats import ZSTD_ONE_SHOT_BYTES
+
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    seed_store(store, 1000, seed=2)
+    engine = ExportEngine(spec("cbor-zstd", 1000), ExporterId("ns", "small"), store, MemoryObjectStore(), pool=None,
+                          budget=MemoryBudget(1 << 30))
+    rows = store.read_batch(0, 1000)
+    store.close()
+    stored = sum(len(row.body) for row in rows)
+    assert stored <= ZSTD_ONE_SHOT_BYTES
+    assert engine.batch_cost(rows) >= 3 * stored
+    assert engine.batch_cost(rows[:10]) >= 3 * sum(len(row.body) for row in rows[:10])
+
+    cost = batch_cost_for(decoded=False, pooled=False, joined_up_to=ZSTD_ONE_SHOT_BYTES)
+    assert cost.of(40 * MiB) == 80 * MiB  # streamed: rows and frame
+    sizes = [0, 1, MiB, ZSTD_ONE_SHOT_BYTES - 1, ZSTD_ONE_SHOT_BYTES, ZSTD_ONE_SHOT_BYTES + 1,
+             int(1.5 * ZSTD_ONE_SHOT_BYTES), 2 * ZSTD_ONE_SHOT_BYTES, 100 * MiB]
+    costs = [cost.of(size) for size in sizes]
+    assert costs == sorted(costs)  # a larger batch never costs less
+    for size in [*sizes, *costs]:  # the largest batch within a budget costs at most that, a larger one more
+        within = cost.stored_bytes_within(size)
+        assert cost.of(within) <= size < cost.of(within + 2)  # (+2: costs are whole bytes)
+    # The formats that decode join in their encoder's working memory, as before.
+    assert batch_cost_for(decoded=True, pooled=True, working=2.8).of(MiB) == int(5.8 * MiB)
+    assert batch_cost_for(decoded=True, pooled=False, working=2.8).of(MiB) == int(4.0 * MiB)
 
 
 def test_the_budget_is_contended_when_batches_wait_or_hold_more_than_half_of_it() -> None:

@@ -21,6 +21,7 @@ from capture_export.export.format_names import FORMAT_NAMES
 from capture_export.export.formats import (
     DATA_EXTENSIONS,
     FORMATS,
+    ZSTD_ONE_SHOT_BYTES,
     CborZstdEncoder,
     JsonLinesEncoder,
     ParquetEncoder,
@@ -213,18 +214,80 @@ def _batch_pieces(count: int, seed: int) -> list[bytes]:
     return pieces
 
 
-@pytest.mark.parametrize("shape", ["one record", "a batch", "pieces larger than a feed", "empty pieces"])
-def test_cbor_zstd_objects_are_byte_for_byte_what_they_always_were(shape: str) -> None:
-    """Objects already exported must be what a re-export writes: same bytes, batch after batch (the encoder
-    reuses its compression contexts), at every level."""
-    pieces = {"one record": _batch_pieces(1, seed=3), "a batch": _batch_pieces(300, seed=4),
-              "pieces larger than a feed": [bytes(range(256)) * 3000, b"x" * 700_000, b"tail"],
-              "empty pieces": [b"", b"\xa1\x62id\x01", b"", b""]}[shape]
+def _frame_in_one_call(pieces: list[bytes], level: int = 3) -> bytes:
+    """A zstd frame of a batch small enough to be joined: its pieces joined, compressed in one call."""
+    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(b"".join(pieces))
+
+
+def _read_as_aperture_says(frame: bytes, size: int) -> bytes:
+    """The frame read as the Aperture seed tells its users (and as ``decode_object`` does): one frame whose
+    header records the content size, nothing after it."""
+    assert zstandard.get_frame_parameters(frame).content_size == size
+    reader = zstandard.ZstdDecompressor().decompressobj()
+    data = reader.decompress(frame)
+    assert reader.eof and not reader.unused_data
+    assert len(data) == size
+    return data
+
+
+def _cbor_sequence(data: bytes) -> list[object]:
+    decoder = cbor2.CBORDecoder(io.BytesIO(data))
+    records = []
+    while decoder.fp.tell() < len(data):
+        records.append(decoder.decode())
+    return records
+
+
+def _exactly(total: int, block: bytes = bytes(range(256)) * 4096) -> list[bytes]:
+    """Pieces of exactly ``total`` bytes (a megabyte each but the last)."""
+    return [block[: min(len(block), total - start)] for start in range(0, total, len(block))]
+
+
+_SMALL_SHAPES = {"one record": lambda: _batch_pieces(1, seed=3), "a batch": lambda: _batch_pieces(300, seed=4),
+                 "pieces larger than a feed": lambda: [bytes(range(256)) * 3000, b"x" * 700_000, b"tail"],
+                 "empty pieces": lambda: [b"", b"\xa1\x62id\x01", b"", b""], "no piece": list,
+                 "exactly the threshold": lambda: _exactly(ZSTD_ONE_SHOT_BYTES)}
+
+
+@pytest.mark.parametrize("shape", list(_SMALL_SHAPES))
+def test_a_batch_up_to_the_threshold_is_one_frame_compressed_in_one_call(shape: str) -> None:
+    """A batch of at most ``ZSTD_ONE_SHOT_BYTES`` is joined and compressed in one call (the faster path): the
+    same bytes batch after batch (the encoder reuses its compression contexts) and at every level, one frame
+    with its content size, which reads back as the pieces one after the other."""
+    pieces = _SMALL_SHAPES[shape]()
+    size = sum(map(len, pieces))
+    assert size <= ZSTD_ONE_SHOT_BYTES
     for _ in range(3):
-        assert CborZstdEncoder().encode(pieces) == _frame_piece_by_piece(pieces)
+        frame = CborZstdEncoder().encode(pieces)
+        assert frame == _frame_in_one_call(pieces)
+        assert _read_as_aperture_says(frame, size) == b"".join(pieces)
     for level in (1, 9):
-        assert zstd_frame(pieces, level) == _frame_piece_by_piece(pieces, level)
-    assert JsonLinesEncoder("zstd").encode_records([{"a": 1}]) == _frame_piece_by_piece([b'{"a":1}\n'])
+        assert zstd_frame(pieces, level) == _frame_in_one_call(pieces, level)
+        assert zstd_frame(pieces, level, keep_context=False) == _frame_in_one_call(pieces, level)
+    if shape == "a batch":
+        # What the one call buys is not the frame of the pieces fed in runs (that frame is a little larger).
+        assert zstd_frame(pieces) != _frame_piece_by_piece(pieces)
+        records = _cbor_sequence(_read_as_aperture_says(zstd_frame(pieces), size))
+        assert [record["id"] for record in records] == list(range(1, 301))
+        assert records == _cbor_sequence(b"".join(pieces))
+    assert JsonLinesEncoder("zstd").encode_records([{"a": 1}]) == _frame_in_one_call([b'{"a":1}\n'])
+
+
+@pytest.mark.parametrize("shape", ["one byte over", "a large batch"])
+def test_a_batch_over_the_threshold_is_streamed_as_it_always_was(shape: str) -> None:
+    """Above ``ZSTD_ONE_SHOT_BYTES`` the pieces are streamed in runs (no copy of the whole batch): the frame is
+    byte for byte what the encoder always wrote for them (a new context, one call per piece), batch after
+    batch, with its content size."""
+    pieces = (_exactly(ZSTD_ONE_SHOT_BYTES + 1) if shape == "one byte over"
+              else _batch_pieces(30, seed=5) * 2 + _exactly(ZSTD_ONE_SHOT_BYTES) + _batch_pieces(30, seed=6))
+    size = sum(map(len, pieces))
+    assert size > ZSTD_ONE_SHOT_BYTES
+    expected = _frame_piece_by_piece(pieces)
+    for _ in range(2):
+        frame = CborZstdEncoder().encode(pieces)
+        assert frame == expected
+        assert _read_as_aperture_says(frame, size) == b"".join(pieces)
+    assert zstd_frame(pieces, keep_context=False) == expected
 
 
 def test_cbor_zstd_batches_encoded_at_once_on_many_threads_hold_their_own_records() -> None:
@@ -233,7 +296,7 @@ def test_cbor_zstd_batches_encoded_at_once_on_many_threads_hold_their_own_record
         payloads = list(threads.map(CborZstdEncoder().encode, batches * 3))
     for payload, pieces in zip(payloads, batches * 3, strict=True):
         assert zstandard.ZstdDecompressor().decompress(payload) == b"".join(pieces)
-        assert payload == _frame_piece_by_piece(pieces)
+        assert payload == _frame_in_one_call(pieces)
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])

@@ -55,7 +55,8 @@ def _rss() -> int:
 def _peak_growth_of_a_batch(store_path: str, fmt: str, records: int, pooled: bool) -> tuple[int, int]:
     """In a fresh process, as an encode worker (``pooled``) or the exporting process: the stored bytes of a
     batch of ``records`` and the growth of the process's peak RSS while it reads (in-process) or unpickles
-    (pooled) and encodes it, after a warm-up batch loaded the format's library."""
+    (pooled) and encodes it, after a warm-up batch loaded the format's library (the default format's: sized
+    its compression context)."""
     import pickle
 
     from capture_export.export.batch import BatchRecipe, PackedRows, encode_in_worker, encode_rows
@@ -84,6 +85,10 @@ def _peak_growth_of_a_batch(store_path: str, fmt: str, records: int, pooled: boo
         assert result
         before -= size  # the worker's growth counts the message it received
     else:
+        if fmt == "cbor-zstd":
+            # The compression context the process keeps idle, sized for such a batch (PROCESS_RESERVED_BYTES
+            # counts it, not the batch: ~3.6 MiB, as much as a whole batch's copy at ``limit: 1000``).
+            assert encode_rows(recipe, store.read_batch(0, records)).payload
         release_freed_memory()
         before = _rss()
         rows = store.read_batch(0, records)
@@ -104,7 +109,8 @@ def limit_sized_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("fmt", "pooled", "records"), [("cbor-zstd", False, 10_000), ("jsonl", True, 10_000),
+@pytest.mark.parametrize(("fmt", "pooled", "records"), [("cbor-zstd", False, 10_000), ("cbor-zstd", False, 1_000),
+                                                        ("jsonl", True, 10_000),
                                                         ("parquet", True, 10_000), ("parquet", True, 2_000)])
 def test_a_limit_sized_batch_costs_no_more_than_the_budget_counts(limit_sized_store: Path, fmt: str,
                                                                    pooled: bool, records: int) -> None:

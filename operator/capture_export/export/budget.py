@@ -77,12 +77,19 @@ DEFAULT_BUDGET_BYTES = 256 * MiB
 # Memory a batch takes, per byte of its stored records, besides what its encoder builds (measured with
 # benchmarks/memory_backlog.py's breakdown, allocator overhead included): the rows as read (1.13 x: each
 # row is a tuple of Python objects). The default format holds its rows and the compressed frame (the
-# stored bytes are streamed into the compressor: 1.8 x in all). A batch for the encode pool is packed into
+# stored bytes are streamed into the compressor: 1.8 x in all); a batch of it small enough to be compressed
+# in one call (``formats.ZSTD_ONE_SHOT_BYTES``: the default ``limit``) also holds its records joined into one
+# buffer while zstd reads them, ``JOINED_FACTOR`` more. A batch for the encode pool is packed into
 # one buffer and pickled (3.2 x in this process for a moment); while it waits for a worker this process
 # holds the packed rows and their pickled message in the pool's call queue, and the worker its own copy
 # while the encoder works (3 x plus the encoder's working memory); the payload comes back. A format that
-# decodes in this process holds the rows and what its encoder builds.
+# decodes in this process holds the rows and what its encoder builds (a zstd frame compressed in one call
+# joins what the encoder wrote: JSON Lines' working memory already holds its text joined, as uncompressed
+# JSON Lines has it; CBOR with privacy mode, the records written again and joined, within the same 2.8 x).
 PASS_THROUGH_FACTOR = 2.0
+# The joined copy of a batch compressed in one call: as long as its records (and their ids' heads, a few
+# bytes each); zstd's output buffer is sized for the worst case but only the frame's pages are touched.
+JOINED_FACTOR = 1.0
 POOLED_FACTOR = 3.0
 POOLED_MINIMUM_FACTOR = 3.2
 IN_PROCESS_FACTOR = 1.2
@@ -90,26 +97,41 @@ IN_PROCESS_FACTOR = 1.2
 
 @dataclass(frozen=True)
 class BatchCost:
-    """What a batch reserves until it is encoded: ``per_byte`` per stored byte of its records. Once encoded,
-    a batch holds only its payload until it is committed (Reservation.resize)."""
+    """What a batch reserves until it is encoded: ``per_byte`` per stored byte of its records, and
+    ``joined_per_byte`` more for a batch of at most ``joined_up_to`` stored bytes (the default format's,
+    joined to be compressed in one call); a larger batch costs at least as much as such a batch did, so that
+    the cost grows with the batch. Once encoded, a batch holds only its payload until it is committed
+    (Reservation.resize)."""
 
     per_byte: float
+    joined_up_to: int = 0
+    joined_per_byte: float = 0.0
+
+    @property
+    def _most_joined(self) -> float:
+        return self.joined_up_to * (self.per_byte + self.joined_per_byte)
 
     def of(self, stored_bytes: int) -> int:
-        return int(stored_bytes * self.per_byte)
+        if stored_bytes <= self.joined_up_to:
+            return int(stored_bytes * (self.per_byte + self.joined_per_byte))
+        return int(max(stored_bytes * self.per_byte, self._most_joined))
 
     def stored_bytes_within(self, size: int) -> int:
         """The most stored bytes a batch may hold to cost at most ``size``."""
+        if size < self._most_joined:
+            return max(0, int(size / (self.per_byte + self.joined_per_byte)))
         return max(0, int(size / self.per_byte))
 
 
-def batch_cost_for(*, decoded: bool, pooled: bool, working: float = 1.0) -> BatchCost:
+def batch_cost_for(*, decoded: bool, pooled: bool, working: float = 1.0, joined_up_to: int = 0) -> BatchCost:
     """The cost of a batch: ``decoded`` (a format or an option that decodes records), encoded by the
-    encode pool (``pooled``) or in this process; ``working``: what the encoder builds per stored byte.
+    encode pool (``pooled``) or in this process; ``working``: what the encoder builds per stored byte;
+    ``joined_up_to``: the default format's batches up to this many stored bytes are joined to be compressed
+    in one call (``formats.ZSTD_ONE_SHOT_BYTES``), a copy they hold besides (``JOINED_FACTOR``).
     What an encoder builds whatever the batch's size is not a batch's: it is a standing charge per encoder
     (``MemoryBudget.charge_standing``)."""
     if not decoded:
-        return BatchCost(PASS_THROUGH_FACTOR)
+        return BatchCost(PASS_THROUGH_FACTOR, joined_up_to, JOINED_FACTOR if joined_up_to else 0.0)
     if pooled:
         return BatchCost(max(POOLED_MINIMUM_FACTOR, POOLED_FACTOR + working))
     return BatchCost(IN_PROCESS_FACTOR + working)

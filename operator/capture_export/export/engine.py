@@ -40,7 +40,7 @@ from .batch import BatchRecipe, EncodedBatch, encode_batch
 from .budget import MemoryBudget, batch_cost_for, memory_budget
 from .checkpoint import Checkpoint, Checkpoints, reused_ids
 from .connection import ConnectionReport, run_connection_test
-from .formats import FORMATS, FormatUnavailable
+from .formats import FORMATS, ZSTD_ONE_SHOT_BYTES, FormatUnavailable
 from .layout import ObjectLayout
 from .model import (
     BatchResult,
@@ -114,7 +114,7 @@ class ExportEngine:
             self.budget.charge_standing(f"{self.recipe.format} encoders",
                                         encoders * (info.library_memory + info.fixed_working_memory))
         self._cost = batch_cost_for(decoded=self.recipe.decodes, pooled=self.pool is not None,
-                                    working=info.working_memory)
+                                    working=info.working_memory, joined_up_to=ZSTD_ONE_SHOT_BYTES)
         self.clock = clock or SystemClock()
         self.retry = retry or RetryPolicy()
         self.layout = ObjectLayout(spec.prefix, exporter.namespace, exporter.name, self.extension,
