@@ -259,7 +259,7 @@ def holds_own_id(body: bytes | memoryview) -> bool:
     holds it as a corrupt record)."""
     try:
         record = loads_record(body)
-    except (Exception, RecursionError):
+    except Exception:  # cbor2's errors, RecursionError (a RuntimeError)
         return False
     return isinstance(record, dict) and "id" in record
 
