@@ -220,7 +220,7 @@ def id_head(record_id: int, body: bytes | memoryview) -> tuple[bytes, int]:
     """What splicing ``id`` into the stored CBOR map takes: the new map head with the ``id`` pair, and the
     offset in ``body`` where the old head ends (the record is ``head + body[offset:]``)."""
     head = _SMALL_MAP_WITH_ID.get(body[0]) if body else None
-    if head is not None and 0x100 <= record_id < 0x100000000 and len(body) + 0xA0 > body[0]:  # count < len
+    if head is not None and 0x100 <= record_id < 0x100000000 and len(body) > 22:  # > any small map's count
         return head + (_PACK_U16(0x19, record_id) if record_id < 0x10000 else _PACK_U32(0x1A, record_id)), 1
     if not body:
         raise CorruptRecord(record_id, "empty")
