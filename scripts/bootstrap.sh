@@ -28,10 +28,12 @@ if [ "$extra" = test ] && [ -n "${CI:-}" ] && ! command -v "$("$python" -c 'impo
 fi
 stamp=".venv/.installed-$extra"
 native=operator/capture_export/export/_cbor_json.c
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ hatch_build.py -nt "$stamp" ] || [ "$native" -nt "$stamp" ]; then
+constraints=scripts/constraints.txt  # the versions the tests passed with (its header says why)
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ hatch_build.py -nt "$stamp" ] || [ "$native" -nt "$stamp" ] \
+        || [ "$constraints" -nt "$stamp" ]; then
     echo "installing capture-export[$extra] into .venv …"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[$extra]"
+    .venv/bin/python -m pip install -q -c "$constraints" -e ".[$extra]"
     .venv/bin/python -m pip check
     touch "$stamp"
 fi
