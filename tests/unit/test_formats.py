@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -36,6 +37,7 @@ from capture_export.export.layout import ObjectLayout
 from capture_export.seed import generate_records
 from capture_export.store.records import encode_body, with_id
 from tests.support.records import make_record
+from tests.support.trust import cbor_sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -230,14 +232,6 @@ def _read_as_aperture_says(frame: bytes, size: int) -> bytes:
     return data
 
 
-def _cbor_sequence(data: bytes) -> list[object]:
-    decoder = cbor2.CBORDecoder(io.BytesIO(data))
-    records = []
-    while decoder.fp.tell() < len(data):
-        records.append(decoder.decode())
-    return records
-
-
 def _exactly(total: int, block: bytes = bytes(range(256)) * 4096) -> list[bytes]:
     """Pieces of exactly ``total`` bytes (a megabyte each but the last)."""
     return [block[: min(len(block), total - start)] for start in range(0, total, len(block))]
@@ -267,10 +261,9 @@ def test_a_batch_up_to_the_threshold_is_one_frame_compressed_in_one_call(shape: 
     if shape == "a batch":
         # What the one call buys is not the frame of the pieces fed in runs (that frame is a little larger).
         assert zstd_frame(pieces) != _frame_piece_by_piece(pieces)
-        records = _cbor_sequence(_read_as_aperture_says(zstd_frame(pieces), size))
+        records = cbor_sequence(_read_as_aperture_says(zstd_frame(pieces), size))
         assert [record["id"] for record in records] == list(range(1, 301))
-        assert records == _cbor_sequence(b"".join(pieces))
-    assert JsonLinesEncoder("zstd").encode_records([{"a": 1}]) == _frame_in_one_call([b'{"a":1}\n'])
+        assert records == cbor_sequence(b"".join(pieces))
 
 
 @pytest.mark.parametrize("shape", ["one byte over", "a large batch"])
@@ -288,6 +281,28 @@ def test_a_batch_over_the_threshold_is_streamed_as_it_always_was(shape: str) -> 
         assert frame == expected
         assert _read_as_aperture_says(frame, size) == b"".join(pieces)
     assert zstd_frame(pieces, keep_context=False) == expected
+
+
+def test_json_lines_compressed_with_zstd_never_holds_a_second_copy_of_its_text() -> None:
+    """A JSON Lines batch's lines are fed to zstd in runs, never joined first: the encode worker keeps
+    ``BATCH_REUSE_BYTES`` of freed memory for its next batch, and a joined copy of a ``limit: 1000`` batch's text
+    (~4 MB) took its peak above that, so every batch gave its memory back and faulted it in again (2.7 minor page
+    faults per record instead of 0.02: tests/integration/test_pool_memory_reuse.py). The frame is the one the
+    lines fed one by one make."""
+    lines = [JsonLinesEncoder.line(record) for record in generate_records(1000, seed=9)]
+    text_bytes = sum(map(len, lines))
+    assert 2_000_000 < text_bytes <= ZSTD_ONE_SHOT_BYTES  # a batch the default format would join
+    encoder = JsonLinesEncoder("zstd")
+    encoder.encode_lines(lines[:10])  # zstd's contexts and tables, once
+    tracemalloc.start()
+    try:
+        payload = encoder.encode_lines(lines)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < text_bytes / 2, f"compressing {text_bytes:,} bytes of JSON held {peak:,} bytes at its peak"
+    assert payload == _frame_piece_by_piece(lines)
+    assert _read_as_aperture_says(payload, text_bytes) == b"".join(lines)
 
 
 def test_cbor_zstd_batches_encoded_at_once_on_many_threads_hold_their_own_records() -> None:

@@ -83,9 +83,9 @@ DEFAULT_BUDGET_BYTES = 256 * MiB
 # one buffer and pickled (3.2 x in this process for a moment); while it waits for a worker this process
 # holds the packed rows and their pickled message in the pool's call queue, and the worker its own copy
 # while the encoder works (3 x plus the encoder's working memory); the payload comes back. A format that
-# decodes in this process holds the rows and what its encoder builds (a zstd frame compressed in one call
-# joins what the encoder wrote: JSON Lines' working memory already holds its text joined, as uncompressed
-# JSON Lines has it; CBOR with privacy mode, the records written again and joined, within the same 2.8 x).
+# decodes in this process holds the rows and what its encoder builds (CBOR with privacy mode: the records
+# written again, joined to be compressed in one call, within the same 2.8 x; JSON Lines compressed is fed to
+# its compressor in runs, never joined: formats._compress).
 PASS_THROUGH_FACTOR = 2.0
 # The joined copy of a batch compressed in one call: as long as its records (and their ids' heads, a few
 # bytes each); zstd's output buffer is sized for the worst case but only the frame's pages are touched.

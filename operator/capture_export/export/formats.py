@@ -137,9 +137,10 @@ class BatchEncoder(Protocol):
 # smaller (another frame, as valid and as readable, content size recorded; docs/benchmarks.md, "zstd in one
 # call"). The price is the joined copy, as long as the batch's records, for the moment of the call (~0.8 x
 # of the stored bytes at the peak, measured): the memory budget charges the default format's batches up to
-# this size for it (export/budget.py, ``JOINED_FACTOR``); JSON Lines' working memory already holds its text
-# joined. 8 MiB covers ``limit: 1000`` of records up to ~8 KB (~3.4 MiB for the standard ones); a
-# ``limit: 10000`` batch (~35 MB) is streamed.
+# this size for it (export/budget.py, ``JOINED_FACTOR``). Not JSON Lines (``_compress``): there the copy took
+# an encode worker's batch above the memory it keeps for the next one (2.7 minor page faults per record instead
+# of 0.02). 8 MiB covers ``limit: 1000`` of records up to ~8 KB (~3.4 MiB for the standard ones); a ``limit:
+# 10000`` batch (~35 MB) is streamed.
 ZSTD_ONE_SHOT_BYTES = 8 << 20
 # Above it, pieces are handed to zstd in runs of about this many bytes, so that the batch never holds a
 # second copy of its records: a batch's records are thousands of small pieces, and each call into zstd is a
@@ -362,8 +363,7 @@ def to_json_line(record: Mapping[str, Any]) -> str:
 
 
 def _compress(chunks: list[bytes], compression: str, level: int | None) -> bytes:
-    """The chunks one after the other, compressed as they come (zstd: joined first up to ``ZSTD_ONE_SHOT_BYTES``;
-    "none": joined)."""
+    """The chunks one after the other, compressed as they come (never joined first, but for "none")."""
     if compression == "gzip":
         # Level 5: within 2% of the size of zlib's default 6, half again as fast. wbits 31: a gzip member.
         stream = zlib.compressobj(level or 5, zlib.DEFLATED, 31)
@@ -371,7 +371,10 @@ def _compress(chunks: list[bytes], compression: str, level: int | None) -> bytes
         out.append(stream.flush())
         return b"".join(out)
     if compression == "zstd":
-        return zstd_frame(chunks, level or 3, keep_context=False)  # JSON Lines: written by the pool's workers
+        # Streamed, never joined: JSON Lines is written by the pool's workers, each keeping BATCH_REUSE_BYTES of
+        # freed memory for its next batch, which a joined copy of the text would outgrow (``ZSTD_ONE_SHOT_BYTES``).
+        compressor = zstandard.ZstdCompressor(level=level or 3, write_content_size=True)
+        return _streamed_frame(compressor, chunks, sum(map(len, chunks)))
     return b"".join(chunks)
 
 
