@@ -34,6 +34,9 @@ WORKDIR /src
 # Metadata and the build hook first (hatchling reads README.md for the long description), then the package.
 COPY pyproject.toml README.md hatch_build.py ./
 COPY operator ./operator
+# The versions the README's test command passed with (its header says why): a dependency's new release cannot
+# change the image until the constraints are refreshed and the tests pass again.
+COPY scripts/constraints.txt /tmp/constraints.txt
 
 # Build our wheel (the native JSON Lines, Parquet and privacy mode paths compiled in), then install it and its
 # dependencies from binary wheels only, so a dependency that would need compiling fails the build instead of
@@ -42,7 +45,7 @@ COPY operator ./operator
 # The parquet extra (pyarrow) is included so that `format: parquet` works in the shipped image.
 # pip byte-compiles the installed modules here, so nothing needs writing at run time.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
- && pip install --only-binary=:all: "$(ls /wheels/*.whl)[parquet]" \
+ && pip install --only-binary=:all: -c /tmp/constraints.txt "$(ls /wheels/*.whl)[parquet]" \
  && pip check \
  && python -c "import capture_export.export._cbor_json" \
  && capture-export --help >/dev/null

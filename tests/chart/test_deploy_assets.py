@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from typing import Any
 
 import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from capture_export.api.manifests import parse_spec
 from tests.support import e2e_assets as e2e
@@ -88,6 +91,23 @@ def test_dockerignore_keeps_only_the_package() -> None:
     for sources in copied:
         for source in sources.split():
             assert f"!{source.rstrip('/')}" in lines or f"!{source.rstrip('/')}/" in lines, source
+
+
+def test_image_installs_the_versions_the_tests_passed_with() -> None:
+    """A dependency's release must not change the shipped image under the tests' feet, as moto 5.2.6 turned CI
+    red overnight: the image's pip install takes scripts/constraints.txt, which pins every package the
+    image installs (the runtime dependencies and the parquet extra)."""
+    (install,) = [line for line in _stages()[0] if "pip install" in line]
+    assert re.search(r"(?:-c|--constraint)[ =]\S*constraints\.txt", install), install
+    assert re.search(r"^COPY scripts/constraints\.txt ", "\n".join(_stages()[0]), re.MULTILINE)
+    pinned = {canonicalize_name(line.split("==")[0]) for line in
+              (REPO_ROOT / "scripts" / "constraints.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    shipped = project["dependencies"] + project["optional-dependencies"]["parquet"]
+    unpinned = sorted(name for name in (canonicalize_name(Requirement(spec).name) for spec in shipped)
+                      if name not in pinned)
+    assert not unpinned, f"not in scripts/constraints.txt (run scripts/freeze-constraints.sh): {unpinned}"
 
 
 # --------------------------------------------------------------------------------------------------
