@@ -101,38 +101,23 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
         yield server
 
 
-class FreshBuckets:
-    """Fresh, empty buckets. Ready means: created, and one object written and deleted again, so that the
-    bucket has its volume (SeaweedFS gives a bucket its volume at the first write of data, ~0.2 s of waiting
-    that a test's first upload would otherwise pay) and is as empty as a new one.
-
-    One at a time, never in parallel: SeaweedFS 4.48's master can hang for good when it grows volumes for
-    several new collections at once. In a full run at 2026-12-05 01:24 UTC three buckets made ready together
-    asked for three volumes within 2 ms, one was created, and from then on every volume assignment and bucket
-    creation on that server timed out (weed.log: "assign volume: ... DeadlineExceeded") until the run ended:
-    three tests failed. Made ready in parallel, 8 buckets took 0.3 s; one after another 1.75 s."""
-
-    def __init__(self, server: LocalS3) -> None:
-        self.server = server
-
-    def take(self) -> str:
-        name = f"test-bucket-{next(_bucket_numbers)}"
-        self.server.create_bucket(name)
-        client = self.server.client()
-        client.put_object(Bucket=name, Key="warm-up", Body=b"0")  # empty objects need no volume
-        client.delete_object(Bucket=name, Key="warm-up")
-        return name
-
-
-@pytest.fixture(scope="session")
-def fresh_buckets(s3_server: LocalS3) -> FreshBuckets:
-    return FreshBuckets(s3_server)
-
-
 @pytest.fixture
-def bucket(fresh_buckets: FreshBuckets) -> str:
-    """A fresh, empty bucket for each test."""
-    return fresh_buckets.take()
+def bucket(s3_server: LocalS3) -> str:
+    """A fresh, empty bucket for each test: created, and one object written and deleted again, so that it has
+    its volume (SeaweedFS gives a bucket its volume at the first write of data, ~0.2 s of waiting that the
+    test's first upload would otherwise pay) and is as empty as a new one.
+
+    One at a time, never several in parallel: SeaweedFS 4.48's master can hang for good when it grows volumes
+    for several new collections at once. In a full run at 2026-12-05 01:24 UTC three buckets made ready
+    together asked for three volumes within 2 ms, one was created, and from then on every volume assignment and
+    bucket creation on that server timed out (weed.log: "assign volume: ... DeadlineExceeded") until the run
+    ended: three tests failed. Made ready in parallel, 8 buckets took 0.3 s; one after another 1.75 s."""
+    name = f"test-bucket-{next(_bucket_numbers)}"
+    s3_server.create_bucket(name)
+    client = s3_server.client()
+    client.put_object(Bucket=name, Key="warm-up", Body=b"0")  # empty objects need no volume
+    client.delete_object(Bucket=name, Key="warm-up")
+    return name
 
 
 @pytest.fixture
