@@ -285,7 +285,7 @@ def test_a_batch_let_go_while_a_worker_dies_leaves_no_other_batch_waiting(seeded
         outcomes: list[str] = []
 
         def wait_for_every_batch() -> None:
-            for finish, _ in batches:
+            for finish, _, _ in batches:
                 try:
                     finish()
                     outcomes.append("encoded")

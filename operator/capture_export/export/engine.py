@@ -7,10 +7,10 @@ Hold`` the batch ends before it and the run fails naming it (the records before 
 with ``Quarantine`` it is moved into the store's quarantine before the batch is committed, and the
 batch goes on without it.
 
-The next batches are read and encoded ahead (export/pipeline.py: on helper
-threads, or by the process's encode pool for the formats that decode) while the current one uploads, but
-batches are committed strictly in order, and nothing advances the cursor before both objects are in the
-bucket. What happens to a batch's rows before upload is export/batch.py.
+The next batches are read and encoded ahead (export/pipeline.py: on helper threads, or by the process's
+encode pool for the formats that decode) while two data objects upload at once (export/uploads.py: why
+that keeps exactly once). Batches are committed strictly in order, and nothing advances the cursor before
+both objects are in the bucket. What happens to a batch's rows before upload is export/batch.py.
 
 Before it writes, a run proves it may: the cycle claims the destination (export/ownership.py) and the
 engine calls ``hold`` before each batch (a lease renewal at most every ttl/3). Data objects carry
@@ -54,10 +54,11 @@ from .model import (
     unexpected_failure,
 )
 from .ownership import writer_instance
-from .pipeline import POOL_MIN_ROWS, PreparePipeline, SynchronousPipeline
+from .pipeline import POOL_MIN_ROWS, PreparePipeline, SynchronousPipeline, Taken
 from .pool import EncodePool, encode_pool
 from .provenance import object_metadata
 from .sweep import BucketSweep
+from .uploads import Upload, Uploads
 
 __all__ = ["POOL_MIN_ROWS", "ExportEngine", "SynchronousPipeline", "encode_batch"]
 
@@ -282,22 +283,7 @@ class ExportEngine:
 
         pipeline = _PreparePipeline(self, cursor, keep_going)
         try:
-            for batch in pipeline:
-                done = self._commit(batch, result.cursor)
-                result.cursor = done.cursor
-                result.rows += done.rows
-                result.bytes += done.bytes
-                result.raw_bytes += done.raw_bytes
-                result.filtered += done.filtered
-                result.quarantined.extend(done.quarantined)
-                if done.key is not None:
-                    result.objects += 1
-                    result.last_key = done.key
-                result.outcome = ExportOutcome.SUCCEEDED
-                if on_batch is not None:
-                    on_batch(done)
-                if batch.held is not None:
-                    raise batch.held  # the records before the corrupt one are committed; it is not
+            self._upload_and_commit(pipeline, result, on_batch)
             if pipeline.interrupted and should_stop():
                 result.outcome = ExportOutcome.STOPPED
         except ExportFailure as failure:
@@ -318,6 +304,72 @@ class ExportEngine:
             result.backlog = None
         result.end = self.clock.now()
         return result
+
+    def _upload_and_commit(self, pipeline: PreparePipeline | SynchronousPipeline, result: RunResult,
+                           on_batch: Callable[[BatchResult], None] | None) -> None:
+        """Take the pipeline's batches in id order, upload their data objects two at a time
+        (export/uploads.py) and commit each, in order, once its object is in the bucket."""
+        # Objects of earlier runs (killed, failed, an earlier epoch) may lie at or below this mark.
+        swept_through = result.cursor.high_water
+        # What the last checkpoint this run wrote claims; nothing before it (see Uploads.may_start).
+        claimed_through = result.cursor.position
+        uploads = Uploads(self._upload, pipeline.wake)
+        waiting: Taken | None = None  # taken from the pipeline, not uploading yet
+        held = False  # a batch that stops before a corrupt record was taken: take nothing after it
+        # A batch that could not be prepared (unencodable, the pool died): the run fails with it once the
+        # batches before it, already uploading, are committed.
+        unprepared: Exception | None = None
+        try:
+            while True:
+                pipeline.wake.clear()
+                if waiting is None and not held and unprepared is None:
+                    try:
+                        waiting = pipeline.take()
+                    except Exception as exc:
+                        unprepared = exc
+                if waiting is not None and uploads.may_start(waiting.batch, claimed_through):
+                    self.hold()
+                    uploads.start(waiting)
+                    held = waiting.batch.held is not None
+                    waiting = None
+                    continue
+                no_more = held or unprepared is not None or pipeline.finished
+                if uploads.oldest_done() or (uploads and (waiting is not None or no_more)):
+                    upload = uploads.finish_oldest()
+                    try:
+                        done = self._commit(upload, result.cursor, claim=pipeline.read_through,
+                                            swept_through=swept_through)
+                        claimed_through = done.cursor.high_water
+                        self._add(result, done)
+                        if on_batch is not None:
+                            on_batch(done)
+                    finally:
+                        upload.taken.release()
+                    if upload.batch.held is not None:
+                        raise upload.batch.held  # the records before the corrupt one are committed; it is not
+                    continue
+                if no_more and not uploads and waiting is None:
+                    if unprepared is not None:
+                        raise unprepared
+                    return
+                pipeline.wake.wait(0.5)  # for an upload to end or the next batch to be handed over
+        finally:
+            if waiting is not None:
+                waiting.release()
+            uploads.close()
+
+    @staticmethod
+    def _add(result: RunResult, done: BatchResult) -> None:
+        result.cursor = done.cursor
+        result.rows += done.rows
+        result.bytes += done.bytes
+        result.raw_bytes += done.raw_bytes
+        result.filtered += done.filtered
+        result.quarantined.extend(done.quarantined)
+        if done.key is not None:
+            result.objects += 1
+            result.last_key = done.key
+        result.outcome = ExportOutcome.SUCCEEDED
 
     def _read(self, after: int, limit: int | None = None) -> list[StoredRecord]:
         try:
@@ -411,18 +463,23 @@ class ExportEngine:
         except StoreError as exc:
             raise ExportFailure(Reason.STORE_UNAVAILABLE, str(exc), domain=Domain.STORE, transient=True) from None
 
-    def _commit(self, batch: PreparedBatch, cursor: Cursor) -> BatchResult:
-        t0, cpu0 = time.perf_counter(), time.thread_time()
+    def _upload(self, batch: PreparedBatch) -> None:
+        """PUT a batch's data object (on an upload thread, export/uploads.py)."""
         key, payload = batch.key, batch.payload
-        self.hold()
         if key is not None and payload is not None:
             self._call(lambda: self.objects.put(key, payload, content_type=self.content_type,
                                                 metadata=self._metadata))
+
+    def _commit(self, upload: Upload, cursor: Cursor, *, claim: int, swept_through: int) -> BatchResult:
+        """Commit a batch whose data object is in the bucket: sweep its range if objects of an earlier run
+        may lie there, then checkpoint it, claiming every id up to ``claim`` (see export/uploads.py)."""
+        batch, cpu0 = upload.batch, time.thread_time()
+        key, payload = batch.key, batch.payload
         # Also for a batch the filter emptied: an object an earlier attempt (another filter, another
         # epoch) left in its range must go, or its records would be exported twice.
-        if self._sweep_pending or batch.first_id <= cursor.high_water:
-            self.sweep.sweep_overlapping(batch, cursor.high_water)
-        new_cursor = Cursor(cursor.epoch, batch.last_id, max(cursor.high_water, batch.last_id))
+        if self._sweep_pending or batch.first_id <= swept_through:
+            self.sweep.sweep_overlapping(batch, swept_through)
+        new_cursor = Cursor(cursor.epoch, batch.last_id, max(cursor.high_water, batch.last_id, claim))
         self.checkpoints.write(new_cursor, key, cursor_timestamp_us=batch.last_timestamp_us)
         self._sweep_pending = False
         return BatchResult(
@@ -435,12 +492,12 @@ class ExportEngine:
             cursor=new_cursor,
             read_seconds=batch.read_seconds,
             encode_seconds=batch.encode_seconds,
-            upload_seconds=time.perf_counter() - t0,
+            upload_seconds=time.perf_counter() - upload.started,
             filtered=batch.filtered,
             quarantined=tuple(batch.quarantined),
             read_cpu_seconds=batch.read_cpu_seconds,
             encode_cpu_seconds=batch.encode_cpu_seconds,
-            commit_cpu_seconds=time.thread_time() - cpu0,
+            commit_cpu_seconds=time.thread_time() - cpu0 + upload.cpu_seconds,
         )
 
     def _skip_batch(self, after: int, last: int, timestamp_us: int) -> PreparedBatch:

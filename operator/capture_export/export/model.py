@@ -6,6 +6,7 @@ without importing the engine."""
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -46,7 +47,8 @@ class ExporterId:
 class Cursor:
     """Export progress. ``position`` is the highest committed record id; ``epoch`` counts resets (a reset
     starts again from 0, so a newer epoch wins over a higher position); ``high_water`` is the highest id
-    ever exported, below which objects from an earlier epoch or a killed run may exist."""
+    this exporter may have written to the bucket (exported, or read for a batch whose upload may have
+    started), below which objects from an earlier epoch or a killed run may exist."""
 
     epoch: int = 0
     position: int = 0
@@ -103,17 +105,19 @@ class RetryPolicy:
 
 class Requests:
     """Object-store requests, each retried with backoff while its failure is transient; ``count`` counts
-    every attempt (a run reports how many it made)."""
+    every attempt (a run reports how many it made). Safe to call from several threads (two uploads at once)."""
 
     def __init__(self, clock: Clock, retry: RetryPolicy) -> None:
         self.clock = clock
         self.retry = retry
         self.count = 0
+        self._counting = threading.Lock()
 
     def __call__(self, operation: Callable[[], T]) -> T:
         attempt = 0
         while True:
-            self.count += 1
+            with self._counting:
+                self.count += 1
             try:
                 return operation()
             except ObjectStoreError as exc:
@@ -162,7 +166,7 @@ class BatchResult:
     filtered: int = 0
     read_cpu_seconds: float = 0.0
     encode_cpu_seconds: float = 0.0
-    commit_cpu_seconds: float = 0.0  # the upload, the sweep and the checkpoint, on the run's own thread
+    commit_cpu_seconds: float = 0.0  # the upload (on its thread), the sweep and the checkpoint
     quarantined: tuple[tuple[int, str], ...] = ()  # (id, reason) of records moved to the quarantine
 
     @property

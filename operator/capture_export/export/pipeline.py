@@ -3,12 +3,15 @@
 A reader thread plans the batches in id order (``plan_batches``) and reads each one's rows; each batch is
 then encoded on a thread of the run (the default pass-through path, and small batches: ``encode_threads``)
 or by a worker of the process's encode pool (export/pool.py: the formats that decode); the run's own thread
-takes the prepared batches strictly in id order and commits them (ExportEngine._commit).
+takes the prepared batches strictly in id order, uploads them (two at a time) and commits them
+(ExportEngine.run). ``read_through`` is the highest record id read for a batch so far: the checkpoint
+claims it, so that every batch whose upload may start before the next checkpoint lies within the claim.
 
 Memory is bounded twice. Per run, at most ``MAX_IN_FLIGHT`` batches are between "about to be read" and
 "committed", whatever the pool size. Per process, each batch reserves its estimated size from the memory
-budget (export/budget.py) before its rows are read and releases it once committed or dropped, so that
-many exporters catching up at once wait for each other instead of running the pod out of memory.
+budget (export/budget.py) before its rows are read and releases it once committed or dropped (the caller
+calls the ``release`` it was handed with the batch), so that many exporters catching up at once wait for
+each other instead of running the pod out of memory.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ from .pool import BrokenPool
 if TYPE_CHECKING:
     from .engine import ExportEngine
 
-__all__ = ["MAX_IN_FLIGHT", "POOL_MIN_ROWS", "MemoryKept", "PreparePipeline", "SynchronousPipeline", "encode_here",
-           "encode_threads", "export_failure", "memory_kept_after_batch", "plan_batches", "start_encode"]
+__all__ = ["MAX_IN_FLIGHT", "POOL_MIN_ROWS", "MemoryKept", "PreparePipeline", "SynchronousPipeline", "Taken",
+           "encode_here", "encode_threads", "export_failure", "memory_kept_after_batch", "plan_batches",
+           "start_encode"]
 
-# Batches of one run read (or about to be) and not yet committed: one uploading, up to two encoding, one
-# being read. A larger pool serves more exporters at once, not more batches of one.
+# Batches of one run read (or about to be) and not yet committed: two uploading, one waiting to upload,
+# up to two encoding or being read (with fewer, the encoder waits for the reader between batches). A larger
+# pool serves more exporters at once, not more batches of one.
 MAX_IN_FLIGHT = 4
 
 
@@ -159,9 +164,11 @@ def memory_kept_after_batch(recipe: BatchRecipe, *, stored_bytes: int, budget_cu
 
 def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: float, read_cpu_seconds: float,
                  threads: Executor, on_encoded: Callable[[int], None] = lambda size: None, *,
-                 budget_cut: bool = False) -> tuple[Callable[[], PreparedBatch], Callable[[], object]]:
+                 budget_cut: bool = False, on_done: Callable[[], object] = lambda: None,
+                 ) -> tuple[Callable[[], PreparedBatch], Callable[[], object], Callable[[], bool]]:
     """Start encoding a batch (in the pool, or on one of ``threads``): a function that waits for it and
-    returns the prepared batch, and one that cancels it. ``on_encoded`` is told the payload's size as soon
+    returns the prepared batch, one that cancels it, and one that tells whether it is done (then
+    ``on_done`` is called). ``on_encoded`` is told the payload's size as soon
     as it is ready; ``budget_cut``: the reader read fewer than ``limit`` records for this batch because the
     memory budget had no room for more (``ExportEngine.batch_limit``). Only the batch's bounds are kept here,
     so that its rows are let go as soon as the encoder has them."""
@@ -198,6 +205,7 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
             payload = done.result().payload
             on_encoded(len(payload) if payload is not None else 0)
         release_freed_memory(keep=BATCH_REUSE_BYTES)  # the rows and the encoder's working memory, freed now
+        on_done()
 
     future.add_done_callback(encoded)
 
@@ -212,18 +220,32 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
                                 transient=True) from None
         return engine._prepared(first, encoded, read_seconds, read_cpu_seconds)
 
-    return finish, cancel
+    return finish, cancel, future.done
 
 
 def _keep_encoding() -> None:
     """What letting go of a batch in the pool does: nothing (see ``start_encode``)."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class Taken:
+    """A prepared batch, handed over in id order, and what gives its memory and its slot back once it is
+    committed (or dropped): the caller calls ``release`` (once; later calls do nothing)."""
+
+    batch: PreparedBatch
+    release: Callable[[], None]
+
+
+def _nothing_to_release() -> None:
+    """What a batch prepared on the caller's thread holds: nothing (see SynchronousPipeline)."""
+
+
+@dataclass(eq=False)
 class _InFlight:
     finish: Callable[[], PreparedBatch]  # waits for the encoding and returns the batch
     reservation: Reservation | None
     cancel: Callable[[], object] = lambda: None
+    ready: Callable[[], bool] = lambda: True  # whether the encoding is done (``finish`` would not wait)
 
 
 class PreparePipeline:
@@ -240,7 +262,12 @@ class PreparePipeline:
         self._admitted: Reservation | None = None  # the reader's reservation for the batch it reads now
         self._admitted_cut = False  # whether the budget had room for fewer than ``limit`` records for it
         self._threads = ThreadPoolExecutor(max_workers=encode_threads(), thread_name_prefix="export-encode")
-        self._batches: Iterator[PreparedBatch] | None = None
+        self._taken: list[_InFlight] = []  # handed over, not yet released
+        self._taken_one = False
+        self._next: _InFlight | BaseException | None = None  # handed over by the reader, still encoding
+        self.finished = False  # no batch left to take: the end, a failure, or the run stopped
+        self.read_through = cursor.position  # written by the reader thread only
+        self.wake = threading.Event()  # set whenever the reader hands a batch (or the end) over
         self._reader = threading.Thread(target=self._read_loop, args=(cursor,), name="export-read", daemon=True)
         self._reader.start()
 
@@ -284,49 +311,69 @@ class PreparePipeline:
                 else:
                     if reservation is not None:
                         reservation.resize(self.engine.batch_cost(item))
+                    self.read_through = item[-1].id
                     # Once encoded, the batch holds only its payload until it is committed.
                     on_encoded = reservation.resize if reservation is not None else (lambda size: None)
-                    finish, cancel = start_encode(self.engine, item, time.perf_counter() - started,
-                                                  time.thread_time() - cpu_started, self._threads, on_encoded,
-                                                  budget_cut=budget_cut)
-                    in_flight = _InFlight(finish, reservation, cancel)
+                    finish, cancel, ready = start_encode(
+                        self.engine, item, time.perf_counter() - started, time.thread_time() - cpu_started,
+                        self._threads, on_encoded, budget_cut=budget_cut, on_done=self.wake.set)
+                    in_flight = _InFlight(finish, reservation, cancel, ready)
                 del item
                 # A pooled batch's rows are packed and gone: ten thousand freed blocks that malloc would keep
                 # in its arenas (measured: 213 MiB held with eight exporters) until the next commit trims,
                 # beyond what the next batch reuses.
                 release_freed_memory(keep=BATCH_REUSE_BYTES)
                 self._queue.put(in_flight)
+                self.wake.set()
                 started, cpu_started = time.perf_counter(), time.thread_time()
             self._queue.put(None)
         except BaseException as exc:  # handed to the consumer, which raises it
             self._queue.put(exc)
         finally:
+            self.wake.set()
             if self._admitted is not None:  # admitted, then nothing (more) to read
                 self._admitted.release()
                 self._admitted = None
                 self._slots.release()
 
-    def __iter__(self) -> Iterator[PreparedBatch]:
-        self._batches = self._take()
-        return self._batches
-
-    def _take(self) -> Iterator[PreparedBatch]:
-        first = True
-        while True:
-            # At least one batch per run, so that a short time budget still makes progress.
-            if not first and not self.keep_going():
-                self.interrupted = True
-                return
-            first = False
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
+    def take(self) -> Taken | None:
+        """The next batch in id order if it is read and encoded, else None at once: never waits for a
+        batch to be read (which may wait for memory that only the caller's commits give back) or encoded
+        (while the caller could commit an uploaded batch); ``wake`` is set when either is done.
+        ``finished`` turns true at the end, or once the run is stopped or out of time (after at least one
+        batch, so that a short time budget still makes progress)."""
+        if self.finished:
+            return None
+        if self._taken_one and not self.keep_going():
+            self.interrupted = self.finished = True
+            return None
+        if self._next is None:
             try:
-                yield item.finish()
-            finally:  # committed (the caller asked for the next one), failed, or dropped
-                self._done(item)
+                self._next = self._queue.get_nowait()
+            except queue.Empty:
+                return None
+        item, self._next = self._next, None
+        if isinstance(item, _InFlight) and not item.ready():
+            self._next = item
+            return None
+        if item is None or isinstance(item, BaseException):
+            self.finished = True
+            if item is not None:
+                raise item
+            return None
+        self._taken_one = True
+        try:
+            batch = item.finish()
+        except BaseException:
+            self._done(item)
+            raise
+        self._taken.append(item)
+        return Taken(batch, lambda item=item: self._release(item))  # type: ignore[misc]
+
+    def _release(self, item: _InFlight) -> None:
+        if item in self._taken:
+            self._taken.remove(item)
+            self._done(item)
 
     def _done(self, item: _InFlight) -> None:
         if item.reservation is not None:
@@ -336,8 +383,13 @@ class PreparePipeline:
 
     def close(self) -> None:
         self._stop.set()
-        if self._batches is not None:
-            self._batches.close()  # type: ignore[attr-defined]
+        self.finished = True
+        if isinstance(self._next, _InFlight):
+            self._next.cancel()
+            self._done(self._next)
+        self._next = None
+        for taken in list(self._taken):  # handed over and never released: the run failed or stopped
+            self._release(taken)
         # Batches read ahead but never taken: let their encoding go and give their memory back. The reader
         # may be waiting for a slot or for memory; it sees the stop within its polling interval.
         while self._reader.is_alive() or not self._queue.empty():
@@ -360,13 +412,29 @@ class SynchronousPipeline:
                  max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.engine, self.cursor, self.keep_going, self.interrupted = engine, cursor, keep_going, False
         self._stop = threading.Event()
+        self.read_through = cursor.position
+        self.finished = False
+        self.wake = threading.Event()  # never waited on for a batch: ``take`` prepares it there and then
+        self._planned: Iterator[list[StoredRecord] | PreparedBatch] | None = None
 
-    def __iter__(self) -> Iterator[PreparedBatch]:
-        for index, item in enumerate(plan_batches(self.engine, self.cursor, self._stop)):
-            if index and not self.keep_going():
-                self.interrupted = True
-                return
-            yield item if isinstance(item, PreparedBatch) else encode_here(self.engine, item, 0.0)
+    def take(self) -> Taken | None:
+        """The next batch, prepared now; None once finished (see PreparePipeline.take)."""
+        if self.finished:
+            return None
+        if self._planned is None:
+            self._planned = plan_batches(self.engine, self.cursor, self._stop)
+        elif not self.keep_going():
+            self.interrupted = self.finished = True
+            return None
+        item = next(self._planned, None)
+        if item is None:
+            self.finished = True
+            return None
+        if not isinstance(item, PreparedBatch):
+            self.read_through = item[-1].id
+            item = encode_here(self.engine, item, 0.0)
+        return Taken(item, _nothing_to_release)
 
     def close(self) -> None:
         self._stop.set()
+        self.finished = True
