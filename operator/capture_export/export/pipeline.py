@@ -40,9 +40,9 @@ __all__ = ["MAX_IN_FLIGHT", "POOL_MIN_ROWS", "MemoryKept", "PreparePipeline", "S
            "encode_here", "encode_threads", "export_failure", "memory_kept_after_batch", "plan_batches",
            "start_encode"]
 
-# Batches of one run read (or about to be) and not yet committed: two uploading, one waiting to upload,
-# up to two encoding or being read (with fewer, the encoder waits for the reader between batches). A larger
-# pool serves more exporters at once, not more batches of one.
+# Batches of one run read (or about to be) and not yet committed: up to two uploading, the others read,
+# encoding or waiting to upload. A fifth took a dozen exporters catching up past their memory allowance
+# (docs/benchmarks.md). A larger pool serves more exporters at once, not more batches of one.
 MAX_IN_FLIGHT = 4
 
 
