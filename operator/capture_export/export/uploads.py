@@ -27,7 +27,8 @@ from .pipeline import Taken
 
 __all__ = ["UPLOADS_AT_ONCE", "Upload", "Uploads"]
 
-# More than two would only hold more batches in memory: two already keep the S3 server busy.
+# A third at once gained nothing beyond the dev box's noise (docs/benchmarks.md) and would hold one more
+# batch in memory.
 UPLOADS_AT_ONCE = 2
 
 
