@@ -313,7 +313,7 @@ class ExportEngine:
         swept_through = result.cursor.high_water
         # What the last checkpoint this run wrote claims; nothing before it (see Uploads.may_start).
         claimed_through = result.cursor.position
-        uploads = Uploads(self._upload, pipeline.wake)
+        uploads = Uploads(self._upload, pipeline.wake, crowded=lambda: self.budget.contended)
         waiting: Taken | None = None  # taken from the pipeline, not uploading yet
         held = False  # a batch that stops before a corrupt record was taken: take nothing after it
         # A batch that could not be prepared (unencodable, the pool died): the run fails with it once the
