@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -13,6 +14,7 @@ from capture_export.api import S3ExporterSpec
 from capture_export.audit import decode_object, verify_export
 from capture_export.export import Cursor, ExportEngine, ExporterId, pipeline
 from capture_export.export.batch import encode_rows
+from capture_export.export.model import PreparedBatch
 from capture_export.export.provenance import object_metadata
 from capture_export.objectstore import MemoryObjectStore, ObjectStoreError
 from capture_export.store import SQLiteStore
@@ -239,3 +241,49 @@ def test_the_next_batch_uploads_while_the_last_one_is_still_uploading(sqlite_sto
     assert [r["id"] for key in keys for r in decode_object(objects.objects[key], key)] == list(range(1, 61))
     assert objects.most_at_once == 2
     assert verify_export(sqlite_store, objects, "p").ok
+
+
+def batches_held_before(key: str) -> list[str | None]:
+    """The batches this process still holds that ended before the one just before the batch of data object
+    ``key`` (their keys only: a list of the batches themselves would hold them too)."""
+    gc.collect()
+    held = [o for o in gc.get_objects() if isinstance(o, PreparedBatch)]
+    first_id = next(batch.first_id for batch in held if batch.key == key)
+    return [batch.key for batch in held if batch.last_id < first_id - 1]
+
+
+class UploadsThatLookBack(MemoryObjectStore):
+    """A bucket whose data PUTs each note, as they begin, the batches the exporting process still holds that
+    ended before the previous batch (committed by then: at most two upload at once), then wait (up to
+    ``patience`` seconds) for the next data PUT to begin, so that the run cannot move on meanwhile."""
+
+    def __init__(self, patience: float = 1.0) -> None:
+        super().__init__()
+        self.patience = patience
+        self.begun = 0
+        self.changed = threading.Condition()
+        self.kept_alive: list[str | None] = []
+
+    def put(self, key: str, data: bytes, **kwargs: Any) -> None:
+        if "_capture-export" not in key:
+            with self.changed:  # one at a time: one's list of what is held holds it for the other
+                self.kept_alive += batches_held_before(key)
+                self.begun += 1
+                me = self.begun
+                self.changed.notify_all()
+                self.changed.wait_for(lambda: self.begun > me, timeout=self.patience)
+        super().put(key, data, **kwargs)
+
+
+@pytest.mark.parametrize("fmt", ["cbor-zstd", "jsonl", "parquet"])
+def test_a_committed_batch_is_let_go_while_the_next_ones_upload(sqlite_store: SQLiteStore, fmt: str) -> None:
+    """A committed batch gives its memory back to the budget, so the process must let go of its payload too:
+    a dozen JSON Lines exporters each holding their last committed payload while the next two uploaded took
+    the pod 2-5 MiB past its memory allowance (tests/integration/test_json_lines_backlog_memory.py)."""
+    sqlite_store.append(make_record(i) for i in range(60))
+    objects = UploadsThatLookBack()
+    spec = S3ExporterSpec(bucket="bkt", region="us-east-1", prefix="p", limit=10, format=fmt)
+    result = ExportEngine(spec, EXPORTER, sqlite_store, objects, clock=InstantClock(), retry=NO_WAIT).run(Cursor())
+    assert (result.outcome, result.rows, result.objects) == ("Succeeded", 60, 6)
+    assert objects.begun == 6
+    assert objects.kept_alive == []

@@ -313,7 +313,7 @@ class ExportEngine:
         swept_through = result.cursor.high_water
         # What the last checkpoint this run wrote claims; nothing before it (see Uploads.may_start).
         claimed_through = result.cursor.position
-        uploads = Uploads(self._upload, pipeline.wake, crowded=lambda: self.budget.contended)
+        uploads = Uploads(self._upload, pipeline.wake)
         waiting: Taken | None = None  # taken from the pipeline, not uploading yet
         held = False  # a batch that stops before a corrupt record was taken: take nothing after it
         # A batch that could not be prepared (unencodable, the pool died): the run fails with it once the
@@ -335,18 +335,8 @@ class ExportEngine:
                     continue
                 no_more = held or unprepared is not None or pipeline.finished
                 if uploads.oldest_done() or (uploads and (waiting is not None or no_more)):
-                    upload = uploads.finish_oldest()
-                    try:
-                        done = self._commit(upload, result.cursor, claim=pipeline.read_through,
-                                            swept_through=swept_through)
-                        claimed_through = done.cursor.high_water
-                        self._add(result, done)
-                        if on_batch is not None:
-                            on_batch(done)
-                    finally:
-                        upload.taken.release()
-                    if upload.batch.held is not None:
-                        raise upload.batch.held  # the records before the corrupt one are committed; it is not
+                    claimed_through = self._commit_oldest(uploads, pipeline, result, on_batch,
+                                                          swept_through=swept_through)
                     continue
                 if no_more and not uploads and waiting is None:
                     if unprepared is not None:
@@ -357,6 +347,24 @@ class ExportEngine:
             if waiting is not None:
                 waiting.release()
             uploads.close()
+
+    def _commit_oldest(self, uploads: Uploads, pipeline: PreparePipeline | SynchronousPipeline, result: RunResult,
+                       on_batch: Callable[[BatchResult], None] | None, *, swept_through: int) -> int:
+        """Commit the oldest upload once its object is in the bucket (see ``_commit``), claiming every id the
+        pipeline has read by then, and return the high-water mark its checkpoint claims. Its batch is let go
+        on return, as its memory is given back to the budget: held until the next commit, a dozen exporters'
+        last payloads took the pod past its memory allowance (tests/integration/test_json_lines_backlog_memory.py)."""
+        upload = uploads.finish_oldest()
+        try:
+            done = self._commit(upload, result.cursor, claim=pipeline.read_through, swept_through=swept_through)
+            self._add(result, done)
+            if on_batch is not None:
+                on_batch(done)
+        finally:
+            upload.taken.release()
+        if upload.batch.held is not None:
+            raise upload.batch.held  # the records before the corrupt one are committed; it is not
+        return done.cursor.high_water
 
     @staticmethod
     def _add(result: RunResult, done: BatchResult) -> None:

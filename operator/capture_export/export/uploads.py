@@ -50,15 +50,11 @@ class Upload:
 class Uploads:
     """One run's uploads under way, oldest first. ``put`` writes a batch's data object (on an upload
     thread); ``wake`` is set whenever one ends, so that the run waits for whichever comes first, an
-    upload ending or the next batch being prepared. While ``crowded`` (many exporters catching up at once
-    wait for memory), one at a time: a second payload held per exporter took a dozen of them past their
-    memory allowance (tests/integration/test_json_lines_backlog_memory.py)."""
+    upload ending or the next batch being prepared."""
 
-    def __init__(self, put: Callable[[PreparedBatch], None], wake: threading.Event,
-                 crowded: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, put: Callable[[PreparedBatch], None], wake: threading.Event) -> None:
         self._put = put
         self._wake = wake
-        self._crowded = crowded
         self._under_way: deque[Upload] = deque()
         self._threads: ThreadPoolExecutor | None = None  # made with the first object to upload
 
@@ -68,7 +64,7 @@ class Uploads:
     def may_start(self, batch: PreparedBatch, claimed_through: int) -> bool:
         """Whether ``batch`` (the next one in id order) may start uploading, given the high-water mark of
         the last checkpoint written: see the module's docstring."""
-        if len(self._under_way) >= UPLOADS_AT_ONCE or (self._under_way and self._crowded()):
+        if len(self._under_way) >= UPLOADS_AT_ONCE:
             return False
         return not self._under_way or batch.payload is None or batch.last_id <= claimed_through
 
