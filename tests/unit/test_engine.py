@@ -6,6 +6,7 @@ import gc
 import json
 import threading
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -104,9 +105,11 @@ def test_recover_never_resumes_past_the_checkpoint(sqlite_store: SQLiteStore) ->
     assert fresh.recover(Cursor(0, 0)).position == 10  # state file lost: the checkpoint wins
     # A saved state ahead of the checkpoint (edited; the checkpoint is written first) would skip 11..20:
     # the checkpoint wins, and the re-export sweeps up to the saved position.
+    # (The high-water mark may be higher still: the first checkpoint claims every id read ahead for the
+    # batches after it, export/uploads.py.)
     for saved in (Cursor(0, 20), Cursor(2, 20)):
         recovered = fresh.recover(saved)
-        assert (recovered.epoch, recovered.position, recovered.high_water) == (0, 10, 20)
+        assert (recovered.epoch, recovered.position) == (0, 10) and recovered.high_water >= 20
     result = fresh.run(fresh.recover(Cursor(0, 20)))
     assert result.cursor.position == 30
     assert verify_export(sqlite_store, objects, "p").ok
@@ -244,10 +247,12 @@ def test_the_next_batch_uploads_while_the_last_one_is_still_uploading(sqlite_sto
 
 
 def batches_held_before(key: str) -> list[str | None]:
-    """The batches this process still holds that ended before the one just before the batch of data object
-    ``key`` (their keys only: a list of the batches themselves would hold them too)."""
+    """The batches of ``key``'s exporter (its prefix) this process still holds that ended before the one just
+    before the batch of data object ``key`` (their keys only: a list of the batches themselves would hold them
+    too). Other tests' batches are left out: a full run leaves some alive in its processes."""
     gc.collect()
-    held = [o for o in gc.get_objects() if isinstance(o, PreparedBatch)]
+    prefix = key.split("/", 1)[0] + "/"
+    held = [o for o in gc.get_objects() if isinstance(o, PreparedBatch) and (o.key or "").startswith(prefix)]
     first_id = next(batch.first_id for batch in held if batch.key == key)
     return [batch.key for batch in held if batch.last_id < first_id - 1]
 
@@ -282,7 +287,8 @@ def test_a_committed_batch_is_let_go_while_the_next_ones_upload(sqlite_store: SQ
     the pod 2-5 MiB past its memory allowance (tests/integration/test_json_lines_backlog_memory.py)."""
     sqlite_store.append(make_record(i) for i in range(60))
     objects = UploadsThatLookBack()
-    spec = S3ExporterSpec(bucket="bkt", region="us-east-1", prefix="p", limit=10, format=fmt)
+    spec = S3ExporterSpec(bucket="bkt", region="us-east-1", prefix=f"let-go-{uuid.uuid4().hex}", limit=10,
+                         format=fmt)
     result = ExportEngine(spec, EXPORTER, sqlite_store, objects, clock=InstantClock(), retry=NO_WAIT).run(Cursor())
     assert (result.outcome, result.rows, result.objects) == ("Succeeded", 60, 6)
     assert objects.begun == 6
