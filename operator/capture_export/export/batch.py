@@ -1,7 +1,8 @@
 """One batch's rows to one object's payload: the per-row checks, the filter and rewrites, the encoding.
 
 ``encode_rows(recipe, rows)`` is a pure function of the batch, run in the exporting process for the
-default pass-through path and in a worker of the encode pool (export/pool.py) for everything that decodes.
+default pass-through path (and uncompressed JSON Lines of sealed rows: ``BatchRecipe.transcodes_natively``)
+and in a worker of the encode pool (export/pool.py) for everything that decodes.
 It is the one place a row is checked before it leaves (``check_rows``): a row whose seal is valid under
 the store's key (store/seal.py) was written by our own append and goes out as stored; every other row is
 *foreign* and gets the full check (structure, the known fields' types, ``ts_us`` against the body's
@@ -158,6 +159,15 @@ class BatchRecipe:
         """Whether records are decoded (a format that is not CBOR, privacy mode or redactions): the work
         worth sending to another process. The default, and a filter alone on CBOR, are not."""
         return FORMATS[self.format].decoded or self.privacy_mode or bool(self.redact_fields)
+
+    @property
+    def transcodes_natively(self) -> bool:
+        """Whether the rows our own append wrote are written straight from their stored CBOR by the native
+        extension, decoding nothing: JSON Lines without a filter or rewrite (``_json_lines``). Such a batch
+        costs this process less to encode itself than to hand to an encode worker (docs/benchmarks.md)."""
+        return (self.format == "jsonl" and self.compression == "none" and _native_json_line is not None
+                and self.filter is None and not self.privacy_mode and not self.redact_fields
+                and not self.strip_headers)
 
 
 class BatchFailure(Exception):

@@ -1,10 +1,11 @@
 """How one run's batches are read and prepared while earlier ones upload, within bounded memory.
 
 A reader thread plans the batches in id order (``plan_batches``) and reads each one's rows; each batch is
-then encoded on a thread of the run (the default pass-through path, and small batches: ``encode_threads``)
-or by a worker of the process's encode pool (export/pool.py: the formats that decode); the run's own thread
-takes the prepared batches strictly in id order, uploads them (two at a time) and commits them
-(ExportEngine.run). ``read_through`` is the highest record id read for a batch so far: the checkpoint
+then encoded on a thread of the run (the default pass-through path, small batches, and uncompressed JSON
+Lines of sealed rows, which the native extension writes from the stored bytes: ``encode_threads``,
+``_cheaper_here``) or by a worker of the process's encode pool (export/pool.py: the formats that decode); the
+run's own thread takes the prepared batches strictly in id order, uploads them (two at a time) and commits
+them (ExportEngine.run). ``read_through`` is the highest record id read for a batch so far: the checkpoint
 claims it, so that every batch whose upload may start before the next checkpoint lies within the claim.
 
 Memory is bounded twice. Per run, at most ``MAX_IN_FLIGHT`` batches are between "about to be read" and
@@ -178,7 +179,7 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
     # it needs no packing.
     cancel: Callable[[], object]
     if (engine.pool is not None and (len(rows) >= POOL_MIN_ROWS or engine._library_in_pool)
-            and all(type(row.body) is bytes for row in rows)):
+            and all(type(row.body) is bytes for row in rows) and not _cheaper_here(engine.recipe, rows)):
         stored_bytes = sum(len(row.body) for row in rows)
         kept = memory_kept_after_batch(engine.recipe, stored_bytes=stored_bytes, budget_cut=budget_cut,
                                        parquet_in_process=engine.pool.memory_bounded_tightly,
@@ -221,6 +222,13 @@ def start_encode(engine: ExportEngine, rows: list[StoredRecord], read_seconds: f
         return engine._prepared(first, encoded, read_seconds, read_cpu_seconds)
 
     return finish, cancel, future.done
+
+
+def _cheaper_here(recipe: BatchRecipe, rows: list[StoredRecord]) -> bool:
+    """Whether this process encodes the batch at less cost than handing it to the pool: rows that all carry a
+    seal (our own append's, as good as certain; the encoding checks them) in a format the native extension
+    writes straight from the stored bytes. A foreign row's full check decodes it: those go to the pool."""
+    return recipe.transcodes_natively and all(type(row.seal) is bytes for row in rows)
 
 
 def _keep_encoding() -> None:
