@@ -5,6 +5,7 @@ never a record."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -332,7 +333,14 @@ def test_json_lines_of_our_own_rows_are_written_without_the_pool(seeded: SQLiteS
         seed_store(seeded, 150, seed=5)
         mixed = engine.run(ours.cursor)
         assert mixed.failure is None and mixed.rows == 151 and pool.submitted == 1
+        # A gateway that fills the seal column with bytes of its own: foreign rows all the same, to the pool.
+        with sqlite3.connect(seeded.path) as conn:
+            conn.executemany("INSERT INTO captures (ts_us, body, seal) VALUES (?, ?, ?)",
+                             [(NOV_24_US, cbor2.dumps({**foreign, "model": f"m{n}"}, timezone=UTC), b"\0" * 16)
+                              for n in range(150)])
+        forged = engine.run(mixed.cursor)
+        assert forged.failure is None and forged.rows == 150 and pool.submitted == 2
     finally:
         pool.shutdown()
     ids = [record["id"] for records in exported(objects).values() for record in records]
-    assert ids == list(range(1, 1352))
+    assert ids == list(range(1, 1502))
