@@ -53,7 +53,9 @@ def test_ctrl_c_stops_the_ingest_server_and_its_parsers_quietly(tmp_path: Path) 
 def test_ctrl_c_stops_a_run_and_its_encode_workers_quietly(s3_server: LocalS3, bucket: str, tmp_path: Path) -> None:
     seeded = run_cli("seed", "--store", "store.sqlite", "--count", "500", cwd=tmp_path)
     assert seeded.returncode == 0, seeded.stderr
-    manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, extra_spec="  format: jsonl\n")
+    # Compressed: uncompressed JSON Lines of our own rows is written without the encode workers.
+    manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket,
+                              extra_spec="  format: jsonl\n  compression: zstd\n")
     process = _start_in_own_group(["run", "-f", str(manifest), "--store", "store.sqlite", "--encode-workers", "2"],
                                   tmp_path)
     _, stderr = _press_ctrl_c(process, once_printed="Succeeded", on="stdout")

@@ -40,7 +40,9 @@ def test_an_exporter_killed_mid_export_leaves_no_encode_workers(
     store = SQLiteStore(tmp_path / "store.sqlite")
     store.append(make_record(i) for i in range(20_000))
     store.close()
-    manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, limit=500, extra_spec="  format: jsonl\n")
+    # Compressed: uncompressed JSON Lines of our own rows is written without the pool.
+    manifest = write_manifest(tmp_path / "exporter.yaml", s3_server, bucket, limit=500,
+                              extra_spec="  format: jsonl\n  compression: zstd\n")
     process = subprocess.Popen(
         [*CLI, "run", "--once", "-f", str(manifest), "--state", str(tmp_path / "state.json"), "--store",
          str(tmp_path / "store.sqlite"), "--encode-workers", "2"],

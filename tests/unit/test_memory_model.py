@@ -111,6 +111,8 @@ def limit_sized_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("fmt", "pooled", "records"), [("cbor-zstd", False, 10_000), ("cbor-zstd", False, 1_000),
                                                         ("jsonl", True, 10_000),
+                                                        # sealed rows, uncompressed: written in this process
+                                                        ("jsonl", False, 10_000),
                                                         ("parquet", True, 10_000), ("parquet", True, 2_000)])
 def test_a_limit_sized_batch_costs_no_more_than_the_budget_counts(limit_sized_store: Path, fmt: str,
                                                                    pooled: bool, records: int) -> None:
