@@ -68,8 +68,8 @@ def test_the_pool_writes_what_the_exporting_process_would(seeded: SQLiteStore, p
     assert exported(in_pool) == exported(in_process)
 
 
-class SlowFirstPool(EncodePool):
-    """A pool whose first batch takes longest, so later batches are ready first."""
+class CountingPool(EncodePool):
+    """A pool that counts the batches handed to it; ``work`` may change what the n-th one runs."""
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
@@ -77,9 +77,17 @@ class SlowFirstPool(EncodePool):
 
     def submit(self, function: Any, *args: Any) -> Future[Any]:
         self.submitted += 1
-        if self.submitted == 1:
-            return super().submit(_slowly, function, *args)
-        return super().submit(function, *args)
+        return super().submit(*self.work(self.submitted, function, *args))
+
+    def work(self, n: int, function: Any, *args: Any) -> tuple[Any, ...]:
+        return (function, *args)
+
+
+class SlowFirstPool(CountingPool):
+    """A pool whose first batch takes longest, so later batches are ready first."""
+
+    def work(self, n: int, function: Any, *args: Any) -> tuple[Any, ...]:
+        return (_slowly, function, *args) if n == 1 else (function, *args)
 
 
 def _slowly(function: Any, *args: Any) -> Any:
@@ -127,20 +135,18 @@ def test_batches_commit_in_order_and_only_a_few_are_in_flight_whatever_the_pool(
     assert most_in_flight <= MAX_IN_FLIGHT < pool.workers
 
 
-class DyingPool(EncodePool):
+class DyingPool(CountingPool):
     """A pool whose worker dies (as one killed by the kernel) while it encodes the second batch."""
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
-        self.submitted = 0
         self.die = True
 
-    def submit(self, function: Any, *args: Any) -> Future[Any]:
-        self.submitted += 1
-        if self.die and self.submitted == 2:
+    def work(self, n: int, function: Any, *args: Any) -> tuple[Any, ...]:
+        if self.die and n == 2:
             self.die = False
-            return super().submit(os._exit, 9)
-        return super().submit(function, *args)
+            return (os._exit, 9)
+        return (function, *args)
 
 
 def test_a_worker_that_dies_costs_a_retry_never_a_record(seeded: SQLiteStore) -> None:
@@ -302,18 +308,6 @@ def test_a_batch_let_go_while_a_worker_dies_leaves_no_other_batch_waiting(seeded
     finally:
         threads.shutdown(wait=False)
         pool.shutdown()
-
-
-class CountingPool(EncodePool):
-    """A pool that counts the batches handed to it."""
-
-    def __init__(self, workers: int) -> None:
-        super().__init__(workers)
-        self.submitted = 0
-
-    def submit(self, function: Any, *args: Any) -> Future[Any]:
-        self.submitted += 1
-        return super().submit(function, *args)
 
 
 def test_json_lines_of_our_own_rows_are_written_without_the_pool(seeded: SQLiteStore) -> None:
