@@ -310,6 +310,25 @@ def test_a_batch_let_go_while_a_worker_dies_leaves_no_other_batch_waiting(seeded
         pool.shutdown()
 
 
+@pytest.mark.parametrize("fields", [
+    pytest.param({"filter": {"models": ["gpt-4o"]}}, id="a filter"),
+    pytest.param({"privacyMode": True}, id="privacy mode"),
+    pytest.param({"redactFields": ["identity.user"]}, id="a redaction"),
+    pytest.param({"stripHeaders": ["x-tenant"]}, id="more headers stripped"),
+    pytest.param({"compression": "zstd"}, id="compressed"),
+])
+def test_json_lines_that_decode_or_compress_still_go_to_the_pool(seeded: SQLiteStore, fields: dict[str, Any]) -> None:
+    """Only uncompressed JSON Lines with nothing to filter, rewrite or strip is written in this process: each of
+    those decodes (or compresses) every record, which is the pool's work."""
+    pool = CountingPool(1)
+    try:
+        result = ExportEngine(spec(format="jsonl", **fields), EXPORTER, seeded, MemoryObjectStore(), pool=pool).run(
+            Cursor())
+    finally:
+        pool.shutdown()
+    assert result.failure is None and pool.submitted == result.objects > 0
+
+
 def test_json_lines_of_our_own_rows_are_written_without_the_pool(seeded: SQLiteStore) -> None:
     """Uncompressed JSON Lines of rows our own append sealed are written straight from their stored CBOR by
     the native extension: handing them to a worker cost more than the writing itself (a third more CPU per

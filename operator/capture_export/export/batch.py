@@ -166,8 +166,7 @@ class BatchRecipe:
         extension, decoding nothing: JSON Lines without a filter or rewrite (``_json_lines``). Such a batch
         costs this process less to encode itself than to hand to an encode worker (docs/benchmarks.md)."""
         return (self.format == "jsonl" and self.compression == "none" and _native_json_line is not None
-                and self.filter is None and not self.privacy_mode and not self.redact_fields
-                and not self.strip_headers)
+                and not self.strip_headers and RecordTransform(self).identity)
 
 
 class BatchFailure(Exception):
