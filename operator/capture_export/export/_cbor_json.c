@@ -4,6 +4,7 @@
  *
  *     json_line(body, record_id) -> bytes | None
  *     parquet_row(body, record_id) -> (record_id, ver, timestamp, ..., capture, raw_request, raw_response) | None
+ *     spliced_records(rows, max_bytes) -> bytes | None
  *
  * The optional fast paths of the JSON Lines and Parquet encoders (export/batch.py). json_line's contract is
  * the Python path's bytes, exactly: what ``json_bytes({"id": record_id, **JsonLinesEncoder.decode_record(body)})
@@ -27,7 +28,8 @@
  * raw bodies the raw body columns' bytes. The capture, most of a record, never becomes Python objects.
  *
  * privacy_prefilter and privacy_scrubbed (their own section below) are privacy mode's: a stored record
- * without what privacy mode drops, the rest of its bytes as they are.
+ * without what privacy mode drops, the rest of its bytes as they are. spliced_records (its own section too)
+ * is the default format's: a batch of stored rows as its CBOR sequence, each row's id spliced in.
  *
  * Plain CPython C API, no other library; orjson (already imported by the caller) formats the floats, so
  * that they come out exactly as orjson writes them (a record holds a handful).
@@ -1455,6 +1457,79 @@ static PyObject *privacy_scrubbed(PyObject *module, PyObject *body) {
     return filter_record(body, 1);
 }
 
+/* -- the default format's batch ----------------------------------------------------------------------- */
+
+/* The bytes of a CBOR head of major type ``major`` and argument ``value`` (records._uint_header's). */
+static size_t put_head(uint8_t *to, int major, uint64_t value) {
+    uint8_t initial = (uint8_t)(major << 5);
+    if (value < 24) {
+        to[0] = initial | (uint8_t)value;
+        return 1;
+    }
+    int size = value < 0x100 ? 1 : value < 0x10000 ? 2 : value < 0x100000000ULL ? 4 : 8;
+    to[0] = initial | (uint8_t)(size == 1 ? 24 : size == 2 ? 25 : size == 4 ? 26 : 27);
+    for (int i = size; i > 0; i--, value >>= 8)
+        to[i] = (uint8_t)(value & 0xFF);
+    return 1 + (size_t)size;
+}
+
+/* A small definite map (its count, 0-22, in its initial byte) longer than any such map's count: the shape our
+ * own append writes every record in, and the one records.id_head splices without reading further. */
+static inline int small_map(const char *body, Py_ssize_t len) {
+    return len > 22 && (uint8_t)body[0] >= 0xA0 && (uint8_t)body[0] <= 0xB6;
+}
+
+static PyObject *spliced_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "spliced_records(rows: list, max_bytes: int) takes a list and an int");
+        return NULL;
+    }
+    PyObject *rows = args[0];
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[1]);
+    if (max_bytes == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(rows), total = 0;
+    /* First every row's shape and the size, so that nothing is allocated for a batch left to Python. Nothing
+     * here runs Python code, so the list and its rows stay as they are between the two passes. */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) < 3)
+            Py_RETURN_NONE;
+        PyObject *id = PyTuple_GET_ITEM(row, 0), *body = PyTuple_GET_ITEM(row, 2);
+        if (!PyLong_CheckExact(id) || !PyBytes_CheckExact(body) ||
+            !small_map(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body)))
+            Py_RETURN_NONE;
+        int overflow;
+        long long record_id = PyLong_AsLongLongAndOverflow(id, &overflow);
+        if (overflow || record_id < 0)
+            Py_RETURN_NONE;
+        /* the body's own head (1 byte) gives way to the new one (1), "id" (3) and the id's head (1-9) */
+        uint8_t scratch[9];
+        total += PyBytes_GET_SIZE(body) + 3 + (Py_ssize_t)put_head(scratch, 0, (uint64_t)record_id);
+        if (total > max_bytes)
+            Py_RETURN_NONE;
+    }
+    PyObject *joined = PyBytes_FromStringAndSize(NULL, total);
+    if (joined == NULL)
+        return NULL;
+    uint8_t *to = (uint8_t *)PyBytes_AS_STRING(joined);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        PyObject *body = PyTuple_GET_ITEM(row, 2);
+        const uint8_t *from = (const uint8_t *)PyBytes_AS_STRING(body);
+        Py_ssize_t len = PyBytes_GET_SIZE(body);
+        *to++ = (uint8_t)(from[0] + 1); /* one pair more: 0xA1-0xB7 */
+        *to++ = 0x62;
+        *to++ = 'i';
+        *to++ = 'd';
+        to += put_head(to, 0, (uint64_t)PyLong_AsLongLong(PyTuple_GET_ITEM(row, 0)));
+        memcpy(to, from + 1, (size_t)(len - 1));
+        to += len - 1;
+    }
+    return joined;
+}
+
 /* -- the module --------------------------------------------------------------------------------------- */
 
 static PyObject *json_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -1533,6 +1608,12 @@ static PyMethodDef methods[] = {
      "privacy_scrubbed(body) -> bytes | None\n\n"
      "A stored record's CBOR map scrubbed for privacy mode, in the bytes cbor2 writes for the scrubbed record, "
      "or None where the record is not one this scrubs whole (the caller then takes privacy_prefilter's path)."},
+    {"spliced_records", (PyCFunction)(void (*)(void))spliced_records, METH_FASTCALL,
+     "spliced_records(rows, max_bytes) -> bytes | None\n\n"
+     "The stored rows ((id, ts_us, body, ...) tuples: StoredRecords) as the default format's CBOR sequence, "
+     "each record with its id spliced in first, joined: the bytes of records.id_head's splicing, one record "
+     "after the other; None when a row is not a small map our append writes (the caller then splices in "
+     "Python) or the records would take more than max_bytes."},
     {NULL, NULL, 0, NULL},
 };
 
