@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
 import struct
 from datetime import UTC, datetime
@@ -28,26 +27,16 @@ from capture_export.store.base import StoredRecord
 from capture_export.store.records import encode_body
 from capture_export.store.seal import RecordSeal
 from tests.support.mutations import broken_copies, mutations
+from tests.support.native import built_extension
 from tests.support.records import make_record
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "operator" / "capture_export" / "export" / "_cbor_json.c"
 
 
-def _native() -> ModuleType:
-    try:
-        from capture_export.export import _cbor_json
-    except ImportError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"the native JSON Lines extension is not built ({exc}); CI builds it (pip install -e .)",
-                        pytrace=False)
-        pytest.skip(f"the native JSON Lines extension is not built here (no C compiler?): {exc}")
-    return _cbor_json
-
-
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
-    return _native()
+    return built_extension("json_line")
 
 
 def python_line(body: bytes, record_id: int) -> bytes | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import random
 import struct
 from collections.abc import Iterable, Sequence
@@ -40,27 +39,15 @@ from capture_export.store.base import StoredRecord  # noqa: E402
 from capture_export.store.records import encode_body  # noqa: E402
 from capture_export.store.seal import RecordSeal  # noqa: E402
 from tests.support.mutations import broken_copies, mutations  # noqa: E402
+from tests.support.native import built_extension  # noqa: E402
 from tests.support.records import make_record  # noqa: E402
 
 Row = tuple[Any, ...]
 
 
-def _native() -> ModuleType:
-    try:
-        from capture_export.export import _cbor_json
-    except ImportError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"the native extension is not built ({exc}); CI builds it (pip install -e .)", pytrace=False)
-        pytest.skip(f"the native extension is not built here (no C compiler?): {exc}")
-    if not hasattr(_cbor_json, "parquet_row"):
-        pytest.fail("the built extension has no parquet_row: rebuild it (pip install --no-deps -e .)",
-                    pytrace=False)
-    return _cbor_json
-
-
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
-    return _native()
+    return built_extension("parquet_row")
 
 
 def _body(record: dict[str, Any]) -> bytes:

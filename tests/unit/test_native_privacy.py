@@ -18,7 +18,6 @@ Where no C compiler built the extension these tests skip, but under CI (``CI`` s
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -39,27 +38,16 @@ from capture_export.store.base import StoredRecord
 from capture_export.store.records import encode_body, with_id
 from capture_export.store.seal import RecordSeal
 from tests.support.mutations import broken_copies, mutations
+from tests.support.native import built_extension
 from tests.support.trust import NATIVE_PATHS, Raw, build, good_record, head, object_records, text
 
 DECODERS: tuple[Callable[[Any], Any], ...] = (cbor2.loads, CborZstdEncoder.decode_record,
                                               JsonLinesEncoder.decode_record)
 
 
-def _native() -> ModuleType:
-    try:
-        from capture_export.export import _cbor_json
-        _cbor_json.privacy_prefilter  # noqa: B018 (a .so of an older C file lacks it)
-    except (ImportError, AttributeError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"the native privacy prefilter is not built ({exc}); CI builds it (pip install -e .)",
-                        pytrace=False)
-        pytest.skip(f"the native privacy prefilter is not built here (no C compiler?): {exc}")
-    return _cbor_json
-
-
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
-    return _native()
+    return built_extension("privacy_prefilter")
 
 
 def outcome(body: bytes, loads: Callable[[Any], Any]) -> tuple[Any, ...]:

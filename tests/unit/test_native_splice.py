@@ -8,7 +8,6 @@ Where no C compiler built the extension these tests skip, but under CI (``CI`` s
 
 from __future__ import annotations
 
-import os
 import random
 from datetime import UTC, datetime
 from types import ModuleType
@@ -25,19 +24,14 @@ from capture_export.store.base import StoredRecord
 from capture_export.store.records import encode_body
 from capture_export.store.seal import RecordSeal, new_seal_key
 from tests.support.mutations import mutations
+from tests.support.native import built_extension
 
 IDS = [0, 1, 23, 24, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 2**63 - 1]
 
 
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
-    try:
-        from capture_export.export import _cbor_json
-    except ImportError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"the native extension is not built ({exc}); CI builds it (pip install -e .)", pytrace=False)
-        pytest.skip(f"the native extension is not built here (no C compiler?): {exc}")
-    return _cbor_json
+    return built_extension("spliced_records")
 
 
 def _bodies(count: int) -> list[bytes]:
