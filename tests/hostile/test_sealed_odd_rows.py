@@ -2,12 +2,11 @@
 
 A sealed row goes out unchecked (export/batch.py, ``check_rows``), and the native paths of _cbor_json.c
 (``json_line``, ``parquet_row``, ``privacy_scrubbed``, ``privacy_prefilter``, ``spliced_records``) see exactly
-such rows. The
-unit tests compare them with the Python path one body at a time; here a real SQLite store holds the odd rows
-between ordinary ones, sealed by the store's own append (``append_encoded(sealed=True)``: what a writer with a
-bug in its encoder would store), and every format is exported to the real S3 server, with and without privacy
-mode, once with the native paths and once without them (the five ``batch._native_*`` set to None, as the
-unit tests switch them off). What a user would notice:
+such rows. The unit tests compare them with the Python path one body at a time; here a real SQLite store holds
+the odd rows between ordinary ones, sealed by the store's own append (``append_encoded(sealed=True)``: what a
+writer with a bug in its encoder would store), and every format is exported to the real S3 server, with and
+without privacy mode, once with the native paths and once without them (the five ``batch._native_*`` set to
+None, as the unit tests switch them off). What a user would notice:
 
 * an odd row CBOR readers can decode (indefinite lengths, duplicate and non-text keys, tags, floats of every
   width, NaN and infinities, integers past 64 bits, undefined and simple values, deep nesting, known fields
