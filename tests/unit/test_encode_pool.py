@@ -357,3 +357,30 @@ def test_json_lines_of_our_own_rows_are_written_without_the_pool(seeded: SQLiteS
         pool.shutdown()
     ids = [record["id"] for records in exported(objects).values() for record in records]
     assert ids == list(range(1, 1502))
+
+
+def test_forged_seals_behind_a_valid_first_row_are_checked_in_this_process(seeded: SQLiteStore) -> None:
+    """The in-process JSON Lines path looks at the first row's seal only, to choose where the batch is written;
+    a gateway that puts one row of ours first and forged seal bytes on the rest keeps the batch here, and each
+    forged row still gets the full check: its credentials stripped, every id exported once."""
+    pool = CountingPool(1)
+    objects = MemoryObjectStore()
+    secret = "Bearer sk-forged-0123456789"
+    try:
+        engine = ExportEngine(spec(format="jsonl"), EXPORTER, seeded, objects, pool=pool)
+        ours = engine.run(Cursor())
+        seed_store(seeded, 1, seed=6)  # the next batch's first row: sealed by our append
+        forged = {"ver": 2, "timestamp": datetime(2026, 11, 24, tzinfo=UTC), "model": "m",
+                  "capture": {"request": {"headers": {"authorization": secret, "x-trace": "t"}}}}
+        with sqlite3.connect(seeded.path) as conn:
+            conn.executemany("INSERT INTO captures (ts_us, body, seal) VALUES (?, ?, ?)",
+                             [(NOV_24_US, cbor2.dumps({**forged, "model": f"m{n}"}, timezone=UTC), b"\0" * 16)
+                              for n in range(150)])
+        mixed = engine.run(ours.cursor)
+        assert mixed.failure is None and mixed.rows == 151 and pool.submitted == 0
+    finally:
+        pool.shutdown()
+    records = [record for records in exported(objects).values() for record in records]
+    assert [record["id"] for record in records] == list(range(1, 1352))
+    assert secret not in repr(records)
+    assert all(record["capture"]["request"]["headers"] == {"x-trace": "t"} for record in records[-150:])
