@@ -6,6 +6,8 @@ may only write ``captures`` cannot make one.
 * A SQLite gateway that fills the ``seal`` column with anything but a 16-byte blob (TEXT, a number, a
   blob of another length; SQLite keeps each as written): the row is foreign and checked, never a batch
   that fails on the type of its seal.
+* A writer that rewrites our sealed rows' bodies or copies their seals onto its own rows, anywhere in a
+  batch of our rows (which the default export checks a batch at a time): each such row is checked.
 * PostgreSQL with the documented grants (``INSERT, SELECT ON captures`` only): the gateway's role can
   insert (identity columns need no sequence privilege), cannot read the seal key, and a row it writes
   with a seal copied from one of our rows is checked in full like any other.
@@ -89,6 +91,37 @@ def test_a_seal_column_holding_text_or_a_number_leaves_the_row_foreign(
     records = bucket_records(s3_server, bucket, "llm")
     assert [r["id"] for r in records] == [own_id, *range(2, 2 + len(seals))]
     assert not find_leaks(bucket_objects(s3_server, bucket, "llm"), [CANARY])
+
+
+def test_rows_that_do_not_hold_their_seal_are_checked_wherever_they_sit_in_a_batch(
+    s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    """A writer that rewrites the bodies of some of our sealed rows (their seals kept), and copies our rows'
+    seals onto rows of its own, each with a credential: first, in the middle of and last in batches of our
+    own rows (``limit: 10``), which the default export checks a whole batch at a time (natively where the
+    extension is built). Each such row is checked in full, its credential stripped; every row goes out once."""
+    db = SQLiteGateway(tmp_path / "store.sqlite")
+    db.append_own([good_record(n) for n in range(1, 31)])  # ids 1-30, sealed: three batches
+    rewritten = [1, 15, 30]
+    with sqlite3.connect(db.path) as conn:
+        conn.executemany("UPDATE captures SET body = ? WHERE id = ?", [(_written_by_them(n), n) for n in rewritten])
+    copied = [db.insert_copying_row(2, timestamp_us(31), _written_by_them(31))]
+    db.append_own([good_record(n) for n in range(32, 40)])
+    copied.append(db.insert_copying_row(3, timestamp_us(40), _written_by_them(40)))
+    assert copied == [31, 40]
+    manifest = write_exporters(tmp_path / "exporter.yaml", s3_server, bucket, [ExporterCase("usage", "llm", {})],
+                               limit=10)
+    run = run_export(manifest, db, tmp_path)
+    assert run.returncode == 0 and "Traceback" not in run.stdout + run.stderr, run.stdout + run.stderr
+    records = bucket_records(s3_server, bucket, "llm")
+    assert [r["id"] for r in records] == list(range(1, 41))
+    assert not find_leaks(bucket_objects(s3_server, bucket, "llm"), [CANARY])
+    theirs = [r["id"] for r in records if r["model"] == "their-model"]
+    assert theirs == sorted(rewritten + copied)  # their bodies went out, checked
+
+
+def _written_by_them(n: int) -> bytes:
+    return build({**_with_credential(n), "model": "their-model"})
 
 
 @pytest.mark.postgres

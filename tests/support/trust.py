@@ -68,7 +68,7 @@ EVERY_FORMAT: dict[str, dict[str, Any]] = {
 }
 # The native paths of export/_cbor_json.c as export/batch.py holds them: set each to None for the Python path.
 NATIVE_PATHS = ("_native_json_line", "_native_parquet_row", "_native_privacy_prefilter", "_native_privacy_scrubbed",
-                "_native_spliced_records")
+                "_native_spliced_records", "_native_seals_valid")
 
 
 # -- CBOR by hand -------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
  *     json_line(body, record_id) -> bytes | None
  *     parquet_row(body, record_id) -> (record_id, ver, timestamp, ..., capture, raw_request, raw_response) | None
  *     spliced_records(rows, max_bytes) -> bytes | None
+ *     seals_valid(rows, mac_key) -> bool | None
  *
  * The optional fast paths of the JSON Lines and Parquet encoders (export/batch.py). json_line's contract is
  * the Python path's bytes, exactly: what ``json_bytes({"id": record_id, **JsonLinesEncoder.decode_record(body)})
@@ -29,15 +30,18 @@
  *
  * privacy_prefilter and privacy_scrubbed (their own section below) are privacy mode's: a stored record
  * without what privacy mode drops, the rest of its bytes as they are. spliced_records (its own section too)
- * is the default format's: a batch of stored rows as its CBOR sequence, each row's id spliced in.
+ * is the default format's: a batch of stored rows as its CBOR sequence, each row's id spliced in. seals_valid
+ * (its own section) checks the seals of a batch of stored rows, as store/seal.py's RecordSeal.all_valid does.
  *
- * Plain CPython C API, no other library; orjson (already imported by the caller) formats the floats, so
- * that they come out exactly as orjson writes them (a record holds a handful).
+ * Plain CPython C API, no other library at build time; orjson (already imported by the caller) formats the
+ * floats, so that they come out exactly as orjson writes them (a record holds a handful), and seals_valid
+ * finds OpenSSL's SHA-256 at run time in the libcrypto Python's hashlib uses.
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
+#include <dlfcn.h>
 
 #include <math.h>
 #include <stdint.h>
@@ -1530,6 +1534,158 @@ static PyObject *spliced_records(PyObject *module, PyObject *const *args, Py_ssi
     return joined;
 }
 
+/* -- the seal check ------------------------------------------------------------------------------------ */
+
+/* seals_valid(rows, mac_key) is RecordSeal.all_valid (store/seal.py) over a batch in one call: whether every
+ * (id, ts_us, body, seal) row holds HMAC-SHA-256(mac_key, body) truncated to SEAL_SIZE bytes. This decides
+ * which rows the export trusts without a check, so it answers only what it is sure of and leaves the rest to
+ * Python: None for a row that is not a 4-tuple, a memoryview body, or when no SHA-256 is found; False for a
+ * seal that is not bytes or not SEAL_SIZE long, a body that is neither bytes nor a memoryview, or a seal that
+ * does not match (compared in constant time), as all_valid answers them.
+ *
+ * SHA-256 is OpenSSL's low-level one (SHA256_Init/Update/Final, in every libcrypto since 0.9.8, and using the
+ * CPU's SHA instructions where it has them), taken from the libcrypto Python's own hashlib is linked with: found
+ * at run time through the _hashlib module, so that building needs no OpenSSL headers and the extension no link
+ * to it. Its context is plain data, so HMAC's two keyed states are computed once per call and copied per row,
+ * where hashlib's objects copy OpenSSL 3's EVP contexts four times per row. Before its first use it must hash a
+ * known input to the known digest, or it is not used. The hashing runs without the GIL, on the call's own
+ * references to the rows (a copy of the list; the tuples and bytes in it cannot change). */
+
+#define SEAL_SIZE 16
+#define HMAC_BLOCK 64
+
+typedef union { unsigned char bytes[256]; uint64_t align; } Sha256Context; /* SHA256_CTX is 112 bytes */
+
+static int (*sha256_init)(void *context);
+static int (*sha256_update)(void *context, const void *data, size_t len);
+static int (*sha256_final)(unsigned char *digest, void *context);
+static int sha256_found; /* 0: not looked for yet; 1: found and checked; -1: not there */
+
+static int sha256_of(const void *data, size_t len, unsigned char digest[32]) {
+    Sha256Context context;
+    return sha256_init(&context) == 1 && sha256_update(&context, data, len) == 1 &&
+           sha256_final(digest, &context) == 1;
+}
+
+/* Whether OpenSSL's SHA-256 is here (looked for once per process; with the GIL held). */
+static int find_sha256(void) {
+    if (sha256_found != 0)
+        return sha256_found > 0;
+    sha256_found = -1;
+    PyObject *hashlib_openssl = PyImport_ImportModule("_hashlib"), *file = NULL, *path = NULL;
+    if (hashlib_openssl != NULL)
+        file = PyObject_GetAttrString(hashlib_openssl, "__file__");
+    if (file != NULL && PyUnicode_Check(file))
+        path = PyUnicode_EncodeFSDefault(file);
+    Py_XDECREF(hashlib_openssl);
+    Py_XDECREF(file);
+    PyErr_Clear(); /* a Python without _hashlib (or a built-in one): no native check, not an error */
+    if (path == NULL)
+        return 0;
+    /* _hashlib is loaded already; dlsym through its handle searches the libraries it was linked with. The
+     * handle is kept: the functions must stay loaded. */
+    void *library = dlopen(PyBytes_AS_STRING(path), RTLD_NOW | RTLD_NOLOAD);
+    Py_DECREF(path);
+    if (library == NULL)
+        return 0;
+    *(void **)&sha256_init = dlsym(library, "SHA256_Init");
+    *(void **)&sha256_update = dlsym(library, "SHA256_Update");
+    *(void **)&sha256_final = dlsym(library, "SHA256_Final");
+    if (sha256_init == NULL || sha256_update == NULL || sha256_final == NULL)
+        return 0;
+    static const unsigned char abc[32] = {
+        0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
+        0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+    unsigned char digest[32];
+    if (!sha256_of("abc", 3, digest) || memcmp(digest, abc, 32) != 0)
+        return 0;
+    sha256_found = 1;
+    return 1;
+}
+
+typedef struct {
+    const unsigned char *body;
+    size_t len;
+    const unsigned char *seal;
+} SealedBody;
+
+/* Whether every body holds its seal: HMAC from the two keyed states, compared in constant time. */
+static int all_sealed(const Sha256Context *inner_keyed, const Sha256Context *outer_keyed, const SealedBody *rows,
+                      Py_ssize_t count) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Sha256Context context;
+        unsigned char digest[32];
+        memcpy(&context, inner_keyed, sizeof context);
+        if (sha256_update(&context, rows[i].body, rows[i].len) != 1 || sha256_final(digest, &context) != 1)
+            return 0;
+        memcpy(&context, outer_keyed, sizeof context);
+        if (sha256_update(&context, digest, sizeof digest) != 1 || sha256_final(digest, &context) != 1)
+            return 0;
+        unsigned char difference = 0;
+        for (int j = 0; j < SEAL_SIZE; j++)
+            difference |= (unsigned char)(digest[j] ^ rows[i].seal[j]);
+        if (difference != 0)
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *seals_valid(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[1]) != HMAC_BLOCK) {
+        PyErr_SetString(PyExc_TypeError, "seals_valid(rows: list, mac_key: bytes) takes a list and a 64-byte key");
+        return NULL;
+    }
+    if (!find_sha256())
+        Py_RETURN_NONE;
+    PyObject *rows = PyList_GetSlice(args[0], 0, PY_SSIZE_T_MAX);
+    if (rows == NULL)
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(rows);
+    SealedBody *sealed = PyMem_Malloc(sizeof *sealed * (size_t)(count > 0 ? count : 1));
+    if (sealed == NULL) {
+        Py_DECREF(rows);
+        return PyErr_NoMemory();
+    }
+    PyObject *verdict = NULL;
+    for (Py_ssize_t i = 0; i < count && verdict == NULL; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 4) {
+            verdict = Py_None;
+            break;
+        }
+        PyObject *body = PyTuple_GET_ITEM(row, 2), *seal = PyTuple_GET_ITEM(row, 3);
+        if (!PyBytes_CheckExact(seal) || PyBytes_GET_SIZE(seal) != SEAL_SIZE)
+            verdict = Py_False;
+        else if (PyMemoryView_Check(body))
+            verdict = Py_None;
+        else if (!PyBytes_CheckExact(body))
+            verdict = Py_False;
+        else
+            sealed[i] = (SealedBody){(const unsigned char *)PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body),
+                                     (const unsigned char *)PyBytes_AS_STRING(seal)};
+    }
+    if (verdict == NULL) {
+        const unsigned char *key = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+        unsigned char inner_pad[HMAC_BLOCK], outer_pad[HMAC_BLOCK];
+        for (int j = 0; j < HMAC_BLOCK; j++) {
+            inner_pad[j] = key[j] ^ 0x36;
+            outer_pad[j] = key[j] ^ 0x5C;
+        }
+        Sha256Context inner_keyed, outer_keyed;
+        int all = 0;
+        Py_BEGIN_ALLOW_THREADS
+        if (sha256_init(&inner_keyed) == 1 && sha256_update(&inner_keyed, inner_pad, HMAC_BLOCK) == 1 &&
+            sha256_init(&outer_keyed) == 1 && sha256_update(&outer_keyed, outer_pad, HMAC_BLOCK) == 1)
+            all = all_sealed(&inner_keyed, &outer_keyed, sealed, count);
+        Py_END_ALLOW_THREADS
+        verdict = all ? Py_True : Py_False;
+    }
+    PyMem_Free(sealed);
+    Py_DECREF(rows);
+    return Py_NewRef(verdict);
+}
+
 /* -- the module --------------------------------------------------------------------------------------- */
 
 static PyObject *json_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -1614,6 +1770,11 @@ static PyMethodDef methods[] = {
      "each record with its id spliced in first, joined: the bytes of records.id_head's splicing, one record "
      "after the other; None when a row is not a small map our append writes (the caller then splices in "
      "Python) or the records would take more than max_bytes."},
+    {"seals_valid", (PyCFunction)(void (*)(void))seals_valid, METH_FASTCALL,
+     "seals_valid(rows, mac_key) -> bool | None\n\n"
+     "RecordSeal.all_valid of the stored rows ((id, ts_us, body, seal) tuples: StoredRecords) under the seal's "
+     "64-byte HMAC key: whether every row holds the seal of its body; None when a row is not one this checks (a "
+     "memoryview body, not a 4-tuple) or OpenSSL's SHA-256 is not found (the caller then checks in Python)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -65,7 +65,7 @@ from ..store.records import (
     untagged,
     with_id,
 )
-from ..store.seal import SEAL_SIZE, RecordSeal
+from ..store.seal import SEAL_SIZE, NativeSealCheck, RecordSeal
 from .budget import release_freed_memory, serve_batches
 from .formats import (
     FORMATS,
@@ -103,6 +103,11 @@ try:
     from ._cbor_json import spliced_records as _native_spliced_records
 except ImportError:  # as above: the default format's batch is then spliced row by row in Python (``_pieces``)
     _native_spliced_records = None
+_native_seals_valid: NativeSealCheck | None
+try:
+    from ._cbor_json import seals_valid as _native_seals_valid
+except ImportError:  # as above: the seals of a batch are then checked row by row in Python (RecordSeal.all_valid)
+    _native_seals_valid = None
 
 __all__ = [
     "BatchFailure",
@@ -269,10 +274,11 @@ def check_rows(recipe: BatchRecipe, rows: Sequence[StoredRecord], decoded: bool 
 
 def _all_ours(recipe: BatchRecipe, rows: Sequence[StoredRecord]) -> bool:
     """Whether every row of the batch goes out as stored, as ``check_rows`` would find row by row: each holds
-    the store's seal of its body (checked for every row, in one loop: ``RecordSeal.all_valid``) and the
-    exporter strips no header names beyond the built-in ones (which our append already did)."""
+    the store's seal of its body (checked for every row: ``RecordSeal.all_valid``, in one native call where the
+    extension is built) and the exporter strips no header names beyond the built-in ones (which our append
+    already did)."""
     return (recipe.seal is not None and not _policy(recipe.strip_headers).extra_headers
-            and recipe.seal.all_valid(rows))
+            and recipe.seal.all_valid(rows, _native_seals_valid))
 
 
 def _pieces(records: Iterable[tuple[int, bytes | memoryview]]) -> list[bytes | memoryview]:
