@@ -1544,12 +1544,12 @@ static PyObject *spliced_records(PyObject *module, PyObject *const *args, Py_ssi
  * does not match (compared in constant time), as all_valid answers them.
  *
  * SHA-256 is OpenSSL's low-level one (SHA256_Init/Update/Final, in every libcrypto since 0.9.8, and using the
- * CPU's SHA instructions where it has them), taken from the libcrypto Python's own hashlib is linked with: found
- * at run time through the _hashlib module, so that building needs no OpenSSL headers and the extension no link
- * to it. Its context is plain data, so HMAC's two keyed states are computed once per call and copied per row,
- * where hashlib's objects copy OpenSSL 3's EVP contexts four times per row. Before its first use it must hash a
- * known input to the known digest, or it is not used. The hashing runs without the GIL, on the call's own
- * references to the rows (a copy of the list; the tuples and bytes in it cannot change). */
+ * CPU's SHA instructions where it has them), taken from the libcrypto Python's own hashlib is linked with:
+ * found at run time through the _hashlib module, so that building needs no OpenSSL headers and the extension no
+ * link to it. Its context is plain data, so HMAC's two keyed states are computed once per call and copied per
+ * row, where hashlib's objects copy OpenSSL 3's EVP contexts four times per row. Before its first use it must
+ * hash FIPS 180-2's two examples to their digests, or it is not used. The hashing runs without the GIL, on the
+ * call's own references to the rows (a copy of the list; the tuples and bytes in it cannot change). */
 
 #define SEAL_SIZE 16
 #define HMAC_BLOCK 64
@@ -1593,11 +1593,17 @@ static int find_sha256(void) {
     *(void **)&sha256_final = dlsym(library, "SHA256_Final");
     if (sha256_init == NULL || sha256_update == NULL || sha256_final == NULL)
         return 0;
+    /* FIPS 180-2's examples: one block, and two (the padding in a block of its own) */
+    static const char two_blocks[] = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
     static const unsigned char abc[32] = {
         0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
         0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+    static const unsigned char two_blocks_digest[32] = {
+        0x24, 0x8d, 0x6a, 0x61, 0xd2, 0x06, 0x38, 0xb8, 0xe5, 0xc0, 0x26, 0x93, 0x0c, 0x3e, 0x60, 0x39,
+        0xa3, 0x3c, 0xe4, 0x59, 0x64, 0xff, 0x21, 0x67, 0xf6, 0xec, 0xed, 0xd4, 0x19, 0xdb, 0x06, 0xc1};
     unsigned char digest[32];
-    if (!sha256_of("abc", 3, digest) || memcmp(digest, abc, 32) != 0)
+    if (!sha256_of("abc", 3, digest) || memcmp(digest, abc, 32) != 0 ||
+        !sha256_of(two_blocks, sizeof two_blocks - 1, digest) || memcmp(digest, two_blocks_digest, 32) != 0)
         return 0;
     sha256_found = 1;
     return 1;

@@ -88,8 +88,8 @@ class RecordSeal:
         its own rows so: export/batch.py). False at the first row that does not.
 
         ``native`` is the optional extension's ``seals_valid`` (export/_cbor_json.c, passed by export/batch.py
-        where it is built): the same answer for a list of rows in one call, about half the CPU; where it
-        has none (None), the rows are checked here."""
+        where it is built): the same answer for a list of rows in one call, in about half the CPU. Where it
+        answers None (a row it does not check, or no SHA-256 found), the rows are checked here."""
         if native is not None and isinstance(rows, list):
             verdict = native(rows, self._mac_key)
             if verdict is not None:
