@@ -25,6 +25,7 @@ from psycopg import conninfo
 
 from capture_export.local_s3 import LocalS3
 from tests.support.trust import (
+    EVERY_FORMAT,
     ExporterCase,
     PostgresGateway,
     Raw,
@@ -93,12 +94,13 @@ def test_a_seal_column_holding_text_or_a_number_leaves_the_row_foreign(
     assert not find_leaks(bucket_objects(s3_server, bucket, "llm"), [CANARY])
 
 
+@pytest.mark.parametrize("fmt", ["cbor-zstd", "jsonl.zst", "parquet"])
 def test_rows_that_do_not_hold_their_seal_are_checked_wherever_they_sit_in_a_batch(
-    s3_server: LocalS3, bucket: str, tmp_path: Path
+    fmt: str, s3_server: LocalS3, bucket: str, tmp_path: Path
 ) -> None:
     """A writer that rewrites the bodies of some of our sealed rows (their seals kept), and copies our rows'
     seals onto rows of its own, each with a credential: first, in the middle of and last in batches of our
-    own rows (``limit: 10``), which the default export checks a whole batch at a time (natively where the
+    own rows (``limit: 10``), whose seals the export checks a whole batch at a time (natively where the
     extension is built). Each such row is checked in full, its credential stripped; every row goes out once."""
     db = SQLiteGateway(tmp_path / "store.sqlite")
     db.append_own([good_record(n) for n in range(1, 31)])  # ids 1-30, sealed: three batches
@@ -109,8 +111,8 @@ def test_rows_that_do_not_hold_their_seal_are_checked_wherever_they_sit_in_a_bat
     db.append_own([good_record(n) for n in range(32, 40)])
     copied.append(db.insert_copying_row(3, timestamp_us(40), _written_by_them(40)))
     assert copied == [31, 40]
-    manifest = write_exporters(tmp_path / "exporter.yaml", s3_server, bucket, [ExporterCase("usage", "llm", {})],
-                               limit=10)
+    manifest = write_exporters(tmp_path / "exporter.yaml", s3_server, bucket,
+                               [ExporterCase("usage", "llm", EVERY_FORMAT[fmt])], limit=10)
     run = run_export(manifest, db, tmp_path)
     assert run.returncode == 0 and "Traceback" not in run.stdout + run.stderr, run.stdout + run.stderr
     records = bucket_records(s3_server, bucket, "llm")

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
+import cbor2
 import pytest
 import zstandard
 
@@ -252,3 +253,38 @@ def test_the_default_format_checks_a_batchs_seals_in_one_native_call(native: Mod
     monkeypatch.setattr(batch, "_native_seals_valid", None)
     assert encode_rows(recipe, rows).payload == payload  # the same object, byte for byte
     assert zstandard.ZstdDecompressor().decompress(payload) == b"".join(batch._pieces([(r.id, r.body) for r in rows]))
+
+
+@pytest.mark.parametrize("fmt", [("jsonl", "zstd"), ("jsonl", "none"), ("cbor-zstd", "zstd")],
+                         ids=["jsonl.zst", "jsonl", "cbor-zstd"])
+def test_every_format_checks_a_batch_of_our_own_rows_in_one_native_call(native: ModuleType, fmt: tuple[str, str],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The formats that decode check their rows too (``check_rows``, in the encode pool's workers): a batch whose
+    rows all hold their seals in one call, and the same object as row by row."""
+    seal, rows = _sealed(_bodies(300))
+    verdicts: list[bool | None] = []
+
+    def counting(rows: list[StoredRecord], mac_key: bytes) -> bool | None:
+        verdicts.append(native.seals_valid(rows, mac_key))
+        return verdicts[-1]
+
+    monkeypatch.setattr(batch, "_native_seals_valid", counting)
+    recipe = BatchRecipe(fmt[0], fmt[1], seal=seal, on_corrupt_record="Quarantine")
+    checked, payload = batch.check_rows(recipe, rows), encode_rows(recipe, rows).payload
+    assert verdicts == [True, True]
+    monkeypatch.setattr(batch, "_native_seals_valid", None)
+    assert batch.check_rows(recipe, rows) == checked
+    assert encode_rows(recipe, rows).payload == payload
+
+
+def test_a_batch_with_a_row_that_does_not_hold_its_seal_is_checked_row_by_row(native: ModuleType) -> None:
+    seal, rows = _sealed(_bodies(20))
+    foreign = next(iter(generate_records(1, seed=9, start=datetime(2026, 12, 5, tzinfo=UTC))))
+    foreign["capture"]["request"]["headers"]["authorization"] = "Bearer cnryRowByRow0d4c"
+    foreign["timestamp"] = datetime.fromtimestamp(rows[7].timestamp_us / 1e6, UTC)
+    rows[7] = rows[7]._replace(body=cbor2.dumps(foreign, timezone=UTC))  # its seal kept: now wrong
+    recipe = BatchRecipe("jsonl", "zstd", seal=seal)
+    good, corrupt = batch.check_rows(recipe, rows)
+    assert not corrupt and [item.row.id for item in good] == [row.id for row in rows]
+    assert b"cnryRowByRow0d4c" not in bytes(good[7].body)
+    assert all(good[n].body is rows[n].body for n in range(20) if n != 7)

@@ -82,18 +82,21 @@ class RecordSeal:
             return False
         return hmac.compare_digest(self.seal(body), seal)
 
+    def all_valid_natively(self, rows: Iterable[tuple[Any, Any, Any, Any]], native: NativeSealCheck) -> bool | None:
+        """``all_valid`` in one call of ``native``, export/_cbor_json.c's ``seals_valid`` (about half the CPU of
+        the loop), or None where it leaves the rows to Python: not a list, a row it does not check (a
+        memoryview body), no SHA-256 found."""
+        return native(rows, self._mac_key) if isinstance(rows, list) else None
+
     def all_valid(self, rows: Iterable[tuple[Any, Any, Any, Any]], native: NativeSealCheck | None = None) -> bool:
         """Whether every ``(id, ts_us, body, seal)`` row (a StoredRecord) holds this store's seal of its body:
         ``valid`` of each, in one loop without a call per row (the default export checks whole batches of
-        its own rows so: export/batch.py). False at the first row that does not.
-
-        ``native`` is the optional extension's ``seals_valid`` (export/_cbor_json.c, passed by export/batch.py
-        where it is built): the same answer for a list of rows in one call, in about half the CPU. Where it
-        answers None (a row it does not check, or no SHA-256 found), the rows are checked here."""
-        if native is not None and isinstance(rows, list):
-            verdict = native(rows, self._mac_key)
-            if verdict is not None:
-                return verdict
+        its own rows so: export/batch.py). False at the first row that does not. With ``native`` (the
+        optional extension's ``seals_valid``, passed by export/batch.py where it is built), the rows are
+        checked in one call where it can (``all_valid_natively``), else here."""
+        verdict = self.all_valid_natively(rows, native) if native is not None else None
+        if verdict is not None:
+            return verdict
         inner_state, outer_state, same = self._inner, self._outer, hmac.compare_digest
         for _, _, body, mark in rows:
             if type(mark) is not bytes or (type(body) is not bytes and not isinstance(body, memoryview)):
