@@ -128,13 +128,34 @@ def test_a_body_that_is_neither_bytes_nor_a_memoryview_fails_the_batch(native: M
     assert _both(native, seal, rows) is False
 
 
+def test_bodies_that_are_views_of_one_buffer_are_checked_as_bytes(native: ModuleType) -> None:
+    """The encode pool's rows are memoryviews of one buffer (PackedRows.unpack): checked like bytes."""
+    seal, rows = _sealed(_bodies(40))
+    unpacked = batch.PackedRows.pack(rows).unpack()
+    assert all(isinstance(row.body, memoryview) for row in unpacked)
+    assert _both(native, seal, unpacked) is True
+    forged = batch.PackedRows.pack([*rows[:20], rows[20]._replace(seal=rows[21].seal), *rows[21:]]).unpack()
+    assert _both(native, seal, forged) is False
+    unsealed = [*unpacked[:10], unpacked[10]._replace(seal=None), *unpacked[11:]]
+    assert _both(native, seal, unsealed) is False  # stopped at row 10, before hashing
+    for row in unpacked:  # every buffer it held is given back, wherever it stopped
+        row.body.release()
+    words = rows[5].body[:len(rows[5].body) // 4 * 4]
+    as_words = StoredRecord(6, 0, memoryview(words).cast("I"), seal.seal(words))  # hashed as its bytes, as hashlib
+    assert _both(native, seal, [*rows[:5], as_words]) is True
+
+
 def test_rows_it_does_not_check_are_left_to_python(native: ModuleType) -> None:
     seal, rows = _sealed(_bodies(3))
-    memory = [*rows[:1], rows[1]._replace(body=memoryview(rows[1].body)), *rows[2:]]
-    assert native.seals_valid(memory, seal._mac_key) is None
-    assert seal.all_valid(memory, native.seals_valid) is True  # Python's answer: a memoryview body is checked
     for odd in (tuple(rows[1])[:3], (*rows[1], None), list(rows[1]), "row"):
         assert native.seals_valid([rows[0], odd, rows[2]], seal._mac_key) is None
+    strided = rows[1]._replace(body=memoryview(rows[1].body * 2)[::2])  # not one run of bytes
+    assert native.seals_valid([rows[0], strided, rows[2]], seal._mac_key) is None
+    with pytest.raises(BufferError):  # and Python's answer is hashlib's
+        seal.all_valid([rows[0], strided, rows[2]], native.seals_valid)
+    released = memoryview(rows[1].body)
+    released.release()
+    assert native.seals_valid([rows[0], rows[1]._replace(body=released), rows[2]], seal._mac_key) is None
     with pytest.raises(TypeError):
         native.seals_valid(tuple(rows), seal._mac_key)
     for key in (seal._mac_key[:-1], seal._mac_key + b"\x00", bytearray(seal._mac_key), seal._mac_key.hex()):
@@ -259,8 +280,9 @@ def test_the_default_format_checks_a_batchs_seals_in_one_native_call(native: Mod
                          ids=["jsonl.zst", "jsonl", "cbor-zstd"])
 def test_every_format_checks_a_batch_of_our_own_rows_in_one_native_call(native: ModuleType, fmt: tuple[str, str],
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """The formats that decode check their rows too (``check_rows``, in the encode pool's workers): a batch whose
-    rows all hold their seals in one call, and the same object as row by row."""
+    """The formats that decode check their rows too (``check_rows``, in the encode pool's workers, whose rows are
+    views of one buffer): a batch whose rows all hold their seals in one call, and the same object as row by
+    row."""
     seal, rows = _sealed(_bodies(300))
     verdicts: list[bool | None] = []
 
@@ -272,6 +294,8 @@ def test_every_format_checks_a_batch_of_our_own_rows_in_one_native_call(native: 
     recipe = BatchRecipe(fmt[0], fmt[1], seal=seal, on_corrupt_record="Quarantine")
     checked, payload = batch.check_rows(recipe, rows), encode_rows(recipe, rows).payload
     assert verdicts == [True, True]
+    pooled = batch.PackedRows.pack(rows).unpack()  # as a worker of the encode pool gets them
+    assert encode_rows(recipe, pooled).payload == payload and verdicts == [True, True, True]
     monkeypatch.setattr(batch, "_native_seals_valid", None)
     assert batch.check_rows(recipe, rows) == checked
     assert encode_rows(recipe, rows).payload == payload

@@ -1539,9 +1539,11 @@ static PyObject *spliced_records(PyObject *module, PyObject *const *args, Py_ssi
 /* seals_valid(rows, mac_key) is RecordSeal.all_valid (store/seal.py) over a batch in one call: whether every
  * (id, ts_us, body, seal) row holds HMAC-SHA-256(mac_key, body) truncated to SEAL_SIZE bytes. This decides
  * which rows the export trusts without a check, so it answers only what it is sure of and leaves the rest to
- * Python: None for a row that is not a 4-tuple, a memoryview body, or when no SHA-256 is found; False for a
- * seal that is not bytes or not SEAL_SIZE long, a body that is neither bytes nor a memoryview, or a seal that
- * does not match (compared in constant time), as all_valid answers them.
+ * Python: None for a row that is not a 4-tuple, a memoryview body whose buffer cannot be read (released, not
+ * contiguous: hashlib raises there), or when no SHA-256 is found; False for a seal that is not bytes or not
+ * SEAL_SIZE long, a body that is neither bytes nor a memoryview, or a seal that does not match (compared in
+ * constant time), as all_valid answers them. A memoryview body (the encode pool's rows are views of one
+ * buffer) is hashed as hashlib hashes it, its buffer held until the check is done.
  *
  * SHA-256 is OpenSSL's low-level one (SHA256_Init/Update/Final, in every libcrypto since 0.9.8, and using the
  * CPU's SHA instructions where it has them), taken from the libcrypto Python's own hashlib is linked with:
@@ -1613,6 +1615,8 @@ typedef struct {
     const unsigned char *body;
     size_t len;
     const unsigned char *seal;
+    Py_buffer view; /* a memoryview body's buffer, held until the check is done */
+    int viewed;
 } SealedBody;
 
 /* Whether every body holds its seal: HMAC from the two keyed states, compared in constant time. */
@@ -1654,22 +1658,39 @@ static PyObject *seals_valid(PyObject *module, PyObject *const *args, Py_ssize_t
         return PyErr_NoMemory();
     }
     PyObject *verdict = NULL;
-    for (Py_ssize_t i = 0; i < count && verdict == NULL; i++) {
-        PyObject *row = PyList_GET_ITEM(rows, i);
+    Py_ssize_t filled = 0;
+    for (; filled < count; filled++) { /* every way out of it before the end sets a verdict */
+        PyObject *row = PyList_GET_ITEM(rows, filled);
         if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 4) {
             verdict = Py_None;
             break;
         }
         PyObject *body = PyTuple_GET_ITEM(row, 2), *seal = PyTuple_GET_ITEM(row, 3);
-        if (!PyBytes_CheckExact(seal) || PyBytes_GET_SIZE(seal) != SEAL_SIZE)
+        SealedBody *entry = &sealed[filled];
+        entry->viewed = 0;
+        if (!PyBytes_CheckExact(seal) || PyBytes_GET_SIZE(seal) != SEAL_SIZE) {
             verdict = Py_False;
-        else if (PyMemoryView_Check(body))
-            verdict = Py_None;
-        else if (!PyBytes_CheckExact(body))
+            break;
+        }
+        entry->seal = (const unsigned char *)PyBytes_AS_STRING(seal);
+        if (PyBytes_CheckExact(body)) {
+            entry->body = (const unsigned char *)PyBytes_AS_STRING(body);
+            entry->len = (size_t)PyBytes_GET_SIZE(body);
+        } else if (PyMemoryView_Check(body)) {
+            /* hashlib hashes a memoryview's bytes as PyBUF_SIMPLE gives them; one it cannot (released, not
+             * contiguous) raises there: Python's to answer */
+            if (PyObject_GetBuffer(body, &entry->view, PyBUF_SIMPLE) != 0) {
+                PyErr_Clear();
+                verdict = Py_None;
+                break;
+            }
+            entry->viewed = 1;
+            entry->body = (const unsigned char *)entry->view.buf;
+            entry->len = (size_t)entry->view.len;
+        } else {
             verdict = Py_False;
-        else
-            sealed[i] = (SealedBody){(const unsigned char *)PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body),
-                                     (const unsigned char *)PyBytes_AS_STRING(seal)};
+            break;
+        }
     }
     if (verdict == NULL) {
         const unsigned char *key = (const unsigned char *)PyBytes_AS_STRING(args[1]);
@@ -1687,6 +1708,9 @@ static PyObject *seals_valid(PyObject *module, PyObject *const *args, Py_ssize_t
         Py_END_ALLOW_THREADS
         verdict = all ? Py_True : Py_False;
     }
+    for (Py_ssize_t i = 0; i < filled; i++) /* the rows before the one it stopped at, if it did */
+        if (sealed[i].viewed)
+            PyBuffer_Release(&sealed[i].view);
     PyMem_Free(sealed);
     Py_DECREF(rows);
     return Py_NewRef(verdict);

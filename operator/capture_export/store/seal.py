@@ -84,8 +84,8 @@ class RecordSeal:
 
     def all_valid_natively(self, rows: Iterable[tuple[Any, Any, Any, Any]], native: NativeSealCheck) -> bool | None:
         """``all_valid`` in one call of ``native``, export/_cbor_json.c's ``seals_valid`` (about half the CPU of
-        the loop), or None where it leaves the rows to Python: not a list, a row it does not check (a
-        memoryview body), no SHA-256 found."""
+        the loop), or None where it leaves the rows to Python: not a list, a row it does not check (not a
+        4-tuple, a memoryview it cannot read), no SHA-256 found."""
         return native(rows, self._mac_key) if isinstance(rows, list) else None
 
     def all_valid(self, rows: Iterable[tuple[Any, Any, Any, Any]], native: NativeSealCheck | None = None) -> bool:
