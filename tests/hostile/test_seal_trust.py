@@ -7,7 +7,8 @@ may only write ``captures`` cannot make one.
   blob of another length; SQLite keeps each as written): the row is foreign and checked, never a batch
   that fails on the type of its seal.
 * A writer that rewrites our sealed rows' bodies or copies their seals onto its own rows, anywhere in a
-  batch of our rows (which the default export checks a batch at a time): each such row is checked.
+  batch of our rows (whose seals the export checks a batch at a time), in the default format, JSON Lines
+  and Parquet: each such row is checked.
 * PostgreSQL with the documented grants (``INSERT, SELECT ON captures`` only): the gateway's role can
   insert (identity columns need no sequence privilege), cannot read the seal key, and a row it writes
   with a seal copied from one of our rows is checked in full like any other.
