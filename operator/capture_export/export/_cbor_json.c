@@ -1803,8 +1803,8 @@ static PyMethodDef methods[] = {
     {"seals_valid", (PyCFunction)(void (*)(void))seals_valid, METH_FASTCALL,
      "seals_valid(rows, mac_key) -> bool | None\n\n"
      "RecordSeal.all_valid of the stored rows ((id, ts_us, body, seal) tuples: StoredRecords) under the seal's "
-     "64-byte HMAC key: whether every row holds the seal of its body; None when a row is not one this checks (a "
-     "memoryview body, not a 4-tuple) or OpenSSL's SHA-256 is not found (the caller then checks in Python)."},
+     "64-byte HMAC key: whether every row holds the seal of its body; None when a row is not one this checks (not "
+     "a 4-tuple, a memoryview it cannot read) or OpenSSL's SHA-256 is not found (the caller then checks in Python)."},
     {NULL, NULL, 0, NULL},
 };
 
