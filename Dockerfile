@@ -41,13 +41,14 @@ COPY scripts/constraints.txt /tmp/constraints.txt
 # Build our wheel (the native JSON Lines, Parquet and privacy mode paths compiled in), then install it and its
 # dependencies from binary wheels only, so a dependency that would need compiling fails the build instead of
 # compiling in the image.
-# The import check fails the build if the extension did not build (the hook would only warn).
+# The import check fails the build if the extension did not build (the hook would only warn), or if its seal
+# check finds no SHA-256 in the libcrypto of this Python's hashlib (the final stage is the same Python).
 # The parquet extra (pyarrow) is included so that `format: parquet` works in the shipped image.
 # pip byte-compiles the installed modules here, so nothing needs writing at run time.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && pip install --only-binary=:all: -c /tmp/constraints.txt "$(ls /wheels/*.whl)[parquet]" \
  && pip check \
- && python -c "import capture_export.export._cbor_json" \
+ && python -c "import capture_export.export._cbor_json as c; assert c.seals_valid([], bytes(64)), 'no SHA-256 found'" \
  && capture-export --help >/dev/null
 
 # ---------------------------------------------------------------------------------------------------
