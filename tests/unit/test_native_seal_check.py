@@ -1,6 +1,6 @@
 """The seals of a batch checked natively (capture_export/export/_cbor_json.c, ``seals_valid``): what decides which
-rows the default export trusts without a check. Its contract is ``RecordSeal.all_valid``'s answer in Python,
-exactly, or None (the caller then checks in Python): never True where one row does not hold its seal.
+rows the export trusts without a check, in every format. Its contract is ``RecordSeal.all_valid``'s answer in
+Python, exactly, or None (the caller then checks in Python): never True where one row does not hold its seal.
 
 Where no C compiler built the extension these tests skip, but under CI (``CI`` set) they fail: CI builds it.
 """
