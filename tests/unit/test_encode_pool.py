@@ -329,6 +329,15 @@ def test_json_lines_that_decode_or_compress_still_go_to_the_pool(seeded: SQLiteS
     assert result.failure is None and pool.submitted == result.objects > 0
 
 
+def _insert_with_forged_seals(store: SQLiteStore, record: dict[str, Any], count: int) -> None:
+    """``count`` rows of ``record`` (models m0, m1, ...), written by a gateway that fills the seal column with
+    16 bytes of its own."""
+    with sqlite3.connect(store.path) as conn:
+        conn.executemany("INSERT INTO captures (ts_us, body, seal) VALUES (?, ?, ?)",
+                         [(NOV_24_US, cbor2.dumps({**record, "model": f"m{n}"}, timezone=UTC), b"\0" * 16)
+                          for n in range(count)])
+
+
 def test_json_lines_of_our_own_rows_are_written_without_the_pool(seeded: SQLiteStore) -> None:
     """Uncompressed JSON Lines of rows our own append sealed are written straight from their stored CBOR by
     the native extension: handing them to a worker cost more than the writing itself (a third more CPU per
@@ -347,10 +356,7 @@ def test_json_lines_of_our_own_rows_are_written_without_the_pool(seeded: SQLiteS
         mixed = engine.run(ours.cursor)
         assert mixed.failure is None and mixed.rows == 151 and pool.submitted == 1
         # A gateway that fills the seal column with bytes of its own: foreign rows all the same, to the pool.
-        with sqlite3.connect(seeded.path) as conn:
-            conn.executemany("INSERT INTO captures (ts_us, body, seal) VALUES (?, ?, ?)",
-                             [(NOV_24_US, cbor2.dumps({**foreign, "model": f"m{n}"}, timezone=UTC), b"\0" * 16)
-                              for n in range(150)])
+        _insert_with_forged_seals(seeded, foreign, 150)
         forged = engine.run(mixed.cursor)
         assert forged.failure is None and forged.rows == 150 and pool.submitted == 2
     finally:
@@ -372,10 +378,7 @@ def test_forged_seals_behind_a_valid_first_row_are_checked_in_this_process(seede
         seed_store(seeded, 1, seed=6)  # the next batch's first row: sealed by our append
         forged = {"ver": 2, "timestamp": datetime(2026, 11, 24, tzinfo=UTC), "model": "m",
                   "capture": {"request": {"headers": {"authorization": secret, "x-trace": "t"}}}}
-        with sqlite3.connect(seeded.path) as conn:
-            conn.executemany("INSERT INTO captures (ts_us, body, seal) VALUES (?, ?, ?)",
-                             [(NOV_24_US, cbor2.dumps({**forged, "model": f"m{n}"}, timezone=UTC), b"\0" * 16)
-                              for n in range(150)])
+        _insert_with_forged_seals(seeded, forged, 150)
         mixed = engine.run(ours.cursor)
         assert mixed.failure is None and mixed.rows == 151 and pool.submitted == 0
     finally:
